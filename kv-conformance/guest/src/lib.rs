@@ -1,0 +1,49 @@
+//! The wasi-kv conformance suite: every case of the contract (DESIGN §4), written once against
+//! `wasi:keyvalue` and run unchanged against every provider by the host-side runner.
+
+mod bindings {
+    wit_bindgen::generate!({
+        path: [
+            "../../wit/keyvalue",
+            "../../wit/keyvalue-draft",
+            "../../wit/ttl",
+            "../../wit/host",
+            "../../wit/conformance",
+        ],
+        world: "wasi-kv:conformance/guest@0.1.0",
+        generate_all,
+    });
+}
+
+mod cases;
+mod check;
+
+use bindings::exports::wasi_kv::conformance::suite::{self, CaseInfo, Phase, Profile, Target};
+
+struct Suite;
+
+impl suite::Guest for Suite {
+    fn list_cases() -> Vec<CaseInfo> {
+        cases::ALL
+            .iter()
+            .map(|case| CaseInfo {
+                name: case.name.to_string(),
+                rules: case.rules.iter().map(|rule| rule.to_string()).collect(),
+                summary: case.summary.to_string(),
+                needs: case.needs.to_vec(),
+                workers: case.workers,
+            })
+            .collect()
+    }
+
+    fn run_case(name: String, target: Target, profile: Profile, phase: Phase) -> Result<(), String> {
+        let case = cases::ALL
+            .iter()
+            .find(|case| case.name == name)
+            .ok_or_else(|| format!("no case named {name:?}"))?;
+        let ctx = check::Ctx { target, profile };
+        (case.run)(&ctx, phase)
+    }
+}
+
+bindings::export!(Suite with_types_in bindings);

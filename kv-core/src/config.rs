@@ -1,0 +1,476 @@
+//! Store configuration (DESIGN §8): which store identifier is which provider, namespace and
+//! access mode. Two spellings: a TOML file with one `[stores.NAME]` table per store, and the
+//! command-line short form `NAME=URL`.
+//!
+//! ```toml
+//! [limits]
+//! max_batch_entries = 10000
+//! operation_timeout_ms = 30000
+//!
+//! [stores.cache]
+//! provider = "redis"
+//! url = "redis://127.0.0.1:6379/0"
+//! namespace = "cache"
+//! access = "read-write"
+//! password = "${REDIS_PASSWORD}"
+//! ```
+//!
+//! Provider-specific fields stay in [`StoreSpec::options`]; the provider's factory validates
+//! them and rejects unknown ones, so a typo is an error, not a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::limits::{Limits, MAX_LIST_PAGE};
+use crate::store::Access;
+
+/// A configuration problem, reported as one line naming where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    /// An error about `place` (`stores.cache.url`, `--store cache=...`).
+    pub fn at(place: impl fmt::Display, problem: impl fmt::Display) -> Self {
+        ConfigError(format!("{place}: {problem}"))
+    }
+}
+
+/// One configured store.
+#[derive(Clone, PartialEq)]
+pub struct StoreSpec {
+    /// Provider name (`memory`, `redis`, `dynamodb`, `cosmos`, `gcs`).
+    pub provider: String,
+    /// The namespace isolating this store inside the backend; defaults to the store name.
+    pub namespace: String,
+    /// What the component may do.
+    pub access: Access,
+    /// The connection URL, when given (the short form always has one).
+    pub url: Option<Url>,
+    /// Provider-specific fields, `${ENV}` already expanded.
+    pub options: toml::Table,
+}
+
+impl fmt::Debug for StoreSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let options: BTreeMap<&String, String> = self
+            .options
+            .iter()
+            .map(|(key, value)| {
+                let shown = if is_secret_field(key) {
+                    "<redacted>".to_string()
+                } else {
+                    value.to_string()
+                };
+                (key, shown)
+            })
+            .collect();
+        f.debug_struct("StoreSpec")
+            .field("provider", &self.provider)
+            .field("namespace", &self.namespace)
+            .field("access", &self.access)
+            .field("url", &self.url.as_ref().map(redact_url))
+            .field("options", &options)
+            .finish()
+    }
+}
+
+/// Whether a configuration field holds a secret that must never be printed.
+pub fn is_secret_field(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "secret", "key", "token", "credential"]
+        .iter()
+        .any(|marker| name.contains(marker))
+}
+
+/// The URL with its password and secret-looking query values replaced, for logs and errors.
+pub fn redact_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("<redacted>"));
+    }
+    if shown.query().is_some() {
+        let pairs: Vec<(String, String)> = shown
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if is_secret_field(&name) {
+                    "<redacted>".to_string()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        shown.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    shown.to_string()
+}
+
+/// The whole configuration: stores and host limits.
+#[derive(Debug, Clone, Default)]
+pub struct KvConfig {
+    /// Stores by identifier.
+    pub stores: BTreeMap<String, StoreSpec>,
+    /// Host limits shared by every store.
+    pub limits: Limits,
+}
+
+impl KvConfig {
+    /// Parses a TOML configuration file's text. `env` looks up `${NAME}` references.
+    pub fn from_toml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<KvConfig, ConfigError> {
+        let mut root: toml::Table = text
+            .parse()
+            .map_err(|err: toml::de::Error| ConfigError(format!("invalid TOML: {}", one_line(&err.to_string()))))?;
+        let mut config = KvConfig::default();
+        if let Some(limits) = root.remove("limits") {
+            config.limits = parse_limits(limits)?;
+        }
+        if let Some(stores) = root.remove("stores") {
+            let toml::Value::Table(stores) = stores else {
+                return Err(ConfigError::at("stores", "must be a table of stores"));
+            };
+            for (name, table) in stores {
+                let place = format!("stores.{name}");
+                let toml::Value::Table(table) = table else {
+                    return Err(ConfigError::at(place, "must be a table"));
+                };
+                let spec = parse_store_table(&place, &name, table, env)?;
+                config.stores.insert(name, spec);
+            }
+        }
+        if let Some(unknown) = root.keys().next() {
+            return Err(ConfigError::at(
+                unknown,
+                "unknown top-level key (expected `stores` or `limits`)",
+            ));
+        }
+        Ok(config)
+    }
+
+    /// Reads and parses a configuration file, expanding `${NAME}` from the process environment.
+    pub fn from_file(path: &std::path::Path) -> Result<KvConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| ConfigError::at(path.display(), err))?;
+        Self::from_toml(&text, &|name| std::env::var(name).ok())
+            .map_err(|err| ConfigError::at(path.display(), err))
+    }
+
+    /// Adds a store given as `NAME=URL`; a later definition of the same name replaces it.
+    pub fn add_short_form(&mut self, arg: &str) -> Result<(), ConfigError> {
+        let (name, spec) = parse_short_form(arg)?;
+        self.stores.insert(name, spec);
+        Ok(())
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn parse_limits(value: toml::Value) -> Result<Limits, ConfigError> {
+    let toml::Value::Table(table) = value else {
+        return Err(ConfigError::at("limits", "must be a table"));
+    };
+    let mut limits = Limits::default();
+    for (key, value) in table {
+        let place = format!("limits.{key}");
+        let number = value
+            .as_integer()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| ConfigError::at(&place, "must be a positive integer"))?;
+        let number = number as u64;
+        match key.as_str() {
+            "max_value_bytes" => limits.max_value_bytes = number as usize,
+            "max_batch_entries" => limits.max_batch_entries = number as usize,
+            "list_page_size" => {
+                if number as usize > MAX_LIST_PAGE {
+                    return Err(ConfigError::at(place, format!("must be at most {MAX_LIST_PAGE}")));
+                }
+                limits.list_page_size = number as usize;
+            }
+            "operation_timeout_ms" => limits.operation_timeout = Duration::from_millis(number),
+            "retry_max_attempts" => limits.retry.max_attempts = number.min(100) as u32,
+            "retry_initial_backoff_ms" => limits.retry.initial_backoff = Duration::from_millis(number),
+            "retry_max_backoff_ms" => limits.retry.max_backoff = Duration::from_millis(number),
+            _ => return Err(ConfigError::at(place, "unknown limit")),
+        }
+    }
+    Ok(limits)
+}
+
+fn parse_store_table(
+    place: &str,
+    name: &str,
+    mut table: toml::Table,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<StoreSpec, ConfigError> {
+    check_store_name(place, name)?;
+    expand_env_in_table(place, &mut table, env)?;
+    let mut take_string = |field: &str| -> Result<Option<String>, ConfigError> {
+        match table.remove(field) {
+            None => Ok(None),
+            Some(toml::Value::String(text)) => Ok(Some(text)),
+            Some(_) => Err(ConfigError::at(format!("{place}.{field}"), "must be a string")),
+        }
+    };
+    let url = take_string("url")?
+        .map(|text| parse_url(&format!("{place}.url"), &text))
+        .transpose()?;
+    let provider = match (take_string("provider")?, &url) {
+        (Some(provider), _) => provider,
+        (None, Some(url)) => url.scheme().to_string(),
+        (None, None) => {
+            return Err(ConfigError::at(place, "missing field `provider`"));
+        }
+    };
+    let namespace = take_string("namespace")?.unwrap_or_else(|| name.to_string());
+    let access = match take_string("access")? {
+        None => Access::ReadWrite,
+        Some(text) => Access::parse(&text).ok_or_else(|| {
+            ConfigError::at(
+                format!("{place}.access"),
+                format!("unknown access mode {text:?} (expected read-write, read-only or none)"),
+            )
+        })?,
+    };
+    check_namespace(&format!("{place}.namespace"), &namespace)?;
+    Ok(StoreSpec {
+        provider,
+        namespace,
+        access,
+        url,
+        options: table,
+    })
+}
+
+fn check_store_name(place: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > 256 {
+        return Err(ConfigError::at(place, "a store name must be 1 to 256 bytes"));
+    }
+    Ok(())
+}
+
+fn check_namespace(place: &str, namespace: &str) -> Result<(), ConfigError> {
+    if namespace.is_empty() || namespace.len() > 256 {
+        return Err(ConfigError::at(place, "a namespace must be 1 to 256 bytes"));
+    }
+    if namespace.chars().any(char::is_control) {
+        return Err(ConfigError::at(place, "a namespace must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn parse_url(place: &str, text: &str) -> Result<Url, ConfigError> {
+    Url::parse(text).map_err(|err| ConfigError::at(place, format!("malformed URL: {err}")))
+}
+
+/// Parses `NAME=URL`; `namespace` and `access` may be given as query parameters.
+pub fn parse_short_form(arg: &str) -> Result<(String, StoreSpec), ConfigError> {
+    let place = format!("--store {arg}");
+    let (name, url_text) = arg
+        .split_once('=')
+        .ok_or_else(|| ConfigError::at(&place, "expected NAME=URL, e.g. cache=memory:"))?;
+    check_store_name(&place, name)?;
+    let mut url = parse_url(&place, url_text).map_err(|err| {
+        // Do not echo a URL that may carry a password.
+        let _ = err;
+        ConfigError::at(format!("--store {name}=..."), "malformed URL")
+    })?;
+    let place = format!("--store {name}={}", redact_url(&url));
+    let mut namespace = name.to_string();
+    let mut access = Access::ReadWrite;
+    let mut rest = Vec::new();
+    for (key, value) in url.query_pairs() {
+        match key.as_ref() {
+            "namespace" => namespace = value.into_owned(),
+            "access" => {
+                access = Access::parse(&value).ok_or_else(|| {
+                    ConfigError::at(
+                        &place,
+                        format!("unknown access mode {value:?} (expected read-write, read-only or none)"),
+                    )
+                })?
+            }
+            _ => rest.push((key.into_owned(), value.into_owned())),
+        }
+    }
+    if rest.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(rest);
+    }
+    check_namespace(&place, &namespace)?;
+    Ok((
+        name.to_string(),
+        StoreSpec {
+            provider: url.scheme().to_string(),
+            namespace,
+            access,
+            url: Some(url),
+            options: toml::Table::new(),
+        },
+    ))
+}
+
+fn expand_env_in_table(
+    place: &str,
+    table: &mut toml::Table,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for (key, value) in table.iter_mut() {
+        expand_env_in_value(&format!("{place}.{key}"), value, env)?;
+    }
+    Ok(())
+}
+
+fn expand_env_in_value(
+    place: &str,
+    value: &mut toml::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(text) => *text = expand_env(place, text, env)?,
+        toml::Value::Array(items) => {
+            for item in items {
+                expand_env_in_value(place, item, env)?;
+            }
+        }
+        toml::Value::Table(table) => expand_env_in_table(place, table, env)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Replaces `${NAME}` with the variable's value; `$$` is a literal `$`.
+pub fn expand_env(
+    place: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| ConfigError::at(place, "unterminated `${` (write `$$` for a literal `$`)"))?;
+            let name = &body[..end];
+            if name.is_empty() {
+                return Err(ConfigError::at(place, "empty `${}`"));
+            }
+            let value = env(name).ok_or_else(|| {
+                ConfigError::at(place, format!("environment variable {name} is not set"))
+            })?;
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "PASS" => Some("s3cret".to_string()),
+            "NS" => Some("team-a".to_string()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn parses_file_form() {
+        let config = KvConfig::from_toml(
+            r#"
+            [limits]
+            max_batch_entries = 500
+            operation_timeout_ms = 2000
+
+            [stores.cache]
+            provider = "memory"
+            namespace = "${NS}-cache"
+            access = "read-only"
+
+            [stores.users]
+            url = "redis://127.0.0.1:6379/0"
+            password = "${PASS}"
+            "#,
+            &env,
+        )
+        .unwrap();
+        assert_eq!(config.limits.max_batch_entries, 500);
+        assert_eq!(config.limits.operation_timeout, Duration::from_secs(2));
+        let cache = &config.stores["cache"];
+        assert_eq!(cache.provider, "memory");
+        assert_eq!(cache.namespace, "team-a-cache");
+        assert_eq!(cache.access, Access::ReadOnly);
+        let users = &config.stores["users"];
+        assert_eq!(users.provider, "redis");
+        assert_eq!(users.namespace, "users");
+        assert_eq!(users.options["password"].as_str(), Some("s3cret"));
+        let shown = format!("{users:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn reports_problems_in_one_line() {
+        let cases = [
+            ("[stores.a]\nnamespace = \"x\"", "stores.a: missing field `provider`"),
+            ("[stores.a]\nprovider = \"memory\"\naccess = \"rw\"", "stores.a.access: unknown access mode"),
+            ("[stores.a]\nprovider = \"memory\"\nx = \"${NOPE}\"", "stores.a.x: environment variable NOPE is not set"),
+            ("[stores.a]\nurl = \"not a url\"", "stores.a.url: malformed URL"),
+            ("[limits]\nmax_batch = 3", "limits.max_batch: unknown limit"),
+            ("[stor]\n", "stor: unknown top-level key"),
+            ("[stores.a\n", "invalid TOML"),
+        ];
+        for (text, expected) in cases {
+            let err = KvConfig::from_toml(text, &env).unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{text:?} gave {err:?}");
+            assert!(!err.contains('\n'), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn parses_short_form() {
+        let (name, spec) =
+            parse_short_form("users=redis://:pw@127.0.0.1:6379/2?namespace=u&access=read-only&tls=1")
+                .unwrap();
+        assert_eq!(name, "users");
+        assert_eq!(spec.provider, "redis");
+        assert_eq!(spec.namespace, "u");
+        assert_eq!(spec.access, Access::ReadOnly);
+        assert_eq!(spec.url.as_ref().unwrap().query(), Some("tls=1"));
+        assert!(!format!("{spec:?}").contains("pw@"));
+        let (_, memory) = parse_short_form("default=memory:").unwrap();
+        assert_eq!(memory.provider, "memory");
+        assert_eq!(memory.namespace, "default");
+        for bad in ["nourl", "a=::", "=memory:", "a=memory:?access=all"] {
+            assert!(parse_short_form(bad).is_err(), "{bad}");
+        }
+        let err = parse_short_form("a=redis://:hunter2@h:1/?access=all").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn expands_env() {
+        assert_eq!(expand_env("p", "a${NS}b$$c$d", &env).unwrap(), "ateam-ab$c$d");
+        assert!(expand_env("p", "${NS", &env).is_err());
+    }
+}

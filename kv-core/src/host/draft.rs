@@ -1,0 +1,153 @@
+//! `wasi:keyvalue@0.2.0-draft` (what wasmtime's `-S keyvalue` hosts) on top of [`KvStore`]:
+//! `u64` cursors and `u64` increments.
+
+use wasmtime::component::Resource;
+
+use super::wit_draft::{atomics, batch, store};
+use super::{DraftBucketHandle, GuestError, KvView};
+use crate::error::KvError;
+use crate::store::KvStore;
+
+type GuestResult<T> = wasmtime::Result<Result<T, store::Error>>;
+
+fn guest_error(err: KvError) -> store::Error {
+    match GuestError::from(err) {
+        GuestError::NoSuchStore => store::Error::NoSuchStore,
+        GuestError::AccessDenied => store::Error::AccessDenied,
+        GuestError::Other(message) => store::Error::Other(message),
+    }
+}
+
+fn reply<T>(result: Result<T, KvError>) -> GuestResult<T> {
+    Ok(result.map_err(guest_error))
+}
+
+impl KvView<'_> {
+    fn draft_bucket(&self, bucket: &Resource<DraftBucketHandle>) -> wasmtime::Result<KvStore> {
+        Ok(self.table.get(bucket)?.store.clone())
+    }
+}
+
+impl store::Host for KvView<'_> {
+    async fn open(&mut self, identifier: String) -> GuestResult<Resource<DraftBucketHandle>> {
+        match self.ctx.stores.open(&identifier).await {
+            Ok(store) => Ok(Ok(self.table.push(DraftBucketHandle {
+                store,
+                issued_cursors: Vec::new(),
+            })?)),
+            Err(err) => reply(Err(err)),
+        }
+    }
+}
+
+impl store::HostBucket for KvView<'_> {
+    async fn get(&mut self, bucket: Resource<DraftBucketHandle>, key: String) -> GuestResult<Option<Vec<u8>>> {
+        reply(self.draft_bucket(&bucket)?.get(&key).await)
+    }
+
+    async fn set(&mut self, bucket: Resource<DraftBucketHandle>, key: String, value: Vec<u8>) -> GuestResult<()> {
+        reply(self.draft_bucket(&bucket)?.set(&key, value).await)
+    }
+
+    async fn delete(&mut self, bucket: Resource<DraftBucketHandle>, key: String) -> GuestResult<()> {
+        reply(self.draft_bucket(&bucket)?.delete(&key).await)
+    }
+
+    async fn exists(&mut self, bucket: Resource<DraftBucketHandle>, key: String) -> GuestResult<bool> {
+        reply(self.draft_bucket(&bucket)?.exists(&key).await)
+    }
+
+    async fn list_keys(
+        &mut self,
+        bucket: Resource<DraftBucketHandle>,
+        cursor: Option<u64>,
+    ) -> GuestResult<store::KeyResponse> {
+        let handle = self.table.get(&bucket)?;
+        // Position n (1-based) is the n-th cursor this handle issued.
+        let string_cursor = match cursor {
+            None => None,
+            Some(position) => {
+                let issued = usize::try_from(position)
+                    .ok()
+                    .and_then(|position| position.checked_sub(1))
+                    .and_then(|index| handle.issued_cursors.get(index));
+                match issued {
+                    Some(cursor) => Some(cursor.clone()),
+                    None => {
+                        return reply(Err(KvError::invalid_cursor(format!(
+                            "cursor {position} was not issued by this bucket handle"
+                        ))));
+                    }
+                }
+            }
+        };
+        let store = handle.store.clone();
+        let page = match store.list_keys(string_cursor.as_deref()).await {
+            Ok(page) => page,
+            Err(err) => return reply(Err(err)),
+        };
+        let next = match page.cursor {
+            None => None,
+            Some(cursor) => {
+                let handle = self.table.get_mut(&bucket)?;
+                handle.issued_cursors.push(cursor);
+                Some(handle.issued_cursors.len() as u64)
+            }
+        };
+        Ok(Ok(store::KeyResponse {
+            keys: page.keys,
+            cursor: next,
+        }))
+    }
+
+    async fn drop(&mut self, bucket: Resource<DraftBucketHandle>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for KvView<'_> {
+    async fn increment(&mut self, bucket: Resource<DraftBucketHandle>, key: String, delta: u64) -> GuestResult<u64> {
+        let Ok(delta) = i64::try_from(delta) else {
+            return reply(Err(KvError::overflow(format!(
+                "delta {delta} does not fit the signed 64-bit counter"
+            ))));
+        };
+        let total = self.draft_bucket(&bucket)?.increment(&key, delta).await;
+        reply(total.and_then(|total| {
+            u64::try_from(total).map_err(|_| {
+                KvError::overflow(format!(
+                    "the counter is {total}, which this u64 interface cannot return"
+                ))
+            })
+        }))
+    }
+}
+
+impl batch::Host for KvView<'_> {
+    async fn get_many(
+        &mut self,
+        bucket: Resource<DraftBucketHandle>,
+        keys: Vec<String>,
+    ) -> GuestResult<Vec<Option<(String, Vec<u8>)>>> {
+        let values = self.draft_bucket(&bucket)?.get_many(&keys).await;
+        reply(values.map(|values| {
+            keys.into_iter()
+                .zip(values)
+                .map(|(key, value)| value.map(|value| (key, value)))
+                .collect()
+        }))
+    }
+
+    async fn set_many(
+        &mut self,
+        bucket: Resource<DraftBucketHandle>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> GuestResult<()> {
+        reply(self.draft_bucket(&bucket)?.set_many(key_values).await)
+    }
+
+    async fn delete_many(&mut self, bucket: Resource<DraftBucketHandle>, keys: Vec<String>) -> GuestResult<()> {
+        reply(self.draft_bucket(&bucket)?.delete_many(&keys).await)
+    }
+}

@@ -1,0 +1,181 @@
+//! wasmtime bindings: `wasi:keyvalue@0.2.0-draft2`, `wasi:keyvalue@0.2.0-draft` and
+//! `wasi-kv:ttl@0.1.0`, shaped like wasmtime's own `wasi-*` crates: a [`KvCtx`] held in the
+//! store data, a [`KvView`] borrowing it with the resource table, and [`add_to_linker`].
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use kv_core::host::{KvCtx, KvView, WasiKvView};
+//! use kv_core::{KvConfig, ProviderRegistry};
+//! use wasmtime::component::{Linker, ResourceTable};
+//! use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+//!
+//! struct Host {
+//!     table: ResourceTable,
+//!     wasi: WasiCtx,
+//!     kv: KvCtx,
+//! }
+//!
+//! impl WasiView for Host {
+//!     fn ctx(&mut self) -> WasiCtxView<'_> {
+//!         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+//!     }
+//! }
+//!
+//! impl WasiKvView for Host {
+//!     fn kv(&mut self) -> KvView<'_> {
+//!         KvView::new(&self.kv, &mut self.table)
+//!     }
+//! }
+//!
+//! # async fn example() -> anyhow::Result<()> {
+//! let mut config = wasmtime::Config::new();
+//! config.async_support(true);
+//! let engine = wasmtime::Engine::new(&config)?;
+//! let mut linker = Linker::<Host>::new(&engine);
+//! wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+//! kv_core::host::add_to_linker(&mut linker)?;
+//!
+//! // `default` is the in-memory store; `--store`-style URLs and TOML files configure others.
+//! let stores = Arc::new(ProviderRegistry::new().build(&KvConfig::default()).await?);
+//! let host = Host {
+//!     table: ResourceTable::new(),
+//!     wasi: WasiCtx::builder().inherit_stdio().build(),
+//!     kv: KvCtx::new(stores),
+//! };
+//! let mut store = wasmtime::Store::new(&engine, host);
+//! // ... instantiate a component with `linker` in `store` ...
+//! # let _ = &mut store;
+//! # Ok(())
+//! # }
+//! ```
+
+mod draft;
+mod draft2;
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasData, Linker, ResourceTable};
+
+use crate::error::{ErrorKind, KvError};
+use crate::provider::Version;
+use crate::store::KvStore;
+use crate::stores::Stores;
+
+#[allow(missing_docs)]
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: ["../wit/keyvalue", "../wit/keyvalue-draft", "../wit/ttl", "../wit/host"],
+        world: "wasi-kv:host/imports@0.1.0",
+        imports: { default: async | trappable },
+        with: {
+            "wasi:keyvalue/store@0.2.0-draft2.bucket": super::BucketHandle,
+            "wasi:keyvalue/atomics@0.2.0-draft2.cas": super::CasHandle,
+            "wasi:keyvalue/store@0.2.0-draft.bucket": super::DraftBucketHandle,
+        },
+        require_store_data_send: true,
+    });
+}
+
+pub use bindings::wasi::keyvalue0_2_0_draft as wit_draft;
+pub use bindings::wasi::keyvalue0_2_0_draft2 as wit_draft2;
+pub use bindings::wasi_kv::ttl::ttl as wit_ttl;
+
+/// The key-value state of one wasmtime store: the stores this component may open.
+#[derive(Clone, Debug)]
+pub struct KvCtx {
+    stores: Arc<Stores>,
+}
+
+impl KvCtx {
+    /// A context offering `stores`; share the `Arc` between instances so they share data.
+    pub fn new(stores: Arc<Stores>) -> Self {
+        KvCtx { stores }
+    }
+
+    /// The stores offered.
+    pub fn stores(&self) -> &Arc<Stores> {
+        &self.stores
+    }
+}
+
+/// The borrowed state host functions work with.
+pub struct KvView<'a> {
+    ctx: &'a KvCtx,
+    table: &'a mut ResourceTable,
+}
+
+impl<'a> KvView<'a> {
+    /// A view of `ctx` with the instance's resource table.
+    pub fn new(ctx: &'a KvCtx, table: &'a mut ResourceTable) -> Self {
+        KvView { ctx, table }
+    }
+}
+
+/// Implemented by store data that holds a [`KvCtx`].
+pub trait WasiKvView: Send {
+    /// The key-value view of this store data.
+    fn kv(&mut self) -> KvView<'_>;
+}
+
+/// A draft2 `bucket` resource.
+pub struct BucketHandle {
+    store: KvStore,
+}
+
+/// A draft2 `cas` resource: the value and version captured by `cas.new`.
+pub struct CasHandle {
+    store: KvStore,
+    key: String,
+    current: Option<Vec<u8>>,
+    version: Version,
+}
+
+/// A draft `bucket` resource; draft cursors are `u64`, so the handle remembers the string
+/// cursors it issued and hands out their positions.
+pub struct DraftBucketHandle {
+    store: KvStore,
+    issued_cursors: Vec<String>,
+}
+
+struct HasKv;
+
+impl HasData for HasKv {
+    type Data<'a> = KvView<'a>;
+}
+
+/// Adds both keyvalue versions and the TTL extension to `linker`.
+pub fn add_to_linker<T: WasiKvView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    add_to_linker_with(linker, T::kv)
+}
+
+/// Like [`add_to_linker`], with an explicit projection from the store data.
+pub fn add_to_linker_with<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> KvView<'_>,
+) -> wasmtime::Result<()> {
+    wit_draft2::store::add_to_linker::<T, HasKv>(linker, view)?;
+    wit_draft2::atomics::add_to_linker::<T, HasKv>(linker, view)?;
+    wit_draft2::batch::add_to_linker::<T, HasKv>(linker, view)?;
+    wit_draft::store::add_to_linker::<T, HasKv>(linker, view)?;
+    wit_draft::atomics::add_to_linker::<T, HasKv>(linker, view)?;
+    wit_draft::batch::add_to_linker::<T, HasKv>(linker, view)?;
+    wit_ttl::add_to_linker::<T, HasKv>(linker, view)?;
+    Ok(())
+}
+
+/// The guest-visible form of an error, shared by both versions.
+enum GuestError {
+    NoSuchStore,
+    AccessDenied,
+    Other(String),
+}
+
+impl From<KvError> for GuestError {
+    fn from(err: KvError) -> Self {
+        match err.kind() {
+            ErrorKind::NoSuchStore => GuestError::NoSuchStore,
+            ErrorKind::AccessDenied => GuestError::AccessDenied,
+            _ => GuestError::Other(err.to_string()),
+        }
+    }
+}

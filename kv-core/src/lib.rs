@@ -1,0 +1,36 @@
+//! The core of wasi-kv: the contract every key-value provider keeps, the in-memory reference
+//! provider, store configuration, and (feature `wasmtime`) the host bindings for
+//! `wasi:keyvalue`.
+//!
+//! - [`Provider`] / [`Bucket`]: the async trait a backing store implements.
+//! - [`KvStore`]: a checked handle that enforces the contract's limits, access modes,
+//!   timeouts and retries in front of any provider.
+//! - [`KvConfig`] / [`ProviderRegistry`] / [`Stores`]: from configuration to open stores.
+//! - [`host`]: `add_to_linker` for wasmtime.
+
+#![deny(missing_docs)]
+
+pub mod capabilities;
+pub mod config;
+pub mod counter;
+pub mod error;
+pub mod limits;
+pub mod memory;
+pub mod provider;
+pub mod store;
+pub mod stores;
+
+#[cfg(feature = "wasmtime")]
+pub mod host;
+
+pub use capabilities::Capabilities;
+pub use config::{ConfigError, KvConfig, StoreSpec};
+pub use error::{ErrorKind, KvError, Result};
+pub use limits::{Limits, RetryPolicy};
+pub use memory::MemoryProvider;
+pub use provider::{Bucket, KeyPage, Provider, SwapOutcome, Version, Versioned};
+pub use store::{Access, KvStore};
+pub use stores::{MemoryFactory, ProviderFactory, ProviderRegistry, Stores, StoresBuilder};
+
+/// The WIT version of the keyvalue interfaces this crate implements first.
+pub const WIT_VERSION: &str = "wasi:keyvalue@0.2.0-draft2";

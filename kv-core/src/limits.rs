@@ -1,0 +1,84 @@
+//! How the host protects itself from a guest and from a slow backend (DESIGN §4 S12).
+
+use std::time::Duration;
+
+/// Every provider accepts every key of 1 to 1024 UTF-8 bytes (S1).
+pub const MAX_KEY_BYTES: usize = 1024;
+/// A `list-keys` page never holds more keys than this (S5).
+pub const MAX_LIST_PAGE: usize = 1000;
+/// The longest TTL `set-with-ttl` accepts: 100 years.
+pub const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
+/// Host limits; the effective value limit is the smaller of this and the provider's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest value a guest may write, in bytes.
+    pub max_value_bytes: usize,
+    /// Most entries in one `get-many`, `set-many` or `delete-many` call.
+    pub max_batch_entries: usize,
+    /// Most keys in one `list-keys` page (at most [`MAX_LIST_PAGE`]).
+    pub list_page_size: usize,
+    /// Time limit for one operation, retries included.
+    pub operation_timeout: Duration,
+    /// How transient backend errors are retried.
+    pub retry: RetryPolicy,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_value_bytes: 64 * 1024 * 1024,
+            max_batch_entries: 10_000,
+            list_page_size: MAX_LIST_PAGE,
+            operation_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Capped exponential backoff for transient errors of idempotent operations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included (1 = no retry).
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubled for each further one.
+    pub initial_backoff: Duration,
+    /// Upper bound of one delay.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(25),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `retry` (1-based), with jitter of up to 50%.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let exp = self
+            .initial_backoff
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(20));
+        let capped = exp.min(self.max_backoff);
+        let jitter = rand::random::<f64>() * 0.5;
+        capped.mul_f64(1.0 - jitter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped() {
+        let policy = RetryPolicy::default();
+        for retry in 1..40 {
+            assert!(policy.backoff(retry) <= policy.max_backoff);
+        }
+        assert!(policy.backoff(1) <= policy.initial_backoff);
+    }
+}

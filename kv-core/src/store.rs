@@ -1,0 +1,490 @@
+//! The checked store: what a guest's `bucket` handle calls.
+//!
+//! [`KvStore`] wraps a provider's [`Bucket`] with everything that must hold whatever the
+//! backend: key and value limits (S1, S2), access mode (S10), batch bounds, opaque cursors bound
+//! to their store (S5), per-operation timeouts and retries of transient errors (S12), and
+//! logging of the full cause chain (S11). Providers never see invalid input.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+
+use crate::capabilities::Capabilities;
+use crate::error::{ErrorKind, KvError, Result};
+use crate::limits::{Limits, MAX_KEY_BYTES, MAX_LIST_PAGE, MAX_TTL_MS};
+use crate::provider::{Bucket, KeyPage, SwapOutcome, Version, Versioned};
+
+/// What a component may do with a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Access {
+    /// Reads and writes.
+    #[default]
+    ReadWrite,
+    /// Reads only; every write is `access-denied`.
+    ReadOnly,
+    /// Configured, but `open` is `access-denied`.
+    Denied,
+}
+
+impl Access {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::ReadWrite => "read-write",
+            Access::ReadOnly => "read-only",
+            Access::Denied => "none",
+        }
+    }
+
+    /// Parses the configuration spelling.
+    pub fn parse(text: &str) -> Option<Access> {
+        match text {
+            "read-write" => Some(Access::ReadWrite),
+            "read-only" => Some(Access::ReadOnly),
+            "none" => Some(Access::Denied),
+            _ => None,
+        }
+    }
+}
+
+/// Signs cursors so a guest can only hand back cursors this host issued for the same store.
+#[derive(Clone)]
+pub(crate) struct CursorSigner {
+    secret: [u8; 32],
+}
+
+impl CursorSigner {
+    pub(crate) fn random() -> Self {
+        CursorSigner {
+            secret: rand::random(),
+        }
+    }
+
+    fn tag(&self, scope: &str, payload: &[u8]) -> [u8; 12] {
+        let mut hash = Sha256::new();
+        hash.update(self.secret);
+        hash.update((scope.len() as u64).to_le_bytes());
+        hash.update(scope.as_bytes());
+        hash.update(payload);
+        let digest = hash.finalize();
+        let mut tag = [0u8; 12];
+        tag.copy_from_slice(&digest[..12]);
+        tag
+    }
+
+    fn seal(&self, scope: &str, cursor: &str) -> String {
+        let tag = self.tag(scope, cursor.as_bytes());
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(cursor),
+            URL_SAFE_NO_PAD.encode(tag)
+        )
+    }
+
+    fn open(&self, scope: &str, sealed: &str) -> Result<String> {
+        let invalid = || KvError::invalid_cursor("the cursor was not issued for this store");
+        let (payload, tag) = sealed.rsplit_once('.').ok_or_else(invalid)?;
+        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| invalid())?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| invalid())?;
+        if tag != self.tag(scope, &payload) {
+            return Err(invalid());
+        }
+        String::from_utf8(payload).map_err(|_| invalid())
+    }
+}
+
+struct Inner {
+    name: String,
+    namespace: String,
+    provider: String,
+    bucket: Arc<dyn Bucket>,
+    capabilities: Capabilities,
+    access: Access,
+    limits: Limits,
+    cursors: CursorSigner,
+}
+
+/// An open, checked handle to one configured store. Cheap to clone.
+#[derive(Clone)]
+pub struct KvStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for KvStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvStore")
+            .field("name", &self.inner.name)
+            .field("provider", &self.inner.provider)
+            .field("namespace", &self.inner.namespace)
+            .field("access", &self.inner.access)
+            .finish()
+    }
+}
+
+/// Everything [`KvStore::new`] needs besides the bucket.
+pub struct KvStoreParts {
+    /// The store identifier the guest opened.
+    pub name: String,
+    /// The namespace inside the backend.
+    pub namespace: String,
+    /// The provider name, for logs.
+    pub provider: String,
+    /// The provider's capabilities.
+    pub capabilities: Capabilities,
+    /// Read-write or read-only ([`Access::Denied`] stores are never opened).
+    pub access: Access,
+    /// Host limits.
+    pub limits: Limits,
+}
+
+impl KvStore {
+    /// A checked store over `bucket`, with a fresh cursor secret.
+    pub fn new(parts: KvStoreParts, bucket: Arc<dyn Bucket>) -> Self {
+        Self::with_signer(parts, bucket, CursorSigner::random())
+    }
+
+    pub(crate) fn with_signer(
+        parts: KvStoreParts,
+        bucket: Arc<dyn Bucket>,
+        cursors: CursorSigner,
+    ) -> Self {
+        KvStore {
+            inner: Arc::new(Inner {
+                name: parts.name,
+                namespace: parts.namespace,
+                provider: parts.provider,
+                bucket,
+                capabilities: parts.capabilities,
+                access: parts.access,
+                limits: parts.limits,
+                cursors,
+            }),
+        }
+    }
+
+    /// The store identifier.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The provider's capabilities.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.inner.capabilities
+    }
+
+    /// The largest value this store accepts: the smaller of the host and provider limits.
+    pub fn max_value_bytes(&self) -> usize {
+        self.inner
+            .limits
+            .max_value_bytes
+            .min(self.inner.capabilities.max_value_bytes)
+    }
+
+    /// Reads `key`.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        check_key(key)?;
+        self.call("get", true, || self.inner.bucket.get(key)).await
+    }
+
+    /// Writes `key`, clearing any TTL.
+    pub async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        self.check_write()?;
+        check_key(key)?;
+        self.check_value(&value)?;
+        self.call("set", true, || self.inner.bucket.set(key, value.clone()))
+            .await
+    }
+
+    /// Writes `key` expiring after `ttl_ms` milliseconds.
+    pub async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl_ms: u64) -> Result<()> {
+        self.check_write()?;
+        check_key(key)?;
+        self.check_value(&value)?;
+        if !self.inner.capabilities.ttl {
+            return Err(KvError::internal(format!(
+                "the {} provider does not support TTL",
+                self.inner.provider
+            )));
+        }
+        if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
+            return Err(KvError::new(
+                ErrorKind::InvalidTtl,
+                format!("ttl-ms must be between 1 and {MAX_TTL_MS}, got {ttl_ms}"),
+            ));
+        }
+        let ttl = Duration::from_millis(ttl_ms);
+        self.call("set-with-ttl", true, || {
+            self.inner.bucket.set_with_ttl(key, value.clone(), ttl)
+        })
+        .await
+    }
+
+    /// Deletes `key`.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        self.check_write()?;
+        check_key(key)?;
+        self.call("delete", true, || self.inner.bucket.delete(key))
+            .await
+    }
+
+    /// Whether `key` exists.
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        check_key(key)?;
+        self.call("exists", true, || self.inner.bucket.exists(key))
+            .await
+    }
+
+    /// One page of keys; the returned cursor is opaque and only valid for this store.
+    pub async fn list_keys(&self, cursor: Option<&str>) -> Result<KeyPage> {
+        let scope = self.cursor_scope();
+        let provider_cursor = cursor
+            .map(|sealed| self.inner.cursors.open(&scope, sealed))
+            .transpose()?;
+        let limit = self.inner.limits.list_page_size.clamp(1, MAX_LIST_PAGE);
+        let page = self
+            .call("list-keys", true, || {
+                self.inner
+                    .bucket
+                    .list_keys(provider_cursor.as_deref(), limit)
+            })
+            .await?;
+        if page.keys.len() > MAX_LIST_PAGE {
+            return Err(KvError::internal(format!(
+                "the provider returned {} keys in one page",
+                page.keys.len()
+            )));
+        }
+        Ok(KeyPage {
+            keys: page.keys,
+            cursor: page
+                .cursor
+                .map(|cursor| self.inner.cursors.seal(&scope, &cursor)),
+        })
+    }
+
+    /// Adds `delta` to the counter at `key`.
+    pub async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
+        self.check_write()?;
+        check_key(key)?;
+        // Not idempotent: a retry after a lost response could apply the delta twice.
+        self.call("increment", false, || {
+            self.inner.bucket.increment(key, delta)
+        })
+        .await
+    }
+
+    /// Reads `key` with its version, for compare-and-swap.
+    pub async fn read_versioned(&self, key: &str) -> Result<Versioned> {
+        check_key(key)?;
+        self.check_cas()?;
+        self.call("cas-read", true, || self.inner.bucket.read_versioned(key))
+            .await
+    }
+
+    /// Writes `value` if `key` is still at `expected`.
+    pub async fn swap(&self, key: &str, expected: &Version, value: Vec<u8>) -> Result<SwapOutcome> {
+        self.check_write()?;
+        check_key(key)?;
+        self.check_value(&value)?;
+        self.check_cas()?;
+        // Not retried: after a lost response the retry would report a conflict with itself.
+        self.call("swap", false, || {
+            self.inner.bucket.swap(key, expected, value.clone())
+        })
+        .await
+    }
+
+    /// Reads many keys, in order, duplicates included.
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.check_batch(keys.len())?;
+        keys.iter().try_for_each(|key| check_key(key))?;
+        let values = self
+            .call("get-many", true, || self.inner.bucket.get_many(keys))
+            .await?;
+        if values.len() != keys.len() {
+            return Err(KvError::internal(format!(
+                "the provider returned {} values for {} keys",
+                values.len(),
+                keys.len()
+            )));
+        }
+        Ok(values)
+    }
+
+    /// Writes many entries; nothing is written if any key or value is invalid.
+    pub async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
+        self.check_write()?;
+        self.check_batch(entries.len())?;
+        for (key, value) in &entries {
+            check_key(key)?;
+            self.check_value(value)?;
+        }
+        self.call("set-many", true, || {
+            self.inner.bucket.set_many(entries.clone())
+        })
+        .await
+    }
+
+    /// Deletes many keys; missing keys are fine.
+    pub async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        self.check_write()?;
+        self.check_batch(keys.len())?;
+        keys.iter().try_for_each(|key| check_key(key))?;
+        self.call("delete-many", true, || self.inner.bucket.delete_many(keys))
+            .await
+    }
+
+    fn cursor_scope(&self) -> String {
+        format!("{}\u{0}{}", self.inner.provider, self.inner.namespace)
+    }
+
+    fn check_write(&self) -> Result<()> {
+        match self.inner.access {
+            Access::ReadWrite => Ok(()),
+            Access::ReadOnly | Access::Denied => Err(KvError::new(
+                ErrorKind::AccessDenied,
+                format!("store {:?} is read-only", self.inner.name),
+            )),
+        }
+    }
+
+    fn check_cas(&self) -> Result<()> {
+        if self.inner.capabilities.cas {
+            Ok(())
+        } else {
+            Err(KvError::internal(format!(
+                "the {} provider does not support compare-and-swap",
+                self.inner.provider
+            )))
+        }
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<()> {
+        let max = self.max_value_bytes();
+        if value.len() > max {
+            return Err(KvError::value_too_large(format!(
+                "value of {} bytes exceeds the maximum of {max} bytes",
+                value.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_batch(&self, entries: usize) -> Result<()> {
+        let max = self.inner.limits.max_batch_entries;
+        if entries > max {
+            return Err(KvError::new(
+                ErrorKind::BatchTooLarge,
+                format!("{entries} entries exceed the maximum of {max} per batch call"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs one provider operation under the time limit, retrying transient errors of
+    /// idempotent operations with capped exponential backoff.
+    async fn call<'a, T, F, Fut>(&'a self, op: &'static str, idempotent: bool, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut + 'a,
+        Fut: Future<Output = Result<T>> + 'a,
+    {
+        let policy = &self.inner.limits.retry;
+        let attempts = if idempotent {
+            policy.max_attempts.max(1)
+        } else {
+            1
+        };
+        let attempt_all = async {
+            let mut attempt = 1;
+            loop {
+                match f().await {
+                    Err(err) if err.is_transient() && attempt < attempts => {
+                        tracing::debug!(store = %self.inner.name, op, attempt, error = %err.chain(), "retrying");
+                        tokio::time::sleep(policy.backoff(attempt)).await;
+                        attempt += 1;
+                    }
+                    other => return other,
+                }
+            }
+        };
+        let timeout = self.inner.limits.operation_timeout;
+        let result = match tokio::time::timeout(timeout, attempt_all).await {
+            Ok(result) => result,
+            Err(_) => Err(KvError::new(
+                ErrorKind::Timeout,
+                format!("{op} did not finish within {} ms", timeout.as_millis()),
+            )),
+        };
+        if let Err(err) = &result {
+            match err.kind() {
+                ErrorKind::Unavailable
+                | ErrorKind::Throttled
+                | ErrorKind::Timeout
+                | ErrorKind::Internal => {
+                    tracing::warn!(store = %self.inner.name, provider = %self.inner.provider, op, error = %err.chain(), "operation failed")
+                }
+                _ => {
+                    tracing::debug!(store = %self.inner.name, op, error = %err, "operation rejected")
+                }
+            }
+        }
+        result
+    }
+}
+
+/// S1: every key of 1 to 1024 bytes is valid; nothing else is.
+pub fn check_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(KvError::invalid_key("the key is empty"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(KvError::invalid_key(format!(
+            "the key is {} bytes, the maximum is {MAX_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_are_bound_to_their_scope() {
+        let signer = CursorSigner::random();
+        let sealed = signer.seal("memory\u{0}a", "k/1");
+        assert_eq!(signer.open("memory\u{0}a", &sealed).unwrap(), "k/1");
+        assert_eq!(
+            signer.open("memory\u{0}b", &sealed).unwrap_err().kind(),
+            ErrorKind::InvalidCursor
+        );
+        for forged in ["", ".", "abc", "a.b", "12345", &sealed[1..]] {
+            assert_eq!(
+                signer.open("memory\u{0}a", forged).unwrap_err().kind(),
+                ErrorKind::InvalidCursor,
+                "{forged:?}"
+            );
+        }
+        let other = CursorSigner::random();
+        assert!(other.open("memory\u{0}a", &sealed).is_err());
+    }
+
+    #[test]
+    fn key_bounds() {
+        assert!(check_key("a").is_ok());
+        assert!(check_key(&"x".repeat(1024)).is_ok());
+        assert_eq!(
+            check_key("").unwrap_err().kind(),
+            ErrorKind::InvalidKey
+        );
+        assert_eq!(
+            check_key(&"x".repeat(1025)).unwrap_err().kind(),
+            ErrorKind::InvalidKey
+        );
+    }
+}

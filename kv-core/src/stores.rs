@@ -1,0 +1,256 @@
+//! The set of stores a host offers to its components, and the factories that build providers
+//! from configuration.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::OnceCell;
+
+use crate::config::{ConfigError, KvConfig, StoreSpec};
+use crate::error::{ErrorKind, KvError, Result};
+use crate::limits::Limits;
+use crate::memory::MemoryProvider;
+use crate::provider::{Bucket, Provider};
+use crate::store::{Access, CursorSigner, KvStore, KvStoreParts};
+
+/// Builds a provider from a [`StoreSpec`]; one per provider crate.
+#[async_trait]
+pub trait ProviderFactory: Send + Sync + 'static {
+    /// The provider name used in configuration (`provider = "..."`, the URL scheme).
+    fn name(&self) -> &'static str;
+
+    /// Validates the spec's URL and options and returns the identity of the backend
+    /// connection it describes: stores with equal keys share one provider (and its pool).
+    fn connection_key(&self, spec: &StoreSpec) -> Result<String, ConfigError>;
+
+    /// Creates the provider. Connecting may be lazy; an unreachable backend shows up as
+    /// `unavailable` on the first operation, not here.
+    async fn connect(&self, spec: &StoreSpec) -> Result<Arc<dyn Provider>, ConfigError>;
+}
+
+/// The in-memory provider's factory: `memory:` with no options. Every memory store of one host
+/// shares one map, isolated by namespace.
+#[derive(Default)]
+pub struct MemoryFactory {
+    provider: MemoryProvider,
+}
+
+#[async_trait]
+impl ProviderFactory for MemoryFactory {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn connection_key(&self, spec: &StoreSpec) -> Result<String, ConfigError> {
+        if let Some(url) = &spec.url {
+            let bare = url.host().is_none()
+                && url.path().trim_matches('/').is_empty()
+                && url.query().is_none()
+                && url.username().is_empty();
+            if !bare {
+                return Err(ConfigError(
+                    "the memory provider takes no URL options (use `memory:`)".to_string(),
+                ));
+            }
+        }
+        if let Some(field) = spec.options.keys().next() {
+            return Err(ConfigError(format!(
+                "unknown field `{field}` for the memory provider"
+            )));
+        }
+        Ok("memory".to_string())
+    }
+
+    async fn connect(&self, _spec: &StoreSpec) -> Result<Arc<dyn Provider>, ConfigError> {
+        Ok(Arc::new(self.provider.clone()))
+    }
+}
+
+/// The providers a host knows how to build.
+#[derive(Clone)]
+pub struct ProviderRegistry {
+    factories: BTreeMap<&'static str, Arc<dyn ProviderFactory>>,
+}
+
+impl Default for ProviderRegistry {
+    fn default() -> Self {
+        let mut registry = ProviderRegistry {
+            factories: BTreeMap::new(),
+        };
+        registry.register(MemoryFactory::default());
+        registry
+    }
+}
+
+impl ProviderRegistry {
+    /// A registry with the in-memory provider.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) a provider factory.
+    pub fn register(&mut self, factory: impl ProviderFactory) -> &mut Self {
+        self.factories.insert(factory.name(), Arc::new(factory));
+        self
+    }
+
+    /// The registered provider names.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.factories.keys().copied().collect()
+    }
+
+    /// Builds every configured store; with no store configured, `default` is in-memory.
+    pub async fn build(&self, config: &KvConfig) -> Result<Stores, ConfigError> {
+        let mut specs = config.stores.clone();
+        if specs.is_empty() {
+            let (name, spec) = crate::config::parse_short_form("default=memory:")?;
+            specs.insert(name, spec);
+        }
+        let mut connections: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+        let mut builder = Stores::builder(config.limits.clone());
+        for (name, spec) in &specs {
+            let place = format!("store {name:?}");
+            let factory = self.factories.get(spec.provider.as_str()).ok_or_else(|| {
+                ConfigError::at(
+                    &place,
+                    format!(
+                        "unknown provider {:?} (this build knows: {})",
+                        spec.provider,
+                        self.names().join(", ")
+                    ),
+                )
+            })?;
+            let key = factory
+                .connection_key(spec)
+                .map_err(|err| ConfigError::at(&place, err))?;
+            let key = format!("{}\u{0}{key}", factory.name());
+            let provider = match connections.get(&key) {
+                Some(provider) => provider.clone(),
+                None => {
+                    let provider = factory
+                        .connect(spec)
+                        .await
+                        .map_err(|err| ConfigError::at(&place, err))?;
+                    connections.insert(key, provider.clone());
+                    provider
+                }
+            };
+            builder = builder.store(name, provider, &spec.namespace, spec.access);
+        }
+        Ok(builder.build())
+    }
+}
+
+struct Binding {
+    provider: Arc<dyn Provider>,
+    namespace: String,
+    access: Access,
+    bucket: OnceCell<Arc<dyn Bucket>>,
+}
+
+/// The stores one host offers, by identifier. Shared by every instance of the host, so an
+/// opened bucket (and its connection) is reused.
+pub struct Stores {
+    bindings: HashMap<String, Binding>,
+    limits: Limits,
+    cursors: CursorSigner,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self.bindings.keys().collect();
+        names.sort();
+        f.debug_struct("Stores").field("names", &names).finish()
+    }
+}
+
+/// Builder for [`Stores`], for hosts that construct providers themselves.
+pub struct StoresBuilder {
+    bindings: HashMap<String, Binding>,
+    limits: Limits,
+}
+
+impl StoresBuilder {
+    /// Offers `provider`'s `namespace` as store `name`.
+    pub fn store(
+        mut self,
+        name: &str,
+        provider: Arc<dyn Provider>,
+        namespace: &str,
+        access: Access,
+    ) -> Self {
+        self.bindings.insert(
+            name.to_string(),
+            Binding {
+                provider,
+                namespace: namespace.to_string(),
+                access,
+                bucket: OnceCell::new(),
+            },
+        );
+        self
+    }
+
+    /// The finished set.
+    pub fn build(self) -> Stores {
+        Stores {
+            bindings: self.bindings,
+            limits: self.limits,
+            cursors: CursorSigner::random(),
+        }
+    }
+}
+
+impl Stores {
+    /// An empty set with the given limits.
+    pub fn builder(limits: Limits) -> StoresBuilder {
+        StoresBuilder {
+            bindings: HashMap::new(),
+            limits,
+        }
+    }
+
+    /// The configured store identifiers, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.bindings.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The host limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Opens store `name`: `no-such-store` if unknown, `access-denied` if not granted.
+    pub async fn open(&self, name: &str) -> Result<KvStore> {
+        let binding = self.bindings.get(name).ok_or_else(|| {
+            KvError::new(
+                ErrorKind::NoSuchStore,
+                format!("no store named {name:?} is configured"),
+            )
+        })?;
+        if binding.access == Access::Denied {
+            return Err(KvError::new(
+                ErrorKind::AccessDenied,
+                format!("this component may not use store {name:?}"),
+            ));
+        }
+        let bucket = binding
+            .bucket
+            .get_or_try_init(|| binding.provider.open(&binding.namespace))
+            .await
+            .inspect_err(|err| tracing::warn!(store = name, error = %err.chain(), "open failed"))?
+            .clone();
+        let parts = KvStoreParts {
+            name: name.to_string(),
+            namespace: binding.namespace.clone(),
+            provider: binding.provider.name().to_string(),
+            capabilities: binding.provider.capabilities(),
+            access: binding.access,
+            limits: self.limits.clone(),
+        };
+        Ok(KvStore::with_signer(parts, bucket, self.cursors.clone()))
+    }
+}
