@@ -183,7 +183,7 @@ fn key_path_like_keys_distinct(ctx: &Ctx, phase: Phase) -> Outcome {
 }
 
 fn key_unicode_forms_distinct(ctx: &Ctx, phase: Phase) -> Outcome {
-    write_distinct(&["é", "e\u{301}", "A", "a", "%41", "Å", "Å", "ﬁ", "fi", "a\u{200b}b", "ab"])(ctx, phase)
+    write_distinct(&["\u{e9}", "e\u{301}", "A", "a", "%41", "\u{c5}", "A\u{30a}", "\u{212b}", "\u{fb01}", "fi", "a\u{200b}b", "ab"])(ctx, phase)
 }
 
 fn key_special_characters_roundtrip(ctx: &Ctx, _: Phase) -> Outcome {

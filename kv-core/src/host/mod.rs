@@ -28,9 +28,7 @@
 //! }
 //!
 //! # async fn example() -> anyhow::Result<()> {
-//! let mut config = wasmtime::Config::new();
-//! config.async_support(true);
-//! let engine = wasmtime::Engine::new(&config)?;
+//! let engine = wasmtime::Engine::default();
 //! let mut linker = Linker::<Host>::new(&engine);
 //! wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
 //! kv_core::host::add_to_linker(&mut linker)?;

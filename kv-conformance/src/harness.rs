@@ -1,0 +1,150 @@
+//! `cargo test` integration: one libtest-mimic trial per target x case (DESIGN §6).
+//!
+//! A target whose backend cannot be reached is reported as ignored, unless its name is in
+//! `KV_REQUIRE` (comma-separated; CI sets it), where that is a failure. A run in which nothing
+//! passed fails, so a CI job that silently skipped everything cannot go green.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use tokio::runtime::Runtime;
+
+use crate::report::Outcome;
+use crate::runner::{Suite, Target};
+
+/// Connects to a target's backend; `Err` says why it is unreachable.
+pub type Connect = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<Target, String>> + Send>> + Send>;
+
+/// A target the harness may run, by name.
+pub struct TargetSource {
+    /// The name used in trial names and in `KV_REQUIRE`.
+    pub name: String,
+    /// How to reach it.
+    pub connect: Connect,
+}
+
+impl TargetSource {
+    /// A source from an async connect function.
+    pub fn new<F, Fut>(name: &str, connect: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Target, String>> + Send + 'static,
+    {
+        TargetSource {
+            name: name.to_string(),
+            connect: Box::new(move || Box::pin(connect())),
+        }
+    }
+}
+
+/// The shared tokio runtime of a harness process.
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("failed to start the tokio runtime")
+    })
+}
+
+/// The names listed in `KV_REQUIRE`.
+pub fn required_targets() -> Vec<String> {
+    std::env::var("KV_REQUIRE")
+        .unwrap_or_default()
+        .split(',')
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+/// Builds the trials for `sources` and runs them; the `main` of a `harness = false` test.
+pub fn main(sources: Vec<TargetSource>) -> ExitCode {
+    let args = Arguments::from_args();
+    let suite = match runtime().block_on(Suite::new()) {
+        Ok(suite) => Arc::new(suite),
+        Err(err) => {
+            eprintln!("error: cannot load the conformance component: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let required = required_targets();
+    let mut trials = Vec::new();
+    for name in &required {
+        if !sources.iter().any(|source| &source.name == name) {
+            let message = format!("KV_REQUIRE names {name:?}, which this test binary does not know");
+            trials.push(Trial::test(format!("{name}::required"), move || Err(Failed::from(message))));
+        }
+    }
+    for source in sources {
+        let name = source.name.clone();
+        let is_required = required.contains(&name);
+        let connected = runtime().block_on(async {
+            tokio::time::timeout(Duration::from_secs(120), (source.connect)())
+                .await
+                .unwrap_or_else(|_| Err("connecting took longer than 120 s".to_string()))
+        });
+        match connected {
+            Ok(target) => {
+                let target = Arc::new(target);
+                for case in suite.cases() {
+                    let skip = target.skip_reason(case);
+                    let (suite, target, case) = (suite.clone(), target.clone(), case.clone());
+                    let trial = Trial::test(format!("{name}::{}", case.name), move || {
+                        let result = runtime().block_on(suite.run_case(&target, &case));
+                        match result.outcome {
+                            Outcome::Failed => Err(Failed::from(result.reason.unwrap_or_default())),
+                            _ => Ok(()),
+                        }
+                    });
+                    trials.push(match skip {
+                        Some(reason) => trial.with_ignored_flag(true).with_kind(short_kind(&reason)),
+                        None => trial,
+                    });
+                }
+            }
+            Err(reason) => {
+                for case in suite.cases() {
+                    let trial_name = format!("{name}::{}", case.name);
+                    if is_required {
+                        let message = format!("{name} is in KV_REQUIRE but unreachable: {reason}");
+                        trials.push(Trial::test(trial_name, move || Err(Failed::from(message))));
+                    } else {
+                        trials.push(
+                            Trial::test(trial_name, || Ok(()))
+                                .with_ignored_flag(true)
+                                .with_kind("unreachable"),
+                        );
+                    }
+                }
+                if !is_required {
+                    eprintln!("note: {name} is unreachable, its cases are ignored: {reason}");
+                }
+            }
+        }
+    }
+    let listing = args.list;
+    let conclusion = libtest_mimic::run(&args, trials);
+    if conclusion.has_failed() {
+        return ExitCode::FAILURE;
+    }
+    if !listing && conclusion.num_passed == 0 {
+        eprintln!("error: no conformance case ran (every target unreachable or filtered out)");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn short_kind(reason: &str) -> String {
+    if reason.contains("TTL") {
+        "no ttl".to_string()
+    } else if reason.contains("compare-and-swap") {
+        "no cas".to_string()
+    } else {
+        "divergence".to_string()
+    }
+}

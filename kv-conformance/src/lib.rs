@@ -1,0 +1,15 @@
+//! The wasi-kv conformance runner (DESIGN §6).
+//!
+//! The cases live in the guest component (`guest/`, built for wasm32-wasip2 by `build.rs`); this
+//! crate runs them against any [`kv_core::Provider`], gives every case a fresh namespace, maps
+//! capabilities and known divergences to "ignored" with a reason, and writes reports.
+
+pub mod artifacts;
+pub mod harness;
+pub mod profile;
+pub mod report;
+pub mod runner;
+
+pub use profile::Profile;
+pub use report::{CaseResult, Outcome, Report};
+pub use runner::{CaseInfo, Suite, Target};

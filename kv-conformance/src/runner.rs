@@ -1,0 +1,394 @@
+//! Runs the guest's cases against a provider.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow};
+use kv_core::host::{KvCtx, KvView, WasiKvView};
+use kv_core::{Access, Limits, Provider, Stores};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::profile::Profile;
+use crate::report::{CaseResult, Outcome};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: [
+            "../wit/keyvalue",
+            "../wit/keyvalue-draft",
+            "../wit/ttl",
+            "../wit/host",
+            "../wit/conformance",
+        ],
+        world: "wasi-kv:conformance/guest@0.1.0",
+        exports: { default: async },
+        with: {
+            "wasi:keyvalue/store@0.2.0-draft2": kv_core::host::wit_draft2::store,
+            "wasi:keyvalue/atomics@0.2.0-draft2": kv_core::host::wit_draft2::atomics,
+            "wasi:keyvalue/batch@0.2.0-draft2": kv_core::host::wit_draft2::batch,
+            "wasi:keyvalue/store@0.2.0-draft": kv_core::host::wit_draft::store,
+            "wasi:keyvalue/atomics@0.2.0-draft": kv_core::host::wit_draft::atomics,
+            "wasi:keyvalue/batch@0.2.0-draft": kv_core::host::wit_draft::batch,
+            "wasi-kv:ttl/ttl": kv_core::host::wit_ttl,
+        },
+    });
+}
+
+use bindings::exports::wasi_kv::conformance::suite as wit;
+
+/// Wall-clock limit of one case, workers included.
+pub const CASE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Store identifiers the runner offers to a case.
+const STORE: &str = "kv-under-test";
+const PEER: &str = "kv-peer";
+const READ_ONLY: &str = "kv-read-only";
+const DENIED: &str = "kv-denied";
+
+/// A case as the guest declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseInfo {
+    /// Case name.
+    pub name: String,
+    /// Contract rules it covers (`S1`..`S12`).
+    pub rules: Vec<String>,
+    /// What a pass means.
+    pub summary: String,
+    /// Needs `set-with-ttl`.
+    pub needs_ttl: bool,
+    /// Needs compare-and-swap.
+    pub needs_cas: bool,
+    /// Concurrent worker instances (0 = a single run).
+    pub workers: u32,
+}
+
+/// What the suite runs against: a provider, its profile and the host limits.
+#[derive(Clone)]
+pub struct Target {
+    /// Name in reports (usually the provider name).
+    pub name: String,
+    /// The provider under test.
+    pub provider: Arc<dyn Provider>,
+    /// What this backend is expected to do.
+    pub profile: Profile,
+    /// Namespaces of this run start with this prefix (so runs can share a real table).
+    pub namespace_prefix: String,
+    /// Host limits used for every case.
+    pub limits: Limits,
+}
+
+impl Target {
+    /// A target with default limits and a `conformance` namespace prefix.
+    pub fn new(name: &str, provider: Arc<dyn Provider>, profile: Profile) -> Self {
+        Target {
+            name: name.to_string(),
+            provider,
+            profile,
+            namespace_prefix: "conformance".to_string(),
+            limits: Limits::default(),
+        }
+    }
+
+    fn wit_profile(&self) -> wit::Profile {
+        let caps = self.provider.capabilities();
+        let max_value = self
+            .profile
+            .max_value_bytes
+            .unwrap_or(caps.max_value_bytes)
+            .min(caps.max_value_bytes)
+            .min(self.limits.max_value_bytes);
+        wit::Profile {
+            max_value_bytes: max_value as u64,
+            max_batch_entries: self.limits.max_batch_entries.min(u32::MAX as usize) as u32,
+            list_may_repeat: caps.list_may_repeat,
+            ttl: caps.ttl,
+            cas: caps.cas,
+        }
+    }
+
+    /// Why `case` is not run against this target, if it is not.
+    pub fn skip_reason(&self, case: &CaseInfo) -> Option<String> {
+        let caps = self.provider.capabilities();
+        if case.needs_ttl && !caps.ttl {
+            return Some(format!("the {} provider does not declare TTL", self.name));
+        }
+        if case.needs_cas && !caps.cas {
+            return Some(format!("the {} provider does not declare compare-and-swap", self.name));
+        }
+        self.profile
+            .divergences
+            .get(&case.name)
+            .map(|reason| format!("known divergence of {}: {reason}", self.profile.flavour))
+    }
+}
+
+struct GuestState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    kv: KvCtx,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiKvView for GuestState {
+    fn kv(&mut self) -> KvView<'_> {
+        KvView::new(&self.kv, &mut self.table)
+    }
+}
+
+/// The compiled suite; cheap to share between threads.
+pub struct Suite {
+    engine: Engine,
+    pre: bindings::GuestPre<GuestState>,
+    cases: Vec<CaseInfo>,
+    ticker_stop: Arc<AtomicBool>,
+    run_id: String,
+}
+
+impl Drop for Suite {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// An engine for async components with epoch-based preemption.
+pub fn engine() -> anyhow::Result<Engine> {
+    let mut config = wasmtime::Config::new();
+    config.epoch_interruption(true);
+    Ok(Engine::new(&config)?)
+}
+
+impl Suite {
+    /// Compiles the bundled conformance component.
+    pub async fn new() -> anyhow::Result<Suite> {
+        Self::from_bytes(crate::artifacts::CONFORMANCE_GUEST).await
+    }
+
+    /// Compiles a conformance component from its bytes.
+    pub async fn from_bytes(wasm: &[u8]) -> anyhow::Result<Suite> {
+        let engine = engine()?;
+        let component = Component::new(&engine, wasm)
+            .map_err(anyhow::Error::from)
+            .context("compiling the conformance component")?;
+        let mut linker = Linker::<GuestState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        kv_core::host::add_to_linker(&mut linker)?;
+        let pre = bindings::GuestPre::new(linker.instantiate_pre(&component)?)?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        {
+            // Lets a guest stuck in a loop yield, so the case timeout can fire.
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                    engine.increment_epoch();
+                }
+            });
+        }
+        let run_id = format!("{:08x}", rand::random::<u32>());
+        let mut suite = Suite {
+            engine,
+            pre,
+            cases: Vec::new(),
+            ticker_stop,
+            run_id,
+        };
+        suite.cases = suite.load_cases().await?;
+        Ok(suite)
+    }
+
+    /// The cases the component declares, in its order.
+    pub fn cases(&self) -> &[CaseInfo] {
+        &self.cases
+    }
+
+    async fn instantiate(
+        &self,
+        stores: Arc<Stores>,
+    ) -> anyhow::Result<(Store<GuestState>, bindings::Guest, MemoryOutputPipe)> {
+        let stderr = MemoryOutputPipe::new(64 * 1024);
+        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        let state = GuestState {
+            table: ResourceTable::new(),
+            wasi,
+            kv: KvCtx::new(stores),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        let guest = self.pre.instantiate_async(&mut store).await?;
+        Ok((store, guest, stderr))
+    }
+
+    async fn load_cases(&self) -> anyhow::Result<Vec<CaseInfo>> {
+        let stores = Arc::new(Stores::builder(Limits::default()).build());
+        let (mut store, guest, _) = self.instantiate(stores).await?;
+        let cases = guest.wasi_kv_conformance_suite().call_list_cases(&mut store).await?;
+        Ok(cases
+            .into_iter()
+            .map(|case| CaseInfo {
+                needs_ttl: case.needs.contains(&wit::Capability::Ttl),
+                needs_cas: case.needs.contains(&wit::Capability::Cas),
+                name: case.name,
+                rules: case.rules,
+                summary: case.summary,
+                workers: case.workers,
+            })
+            .collect())
+    }
+
+    /// Runs one case (or reports why it is ignored).
+    pub async fn run_case(&self, target: &Target, case: &CaseInfo) -> CaseResult {
+        let started = Instant::now();
+        let (outcome, reason) = match target.skip_reason(case) {
+            Some(reason) => (Outcome::Ignored, Some(reason)),
+            None => match tokio::time::timeout(CASE_TIMEOUT, self.execute(target, case)).await {
+                Ok(Ok(())) => (Outcome::Passed, None),
+                Ok(Err(reason)) => (Outcome::Failed, Some(reason)),
+                Err(_) => (
+                    Outcome::Failed,
+                    Some(format!("did not finish within {} s", CASE_TIMEOUT.as_secs())),
+                ),
+            },
+        };
+        CaseResult {
+            provider: target.name.clone(),
+            case: case.name.clone(),
+            rules: case.rules.clone(),
+            outcome,
+            reason,
+            duration_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Runs every case, `jobs` at a time, calling `progress` after each.
+    pub async fn run_all(
+        &self,
+        target: &Target,
+        jobs: usize,
+        progress: &(dyn Fn(&CaseResult, usize, usize) + Sync),
+    ) -> Vec<CaseResult> {
+        use futures::stream::{self, StreamExt};
+        let total = self.cases.len();
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let mut results: Vec<CaseResult> = stream::iter(&self.cases)
+            .map(|case| async {
+                let result = self.run_case(target, case).await;
+                let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+                progress(&result, finished, total);
+                result
+            })
+            .buffer_unordered(jobs.max(1))
+            .collect()
+            .await;
+        let order = |name: &str| self.cases.iter().position(|case| case.name == name);
+        results.sort_by_key(|result| order(&result.case));
+        results
+    }
+
+    fn stores_for(&self, target: &Target, case: &CaseInfo) -> Arc<Stores> {
+        let index = self.cases.iter().position(|c| c.name == case.name).unwrap_or(usize::MAX);
+        let nonce: u32 = rand::random();
+        let base = format!("{}-{}-{index}-{nonce:08x}", target.namespace_prefix, self.run_id);
+        let main = format!("{base}-a");
+        let peer = format!("{base}-b");
+        let provider = &target.provider;
+        Arc::new(
+            Stores::builder(target.limits.clone())
+                .store(STORE, provider.clone(), &main, Access::ReadWrite)
+                .store(PEER, provider.clone(), &peer, Access::ReadWrite)
+                .store(READ_ONLY, provider.clone(), &main, Access::ReadOnly)
+                .store(DENIED, provider.clone(), &main, Access::Denied)
+                .build(),
+        )
+    }
+
+    async fn execute(&self, target: &Target, case: &CaseInfo) -> Result<(), String> {
+        let stores = self.stores_for(target, case);
+        let wit_target = wit::Target {
+            store: STORE.to_string(),
+            peer: PEER.to_string(),
+            read_only: READ_ONLY.to_string(),
+            denied: DENIED.to_string(),
+            unknown: format!("kv-unknown-{:08x}", rand::random::<u32>()),
+        };
+        let profile = target.wit_profile();
+        if case.workers == 0 {
+            return self
+                .call(&stores, case, &wit_target, profile, wit::Phase::Single)
+                .await;
+        }
+        let workers = (0..case.workers).map(|worker| {
+            self.call(&stores, case, &wit_target, profile, wit::Phase::Worker(worker))
+        });
+        let results = futures::future::join_all(workers).await;
+        for (worker, result) in results.into_iter().enumerate() {
+            result.map_err(|reason| format!("worker {worker}: {reason}"))?;
+        }
+        self.call(&stores, case, &wit_target, profile, wit::Phase::Check)
+            .await
+            .map_err(|reason| format!("check: {reason}"))
+    }
+
+    async fn call(
+        &self,
+        stores: &Arc<Stores>,
+        case: &CaseInfo,
+        target: &wit::Target,
+        profile: wit::Profile,
+        phase: wit::Phase,
+    ) -> Result<(), String> {
+        let (mut store, guest, stderr) = self
+            .instantiate(stores.clone())
+            .await
+            .map_err(|err| format!("instantiation failed: {err:#}"))?;
+        let result = guest
+            .wasi_kv_conformance_suite()
+            .call_run_case(&mut store, &case.name, target, profile, phase)
+            .await;
+        match result {
+            Ok(result) => result,
+            Err(trap) => {
+                let output = String::from_utf8_lossy(&stderr.contents()).into_owned();
+                Err(format!("trap: {trap:#}{}", tail(&output)))
+            }
+        }
+    }
+}
+
+fn tail(output: &str) -> String {
+    let output = output.trim();
+    if output.is_empty() {
+        return String::new();
+    }
+    let start = output.len().saturating_sub(600);
+    let start = (start..output.len()).find(|i| output.is_char_boundary(*i)).unwrap_or(0);
+    format!("; guest stderr: {}", &output[start..])
+}
+
+impl std::fmt::Debug for Suite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Suite").field("cases", &self.cases.len()).finish()
+    }
+}
+
+/// Runs the whole suite on a fresh multi-thread runtime (for callers without one).
+pub fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| anyhow!("starting tokio: {err}"))?;
+    Ok(runtime.block_on(future))
+}
