@@ -214,27 +214,14 @@ impl Suite {
         &self.cases
     }
 
-    async fn instantiate(
-        &self,
-        stores: Arc<Stores>,
-    ) -> anyhow::Result<(Store<GuestState>, bindings::Guest, MemoryOutputPipe)> {
-        let stderr = MemoryOutputPipe::new(64 * 1024);
-        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
-        let state = GuestState {
-            table: ResourceTable::new(),
-            wasi,
-            kv: KvCtx::new(stores),
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
-        let guest = self.pre.instantiate_async(&mut store).await?;
-        Ok((store, guest, stderr))
-    }
-
     async fn load_cases(&self) -> anyhow::Result<Vec<CaseInfo>> {
         let stores = Arc::new(Stores::builder(Limits::default()).build());
-        let (mut store, guest, _) = self.instantiate(stores).await?;
+        let instance = Instance {
+            engine: self.engine.clone(),
+            pre: self.pre.clone(),
+            stores,
+        };
+        let (mut store, guest, _) = instance.start().await?;
         let cases = guest.wasi_kv_conformance_suite().call_list_cases(&mut store).await?;
         Ok(cases
             .into_iter()
@@ -330,10 +317,22 @@ impl Suite {
                 .call(&stores, case, &wit_target, profile, wit::Phase::Single)
                 .await;
         }
-        let workers = (0..case.workers).map(|worker| {
-            self.call(&stores, case, &wit_target, profile, wit::Phase::Worker(worker))
-        });
-        let results = futures::future::join_all(workers).await;
+        // Workers run as separate tasks so they truly interleave on the multi-thread runtime.
+        let workers: Vec<_> = (0..case.workers)
+            .map(|worker| {
+                let instance = Instance {
+                    engine: self.engine.clone(),
+                    pre: self.pre.clone(),
+                    stores: stores.clone(),
+                };
+                let (name, target) = (case.name.clone(), wit_target.clone());
+                tokio::spawn(async move { instance.call(&name, &target, profile, wit::Phase::Worker(worker)).await })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(workers.len());
+        for worker in workers {
+            results.push(worker.await.unwrap_or_else(|err| Err(format!("worker task failed: {err}"))));
+        }
         for (worker, result) in results.into_iter().enumerate() {
             result.map_err(|reason| format!("worker {worker}: {reason}"))?;
         }
@@ -350,13 +349,46 @@ impl Suite {
         profile: wit::Profile,
         phase: wit::Phase,
     ) -> Result<(), String> {
+        let instance = Instance {
+            engine: self.engine.clone(),
+            pre: self.pre.clone(),
+            stores: stores.clone(),
+        };
+        instance.call(&case.name, target, profile, phase).await
+    }
+}
+
+/// What one guest instance needs; owned, so worker instances can run as their own tasks.
+struct Instance {
+    engine: Engine,
+    pre: bindings::GuestPre<GuestState>,
+    stores: Arc<Stores>,
+}
+
+impl Instance {
+    async fn start(self) -> anyhow::Result<(Store<GuestState>, bindings::Guest, MemoryOutputPipe)> {
+        let stderr = MemoryOutputPipe::new(64 * 1024);
+        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        let state = GuestState {
+            table: ResourceTable::new(),
+            wasi,
+            kv: KvCtx::new(self.stores),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        let guest = self.pre.instantiate_async(&mut store).await?;
+        Ok((store, guest, stderr))
+    }
+
+    async fn call(self, case: &str, target: &wit::Target, profile: wit::Profile, phase: wit::Phase) -> Result<(), String> {
         let (mut store, guest, stderr) = self
-            .instantiate(stores.clone())
+            .start()
             .await
             .map_err(|err| format!("instantiation failed: {err:#}"))?;
         let result = guest
             .wasi_kv_conformance_suite()
-            .call_run_case(&mut store, &case.name, target, profile, phase)
+            .call_run_case(&mut store, case, target, profile, phase)
             .await;
         match result {
             Ok(result) => result,
