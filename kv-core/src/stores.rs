@@ -100,6 +100,22 @@ impl ProviderRegistry {
         self.factories.keys().copied().collect()
     }
 
+    /// Creates the provider one spec describes (for tools that drive a provider directly).
+    pub async fn connect(&self, spec: &StoreSpec) -> Result<Arc<dyn Provider>, ConfigError> {
+        let factory = self.factory(&spec.provider)?;
+        factory.connection_key(spec)?;
+        factory.connect(spec).await
+    }
+
+    fn factory(&self, provider: &str) -> Result<&Arc<dyn ProviderFactory>, ConfigError> {
+        self.factories.get(provider).ok_or_else(|| {
+            ConfigError(format!(
+                "unknown provider {provider:?} (this build knows: {})",
+                self.names().join(", ")
+            ))
+        })
+    }
+
     /// Builds every configured store; with no store configured, `default` is in-memory.
     pub async fn build(&self, config: &KvConfig) -> Result<Stores, ConfigError> {
         let mut specs = config.stores.clone();
@@ -111,16 +127,9 @@ impl ProviderRegistry {
         let mut builder = Stores::builder(config.limits.clone());
         for (name, spec) in &specs {
             let place = format!("store {name:?}");
-            let factory = self.factories.get(spec.provider.as_str()).ok_or_else(|| {
-                ConfigError::at(
-                    &place,
-                    format!(
-                        "unknown provider {:?} (this build knows: {})",
-                        spec.provider,
-                        self.names().join(", ")
-                    ),
-                )
-            })?;
+            let factory = self
+                .factory(&spec.provider)
+                .map_err(|err| ConfigError::at(&place, err))?;
             let key = factory
                 .connection_key(spec)
                 .map_err(|err| ConfigError::at(&place, err))?;

@@ -1,0 +1,86 @@
+//! `wasi-kv conformance`.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{Context as _, bail};
+use kv_conformance::{Outcome, Profile, Report, Suite, Target};
+use kv_core::Provider;
+
+use crate::cli::{ConformanceArgs, Format};
+
+/// Runs the suite; returns whether it passed.
+pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
+    let config = crate::load_config(args.stores.config.as_deref(), &args.stores.stores)?;
+    let registry = crate::registry();
+    if !registry.names().contains(&args.provider.as_str()) {
+        bail!(
+            "unknown provider {:?} (this build knows: {})",
+            args.provider,
+            registry.names().join(", ")
+        );
+    }
+    let spec = config.stores.values().find(|spec| spec.provider == args.provider);
+    let (provider, prefix): (Arc<dyn Provider>, String) = match spec {
+        Some(spec) => (registry.connect(spec).await?, spec.namespace.clone()),
+        None if args.provider == "memory" => (Arc::new(kv_core::MemoryProvider::new()), "conformance".to_string()),
+        None => bail!(
+            "no store of provider {:?} is configured: pass --store NAME=URL or --config FILE",
+            args.provider
+        ),
+    };
+    let profile = match args.provider.as_str() {
+        "memory" => Profile::memory(),
+        other => Profile::plain(other),
+    };
+    let mut target = Target::new(&args.provider, provider, profile);
+    target.namespace_prefix = prefix;
+    target.limits = config.limits.clone();
+
+    let started = SystemTime::now();
+    let suite = Suite::new().await.context("loading the conformance component")?;
+    let interactive = args.format == Format::Table;
+    let progress = |result: &kv_conformance::CaseResult, done: usize, total: usize| {
+        let mut err = std::io::stderr().lock();
+        let mark = match result.outcome {
+            Outcome::Passed => "ok",
+            Outcome::Failed => "FAILED",
+            Outcome::Ignored => "ignored",
+        };
+        let _ = writeln!(err, "[{done:>3}/{total}] {} {mark}", result.case);
+    };
+    let results = suite.run_all(&target, args.jobs, &progress).await;
+    let _ = interactive;
+    let report = Report::new(&args.provider, &target.profile.backend, started, results);
+
+    if let Some(dir) = &args.report_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (file, text) in [
+            ("report.json", report.to_json()),
+            ("report.xml", report.to_junit()),
+            ("report.md", report.to_markdown()),
+        ] {
+            let path = dir.join(file);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    let text = match args.format {
+        Format::Table => report.to_table(),
+        Format::Json => report.to_json(),
+        Format::Junit => report.to_junit(),
+        Format::Markdown => report.to_markdown(),
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    if !text.ends_with('\n') {
+        writeln!(out)?;
+    }
+    if args.format != Format::Table {
+        eprintln!("{}", report.summary_line());
+    }
+    if report.count(Outcome::Passed) == 0 {
+        eprintln!("error: no case passed");
+    }
+    Ok(report.is_success())
+}

@@ -1,0 +1,24 @@
+//! The `wasi-kv` command as a library, so tests can drive it in-process.
+
+pub mod cli;
+pub mod conformance;
+pub mod run;
+
+use kv_core::{ConfigError, KvConfig, ProviderRegistry};
+
+/// The providers compiled into this build (cargo features add the cloud ones).
+pub fn registry() -> ProviderRegistry {
+    ProviderRegistry::new()
+}
+
+/// Reads `--config` (if any) and applies `--store` short forms on top.
+pub fn load_config(config: Option<&std::path::Path>, stores: &[String]) -> Result<KvConfig, ConfigError> {
+    let mut loaded = match config {
+        Some(path) => KvConfig::from_file(path)?,
+        None => KvConfig::default(),
+    };
+    for store in stores {
+        loaded.add_short_form(store)?;
+    }
+    Ok(loaded)
+}

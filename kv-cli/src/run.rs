@@ -1,0 +1,120 @@
+//! `wasi-kv run`: a wasi:cli command component with WASI p2 and keyvalue.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use kv_core::Stores;
+use kv_core::host::{KvCtx, KvView, WasiKvView};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::p2::bindings::Command;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// Host state of one command run.
+pub struct RunState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    kv: KvCtx,
+}
+
+impl WasiView for RunState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiKvView for RunState {
+    fn kv(&mut self) -> KvView<'_> {
+        KvView::new(&self.kv, &mut self.table)
+    }
+}
+
+/// Where the component's stdout goes.
+pub enum Output {
+    /// The process's own stdio.
+    Inherit,
+    /// Captured (for tests); stderr is inherited.
+    Capture(MemoryOutputPipe),
+}
+
+/// One invocation.
+pub struct RunOptions {
+    /// The component file.
+    pub component: PathBuf,
+    /// `argv[1..]`.
+    pub args: Vec<String>,
+    /// `NAME=VALUE` pairs.
+    pub envs: Vec<String>,
+    /// `HOST[::GUEST]` directories.
+    pub dirs: Vec<String>,
+}
+
+/// Runs the component and returns its exit code.
+pub async fn run(options: &RunOptions, stores: Arc<Stores>, output: Output) -> anyhow::Result<i32> {
+    let engine = Engine::default();
+    let component = load_component(&engine, &options.component)?;
+    let mut linker = Linker::<RunState>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    kv_core::host::add_to_linker(&mut linker)?;
+
+    let mut wasi = WasiCtxBuilder::new();
+    match output {
+        Output::Inherit => {
+            wasi.inherit_stdio();
+        }
+        Output::Capture(pipe) => {
+            wasi.inherit_stdin().stdout(pipe).inherit_stderr();
+        }
+    }
+    let program = options
+        .component
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "component".to_string());
+    wasi.arg(program);
+    wasi.args(&options.args);
+    for pair in &options.envs {
+        let (name, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--env {pair}: expected NAME=VALUE"))?;
+        wasi.env(name, value);
+    }
+    for dir in &options.dirs {
+        let (host, guest) = dir.split_once("::").unwrap_or((dir, dir));
+        wasi.preopened_dir(host, guest, FsPerms::ReadWrite)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("--dir {dir}: cannot open {host}"))?;
+    }
+    let state = RunState {
+        table: ResourceTable::new(),
+        wasi: wasi.build(),
+        kv: KvCtx::new(stores),
+    };
+    let mut store = Store::new(&engine, state);
+    let command = Command::instantiate_async(&mut store, &component, &linker)
+        .await
+        .map_err(anyhow::Error::from)
+        .context("instantiating the component (is it a wasi:cli command?)")?;
+    match command.wasi_cli_run().call_run(&mut store).await {
+        Ok(Ok(())) => Ok(0),
+        Ok(Err(())) => Ok(1),
+        Err(err) => match err.downcast_ref::<I32Exit>() {
+            Some(exit) => Ok(exit.0),
+            None => Err(anyhow::Error::from(err).context("the component trapped")),
+        },
+    }
+}
+
+fn load_component(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
+    if !path.exists() {
+        bail!("{}: no such file", path.display());
+    }
+    Component::from_file(engine, path)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("{}: not a loadable WebAssembly component", path.display()))
+}
