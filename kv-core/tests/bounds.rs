@@ -1,0 +1,178 @@
+//! S12: the host protects itself from slow and failing backends. These rules cannot be provoked
+//! from a guest against a healthy backend, so they are tested here with providers that misbehave
+//! on purpose.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use kv_core::{
+    Access, Bucket, Capabilities, ErrorKind, KeyPage, KvError, Limits, Provider, Result, RetryPolicy, Stores,
+    SwapOutcome, Version, Versioned,
+};
+
+/// A bucket whose every operation first waits `delay`, then fails `failures` times with
+/// `error`, then succeeds.
+struct Misbehaving {
+    delay: Duration,
+    failures: usize,
+    error: fn() -> KvError,
+    calls: AtomicUsize,
+    oversized_page: bool,
+}
+
+impl Misbehaving {
+    async fn step(&self) -> Result<()> {
+        tokio::time::sleep(self.delay).await;
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        if call < self.failures { Err((self.error)()) } else { Ok(()) }
+    }
+}
+
+#[async_trait]
+impl Bucket for Misbehaving {
+    async fn get(&self, _: &str) -> Result<Option<Vec<u8>>> {
+        self.step().await.map(|_| Some(b"v".to_vec()))
+    }
+    async fn set(&self, _: &str, _: Vec<u8>) -> Result<()> {
+        self.step().await
+    }
+    async fn set_with_ttl(&self, _: &str, _: Vec<u8>, _: Duration) -> Result<()> {
+        self.step().await
+    }
+    async fn delete(&self, _: &str) -> Result<()> {
+        self.step().await
+    }
+    async fn exists(&self, _: &str) -> Result<bool> {
+        self.step().await.map(|_| true)
+    }
+    async fn list_keys(&self, _: Option<&str>, _: usize) -> Result<KeyPage> {
+        self.step().await?;
+        let count = if self.oversized_page { 1001 } else { 1 };
+        Ok(KeyPage { keys: (0..count).map(|i| i.to_string()).collect(), cursor: None })
+    }
+    async fn increment(&self, _: &str, delta: i64) -> Result<i64> {
+        self.step().await.map(|_| delta)
+    }
+    async fn read_versioned(&self, _: &str) -> Result<Versioned> {
+        self.step().await.map(|_| Versioned { value: None, version: Version::Absent })
+    }
+    async fn swap(&self, _: &str, _: &Version, _: Vec<u8>) -> Result<SwapOutcome> {
+        self.step().await.map(|_| SwapOutcome::Swapped)
+    }
+}
+
+struct OneBucket(Arc<Misbehaving>);
+
+#[async_trait]
+impl Provider for OneBucket {
+    fn name(&self) -> &str {
+        "misbehaving"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { ttl: true, cas: true, ..Capabilities::default() }
+    }
+    async fn open(&self, _: &str) -> Result<Arc<dyn Bucket>> {
+        Ok(self.0.clone())
+    }
+}
+
+fn limits(timeout_ms: u64, attempts: u32) -> Limits {
+    Limits {
+        operation_timeout: Duration::from_millis(timeout_ms),
+        retry: RetryPolicy {
+            max_attempts: attempts,
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+        },
+        ..Limits::default()
+    }
+}
+
+async fn store_over(bucket: Misbehaving, limits: Limits, access: Access) -> (kv_core::KvStore, Arc<Misbehaving>) {
+    let bucket = Arc::new(bucket);
+    let stores = Stores::builder(limits).store("s", Arc::new(OneBucket(bucket.clone())), "ns", access).build();
+    (stores.open("s").await.unwrap(), bucket)
+}
+
+fn bucket(delay_ms: u64, failures: usize, error: fn() -> KvError) -> Misbehaving {
+    Misbehaving {
+        delay: Duration::from_millis(delay_ms),
+        failures,
+        error,
+        calls: AtomicUsize::new(0),
+        oversized_page: false,
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_backend_times_out() {
+    let (store, _) = store_over(bucket(60_000, 0, || KvError::internal("x")), limits(200, 4), Access::ReadWrite).await;
+    let started = Instant::now();
+    let err = store.get("k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(err.to_string().starts_with("timeout: "), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn transient_errors_of_idempotent_operations_are_retried() {
+    let (store, calls) = store_over(bucket(0, 2, || KvError::unavailable("reset")), limits(5_000, 4), Access::ReadWrite).await;
+    assert_eq!(store.get("k").await.unwrap(), Some(b"v".to_vec()));
+    assert_eq!(calls.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn retries_run_out_with_the_backend_class() {
+    let throttled = || KvError::new(ErrorKind::Throttled, "slow down");
+    let (store, calls) = store_over(bucket(0, usize::MAX, throttled), limits(5_000, 3), Access::ReadWrite).await;
+    let err = store.set("k", b"v".to_vec()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Throttled);
+    assert_eq!(calls.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn increments_and_swaps_are_not_retried() {
+    let (store, calls) = store_over(bucket(0, 1, || KvError::unavailable("reset")), limits(5_000, 4), Access::ReadWrite).await;
+    assert_eq!(store.increment("k", 1).await.unwrap_err().kind(), ErrorKind::Unavailable);
+    assert_eq!(calls.calls.load(Ordering::SeqCst), 1);
+    let (store, calls) = store_over(bucket(0, 1, || KvError::unavailable("reset")), limits(5_000, 4), Access::ReadWrite).await;
+    assert_eq!(store.swap("k", &Version::Absent, b"v".to_vec()).await.unwrap_err().kind(), ErrorKind::Unavailable);
+    assert_eq!(calls.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn permanent_errors_are_not_retried() {
+    let (store, calls) = store_over(bucket(0, 1, || KvError::internal("bad answer")), limits(5_000, 4), Access::ReadWrite).await;
+    assert_eq!(store.get("k").await.unwrap_err().kind(), ErrorKind::Internal);
+    assert_eq!(calls.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_provider_page_over_the_bound_is_an_error_not_a_huge_reply() {
+    let mut misbehaving = bucket(0, 0, || KvError::internal("x"));
+    misbehaving.oversized_page = true;
+    let (store, _) = store_over(misbehaving, limits(5_000, 1), Access::ReadWrite).await;
+    assert_eq!(store.list_keys(None).await.unwrap_err().kind(), ErrorKind::Internal);
+}
+
+#[tokio::test]
+async fn read_only_writes_never_reach_the_provider() {
+    let (store, calls) = store_over(bucket(0, 0, || KvError::internal("x")), limits(5_000, 1), Access::ReadOnly).await;
+    assert_eq!(store.set("k", vec![]).await.unwrap_err().kind(), ErrorKind::AccessDenied);
+    assert_eq!(store.delete("k").await.unwrap_err().kind(), ErrorKind::AccessDenied);
+    assert_eq!(store.increment("k", 1).await.unwrap_err().kind(), ErrorKind::AccessDenied);
+    assert_eq!(store.set_many(vec![]).await.unwrap_err().kind(), ErrorKind::AccessDenied);
+    assert_eq!(calls.calls.load(Ordering::SeqCst), 0);
+    assert!(store.get("k").await.is_ok());
+}
+
+#[tokio::test]
+async fn unknown_and_denied_stores_are_classified() {
+    let stores = Stores::builder(Limits::default())
+        .store("denied", Arc::new(kv_core::MemoryProvider::new()), "ns", Access::Denied)
+        .build();
+    assert_eq!(stores.open("nope").await.unwrap_err().kind(), ErrorKind::NoSuchStore);
+    assert_eq!(stores.open("denied").await.unwrap_err().kind(), ErrorKind::AccessDenied);
+}
