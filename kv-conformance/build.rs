@@ -11,12 +11,22 @@ const GUESTS: &[(&str, &str)] = &[
 ];
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let workspace = manifest_dir.parent().expect("kv-conformance lives in the workspace").to_path_buf();
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let workspace = manifest_dir
+        .parent()
+        .expect("kv-conformance lives in the workspace")
+        .to_path_buf();
     for watched in ["wit", "kv-conformance/guest", "examples", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
     }
-    println!("cargo:rustc-env=KV_WASMTIME_VERSION={}", wasmtime_version(&workspace));
+    println!(
+        "cargo:rustc-env=KV_WASMTIME_VERSION={}",
+        wasmtime_version(&workspace)
+    );
     // A target dir of its own: the outer cargo holds the lock on the normal one.
     let target_dir = match env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => PathBuf::from(dir).join("wasm-guests"),
@@ -45,7 +55,9 @@ fn main() {
     ] {
         command.env_remove(var);
     }
-    let status = command.status().expect("failed to run cargo for the guest components");
+    let status = command
+        .status()
+        .expect("failed to run cargo for the guest components");
     if !status.success() {
         panic!(
             "building the wasm32-wasip2 guest components failed; is the target installed? \
@@ -55,7 +67,11 @@ fn main() {
     let out = target_dir.join("wasm32-wasip2").join("release");
     for (package, artifact) in GUESTS {
         let path = out.join(format!("{artifact}.wasm"));
-        assert!(Path::new(&path).exists(), "{package} did not produce {}", path.display());
+        assert!(
+            Path::new(&path).exists(),
+            "{package} did not produce {}",
+            path.display()
+        );
         let var = format!("KV_GUEST_{}", artifact.to_uppercase());
         println!("cargo:rustc-env={var}={}", path.display());
     }
@@ -66,10 +82,10 @@ fn wasmtime_version(workspace: &Path) -> String {
     let lock = std::fs::read_to_string(workspace.join("Cargo.lock")).unwrap_or_default();
     let mut lines = lock.lines();
     while let Some(line) = lines.next() {
-        if line == "name = \"wasmtime\"" {
-            if let Some(version) = lines.next().and_then(|l| l.strip_prefix("version = ")) {
-                return version.trim_matches('"').to_string();
-            }
+        if line == "name = \"wasmtime\""
+            && let Some(version) = lines.next().and_then(|l| l.strip_prefix("version = "))
+        {
+            return version.trim_matches('"').to_string();
         }
     }
     "unknown".to_string()

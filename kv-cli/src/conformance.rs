@@ -21,10 +21,16 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
             registry.names().join(", ")
         );
     }
-    let spec = config.stores.values().find(|spec| spec.provider == args.provider);
+    let spec = config
+        .stores
+        .values()
+        .find(|spec| spec.provider == args.provider);
     let (provider, prefix): (Arc<dyn Provider>, String) = match spec {
         Some(spec) => (registry.connect(spec).await?, spec.namespace.clone()),
-        None if args.provider == "memory" => (Arc::new(kv_core::MemoryProvider::new()), "conformance".to_string()),
+        None if args.provider == "memory" => (
+            Arc::new(kv_core::MemoryProvider::new()),
+            "conformance".to_string(),
+        ),
         None => bail!(
             "no store of provider {:?} is configured: pass --store NAME=URL or --config FILE",
             args.provider
@@ -39,7 +45,9 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
     target.limits = config.limits.clone();
 
     let started = SystemTime::now();
-    let suite = Suite::new().await.context("loading the conformance component")?;
+    let suite = Suite::new()
+        .await
+        .context("loading the conformance component")?;
     let interactive = args.format == Format::Table;
     let progress = |result: &kv_conformance::CaseResult, done: usize, total: usize| {
         let mut err = std::io::stderr().lock();

@@ -12,7 +12,10 @@ pub fn registry() -> ProviderRegistry {
 }
 
 /// Reads `--config` (if any) and applies `--store` short forms on top.
-pub fn load_config(config: Option<&std::path::Path>, stores: &[String]) -> Result<KvConfig, ConfigError> {
+pub fn load_config(
+    config: Option<&std::path::Path>,
+    stores: &[String],
+) -> Result<KvConfig, ConfigError> {
     let mut loaded = match config {
         Some(path) => KvConfig::from_file(path)?,
         None => KvConfig::default(),

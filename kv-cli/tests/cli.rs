@@ -10,7 +10,10 @@ const WASI_KV: &str = env!("CARGO_BIN_EXE_wasi-kv");
 const COUNTER: &str = kv_conformance::artifacts::COUNTER_EXAMPLE;
 
 fn wasi_kv(args: &[&str]) -> std::process::Output {
-    Command::new(WASI_KV).args(args).output().expect("wasi-kv runs")
+    Command::new(WASI_KV)
+        .args(args)
+        .output()
+        .expect("wasi-kv runs")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -23,7 +26,10 @@ async fn counter_example_counts_runs_on_one_store() {
         envs: vec![],
         dirs: vec![],
     };
-    for expected in ["this component has run 1 time\n", "this component has run 2 times\n"] {
+    for expected in [
+        "this component has run 1 time\n",
+        "this component has run 2 times\n",
+    ] {
         let stdout = MemoryOutputPipe::new(4096);
         let code = kv_cli::run::run(&options, stores.clone(), Output::Capture(stdout.clone()))
             .await
@@ -37,12 +43,22 @@ async fn counter_example_counts_runs_on_one_store() {
 fn run_prints_the_count_and_passes_env() {
     let out = wasi_kv(&["run", COUNTER]);
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "this component has run 1 time\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "this component has run 1 time\n"
+    );
     // The store named by KV_STORE must exist: `other` is not configured.
     let out = wasi_kv(&["run", "--env", "KV_STORE=other", COUNTER]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("NoSuchStore"));
-    let out = wasi_kv(&["run", "--store", "other=memory:", "--env", "KV_STORE=other", COUNTER]);
+    let out = wasi_kv(&[
+        "run",
+        "--store",
+        "other=memory:",
+        "--env",
+        "KV_STORE=other",
+        COUNTER,
+    ]);
     assert!(out.status.success(), "{out:?}");
 }
 
@@ -54,16 +70,25 @@ fn bad_configuration_is_one_clear_line() {
         std::fs::write(&path, text).unwrap();
         path.to_string_lossy().into_owned()
     };
-    let unknown_key = write("unknown-key.toml", "[stores.a]\nprovider = \"memory\"\ncolour = \"blue\"\n");
+    let unknown_key = write(
+        "unknown-key.toml",
+        "[stores.a]\nprovider = \"memory\"\ncolour = \"blue\"\n",
+    );
     let missing = write("missing.toml", "[stores.a]\nnamespace = \"x\"\n");
     let bad_limit = write("limit.toml", "[limits]\nmax_batch_entries = -1\n");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--store", "a=nosuch://x"], "unknown provider \"nosuch\""),
+        (
+            vec!["--store", "a=nosuch://x"],
+            "unknown provider \"nosuch\"",
+        ),
         (vec!["--store", "a=::not a url"], "malformed URL"),
         (vec!["--store", "justaname"], "expected NAME=URL"),
         (vec!["--config", &unknown_key], "unknown field `colour`"),
         (vec!["--config", &missing], "missing field `provider`"),
-        (vec!["--config", &bad_limit], "limits.max_batch_entries: must be a positive integer"),
+        (
+            vec!["--config", &bad_limit],
+            "limits.max_batch_entries: must be a positive integer",
+        ),
         (vec!["--config", "/does/not/exist.toml"], "No such file"),
     ];
     for (flags, expected) in cases {
@@ -83,11 +108,34 @@ fn bad_configuration_is_one_clear_line() {
 fn conformance_json_matches_the_documented_format() {
     let dir = tempfile::tempdir().unwrap();
     let report_dir = dir.path().to_string_lossy().into_owned();
-    let out = wasi_kv(&["conformance", "--provider", "memory", "--format", "json", "--report-dir", &report_dir]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
-    for field in ["wasmtime_version", "wit_version", "os", "arch", "commit", "started_at"] {
-        assert!(json[field].as_str().is_some_and(|v| !v.is_empty()), "{field}");
+    let out = wasi_kv(&[
+        "conformance",
+        "--provider",
+        "memory",
+        "--format",
+        "json",
+        "--report-dir",
+        &report_dir,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    for field in [
+        "wasmtime_version",
+        "wit_version",
+        "os",
+        "arch",
+        "commit",
+        "started_at",
+    ] {
+        assert!(
+            json[field].as_str().is_some_and(|v| !v.is_empty()),
+            "{field}"
+        );
     }
     let results = json["results"].as_array().unwrap();
     assert!(results.len() >= 50, "{} cases", results.len());

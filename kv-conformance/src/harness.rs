@@ -17,7 +17,8 @@ use crate::report::Outcome;
 use crate::runner::{Suite, Target};
 
 /// Connects to a target's backend; `Err` says why it is unreachable.
-pub type Connect = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<Target, String>> + Send>> + Send>;
+pub type Connect =
+    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<Target, String>> + Send>> + Send>;
 
 /// A target the harness may run, by name.
 pub struct TargetSource {
@@ -76,8 +77,11 @@ pub fn main(sources: Vec<TargetSource>) -> ExitCode {
     let mut trials = Vec::new();
     for name in &required {
         if !sources.iter().any(|source| &source.name == name) {
-            let message = format!("KV_REQUIRE names {name:?}, which this test binary does not know");
-            trials.push(Trial::test(format!("{name}::required"), move || Err(Failed::from(message))));
+            let message =
+                format!("KV_REQUIRE names {name:?}, which this test binary does not know");
+            trials.push(Trial::test(format!("{name}::required"), move || {
+                Err(Failed::from(message))
+            }));
         }
     }
     for source in sources {
@@ -102,7 +106,9 @@ pub fn main(sources: Vec<TargetSource>) -> ExitCode {
                         }
                     });
                     trials.push(match skip {
-                        Some(reason) => trial.with_ignored_flag(true).with_kind(short_kind(&reason)),
+                        Some(reason) => {
+                            trial.with_ignored_flag(true).with_kind(short_kind(&reason))
+                        }
                         None => trial,
                     });
                 }

@@ -71,12 +71,18 @@ pub struct Report {
 
 impl Report {
     /// A report with the environment facts filled in.
-    pub fn new(provider: &str, backend: &str, started_at: SystemTime, results: Vec<CaseResult>) -> Self {
+    pub fn new(
+        provider: &str,
+        backend: &str,
+        started_at: SystemTime,
+        results: Vec<CaseResult>,
+    ) -> Self {
         Report {
             provider: provider.to_string(),
             backend: backend.to_string(),
             wasmtime_version: crate::artifacts::WASMTIME_VERSION.to_string(),
-            wit_version: "wasi:keyvalue@0.2.0-draft2 (+ 0.2.0-draft, wasi-kv:ttl@0.1.0)".to_string(),
+            wit_version: "wasi:keyvalue@0.2.0-draft2 (+ 0.2.0-draft, wasi-kv:ttl@0.1.0)"
+                .to_string(),
             os: std::env::consts::OS.to_string(),
             arch: std::env::consts::ARCH.to_string(),
             commit: current_commit(),
@@ -107,14 +113,35 @@ impl Report {
 
     /// Console table.
     pub fn to_table(&self) -> String {
-        let width = self.results.iter().map(|r| r.case.len()).max().unwrap_or(4).max(4);
+        let width = self
+            .results
+            .iter()
+            .map(|r| r.case.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
         let mut out = String::new();
-        let _ = writeln!(out, "conformance: provider {} ({})", self.provider, self.backend);
-        let _ = writeln!(out, "{:<width$}  {:<8}  {:>8}  note", "case", "outcome", "ms");
+        let _ = writeln!(
+            out,
+            "conformance: provider {} ({})",
+            self.provider, self.backend
+        );
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:<8}  {:>8}  note",
+            "case", "outcome", "ms"
+        );
         let _ = writeln!(out, "{}", "-".repeat(width + 32));
         for r in &self.results {
             let note = r.reason.as_deref().unwrap_or("");
-            let _ = writeln!(out, "{:<width$}  {:<8}  {:>8}  {}", r.case, r.outcome.as_str(), r.duration_ms, one_line(note, 160));
+            let _ = writeln!(
+                out,
+                "{:<width$}  {:<8}  {:>8}  {}",
+                r.case,
+                r.outcome.as_str(),
+                r.duration_ms,
+                one_line(note, 160)
+            );
         }
         let _ = writeln!(out, "{}", "-".repeat(width + 32));
         let _ = writeln!(out, "{}", self.summary_line());
@@ -129,7 +156,11 @@ impl Report {
     /// JUnit XML, one testcase per case.
     pub fn to_junit(&self) -> String {
         let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-        let total_secs: f64 = self.results.iter().map(|r| r.duration_ms as f64 / 1000.0).sum();
+        let total_secs: f64 = self
+            .results
+            .iter()
+            .map(|r| r.duration_ms as f64 / 1000.0)
+            .sum();
         let _ = writeln!(
             out,
             "<testsuite name=\"wasi-kv conformance: {}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{:.3}\" timestamp=\"{}\">",
@@ -152,7 +183,10 @@ impl Report {
                 Outcome::Passed => out.push_str("/>\n"),
                 Outcome::Failed => {
                     let reason = xml(r.reason.as_deref().unwrap_or(""));
-                    let _ = writeln!(out, ">\n    <failure message=\"{reason}\">{reason}</failure>\n  </testcase>");
+                    let _ = writeln!(
+                        out,
+                        ">\n    <failure message=\"{reason}\">{reason}</failure>\n  </testcase>"
+                    );
                 }
                 Outcome::Ignored => {
                     let reason = xml(r.reason.as_deref().unwrap_or(""));
@@ -181,7 +215,10 @@ impl Report {
         ] {
             let _ = writeln!(out, "| {field} | {} |", md(value));
         }
-        let _ = writeln!(out, "\n| case | rules | outcome | ms | note |\n|---|---|---|---:|---|");
+        let _ = writeln!(
+            out,
+            "\n| case | rules | outcome | ms | note |\n|---|---|---|---:|---|"
+        );
         for r in &self.results {
             let _ = writeln!(
                 out,
@@ -198,7 +235,10 @@ impl Report {
 }
 
 fn one_line(text: &str, max: usize) -> String {
-    let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     if flat.chars().count() > max {
         format!("{}…", flat.chars().take(max).collect::<String>())
     } else {
@@ -242,7 +282,10 @@ fn current_commit() -> String {
 
 /// `2026-11-23T20:41:07Z`.
 pub fn rfc3339(time: SystemTime) -> String {
-    let secs = time.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -291,13 +334,23 @@ mod tests {
     #[test]
     fn timestamp_is_rfc3339() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_466_467)), "2026-11-23T20:41:07Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_466_467)),
+            "2026-11-23T20:41:07Z"
+        );
     }
 
     #[test]
     fn json_has_the_documented_fields() {
         let json: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
-        for field in ["wasmtime_version", "wit_version", "os", "arch", "commit", "started_at"] {
+        for field in [
+            "wasmtime_version",
+            "wit_version",
+            "os",
+            "arch",
+            "commit",
+            "started_at",
+        ] {
             assert!(json[field].is_string(), "{field}");
         }
         let first = &json["results"][0];

@@ -117,7 +117,10 @@ impl Target {
             return Some(format!("the {} provider does not declare TTL", self.name));
         }
         if case.needs_cas && !caps.cas {
-            return Some(format!("the {} provider does not declare compare-and-swap", self.name));
+            return Some(format!(
+                "the {} provider does not declare compare-and-swap",
+                self.name
+            ));
         }
         self.profile
             .divergences
@@ -222,7 +225,10 @@ impl Suite {
             stores,
         };
         let (mut store, guest, _) = instance.start().await?;
-        let cases = guest.wasi_kv_conformance_suite().call_list_cases(&mut store).await?;
+        let cases = guest
+            .wasi_kv_conformance_suite()
+            .call_list_cases(&mut store)
+            .await?;
         Ok(cases
             .into_iter()
             .map(|case| CaseInfo {
@@ -246,7 +252,10 @@ impl Suite {
                 Ok(Err(reason)) => (Outcome::Failed, Some(reason)),
                 Err(_) => (
                     Outcome::Failed,
-                    Some(format!("did not finish within {} s", CASE_TIMEOUT.as_secs())),
+                    Some(format!(
+                        "did not finish within {} s",
+                        CASE_TIMEOUT.as_secs()
+                    )),
                 ),
             },
         };
@@ -286,9 +295,16 @@ impl Suite {
     }
 
     fn stores_for(&self, target: &Target, case: &CaseInfo) -> Arc<Stores> {
-        let index = self.cases.iter().position(|c| c.name == case.name).unwrap_or(usize::MAX);
+        let index = self
+            .cases
+            .iter()
+            .position(|c| c.name == case.name)
+            .unwrap_or(usize::MAX);
         let nonce: u32 = rand::random();
-        let base = format!("{}-{}-{index}-{nonce:08x}", target.namespace_prefix, self.run_id);
+        let base = format!(
+            "{}-{}-{index}-{nonce:08x}",
+            target.namespace_prefix, self.run_id
+        );
         let main = format!("{base}-a");
         let peer = format!("{base}-b");
         let provider = &target.provider;
@@ -326,12 +342,20 @@ impl Suite {
                     stores: stores.clone(),
                 };
                 let (name, target) = (case.name.clone(), wit_target.clone());
-                tokio::spawn(async move { instance.call(&name, &target, profile, wit::Phase::Worker(worker)).await })
+                tokio::spawn(async move {
+                    instance
+                        .call(&name, &target, profile, wit::Phase::Worker(worker))
+                        .await
+                })
             })
             .collect();
         let mut results = Vec::with_capacity(workers.len());
         for worker in workers {
-            results.push(worker.await.unwrap_or_else(|err| Err(format!("worker task failed: {err}"))));
+            results.push(
+                worker
+                    .await
+                    .unwrap_or_else(|err| Err(format!("worker task failed: {err}"))),
+            );
         }
         for (worker, result) in results.into_iter().enumerate() {
             result.map_err(|reason| format!("worker {worker}: {reason}"))?;
@@ -381,7 +405,13 @@ impl Instance {
         Ok((store, guest, stderr))
     }
 
-    async fn call(self, case: &str, target: &wit::Target, profile: wit::Profile, phase: wit::Phase) -> Result<(), String> {
+    async fn call(
+        self,
+        case: &str,
+        target: &wit::Target,
+        profile: wit::Profile,
+        phase: wit::Phase,
+    ) -> Result<(), String> {
         let (mut store, guest, stderr) = self
             .start()
             .await
@@ -406,13 +436,17 @@ fn tail(output: &str) -> String {
         return String::new();
     }
     let start = output.len().saturating_sub(600);
-    let start = (start..output.len()).find(|i| output.is_char_boundary(*i)).unwrap_or(0);
+    let start = (start..output.len())
+        .find(|i| output.is_char_boundary(*i))
+        .unwrap_or(0);
     format!("; guest stderr: {}", &output[start..])
 }
 
 impl std::fmt::Debug for Suite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Suite").field("cases", &self.cases.len()).finish()
+        f.debug_struct("Suite")
+            .field("cases", &self.cases.len())
+            .finish()
     }
 }
 

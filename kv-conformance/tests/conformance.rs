@@ -10,6 +10,10 @@ use kv_core::MemoryProvider;
 
 fn main() -> ExitCode {
     harness::main(vec![TargetSource::new("memory", || async {
-        Ok(Target::new("memory", Arc::new(MemoryProvider::new()), Profile::memory()))
+        Ok(Target::new(
+            "memory",
+            Arc::new(MemoryProvider::new()),
+            Profile::memory(),
+        ))
     })])
 }

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use kv_conformance::{Outcome, Profile, Suite, Target};
-use kv_core::{Bucket, Capabilities, KeyPage, MemoryProvider, Provider, Result, SwapOutcome, Version, Versioned};
+use kv_core::{
+    Bucket, Capabilities, KeyPage, MemoryProvider, Provider, Result, SwapOutcome, Version,
+    Versioned,
+};
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {
@@ -48,7 +51,9 @@ impl Provider for FaultyProvider {
     async fn open(&self, namespace: &str) -> Result<Arc<dyn Bucket>> {
         let namespace = match self.fault {
             // The runner names a case's stores `<case namespace>-a` and `-b`.
-            Fault::SharedKeyspace => namespace.rsplit_once('-').map_or(namespace, |(shared, _)| shared),
+            Fault::SharedKeyspace => namespace
+                .rsplit_once('-')
+                .map_or(namespace, |(shared, _)| shared),
             _ => namespace,
         };
         Ok(Arc::new(FaultyBucket {
@@ -78,10 +83,10 @@ impl Bucket for FaultyBucket {
     }
 
     async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        if let Fault::LosesEveryThirdWrite = self.fault {
-            if self.sets.fetch_add(1, Ordering::SeqCst) % 3 == 2 {
-                return Ok(());
-            }
+        if matches!(self.fault, Fault::LosesEveryThirdWrite)
+            && self.sets.fetch_add(1, Ordering::SeqCst) % 3 == 2
+        {
+            return Ok(());
         }
         self.inner.set(key, value).await
     }
@@ -104,7 +109,10 @@ impl Bucket for FaultyBucket {
     async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {
         let page = self.inner.list_keys(cursor, limit).await?;
         match self.fault {
-            Fault::ListStopsAfterFirstPage => Ok(KeyPage { keys: page.keys, cursor: None }),
+            Fault::ListStopsAfterFirstPage => Ok(KeyPage {
+                keys: page.keys,
+                cursor: None,
+            }),
             _ => Ok(page),
         }
     }
@@ -118,7 +126,9 @@ impl Bucket for FaultyBucket {
                 };
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 let next = kv_core::counter::add_delta(current, delta)?;
-                self.inner.set(key, kv_core::counter::encode_counter(next)).await?;
+                self.inner
+                    .set(key, kv_core::counter::encode_counter(next))
+                    .await?;
                 Ok(next)
             }
             _ => self.inner.increment(key, delta).await,
@@ -129,7 +139,9 @@ impl Bucket for FaultyBucket {
         match self.fault {
             Fault::CasComparesValues => {
                 let value = self.inner.get(key).await?;
-                let version = value.as_deref().map_or(Version::Absent, |v| Version::Tag(hex(v)));
+                let version = value
+                    .as_deref()
+                    .map_or(Version::Absent, |v| Version::Tag(hex(v)));
                 Ok(Versioned { value, version })
             }
             _ => self.inner.read_versioned(key).await,
@@ -150,7 +162,9 @@ impl Bucket for FaultyBucket {
                 let current = self.inner.get(key).await?;
                 let unchanged = match expected {
                     Version::Absent => current.is_none(),
-                    Version::Tag(tag) => current.as_deref().map(hex).as_deref() == Some(tag.as_str()),
+                    Version::Tag(tag) => {
+                        current.as_deref().map(hex).as_deref() == Some(tag.as_str())
+                    }
                 };
                 if !unchanged {
                     return Ok(SwapOutcome::Conflict);
@@ -177,10 +191,16 @@ impl Bucket for FaultyBucket {
 
 async fn failing_cases(fault: Fault) -> BTreeSet<String> {
     let suite = Suite::new().await.expect("the conformance component loads");
-    let provider = Arc::new(FaultyProvider { inner: MemoryProvider::new(), fault });
+    let provider = Arc::new(FaultyProvider {
+        inner: MemoryProvider::new(),
+        fault,
+    });
     let target = Target::new("faulty", provider, Profile::plain("faulty"));
     let results = suite.run_all(&target, 4, &|_, _, _| {}).await;
-    assert!(results.iter().all(|r| r.outcome != Outcome::Ignored), "{fault:?}: nothing may be skipped");
+    assert!(
+        results.iter().all(|r| r.outcome != Outcome::Ignored),
+        "{fault:?}: nothing may be skipped"
+    );
     results
         .into_iter()
         .filter(|r| r.outcome == Outcome::Failed)
@@ -196,13 +216,20 @@ fn names(cases: &[&str]) -> BTreeSet<String> {
 async fn shared_keyspace_fails_exactly_the_isolation_cases() {
     assert_eq!(
         failing_cases(Fault::SharedKeyspace).await,
-        names(&["isolation_adversarial_keys", "isolation_counters_and_batches", "isolation_listing"])
+        names(&[
+            "isolation_adversarial_keys",
+            "isolation_counters_and_batches",
+            "isolation_listing"
+        ])
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racy_increment_fails_exactly_the_concurrent_increment_case() {
-    assert_eq!(failing_cases(Fault::RacyIncrement).await, names(&["increment_concurrent_exact"]));
+    assert_eq!(
+        failing_cases(Fault::RacyIncrement).await,
+        names(&["increment_concurrent_exact"])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -221,12 +248,18 @@ async fn cas_without_version_check_fails_every_conflict_case() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn value_comparing_cas_fails_exactly_the_aba_case() {
-    assert_eq!(failing_cases(Fault::CasComparesValues).await, names(&["cas_detects_rewrite_of_same_value"]));
+    assert_eq!(
+        failing_cases(Fault::CasComparesValues).await,
+        names(&["cas_detects_rewrite_of_same_value"])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ignored_ttl_fails_exactly_the_expiry_case() {
-    assert_eq!(failing_cases(Fault::TtlIgnored).await, names(&["ttl_expired_is_missing_everywhere"]));
+    assert_eq!(
+        failing_cases(Fault::TtlIgnored).await,
+        names(&["ttl_expired_is_missing_everywhere"])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

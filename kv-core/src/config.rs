@@ -124,9 +124,9 @@ impl KvConfig {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<KvConfig, ConfigError> {
-        let mut root: toml::Table = text
-            .parse()
-            .map_err(|err: toml::de::Error| ConfigError(format!("invalid TOML: {}", one_line(&err.to_string()))))?;
+        let mut root: toml::Table = text.parse().map_err(|err: toml::de::Error| {
+            ConfigError(format!("invalid TOML: {}", one_line(&err.to_string())))
+        })?;
         let mut config = KvConfig::default();
         if let Some(limits) = root.remove("limits") {
             config.limits = parse_limits(limits)?;
@@ -155,8 +155,8 @@ impl KvConfig {
 
     /// Reads and parses a configuration file, expanding `${NAME}` from the process environment.
     pub fn from_file(path: &std::path::Path) -> Result<KvConfig, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|err| ConfigError::at(path.display(), err))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|err| ConfigError::at(path.display(), err))?;
         Self::from_toml(&text, &|name| std::env::var(name).ok())
             .map_err(|err| ConfigError::at(path.display(), err))
     }
@@ -190,13 +190,18 @@ fn parse_limits(value: toml::Value) -> Result<Limits, ConfigError> {
             "max_batch_entries" => limits.max_batch_entries = number as usize,
             "list_page_size" => {
                 if number as usize > MAX_LIST_PAGE {
-                    return Err(ConfigError::at(place, format!("must be at most {MAX_LIST_PAGE}")));
+                    return Err(ConfigError::at(
+                        place,
+                        format!("must be at most {MAX_LIST_PAGE}"),
+                    ));
                 }
                 limits.list_page_size = number as usize;
             }
             "operation_timeout_ms" => limits.operation_timeout = Duration::from_millis(number),
             "retry_max_attempts" => limits.retry.max_attempts = number.min(100) as u32,
-            "retry_initial_backoff_ms" => limits.retry.initial_backoff = Duration::from_millis(number),
+            "retry_initial_backoff_ms" => {
+                limits.retry.initial_backoff = Duration::from_millis(number)
+            }
             "retry_max_backoff_ms" => limits.retry.max_backoff = Duration::from_millis(number),
             _ => return Err(ConfigError::at(place, "unknown limit")),
         }
@@ -216,7 +221,10 @@ fn parse_store_table(
         match table.remove(field) {
             None => Ok(None),
             Some(toml::Value::String(text)) => Ok(Some(text)),
-            Some(_) => Err(ConfigError::at(format!("{place}.{field}"), "must be a string")),
+            Some(_) => Err(ConfigError::at(
+                format!("{place}.{field}"),
+                "must be a string",
+            )),
         }
     };
     let url = take_string("url")?
@@ -251,7 +259,10 @@ fn parse_store_table(
 
 fn check_store_name(place: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty() || name.len() > 256 {
-        return Err(ConfigError::at(place, "a store name must be 1 to 256 bytes"));
+        return Err(ConfigError::at(
+            place,
+            "a store name must be 1 to 256 bytes",
+        ));
     }
     Ok(())
 }
@@ -261,7 +272,10 @@ fn check_namespace(place: &str, namespace: &str) -> Result<(), ConfigError> {
         return Err(ConfigError::at(place, "a namespace must be 1 to 256 bytes"));
     }
     if namespace.chars().any(char::is_control) {
-        return Err(ConfigError::at(place, "a namespace must not contain control characters"));
+        return Err(ConfigError::at(
+            place,
+            "a namespace must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -293,7 +307,9 @@ pub fn parse_short_form(arg: &str) -> Result<(String, StoreSpec), ConfigError> {
                 access = Access::parse(&value).ok_or_else(|| {
                     ConfigError::at(
                         &place,
-                        format!("unknown access mode {value:?} (expected read-write, read-only or none)"),
+                        format!(
+                            "unknown access mode {value:?} (expected read-write, read-only or none)"
+                        ),
                     )
                 })?
             }
@@ -362,9 +378,9 @@ pub fn expand_env(
             out.push('$');
             rest = stripped;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body
-                .find('}')
-                .ok_or_else(|| ConfigError::at(place, "unterminated `${` (write `$$` for a literal `$`)"))?;
+            let end = body.find('}').ok_or_else(|| {
+                ConfigError::at(place, "unterminated `${` (write `$$` for a literal `$`)")
+            })?;
             let name = &body[..end];
             if name.is_empty() {
                 return Err(ConfigError::at(place, "empty `${}`"));
@@ -432,10 +448,22 @@ mod tests {
     #[test]
     fn reports_problems_in_one_line() {
         let cases = [
-            ("[stores.a]\nnamespace = \"x\"", "stores.a: missing field `provider`"),
-            ("[stores.a]\nprovider = \"memory\"\naccess = \"rw\"", "stores.a.access: unknown access mode"),
-            ("[stores.a]\nprovider = \"memory\"\nx = \"${NOPE}\"", "stores.a.x: environment variable NOPE is not set"),
-            ("[stores.a]\nurl = \"not a url\"", "stores.a.url: malformed URL"),
+            (
+                "[stores.a]\nnamespace = \"x\"",
+                "stores.a: missing field `provider`",
+            ),
+            (
+                "[stores.a]\nprovider = \"memory\"\naccess = \"rw\"",
+                "stores.a.access: unknown access mode",
+            ),
+            (
+                "[stores.a]\nprovider = \"memory\"\nx = \"${NOPE}\"",
+                "stores.a.x: environment variable NOPE is not set",
+            ),
+            (
+                "[stores.a]\nurl = \"not a url\"",
+                "stores.a.url: malformed URL",
+            ),
             ("[limits]\nmax_batch = 3", "limits.max_batch: unknown limit"),
             ("[stor]\n", "stor: unknown top-level key"),
             ("[stores.a\n", "invalid TOML"),
@@ -449,9 +477,10 @@ mod tests {
 
     #[test]
     fn parses_short_form() {
-        let (name, spec) =
-            parse_short_form("users=redis://:pw@127.0.0.1:6379/2?namespace=u&access=read-only&tls=1")
-                .unwrap();
+        let (name, spec) = parse_short_form(
+            "users=redis://:pw@127.0.0.1:6379/2?namespace=u&access=read-only&tls=1",
+        )
+        .unwrap();
         assert_eq!(name, "users");
         assert_eq!(spec.provider, "redis");
         assert_eq!(spec.namespace, "u");
@@ -470,7 +499,10 @@ mod tests {
 
     #[test]
     fn expands_env() {
-        assert_eq!(expand_env("p", "a${NS}b$$c$d", &env).unwrap(), "ateam-ab$c$d");
+        assert_eq!(
+            expand_env("p", "a${NS}b$$c$d", &env).unwrap(),
+            "ateam-ab$c$d"
+        );
         assert!(expand_env("p", "${NS", &env).is_err());
     }
 }

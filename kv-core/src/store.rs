@@ -478,10 +478,7 @@ mod tests {
     fn key_bounds() {
         assert!(check_key("a").is_ok());
         assert!(check_key(&"x".repeat(1024)).is_ok());
-        assert_eq!(
-            check_key("").unwrap_err().kind(),
-            ErrorKind::InvalidKey
-        );
+        assert_eq!(check_key("").unwrap_err().kind(), ErrorKind::InvalidKey);
         assert_eq!(
             check_key(&"x".repeat(1025)).unwrap_err().kind(),
             ErrorKind::InvalidKey

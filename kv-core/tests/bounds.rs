@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use kv_core::{
-    Access, Bucket, Capabilities, ErrorKind, KeyPage, KvError, Limits, Provider, Result, RetryPolicy, Stores,
-    SwapOutcome, Version, Versioned,
+    Access, Bucket, Capabilities, ErrorKind, KeyPage, KvError, Limits, Provider, Result,
+    RetryPolicy, Stores, SwapOutcome, Version, Versioned,
 };
 
 /// A bucket whose every operation first waits `delay`, then fails `failures` times with
@@ -26,7 +26,11 @@ impl Misbehaving {
     async fn step(&self) -> Result<()> {
         tokio::time::sleep(self.delay).await;
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
-        if call < self.failures { Err((self.error)()) } else { Ok(()) }
+        if call < self.failures {
+            Err((self.error)())
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -50,13 +54,19 @@ impl Bucket for Misbehaving {
     async fn list_keys(&self, _: Option<&str>, _: usize) -> Result<KeyPage> {
         self.step().await?;
         let count = if self.oversized_page { 1001 } else { 1 };
-        Ok(KeyPage { keys: (0..count).map(|i| i.to_string()).collect(), cursor: None })
+        Ok(KeyPage {
+            keys: (0..count).map(|i| i.to_string()).collect(),
+            cursor: None,
+        })
     }
     async fn increment(&self, _: &str, delta: i64) -> Result<i64> {
         self.step().await.map(|_| delta)
     }
     async fn read_versioned(&self, _: &str) -> Result<Versioned> {
-        self.step().await.map(|_| Versioned { value: None, version: Version::Absent })
+        self.step().await.map(|_| Versioned {
+            value: None,
+            version: Version::Absent,
+        })
     }
     async fn swap(&self, _: &str, _: &Version, _: Vec<u8>) -> Result<SwapOutcome> {
         self.step().await.map(|_| SwapOutcome::Swapped)
@@ -71,7 +81,11 @@ impl Provider for OneBucket {
         "misbehaving"
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities { ttl: true, cas: true, ..Capabilities::default() }
+        Capabilities {
+            ttl: true,
+            cas: true,
+            ..Capabilities::default()
+        }
     }
     async fn open(&self, _: &str) -> Result<Arc<dyn Bucket>> {
         Ok(self.0.clone())
@@ -90,9 +104,15 @@ fn limits(timeout_ms: u64, attempts: u32) -> Limits {
     }
 }
 
-async fn store_over(bucket: Misbehaving, limits: Limits, access: Access) -> (kv_core::KvStore, Arc<Misbehaving>) {
+async fn store_over(
+    bucket: Misbehaving,
+    limits: Limits,
+    access: Access,
+) -> (kv_core::KvStore, Arc<Misbehaving>) {
     let bucket = Arc::new(bucket);
-    let stores = Stores::builder(limits).store("s", Arc::new(OneBucket(bucket.clone())), "ns", access).build();
+    let stores = Stores::builder(limits)
+        .store("s", Arc::new(OneBucket(bucket.clone())), "ns", access)
+        .build();
     (stores.open("s").await.unwrap(), bucket)
 }
 
@@ -108,17 +128,31 @@ fn bucket(delay_ms: u64, failures: usize, error: fn() -> KvError) -> Misbehaving
 
 #[tokio::test]
 async fn a_hanging_backend_times_out() {
-    let (store, _) = store_over(bucket(60_000, 0, || KvError::internal("x")), limits(200, 4), Access::ReadWrite).await;
+    let (store, _) = store_over(
+        bucket(60_000, 0, || KvError::internal("x")),
+        limits(200, 4),
+        Access::ReadWrite,
+    )
+    .await;
     let started = Instant::now();
     let err = store.get("k").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     assert!(err.to_string().starts_with("timeout: "), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn transient_errors_of_idempotent_operations_are_retried() {
-    let (store, calls) = store_over(bucket(0, 2, || KvError::unavailable("reset")), limits(5_000, 4), Access::ReadWrite).await;
+    let (store, calls) = store_over(
+        bucket(0, 2, || KvError::unavailable("reset")),
+        limits(5_000, 4),
+        Access::ReadWrite,
+    )
+    .await;
     assert_eq!(store.get("k").await.unwrap(), Some(b"v".to_vec()));
     assert_eq!(calls.calls.load(Ordering::SeqCst), 3);
 }
@@ -126,7 +160,12 @@ async fn transient_errors_of_idempotent_operations_are_retried() {
 #[tokio::test]
 async fn retries_run_out_with_the_backend_class() {
     let throttled = || KvError::new(ErrorKind::Throttled, "slow down");
-    let (store, calls) = store_over(bucket(0, usize::MAX, throttled), limits(5_000, 3), Access::ReadWrite).await;
+    let (store, calls) = store_over(
+        bucket(0, usize::MAX, throttled),
+        limits(5_000, 3),
+        Access::ReadWrite,
+    )
+    .await;
     let err = store.set("k", b"v".to_vec()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Throttled);
     assert_eq!(calls.calls.load(Ordering::SeqCst), 3);
@@ -134,18 +173,46 @@ async fn retries_run_out_with_the_backend_class() {
 
 #[tokio::test]
 async fn increments_and_swaps_are_not_retried() {
-    let (store, calls) = store_over(bucket(0, 1, || KvError::unavailable("reset")), limits(5_000, 4), Access::ReadWrite).await;
-    assert_eq!(store.increment("k", 1).await.unwrap_err().kind(), ErrorKind::Unavailable);
+    let (store, calls) = store_over(
+        bucket(0, 1, || KvError::unavailable("reset")),
+        limits(5_000, 4),
+        Access::ReadWrite,
+    )
+    .await;
+    assert_eq!(
+        store.increment("k", 1).await.unwrap_err().kind(),
+        ErrorKind::Unavailable
+    );
     assert_eq!(calls.calls.load(Ordering::SeqCst), 1);
-    let (store, calls) = store_over(bucket(0, 1, || KvError::unavailable("reset")), limits(5_000, 4), Access::ReadWrite).await;
-    assert_eq!(store.swap("k", &Version::Absent, b"v".to_vec()).await.unwrap_err().kind(), ErrorKind::Unavailable);
+    let (store, calls) = store_over(
+        bucket(0, 1, || KvError::unavailable("reset")),
+        limits(5_000, 4),
+        Access::ReadWrite,
+    )
+    .await;
+    assert_eq!(
+        store
+            .swap("k", &Version::Absent, b"v".to_vec())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Unavailable
+    );
     assert_eq!(calls.calls.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
 async fn permanent_errors_are_not_retried() {
-    let (store, calls) = store_over(bucket(0, 1, || KvError::internal("bad answer")), limits(5_000, 4), Access::ReadWrite).await;
-    assert_eq!(store.get("k").await.unwrap_err().kind(), ErrorKind::Internal);
+    let (store, calls) = store_over(
+        bucket(0, 1, || KvError::internal("bad answer")),
+        limits(5_000, 4),
+        Access::ReadWrite,
+    )
+    .await;
+    assert_eq!(
+        store.get("k").await.unwrap_err().kind(),
+        ErrorKind::Internal
+    );
     assert_eq!(calls.calls.load(Ordering::SeqCst), 1);
 }
 
@@ -154,16 +221,36 @@ async fn a_provider_page_over_the_bound_is_an_error_not_a_huge_reply() {
     let mut misbehaving = bucket(0, 0, || KvError::internal("x"));
     misbehaving.oversized_page = true;
     let (store, _) = store_over(misbehaving, limits(5_000, 1), Access::ReadWrite).await;
-    assert_eq!(store.list_keys(None).await.unwrap_err().kind(), ErrorKind::Internal);
+    assert_eq!(
+        store.list_keys(None).await.unwrap_err().kind(),
+        ErrorKind::Internal
+    );
 }
 
 #[tokio::test]
 async fn read_only_writes_never_reach_the_provider() {
-    let (store, calls) = store_over(bucket(0, 0, || KvError::internal("x")), limits(5_000, 1), Access::ReadOnly).await;
-    assert_eq!(store.set("k", vec![]).await.unwrap_err().kind(), ErrorKind::AccessDenied);
-    assert_eq!(store.delete("k").await.unwrap_err().kind(), ErrorKind::AccessDenied);
-    assert_eq!(store.increment("k", 1).await.unwrap_err().kind(), ErrorKind::AccessDenied);
-    assert_eq!(store.set_many(vec![]).await.unwrap_err().kind(), ErrorKind::AccessDenied);
+    let (store, calls) = store_over(
+        bucket(0, 0, || KvError::internal("x")),
+        limits(5_000, 1),
+        Access::ReadOnly,
+    )
+    .await;
+    assert_eq!(
+        store.set("k", vec![]).await.unwrap_err().kind(),
+        ErrorKind::AccessDenied
+    );
+    assert_eq!(
+        store.delete("k").await.unwrap_err().kind(),
+        ErrorKind::AccessDenied
+    );
+    assert_eq!(
+        store.increment("k", 1).await.unwrap_err().kind(),
+        ErrorKind::AccessDenied
+    );
+    assert_eq!(
+        store.set_many(vec![]).await.unwrap_err().kind(),
+        ErrorKind::AccessDenied
+    );
     assert_eq!(calls.calls.load(Ordering::SeqCst), 0);
     assert!(store.get("k").await.is_ok());
 }
@@ -171,8 +258,19 @@ async fn read_only_writes_never_reach_the_provider() {
 #[tokio::test]
 async fn unknown_and_denied_stores_are_classified() {
     let stores = Stores::builder(Limits::default())
-        .store("denied", Arc::new(kv_core::MemoryProvider::new()), "ns", Access::Denied)
+        .store(
+            "denied",
+            Arc::new(kv_core::MemoryProvider::new()),
+            "ns",
+            Access::Denied,
+        )
         .build();
-    assert_eq!(stores.open("nope").await.unwrap_err().kind(), ErrorKind::NoSuchStore);
-    assert_eq!(stores.open("denied").await.unwrap_err().kind(), ErrorKind::AccessDenied);
+    assert_eq!(
+        stores.open("nope").await.unwrap_err().kind(),
+        ErrorKind::NoSuchStore
+    );
+    assert_eq!(
+        stores.open("denied").await.unwrap_err().kind(),
+        ErrorKind::AccessDenied
+    );
 }

@@ -21,7 +21,10 @@ fn main() {
         Err(err) => fail(&format!("cannot open store {name:?}: {err:?}")),
     };
     match atomics::increment(&bucket, "runs", 1) {
-        Ok(count) => println!("this component has run {count} time{}", if count == 1 { "" } else { "s" }),
+        Ok(count) => println!(
+            "this component has run {count} time{}",
+            if count == 1 { "" } else { "s" }
+        ),
         Err(err) => fail(&format!("cannot count this run: {err:?}")),
     }
 }

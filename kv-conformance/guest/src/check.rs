@@ -41,7 +41,9 @@ impl<T, E: Debug> OrFail<T> for Result<T, E> {
 pub fn expect_class<T: Debug>(result: Result<T, Error>, class: &str, what: &str) -> Outcome {
     match result {
         Err(Error::Other(message)) if message.starts_with(&format!("{class}:")) => Ok(()),
-        other => Err(format!("{what}: expected error class `{class}`, got {other:?}")),
+        other => Err(format!(
+            "{what}: expected error class `{class}`, got {other:?}"
+        )),
     }
 }
 
@@ -60,7 +62,11 @@ pub fn ensure_eq<T: PartialEq + Debug>(actual: T, expected: T, what: &str) -> Ou
     if actual == expected {
         Ok(())
     } else {
-        Err(format!("{what}: expected {}, got {}", short(&expected), short(&actual)))
+        Err(format!(
+            "{what}: expected {}, got {}",
+            short(&expected),
+            short(&actual)
+        ))
     }
 }
 
@@ -85,7 +91,10 @@ pub fn list_all(bucket: &Bucket) -> Result<Vec<String>, String> {
     for _ in 0..10_000 {
         let page = bucket.list_keys(cursor.as_deref()).or_fail("list-keys")?;
         ensure(page.keys.len() <= 1000, || {
-            format!("a list-keys page held {} keys (at most 1000)", page.keys.len())
+            format!(
+                "a list-keys page held {} keys (at most 1000)",
+                page.keys.len()
+            )
         })?;
         keys.extend(page.keys);
         match page.cursor {
@@ -103,7 +112,11 @@ pub fn list_set(ctx: &Ctx, bucket: &Bucket) -> Result<Vec<String>, String> {
     keys.sort();
     keys.dedup();
     if !ctx.profile.list_may_repeat {
-        ensure_eq(keys.len(), listed, "keys listed (duplicates are not declared)")?;
+        ensure_eq(
+            keys.len(),
+            listed,
+            "keys listed (duplicates are not declared)",
+        )?;
     }
     Ok(keys)
 }

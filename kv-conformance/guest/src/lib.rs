@@ -36,7 +36,12 @@ impl suite::Guest for Suite {
             .collect()
     }
 
-    fn run_case(name: String, target: Target, profile: Profile, phase: Phase) -> Result<(), String> {
+    fn run_case(
+        name: String,
+        target: Target,
+        profile: Profile,
+        phase: Phase,
+    ) -> Result<(), String> {
         let case = cases::ALL
             .iter()
             .find(|case| case.name == name)

@@ -41,19 +41,36 @@ impl store::Host for KvView<'_> {
 }
 
 impl store::HostBucket for KvView<'_> {
-    async fn get(&mut self, bucket: Resource<DraftBucketHandle>, key: String) -> GuestResult<Option<Vec<u8>>> {
+    async fn get(
+        &mut self,
+        bucket: Resource<DraftBucketHandle>,
+        key: String,
+    ) -> GuestResult<Option<Vec<u8>>> {
         reply(self.draft_bucket(&bucket)?.get(&key).await)
     }
 
-    async fn set(&mut self, bucket: Resource<DraftBucketHandle>, key: String, value: Vec<u8>) -> GuestResult<()> {
+    async fn set(
+        &mut self,
+        bucket: Resource<DraftBucketHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> GuestResult<()> {
         reply(self.draft_bucket(&bucket)?.set(&key, value).await)
     }
 
-    async fn delete(&mut self, bucket: Resource<DraftBucketHandle>, key: String) -> GuestResult<()> {
+    async fn delete(
+        &mut self,
+        bucket: Resource<DraftBucketHandle>,
+        key: String,
+    ) -> GuestResult<()> {
         reply(self.draft_bucket(&bucket)?.delete(&key).await)
     }
 
-    async fn exists(&mut self, bucket: Resource<DraftBucketHandle>, key: String) -> GuestResult<bool> {
+    async fn exists(
+        &mut self,
+        bucket: Resource<DraftBucketHandle>,
+        key: String,
+    ) -> GuestResult<bool> {
         reply(self.draft_bucket(&bucket)?.exists(&key).await)
     }
 
@@ -107,7 +124,12 @@ impl store::HostBucket for KvView<'_> {
 }
 
 impl atomics::Host for KvView<'_> {
-    async fn increment(&mut self, bucket: Resource<DraftBucketHandle>, key: String, delta: u64) -> GuestResult<u64> {
+    async fn increment(
+        &mut self,
+        bucket: Resource<DraftBucketHandle>,
+        key: String,
+        delta: u64,
+    ) -> GuestResult<u64> {
         let Ok(delta) = i64::try_from(delta) else {
             return reply(Err(KvError::overflow(format!(
                 "delta {delta} does not fit the signed 64-bit counter"
@@ -147,7 +169,11 @@ impl batch::Host for KvView<'_> {
         reply(self.draft_bucket(&bucket)?.set_many(key_values).await)
     }
 
-    async fn delete_many(&mut self, bucket: Resource<DraftBucketHandle>, keys: Vec<String>) -> GuestResult<()> {
+    async fn delete_many(
+        &mut self,
+        bucket: Resource<DraftBucketHandle>,
+        keys: Vec<String>,
+    ) -> GuestResult<()> {
         reply(self.draft_bucket(&bucket)?.delete_many(&keys).await)
     }
 }

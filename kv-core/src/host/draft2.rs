@@ -39,11 +39,20 @@ impl store::Host for KvView<'_> {
 }
 
 impl store::HostBucket for KvView<'_> {
-    async fn get(&mut self, bucket: Resource<BucketHandle>, key: String) -> GuestResult<Option<Vec<u8>>> {
+    async fn get(
+        &mut self,
+        bucket: Resource<BucketHandle>,
+        key: String,
+    ) -> GuestResult<Option<Vec<u8>>> {
         reply(self.bucket(&bucket)?.get(&key).await)
     }
 
-    async fn set(&mut self, bucket: Resource<BucketHandle>, key: String, value: Vec<u8>) -> GuestResult<()> {
+    async fn set(
+        &mut self,
+        bucket: Resource<BucketHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> GuestResult<()> {
         reply(self.bucket(&bucket)?.set(&key, value).await)
     }
 
@@ -74,7 +83,12 @@ impl store::HostBucket for KvView<'_> {
 }
 
 impl atomics::Host for KvView<'_> {
-    async fn increment(&mut self, bucket: Resource<BucketHandle>, key: String, delta: i64) -> GuestResult<i64> {
+    async fn increment(
+        &mut self,
+        bucket: Resource<BucketHandle>,
+        key: String,
+        delta: i64,
+    ) -> GuestResult<i64> {
         reply(self.bucket(&bucket)?.increment(&key, delta).await)
     }
 
@@ -107,7 +121,11 @@ impl atomics::Host for KvView<'_> {
 }
 
 impl atomics::HostCas for KvView<'_> {
-    async fn new(&mut self, bucket: Resource<BucketHandle>, key: String) -> GuestResult<Resource<CasHandle>> {
+    async fn new(
+        &mut self,
+        bucket: Resource<BucketHandle>,
+        key: String,
+    ) -> GuestResult<Resource<CasHandle>> {
         let store = self.bucket(&bucket)?;
         match store.read_versioned(&key).await {
             Ok(read) => Ok(Ok(self.table.push(CasHandle {
@@ -153,7 +171,11 @@ impl batch::Host for KvView<'_> {
         reply(self.bucket(&bucket)?.set_many(key_values).await)
     }
 
-    async fn delete_many(&mut self, bucket: Resource<BucketHandle>, keys: Vec<String>) -> GuestResult<()> {
+    async fn delete_many(
+        &mut self,
+        bucket: Resource<BucketHandle>,
+        keys: Vec<String>,
+    ) -> GuestResult<()> {
         reply(self.bucket(&bucket)?.delete_many(&keys).await)
     }
 }
@@ -166,6 +188,10 @@ impl ttl::Host for KvView<'_> {
         value: Vec<u8>,
         ttl_ms: u64,
     ) -> GuestResult<()> {
-        reply(self.bucket(&bucket)?.set_with_ttl(&key, value, ttl_ms).await)
+        reply(
+            self.bucket(&bucket)?
+                .set_with_ttl(&key, value, ttl_ms)
+                .await,
+        )
     }
 }
