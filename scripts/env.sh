@@ -1,0 +1,7 @@
+# Sourced by the project's scripts: one shared target directory, and no SDK may leave the
+# machine (DESIGN §10): no cloud metadata services, no telemetry.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/wasi-kv-target}"
+export AWS_EC2_METADATA_DISABLED=true
+export COSMOS_DISABLE_IMDS=1
+export AZURE_COSMOS_CONNECTION_POOL_IS_HTTP2_ALLOWED=false
+export AZURE_COSMOS_BINARY_ENCODING_ENABLED=false

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test job: setup, formatting, lints, every test, and the conformance suite on every
+# provider whose backend this project installs. `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+
+scripts/setup.sh
+
+# Providers whose backend must be reachable: unreachable is a failure, never a skip.
+export KV_REQUIRE="${KV_REQUIRE:-memory}"
+
+echo "== cargo fmt"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
+echo "== wasi-kv conformance --provider memory"
+mkdir -p target/reports
+cargo run --quiet --locked -p kv-cli -- conformance --provider memory --report-dir target/reports/memory --jobs 2
