@@ -5,6 +5,7 @@
 //! capabilities and known divergences to "ignored" with a reason, and writes reports.
 
 pub mod artifacts;
+pub mod emulator;
 pub mod harness;
 pub mod profile;
 pub mod report;

@@ -37,6 +37,21 @@ impl Profile {
             .expect("the bundled memory profile parses")
     }
 
+    /// The built-in profile of the Redis provider on redis-server.
+    pub fn redis() -> Profile {
+        Self::from_toml(include_str!("../profiles/redis.toml"))
+            .expect("the bundled redis profile parses")
+    }
+
+    /// The bundled profile for `provider`, if there is one.
+    pub fn bundled(provider: &str) -> Option<Profile> {
+        match provider {
+            "memory" => Some(Self::memory()),
+            "redis" => Some(Self::redis()),
+            _ => None,
+        }
+    }
+
     /// A profile with no divergences, for providers under development and tests.
     pub fn plain(provider: &str) -> Profile {
         Profile {
@@ -58,6 +73,7 @@ mod tests {
         let memory = Profile::memory();
         assert_eq!(memory.provider, "memory");
         assert!(memory.divergences.is_empty());
+        assert!(Profile::redis().divergences.contains_key("cas_detects_rewrite_of_same_value"));
     }
 
     #[test]

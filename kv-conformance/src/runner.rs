@@ -79,6 +79,8 @@ pub struct Target {
     pub namespace_prefix: String,
     /// Host limits used for every case.
     pub limits: Limits,
+    /// Kept alive as long as the target (e.g. the emulator process it runs against).
+    pub keep_alive: Vec<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Target {
@@ -90,6 +92,7 @@ impl Target {
             profile,
             namespace_prefix: "conformance".to_string(),
             limits: Limits::default(),
+            keep_alive: Vec::new(),
         }
     }
 

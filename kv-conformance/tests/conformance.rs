@@ -1,19 +1,32 @@
 //! The conformance suite against every provider this workspace builds, one trial per
-//! provider x case. Unreachable backends are ignored unless named in `KV_REQUIRE`.
+//! provider x case. Backends the harness can start (redis-server) are started on a free loopback
+//! port; unreachable backends are ignored unless named in `KV_REQUIRE`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use kv_conformance::emulator::RedisServer;
 use kv_conformance::harness::{self, TargetSource};
 use kv_conformance::{Profile, Target};
-use kv_core::MemoryProvider;
+use kv_core::{MemoryProvider, ProviderFactory};
 
 fn main() -> ExitCode {
-    harness::main(vec![TargetSource::new("memory", || async {
-        Ok(Target::new(
-            "memory",
-            Arc::new(MemoryProvider::new()),
-            Profile::memory(),
-        ))
-    })])
+    harness::main(vec![
+        TargetSource::new("memory", || async {
+            Ok(Target::new("memory", Arc::new(MemoryProvider::new()), Profile::memory()))
+        }),
+        TargetSource::new("redis", || async {
+            let server = tokio::task::spawn_blocking(RedisServer::start)
+                .await
+                .map_err(|err| err.to_string())??;
+            let (_, spec) = kv_core::config::parse_short_form(&format!("redis={}", server.url()))
+                .map_err(|err| err.to_string())?;
+            let provider = kv_redis::RedisFactory.connect(&spec).await.map_err(|err| err.to_string())?;
+            let mut profile = Profile::redis();
+            profile.backend = server.version().to_string();
+            let mut target = Target::new("redis", provider, profile);
+            target.keep_alive.push(Arc::new(server));
+            Ok(target)
+        }),
+    ])
 }

@@ -1,0 +1,144 @@
+//! Local backends as real processes: started on a free loopback port, stopped by PID (the
+//! child we spawned, never a wrapper shell), killed when dropped.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; it is released before use).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+/// Finds an executable on `PATH` (and in `/usr/sbin`, `/usr/bin`).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A child process that is killed (and reaped) when dropped.
+#[derive(Debug)]
+pub struct ManagedProcess {
+    child: Child,
+}
+
+impl ManagedProcess {
+    /// The PID of the server process itself.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process and waits for it.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether it has exited.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for ManagedProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `redis-server` on loopback, in memory, with no persistence.
+#[derive(Debug)]
+pub struct RedisServer {
+    process: Option<ManagedProcess>,
+    port: u16,
+    dir: tempfile::TempDir,
+    version: String,
+}
+
+impl RedisServer {
+    /// Starts one on a free port; `Err` says why it could not (for example, not installed).
+    pub fn start() -> Result<RedisServer, String> {
+        let binary = find_program("redis-server")
+            .ok_or("redis-server is not installed (scripts/setup.sh installs it)")?;
+        let version = Command::new(&binary)
+            .arg("--version")
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .unwrap_or_default();
+        let dir = tempfile::tempdir().map_err(|err| format!("temporary directory: {err}"))?;
+        let port = free_port().map_err(|err| format!("no free port: {err}"))?;
+        let mut server = RedisServer { process: None, port, dir, version };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let binary = find_program("redis-server").ok_or("redis-server is not installed")?;
+        let log = std::fs::File::create(self.dir.path().join("redis.log")).map_err(|err| err.to_string())?;
+        let child = Command::new(binary)
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|err| err.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|err| format!("cannot start redis-server: {err}"))?;
+        let mut process = ManagedProcess { child };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if process.has_exited() {
+                let log = std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+                return Err(format!("redis-server exited at start: {}", log.trim()));
+            }
+            if ping(self.port) {
+                self.process = Some(process);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err("redis-server did not answer PING within 15 s".to_string())
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The server's `--version` line.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Stops the server (by its PID); data is lost, it runs in memory.
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.spawn()
+    }
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_millis(200))
+    else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}

@@ -1,0 +1,61 @@
+//! Every Redis error mapped to the contract's classes, in one place.
+
+use kv_core::{ErrorKind, KvError};
+use redis::{RedisError, ServerErrorKind};
+
+/// Maps a Redis error; `op` names the operation for the message.
+pub fn map_error(op: &str, err: RedisError) -> KvError {
+    let detail = err.detail().unwrap_or("").to_ascii_lowercase();
+    let (kind, transient, message) = match err.kind() {
+        redis::ErrorKind::Server(ServerErrorKind::ResponseError) if detail.contains("not an integer") => {
+            (ErrorKind::NotAnInteger, false, "the stored value is not an ASCII decimal i64".to_string())
+        }
+        redis::ErrorKind::Server(ServerErrorKind::ResponseError) if detail.contains("overflow") => {
+            (ErrorKind::Overflow, false, "the increment leaves the i64 range".to_string())
+        }
+        redis::ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ReadOnly,
+        ) => (ErrorKind::Unavailable, true, format!("redis {op}: the server cannot serve the request now")),
+        redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::Server(ServerErrorKind::NoPerm) => {
+            (ErrorKind::Internal, false, format!("redis {op}: authentication or permission denied"))
+        }
+        _ if err.is_timeout() => (ErrorKind::Timeout, true, format!("redis {op}: no reply in time")),
+        _ if err.is_connection_refusal() || err.is_connection_dropped() || err.is_io_error() => {
+            (ErrorKind::Unavailable, true, format!("redis {op}: cannot reach the server"))
+        }
+        _ => (ErrorKind::Internal, false, format!("redis {op}: unexpected error")),
+    };
+    KvError::new(kind, message).with_transient(transient).with_source(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(detail: &'static str) -> RedisError {
+        RedisError::from((redis::ErrorKind::Server(ServerErrorKind::ResponseError), "ERR", detail.to_string()))
+    }
+
+    #[test]
+    fn increment_errors_are_classified() {
+        let err = map_error("incrby", server("value is not an integer or out of range"));
+        assert_eq!(err.kind(), ErrorKind::NotAnInteger);
+        let err = map_error("incrby", server("increment or decrement would overflow"));
+        assert_eq!(err.kind(), ErrorKind::Overflow);
+        let err = map_error("get", server("something else"));
+        assert_eq!(err.kind(), ErrorKind::Internal);
+        assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn connection_errors_are_unavailable() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = map_error("get", RedisError::from(io));
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(err.is_transient());
+    }
+}
