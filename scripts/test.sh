@@ -8,7 +8,7 @@ source scripts/env.sh
 scripts/setup.sh
 
 # Providers whose backend must be reachable: unreachable is a failure, never a skip.
-export KV_REQUIRE="${KV_REQUIRE:-memory}"
+export KV_REQUIRE="${KV_REQUIRE:-memory,redis}"
 
 echo "== cargo fmt"
 cargo fmt --all -- --check
@@ -19,3 +19,5 @@ cargo test --workspace --locked
 echo "== wasi-kv conformance --provider memory"
 mkdir -p target/reports
 cargo run --quiet --locked -p kv-cli -- conformance --provider memory --report-dir target/reports/memory --jobs 2
+echo "== wasi-kv conformance --provider redis --emulator"
+cargo run --quiet --locked -p kv-cli -- conformance --provider redis --emulator --report-dir target/reports/redis --jobs 2

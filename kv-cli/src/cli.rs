@@ -74,6 +74,10 @@ pub struct ConformanceArgs {
     /// Connection settings: the first configured store of that provider is used.
     #[command(flatten)]
     pub stores: StoreArgs,
+    /// Start the provider's local emulator on a free loopback port, run, and stop it
+    /// (redis: `redis-server`).
+    #[arg(long, conflicts_with_all = ["config", "stores"])]
+    pub emulator: bool,
     /// Write report.json, report.xml and report.md into this directory.
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,

@@ -21,26 +21,34 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
             registry.names().join(", ")
         );
     }
-    let spec = config
+    let mut profile =
+        Profile::bundled(&args.provider).unwrap_or_else(|| Profile::plain(&args.provider));
+    let mut keep_alive: Vec<Guard> = Vec::new();
+    let mut spec = config
         .stores
         .values()
-        .find(|spec| spec.provider == args.provider);
-    let (provider, prefix): (Arc<dyn Provider>, String) = match spec {
+        .find(|spec| spec.provider == args.provider)
+        .cloned();
+    if args.emulator {
+        let (url, version, guard) = start_emulator(&args.provider).await?;
+        eprintln!("started {version} at {url}");
+        profile.backend = version;
+        keep_alive.push(guard);
+        spec = Some(kv_core::config::parse_short_form(&format!("conformance={url}"))?.1);
+    }
+    let (provider, prefix): (Arc<dyn Provider>, String) = match &spec {
         Some(spec) => (registry.connect(spec).await?, spec.namespace.clone()),
         None if args.provider == "memory" => (
             Arc::new(kv_core::MemoryProvider::new()),
             "conformance".to_string(),
         ),
         None => bail!(
-            "no store of provider {:?} is configured: pass --store NAME=URL or --config FILE",
+            "no store of provider {:?} is configured: pass --emulator, --store NAME=URL or --config FILE",
             args.provider
         ),
     };
-    let profile = match args.provider.as_str() {
-        "memory" => Profile::memory(),
-        other => Profile::plain(other),
-    };
     let mut target = Target::new(&args.provider, provider, profile);
+    target.keep_alive = keep_alive;
     target.namespace_prefix = prefix;
     target.limits = config.limits.clone();
 
@@ -48,7 +56,6 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
     let suite = Suite::new()
         .await
         .context("loading the conformance component")?;
-    let interactive = args.format == Format::Table;
     let progress = |result: &kv_conformance::CaseResult, done: usize, total: usize| {
         let mut err = std::io::stderr().lock();
         let mark = match result.outcome {
@@ -59,7 +66,6 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
         let _ = writeln!(err, "[{done:>3}/{total}] {} {mark}", result.case);
     };
     let results = suite.run_all(&target, args.jobs, &progress).await;
-    let _ = interactive;
     let report = Report::new(&args.provider, &target.profile.backend, started, results);
 
     if let Some(dir) = &args.report_dir {
@@ -91,4 +97,20 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
         eprintln!("error: no case passed");
     }
     Ok(report.is_success())
+}
+
+type Guard = Arc<dyn std::any::Any + Send + Sync>;
+
+/// Starts the local emulator of `provider`: its URL, backend description, and a guard that
+/// stops it when dropped.
+async fn start_emulator(provider: &str) -> anyhow::Result<(String, String, Guard)> {
+    match provider {
+        "redis" => {
+            let server = tokio::task::spawn_blocking(kv_conformance::emulator::RedisServer::start)
+                .await?
+                .map_err(anyhow::Error::msg)?;
+            Ok((server.url(), server.version().to_string(), Arc::new(server)))
+        }
+        other => bail!("no local emulator is known for provider {other:?}"),
+    }
 }

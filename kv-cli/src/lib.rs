@@ -8,7 +8,11 @@ use kv_core::{ConfigError, KvConfig, ProviderRegistry};
 
 /// The providers compiled into this build (cargo features add the cloud ones).
 pub fn registry() -> ProviderRegistry {
-    ProviderRegistry::new()
+    #[allow(unused_mut)]
+    let mut registry = ProviderRegistry::new();
+    #[cfg(feature = "redis")]
+    kv_redis::register(&mut registry);
+    registry
 }
 
 /// Reads `--config` (if any) and applies `--store` short forms on top.

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1 (the OS picks it; it is released before use).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
 /// Finds an executable on `PATH` (and in `/usr/sbin`, `/usr/bin`).
@@ -72,17 +74,32 @@ impl RedisServer {
             .unwrap_or_default();
         let dir = tempfile::tempdir().map_err(|err| format!("temporary directory: {err}"))?;
         let port = free_port().map_err(|err| format!("no free port: {err}"))?;
-        let mut server = RedisServer { process: None, port, dir, version };
+        let mut server = RedisServer {
+            process: None,
+            port,
+            dir,
+            version,
+        };
         server.spawn()?;
         Ok(server)
     }
 
     fn spawn(&mut self) -> Result<(), String> {
         let binary = find_program("redis-server").ok_or("redis-server is not installed")?;
-        let log = std::fs::File::create(self.dir.path().join("redis.log")).map_err(|err| err.to_string())?;
+        let log = std::fs::File::create(self.dir.path().join("redis.log"))
+            .map_err(|err| err.to_string())?;
         let child = Command::new(binary)
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdin(Stdio::null())
@@ -94,7 +111,8 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if process.has_exited() {
-                let log = std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
                 return Err(format!("redis-server exited at start: {}", log.trim()));
             }
             if ping(self.port) {
@@ -131,8 +149,10 @@ impl RedisServer {
 }
 
 fn ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_millis(200))
-    else {
+    let Ok(mut stream) = TcpStream::connect_timeout(
+        &(Ipv4Addr::LOCALHOST, port).into(),
+        Duration::from_millis(200),
+    ) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));

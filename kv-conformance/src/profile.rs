@@ -73,7 +73,11 @@ mod tests {
         let memory = Profile::memory();
         assert_eq!(memory.provider, "memory");
         assert!(memory.divergences.is_empty());
-        assert!(Profile::redis().divergences.contains_key("cas_detects_rewrite_of_same_value"));
+        assert!(
+            Profile::redis()
+                .divergences
+                .contains_key("cas_detects_rewrite_of_same_value")
+        );
     }
 
     #[test]

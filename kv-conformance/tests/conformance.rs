@@ -13,7 +13,11 @@ use kv_core::{MemoryProvider, ProviderFactory};
 fn main() -> ExitCode {
     harness::main(vec![
         TargetSource::new("memory", || async {
-            Ok(Target::new("memory", Arc::new(MemoryProvider::new()), Profile::memory()))
+            Ok(Target::new(
+                "memory",
+                Arc::new(MemoryProvider::new()),
+                Profile::memory(),
+            ))
         }),
         TargetSource::new("redis", || async {
             let server = tokio::task::spawn_blocking(RedisServer::start)
@@ -21,7 +25,10 @@ fn main() -> ExitCode {
                 .map_err(|err| err.to_string())??;
             let (_, spec) = kv_core::config::parse_short_form(&format!("redis={}", server.url()))
                 .map_err(|err| err.to_string())?;
-            let provider = kv_redis::RedisFactory.connect(&spec).await.map_err(|err| err.to_string())?;
+            let provider = kv_redis::RedisFactory
+                .connect(&spec)
+                .await
+                .map_err(|err| err.to_string())?;
             let mut profile = Profile::redis();
             profile.backend = server.version().to_string();
             let mut target = Target::new("redis", provider, profile);

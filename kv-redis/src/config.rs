@@ -49,10 +49,9 @@ impl RedisConfig {
     /// `connect_timeout_ms`, `response_timeout_ms` (unknown fields are errors).
     /// Without a password in the URL or the fields, `REDIS_PASSWORD` is used if set.
     pub fn from_spec(spec: &StoreSpec) -> Result<RedisConfig, ConfigError> {
-        let url = spec
-            .url
-            .as_ref()
-            .ok_or_else(|| ConfigError("the redis provider needs `url = \"redis://HOST:PORT/DB\"`".into()))?;
+        let url = spec.url.as_ref().ok_or_else(|| {
+            ConfigError("the redis provider needs `url = \"redis://HOST:PORT/DB\"`".into())
+        })?;
         let mut config = Self::from_url(url)?;
         for (field, value) in &spec.options {
             let text = || {
@@ -73,11 +72,17 @@ impl RedisConfig {
                 "password" => config.password = Some(text()?),
                 "connect_timeout_ms" => config.connect_timeout = millis()?,
                 "response_timeout_ms" => config.response_timeout = millis()?,
-                other => return Err(ConfigError(format!("unknown field `{other}` for the redis provider"))),
+                other => {
+                    return Err(ConfigError(format!(
+                        "unknown field `{other}` for the redis provider"
+                    )));
+                }
             }
         }
         if config.password.is_none() {
-            config.password = std::env::var("REDIS_PASSWORD").ok().filter(|p| !p.is_empty());
+            config.password = std::env::var("REDIS_PASSWORD")
+                .ok()
+                .filter(|p| !p.is_empty());
         }
         Ok(config)
     }
@@ -88,7 +93,11 @@ impl RedisConfig {
         let tls = match url.scheme() {
             "redis" => false,
             "rediss" => true,
-            other => return Err(ConfigError(format!("{shown}: scheme {other:?} is not redis:// or rediss://"))),
+            other => {
+                return Err(ConfigError(format!(
+                    "{shown}: scheme {other:?} is not redis:// or rediss://"
+                )));
+            }
         };
         let host = url
             .host_str()
@@ -101,10 +110,14 @@ impl RedisConfig {
                 .parse::<i64>()
                 .ok()
                 .filter(|db| *db >= 0)
-                .ok_or_else(|| ConfigError(format!("{shown}: database {path:?} is not a number")))?,
+                .ok_or_else(|| {
+                    ConfigError(format!("{shown}: database {path:?} is not a number"))
+                })?,
         };
         if let Some((name, _)) = url.query_pairs().next() {
-            return Err(ConfigError(format!("{shown}: unknown URL parameter `{name}`")));
+            return Err(ConfigError(format!(
+                "{shown}: unknown URL parameter `{name}`"
+            )));
         }
         let decode = |text: &str| {
             url::form_urlencoded::parse(format!("x={text}").as_bytes())
@@ -161,7 +174,12 @@ mod tests {
 
     #[test]
     fn rejects_bad_urls_without_leaking_passwords() {
-        for bad in ["redis://:secret@h/x", "redis://:secret@h/0?tls=1", "http://h/0", "redis:///0"] {
+        for bad in [
+            "redis://:secret@h/x",
+            "redis://:secret@h/0?tls=1",
+            "http://h/0",
+            "redis:///0",
+        ] {
             let err = parse(bad).unwrap_err().to_string();
             assert!(!err.contains("secret"), "{err}");
         }

@@ -7,11 +7,21 @@ use redis::{RedisError, ServerErrorKind};
 pub fn map_error(op: &str, err: RedisError) -> KvError {
     let detail = err.detail().unwrap_or("").to_ascii_lowercase();
     let (kind, transient, message) = match err.kind() {
-        redis::ErrorKind::Server(ServerErrorKind::ResponseError) if detail.contains("not an integer") => {
-            (ErrorKind::NotAnInteger, false, "the stored value is not an ASCII decimal i64".to_string())
+        redis::ErrorKind::Server(ServerErrorKind::ResponseError)
+            if detail.contains("not an integer") =>
+        {
+            (
+                ErrorKind::NotAnInteger,
+                false,
+                "the stored value is not an ASCII decimal i64".to_string(),
+            )
         }
         redis::ErrorKind::Server(ServerErrorKind::ResponseError) if detail.contains("overflow") => {
-            (ErrorKind::Overflow, false, "the increment leaves the i64 range".to_string())
+            (
+                ErrorKind::Overflow,
+                false,
+                "the increment leaves the i64 range".to_string(),
+            )
         }
         redis::ErrorKind::Server(
             ServerErrorKind::BusyLoading
@@ -19,17 +29,36 @@ pub fn map_error(op: &str, err: RedisError) -> KvError {
             | ServerErrorKind::ClusterDown
             | ServerErrorKind::MasterDown
             | ServerErrorKind::ReadOnly,
-        ) => (ErrorKind::Unavailable, true, format!("redis {op}: the server cannot serve the request now")),
-        redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::Server(ServerErrorKind::NoPerm) => {
-            (ErrorKind::Internal, false, format!("redis {op}: authentication or permission denied"))
-        }
-        _ if err.is_timeout() => (ErrorKind::Timeout, true, format!("redis {op}: no reply in time")),
-        _ if err.is_connection_refusal() || err.is_connection_dropped() || err.is_io_error() => {
-            (ErrorKind::Unavailable, true, format!("redis {op}: cannot reach the server"))
-        }
-        _ => (ErrorKind::Internal, false, format!("redis {op}: unexpected error")),
+        ) => (
+            ErrorKind::Unavailable,
+            true,
+            format!("redis {op}: the server cannot serve the request now"),
+        ),
+        redis::ErrorKind::AuthenticationFailed
+        | redis::ErrorKind::Server(ServerErrorKind::NoPerm) => (
+            ErrorKind::Internal,
+            false,
+            format!("redis {op}: authentication or permission denied"),
+        ),
+        _ if err.is_timeout() => (
+            ErrorKind::Timeout,
+            true,
+            format!("redis {op}: no reply in time"),
+        ),
+        _ if err.is_connection_refusal() || err.is_connection_dropped() || err.is_io_error() => (
+            ErrorKind::Unavailable,
+            true,
+            format!("redis {op}: cannot reach the server"),
+        ),
+        _ => (
+            ErrorKind::Internal,
+            false,
+            format!("redis {op}: unexpected error"),
+        ),
     };
-    KvError::new(kind, message).with_transient(transient).with_source(err)
+    KvError::new(kind, message)
+        .with_transient(transient)
+        .with_source(err)
 }
 
 #[cfg(test)]
@@ -37,7 +66,11 @@ mod tests {
     use super::*;
 
     fn server(detail: &'static str) -> RedisError {
-        RedisError::from((redis::ErrorKind::Server(ServerErrorKind::ResponseError), "ERR", detail.to_string()))
+        RedisError::from((
+            redis::ErrorKind::Server(ServerErrorKind::ResponseError),
+            "ERR",
+            detail.to_string(),
+        ))
     }
 
     #[test]

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kv_core::{Bucket, Capabilities, KeyPage, KvError, Provider, Result, SwapOutcome, Version, Versioned};
+use kv_core::{
+    Bucket, Capabilities, KeyPage, KvError, Provider, Result, SwapOutcome, Version, Versioned,
+};
 use redis::Script;
 use redis::aio::ConnectionManager;
 
@@ -126,7 +128,10 @@ impl RedisBucket {
     fn parse_cursor(cursor: &str) -> Result<(u64, usize)> {
         let invalid = || KvError::invalid_cursor("not a redis listing cursor");
         let (scan, skip) = cursor.split_once('+').unwrap_or((cursor, "0"));
-        Ok((scan.parse().map_err(|_| invalid())?, skip.parse().map_err(|_| invalid())?))
+        Ok((
+            scan.parse().map_err(|_| invalid())?,
+            skip.parse().map_err(|_| invalid())?,
+        ))
     }
 }
 
@@ -199,7 +204,9 @@ impl Bucket for RedisBucket {
             let fresh = batch.len().saturating_sub(skip);
             let room = limit - keys.len();
             for raw in batch.iter().skip(skip).take(room) {
-                let Some(rest) = raw.strip_prefix(self.prefix.as_slice()) else { continue };
+                let Some(rest) = raw.strip_prefix(self.prefix.as_slice()) else {
+                    continue;
+                };
                 match String::from_utf8(rest.to_vec()) {
                     Ok(key) => keys.push(key),
                     Err(_) => tracing::warn!("skipping a non-UTF-8 key written by another client"),
@@ -207,7 +214,10 @@ impl Bucket for RedisBucket {
             }
             if fresh > room {
                 // The reply does not fit: come back to the same SCAN cursor and skip what we took.
-                return Ok(KeyPage { keys, cursor: Some(format!("{scan}+{}", skip + room)) });
+                return Ok(KeyPage {
+                    keys,
+                    cursor: Some(format!("{scan}+{}", skip + room)),
+                });
             }
             skip = 0;
             scan = next;
@@ -218,7 +228,10 @@ impl Bucket for RedisBucket {
                 break;
             }
         }
-        Ok(KeyPage { keys, cursor: Some(scan.to_string()) })
+        Ok(KeyPage {
+            keys,
+            cursor: Some(scan.to_string()),
+        })
     }
 
     async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
@@ -238,8 +251,14 @@ impl Bucket for RedisBucket {
             .await
             .map_err(|err| map_error("CAS read", err))?;
         Ok(match read {
-            Some((value, digest)) => Versioned { value: Some(value), version: Version::Tag(digest) },
-            None => Versioned { value: None, version: Version::Absent },
+            Some((value, digest)) => Versioned {
+                value: Some(value),
+                version: Version::Tag(digest),
+            },
+            None => Versioned {
+                value: None,
+                version: Version::Absent,
+            },
         })
     }
 
@@ -256,7 +275,11 @@ impl Bucket for RedisBucket {
             .invoke_async(&mut self.conn())
             .await
             .map_err(|err| map_error("CAS swap", err))?;
-        Ok(if swapped == 1 { SwapOutcome::Swapped } else { SwapOutcome::Conflict })
+        Ok(if swapped == 1 {
+            SwapOutcome::Swapped
+        } else {
+            SwapOutcome::Conflict
+        })
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
@@ -267,8 +290,10 @@ impl Bucket for RedisBucket {
             for key in chunk {
                 command.arg(self.key(key));
             }
-            let part: Vec<Option<Vec<u8>>> =
-                command.query_async(&mut conn).await.map_err(|err| map_error("MGET", err))?;
+            let part: Vec<Option<Vec<u8>>> = command
+                .query_async(&mut conn)
+                .await
+                .map_err(|err| map_error("MGET", err))?;
             values.extend(part);
         }
         Ok(values)
@@ -280,9 +305,14 @@ impl Bucket for RedisBucket {
             // A pipeline keeps order, so for duplicate keys the last entry wins.
             let mut pipe = redis::pipe();
             for (key, value) in chunk {
-                pipe.cmd("SET").arg(self.key(key)).arg(value.as_slice()).ignore();
+                pipe.cmd("SET")
+                    .arg(self.key(key))
+                    .arg(value.as_slice())
+                    .ignore();
             }
-            pipe.query_async::<()>(&mut conn).await.map_err(|err| map_error("SET pipeline", err))?;
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .map_err(|err| map_error("SET pipeline", err))?;
         }
         Ok(())
     }
@@ -294,7 +324,10 @@ impl Bucket for RedisBucket {
             for key in chunk {
                 command.arg(self.key(key));
             }
-            command.query_async::<i64>(&mut conn).await.map_err(|err| map_error("DEL", err))?;
+            command
+                .query_async::<i64>(&mut conn)
+                .await
+                .map_err(|err| map_error("DEL", err))?;
         }
         Ok(())
     }
@@ -314,7 +347,10 @@ mod tests {
 
     #[test]
     fn glob_characters_are_escaped() {
-        assert_eq!(match_pattern(b"wasi-kv/3/a*[/"), b"wasi-kv/3/a\\*\\[/*".to_vec());
+        assert_eq!(
+            match_pattern(b"wasi-kv/3/a*[/"),
+            b"wasi-kv/3/a\\*\\[/*".to_vec()
+        );
         assert_eq!(match_pattern(b"?\\]"), b"\\?\\\\\\]*".to_vec());
     }
 

@@ -1,0 +1,206 @@
+//! Provider-level tests against a real redis-server started on a free loopback port. Without
+//! redis-server they are ignored, unless `KV_REQUIRE` names `redis`, where that is a failure.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_conformance::emulator::RedisServer;
+use kv_conformance::harness::{required_targets, runtime};
+use kv_core::{Access, ErrorKind, Limits, ProviderFactory, RetryPolicy, Stores};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+type TestResult = Result<(), Failed>;
+
+fn check(condition: bool, message: impl Into<String>) -> TestResult {
+    if condition {
+        Ok(())
+    } else {
+        Err(Failed::from(message.into()))
+    }
+}
+
+async fn provider(server: &RedisServer) -> Arc<dyn kv_core::Provider> {
+    let (_, spec) =
+        kv_core::config::parse_short_form(&format!("r={}", server.url())).expect("url parses");
+    kv_redis::RedisFactory
+        .connect(&spec)
+        .await
+        .expect("provider builds")
+}
+
+fn limits() -> Limits {
+    Limits {
+        operation_timeout: Duration::from_secs(3),
+        retry: RetryPolicy {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+        },
+        ..Limits::default()
+    }
+}
+
+/// Namespaces and keys full of glob characters must not match each other's SCAN patterns.
+async fn glob_characters_stay_isolated(server: RedisServer) -> TestResult {
+    let provider = provider(&server).await;
+    let namespaces = ["a", "a*", "a?", "[a]", "a\\", "*", "a]", "\\*"];
+    let mut builder = Stores::builder(limits());
+    for namespace in namespaces {
+        builder = builder.store(namespace, provider.clone(), namespace, Access::ReadWrite);
+    }
+    let stores = builder.build();
+    for namespace in namespaces {
+        let store = stores.open(namespace).await?;
+        for key in ["*", "?", "[a]", "k", "\\"] {
+            store.set(key, namespace.as_bytes().to_vec()).await?;
+        }
+    }
+    for namespace in namespaces {
+        let store = stores.open(namespace).await?;
+        let mut keys = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = store.list_keys(cursor.as_deref()).await?;
+            keys.extend(page.keys);
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        check(
+            keys == ["*", "?", "[a]", "\\", "k"],
+            format!("namespace {namespace:?} listed {keys:?}"),
+        )?;
+        for key in ["*", "?", "[a]", "k", "\\"] {
+            let value = store.get(key).await?;
+            check(
+                value.as_deref() == Some(namespace.as_bytes()),
+                format!("{namespace:?}/{key:?} = {value:?}"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A non-decimal value written by another Redis client is `not-an-integer` and stays as is.
+async fn foreign_non_decimal_value(server: RedisServer) -> TestResult {
+    let stores = Stores::builder(limits())
+        .store("s", provider(&server).await, "ns", Access::ReadWrite)
+        .build();
+    let store = stores.open("s").await?;
+    let client = redis::Client::open(server.url())?;
+    let mut raw = client.get_multiplexed_async_connection().await?;
+    let mut key = kv_redis::key_prefix("ns");
+    key.extend_from_slice(b"counter");
+    for value in [&b"12abc"[..], b"1.5", b" 7", b"\xff"] {
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(value)
+            .query_async::<()>(&mut raw)
+            .await?;
+        let err = store
+            .increment("counter", 1)
+            .await
+            .expect_err("increment must fail");
+        check(
+            err.kind() == ErrorKind::NotAnInteger,
+            format!("{value:?}: {err}"),
+        )?;
+        check(
+            err.to_string().starts_with("not-an-integer: "),
+            err.to_string(),
+        )?;
+        let stored: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut raw).await?;
+        check(stored == value, format!("value changed to {stored:?}"))?;
+    }
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("41")
+        .query_async::<()>(&mut raw)
+        .await?;
+    check(store.increment("counter", 1).await? == 42, "41 + 1")?;
+    Ok(())
+}
+
+/// Stopping the server mid-run gives `unavailable` within the time limit (no hang, no panic);
+/// after a restart the same host and store serve again.
+async fn server_restart(mut server: RedisServer) -> TestResult {
+    let stores = Stores::builder(limits())
+        .store("s", provider(&server).await, "ns", Access::ReadWrite)
+        .build();
+    let store = stores.open("s").await?;
+    store.set("k", b"before".to_vec()).await?;
+    server.stop();
+    for op in ["get", "set", "increment", "list"] {
+        let started = Instant::now();
+        let result = match op {
+            "get" => store.get("k").await.map(drop),
+            "set" => store.set("k", b"x".to_vec()).await,
+            "increment" => store.increment("n", 1).await.map(drop),
+            _ => store.list_keys(None).await.map(drop),
+        };
+        let elapsed = started.elapsed();
+        let err = result
+            .err()
+            .ok_or_else(|| Failed::from(format!("{op} succeeded with the server down")))?;
+        check(
+            matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
+            format!("{op}: expected unavailable, got {err}"),
+        )?;
+        check(
+            elapsed < Duration::from_secs(4),
+            format!("{op} took {elapsed:?}"),
+        )?;
+    }
+    server.restart().map_err(Failed::from)?;
+    store.set("k", b"after".to_vec()).await?;
+    check(
+        store.get("k").await?.as_deref() == Some(&b"after"[..]),
+        "read after restart",
+    )?;
+    check(
+        store.increment("n", 2).await? == 2,
+        "increment after restart",
+    )?;
+    Ok(())
+}
+
+type Test =
+    fn(RedisServer) -> std::pin::Pin<Box<dyn std::future::Future<Output = TestResult> + Send>>;
+
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let required = required_targets().iter().any(|name| name == "redis");
+    let tests: [(&str, Test); 3] = [
+        (
+            "glob_characters_in_namespaces_and_keys_stay_isolated",
+            |s| Box::pin(glob_characters_stay_isolated(s)),
+        ),
+        (
+            "non_decimal_value_from_another_client_is_not_an_integer",
+            |s| Box::pin(foreign_non_decimal_value(s)),
+        ),
+        ("server_stop_gives_unavailable_and_restart_recovers", |s| {
+            Box::pin(server_restart(s))
+        }),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, test)| {
+            let available = kv_conformance::emulator::find_program("redis-server").is_some();
+            let trial = Trial::test(name, move || {
+                let server = RedisServer::start().map_err(Failed::from)?;
+                runtime().block_on(test(server))
+            });
+            if available || required {
+                trial
+            } else {
+                trial.with_ignored_flag(true).with_kind("no redis-server")
+            }
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
