@@ -158,3 +158,47 @@ fn conformance_rejects_unknown_provider() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown provider \"etcd\""));
 }
+
+/// The counter example through the real binary on Redis: separate processes share the count,
+/// with the store given on the command line and in a config file. Needs redis-server
+/// (scripts/setup.sh installs it); a missing server is a failure, not a skip.
+#[test]
+fn counter_example_on_redis_across_processes() {
+    let server = kv_conformance::emulator::RedisServer::start()
+        .unwrap_or_else(|err| panic!("{err}; install redis-server (scripts/setup.sh)"));
+    let store = format!("default={}?namespace=counter-test", server.url());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wasi-kv.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[stores.default]\nurl = \"{}\"\nnamespace = \"counter-test\"\nresponse_timeout_ms = 2000\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let runs = [
+        (
+            vec!["run", "--store", &store, COUNTER],
+            "this component has run 1 time\n",
+        ),
+        (
+            vec!["run", "--store", &store, COUNTER],
+            "this component has run 2 times\n",
+        ),
+        (
+            vec!["run", "--config", &config, COUNTER],
+            "this component has run 3 times\n",
+        ),
+    ];
+    for (args, expected) in runs {
+        let out = wasi_kv(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    }
+}
