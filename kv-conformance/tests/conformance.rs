@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use kv_conformance::emulator::RedisServer;
+use kv_conformance::emulator::{DynamoDbLocal, RedisServer};
 use kv_conformance::harness::{self, TargetSource};
 use kv_conformance::{Profile, Target};
 use kv_core::{MemoryProvider, ProviderFactory};
@@ -33,6 +33,28 @@ fn main() -> ExitCode {
             profile.backend = server.version().to_string();
             let mut target = Target::new("redis", provider, profile);
             target.keep_alive.push(Arc::new(server));
+            Ok(target)
+        }),
+        TargetSource::new("dynamodb", || async {
+            let local = tokio::task::spawn_blocking(DynamoDbLocal::start)
+                .await
+                .map_err(|err| err.to_string())??;
+            let url = format!(
+                "dynamodb=dynamodb://wasikv?region=us-east-1&endpoint={}&create_table=true\
+                 &access_key_id=test&secret_access_key=test&max_attempts=1",
+                local.endpoint()
+            );
+            let (_, spec) =
+                kv_core::config::parse_short_form(&url).map_err(|err| err.to_string())?;
+            let provider = kv_aws::DynamoFactory
+                .connect(&spec)
+                .await
+                .map_err(|err| err.to_string())?;
+            let mut profile =
+                Profile::bundled("dynamodb-local").ok_or("no dynamodb-local profile")?;
+            profile.backend = local.version();
+            let mut target = Target::new("dynamodb", provider, profile);
+            target.keep_alive.push(Arc::new(local));
             Ok(target)
         }),
     ])

@@ -1,0 +1,122 @@
+//! SDK client construction and table provisioning.
+
+use std::time::{Duration, Instant};
+
+use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::Credentials;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
+    TimeToLiveSpecification,
+};
+
+use crate::config::DynamoConfig;
+use crate::error::map_sdk_error;
+use crate::store::{ATTR_EXPIRES, ATTR_KEY, ATTR_NAMESPACE};
+use kv_core::{KvError, Result};
+
+/// An SDK client: static credentials when configured, else the standard chain (env, profile,
+/// container and instance metadata — disable the latter with `AWS_EC2_METADATA_DISABLED=true`
+/// where it cannot exist).
+pub async fn build_client(config: &DynamoConfig) -> Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts));
+    if let Some(region) = &config.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(profile) = &config.profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(endpoint) = &config.endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
+        loader =
+            loader.credentials_provider(Credentials::new(id, secret, None, None, "wasi-kv-config"));
+    }
+    Client::new(&loader.load().await)
+}
+
+/// Creates the table (partition key `ns`, sort key `k`, on-demand billing) if it is missing,
+/// waits until it is active and enables TTL on `exp`.
+pub async fn ensure_table(client: &Client, table: &str) -> Result<()> {
+    match client.describe_table().table_name(table).send().await {
+        Ok(_) => return Ok(()),
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|e| e.is_resource_not_found_exception()) => {}
+        Err(err) => return Err(map_sdk_error("DescribeTable", err)),
+    }
+    let attribute = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(|err| KvError::internal(format!("table definition: {err}")))
+    };
+    let key = |name: &str, kind| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .map_err(|err| KvError::internal(format!("table definition: {err}")))
+    };
+    let created = client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute(ATTR_NAMESPACE)?)
+        .attribute_definitions(attribute(ATTR_KEY)?)
+        .key_schema(key(ATTR_NAMESPACE, KeyType::Hash)?)
+        .key_schema(key(ATTR_KEY, KeyType::Range)?)
+        .send()
+        .await;
+    if let Err(err) = created {
+        // Another host may have created it meanwhile.
+        if !err
+            .as_service_error()
+            .is_some_and(|e| e.is_resource_in_use_exception())
+        {
+            return Err(map_sdk_error("CreateTable", err));
+        }
+    }
+    // The SDK waiter polls for 20 s or more; poll DescribeTable quickly instead.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let described = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|err| map_sdk_error("DescribeTable", err))?;
+        let status = described.table().and_then(|t| t.table_status());
+        if status == Some(&TableStatus::Active) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(KvError::unavailable(format!(
+                "table {table} did not become active"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let ttl = TimeToLiveSpecification::builder()
+        .attribute_name(ATTR_EXPIRES)
+        .enabled(true)
+        .build()
+        .map_err(|err| KvError::internal(format!("TTL specification: {err}")))?;
+    match client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(ttl)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Already enabled (a concurrent creator) is fine.
+        Err(err) if format!("{err:?}").contains("already enabled") => Ok(()),
+        Err(err) => Err(map_sdk_error("UpdateTimeToLive", err)),
+    }
+}

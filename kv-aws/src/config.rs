@@ -1,0 +1,189 @@
+//! Configuration: `dynamodb://TABLE?region=..&endpoint=..&profile=..&create_table=true`, or a
+//! `[stores.NAME]` table with the same fields.
+
+use std::fmt;
+
+use kv_core::config::redact_url;
+use kv_core::{ConfigError, StoreSpec};
+
+/// Where the table is and how to reach it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DynamoConfig {
+    /// Table name (one table per deployment; stores are partitions).
+    pub table: String,
+    /// AWS region; the standard chain (env, profile) when unset.
+    pub region: Option<String>,
+    /// Endpoint override (DynamoDB Local); AWS's regional endpoint when unset.
+    pub endpoint: Option<String>,
+    /// Shared-config profile name.
+    pub profile: Option<String>,
+    /// Static access key id (tests); the standard credential chain when unset.
+    pub access_key_id: Option<String>,
+    /// Static secret (never printed).
+    pub secret_access_key: Option<String>,
+    /// Create the table (and enable TTL) if it does not exist.
+    pub create_table: bool,
+    /// Attempts per request by the SDK (its standard retry mode).
+    pub max_attempts: u32,
+}
+
+impl fmt::Debug for DynamoConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DynamoConfig")
+            .field("table", &self.table)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("profile", &self.profile)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("create_table", &self.create_table)
+            .field("max_attempts", &self.max_attempts)
+            .finish()
+    }
+}
+
+impl DynamoConfig {
+    /// Parses a store spec: URL first, then file fields (unknown fields are errors).
+    pub fn from_spec(spec: &StoreSpec) -> Result<DynamoConfig, ConfigError> {
+        let mut config = DynamoConfig {
+            table: String::new(),
+            region: None,
+            endpoint: None,
+            profile: None,
+            access_key_id: None,
+            secret_access_key: None,
+            create_table: false,
+            max_attempts: 3,
+        };
+        if let Some(url) = &spec.url {
+            let shown = redact_url(url);
+            if url.scheme() != "dynamodb" {
+                return Err(ConfigError(format!("{shown}: expected a dynamodb:// URL")));
+            }
+            config.table = url.host_str().unwrap_or_default().to_string();
+            if !url.path().trim_matches('/').is_empty() {
+                return Err(ConfigError(format!(
+                    "{shown}: expected dynamodb://TABLE?region=.."
+                )));
+            }
+            for (name, value) in url.query_pairs() {
+                config.apply(&name, Field::Text(value.into_owned()))?;
+            }
+        }
+        for (name, value) in &spec.options {
+            let field = match value {
+                toml::Value::String(text) => Field::Text(text.clone()),
+                toml::Value::Boolean(flag) => Field::Flag(*flag),
+                toml::Value::Integer(n) => Field::Number(*n),
+                _ => return Err(ConfigError(format!("`{name}` has an unsupported type"))),
+            };
+            config.apply(name, field)?;
+        }
+        if config.table.is_empty() {
+            return Err(ConfigError(
+                "the dynamodb provider needs a table: dynamodb://TABLE or `table = ...`".into(),
+            ));
+        }
+        if config.access_key_id.is_some() != config.secret_access_key.is_some() {
+            return Err(ConfigError(
+                "set both access_key_id and secret_access_key, or neither".into(),
+            ));
+        }
+        Ok(config)
+    }
+
+    fn apply(&mut self, name: &str, value: Field) -> Result<(), ConfigError> {
+        let text = |value: Field| match value {
+            Field::Text(text) => Ok(text),
+            _ => Err(ConfigError(format!("`{name}` must be a string"))),
+        };
+        match name {
+            "table" => self.table = text(value)?,
+            "region" => self.region = Some(text(value)?),
+            "endpoint" => self.endpoint = Some(text(value)?),
+            "profile" => self.profile = Some(text(value)?),
+            "access_key_id" => self.access_key_id = Some(text(value)?),
+            "secret_access_key" => self.secret_access_key = Some(text(value)?),
+            "create_table" => {
+                self.create_table = match value {
+                    Field::Flag(flag) => flag,
+                    Field::Text(text) if text == "true" => true,
+                    Field::Text(text) if text == "false" => false,
+                    _ => return Err(ConfigError("`create_table` must be true or false".into())),
+                }
+            }
+            "max_attempts" => {
+                let attempts = match value {
+                    Field::Number(n) => Some(n),
+                    Field::Text(text) => text.parse().ok(),
+                    Field::Flag(_) => None,
+                };
+                self.max_attempts = attempts
+                    .filter(|n| (1..=10).contains(n))
+                    .ok_or_else(|| ConfigError("`max_attempts` must be 1 to 10".into()))?
+                    as u32;
+            }
+            other => {
+                return Err(ConfigError(format!(
+                    "unknown field `{other}` for the dynamodb provider"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Identity of the client: stores with equal keys share one SDK client.
+    pub fn connection_key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let secret = Sha256::digest(self.secret_access_key.as_deref().unwrap_or("").as_bytes());
+        format!("{self:?}/{secret:x}")
+    }
+}
+
+enum Field {
+    Text(String),
+    Flag(bool),
+    Number(i64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(url: &str) -> StoreSpec {
+        kv_core::config::parse_short_form(&format!("s={url}"))
+            .unwrap()
+            .1
+    }
+
+    #[test]
+    fn parses_short_form() {
+        let config = DynamoConfig::from_spec(&spec(
+            "dynamodb://kv?region=eu-west-1&endpoint=http://127.0.0.1:8000&create_table=true",
+        ))
+        .unwrap();
+        assert_eq!(config.table, "kv");
+        assert_eq!(config.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(config.endpoint.as_deref(), Some("http://127.0.0.1:8000"));
+        assert!(config.create_table);
+    }
+
+    #[test]
+    fn rejects_unknown_and_incomplete() {
+        assert!(DynamoConfig::from_spec(&spec("dynamodb://kv?colour=red")).is_err());
+        assert!(DynamoConfig::from_spec(&spec("dynamodb://?region=x")).is_err());
+        assert!(DynamoConfig::from_spec(&spec("dynamodb://kv?access_key_id=a")).is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let config = DynamoConfig::from_spec(&spec(
+            "dynamodb://kv?access_key_id=a&secret_access_key=hunter2",
+        ))
+        .unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,621 @@
+//! The mapping of the contract onto one DynamoDB table (README.md has the table).
+//!
+//! Item: `ns` (S, partition key) = namespace, `k` (S, sort key) = key, and either `v` (B) for a
+//! value written by `set` or `c` (N) for a counter, `ver` (S) a random version written by every
+//! write (CAS), `exp` (N) epoch seconds for TTL, filtered on every read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, DeleteRequest, KeysAndAttributes, PutRequest, ReturnValue, WriteRequest,
+};
+use futures::future::try_join_all;
+use kv_core::counter::{add_delta, parse_counter};
+use kv_core::provider::last_entry_per_key;
+use kv_core::{
+    Bucket, Capabilities, ErrorKind, KeyPage, KvError, Provider, Result, SwapOutcome, Version,
+    Versioned,
+};
+
+use crate::error::map_sdk_error;
+
+/// Partition key attribute: the namespace.
+pub const ATTR_NAMESPACE: &str = "ns";
+/// Sort key attribute: the key.
+pub const ATTR_KEY: &str = "k";
+/// Binary value written by `set`.
+pub const ATTR_VALUE: &str = "v";
+/// Number written by `increment`.
+pub const ATTR_COUNTER: &str = "c";
+/// Random version, replaced by every write.
+pub const ATTR_VERSION: &str = "ver";
+/// Expiry in epoch seconds (registered with UpdateTimeToLive).
+pub const ATTR_EXPIRES: &str = "exp";
+
+/// DynamoDB's item limit, attribute names and values included.
+pub const MAX_ITEM_BYTES: usize = 409_600;
+/// The largest value every key fits with: the item limit less the worst case of the other
+/// attributes (256-byte namespace, 1024-byte key, version, expiry, names).
+pub const MAX_VALUE_BYTES: usize = MAX_ITEM_BYTES - 1_400;
+/// BatchGetItem keys per call.
+const BATCH_READ: usize = 100;
+/// BatchWriteItem requests per call.
+const BATCH_WRITE: usize = 25;
+/// Batch calls in flight at once per operation.
+const BATCH_PARALLEL: usize = 4;
+/// Rounds of retrying unprocessed batch items before giving up as `throttled`.
+const UNPROCESSED_ROUNDS: u32 = 10;
+/// Attempts of the increment read-modify-write loop under contention.
+const INCREMENT_ATTEMPTS: u32 = 50;
+
+/// A provider over one DynamoDB table.
+#[derive(Clone)]
+pub struct DynamoProvider {
+    client: Client,
+    table: Arc<str>,
+}
+
+impl DynamoProvider {
+    /// A provider over `table` (which must exist, see [`crate::client::ensure_table`]).
+    pub fn new(client: Client, table: &str) -> Self {
+        DynamoProvider {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// The SDK client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+#[async_trait]
+impl Provider for DynamoProvider {
+    fn name(&self) -> &str {
+        "dynamodb"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            ttl: true,
+            cas: true,
+            list_may_repeat: false,
+            max_value_bytes: MAX_VALUE_BYTES,
+            native_batch_read: BATCH_READ,
+            native_batch_write: BATCH_WRITE,
+            ..Capabilities::default()
+        }
+    }
+
+    async fn open(&self, namespace: &str) -> Result<Arc<dyn Bucket>> {
+        Ok(Arc::new(DynamoBucket {
+            client: self.client.clone(),
+            table: self.table.clone(),
+            namespace: namespace.to_string(),
+        }))
+    }
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+struct DynamoBucket {
+    client: Client,
+    table: Arc<str>,
+    namespace: String,
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn s(text: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(text.into())
+}
+
+fn n(number: i64) -> AttributeValue {
+    AttributeValue::N(number.to_string())
+}
+
+fn new_version() -> AttributeValue {
+    s(format!("{:032x}", rand_u128()))
+}
+
+fn rand_u128() -> u128 {
+    use sha2::{Digest, Sha256};
+    // A fresh random version: time, a counter and the address space make it unique per write.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let digest = Sha256::digest(format!("{nanos}/{count}/{}", std::process::id()));
+    u128::from_le_bytes(digest[..16].try_into().unwrap_or([0; 16]))
+}
+
+fn expires(item: &Item) -> Option<i64> {
+    match item.get(ATTR_EXPIRES) {
+        Some(AttributeValue::N(text)) => text.parse().ok(),
+        _ => None,
+    }
+}
+
+fn is_live(item: &Item, now: i64) -> bool {
+    expires(item).is_none_or(|at| at > now)
+}
+
+fn counter_of(item: &Item) -> Result<Option<i64>> {
+    match item.get(ATTR_COUNTER) {
+        Some(AttributeValue::N(text)) => text.parse().map(Some).map_err(|_| {
+            KvError::internal(format!(
+                "dynamodb: counter attribute {text:?} is not an i64"
+            ))
+        }),
+        Some(_) => Err(KvError::internal(
+            "dynamodb: counter attribute is not a number",
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The value of a live item: the binary value, or the counter as ASCII decimal.
+fn value_of(item: &Item) -> Result<Vec<u8>> {
+    match item.get(ATTR_VALUE) {
+        Some(AttributeValue::B(blob)) => Ok(blob.as_ref().to_vec()),
+        Some(_) => Err(KvError::internal("dynamodb: value attribute is not binary")),
+        None => match counter_of(item)? {
+            Some(counter) => Ok(counter.to_string().into_bytes()),
+            None => Err(KvError::internal(
+                "dynamodb: item has neither a value nor a counter",
+            )),
+        },
+    }
+}
+
+fn is_conditional_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
+    err: &SdkError<E, R>,
+) -> bool {
+    err.as_service_error().and_then(|e| e.code()) == Some("ConditionalCheckFailedException")
+}
+
+/// Backoff before retry round `round` of unprocessed batch items.
+fn backoff(round: u32) -> Duration {
+    Duration::from_millis((50u64 << round.min(5)).min(1_000))
+}
+
+impl DynamoBucket {
+    fn key(&self, key: &str) -> Item {
+        HashMap::from([
+            (ATTR_NAMESPACE.to_string(), s(&self.namespace)),
+            (ATTR_KEY.to_string(), s(key)),
+        ])
+    }
+
+    fn value_item(&self, key: &str, value: Vec<u8>, expires_at: Option<i64>) -> Item {
+        let mut item = self.key(key);
+        item.insert(ATTR_VALUE.into(), AttributeValue::B(Blob::new(value)));
+        item.insert(ATTR_VERSION.into(), new_version());
+        if let Some(at) = expires_at {
+            item.insert(ATTR_EXPIRES.into(), n(at));
+        }
+        item
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<Item>> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(self.table.as_ref())
+            .set_key(Some(self.key(key)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|err| map_sdk_error("GetItem", err))?;
+        Ok(output.item)
+    }
+
+    async fn read_live(&self, key: &str) -> Result<Option<Item>> {
+        Ok(self
+            .read(key)
+            .await?
+            .filter(|item| is_live(item, now_secs())))
+    }
+
+    async fn put(&self, item: Item) -> Result<()> {
+        self.client
+            .put_item()
+            .table_name(self.table.as_ref())
+            .set_item(Some(item))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|err| map_sdk_error("PutItem", err))
+    }
+
+    /// Fast path: `ADD` on a counter item (or a missing one), bounded so the result stays an i64.
+    async fn add(&self, key: &str, delta: i64) -> Result<Option<i64>> {
+        let bound = if delta >= 0 {
+            i64::MAX - delta
+        } else {
+            i64::MIN - delta
+        };
+        let bound_check = if delta >= 0 {
+            "#c <= :bound"
+        } else {
+            "#c >= :bound"
+        };
+        let result = self
+            .client
+            .update_item()
+            .table_name(self.table.as_ref())
+            .set_key(Some(self.key(key)))
+            .update_expression("ADD #c :delta SET #ver = :ver")
+            .condition_expression(format!(
+                "attribute_not_exists(#v) AND (attribute_not_exists(#e) OR #e > :now) \
+                 AND (attribute_not_exists(#c) OR {bound_check})"
+            ))
+            .expression_attribute_names("#c", ATTR_COUNTER)
+            .expression_attribute_names("#v", ATTR_VALUE)
+            .expression_attribute_names("#e", ATTR_EXPIRES)
+            .expression_attribute_names("#ver", ATTR_VERSION)
+            .expression_attribute_values(":delta", n(delta))
+            .expression_attribute_values(":bound", n(bound))
+            .expression_attribute_values(":now", n(now_secs()))
+            .expression_attribute_values(":ver", new_version())
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await;
+        match result {
+            Ok(output) => {
+                let item = output.attributes.unwrap_or_default();
+                counter_of(&item)?
+                    .map(Some)
+                    .ok_or_else(|| KvError::internal("dynamodb: ADD returned no counter"))
+            }
+            Err(err) if is_conditional_failure(&err) => Ok(None),
+            Err(err) => Err(map_sdk_error("UpdateItem ADD", err)),
+        }
+    }
+
+    /// Slow path: the item holds a decimal written by `set`, or has expired. Replaces it with
+    /// a counter if its version is unchanged; `None` on a lost race.
+    async fn convert(&self, key: &str, delta: i64) -> Result<Option<i64>> {
+        let Some(item) = self.read(key).await? else {
+            return Ok(None);
+        };
+        let version = item.get(ATTR_VERSION).cloned().unwrap_or_else(|| s(""));
+        let live = is_live(&item, now_secs());
+        let (next, keep_expiry) = if !live {
+            (delta, None)
+        } else if item.contains_key(ATTR_VALUE) {
+            (
+                add_delta(parse_counter(&value_of(&item)?)?, delta)?,
+                expires(&item),
+            )
+        } else {
+            // A live counter failed the bound: the result would leave the i64 range.
+            let current = counter_of(&item)?.unwrap_or(0);
+            add_delta(current, delta)?;
+            return Ok(None);
+        };
+        let mut replacement = self.key(key);
+        replacement.insert(ATTR_COUNTER.into(), n(next));
+        replacement.insert(ATTR_VERSION.into(), new_version());
+        if let Some(at) = keep_expiry {
+            replacement.insert(ATTR_EXPIRES.into(), n(at));
+        }
+        let result = self
+            .client
+            .put_item()
+            .table_name(self.table.as_ref())
+            .set_item(Some(replacement))
+            .condition_expression("#ver = :ver")
+            .expression_attribute_names("#ver", ATTR_VERSION)
+            .expression_attribute_values(":ver", version)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Some(next)),
+            Err(err) if is_conditional_failure(&err) => Ok(None),
+            Err(err) => Err(map_sdk_error("PutItem counter", err)),
+        }
+    }
+
+    async fn batch_get_chunk(&self, keys: &[String]) -> Result<HashMap<String, Vec<u8>>> {
+        let mut pending: Vec<Item> = keys.iter().map(|key| self.key(key)).collect();
+        let mut found = HashMap::new();
+        let now = now_secs();
+        for round in 0..UNPROCESSED_ROUNDS {
+            if pending.is_empty() {
+                return Ok(found);
+            }
+            if round > 0 {
+                tokio::time::sleep(backoff(round)).await;
+            }
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut pending)))
+                .consistent_read(true)
+                .build()
+                .map_err(|err| KvError::internal(format!("dynamodb BatchGetItem: {err}")))?;
+            let output = self
+                .client
+                .batch_get_item()
+                .request_items(self.table.as_ref(), request)
+                .send()
+                .await
+                .map_err(|err| map_sdk_error("BatchGetItem", err))?;
+            if let Some(items) = output
+                .responses
+                .and_then(|mut r| r.remove(self.table.as_ref()))
+            {
+                for item in items {
+                    if !is_live(&item, now) {
+                        continue;
+                    }
+                    if let Some(AttributeValue::S(key)) = item.get(ATTR_KEY) {
+                        found.insert(key.clone(), value_of(&item)?);
+                    }
+                }
+            }
+            pending = output
+                .unprocessed_keys
+                .and_then(|mut u| u.remove(self.table.as_ref()))
+                .map(|k| k.keys)
+                .unwrap_or_default();
+        }
+        if pending.is_empty() {
+            Ok(found)
+        } else {
+            Err(KvError::new(
+                ErrorKind::Throttled,
+                "dynamodb BatchGetItem: keys left unprocessed after retries",
+            ))
+        }
+    }
+
+    async fn batch_write_chunk(&self, mut pending: Vec<WriteRequest>) -> Result<()> {
+        for round in 0..UNPROCESSED_ROUNDS {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if round > 0 {
+                tokio::time::sleep(backoff(round)).await;
+            }
+            let output = self
+                .client
+                .batch_write_item()
+                .request_items(self.table.as_ref(), std::mem::take(&mut pending))
+                .send()
+                .await
+                .map_err(|err| map_sdk_error("BatchWriteItem", err))?;
+            pending = output
+                .unprocessed_items
+                .and_then(|mut u| u.remove(self.table.as_ref()))
+                .unwrap_or_default();
+        }
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(KvError::new(
+                ErrorKind::Throttled,
+                "dynamodb BatchWriteItem: items left unprocessed after retries",
+            ))
+        }
+    }
+
+    async fn batch_write(&self, requests: Vec<WriteRequest>) -> Result<()> {
+        let chunks: Vec<Vec<WriteRequest>> =
+            requests.chunks(BATCH_WRITE).map(<[_]>::to_vec).collect();
+        for group in chunks.chunks(BATCH_PARALLEL) {
+            try_join_all(
+                group
+                    .iter()
+                    .map(|chunk| self.batch_write_chunk(chunk.clone())),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Bucket for DynamoBucket {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.read_live(key)
+            .await?
+            .map(|item| value_of(&item))
+            .transpose()
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        self.put(self.value_item(key, value, None)).await
+    }
+
+    async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let expires_at = (now_ms + ttl.as_millis()).div_ceil(1000);
+        let expires_at = i64::try_from(expires_at).unwrap_or(i64::MAX);
+        self.put(self.value_item(key, value, Some(expires_at)))
+            .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.client
+            .delete_item()
+            .table_name(self.table.as_ref())
+            .set_key(Some(self.key(key)))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|err| map_sdk_error("DeleteItem", err))
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(self.table.as_ref())
+            .set_key(Some(self.key(key)))
+            .consistent_read(true)
+            .projection_expression("#k, #e")
+            .expression_attribute_names("#k", ATTR_KEY)
+            .expression_attribute_names("#e", ATTR_EXPIRES)
+            .send()
+            .await
+            .map_err(|err| map_sdk_error("GetItem", err))?;
+        Ok(output.item.is_some_and(|item| is_live(&item, now_secs())))
+    }
+
+    async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {
+        let start = cursor.map(|after| self.key(after));
+        let output = self
+            .client
+            .query()
+            .table_name(self.table.as_ref())
+            .key_condition_expression("#ns = :ns")
+            .filter_expression("attribute_not_exists(#e) OR #e > :now")
+            .projection_expression("#k")
+            .expression_attribute_names("#ns", ATTR_NAMESPACE)
+            .expression_attribute_names("#k", ATTR_KEY)
+            .expression_attribute_names("#e", ATTR_EXPIRES)
+            .expression_attribute_values(":ns", s(&self.namespace))
+            .expression_attribute_values(":now", n(now_secs()))
+            .consistent_read(true)
+            .limit(i32::try_from(limit).unwrap_or(1000))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|err| map_sdk_error("Query", err))?;
+        let keys = output
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|mut item| match item.remove(ATTR_KEY) {
+                Some(AttributeValue::S(key)) => Some(key),
+                _ => None,
+            })
+            .collect();
+        let cursor = match output
+            .last_evaluated_key
+            .and_then(|mut k| k.remove(ATTR_KEY))
+        {
+            Some(AttributeValue::S(key)) => Some(key),
+            _ => None,
+        };
+        Ok(KeyPage { keys, cursor })
+    }
+
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
+        for _ in 0..INCREMENT_ATTEMPTS {
+            if let Some(total) = self.add(key, delta).await? {
+                return Ok(total);
+            }
+            if let Some(total) = self.convert(key, delta).await? {
+                return Ok(total);
+            }
+        }
+        Err(
+            KvError::unavailable("dynamodb: increment lost every race under contention")
+                .with_transient(false),
+        )
+    }
+
+    async fn read_versioned(&self, key: &str) -> Result<Versioned> {
+        match self.read_live(key).await? {
+            Some(item) => {
+                let version = match item.get(ATTR_VERSION) {
+                    Some(AttributeValue::S(version)) => version.clone(),
+                    _ => String::new(),
+                };
+                Ok(Versioned {
+                    value: Some(value_of(&item)?),
+                    version: Version::Tag(version),
+                })
+            }
+            None => Ok(Versioned {
+                value: None,
+                version: Version::Absent,
+            }),
+        }
+    }
+
+    async fn swap(&self, key: &str, expected: &Version, value: Vec<u8>) -> Result<SwapOutcome> {
+        let request = self
+            .client
+            .put_item()
+            .table_name(self.table.as_ref())
+            .set_item(Some(self.value_item(key, value, None)))
+            .expression_attribute_names("#e", ATTR_EXPIRES)
+            .expression_attribute_values(":now", n(now_secs()));
+        let request = match expected {
+            Version::Absent => request
+                .condition_expression("attribute_not_exists(#k) OR #e <= :now")
+                .expression_attribute_names("#k", ATTR_KEY),
+            Version::Tag(version) => request
+                .condition_expression("#ver = :ver AND (attribute_not_exists(#e) OR #e > :now)")
+                .expression_attribute_names("#ver", ATTR_VERSION)
+                .expression_attribute_values(":ver", s(version)),
+        };
+        match request.send().await {
+            Ok(_) => Ok(SwapOutcome::Swapped),
+            Err(err) if is_conditional_failure(&err) => Ok(SwapOutcome::Conflict),
+            Err(err) => Err(map_sdk_error("PutItem CAS", err)),
+        }
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        // BatchGetItem rejects duplicate keys: ask once, fan the answers back out.
+        let mut unique: Vec<String> = keys.to_vec();
+        unique.sort();
+        unique.dedup();
+        let chunks: Vec<&[String]> = unique.chunks(BATCH_READ).collect();
+        let mut found = HashMap::with_capacity(unique.len());
+        for group in chunks.chunks(BATCH_PARALLEL) {
+            for part in try_join_all(group.iter().map(|chunk| self.batch_get_chunk(chunk))).await? {
+                found.extend(part);
+            }
+        }
+        Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
+    }
+
+    async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
+        // BatchWriteItem rejects duplicate keys in one call: the last entry wins.
+        let mut requests = Vec::new();
+        for (key, value) in last_entry_per_key(entries) {
+            let put = PutRequest::builder()
+                .set_item(Some(self.value_item(&key, value, None)))
+                .build()
+                .map_err(|err| KvError::internal(format!("dynamodb PutRequest: {err}")))?;
+            requests.push(WriteRequest::builder().put_request(put).build());
+        }
+        self.batch_write(requests).await
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        let mut unique: Vec<&String> = keys.iter().collect();
+        unique.sort();
+        unique.dedup();
+        let mut requests = Vec::new();
+        for key in unique {
+            let delete = DeleteRequest::builder()
+                .set_key(Some(self.key(key)))
+                .build()
+                .map_err(|err| KvError::internal(format!("dynamodb DeleteRequest: {err}")))?;
+            requests.push(WriteRequest::builder().delete_request(delete).build());
+        }
+        self.batch_write(requests).await
+    }
+}
