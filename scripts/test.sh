@@ -8,7 +8,7 @@ source scripts/env.sh
 scripts/setup.sh
 
 # Providers whose backend must be reachable: unreachable is a failure, never a skip.
-export KV_REQUIRE="${KV_REQUIRE:-memory,redis}"
+export KV_REQUIRE="${KV_REQUIRE:-memory,redis,dynamodb}"
 
 echo "== cargo fmt"
 cargo fmt --all -- --check
@@ -21,3 +21,5 @@ mkdir -p target/reports
 cargo run --quiet --locked -p kv-cli -- conformance --provider memory --report-dir target/reports/memory --jobs 2
 echo "== wasi-kv conformance --provider redis --emulator"
 cargo run --quiet --locked -p kv-cli -- conformance --provider redis --emulator --report-dir target/reports/redis --jobs 2
+echo "== wasi-kv conformance --provider dynamodb --emulator"
+cargo run --quiet --locked -p kv-cli -- conformance --provider dynamodb --emulator --report-dir target/reports/dynamodb --jobs 2

@@ -1,1 +1,285 @@
-fn main() {}
+//! Provider-level tests against Amazon DynamoDB Local, started on a free loopback port with
+//! static test credentials. Without DynamoDB Local (or Java) they are ignored, unless
+//! `KV_REQUIRE` names `dynamodb`, where that is a failure.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::AttributeValue;
+use kv_aws::store::{
+    ATTR_EXPIRES, ATTR_KEY, ATTR_NAMESPACE, ATTR_VALUE, ATTR_VERSION, MAX_VALUE_BYTES,
+};
+use kv_aws::{DynamoConfig, DynamoProvider};
+use kv_conformance::emulator::DynamoDbLocal;
+use kv_conformance::harness::{required_targets, runtime};
+use kv_core::{Access, ErrorKind, KvStore, Limits, Provider, RetryPolicy, Stores, Version};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+type TestResult = Result<(), Failed>;
+const TABLE: &str = "wasikv-provider-tests";
+
+fn check(condition: bool, message: impl Into<String>) -> TestResult {
+    if condition {
+        Ok(())
+    } else {
+        Err(Failed::from(message.into()))
+    }
+}
+
+fn config(local: &DynamoDbLocal) -> DynamoConfig {
+    let url = format!(
+        "t=dynamodb://{TABLE}?region=us-east-1&endpoint={}&access_key_id=test&secret_access_key=test&max_attempts=1",
+        local.endpoint()
+    );
+    let (_, spec) = kv_core::config::parse_short_form(&url).expect("url parses");
+    DynamoConfig::from_spec(&spec).expect("config parses")
+}
+
+async fn provider(local: &DynamoDbLocal) -> Result<Arc<DynamoProvider>, Failed> {
+    let client = kv_aws::client::build_client(&config(local)).await;
+    kv_aws::client::ensure_table(&client, TABLE).await?;
+    Ok(Arc::new(DynamoProvider::new(client, TABLE)))
+}
+
+fn limits() -> Limits {
+    Limits {
+        operation_timeout: Duration::from_secs(5),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+        },
+        ..Limits::default()
+    }
+}
+
+async fn store(provider: Arc<DynamoProvider>, namespace: &str) -> Result<KvStore, Failed> {
+    let stores = Stores::builder(limits())
+        .store("s", provider, namespace, Access::ReadWrite)
+        .build();
+    Ok(stores.open("s").await?)
+}
+
+async fn batches_of_a_thousand(local: DynamoDbLocal) -> TestResult {
+    let store = store(provider(&local).await?, "batches").await?;
+    let entries: Vec<(String, Vec<u8>)> = (0..1000)
+        .map(|i| (format!("k{i:04}"), format!("v{i}").into_bytes()))
+        .collect();
+    store.set_many(entries).await?;
+    // 1000 keys with duplicates and misses: BatchGetItem rejects duplicates, the provider dedupes.
+    let keys: Vec<String> = (0..1000)
+        .map(|i| format!("k{:04}", (i * 7) % 1100))
+        .collect();
+    let values = store.get_many(&keys).await?;
+    check(values.len() == 1000, "length kept")?;
+    for (key, value) in keys.iter().zip(&values) {
+        let index: usize = key[1..].parse().unwrap_or(usize::MAX);
+        let expected = (index < 1000).then(|| format!("v{index}").into_bytes());
+        check(value == &expected, format!("{key}: {value:?}"))?;
+    }
+    store.delete_many(&keys).await?;
+    check(store.get("k0000").await?.is_none(), "deleted")?;
+    Ok(())
+}
+
+async fn value_at_the_exact_maximum(local: DynamoDbLocal) -> TestResult {
+    let provider = provider(&local).await?;
+    // The worst case the declared maximum must cover: a 256-byte namespace and a 1024-byte key.
+    let namespace = "n".repeat(256);
+    let store = store(provider.clone(), &namespace).await?;
+    let key = "k".repeat(1024);
+    check(
+        store.max_value_bytes() == MAX_VALUE_BYTES,
+        "declared maximum is the effective one",
+    )?;
+    store.set(&key, vec![7u8; MAX_VALUE_BYTES]).await?;
+    check(
+        store.get(&key).await?.map(|v| v.len()) == Some(MAX_VALUE_BYTES),
+        "maximum round-trips",
+    )?;
+    store
+        .set_with_ttl(&key, vec![8u8; MAX_VALUE_BYTES], 60_000)
+        .await?;
+    let err = store
+        .set(&key, vec![9u8; MAX_VALUE_BYTES + 1])
+        .await
+        .expect_err("one byte over");
+    check(err.kind() == ErrorKind::ValueTooLarge, err.to_string())?;
+    check(
+        store.get(&key).await?.map(|v| v[0]) == Some(8),
+        "the previous value stays",
+    )?;
+    // Past the host check, DynamoDB's own 400 KB rejection is also value-too-large.
+    let bucket = provider.open(&namespace).await?;
+    let err = bucket
+        .set(&key, vec![1u8; 409_600])
+        .await
+        .expect_err("DynamoDB rejects it");
+    check(err.kind() == ErrorKind::ValueTooLarge, err.to_string())?;
+    Ok(())
+}
+
+async fn expired_item_still_present_is_invisible(local: DynamoDbLocal) -> TestResult {
+    let provider = provider(&local).await?;
+    let store = store(provider.clone(), "expired").await?;
+    let past = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        - 10;
+    for key in ["gone", "counter"] {
+        provider
+            .client()
+            .put_item()
+            .table_name(TABLE)
+            .item(ATTR_NAMESPACE, AttributeValue::S("expired".into()))
+            .item(ATTR_KEY, AttributeValue::S(key.into()))
+            .item(ATTR_VALUE, AttributeValue::B(Blob::new(b"41".to_vec())))
+            .item(ATTR_VERSION, AttributeValue::S("v1".into()))
+            .item(ATTR_EXPIRES, AttributeValue::N(past.to_string()))
+            .send()
+            .await
+            .map_err(|err| Failed::from(format!("{err:?}")))?;
+    }
+    let raw = provider
+        .client()
+        .get_item()
+        .table_name(TABLE)
+        .key(ATTR_NAMESPACE, AttributeValue::S("expired".into()))
+        .key(ATTR_KEY, AttributeValue::S("gone".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|err| Failed::from(format!("{err:?}")))?;
+    check(raw.item.is_some(), "the expired item is physically present")?;
+    check(store.get("gone").await?.is_none(), "get")?;
+    check(!store.exists("gone").await?, "exists")?;
+    check(
+        store.get_many(&["gone".to_string()]).await? == vec![None],
+        "get-many",
+    )?;
+    check(store.list_keys(None).await?.keys.is_empty(), "list-keys")?;
+    check(
+        store.read_versioned("gone").await?.version == Version::Absent,
+        "cas read",
+    )?;
+    check(
+        store.increment("counter", 1).await? == 1,
+        "increment starts at 0",
+    )?;
+    let swapped = store
+        .swap("gone", &Version::Absent, b"new".to_vec())
+        .await?;
+    check(
+        swapped == kv_core::SwapOutcome::Swapped,
+        "swap expecting absent inserts over an expired item",
+    )?;
+    Ok(())
+}
+
+async fn stores_in_one_table_are_isolated(local: DynamoDbLocal) -> TestResult {
+    let provider = provider(&local).await?;
+    let a = store(provider.clone(), "tenant-a").await?;
+    let b = store(provider.clone(), "tenant-a ").await?;
+    a.set("k", b"a".to_vec()).await?;
+    a.increment("n", 5).await?;
+    check(b.get("k").await?.is_none(), "b sees a's key")?;
+    check(b.increment("n", 1).await? == 1, "b's counter is its own")?;
+    b.delete_many(&["k".to_string(), "n".to_string()]).await?;
+    check(
+        a.get("k").await?.as_deref() == Some(&b"a"[..]),
+        "a's key survives b's delete",
+    )?;
+    check(b.list_keys(None).await?.keys.is_empty(), "b lists nothing")?;
+    check(
+        a.list_keys(None).await?.keys == vec!["k".to_string(), "n".to_string()],
+        "a lists its keys",
+    )?;
+    Ok(())
+}
+
+async fn emulator_restart(mut local: DynamoDbLocal) -> TestResult {
+    let provider = provider(&local).await?;
+    let store = store(provider.clone(), "restart").await?;
+    store.set("k", b"before".to_vec()).await?;
+    local.stop();
+    for op in ["get", "set", "increment", "list"] {
+        let started = Instant::now();
+        let result = match op {
+            "get" => store.get("k").await.map(drop),
+            "set" => store.set("k", b"x".to_vec()).await,
+            "increment" => store.increment("n", 1).await.map(drop),
+            _ => store.list_keys(None).await.map(drop),
+        };
+        let elapsed = started.elapsed();
+        let err = result
+            .err()
+            .ok_or_else(|| Failed::from(format!("{op} succeeded with the emulator down")))?;
+        check(
+            matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
+            format!("{op}: {err}"),
+        )?;
+        check(
+            elapsed < Duration::from_secs(6),
+            format!("{op} took {elapsed:?}"),
+        )?;
+    }
+    local.restart().map_err(Failed::from)?;
+    // In-memory emulator: the table is gone and is recreated; the same provider then serves.
+    kv_aws::client::ensure_table(provider.client(), TABLE).await?;
+    store.set("k", b"after".to_vec()).await?;
+    check(
+        store.get("k").await?.as_deref() == Some(&b"after"[..]),
+        "read after restart",
+    )?;
+    Ok(())
+}
+
+type Test =
+    fn(DynamoDbLocal) -> std::pin::Pin<Box<dyn std::future::Future<Output = TestResult> + Send>>;
+
+fn main() -> ExitCode {
+    // Never reach a metadata service, whatever the environment says.
+    // SAFETY: set before any thread is started.
+    unsafe { std::env::set_var("AWS_EC2_METADATA_DISABLED", "true") };
+    let args = Arguments::from_args();
+    let required = required_targets().iter().any(|name| name == "dynamodb");
+    let available = DynamoDbLocal::jar_dir().is_some()
+        && kv_conformance::emulator::find_program("java").is_some();
+    let tests: [(&str, Test); 5] = [
+        ("set_many_and_get_many_of_1000_with_duplicates", |l| {
+            Box::pin(batches_of_a_thousand(l))
+        }),
+        ("value_at_exact_maximum_and_one_byte_over", |l| {
+            Box::pin(value_at_the_exact_maximum(l))
+        }),
+        (
+            "expired_item_still_present_is_invisible_to_every_operation",
+            |l| Box::pin(expired_item_still_present_is_invisible(l)),
+        ),
+        ("two_stores_in_one_table_are_isolated", |l| {
+            Box::pin(stores_in_one_table_are_isolated(l))
+        }),
+        (
+            "emulator_stop_gives_unavailable_and_restart_recovers",
+            |l| Box::pin(emulator_restart(l)),
+        ),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, test)| {
+            let trial = Trial::test(name, move || {
+                let local = DynamoDbLocal::start().map_err(Failed::from)?;
+                runtime().block_on(test(local))
+            });
+            if available || required {
+                trial
+            } else {
+                trial.with_ignored_flag(true).with_kind("no DynamoDB Local")
+            }
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}

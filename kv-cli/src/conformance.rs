@@ -21,8 +21,11 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
             registry.names().join(", ")
         );
     }
-    let mut profile =
-        Profile::bundled(&args.provider).unwrap_or_else(|| Profile::plain(&args.provider));
+    let flavour = match (args.provider.as_str(), args.emulator) {
+        ("dynamodb", true) => "dynamodb-local",
+        (provider, _) => provider,
+    };
+    let mut profile = Profile::bundled(flavour).unwrap_or_else(|| Profile::plain(&args.provider));
     let mut keep_alive: Vec<Guard> = Vec::new();
     let mut spec = config
         .stores
@@ -31,7 +34,7 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
         .cloned();
     if args.emulator {
         let (url, version, guard) = start_emulator(&args.provider).await?;
-        eprintln!("started {version} at {url}");
+        eprintln!("started {version} on loopback");
         profile.backend = version;
         keep_alive.push(guard);
         spec = Some(kv_core::config::parse_short_form(&format!("conformance={url}"))?.1);
@@ -110,6 +113,18 @@ async fn start_emulator(provider: &str) -> anyhow::Result<(String, String, Guard
                 .await?
                 .map_err(anyhow::Error::msg)?;
             Ok((server.url(), server.version().to_string(), Arc::new(server)))
+        }
+        "dynamodb" => {
+            let local = tokio::task::spawn_blocking(kv_conformance::emulator::DynamoDbLocal::start)
+                .await?
+                .map_err(anyhow::Error::msg)?;
+            // Static test credentials and an explicit endpoint: nothing reaches AWS.
+            let url = format!(
+                "dynamodb://wasikv-conformance?region=us-east-1&endpoint={}&create_table=true\
+                 &access_key_id=test&secret_access_key=test&max_attempts=1",
+                local.endpoint()
+            );
+            Ok((url, local.version(), Arc::new(local)))
         }
         other => bail!("no local emulator is known for provider {other:?}"),
     }

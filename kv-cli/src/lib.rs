@@ -12,6 +12,8 @@ pub fn registry() -> ProviderRegistry {
     let mut registry = ProviderRegistry::new();
     #[cfg(feature = "redis")]
     kv_redis::register(&mut registry);
+    #[cfg(feature = "aws")]
+    kv_aws::register(&mut registry);
     registry
 }
 
