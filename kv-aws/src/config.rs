@@ -179,6 +179,27 @@ mod tests {
     }
 
     #[test]
+    fn parses_file_form() {
+        let config = kv_core::KvConfig::from_toml(
+            "[stores.users]\nprovider = \"dynamodb\"\ntable = \"kv\"\nregion = \"us-east-1\"\n\
+             create_table = true\nmax_attempts = 1\nsecret_access_key = \"${SECRET}\"\naccess_key_id = \"id\"\n",
+            &|name| (name == "SECRET").then(|| "s3cr3t".to_string()),
+        )
+        .unwrap();
+        let parsed = DynamoConfig::from_spec(&config.stores["users"]).unwrap();
+        assert_eq!(parsed.table, "kv");
+        assert!(parsed.create_table);
+        assert_eq!(parsed.max_attempts, 1);
+        assert_eq!(parsed.secret_access_key.as_deref(), Some("s3cr3t"));
+        let bad = kv_core::KvConfig::from_toml(
+            "[stores.u]\nprovider = \"dynamodb\"\ntable = \"kv\"\ncreate_table = \"yes\"\n",
+            &|_| None,
+        )
+        .unwrap();
+        assert!(DynamoConfig::from_spec(&bad.stores["u"]).is_err());
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         let config = DynamoConfig::from_spec(&spec(
             "dynamodb://kv?access_key_id=a&secret_access_key=hunter2",
