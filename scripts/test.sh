@@ -8,7 +8,7 @@ source scripts/env.sh
 scripts/setup.sh
 
 # Providers whose backend must be reachable: unreachable is a failure, never a skip.
-export KV_REQUIRE="${KV_REQUIRE:-memory,redis,dynamodb}"
+export KV_REQUIRE="${KV_REQUIRE:-memory,redis,dynamodb,gcs}"
 
 echo "== cargo fmt"
 cargo fmt --all -- --check
@@ -23,3 +23,5 @@ echo "== wasi-kv conformance --provider redis --emulator"
 cargo run --quiet --locked -p kv-cli -- conformance --provider redis --emulator --report-dir target/reports/redis --jobs 2
 echo "== wasi-kv conformance --provider dynamodb --emulator"
 cargo run --quiet --locked -p kv-cli -- conformance --provider dynamodb --emulator --report-dir target/reports/dynamodb --jobs 2
+echo "== wasi-kv conformance --provider gcs --emulator"
+cargo run --quiet --locked -p kv-cli -- conformance --provider gcs --emulator --report-dir target/reports/gcs --jobs 2

@@ -23,6 +23,7 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
     }
     let flavour = match (args.provider.as_str(), args.emulator) {
         ("dynamodb", true) => "dynamodb-local",
+        ("gcs", true) => "fake-gcs",
         (provider, _) => provider,
     };
     let mut profile = Profile::bundled(flavour).unwrap_or_else(|| Profile::plain(&args.provider));
@@ -125,6 +126,18 @@ async fn start_emulator(provider: &str) -> anyhow::Result<(String, String, Guard
                 local.endpoint()
             );
             Ok((url, local.version(), Arc::new(local)))
+        }
+        "gcs" => {
+            let server =
+                tokio::task::spawn_blocking(kv_conformance::emulator::FakeGcsServer::start)
+                    .await?
+                    .map_err(anyhow::Error::msg)?;
+            // Plain HTTP on loopback means anonymous credentials: no metadata server lookup.
+            let url = format!(
+                "gcs://wasikv-conformance/runs?endpoint={}&create_bucket=true",
+                server.endpoint()
+            );
+            Ok((url, server.version(), Arc::new(server)))
         }
         other => bail!("no local emulator is known for provider {other:?}"),
     }

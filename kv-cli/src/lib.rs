@@ -14,6 +14,8 @@ pub fn registry() -> ProviderRegistry {
     kv_redis::register(&mut registry);
     #[cfg(feature = "aws")]
     kv_aws::register(&mut registry);
+    #[cfg(feature = "gcp")]
+    kv_gcp::register(&mut registry);
     registry
 }
 

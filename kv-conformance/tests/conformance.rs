@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use kv_conformance::emulator::{DynamoDbLocal, RedisServer};
+use kv_conformance::emulator::{DynamoDbLocal, FakeGcsServer, RedisServer};
 use kv_conformance::harness::{self, TargetSource};
 use kv_conformance::{Profile, Target};
 use kv_core::{MemoryProvider, ProviderFactory};
@@ -55,6 +55,26 @@ fn main() -> ExitCode {
             profile.backend = local.version();
             let mut target = Target::new("dynamodb", provider, profile);
             target.keep_alive.push(Arc::new(local));
+            Ok(target)
+        }),
+        TargetSource::new("gcs", || async {
+            let server = tokio::task::spawn_blocking(FakeGcsServer::start)
+                .await
+                .map_err(|err| err.to_string())??;
+            let url = format!(
+                "gcs=gcs://wasikv/conformance?endpoint={}&create_bucket=true",
+                server.endpoint()
+            );
+            let (_, spec) =
+                kv_core::config::parse_short_form(&url).map_err(|err| err.to_string())?;
+            let provider = kv_gcp::GcsFactory
+                .connect(&spec)
+                .await
+                .map_err(|err| err.to_string())?;
+            let mut profile = Profile::bundled("fake-gcs").ok_or("no fake-gcs profile")?;
+            profile.backend = server.version();
+            let mut target = Target::new("gcs", provider, profile);
+            target.keep_alive.push(Arc::new(server));
             Ok(target)
         }),
     ])

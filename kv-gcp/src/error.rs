@@ -1,0 +1,72 @@
+//! Every Cloud Storage error mapped to the contract's classes, in one place.
+
+use gcloud_storage::http::Error;
+use kv_core::{ErrorKind, KvError};
+
+/// The HTTP status of an error answer, if it is one.
+pub fn status(err: &Error) -> Option<u16> {
+    match err {
+        Error::Response(response) => Some(response.code),
+        Error::HttpClient(err) | Error::RawResponse(err, _) => err.status().map(|s| s.as_u16()),
+        _ => None,
+    }
+}
+
+/// Maps an error of operation `op` (404 and 412 are handled by the callers).
+pub fn map_error(op: &str, err: Error) -> KvError {
+    let (kind, transient, message) = match (&err, status(&err)) {
+        (_, Some(429)) => (
+            ErrorKind::Throttled,
+            true,
+            format!("gcs {op}: rate limited"),
+        ),
+        (_, Some(408)) => (
+            ErrorKind::Timeout,
+            true,
+            format!("gcs {op}: request timeout"),
+        ),
+        (_, Some(code @ 500..=599)) => (
+            ErrorKind::Unavailable,
+            true,
+            format!("gcs {op}: server error {code}"),
+        ),
+        (_, Some(401 | 403)) => (
+            ErrorKind::Internal,
+            false,
+            format!("gcs {op}: not authorized"),
+        ),
+        (_, Some(404)) => (
+            ErrorKind::Internal,
+            false,
+            format!("gcs {op}: bucket or object not found"),
+        ),
+        (_, Some(413)) => (
+            ErrorKind::ValueTooLarge,
+            false,
+            format!("gcs {op}: object too large"),
+        ),
+        (Error::HttpClient(inner) | Error::RawResponse(inner, _), None) if inner.is_timeout() => (
+            ErrorKind::Timeout,
+            true,
+            format!("gcs {op}: no answer in time"),
+        ),
+        (Error::HttpClient(_) | Error::RawResponse(_, _) | Error::HttpMiddleware(_), None) => (
+            ErrorKind::Unavailable,
+            true,
+            format!("gcs {op}: cannot reach the endpoint"),
+        ),
+        (Error::TokenSource(_), _) => (
+            ErrorKind::Unavailable,
+            true,
+            format!("gcs {op}: credentials unavailable"),
+        ),
+        (_, code) => (
+            ErrorKind::Internal,
+            false,
+            format!("gcs {op}: unexpected error ({code:?})"),
+        ),
+    };
+    KvError::new(kind, message)
+        .with_transient(transient)
+        .with_source(err)
+}

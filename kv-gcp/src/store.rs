@@ -1,0 +1,418 @@
+//! The mapping of the contract onto Cloud Storage objects (README.md has the table).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use gcloud_storage::client::Client;
+
+use gcloud_storage::http::objects::Object;
+use gcloud_storage::http::objects::delete::DeleteObjectRequest;
+use gcloud_storage::http::objects::download::Range;
+use gcloud_storage::http::objects::get::GetObjectRequest;
+use gcloud_storage::http::objects::list::ListObjectsRequest;
+use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
+use kv_core::counter::{add_delta, encode_counter, parse_counter};
+use kv_core::{
+    Bucket, Capabilities, KeyPage, KvError, Provider, Result, SwapOutcome, Version, Versioned,
+};
+use sha2::{Digest, Sha256};
+
+use crate::error::{map_error, status};
+
+/// Custom metadata: expiry in epoch milliseconds (lower case: the emulator lower-cases names).
+pub const META_EXPIRES: &str = "expires-at";
+/// Custom metadata: the original key of a hashed object name (base64url).
+pub const META_KEY: &str = "kv-key";
+/// GCS object names are at most 1024 bytes of UTF-8.
+const MAX_NAME_BYTES: usize = 1024;
+/// Values are uploaded in one multipart request (the only kind the emulator applies
+/// preconditions to), so they are kept to a size that fits comfortably in memory.
+pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
+/// Attempts of a read-modify-write increment under contention.
+const INCREMENT_ATTEMPTS: u32 = 200;
+
+/// Percent-encodes `%` and control characters (GCS forbids CR and LF; the others are unsafe in
+/// tools): bijective, and short for ordinary keys.
+pub fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for c in key.chars() {
+        if c == '%' || c.is_control() {
+            let mut buf = [0u8; 4];
+            for byte in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Inverse of [`encode_key`]; `None` for names this provider did not write.
+pub fn decode_key(name: &str) -> Option<String> {
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = name.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A provider over one bucket.
+#[derive(Clone)]
+pub struct GcsProvider {
+    client: Client,
+    bucket: Arc<str>,
+    prefix: Arc<str>,
+}
+
+impl GcsProvider {
+    /// A provider over `bucket`, all object names starting with `prefix`.
+    pub fn new(client: Client, bucket: &str, prefix: &str) -> Self {
+        GcsProvider {
+            client,
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The object name prefix of `namespace`: the length keeps one namespace's prefix from
+    /// ever being a prefix of another's.
+    pub fn namespace_prefix(&self, namespace: &str) -> String {
+        format!("{}kv/{}/{}/", self.prefix, namespace.len(), namespace)
+    }
+}
+
+#[async_trait]
+impl Provider for GcsProvider {
+    fn name(&self) -> &str {
+        "gcs"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            ttl: true,
+            cas: true,
+            list_may_repeat: false,
+            max_value_bytes: MAX_VALUE_BYTES,
+            ..Capabilities::default()
+        }
+    }
+
+    async fn open(&self, namespace: &str) -> Result<Arc<dyn Bucket>> {
+        Ok(Arc::new(GcsBucket {
+            client: self.client.clone(),
+            bucket: self.bucket.to_string(),
+            prefix: self.namespace_prefix(namespace),
+        }))
+    }
+}
+
+struct GcsBucket {
+    client: Client,
+    bucket: String,
+    prefix: String,
+}
+
+/// The current state of one key's object.
+struct Current {
+    generation: i64,
+    live: bool,
+    expires_at: Option<u64>,
+}
+
+fn race_backoff(attempt: u32) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let ceiling = 2 + 4 * u64::from(attempt.min(12));
+    Duration::from_millis(u64::from(nanos) % ceiling)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn expires_at(object: &Object) -> Option<u64> {
+    object.metadata.as_ref()?.get(META_EXPIRES)?.parse().ok()
+}
+
+impl GcsBucket {
+    /// The object name of `key`: encoded, or hashed when too long (the key then travels in
+    /// metadata). `%h` never appears in an encoded key, since `%` is always escaped.
+    fn name(&self, key: &str) -> (String, bool) {
+        let encoded = encode_key(key);
+        if self.prefix.len() + encoded.len() <= MAX_NAME_BYTES {
+            (format!("{}{encoded}", self.prefix), false)
+        } else {
+            let digest = Sha256::digest(key.as_bytes());
+            (format!("{}%h{digest:x}", self.prefix), true)
+        }
+    }
+
+    fn key_of(&self, object: &Object) -> Option<String> {
+        let rest = object.name.strip_prefix(&self.prefix)?;
+        if rest.starts_with("%h") {
+            let encoded = object.metadata.as_ref()?.get(META_KEY)?;
+            String::from_utf8(URL_SAFE_NO_PAD.decode(encoded).ok()?).ok()
+        } else {
+            decode_key(rest)
+        }
+    }
+
+    async fn stat(&self, name: &str) -> Result<Option<Current>> {
+        let request = GetObjectRequest {
+            bucket: self.bucket.clone(),
+            object: name.to_string(),
+            ..Default::default()
+        };
+        match self.client.get_object(&request).await {
+            Ok(object) => {
+                let expires_at = expires_at(&object);
+                Ok(Some(Current {
+                    generation: object.generation,
+                    live: expires_at.is_none_or(|at| at > now_ms()),
+                    expires_at,
+                }))
+            }
+            Err(err) if status(&err) == Some(404) => Ok(None),
+            Err(err) => Err(map_error("get object", err)),
+        }
+    }
+
+    /// The bytes of one generation; `None` if it was replaced or deleted meanwhile.
+    async fn download(&self, name: &str, generation: i64) -> Result<Option<Vec<u8>>> {
+        let request = GetObjectRequest {
+            bucket: self.bucket.clone(),
+            object: name.to_string(),
+            generation: Some(generation),
+            ..Default::default()
+        };
+        match self
+            .client
+            .download_object(&request, &Range::default())
+            .await
+        {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(err) if status(&err) == Some(404) => Ok(None),
+            Err(err) => Err(map_error("download", err)),
+        }
+    }
+
+    /// The live value and its generation, read consistently (stat, then that generation).
+    async fn read(&self, key: &str) -> Result<(Option<Current>, Option<Vec<u8>>)> {
+        let (name, _) = self.name(key);
+        for _ in 0..10 {
+            let Some(current) = self.stat(&name).await? else {
+                return Ok((None, None));
+            };
+            if !current.live {
+                return Ok((Some(current), None));
+            }
+            if let Some(bytes) = self.download(&name, current.generation).await? {
+                return Ok((Some(current), Some(bytes)));
+            }
+        }
+        Err(KvError::unavailable(
+            "gcs: the object kept changing while being read",
+        ))
+    }
+
+    /// A multipart upload (the emulator honours preconditions only there); `Ok(false)` on 412.
+    async fn upload(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expires_at: Option<u64>,
+        if_generation: Option<i64>,
+    ) -> Result<bool> {
+        let (name, hashed) = self.name(key);
+        let mut metadata = HashMap::new();
+        if let Some(at) = expires_at {
+            metadata.insert(META_EXPIRES.to_string(), at.to_string());
+        }
+        if hashed {
+            metadata.insert(META_KEY.to_string(), URL_SAFE_NO_PAD.encode(key));
+        }
+        let object = Object {
+            name: name.clone(),
+            content_type: Some("application/octet-stream".to_string()),
+            metadata: Some(metadata),
+            ..Default::default()
+        };
+        let request = UploadObjectRequest {
+            bucket: self.bucket.clone(),
+            if_generation_match: if_generation,
+            ..Default::default()
+        };
+        match self
+            .client
+            .upload_object(&request, value, &UploadType::Multipart(Box::new(object)))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(err) if status(&err) == Some(412) => Ok(false),
+            Err(err) => Err(map_error("upload", err)),
+        }
+    }
+}
+
+#[async_trait]
+impl Bucket for GcsBucket {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.read(key).await?.1)
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        self.upload(key, value, None, None).await.map(drop)
+    }
+
+    async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+        let at = now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        self.upload(key, value, Some(at), None).await.map(drop)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let (name, _) = self.name(key);
+        let request = DeleteObjectRequest {
+            bucket: self.bucket.clone(),
+            object: name,
+            ..Default::default()
+        };
+        match self.client.delete_object(&request).await {
+            Ok(()) => Ok(()),
+            Err(err) if status(&err) == Some(404) => Ok(()),
+            Err(err) => Err(map_error("delete", err)),
+        }
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self
+            .stat(&self.name(key).0)
+            .await?
+            .is_some_and(|current| current.live))
+    }
+
+    async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {
+        let request = ListObjectsRequest {
+            bucket: self.bucket.clone(),
+            prefix: Some(self.prefix.clone()),
+            max_results: Some(i32::try_from(limit).unwrap_or(1000)),
+            page_token: cursor.map(str::to_string),
+            ..Default::default()
+        };
+        let response = self
+            .client
+            .list_objects(&request)
+            .await
+            .map_err(|err| map_error("list", err))?;
+        let now = now_ms();
+        let keys = response
+            .items
+            .unwrap_or_default()
+            .iter()
+            .filter(|object| expires_at(object).is_none_or(|at| at > now))
+            .filter_map(|object| self.key_of(object))
+            .collect();
+        Ok(KeyPage {
+            keys,
+            cursor: response.next_page_token.filter(|token| !token.is_empty()),
+        })
+    }
+
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
+        for attempt in 0..INCREMENT_ATTEMPTS {
+            if attempt > 0 {
+                // Lost a race: back off a little, with jitter, so contenders spread out.
+                tokio::time::sleep(race_backoff(attempt)).await;
+            }
+            let (current, value) = self.read(key).await?;
+            let (base, precondition, keep_expiry) = match (&current, value) {
+                (None, _) => (0, 0, None),
+                (Some(current), None) => (0, current.generation, None),
+                (Some(current), Some(bytes)) => (
+                    parse_counter(&bytes)?,
+                    current.generation,
+                    current.expires_at,
+                ),
+            };
+            let next = add_delta(base, delta)?;
+            if self
+                .upload(key, encode_counter(next), keep_expiry, Some(precondition))
+                .await?
+            {
+                return Ok(next);
+            }
+        }
+        Err(
+            KvError::unavailable("gcs: increment lost every race under contention")
+                .with_transient(false),
+        )
+    }
+
+    async fn read_versioned(&self, key: &str) -> Result<Versioned> {
+        let (current, value) = self.read(key).await?;
+        Ok(match current {
+            // An expired object still holds a generation: a swap must replace exactly it.
+            Some(current) => Versioned {
+                value,
+                version: Version::Tag(current.generation.to_string()),
+            },
+            None => Versioned {
+                value: None,
+                version: Version::Absent,
+            },
+        })
+    }
+
+    async fn swap(&self, key: &str, expected: &Version, value: Vec<u8>) -> Result<SwapOutcome> {
+        let generation = match expected {
+            Version::Absent => 0,
+            Version::Tag(tag) => tag
+                .parse()
+                .map_err(|_| KvError::internal("gcs: malformed CAS version"))?,
+        };
+        Ok(if self.upload(key, value, None, Some(generation)).await? {
+            SwapOutcome::Swapped
+        } else {
+            SwapOutcome::Conflict
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_is_bijective() {
+        for key in [
+            "a", "%", "%25", "a\nb", "a\rb", "\u{0}", "é", "🦀", ".", "..", "a//b", "%h00", "a%2Fb",
+        ] {
+            let encoded = encode_key(key);
+            assert!(
+                !encoded.contains('\n') && !encoded.contains('\r'),
+                "{key:?}"
+            );
+            assert!(!encoded.contains("%h"), "{key:?}");
+            assert_eq!(decode_key(&encoded).as_deref(), Some(key), "{key:?}");
+        }
+        assert_ne!(encode_key("%"), encode_key("%25"));
+    }
+}

@@ -1,0 +1,260 @@
+//! Provider-level tests against fake-gcs-server, started on a free loopback port with anonymous
+//! credentials. Without fake-gcs-server they are ignored, unless `KV_REQUIRE` names `gcs`, where
+//! that is a failure.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_conformance::emulator::FakeGcsServer;
+use kv_conformance::harness::{required_targets, runtime};
+use kv_core::{Access, ErrorKind, KvStore, Limits, Provider, ProviderFactory, RetryPolicy, Stores};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+type TestResult = Result<(), Failed>;
+
+fn check(condition: bool, message: impl Into<String>) -> TestResult {
+    if condition {
+        Ok(())
+    } else {
+        Err(Failed::from(message.into()))
+    }
+}
+
+async fn provider(server: &FakeGcsServer) -> Result<Arc<dyn Provider>, Failed> {
+    let url = format!(
+        "g=gcs://provider-tests/p?endpoint={}&create_bucket=true",
+        server.endpoint()
+    );
+    let (_, spec) =
+        kv_core::config::parse_short_form(&url).map_err(|err| Failed::from(err.to_string()))?;
+    kv_gcp::GcsFactory
+        .connect(&spec)
+        .await
+        .map_err(|err| Failed::from(err.to_string()))
+}
+
+fn limits() -> Limits {
+    Limits {
+        operation_timeout: Duration::from_secs(20),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+        },
+        ..Limits::default()
+    }
+}
+
+async fn store(provider: Arc<dyn Provider>, namespace: &str) -> Result<KvStore, Failed> {
+    let stores = Stores::builder(limits())
+        .store("s", provider, namespace, Access::ReadWrite)
+        .build();
+    Ok(stores.open("s").await?)
+}
+
+async fn list_all(store: &KvStore) -> Result<Vec<String>, Failed> {
+    let mut keys = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store.list_keys(cursor.as_deref()).await?;
+        keys.extend(page.keys);
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(keys),
+        }
+    }
+}
+
+async fn awkward_keys_round_trip(server: FakeGcsServer) -> TestResult {
+    let store = store(provider(&server).await?, "keys").await?;
+    let mut keys: Vec<String> = [
+        "/",
+        "//",
+        "a//b",
+        "/a",
+        "a/",
+        "#",
+        "?",
+        "a?b#c",
+        "%2F",
+        "%",
+        "%h00",
+        ".",
+        "..",
+        " ",
+        " a ",
+        "a\nb",
+        "a\rb",
+        "\t",
+        "é",
+        "e\u{301}",
+        "日本語",
+        "🦀",
+    ]
+    .iter()
+    .map(|k| k.to_string())
+    .collect();
+    keys.push("k".repeat(1024));
+    keys.push("%".repeat(1024)); // 3072 bytes once encoded: stored under a hashed name
+    keys.push("🦀".repeat(256));
+    for (i, key) in keys.iter().enumerate() {
+        store.set(key, format!("v{i}").into_bytes()).await?;
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let value = store.get(key).await?;
+        check(
+            value == Some(format!("v{i}").into_bytes()),
+            format!("{key:?}: {value:?}"),
+        )?;
+    }
+    let mut listed = list_all(&store).await?;
+    listed.sort();
+    keys.sort();
+    check(listed == keys, format!("listed {listed:?}"))?;
+    store.delete(&"%".repeat(1024)).await?;
+    check(
+        store.get(&"%".repeat(1024)).await?.is_none(),
+        "hashed key deleted",
+    )?;
+    Ok(())
+}
+
+async fn empty_and_five_megabyte_values(server: FakeGcsServer) -> TestResult {
+    let store = store(provider(&server).await?, "values").await?;
+    store.set("empty", Vec::new()).await?;
+    check(store.get("empty").await? == Some(Vec::new()), "empty value")?;
+    check(store.exists("empty").await?, "empty value exists")?;
+    let big: Vec<u8> = (0..5 * 1024 * 1024)
+        .map(|i: usize| (i % 251) as u8)
+        .collect();
+    store.set("big", big.clone()).await?;
+    check(store.get("big").await? == Some(big), "5 MB value")?;
+    Ok(())
+}
+
+async fn concurrent_increments_exact(server: FakeGcsServer) -> TestResult {
+    let store = store(provider(&server).await?, "counters").await?;
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut totals = Vec::new();
+                for _ in 0..50 {
+                    totals.push(store.increment("n", 1).await?);
+                }
+                Ok::<_, kv_core::KvError>(totals)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(
+            worker
+                .await
+                .map_err(|err| Failed::from(err.to_string()))??,
+        );
+    }
+    all.sort_unstable();
+    check(
+        all == (1..=400).collect::<Vec<i64>>(),
+        "each total returned once",
+    )?;
+    check(
+        store.get("n").await?.as_deref() == Some(&b"400"[..]),
+        "final value",
+    )?;
+    Ok(())
+}
+
+async fn emulator_restart(mut server: FakeGcsServer) -> TestResult {
+    let url = format!(
+        "g=gcs://restart/p?endpoint={}&create_bucket=true",
+        server.endpoint()
+    );
+    let (_, spec) =
+        kv_core::config::parse_short_form(&url).map_err(|err| Failed::from(err.to_string()))?;
+    let config =
+        kv_gcp::GcsConfig::from_spec(&spec).map_err(|err| Failed::from(err.to_string()))?;
+    let client = kv_gcp::client::build_client(&config)
+        .await
+        .map_err(|err| Failed::from(err.to_string()))?;
+    kv_gcp::client::ensure_bucket(&client, &config).await?;
+    let provider: Arc<dyn Provider> =
+        Arc::new(kv_gcp::GcsProvider::new(client.clone(), "restart", "p/"));
+    let store = store(provider, "restart").await?;
+    store.set("k", b"before".to_vec()).await?;
+    server.stop();
+    for op in ["get", "set", "increment", "list"] {
+        let started = Instant::now();
+        let result = match op {
+            "get" => store.get("k").await.map(drop),
+            "set" => store.set("k", b"x".to_vec()).await,
+            "increment" => store.increment("n", 1).await.map(drop),
+            _ => store.list_keys(None).await.map(drop),
+        };
+        let elapsed = started.elapsed();
+        let err = result
+            .err()
+            .ok_or_else(|| Failed::from(format!("{op} succeeded with the emulator down")))?;
+        check(
+            matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
+            format!("{op}: {err}"),
+        )?;
+        check(
+            elapsed < Duration::from_secs(20),
+            format!("{op} took {elapsed:?}"),
+        )?;
+    }
+    server.restart().map_err(Failed::from)?;
+    // In-memory emulator: the bucket is gone and is recreated; the same client then serves.
+    kv_gcp::client::ensure_bucket(&client, &config).await?;
+    store.set("k", b"after".to_vec()).await?;
+    check(
+        store.get("k").await?.as_deref() == Some(&b"after"[..]),
+        "read after restart",
+    )?;
+    Ok(())
+}
+
+type Test =
+    fn(FakeGcsServer) -> std::pin::Pin<Box<dyn std::future::Future<Output = TestResult> + Send>>;
+
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let required = required_targets().iter().any(|name| name == "gcs");
+    let available = FakeGcsServer::binary().is_some();
+    let tests: [(&str, Test); 4] = [
+        (
+            "awkward_and_1024_byte_keys_round_trip_through_list_keys",
+            |s| Box::pin(awkward_keys_round_trip(s)),
+        ),
+        ("empty_and_5_mb_values", |s| {
+            Box::pin(empty_and_five_megabyte_values(s))
+        }),
+        ("concurrent_increments_8x50_exact", |s| {
+            Box::pin(concurrent_increments_exact(s))
+        }),
+        (
+            "emulator_stop_gives_unavailable_and_restart_recovers",
+            |s| Box::pin(emulator_restart(s)),
+        ),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, test)| {
+            let trial = Trial::test(name, move || {
+                let server = FakeGcsServer::start().map_err(Failed::from)?;
+                runtime().block_on(test(server))
+            });
+            if available || required {
+                trial
+            } else {
+                trial
+                    .with_ignored_flag(true)
+                    .with_kind("no fake-gcs-server")
+            }
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
