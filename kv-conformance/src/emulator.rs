@@ -53,6 +53,40 @@ impl Drop for ManagedProcess {
     }
 }
 
+/// Spawns `command` with its output in `log`, and waits until `ready` holds: the process is
+/// returned only once it serves; an early exit reports the log.
+fn start_and_wait(
+    name: &str,
+    mut command: Command,
+    log: &std::path::Path,
+    timeout: Duration,
+    ready: impl Fn() -> bool,
+) -> Result<ManagedProcess, String> {
+    let file = std::fs::File::create(log).map_err(|err| format!("{name} log: {err}"))?;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().map_err(|err| err.to_string())?)
+        .stderr(file)
+        .spawn()
+        .map_err(|err| format!("cannot start {name}: {err}"))?;
+    let mut process = ManagedProcess { child };
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if process.has_exited() {
+            let output = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(format!("{name} exited at start: {}", output.trim()));
+        }
+        if ready() {
+            return Ok(process);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "{name} did not answer within {} s",
+        timeout.as_secs()
+    ))
+}
+
 /// A `redis-server` on loopback, in memory, with no persistence.
 #[derive(Debug)]
 pub struct RedisServer {
@@ -85,10 +119,9 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let binary = find_program("redis-server").ok_or("redis-server is not installed")?;
-        let log = std::fs::File::create(self.dir.path().join("redis.log"))
-            .map_err(|err| err.to_string())?;
-        let child = Command::new(binary)
+        let mut command =
+            Command::new(find_program("redis-server").ok_or("redis-server is not installed")?);
+        command
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args([
                 "--save",
@@ -101,27 +134,17 @@ impl RedisServer {
                 "yes",
             ])
             .arg("--dir")
-            .arg(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|err| err.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|err| format!("cannot start redis-server: {err}"))?;
-        let mut process = ManagedProcess { child };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if process.has_exited() {
-                let log =
-                    std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
-                return Err(format!("redis-server exited at start: {}", log.trim()));
-            }
-            if ping(self.port) {
-                self.process = Some(process);
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err("redis-server did not answer PING within 15 s".to_string())
+            .arg(self.dir.path());
+        let port = self.port;
+        let log = self.dir.path().join("redis.log");
+        self.process = Some(start_and_wait(
+            "redis-server",
+            command,
+            &log,
+            Duration::from_secs(15),
+            || ping(port),
+        )?);
+        Ok(())
     }
 
     /// `redis://127.0.0.1:PORT/0`.
@@ -214,8 +237,8 @@ impl DynamoDbLocal {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let log = self.log.reopen().map_err(|err| err.to_string())?;
-        let child = Command::new(find_program("java").ok_or("java is not installed")?)
+        let mut command = Command::new(find_program("java").ok_or("java is not installed")?);
+        command
             .current_dir(&self.jar_dir)
             .args([
                 "-Xmx256m",
@@ -229,26 +252,17 @@ impl DynamoDbLocal {
                 "-disableTelemetry",
                 "-port",
                 &self.port.to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|err| err.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|err| format!("cannot start DynamoDB Local: {err}"))?;
-        let mut process = ManagedProcess { child };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if process.has_exited() {
-                let log = std::fs::read_to_string(self.log.path()).unwrap_or_default();
-                return Err(format!("DynamoDB Local exited at start: {}", log.trim()));
-            }
-            if http_answers(self.port) {
-                self.process = Some(process);
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err("DynamoDB Local did not answer within 60 s".to_string())
+            ]);
+        let port = self.port;
+        let ready = || http_answers(port);
+        self.process = Some(start_and_wait(
+            "DynamoDB Local",
+            command,
+            self.log.path(),
+            Duration::from_secs(60),
+            ready,
+        )?);
+        Ok(())
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -335,9 +349,8 @@ impl FakeGcsServer {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let binary = Self::binary().ok_or("fake-gcs-server is not installed")?;
-        let log = self.log.reopen().map_err(|err| err.to_string())?;
-        let child = Command::new(binary)
+        let mut command = Command::new(Self::binary().ok_or("fake-gcs-server is not installed")?);
+        command
             .args([
                 "-scheme",
                 "http",
@@ -346,26 +359,17 @@ impl FakeGcsServer {
                 "-port",
                 &self.port.to_string(),
             ])
-            .args(["-backend", "memory", "-log-level", "warn"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|err| err.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|err| format!("cannot start fake-gcs-server: {err}"))?;
-        let mut process = ManagedProcess { child };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if process.has_exited() {
-                let log = std::fs::read_to_string(self.log.path()).unwrap_or_default();
-                return Err(format!("fake-gcs-server exited at start: {}", log.trim()));
-            }
-            if http_answers(self.port) {
-                self.process = Some(process);
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err("fake-gcs-server did not answer within 15 s".to_string())
+            .args(["-backend", "memory", "-log-level", "warn"]);
+        let port = self.port;
+        let ready = || http_answers(port);
+        self.process = Some(start_and_wait(
+            "fake-gcs-server",
+            command,
+            self.log.path(),
+            Duration::from_secs(15),
+            ready,
+        )?);
+        Ok(())
     }
 
     /// `http://127.0.0.1:PORT`.
