@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -13,9 +13,8 @@ use kv_aws::store::{
 };
 use kv_aws::{DynamoConfig, DynamoProvider};
 use kv_conformance::emulator::DynamoDbLocal;
-use kv_conformance::harness::{required_targets, runtime};
 use kv_core::{Access, ErrorKind, KvStore, Limits, Provider, RetryPolicy, Stores, Version};
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 
 type TestResult = Result<(), Failed>;
 const TABLE: &str = "wasikv-provider-tests";
@@ -205,27 +204,7 @@ async fn emulator_restart(mut local: DynamoDbLocal) -> TestResult {
     let store = store(provider.clone(), "restart").await?;
     store.set("k", b"before".to_vec()).await?;
     local.stop();
-    for op in ["get", "set", "increment", "list"] {
-        let started = Instant::now();
-        let result = match op {
-            "get" => store.get("k").await.map(drop),
-            "set" => store.set("k", b"x".to_vec()).await,
-            "increment" => store.increment("n", 1).await.map(drop),
-            _ => store.list_keys(None).await.map(drop),
-        };
-        let elapsed = started.elapsed();
-        let err = result
-            .err()
-            .ok_or_else(|| Failed::from(format!("{op} succeeded with the emulator down")))?;
-        check(
-            matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
-            format!("{op}: {err}"),
-        )?;
-        check(
-            elapsed < Duration::from_secs(6),
-            format!("{op} took {elapsed:?}"),
-        )?;
-    }
+    kv_conformance::provider_tests::expect_outage(&store, Duration::from_secs(6)).await?;
     local.restart().map_err(Failed::from)?;
     // In-memory emulator: the table is gone and is recreated; the same provider then serves.
     kv_aws::client::ensure_table(provider.client(), TABLE).await?;
@@ -237,49 +216,34 @@ async fn emulator_restart(mut local: DynamoDbLocal) -> TestResult {
     Ok(())
 }
 
-type Test =
-    fn(DynamoDbLocal) -> std::pin::Pin<Box<dyn std::future::Future<Output = TestResult> + Send>>;
-
 fn main() -> ExitCode {
     // Never reach a metadata service, whatever the environment says.
     // SAFETY: set before any thread is started.
     unsafe { std::env::set_var("AWS_EC2_METADATA_DISABLED", "true") };
-    let args = Arguments::from_args();
-    let required = required_targets().iter().any(|name| name == "dynamodb");
-    let available = DynamoDbLocal::jar_dir().is_some()
+    let installed = DynamoDbLocal::jar_dir().is_some()
         && kv_conformance::emulator::find_program("java").is_some();
-    let tests: [(&str, Test); 5] = [
-        ("set_many_and_get_many_of_1000_with_duplicates", |l| {
-            Box::pin(batches_of_a_thousand(l))
-        }),
-        ("value_at_exact_maximum_and_one_byte_over", |l| {
-            Box::pin(value_at_the_exact_maximum(l))
-        }),
-        (
-            "expired_item_still_present_is_invisible_to_every_operation",
-            |l| Box::pin(expired_item_still_present_is_invisible(l)),
-        ),
-        ("two_stores_in_one_table_are_isolated", |l| {
-            Box::pin(stores_in_one_table_are_isolated(l))
-        }),
-        (
-            "emulator_stop_gives_unavailable_and_restart_recovers",
-            |l| Box::pin(emulator_restart(l)),
-        ),
-    ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| {
-            let trial = Trial::test(name, move || {
-                let local = DynamoDbLocal::start().map_err(Failed::from)?;
-                runtime().block_on(test(local))
-            });
-            if available || required {
-                trial
-            } else {
-                trial.with_ignored_flag(true).with_kind("no DynamoDB Local")
-            }
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit_code()
+    kv_conformance::provider_tests::main::<DynamoDbLocal>(
+        "dynamodb",
+        installed,
+        DynamoDbLocal::start,
+        vec![
+            ("set_many_and_get_many_of_1000_with_duplicates", |l| {
+                Box::pin(batches_of_a_thousand(l))
+            }),
+            ("value_at_exact_maximum_and_one_byte_over", |l| {
+                Box::pin(value_at_the_exact_maximum(l))
+            }),
+            (
+                "expired_item_still_present_is_invisible_to_every_operation",
+                |l| Box::pin(expired_item_still_present_is_invisible(l)),
+            ),
+            ("two_stores_in_one_table_are_isolated", |l| {
+                Box::pin(stores_in_one_table_are_isolated(l))
+            }),
+            (
+                "emulator_stop_gives_unavailable_and_restart_recovers",
+                |l| Box::pin(emulator_restart(l)),
+            ),
+        ],
+    )
 }

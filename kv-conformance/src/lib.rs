@@ -8,6 +8,7 @@ pub mod artifacts;
 pub mod emulator;
 pub mod harness;
 pub mod profile;
+pub mod provider_tests;
 pub mod report;
 pub mod runner;
 

@@ -4,12 +4,11 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kv_conformance::emulator::FakeGcsServer;
-use kv_conformance::harness::{required_targets, runtime};
-use kv_core::{Access, ErrorKind, KvStore, Limits, Provider, ProviderFactory, RetryPolicy, Stores};
-use libtest_mimic::{Arguments, Failed, Trial};
+use kv_core::{Access, KvStore, Limits, Provider, ProviderFactory, RetryPolicy, Stores};
+use libtest_mimic::Failed;
 
 type TestResult = Result<(), Failed>;
 
@@ -185,27 +184,7 @@ async fn emulator_restart(mut server: FakeGcsServer) -> TestResult {
     let store = store(provider, "restart").await?;
     store.set("k", b"before".to_vec()).await?;
     server.stop();
-    for op in ["get", "set", "increment", "list"] {
-        let started = Instant::now();
-        let result = match op {
-            "get" => store.get("k").await.map(drop),
-            "set" => store.set("k", b"x".to_vec()).await,
-            "increment" => store.increment("n", 1).await.map(drop),
-            _ => store.list_keys(None).await.map(drop),
-        };
-        let elapsed = started.elapsed();
-        let err = result
-            .err()
-            .ok_or_else(|| Failed::from(format!("{op} succeeded with the emulator down")))?;
-        check(
-            matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
-            format!("{op}: {err}"),
-        )?;
-        check(
-            elapsed < Duration::from_secs(20),
-            format!("{op} took {elapsed:?}"),
-        )?;
-    }
+    kv_conformance::provider_tests::expect_outage(&store, Duration::from_secs(20)).await?;
     server.restart().map_err(Failed::from)?;
     // In-memory emulator: the bucket is gone and is recreated; the same client then serves.
     kv_gcp::client::ensure_bucket(&client, &config).await?;
@@ -217,44 +196,27 @@ async fn emulator_restart(mut server: FakeGcsServer) -> TestResult {
     Ok(())
 }
 
-type Test =
-    fn(FakeGcsServer) -> std::pin::Pin<Box<dyn std::future::Future<Output = TestResult> + Send>>;
-
 fn main() -> ExitCode {
-    let args = Arguments::from_args();
-    let required = required_targets().iter().any(|name| name == "gcs");
-    let available = FakeGcsServer::binary().is_some();
-    let tests: [(&str, Test); 4] = [
-        (
-            "awkward_and_1024_byte_keys_round_trip_through_list_keys",
-            |s| Box::pin(awkward_keys_round_trip(s)),
-        ),
-        ("empty_and_5_mb_values", |s| {
-            Box::pin(empty_and_five_megabyte_values(s))
-        }),
-        ("concurrent_increments_8x50_exact", |s| {
-            Box::pin(concurrent_increments_exact(s))
-        }),
-        (
-            "emulator_stop_gives_unavailable_and_restart_recovers",
-            |s| Box::pin(emulator_restart(s)),
-        ),
-    ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| {
-            let trial = Trial::test(name, move || {
-                let server = FakeGcsServer::start().map_err(Failed::from)?;
-                runtime().block_on(test(server))
-            });
-            if available || required {
-                trial
-            } else {
-                trial
-                    .with_ignored_flag(true)
-                    .with_kind("no fake-gcs-server")
-            }
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit_code()
+    let installed = FakeGcsServer::binary().is_some();
+    kv_conformance::provider_tests::main::<FakeGcsServer>(
+        "gcs",
+        installed,
+        FakeGcsServer::start,
+        vec![
+            (
+                "awkward_and_1024_byte_keys_round_trip_through_list_keys",
+                |s| Box::pin(awkward_keys_round_trip(s)),
+            ),
+            ("empty_and_5_mb_values", |s| {
+                Box::pin(empty_and_five_megabyte_values(s))
+            }),
+            ("concurrent_increments_8x50_exact", |s| {
+                Box::pin(concurrent_increments_exact(s))
+            }),
+            (
+                "emulator_stop_gives_unavailable_and_restart_recovers",
+                |s| Box::pin(emulator_restart(s)),
+            ),
+        ],
+    )
 }

@@ -3,12 +3,11 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kv_conformance::emulator::RedisServer;
-use kv_conformance::harness::{required_targets, runtime};
 use kv_core::{Access, ErrorKind, Limits, ProviderFactory, RetryPolicy, Stores};
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 
 type TestResult = Result<(), Failed>;
 
@@ -134,27 +133,7 @@ async fn server_restart(mut server: RedisServer) -> TestResult {
     let store = stores.open("s").await?;
     store.set("k", b"before".to_vec()).await?;
     server.stop();
-    for op in ["get", "set", "increment", "list"] {
-        let started = Instant::now();
-        let result = match op {
-            "get" => store.get("k").await.map(drop),
-            "set" => store.set("k", b"x".to_vec()).await,
-            "increment" => store.increment("n", 1).await.map(drop),
-            _ => store.list_keys(None).await.map(drop),
-        };
-        let elapsed = started.elapsed();
-        let err = result
-            .err()
-            .ok_or_else(|| Failed::from(format!("{op} succeeded with the server down")))?;
-        check(
-            matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
-            format!("{op}: expected unavailable, got {err}"),
-        )?;
-        check(
-            elapsed < Duration::from_secs(4),
-            format!("{op} took {elapsed:?}"),
-        )?;
-    }
+    kv_conformance::provider_tests::expect_outage(&store, Duration::from_secs(4)).await?;
     server.restart().map_err(Failed::from)?;
     store.set("k", b"after".to_vec()).await?;
     check(
@@ -168,39 +147,24 @@ async fn server_restart(mut server: RedisServer) -> TestResult {
     Ok(())
 }
 
-type Test =
-    fn(RedisServer) -> std::pin::Pin<Box<dyn std::future::Future<Output = TestResult> + Send>>;
-
 fn main() -> ExitCode {
-    let args = Arguments::from_args();
-    let required = required_targets().iter().any(|name| name == "redis");
-    let tests: [(&str, Test); 3] = [
-        (
-            "glob_characters_in_namespaces_and_keys_stay_isolated",
-            |s| Box::pin(glob_characters_stay_isolated(s)),
-        ),
-        (
-            "non_decimal_value_from_another_client_is_not_an_integer",
-            |s| Box::pin(foreign_non_decimal_value(s)),
-        ),
-        ("server_stop_gives_unavailable_and_restart_recovers", |s| {
-            Box::pin(server_restart(s))
-        }),
-    ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| {
-            let available = kv_conformance::emulator::find_program("redis-server").is_some();
-            let trial = Trial::test(name, move || {
-                let server = RedisServer::start().map_err(Failed::from)?;
-                runtime().block_on(test(server))
-            });
-            if available || required {
-                trial
-            } else {
-                trial.with_ignored_flag(true).with_kind("no redis-server")
-            }
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit_code()
+    let installed = kv_conformance::emulator::find_program("redis-server").is_some();
+    kv_conformance::provider_tests::main::<RedisServer>(
+        "redis",
+        installed,
+        RedisServer::start,
+        vec![
+            (
+                "glob_characters_in_namespaces_and_keys_stay_isolated",
+                |s| Box::pin(glob_characters_stay_isolated(s)),
+            ),
+            (
+                "non_decimal_value_from_another_client_is_not_an_integer",
+                |s| Box::pin(foreign_non_decimal_value(s)),
+            ),
+            ("server_stop_gives_unavailable_and_restart_recovers", |s| {
+                Box::pin(server_restart(s))
+            }),
+        ],
+    )
 }

@@ -1,0 +1,73 @@
+//! Shared pieces of the provider-level test binaries (`kv-*/tests/*.rs`): one trial per test,
+//! each with its own freshly started backend, ignored when the backend is not installed unless
+//! `KV_REQUIRE` names the provider; and the outage check every provider must pass.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use kv_core::{ErrorKind, KvStore};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+use crate::harness::{required_targets, runtime};
+
+/// A provider-level test: gets a started backend, returns a failure reason.
+pub type ProviderTest<B> = fn(B) -> Pin<Box<dyn Future<Output = Result<(), Failed>> + Send>>;
+
+/// Runs `tests` as libtest trials against backends from `start`.
+pub fn main<B: 'static>(
+    provider: &str,
+    installed: bool,
+    start: fn() -> Result<B, String>,
+    tests: Vec<(&'static str, ProviderTest<B>)>,
+) -> ExitCode {
+    let args = Arguments::from_args();
+    let required = required_targets().iter().any(|name| name == provider);
+    let kind = format!("no {provider} backend installed");
+    let trials = tests
+        .into_iter()
+        .map(|(name, test)| {
+            let trial = Trial::test(name, move || {
+                let backend = start().map_err(Failed::from)?;
+                runtime().block_on(test(backend))
+            });
+            if installed || required {
+                trial
+            } else {
+                trial.with_ignored_flag(true).with_kind(kind.clone())
+            }
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// With the backend stopped, every kind of operation fails with `unavailable` (or `timeout`)
+/// within `bound`: no hang, no panic, no other class.
+pub async fn expect_outage(store: &KvStore, bound: Duration) -> Result<(), Failed> {
+    for op in ["get", "set", "increment", "list-keys", "get-many"] {
+        let started = Instant::now();
+        let result = match op {
+            "get" => store.get("k").await.map(drop),
+            "set" => store.set("k", b"x".to_vec()).await,
+            "increment" => store.increment("n", 1).await.map(drop),
+            "list-keys" => store.list_keys(None).await.map(drop),
+            _ => store.get_many(&["k".to_string()]).await.map(drop),
+        };
+        let elapsed = started.elapsed();
+        let err = result
+            .err()
+            .ok_or_else(|| Failed::from(format!("{op} succeeded with the backend down")))?;
+        if !matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) {
+            return Err(Failed::from(format!(
+                "{op}: expected unavailable, got {err}"
+            )));
+        }
+        if elapsed > bound {
+            return Err(Failed::from(format!(
+                "{op} took {elapsed:?}, more than {bound:?}"
+            )));
+        }
+    }
+    Ok(())
+}
