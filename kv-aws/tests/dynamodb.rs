@@ -13,19 +13,11 @@ use kv_aws::store::{
 };
 use kv_aws::{DynamoConfig, DynamoProvider};
 use kv_conformance::emulator::DynamoDbLocal;
-use kv_core::{Access, ErrorKind, KvStore, Limits, Provider, RetryPolicy, Stores, Version};
+use kv_conformance::provider_tests::{self, TestResult, check};
+use kv_core::{Access, ErrorKind, KvStore, Limits, Provider, Stores, Version};
 use libtest_mimic::Failed;
 
-type TestResult = Result<(), Failed>;
 const TABLE: &str = "wasikv-provider-tests";
-
-fn check(condition: bool, message: impl Into<String>) -> TestResult {
-    if condition {
-        Ok(())
-    } else {
-        Err(Failed::from(message.into()))
-    }
-}
 
 fn config(local: &DynamoDbLocal) -> DynamoConfig {
     let url = format!(
@@ -43,15 +35,7 @@ async fn provider(local: &DynamoDbLocal) -> Result<Arc<DynamoProvider>, Failed> 
 }
 
 fn limits() -> Limits {
-    Limits {
-        operation_timeout: Duration::from_secs(5),
-        retry: RetryPolicy {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(200),
-        },
-        ..Limits::default()
-    }
+    provider_tests::limits(Duration::from_secs(5), 3)
 }
 
 async fn store(provider: Arc<DynamoProvider>, namespace: &str) -> Result<KvStore, Failed> {
@@ -204,7 +188,7 @@ async fn emulator_restart(mut local: DynamoDbLocal) -> TestResult {
     let store = store(provider.clone(), "restart").await?;
     store.set("k", b"before".to_vec()).await?;
     local.stop();
-    kv_conformance::provider_tests::expect_outage(&store, Duration::from_secs(6)).await?;
+    provider_tests::expect_outage(&store, Duration::from_secs(6)).await?;
     local.restart().map_err(Failed::from)?;
     // In-memory emulator: the table is gone and is recreated; the same provider then serves.
     kv_aws::client::ensure_table(provider.client(), TABLE).await?;
@@ -222,7 +206,7 @@ fn main() -> ExitCode {
     unsafe { std::env::set_var("AWS_EC2_METADATA_DISABLED", "true") };
     let installed = DynamoDbLocal::jar_dir().is_some()
         && kv_conformance::emulator::find_program("java").is_some();
-    kv_conformance::provider_tests::main::<DynamoDbLocal>(
+    provider_tests::main::<DynamoDbLocal>(
         "dynamodb",
         installed,
         DynamoDbLocal::start,

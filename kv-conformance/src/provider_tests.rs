@@ -7,10 +7,36 @@ use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use kv_core::{ErrorKind, KvStore};
+use kv_core::{ErrorKind, KvStore, Limits, RetryPolicy};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::harness::{required_targets, runtime};
+
+/// What a provider-level test returns.
+pub type TestResult = Result<(), Failed>;
+
+/// Fails with `message` unless `condition` holds.
+pub fn check(condition: bool, message: impl Into<String>) -> TestResult {
+    if condition {
+        Ok(())
+    } else {
+        Err(Failed::from(message.into()))
+    }
+}
+
+/// Host limits for provider tests: a per-operation `timeout` and quick retries, so outages
+/// are reported within a bound the tests can assert.
+pub fn limits(timeout: Duration, attempts: u32) -> Limits {
+    Limits {
+        operation_timeout: timeout,
+        retry: RetryPolicy {
+            max_attempts: attempts,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+        },
+        ..Limits::default()
+    }
+}
 
 /// A provider-level test: gets a started backend, returns a failure reason.
 pub type ProviderTest<B> = fn(B) -> Pin<Box<dyn Future<Output = Result<(), Failed>> + Send>>;

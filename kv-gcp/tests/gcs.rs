@@ -7,18 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_conformance::emulator::FakeGcsServer;
-use kv_core::{Access, KvStore, Limits, Provider, ProviderFactory, RetryPolicy, Stores};
+use kv_conformance::provider_tests::{self, TestResult, check};
+use kv_core::{Access, KvStore, Limits, Provider, ProviderFactory, Stores};
 use libtest_mimic::Failed;
-
-type TestResult = Result<(), Failed>;
-
-fn check(condition: bool, message: impl Into<String>) -> TestResult {
-    if condition {
-        Ok(())
-    } else {
-        Err(Failed::from(message.into()))
-    }
-}
 
 async fn provider(server: &FakeGcsServer) -> Result<Arc<dyn Provider>, Failed> {
     let url = format!(
@@ -34,15 +25,7 @@ async fn provider(server: &FakeGcsServer) -> Result<Arc<dyn Provider>, Failed> {
 }
 
 fn limits() -> Limits {
-    Limits {
-        operation_timeout: Duration::from_secs(20),
-        retry: RetryPolicy {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(200),
-        },
-        ..Limits::default()
-    }
+    provider_tests::limits(Duration::from_secs(20), 3)
 }
 
 async fn store(provider: Arc<dyn Provider>, namespace: &str) -> Result<KvStore, Failed> {
@@ -184,7 +167,7 @@ async fn emulator_restart(mut server: FakeGcsServer) -> TestResult {
     let store = store(provider, "restart").await?;
     store.set("k", b"before".to_vec()).await?;
     server.stop();
-    kv_conformance::provider_tests::expect_outage(&store, Duration::from_secs(20)).await?;
+    provider_tests::expect_outage(&store, Duration::from_secs(20)).await?;
     server.restart().map_err(Failed::from)?;
     // In-memory emulator: the bucket is gone and is recreated; the same client then serves.
     kv_gcp::client::ensure_bucket(&client, &config).await?;
@@ -198,7 +181,7 @@ async fn emulator_restart(mut server: FakeGcsServer) -> TestResult {
 
 fn main() -> ExitCode {
     let installed = FakeGcsServer::binary().is_some();
-    kv_conformance::provider_tests::main::<FakeGcsServer>(
+    provider_tests::main::<FakeGcsServer>(
         "gcs",
         installed,
         FakeGcsServer::start,

@@ -6,18 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_conformance::emulator::RedisServer;
-use kv_core::{Access, ErrorKind, Limits, ProviderFactory, RetryPolicy, Stores};
+use kv_conformance::provider_tests::{self, TestResult, check};
+use kv_core::{Access, ErrorKind, Limits, ProviderFactory, Stores};
 use libtest_mimic::Failed;
-
-type TestResult = Result<(), Failed>;
-
-fn check(condition: bool, message: impl Into<String>) -> TestResult {
-    if condition {
-        Ok(())
-    } else {
-        Err(Failed::from(message.into()))
-    }
-}
 
 async fn provider(server: &RedisServer) -> Arc<dyn kv_core::Provider> {
     let (_, spec) =
@@ -29,15 +20,7 @@ async fn provider(server: &RedisServer) -> Arc<dyn kv_core::Provider> {
 }
 
 fn limits() -> Limits {
-    Limits {
-        operation_timeout: Duration::from_secs(3),
-        retry: RetryPolicy {
-            max_attempts: 4,
-            initial_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(200),
-        },
-        ..Limits::default()
-    }
+    provider_tests::limits(Duration::from_secs(3), 4)
 }
 
 /// Namespaces and keys full of glob characters must not match each other's SCAN patterns.
@@ -133,7 +116,7 @@ async fn server_restart(mut server: RedisServer) -> TestResult {
     let store = stores.open("s").await?;
     store.set("k", b"before".to_vec()).await?;
     server.stop();
-    kv_conformance::provider_tests::expect_outage(&store, Duration::from_secs(4)).await?;
+    provider_tests::expect_outage(&store, Duration::from_secs(4)).await?;
     server.restart().map_err(Failed::from)?;
     store.set("k", b"after".to_vec()).await?;
     check(
@@ -149,7 +132,7 @@ async fn server_restart(mut server: RedisServer) -> TestResult {
 
 fn main() -> ExitCode {
     let installed = kv_conformance::emulator::find_program("redis-server").is_some();
-    kv_conformance::provider_tests::main::<RedisServer>(
+    provider_tests::main::<RedisServer>(
         "redis",
         installed,
         RedisServer::start,
