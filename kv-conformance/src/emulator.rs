@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -53,46 +53,98 @@ impl Drop for ManagedProcess {
     }
 }
 
-/// Spawns `command` with its output in `log`, and waits until `ready` holds: the process is
-/// returned only once it serves; an early exit reports the log.
-fn start_and_wait(
-    name: &str,
-    mut command: Command,
-    log: &std::path::Path,
+/// Builds an emulator's command line for a port and a scratch directory.
+type CommandLine = Box<dyn Fn(u16, &Path) -> Command + Send + Sync>;
+
+/// How to run one kind of emulator: its command line for a port and a scratch directory, and
+/// how to tell that it serves.
+struct Recipe {
+    name: &'static str,
+    command: CommandLine,
+    ready: fn(u16) -> bool,
     timeout: Duration,
-    ready: impl Fn() -> bool,
-) -> Result<ManagedProcess, String> {
-    let file = std::fs::File::create(log).map_err(|err| format!("{name} log: {err}"))?;
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().map_err(|err| err.to_string())?)
-        .stderr(file)
-        .spawn()
-        .map_err(|err| format!("cannot start {name}: {err}"))?;
-    let mut process = ManagedProcess { child };
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if process.has_exited() {
-            let output = std::fs::read_to_string(log).unwrap_or_default();
-            return Err(format!("{name} exited at start: {}", output.trim()));
-        }
-        if ready() {
-            return Ok(process);
-        }
-        std::thread::sleep(Duration::from_millis(50));
+}
+
+/// An emulator process on a fixed loopback port that can be stopped and started again on the
+/// same port (so clients see an outage and a recovery, as with a real server restart).
+struct LoopbackServer {
+    recipe: Recipe,
+    port: u16,
+    dir: tempfile::TempDir,
+    process: Option<ManagedProcess>,
+}
+
+impl std::fmt::Debug for LoopbackServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoopbackServer")
+            .field("name", &self.recipe.name)
+            .field("port", &self.port)
+            .field("process", &self.process)
+            .finish()
     }
-    Err(format!(
-        "{name} did not answer within {} s",
-        timeout.as_secs()
-    ))
+}
+
+impl LoopbackServer {
+    fn start(recipe: Recipe) -> Result<LoopbackServer, String> {
+        let dir = tempfile::tempdir().map_err(|err| format!("temporary directory: {err}"))?;
+        let port = free_port().map_err(|err| format!("no free port: {err}"))?;
+        let mut server = LoopbackServer {
+            recipe,
+            port,
+            dir,
+            process: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Spawns the process with its output in a log file, and waits until it serves; an early
+    /// exit reports the log.
+    fn spawn(&mut self) -> Result<(), String> {
+        let name = self.recipe.name;
+        let log = self.dir.path().join("server.log");
+        let file = std::fs::File::create(&log).map_err(|err| format!("{name} log: {err}"))?;
+        let child = (self.recipe.command)(self.port, self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().map_err(|err| err.to_string())?)
+            .stderr(file)
+            .spawn()
+            .map_err(|err| format!("cannot start {name}: {err}"))?;
+        let mut process = ManagedProcess { child };
+        let deadline = Instant::now() + self.recipe.timeout;
+        while Instant::now() < deadline {
+            if process.has_exited() {
+                let output = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("{name} exited at start: {}", output.trim()));
+            }
+            if (self.recipe.ready)(self.port) {
+                self.process = Some(process);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!(
+            "{name} did not answer within {} s",
+            self.recipe.timeout.as_secs()
+        ))
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop();
+        }
+    }
+
+    fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.spawn()
+    }
 }
 
 /// A `redis-server` on loopback, in memory, with no persistence.
 #[derive(Debug)]
 pub struct RedisServer {
-    process: Option<ManagedProcess>,
-    port: u16,
-    dir: tempfile::TempDir,
+    server: LoopbackServer,
     version: String,
 }
 
@@ -106,50 +158,27 @@ impl RedisServer {
             .output()
             .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
             .unwrap_or_default();
-        let dir = tempfile::tempdir().map_err(|err| format!("temporary directory: {err}"))?;
-        let port = free_port().map_err(|err| format!("no free port: {err}"))?;
-        let mut server = RedisServer {
-            process: None,
-            port,
-            dir,
-            version,
-        };
-        server.spawn()?;
-        Ok(server)
-    }
-
-    fn spawn(&mut self) -> Result<(), String> {
-        let mut command =
-            Command::new(find_program("redis-server").ok_or("redis-server is not installed")?);
-        command
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path());
-        let port = self.port;
-        let log = self.dir.path().join("redis.log");
-        self.process = Some(start_and_wait(
-            "redis-server",
-            command,
-            &log,
-            Duration::from_secs(15),
-            || ping(port),
-        )?);
-        Ok(())
+        let server = LoopbackServer::start(Recipe {
+            name: "redis-server",
+            command: Box::new(move |port, dir| {
+                let mut command = Command::new(&binary);
+                command
+                    .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                    .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                    .args(["--protected-mode", "yes"])
+                    .arg("--dir")
+                    .arg(dir);
+                command
+            }),
+            ready: ping,
+            timeout: Duration::from_secs(15),
+        })?;
+        Ok(RedisServer { server, version })
     }
 
     /// `redis://127.0.0.1:PORT/0`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        format!("redis://127.0.0.1:{}/0", self.server.port)
     }
 
     /// The server's `--version` line.
@@ -159,15 +188,12 @@ impl RedisServer {
 
     /// Stops the server (by its PID); data is lost, it runs in memory.
     pub fn stop(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.stop();
-        }
+        self.server.stop();
     }
 
     /// Starts it again on the same port.
     pub fn restart(&mut self) -> Result<(), String> {
-        self.stop();
-        self.spawn()
+        self.server.restart()
     }
 }
 
@@ -200,10 +226,8 @@ pub fn emulator_dir() -> PathBuf {
 /// telemetry off. It listens on all interfaces (it has no bind flag); clients use 127.0.0.1.
 #[derive(Debug)]
 pub struct DynamoDbLocal {
-    process: Option<ManagedProcess>,
-    port: u16,
+    server: LoopbackServer,
     jar_dir: PathBuf,
-    log: tempfile::NamedTempFile,
 }
 
 impl DynamoDbLocal {
@@ -223,51 +247,30 @@ impl DynamoDbLocal {
     pub fn start() -> Result<DynamoDbLocal, String> {
         let jar_dir = Self::jar_dir()
             .ok_or("DynamoDB Local is not installed (scripts/setup.sh installs it)")?;
-        find_program("java").ok_or("java is not installed (scripts/setup.sh installs it)")?;
-        let port = free_port().map_err(|err| format!("no free port: {err}"))?;
-        let log = tempfile::NamedTempFile::new().map_err(|err| err.to_string())?;
-        let mut local = DynamoDbLocal {
-            process: None,
-            port,
-            jar_dir,
-            log,
-        };
-        local.spawn()?;
-        Ok(local)
-    }
-
-    fn spawn(&mut self) -> Result<(), String> {
-        let mut command = Command::new(find_program("java").ok_or("java is not installed")?);
-        command
-            .current_dir(&self.jar_dir)
-            .args([
-                "-Xmx256m",
-                "-Djava.library.path=./DynamoDBLocal_lib",
-                "-jar",
-                "DynamoDBLocal.jar",
-            ])
-            .args([
-                "-inMemory",
-                "-sharedDb",
-                "-disableTelemetry",
-                "-port",
-                &self.port.to_string(),
-            ]);
-        let port = self.port;
-        let ready = || http_answers(port);
-        self.process = Some(start_and_wait(
-            "DynamoDB Local",
-            command,
-            self.log.path(),
-            Duration::from_secs(60),
-            ready,
-        )?);
-        Ok(())
+        let java =
+            find_program("java").ok_or("java is not installed (scripts/setup.sh installs it)")?;
+        let cwd = jar_dir.clone();
+        let server = LoopbackServer::start(Recipe {
+            name: "DynamoDB Local",
+            command: Box::new(move |port, _| {
+                // The server process itself is the child (no `cd && java` wrapper shell).
+                let mut command = Command::new(&java);
+                command
+                    .current_dir(&cwd)
+                    .args(["-Xmx256m", "-Djava.library.path=./DynamoDBLocal_lib"])
+                    .args(["-jar", "DynamoDBLocal.jar", "-inMemory", "-sharedDb"])
+                    .args(["-disableTelemetry", "-port", &port.to_string()]);
+                command
+            }),
+            ready: http_answers,
+            timeout: Duration::from_secs(60),
+        })?;
+        Ok(DynamoDbLocal { server, jar_dir })
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.server.port)
     }
 
     /// The version directory name of the jar, e.g. `dynamodb_local_2026-05-28`.
@@ -282,15 +285,12 @@ impl DynamoDbLocal {
 
     /// Stops it by PID; it runs in memory, so its tables are gone.
     pub fn stop(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.stop();
-        }
+        self.server.stop();
     }
 
     /// Starts it again on the same port (empty: tables must be recreated).
     pub fn restart(&mut self) -> Result<(), String> {
-        self.stop();
-        self.spawn()
+        self.server.restart()
     }
 }
 
@@ -315,9 +315,7 @@ fn http_answers(port: u16) -> bool {
 /// plain HTTP on loopback, in memory.
 #[derive(Debug)]
 pub struct FakeGcsServer {
-    process: Option<ManagedProcess>,
-    port: u16,
-    log: tempfile::NamedTempFile,
+    server: LoopbackServer,
 }
 
 impl FakeGcsServer {
@@ -336,45 +334,33 @@ impl FakeGcsServer {
 
     /// Starts it on a free port and waits until it answers (up to 15 s).
     pub fn start() -> Result<FakeGcsServer, String> {
-        Self::binary().ok_or("fake-gcs-server is not installed (scripts/setup.sh installs it)")?;
-        let port = free_port().map_err(|err| format!("no free port: {err}"))?;
-        let log = tempfile::NamedTempFile::new().map_err(|err| err.to_string())?;
-        let mut server = FakeGcsServer {
-            process: None,
-            port,
-            log,
-        };
-        server.spawn()?;
-        Ok(server)
-    }
-
-    fn spawn(&mut self) -> Result<(), String> {
-        let mut command = Command::new(Self::binary().ok_or("fake-gcs-server is not installed")?);
-        command
-            .args([
-                "-scheme",
-                "http",
-                "-host",
-                "127.0.0.1",
-                "-port",
-                &self.port.to_string(),
-            ])
-            .args(["-backend", "memory", "-log-level", "warn"]);
-        let port = self.port;
-        let ready = || http_answers(port);
-        self.process = Some(start_and_wait(
-            "fake-gcs-server",
-            command,
-            self.log.path(),
-            Duration::from_secs(15),
-            ready,
-        )?);
-        Ok(())
+        let binary = Self::binary()
+            .ok_or("fake-gcs-server is not installed (scripts/setup.sh installs it)")?;
+        let server = LoopbackServer::start(Recipe {
+            name: "fake-gcs-server",
+            command: Box::new(move |port, _| {
+                let mut command = Command::new(&binary);
+                command
+                    .args([
+                        "-scheme",
+                        "http",
+                        "-host",
+                        "127.0.0.1",
+                        "-port",
+                        &port.to_string(),
+                    ])
+                    .args(["-backend", "memory", "-log-level", "warn"]);
+                command
+            }),
+            ready: http_answers,
+            timeout: Duration::from_secs(15),
+        })?;
+        Ok(FakeGcsServer { server })
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.server.port)
     }
 
     /// Description for reports.
@@ -384,14 +370,11 @@ impl FakeGcsServer {
 
     /// Stops it by PID; it runs in memory, so buckets are gone.
     pub fn stop(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.stop();
-        }
+        self.server.stop();
     }
 
     /// Starts it again on the same port (empty).
     pub fn restart(&mut self) -> Result<(), String> {
-        self.stop();
-        self.spawn()
+        self.server.restart()
     }
 }
