@@ -8,6 +8,8 @@ use std::process::Command;
 const GUESTS: &[(&str, &str)] = &[
     ("kv-conformance-guest", "kv_conformance_guest"),
     ("counter", "counter"),
+    ("http-kv", "http_kv"),
+    ("http-fixture", "http_fixture"),
 ];
 
 fn main() {

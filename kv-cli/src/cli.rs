@@ -1,6 +1,8 @@
 //! Command-line definition.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -18,6 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a wasi:cli command component.
     Run(RunArgs),
+    /// Serve a wasi:http incoming-handler component, one instance per request.
+    Serve(ServeArgs),
     /// Run the conformance suite against a provider.
     Conformance(ConformanceArgs),
 }
@@ -50,6 +54,82 @@ pub struct RunArgs {
     /// Arguments passed to the component.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
+}
+
+/// `wasi-kv serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the address is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Stores offered to the component.
+    #[command(flatten)]
+    pub stores: StoreArgs,
+    /// Set an environment variable for the component.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub envs: Vec<String>,
+    /// Longest a request may run, e.g. `30s` or `500ms`; a request over it gets a 504.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub time_limit: Duration,
+    /// Most linear memory one request's instance may use, e.g. `128MiB`; a request over it
+    /// gets a 500.
+    #[arg(long, default_value = "128MiB", value_parser = parse_size)]
+    pub memory_limit: usize,
+    /// How long Ctrl-C or SIGTERM waits for in-flight requests, e.g. `30s`.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// The component (.wasm).
+    pub component: PathBuf,
+}
+
+/// `500ms`, `30s`, `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?}: add a unit (ms, s or m)"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and a unit, e.g. 30s"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number.saturating_mul(60)),
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use ms, s or m")),
+    };
+    if duration.is_zero() {
+        return Err(format!("{text:?}: must be more than zero"));
+    }
+    Ok(duration)
+}
+
+/// `65536`, `512KiB`, `128MiB`, `1GiB`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a size, e.g. 128MiB"))?;
+    let scale: usize = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?}; use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    let bytes = number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?}: too large"))?;
+    if bytes < 1 << 16 {
+        return Err(format!("{text:?}: must be at least one 64 KiB wasm page"));
+    }
+    Ok(bytes)
 }
 
 /// Report formats.

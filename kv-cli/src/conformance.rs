@@ -103,11 +103,23 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
     Ok(report.is_success())
 }
 
-type Guard = Arc<dyn std::any::Any + Send + Sync>;
+/// Keeps an emulator running; dropping it stops the emulator.
+pub type Guard = Arc<dyn std::any::Any + Send + Sync>;
+
+/// Whether the local emulator of `provider` is installed (by `scripts/setup.sh`).
+pub fn emulator_installed(provider: &str) -> bool {
+    use kv_conformance::emulator;
+    match provider {
+        "redis" => emulator::find_program("redis-server").is_some(),
+        "dynamodb" => emulator::DynamoDbLocal::jar_dir().is_some(),
+        "gcs" => emulator::FakeGcsServer::binary().is_some(),
+        _ => false,
+    }
+}
 
 /// Starts the local emulator of `provider`: its URL, backend description, and a guard that
 /// stops it when dropped.
-async fn start_emulator(provider: &str) -> anyhow::Result<(String, String, Guard)> {
+pub async fn start_emulator(provider: &str) -> anyhow::Result<(String, String, Guard)> {
     match provider {
         "redis" => {
             let server = tokio::task::spawn_blocking(kv_conformance::emulator::RedisServer::start)

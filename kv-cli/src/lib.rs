@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod conformance;
 pub mod run;
+pub mod serve;
 
 use kv_core::{ConfigError, KvConfig, ProviderRegistry};
 

@@ -4,14 +4,21 @@ use std::sync::Arc;
 use clap::Parser;
 use kv_cli::cli::{Cli, Command};
 use kv_cli::run::{Output, RunOptions};
+use kv_cli::serve::{ServeOptions, Server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A server logs every request by default; the other commands only problems.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "warn,kv_cli=info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WASI_KV_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -47,6 +54,27 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let code = kv_cli::run::run(&options, stores, Output::Inherit).await?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        Command::Serve(args) => {
+            let config = kv_cli::load_config(args.stores.config.as_deref(), &args.stores.stores)?;
+            let stores = Arc::new(kv_cli::registry().build(&config).await?);
+            let options = ServeOptions {
+                component: args.component,
+                envs: args.envs,
+                time_limit: args.time_limit,
+                memory_limit: args.memory_limit,
+                shutdown_timeout: args.shutdown_timeout,
+            };
+            let server = Arc::new(Server::new(options, stores)?);
+            let listener = kv_cli::serve::bind(args.addr).await?;
+            let addr = listener.local_addr()?;
+            // The one line on stdout: scripts and tests read the bound address from it.
+            println!("serving http://{addr}");
+            tracing::info!(%addr, "serving");
+            server
+                .serve(listener, kv_cli::serve::shutdown_signal())
+                .await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Conformance(args) => {
             let passed = kv_cli::conformance::conformance(&args).await?;

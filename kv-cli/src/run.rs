@@ -110,7 +110,7 @@ pub async fn run(options: &RunOptions, stores: Arc<Stores>, output: Output) -> a
     }
 }
 
-fn load_component(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
+pub(crate) fn load_component(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
     if !path.exists() {
         bail!("{}: no such file", path.display());
     }

@@ -34,6 +34,8 @@ const MAX_NAME_BYTES: usize = 1024;
 pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 /// Attempts of a read-modify-write increment under contention.
 const INCREMENT_ATTEMPTS: u32 = 200;
+/// Attempts of a consistent read while writers keep replacing the object.
+const READ_ATTEMPTS: u32 = 20;
 
 /// Percent-encodes `%` and control characters (GCS forbids CR and LF; the others are unsafe in
 /// tools): bijective, and short for ordinary keys.
@@ -215,18 +217,31 @@ impl GcsBucket {
         }
     }
 
-    /// The live value and its generation, read consistently (stat, then that generation).
+    /// One consistent read (stat, then that generation); `None` if the object was replaced
+    /// between the two requests.
+    async fn try_read(&self, name: &str) -> Result<Option<(Option<Current>, Option<Vec<u8>>)>> {
+        let Some(current) = self.stat(name).await? else {
+            return Ok(Some((None, None)));
+        };
+        if !current.live {
+            return Ok(Some((Some(current), None)));
+        }
+        Ok(self
+            .download(name, current.generation)
+            .await?
+            .map(|bytes| (Some(current), Some(bytes))))
+    }
+
+    /// The live value and its generation, read consistently, retrying (with jitter) while
+    /// writers keep replacing the object.
     async fn read(&self, key: &str) -> Result<(Option<Current>, Option<Vec<u8>>)> {
         let (name, _) = self.name(key);
-        for _ in 0..10 {
-            let Some(current) = self.stat(&name).await? else {
-                return Ok((None, None));
-            };
-            if !current.live {
-                return Ok((Some(current), None));
+        for attempt in 0..READ_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(race_backoff(attempt)).await;
             }
-            if let Some(bytes) = self.download(&name, current.generation).await? {
-                return Ok((Some(current), Some(bytes)));
+            if let Some(read) = self.try_read(&name).await? {
+                return Ok(read);
             }
         }
         Err(KvError::unavailable(
@@ -342,7 +357,11 @@ impl Bucket for GcsBucket {
                 // Lost a race: back off a little, with jitter, so contenders spread out.
                 tokio::time::sleep(race_backoff(attempt)).await;
             }
-            let (current, value) = self.read(key).await?;
+            // A read that races a writer is a lost race like a failed upload: back off.
+            let (name, _) = self.name(key);
+            let Some((current, value)) = self.try_read(&name).await? else {
+                continue;
+            };
             let (base, precondition, keep_expiry) = match (&current, value) {
                 (None, _) => (0, 0, None),
                 (Some(current), None) => (0, current.generation, None),

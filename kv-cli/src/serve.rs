@@ -1,0 +1,544 @@
+//! `wasi-kv serve`: a `wasi:http/incoming-handler` component with keyvalue, one instance per
+//! request.
+//!
+//! The component is compiled and pre-instantiated once. Every request gets a fresh store
+//! with its own memory limit and time limit. The time limit is enforced two ways: epoch
+//! interruption stops guest code that computes too long, and a timer stops a guest that waits
+//! too long on the host. A request that breaks either limit, or traps, gets a 5xx and a log
+//! line, and the server carries on.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use kv_core::Stores;
+use kv_core::host::{KvCtx, KvView, WasiKvView};
+use tokio::net::TcpListener;
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::run::load_component;
+
+/// How often the engine's epoch advances: the granularity of the time limit, and how often
+/// a busy guest yields to other requests.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Settings of one server.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The component file.
+    pub component: PathBuf,
+    /// `NAME=VALUE` pairs for the component's environment.
+    pub envs: Vec<String>,
+    /// Wall-clock limit of one request, from instantiation to the end of the handler.
+    pub time_limit: Duration,
+    /// Linear-memory limit of one request's instance, in bytes.
+    pub memory_limit: usize,
+    /// How long shutdown waits for in-flight requests before dropping them.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            component: PathBuf::new(),
+            envs: Vec::new(),
+            time_limit: Duration::from_secs(30),
+            memory_limit: 128 << 20,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Host state of one request.
+pub struct RequestState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    kv: KvCtx,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for RequestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for RequestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
+impl WasiKvView for RequestState {
+    fn kv(&mut self) -> KvView<'_> {
+        KvView::new(&self.kv, &mut self.table)
+    }
+}
+
+/// Refuses linear-memory growth beyond the limit, recording that it did so the failure is
+/// reported as the memory limit rather than as a generic trap.
+struct MemoryLimiter {
+    limit: usize,
+    hit: Arc<AtomicBool>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.hit.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Why a request got no response from the component.
+#[derive(Debug)]
+enum Failure {
+    /// The request ran longer than the time limit.
+    TimeLimit(Duration),
+    /// The instance asked for more memory than the limit.
+    MemoryLimit(usize),
+    /// The component could not be instantiated (for example a store it needs at start-up).
+    Instantiate(anyhow::Error),
+    /// The component trapped.
+    Trap(anyhow::Error),
+    /// The handler returned without setting a response.
+    NoResponse,
+    /// The handler answered with a `wasi:http` error code instead of a response.
+    Guest(String),
+}
+
+impl Failure {
+    fn status(&self) -> u16 {
+        match self {
+            Failure::TimeLimit(_) => 504,
+            Failure::Instantiate(_) => 503,
+            Failure::MemoryLimit(_)
+            | Failure::Trap(_)
+            | Failure::NoResponse
+            | Failure::Guest(_) => 500,
+        }
+    }
+
+    /// What the client is told: the class of failure, never guest or host internals.
+    fn public_message(&self) -> String {
+        match self {
+            Failure::TimeLimit(limit) => {
+                format!("the handler exceeded its time limit of {limit:?}")
+            }
+            Failure::MemoryLimit(limit) => {
+                format!("the handler exceeded its memory limit of {limit} bytes")
+            }
+            Failure::Instantiate(_) => "the handler could not be started".to_string(),
+            Failure::Trap(_) | Failure::NoResponse | Failure::Guest(_) => {
+                "the handler failed".to_string()
+            }
+        }
+    }
+
+    fn log(&self) {
+        match self {
+            Failure::TimeLimit(limit) => warn!(?limit, "request stopped: time limit exceeded"),
+            Failure::MemoryLimit(limit) => {
+                warn!(
+                    limit_bytes = limit,
+                    "request stopped: memory limit exceeded"
+                )
+            }
+            Failure::Instantiate(err) => error!("cannot instantiate the component: {err:#}"),
+            Failure::Trap(err) => error!("the component trapped: {err:?}"),
+            Failure::NoResponse => error!("the handler returned without setting a response"),
+            Failure::Guest(code) => warn!(error_code = %code, "the handler answered with an error"),
+        }
+    }
+
+    fn response(&self) -> hyper::Response<HyperOutgoingBody> {
+        let mut response = hyper::Response::new(full_body(format!("{}\n", self.public_message())));
+        *response.status_mut() = hyper::StatusCode::from_u16(self.status())
+            .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+}
+
+fn full_body(text: String) -> HyperOutgoingBody {
+    Full::new(Bytes::from(text))
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
+
+/// A compiled, pre-instantiated component and everything each request needs.
+pub struct Server {
+    engine: Engine,
+    pre: ProxyPre<RequestState>,
+    stores: Arc<Stores>,
+    envs: Vec<(String, String)>,
+    options: ServeOptions,
+    next_request: AtomicU64,
+    _ticker: EpochTicker,
+}
+
+impl Server {
+    /// Compiles and pre-instantiates the component; fails if it is not an HTTP handler or
+    /// needs imports the host does not have.
+    pub fn new(options: ServeOptions, stores: Arc<Stores>) -> anyhow::Result<Server> {
+        let mut envs = Vec::new();
+        for pair in &options.envs {
+            let (name, value) = pair
+                .split_once('=')
+                .with_context(|| format!("--env {pair}: expected NAME=VALUE"))?;
+            envs.push((name.to_string(), value.to_string()));
+        }
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
+        let component = load_component(&engine, &options.component)?;
+        let mut linker = Linker::<RequestState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)?;
+        kv_core::host::add_to_linker(&mut linker)?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .context(
+                "linking the component (does it import only WASI 0.2, wasi:http and keyvalue?)",
+            )?;
+        let pre = ProxyPre::new(instance_pre)
+            .map_err(anyhow::Error::from)
+            .context("the component does not export wasi:http/incoming-handler")?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Server {
+            engine,
+            pre,
+            stores,
+            envs,
+            options,
+            next_request: AtomicU64::new(1),
+            _ticker: ticker,
+        })
+    }
+
+    /// Accepts connections on `listener` until `shutdown` completes, then stops accepting,
+    /// lets in-flight requests finish (up to the shutdown timeout) and returns.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(accepted) => accepted,
+                        Err(err) => {
+                            // Typically out of file descriptors: back off instead of spinning.
+                            warn!("accept failed: {err}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let server = self.clone();
+                    let service = service_fn(move |request| {
+                        let server = server.clone();
+                        async move { Ok::<_, Infallible>(server.handle(request).await) }
+                    });
+                    let connection = http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), service);
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        if let Err(err) = connection.await {
+                            debug!(%peer, "connection ended with an error: {err}");
+                        }
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        let in_flight = graceful.count();
+        info!(
+            connections = in_flight,
+            "shutting down: no new connections, finishing in-flight requests"
+        );
+        match tokio::time::timeout(self.options.shutdown_timeout, graceful.shutdown()).await {
+            Ok(()) => info!("shut down cleanly"),
+            Err(_) => warn!(
+                timeout = ?self.options.shutdown_timeout,
+                "shutdown timeout reached; dropping the remaining connections"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Answers one request; never fails (failures become 5xx responses).
+    async fn handle(
+        self: Arc<Self>,
+        request: hyper::Request<Incoming>,
+    ) -> hyper::Response<HyperOutgoingBody> {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let span =
+            info_span!("request", id, method = %request.method(), path = %request.uri().path());
+        async move {
+            let started = Instant::now();
+            let response = match self.clone().call_component(request).await {
+                Ok(response) => response,
+                Err(failure) => {
+                    failure.log();
+                    failure.response()
+                }
+            };
+            info!(
+                status = response.status().as_u16(),
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "request"
+            );
+            response
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn call_component(
+        self: Arc<Self>,
+        request: hyper::Request<Incoming>,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, Failure> {
+        let memory_hit = Arc::new(AtomicBool::new(false));
+        let mut store = self
+            .new_store(memory_hit.clone())
+            .map_err(Failure::Instantiate)?;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let (incoming, outparam) = {
+            let mut http = store.data_mut().http();
+            let incoming = http
+                .new_incoming_request(Scheme::Http, request)
+                .map_err(|err| Failure::Instantiate(anyhow::Error::from(err)))?;
+            let outparam = http
+                .new_response_outparam(sender)
+                .map_err(|err| Failure::Instantiate(anyhow::Error::from(err)))?;
+            (incoming, outparam)
+        };
+        let time_limit = self.options.time_limit;
+        let memory_limit = self.options.memory_limit;
+        let server = self.clone();
+        // The handler runs in its own task: it may keep streaming the body after the
+        // response head is sent, and it must not hold up the connection task.
+        let task = tokio::spawn(
+            async move {
+                let run = async {
+                    let proxy = server
+                        .pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(|err| Failure::Instantiate(anyhow::Error::from(err)))?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, incoming, outparam)
+                        .await
+                        .map_err(|err| {
+                            classify_trap(
+                                anyhow::Error::from(err),
+                                &memory_hit,
+                                time_limit,
+                                memory_limit,
+                            )
+                        })
+                };
+                match tokio::time::timeout(time_limit, run).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Failure::TimeLimit(time_limit)),
+                }
+            }
+            .in_current_span(),
+        );
+        match receiver.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => Err(Failure::Guest(format!("{code:?}"))),
+            // The outparam was dropped unset: the task's result says why.
+            Err(_) => match task.await {
+                Ok(Ok(())) => Err(Failure::NoResponse),
+                Ok(Err(failure)) => Err(failure),
+                Err(join) => Err(Failure::Trap(anyhow::anyhow!(
+                    "the handler task failed: {join}"
+                ))),
+            },
+        }
+    }
+
+    fn new_store(&self, memory_hit: Arc<AtomicBool>) -> anyhow::Result<Store<RequestState>> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.inherit_stdout().inherit_stderr();
+        wasi.envs(&self.envs);
+        let state = RequestState {
+            table: ResourceTable::new(),
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            kv: KvCtx::new(self.stores.clone()),
+            limiter: MemoryLimiter {
+                limit: self.options.memory_limit,
+                hit: memory_hit,
+            },
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        let time_limit = self.options.time_limit;
+        let started = Instant::now();
+        store.set_epoch_deadline(1);
+        // Every tick: stop the guest if it is over time, otherwise let other requests run.
+        store.epoch_deadline_callback(move |_| {
+            if started.elapsed() >= time_limit {
+                Err(wasmtime::Error::from(TimeLimitExceeded))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        Ok(store)
+    }
+}
+
+/// The trap raised when a request runs out of time inside guest code.
+#[derive(Debug)]
+struct TimeLimitExceeded;
+
+impl std::fmt::Display for TimeLimitExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request exceeded its time limit")
+    }
+}
+
+impl std::error::Error for TimeLimitExceeded {}
+
+fn classify_trap(
+    err: anyhow::Error,
+    memory_hit: &AtomicBool,
+    time_limit: Duration,
+    memory_limit: usize,
+) -> Failure {
+    if err.chain().any(|cause| cause.is::<TimeLimitExceeded>())
+        || matches!(
+            err.downcast_ref::<wasmtime::Trap>(),
+            Some(wasmtime::Trap::Interrupt)
+        )
+    {
+        Failure::TimeLimit(time_limit)
+    } else if memory_hit.load(Ordering::Relaxed) {
+        // A refused memory.grow surfaces as the guest's own out-of-memory abort.
+        Failure::MemoryLimit(memory_limit)
+    } else {
+        Failure::Trap(err)
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on a thread of its own, so deadlines
+/// fire even when every runtime worker is busy running guests.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> EpochTicker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("wasi-kv-epoch".to_string())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .map(drop)
+            .unwrap_or_else(|err| error!("cannot start the epoch thread: {err}"));
+        EpochTicker { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Binds `addr`; a separate step so callers can learn the port before serving.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            error!("cannot listen for Ctrl-C: {err}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                error!("cannot listen for SIGTERM: {err}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => info!("Ctrl-C received"),
+        () = terminate => info!("SIGTERM received"),
+    }
+}

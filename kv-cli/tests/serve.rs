@@ -1,0 +1,561 @@
+//! End-to-end tests of `wasi-kv serve`: the real binary on a free loopback port, driven with a
+//! real HTTP client. The example's REST API runs on the in-memory store always and on every
+//! provider whose emulator is installed (required when `KV_REQUIRE` names it); the limits and
+//! shutdown run on the misbehaving fixture.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use kv_conformance::harness::{required_targets, runtime};
+use kv_conformance::provider_tests::{TestResult, check};
+use libtest_mimic::{Arguments, Failed, Trial};
+use reqwest::StatusCode;
+
+const WASI_KV: &str = env!("CARGO_BIN_EXE_wasi-kv");
+const EXAMPLE: &str = kv_conformance::artifacts::HTTP_KV_EXAMPLE;
+const FIXTURE: &str = kv_conformance::artifacts::HTTP_FIXTURE;
+
+/// A `wasi-kv serve` process; SIGKILLed if a test fails before stopping it.
+struct Served {
+    child: Child,
+    base: String,
+}
+
+impl Served {
+    fn start(component: &str, args: &[&str]) -> Result<Served, Failed> {
+        let mut child = Command::new(WASI_KV)
+            .arg("serve")
+            .arg("--addr")
+            .arg("127.0.0.1:0")
+            .args(args)
+            .arg(component)
+            .env("WASI_KV_LOG", "warn,kv_cli=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|err| Failed::from(format!("cannot start wasi-kv: {err}")))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|err| Failed::from(format!("reading the address: {err}")))?;
+        let base = line
+            .trim()
+            .strip_prefix("serving ")
+            .ok_or_else(|| {
+                let status = child.wait().ok();
+                Failed::from(format!(
+                    "wasi-kv serve did not start ({status:?}): {line:?}"
+                ))
+            })?
+            .to_string();
+        Ok(Served { child, base })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, then the exit status (bounded wait).
+    fn terminate(&mut self) -> Result<ExitStatus, Failed> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .map_err(|err| Failed::from(format!("kill: {err}")))?;
+        check(status.success(), "kill -TERM failed")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .map_err(|err| Failed::from(err.to_string()))?
+            {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err("wasi-kv serve did not exit within 20 s of SIGTERM".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("an HTTP client builds")
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Result<(StatusCode, Vec<u8>), Failed> {
+    let response = request
+        .send()
+        .await
+        .map_err(|err| Failed::from(format!("request failed: {err}")))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|err| Failed::from(format!("reading the body: {err}")))?;
+    Ok((status, body.to_vec()))
+}
+
+fn json(body: &[u8]) -> Result<serde_json::Value, Failed> {
+    serde_json::from_slice(body).map_err(|err| {
+        Failed::from(format!(
+            "not JSON ({err}): {}",
+            String::from_utf8_lossy(body)
+        ))
+    })
+}
+
+fn expect(what: &str, got: &(StatusCode, Vec<u8>), status: u16, body: Option<&[u8]>) -> TestResult {
+    check(
+        got.0.as_u16() == status,
+        format!(
+            "{what}: expected {status}, got {} {}",
+            got.0,
+            String::from_utf8_lossy(&got.1)
+        ),
+    )?;
+    if let Some(body) = body {
+        check(
+            got.1 == body,
+            format!("{what}: body {:?}", String::from_utf8_lossy(&got.1)),
+        )?;
+    }
+    Ok(())
+}
+
+/// Every route of the example, as documented in docs/serve.md, then 200 concurrent
+/// increments of one counter.
+async fn example_routes(served: &Served) -> TestResult {
+    let http = client();
+    let url = |path: &str| served.url(path);
+    let value: Vec<u8> = (0..=255u8)
+        .chain(b"\0 not utf-8 \xff".iter().copied())
+        .collect();
+
+    expect(
+        "GET missing",
+        &send(http.get(url("/kv/greeting"))).await?,
+        404,
+        None,
+    )?;
+    let put = send(http.put(url("/kv/greeting")).body(value.clone())).await?;
+    expect("PUT", &put, 204, Some(b""))?;
+    expect(
+        "GET",
+        &send(http.get(url("/kv/greeting"))).await?,
+        200,
+        Some(&value),
+    )?;
+    expect(
+        "PUT empty",
+        &send(http.put(url("/kv/empty")).body(Vec::new())).await?,
+        204,
+        None,
+    )?;
+    expect(
+        "GET empty",
+        &send(http.get(url("/kv/empty"))).await?,
+        200,
+        Some(b""),
+    )?;
+    // `%2F` and a raw `/` name the same key; unicode and spaces survive.
+    expect(
+        "PUT a%2Fb",
+        &send(http.put(url("/kv/a%2Fb")).body("1")).await?,
+        204,
+        None,
+    )?;
+    expect(
+        "GET a/b",
+        &send(http.get(url("/kv/a/b"))).await?,
+        200,
+        Some(b"1"),
+    )?;
+    let unicode = "/kv/%C3%A9t%C3%A9%20%E2%9C%93";
+    expect(
+        "PUT unicode",
+        &send(http.put(url(unicode)).body("2")).await?,
+        204,
+        None,
+    )?;
+    expect(
+        "DELETE",
+        &send(http.delete(url("/kv/greeting"))).await?,
+        204,
+        None,
+    )?;
+    expect(
+        "GET deleted",
+        &send(http.get(url("/kv/greeting"))).await?,
+        404,
+        None,
+    )?;
+    expect(
+        "DELETE again",
+        &send(http.delete(url("/kv/greeting"))).await?,
+        204,
+        None,
+    )?;
+
+    let counted = send(http.post(url("/counter/hits"))).await?;
+    expect("POST counter", &counted, 200, None)?;
+    check(
+        json(&counted.1)? == serde_json::json!({"key": "hits", "value": 1}),
+        format!("counter body {:?}", String::from_utf8_lossy(&counted.1)),
+    )?;
+    let by = send(http.post(url("/counter/hits?by=-3"))).await?;
+    check(json(&by.1)?["value"] == -2, "POST ?by=-3 gives -2")?;
+    expect(
+        "GET counter",
+        &send(http.get(url("/kv/hits"))).await?,
+        200,
+        Some(b"-2"),
+    )?;
+
+    // Bad input is 400; a non-integer counter is 409.
+    for (what, request) in [
+        ("bad escape", http.get(url("/kv/%ZZ"))),
+        ("invalid UTF-8", http.get(url("/kv/%FF"))),
+        ("empty key", http.post(url("/counter/"))),
+        ("bad by", http.post(url("/counter/hits?by=x"))),
+        ("bad ttl", http.put(url("/kv/t?ttl=0")).body("x")),
+        ("bad cursor", http.get(url("/kv?cursor=not-a-cursor"))),
+        (
+            "key too long",
+            http.get(url(&format!("/kv/{}", "k".repeat(1025)))),
+        ),
+    ] {
+        let got = send(request).await?;
+        expect(what, &got, 400, None)?;
+        check(
+            json(&got.1)?.get("error").is_some(),
+            format!("{what}: no error field"),
+        )?;
+    }
+    let text = http.put(url("/kv/text")).body("hello");
+    expect("PUT text", &send(text).await?, 204, None)?;
+    let not_an_integer = send(http.post(url("/counter/text"))).await?;
+    expect("not an integer", &not_an_integer, 409, None)?;
+    let unchanged = send(http.get(url("/kv/text"))).await?;
+    expect("unchanged", &unchanged, 200, Some(b"hello"))?;
+    expect("no route", &send(http.get(url("/nope"))).await?, 404, None)?;
+    expect(
+        "wrong method",
+        &send(http.post(url("/kv/x"))).await?,
+        405,
+        None,
+    )?;
+
+    // Listing: one page, every key exactly once, in the JSON shape.
+    let mut keys = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let path = match &cursor {
+            Some(cursor) => format!("/kv?cursor={}", percent_encode(cursor)),
+            None => "/kv".to_string(),
+        };
+        let page = send(http.get(url(&path))).await?;
+        expect("GET /kv", &page, 200, None)?;
+        let page = json(&page.1)?;
+        for key in page["keys"].as_array().ok_or("keys is not an array")? {
+            keys.push(key.as_str().ok_or("a key is not a string")?.to_string());
+        }
+        match page["cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    keys.sort();
+    check(
+        keys == ["a/b", "empty", "hits", "text", "été ✓"],
+        format!("listed keys {keys:?}"),
+    )?;
+
+    // 200 concurrent increments, each its own request and instance, end exact.
+    let requests = (0..200).map(|_| {
+        let http = http.clone();
+        let url = url("/counter/concurrent");
+        async move { send(http.post(url)).await }
+    });
+    let results = futures::future::join_all(requests).await;
+    let mut seen = Vec::new();
+    for result in results {
+        let (status, body) = result?;
+        check(status == StatusCode::OK, format!("increment: {status}"))?;
+        seen.push(
+            json(&body)?["value"]
+                .as_i64()
+                .ok_or("value is not a number")?,
+        );
+    }
+    seen.sort_unstable();
+    check(
+        seen == (1..=200).collect::<Vec<i64>>(),
+        "200 concurrent increments did not return each total 1..=200 once",
+    )?;
+    let total = send(http.get(url("/kv/concurrent"))).await?;
+    expect("final count", &total, 200, Some(b"200"))
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The example on `provider`: in memory, or on its freshly started emulator.
+fn example_on(provider: &'static str) -> TestResult {
+    runtime().block_on(async {
+        let (url, _guard) = if provider == "memory" {
+            ("memory:".to_string(), None)
+        } else {
+            let (url, _, guard) = kv_cli::conformance::start_emulator(provider)
+                .await
+                .map_err(|err| Failed::from(format!("{err:#}")))?;
+            (url, Some(guard))
+        };
+        let store = format!("default={url}");
+        let mut served = Served::start(EXAMPLE, &["--store", &store, "--time-limit", "60s"])?;
+        example_routes(&served).await?;
+        let status = served.terminate()?;
+        check(status.success(), format!("serve exited with {status}"))
+    })
+}
+
+/// A store that goes away answers 503, and the server serves again when it is back.
+fn unavailable_store_is_503() -> TestResult {
+    runtime().block_on(async {
+        let mut redis = tokio::task::spawn_blocking(kv_conformance::emulator::RedisServer::start)
+            .await
+            .map_err(|err| Failed::from(err.to_string()))?
+            .map_err(Failed::from)?;
+        let store = format!("default={}", redis.url());
+        let served = Served::start(EXAMPLE, &["--store", &store])?;
+        let http = client();
+        let put = send(http.put(served.url("/kv/k")).body("v")).await?;
+        expect("PUT", &put, 204, None)?;
+        redis.stop();
+        let started = Instant::now();
+        for (what, request) in [
+            ("GET", http.get(served.url("/kv/k"))),
+            ("PUT", http.put(served.url("/kv/k")).body("w")),
+            ("POST", http.post(served.url("/counter/n"))),
+            ("list", http.get(served.url("/kv"))),
+        ] {
+            let got = send(request).await?;
+            expect(&format!("{what} with the store down"), &got, 503, None)?;
+            let error = json(&got.1)?;
+            check(
+                error["error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("unavailable")),
+                format!("{what}: {error}"),
+            )?;
+        }
+        check(
+            started.elapsed() < Duration::from_secs(30),
+            format!("503s took {:?}", started.elapsed()),
+        )?;
+        // Keep the restarted server alive until the end of the test.
+        let _redis = tokio::task::spawn_blocking(move || redis.restart().map(|()| redis))
+            .await
+            .map_err(|err| Failed::from(err.to_string()))?
+            .map_err(Failed::from)?;
+        // Redis restarted empty: the server reconnects and serves again.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = send(http.put(served.url("/kv/k")).body("again")).await?;
+            if got.0 == StatusCode::NO_CONTENT {
+                break;
+            }
+            check(Instant::now() < deadline, "the server did not recover")?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        expect(
+            "GET after recovery",
+            &send(http.get(served.url("/kv/k"))).await?,
+            200,
+            Some(b"again"),
+        )
+    })
+}
+
+/// A request over the time limit is a 504 within about the limit, while requests beside it
+/// are answered normally; the server keeps serving afterwards.
+fn time_limit_is_504_and_others_are_served() -> TestResult {
+    runtime().block_on(async {
+        let served = Served::start(FIXTURE, &["--time-limit", "1s"])?;
+        let http = client();
+        let started = Instant::now();
+        let spinning = tokio::spawn(send(http.get(served.url("/spin"))));
+        let sleeping = tokio::spawn(send(http.get(served.url("/sleep?ms=5000"))));
+        // While both run, other requests are answered promptly.
+        for _ in 0..20 {
+            let asked = Instant::now();
+            expect(
+                "GET /",
+                &send(http.get(served.url("/"))).await?,
+                200,
+                Some(b"ok"),
+            )?;
+            check(
+                asked.elapsed() < Duration::from_millis(900),
+                format!(
+                    "a request beside the spinning one took {:?}",
+                    asked.elapsed()
+                ),
+            )?;
+        }
+        for (what, task) in [("spin", spinning), ("sleep", sleeping)] {
+            let got = task.await.map_err(|err| Failed::from(err.to_string()))??;
+            expect(what, &got, 504, None)?;
+            let elapsed = started.elapsed();
+            check(
+                elapsed < Duration::from_secs(5),
+                format!("{what} was stopped after {elapsed:?}"),
+            )?;
+        }
+        expect(
+            "GET / after",
+            &send(http.get(served.url("/"))).await?,
+            200,
+            Some(b"ok"),
+        )
+    })
+}
+
+/// A request over the memory limit is a 500; a request under it, and the next ones, succeed.
+fn memory_limit_is_500() -> TestResult {
+    runtime().block_on(async {
+        let served = Served::start(FIXTURE, &["--memory-limit", "32MiB"])?;
+        let http = client();
+        expect(
+            "under",
+            &send(http.get(served.url("/grow?mib=8"))).await?,
+            200,
+            None,
+        )?;
+        let over = send(http.get(served.url("/grow?mib=64"))).await?;
+        expect("over", &over, 500, None)?;
+        check(
+            String::from_utf8_lossy(&over.1).contains("memory limit"),
+            "the 500 names the memory limit",
+        )?;
+        expect(
+            "after",
+            &send(http.get(served.url("/grow?mib=8"))).await?,
+            200,
+            None,
+        )
+    })
+}
+
+/// SIGTERM stops accepting connections, lets the in-flight request finish with its 200, and
+/// exits 0.
+fn sigterm_finishes_in_flight_requests() -> TestResult {
+    runtime().block_on(async {
+        let mut served = Served::start(FIXTURE, &["--time-limit", "10s"])?;
+        let http = client();
+        let in_flight = tokio::spawn(send(http.get(served.url("/sleep?ms=1500"))));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let base = served.base.clone();
+        let status = tokio::task::spawn_blocking(move || served.terminate())
+            .await
+            .map_err(|err| Failed::from(err.to_string()))??;
+        let got = in_flight
+            .await
+            .map_err(|err| Failed::from(err.to_string()))??;
+        expect("in-flight request", &got, 200, Some(b"slept 1500 ms"))?;
+        check(status.success(), format!("serve exited with {status}"))?;
+        let fresh = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| Failed::from(e.to_string()))?;
+        check(
+            fresh.get(format!("{base}/")).send().await.is_err(),
+            "a new connection was accepted after shutdown",
+        )
+    })
+}
+
+/// A file that is not an HTTP handler is refused at start-up with one clear line.
+fn non_handler_is_refused() -> TestResult {
+    let out = Command::new(WASI_KV)
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            kv_conformance::artifacts::COUNTER_EXAMPLE,
+        ])
+        .output()
+        .map_err(|err| Failed::from(err.to_string()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(
+        out.status.code() == Some(2),
+        format!("exit {:?}", out.status),
+    )?;
+    check(
+        stderr.contains("wasi:http/incoming-handler"),
+        format!("stderr: {stderr}"),
+    )
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Arguments::from_args();
+    let required = required_targets();
+    let mut trials = vec![
+        Trial::test("example_on_memory", || example_on("memory")),
+        Trial::test(
+            "time_limit_is_504_and_others_are_served",
+            time_limit_is_504_and_others_are_served,
+        ),
+        Trial::test("memory_limit_is_500", memory_limit_is_500),
+        Trial::test(
+            "sigterm_finishes_in_flight_requests",
+            sigterm_finishes_in_flight_requests,
+        ),
+        Trial::test("non_handler_is_refused", non_handler_is_refused),
+    ];
+    let mut with_emulator: Vec<(&str, Trial)> = ["redis", "dynamodb", "gcs"]
+        .into_iter()
+        .map(|provider| {
+            let name = format!("example_on_{provider}");
+            (provider, Trial::test(name, move || example_on(provider)))
+        })
+        .collect();
+    with_emulator.push((
+        "redis",
+        Trial::test("unavailable_store_is_503", unavailable_store_is_503),
+    ));
+    for (provider, trial) in with_emulator {
+        let available = kv_cli::conformance::emulator_installed(provider)
+            || required.iter().any(|name| name == provider);
+        trials.push(if available {
+            trial
+        } else {
+            trial
+                .with_ignored_flag(true)
+                .with_kind(format!("no {provider} emulator installed"))
+        });
+    }
+    libtest_mimic::run(&args, trials).exit_code()
+}

@@ -1,0 +1,79 @@
+//! A handler that misbehaves on request, so `wasi-kv serve`'s protections can be tested:
+//!
+//! - `GET /` answers 200 `ok`;
+//! - `GET /sleep?ms=N` answers after N ms of host timer (a slow but well-behaved request);
+//! - `GET /spin` never returns (the per-request time limit must stop it);
+//! - `GET /grow?mib=N` allocates and touches N MiB (the memory limit must stop a large N).
+
+mod bindings {
+    wit_bindgen::generate!({
+        path: ["../../wit/keyvalue", "../../wit/ttl", "../../wit/http-handler"],
+        world: "wasi-kv:http-handler/handler@0.1.0",
+        generate_all,
+    });
+}
+
+// The example's HTTP plumbing, reused as is (it is written against the same bindings);
+// the fixture needs only part of it.
+#[allow(dead_code)]
+#[path = "../../../examples/http-kv/src/http.rs"]
+mod http;
+
+use bindings::exports::wasi::http::incoming_handler::Guest;
+use bindings::wasi::http::types::{IncomingRequest, ResponseOutparam};
+use http::{Response, query_param};
+
+struct Fixture;
+
+impl Guest for Fixture {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        route(&request).send(response_out);
+    }
+}
+
+bindings::export!(Fixture with_types_in bindings);
+
+fn route(request: &IncomingRequest) -> Response {
+    let path_with_query = request.path_with_query().unwrap_or_default();
+    let (path, query) = path_with_query
+        .split_once('?')
+        .unwrap_or((path_with_query.as_str(), ""));
+    let number = |name: &str| query_param(query, name).and_then(|text| text.parse::<u64>().ok());
+    match path {
+        "/" => Response::new(200, "text/plain", b"ok".to_vec()),
+        "/sleep" => {
+            let ms = number("ms").unwrap_or(100);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Response::new(200, "text/plain", format!("slept {ms} ms").into_bytes())
+        }
+        "/spin" => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        "/grow" => {
+            let mib = number("mib").unwrap_or(1);
+            let Some(bytes) = usize::try_from(mib)
+                .ok()
+                .and_then(|m| m.checked_mul(1 << 20))
+            else {
+                return Response::error(400, "mib is too large");
+            };
+            let mut block = vec![0u8; bytes];
+            for page in block.chunks_mut(4096) {
+                page[0] = 1;
+            }
+            let touched = std::hint::black_box(&block)
+                .iter()
+                .filter(|b| **b == 1)
+                .count();
+            Response::new(
+                200,
+                "text/plain",
+                format!("touched {touched} pages").into_bytes(),
+            )
+        }
+        _ => Response::error(404, "no such route"),
+    }
+}
