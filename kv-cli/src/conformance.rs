@@ -24,6 +24,7 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
     let flavour = match (args.provider.as_str(), args.emulator) {
         ("dynamodb", true) => "dynamodb-local",
         ("gcs", true) => "fake-gcs",
+        ("cosmos", true) => "cosmos-local",
         (provider, _) => provider,
     };
     let mut profile = Profile::bundled(flavour).unwrap_or_else(|| Profile::plain(&args.provider));
@@ -113,6 +114,7 @@ pub fn emulator_installed(provider: &str) -> bool {
         "redis" => emulator::find_program("redis-server").is_some(),
         "dynamodb" => emulator::DynamoDbLocal::jar_dir().is_some(),
         "gcs" => emulator::FakeGcsServer::binary().is_some(),
+        "cosmos" => emulator::CosmosServer::modules_dir().is_some(),
         _ => false,
     }
 }
@@ -148,6 +150,22 @@ pub async fn start_emulator(provider: &str) -> anyhow::Result<(String, String, G
             let url = format!(
                 "gcs://wasikv-conformance/runs?endpoint={}&create_bucket=true",
                 server.endpoint()
+            );
+            Ok((url, server.version(), Arc::new(server)))
+        }
+        "cosmos" => {
+            let server = tokio::task::spawn_blocking(kv_conformance::emulator::CosmosServer::start)
+                .await?
+                .map_err(anyhow::Error::msg)?;
+            // The local server's well-known key, an explicit loopback endpoint, and
+            // COSMOS_DISABLE_IMDS (set by the caller): nothing reaches Azure.
+            let url = format!(
+                "cosmos:///wasikv/conformance?endpoint={}&create_container=true&key={}",
+                server.endpoint(),
+                kv_conformance::emulator::COSMOS_EMULATOR_KEY
+                    .replace('+', "%2B")
+                    .replace('/', "%2F")
+                    .replace('=', "%3D")
             );
             Ok((url, server.version(), Arc::new(server)))
         }

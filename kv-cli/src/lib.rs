@@ -17,6 +17,8 @@ pub fn registry() -> ProviderRegistry {
     kv_aws::register(&mut registry);
     #[cfg(feature = "gcp")]
     kv_gcp::register(&mut registry);
+    #[cfg(feature = "azure")]
+    kv_azure::register(&mut registry);
     registry
 }
 

@@ -8,6 +8,14 @@ use kv_cli::serve::{ServeOptions, Server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Conformance(args) = &cli.command
+        && args.emulator
+        && std::env::var_os("COSMOS_DISABLE_IMDS").is_none()
+    {
+        // SAFETY: still single-threaded (no runtime yet). A local emulator run must not let
+        // the Cosmos driver probe the Azure instance metadata service.
+        unsafe { std::env::set_var("COSMOS_DISABLE_IMDS", "1") };
+    }
     // A server logs every request by default; the other commands only problems.
     let default_filter = match cli.command {
         Command::Serve(_) => "warn,kv_cli=info",

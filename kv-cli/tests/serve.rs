@@ -31,6 +31,7 @@ impl Served {
             .args(args)
             .arg(component)
             .env("WASI_KV_LOG", "warn,kv_cli=info")
+            .env("COSMOS_DISABLE_IMDS", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -520,6 +521,7 @@ fn non_handler_is_refused() -> TestResult {
 }
 
 fn main() -> std::process::ExitCode {
+    kv_conformance::harness::stay_on_loopback();
     let args = Arguments::from_args();
     let required = required_targets();
     let mut trials = vec![
@@ -535,7 +537,7 @@ fn main() -> std::process::ExitCode {
         ),
         Trial::test("non_handler_is_refused", non_handler_is_refused),
     ];
-    let mut with_emulator: Vec<(&str, Trial)> = ["redis", "dynamodb", "gcs"]
+    let mut with_emulator: Vec<(&str, Trial)> = ["redis", "dynamodb", "gcs", "cosmos"]
         .into_iter()
         .map(|provider| {
             let name = format!("example_on_{provider}");

@@ -378,3 +378,75 @@ impl FakeGcsServer {
         self.server.restart()
     }
 }
+
+/// The Cosmos DB emulator's published, well-known account key (not a secret; the local server
+/// does not check it, but the SDK needs a valid base64 key to sign requests).
+pub const COSMOS_EMULATOR_KEY: &str =
+    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
+
+/// A Cosmos DB NoSQL server: npm `@vercel/cosmosdb-server@1.0.1` started through our
+/// wrapper `kv-azure/emulator/start.js` (which fixes four of its bugs), plain HTTP on
+/// loopback, in memory. It does not expire items, enforce the item size limit or throttle.
+#[derive(Debug)]
+pub struct CosmosServer {
+    server: LoopbackServer,
+}
+
+impl CosmosServer {
+    /// The wrapper script in this repository.
+    pub fn wrapper() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../kv-azure/emulator/start.js")
+    }
+
+    /// The directory holding the installed server's `node_modules`, if installed.
+    pub fn modules_dir() -> Option<PathBuf> {
+        let dir = emulator_dir().join("cosmos");
+        dir.join("node_modules/@vercel/cosmosdb-server/package.json")
+            .is_file()
+            .then_some(dir)
+    }
+
+    /// Starts it on a free port and waits until it answers HTTP (up to 30 s).
+    pub fn start() -> Result<CosmosServer, String> {
+        let modules = Self::modules_dir()
+            .ok_or("@vercel/cosmosdb-server is not installed (scripts/setup.sh installs it)")?;
+        let node =
+            find_program("node").ok_or("node is not installed (scripts/setup.sh installs it)")?;
+        let wrapper = Self::wrapper();
+        let server = LoopbackServer::start(Recipe {
+            name: "cosmosdb-server",
+            command: Box::new(move |port, _| {
+                let mut command = Command::new(&node);
+                command
+                    .arg(&wrapper)
+                    .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                    .arg("--modules")
+                    .arg(&modules);
+                command
+            }),
+            ready: http_answers,
+            timeout: Duration::from_secs(30),
+        })?;
+        Ok(CosmosServer { server })
+    }
+
+    /// `http://127.0.0.1:PORT/`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.server.port)
+    }
+
+    /// What it is, for reports.
+    pub fn version(&self) -> String {
+        "@vercel/cosmosdb-server 1.0.1 (wasi-kv wrapper)".to_string()
+    }
+
+    /// Stops it by PID; it runs in memory, so its databases are gone.
+    pub fn stop(&mut self) {
+        self.server.stop();
+    }
+
+    /// Starts it again on the same port (empty: the container must be recreated).
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.server.restart()
+    }
+}

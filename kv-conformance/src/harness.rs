@@ -53,6 +53,21 @@ pub fn runtime() -> &'static Runtime {
     })
 }
 
+/// Switches off the cloud SDKs' calls to metadata services (Cosmos DB's IMDS probe; AWS's
+/// IMDS credential lookup) for this process. Call it first thing in a test `main`, before any
+/// thread starts: tests talk to 127.0.0.1 only.
+pub fn stay_on_loopback() {
+    for (name, value) in [
+        ("COSMOS_DISABLE_IMDS", "1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        if std::env::var_os(name).is_none() {
+            // SAFETY: called at the start of `main`, while the process is single-threaded.
+            unsafe { std::env::set_var(name, value) };
+        }
+    }
+}
+
 /// The names listed in `KV_REQUIRE`.
 pub fn required_targets() -> Vec<String> {
     std::env::var("KV_REQUIRE")

@@ -53,6 +53,8 @@ impl Profile {
             "dynamodb" => include_str!("../profiles/dynamodb.toml"),
             "fake-gcs" => include_str!("../profiles/fake-gcs.toml"),
             "gcs" => include_str!("../profiles/gcs.toml"),
+            "cosmos-local" => include_str!("../profiles/cosmos-local.toml"),
+            "cosmos" => include_str!("../profiles/cosmos.toml"),
             _ => return None,
         };
         Some(Self::from_toml(text).expect("bundled profiles parse"))

@@ -5,12 +5,15 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use kv_conformance::emulator::{DynamoDbLocal, FakeGcsServer, RedisServer};
+use kv_conformance::emulator::{
+    COSMOS_EMULATOR_KEY, CosmosServer, DynamoDbLocal, FakeGcsServer, RedisServer,
+};
 use kv_conformance::harness::{self, TargetSource};
 use kv_conformance::{Profile, Target};
 use kv_core::{MemoryProvider, ProviderFactory};
 
 fn main() -> ExitCode {
+    harness::stay_on_loopback();
     harness::main(vec![
         TargetSource::new("memory", || async {
             Ok(Target::new(
@@ -77,5 +80,33 @@ fn main() -> ExitCode {
             target.keep_alive.push(Arc::new(server));
             Ok(target)
         }),
+        TargetSource::new("cosmos", || async {
+            let server = tokio::task::spawn_blocking(CosmosServer::start)
+                .await
+                .map_err(|err| err.to_string())??;
+            let spec = cosmos_spec(&server.endpoint())?;
+            let provider = kv_azure::CosmosFactory
+                .connect(&spec)
+                .await
+                .map_err(|err| err.to_string())?;
+            let mut profile = Profile::bundled("cosmos-local").ok_or("no cosmos-local profile")?;
+            profile.backend = server.version();
+            let mut target = Target::new("cosmos", provider, profile);
+            target.keep_alive.push(Arc::new(server));
+            Ok(target)
+        }),
     ])
+}
+
+/// A spec for the local Cosmos DB server: explicit loopback endpoint, its well-known key.
+fn cosmos_spec(endpoint: &str) -> Result<kv_core::StoreSpec, String> {
+    let key = COSMOS_EMULATOR_KEY
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    let url = format!(
+        "cosmos=cosmos:///wasikv/conformance?endpoint={endpoint}&create_container=true&key={key}"
+    );
+    let (_, spec) = kv_core::config::parse_short_form(&url).map_err(|err| err.to_string())?;
+    Ok(spec)
 }

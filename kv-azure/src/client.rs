@@ -1,0 +1,86 @@
+//! Building the SDK client: key auth, HTTP/1.1, text JSON, and (when configured) the database
+//! and container.
+
+use azure_core::credentials::Secret;
+use azure_data_cosmos::models::{ContainerProperties, TimeToLive};
+use azure_data_cosmos::options::{BinaryEncodingOptions, ConnectionPoolOptions};
+use azure_data_cosmos::{
+    AccountEndpoint, AccountReference, ContainerClient, CosmosClient, CosmosRuntime,
+    RoutingStrategy,
+};
+use kv_core::KvError;
+
+use crate::config::CosmosConfig;
+use crate::error::{Outcome, map_error, outcome};
+
+/// The partition key path of containers this provider uses.
+pub const PARTITION_KEY_PATH: &str = "/pk";
+
+/// Connects to the account and returns the container's client; creates the database and
+/// container first when `create_container` is set.
+///
+/// The SDK calls the Azure instance metadata service once per process unless
+/// `COSMOS_DISABLE_IMDS` is set; tests and CI set it.
+pub async fn connect(config: &CosmosConfig) -> Result<ContainerClient, KvError> {
+    let endpoint: AccountEndpoint = config
+        .endpoint
+        .parse()
+        .map_err(|err| KvError::internal(format!("cosmos endpoint {}: {err}", config.endpoint)))?;
+    let key = config
+        .key
+        .clone()
+        .ok_or_else(|| KvError::internal("cosmos: no account key configured"))?;
+    let account = AccountReference::with_authentication_key(endpoint, Secret::from(key));
+    // HTTP/1.1: the local server speaks nothing else, and keep-alive pools work the same.
+    let pool = ConnectionPoolOptions::builder()
+        .with_is_http2_allowed(false)
+        .build()
+        .map_err(|err| map_error("connection pool", err))?;
+    let runtime = CosmosRuntime::builder()
+        .with_connection_pool(pool)
+        .build()
+        .await
+        .map_err(|err| map_error("runtime", err))?;
+    let client = CosmosClient::builder()
+        .with_runtime(runtime)
+        // Text JSON: values are base64 strings either way, and only the real service
+        // understands the binary encoding.
+        .with_binary_encoding_options(BinaryEncodingOptions::new().with_enabled(false))
+        .build(
+            account,
+            RoutingStrategy::ProximityTo(config.region.clone().into()),
+        )
+        .await
+        .map_err(|err| map_error("connect", err))?;
+    if config.create_container {
+        ensure_container(&client, config).await?;
+    }
+    client
+        .database_client(config.database.as_str())
+        .container_client(config.container.as_str(), None)
+        .await
+        .map_err(|err| map_error("open container", err))
+}
+
+/// Creates the database and the container (partition key `/pk`, TTL enabled with no default)
+/// unless they exist.
+async fn ensure_container(client: &CosmosClient, config: &CosmosConfig) -> Result<(), KvError> {
+    match client.create_database(&config.database, None).await {
+        Ok(_) => {}
+        Err(err) if outcome(&err) == Outcome::Exists => {}
+        Err(err) => return Err(map_error("create database", err)),
+    }
+    let mut properties =
+        ContainerProperties::new(config.container.clone(), PARTITION_KEY_PATH.into());
+    // Items expire by their own `ttl` field; without a container TTL the field is ignored.
+    properties.default_ttl = TimeToLive::NoDefault;
+    match client
+        .database_client(config.database.as_str())
+        .create_container(properties, None)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(err) if outcome(&err) == Outcome::Exists => Ok(()),
+        Err(err) => Err(map_error("create container", err)),
+    }
+}

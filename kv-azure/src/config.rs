@@ -1,0 +1,243 @@
+//! Configuration: `cosmos://ACCOUNT_HOST/DATABASE/CONTAINER?key=..&endpoint=..&region=..
+//! &create_container=true`, or a `[stores.NAME]` table with the same fields.
+
+use std::fmt;
+
+use kv_core::config::redact_url;
+use kv_core::{ConfigError, StoreSpec};
+
+/// The environment variable read for the account key when the config has none.
+pub const KEY_ENV: &str = "AZURE_COSMOS_KEY";
+
+/// The region the local server (and a single-region account) reports.
+pub const DEFAULT_REGION: &str = "South Central US";
+
+/// Where the container is and how to reach it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CosmosConfig {
+    /// Account endpoint, e.g. `https://acct.documents.azure.com:443/`. Plain `http://` is
+    /// accepted only for loopback (the local server).
+    pub endpoint: String,
+    /// Database id.
+    pub database: String,
+    /// Container id (one container per deployment; stores are partition-key prefixes).
+    pub container: String,
+    /// Account key (never printed); from `key =` or `$AZURE_COSMOS_KEY`.
+    pub key: Option<String>,
+    /// The region the client runs in or nearest to; requests prefer it.
+    pub region: String,
+    /// Create the database and container (partition key `/pk`, TTL on) if missing.
+    pub create_container: bool,
+}
+
+impl fmt::Debug for CosmosConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CosmosConfig")
+            .field("endpoint", &self.endpoint)
+            .field("database", &self.database)
+            .field("container", &self.container)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("region", &self.region)
+            .field("create_container", &self.create_container)
+            .finish()
+    }
+}
+
+impl CosmosConfig {
+    /// Parses a store spec: URL first, then file fields (unknown fields are errors); the key
+    /// falls back to `$AZURE_COSMOS_KEY`.
+    pub fn from_spec(spec: &StoreSpec) -> Result<CosmosConfig, ConfigError> {
+        Self::from_spec_with_env(spec, &|name| std::env::var(name).ok())
+    }
+
+    /// [`CosmosConfig::from_spec`] with an explicit environment (for tests).
+    pub fn from_spec_with_env(
+        spec: &StoreSpec,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<CosmosConfig, ConfigError> {
+        let mut config = CosmosConfig {
+            endpoint: String::new(),
+            database: String::new(),
+            container: String::new(),
+            key: None,
+            region: DEFAULT_REGION.to_string(),
+            create_container: false,
+        };
+        if let Some(url) = &spec.url {
+            let shown = redact_url(url);
+            if url.scheme() != "cosmos" {
+                return Err(ConfigError(format!("{shown}: expected a cosmos:// URL")));
+            }
+            if let Some(host) = url.host_str().filter(|host| !host.is_empty()) {
+                let port = url.port().unwrap_or(443);
+                config.endpoint = format!("https://{host}:{port}/");
+            }
+            let path: Vec<&str> = url.path().trim_matches('/').split('/').collect();
+            match path.as_slice() {
+                [database, container] if !database.is_empty() && !container.is_empty() => {
+                    config.database = database.to_string();
+                    config.container = container.to_string();
+                }
+                [""] => {}
+                _ => {
+                    return Err(ConfigError(format!(
+                        "{shown}: expected cosmos://ACCOUNT_HOST/DATABASE/CONTAINER"
+                    )));
+                }
+            }
+            for (name, value) in url.query_pairs() {
+                config.apply(&name, Field::Text(value.into_owned()))?;
+            }
+        }
+        for (name, value) in &spec.options {
+            let field = match value {
+                toml::Value::String(text) => Field::Text(text.clone()),
+                toml::Value::Boolean(flag) => Field::Flag(*flag),
+                _ => return Err(ConfigError(format!("`{name}` has an unsupported type"))),
+            };
+            config.apply(name, field)?;
+        }
+        if config.key.is_none() {
+            config.key = env(KEY_ENV).filter(|key| !key.is_empty());
+        }
+        if config.endpoint.is_empty() || config.database.is_empty() || config.container.is_empty() {
+            return Err(ConfigError(
+                "the cosmos provider needs an account, a database and a container: \
+                 cosmos://ACCOUNT_HOST/DATABASE/CONTAINER"
+                    .into(),
+            ));
+        }
+        let endpoint = url::Url::parse(&config.endpoint)
+            .map_err(|err| ConfigError(format!("cosmos endpoint {}: {err}", config.endpoint)))?;
+        let loopback = matches!(
+            endpoint.host_str(),
+            Some("127.0.0.1" | "localhost" | "[::1]")
+        );
+        match endpoint.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            _ => {
+                return Err(ConfigError(format!(
+                    "cosmos endpoint {}: use https:// (plain http only on loopback)",
+                    config.endpoint
+                )));
+            }
+        }
+        if config.key.is_none() {
+            return Err(ConfigError(format!(
+                "the cosmos provider needs an account key: `key = \"${{{KEY_ENV}}}\"` or ${KEY_ENV}"
+            )));
+        }
+        Ok(config)
+    }
+
+    fn apply(&mut self, name: &str, value: Field) -> Result<(), ConfigError> {
+        let text = |value: Field| match value {
+            Field::Text(text) => Ok(text),
+            Field::Flag(_) => Err(ConfigError(format!("`{name}` must be a string"))),
+        };
+        match name {
+            "endpoint" => self.endpoint = text(value)?,
+            "database" => self.database = text(value)?,
+            "container" => self.container = text(value)?,
+            "key" => self.key = Some(text(value)?).filter(|key| !key.is_empty()),
+            "region" => self.region = text(value)?,
+            "create_container" => {
+                self.create_container = match value {
+                    Field::Flag(flag) => flag,
+                    Field::Text(text) if text == "true" => true,
+                    Field::Text(text) if text == "false" => false,
+                    Field::Text(_) => {
+                        return Err(ConfigError(
+                            "`create_container` must be true or false".into(),
+                        ));
+                    }
+                }
+            }
+            other => {
+                return Err(ConfigError(format!(
+                    "unknown field `{other}` for the cosmos provider"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Identity of the client: stores with equal keys share one SDK client.
+    pub fn connection_key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let key = Sha256::digest(self.key.as_deref().unwrap_or("").as_bytes());
+        format!("{self:?}/{key:x}")
+    }
+}
+
+enum Field {
+    Text(String),
+    Flag(bool),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(url: &str) -> StoreSpec {
+        kv_core::config::parse_short_form(&format!("s={url}"))
+            .unwrap()
+            .1
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn parses_short_form_and_endpoint_override() {
+        let config = CosmosConfig::from_spec_with_env(
+            &spec("cosmos://acct.documents.azure.com/db/kv?key=c2VjcmV0&create_container=true"),
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(config.endpoint, "https://acct.documents.azure.com:443/");
+        assert_eq!(
+            (config.database.as_str(), config.container.as_str()),
+            ("db", "kv")
+        );
+        assert!(config.create_container);
+        let local = CosmosConfig::from_spec_with_env(
+            &spec("cosmos:///db/kv?endpoint=http://127.0.0.1:8081/&key=a2V5"),
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(local.endpoint, "http://127.0.0.1:8081/");
+    }
+
+    #[test]
+    fn key_from_environment_and_errors() {
+        let env = |name: &str| (name == KEY_ENV).then(|| "ZW52".to_string());
+        let config =
+            CosmosConfig::from_spec_with_env(&spec("cosmos://a.example/db/kv"), &env).unwrap();
+        assert_eq!(config.key.as_deref(), Some("ZW52"));
+        for bad in [
+            "cosmos://a.example/db/kv",
+            "cosmos://a.example/db?key=k",
+            "cosmos://a.example/db/kv?key=k&colour=red",
+            "cosmos:///db/kv?key=k&endpoint=http://example.com/",
+            "cosmos://a.example/db/kv?key=k&create_container=yes",
+        ] {
+            assert!(
+                CosmosConfig::from_spec_with_env(&spec(bad), &no_env).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_key_is_redacted() {
+        let config = CosmosConfig::from_spec_with_env(
+            &spec("cosmos://a.example/db/kv?key=hunter2"),
+            &no_env,
+        )
+        .unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

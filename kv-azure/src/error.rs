@@ -1,0 +1,99 @@
+//! Every Cosmos DB SDK error mapped to the contract's classes, in one place.
+
+use azure_data_cosmos::CosmosError;
+use kv_core::{ErrorKind, KvError};
+
+/// What an SDK error means for the operation that got it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// 404: the item (or container) is not there.
+    NotFound,
+    /// 409: an item with that id already exists (create).
+    Exists,
+    /// 412: the ETag no longer matches (replace/delete with If-Match).
+    Changed,
+    /// Anything else: a real failure, mapped by [`map_error`].
+    Failure,
+}
+
+/// Classifies `err` for control flow (expected outcomes are not errors to the caller).
+pub fn outcome(err: &CosmosError) -> Outcome {
+    let status = err.status();
+    if status.is_not_found() {
+        Outcome::NotFound
+    } else if status.is_conflict() {
+        Outcome::Exists
+    } else if status.is_precondition_failed() {
+        Outcome::Changed
+    } else {
+        Outcome::Failure
+    }
+}
+
+/// Maps an SDK error of operation `op` to the contract's classes. The SDK has already
+/// retried what it retries (429 honouring `x-ms-retry-after-ms`, 410/449, some 503s).
+pub fn map_error(op: &str, err: CosmosError) -> KvError {
+    let status = err.status();
+    let code = u16::from(status.status_code());
+    let (kind, transient, text) = if status.is_throttled() {
+        (
+            ErrorKind::Throttled,
+            true,
+            format!("cosmos {op}: throttled (429, request rate too large)"),
+        )
+    } else if code == 413 {
+        (
+            ErrorKind::ValueTooLarge,
+            false,
+            format!("cosmos {op}: the item exceeds Cosmos DB's 2 MB limit"),
+        )
+    } else if status.is_timeout() || code == 408 {
+        (
+            ErrorKind::Timeout,
+            true,
+            format!("cosmos {op}: no answer in time"),
+        )
+    } else if status.is_transport_generated_503() || status.is_service_unavailable() || code >= 500
+    {
+        (
+            ErrorKind::Unavailable,
+            true,
+            format!(
+                "cosmos {op}: the service is unavailable ({})",
+                status_text(&err)
+            ),
+        )
+    } else if status.is_unauthorized() || status.is_forbidden() {
+        (
+            ErrorKind::Internal,
+            false,
+            format!("cosmos {op}: the account refused the credentials ({code})"),
+        )
+    } else if status.is_not_found() {
+        (
+            ErrorKind::Internal,
+            false,
+            format!(
+                "cosmos {op}: the database or container does not exist \
+                 (create it, or set create_container = true)"
+            ),
+        )
+    } else {
+        (
+            ErrorKind::Internal,
+            false,
+            format!("cosmos {op}: unexpected answer {}", status_text(&err)),
+        )
+    };
+    KvError::new(kind, text)
+        .with_transient(transient)
+        .with_source(err)
+}
+
+fn status_text(err: &CosmosError) -> String {
+    let status = err.status();
+    match status.name() {
+        Some(name) => format!("{} {name}", u16::from(status.status_code())),
+        None => u16::from(status.status_code()).to_string(),
+    }
+}

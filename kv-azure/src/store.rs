@@ -1,0 +1,504 @@
+//! The mapping (DESIGN §7.3): one item per key in one container partitioned on `/pk`.
+//!
+//! - `pk` = namespace and one of [`SHARDS`] shards chosen by a hash of the key, so a store
+//!   spreads over several logical partitions (each is capped at 20 GB).
+//! - `id` = the key in unpadded base64url (Cosmos ids forbid `/ \ ? #`); when that is over
+//!   1023 bytes, `~` and the SHA-256 of the key. `k` keeps the key itself, which is what
+//!   listing returns.
+//! - `v` = the value in base64; counters are decimal values like any other.
+//! - `exp` = expiry in Unix ms, filtered on every read; `ttl` = seconds, so the service deletes
+//!   expired items eventually (the local server never does).
+//! - CAS and increment: ETag `If-Match`; create-if-absent: create (409 = exists).
+//! - list-keys: a parameterised query per shard, the SDK's continuation token in the cursor.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use azure_core::http::Etag;
+use azure_data_cosmos::ContainerClient;
+use azure_data_cosmos::Query;
+use azure_data_cosmos::feed::FeedScope;
+use azure_data_cosmos::options::{ItemWriteOptions, MaxItemCountHint, Precondition, QueryOptions};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use futures::{StreamExt as _, TryStreamExt as _};
+use kv_core::counter::{add_delta, encode_counter, parse_counter};
+use kv_core::provider::last_entry_per_key;
+use kv_core::{
+    Bucket, Capabilities, KeyPage, KvError, Provider, Result, SwapOutcome, Version, Versioned,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Outcome, map_error, outcome};
+
+/// Largest value: its base64 plus the largest key, id and metadata stays under the 2 MB item
+/// limit (the local server does not enforce that limit, so the host's check is what holds).
+pub const MAX_VALUE_BYTES: usize = 1_500_000;
+/// Logical partitions per store.
+pub const SHARDS: u8 = 16;
+/// Cosmos ids are at most 1023 bytes.
+const MAX_ID_BYTES: usize = 1023;
+/// Attempts of a read-modify-write increment under contention.
+const INCREMENT_ATTEMPTS: u32 = 200;
+/// Point operations in flight for one batch call.
+const BATCH_CONCURRENCY: usize = 16;
+
+/// The item id of `key`: base64url, or a hash when that is too long. Bijective because `~`
+/// is not in the base64url alphabet.
+pub fn item_id(key: &str) -> String {
+    let encoded = URL_SAFE_NO_PAD.encode(key.as_bytes());
+    if encoded.len() <= MAX_ID_BYTES {
+        return encoded;
+    }
+    use sha2::{Digest, Sha256};
+    format!("~{:x}", Sha256::digest(key.as_bytes()))
+}
+
+fn shard(key: &str) -> u8 {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key.as_bytes())[0] % SHARDS
+}
+
+/// The partition key value of a shard of a namespace (length-prefixed, so unambiguous).
+fn partition(namespace: &str, shard: u8) -> String {
+    format!("{}:{namespace}:{shard:x}", namespace.len())
+}
+
+/// The stored item.
+#[derive(Debug, Serialize, Deserialize)]
+struct Item {
+    id: String,
+    pk: String,
+    k: String,
+    v: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exp: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ttl: Option<u64>,
+}
+
+impl Item {
+    fn live(&self, now: u64) -> bool {
+        self.exp.is_none_or(|exp| exp > now)
+    }
+
+    fn value(&self) -> Result<Vec<u8>> {
+        STANDARD.decode(self.v.as_bytes()).map_err(|err| {
+            KvError::internal(format!("cosmos: a stored value is not base64: {err}"))
+        })
+    }
+}
+
+/// One row of a listing query.
+#[derive(Debug, Deserialize)]
+struct KeyRow {
+    k: String,
+    #[serde(default)]
+    exp: Option<u64>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A Cosmos DB container.
+pub struct CosmosProvider {
+    container: ContainerClient,
+}
+
+impl CosmosProvider {
+    /// A provider over `container`.
+    pub fn new(container: ContainerClient) -> CosmosProvider {
+        CosmosProvider { container }
+    }
+}
+
+#[async_trait]
+impl Provider for CosmosProvider {
+    fn name(&self) -> &str {
+        "cosmos"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            ttl: true,
+            cas: true,
+            list_may_repeat: false,
+            max_value_bytes: MAX_VALUE_BYTES,
+            ..Capabilities::default()
+        }
+    }
+
+    async fn open(&self, namespace: &str) -> Result<Arc<dyn Bucket>> {
+        Ok(Arc::new(CosmosBucket {
+            container: self.container.clone(),
+            namespace: namespace.to_string(),
+        }))
+    }
+}
+
+/// How a write is conditioned.
+enum Condition {
+    /// Whatever is there (upsert).
+    None,
+    /// Only if no item exists (create; 409 = lost).
+    Absent,
+    /// Only if the item still has this ETag (replace; 412 or 404 = lost).
+    Matches(Etag),
+}
+
+struct CosmosBucket {
+    container: ContainerClient,
+    namespace: String,
+}
+
+impl CosmosBucket {
+    fn locate(&self, key: &str) -> (String, String) {
+        (partition(&self.namespace, shard(key)), item_id(key))
+    }
+
+    /// The stored item (expired or not) and its ETag.
+    async fn read(&self, key: &str) -> Result<Option<(Item, Etag)>> {
+        let (pk, id) = self.locate(key);
+        match self.container.read_item(pk, &id, None).await {
+            Ok(response) => {
+                let etag = response
+                    .headers()
+                    .etag()
+                    .cloned()
+                    .ok_or_else(|| KvError::internal("cosmos read: the answer has no ETag"))?;
+                let item: Item = response
+                    .into_model()
+                    .map_err(|err| map_error("decode item", err))?;
+                Ok(Some((item, etag)))
+            }
+            Err(err) if outcome(&err) == Outcome::NotFound => Ok(None),
+            Err(err) => Err(map_error("read", err)),
+        }
+    }
+
+    /// The live value and its ETag.
+    async fn read_live(&self, key: &str) -> Result<Option<(Vec<u8>, Etag)>> {
+        match self.read(key).await? {
+            Some((item, etag)) if item.live(now_ms()) => Ok(Some((item.value()?, etag))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Writes `value`; `Ok(false)` when `condition` did not hold.
+    async fn write(
+        &self,
+        key: &str,
+        value: &[u8],
+        expires: Option<(u64, u64)>,
+        condition: Condition,
+    ) -> Result<bool> {
+        let (pk, id) = self.locate(key);
+        let item = Item {
+            id: id.clone(),
+            pk: pk.clone(),
+            k: key.to_string(),
+            v: STANDARD.encode(value),
+            exp: expires.map(|(at, _)| at),
+            ttl: expires.map(|(_, seconds)| seconds),
+        };
+        let result = match condition {
+            Condition::None => self.container.upsert_item(pk, &id, &item, None).await,
+            Condition::Absent => self.container.create_item(pk, &id, &item, None).await,
+            Condition::Matches(etag) => {
+                let options =
+                    ItemWriteOptions::default().with_precondition(Precondition::IfMatch(etag));
+                self.container
+                    .replace_item(pk, &id, &item, Some(options))
+                    .await
+            }
+        };
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) => match outcome(&err) {
+                Outcome::Exists | Outcome::Changed | Outcome::NotFound => Ok(false),
+                Outcome::Failure => Err(map_error("write", err)),
+            },
+        }
+    }
+
+    /// One page of one shard: live keys, and the SDK's token when the shard has more.
+    async fn query_shard(
+        &self,
+        shard: u8,
+        token: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<String>, Option<String>)> {
+        let pk = partition(&self.namespace, shard);
+        // Parameterised: the namespace never becomes SQL text.
+        let query = Query::from("SELECT c.k, c.exp FROM c WHERE c.pk = @pk")
+            .with_parameter("@pk", &pk)
+            .map_err(|err| map_error("list query", err))?;
+        let page_size = NonZeroU32::new(u32::try_from(limit.max(1)).unwrap_or(u32::MAX))
+            .unwrap_or(NonZeroU32::MIN);
+        let mut options =
+            QueryOptions::default().with_max_item_count(MaxItemCountHint::Limit(page_size));
+        if let Some(token) = token {
+            options = options.with_continuation_token(
+                azure_data_cosmos::feed::ContinuationToken::from_string(token),
+            );
+        }
+        let mut pages = self
+            .container
+            .query_items::<KeyRow>(query, FeedScope::partition(pk), Some(options))
+            .await
+            .map_err(|err| map_error("list", err))?
+            .into_pages();
+        let Some(page) = pages.next().await else {
+            return Ok((Vec::new(), None));
+        };
+        let page = page.map_err(|err| map_error("list", err))?;
+        let more = page.headers().continuation().is_some_and(|c| !c.is_empty());
+        let now = now_ms();
+        let keys = page
+            .into_items()
+            .into_iter()
+            .filter(|row| row.exp.is_none_or(|exp| exp > now))
+            .map(|row| row.k)
+            .collect();
+        let next = if more {
+            Some(
+                pages
+                    .to_continuation_token()
+                    .map_err(|err| map_error("list continuation", err))?
+                    .as_str()
+                    .to_string(),
+            )
+        } else {
+            None
+        };
+        Ok((keys, next))
+    }
+}
+
+fn parse_cursor(cursor: &str) -> Result<(u8, Option<String>)> {
+    let invalid = || KvError::invalid_cursor("cosmos: malformed cursor");
+    let (shard, token) = cursor.split_once('.').ok_or_else(invalid)?;
+    let shard = u8::from_str_radix(shard, 16)
+        .ok()
+        .filter(|shard| *shard < SHARDS)
+        .ok_or_else(invalid)?;
+    Ok((shard, (!token.is_empty()).then(|| token.to_string())))
+}
+
+fn cursor(shard: u8, token: Option<&str>) -> String {
+    format!("{shard:x}.{}", token.unwrap_or(""))
+}
+
+#[async_trait]
+impl Bucket for CosmosBucket {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.read_live(key).await?.map(|(value, _)| value))
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        self.write(key, &value, None, Condition::None).await?;
+        Ok(())
+    }
+
+    async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let expires_at = now_ms().saturating_add(ttl_ms);
+        let seconds = ttl_ms.div_ceil(1000).max(1);
+        self.write(key, &value, Some((expires_at, seconds)), Condition::None)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let (pk, id) = self.locate(key);
+        match self.container.delete_item(pk, &id, None).await {
+            Ok(_) => Ok(()),
+            Err(err) if outcome(&err) == Outcome::NotFound => Ok(()),
+            Err(err) => Err(map_error("delete", err)),
+        }
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.read_live(key).await?.is_some())
+    }
+
+    async fn list_keys(&self, cursor_in: Option<&str>, limit: usize) -> Result<KeyPage> {
+        let (mut shard, mut token) = match cursor_in {
+            Some(cursor) => parse_cursor(cursor)?,
+            None => (0, None),
+        };
+        let mut keys = Vec::new();
+        loop {
+            let remaining = limit.saturating_sub(keys.len());
+            let (page, next) = self.query_shard(shard, token.take(), remaining).await?;
+            keys.extend(page);
+            if let Some(next) = next {
+                return Ok(KeyPage {
+                    keys,
+                    cursor: Some(cursor(shard, Some(&next))),
+                });
+            }
+            shard += 1;
+            if shard == SHARDS {
+                return Ok(KeyPage { keys, cursor: None });
+            }
+            if keys.len() >= limit {
+                return Ok(KeyPage {
+                    keys,
+                    cursor: Some(cursor(shard, None)),
+                });
+            }
+        }
+    }
+
+    async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
+        for attempt in 0..INCREMENT_ATTEMPTS {
+            if attempt > 0 {
+                // Lost a race: back off a little, with jitter, so contenders spread out.
+                let ceiling = 2 + 4 * u64::from(attempt.min(12));
+                let pause = rand::random_range(0..ceiling);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            let (next, condition, expires) = match self.read(key).await? {
+                None => (add_delta(0, delta)?, Condition::Absent, None),
+                Some((item, etag)) if !item.live(now_ms()) => {
+                    (add_delta(0, delta)?, Condition::Matches(etag), None)
+                }
+                Some((item, etag)) => {
+                    let current = parse_counter(&item.value()?)?;
+                    // An increment keeps the expiry; the service's `ttl` counts from this write.
+                    let now = now_ms();
+                    let keep = item
+                        .exp
+                        .map(|exp| (exp, exp.saturating_sub(now).div_ceil(1000).max(1)));
+                    (add_delta(current, delta)?, Condition::Matches(etag), keep)
+                }
+            };
+            if self
+                .write(key, &encode_counter(next), expires, condition)
+                .await?
+            {
+                return Ok(next);
+            }
+        }
+        Err(
+            KvError::unavailable("cosmos: increment lost every race under contention")
+                .with_transient(false),
+        )
+    }
+
+    async fn read_versioned(&self, key: &str) -> Result<Versioned> {
+        Ok(match self.read_live(key).await? {
+            Some((value, etag)) => Versioned {
+                value: Some(value),
+                version: Version::Tag(etag.to_string()),
+            },
+            None => Versioned {
+                value: None,
+                version: Version::Absent,
+            },
+        })
+    }
+
+    async fn swap(&self, key: &str, expected: &Version, value: Vec<u8>) -> Result<SwapOutcome> {
+        let swapped = match expected {
+            Version::Tag(etag) => {
+                self.write(
+                    key,
+                    &value,
+                    None,
+                    Condition::Matches(Etag::from(etag.as_str())),
+                )
+                .await?
+            }
+            Version::Absent => {
+                if self.write(key, &value, None, Condition::Absent).await? {
+                    true
+                } else {
+                    // An item is there; if it has expired it counts as absent, and is
+                    // replaced only if nobody wrote it meanwhile.
+                    match self.read(key).await? {
+                        Some((item, etag)) if !item.live(now_ms()) => {
+                            self.write(key, &value, None, Condition::Matches(etag))
+                                .await?
+                        }
+                        _ => false,
+                    }
+                }
+            }
+        };
+        Ok(if swapped {
+            SwapOutcome::Swapped
+        } else {
+            SwapOutcome::Conflict
+        })
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        futures::stream::iter(keys.iter().cloned())
+            .map(|key| async move { self.get(&key).await })
+            .buffered(BATCH_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
+        futures::stream::iter(last_entry_per_key(entries))
+            .map(|(key, value)| async move { self.set(&key, value).await })
+            .buffer_unordered(BATCH_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        futures::stream::iter(keys.iter().cloned())
+            .map(|key| async move { self.delete(&key).await })
+            .buffer_unordered(BATCH_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_safe_and_bounded() {
+        for key in [
+            "a",
+            "a/b",
+            "a\\b",
+            "?#",
+            "é",
+            &"x".repeat(767),
+            &"x".repeat(1024),
+        ] {
+            let id = item_id(key);
+            assert!(id.len() <= MAX_ID_BYTES, "{key}");
+            assert!(!id.contains(['/', '\\', '?', '#']), "{id}");
+        }
+        assert_ne!(item_id("a"), item_id("b"));
+        assert!(item_id(&"x".repeat(1024)).starts_with('~'));
+        assert!(!item_id(&"x".repeat(767)).starts_with('~'));
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        assert_eq!(
+            parse_cursor(&cursor(3, Some("tok.en"))).unwrap(),
+            (3, Some("tok.en".into()))
+        );
+        assert_eq!(parse_cursor(&cursor(15, None)).unwrap(), (15, None));
+        assert!(parse_cursor("10.x").is_err());
+        assert!(parse_cursor("zz").is_err());
+    }
+}

@@ -1,0 +1,330 @@
+//! `wasi-kv serve` throughput and latency: the `examples/http-kv` component on the in-memory
+//! store and on a local Redis, driven over loopback HTTP/1.1 keep-alive connections.
+//!
+//! Beside each component run, the same routes are served by a plain hyper handler that calls
+//! the store natively (no component), so the table shows what the per-request instance costs,
+//! measured in the same process on the same machine.
+//!
+//! ```sh
+//! cargo bench -p kv-cli --bench serve -- [--seconds 5] [--connections 16] [--providers memory,redis]
+//! ```
+//! Client and server share the machine's cores, so absolute numbers are pessimistic; compare
+//! the rows of one run.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use kv_cli::serve::{ServeOptions, Server};
+use kv_core::{KvStore, Stores};
+use tokio::net::TcpListener;
+
+const KEYS: usize = 1000;
+const VALUE: &[u8] = &[b'v'; 256];
+
+struct Settings {
+    seconds: u64,
+    connections: usize,
+    providers: Vec<String>,
+}
+
+fn settings() -> Settings {
+    let mut settings = Settings {
+        seconds: 5,
+        connections: 16,
+        providers: vec!["memory".to_string(), "redis".to_string()],
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--seconds" => settings.seconds = args.next().and_then(|v| v.parse().ok()).unwrap_or(5),
+            "--connections" => {
+                settings.connections = args.next().and_then(|v| v.parse().ok()).unwrap_or(16)
+            }
+            "--providers" => {
+                settings.providers = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::to_string)
+                    .collect()
+            }
+            // `cargo bench` passes `--bench`; ignore it and anything else libtest-shaped.
+            _ => {}
+        }
+    }
+    settings
+}
+
+#[derive(Clone, Copy)]
+enum Route {
+    Get,
+    Put,
+    Counter,
+}
+
+impl Route {
+    fn name(self) -> &'static str {
+        match self {
+            Route::Get => "GET /kv/{key}",
+            Route::Put => "PUT /kv/{key}",
+            Route::Counter => "POST /counter/{key}",
+        }
+    }
+
+    fn request(self, base: &str, n: usize) -> hyper::Request<Full<Bytes>> {
+        let (method, path, body) = match self {
+            Route::Get => ("GET", format!("/kv/key-{}", n % KEYS), Bytes::new()),
+            Route::Put => (
+                "PUT",
+                format!("/kv/key-{}", n % KEYS),
+                Bytes::from_static(VALUE),
+            ),
+            Route::Counter => ("POST", format!("/counter/c-{}", n % 16), Bytes::new()),
+        };
+        hyper::Request::builder()
+            .method(method)
+            .uri(format!("{base}{path}"))
+            .header("host", "127.0.0.1")
+            .body(Full::new(body))
+            .expect("a valid request")
+    }
+}
+
+struct Measured {
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies_us: Vec<u64>,
+}
+
+impl Measured {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let index = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        self.latencies_us[index] as f64 / 1000.0
+    }
+}
+
+/// `connections` keep-alive connections, each sending `route` requests back to back.
+async fn drive(addr: SocketAddr, route: Route, connections: usize, duration: Duration) -> Measured {
+    let base = format!("http://{addr}");
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for connection in 0..connections {
+        let base = base.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            stream.set_nodelay(true).expect("nodelay");
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .expect("handshake");
+            tokio::spawn(conn);
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            let mut n = connection * 7919;
+            while Instant::now() < deadline {
+                n += 1;
+                let sent = Instant::now();
+                match sender.send_request(route.request(&base, n)).await {
+                    Ok(response) => {
+                        let ok = response.status().is_success();
+                        let _ = response.into_body().collect().await;
+                        if ok {
+                            latencies.push(sent.elapsed().as_micros() as u64);
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut measured = Measured {
+        requests: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::new(),
+    };
+    for task in tasks {
+        let (latencies, errors) = task.await.expect("client task");
+        measured.requests += latencies.len();
+        measured.errors += errors;
+        measured.latencies_us.extend(latencies);
+    }
+    measured.elapsed = started.elapsed();
+    measured.latencies_us.sort_unstable();
+    measured
+}
+
+/// The example's routes served natively on `store`: the baseline without a component.
+async fn serve_native(listener: TcpListener, store: KvStore) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let store = store.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let store = store.clone();
+                async move { Ok::<_, Infallible>(native_route(&store, request).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn native_route(
+    store: &KvStore,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<Full<Bytes>> {
+    let path = request.uri().path().to_string();
+    let method = request.method().clone();
+    let respond = |status: u16, body: Bytes| {
+        let mut response = hyper::Response::new(Full::new(body));
+        *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+        response
+    };
+    if let Some(key) = path.strip_prefix("/kv/") {
+        match method.as_str() {
+            "GET" => match store.get(key).await {
+                Ok(Some(value)) => respond(200, Bytes::from(value)),
+                Ok(None) => respond(404, Bytes::new()),
+                Err(_) => respond(503, Bytes::new()),
+            },
+            _ => {
+                let body = match request.into_body().collect().await {
+                    Ok(body) => body.to_bytes().to_vec(),
+                    Err(_) => return respond(400, Bytes::new()),
+                };
+                match store.set(key, body).await {
+                    Ok(()) => respond(204, Bytes::new()),
+                    Err(_) => respond(503, Bytes::new()),
+                }
+            }
+        }
+    } else if let Some(key) = path.strip_prefix("/counter/") {
+        match store.increment(key, 1).await {
+            Ok(value) => respond(
+                200,
+                Bytes::from(format!("{{\"key\":\"{key}\",\"value\":{value}}}")),
+            ),
+            Err(_) => respond(503, Bytes::new()),
+        }
+    } else {
+        respond(404, Bytes::new())
+    }
+}
+
+async fn bench_provider(provider: &str, settings: &Settings) -> anyhow::Result<()> {
+    let (url, _guard) = if provider == "memory" {
+        ("memory:".to_string(), None)
+    } else {
+        let (url, _, guard) = kv_cli::conformance::start_emulator(provider).await?;
+        (url, Some(guard))
+    };
+    let config = kv_cli::load_config(None, &[format!("default={url}")])?;
+    let stores: Arc<Stores> = Arc::new(kv_cli::registry().build(&config).await?);
+    let store = stores.open("default").await?;
+    for n in 0..KEYS {
+        store.set(&format!("key-{n}"), VALUE.to_vec()).await?;
+    }
+
+    let options = ServeOptions {
+        component: kv_conformance::artifacts::HTTP_KV_EXAMPLE.into(),
+        ..ServeOptions::default()
+    };
+    let server = Arc::new(Server::new(options, stores.clone())?);
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let component_addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let native = TcpListener::bind("127.0.0.1:0").await?;
+    let native_addr = native.local_addr()?;
+    let native_task = tokio::spawn(serve_native(native, store.clone()));
+
+    let duration = Duration::from_secs(settings.seconds);
+    for route in [Route::Get, Route::Put, Route::Counter] {
+        // A short warm-up per route: connections, pages, the store's connection pool.
+        drive(
+            component_addr,
+            route,
+            settings.connections,
+            Duration::from_millis(500),
+        )
+        .await;
+        let component = drive(component_addr, route, settings.connections, duration).await;
+        drive(
+            native_addr,
+            route,
+            settings.connections,
+            Duration::from_millis(500),
+        )
+        .await;
+        let native = drive(native_addr, route, settings.connections, duration).await;
+        for (path, measured) in [("component", &component), ("native", &native)] {
+            println!(
+                "| {provider} | {} | {path} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+                route.name(),
+                settings.connections,
+                measured.rps(),
+                measured.percentile(0.50),
+                measured.percentile(0.90),
+                measured.percentile(0.99),
+                measured.percentile(1.0),
+                measured.errors,
+            );
+        }
+        println!(
+            "| {provider} | {} | component/native | | {:.2} | | | | | |",
+            route.name(),
+            component.rps() / native.rps()
+        );
+    }
+    let _ = stop.send(());
+    serving.await??;
+    native_task.abort();
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let settings = settings();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "wasi-kv serve benchmark: examples/http-kv, {} s per row, {} connections, {} cores",
+        settings.seconds,
+        settings.connections,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!();
+    println!(
+        "| store | route | path | connections | req/s | p50 ms | p90 ms | p99 ms | max ms | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for provider in &settings.providers {
+        runtime.block_on(bench_provider(provider, &settings))?;
+    }
+    Ok(())
+}
