@@ -1,1 +1,249 @@
-fn main() {}
+//! Provider-level tests against the local Cosmos DB server (`@vercel/cosmosdb-server` through
+//! our wrapper), started on a free loopback port with the emulator's well-known key. Without
+//! it they are ignored, unless `KV_REQUIRE` names `cosmos`, where that is a failure.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_azure::store::MAX_VALUE_BYTES;
+use kv_azure::{CosmosConfig, CosmosProvider};
+use kv_conformance::emulator::{COSMOS_EMULATOR_KEY, CosmosServer};
+use kv_conformance::provider_tests::{self, TestResult, check};
+use kv_core::{Access, ErrorKind, KvStore, Limits, Stores};
+use libtest_mimic::Failed;
+
+fn config(server: &CosmosServer) -> CosmosConfig {
+    let key = COSMOS_EMULATOR_KEY
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    let url = format!(
+        "t=cosmos:///wasikv/provider-tests?endpoint={}&key={key}&create_container=true",
+        server.endpoint()
+    );
+    let (_, spec) = kv_core::config::parse_short_form(&url).expect("url parses");
+    CosmosConfig::from_spec(&spec).expect("config parses")
+}
+
+async fn provider(server: &CosmosServer) -> Result<Arc<CosmosProvider>, Failed> {
+    let container = kv_azure::client::connect(&config(server)).await?;
+    Ok(Arc::new(CosmosProvider::new(container)))
+}
+
+fn limits() -> Limits {
+    provider_tests::limits(Duration::from_secs(5), 3)
+}
+
+async fn store(provider: Arc<CosmosProvider>, namespace: &str) -> Result<KvStore, Failed> {
+    let stores = Stores::builder(limits())
+        .store("s", provider, namespace, Access::ReadWrite)
+        .build();
+    Ok(stores.open("s").await?)
+}
+
+async fn list_all(store: &KvStore) -> Result<Vec<String>, Failed> {
+    let mut keys = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.list_keys(cursor.as_deref()).await?;
+        keys.extend(page.keys);
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    keys.sort();
+    Ok(keys)
+}
+
+/// Keys Cosmos ids forbid (`/ \ ? #`), 1024-byte keys (ASCII and multi-byte) and unicode
+/// round-trip through get and list-keys, byte for byte.
+async fn awkward_keys_round_trip(server: CosmosServer) -> TestResult {
+    let store = store(provider(&server).await?, "keys").await?;
+    let mut keys: Vec<String> = [
+        "/",
+        "\\",
+        "?",
+        "#",
+        "a/b\\c?d#e",
+        "%2F",
+        " ",
+        "..",
+        "é",
+        "e\u{301}",
+        "日本語",
+        "🔑",
+        "line\nbreak",
+        "tab\t",
+        "\u{1}",
+    ]
+    .iter()
+    .map(|key| key.to_string())
+    .collect();
+    keys.push("k".repeat(1024));
+    keys.push("é".repeat(512));
+    keys.push(format!("{}/", "/".repeat(1023)));
+    for (i, key) in keys.iter().enumerate() {
+        check(key.len() <= 1024, format!("test key {i} is too long"))?;
+        store.set(key, format!("value {i}").into_bytes()).await?;
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let value = store.get(key).await?;
+        check(
+            value.as_deref() == Some(format!("value {i}").as_bytes()),
+            format!("get of key {i} ({} bytes)", key.len()),
+        )?;
+    }
+    keys.sort();
+    check(
+        list_all(&store).await? == keys,
+        "list-keys returns every key as written",
+    )?;
+    for key in &keys {
+        store.delete(key).await?;
+    }
+    check(list_all(&store).await?.is_empty(), "all deleted")
+}
+
+/// Keys and namespaces with quotes and SQL fragments are data, never query text.
+async fn quotes_cannot_change_a_query(server: CosmosServer) -> TestResult {
+    let provider = provider(&server).await?;
+    let victim = store(provider.clone(), "victim").await?;
+    victim.set("secret", b"v".to_vec()).await?;
+    let injected = [
+        "x\" OR c.pk != \"x",
+        "x' OR 1=1 --",
+        "\") OR (true",
+        "victim",
+    ];
+    for namespace in injected {
+        let attacker = store(provider.clone(), namespace).await?;
+        attacker.set("\"k' OR 1=1 --", b"a".to_vec()).await?;
+        let listed = list_all(&attacker).await?;
+        if namespace == "victim" {
+            check(listed.len() == 2, format!("victim lists {listed:?}"))?;
+        } else {
+            check(
+                listed == vec!["\"k' OR 1=1 --".to_string()],
+                format!("namespace {namespace:?} lists {listed:?}"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The declared maximum is stored and read back; one byte more is `value-too-large` (the
+/// local server would accept it: this is the host's own check) and the old value stays.
+async fn value_at_the_exact_maximum(server: CosmosServer) -> TestResult {
+    let store = store(provider(&server).await?, "sizes").await?;
+    let key = "k".repeat(1024);
+    let largest: Vec<u8> = (0..MAX_VALUE_BYTES).map(|i| (i % 251) as u8).collect();
+    store.set(&key, largest.clone()).await?;
+    check(
+        store.get(&key).await?.as_deref() == Some(&largest[..]),
+        "the largest value round-trips",
+    )?;
+    let err = store
+        .set(&key, vec![0u8; MAX_VALUE_BYTES + 1])
+        .await
+        .err()
+        .ok_or("one byte over was accepted")?;
+    check(
+        err.kind() == ErrorKind::ValueTooLarge,
+        format!("one byte over: {err}"),
+    )?;
+    check(
+        store.get(&key).await?.as_deref() == Some(&largest[..]),
+        "the previous value is intact",
+    )
+}
+
+/// 8 tasks x 50 increments of one key end at exactly 400, each total seen once.
+async fn concurrent_increments_exact(server: CosmosServer) -> TestResult {
+    let store = store(provider(&server).await?, "counters").await?;
+    store.set("n", b"0".to_vec()).await?;
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut totals = Vec::new();
+                for _ in 0..50 {
+                    totals.push(store.increment("n", 1).await?);
+                }
+                Ok::<_, kv_core::KvError>(totals)
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for worker in workers {
+        seen.extend(
+            worker
+                .await
+                .map_err(|err| Failed::from(err.to_string()))??,
+        );
+    }
+    seen.sort_unstable();
+    check(
+        seen == (1..=400).collect::<Vec<i64>>(),
+        "every total 1..=400 once",
+    )?;
+    check(
+        store.get("n").await?.as_deref() == Some(&b"400"[..]),
+        "final value 400",
+    )
+}
+
+/// With the server stopped every operation fails `unavailable` within the bound; after a
+/// restart (empty: the container is recreated) the same provider serves again.
+async fn emulator_restart(mut server: CosmosServer) -> TestResult {
+    let provider = provider(&server).await?;
+    let store = store(provider.clone(), "restart").await?;
+    store.set("k", b"before".to_vec()).await?;
+    server.stop();
+    provider_tests::expect_outage(&store, Duration::from_secs(6)).await?;
+    server.restart().map_err(Failed::from)?;
+    kv_azure::client::connect(&config(&server)).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match store.set("k", b"after".to_vec()).await {
+            Ok(()) => break,
+            Err(err) if std::time::Instant::now() < deadline => {
+                eprintln!("not yet recovered: {err}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(err) => return Err(Failed::from(format!("no recovery: {err}"))),
+        }
+    }
+    check(
+        store.get("k").await?.as_deref() == Some(&b"after"[..]),
+        "read after restart",
+    )
+}
+
+fn main() -> ExitCode {
+    kv_conformance::harness::stay_on_loopback();
+    provider_tests::main::<CosmosServer>(
+        "cosmos",
+        CosmosServer::modules_dir().is_some(),
+        CosmosServer::start,
+        vec![
+            ("reserved_long_and_unicode_keys_round_trip", |s| {
+                Box::pin(awkward_keys_round_trip(s))
+            }),
+            ("quotes_in_keys_and_namespaces_cannot_change_a_query", |s| {
+                Box::pin(quotes_cannot_change_a_query(s))
+            }),
+            ("value_at_exact_maximum_and_one_byte_over", |s| {
+                Box::pin(value_at_the_exact_maximum(s))
+            }),
+            ("concurrent_increments_8x50_exact", |s| {
+                Box::pin(concurrent_increments_exact(s))
+            }),
+            (
+                "emulator_stop_gives_unavailable_and_restart_recovers",
+                |s| Box::pin(emulator_restart(s)),
+            ),
+        ],
+    )
+}

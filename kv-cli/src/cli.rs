@@ -155,7 +155,7 @@ pub struct ConformanceArgs {
     #[command(flatten)]
     pub stores: StoreArgs,
     /// Start the provider's local emulator on a free loopback port, run, and stop it
-    /// (redis: `redis-server`).
+    /// (redis-server, DynamoDB Local, fake-gcs-server, or the local Cosmos DB server).
     #[arg(long, conflicts_with_all = ["config", "stores"])]
     pub emulator: bool,
     /// Write report.json, report.xml and report.md into this directory.
