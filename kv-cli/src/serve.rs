@@ -28,7 +28,10 @@ use kv_core::host::{KvCtx, KvView, WasiKvView};
 use tokio::net::TcpListener;
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Config, Engine, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    UpdateDeadline,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -40,6 +43,9 @@ use crate::run::load_component;
 /// How often the engine's epoch advances: the granularity of the time limit, and how often
 /// a busy guest yields to other requests.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Requests that can run at once (instance slots of the pooling allocator).
+const MAX_CONCURRENT_INSTANCES: u32 = 256;
 
 /// Settings of one server.
 #[derive(Debug, Clone)]
@@ -236,6 +242,16 @@ impl Server {
         }
         let mut config = Config::new();
         config.epoch_interruption(true);
+        // Pre-reserved instance slots: per-request instantiation reuses memory instead of
+        // mapping it afresh. A request beyond the slots gets a 503.
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(MAX_CONCURRENT_INSTANCES)
+            .total_core_instances(MAX_CONCURRENT_INSTANCES * 4)
+            .total_memories(MAX_CONCURRENT_INSTANCES * 2)
+            .total_tables(MAX_CONCURRENT_INSTANCES * 4)
+            .total_stacks(MAX_CONCURRENT_INSTANCES)
+            .max_memory_size(options.memory_limit);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
         let component = load_component(&engine, &options.component)?;
         let mut linker = Linker::<RequestState>::new(&engine);
