@@ -1,16 +1,22 @@
 //! Building the SDK client: key auth, HTTP/1.1, text JSON, and (when configured) the database
 //! and container.
 
-use azure_core::credentials::Secret;
+use std::sync::Arc;
+
+use azure_core::credentials::{Secret, TokenCredential};
 use azure_data_cosmos::models::{ContainerProperties, TimeToLive};
 use azure_data_cosmos::options::{BinaryEncodingOptions, ConnectionPoolOptions};
 use azure_data_cosmos::{
     AccountEndpoint, AccountReference, ContainerClient, CosmosClient, CosmosRuntime,
     RoutingStrategy,
 };
+use azure_identity::{
+    ClientSecretCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
+    UserAssignedId, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+};
 use kv_core::KvError;
 
-use crate::config::CosmosConfig;
+use crate::config::{Auth, CosmosConfig};
 use crate::error::{Outcome, map_error, outcome};
 
 /// The partition key path of containers this provider uses.
@@ -22,15 +28,71 @@ pub const PARTITION_KEY_PATH: &str = "/pk";
 /// The SDK calls the Azure instance metadata service once per process unless
 /// `COSMOS_DISABLE_IMDS` is set; tests and CI set it.
 pub async fn connect(config: &CosmosConfig) -> Result<ContainerClient, KvError> {
-    let endpoint: AccountEndpoint = config
+    let account = match config.auth {
+        Auth::Key => {
+            let key = config
+                .key
+                .clone()
+                .ok_or_else(|| KvError::internal("cosmos: no account key configured"))?;
+            AccountReference::with_authentication_key(endpoint(config)?, Secret::from(key))
+        }
+        Auth::Entra => {
+            AccountReference::with_credential(endpoint(config)?, entra_credential(config)?)
+        }
+    };
+    connect_account(config, account).await
+}
+
+/// [`connect`] with an Entra ID token credential of the caller's choosing.
+pub async fn connect_with_credential(
+    config: &CosmosConfig,
+    credential: Arc<dyn TokenCredential>,
+) -> Result<ContainerClient, KvError> {
+    connect_account(
+        config,
+        AccountReference::with_credential(endpoint(config)?, credential),
+    )
+    .await
+}
+
+fn endpoint(config: &CosmosConfig) -> Result<AccountEndpoint, KvError> {
+    config
         .endpoint
         .parse()
-        .map_err(|err| KvError::internal(format!("cosmos endpoint {}: {err}", config.endpoint)))?;
-    let key = config
-        .key
-        .clone()
-        .ok_or_else(|| KvError::internal("cosmos: no account key configured"))?;
-    let account = AccountReference::with_authentication_key(endpoint, Secret::from(key));
+        .map_err(|err| KvError::internal(format!("cosmos endpoint {}: {err}", config.endpoint)))
+}
+
+/// The Entra ID credential `config` asks for (see [`Auth::Entra`]).
+fn entra_credential(config: &CosmosConfig) -> Result<Arc<dyn TokenCredential>, KvError> {
+    let failed =
+        |err: azure_core::Error| KvError::internal(format!("cosmos: Entra ID credential: {err}"));
+    if let (Some(tenant), Some(client), Some(secret)) =
+        (&config.tenant_id, &config.client_id, &config.client_secret)
+    {
+        let credential =
+            ClientSecretCredential::new(tenant, client.clone(), Secret::from(secret.clone()), None)
+                .map_err(failed)?;
+        return Ok(credential);
+    }
+    if std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").is_some() {
+        let options = WorkloadIdentityCredentialOptions {
+            client_id: config.client_id.clone(),
+            tenant_id: config.tenant_id.clone(),
+            ..Default::default()
+        };
+        return Ok(WorkloadIdentityCredential::new(Some(options)).map_err(failed)?);
+    }
+    let options = ManagedIdentityCredentialOptions {
+        user_assigned_id: config.client_id.clone().map(UserAssignedId::ClientId),
+        ..Default::default()
+    };
+    Ok(ManagedIdentityCredential::new(Some(options)).map_err(failed)?)
+}
+
+async fn connect_account(
+    config: &CosmosConfig,
+    account: AccountReference,
+) -> Result<ContainerClient, KvError> {
     // HTTP/1.1: the local server speaks nothing else, and keep-alive pools work the same.
     let pool = ConnectionPoolOptions::builder()
         .with_is_http2_allowed(false)

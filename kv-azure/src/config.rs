@@ -12,6 +12,17 @@ pub const KEY_ENV: &str = "AZURE_COSMOS_KEY";
 /// The region the local server (and a single-region account) reports.
 pub const DEFAULT_REGION: &str = "South Central US";
 
+/// How the client authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// The account key (`key` or `$AZURE_COSMOS_KEY`).
+    Key,
+    /// Microsoft Entra ID: a service principal when `tenant_id`, `client_id` and
+    /// `client_secret` are set; otherwise workload identity when `$AZURE_FEDERATED_TOKEN_FILE`
+    /// is set (AKS); otherwise managed identity (`client_id` picks a user-assigned one).
+    Entra,
+}
+
 /// Where the container is and how to reach it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CosmosConfig {
@@ -22,8 +33,16 @@ pub struct CosmosConfig {
     pub database: String,
     /// Container id (one container per deployment; stores are partition-key prefixes).
     pub container: String,
+    /// How to authenticate (`auth = "key" | "entra"`, default `key`).
+    pub auth: Auth,
     /// Account key (never printed); from `key =` or `$AZURE_COSMOS_KEY`.
     pub key: Option<String>,
+    /// Entra ID tenant (service principal).
+    pub tenant_id: Option<String>,
+    /// Entra ID application (service principal) or user-assigned managed identity.
+    pub client_id: Option<String>,
+    /// Service principal secret (never printed).
+    pub client_secret: Option<String>,
     /// The region the client runs in or nearest to; requests prefer it.
     pub region: String,
     /// Create the database and container (partition key `/pk`, TTL on) if missing.
@@ -36,7 +55,14 @@ impl fmt::Debug for CosmosConfig {
             .field("endpoint", &self.endpoint)
             .field("database", &self.database)
             .field("container", &self.container)
+            .field("auth", &self.auth)
             .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("region", &self.region)
             .field("create_container", &self.create_container)
             .finish()
@@ -59,7 +85,11 @@ impl CosmosConfig {
             endpoint: String::new(),
             database: String::new(),
             container: String::new(),
+            auth: Auth::Key,
             key: None,
+            tenant_id: None,
+            client_id: None,
+            client_secret: None,
             region: DEFAULT_REGION.to_string(),
             create_container: false,
         };
@@ -97,7 +127,7 @@ impl CosmosConfig {
             };
             config.apply(name, field)?;
         }
-        if config.key.is_none() {
+        if config.key.is_none() && config.auth == Auth::Key {
             config.key = env(KEY_ENV).filter(|key| !key.is_empty());
         }
         if config.endpoint.is_empty() || config.database.is_empty() || config.container.is_empty() {
@@ -123,10 +153,27 @@ impl CosmosConfig {
                 )));
             }
         }
-        if config.key.is_none() {
-            return Err(ConfigError(format!(
-                "the cosmos provider needs an account key: `key = \"${{{KEY_ENV}}}\"` or ${KEY_ENV}"
-            )));
+        match config.auth {
+            Auth::Key if config.key.is_none() => {
+                return Err(ConfigError(format!(
+                    "the cosmos provider needs an account key: `key = \"${{{KEY_ENV}}}\"` or \
+                     ${KEY_ENV} (or auth = \"entra\")"
+                )));
+            }
+            Auth::Entra if config.key.is_some() => {
+                return Err(ConfigError(
+                    "cosmos: `key` and auth = \"entra\" exclude each other".into(),
+                ));
+            }
+            Auth::Entra
+                if config.client_secret.is_some()
+                    && (config.tenant_id.is_none() || config.client_id.is_none()) =>
+            {
+                return Err(ConfigError(
+                    "cosmos: client_secret needs tenant_id and client_id".into(),
+                ));
+            }
+            _ => {}
         }
         Ok(config)
     }
@@ -141,6 +188,20 @@ impl CosmosConfig {
             "database" => self.database = text(value)?,
             "container" => self.container = text(value)?,
             "key" => self.key = Some(text(value)?).filter(|key| !key.is_empty()),
+            "auth" => {
+                self.auth = match text(value)?.as_str() {
+                    "key" => Auth::Key,
+                    "entra" => Auth::Entra,
+                    other => {
+                        return Err(ConfigError(format!(
+                            "cosmos: auth must be \"key\" or \"entra\", not {other:?}"
+                        )));
+                    }
+                }
+            }
+            "tenant_id" => self.tenant_id = Some(text(value)?),
+            "client_id" => self.client_id = Some(text(value)?),
+            "client_secret" => self.client_secret = Some(text(value)?),
             "region" => self.region = text(value)?,
             "create_container" => {
                 self.create_container = match value {
@@ -166,7 +227,11 @@ impl CosmosConfig {
     /// Identity of the client: stores with equal keys share one SDK client.
     pub fn connection_key(&self) -> String {
         use sha2::{Digest, Sha256};
-        let key = Sha256::digest(self.key.as_deref().unwrap_or("").as_bytes());
+        let mut hasher = Sha256::new();
+        hasher.update(self.key.as_deref().unwrap_or("").as_bytes());
+        hasher.update([0]);
+        hasher.update(self.client_secret.as_deref().unwrap_or("").as_bytes());
+        let key = hasher.finalize();
         format!("{self:?}/{key:x}")
     }
 }
@@ -223,6 +288,37 @@ mod tests {
             "cosmos://a.example/db/kv?key=k&colour=red",
             "cosmos:///db/kv?key=k&endpoint=http://example.com/",
             "cosmos://a.example/db/kv?key=k&create_container=yes",
+        ] {
+            assert!(
+                CosmosConfig::from_spec_with_env(&spec(bad), &no_env).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn file_form_and_entra() {
+        let config = kv_core::KvConfig::from_toml(
+            "[stores.users]\nprovider = \"cosmos\"\nendpoint = \"https://a.example:443/\"\n\
+             database = \"db\"\ncontainer = \"kv\"\nauth = \"entra\"\ntenant_id = \"t\"\n\
+             client_id = \"c\"\nclient_secret = \"${SECRET}\"\ncreate_container = true\n",
+            &|name| (name == "SECRET").then(|| "s3cr3t".to_string()),
+        )
+        .unwrap();
+        let parsed = CosmosConfig::from_spec_with_env(&config.stores["users"], &no_env).unwrap();
+        assert_eq!(parsed.auth, Auth::Entra);
+        assert_eq!(parsed.client_secret.as_deref(), Some("s3cr3t"));
+        assert!(parsed.create_container);
+        assert!(!format!("{parsed:?}").contains("s3cr3t"));
+        // Managed identity needs nothing else; a key and entra together are refused.
+        assert!(
+            CosmosConfig::from_spec_with_env(&spec("cosmos://a.example/db/kv?auth=entra"), &no_env)
+                .is_ok()
+        );
+        for bad in [
+            "cosmos://a.example/db/kv?auth=entra&key=k",
+            "cosmos://a.example/db/kv?auth=entra&client_secret=s",
+            "cosmos://a.example/db/kv?auth=password",
         ] {
             assert!(
                 CosmosConfig::from_spec_with_env(&spec(bad), &no_env).is_err(),

@@ -3,9 +3,15 @@
 //! it they are ignored, unless `KV_REQUIRE` names `cosmos`, where that is a failure.
 
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use azure_core::credentials::Secret;
+use azure_core::http::headers::Headers;
+use azure_core::http::{
+    AsyncRawResponse, Body, ClientOptions, HttpClient, Request, StatusCode, Transport,
+};
+use azure_identity::{ClientSecretCredential, ClientSecretCredentialOptions};
 use kv_azure::store::MAX_VALUE_BYTES;
 use kv_azure::{CosmosConfig, CosmosProvider};
 use kv_conformance::emulator::{COSMOS_EMULATOR_KEY, CosmosServer};
@@ -221,6 +227,69 @@ async fn emulator_restart(mut server: CosmosServer) -> TestResult {
     )
 }
 
+/// The token endpoint of a fake Entra ID authority, served in-process through the
+/// credential's HTTP transport: nothing leaves the machine, and the test sees every request.
+#[derive(Debug, Default)]
+struct FakeAuthority {
+    requests: Mutex<Vec<(String, String)>>,
+}
+
+#[async_trait::async_trait]
+impl HttpClient for FakeAuthority {
+    async fn execute_request(&self, request: &Request) -> azure_core::Result<AsyncRawResponse> {
+        let body = match request.body() {
+            Body::Bytes(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            _ => String::new(),
+        };
+        if let Ok(mut requests) = self.requests.lock() {
+            requests.push((request.url().to_string(), body));
+        }
+        let mut headers = Headers::new();
+        headers.insert("content-type", "application/json");
+        let token = r#"{"token_type":"Bearer","expires_in":3600,"ext_expires_in":3600,"access_token":"wasi-kv-test-token"}"#;
+        Ok(AsyncRawResponse::from_bytes(StatusCode::Ok, headers, token))
+    }
+}
+
+/// With Entra ID auth the provider gets a token for the Cosmos DB scope from the authority and
+/// serves with it (the local server does not check tokens; the real service does).
+async fn entra_id_token_auth(server: CosmosServer) -> TestResult {
+    let authority = Arc::new(FakeAuthority::default());
+    let options = ClientSecretCredentialOptions {
+        client_options: ClientOptions {
+            transport: Some(Transport::new(authority.clone())),
+            ..Default::default()
+        },
+    };
+    let credential = ClientSecretCredential::new(
+        "wasi-kv-tenant",
+        "wasi-kv-client".to_string(),
+        Secret::from("not-a-real-secret"),
+        Some(options),
+    )?;
+    let container = kv_azure::client::connect_with_credential(&config(&server), credential).await?;
+    let store = store(Arc::new(CosmosProvider::new(container)), "entra").await?;
+    store.set("k", b"v".to_vec()).await?;
+    check(
+        store.get("k").await?.as_deref() == Some(&b"v"[..]),
+        "read with a token",
+    )?;
+    let requests = authority
+        .requests
+        .lock()
+        .map_err(|_| Failed::from("lock"))?
+        .clone();
+    check(!requests.is_empty(), "no token was requested")?;
+    check(
+        requests.iter().all(|(url, body)| {
+            url.ends_with("/wasi-kv-tenant/oauth2/v2.0/token")
+                && body.contains("scope=https%3A%2F%2Fcosmos.azure.com%2F.default")
+                && body.contains("client_id=wasi-kv-client")
+        }),
+        format!("token requests: {requests:?}"),
+    )
+}
+
 fn main() -> ExitCode {
     kv_conformance::harness::stay_on_loopback();
     provider_tests::main::<CosmosServer>(
@@ -244,6 +313,9 @@ fn main() -> ExitCode {
                 "emulator_stop_gives_unavailable_and_restart_recovers",
                 |s| Box::pin(emulator_restart(s)),
             ),
+            ("entra_id_token_for_the_cosmos_scope_is_used", |s| {
+                Box::pin(entra_id_token_auth(s))
+            }),
         ],
     )
 }
