@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use azure_core::credentials::{Secret, TokenCredential};
 use azure_data_cosmos::models::{ContainerProperties, TimeToLive};
-use azure_data_cosmos::options::{BinaryEncodingOptions, ConnectionPoolOptions};
+use azure_data_cosmos::options::{
+    BinaryEncodingOptions, ConnectionPoolOptions, EndToEndOperationLatencyPolicy, OperationOptions,
+    ReadConsistencyStrategy,
+};
 use azure_data_cosmos::{
     AccountEndpoint, AccountReference, ContainerClient, CosmosClient, CosmosRuntime,
     RoutingStrategy,
@@ -16,7 +19,7 @@ use azure_identity::{
 };
 use kv_core::KvError;
 
-use crate::config::{Auth, CosmosConfig};
+use crate::config::{Auth, Consistency, CosmosConfig};
 use crate::error::{Outcome, map_error, outcome};
 
 /// The partition key path of containers this provider uses.
@@ -103,8 +106,16 @@ async fn connect_account(
         .build()
         .await
         .map_err(|err| map_error("runtime", err))?;
+    let mut operation = OperationOptions::default();
+    operation.read_consistency_strategy = match config.consistency {
+        Consistency::AccountDefault => None,
+        Consistency::Session => Some(ReadConsistencyStrategy::Session),
+        Consistency::LatestCommitted => Some(ReadConsistencyStrategy::LatestCommitted),
+    };
+    operation.end_to_end_latency_policy = config.timeout.map(EndToEndOperationLatencyPolicy::new);
     let client = CosmosClient::builder()
         .with_runtime(runtime)
+        .with_default_operation_options(operation)
         // Text JSON: values are base64 strings either way, and only the real service
         // understands the binary encoding.
         .with_binary_encoding_options(BinaryEncodingOptions::new().with_enabled(false))

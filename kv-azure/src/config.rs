@@ -23,6 +23,17 @@ pub enum Auth {
     Entra,
 }
 
+/// The read consistency requested per operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// The account's default level (Session for new accounts).
+    AccountDefault,
+    /// Session: a client reads its own writes.
+    Session,
+    /// The latest committed write in the region (needs Bounded Staleness or Strong accounts).
+    LatestCommitted,
+}
+
 /// Where the container is and how to reach it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CosmosConfig {
@@ -45,6 +56,11 @@ pub struct CosmosConfig {
     pub client_secret: Option<String>,
     /// The region the client runs in or nearest to; requests prefer it.
     pub region: String,
+    /// Read consistency (`consistency = "default" | "session" | "latest-committed"`).
+    pub consistency: Consistency,
+    /// End-to-end limit of one SDK operation, retries included (`timeout_ms`); the host's own
+    /// `operation_timeout_ms` applies on top.
+    pub timeout: Option<std::time::Duration>,
     /// Create the database and container (partition key `/pk`, TTL on) if missing.
     pub create_container: bool,
 }
@@ -64,6 +80,8 @@ impl fmt::Debug for CosmosConfig {
                 &self.client_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("region", &self.region)
+            .field("consistency", &self.consistency)
+            .field("timeout", &self.timeout)
             .field("create_container", &self.create_container)
             .finish()
     }
@@ -91,6 +109,8 @@ impl CosmosConfig {
             client_id: None,
             client_secret: None,
             region: DEFAULT_REGION.to_string(),
+            consistency: Consistency::AccountDefault,
+            timeout: None,
             create_container: false,
         };
         if let Some(url) = &spec.url {
@@ -123,6 +143,7 @@ impl CosmosConfig {
             let field = match value {
                 toml::Value::String(text) => Field::Text(text.clone()),
                 toml::Value::Boolean(flag) => Field::Flag(*flag),
+                toml::Value::Integer(n) => Field::Number(*n),
                 _ => return Err(ConfigError(format!("`{name}` has an unsupported type"))),
             };
             config.apply(name, field)?;
@@ -181,7 +202,9 @@ impl CosmosConfig {
     fn apply(&mut self, name: &str, value: Field) -> Result<(), ConfigError> {
         let text = |value: Field| match value {
             Field::Text(text) => Ok(text),
-            Field::Flag(_) => Err(ConfigError(format!("`{name}` must be a string"))),
+            Field::Flag(_) | Field::Number(_) => {
+                Err(ConfigError(format!("`{name}` must be a string")))
+            }
         };
         match name {
             "endpoint" => self.endpoint = text(value)?,
@@ -199,6 +222,36 @@ impl CosmosConfig {
                     }
                 }
             }
+            "consistency" => {
+                self.consistency = match text(value)?.as_str() {
+                    "default" => Consistency::AccountDefault,
+                    "session" => Consistency::Session,
+                    "latest-committed" => Consistency::LatestCommitted,
+                    "eventual" => {
+                        return Err(ConfigError(
+                            "cosmos: consistency \"eventual\" would break read-your-writes \
+                             (docs/semantics.md); use session or stronger"
+                                .into(),
+                        ));
+                    }
+                    other => {
+                        return Err(ConfigError(format!(
+                            "cosmos: consistency must be default, session or latest-committed, \
+                             not {other:?}"
+                        )));
+                    }
+                }
+            }
+            "timeout_ms" => {
+                let ms = match value {
+                    Field::Text(text) => text.parse::<u64>().ok(),
+                    Field::Number(n) => u64::try_from(n).ok(),
+                    Field::Flag(_) => None,
+                }
+                .filter(|ms| (1..=600_000).contains(ms))
+                .ok_or_else(|| ConfigError("cosmos: timeout_ms must be 1 to 600000".into()))?;
+                self.timeout = Some(std::time::Duration::from_millis(ms));
+            }
             "tenant_id" => self.tenant_id = Some(text(value)?),
             "client_id" => self.client_id = Some(text(value)?),
             "client_secret" => self.client_secret = Some(text(value)?),
@@ -208,7 +261,7 @@ impl CosmosConfig {
                     Field::Flag(flag) => flag,
                     Field::Text(text) if text == "true" => true,
                     Field::Text(text) if text == "false" => false,
-                    Field::Text(_) => {
+                    Field::Text(_) | Field::Number(_) => {
                         return Err(ConfigError(
                             "`create_container` must be true or false".into(),
                         ));
@@ -239,6 +292,7 @@ impl CosmosConfig {
 enum Field {
     Text(String),
     Flag(bool),
+    Number(i64),
 }
 
 #[cfg(test)]
@@ -315,7 +369,16 @@ mod tests {
             CosmosConfig::from_spec_with_env(&spec("cosmos://a.example/db/kv?auth=entra"), &no_env)
                 .is_ok()
         );
+        let tuned = CosmosConfig::from_spec_with_env(
+            &spec("cosmos://a.example/db/kv?key=k&consistency=session&timeout_ms=5000"),
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(tuned.consistency, Consistency::Session);
+        assert_eq!(tuned.timeout, Some(std::time::Duration::from_secs(5)));
         for bad in [
+            "cosmos://a.example/db/kv?key=k&consistency=eventual",
+            "cosmos://a.example/db/kv?key=k&timeout_ms=0",
             "cosmos://a.example/db/kv?auth=entra&key=k",
             "cosmos://a.example/db/kv?auth=entra&client_secret=s",
             "cosmos://a.example/db/kv?auth=password",

@@ -25,7 +25,8 @@ fn config(server: &CosmosServer) -> CosmosConfig {
         .replace('/', "%2F")
         .replace('=', "%3D");
     let url = format!(
-        "t=cosmos:///wasikv/provider-tests?endpoint={}&key={key}&create_container=true",
+        "t=cosmos:///wasikv/provider-tests?endpoint={}&key={key}&create_container=true\
+         &consistency=session&timeout_ms=10000",
         server.endpoint()
     );
     let (_, spec) = kv_core::config::parse_short_form(&url).expect("url parses");

@@ -160,7 +160,8 @@ pub async fn start_emulator(provider: &str) -> anyhow::Result<(String, String, G
             // The local server's well-known key, an explicit loopback endpoint, and
             // COSMOS_DISABLE_IMDS (set by the caller): nothing reaches Azure.
             let url = format!(
-                "cosmos:///wasikv/conformance?endpoint={}&create_container=true&key={}",
+                "cosmos:///wasikv/conformance?endpoint={}&create_container=true\
+                 &consistency=session&timeout_ms=10000&key={}",
                 server.endpoint(),
                 kv_conformance::emulator::COSMOS_EMULATOR_KEY
                     .replace('+', "%2B")

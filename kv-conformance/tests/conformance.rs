@@ -105,7 +105,8 @@ fn cosmos_spec(endpoint: &str) -> Result<kv_core::StoreSpec, String> {
         .replace('/', "%2F")
         .replace('=', "%3D");
     let url = format!(
-        "cosmos=cosmos:///wasikv/conformance?endpoint={endpoint}&create_container=true&key={key}"
+        "cosmos=cosmos:///wasikv/conformance?endpoint={endpoint}&create_container=true\
+         &consistency=session&timeout_ms=10000&key={key}"
     );
     let (_, spec) = kv_core::config::parse_short_form(&url).map_err(|err| err.to_string())?;
     Ok(spec)
