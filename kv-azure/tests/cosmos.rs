@@ -50,16 +50,7 @@ async fn store(provider: Arc<CosmosProvider>, namespace: &str) -> Result<KvStore
 }
 
 async fn list_all(store: &KvStore) -> Result<Vec<String>, Failed> {
-    let mut keys = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = store.list_keys(cursor.as_deref()).await?;
-        keys.extend(page.keys);
-        match page.cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
+    let mut keys = provider_tests::list_all(store).await?;
     keys.sort();
     Ok(keys)
 }
@@ -170,35 +161,7 @@ async fn value_at_the_exact_maximum(server: CosmosServer) -> TestResult {
 async fn concurrent_increments_exact(server: CosmosServer) -> TestResult {
     let store = store(provider(&server).await?, "counters").await?;
     store.set("n", b"0".to_vec()).await?;
-    let workers: Vec<_> = (0..8)
-        .map(|_| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let mut totals = Vec::new();
-                for _ in 0..50 {
-                    totals.push(store.increment("n", 1).await?);
-                }
-                Ok::<_, kv_core::KvError>(totals)
-            })
-        })
-        .collect();
-    let mut seen = Vec::new();
-    for worker in workers {
-        seen.extend(
-            worker
-                .await
-                .map_err(|err| Failed::from(err.to_string()))??,
-        );
-    }
-    seen.sort_unstable();
-    check(
-        seen == (1..=400).collect::<Vec<i64>>(),
-        "every total 1..=400 once",
-    )?;
-    check(
-        store.get("n").await?.as_deref() == Some(&b"400"[..]),
-        "final value 400",
-    )
+    provider_tests::concurrent_increments_exact(&store).await
 }
 
 /// With the server stopped every operation fails `unavailable` within the bound; after a

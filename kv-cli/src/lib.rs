@@ -22,6 +22,12 @@ pub fn registry() -> ProviderRegistry {
     registry
 }
 
+/// The stores of `--config` and `--store`, connected (what `run` and `serve` offer).
+pub async fn open_stores(args: &cli::StoreArgs) -> anyhow::Result<std::sync::Arc<kv_core::Stores>> {
+    let config = load_config(args.config.as_deref(), &args.stores)?;
+    Ok(std::sync::Arc::new(registry().build(&config).await?))
+}
+
 /// Reads `--config` (if any) and applies `--store` short forms on top.
 pub fn load_config(
     config: Option<&std::path::Path>,

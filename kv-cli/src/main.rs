@@ -52,8 +52,7 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
-            let config = kv_cli::load_config(args.stores.config.as_deref(), &args.stores.stores)?;
-            let stores = Arc::new(kv_cli::registry().build(&config).await?);
+            let stores = kv_cli::open_stores(&args.stores).await?;
             let options = RunOptions {
                 component: args.component,
                 args: args.args,
@@ -64,8 +63,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
         Command::Serve(args) => {
-            let config = kv_cli::load_config(args.stores.config.as_deref(), &args.stores.stores)?;
-            let stores = Arc::new(kv_cli::registry().build(&config).await?);
+            let stores = kv_cli::open_stores(&args.stores).await?;
             let options = ServeOptions {
                 component: args.component,
                 envs: args.envs,

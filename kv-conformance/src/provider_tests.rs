@@ -97,3 +97,51 @@ pub async fn expect_outage(store: &KvStore, bound: Duration) -> Result<(), Faile
     }
     Ok(())
 }
+
+/// Every key of `store`, page by page, in listing order.
+pub async fn list_all(store: &KvStore) -> Result<Vec<String>, Failed> {
+    let mut keys = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store.list_keys(cursor.as_deref()).await?;
+        keys.extend(page.keys);
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(keys),
+        }
+    }
+}
+
+/// 8 tasks × 50 increments of one key: every total 1..=400 is returned exactly once and the
+/// stored value ends at 400.
+pub async fn concurrent_increments_exact(store: &KvStore) -> TestResult {
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut totals = Vec::new();
+                for _ in 0..50 {
+                    totals.push(store.increment("n", 1).await?);
+                }
+                Ok::<_, kv_core::KvError>(totals)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(
+            worker
+                .await
+                .map_err(|err| Failed::from(err.to_string()))??,
+        );
+    }
+    all.sort_unstable();
+    check(
+        all == (1..=400).collect::<Vec<i64>>(),
+        "each total 1..=400 returned once",
+    )?;
+    check(
+        store.get("n").await?.as_deref() == Some(&b"400"[..]),
+        "final value 400",
+    )
+}

@@ -35,19 +35,6 @@ async fn store(provider: Arc<dyn Provider>, namespace: &str) -> Result<KvStore, 
     Ok(stores.open("s").await?)
 }
 
-async fn list_all(store: &KvStore) -> Result<Vec<String>, Failed> {
-    let mut keys = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = store.list_keys(cursor.as_deref()).await?;
-        keys.extend(page.keys);
-        match page.cursor {
-            Some(next) => cursor = Some(next),
-            None => return Ok(keys),
-        }
-    }
-}
-
 async fn awkward_keys_round_trip(server: FakeGcsServer) -> TestResult {
     let store = store(provider(&server).await?, "keys").await?;
     let mut keys: Vec<String> = [
@@ -90,7 +77,7 @@ async fn awkward_keys_round_trip(server: FakeGcsServer) -> TestResult {
             format!("{key:?}: {value:?}"),
         )?;
     }
-    let mut listed = list_all(&store).await?;
+    let mut listed = provider_tests::list_all(&store).await?;
     listed.sort();
     keys.sort();
     check(listed == keys, format!("listed {listed:?}"))?;
@@ -117,36 +104,7 @@ async fn empty_and_five_megabyte_values(server: FakeGcsServer) -> TestResult {
 
 async fn concurrent_increments_exact(server: FakeGcsServer) -> TestResult {
     let store = store(provider(&server).await?, "counters").await?;
-    let workers: Vec<_> = (0..8)
-        .map(|_| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let mut totals = Vec::new();
-                for _ in 0..50 {
-                    totals.push(store.increment("n", 1).await?);
-                }
-                Ok::<_, kv_core::KvError>(totals)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for worker in workers {
-        all.extend(
-            worker
-                .await
-                .map_err(|err| Failed::from(err.to_string()))??,
-        );
-    }
-    all.sort_unstable();
-    check(
-        all == (1..=400).collect::<Vec<i64>>(),
-        "each total returned once",
-    )?;
-    check(
-        store.get("n").await?.as_deref() == Some(&b"400"[..]),
-        "final value",
-    )?;
-    Ok(())
+    provider_tests::concurrent_increments_exact(&store).await
 }
 
 async fn emulator_restart(mut server: FakeGcsServer) -> TestResult {

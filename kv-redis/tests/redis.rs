@@ -40,16 +40,7 @@ async fn glob_characters_stay_isolated(server: RedisServer) -> TestResult {
     }
     for namespace in namespaces {
         let store = stores.open(namespace).await?;
-        let mut keys = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let page = store.list_keys(cursor.as_deref()).await?;
-            keys.extend(page.keys);
-            match page.cursor {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
+        let mut keys = provider_tests::list_all(&store).await?;
         keys.sort();
         keys.dedup();
         check(
