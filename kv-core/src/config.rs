@@ -25,7 +25,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::limits::{Limits, MAX_LIST_PAGE};
-use crate::store::Access;
+use crate::store::{Access, CursorSecret};
 
 /// A configuration problem, reported as one line naming where it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,6 +116,8 @@ pub struct KvConfig {
     pub stores: BTreeMap<String, StoreSpec>,
     /// Host limits shared by every store.
     pub limits: Limits,
+    /// `[cursors] secret`: list cursors signed with it are accepted by every host that has it.
+    pub cursor_secret: Option<CursorSecret>,
 }
 
 impl KvConfig {
@@ -130,6 +132,9 @@ impl KvConfig {
         let mut config = KvConfig::default();
         if let Some(limits) = root.remove("limits") {
             config.limits = parse_limits(limits)?;
+        }
+        if let Some(cursors) = root.remove("cursors") {
+            config.cursor_secret = Some(parse_cursors(cursors, env)?);
         }
         if let Some(stores) = root.remove("stores") {
             let toml::Value::Table(stores) = stores else {
@@ -147,7 +152,7 @@ impl KvConfig {
         if let Some(unknown) = root.keys().next() {
             return Err(ConfigError::at(
                 unknown,
-                "unknown top-level key (expected `stores` or `limits`)",
+                "unknown top-level key (expected `stores`, `limits` or `cursors`)",
             ));
         }
         Ok(config)
@@ -167,6 +172,33 @@ impl KvConfig {
         self.stores.insert(name, spec);
         Ok(())
     }
+}
+
+/// `[cursors] secret = "${WASI_KV_CURSOR_SECRET}"`, at least 16 bytes.
+fn parse_cursors(
+    value: toml::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<CursorSecret, ConfigError> {
+    let toml::Value::Table(mut table) = value else {
+        return Err(ConfigError::at("cursors", "must be a table"));
+    };
+    let secret = match table.remove("secret") {
+        Some(toml::Value::String(text)) => expand_env("cursors.secret", &text, env)?,
+        Some(_) => return Err(ConfigError::at("cursors.secret", "must be a string")),
+        None => return Err(ConfigError::at("cursors", "needs `secret`")),
+    };
+    if let Some(unknown) = table.keys().next() {
+        return Err(ConfigError::at(
+            format!("cursors.{unknown}"),
+            "unknown key (expected `secret`)",
+        ));
+    }
+    CursorSecret::new(secret).ok_or_else(|| {
+        ConfigError::at(
+            "cursors.secret",
+            format!("must be at least {} bytes", CursorSecret::MIN_BYTES),
+        )
+    })
 }
 
 fn one_line(text: &str) -> String {
@@ -408,6 +440,23 @@ mod tests {
             "PASS" => Some("s3cret".to_string()),
             "NS" => Some("team-a".to_string()),
             _ => None,
+        }
+    }
+
+    #[test]
+    fn cursor_secret_from_file() {
+        let env = |name: &str| (name == "CURSORS").then(|| "a shared replica secret".to_string());
+        let config = KvConfig::from_toml("[cursors]\nsecret = \"${CURSORS}\"\n", &env).unwrap();
+        assert!(config.cursor_secret.is_some());
+        assert!(!format!("{config:?}").contains("replica"));
+        for bad in [
+            "[cursors]\nsecret = \"short\"\n",
+            "[cursors]\n",
+            "[cursors]\nsecret = 5\n",
+            "[cursors]\nsecret = \"0123456789abcdef\"\nextra = 1\n",
+            "[cursors]\nsecret = \"${UNSET}\"\n",
+        ] {
+            assert!(KvConfig::from_toml(bad, &env).is_err(), "{bad}");
         }
     }
 

@@ -29,7 +29,7 @@ pub use error::{ErrorKind, KvError, Result};
 pub use limits::{Limits, RetryPolicy};
 pub use memory::MemoryProvider;
 pub use provider::{Bucket, KeyPage, Provider, SwapOutcome, Version, Versioned};
-pub use store::{Access, KvStore};
+pub use store::{Access, CursorSecret, KvStore};
 pub use stores::{MemoryFactory, ProviderFactory, ProviderRegistry, Stores, StoresBuilder};
 
 /// The WIT version of the keyvalue interfaces this crate implements first.

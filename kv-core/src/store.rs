@@ -51,6 +51,27 @@ impl Access {
     }
 }
 
+/// The configured cursor-signing secret (`[cursors] secret`); never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CursorSecret(String);
+
+impl CursorSecret {
+    /// Shortest accepted secret, in bytes.
+    pub const MIN_BYTES: usize = 16;
+
+    /// `secret`, if it is at least [`CursorSecret::MIN_BYTES`] long.
+    pub fn new(secret: impl Into<String>) -> Option<CursorSecret> {
+        let secret = secret.into();
+        (secret.len() >= Self::MIN_BYTES).then_some(CursorSecret(secret))
+    }
+}
+
+impl std::fmt::Debug for CursorSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CursorSecret(<redacted>)")
+    }
+}
+
 /// Signs cursors so a guest can only hand back cursors this host issued for the same store.
 #[derive(Clone)]
 pub(crate) struct CursorSigner {
@@ -61,6 +82,14 @@ impl CursorSigner {
     pub(crate) fn random() -> Self {
         CursorSigner {
             secret: rand::random(),
+        }
+    }
+
+    /// A signer every host configured with the same secret shares, so a cursor issued by one
+    /// replica is accepted by another.
+    pub(crate) fn from_secret(secret: &CursorSecret) -> Self {
+        CursorSigner {
+            secret: Sha256::digest(secret.0.as_bytes()).into(),
         }
     }
 
@@ -472,6 +501,16 @@ mod tests {
         }
         let other = CursorSigner::random();
         assert!(other.open("memory\u{0}a", &sealed).is_err());
+        // Replicas configured with one secret accept each other's cursors; others do not.
+        let secret = CursorSecret::new("0123456789abcdef").unwrap();
+        let replica = CursorSigner::from_secret(&secret);
+        let sealed = replica.seal("memory\u{0}a", "k/1");
+        let peer = CursorSigner::from_secret(&secret);
+        assert_eq!(peer.open("memory\u{0}a", &sealed).unwrap(), "k/1");
+        let stranger = CursorSigner::from_secret(&CursorSecret::new("fedcba9876543210").unwrap());
+        assert!(stranger.open("memory\u{0}a", &sealed).is_err());
+        assert!(CursorSecret::new("short").is_none());
+        assert!(!format!("{secret:?}").contains("0123"));
     }
 
     #[test]

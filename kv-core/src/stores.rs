@@ -12,7 +12,7 @@ use crate::error::{ErrorKind, KvError, Result};
 use crate::limits::Limits;
 use crate::memory::MemoryProvider;
 use crate::provider::{Bucket, Provider};
-use crate::store::{Access, CursorSigner, KvStore, KvStoreParts};
+use crate::store::{Access, CursorSecret, CursorSigner, KvStore, KvStoreParts};
 
 /// Builds a provider from a [`StoreSpec`]; one per provider crate.
 #[async_trait]
@@ -124,7 +124,8 @@ impl ProviderRegistry {
             specs.insert(name, spec);
         }
         let mut connections: HashMap<String, Arc<dyn Provider>> = HashMap::new();
-        let mut builder = Stores::builder(config.limits.clone());
+        let mut builder =
+            Stores::builder(config.limits.clone()).cursor_secret(config.cursor_secret.clone());
         for (name, spec) in &specs {
             let place = format!("store {name:?}");
             let factory = self
@@ -178,6 +179,7 @@ impl std::fmt::Debug for Stores {
 pub struct StoresBuilder {
     bindings: HashMap<String, Binding>,
     limits: Limits,
+    cursor_secret: Option<CursorSecret>,
 }
 
 impl StoresBuilder {
@@ -201,12 +203,23 @@ impl StoresBuilder {
         self
     }
 
+    /// Signs list cursors with `secret` instead of a per-process random one, so every host
+    /// configured with it (replicas behind a load balancer) accepts the others' cursors.
+    pub fn cursor_secret(mut self, secret: Option<CursorSecret>) -> Self {
+        self.cursor_secret = secret;
+        self
+    }
+
     /// The finished set.
     pub fn build(self) -> Stores {
+        let cursors = match &self.cursor_secret {
+            Some(secret) => CursorSigner::from_secret(secret),
+            None => CursorSigner::random(),
+        };
         Stores {
             bindings: self.bindings,
             limits: self.limits,
-            cursors: CursorSigner::random(),
+            cursors,
         }
     }
 }
@@ -217,6 +230,7 @@ impl Stores {
         StoresBuilder {
             bindings: HashMap::new(),
             limits,
+            cursor_secret: None,
         }
     }
 

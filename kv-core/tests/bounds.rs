@@ -274,3 +274,50 @@ async fn unknown_and_denied_stores_are_classified() {
         ErrorKind::AccessDenied
     );
 }
+
+/// Hosts configured with one cursor secret (replicas behind a load balancer) accept each
+/// other's list cursors, so a listing can move between them; a host with another secret
+/// refuses them as `invalid-cursor`.
+#[tokio::test]
+async fn replicas_with_one_cursor_secret_share_cursors() {
+    let shared: Arc<dyn Provider> = Arc::new(kv_core::MemoryProvider::new());
+    let limits = Limits {
+        list_page_size: 2,
+        ..Limits::default()
+    };
+    let host = |secret: &str| {
+        Stores::builder(limits.clone())
+            .store("s", shared.clone(), "ns", Access::ReadWrite)
+            .cursor_secret(kv_core::CursorSecret::new(secret))
+            .build()
+    };
+    let (a, b) = (host("one shared secret!"), host("one shared secret!"));
+    let stranger = host("a different secret");
+    let (a, b, stranger) = (
+        a.open("s").await.unwrap(),
+        b.open("s").await.unwrap(),
+        stranger.open("s").await.unwrap(),
+    );
+    for key in ["a", "b", "c", "d", "e"] {
+        a.set(key, b"v".to_vec()).await.unwrap();
+    }
+    let mut keys = Vec::new();
+    let mut cursor: Option<String> = None;
+    for turn in 0.. {
+        let host = if turn % 2 == 0 { &a } else { &b };
+        let page = host.list_keys(cursor.as_deref()).await.unwrap();
+        keys.extend(page.keys);
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    keys.sort();
+    assert_eq!(keys, ["a", "b", "c", "d", "e"]);
+    let first = a.list_keys(None).await.unwrap();
+    let err = stranger
+        .list_keys(first.cursor.as_deref())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidCursor);
+}
