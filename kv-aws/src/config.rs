@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use kv_core::config::redact_url;
+use kv_core::config::{ProviderField, redact_url};
 use kv_core::{ConfigError, StoreSpec};
 
 /// Where the table is and how to reach it.
@@ -69,18 +69,9 @@ impl DynamoConfig {
                     "{shown}: expected dynamodb://TABLE?region=.."
                 )));
             }
-            for (name, value) in url.query_pairs() {
-                config.apply(&name, Field::Text(value.into_owned()))?;
-            }
         }
-        for (name, value) in &spec.options {
-            let field = match value {
-                toml::Value::String(text) => Field::Text(text.clone()),
-                toml::Value::Boolean(flag) => Field::Flag(*flag),
-                toml::Value::Integer(n) => Field::Number(*n),
-                _ => return Err(ConfigError(format!("`{name}` has an unsupported type"))),
-            };
-            config.apply(name, field)?;
+        for field in spec.provider_fields() {
+            config.apply(&field)?;
         }
         if config.table.is_empty() {
             return Err(ConfigError(
@@ -95,37 +86,16 @@ impl DynamoConfig {
         Ok(config)
     }
 
-    fn apply(&mut self, name: &str, value: Field) -> Result<(), ConfigError> {
-        let text = |value: Field| match value {
-            Field::Text(text) => Ok(text),
-            _ => Err(ConfigError(format!("`{name}` must be a string"))),
-        };
-        match name {
-            "table" => self.table = text(value)?,
-            "region" => self.region = Some(text(value)?),
-            "endpoint" => self.endpoint = Some(text(value)?),
-            "profile" => self.profile = Some(text(value)?),
-            "access_key_id" => self.access_key_id = Some(text(value)?),
-            "secret_access_key" => self.secret_access_key = Some(text(value)?),
-            "create_table" => {
-                self.create_table = match value {
-                    Field::Flag(flag) => flag,
-                    Field::Text(text) if text == "true" => true,
-                    Field::Text(text) if text == "false" => false,
-                    _ => return Err(ConfigError("`create_table` must be true or false".into())),
-                }
-            }
-            "max_attempts" => {
-                let attempts = match value {
-                    Field::Number(n) => Some(n),
-                    Field::Text(text) => text.parse().ok(),
-                    Field::Flag(_) => None,
-                };
-                self.max_attempts = attempts
-                    .filter(|n| (1..=10).contains(n))
-                    .ok_or_else(|| ConfigError("`max_attempts` must be 1 to 10".into()))?
-                    as u32;
-            }
+    fn apply(&mut self, field: &ProviderField) -> Result<(), ConfigError> {
+        match field.name.as_str() {
+            "table" => self.table = field.text()?,
+            "region" => self.region = Some(field.text()?),
+            "endpoint" => self.endpoint = Some(field.text()?),
+            "profile" => self.profile = Some(field.text()?),
+            "access_key_id" => self.access_key_id = Some(field.text()?),
+            "secret_access_key" => self.secret_access_key = Some(field.text()?),
+            "create_table" => self.create_table = field.flag()?,
+            "max_attempts" => self.max_attempts = field.integer(1..=10)? as u32,
             other => {
                 return Err(ConfigError(format!(
                     "unknown field `{other}` for the dynamodb provider"
@@ -141,12 +111,6 @@ impl DynamoConfig {
         let secret = Sha256::digest(self.secret_access_key.as_deref().unwrap_or("").as_bytes());
         format!("{self:?}/{secret:x}")
     }
-}
-
-enum Field {
-    Text(String),
-    Flag(bool),
-    Number(i64),
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use kv_core::config::redact_url;
+use kv_core::config::{ProviderField, redact_url};
 use kv_core::{ConfigError, StoreSpec};
 
 /// The environment variable read for the account key when the config has none.
@@ -135,18 +135,9 @@ impl CosmosConfig {
                     )));
                 }
             }
-            for (name, value) in url.query_pairs() {
-                config.apply(&name, Field::Text(value.into_owned()))?;
-            }
         }
-        for (name, value) in &spec.options {
-            let field = match value {
-                toml::Value::String(text) => Field::Text(text.clone()),
-                toml::Value::Boolean(flag) => Field::Flag(*flag),
-                toml::Value::Integer(n) => Field::Number(*n),
-                _ => return Err(ConfigError(format!("`{name}` has an unsupported type"))),
-            };
-            config.apply(name, field)?;
+        for field in spec.provider_fields() {
+            config.apply(&field)?;
         }
         if config.key.is_none() && config.auth == Auth::Key {
             config.key = env(KEY_ENV).filter(|key| !key.is_empty());
@@ -199,20 +190,14 @@ impl CosmosConfig {
         Ok(config)
     }
 
-    fn apply(&mut self, name: &str, value: Field) -> Result<(), ConfigError> {
-        let text = |value: Field| match value {
-            Field::Text(text) => Ok(text),
-            Field::Flag(_) | Field::Number(_) => {
-                Err(ConfigError(format!("`{name}` must be a string")))
-            }
-        };
-        match name {
-            "endpoint" => self.endpoint = text(value)?,
-            "database" => self.database = text(value)?,
-            "container" => self.container = text(value)?,
-            "key" => self.key = Some(text(value)?).filter(|key| !key.is_empty()),
+    fn apply(&mut self, field: &ProviderField) -> Result<(), ConfigError> {
+        match field.name.as_str() {
+            "endpoint" => self.endpoint = field.text()?,
+            "database" => self.database = field.text()?,
+            "container" => self.container = field.text()?,
+            "key" => self.key = Some(field.text()?).filter(|key| !key.is_empty()),
             "auth" => {
-                self.auth = match text(value)?.as_str() {
+                self.auth = match field.text()?.as_str() {
                     "key" => Auth::Key,
                     "entra" => Auth::Entra,
                     other => {
@@ -223,7 +208,7 @@ impl CosmosConfig {
                 }
             }
             "consistency" => {
-                self.consistency = match text(value)?.as_str() {
+                self.consistency = match field.text()?.as_str() {
                     "default" => Consistency::AccountDefault,
                     "session" => Consistency::Session,
                     "latest-committed" => Consistency::LatestCommitted,
@@ -243,31 +228,14 @@ impl CosmosConfig {
                 }
             }
             "timeout_ms" => {
-                let ms = match value {
-                    Field::Text(text) => text.parse::<u64>().ok(),
-                    Field::Number(n) => u64::try_from(n).ok(),
-                    Field::Flag(_) => None,
-                }
-                .filter(|ms| (1..=600_000).contains(ms))
-                .ok_or_else(|| ConfigError("cosmos: timeout_ms must be 1 to 600000".into()))?;
+                let ms = field.integer(1..=600_000)? as u64;
                 self.timeout = Some(std::time::Duration::from_millis(ms));
             }
-            "tenant_id" => self.tenant_id = Some(text(value)?),
-            "client_id" => self.client_id = Some(text(value)?),
-            "client_secret" => self.client_secret = Some(text(value)?),
-            "region" => self.region = text(value)?,
-            "create_container" => {
-                self.create_container = match value {
-                    Field::Flag(flag) => flag,
-                    Field::Text(text) if text == "true" => true,
-                    Field::Text(text) if text == "false" => false,
-                    Field::Text(_) | Field::Number(_) => {
-                        return Err(ConfigError(
-                            "`create_container` must be true or false".into(),
-                        ));
-                    }
-                }
-            }
+            "tenant_id" => self.tenant_id = Some(field.text()?),
+            "client_id" => self.client_id = Some(field.text()?),
+            "client_secret" => self.client_secret = Some(field.text()?),
+            "region" => self.region = field.text()?,
+            "create_container" => self.create_container = field.flag()?,
             other => {
                 return Err(ConfigError(format!(
                     "unknown field `{other}` for the cosmos provider"
@@ -287,12 +255,6 @@ impl CosmosConfig {
         let key = hasher.finalize();
         format!("{self:?}/{key:x}")
     }
-}
-
-enum Field {
-    Text(String),
-    Flag(bool),
-    Number(i64),
 }
 
 #[cfg(test)]

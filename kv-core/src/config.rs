@@ -54,6 +54,72 @@ pub struct StoreSpec {
     pub options: toml::Table,
 }
 
+impl StoreSpec {
+    /// The provider's own fields: the URL's query pairs (as text), then the store table's
+    /// fields, in that order, so a table field overrides the URL.
+    pub fn provider_fields(&self) -> Vec<ProviderField> {
+        let from_url = self.url.iter().flat_map(|url| {
+            url.query_pairs().map(|(name, value)| ProviderField {
+                name: name.into_owned(),
+                value: toml::Value::String(value.into_owned()),
+            })
+        });
+        let from_table = self.options.iter().map(|(name, value)| ProviderField {
+            name: name.clone(),
+            value: value.clone(),
+        });
+        from_url.chain(from_table).collect()
+    }
+}
+
+/// One provider field of a store, with the conversions every provider needs.
+#[derive(Debug, Clone)]
+pub struct ProviderField {
+    /// The field's name.
+    pub name: String,
+    value: toml::Value,
+}
+
+impl ProviderField {
+    /// The value as a string.
+    pub fn text(&self) -> Result<String, ConfigError> {
+        match &self.value {
+            toml::Value::String(text) => Ok(text.clone()),
+            _ => Err(ConfigError(format!("`{}` must be a string", self.name))),
+        }
+    }
+
+    /// `true` or `false`, as a TOML boolean or as text (URL queries are text).
+    pub fn flag(&self) -> Result<bool, ConfigError> {
+        match &self.value {
+            toml::Value::Boolean(flag) => Ok(*flag),
+            toml::Value::String(text) if text == "true" => Ok(true),
+            toml::Value::String(text) if text == "false" => Ok(false),
+            _ => Err(ConfigError(format!(
+                "`{}` must be true or false",
+                self.name
+            ))),
+        }
+    }
+
+    /// An integer in `range`, as a TOML integer or as decimal text.
+    pub fn integer(&self, range: std::ops::RangeInclusive<i64>) -> Result<i64, ConfigError> {
+        let number = match &self.value {
+            toml::Value::Integer(n) => Some(*n),
+            toml::Value::String(text) => text.parse().ok(),
+            _ => None,
+        };
+        number.filter(|n| range.contains(n)).ok_or_else(|| {
+            ConfigError(format!(
+                "`{}` must be {} to {}",
+                self.name,
+                range.start(),
+                range.end()
+            ))
+        })
+    }
+}
+
 impl fmt::Debug for StoreSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let options: BTreeMap<&String, String> = self

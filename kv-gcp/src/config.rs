@@ -2,7 +2,7 @@
 //! table with `bucket`, `prefix`, `endpoint`, `create_bucket`, `project`, `credentials_file`,
 //! `anonymous`.
 
-use kv_core::config::redact_url;
+use kv_core::config::{ProviderField, redact_url};
 use kv_core::{ConfigError, StoreSpec};
 
 /// Where the objects go and how to authenticate.
@@ -43,12 +43,9 @@ impl GcsConfig {
             }
             config.bucket = url.host_str().unwrap_or_default().to_string();
             config.prefix = url.path().trim_start_matches('/').to_string();
-            for (name, value) in url.query_pairs() {
-                config.apply(&name, &toml::Value::String(value.into_owned()))?;
-            }
         }
-        for (name, value) in &spec.options {
-            config.apply(name, value)?;
+        for field in spec.provider_fields() {
+            config.apply(&field)?;
         }
         if config.bucket.is_empty() {
             return Err(ConfigError(
@@ -68,27 +65,15 @@ impl GcsConfig {
         Ok(config)
     }
 
-    fn apply(&mut self, name: &str, value: &toml::Value) -> Result<(), ConfigError> {
-        let text = || {
-            value
-                .as_str()
-                .map(str::to_string)
-                .ok_or_else(|| ConfigError(format!("`{name}` must be a string")))
-        };
-        let flag = || match value {
-            toml::Value::Boolean(flag) => Ok(*flag),
-            toml::Value::String(text) if text == "true" => Ok(true),
-            toml::Value::String(text) if text == "false" => Ok(false),
-            _ => Err(ConfigError(format!("`{name}` must be true or false"))),
-        };
-        match name {
-            "bucket" => self.bucket = text()?,
-            "prefix" => self.prefix = text()?,
-            "endpoint" => self.endpoint = Some(text()?.trim_end_matches('/').to_string()),
-            "project" => self.project = Some(text()?),
-            "credentials_file" => self.credentials_file = Some(text()?),
-            "create_bucket" => self.create_bucket = flag()?,
-            "anonymous" => self.anonymous = flag()?,
+    fn apply(&mut self, field: &ProviderField) -> Result<(), ConfigError> {
+        match field.name.as_str() {
+            "bucket" => self.bucket = field.text()?,
+            "prefix" => self.prefix = field.text()?,
+            "endpoint" => self.endpoint = Some(field.text()?.trim_end_matches('/').to_string()),
+            "project" => self.project = Some(field.text()?),
+            "credentials_file" => self.credentials_file = Some(field.text()?),
+            "create_bucket" => self.create_bucket = field.flag()?,
+            "anonymous" => self.anonymous = field.flag()?,
             other => {
                 return Err(ConfigError(format!(
                     "unknown field `{other}` for the gcs provider"
