@@ -369,9 +369,7 @@ impl Server {
         request: hyper::Request<Incoming>,
     ) -> Result<hyper::Response<HyperOutgoingBody>, Failure> {
         let memory_hit = Arc::new(AtomicBool::new(false));
-        let mut store = self
-            .new_store(memory_hit.clone())
-            .map_err(Failure::Instantiate)?;
+        let mut store = self.new_store(memory_hit.clone());
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let (incoming, outparam) = {
             let mut http = store.data_mut().http();
@@ -430,7 +428,7 @@ impl Server {
         }
     }
 
-    fn new_store(&self, memory_hit: Arc<AtomicBool>) -> anyhow::Result<Store<RequestState>> {
+    fn new_store(&self, memory_hit: Arc<AtomicBool>) -> Store<RequestState> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.inherit_stdout().inherit_stderr();
         wasi.envs(&self.envs);
@@ -457,7 +455,7 @@ impl Server {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        Ok(store)
+        store
     }
 }
 
