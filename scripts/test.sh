@@ -1,30 +1,43 @@
 #!/usr/bin/env bash
-# The whole test job: setup, formatting, lints, every test (including the `wasi-kv serve`
-# end-to-end tests), and the conformance suite on every provider whose backend this project
-# installs. `.ci/run` calls exactly this.
+# The whole test job: setup, formatting, lints, and every test — the conformance suite on every
+# provider whose backend this project installs (once each, writing the evidence reports), the
+# CLI and `wasi-kv serve` end-to-end tests, the provider-level tests. `.ci/run` calls exactly
+# this. The workspace is compiled once (`cargo test --workspace`, one feature set); each step
+# prints its wall time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 
+job_started=$SECONDS
+step_started=$SECONDS
+step_name=""
+finish_step() {
+    if [ -n "$step_name" ]; then
+        printf '== %s: %d s\n' "$step_name" $((SECONDS - step_started))
+    fi
+}
+step() {
+    finish_step
+    step_name="$1"
+    step_started=$SECONDS
+    echo "== $step_name"
+}
+trap 'finish_step; printf "== total: %d s\n" $((SECONDS - job_started))' EXIT
+
+step "setup"
 scripts/setup.sh
 
 # Providers whose backend must be reachable: unreachable is a failure, never a skip.
 export KV_REQUIRE="${KV_REQUIRE:-memory,redis,dynamodb,gcs,cosmos}"
+# The conformance harness writes each provider's evidence (json, JUnit, Markdown) here.
+export KV_REPORT_DIR="${KV_REPORT_DIR:-$PWD/target/reports}"
+mkdir -p "$KV_REPORT_DIR"
 
-echo "== cargo fmt"
+step "cargo fmt"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo test"
+step "cargo test (build)"
+cargo test --workspace --locked --no-run
+step "cargo test (run)"
 cargo test --workspace --locked
-echo "== wasi-kv conformance --provider memory"
-mkdir -p target/reports
-cargo run --quiet --locked -p kv-cli -- conformance --provider memory --report-dir target/reports/memory --jobs 2
-echo "== wasi-kv conformance --provider redis --emulator"
-cargo run --quiet --locked -p kv-cli -- conformance --provider redis --emulator --report-dir target/reports/redis --jobs 2
-echo "== wasi-kv conformance --provider dynamodb --emulator"
-cargo run --quiet --locked -p kv-cli -- conformance --provider dynamodb --emulator --report-dir target/reports/dynamodb --jobs 2
-echo "== wasi-kv conformance --provider gcs --emulator"
-cargo run --quiet --locked -p kv-cli -- conformance --provider gcs --emulator --report-dir target/reports/gcs --jobs 2
-echo "== wasi-kv conformance --provider cosmos --emulator"
-cargo run --quiet --locked -p kv-cli -- conformance --provider cosmos --emulator --report-dir target/reports/cosmos --jobs 2

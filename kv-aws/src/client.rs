@@ -32,8 +32,13 @@ pub async fn build_client(config: &DynamoConfig) -> Client {
         loader = loader.endpoint_url(endpoint);
     }
     if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
-        loader =
-            loader.credentials_provider(Credentials::new(id, secret, None, None, "wasi-kv-config"));
+        loader = loader.credentials_provider(Credentials::new(
+            id,
+            secret.expose(),
+            None,
+            None,
+            "wasi-kv-config",
+        ));
     }
     Client::new(&loader.load().await)
 }

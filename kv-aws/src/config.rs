@@ -1,13 +1,11 @@
 //! Configuration: `dynamodb://TABLE?region=..&endpoint=..&profile=..&create_table=true`, or a
 //! `[stores.NAME]` table with the same fields.
 
-use std::fmt;
-
 use kv_core::config::{ProviderField, redact_url};
-use kv_core::{ConfigError, StoreSpec};
+use kv_core::{ConfigError, ConnectionKey, Secret, StoreSpec};
 
 /// Where the table is and how to reach it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DynamoConfig {
     /// Table name (one table per deployment; stores are partitions).
     pub table: String,
@@ -20,29 +18,11 @@ pub struct DynamoConfig {
     /// Static access key id (tests); the standard credential chain when unset.
     pub access_key_id: Option<String>,
     /// Static secret (never printed).
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
     /// Create the table (and enable TTL) if it does not exist.
     pub create_table: bool,
     /// Attempts per request by the SDK (its standard retry mode).
     pub max_attempts: u32,
-}
-
-impl fmt::Debug for DynamoConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DynamoConfig")
-            .field("table", &self.table)
-            .field("region", &self.region)
-            .field("endpoint", &self.endpoint)
-            .field("profile", &self.profile)
-            .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
-            )
-            .field("create_table", &self.create_table)
-            .field("max_attempts", &self.max_attempts)
-            .finish()
-    }
 }
 
 impl DynamoConfig {
@@ -93,7 +73,7 @@ impl DynamoConfig {
             "endpoint" => self.endpoint = Some(field.text()?),
             "profile" => self.profile = Some(field.text()?),
             "access_key_id" => self.access_key_id = Some(field.text()?),
-            "secret_access_key" => self.secret_access_key = Some(field.text()?),
+            "secret_access_key" => self.secret_access_key = Some(field.secret()?),
             "create_table" => self.create_table = field.flag()?,
             "max_attempts" => self.max_attempts = field.integer(1..=10)? as u32,
             other => {
@@ -105,11 +85,19 @@ impl DynamoConfig {
         Ok(())
     }
 
-    /// Identity of the client: stores with equal keys share one SDK client.
+    /// Identity of the client: every setting that changes it, the secret as a fingerprint.
+    /// Stores with equal keys share one SDK client.
     pub fn connection_key(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let secret = Sha256::digest(self.secret_access_key.as_deref().unwrap_or("").as_bytes());
-        format!("{self:?}/{secret:x}")
+        ConnectionKey::new("dynamodb")
+            .field("table", &self.table)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("profile", &self.profile)
+            .field("access_key_id", &self.access_key_id)
+            .secret("secret_access_key", self.secret_access_key.as_ref())
+            .field("create_table", self.create_table)
+            .field("max_attempts", self.max_attempts)
+            .finish()
     }
 }
 
@@ -154,7 +142,10 @@ mod tests {
         assert_eq!(parsed.table, "kv");
         assert!(parsed.create_table);
         assert_eq!(parsed.max_attempts, 1);
-        assert_eq!(parsed.secret_access_key.as_deref(), Some("s3cr3t"));
+        assert_eq!(
+            parsed.secret_access_key.as_ref().map(Secret::expose),
+            Some("s3cr3t")
+        );
         let bad = kv_core::KvConfig::from_toml(
             "[stores.u]\nprovider = \"dynamodb\"\ntable = \"kv\"\ncreate_table = \"yes\"\n",
             &|_| None,
@@ -170,5 +161,11 @@ mod tests {
         ))
         .unwrap();
         assert!(!format!("{config:?}").contains("hunter2"));
+        assert!(!config.connection_key().contains("hunter2"));
+        let other = DynamoConfig::from_spec(&spec(
+            "dynamodb://kv?access_key_id=a&secret_access_key=hunter3",
+        ))
+        .unwrap();
+        assert_ne!(config.connection_key(), other.connection_key());
     }
 }

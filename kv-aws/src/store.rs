@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -19,8 +19,8 @@ use futures::future::try_join_all;
 use kv_core::counter::{add_delta, parse_counter};
 use kv_core::provider::last_entry_per_key;
 use kv_core::{
-    Bucket, Capabilities, ErrorKind, KeyPage, KvError, Provider, Result, SwapOutcome, Version,
-    Versioned,
+    Backoff, Bucket, Capabilities, ErrorKind, KeyPage, KvError, Provider, Result, SwapOutcome,
+    Version, Versioned, clock,
 };
 
 use crate::error::map_sdk_error;
@@ -88,9 +88,6 @@ impl Provider for DynamoProvider {
             cas: true,
             list_may_repeat: false,
             max_value_bytes: MAX_VALUE_BYTES,
-            native_batch_read: BATCH_READ,
-            native_batch_write: BATCH_WRITE,
-            ..Capabilities::default()
         }
     }
 
@@ -112,10 +109,7 @@ struct DynamoBucket {
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    i64::try_from(clock::now_secs()).unwrap_or(i64::MAX)
 }
 
 fn s(text: impl Into<String>) -> AttributeValue {
@@ -126,21 +120,10 @@ fn n(number: i64) -> AttributeValue {
     AttributeValue::N(number.to_string())
 }
 
+/// A fresh random version for every write: 128 random bits, so a rewrite of the same value
+/// still changes it (ABA is detected).
 fn new_version() -> AttributeValue {
-    s(format!("{:032x}", rand_u128()))
-}
-
-fn rand_u128() -> u128 {
-    use sha2::{Digest, Sha256};
-    // A fresh random version: time, a counter and the address space make it unique per write.
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let digest = Sha256::digest(format!("{nanos}/{count}/{}", std::process::id()));
-    u128::from_le_bytes(digest[..16].try_into().unwrap_or([0; 16]))
+    s(format!("{:032x}", rand::random::<u128>()))
 }
 
 fn expires(item: &Item) -> Option<i64> {
@@ -186,11 +169,6 @@ fn is_conditional_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
     err: &SdkError<E, R>,
 ) -> bool {
     err.as_service_error().and_then(|e| e.code()) == Some("ConditionalCheckFailedException")
-}
-
-/// Backoff before retry round `round` of unprocessed batch items.
-fn backoff(round: u32) -> Duration {
-    Duration::from_millis((50u64 << round.min(5)).min(1_000))
 }
 
 impl DynamoBucket {
@@ -340,7 +318,7 @@ impl DynamoBucket {
                 return Ok(found);
             }
             if round > 0 {
-                tokio::time::sleep(backoff(round)).await;
+                Backoff::PRESSURE.wait(round).await;
             }
             let request = KeysAndAttributes::builder()
                 .set_keys(Some(std::mem::take(&mut pending)))
@@ -389,7 +367,7 @@ impl DynamoBucket {
                 return Ok(());
             }
             if round > 0 {
-                tokio::time::sleep(backoff(round)).await;
+                Backoff::PRESSURE.wait(round).await;
             }
             let output = self
                 .client
@@ -442,11 +420,7 @@ impl Bucket for DynamoBucket {
     }
 
     async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        let expires_at = (now_ms + ttl.as_millis()).div_ceil(1000);
+        let expires_at = clock::expires_at_ms(ttl).div_ceil(1000);
         let expires_at = i64::try_from(expires_at).unwrap_or(i64::MAX);
         self.put(self.value_item(key, value, Some(expires_at)))
             .await

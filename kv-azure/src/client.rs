@@ -35,9 +35,12 @@ pub async fn connect(config: &CosmosConfig) -> Result<ContainerClient, KvError> 
         Auth::Key => {
             let key = config
                 .key
-                .clone()
+                .as_ref()
                 .ok_or_else(|| KvError::internal("cosmos: no account key configured"))?;
-            AccountReference::with_authentication_key(endpoint(config)?, Secret::from(key))
+            AccountReference::with_authentication_key(
+                endpoint(config)?,
+                Secret::from(key.expose().to_string()),
+            )
         }
         Auth::Entra => {
             AccountReference::with_credential(endpoint(config)?, entra_credential(config)?)
@@ -72,9 +75,13 @@ fn entra_credential(config: &CosmosConfig) -> Result<Arc<dyn TokenCredential>, K
     if let (Some(tenant), Some(client), Some(secret)) =
         (&config.tenant_id, &config.client_id, &config.client_secret)
     {
-        let credential =
-            ClientSecretCredential::new(tenant, client.clone(), Secret::from(secret.clone()), None)
-                .map_err(failed)?;
+        let credential = ClientSecretCredential::new(
+            tenant,
+            client.clone(),
+            Secret::from(secret.expose().to_string()),
+            None,
+        )
+        .map_err(failed)?;
         return Ok(credential);
     }
     if std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").is_some() {

@@ -1,10 +1,8 @@
 //! Configuration: `cosmos://ACCOUNT_HOST/DATABASE/CONTAINER?key=..&endpoint=..&region=..
 //! &create_container=true`, or a `[stores.NAME]` table with the same fields.
 
-use std::fmt;
-
 use kv_core::config::{ProviderField, redact_url};
-use kv_core::{ConfigError, StoreSpec};
+use kv_core::{ConfigError, ConnectionKey, Secret, StoreSpec};
 
 /// The environment variable read for the account key when the config has none.
 pub const KEY_ENV: &str = "AZURE_COSMOS_KEY";
@@ -35,7 +33,7 @@ pub enum Consistency {
 }
 
 /// Where the container is and how to reach it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CosmosConfig {
     /// Account endpoint, e.g. `https://acct.documents.azure.com:443/`. Plain `http://` is
     /// accepted only for loopback (the local server).
@@ -47,13 +45,13 @@ pub struct CosmosConfig {
     /// How to authenticate (`auth = "key" | "entra"`, default `key`).
     pub auth: Auth,
     /// Account key (never printed); from `key =` or `$AZURE_COSMOS_KEY`.
-    pub key: Option<String>,
+    pub key: Option<Secret>,
     /// Entra ID tenant (service principal).
     pub tenant_id: Option<String>,
     /// Entra ID application (service principal) or user-assigned managed identity.
     pub client_id: Option<String>,
     /// Service principal secret (never printed).
-    pub client_secret: Option<String>,
+    pub client_secret: Option<Secret>,
     /// The region the client runs in or nearest to; requests prefer it.
     pub region: String,
     /// Read consistency (`consistency = "default" | "session" | "latest-committed"`).
@@ -63,28 +61,6 @@ pub struct CosmosConfig {
     pub timeout: Option<std::time::Duration>,
     /// Create the database and container (partition key `/pk`, TTL on) if missing.
     pub create_container: bool,
-}
-
-impl fmt::Debug for CosmosConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CosmosConfig")
-            .field("endpoint", &self.endpoint)
-            .field("database", &self.database)
-            .field("container", &self.container)
-            .field("auth", &self.auth)
-            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
-            .field("tenant_id", &self.tenant_id)
-            .field("client_id", &self.client_id)
-            .field(
-                "client_secret",
-                &self.client_secret.as_ref().map(|_| "<redacted>"),
-            )
-            .field("region", &self.region)
-            .field("consistency", &self.consistency)
-            .field("timeout", &self.timeout)
-            .field("create_container", &self.create_container)
-            .finish()
-    }
 }
 
 impl CosmosConfig {
@@ -140,7 +116,7 @@ impl CosmosConfig {
             config.apply(&field)?;
         }
         if config.key.is_none() && config.auth == Auth::Key {
-            config.key = env(KEY_ENV).filter(|key| !key.is_empty());
+            config.key = env(KEY_ENV).filter(|key| !key.is_empty()).map(Secret::new);
         }
         if config.endpoint.is_empty() || config.database.is_empty() || config.container.is_empty() {
             return Err(ConfigError(
@@ -195,7 +171,7 @@ impl CosmosConfig {
             "endpoint" => self.endpoint = field.text()?,
             "database" => self.database = field.text()?,
             "container" => self.container = field.text()?,
-            "key" => self.key = Some(field.text()?).filter(|key| !key.is_empty()),
+            "key" => self.key = Some(field.secret()?).filter(|key| !key.expose().is_empty()),
             "auth" => {
                 self.auth = match field.text()?.as_str() {
                     "key" => Auth::Key,
@@ -233,7 +209,7 @@ impl CosmosConfig {
             }
             "tenant_id" => self.tenant_id = Some(field.text()?),
             "client_id" => self.client_id = Some(field.text()?),
-            "client_secret" => self.client_secret = Some(field.text()?),
+            "client_secret" => self.client_secret = Some(field.secret()?),
             "region" => self.region = field.text()?,
             "create_container" => self.create_container = field.flag()?,
             other => {
@@ -245,15 +221,23 @@ impl CosmosConfig {
         Ok(())
     }
 
-    /// Identity of the client: stores with equal keys share one SDK client.
+    /// Identity of the client: every setting that changes it, secrets as fingerprints.
+    /// Stores with equal keys share one SDK client.
     pub fn connection_key(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let mut hasher = Sha256::new();
-        hasher.update(self.key.as_deref().unwrap_or("").as_bytes());
-        hasher.update([0]);
-        hasher.update(self.client_secret.as_deref().unwrap_or("").as_bytes());
-        let key = hasher.finalize();
-        format!("{self:?}/{key:x}")
+        ConnectionKey::new("cosmos")
+            .field("endpoint", &self.endpoint)
+            .field("database", &self.database)
+            .field("container", &self.container)
+            .field("auth", self.auth)
+            .secret("key", self.key.as_ref())
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .secret("client_secret", self.client_secret.as_ref())
+            .field("region", &self.region)
+            .field("consistency", self.consistency)
+            .field("timeout", self.timeout)
+            .field("create_container", self.create_container)
+            .finish()
     }
 }
 
@@ -297,7 +281,7 @@ mod tests {
         let env = |name: &str| (name == KEY_ENV).then(|| "ZW52".to_string());
         let config =
             CosmosConfig::from_spec_with_env(&spec("cosmos://a.example/db/kv"), &env).unwrap();
-        assert_eq!(config.key.as_deref(), Some("ZW52"));
+        assert_eq!(config.key.as_ref().map(Secret::expose), Some("ZW52"));
         for bad in [
             "cosmos://a.example/db/kv",
             "cosmos://a.example/db?key=k",
@@ -323,7 +307,10 @@ mod tests {
         .unwrap();
         let parsed = CosmosConfig::from_spec_with_env(&config.stores["users"], &no_env).unwrap();
         assert_eq!(parsed.auth, Auth::Entra);
-        assert_eq!(parsed.client_secret.as_deref(), Some("s3cr3t"));
+        assert_eq!(
+            parsed.client_secret.as_ref().map(Secret::expose),
+            Some("s3cr3t")
+        );
         assert!(parsed.create_container);
         assert!(!format!("{parsed:?}").contains("s3cr3t"));
         // Managed identity needs nothing else; a key and entra together are refused.

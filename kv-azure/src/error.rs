@@ -1,6 +1,7 @@
 //! Every Cosmos DB SDK error mapped to the contract's classes, in one place.
 
 use azure_data_cosmos::CosmosError;
+use kv_core::error::{classify_http_status, describe_http_status};
 use kv_core::{ErrorKind, KvError};
 
 /// What an SDK error means for the operation that got it.
@@ -41,33 +42,25 @@ pub fn map_error(op: &str, err: CosmosError) -> KvError {
             true,
             format!("cosmos {op}: throttled (429, request rate too large)"),
         )
-    } else if code == 413 {
+    } else if status.is_timeout() || status.is_transport_generated_503() {
+        let (kind, text) = if status.is_timeout() {
+            (ErrorKind::Timeout, "no answer in time".to_string())
+        } else {
+            (
+                ErrorKind::Unavailable,
+                format!("the service is unavailable ({})", status_text(&err)),
+            )
+        };
+        (kind, true, format!("cosmos {op}: {text}"))
+    } else if let Some((kind, transient)) = classify_http_status(code) {
         (
-            ErrorKind::ValueTooLarge,
-            false,
-            format!("cosmos {op}: the item exceeds Cosmos DB's 2 MB limit"),
-        )
-    } else if status.is_timeout() || code == 408 {
-        (
-            ErrorKind::Timeout,
-            true,
-            format!("cosmos {op}: no answer in time"),
-        )
-    } else if status.is_transport_generated_503() || status.is_service_unavailable() || code >= 500
-    {
-        (
-            ErrorKind::Unavailable,
-            true,
+            kind,
+            transient,
             format!(
-                "cosmos {op}: the service is unavailable ({})",
+                "cosmos {op}: {} ({})",
+                describe_http_status(code),
                 status_text(&err)
             ),
-        )
-    } else if status.is_unauthorized() || status.is_forbidden() {
-        (
-            ErrorKind::Internal,
-            false,
-            format!("cosmos {op}: the account refused the credentials ({code})"),
         )
     } else if status.is_not_found() {
         (

@@ -1,7 +1,8 @@
 //! The mapping (DESIGN §7.3): one item per key in one container partitioned on `/pk`.
 //!
-//! - `pk` = namespace and one of [`SHARDS`] shards chosen by a hash of the key, so a store
-//!   spreads over several logical partitions (each is capped at 20 GB).
+//! - `pk` = the prefix-free namespace prefix (`<length>/<namespace>/`) and one of [`SHARDS`]
+//!   shards chosen by a hash of the key, so a store spreads over several logical partitions
+//!   (each is capped at 20 GB).
 //! - `id` = the key in unpadded base64url (Cosmos ids forbid `/ \ ? #`); when that is over
 //!   1023 bytes, `~` and the SHA-256 of the key. `k` keeps the key itself, which is what
 //!   listing returns.
@@ -13,7 +14,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use azure_core::http::Etag;
@@ -22,12 +23,14 @@ use azure_data_cosmos::Query;
 use azure_data_cosmos::feed::FeedScope;
 use azure_data_cosmos::options::{ItemWriteOptions, MaxItemCountHint, Precondition, QueryOptions};
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use futures::{StreamExt as _, TryStreamExt as _};
-use kv_core::counter::{add_delta, encode_counter, parse_counter};
-use kv_core::provider::last_entry_per_key;
+use kv_core::naming::{KeyCodec, namespace_prefix};
+use kv_core::provider::{DEFAULT_BATCH_CONCURRENCY as BATCH_CONCURRENCY, last_entry_per_key};
+use kv_core::rmw::{self, ConditionalStore, Expect, Read, Snapshot};
 use kv_core::{
     Bucket, Capabilities, KeyPage, KvError, Provider, Result, SwapOutcome, Version, Versioned,
+    clock,
 };
 use serde::{Deserialize, Serialize};
 
@@ -40,20 +43,13 @@ pub const MAX_VALUE_BYTES: usize = 1_500_000;
 pub const SHARDS: u8 = 16;
 /// Cosmos ids are at most 1023 bytes.
 const MAX_ID_BYTES: usize = 1023;
-/// Attempts of a read-modify-write increment under contention.
-const INCREMENT_ATTEMPTS: u32 = 200;
-/// Point operations in flight for one batch call.
-const BATCH_CONCURRENCY: usize = 16;
+/// Ids: unpadded base64url of the key (ids forbid `/ \\ ? #`); over 1023 bytes, `~` and the
+/// key's SHA-256 (`~` is not in the base64url alphabet).
+pub const KEY_CODEC: KeyCodec = KeyCodec::BASE64URL;
 
-/// The item id of `key`: base64url, or a hash when that is too long. Bijective because `~`
-/// is not in the base64url alphabet.
+/// The item id of `key`.
 pub fn item_id(key: &str) -> String {
-    let encoded = URL_SAFE_NO_PAD.encode(key.as_bytes());
-    if encoded.len() <= MAX_ID_BYTES {
-        return encoded;
-    }
-    use sha2::{Digest, Sha256};
-    format!("~{:x}", Sha256::digest(key.as_bytes()))
+    KEY_CODEC.name(key, MAX_ID_BYTES).name
 }
 
 fn shard(key: &str) -> u8 {
@@ -61,9 +57,9 @@ fn shard(key: &str) -> u8 {
     Sha256::digest(key.as_bytes())[0] % SHARDS
 }
 
-/// The partition key value of a shard of a namespace (length-prefixed, so unambiguous).
+/// The partition key value of a shard of a namespace.
 fn partition(namespace: &str, shard: u8) -> String {
-    format!("{}:{namespace}:{shard:x}", namespace.len())
+    format!("{}{shard:x}", namespace_prefix(namespace))
 }
 
 /// The stored item.
@@ -81,7 +77,7 @@ struct Item {
 
 impl Item {
     fn live(&self, now: u64) -> bool {
-        self.exp.is_none_or(|exp| exp > now)
+        clock::is_live(self.exp, now)
     }
 
     fn value(&self) -> Result<Vec<u8>> {
@@ -97,13 +93,6 @@ struct KeyRow {
     k: String,
     #[serde(default)]
     exp: Option<u64>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// A Cosmos DB container.
@@ -130,7 +119,6 @@ impl Provider for CosmosProvider {
             cas: true,
             list_may_repeat: false,
             max_value_bytes: MAX_VALUE_BYTES,
-            ..Capabilities::default()
         }
     }
 
@@ -185,7 +173,7 @@ impl CosmosBucket {
     /// The live value and its ETag.
     async fn read_live(&self, key: &str) -> Result<Option<(Vec<u8>, Etag)>> {
         match self.read(key).await? {
-            Some((item, etag)) if item.live(now_ms()) => Ok(Some((item.value()?, etag))),
+            Some((item, etag)) if item.live(clock::now_ms()) => Ok(Some((item.value()?, etag))),
             _ => Ok(None),
         }
     }
@@ -195,17 +183,20 @@ impl CosmosBucket {
         &self,
         key: &str,
         value: &[u8],
-        expires: Option<(u64, u64)>,
+        expires_at_ms: Option<u64>,
         condition: Condition,
     ) -> Result<bool> {
         let (pk, id) = self.locate(key);
+        // The service's `ttl` counts from this write; `exp` is what reads check.
+        let now = clock::now_ms();
+        let ttl_secs = expires_at_ms.map(|at| at.saturating_sub(now).div_ceil(1000).max(1));
         let item = Item {
             id: id.clone(),
             pk: pk.clone(),
             k: key.to_string(),
             v: STANDARD.encode(value),
-            exp: expires.map(|(at, _)| at),
-            ttl: expires.map(|(_, seconds)| seconds),
+            exp: expires_at_ms,
+            ttl: ttl_secs,
         };
         let result = match condition {
             Condition::None => self.container.upsert_item(pk, &id, &item, None).await,
@@ -259,11 +250,11 @@ impl CosmosBucket {
         };
         let page = page.map_err(|err| map_error("list", err))?;
         let more = page.headers().continuation().is_some_and(|c| !c.is_empty());
-        let now = now_ms();
+        let now = clock::now_ms();
         let keys = page
             .into_items()
             .into_iter()
-            .filter(|row| row.exp.is_none_or(|exp| exp > now))
+            .filter(|row| clock::is_live(row.exp, now))
             .map(|row| row.k)
             .collect();
         let next = if more {
@@ -295,6 +286,41 @@ fn cursor(shard: u8, token: Option<&str>) -> String {
     format!("{shard:x}.{}", token.unwrap_or(""))
 }
 
+/// ETags make a read-modify-write increment safe: replace under `If-Match`, or create when
+/// the item must not exist.
+#[async_trait]
+impl ConditionalStore for CosmosBucket {
+    type Version = Etag;
+
+    async fn read(&self, key: &str) -> Result<Read<Etag>> {
+        Ok(match CosmosBucket::read(self, key).await? {
+            None => Read::Missing,
+            Some((item, etag)) => {
+                let live = item.live(clock::now_ms());
+                Read::Found(Snapshot {
+                    value: if live { item.value()? } else { Vec::new() },
+                    version: etag,
+                    expires_at_ms: item.exp,
+                })
+            }
+        })
+    }
+
+    async fn write_if(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expires_at_ms: Option<u64>,
+        expect: Expect<Etag>,
+    ) -> Result<bool> {
+        let condition = match expect {
+            Expect::Absent => Condition::Absent,
+            Expect::Version(etag) => Condition::Matches(etag),
+        };
+        self.write(key, &value, expires_at_ms, condition).await
+    }
+}
+
 #[async_trait]
 impl Bucket for CosmosBucket {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -307,11 +333,13 @@ impl Bucket for CosmosBucket {
     }
 
     async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let expires_at = now_ms().saturating_add(ttl_ms);
-        let seconds = ttl_ms.div_ceil(1000).max(1);
-        self.write(key, &value, Some((expires_at, seconds)), Condition::None)
-            .await?;
+        self.write(
+            key,
+            &value,
+            Some(clock::expires_at_ms(ttl)),
+            Condition::None,
+        )
+        .await?;
         Ok(())
     }
 
@@ -358,39 +386,7 @@ impl Bucket for CosmosBucket {
     }
 
     async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
-        for attempt in 0..INCREMENT_ATTEMPTS {
-            if attempt > 0 {
-                // Lost a race: back off a little, with jitter, so contenders spread out.
-                let ceiling = 2 + 4 * u64::from(attempt.min(12));
-                let pause = rand::random_range(0..ceiling);
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-            }
-            let (next, condition, expires) = match self.read(key).await? {
-                None => (add_delta(0, delta)?, Condition::Absent, None),
-                Some((item, etag)) if !item.live(now_ms()) => {
-                    (add_delta(0, delta)?, Condition::Matches(etag), None)
-                }
-                Some((item, etag)) => {
-                    let current = parse_counter(&item.value()?)?;
-                    // An increment keeps the expiry; the service's `ttl` counts from this write.
-                    let now = now_ms();
-                    let keep = item
-                        .exp
-                        .map(|exp| (exp, exp.saturating_sub(now).div_ceil(1000).max(1)));
-                    (add_delta(current, delta)?, Condition::Matches(etag), keep)
-                }
-            };
-            if self
-                .write(key, &encode_counter(next), expires, condition)
-                .await?
-            {
-                return Ok(next);
-            }
-        }
-        Err(
-            KvError::unavailable("cosmos: increment lost every race under contention")
-                .with_transient(false),
-        )
+        rmw::increment(self, key, delta).await
     }
 
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
@@ -424,7 +420,7 @@ impl Bucket for CosmosBucket {
                     // An item is there; if it has expired it counts as absent, and is
                     // replaced only if nobody wrote it meanwhile.
                     match self.read(key).await? {
-                        Some((item, etag)) if !item.live(now_ms()) => {
+                        Some((item, etag)) if !item.live(clock::now_ms()) => {
                             self.write(key, &value, None, Condition::Matches(etag))
                                 .await?
                         }
@@ -489,6 +485,13 @@ mod tests {
         assert_ne!(item_id("a"), item_id("b"));
         assert!(item_id(&"x".repeat(1024)).starts_with('~'));
         assert!(!item_id(&"x".repeat(767)).starts_with('~'));
+    }
+
+    #[test]
+    fn partitions_are_prefix_free() {
+        assert_eq!(partition("ns", 10), "2/ns/a");
+        assert_ne!(partition("a", 1), partition("a/1", 0));
+        assert!(!partition("x:1", 0).starts_with(&namespace_prefix("x")));
     }
 
     #[test]

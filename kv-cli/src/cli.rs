@@ -167,4 +167,7 @@ pub struct ConformanceArgs {
     /// Cases run at once.
     #[arg(long, default_value_t = 4)]
     pub jobs: usize,
+    /// Run only the cases whose name contains this text (repeatable; default: every case).
+    #[arg(long = "case", value_name = "TEXT")]
+    pub cases: Vec<String>,
 }

@@ -21,13 +21,8 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
             registry.names().join(", ")
         );
     }
-    let flavour = match (args.provider.as_str(), args.emulator) {
-        ("dynamodb", true) => "dynamodb-local",
-        ("gcs", true) => "fake-gcs",
-        ("cosmos", true) => "cosmos-local",
-        (provider, _) => provider,
-    };
-    let mut profile = Profile::bundled(flavour).unwrap_or_else(|| Profile::plain(&args.provider));
+    let mut profile =
+        Profile::bundled(&args.provider).unwrap_or_else(|| Profile::plain(&args.provider));
     let mut keep_alive: Vec<Guard> = Vec::new();
     let mut spec = config
         .stores
@@ -35,10 +30,17 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
         .find(|spec| spec.provider == args.provider)
         .cloned();
     if args.emulator {
-        let (url, version, guard) = start_emulator(&args.provider).await?;
-        eprintln!("started {version} on loopback");
-        profile.backend = version;
-        keep_alive.push(guard);
+        let provider = args.provider.clone();
+        let started =
+            tokio::task::spawn_blocking(move || kv_conformance::emulator::start(&provider))
+                .await?
+                .map_err(anyhow::Error::msg)?;
+        eprintln!("started {} on loopback", started.backend);
+        profile = Profile::bundled(started.flavour)
+            .ok_or_else(|| anyhow::anyhow!("no bundled profile {:?}", started.flavour))?;
+        profile.backend = started.backend;
+        keep_alive.push(started.guard);
+        let url = started.store_url;
         spec = Some(kv_core::config::parse_short_form(&format!("conformance={url}"))?.1);
     }
     let (provider, prefix): (Arc<dyn Provider>, String) = match &spec {
@@ -58,9 +60,12 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
     target.limits = config.limits.clone();
 
     let started = SystemTime::now();
-    let suite = Suite::new()
+    let mut suite = Suite::new()
         .await
         .context("loading the conformance component")?;
+    if suite.select(&args.cases) == 0 {
+        bail!("no case name contains any of {:?}", args.cases);
+    }
     let progress = |result: &kv_conformance::CaseResult, done: usize, total: usize| {
         let mut err = std::io::stderr().lock();
         let mark = match result.outcome {
@@ -74,15 +79,9 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
     let report = Report::new(&args.provider, &target.profile.backend, started, results);
 
     if let Some(dir) = &args.report_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        for (file, text) in [
-            ("report.json", report.to_json()),
-            ("report.xml", report.to_junit()),
-            ("report.md", report.to_markdown()),
-        ] {
-            let path = dir.join(file);
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        }
+        report
+            .write_dir(dir)
+            .with_context(|| format!("writing the reports into {}", dir.display()))?;
     }
     let text = match args.format {
         Format::Table => report.to_table(),
@@ -109,67 +108,15 @@ pub type Guard = Arc<dyn std::any::Any + Send + Sync>;
 
 /// Whether the local emulator of `provider` is installed (by `scripts/setup.sh`).
 pub fn emulator_installed(provider: &str) -> bool {
-    use kv_conformance::emulator;
-    match provider {
-        "redis" => emulator::find_program("redis-server").is_some(),
-        "dynamodb" => emulator::DynamoDbLocal::jar_dir().is_some(),
-        "gcs" => emulator::FakeGcsServer::binary().is_some(),
-        "cosmos" => emulator::CosmosServer::modules_dir().is_some(),
-        _ => false,
-    }
+    kv_conformance::emulator::installed(provider)
 }
 
-/// Starts the local emulator of `provider`: its URL, backend description, and a guard that
-/// stops it when dropped.
+/// Starts the local emulator of `provider`: its store URL, backend description, and a guard
+/// that stops it when dropped.
 pub async fn start_emulator(provider: &str) -> anyhow::Result<(String, String, Guard)> {
-    match provider {
-        "redis" => {
-            let server = tokio::task::spawn_blocking(kv_conformance::emulator::RedisServer::start)
-                .await?
-                .map_err(anyhow::Error::msg)?;
-            Ok((server.url(), server.version().to_string(), Arc::new(server)))
-        }
-        "dynamodb" => {
-            let local = tokio::task::spawn_blocking(kv_conformance::emulator::DynamoDbLocal::start)
-                .await?
-                .map_err(anyhow::Error::msg)?;
-            // Static test credentials and an explicit endpoint: nothing reaches AWS.
-            let url = format!(
-                "dynamodb://wasikv-conformance?region=us-east-1&endpoint={}&create_table=true\
-                 &access_key_id=test&secret_access_key=test&max_attempts=1",
-                local.endpoint()
-            );
-            Ok((url, local.version(), Arc::new(local)))
-        }
-        "gcs" => {
-            let server =
-                tokio::task::spawn_blocking(kv_conformance::emulator::FakeGcsServer::start)
-                    .await?
-                    .map_err(anyhow::Error::msg)?;
-            // Plain HTTP on loopback means anonymous credentials: no metadata server lookup.
-            let url = format!(
-                "gcs://wasikv-conformance/runs?endpoint={}&create_bucket=true",
-                server.endpoint()
-            );
-            Ok((url, server.version(), Arc::new(server)))
-        }
-        "cosmos" => {
-            let server = tokio::task::spawn_blocking(kv_conformance::emulator::CosmosServer::start)
-                .await?
-                .map_err(anyhow::Error::msg)?;
-            // The local server's well-known key, an explicit loopback endpoint, and
-            // COSMOS_DISABLE_IMDS (set by the caller): nothing reaches Azure.
-            let url = format!(
-                "cosmos:///wasikv/conformance?endpoint={}&create_container=true\
-                 &consistency=session&timeout_ms=10000&key={}",
-                server.endpoint(),
-                kv_conformance::emulator::COSMOS_EMULATOR_KEY
-                    .replace('+', "%2B")
-                    .replace('/', "%2F")
-                    .replace('=', "%3D")
-            );
-            Ok((url, server.version(), Arc::new(server)))
-        }
-        other => bail!("no local emulator is known for provider {other:?}"),
-    }
+    let provider = provider.to_string();
+    let started = tokio::task::spawn_blocking(move || kv_conformance::emulator::start(&provider))
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    Ok((started.store_url, started.backend, started.guard))
 }

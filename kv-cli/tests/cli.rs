@@ -152,6 +152,45 @@ fn conformance_json_matches_the_documented_format() {
     assert!(markdown.contains("| wasmtime | 48."), "{markdown}");
 }
 
+/// `--emulator` starts each provider's emulator, runs the selected cases and stops it. The
+/// whole suite runs once per provider in the conformance harness; here the CLI path is
+/// checked with two cases (one of them a concurrent worker case). Providers in `KV_REQUIRE`
+/// must run; others are skipped when their emulator is not installed.
+#[test]
+fn conformance_emulator_runs_selected_cases() {
+    let required = std::env::var("KV_REQUIRE").unwrap_or_default();
+    for provider in kv_conformance::emulator::EMULATED_PROVIDERS {
+        let is_required = required.split(',').any(|name| name.trim() == *provider);
+        if !is_required && !kv_conformance::emulator::installed(provider) {
+            eprintln!("skipping {provider}: its emulator is not installed");
+            continue;
+        }
+        let out = wasi_kv(&[
+            "conformance",
+            "--provider",
+            provider,
+            "--emulator",
+            "--case",
+            "increment_concurrent_exact",
+            "--case",
+            "isolation_listing",
+            "--format",
+            "json",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{provider}: {stderr}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let results = json["results"].as_array().unwrap();
+        assert_eq!(results.len(), 2, "{provider}: {json}");
+        assert!(
+            results.iter().all(|r| r["outcome"] == "passed"),
+            "{provider}: {json}"
+        );
+    }
+    let out = wasi_kv(&["conformance", "--provider", "memory", "--case", "no-such"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
 #[test]
 fn conformance_rejects_unknown_provider() {
     let out = wasi_kv(&["conformance", "--provider", "etcd"]);

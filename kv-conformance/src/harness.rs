@@ -2,18 +2,21 @@
 //!
 //! A target whose backend cannot be reached is reported as ignored, unless its name is in
 //! `KV_REQUIRE` (comma-separated; CI sets it), where that is a failure. A run in which nothing
-//! passed fails, so a CI job that silently skipped everything cannot go green.
+//! passed fails, so a CI job that silently skipped everything cannot go green. With
+//! `KV_REPORT_DIR` set, each target's results are also written there as the evidence reports
+//! (`DIR/<target>/report.{json,xml,md}`), the same files `wasi-kv conformance --report-dir`
+//! writes, so CI runs the suite once per provider and keeps the evidence.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use tokio::runtime::Runtime;
 
-use crate::report::Outcome;
+use crate::report::{CaseResult, Outcome, Report};
 use crate::runner::{Suite, Target};
 
 /// Connects to a target's backend; `Err` says why it is unreachable.
@@ -89,6 +92,8 @@ pub fn main(sources: Vec<TargetSource>) -> ExitCode {
         }
     };
     let required = required_targets();
+    let started = SystemTime::now();
+    let mut recorded: Vec<Recorded> = Vec::new();
     let mut trials = Vec::new();
     for name in &required {
         if !sources.iter().any(|source| &source.name == name) {
@@ -110,11 +115,30 @@ pub fn main(sources: Vec<TargetSource>) -> ExitCode {
         match connected {
             Ok(target) => {
                 let target = Arc::new(target);
+                let results = Arc::new(Mutex::new(Vec::new()));
+                recorded.push(Recorded {
+                    target: name.clone(),
+                    backend: target.profile.backend.clone(),
+                    results: results.clone(),
+                });
                 for case in suite.cases() {
                     let skip = target.skip_reason(case);
+                    if let Some(reason) = &skip {
+                        // Skipped trials never run: record them as the report's skips.
+                        lock(&results).push(CaseResult {
+                            provider: name.clone(),
+                            case: case.name.clone(),
+                            rules: case.rules.clone(),
+                            outcome: Outcome::Ignored,
+                            reason: Some(reason.clone()),
+                            duration_ms: 0,
+                        });
+                    }
                     let (suite, target, case) = (suite.clone(), target.clone(), case.clone());
+                    let results = results.clone();
                     let trial = Trial::test(format!("{name}::{}", case.name), move || {
                         let result = runtime().block_on(suite.run_case(&target, &case));
+                        lock(&results).push(result.clone());
                         match result.outcome {
                             Outcome::Failed => Err(Failed::from(result.reason.unwrap_or_default())),
                             _ => Ok(()),
@@ -150,6 +174,40 @@ pub fn main(sources: Vec<TargetSource>) -> ExitCode {
     }
     let listing = args.list;
     let conclusion = libtest_mimic::run(&args, trials);
+    if let (false, Some(dir)) = (listing, std::env::var_os("KV_REPORT_DIR")) {
+        let order: Vec<String> = suite.cases().iter().map(|case| case.name.clone()).collect();
+        for Recorded {
+            target: name,
+            backend,
+            results,
+        } in recorded
+        {
+            let mut results = std::mem::take(&mut *lock(&results));
+            if results
+                .iter()
+                .all(|result| result.outcome == Outcome::Ignored)
+            {
+                continue; // filtered out: no evidence to write
+            }
+            results.sort_by_key(|result| order.iter().position(|case| *case == result.case));
+            let report = Report::new(&name, &backend, started, results);
+            let target_dir = std::path::Path::new(&dir).join(&name);
+            match report.write_dir(&target_dir) {
+                Ok(()) => eprintln!(
+                    "{name}: {} (reports in {})",
+                    report.summary_line(),
+                    target_dir.display()
+                ),
+                Err(err) => {
+                    eprintln!(
+                        "error: writing the reports into {}: {err}",
+                        target_dir.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
     if conclusion.has_failed() {
         return ExitCode::FAILURE;
     }
@@ -158,6 +216,20 @@ pub fn main(sources: Vec<TargetSource>) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// The results one target's trials record, for its report.
+struct Recorded {
+    target: String,
+    backend: String,
+    results: Arc<Mutex<Vec<CaseResult>>>,
+}
+
+/// The results recorded so far; a trial that panicked while holding the lock loses nothing.
+fn lock(results: &Mutex<Vec<CaseResult>>) -> std::sync::MutexGuard<'_, Vec<CaseResult>> {
+    results
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn short_kind(reason: &str) -> String {

@@ -91,6 +91,20 @@ impl Report {
         }
     }
 
+    /// Writes `report.json`, `report.xml` (JUnit) and `report.md` (the evidence page) into
+    /// `dir`, creating it.
+    pub fn write_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for (file, text) in [
+            ("report.json", self.to_json()),
+            ("report.xml", self.to_junit()),
+            ("report.md", self.to_markdown()),
+        ] {
+            std::fs::write(dir.join(file), text)?;
+        }
+        Ok(())
+    }
+
     /// Count of results with `outcome`.
     pub fn count(&self, outcome: Outcome) -> usize {
         self.results.iter().filter(|r| r.outcome == outcome).count()

@@ -220,6 +220,16 @@ impl Suite {
         &self.cases
     }
 
+    /// Keeps only the cases whose name contains one of `patterns` (all of them when
+    /// `patterns` is empty); how many are left.
+    pub fn select(&mut self, patterns: &[String]) -> usize {
+        if !patterns.is_empty() {
+            self.cases
+                .retain(|case| patterns.iter().any(|pattern| case.name.contains(pattern)));
+        }
+        self.cases.len()
+    }
+
     async fn load_cases(&self) -> anyhow::Result<Vec<CaseInfo>> {
         let stores = Arc::new(Stores::builder(Limits::default()).build());
         let instance = Instance {
@@ -308,8 +318,7 @@ impl Suite {
             "{}-{}-{index}-{nonce:08x}",
             target.namespace_prefix, self.run_id
         );
-        let main = format!("{base}-a");
-        let peer = format!("{base}-b");
+        let (main, peer) = namespace_pair(&base, index);
         let provider = &target.provider;
         Arc::new(
             Stores::builder(target.limits.clone())
@@ -460,4 +469,16 @@ pub fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> 
         .build()
         .map_err(|err| anyhow!("starting tokio: {err}"))?;
     Ok(runtime.block_on(future))
+}
+
+/// The namespaces of the store under test and its peer. Cases rotate through pairs where one
+/// namespace is a prefix of the other (`x` and `x/b`, `x:1` and `x`) and a pair of equal
+/// length, so isolation (S10) is checked where a naive prefix scheme would leak.
+fn namespace_pair(base: &str, case_index: usize) -> (String, String) {
+    // Offset so the isolation cases (S10) get both prefix pairs.
+    match (case_index + 1) % 3 {
+        0 => (base.to_string(), format!("{base}/b")),
+        1 => (format!("{base}:1"), base.to_string()),
+        _ => (format!("{base}-a"), format!("{base}-b")),
+    }
 }

@@ -25,6 +25,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::limits::{Limits, MAX_LIST_PAGE};
+use crate::secret::Secret;
 use crate::store::{Access, CursorSecret};
 
 /// A configuration problem, reported as one line naming where it is.
@@ -72,15 +73,40 @@ impl StoreSpec {
     }
 }
 
-/// One provider field of a store, with the conversions every provider needs.
-#[derive(Debug, Clone)]
+/// One provider field of a store, with the conversions every provider needs. Its `Debug`
+/// redacts the value of secret-looking fields ([`is_secret_field`]).
+#[derive(Clone)]
 pub struct ProviderField {
     /// The field's name.
     pub name: String,
     value: toml::Value,
 }
 
+impl fmt::Debug for ProviderField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = f.debug_struct("ProviderField");
+        shown.field("name", &self.name);
+        if is_secret_field(&self.name) {
+            shown.field("value", &"<redacted>");
+        } else {
+            shown.field("value", &self.value);
+        }
+        shown.finish()
+    }
+}
+
 impl ProviderField {
+    /// The value as a [`Secret`], which no `Debug` or error message prints.
+    pub fn secret(&self) -> Result<Secret, ConfigError> {
+        self.text().map(Secret::new)
+    }
+
+    /// A positive number of milliseconds up to `max_ms`, as a duration.
+    pub fn millis(&self, max_ms: i64) -> Result<Duration, ConfigError> {
+        self.integer(1..=max_ms)
+            .map(|ms| Duration::from_millis(ms.unsigned_abs()))
+    }
+
     /// The value as a string.
     pub fn text(&self) -> Result<String, ConfigError> {
         match &self.value {

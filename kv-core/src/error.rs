@@ -87,6 +87,33 @@ pub struct KvError {
 /// Result alias used throughout the provider API.
 pub type Result<T, E = KvError> = std::result::Result<T, E>;
 
+/// The class of an HTTP status that means the same on every HTTP backend, and whether it is
+/// transient (worth retrying): 429 `throttled`, 408 `timeout`, 5xx `unavailable` (all
+/// transient); 413 `value-too-large`; 401 and 403 `internal` (the host's credentials, not the
+/// guest's fault). `None` for statuses whose meaning depends on the operation (404, 409, 412).
+pub fn classify_http_status(status: u16) -> Option<(ErrorKind, bool)> {
+    match status {
+        429 => Some((ErrorKind::Throttled, true)),
+        408 => Some((ErrorKind::Timeout, true)),
+        500..=599 => Some((ErrorKind::Unavailable, true)),
+        413 => Some((ErrorKind::ValueTooLarge, false)),
+        401 | 403 => Some((ErrorKind::Internal, false)),
+        _ => None,
+    }
+}
+
+/// What a status [`classify_http_status`] knows means, in words for error messages.
+pub fn describe_http_status(status: u16) -> String {
+    match status {
+        429 => "rate limited (429)".to_string(),
+        408 => "request timeout (408)".to_string(),
+        413 => "the item is too large (413)".to_string(),
+        401 | 403 => format!("the credentials were refused ({status})"),
+        500..=599 => format!("server error {status}"),
+        _ => format!("status {status}"),
+    }
+}
+
 impl KvError {
     /// A new error; transient if the kind usually is.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
@@ -210,5 +237,31 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let err = KvError::unavailable("backend unreachable").with_source(io);
         assert_eq!(err.chain(), "unavailable: backend unreachable: refused");
+    }
+
+    #[test]
+    fn http_statuses_are_classified_once() {
+        assert_eq!(
+            classify_http_status(429),
+            Some((ErrorKind::Throttled, true))
+        );
+        assert_eq!(classify_http_status(408), Some((ErrorKind::Timeout, true)));
+        for code in [500, 502, 503, 504] {
+            assert_eq!(
+                classify_http_status(code),
+                Some((ErrorKind::Unavailable, true))
+            );
+        }
+        assert_eq!(
+            classify_http_status(413),
+            Some((ErrorKind::ValueTooLarge, false))
+        );
+        assert_eq!(
+            classify_http_status(403),
+            Some((ErrorKind::Internal, false))
+        );
+        for code in [200, 404, 409, 412] {
+            assert_eq!(classify_http_status(code), None);
+        }
     }
 }

@@ -10,25 +10,32 @@
 
 #![deny(missing_docs)]
 
+pub mod backoff;
 pub mod capabilities;
+pub mod clock;
 pub mod config;
 pub mod counter;
 pub mod error;
 pub mod limits;
 pub mod memory;
+pub mod naming;
 pub mod provider;
+pub mod rmw;
+pub mod secret;
 pub mod store;
 pub mod stores;
 
 #[cfg(feature = "wasmtime")]
 pub mod host;
 
+pub use backoff::Backoff;
 pub use capabilities::Capabilities;
 pub use config::{ConfigError, KvConfig, StoreSpec};
 pub use error::{ErrorKind, KvError, Result};
 pub use limits::{Limits, RetryPolicy};
 pub use memory::MemoryProvider;
 pub use provider::{Bucket, KeyPage, Provider, SwapOutcome, Version, Versioned};
+pub use secret::{ConnectionKey, Secret};
 pub use store::{Access, CursorSecret, KvStore};
 pub use stores::{MemoryFactory, ProviderFactory, ProviderRegistry, Stores, StoresBuilder};
 

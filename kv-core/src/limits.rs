@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::backoff::Backoff;
+
 /// Every provider accepts every key of 1 to 1024 UTF-8 bytes (S1).
 pub const MAX_KEY_BYTES: usize = 1024;
 /// A `list-keys` page never holds more keys than this (S5).
@@ -36,7 +38,7 @@ impl Default for Limits {
     }
 }
 
-/// Capped exponential backoff for transient errors of idempotent operations.
+/// How transient errors of idempotent operations are retried ([`Backoff`] between attempts).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts in total, the first included (1 = no retry).
@@ -58,14 +60,12 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The delay before retry number `retry` (1-based), with jitter of up to 50%.
-    pub fn backoff(&self, retry: u32) -> Duration {
-        let exp = self
-            .initial_backoff
-            .saturating_mul(1u32 << retry.saturating_sub(1).min(20));
-        let capped = exp.min(self.max_backoff);
-        let jitter = rand::random::<f64>() * 0.5;
-        capped.mul_f64(1.0 - jitter)
+    /// The backoff between attempts.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            initial: self.initial_backoff,
+            max: self.max_backoff,
+        }
     }
 }
 
@@ -77,8 +77,8 @@ mod tests {
     fn backoff_is_capped() {
         let policy = RetryPolicy::default();
         for retry in 1..40 {
-            assert!(policy.backoff(retry) <= policy.max_backoff);
+            assert!(policy.backoff().delay(retry) <= policy.max_backoff);
         }
-        assert!(policy.backoff(1) <= policy.initial_backoff);
+        assert!(policy.backoff().delay(1) <= policy.initial_backoff);
     }
 }

@@ -433,7 +433,7 @@ impl KvStore {
                 match f().await {
                     Err(err) if err.is_transient() && attempt < attempts => {
                         tracing::debug!(store = %self.inner.name, op, attempt, error = %err.chain(), "retrying");
-                        tokio::time::sleep(policy.backoff(attempt)).await;
+                        policy.backoff().wait(attempt).await;
                         attempt += 1;
                     }
                     other => return other,

@@ -3,7 +3,7 @@
 //! `anonymous`.
 
 use kv_core::config::{ProviderField, redact_url};
-use kv_core::{ConfigError, StoreSpec};
+use kv_core::{ConfigError, ConnectionKey, StoreSpec};
 
 /// Where the objects go and how to authenticate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +63,20 @@ impl GcsConfig {
             config.anonymous = true;
         }
         Ok(config)
+    }
+
+    /// Identity of the client: every setting that changes it. Stores with equal keys share
+    /// one client.
+    pub fn connection_key(&self) -> String {
+        ConnectionKey::new("gcs")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("create_bucket", self.create_bucket)
+            .field("project", &self.project)
+            .field("credentials_file", &self.credentials_file)
+            .field("anonymous", self.anonymous)
+            .finish()
     }
 
     fn apply(&mut self, field: &ProviderField) -> Result<(), ConfigError> {

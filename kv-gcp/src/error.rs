@@ -1,6 +1,7 @@
 //! Every Cloud Storage error mapped to the contract's classes, in one place.
 
 use gcloud_storage::http::Error;
+use kv_core::error::{classify_http_status, describe_http_status};
 use kv_core::{ErrorKind, KvError};
 
 /// The HTTP status of an error answer, if it is one.
@@ -14,36 +15,21 @@ pub fn status(err: &Error) -> Option<u16> {
 
 /// Maps an error of operation `op` (404 and 412 are handled by the callers).
 pub fn map_error(op: &str, err: Error) -> KvError {
-    let (kind, transient, message) = match (&err, status(&err)) {
-        (_, Some(429)) => (
-            ErrorKind::Throttled,
-            true,
-            format!("gcs {op}: rate limited"),
-        ),
-        (_, Some(408)) => (
-            ErrorKind::Timeout,
-            true,
-            format!("gcs {op}: request timeout"),
-        ),
-        (_, Some(code @ 500..=599)) => (
-            ErrorKind::Unavailable,
-            true,
-            format!("gcs {op}: server error {code}"),
-        ),
-        (_, Some(401 | 403)) => (
-            ErrorKind::Internal,
-            false,
-            format!("gcs {op}: not authorized"),
-        ),
+    let code = status(&err);
+    if let Some((kind, transient)) = code.and_then(classify_http_status) {
+        let message = format!(
+            "gcs {op}: {}",
+            describe_http_status(code.unwrap_or_default())
+        );
+        return KvError::new(kind, message)
+            .with_transient(transient)
+            .with_source(err);
+    }
+    let (kind, transient, message) = match (&err, code) {
         (_, Some(404)) => (
             ErrorKind::Internal,
             false,
             format!("gcs {op}: bucket or object not found"),
-        ),
-        (_, Some(413)) => (
-            ErrorKind::ValueTooLarge,
-            false,
-            format!("gcs {op}: object too large"),
         ),
         (Error::HttpClient(inner) | Error::RawResponse(inner, _), None) if inner.is_timeout() => (
             ErrorKind::Timeout,

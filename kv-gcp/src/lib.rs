@@ -27,7 +27,7 @@ impl ProviderFactory for GcsFactory {
     }
 
     fn connection_key(&self, spec: &StoreSpec) -> Result<String, ConfigError> {
-        Ok(format!("{:?}", GcsConfig::from_spec(spec)?))
+        Ok(GcsConfig::from_spec(spec)?.connection_key())
     }
 
     async fn connect(&self, spec: &StoreSpec) -> Result<Arc<dyn Provider>, ConfigError> {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -15,11 +15,12 @@ use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::objects::list::ListObjectsRequest;
 use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
-use kv_core::counter::{add_delta, encode_counter, parse_counter};
+use kv_core::naming::{KeyCodec, namespace_prefix};
+use kv_core::rmw::{self, ConditionalStore, Expect, Read, Snapshot};
 use kv_core::{
-    Bucket, Capabilities, KeyPage, KvError, Provider, Result, SwapOutcome, Version, Versioned,
+    Backoff, Bucket, Capabilities, KeyPage, KvError, Provider, Result, SwapOutcome, Version,
+    Versioned, clock,
 };
-use sha2::{Digest, Sha256};
 
 use crate::error::{map_error, status};
 
@@ -32,45 +33,11 @@ const MAX_NAME_BYTES: usize = 1024;
 /// Values are uploaded in one multipart request (the only kind the emulator applies
 /// preconditions to), so they are kept to a size that fits comfortably in memory.
 pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
-/// Attempts of a read-modify-write increment under contention.
-const INCREMENT_ATTEMPTS: u32 = 200;
+/// Object names: `%` and control characters percent-encoded (GCS forbids CR and LF); names
+/// over 1024 bytes hashed, marked `%h`.
+pub const KEY_CODEC: KeyCodec = KeyCodec::PERCENT;
 /// Attempts of a consistent read while writers keep replacing the object.
 const READ_ATTEMPTS: u32 = 20;
-
-/// Percent-encodes `%` and control characters (GCS forbids CR and LF; the others are unsafe in
-/// tools): bijective, and short for ordinary keys.
-pub fn encode_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for c in key.chars() {
-        if c == '%' || c.is_control() {
-            let mut buf = [0u8; 4];
-            for byte in c.encode_utf8(&mut buf).bytes() {
-                out.push_str(&format!("%{byte:02X}"));
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Inverse of [`encode_key`]; `None` for names this provider did not write.
-pub fn decode_key(name: &str) -> Option<String> {
-    let bytes = name.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = name.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
 
 /// A provider over one bucket.
 #[derive(Clone)]
@@ -90,10 +57,10 @@ impl GcsProvider {
         }
     }
 
-    /// The object name prefix of `namespace`: the length keeps one namespace's prefix from
-    /// ever being a prefix of another's.
+    /// The object name prefix of `namespace`: the bucket prefix, `kv/`, and the prefix-free
+    /// [`namespace_prefix`], so no namespace's objects are listed with another's.
     pub fn namespace_prefix(&self, namespace: &str) -> String {
-        format!("{}kv/{}/{}/", self.prefix, namespace.len(), namespace)
+        format!("{}kv/{}", self.prefix, namespace_prefix(namespace))
     }
 }
 
@@ -109,7 +76,6 @@ impl Provider for GcsProvider {
             cas: true,
             list_may_repeat: false,
             max_value_bytes: MAX_VALUE_BYTES,
-            ..Capabilities::default()
         }
     }
 
@@ -135,47 +101,25 @@ struct Current {
     expires_at: Option<u64>,
 }
 
-fn race_backoff(attempt: u32) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let ceiling = 2 + 4 * u64::from(attempt.min(12));
-    Duration::from_millis(u64::from(nanos) % ceiling)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn expires_at(object: &Object) -> Option<u64> {
     object.metadata.as_ref()?.get(META_EXPIRES)?.parse().ok()
 }
 
 impl GcsBucket {
-    /// The object name of `key`: encoded, or hashed when too long (the key then travels in
-    /// metadata). `%h` never appears in an encoded key, since `%` is always escaped.
+    /// The object name of `key`: percent-encoded, or hashed when too long (the key then
+    /// travels in metadata).
     fn name(&self, key: &str) -> (String, bool) {
-        let encoded = encode_key(key);
-        if self.prefix.len() + encoded.len() <= MAX_NAME_BYTES {
-            (format!("{}{encoded}", self.prefix), false)
-        } else {
-            let digest = Sha256::digest(key.as_bytes());
-            (format!("{}%h{digest:x}", self.prefix), true)
-        }
+        let budget = MAX_NAME_BYTES.saturating_sub(self.prefix.len());
+        let stored = KEY_CODEC.name(key, budget);
+        (format!("{}{}", self.prefix, stored.name), stored.hashed)
     }
 
     fn key_of(&self, object: &Object) -> Option<String> {
         let rest = object.name.strip_prefix(&self.prefix)?;
-        if rest.starts_with("%h") {
+        KEY_CODEC.key_of(rest, || {
             let encoded = object.metadata.as_ref()?.get(META_KEY)?;
             String::from_utf8(URL_SAFE_NO_PAD.decode(encoded).ok()?).ok()
-        } else {
-            decode_key(rest)
-        }
+        })
     }
 
     async fn stat(&self, name: &str) -> Result<Option<Current>> {
@@ -189,7 +133,7 @@ impl GcsBucket {
                 let expires_at = expires_at(&object);
                 Ok(Some(Current {
                     generation: object.generation,
-                    live: expires_at.is_none_or(|at| at > now_ms()),
+                    live: clock::is_live(expires_at, clock::now_ms()),
                     expires_at,
                 }))
             }
@@ -238,7 +182,7 @@ impl GcsBucket {
         let (name, _) = self.name(key);
         for attempt in 0..READ_ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(race_backoff(attempt)).await;
+                Backoff::CONTENTION.wait(attempt).await;
             }
             if let Some(read) = self.try_read(&name).await? {
                 return Ok(read);
@@ -288,6 +232,41 @@ impl GcsBucket {
     }
 }
 
+/// Generations make a read-modify-write increment safe: the upload is conditioned on the
+/// generation read (`0` = the object must not exist).
+#[async_trait]
+impl ConditionalStore for GcsBucket {
+    type Version = i64;
+
+    async fn read(&self, key: &str) -> Result<Read<i64>> {
+        // A read that races a writer is a lost race, like a failed upload.
+        Ok(match self.try_read(&self.name(key).0).await? {
+            None => Read::Raced,
+            Some((None, _)) => Read::Missing,
+            Some((Some(current), value)) => Read::Found(Snapshot {
+                value: value.unwrap_or_default(),
+                version: current.generation,
+                expires_at_ms: current.expires_at,
+            }),
+        })
+    }
+
+    async fn write_if(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expires_at_ms: Option<u64>,
+        expect: Expect<i64>,
+    ) -> Result<bool> {
+        let generation = match expect {
+            Expect::Absent => 0,
+            Expect::Version(generation) => generation,
+        };
+        self.upload(key, value, expires_at_ms, Some(generation))
+            .await
+    }
+}
+
 #[async_trait]
 impl Bucket for GcsBucket {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -299,7 +278,7 @@ impl Bucket for GcsBucket {
     }
 
     async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
-        let at = now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let at = clock::expires_at_ms(ttl);
         self.upload(key, value, Some(at), None).await.map(drop)
     }
 
@@ -337,12 +316,12 @@ impl Bucket for GcsBucket {
             .list_objects(&request)
             .await
             .map_err(|err| map_error("list", err))?;
-        let now = now_ms();
+        let now = clock::now_ms();
         let keys = response
             .items
             .unwrap_or_default()
             .iter()
-            .filter(|object| expires_at(object).is_none_or(|at| at > now))
+            .filter(|object| clock::is_live(expires_at(object), now))
             .filter_map(|object| self.key_of(object))
             .collect();
         Ok(KeyPage {
@@ -352,37 +331,7 @@ impl Bucket for GcsBucket {
     }
 
     async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
-        for attempt in 0..INCREMENT_ATTEMPTS {
-            if attempt > 0 {
-                // Lost a race: back off a little, with jitter, so contenders spread out.
-                tokio::time::sleep(race_backoff(attempt)).await;
-            }
-            // A read that races a writer is a lost race like a failed upload: back off.
-            let (name, _) = self.name(key);
-            let Some((current, value)) = self.try_read(&name).await? else {
-                continue;
-            };
-            let (base, precondition, keep_expiry) = match (&current, value) {
-                (None, _) => (0, 0, None),
-                (Some(current), None) => (0, current.generation, None),
-                (Some(current), Some(bytes)) => (
-                    parse_counter(&bytes)?,
-                    current.generation,
-                    current.expires_at,
-                ),
-            };
-            let next = add_delta(base, delta)?;
-            if self
-                .upload(key, encode_counter(next), keep_expiry, Some(precondition))
-                .await?
-            {
-                return Ok(next);
-            }
-        }
-        Err(
-            KvError::unavailable("gcs: increment lost every race under contention")
-                .with_transient(false),
-        )
+        rmw::increment(self, key, delta).await
     }
 
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
@@ -420,18 +369,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encoding_is_bijective() {
-        for key in [
-            "a", "%", "%25", "a\nb", "a\rb", "\u{0}", "é", "🦀", ".", "..", "a//b", "%h00", "a%2Fb",
-        ] {
-            let encoded = encode_key(key);
-            assert!(
-                !encoded.contains('\n') && !encoded.contains('\r'),
-                "{key:?}"
-            );
-            assert!(!encoded.contains("%h"), "{key:?}");
-            assert_eq!(decode_key(&encoded).as_deref(), Some(key), "{key:?}");
-        }
-        assert_ne!(encode_key("%"), encode_key("%25"));
+    fn layout_is_stable() {
+        // Stored layout: changing it strands existing objects.
+        let provider_prefix = format!("{}kv/{}", "apps/", namespace_prefix("team"));
+        assert_eq!(provider_prefix, "apps/kv/4/team/");
+        assert_eq!(KEY_CODEC.encode("a%b\nc/.."), "a%25b%0Ac/..");
+        assert_eq!(KEY_CODEC.hash_marker, "%h");
     }
 }

@@ -24,7 +24,7 @@ pub fn connect(config: &RedisConfig) -> Result<ConnectionManager, ConfigError> {
         redis = redis.set_username(username.clone());
     }
     if let Some(password) = &config.password {
-        redis = redis.set_password(password.clone());
+        redis = redis.set_password(password.expose());
     }
     let info: ConnectionInfo = addr
         .into_connection_info()

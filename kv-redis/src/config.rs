@@ -1,15 +1,18 @@
 //! Configuration: `redis://[user[:password]@]host[:port][/db]` or `rediss://` for TLS, plus
-//! optional fields in the config file.
+//! the fields `username`, `password`, `connect_timeout_ms`, `response_timeout_ms` as URL
+//! query parameters or `[stores.NAME]` fields.
 
-use std::fmt;
 use std::time::Duration;
 
-use kv_core::config::redact_url;
-use kv_core::{ConfigError, StoreSpec};
+use kv_core::config::{ProviderField, redact_url};
+use kv_core::{ConfigError, ConnectionKey, Secret, StoreSpec};
 use url::Url;
 
+/// The longest timeout a field may set: ten minutes.
+const MAX_TIMEOUT_MS: i64 = 600_000;
+
 /// How to reach one Redis server.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     /// Host name or address.
     pub host: String,
@@ -20,7 +23,7 @@ pub struct RedisConfig {
     /// ACL user name.
     pub username: Option<String>,
     /// Password (never printed).
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// `rediss://`: TLS with the web PKI roots.
     pub tls: bool,
     /// Time to establish a connection.
@@ -29,65 +32,37 @@ pub struct RedisConfig {
     pub response_timeout: Duration,
 }
 
-impl fmt::Debug for RedisConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("db", &self.db)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("tls", &self.tls)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("response_timeout", &self.response_timeout)
-            .finish()
-    }
-}
-
 impl RedisConfig {
-    /// Parses a store spec: the URL, then the file fields `username`, `password`,
-    /// `connect_timeout_ms`, `response_timeout_ms` (unknown fields are errors).
-    /// Without a password in the URL or the fields, `REDIS_PASSWORD` is used if set.
+    /// Parses a store spec: the URL, then its provider fields (URL query parameters, then the
+    /// file's fields; unknown fields are errors).
     pub fn from_spec(spec: &StoreSpec) -> Result<RedisConfig, ConfigError> {
         let url = spec.url.as_ref().ok_or_else(|| {
             ConfigError("the redis provider needs `url = \"redis://HOST:PORT/DB\"`".into())
         })?;
         let mut config = Self::from_url(url)?;
-        for (field, value) in &spec.options {
-            let text = || {
-                value
-                    .as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| ConfigError(format!("`{field}` must be a string")))
-            };
-            let millis = || {
-                value
-                    .as_integer()
-                    .filter(|n| *n > 0)
-                    .map(|n| Duration::from_millis(n as u64))
-                    .ok_or_else(|| ConfigError(format!("`{field}` must be a positive integer")))
-            };
-            match field.as_str() {
-                "username" => config.username = Some(text()?),
-                "password" => config.password = Some(text()?),
-                "connect_timeout_ms" => config.connect_timeout = millis()?,
-                "response_timeout_ms" => config.response_timeout = millis()?,
-                other => {
-                    return Err(ConfigError(format!(
-                        "unknown field `{other}` for the redis provider"
-                    )));
-                }
-            }
-        }
-        if config.password.is_none() {
-            config.password = std::env::var("REDIS_PASSWORD")
-                .ok()
-                .filter(|p| !p.is_empty());
+        for field in spec.provider_fields() {
+            config.apply(&field)?;
         }
         Ok(config)
     }
 
-    /// Parses a `redis://` or `rediss://` URL.
+    fn apply(&mut self, field: &ProviderField) -> Result<(), ConfigError> {
+        match field.name.as_str() {
+            "username" => self.username = Some(field.text()?),
+            "password" => self.password = Some(field.secret()?),
+            "connect_timeout_ms" => self.connect_timeout = field.millis(MAX_TIMEOUT_MS)?,
+            "response_timeout_ms" => self.response_timeout = field.millis(MAX_TIMEOUT_MS)?,
+            other => {
+                return Err(ConfigError(format!(
+                    "unknown field `{other}` for the redis provider"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses the address part of a `redis://` or `rediss://` URL (its query parameters are
+    /// provider fields, read by [`RedisConfig::from_spec`]).
     pub fn from_url(url: &Url) -> Result<RedisConfig, ConfigError> {
         let shown = redact_url(url);
         let tls = match url.scheme() {
@@ -114,11 +89,6 @@ impl RedisConfig {
                     ConfigError(format!("{shown}: database {path:?} is not a number"))
                 })?,
         };
-        if let Some((name, _)) = url.query_pairs().next() {
-            return Err(ConfigError(format!(
-                "{shown}: unknown URL parameter `{name}`"
-            )));
-        }
         let decode = |text: &str| {
             url::form_urlencoded::parse(format!("x={text}").as_bytes())
                 .next()
@@ -130,23 +100,26 @@ impl RedisConfig {
             port: url.port().unwrap_or(6379),
             db,
             username: Some(url.username()).filter(|u| !u.is_empty()).map(decode),
-            password: url.password().map(decode),
+            password: url.password().map(|password| Secret::new(decode(password))),
             tls,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(5),
         })
     }
 
-    /// Identity of the server connection (stores on the same server and db share it).
+    /// Identity of the connection: every setting that changes it, the password as a
+    /// fingerprint. Stores with equal keys share one connection.
     pub fn connection_key(&self) -> String {
-        format!(
-            "{}://{}@{}:{}/{}",
-            if self.tls { "rediss" } else { "redis" },
-            self.username.as_deref().unwrap_or(""),
-            self.host,
-            self.port,
-            self.db
-        )
+        ConnectionKey::new("redis")
+            .field("tls", self.tls)
+            .field("host", &self.host)
+            .field("port", self.port)
+            .field("db", self.db)
+            .field("username", &self.username)
+            .secret("password", self.password.as_ref())
+            .field("connect_timeout", self.connect_timeout)
+            .field("response_timeout", self.response_timeout)
+            .finish()
     }
 }
 
@@ -166,7 +139,7 @@ mod tests {
         assert_eq!(config.db, 3);
         assert!(config.tls);
         assert_eq!(config.username.as_deref(), Some("app"));
-        assert_eq!(config.password.as_deref(), Some("p@ss"));
+        assert_eq!(config.password.as_ref().map(Secret::expose), Some("p@ss"));
         assert!(!format!("{config:?}").contains("p@ss"));
         let plain = parse("redis://127.0.0.1").unwrap();
         assert_eq!((plain.port, plain.db, plain.tls), (6379, 0, false));
@@ -177,11 +150,54 @@ mod tests {
         for bad in [
             "redis://:secret@h/x",
             "redis://:secret@h/0?tls=1",
+            "redis://:secret@h/0?connect_timeout_ms=0",
             "http://h/0",
             "redis:///0",
         ] {
-            let err = parse(bad).unwrap_err().to_string();
+            let err = from_spec(bad).unwrap_err().to_string();
             assert!(!err.contains("secret"), "{err}");
         }
+    }
+
+    fn from_spec(url: &str) -> Result<RedisConfig, ConfigError> {
+        let (_, spec) = kv_core::config::parse_short_form(&format!("s={url}"))?;
+        RedisConfig::from_spec(&spec)
+    }
+
+    #[test]
+    fn fields_come_from_the_url_or_the_file() {
+        let config = from_spec("redis://h/0?response_timeout_ms=250&password=pw").unwrap();
+        assert_eq!(config.response_timeout, Duration::from_millis(250));
+        assert_eq!(config.password.as_ref().map(Secret::expose), Some("pw"));
+        let file = kv_core::KvConfig::from_toml(
+            "[stores.c]\nurl = \"redis://h:6390/2\"\npassword = \"${PW}\"\nconnect_timeout_ms = 100\n",
+            &|name| (name == "PW").then(|| "from-env".to_string()),
+        )
+        .unwrap();
+        let config = RedisConfig::from_spec(&file.stores["c"]).unwrap();
+        assert_eq!(config.connect_timeout, Duration::from_millis(100));
+        assert_eq!(
+            config.password.as_ref().map(Secret::expose),
+            Some("from-env")
+        );
+        assert!(!format!("{config:?}").contains("from-env"));
+    }
+
+    #[test]
+    fn connections_differ_by_every_setting() {
+        let key = |url: &str| from_spec(url).unwrap().connection_key();
+        let base = key("redis://:a@h:6379/0");
+        assert_eq!(base, key("redis://:a@h:6379/0"));
+        for other in [
+            "redis://:b@h:6379/0",
+            "redis://h:6379/0",
+            "redis://:a@h:6379/1",
+            "rediss://:a@h:6379/0",
+            "redis://:a@h:6379/0?response_timeout_ms=100",
+            "redis://:a@h:6379/0?connect_timeout_ms=100",
+        ] {
+            assert_ne!(base, key(other), "{other}");
+        }
+        assert!(!base.contains(":a@"));
     }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use kv_core::naming::namespace_prefix;
 use kv_core::{
     Bucket, Capabilities, KeyPage, KvError, Provider, Result, SwapOutcome, Version, Versioned,
 };
@@ -21,10 +22,10 @@ const SCAN_COUNT: usize = 200;
 /// SCAN round trips per `list-keys` page at most (bounds latency on sparse keyspaces).
 const SCAN_ROUNDS: usize = 32;
 
-/// The Redis key of `key` in `namespace`: `wasi-kv/<namespace length>/<namespace>/<key>`. The
-/// length makes prefixes of different namespaces never prefixes of each other.
+/// The Redis key prefix of `namespace`: `wasi-kv/` and the prefix-free
+/// [`namespace_prefix`] (`<namespace length>/<namespace>/`).
 pub fn key_prefix(namespace: &str) -> Vec<u8> {
-    format!("wasi-kv/{}/{namespace}/", namespace.len()).into_bytes()
+    format!("wasi-kv/{}", namespace_prefix(namespace)).into_bytes()
 }
 
 /// A SCAN MATCH pattern matching exactly the keys that start with `prefix`.
@@ -65,9 +66,6 @@ impl Provider for RedisProvider {
             cas: true,
             list_may_repeat: true,
             max_value_bytes: REDIS_MAX_VALUE_BYTES,
-            native_batch_read: CHUNK,
-            native_batch_write: CHUNK,
-            ..Capabilities::default()
         }
     }
 

@@ -24,8 +24,7 @@ struct Suite;
 
 impl suite::Guest for Suite {
     fn list_cases() -> Vec<CaseInfo> {
-        cases::ALL
-            .iter()
+        cases::all()
             .map(|case| CaseInfo {
                 name: case.name.to_string(),
                 rules: case.rules.iter().map(|rule| rule.to_string()).collect(),
@@ -42,8 +41,7 @@ impl suite::Guest for Suite {
         profile: Profile,
         phase: Phase,
     ) -> Result<(), String> {
-        let case = cases::ALL
-            .iter()
+        let case = cases::all()
             .find(|case| case.name == name)
             .ok_or_else(|| format!("no case named {name:?}"))?;
         let ctx = check::Ctx { target, profile };
