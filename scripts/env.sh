@@ -1,5 +1,5 @@
 # Sourced by the project's scripts: one shared target directory, and no SDK may leave the
-# machine (DESIGN §10): no cloud metadata services, no telemetry.
+# machine (docs/architecture.md): no cloud metadata services, no telemetry.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/wasi-kv-target}"
 export AWS_EC2_METADATA_DISABLED=true
 export COSMOS_DISABLE_IMDS=1

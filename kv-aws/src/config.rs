@@ -21,7 +21,8 @@ pub struct DynamoConfig {
     pub secret_access_key: Option<Secret>,
     /// Create the table (and enable TTL) if it does not exist.
     pub create_table: bool,
-    /// Attempts per request by the SDK (its standard retry mode).
+    /// Attempts per request by the SDK (default 1: the host's `KvStore` is the one layer that
+    /// retries, knowing which writes are safe to resend; more attempts multiply with it).
     pub max_attempts: u32,
 }
 
@@ -36,7 +37,7 @@ impl DynamoConfig {
             access_key_id: None,
             secret_access_key: None,
             create_table: false,
-            max_attempts: 3,
+            max_attempts: 1,
         };
         if let Some(url) = &spec.url {
             let shown = redact_url(url);

@@ -2,6 +2,7 @@
 //! with `DisplayErrorContext` (plain `Display` says only "service error").
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use kv_core::error::{classify_http_status, describe_http_status};
 use kv_core::{ErrorKind, KvError};
 
 /// Codes of throttling errors (retried, then `throttled`).
@@ -53,13 +54,19 @@ where
                 format!("dynamodb {op}: the item exceeds DynamoDB's 400 KB limit"),
             )
         }
-        _ if matches!(code.as_str(), "InternalServerError" | "ServiceUnavailable")
-            || status(&err) >= 500 =>
-        {
+        _ if matches!(code.as_str(), "InternalServerError" | "ServiceUnavailable") => (
+            ErrorKind::Unavailable,
+            true,
+            format!("dynamodb {op}: server error ({code})"),
+        ),
+        // An answer without a DynamoDB error code (a proxy, a load balancer): its HTTP status.
+        _ if classify_http_status(status(&err)).is_some() => {
+            let (kind, transient) =
+                classify_http_status(status(&err)).unwrap_or((ErrorKind::Internal, false));
             (
-                ErrorKind::Unavailable,
-                true,
-                format!("dynamodb {op}: server error ({code})"),
+                kind,
+                transient,
+                format!("dynamodb {op}: {}", describe_http_status(status(&err))),
             )
         }
         _ if matches!(

@@ -1,4 +1,4 @@
-//! AWS DynamoDB provider for wasi-kv (DESIGN §7.2): one table per deployment, partition key =
+//! AWS DynamoDB provider for wasi-kv (docs/providers/dynamodb.md): one table per deployment, partition key =
 //! namespace, sort key = key; consistent reads everywhere.
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
@@ -38,7 +38,9 @@ impl ProviderFactory for DynamoFactory {
                 .await
                 .map_err(|err| ConfigError(format!("dynamodb table {}: {err}", config.table)))?;
         }
-        Ok(Arc::new(DynamoProvider::new(client, &config.table)))
+        Ok(Arc::new(
+            DynamoProvider::new(client, &config.table).with_sdk_resends(config.max_attempts > 1),
+        ))
     }
 }
 

@@ -13,14 +13,14 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, DeleteRequest, KeysAndAttributes, PutRequest, ReturnValue, WriteRequest,
+    AttributeValue, DeleteRequest, KeysAndAttributes, PutRequest, WriteRequest,
 };
 use futures::future::try_join_all;
-use kv_core::counter::{add_delta, parse_counter};
 use kv_core::provider::last_entry_per_key;
+use kv_core::rmw::{self, ConditionalStore, Expect, Journal, Read, Snapshot, Write};
 use kv_core::{
-    Backoff, Bucket, Capabilities, ErrorKind, KeyPage, KvError, Provider, Result, SwapOutcome,
-    Version, Versioned, clock,
+    Backoff, Bucket, Capabilities, ErrorKind, KeyPage, KvError, Provider, RequestId, Result,
+    SwapOutcome, Version, Versioned, clock,
 };
 
 use crate::error::map_sdk_error;
@@ -31,8 +31,10 @@ pub const ATTR_NAMESPACE: &str = "ns";
 pub const ATTR_KEY: &str = "k";
 /// Binary value written by `set`.
 pub const ATTR_VALUE: &str = "v";
-/// Number written by `increment`.
+/// Number written by `increment` before the journaled read-modify-write; still read.
 pub const ATTR_COUNTER: &str = "c";
+/// The journal of the last increments and swaps (exactly-once retries, `kv_core::rmw`).
+pub const ATTR_JOURNAL: &str = "jr";
 /// Random version, replaced by every write.
 pub const ATTR_VERSION: &str = "ver";
 /// Expiry in epoch seconds (registered with UpdateTimeToLive).
@@ -51,14 +53,12 @@ const BATCH_WRITE: usize = 25;
 const BATCH_PARALLEL: usize = 4;
 /// Rounds of retrying unprocessed batch items before giving up as `throttled`.
 const UNPROCESSED_ROUNDS: u32 = 10;
-/// Attempts of the increment read-modify-write loop under contention.
-const INCREMENT_ATTEMPTS: u32 = 50;
-
 /// A provider over one DynamoDB table.
 #[derive(Clone)]
 pub struct DynamoProvider {
     client: Client,
     table: Arc<str>,
+    sdk_resends: bool,
 }
 
 impl DynamoProvider {
@@ -67,7 +67,15 @@ impl DynamoProvider {
         DynamoProvider {
             client,
             table: table.into(),
+            sdk_resends: false,
         }
+    }
+
+    /// Declares that the client's retry mode may resend a request (`max_attempts > 1`), so a
+    /// conditional check failure may be a resend meeting its own first write.
+    pub fn with_sdk_resends(mut self, resends: bool) -> Self {
+        self.sdk_resends = resends;
+        self
     }
 
     /// The SDK client.
@@ -96,6 +104,7 @@ impl Provider for DynamoProvider {
             client: self.client.clone(),
             table: self.table.clone(),
             namespace: namespace.to_string(),
+            sdk_resends: self.sdk_resends,
         }))
     }
 }
@@ -106,6 +115,7 @@ struct DynamoBucket {
     client: Client,
     table: Arc<str>,
     namespace: String,
+    sdk_resends: bool,
 }
 
 fn now_secs() -> i64 {
@@ -220,95 +230,6 @@ impl DynamoBucket {
             .map_err(|err| map_sdk_error("PutItem", err))
     }
 
-    /// Fast path: `ADD` on a counter item (or a missing one), bounded so the result stays an i64.
-    async fn add(&self, key: &str, delta: i64) -> Result<Option<i64>> {
-        let bound = if delta >= 0 {
-            i64::MAX - delta
-        } else {
-            i64::MIN - delta
-        };
-        let bound_check = if delta >= 0 {
-            "#c <= :bound"
-        } else {
-            "#c >= :bound"
-        };
-        let result = self
-            .client
-            .update_item()
-            .table_name(self.table.as_ref())
-            .set_key(Some(self.key(key)))
-            .update_expression("ADD #c :delta SET #ver = :ver")
-            .condition_expression(format!(
-                "attribute_not_exists(#v) AND (attribute_not_exists(#e) OR #e > :now) \
-                 AND (attribute_not_exists(#c) OR {bound_check})"
-            ))
-            .expression_attribute_names("#c", ATTR_COUNTER)
-            .expression_attribute_names("#v", ATTR_VALUE)
-            .expression_attribute_names("#e", ATTR_EXPIRES)
-            .expression_attribute_names("#ver", ATTR_VERSION)
-            .expression_attribute_values(":delta", n(delta))
-            .expression_attribute_values(":bound", n(bound))
-            .expression_attribute_values(":now", n(now_secs()))
-            .expression_attribute_values(":ver", new_version())
-            .return_values(ReturnValue::UpdatedNew)
-            .send()
-            .await;
-        match result {
-            Ok(output) => {
-                let item = output.attributes.unwrap_or_default();
-                counter_of(&item)?
-                    .map(Some)
-                    .ok_or_else(|| KvError::internal("dynamodb: ADD returned no counter"))
-            }
-            Err(err) if is_conditional_failure(&err) => Ok(None),
-            Err(err) => Err(map_sdk_error("UpdateItem ADD", err)),
-        }
-    }
-
-    /// Slow path: the item holds a decimal written by `set`, or has expired. Replaces it with
-    /// a counter if its version is unchanged; `None` on a lost race.
-    async fn convert(&self, key: &str, delta: i64) -> Result<Option<i64>> {
-        let Some(item) = self.read(key).await? else {
-            return Ok(None);
-        };
-        let version = item.get(ATTR_VERSION).cloned().unwrap_or_else(|| s(""));
-        let live = is_live(&item, now_secs());
-        let (next, keep_expiry) = if !live {
-            (delta, None)
-        } else if item.contains_key(ATTR_VALUE) {
-            (
-                add_delta(parse_counter(&value_of(&item)?)?, delta)?,
-                expires(&item),
-            )
-        } else {
-            // A live counter failed the bound: the result would leave the i64 range.
-            let current = counter_of(&item)?.unwrap_or(0);
-            add_delta(current, delta)?;
-            return Ok(None);
-        };
-        let mut replacement = self.key(key);
-        replacement.insert(ATTR_COUNTER.into(), n(next));
-        replacement.insert(ATTR_VERSION.into(), new_version());
-        if let Some(at) = keep_expiry {
-            replacement.insert(ATTR_EXPIRES.into(), n(at));
-        }
-        let result = self
-            .client
-            .put_item()
-            .table_name(self.table.as_ref())
-            .set_item(Some(replacement))
-            .condition_expression("#ver = :ver")
-            .expression_attribute_names("#ver", ATTR_VERSION)
-            .expression_attribute_values(":ver", version)
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Some(next)),
-            Err(err) if is_conditional_failure(&err) => Ok(None),
-            Err(err) => Err(map_sdk_error("PutItem counter", err)),
-        }
-    }
-
     async fn batch_get_chunk(&self, keys: &[String]) -> Result<HashMap<String, Vec<u8>>> {
         let mut pending: Vec<Item> = keys.iter().map(|key| self.key(key)).collect();
         let mut found = HashMap::new();
@@ -406,6 +327,69 @@ impl DynamoBucket {
     }
 }
 
+/// The random version attribute makes read-modify-write safe: the put is conditioned on it
+/// (or on the item not existing), and the journal is an attribute of the item.
+#[async_trait]
+impl ConditionalStore for DynamoBucket {
+    async fn read(&self, key: &str) -> Result<Read> {
+        let Some(item) = DynamoBucket::read(self, key).await? else {
+            return Ok(Read::Missing);
+        };
+        let live = is_live(&item, now_secs());
+        let version = match item.get(ATTR_VERSION) {
+            Some(AttributeValue::S(version)) => version.clone(),
+            _ => String::new(),
+        };
+        let journal = match item.get(ATTR_JOURNAL) {
+            Some(AttributeValue::S(text)) => Journal::parse(text),
+            _ => Journal::default(),
+        };
+        Ok(Read::Found(Snapshot {
+            value: if live { value_of(&item)? } else { Vec::new() },
+            version,
+            expires_at_ms: expires(&item).map(|secs| secs.max(0).unsigned_abs() * 1000),
+            journal,
+        }))
+    }
+
+    async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool> {
+        let expires_at = write
+            .expires_at_ms
+            .map(|ms| i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX));
+        let mut item = self.value_item(key, write.value, expires_at);
+        if !write.journal.is_empty() {
+            item.insert(ATTR_JOURNAL.into(), s(write.journal.encode()));
+        }
+        let request = self
+            .client
+            .put_item()
+            .table_name(self.table.as_ref())
+            .set_item(Some(item));
+        let request = match expect {
+            Expect::Absent => request
+                .condition_expression("attribute_not_exists(#k)")
+                .expression_attribute_names("#k", ATTR_KEY),
+            Expect::Version(version) if version.is_empty() => request
+                .condition_expression("attribute_exists(#k) AND attribute_not_exists(#ver)")
+                .expression_attribute_names("#k", ATTR_KEY)
+                .expression_attribute_names("#ver", ATTR_VERSION),
+            Expect::Version(version) => request
+                .condition_expression("#ver = :ver")
+                .expression_attribute_names("#ver", ATTR_VERSION)
+                .expression_attribute_values(":ver", s(version)),
+        };
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(err) if is_conditional_failure(&err) => Ok(false),
+            Err(err) => Err(map_sdk_error("PutItem conditional", err)),
+        }
+    }
+
+    fn resends_conditional_writes(&self) -> bool {
+        self.sdk_resends
+    }
+}
+
 #[async_trait]
 impl Bucket for DynamoBucket {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -492,62 +476,22 @@ impl Bucket for DynamoBucket {
         Ok(KeyPage { keys, cursor })
     }
 
-    async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
-        for _ in 0..INCREMENT_ATTEMPTS {
-            if let Some(total) = self.add(key, delta).await? {
-                return Ok(total);
-            }
-            if let Some(total) = self.convert(key, delta).await? {
-                return Ok(total);
-            }
-        }
-        Err(
-            KvError::unavailable("dynamodb: increment lost every race under contention")
-                .with_transient(false),
-        )
+    async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
+        rmw::increment(self, key, delta, request).await
     }
 
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
-        match self.read_live(key).await? {
-            Some(item) => {
-                let version = match item.get(ATTR_VERSION) {
-                    Some(AttributeValue::S(version)) => version.clone(),
-                    _ => String::new(),
-                };
-                Ok(Versioned {
-                    value: Some(value_of(&item)?),
-                    version: Version::Tag(version),
-                })
-            }
-            None => Ok(Versioned {
-                value: None,
-                version: Version::Absent,
-            }),
-        }
+        rmw::read_versioned(self, key).await
     }
 
-    async fn swap(&self, key: &str, expected: &Version, value: Vec<u8>) -> Result<SwapOutcome> {
-        let request = self
-            .client
-            .put_item()
-            .table_name(self.table.as_ref())
-            .set_item(Some(self.value_item(key, value, None)))
-            .expression_attribute_names("#e", ATTR_EXPIRES)
-            .expression_attribute_values(":now", n(now_secs()));
-        let request = match expected {
-            Version::Absent => request
-                .condition_expression("attribute_not_exists(#k) OR #e <= :now")
-                .expression_attribute_names("#k", ATTR_KEY),
-            Version::Tag(version) => request
-                .condition_expression("#ver = :ver AND (attribute_not_exists(#e) OR #e > :now)")
-                .expression_attribute_names("#ver", ATTR_VERSION)
-                .expression_attribute_values(":ver", s(version)),
-        };
-        match request.send().await {
-            Ok(_) => Ok(SwapOutcome::Swapped),
-            Err(err) if is_conditional_failure(&err) => Ok(SwapOutcome::Conflict),
-            Err(err) => Err(map_sdk_error("PutItem CAS", err)),
-        }
+    async fn swap(
+        &self,
+        key: &str,
+        expected: &Version,
+        value: Vec<u8>,
+        request: &RequestId,
+    ) -> Result<SwapOutcome> {
+        rmw::swap(self, key, expected, value, request).await
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {

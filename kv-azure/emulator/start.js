@@ -6,7 +6,8 @@
 //   2. GET of a missing document answers 404 instead of a 500 TypeError;
 //   3. per-range queries (a range id header but no partition key) are allowed across
 //      partitions, as the real service does for them;
-//   4. the account advertises http:// locations when serving plain HTTP;
+//   4. the account advertises http:// locations (at the Host the client used) when serving
+//      plain HTTP;
 //
 // plus keep-alive (the stock server closes every connection).
 //
@@ -77,13 +78,17 @@ wrapHandler("query-documents", (original) => async (account, req, res, params) =
   return original(account, req, res, params);
 });
 
-// Fix 4: advertise the scheme actually served.
+// Fix 4: advertise the scheme actually served, at the address the client used (its Host
+// header), so a client behind a loopback proxy (the fault-injection tests) stays behind it.
 wrapHandler("read-meta", (original) => async (...params) => {
   const body = await original(...params);
+  const host = params[1] && params[1].headers && params[1].headers.host;
   const plain = (locations) =>
     (locations || []).map((location) => ({
       ...location,
-      databaseAccountEndpoint: String(location.databaseAccountEndpoint).replace(/^https:/, "http:"),
+      databaseAccountEndpoint: host
+        ? `http://${host}/`
+        : String(location.databaseAccountEndpoint).replace(/^https:/, "http:"),
     }));
   return { ...body, writableLocations: plain(body.writableLocations), readableLocations: plain(body.readableLocations) };
 });

@@ -7,7 +7,7 @@ use azure_core::credentials::{Secret, TokenCredential};
 use azure_data_cosmos::models::{ContainerProperties, TimeToLive};
 use azure_data_cosmos::options::{
     BinaryEncodingOptions, ConnectionPoolOptions, EndToEndOperationLatencyPolicy, OperationOptions,
-    ReadConsistencyStrategy,
+    ReadConsistencyStrategy, ThrottlingRetryOptionsBuilder,
 };
 use azure_data_cosmos::{
     AccountEndpoint, AccountReference, ContainerClient, CosmosClient, CosmosRuntime,
@@ -120,6 +120,13 @@ async fn connect_account(
         Consistency::LatestCommitted => Some(ReadConsistencyStrategy::LatestCommitted),
     };
     operation.end_to_end_latency_policy = config.timeout.map(EndToEndOperationLatencyPolicy::new);
+    // The host's `KvStore` is the one layer that retries, honouring the service's retry-after:
+    // the first 429 comes straight back instead of the driver waiting up to 30 s on its own.
+    operation.throttling_retry_options = Some(
+        ThrottlingRetryOptionsBuilder::new()
+            .with_max_retry_count(0)
+            .build(),
+    );
     let client = CosmosClient::builder()
         .with_runtime(runtime)
         .with_default_operation_options(operation)

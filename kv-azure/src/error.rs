@@ -31,8 +31,9 @@ pub fn outcome(err: &CosmosError) -> Outcome {
     }
 }
 
-/// Maps an SDK error of operation `op` to the contract's classes. The SDK has already
-/// retried what it retries (429 honouring `x-ms-retry-after-ms`, 410/449, some 503s).
+/// Maps an SDK error of operation `op` to the contract's classes. Throttling is not retried by
+/// the driver (its throttle retries are off); the service's `x-ms-retry-after-ms` travels in
+/// the error, and the host's retry waits at least that long.
 pub fn map_error(op: &str, err: CosmosError) -> KvError {
     let status = err.status();
     let code = u16::from(status.status_code());
@@ -78,9 +79,16 @@ pub fn map_error(op: &str, err: CosmosError) -> KvError {
             format!("cosmos {op}: unexpected answer {}", status_text(&err)),
         )
     };
-    KvError::new(kind, text)
-        .with_transient(transient)
-        .with_source(err)
+    let retry_after = err
+        .response()
+        .and_then(|response| response.headers().retry_after_ms)
+        .map(std::time::Duration::from_millis);
+    let mapped = KvError::new(kind, text).with_transient(transient);
+    let mapped = match retry_after {
+        Some(delay) => mapped.with_retry_after(delay),
+        None => mapped,
+    };
+    mapped.with_source(err)
 }
 
 fn status_text(err: &CosmosError) -> String {

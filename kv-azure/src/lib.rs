@@ -1,4 +1,4 @@
-//! Azure Cosmos DB (NoSQL API) provider for wasi-kv (DESIGN §7.3): one container per
+//! Azure Cosmos DB (NoSQL API) provider for wasi-kv (docs/providers/cosmos.md): one container per
 //! deployment, an item per key, stores spread over several logical partitions.
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]

@@ -1,4 +1,4 @@
-//! The mapping (DESIGN §7.3): one item per key in one container partitioned on `/pk`.
+//! The mapping (docs/providers/cosmos.md): one item per key in one container partitioned on `/pk`.
 //!
 //! - `pk` = the prefix-free namespace prefix (`<length>/<namespace>/`) and one of [`SHARDS`]
 //!   shards chosen by a hash of the key, so a store spreads over several logical partitions
@@ -9,7 +9,8 @@
 //! - `v` = the value in base64; counters are decimal values like any other.
 //! - `exp` = expiry in Unix ms, filtered on every read; `ttl` = seconds, so the service deletes
 //!   expired items eventually (the local server never does).
-//! - CAS and increment: ETag `If-Match`; create-if-absent: create (409 = exists).
+//! - CAS and increment: ETag `If-Match`; create-if-absent: create (409 = exists); `j` = the
+//!   journal that makes a retried increment or swap apply once (`kv_core::rmw`).
 //! - list-keys: a parameterised query per shard, the SDK's continuation token in the cursor.
 
 use std::num::NonZeroU32;
@@ -27,10 +28,10 @@ use base64::engine::general_purpose::STANDARD;
 use futures::{StreamExt as _, TryStreamExt as _};
 use kv_core::naming::{KeyCodec, namespace_prefix};
 use kv_core::provider::{DEFAULT_BATCH_CONCURRENCY as BATCH_CONCURRENCY, last_entry_per_key};
-use kv_core::rmw::{self, ConditionalStore, Expect, Read, Snapshot};
+use kv_core::rmw::{self, ConditionalStore, Expect, Journal, Read, Snapshot, Write};
 use kv_core::{
-    Bucket, Capabilities, KeyPage, KvError, Provider, Result, SwapOutcome, Version, Versioned,
-    clock,
+    Bucket, Capabilities, KeyPage, KvError, Provider, RequestId, Result, SwapOutcome, Version,
+    Versioned, clock,
 };
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +74,9 @@ struct Item {
     exp: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ttl: Option<u64>,
+    /// The journal of the last increments and swaps (exactly-once retries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    j: Option<String>,
 }
 
 impl Item {
@@ -184,6 +188,7 @@ impl CosmosBucket {
         key: &str,
         value: &[u8],
         expires_at_ms: Option<u64>,
+        journal: Option<&Journal>,
         condition: Condition,
     ) -> Result<bool> {
         let (pk, id) = self.locate(key);
@@ -197,6 +202,9 @@ impl CosmosBucket {
             v: STANDARD.encode(value),
             exp: expires_at_ms,
             ttl: ttl_secs,
+            j: journal
+                .filter(|journal| !journal.is_empty())
+                .map(Journal::encode),
         };
         let result = match condition {
             Condition::None => self.container.upsert_item(pk, &id, &item, None).await,
@@ -286,38 +294,44 @@ fn cursor(shard: u8, token: Option<&str>) -> String {
     format!("{shard:x}.{}", token.unwrap_or(""))
 }
 
-/// ETags make a read-modify-write increment safe: replace under `If-Match`, or create when
-/// the item must not exist.
+/// ETags make read-modify-write safe: replace under `If-Match`, or create when the item must
+/// not exist; the journal is a field of the item.
 #[async_trait]
 impl ConditionalStore for CosmosBucket {
-    type Version = Etag;
-
-    async fn read(&self, key: &str) -> Result<Read<Etag>> {
+    async fn read(&self, key: &str) -> Result<Read> {
         Ok(match CosmosBucket::read(self, key).await? {
             None => Read::Missing,
             Some((item, etag)) => {
                 let live = item.live(clock::now_ms());
                 Read::Found(Snapshot {
                     value: if live { item.value()? } else { Vec::new() },
-                    version: etag,
+                    version: etag.to_string(),
                     expires_at_ms: item.exp,
+                    journal: item.j.as_deref().map(Journal::parse).unwrap_or_default(),
                 })
             }
         })
     }
 
-    async fn write_if(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expires_at_ms: Option<u64>,
-        expect: Expect<Etag>,
-    ) -> Result<bool> {
+    async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool> {
         let condition = match expect {
             Expect::Absent => Condition::Absent,
-            Expect::Version(etag) => Condition::Matches(etag),
+            Expect::Version(etag) => Condition::Matches(Etag::from(etag.as_str())),
         };
-        self.write(key, &value, expires_at_ms, condition).await
+        self.write(
+            key,
+            &write.value,
+            write.expires_at_ms,
+            Some(&write.journal),
+            condition,
+        )
+        .await
+    }
+
+    /// The driver resends writes after transport failures, 408 and 503, so a conflict can be
+    /// the resend failing against the first send's own write.
+    fn resends_conditional_writes(&self) -> bool {
+        true
     }
 }
 
@@ -328,7 +342,7 @@ impl Bucket for CosmosBucket {
     }
 
     async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        self.write(key, &value, None, Condition::None).await?;
+        self.write(key, &value, None, None, Condition::None).await?;
         Ok(())
     }
 
@@ -337,6 +351,7 @@ impl Bucket for CosmosBucket {
             key,
             &value,
             Some(clock::expires_at_ms(ttl)),
+            None,
             Condition::None,
         )
         .await?;
@@ -385,55 +400,22 @@ impl Bucket for CosmosBucket {
         }
     }
 
-    async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
-        rmw::increment(self, key, delta).await
+    async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
+        rmw::increment(self, key, delta, request).await
     }
 
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
-        Ok(match self.read_live(key).await? {
-            Some((value, etag)) => Versioned {
-                value: Some(value),
-                version: Version::Tag(etag.to_string()),
-            },
-            None => Versioned {
-                value: None,
-                version: Version::Absent,
-            },
-        })
+        rmw::read_versioned(self, key).await
     }
 
-    async fn swap(&self, key: &str, expected: &Version, value: Vec<u8>) -> Result<SwapOutcome> {
-        let swapped = match expected {
-            Version::Tag(etag) => {
-                self.write(
-                    key,
-                    &value,
-                    None,
-                    Condition::Matches(Etag::from(etag.as_str())),
-                )
-                .await?
-            }
-            Version::Absent => {
-                if self.write(key, &value, None, Condition::Absent).await? {
-                    true
-                } else {
-                    // An item is there; if it has expired it counts as absent, and is
-                    // replaced only if nobody wrote it meanwhile.
-                    match self.read(key).await? {
-                        Some((item, etag)) if !item.live(clock::now_ms()) => {
-                            self.write(key, &value, None, Condition::Matches(etag))
-                                .await?
-                        }
-                        _ => false,
-                    }
-                }
-            }
-        };
-        Ok(if swapped {
-            SwapOutcome::Swapped
-        } else {
-            SwapOutcome::Conflict
-        })
+    async fn swap(
+        &self,
+        key: &str,
+        expected: &Version,
+        value: Vec<u8>,
+        request: &RequestId,
+    ) -> Result<SwapOutcome> {
+        rmw::swap(self, key, expected, value, request).await
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {

@@ -170,4 +170,15 @@ pub struct ConformanceArgs {
     /// Run only the cases whose name contains this text (repeatable; default: every case).
     #[arg(long = "case", value_name = "TEXT")]
     pub cases: Vec<String>,
+    /// Run through a fault profile: `lossy` drops the reply of every 10th request after the
+    /// backend executed it (a loopback proxy with --emulator; in-process hooks on memory).
+    #[arg(long, value_enum, value_name = "PROFILE")]
+    pub faults: Option<FaultProfile>,
+}
+
+/// Fault profiles of `wasi-kv conformance --faults`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FaultProfile {
+    /// The reply of every 10th request is lost after the backend executed it.
+    Lossy,
 }

@@ -8,7 +8,11 @@ use anyhow::{Context as _, bail};
 use kv_conformance::{Outcome, Profile, Report, Suite, Target};
 use kv_core::Provider;
 
-use crate::cli::{ConformanceArgs, Format};
+use crate::cli::{ConformanceArgs, FaultProfile, Format};
+use kv_conformance::faults::{Fault, FaultProxy, LossyProvider, Protocol};
+
+/// `--faults lossy`: the reply of every n-th request is dropped after the backend executed it.
+const LOSSY_EVERY: u64 = 10;
 
 /// Runs the suite; returns whether it passed.
 pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
@@ -38,12 +42,32 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
         eprintln!("started {} on loopback", started.backend);
         profile = Profile::bundled(started.flavour)
             .ok_or_else(|| anyhow::anyhow!("no bundled profile {:?}", started.flavour))?;
-        profile.backend = started.backend;
+        profile.backend = started.backend.clone();
+        let mut url = started.store_url.clone();
+        if args.faults == Some(FaultProfile::Lossy) {
+            let protocol = if args.provider == "redis" {
+                Protocol::Tcp
+            } else {
+                Protocol::Http
+            };
+            let proxy = FaultProxy::start(started.addr(), protocol).await?;
+            proxy.every(LOSSY_EVERY, Fault::DropReply);
+            eprintln!(
+                "every {LOSSY_EVERY}th reply is dropped after the backend executed the request \
+                 (fault proxy on {})",
+                proxy.addr()
+            );
+            url = started.store_url_via(proxy.addr());
+            keep_alive.push(Arc::new(proxy));
+        }
         keep_alive.push(started.guard);
-        let url = started.store_url;
         spec = Some(kv_core::config::parse_short_form(&format!("conformance={url}"))?.1);
+    } else if args.faults.is_some() && args.provider != "memory" {
+        bail!(
+            "--faults needs --emulator (the fault proxy sits between the host and a local backend)"
+        );
     }
-    let (provider, prefix): (Arc<dyn Provider>, String) = match &spec {
+    let (mut provider, prefix): (Arc<dyn Provider>, String) = match &spec {
         Some(spec) => (registry.connect(spec).await?, spec.namespace.clone()),
         None if args.provider == "memory" => (
             Arc::new(kv_core::MemoryProvider::new()),
@@ -54,10 +78,20 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
             args.provider
         ),
     };
+    let mut limits = config.limits.clone();
+    if args.faults == Some(FaultProfile::Lossy) {
+        if args.provider == "memory" {
+            let lossy = LossyProvider::new(provider);
+            lossy.state().lose_every(LOSSY_EVERY);
+            provider = Arc::new(lossy);
+        }
+        // One reply in ten is lost: enough attempts that a run of losses is vanishingly rare.
+        limits.retry.max_attempts = limits.retry.max_attempts.max(20);
+    }
     let mut target = Target::new(&args.provider, provider, profile);
     target.keep_alive = keep_alive;
     target.namespace_prefix = prefix;
-    target.limits = config.limits.clone();
+    target.limits = limits;
 
     let started = SystemTime::now();
     let mut suite = Suite::new()

@@ -191,6 +191,54 @@ fn conformance_emulator_runs_selected_cases() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// `--faults lossy` runs the suite while every 10th reply is lost after the backend executed
+/// the request; the concurrent increment and CAS cases still end exact.
+#[test]
+fn conformance_runs_through_the_lossy_fault_profile() {
+    let required = std::env::var("KV_REQUIRE").unwrap_or_default();
+    for provider in ["memory", "redis"] {
+        let is_required = required.split(',').any(|name| name.trim() == provider);
+        if provider == "redis" && !is_required && !kv_conformance::emulator::installed(provider) {
+            continue;
+        }
+        let mut args = vec!["conformance", "--provider", provider, "--faults", "lossy"];
+        if provider != "memory" {
+            args.push("--emulator");
+        }
+        args.extend([
+            "--case",
+            "increment_concurrent_exact",
+            "--case",
+            "cas_concurrent_loops_exact",
+            "--case",
+            "set_many_above_native_limits",
+            "--format",
+            "json",
+        ]);
+        let out = wasi_kv(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{provider}: {stderr}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let results = json["results"].as_array().unwrap();
+        assert_eq!(results.len(), 3, "{provider}: {json}");
+        assert!(
+            results.iter().all(|r| r["outcome"] == "passed"),
+            "{provider}: {json}"
+        );
+    }
+    // A configured (remote) store cannot be put behind the proxy.
+    let out = wasi_kv(&[
+        "conformance",
+        "--provider",
+        "redis",
+        "--store",
+        "r=redis://127.0.0.1:1/0",
+        "--faults",
+        "lossy",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
 #[test]
 fn conformance_rejects_unknown_provider() {
     let out = wasi_kv(&["conformance", "--provider", "etcd"]);

@@ -488,12 +488,27 @@ impl CosmosServer {
 pub struct Started {
     /// A store URL on the emulator (loopback endpoint, test credentials).
     pub store_url: String,
+    /// The emulator's loopback port (what a fault proxy forwards to).
+    pub port: u16,
     /// The backend and its version, for reports.
     pub backend: String,
     /// The expectation profile of this backend flavour.
     pub flavour: &'static str,
     /// Stops the emulator when dropped.
     pub guard: std::sync::Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl Started {
+    /// The store URL with the emulator's address replaced by `addr` (a fault proxy in front).
+    pub fn store_url_via(&self, addr: std::net::SocketAddr) -> String {
+        self.store_url
+            .replace(&format!("127.0.0.1:{}", self.port), &addr.to_string())
+    }
+
+    /// The emulator's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        (std::net::Ipv4Addr::LOCALHOST, self.port).into()
+    }
 }
 
 /// The providers whose emulators this crate starts.
@@ -519,6 +534,7 @@ pub fn start(provider: &str) -> Result<Started, String> {
             let server = RedisServer::start()?;
             Started {
                 store_url: server.url(),
+                port: server.server.port,
                 backend: server.version().to_string(),
                 flavour: "redis",
                 guard: Arc::new(server),
@@ -528,6 +544,7 @@ pub fn start(provider: &str) -> Result<Started, String> {
             let local = DynamoDbLocal::start()?;
             Started {
                 store_url: local.store_url("wasikv-conformance"),
+                port: local.server.port,
                 backend: local.version(),
                 flavour: "dynamodb-local",
                 guard: Arc::new(local),
@@ -537,6 +554,7 @@ pub fn start(provider: &str) -> Result<Started, String> {
             let server = FakeGcsServer::start()?;
             Started {
                 store_url: server.store_url("wasikv-conformance", "runs"),
+                port: server.server.port,
                 backend: server.version(),
                 flavour: "fake-gcs",
                 guard: Arc::new(server),
@@ -546,6 +564,7 @@ pub fn start(provider: &str) -> Result<Started, String> {
             let server = CosmosServer::start()?;
             Started {
                 store_url: server.store_url("wasikv", "conformance"),
+                port: server.server.port,
                 backend: server.version(),
                 flavour: "cosmos-local",
                 guard: Arc::new(server),

@@ -1,4 +1,4 @@
-//! `cargo test` integration: one libtest-mimic trial per target x case (DESIGN §6).
+//! `cargo test` integration: one libtest-mimic trial per target x case (docs/architecture.md).
 //!
 //! A target whose backend cannot be reached is reported as ignored, unless its name is in
 //! `KV_REQUIRE` (comma-separated; CI sets it), where that is a failure. A run in which nothing

@@ -1,4 +1,4 @@
-//! The wasi-kv conformance runner (DESIGN §6).
+//! The wasi-kv conformance runner (docs/architecture.md).
 //!
 //! The cases live in the guest component (`guest/`, built for wasm32-wasip2 by `build.rs`); this
 //! crate runs them against any [`kv_core::Provider`], gives every case a fresh namespace, maps
@@ -6,6 +6,7 @@
 
 pub mod artifacts;
 pub mod emulator;
+pub mod faults;
 pub mod harness;
 pub mod profile;
 pub mod provider_tests;

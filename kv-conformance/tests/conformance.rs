@@ -9,7 +9,9 @@ use std::sync::Arc;
 use kv_conformance::emulator::{self, EMULATED_PROVIDERS};
 use kv_conformance::harness::{self, TargetSource};
 use kv_conformance::{Profile, Target};
-use kv_core::{MemoryProvider, ProviderRegistry};
+use kv_core::MemoryProvider;
+
+mod common;
 
 fn main() -> ExitCode {
     harness::stay_on_loopback();
@@ -31,25 +33,11 @@ async fn emulated(provider: &'static str) -> Result<Target, String> {
     let started = tokio::task::spawn_blocking(move || emulator::start(provider))
         .await
         .map_err(|err| err.to_string())??;
-    let (_, spec) = kv_core::config::parse_short_form(&format!("{provider}={}", started.store_url))
-        .map_err(|err| err.to_string())?;
-    let connected = registry()
-        .connect(&spec)
-        .await
-        .map_err(|err| err.to_string())?;
+    let connected = common::connect(provider, &started.store_url).await?;
     let mut profile = Profile::bundled(started.flavour)
         .ok_or_else(|| format!("no bundled profile {:?}", started.flavour))?;
     profile.backend = started.backend;
     let mut target = Target::new(provider, connected, profile);
     target.keep_alive.push(started.guard);
     Ok(target)
-}
-
-fn registry() -> ProviderRegistry {
-    let mut registry = ProviderRegistry::new();
-    kv_redis::register(&mut registry);
-    kv_aws::register(&mut registry);
-    kv_gcp::register(&mut registry);
-    kv_azure::register(&mut registry);
-    registry
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kv_conformance::{Outcome, Profile, Suite, Target};
 use kv_core::{
-    Bucket, Capabilities, KeyPage, MemoryProvider, Provider, Result, SwapOutcome, Version,
-    Versioned,
+    Bucket, Capabilities, KeyPage, MemoryProvider, Provider, RequestId, Result, SwapOutcome,
+    Version, Versioned,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -117,7 +117,7 @@ impl Bucket for FaultyBucket {
         }
     }
 
-    async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
+    async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
         match self.fault {
             Fault::RacyIncrement => {
                 let current = match self.inner.get(key).await? {
@@ -131,7 +131,7 @@ impl Bucket for FaultyBucket {
                     .await?;
                 Ok(next)
             }
-            _ => self.inner.increment(key, delta).await,
+            _ => self.inner.increment(key, delta, request).await,
         }
     }
 
@@ -148,7 +148,13 @@ impl Bucket for FaultyBucket {
         }
     }
 
-    async fn swap(&self, key: &str, expected: &Version, value: Vec<u8>) -> Result<SwapOutcome> {
+    async fn swap(
+        &self,
+        key: &str,
+        expected: &Version,
+        value: Vec<u8>,
+        request: &RequestId,
+    ) -> Result<SwapOutcome> {
         match self.fault {
             Fault::CasIgnoresVersion => {
                 // A network round trip's worth of latency, as a real backend has.
@@ -172,7 +178,7 @@ impl Bucket for FaultyBucket {
                 self.inner.set(key, value).await?;
                 Ok(SwapOutcome::Swapped)
             }
-            _ => self.inner.swap(key, expected, value).await,
+            _ => self.inner.swap(key, expected, value, request).await,
         }
     }
 

@@ -1,4 +1,4 @@
-//! Store configuration (DESIGN §8): which store identifier is which provider, namespace and
+//! Store configuration (README, "Configuration"): which store identifier is which provider, namespace and
 //! access mode. Two spellings: a TOML file with one `[stores.NAME]` table per store, and the
 //! command-line short form `NAME=URL`.
 //!

@@ -1,4 +1,4 @@
-//! The error model of the contract (DESIGN §4 S11).
+//! The error model of the contract (docs/semantics.md, S11).
 //!
 //! Every failure a guest can see has a stable class, the prefix of the message it receives
 //! (`invalid-key: key is empty`). Providers map their SDK errors into [`KvError`] in one place
@@ -81,6 +81,7 @@ pub struct KvError {
     kind: ErrorKind,
     message: String,
     transient: bool,
+    retry_after: Option<std::time::Duration>,
     source: Option<Box<dyn StdError + Send + Sync + 'static>>,
 }
 
@@ -121,8 +122,21 @@ impl KvError {
             kind,
             message: message.into(),
             transient: kind.is_transient_by_default(),
+            retry_after: None,
             source: None,
         }
+    }
+
+    /// The backend asked to wait this long before retrying (`Retry-After`,
+    /// `x-ms-retry-after-ms`); the host's retry waits at least that long.
+    pub fn with_retry_after(mut self, delay: std::time::Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
+    }
+
+    /// How long the backend asked to wait before a retry, if it said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after
     }
 
     /// Attach the underlying error, for logs.
@@ -206,6 +220,7 @@ impl fmt::Debug for KvError {
             .field("kind", &self.kind)
             .field("message", &self.message)
             .field("transient", &self.transient)
+            .field("retry_after", &self.retry_after)
             .field("source", &self.source.as_ref().map(|s| s.to_string()))
             .finish()
     }

@@ -1,4 +1,4 @@
-//! How the host protects itself from a guest and from a slow backend (DESIGN §4 S12).
+//! How the host protects itself from a guest and from a slow backend (docs/semantics.md, S12).
 
 use std::time::Duration;
 

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use crate::capabilities::Capabilities;
 use crate::counter::{add_delta, encode_counter, parse_counter};
 use crate::error::{KvError, Result};
-use crate::provider::{Bucket, KeyPage, Provider, SwapOutcome, Version, Versioned};
+use crate::provider::{Bucket, KeyPage, Provider, RequestId, SwapOutcome, Version, Versioned};
 
 /// The largest value the in-memory provider stores.
 pub const MEMORY_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
@@ -39,6 +39,38 @@ type Namespace = BTreeMap<String, Entry>;
 struct Shared {
     namespaces: Mutex<HashMap<String, Arc<Mutex<Namespace>>>>,
     versions: AtomicU64,
+    requests: Mutex<RequestLog>,
+}
+
+/// What an applied increment or swap returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    Incremented(i64),
+    Swapped,
+}
+
+/// The results of the last [`REQUEST_LOG_LEN`] increments and swaps, by request id, so a
+/// retry of an applied call returns its result instead of applying it again.
+#[derive(Default)]
+struct RequestLog {
+    applied: HashMap<u128, Applied>,
+    order: std::collections::VecDeque<u128>,
+}
+
+/// Requests remembered by the in-memory provider.
+const REQUEST_LOG_LEN: usize = 65_536;
+
+impl RequestLog {
+    fn record(&mut self, request: u128, applied: Applied) {
+        if self.applied.insert(request, applied).is_none() {
+            self.order.push_back(request);
+        }
+        while self.order.len() > REQUEST_LOG_LEN {
+            if let Some(oldest) = self.order.pop_front() {
+                self.applied.remove(&oldest);
+            }
+        }
+    }
 }
 
 /// A provider keeping everything in process memory.
@@ -164,10 +196,18 @@ impl Bucket for MemoryBucket {
         Ok(KeyPage { keys, cursor })
     }
 
-    async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
+    async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
         let version = self.next_version();
         let now = Instant::now();
         let mut map = lock(&self.map)?;
+        let mut requests = lock(&self.shared.requests)?;
+        match requests.applied.get(&request.value()) {
+            Some(Applied::Incremented(total)) => return Ok(*total),
+            Some(Applied::Swapped) => {
+                return Err(KvError::internal("a swap's request id was reused"));
+            }
+            None => {}
+        }
         let (current, expires_at) = match Self::live(&map, key, now) {
             Some(entry) => (parse_counter(&entry.value)?, entry.expires_at),
             None => (0, None),
@@ -181,6 +221,7 @@ impl Bucket for MemoryBucket {
                 expires_at,
             },
         );
+        requests.record(request.value(), Applied::Incremented(next));
         Ok(next)
     }
 
@@ -198,9 +239,23 @@ impl Bucket for MemoryBucket {
         })
     }
 
-    async fn swap(&self, key: &str, expected: &Version, value: Vec<u8>) -> Result<SwapOutcome> {
+    async fn swap(
+        &self,
+        key: &str,
+        expected: &Version,
+        value: Vec<u8>,
+        request: &RequestId,
+    ) -> Result<SwapOutcome> {
         let version = self.next_version();
         let mut map = lock(&self.map)?;
+        let mut requests = lock(&self.shared.requests)?;
+        match requests.applied.get(&request.value()) {
+            Some(Applied::Swapped) => return Ok(SwapOutcome::Swapped),
+            Some(Applied::Incremented(_)) => {
+                return Err(KvError::internal("an increment's request id was reused"));
+            }
+            None => {}
+        }
         let current = Self::live(&map, key, Instant::now()).map(|entry| entry.version.to_string());
         let unchanged = match (expected, current) {
             (Version::Absent, None) => true,
@@ -218,6 +273,7 @@ impl Bucket for MemoryBucket {
                 expires_at: None,
             },
         );
+        requests.record(request.value(), Applied::Swapped);
         Ok(SwapOutcome::Swapped)
     }
 

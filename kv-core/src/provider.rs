@@ -1,4 +1,4 @@
-//! The host trait every backing store implements (DESIGN §5).
+//! The host trait every backing store implements (docs/architecture.md).
 //!
 //! A [`Provider`] is one connection to a backend; it opens namespaces as [`Bucket`]s. Keys
 //! reaching a bucket are already validated (1..=1024 bytes), values are within the declared
@@ -57,6 +57,61 @@ pub struct Versioned {
     pub version: Version,
 }
 
+/// One guest call of `increment` or `swap`, the same across every attempt the host makes.
+///
+/// Providers record it atomically with the write (a Redis request key, a journal beside the
+/// value), so a retry after a lost reply finds the write applied and returns its result
+/// instead of applying it again (S6: exactly once).
+#[derive(Debug)]
+pub struct RequestId {
+    value: u128,
+    /// Fingerprint of the version the last attempt's write was conditioned on.
+    attempted_base: std::sync::Mutex<Option<u32>>,
+}
+
+impl RequestId {
+    /// A fresh random id.
+    pub fn new() -> RequestId {
+        RequestId {
+            value: rand::random(),
+            attempted_base: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The id.
+    pub fn value(&self) -> u128 {
+        self.value
+    }
+
+    /// The id as 32 hex digits.
+    pub fn hex(&self) -> String {
+        format!("{:032x}", self.value)
+    }
+
+    /// The version fingerprint an earlier attempt's write was conditioned on, if an earlier
+    /// attempt may have written.
+    pub fn attempted_base(&self) -> Option<u32> {
+        *self
+            .attempted_base
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records (or clears) the version fingerprint the current attempt writes against.
+    pub fn set_attempted_base(&self, base: Option<u32>) {
+        *self
+            .attempted_base
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = base;
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId::new()
+    }
+}
+
 /// The second half of compare-and-swap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SwapOutcome {
@@ -88,14 +143,23 @@ pub trait Bucket: Send + Sync + 'static {
     async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage>;
 
     /// Atomically add `delta` to the ASCII decimal i64 stored at `key` (missing = 0) and
-    /// return the new value, which is stored as ASCII decimal.
-    async fn increment(&self, key: &str, delta: i64) -> Result<i64>;
+    /// return the new value, which is stored as ASCII decimal. Exactly once per `request`:
+    /// called again with the same request after a lost reply, it returns the first result.
+    async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64>;
 
     /// The current value and its version (only called if `capabilities().cas`).
     async fn read_versioned(&self, key: &str) -> Result<Versioned>;
 
     /// Write `value` only if `key` is still at `expected` (only called if `capabilities().cas`).
-    async fn swap(&self, key: &str, expected: &Version, value: Vec<u8>) -> Result<SwapOutcome>;
+    /// Exactly once per `request`: called again with the same request after a lost reply, it
+    /// reports `Swapped`, not a conflict with its own write.
+    async fn swap(
+        &self,
+        key: &str,
+        expected: &Version,
+        value: Vec<u8>,
+        request: &RequestId,
+    ) -> Result<SwapOutcome>;
 
     /// Values of `keys` in order, duplicates included.
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {

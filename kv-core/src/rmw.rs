@@ -1,105 +1,425 @@
-//! Read-modify-write increment for backends without a native counter (S6).
+//! Read-modify-write increment and compare-and-swap, exactly once, for backends that offer a
+//! consistent read with a version (an ETag, a generation, a version attribute) and a write
+//! conditioned on that version (S6, S7).
 //!
-//! The backend offers a consistent read with a version (an ETag, a generation, a version
-//! column) and a write conditioned on that version. [`increment`] reads, parses the counter,
-//! adds, and writes under the condition; a lost race backs off with jitter
-//! ([`Backoff::CONTENTION`]) and tries again, so N concurrent writers doing M increments end at
-//! exactly N*M. An increment keeps the key's expiry, like Redis `INCRBY`; an expired key
-//! counts as missing and starts at 0.
+//! [`increment`] reads, parses the counter, adds, and writes under the condition. A lost race
+//! backs off with jitter ([`Backoff::CONTENTION`]) and tries again, so N concurrent writers
+//! doing M increments end at exactly N*M. An increment keeps the key's expiry, like Redis
+//! `INCRBY`. An expired key counts as missing and starts at 0.
+//!
+//! **Exactly once.** A write's response can be lost after the backend applied it: a reset
+//! connection, a timeout, or an SDK that resends and then sees its own write as a conflict.
+//! Every increment and swap therefore writes a [`Journal`] beside the value. The journal holds
+//! the guest call's [`RequestId`], its result, and the version the write was conditioned on,
+//! for the last [`JOURNAL_LEN`] writes of that key. Before writing, a retry of the same call
+//! reads the key and resolves the earlier attempt:
+//! - its request id is in the journal: it was applied, and its recorded result is returned;
+//! - the version it was conditioned on is unchanged: it was not applied;
+//! - another request's entry is conditioned on that version: the other write won the race, so
+//!   ours was not applied (only one write can succeed per version);
+//! - otherwise (a plain `set` replaced the key, or more than [`JOURNAL_LEN`] writes happened
+//!   since): the outcome cannot be known, and the call fails with
+//!   `unavailable: outcome unknown`. It never applies twice.
+
+use std::collections::VecDeque;
 
 use async_trait::async_trait;
+use sha2::{Digest, Sha256};
 
 use crate::backoff::Backoff;
 use crate::clock;
 use crate::counter::{add_delta, encode_counter, parse_counter};
 use crate::error::{KvError, Result};
+use crate::provider::{RequestId, SwapOutcome, Version};
 
 /// Attempts before an increment that keeps losing races gives up.
 pub const INCREMENT_ATTEMPTS: u32 = 200;
 
+/// Writes remembered per key. A retry resolves its earlier attempt if fewer writes than this
+/// happened to the key in between.
+pub const JOURNAL_LEN: usize = 128;
+
 /// One key as a read-modify-write loop sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot<V> {
+pub struct Snapshot {
     /// The stored value, expired or not.
     pub value: Vec<u8>,
-    /// The version the conditional write must match.
-    pub version: V,
+    /// The version a conditional write must match.
+    pub version: String,
     /// Expiry in Unix milliseconds, if any.
     pub expires_at_ms: Option<u64>,
+    /// The writes recorded with the value.
+    pub journal: Journal,
 }
 
 /// What the write of a read-modify-write step is conditioned on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Expect<V> {
+pub enum Expect {
     /// No item may exist (create-if-absent).
     Absent,
     /// The item is still at this version.
-    Version(V),
+    Version(String),
+}
+
+impl Expect {
+    fn fingerprint(&self) -> u32 {
+        let text = match self {
+            Expect::Absent => "",
+            Expect::Version(version) => version.as_str(),
+        };
+        let digest = Sha256::digest(text.as_bytes());
+        u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+    }
+}
+
+/// The outcome of [`ConditionalStore::read`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// Nothing is stored under the key.
+    Missing,
+    /// The key's state (expired items included, with their expiry).
+    Found(Snapshot),
+    /// A concurrent writer replaced the key while it was read: a lost race.
+    Raced,
+}
+
+/// A conditional write: the value, its expiry, and the journal to store with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    /// The new value.
+    pub value: Vec<u8>,
+    /// Expiry in Unix milliseconds, if any.
+    pub expires_at_ms: Option<u64>,
+    /// The journal to store beside the value ([`Journal::encode`]).
+    pub journal: Journal,
 }
 
 /// A backend's consistent read and conditional write of one key.
 #[async_trait]
 pub trait ConditionalStore: Send + Sync {
-    /// The backend's version tag.
-    type Version: Send + Sync + Clone;
+    /// The key's stored state.
+    async fn read(&self, key: &str) -> Result<Read>;
 
-    /// The key's stored state; expired items are returned with their expiry.
-    async fn read(&self, key: &str) -> Result<Read<Self::Version>>;
+    /// Stores `write` only if `expect` holds; `Ok(false)` when it did not (the race was lost,
+    /// nothing was written).
+    async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool>;
 
-    /// Writes `value` (expiring at `expires_at_ms`) only if `expect` holds; `Ok(false)` when
-    /// it did not (the race was lost, nothing was written).
-    async fn write_if(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expires_at_ms: Option<u64>,
-        expect: Expect<Self::Version>,
-    ) -> Result<bool>;
+    /// Whether the backend's client may resend a conditional write after a lost reply, so
+    /// that `Ok(false)` can be the resend failing against the first send's own write. Then a
+    /// conflict is resolved through the journal like a lost reply; otherwise it is final.
+    fn resends_conditional_writes(&self) -> bool {
+        false
+    }
 }
 
-/// The outcome of [`ConditionalStore::read`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Read<V> {
-    /// Nothing is stored under the key.
-    Missing,
-    /// The key's state.
-    Found(Snapshot<V>),
-    /// A concurrent writer replaced the key while it was read: a lost race.
-    Raced,
+/// What an applied request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    Incremented(i64),
+    Swapped,
 }
 
-/// Adds `delta` to the counter at `key` through `store`'s read and conditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    /// Fingerprint of the version the write was conditioned on.
+    base: u32,
+    /// The low 64 bits of the request id: unique enough among one key's entries.
+    request: u64,
+    applied: Applied,
+}
+
+/// The last [`JOURNAL_LEN`] increments and swaps of one key, stored beside its value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Journal {
+    entries: VecDeque<Entry>,
+}
+
+impl Journal {
+    /// Parses a stored journal. Anything unreadable counts as empty: the worst that can
+    /// happen is an `outcome unknown` error, never a second application.
+    pub fn parse(text: &str) -> Journal {
+        let entries = text
+            .split(';')
+            .filter(|part| !part.is_empty())
+            .map(|part| {
+                let mut fields = part.split('.');
+                let base = u32::from_str_radix(fields.next()?, 16).ok()?;
+                let request = u64::from_str_radix(fields.next()?, 16).ok()?;
+                let applied = match fields.next()? {
+                    "s" => Applied::Swapped,
+                    number => Applied::Incremented(number.parse().ok()?),
+                };
+                fields.next().is_none().then_some(Entry {
+                    base,
+                    request,
+                    applied,
+                })
+            })
+            .collect::<Option<VecDeque<Entry>>>()
+            .unwrap_or_default();
+        Journal { entries }
+    }
+
+    /// The stored form: `base.request.result` entries, oldest first, `;`-separated.
+    pub fn encode(&self) -> String {
+        let entries: Vec<String> = self
+            .entries
+            .iter()
+            .map(|entry| {
+                let applied = match entry.applied {
+                    Applied::Swapped => "s".to_string(),
+                    Applied::Incremented(total) => total.to_string(),
+                };
+                format!("{:08x}.{:016x}.{applied}", entry.base, entry.request)
+            })
+            .collect();
+        entries.join(";")
+    }
+
+    /// Whether nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn find(&self, request: &RequestId) -> Option<Applied> {
+        let id = short_id(request);
+        self.entries
+            .iter()
+            .rev()
+            .find(|entry| entry.request == id)
+            .map(|entry| entry.applied)
+    }
+
+    fn has_base(&self, base: u32) -> bool {
+        self.entries.iter().any(|entry| entry.base == base)
+    }
+
+    fn recording(&self, base: u32, request: &RequestId, applied: Applied) -> Journal {
+        let mut entries = self.entries.clone();
+        entries.push_back(Entry {
+            base,
+            request: short_id(request),
+            applied,
+        });
+        while entries.len() > JOURNAL_LEN {
+            entries.pop_front();
+        }
+        Journal { entries }
+    }
+}
+
+fn short_id(request: &RequestId) -> u64 {
+    request.value() as u64
+}
+
+/// How an earlier attempt of the same request ended, judged from the key's current state.
+enum Earlier {
+    /// No earlier attempt, or it certainly did not apply.
+    NotApplied,
+    /// It applied, with this result.
+    Applied(Applied),
+}
+
+/// Resolves the earlier attempt of `request` (if any) against the current `journal` and
+/// version fingerprint.
+fn resolve(request: &RequestId, journal: &Journal, current: u32) -> Result<Earlier> {
+    if let Some(applied) = journal.find(request) {
+        return Ok(Earlier::Applied(applied));
+    }
+    match request.attempted_base() {
+        None => Ok(Earlier::NotApplied),
+        Some(base) if base == current || journal.has_base(base) => {
+            request.set_attempted_base(None);
+            Ok(Earlier::NotApplied)
+        }
+        Some(_) => Err(KvError::unavailable(
+            "outcome unknown: an earlier attempt's reply was lost and the key has changed \
+             too much since to tell whether it was applied",
+        )
+        .with_transient(false)),
+    }
+}
+
+fn journal_of(read: &Read) -> Journal {
+    match read {
+        Read::Found(snapshot) => snapshot.journal.clone(),
+        Read::Missing | Read::Raced => Journal::default(),
+    }
+}
+
+fn fingerprint_of(read: &Read) -> u32 {
+    match read {
+        Read::Found(snapshot) => Expect::Version(snapshot.version.clone()).fingerprint(),
+        Read::Missing | Read::Raced => Expect::Absent.fingerprint(),
+    }
+}
+
+/// Adds `delta` to the counter at `key`, exactly once for `request` however often it is
+/// retried.
 pub async fn increment<S: ConditionalStore + ?Sized>(
     store: &S,
     key: &str,
     delta: i64,
+    request: &RequestId,
 ) -> Result<i64> {
     for attempt in 0..INCREMENT_ATTEMPTS {
         if attempt > 0 {
             Backoff::CONTENTION.wait(attempt).await;
         }
-        let (next, expires_at_ms, expect) = match store.read(key).await? {
+        let read = store.read(key).await?;
+        if read == Read::Raced {
+            continue;
+        }
+        let journal = match &read {
+            Read::Found(snapshot) => snapshot.journal.clone(),
+            _ => Journal::default(),
+        };
+        match resolve(request, &journal, fingerprint_of(&read))? {
+            Earlier::Applied(Applied::Incremented(total)) => return Ok(total),
+            Earlier::Applied(Applied::Swapped) => {
+                return Err(KvError::internal("a swap's request id was reused"));
+            }
+            Earlier::NotApplied => {}
+        }
+        let (next, expires_at_ms, expect, journal) = match read {
             Read::Raced => continue,
-            Read::Missing => (add_delta(0, delta)?, None, Expect::Absent),
-            Read::Found(snapshot) if !clock::is_live(snapshot.expires_at_ms, clock::now_ms()) => (
-                add_delta(0, delta)?,
-                None,
-                Expect::Version(snapshot.version),
-            ),
+            Read::Missing => (add_delta(0, delta)?, None, Expect::Absent, journal),
+            Read::Found(snapshot) if !clock::is_live(snapshot.expires_at_ms, clock::now_ms()) => {
+                // Expired: the counter restarts, and so does its history.
+                let expect = Expect::Version(snapshot.version);
+                (add_delta(0, delta)?, None, expect, Journal::default())
+            }
             Read::Found(snapshot) => (
                 add_delta(parse_counter(&snapshot.value)?, delta)?,
                 snapshot.expires_at_ms,
                 Expect::Version(snapshot.version),
+                journal,
             ),
         };
-        if store
-            .write_if(key, encode_counter(next), expires_at_ms, expect)
-            .await?
-        {
+        let base = expect.fingerprint();
+        let write = Write {
+            value: encode_counter(next),
+            expires_at_ms,
+            journal: journal.recording(base, request, Applied::Incremented(next)),
+        };
+        request.set_attempted_base(Some(base));
+        if store.write_if(key, write, expect).await? {
             return Ok(next);
+        }
+        if !store.resends_conditional_writes() {
+            // A conflict is final: the write did not happen.
+            request.set_attempted_base(None);
+            continue;
+        }
+        // The conflict may be a resend meeting our own first send: resolve it now, before
+        // other writers push our entry out of the journal during the backoff.
+        let read = store.read(key).await?;
+        if read != Read::Raced {
+            match resolve(request, &journal_of(&read), fingerprint_of(&read))? {
+                Earlier::Applied(Applied::Incremented(total)) => return Ok(total),
+                Earlier::Applied(Applied::Swapped) => {
+                    return Err(KvError::internal("a swap's request id was reused"));
+                }
+                Earlier::NotApplied => {}
+            }
         }
     }
     Err(KvError::unavailable("increment lost every race under contention").with_transient(false))
+}
+
+/// The version a guest's CAS handle carries for `read`: the backend version of a live value;
+/// absent for a missing or expired key (expired keys are missing to the guest).
+pub fn version_of(read: &Read) -> Version {
+    match read {
+        Read::Found(snapshot) if clock::is_live(snapshot.expires_at_ms, clock::now_ms()) => {
+            Version::Tag(snapshot.version.clone())
+        }
+        _ => Version::Absent,
+    }
+}
+
+/// Writes `value` if `key` is still at `expected` (a version from [`version_of`]), exactly
+/// once for `request` however often it is retried. Expecting absence also matches an expired
+/// item, which is then replaced under its own version. The write clears any expiry, like `set`.
+pub async fn swap<S: ConditionalStore + ?Sized>(
+    store: &S,
+    key: &str,
+    expected: &Version,
+    value: Vec<u8>,
+    request: &RequestId,
+) -> Result<SwapOutcome> {
+    let read = loop {
+        match store.read(key).await? {
+            Read::Raced => Backoff::CONTENTION.wait(1).await,
+            read => break read,
+        }
+    };
+    let journal = journal_of(&read);
+    match resolve(request, &journal, fingerprint_of(&read))? {
+        Earlier::Applied(Applied::Swapped) => return Ok(SwapOutcome::Swapped),
+        Earlier::Applied(Applied::Incremented(_)) => {
+            return Err(KvError::internal("an increment's request id was reused"));
+        }
+        Earlier::NotApplied => {}
+    }
+    let condition = match (expected, &read) {
+        (Version::Absent, Read::Missing) => Expect::Absent,
+        (Version::Absent, Read::Found(snapshot))
+            if !clock::is_live(snapshot.expires_at_ms, clock::now_ms()) =>
+        {
+            Expect::Version(snapshot.version.clone())
+        }
+        (Version::Tag(tag), Read::Found(snapshot)) if snapshot.version == *tag => {
+            Expect::Version(tag.clone())
+        }
+        _ => return Ok(SwapOutcome::Conflict),
+    };
+    let base = condition.fingerprint();
+    let write = Write {
+        value,
+        expires_at_ms: None,
+        journal: journal.recording(base, request, Applied::Swapped),
+    };
+    request.set_attempted_base(Some(base));
+    if store.write_if(key, write, condition).await? {
+        return Ok(SwapOutcome::Swapped);
+    }
+    if store.resends_conditional_writes() {
+        // The conflict may be a resend meeting our own first send.
+        let read = store.read(key).await?;
+        if journal_of(&read).find(request) == Some(Applied::Swapped) {
+            return Ok(SwapOutcome::Swapped);
+        }
+    }
+    request.set_attempted_base(None);
+    Ok(SwapOutcome::Conflict)
+}
+
+/// The key's current value and CAS version, for `read_versioned`.
+pub async fn read_versioned<S: ConditionalStore + ?Sized>(
+    store: &S,
+    key: &str,
+) -> Result<crate::provider::Versioned> {
+    for attempt in 0..INCREMENT_ATTEMPTS {
+        if attempt > 0 {
+            Backoff::CONTENTION.wait(attempt).await;
+        }
+        let read = store.read(key).await?;
+        let value = match &read {
+            Read::Raced => continue,
+            Read::Found(snapshot) if clock::is_live(snapshot.expires_at_ms, clock::now_ms()) => {
+                Some(snapshot.value.clone())
+            }
+            _ => None,
+        };
+        return Ok(crate::provider::Versioned {
+            version: version_of(&read),
+            value,
+        });
+    }
+    Err(KvError::unavailable(
+        "the key kept changing while it was read",
+    ))
 }
 
 #[cfg(test)]
@@ -108,50 +428,75 @@ mod tests {
     use crate::error::ErrorKind;
     use std::collections::HashMap;
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-    /// Value, version and expiry of one key.
-    type Entry = (Vec<u8>, u64, Option<u64>);
+    /// Value, version, expiry and journal of one key.
+    type Entry = (Vec<u8>, u64, Option<u64>, Journal);
 
-    /// A versioned map: each write bumps the version.
+    /// A versioned map: each write bumps the version. `lose_replies` makes the next writes
+    /// apply and then fail, as a lost reply would.
     #[derive(Default)]
     struct Versioned {
         items: Mutex<HashMap<String, Entry>>,
-        next: std::sync::atomic::AtomicU64,
+        next: AtomicU64,
+        lose_replies: AtomicU32,
+    }
+
+    impl Versioned {
+        fn put(&self, key: &str, value: &[u8], expires_at_ms: Option<u64>) {
+            let version = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut items = self.items.lock().unwrap();
+            items.insert(
+                key.to_string(),
+                (value.to_vec(), version, expires_at_ms, Journal::default()),
+            );
+        }
+
+        fn value(&self, key: &str) -> Vec<u8> {
+            self.items.lock().unwrap()[key].0.clone()
+        }
     }
 
     #[async_trait]
     impl ConditionalStore for Versioned {
-        type Version = u64;
-
-        async fn read(&self, key: &str) -> Result<Read<u64>> {
+        async fn read(&self, key: &str) -> Result<Read> {
             tokio::task::yield_now().await;
             Ok(match self.items.lock().unwrap().get(key) {
                 None => Read::Missing,
-                Some((value, version, expires_at_ms)) => Read::Found(Snapshot {
+                Some((value, version, expires_at_ms, journal)) => Read::Found(Snapshot {
                     value: value.clone(),
-                    version: *version,
+                    version: version.to_string(),
                     expires_at_ms: *expires_at_ms,
+                    journal: journal.clone(),
                 }),
             })
         }
 
-        async fn write_if(
-            &self,
-            key: &str,
-            value: Vec<u8>,
-            expires_at_ms: Option<u64>,
-            expect: Expect<u64>,
-        ) -> Result<bool> {
+        async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool> {
             tokio::task::yield_now().await;
-            let mut items = self.items.lock().unwrap();
-            let current = items.get(key).map(|(_, version, _)| *version);
-            let holds = match expect {
-                Expect::Absent => current.is_none(),
-                Expect::Version(version) => current == Some(version),
+            let holds = {
+                let mut items = self.items.lock().unwrap();
+                let current = items.get(key).map(|(_, version, _, _)| version.to_string());
+                let holds = match expect {
+                    Expect::Absent => current.is_none(),
+                    Expect::Version(version) => current == Some(version),
+                };
+                if holds {
+                    let version = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+                    let stored = Journal::parse(&write.journal.encode());
+                    items.insert(
+                        key.to_string(),
+                        (write.value, version, write.expires_at_ms, stored),
+                    );
+                }
+                holds
             };
-            if holds {
-                let version = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                items.insert(key.to_string(), (value, version + 1, expires_at_ms));
+            let lose = self
+                .lose_replies
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            if lose {
+                return Err(KvError::unavailable("reply lost"));
             }
             Ok(holds)
         }
@@ -165,7 +510,7 @@ mod tests {
                 let store = store.clone();
                 tokio::spawn(async move {
                     for _ in 0..50 {
-                        increment(&*store, "n", 1).await.unwrap();
+                        increment(&*store, "n", 1, &RequestId::new()).await.unwrap();
                     }
                 })
             })
@@ -173,31 +518,136 @@ mod tests {
         for task in tasks {
             task.await.unwrap();
         }
-        assert_eq!(increment(&*store, "n", 0).await.unwrap(), 400);
+        assert_eq!(store.value("n"), b"400");
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_a_lost_reply_applies_once() {
+        let store = Versioned::default();
+        let request = RequestId::new();
+        store.lose_replies.store(1, Ordering::Relaxed);
+        let err = increment(&store, "n", 5, &request).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert_eq!(store.value("n"), b"5", "the lost write was applied");
+        // The host retries the same call: it finds its write and returns its result.
+        assert_eq!(increment(&store, "n", 5, &request).await.unwrap(), 5);
+        assert_eq!(store.value("n"), b"5");
+        // Another writer in between does not hide it either.
+        let request = RequestId::new();
+        store.lose_replies.store(1, Ordering::Relaxed);
+        assert!(increment(&store, "n", 1, &request).await.is_err());
+        increment(&store, "n", 100, &RequestId::new())
+            .await
+            .unwrap();
+        assert_eq!(increment(&store, "n", 1, &request).await.unwrap(), 6);
+        assert_eq!(store.value("n"), b"106");
+    }
+
+    #[tokio::test]
+    async fn a_swap_retried_after_a_lost_reply_is_swapped_not_conflict() {
+        let store = Versioned::default();
+        store.put("k", b"a", None);
+        let Read::Found(snapshot) = store.read("k").await.unwrap() else {
+            panic!("missing");
+        };
+        let version = Version::Tag(snapshot.version);
+        let request = RequestId::new();
+        store.lose_replies.store(1, Ordering::Relaxed);
+        assert!(
+            swap(&store, "k", &version, b"b".to_vec(), &request)
+                .await
+                .is_err()
+        );
+        let outcome = swap(&store, "k", &version, b"b".to_vec(), &request).await;
+        assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
+        // A different call with the stale version is a conflict.
+        let other = swap(&store, "k", &version, b"c".to_vec(), &RequestId::new()).await;
+        assert_eq!(other.unwrap(), SwapOutcome::Conflict);
+        assert_eq!(store.value("k"), b"b");
+    }
+
+    #[tokio::test]
+    async fn an_expired_item_is_absent_to_cas() {
+        let store = Versioned::default();
+        store.put("k", b"old", Some(1));
+        let read = read_versioned(&store, "k").await.unwrap();
+        assert_eq!((read.value, &read.version), (None, &Version::Absent));
+        let (first, second) = (RequestId::new(), RequestId::new());
+        let outcome = swap(&store, "k", &Version::Absent, b"new".to_vec(), &first).await;
+        assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
+        assert_eq!(store.value("k"), b"new");
+        assert_eq!(
+            store.items.lock().unwrap()["k"].2,
+            None,
+            "the expiry is cleared"
+        );
+        // A live key is not absent.
+        let outcome = swap(&store, "k", &Version::Absent, b"x".to_vec(), &second).await;
+        assert_eq!(outcome.unwrap(), SwapOutcome::Conflict);
+    }
+
+    #[tokio::test]
+    async fn an_unresolvable_outcome_is_reported_not_reapplied() {
+        let store = Versioned::default();
+        let request = RequestId::new();
+        store.lose_replies.store(1, Ordering::Relaxed);
+        assert!(increment(&store, "n", 1, &request).await.is_err());
+        // A plain set replaces the value and its journal: nobody can tell any more.
+        store.put("n", b"10", None);
+        let err = increment(&store, "n", 1, &request).await.unwrap_err();
+        assert!(err.to_string().contains("outcome unknown"), "{err}");
+        assert_eq!(store.value("n"), b"10");
     }
 
     #[tokio::test]
     async fn keeps_expiry_and_restarts_expired_counters() {
         let store = Versioned::default();
         let later = clock::now_ms() + 60_000;
-        store
-            .write_if("live", b"41".to_vec(), Some(later), Expect::Absent)
-            .await
-            .unwrap();
-        assert_eq!(increment(&store, "live", 1).await.unwrap(), 42);
+        store.put("live", b"41", Some(later));
+        assert_eq!(
+            increment(&store, "live", 1, &RequestId::new())
+                .await
+                .unwrap(),
+            42
+        );
         assert_eq!(store.items.lock().unwrap()["live"].2, Some(later));
-        store
-            .write_if("gone", b"41".to_vec(), Some(1), Expect::Absent)
-            .await
-            .unwrap();
-        assert_eq!(increment(&store, "gone", 1).await.unwrap(), 1);
+        store.put("gone", b"41", Some(1));
+        assert_eq!(
+            increment(&store, "gone", 1, &RequestId::new())
+                .await
+                .unwrap(),
+            1
+        );
         assert_eq!(store.items.lock().unwrap()["gone"].2, None);
-        store
-            .write_if("text", b"x".to_vec(), None, Expect::Absent)
+        store.put("text", b"x", None);
+        let err = increment(&store, "text", 1, &RequestId::new())
             .await
-            .unwrap();
-        let err = increment(&store, "text", 1).await.unwrap_err();
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotAnInteger);
-        assert_eq!(store.items.lock().unwrap()["text"].0, b"x");
+        assert_eq!(store.value("text"), b"x");
+    }
+
+    #[test]
+    fn journals_round_trip_and_stay_bounded() {
+        let requests: Vec<RequestId> = (0..200).map(|_| RequestId::new()).collect();
+        let mut journal = Journal::default();
+        for (i, request) in requests.iter().enumerate() {
+            journal = journal.recording(i as u32, request, Applied::Incremented(-(i as i64)));
+        }
+        assert_eq!(journal.entries.len(), JOURNAL_LEN);
+        let parsed = Journal::parse(&journal.encode());
+        assert_eq!(parsed, journal);
+        assert_eq!(
+            parsed.find(&requests[199]),
+            Some(Applied::Incremented(-199))
+        );
+        assert_eq!(parsed.find(&requests[3]), None, "the oldest were dropped");
+        assert!(Journal::parse("garbage;1.2").is_empty());
+        // Small enough for Cloud Storage's 8 KiB of custom metadata, key and expiry included.
+        assert!(
+            journal.encode().len() < 5 * 1024,
+            "{}",
+            journal.encode().len()
+        );
     }
 }

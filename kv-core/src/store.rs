@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::capabilities::Capabilities;
 use crate::error::{ErrorKind, KvError, Result};
 use crate::limits::{Limits, MAX_KEY_BYTES, MAX_LIST_PAGE, MAX_TTL_MS};
-use crate::provider::{Bucket, KeyPage, SwapOutcome, Version, Versioned};
+use crate::provider::{Bucket, KeyPage, RequestId, SwapOutcome, Version, Versioned};
 
 /// What a component may do with a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -216,7 +216,7 @@ impl KvStore {
     /// Reads `key`.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         check_key(key)?;
-        self.call("get", true, || self.inner.bucket.get(key)).await
+        self.call("get", || self.inner.bucket.get(key)).await
     }
 
     /// Writes `key`, clearing any TTL.
@@ -224,7 +224,7 @@ impl KvStore {
         self.check_write()?;
         check_key(key)?;
         self.check_value(&value)?;
-        self.call("set", true, || self.inner.bucket.set(key, value.clone()))
+        self.call("set", || self.inner.bucket.set(key, value.clone()))
             .await
     }
 
@@ -246,7 +246,7 @@ impl KvStore {
             ));
         }
         let ttl = Duration::from_millis(ttl_ms);
-        self.call("set-with-ttl", true, || {
+        self.call("set-with-ttl", || {
             self.inner.bucket.set_with_ttl(key, value.clone(), ttl)
         })
         .await
@@ -256,15 +256,13 @@ impl KvStore {
     pub async fn delete(&self, key: &str) -> Result<()> {
         self.check_write()?;
         check_key(key)?;
-        self.call("delete", true, || self.inner.bucket.delete(key))
-            .await
+        self.call("delete", || self.inner.bucket.delete(key)).await
     }
 
     /// Whether `key` exists.
     pub async fn exists(&self, key: &str) -> Result<bool> {
         check_key(key)?;
-        self.call("exists", true, || self.inner.bucket.exists(key))
-            .await
+        self.call("exists", || self.inner.bucket.exists(key)).await
     }
 
     /// One page of keys; the returned cursor is opaque and only valid for this store.
@@ -275,7 +273,7 @@ impl KvStore {
             .transpose()?;
         let limit = self.inner.limits.list_page_size.clamp(1, MAX_LIST_PAGE);
         let page = self
-            .call("list-keys", true, || {
+            .call("list-keys", || {
                 self.inner
                     .bucket
                     .list_keys(provider_cursor.as_deref(), limit)
@@ -299,18 +297,20 @@ impl KvStore {
     pub async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
         self.check_write()?;
         check_key(key)?;
-        // Not idempotent: a retry after a lost response could apply the delta twice.
-        self.call("increment", false, || {
-            self.inner.bucket.increment(key, delta)
+        // One request id for every attempt: a retry after a lost reply cannot apply twice.
+        let request = RequestId::new();
+        self.call("increment", || {
+            self.inner.bucket.increment(key, delta, &request)
         })
         .await
+        .map_err(outcome_unknown)
     }
 
     /// Reads `key` with its version, for compare-and-swap.
     pub async fn read_versioned(&self, key: &str) -> Result<Versioned> {
         check_key(key)?;
         self.check_cas()?;
-        self.call("cas-read", true, || self.inner.bucket.read_versioned(key))
+        self.call("cas-read", || self.inner.bucket.read_versioned(key))
             .await
     }
 
@@ -320,11 +320,16 @@ impl KvStore {
         check_key(key)?;
         self.check_value(&value)?;
         self.check_cas()?;
-        // Not retried: after a lost response the retry would report a conflict with itself.
-        self.call("swap", false, || {
-            self.inner.bucket.swap(key, expected, value.clone())
+        // One request id for every attempt: a retry after a lost reply reports the swap, not
+        // a conflict with itself.
+        let request = RequestId::new();
+        self.call("swap", || {
+            self.inner
+                .bucket
+                .swap(key, expected, value.clone(), &request)
         })
         .await
+        .map_err(outcome_unknown)
     }
 
     /// Reads many keys, in order, duplicates included.
@@ -332,7 +337,7 @@ impl KvStore {
         self.check_batch(keys.len())?;
         keys.iter().try_for_each(|key| check_key(key))?;
         let values = self
-            .call("get-many", true, || self.inner.bucket.get_many(keys))
+            .call("get-many", || self.inner.bucket.get_many(keys))
             .await?;
         if values.len() != keys.len() {
             return Err(KvError::internal(format!(
@@ -352,10 +357,8 @@ impl KvStore {
             check_key(key)?;
             self.check_value(value)?;
         }
-        self.call("set-many", true, || {
-            self.inner.bucket.set_many(entries.clone())
-        })
-        .await
+        self.call("set-many", || self.inner.bucket.set_many(entries.clone()))
+            .await
     }
 
     /// Deletes many keys; missing keys are fine.
@@ -363,7 +366,7 @@ impl KvStore {
         self.check_write()?;
         self.check_batch(keys.len())?;
         keys.iter().try_for_each(|key| check_key(key))?;
-        self.call("delete-many", true, || self.inner.bucket.delete_many(keys))
+        self.call("delete-many", || self.inner.bucket.delete_many(keys))
             .await
     }
 
@@ -414,39 +417,49 @@ impl KvStore {
         Ok(())
     }
 
-    /// Runs one provider operation under the time limit, retrying transient errors of
-    /// idempotent operations with capped exponential backoff.
-    async fn call<'a, T, F, Fut>(&'a self, op: &'static str, idempotent: bool, f: F) -> Result<T>
+    /// Runs one provider operation under the time limit, retrying transient errors with
+    /// capped exponential backoff (at least as long as the backend's `Retry-After`). This is
+    /// the only layer that retries. Increment and swap are retried too: their request id makes
+    /// a retry after a lost reply return the first result instead of applying again. A retry
+    /// that would end past the time limit is not started, so throttling that outlasts the
+    /// retries surfaces as `throttled`, not `timeout`; the final error is marked permanent.
+    async fn call<'a, T, F, Fut>(&'a self, op: &'static str, f: F) -> Result<T>
     where
         F: Fn() -> Fut + 'a,
         Fut: Future<Output = Result<T>> + 'a,
     {
         let policy = &self.inner.limits.retry;
-        let attempts = if idempotent {
-            policy.max_attempts.max(1)
-        } else {
-            1
-        };
-        let attempt_all = async {
-            let mut attempt = 1;
-            loop {
-                match f().await {
-                    Err(err) if err.is_transient() && attempt < attempts => {
-                        tracing::debug!(store = %self.inner.name, op, attempt, error = %err.chain(), "retrying");
-                        policy.backoff().wait(attempt).await;
-                        attempt += 1;
-                    }
-                    other => return other,
-                }
-            }
-        };
+        let attempts = policy.max_attempts.max(1);
         let timeout = self.inner.limits.operation_timeout;
-        let result = match tokio::time::timeout(timeout, attempt_all).await {
-            Ok(result) => result,
-            Err(_) => Err(KvError::new(
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = || {
+            KvError::new(
                 ErrorKind::Timeout,
                 format!("{op} did not finish within {} ms", timeout.as_millis()),
-            )),
+            )
+        };
+        let mut attempt = 1;
+        let result = loop {
+            let outcome = match tokio::time::timeout_at(deadline, f()).await {
+                Ok(outcome) => outcome,
+                Err(_) => break Err(timed_out()),
+            };
+            match outcome {
+                Err(err) if err.is_transient() && attempt < attempts => {
+                    let delay = policy
+                        .backoff()
+                        .delay(attempt)
+                        .max(err.retry_after().unwrap_or_default());
+                    if tokio::time::Instant::now() + delay >= deadline {
+                        break Err(err.with_transient(false));
+                    }
+                    tracing::debug!(store = %self.inner.name, op, attempt, error = %err.chain(), "retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(err) => break Err(err.with_transient(false)),
+                Ok(value) => break Ok(value),
+            }
         };
         if let Err(err) = &result {
             match err.kind() {
@@ -454,7 +467,7 @@ impl KvStore {
                 | ErrorKind::Throttled
                 | ErrorKind::Timeout
                 | ErrorKind::Internal => {
-                    tracing::warn!(store = %self.inner.name, provider = %self.inner.provider, op, error = %err.chain(), "operation failed")
+                    tracing::warn!(store = %self.inner.name, provider = %self.inner.provider, op, attempts = attempt, error = %err.chain(), "operation failed")
                 }
                 _ => {
                     tracing::debug!(store = %self.inner.name, op, error = %err, "operation rejected")
@@ -464,6 +477,25 @@ impl KvStore {
         result
     }
 }
+
+/// A write that failed as `unavailable` or `timeout` may have been applied (its reply may be
+/// what was lost), so the guest is told the outcome is unknown rather than that it failed:
+/// it must read before retrying. Throttling and rejections are certain not to have applied.
+fn outcome_unknown(err: KvError) -> KvError {
+    let ambiguous = matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Timeout);
+    if !ambiguous || err.message().starts_with(OUTCOME_UNKNOWN) {
+        return err;
+    }
+    KvError::new(
+        ErrorKind::Unavailable,
+        format!("{OUTCOME_UNKNOWN} (it may have been applied): {err}"),
+    )
+    .with_transient(false)
+    .with_source(err)
+}
+
+/// How the message of an ambiguous write's error starts.
+pub const OUTCOME_UNKNOWN: &str = "outcome unknown";
 
 /// S1: every key of 1 to 1024 bytes is valid; nothing else is.
 pub fn check_key(key: &str) -> Result<()> {

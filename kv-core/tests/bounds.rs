@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use kv_core::{
-    Access, Bucket, Capabilities, ErrorKind, KeyPage, KvError, Limits, Provider, Result,
+    Access, Bucket, Capabilities, ErrorKind, KeyPage, KvError, Limits, Provider, RequestId, Result,
     RetryPolicy, Stores, SwapOutcome, Version, Versioned,
 };
 
@@ -20,6 +20,8 @@ struct Misbehaving {
     error: fn() -> KvError,
     calls: AtomicUsize,
     oversized_page: bool,
+    /// The request id of every increment and swap attempt.
+    requests: std::sync::Mutex<Vec<u128>>,
 }
 
 impl Misbehaving {
@@ -59,7 +61,8 @@ impl Bucket for Misbehaving {
             cursor: None,
         })
     }
-    async fn increment(&self, _: &str, delta: i64) -> Result<i64> {
+    async fn increment(&self, _: &str, delta: i64, request: &RequestId) -> Result<i64> {
+        self.requests.lock().unwrap().push(request.value());
         self.step().await.map(|_| delta)
     }
     async fn read_versioned(&self, _: &str) -> Result<Versioned> {
@@ -68,7 +71,14 @@ impl Bucket for Misbehaving {
             version: Version::Absent,
         })
     }
-    async fn swap(&self, _: &str, _: &Version, _: Vec<u8>) -> Result<SwapOutcome> {
+    async fn swap(
+        &self,
+        _: &str,
+        _: &Version,
+        _: Vec<u8>,
+        request: &RequestId,
+    ) -> Result<SwapOutcome> {
+        self.requests.lock().unwrap().push(request.value());
         self.step().await.map(|_| SwapOutcome::Swapped)
     }
 }
@@ -123,6 +133,7 @@ fn bucket(delay_ms: u64, failures: usize, error: fn() -> KvError) -> Misbehaving
         error,
         calls: AtomicUsize::new(0),
         oversized_page: false,
+        requests: std::sync::Mutex::new(Vec::new()),
     }
 }
 
@@ -171,34 +182,72 @@ async fn retries_run_out_with_the_backend_class() {
     assert_eq!(calls.calls.load(Ordering::SeqCst), 3);
 }
 
+/// Increments and swaps are retried like every other operation, with one request id for
+/// all attempts of a guest call (providers use it to apply the call exactly once), and a new
+/// id for the next call.
 #[tokio::test]
-async fn increments_and_swaps_are_not_retried() {
+async fn increments_and_swaps_are_retried_under_one_request_id() {
     let (store, calls) = store_over(
-        bucket(0, 1, || KvError::unavailable("reset")),
+        bucket(0, 2, || KvError::unavailable("reset")),
         limits(5_000, 4),
         Access::ReadWrite,
     )
     .await;
-    assert_eq!(
-        store.increment("k", 1).await.unwrap_err().kind(),
-        ErrorKind::Unavailable
-    );
-    assert_eq!(calls.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(store.increment("k", 7).await.unwrap(), 7);
+    assert_eq!(calls.calls.load(Ordering::SeqCst), 3);
+    let requests = calls.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 3);
+    assert!(requests.iter().all(|id| *id == requests[0]), "{requests:?}");
+    store
+        .swap("k", &Version::Absent, b"v".to_vec())
+        .await
+        .unwrap();
+    let requests = calls.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 4);
+    assert_ne!(requests[3], requests[0], "a new call has a new request id");
+}
+
+/// A backend's `Retry-After` is a floor for the wait before the next attempt.
+#[tokio::test]
+async fn retry_after_is_honoured() {
     let (store, calls) = store_over(
-        bucket(0, 1, || KvError::unavailable("reset")),
+        bucket(0, 1, || {
+            KvError::new(ErrorKind::Throttled, "slow down")
+                .with_retry_after(Duration::from_millis(300))
+        }),
         limits(5_000, 4),
         Access::ReadWrite,
     )
     .await;
-    assert_eq!(
-        store
-            .swap("k", &Version::Absent, b"v".to_vec())
-            .await
-            .unwrap_err()
-            .kind(),
-        ErrorKind::Unavailable
+    let started = Instant::now();
+    store.get("k").await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
     );
-    assert_eq!(calls.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(calls.calls.load(Ordering::SeqCst), 2);
+}
+
+/// Throttling that outlasts the operation timeout is reported as `throttled` (the backend's
+/// class), not as `timeout`: a retry that would end past the deadline is not started.
+#[tokio::test]
+async fn sustained_throttling_is_throttled_not_timeout() {
+    let (store, calls) = store_over(
+        bucket(0, usize::MAX, || {
+            KvError::new(ErrorKind::Throttled, "slow down")
+                .with_retry_after(Duration::from_millis(400))
+        }),
+        limits(1_000, 10),
+        Access::ReadWrite,
+    )
+    .await;
+    let started = Instant::now();
+    let err = store.increment("k", 1).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Throttled, "{err}");
+    assert!(!err.is_transient(), "the final error is permanent");
+    assert!(started.elapsed() < Duration::from_millis(1_000));
+    assert!(calls.calls.load(Ordering::SeqCst) >= 2);
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Google Cloud Storage provider for wasi-kv (DESIGN §7.4), over the JSON API
+//! Google Cloud Storage provider for wasi-kv (docs/providers/gcs.md), over the JSON API
 //! (`gcloud-storage`): one object per key, generation preconditions for CAS and increment.
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]

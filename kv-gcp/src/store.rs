@@ -16,10 +16,10 @@ use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::objects::list::ListObjectsRequest;
 use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
 use kv_core::naming::{KeyCodec, namespace_prefix};
-use kv_core::rmw::{self, ConditionalStore, Expect, Read, Snapshot};
+use kv_core::rmw::{self, ConditionalStore, Expect, Journal, Read, Snapshot, Write};
 use kv_core::{
-    Backoff, Bucket, Capabilities, KeyPage, KvError, Provider, Result, SwapOutcome, Version,
-    Versioned, clock,
+    Backoff, Bucket, Capabilities, KeyPage, KvError, Provider, RequestId, Result, SwapOutcome,
+    Version, Versioned, clock,
 };
 
 use crate::error::{map_error, status};
@@ -28,6 +28,8 @@ use crate::error::{map_error, status};
 pub const META_EXPIRES: &str = "expires-at";
 /// Custom metadata: the original key of a hashed object name (base64url).
 pub const META_KEY: &str = "kv-key";
+/// Custom metadata: the journal of the last increments and swaps (exactly-once retries).
+pub const META_JOURNAL: &str = "kv-journal";
 /// GCS object names are at most 1024 bytes of UTF-8.
 const MAX_NAME_BYTES: usize = 1024;
 /// Values are uploaded in one multipart request (the only kind the emulator applies
@@ -99,6 +101,7 @@ struct Current {
     generation: i64,
     live: bool,
     expires_at: Option<u64>,
+    journal: Journal,
 }
 
 fn expires_at(object: &Object) -> Option<u64> {
@@ -131,10 +134,17 @@ impl GcsBucket {
         match self.client.get_object(&request).await {
             Ok(object) => {
                 let expires_at = expires_at(&object);
+                let journal = object
+                    .metadata
+                    .as_ref()
+                    .and_then(|metadata| metadata.get(META_JOURNAL))
+                    .map(|text| Journal::parse(text))
+                    .unwrap_or_default();
                 Ok(Some(Current {
                     generation: object.generation,
                     live: clock::is_live(expires_at, clock::now_ms()),
                     expires_at,
+                    journal,
                 }))
             }
             Err(err) if status(&err) == Some(404) => Ok(None),
@@ -199,12 +209,16 @@ impl GcsBucket {
         key: &str,
         value: Vec<u8>,
         expires_at: Option<u64>,
+        journal: Option<&Journal>,
         if_generation: Option<i64>,
     ) -> Result<bool> {
         let (name, hashed) = self.name(key);
         let mut metadata = HashMap::new();
         if let Some(at) = expires_at {
             metadata.insert(META_EXPIRES.to_string(), at.to_string());
+        }
+        if let Some(journal) = journal.filter(|journal| !journal.is_empty()) {
+            metadata.insert(META_JOURNAL.to_string(), journal.encode());
         }
         if hashed {
             metadata.insert(META_KEY.to_string(), URL_SAFE_NO_PAD.encode(key));
@@ -232,38 +246,39 @@ impl GcsBucket {
     }
 }
 
-/// Generations make a read-modify-write increment safe: the upload is conditioned on the
-/// generation read (`0` = the object must not exist).
+/// Generations make read-modify-write safe: the upload is conditioned on the generation read
+/// (`0` = the object must not exist), and the journal travels in the object's metadata.
 #[async_trait]
 impl ConditionalStore for GcsBucket {
-    type Version = i64;
-
-    async fn read(&self, key: &str) -> Result<Read<i64>> {
+    async fn read(&self, key: &str) -> Result<Read> {
         // A read that races a writer is a lost race, like a failed upload.
         Ok(match self.try_read(&self.name(key).0).await? {
             None => Read::Raced,
             Some((None, _)) => Read::Missing,
             Some((Some(current), value)) => Read::Found(Snapshot {
                 value: value.unwrap_or_default(),
-                version: current.generation,
+                version: current.generation.to_string(),
                 expires_at_ms: current.expires_at,
+                journal: current.journal,
             }),
         })
     }
 
-    async fn write_if(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expires_at_ms: Option<u64>,
-        expect: Expect<i64>,
-    ) -> Result<bool> {
+    async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool> {
         let generation = match expect {
             Expect::Absent => 0,
-            Expect::Version(generation) => generation,
+            Expect::Version(generation) => generation
+                .parse()
+                .map_err(|_| KvError::internal("gcs: malformed generation"))?,
         };
-        self.upload(key, value, expires_at_ms, Some(generation))
-            .await
+        self.upload(
+            key,
+            write.value,
+            write.expires_at_ms,
+            Some(&write.journal),
+            Some(generation),
+        )
+        .await
     }
 }
 
@@ -274,12 +289,14 @@ impl Bucket for GcsBucket {
     }
 
     async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        self.upload(key, value, None, None).await.map(drop)
+        self.upload(key, value, None, None, None).await.map(drop)
     }
 
     async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
         let at = clock::expires_at_ms(ttl);
-        self.upload(key, value, Some(at), None).await.map(drop)
+        self.upload(key, value, Some(at), None, None)
+            .await
+            .map(drop)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
@@ -330,37 +347,22 @@ impl Bucket for GcsBucket {
         })
     }
 
-    async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
-        rmw::increment(self, key, delta).await
+    async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
+        rmw::increment(self, key, delta, request).await
     }
 
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
-        let (current, value) = self.read(key).await?;
-        Ok(match current {
-            // An expired object still holds a generation: a swap must replace exactly it.
-            Some(current) => Versioned {
-                value,
-                version: Version::Tag(current.generation.to_string()),
-            },
-            None => Versioned {
-                value: None,
-                version: Version::Absent,
-            },
-        })
+        rmw::read_versioned(self, key).await
     }
 
-    async fn swap(&self, key: &str, expected: &Version, value: Vec<u8>) -> Result<SwapOutcome> {
-        let generation = match expected {
-            Version::Absent => 0,
-            Version::Tag(tag) => tag
-                .parse()
-                .map_err(|_| KvError::internal("gcs: malformed CAS version"))?,
-        };
-        Ok(if self.upload(key, value, None, Some(generation)).await? {
-            SwapOutcome::Swapped
-        } else {
-            SwapOutcome::Conflict
-        })
+    async fn swap(
+        &self,
+        key: &str,
+        expected: &Version,
+        value: Vec<u8>,
+        request: &RequestId,
+    ) -> Result<SwapOutcome> {
+        rmw::swap(self, key, expected, value, request).await
     }
 }
 

@@ -1,4 +1,4 @@
-//! Redis provider for wasi-kv (DESIGN §7.1): one Redis key per wasi-kv key under a namespace
+//! Redis provider for wasi-kv (docs/providers/redis.md): one Redis key per wasi-kv key under a namespace
 //! prefix; GET/SET/DEL/EXISTS, `SET PX` for TTL, INCRBY, Lua scripts for CAS, MGET and
 //! pipelines for batches, SCAN for listing.
 #![doc = include_str!("../README.md")]

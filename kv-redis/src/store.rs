@@ -6,7 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kv_core::naming::namespace_prefix;
 use kv_core::{
-    Bucket, Capabilities, KeyPage, KvError, Provider, Result, SwapOutcome, Version, Versioned,
+    Bucket, Capabilities, KeyPage, KvError, Provider, RequestId, Result, SwapOutcome, Version,
+    Versioned,
 };
 use redis::Script;
 use redis::aio::ConnectionManager;
@@ -77,6 +78,7 @@ impl Provider for RedisProvider {
             prefix,
             read_script: Script::new(READ_VERSIONED),
             swap_script: Script::new(SWAP),
+            increment_script: Script::new(INCREMENT),
         }))
     }
 }
@@ -89,9 +91,11 @@ if value then return {value, redis.sha1hex(value)} end
 return false
 ";
 
-/// Writes ARGV[2] if the key still has version ARGV[1] ('' = still missing). Atomic: a script
-/// runs without interleaving.
+/// Writes ARGV[2] if the key still has version ARGV[1] ('' = still missing), exactly once per
+/// request: the request key KEYS[2] is set in the same script, and a retry that finds it
+/// reports the swap. Atomic: a script runs without interleaving.
 const SWAP: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
 local value = redis.call('GET', KEYS[1])
 if ARGV[1] == '' then
   if value then return 0 end
@@ -99,8 +103,31 @@ elseif (not value) or redis.sha1hex(value) ~= ARGV[1] then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], 's', 'PX', ARGV[3])
 return 1
 ";
+
+/// `INCRBY` exactly once per request: the result is kept under the request key KEYS[2] in the
+/// same script, and a retry that finds it returns it. The result is read back with GET, as
+/// text: Lua numbers are doubles and would round counters beyond 2^53.
+const INCREMENT: &str = r"
+local done = redis.call('GET', KEYS[2])
+if done then return done end
+local added = redis.pcall('INCRBY', KEYS[1], ARGV[1])
+if type(added) == 'table' and added.err then return redis.error_reply(added.err) end
+local total = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[2], total, 'PX', ARGV[2])
+return total
+";
+
+/// How long a request key is kept: far longer than any operation's retries.
+const REQUEST_KEY_TTL_MS: u64 = 600_000;
+
+/// The key that records an applied increment or swap. Outside every namespace's prefix
+/// (`wasi-kv/<length>/…`), so listing never sees it.
+fn request_key(request: &RequestId) -> String {
+    format!("wasi-kv-request/{}", request.hex())
+}
 
 struct RedisBucket {
     connection: ConnectionManager,
@@ -108,6 +135,7 @@ struct RedisBucket {
     pattern: Vec<u8>,
     read_script: Script,
     swap_script: Script,
+    increment_script: Script,
 }
 
 impl RedisBucket {
@@ -232,13 +260,19 @@ impl Bucket for RedisBucket {
         })
     }
 
-    async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
-        redis::cmd("INCRBY")
-            .arg(self.key(key))
+    async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
+        let total: String = self
+            .increment_script
+            .key(self.key(key))
+            .key(request_key(request))
             .arg(delta)
-            .query_async(&mut self.conn())
+            .arg(REQUEST_KEY_TTL_MS)
+            .invoke_async(&mut self.conn())
             .await
-            .map_err(|err| map_error("INCRBY", err))
+            .map_err(|err| map_error("INCRBY", err))?;
+        total
+            .parse()
+            .map_err(|_| KvError::internal("redis INCRBY: the counter did not read back as an i64"))
     }
 
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
@@ -260,7 +294,13 @@ impl Bucket for RedisBucket {
         })
     }
 
-    async fn swap(&self, key: &str, expected: &Version, value: Vec<u8>) -> Result<SwapOutcome> {
+    async fn swap(
+        &self,
+        key: &str,
+        expected: &Version,
+        value: Vec<u8>,
+        request: &RequestId,
+    ) -> Result<SwapOutcome> {
         let expected = match expected {
             Version::Absent => "",
             Version::Tag(digest) => digest.as_str(),
@@ -268,8 +308,10 @@ impl Bucket for RedisBucket {
         let swapped: i64 = self
             .swap_script
             .key(self.key(key))
+            .key(request_key(request))
             .arg(expected)
             .arg(value)
+            .arg(REQUEST_KEY_TTL_MS)
             .invoke_async(&mut self.conn())
             .await
             .map_err(|err| map_error("CAS swap", err))?;

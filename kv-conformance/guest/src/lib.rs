@@ -1,4 +1,4 @@
-//! The wasi-kv conformance suite: every case of the contract (DESIGN §4), written once against
+//! The wasi-kv conformance suite: every case of the contract (docs/semantics.md), written once against
 //! `wasi:keyvalue` and run unchanged against every provider by the host-side runner.
 
 mod bindings {

@@ -1,0 +1,519 @@
+//! Fault injection between a provider and its backend, on loopback, for the fault matrix
+//! (docs/reliability.md) and `wasi-kv conformance --faults`.
+//!
+//! - [`FaultProxy`] listens on a free loopback port and forwards to the backend. Faults are
+//!   scripted per request: "drop the reply of the next N requests", "answer the next N with
+//!   429". The Redis proxy works on TCP reads (a read from the client is one request). The
+//!   HTTP proxy works on HTTP/1.1 requests, one upstream connection per client connection,
+//!   and can also answer with injected responses.
+//! - [`LossyProvider`] wraps any provider in process (the in-memory one has no network): its
+//!   buckets apply an operation and then report it failed, as a lost reply would.
+//!
+//! No maintained proxy fits: Toxiproxy-style proxies (the `noxious` crates) shape TCP streams,
+//! but none can let one request through and drop exactly its reply, or answer one HTTP request
+//! with a throttling response. This module does only that.
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use kv_core::{
+    Bucket, Capabilities, KeyPage, KvError, Provider, RequestId, Result, SwapOutcome, Version,
+    Versioned,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What happens to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Forwarded after this delay.
+    Latency(Duration),
+    /// The connection is closed before the request reaches the backend: nothing applied.
+    ResetBeforeForward,
+    /// Forwarded; the backend executes it; its reply is dropped and the connection closed.
+    DropReply,
+    /// Never forwarded and never answered: the client waits until it gives up.
+    Stall,
+    /// Answered by the proxy (HTTP only), never forwarded.
+    Respond(Injected),
+    /// DynamoDB batch calls (HTTP only) answered with every item left unprocessed, as a
+    /// throttled table does; other requests are forwarded.
+    DynamoUnprocessed,
+}
+
+/// An HTTP response the proxy answers with instead of the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Injected {
+    /// Status code.
+    pub status: u16,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+}
+
+impl Injected {
+    /// `429 Too Many Requests`, with `Retry-After: seconds` when given.
+    pub fn too_many_requests(retry_after_secs: Option<u64>) -> Injected {
+        Injected {
+            status: 429,
+            headers: retry_after_secs
+                .map(|secs| vec![("retry-after".to_string(), secs.to_string())])
+                .unwrap_or_default(),
+            body: "{\"error\":{\"code\":429,\"message\":\"rate limited (injected)\"}}".to_string(),
+        }
+    }
+
+    /// A bare status with a small JSON body.
+    pub fn status(status: u16) -> Injected {
+        Injected {
+            status,
+            headers: Vec::new(),
+            body: format!("{{\"error\":{{\"code\":{status},\"message\":\"injected\"}}}}"),
+        }
+    }
+
+    /// DynamoDB's throughput error, as the service sends it.
+    pub fn dynamodb_throughput_exceeded() -> Injected {
+        Injected {
+            status: 400,
+            headers: vec![(
+                "content-type".to_string(),
+                "application/x-amz-json-1.0".to_string(),
+            )],
+            body: "{\"__type\":\"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException\",\
+                   \"message\":\"The level of configured provisioned throughput for the table was exceeded (injected)\"}"
+                .to_string(),
+        }
+    }
+}
+
+/// Which requests get a fault.
+#[derive(Debug, Default)]
+struct Script {
+    /// Faults for the next requests, in order.
+    next: VecDeque<Fault>,
+    /// A fault for every n-th request after the scripted ones.
+    every: Option<(u64, Fault)>,
+    /// Requests seen.
+    seen: u64,
+}
+
+/// Counts of what the proxy did.
+#[derive(Debug, Default)]
+pub struct FaultStats {
+    /// Requests that reached the proxy.
+    pub requests: AtomicU64,
+    /// Requests that got a fault.
+    pub faults: AtomicU64,
+}
+
+/// The protocol the proxy understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Raw TCP, one client read = one request (Redis).
+    Tcp,
+    /// HTTP/1.1 (DynamoDB, Cloud Storage, Cosmos DB).
+    Http,
+}
+
+/// A loopback proxy in front of one backend that injects scripted faults.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    script: Arc<Mutex<Script>>,
+    stats: Arc<FaultStats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for FaultProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultProxy")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl FaultProxy {
+    /// Starts a proxy on a free loopback port forwarding to `upstream`.
+    pub async fn start(upstream: SocketAddr, protocol: Protocol) -> std::io::Result<FaultProxy> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let script = Arc::new(Mutex::new(Script::default()));
+        let stats = Arc::new(FaultStats::default());
+        let (task_script, task_stats) = (script.clone(), stats.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let _ = client.set_nodelay(true);
+                let (script, stats) = (task_script.clone(), task_stats.clone());
+                tokio::spawn(async move {
+                    match protocol {
+                        Protocol::Tcp => serve_tcp(client, upstream, script, stats).await,
+                        Protocol::Http => serve_http(client, upstream, script, stats).await,
+                    }
+                });
+            }
+        });
+        Ok(FaultProxy {
+            addr,
+            script,
+            stats,
+            task,
+        })
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The next `count` requests get `fault`.
+    pub fn next(&self, fault: Fault, count: usize) {
+        let mut script = lock(&self.script);
+        script.next.extend(std::iter::repeat_n(fault, count));
+    }
+
+    /// Every `n`-th request (after the scripted ones) gets `fault`, until [`Self::clear`].
+    pub fn every(&self, n: u64, fault: Fault) {
+        lock(&self.script).every = Some((n.max(1), fault));
+    }
+
+    /// No more faults.
+    pub fn clear(&self) {
+        let mut script = lock(&self.script);
+        script.next.clear();
+        script.every = None;
+    }
+
+    /// What the proxy has done so far.
+    pub fn stats(&self) -> &FaultStats {
+        &self.stats
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock(script: &Mutex<Script>) -> std::sync::MutexGuard<'_, Script> {
+    script
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The fault for the request arriving now, if any.
+fn take_fault(script: &Mutex<Script>, stats: &FaultStats) -> Option<Fault> {
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let mut script = lock(script);
+    script.seen += 1;
+    let fault = match script.next.pop_front() {
+        Some(fault) => Some(fault),
+        None => match &script.every {
+            Some((n, fault)) if script.seen.is_multiple_of(*n) => Some(fault.clone()),
+            _ => None,
+        },
+    };
+    if fault.is_some() {
+        stats.faults.fetch_add(1, Ordering::Relaxed);
+    }
+    fault
+}
+
+/// Upper bound on how long a stalled request is held: the client gives up long before.
+const STALL: Duration = Duration::from_secs(120);
+
+async fn serve_tcp(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    script: Arc<Mutex<Script>>,
+    stats: Arc<FaultStats>,
+) {
+    let Ok(mut server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let _ = server.set_nodelay(true);
+    let mut from_client = vec![0u8; 64 * 1024];
+    let mut from_server = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            read = client.read(&mut from_client) => {
+                let n = match read { Ok(0) | Err(_) => return, Ok(n) => n };
+                match take_fault(&script, &stats) {
+                    None => {}
+                    Some(Fault::Latency(delay)) => tokio::time::sleep(delay).await,
+                    Some(Fault::ResetBeforeForward) => return,
+                    Some(Fault::Stall) => {
+                        tokio::time::sleep(STALL).await;
+                        return;
+                    }
+                    Some(Fault::DropReply) => {
+                        // Let the server execute it, wait for its reply, then drop both ends.
+                        if server.write_all(&from_client[..n]).await.is_ok() {
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(5),
+                                server.read(&mut from_server),
+                            )
+                            .await;
+                        }
+                        return;
+                    }
+                    Some(Fault::Respond(_) | Fault::DynamoUnprocessed) => return,
+                }
+                if server.write_all(&from_client[..n]).await.is_err() {
+                    return;
+                }
+            }
+            read = server.read(&mut from_server) => {
+                let n = match read { Ok(0) | Err(_) => return, Ok(n) => n };
+                if client.write_all(&from_server[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+type ProxyBody = Full<Bytes>;
+
+async fn serve_http(
+    client: TcpStream,
+    upstream: SocketAddr,
+    script: Arc<Mutex<Script>>,
+    stats: Arc<FaultStats>,
+) {
+    let Ok(server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let _ = server.set_nodelay(true);
+    let Ok((sender, connection)) =
+        hyper::client::conn::http1::handshake::<_, ProxyBody>(TokioIo::new(server)).await
+    else {
+        return;
+    };
+    tokio::spawn(connection);
+    let sender = Arc::new(tokio::sync::Mutex::new(sender));
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let (sender, script, stats) = (sender.clone(), script.clone(), stats.clone());
+        async move {
+            let fault = take_fault(&script, &stats);
+            let (parts, body) = request.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|err| std::io::Error::other(err.to_string()))?
+                .to_bytes();
+            match fault {
+                Some(Fault::Respond(injected)) => {
+                    let mut response = hyper::Response::builder().status(injected.status);
+                    for (name, value) in &injected.headers {
+                        response = response.header(name, value);
+                    }
+                    return response
+                        .body(Full::new(Bytes::from(injected.body)))
+                        .map_err(|err| std::io::Error::other(err.to_string()));
+                }
+                Some(Fault::ResetBeforeForward) => {
+                    return Err(std::io::Error::other("reset before forwarding (injected)"));
+                }
+                Some(Fault::Stall) => {
+                    tokio::time::sleep(STALL).await;
+                    return Err(std::io::Error::other("stalled (injected)"));
+                }
+                Some(Fault::Latency(delay)) => tokio::time::sleep(delay).await,
+                Some(Fault::DynamoUnprocessed) => {
+                    if let Some(answer) = unprocessed(&parts.headers, &body) {
+                        return hyper::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/x-amz-json-1.0")
+                            .body(Full::new(Bytes::from(answer)))
+                            .map_err(|err| std::io::Error::other(err.to_string()));
+                    }
+                }
+                Some(Fault::DropReply) | None => {}
+            }
+            let forwarded = hyper::Request::from_parts(parts, Full::new(body));
+            let response = sender
+                .lock()
+                .await
+                .send_request(forwarded)
+                .await
+                .map_err(|err| std::io::Error::other(err.to_string()))?;
+            let (parts, body) = response.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|err| std::io::Error::other(err.to_string()))?
+                .to_bytes();
+            if fault == Some(Fault::DropReply) {
+                // The backend executed the request; the client never hears of it.
+                return Err(std::io::Error::other("reply dropped (injected)"));
+            }
+            Ok::<_, std::io::Error>(hyper::Response::from_parts(parts, Full::new(body)))
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(client), service)
+        .await;
+}
+
+/// The answer of a throttled table to a DynamoDB batch request: every item unprocessed.
+fn unprocessed(headers: &hyper::HeaderMap, body: &[u8]) -> Option<String> {
+    let target = headers.get("x-amz-target")?.to_str().ok()?;
+    let request: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let items = request.get("RequestItems")?.clone();
+    let answer = if target.ends_with(".BatchWriteItem") {
+        serde_json::json!({ "UnprocessedItems": items })
+    } else if target.ends_with(".BatchGetItem") {
+        serde_json::json!({ "Responses": {}, "UnprocessedKeys": items })
+    } else {
+        return None;
+    };
+    Some(answer.to_string())
+}
+
+/// An in-process fault: after `lose_replies` is set, that many operations apply and then
+/// report `unavailable`, as if their reply had been lost.
+#[derive(Debug, Default)]
+pub struct LossyState {
+    lose_next: AtomicU64,
+    every: AtomicU64,
+    seen: AtomicU64,
+    /// Operations whose reply was "lost".
+    pub lost: AtomicU64,
+}
+
+impl LossyState {
+    /// The replies of the next `count` operations are lost.
+    pub fn lose_next(&self, count: u64) {
+        self.lose_next.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// The reply of every `n`-th operation is lost (0 = none).
+    pub fn lose_every(&self, n: u64) {
+        self.every.store(n, Ordering::Relaxed);
+    }
+
+    fn lose(&self) -> bool {
+        let seen = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
+        let scripted = self
+            .lose_next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        let every = self.every.load(Ordering::Relaxed);
+        let lose = scripted || (every > 0 && seen.is_multiple_of(every));
+        if lose {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+        lose
+    }
+
+    fn apply<T>(&self, result: Result<T>) -> Result<T> {
+        match result {
+            Ok(_) if self.lose() => Err(KvError::unavailable("the reply was lost (injected)")),
+            other => other,
+        }
+    }
+}
+
+/// A provider whose buckets lose replies on command ([`LossyState`]).
+pub struct LossyProvider {
+    inner: Arc<dyn Provider>,
+    state: Arc<LossyState>,
+}
+
+impl LossyProvider {
+    /// Wraps `inner`; faults are scripted through [`LossyProvider::state`].
+    pub fn new(inner: Arc<dyn Provider>) -> LossyProvider {
+        LossyProvider {
+            inner,
+            state: Arc::new(LossyState::default()),
+        }
+    }
+
+    /// The fault script shared by every bucket.
+    pub fn state(&self) -> Arc<LossyState> {
+        self.state.clone()
+    }
+}
+
+#[async_trait]
+impl Provider for LossyProvider {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn open(&self, namespace: &str) -> Result<Arc<dyn Bucket>> {
+        Ok(Arc::new(LossyBucket {
+            inner: self.inner.open(namespace).await?,
+            state: self.state.clone(),
+        }))
+    }
+}
+
+struct LossyBucket {
+    inner: Arc<dyn Bucket>,
+    state: Arc<LossyState>,
+}
+
+#[async_trait]
+impl Bucket for LossyBucket {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.state.apply(self.inner.get(key).await)
+    }
+    async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        self.state.apply(self.inner.set(key, value).await)
+    }
+    async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+        self.state
+            .apply(self.inner.set_with_ttl(key, value, ttl).await)
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.state.apply(self.inner.delete(key).await)
+    }
+    async fn exists(&self, key: &str) -> Result<bool> {
+        self.state.apply(self.inner.exists(key).await)
+    }
+    async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {
+        self.state.apply(self.inner.list_keys(cursor, limit).await)
+    }
+    async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
+        self.state
+            .apply(self.inner.increment(key, delta, request).await)
+    }
+    async fn read_versioned(&self, key: &str) -> Result<Versioned> {
+        self.state.apply(self.inner.read_versioned(key).await)
+    }
+    async fn swap(
+        &self,
+        key: &str,
+        expected: &Version,
+        value: Vec<u8>,
+        request: &RequestId,
+    ) -> Result<SwapOutcome> {
+        self.state
+            .apply(self.inner.swap(key, expected, value, request).await)
+    }
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.state.apply(self.inner.get_many(keys).await)
+    }
+    async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
+        self.state.apply(self.inner.set_many(entries).await)
+    }
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        self.state.apply(self.inner.delete_many(keys).await)
+    }
+}

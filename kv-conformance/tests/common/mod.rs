@@ -1,0 +1,18 @@
+//! What the conformance and fault test binaries share: every provider of the workspace, by
+//! its store URL.
+
+use std::sync::Arc;
+
+use kv_core::{Provider, ProviderRegistry};
+
+/// Connects to `provider` at `url` through the provider's own factory.
+pub async fn connect(provider: &str, url: &str) -> Result<Arc<dyn Provider>, String> {
+    let (_, spec) = kv_core::config::parse_short_form(&format!("{provider}={url}"))
+        .map_err(|err| err.to_string())?;
+    let mut registry = ProviderRegistry::new();
+    kv_redis::register(&mut registry);
+    kv_aws::register(&mut registry);
+    kv_gcp::register(&mut registry);
+    kv_azure::register(&mut registry);
+    registry.connect(&spec).await.map_err(|err| err.to_string())
+}

@@ -1,0 +1,483 @@
+//! The fault matrix (docs/reliability.md): every provider behind a loopback fault proxy (the
+//! in-memory one behind in-process fault hooks), every fault x operation, and the checks that
+//! matter under faults:
+//! - acknowledged writes lost: must be 0;
+//! - increments or swaps applied twice: must be 0;
+//! - time to the answer: bounded by the operation timeout;
+//! - 8 x 50 concurrent increments and 8 x 25 CAS-loop increments while 10% of replies are
+//!   dropped: totals exact.
+//!
+//! One trial per provider and check. Providers in `KV_REQUIRE` must run; others are ignored
+//! when their emulator is missing. With `KV_REPORT_DIR` set, each provider's matrix is also
+//! written to `DIR/faults/<provider>.md`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_conformance::emulator::{self, EMULATED_PROVIDERS, Started};
+use kv_conformance::faults::{Fault, FaultProxy, Injected, LossyProvider, LossyState, Protocol};
+use kv_conformance::harness::{self, runtime};
+use kv_core::store::OUTCOME_UNKNOWN;
+use kv_core::{
+    Access, ErrorKind, KvError, KvStore, Limits, MemoryProvider, Provider, RetryPolicy, Stores,
+    SwapOutcome,
+};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+mod common;
+
+/// The operation timeout of every store here: the bound on time to an answer.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn limits() -> Limits {
+    Limits {
+        operation_timeout: OPERATION_TIMEOUT,
+        // Under 8-way contention one increment is several round trips, each losing its reply
+        // one time in ten: enough attempts that a run of losses is vanishingly rare.
+        retry: RetryPolicy {
+            max_attempts: 20,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(200),
+        },
+        ..Limits::default()
+    }
+}
+
+/// How faults reach one provider.
+enum Injector {
+    Proxy(FaultProxy),
+    InProcess(Arc<LossyState>),
+}
+
+impl Injector {
+    fn inject(&self, fault: &Fault, count: usize) {
+        match self {
+            Injector::Proxy(proxy) => proxy.next(fault.clone(), count),
+            Injector::InProcess(state) => state.lose_next(count as u64),
+        }
+    }
+
+    fn lossy(&self, every: u64) {
+        match self {
+            Injector::Proxy(proxy) => proxy.every(every, Fault::DropReply),
+            Injector::InProcess(state) => state.lose_every(every),
+        }
+    }
+
+    fn clear(&self) {
+        match self {
+            Injector::Proxy(proxy) => proxy.clear(),
+            Injector::InProcess(state) => {
+                state.lose_every(0);
+            }
+        }
+    }
+}
+
+/// A provider under test with its fault injector (and what keeps its emulator alive).
+struct Subject {
+    provider: Arc<dyn Provider>,
+    injector: Injector,
+    faults: Vec<(&'static str, Fault)>,
+    _emulator: Option<Started>,
+}
+
+impl Subject {
+    fn store(&self, namespace: &str) -> KvStore {
+        let stores = Stores::builder(limits())
+            .store("s", self.provider.clone(), namespace, Access::ReadWrite)
+            .build();
+        runtime()
+            .block_on(stores.open("s"))
+            .expect("a configured store opens")
+    }
+}
+
+/// The faults every transport gets.
+fn tcp_faults() -> Vec<(&'static str, Fault)> {
+    vec![
+        ("reset before the request", Fault::ResetBeforeForward),
+        ("reply dropped after execution", Fault::DropReply),
+        ("300 ms latency", Fault::Latency(Duration::from_millis(300))),
+    ]
+}
+
+/// The HTTP providers also get injected answers.
+fn http_faults(provider: &str) -> Vec<(&'static str, Fault)> {
+    let mut faults = tcp_faults();
+    faults.push(("503", Fault::Respond(Injected::status(503))));
+    faults.push(("500", Fault::Respond(Injected::status(500))));
+    faults.push((
+        "429 without Retry-After",
+        Fault::Respond(Injected::too_many_requests(None)),
+    ));
+    faults.push((
+        "429 with Retry-After: 1",
+        Fault::Respond(Injected::too_many_requests(Some(1))),
+    ));
+    if provider == "dynamodb" {
+        faults.push((
+            "ProvisionedThroughputExceeded",
+            Fault::Respond(Injected::dynamodb_throughput_exceeded()),
+        ));
+        faults.push((
+            "UnprocessedItems / UnprocessedKeys",
+            Fault::DynamoUnprocessed,
+        ));
+    }
+    faults
+}
+
+async fn subject(name: &str) -> Result<Subject, String> {
+    if name == "memory" {
+        let lossy = LossyProvider::new(Arc::new(MemoryProvider::new()));
+        return Ok(Subject {
+            injector: Injector::InProcess(lossy.state()),
+            provider: Arc::new(lossy),
+            faults: vec![("reply lost after execution", Fault::DropReply)],
+            _emulator: None,
+        });
+    }
+    let owned = name.to_string();
+    let started = tokio::task::spawn_blocking(move || emulator::start(&owned))
+        .await
+        .map_err(|err| err.to_string())??;
+    let protocol = if name == "redis" {
+        Protocol::Tcp
+    } else {
+        Protocol::Http
+    };
+    let proxy = FaultProxy::start(started.addr(), protocol)
+        .await
+        .map_err(|err| format!("fault proxy: {err}"))?;
+    let provider = common::connect(name, &started.store_url_via(proxy.addr())).await?;
+    Ok(Subject {
+        provider,
+        injector: Injector::Proxy(proxy),
+        faults: if name == "redis" {
+            tcp_faults()
+        } else {
+            http_faults(name)
+        },
+        _emulator: Some(started),
+    })
+}
+
+const OPERATIONS: &[&str] = &[
+    "set",
+    "get",
+    "delete",
+    "increment",
+    "swap",
+    "set-many",
+    "get-many",
+    "list-keys",
+];
+
+/// Judges the stored value after an operation (and whether it reported success): whether an
+/// acknowledged write was lost, and whether it was applied twice.
+type Check = Box<dyn Fn(&Option<Vec<u8>>, bool) -> (bool, bool) + Send>;
+
+/// One cell of the matrix.
+struct Cell {
+    outcome: String,
+    elapsed: Duration,
+    lost_acknowledged: bool,
+    applied_twice: bool,
+}
+
+fn describe(result: &Result<(), KvError>) -> String {
+    match result {
+        Ok(()) => "ok".to_string(),
+        Err(err) if err.message().starts_with(OUTCOME_UNKNOWN) => {
+            "unavailable: outcome unknown".to_string()
+        }
+        Err(err) => err.kind().class().to_string(),
+    }
+}
+
+/// Runs `op` on a fresh key with `fault` injected into its next request, then checks the
+/// stored state without faults.
+async fn cell(store: &KvStore, injector: &Injector, fault: &Fault, op: &str, id: usize) -> Cell {
+    let key = format!("k{id}");
+    let other = format!("k{id}-b");
+    // Known starting state, written without faults.
+    injector.clear();
+    let setup = async {
+        store.set(&key, b"41".to_vec()).await?;
+        store.set(&other, b"x".to_vec()).await
+    };
+    setup
+        .await
+        .expect("the setup writes succeed without faults");
+    let versioned = store
+        .read_versioned(&key)
+        .await
+        .expect("the CAS read succeeds");
+    injector.inject(fault, 1);
+    let started = Instant::now();
+    let (result, check): (Result<(), KvError>, Check) = match op {
+        "set" => (
+            store.set(&key, b"new".to_vec()).await,
+            Box::new(|stored, ok| (ok && stored.as_deref() != Some(b"new"), false)),
+        ),
+        "get" => (
+            store.get(&key).await.map(drop),
+            Box::new(|_, _| (false, false)),
+        ),
+        "delete" => (
+            store.delete(&key).await,
+            Box::new(|stored, ok| (ok && stored.is_some(), false)),
+        ),
+        "increment" => {
+            let result = store.increment(&key, 1).await;
+            let reported = result.as_ref().ok().copied();
+            (
+                result.map(drop),
+                Box::new(move |stored, ok| {
+                    let stored = stored.as_deref();
+                    let lost = ok && (stored != Some(b"42") || reported != Some(42));
+                    (lost, stored == Some(b"43"))
+                }),
+            )
+        }
+        "swap" => {
+            let result = store
+                .swap(&key, &versioned.version, b"swapped".to_vec())
+                .await
+                .and_then(|outcome| match outcome {
+                    SwapOutcome::Swapped => Ok(()),
+                    SwapOutcome::Conflict => Err(KvError::internal(
+                        "cas-failed against an unchanged key (a retry met its own write)",
+                    )),
+                });
+            (
+                result,
+                Box::new(|stored, ok| (ok && stored.as_deref() != Some(b"swapped"), false)),
+            )
+        }
+        "set-many" => (
+            store
+                .set_many(vec![
+                    (key.clone(), b"many".to_vec()),
+                    (other.clone(), b"many".to_vec()),
+                ])
+                .await,
+            Box::new(|stored, ok| (ok && stored.as_deref() != Some(b"many"), false)),
+        ),
+        "get-many" => (
+            store
+                .get_many(&[key.clone(), other.clone()])
+                .await
+                .map(drop),
+            Box::new(|_, _| (false, false)),
+        ),
+        "list-keys" => (
+            store.list_keys(None).await.map(drop),
+            Box::new(|_, _| (false, false)),
+        ),
+        other => panic!("unknown operation {other}"),
+    };
+    let elapsed = started.elapsed();
+    injector.clear();
+    let stored = store.get(&key).await.expect("the check read succeeds");
+    let (lost_acknowledged, applied_twice) = check(&stored, result.is_ok());
+    let swap_conflict = op == "swap"
+        && result
+            .as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::Internal);
+    Cell {
+        outcome: describe(&result),
+        elapsed,
+        lost_acknowledged,
+        applied_twice: applied_twice || swap_conflict,
+    }
+}
+
+fn matrix(name: &str, subject: &Subject) -> Result<(), Failed> {
+    let store = subject.store(&format!("faults-{:08x}", rand::random::<u32>()));
+    let mut table = format!(
+        "| fault | {} |\n|---|{}\n",
+        OPERATIONS.join(" | "),
+        "---|".repeat(OPERATIONS.len())
+    );
+    let mut problems = Vec::new();
+    let mut id = 0;
+    for (label, fault) in &subject.faults {
+        let mut row = format!("| {label} |");
+        for op in OPERATIONS {
+            id += 1;
+            let cell = runtime().block_on(cell(&store, &subject.injector, fault, op, id));
+            row.push_str(&format!(
+                " {} ({} ms) |",
+                cell.outcome,
+                cell.elapsed.as_millis()
+            ));
+            if cell.lost_acknowledged {
+                problems.push(format!("{label} x {op}: an acknowledged write was lost"));
+            }
+            if cell.applied_twice {
+                problems.push(format!("{label} x {op}: applied twice"));
+            }
+            if cell.elapsed > OPERATION_TIMEOUT + Duration::from_secs(1) {
+                problems.push(format!(
+                    "{label} x {op}: answered after {} ms",
+                    cell.elapsed.as_millis()
+                ));
+            }
+            // One fault per call is within the retry budget: the guest must not see it.
+            if cell.outcome != "ok" {
+                problems.push(format!("{label} x {op}: {}", cell.outcome));
+            }
+        }
+        table.push_str(&row);
+        table.push('\n');
+    }
+    println!("\n{name}\n{table}");
+    if let Some(dir) = std::env::var_os("KV_REPORT_DIR") {
+        let dir = std::path::Path::new(&dir).join("faults");
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join(format!("{name}.md")), &table);
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failed::from(problems.join("\n")))
+    }
+}
+
+/// Runs `calls` on each of 8 concurrent workers while every 10th request loses its reply,
+/// then checks that every call succeeded and that counter `key` reads `expected`.
+fn under_loss<F, Fut>(subject: &Subject, key: &str, expected: i64, calls: F) -> Result<(), Failed>
+where
+    F: Fn(KvStore) -> Fut,
+    Fut: std::future::Future<Output = Vec<String>> + Send + 'static,
+{
+    let store = subject.store(&format!("lossy-{:08x}", rand::random::<u32>()));
+    subject.injector.lossy(10);
+    let failures = runtime().block_on(async {
+        let workers: Vec<_> = (0..8).map(|_| tokio::spawn(calls(store.clone()))).collect();
+        let mut failures = Vec::new();
+        for worker in workers {
+            failures.extend(worker.await.unwrap_or_else(|err| vec![err.to_string()]));
+        }
+        failures
+    });
+    subject.injector.clear();
+    let total = runtime()
+        .block_on(store.get(key))
+        .map_err(|err| err.to_string())?;
+    if !failures.is_empty() {
+        return Err(format!("{} calls failed: {:?}", failures.len(), failures).into());
+    }
+    let total = total.map(|t| String::from_utf8_lossy(&t).into_owned());
+    if total != Some(expected.to_string()) {
+        return Err(format!("{expected} acknowledged calls, counter is {total:?}").into());
+    }
+    Ok(())
+}
+
+/// 8 workers x 50 increments while every 10th request loses its reply: exactly 400.
+fn lossy_increments(subject: &Subject) -> Result<(), Failed> {
+    under_loss(subject, "n", 400, |store| async move {
+        let mut failures = Vec::new();
+        for _ in 0..50 {
+            if let Err(err) = store.increment("n", 1).await {
+                failures.push(err.to_string());
+            }
+        }
+        failures
+    })
+}
+
+/// 8 workers x 25 CAS-loop increments while every 10th request loses its reply: exactly 200.
+fn lossy_cas(subject: &Subject) -> Result<(), Failed> {
+    under_loss(subject, "c", 200, |store| async move {
+        let mut failures = Vec::new();
+        let mut done = 0;
+        for _ in 0..5_000 {
+            if done == 25 {
+                break;
+            }
+            let Ok(read) = store.read_versioned("c").await else {
+                continue;
+            };
+            let current: i64 = match read.value.as_deref() {
+                Some(value) => String::from_utf8_lossy(value).parse().unwrap_or(i64::MIN),
+                None => 0,
+            };
+            let next = current.saturating_add(1).to_string().into_bytes();
+            match store.swap("c", &read.version, next).await {
+                Ok(SwapOutcome::Swapped) => done += 1,
+                Ok(SwapOutcome::Conflict) => {}
+                Err(err) => failures.push(err.to_string()),
+            }
+        }
+        failures
+    })
+}
+
+fn main() -> ExitCode {
+    harness::stay_on_loopback();
+    let args = Arguments::from_args();
+    let required = harness::required_targets();
+    let mut trials = Vec::new();
+    let names = std::iter::once("memory").chain(EMULATED_PROVIDERS.iter().copied());
+    for name in names {
+        let is_required = required.iter().any(|r| r == name);
+        let wanted = ["matrix", "lossy_increments", "lossy_cas"]
+            .iter()
+            .any(|check| {
+                args.filter
+                    .as_deref()
+                    .is_none_or(|f| format!("{name}::{check}").contains(f))
+            });
+        if !wanted {
+            continue;
+        }
+        if name != "memory" && !is_required && !emulator::installed(name) {
+            for check in ["matrix", "lossy_increments", "lossy_cas"] {
+                trials.push(
+                    Trial::test(format!("{name}::{check}"), || Ok(()))
+                        .with_ignored_flag(true)
+                        .with_kind("unreachable"),
+                );
+            }
+            continue;
+        }
+        let subject = match runtime().block_on(subject(name)) {
+            Ok(subject) => Arc::new(subject),
+            Err(reason) => {
+                let message = format!("{name}: {reason}");
+                trials.push(Trial::test(format!("{name}::setup"), move || {
+                    Err(Failed::from(message))
+                }));
+                continue;
+            }
+        };
+        let provider = name.to_string();
+        let s = subject.clone();
+        trials.push(Trial::test(format!("{name}::matrix"), move || {
+            matrix(&provider, &s)
+        }));
+        let s = subject.clone();
+        trials.push(Trial::test(
+            format!("{name}::lossy_increments"),
+            move || lossy_increments(&s),
+        ));
+        let s = subject.clone();
+        trials.push(Trial::test(format!("{name}::lossy_cas"), move || {
+            lossy_cas(&s)
+        }));
+    }
+    // The checks of one provider share its proxy: run them one at a time.
+    let mut args = args;
+    args.test_threads = Some(1);
+    let conclusion = libtest_mimic::run(&args, trials);
+    if conclusion.has_failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
