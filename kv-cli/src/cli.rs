@@ -35,6 +35,11 @@ pub struct StoreArgs {
     /// A store in short form, e.g. `cache=memory:` or `users=redis://127.0.0.1:6379/0`.
     #[arg(long = "store", value_name = "NAME=URL")]
     pub stores: Vec<String>,
+    /// Preset a key before the component starts: `KEY=VALUE` in the default store (`""`),
+    /// `STORE::KEY=VALUE` in another; `KEY=@FILE` takes the file's bytes (`@@` for a
+    /// literal `@`). Repeatable.
+    #[arg(long = "seed", value_name = "[STORE::]KEY=VALUE")]
+    pub seeds: Vec<String>,
 }
 
 /// `wasi-kv run`.

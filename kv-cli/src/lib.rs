@@ -22,10 +22,19 @@ pub fn registry() -> ProviderRegistry {
     registry
 }
 
-/// The stores of `--config` and `--store`, connected (what `run` and `serve` offer).
+/// The stores of `--config` and `--store`, connected and seeded (`[stores.NAME.seed]`,
+/// `--seed`): what `run` and `serve` offer.
 pub async fn open_stores(args: &cli::StoreArgs) -> anyhow::Result<std::sync::Arc<kv_core::Stores>> {
-    let config = load_config(args.config.as_deref(), &args.stores)?;
-    Ok(std::sync::Arc::new(registry().build(&config).await?))
+    let mut config = load_config(args.config.as_deref(), &args.stores)?;
+    for seed in &args.seeds {
+        config.add_seed(seed)?;
+    }
+    let stores = registry().build(&config).await?;
+    stores
+        .seed(&config.seeds)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    Ok(std::sync::Arc::new(stores))
 }
 
 /// Reads `--config` (if any) and applies `--store` short forms on top.

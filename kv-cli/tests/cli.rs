@@ -62,6 +62,37 @@ fn run_prints_the_count_and_passes_env() {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// `--seed` presets keys before the component runs: wasmtime's
+/// `-S keyvalue-in-memory-data=KEY=VALUE`, for any store.
+#[test]
+fn seeds_are_written_before_the_component_starts() {
+    let out = wasi_kv(&["run", "--seed", "runs=41", COUNTER]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "this component has run 42 times\n"
+    );
+    let out = wasi_kv(&[
+        "run",
+        "--store",
+        "other=memory:?access=read-only",
+        "--seed",
+        "other::runs=9",
+        "--env",
+        "KV_STORE=other",
+        COUNTER,
+    ]);
+    // Seeded into a read-only store, which the component itself may not write.
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AccessDenied"));
+    for bad in [["--seed", "nowhere::k=v"], ["--seed", "k=@/does/not/exist"]] {
+        let out = wasi_kv(&["run", bad[0], bad[1], COUNTER]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
+}
+
 #[test]
 fn bad_configuration_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -338,8 +338,59 @@ fn example_on(provider: &'static str) -> TestResult {
         let mut served = Served::start(EXAMPLE, &["--store", &store, "--time-limit", "60s"])?;
         example_routes(&served).await?;
         let status = served.terminate()?;
-        check(status.success(), format!("serve exited with {status}"))
+        check(status.success(), format!("serve exited with {status}"))?;
+        seeded_keys_are_there_before_the_first_request(&url).await
     })
+}
+
+/// Seeds from the config file (text and file) and from `--seed` (text and `@FILE`) are in the
+/// store before the component's first request, on every provider.
+async fn seeded_keys_are_there_before_the_first_request(url: &str) -> TestResult {
+    let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).map(|_| path)
+    };
+    write("logo.bin", &[0, 159, 146, 150]).map_err(|err| err.to_string())?;
+    let from_cli = write("from-cli.txt", b"file via --seed").map_err(|err| err.to_string())?;
+    let namespace = format!("seeded-{:08x}", rand::random::<u32>());
+    let config = write(
+        "wasi-kv.toml",
+        format!(
+            "[stores.default]\nurl = \"{url}\"\nnamespace = \"{namespace}\"\n\
+             [stores.default.seed]\nfrom-config = \"text in the file\"\n\
+             logo = {{ file = \"logo.bin\" }}\n"
+        )
+        .as_bytes(),
+    )
+    .map_err(|err| err.to_string())?;
+    let config = config.to_string_lossy().into_owned();
+    let from_cli = format!("from-cli-file=@{}", from_cli.display());
+    let mut served = Served::start(
+        EXAMPLE,
+        &[
+            "--config",
+            &config,
+            "--seed",
+            "from-cli=text via --seed",
+            "--seed",
+            &from_cli,
+            "--time-limit",
+            "60s",
+        ],
+    )?;
+    let http = client();
+    for (key, expected) in [
+        ("from-config", b"text in the file".as_slice()),
+        ("logo", &[0, 159, 146, 150]),
+        ("from-cli", b"text via --seed"),
+        ("from-cli-file", b"file via --seed"),
+    ] {
+        let got = send(http.get(served.url(&format!("/kv/{key}")))).await?;
+        expect(&format!("GET /kv/{key}"), &got, 200, Some(expected))?;
+    }
+    let status = served.terminate()?;
+    check(status.success(), format!("serve exited with {status}"))
 }
 
 /// A store that goes away answers 503, and the server serves again when it is back.

@@ -48,6 +48,7 @@ const STORE: &str = "kv-under-test";
 const PEER: &str = "kv-peer";
 const READ_ONLY: &str = "kv-read-only";
 const DENIED: &str = "kv-denied";
+const DEFAULT: &str = kv_core::config::DEFAULT_STORE;
 
 /// A case as the guest declares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,6 +324,8 @@ impl Suite {
         Arc::new(
             Stores::builder(target.limits.clone())
                 .store(STORE, provider.clone(), &main, Access::ReadWrite)
+                // The host's default store, which `open("")` reaches (wasmtime compatibility).
+                .store(DEFAULT, provider.clone(), &main, Access::ReadWrite)
                 .store(PEER, provider.clone(), &peer, Access::ReadWrite)
                 .store(READ_ONLY, provider.clone(), &main, Access::ReadOnly)
                 .store(DENIED, provider.clone(), &main, Access::Denied)

@@ -210,13 +210,63 @@ pub struct KvConfig {
     pub limits: Limits,
     /// `[cursors] secret`: list cursors signed with it are accepted by every host that has it.
     pub cursor_secret: Option<CursorSecret>,
+    /// Keys preset before the component starts (`[stores.NAME.seed]`, `--seed`).
+    pub seeds: Vec<Seed>,
+}
+
+/// A key written into a store before the component starts: test data, demo data, the state
+/// a component expects (wasmtime's `-S keyvalue-in-memory-data=KEY=VALUE`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Seed {
+    /// The store identifier (`""` reaches `default` unless configured).
+    pub store: String,
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: Vec<u8>,
+}
+
+impl fmt::Debug for Seed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Seed values may be credentials a component reads: never printed.
+        f.debug_struct("Seed")
+            .field("store", &self.store)
+            .field("key", &self.key)
+            .field("value_bytes", &self.value.len())
+            .finish()
+    }
+}
+
+/// Reads a seed file, relative to `base` (the config file's folder) when not absolute.
+fn read_seed_file(
+    place: &str,
+    base: Option<&std::path::Path>,
+    path: &str,
+) -> Result<Vec<u8>, ConfigError> {
+    let path = std::path::Path::new(path);
+    let full = match base {
+        Some(base) if path.is_relative() => base.join(path),
+        _ => path.to_path_buf(),
+    };
+    std::fs::read(&full)
+        .map_err(|err| ConfigError::at(place, format!("cannot read {}: {err}", full.display())))
 }
 
 impl KvConfig {
-    /// Parses a TOML configuration file's text. `env` looks up `${NAME}` references.
+    /// Parses a TOML configuration file's text. `env` looks up `${NAME}` references; seed
+    /// files are relative to the current directory.
     pub fn from_toml(
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<KvConfig, ConfigError> {
+        Self::from_toml_in(text, env, None)
+    }
+
+    /// [`KvConfig::from_toml`], with seed files relative to `base`.
+    pub fn from_toml_in(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        base: Option<&std::path::Path>,
     ) -> Result<KvConfig, ConfigError> {
         let mut root: toml::Table = text.parse().map_err(|err: toml::de::Error| {
             ConfigError(format!("invalid TOML: {}", one_line(&err.to_string())))
@@ -237,6 +287,11 @@ impl KvConfig {
                 let toml::Value::Table(table) = table else {
                     return Err(ConfigError::at(place, "must be a table"));
                 };
+                let mut table = table;
+                if let Some(seed) = table.remove("seed") {
+                    let seeds = parse_seed_table(&format!("{place}.seed"), &name, seed, env, base)?;
+                    config.seeds.extend(seeds);
+                }
                 let spec = parse_store_table(&place, &name, table, env)?;
                 config.stores.insert(name, spec);
             }
@@ -254,8 +309,29 @@ impl KvConfig {
     pub fn from_file(path: &std::path::Path) -> Result<KvConfig, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|err| ConfigError::at(path.display(), err))?;
-        Self::from_toml(&text, &|name| std::env::var(name).ok())
+        Self::from_toml_in(&text, &|name| std::env::var(name).ok(), path.parent())
             .map_err(|err| ConfigError::at(path.display(), err))
+    }
+
+    /// Adds a seed given as `[STORE::]KEY=VALUE`: the store defaults to `""` (the default
+    /// store), and a value `@PATH` is the contents of that file (`@@` for a literal `@`).
+    pub fn add_seed(&mut self, arg: &str) -> Result<(), ConfigError> {
+        let place = "--seed";
+        let (target, value) = arg
+            .split_once('=')
+            .ok_or_else(|| ConfigError::at(place, "expected [STORE::]KEY=VALUE or KEY=@FILE"))?;
+        let (store, key) = target.split_once("::").unwrap_or(("", target));
+        let value = match value.strip_prefix('@') {
+            Some(literal) if literal.starts_with('@') => literal.as_bytes().to_vec(),
+            Some(path) => read_seed_file(&format!("--seed {target}"), None, path)?,
+            None => value.as_bytes().to_vec(),
+        };
+        self.seeds.push(Seed {
+            store: store.to_string(),
+            key: key.to_string(),
+            value,
+        });
+        Ok(())
     }
 
     /// Adds a store given as `NAME=URL`; a later definition of the same name replaces it.
@@ -333,6 +409,48 @@ fn parse_limits(value: toml::Value) -> Result<Limits, ConfigError> {
     Ok(limits)
 }
 
+/// `[stores.NAME.seed]`: `KEY = "text"` or `KEY = { file = "PATH" }`.
+fn parse_seed_table(
+    place: &str,
+    store: &str,
+    value: toml::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+    base: Option<&std::path::Path>,
+) -> Result<Vec<Seed>, ConfigError> {
+    let toml::Value::Table(mut table) = value else {
+        return Err(ConfigError::at(place, "must be a table of KEY = VALUE"));
+    };
+    expand_env_in_table(place, &mut table, env)?;
+    let mut seeds = Vec::with_capacity(table.len());
+    for (key, value) in table {
+        let at = format!("{place}.{key}");
+        let value = match value {
+            toml::Value::String(text) => text.into_bytes(),
+            toml::Value::Table(mut file) => match (file.remove("file"), file.is_empty()) {
+                (Some(toml::Value::String(path)), true) => read_seed_file(&at, base, &path)?,
+                _ => {
+                    return Err(ConfigError::at(
+                        &at,
+                        "expected a string or { file = \"PATH\" }",
+                    ));
+                }
+            },
+            _ => {
+                return Err(ConfigError::at(
+                    &at,
+                    "expected a string or { file = \"PATH\" }",
+                ));
+            }
+        };
+        seeds.push(Seed {
+            store: store.to_string(),
+            key,
+            value,
+        });
+    }
+    Ok(seeds)
+}
+
 fn parse_store_table(
     place: &str,
     name: &str,
@@ -361,7 +479,7 @@ fn parse_store_table(
             return Err(ConfigError::at(place, "missing field `provider`"));
         }
     };
-    let namespace = take_string("namespace")?.unwrap_or_else(|| name.to_string());
+    let namespace = take_string("namespace")?.unwrap_or_else(|| default_namespace(name));
     let access = match take_string("access")? {
         None => Access::ReadWrite,
         Some(text) => Access::parse(&text).ok_or_else(|| {
@@ -381,15 +499,31 @@ fn parse_store_table(
     })
 }
 
+/// A store name is at most 256 bytes. The empty name is the identifier wasmtime's keyvalue
+/// host knows (`open("")`); it may be configured like any other.
 fn check_store_name(place: &str, name: &str) -> Result<(), ConfigError> {
-    if name.is_empty() || name.len() > 256 {
+    if name.len() > 256 {
         return Err(ConfigError::at(
             place,
-            "a store name must be 1 to 256 bytes",
+            "a store name must be at most 256 bytes",
         ));
     }
     Ok(())
 }
+
+/// The namespace of a store configured without one: its name, or `default` for `""` (so the
+/// empty identifier and `default` share data unless told otherwise).
+fn default_namespace(name: &str) -> String {
+    if name.is_empty() {
+        DEFAULT_STORE.to_string()
+    } else {
+        name.to_string()
+    }
+}
+
+/// The store a host offers when none is configured, and the one `open("")` reaches unless
+/// `""` is configured itself.
+pub const DEFAULT_STORE: &str = "default";
 
 fn check_namespace(place: &str, namespace: &str) -> Result<(), ConfigError> {
     if namespace.is_empty() || namespace.len() > 256 {
@@ -421,7 +555,7 @@ pub fn parse_short_form(arg: &str) -> Result<(String, StoreSpec), ConfigError> {
         ConfigError::at(format!("--store {name}=..."), "malformed URL")
     })?;
     let place = format!("--store {name}={}", redact_url(&url));
-    let mut namespace = name.to_string();
+    let mut namespace = default_namespace(name);
     let mut access = Access::ReadWrite;
     let mut rest = Vec::new();
     for (key, value) in url.query_pairs() {
@@ -587,6 +721,63 @@ mod tests {
     }
 
     #[test]
+    fn seeds_from_the_command_line_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("logo.bin"), [0u8, 255, 1]).unwrap();
+        let text = "[stores.cache]\nurl = \"memory:\"\n[stores.cache.seed]\n\
+                    greeting = \"hello ${WHO}\"\nlogo = { file = \"logo.bin\" }\n";
+        let mut config = KvConfig::from_toml_in(
+            text,
+            &|name| (name == "WHO").then(|| "world".to_string()),
+            Some(dir.path()),
+        )
+        .unwrap();
+        assert!(!config.stores["cache"].options.contains_key("seed"));
+        let file = dir.path().join("logo.bin");
+        config.add_seed("n=41").unwrap();
+        config.add_seed("cache::mail=@@home").unwrap();
+        config
+            .add_seed(&format!("cache::copy=@{}", file.display()))
+            .unwrap();
+        let seeds: Vec<(&str, &str, &[u8])> = config
+            .seeds
+            .iter()
+            .map(|seed| {
+                (
+                    seed.store.as_str(),
+                    seed.key.as_str(),
+                    seed.value.as_slice(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seeds,
+            vec![
+                ("cache", "greeting", b"hello world".as_slice()),
+                ("cache", "logo", &[0, 255, 1]),
+                ("", "n", b"41"),
+                ("cache", "mail", b"@home"),
+                ("cache", "copy", &[0, 255, 1]),
+            ]
+        );
+        assert!(!format!("{:?}", config.seeds).contains("hello"));
+        for bad in ["novalue", "k=@/does/not/exist"] {
+            assert!(config.add_seed(bad).is_err(), "{bad}");
+        }
+        let bad = "[stores.c]\nurl = \"memory:\"\n[stores.c.seed]\nk = 1\n";
+        assert!(KvConfig::from_toml(bad, &|_| None).is_err());
+    }
+
+    #[test]
+    fn the_empty_store_name_is_accepted() {
+        let (name, spec) = parse_short_form("=memory:").unwrap();
+        assert_eq!((name.as_str(), spec.namespace.as_str()), ("", "default"));
+        let config = KvConfig::from_toml("[stores.\"\"]\nurl = \"memory:\"\n", &|_| None).unwrap();
+        assert_eq!(config.stores[""].namespace, "default");
+        assert!(parse_short_form(&format!("{}=memory:", "x".repeat(257))).is_err());
+    }
+
+    #[test]
     fn reports_problems_in_one_line() {
         let cases = [
             (
@@ -631,7 +822,7 @@ mod tests {
         let (_, memory) = parse_short_form("default=memory:").unwrap();
         assert_eq!(memory.provider, "memory");
         assert_eq!(memory.namespace, "default");
-        for bad in ["nourl", "a=::", "=memory:", "a=memory:?access=all"] {
+        for bad in ["nourl", "a=::", "a=memory:?access=all"] {
             assert!(parse_short_form(bad).is_err(), "{bad}");
         }
         let err = parse_short_form("a=redis://:hunter2@h:1/?access=all").unwrap_err();

@@ -248,13 +248,48 @@ impl Stores {
 
     /// Opens store `name`: `no-such-store` if unknown, `access-denied` if not granted.
     pub async fn open(&self, name: &str) -> Result<KvStore> {
-        let binding = self.bindings.get(name).ok_or_else(|| {
+        self.open_as(name, None).await
+    }
+
+    /// Writes every seed into its store before a component runs. The host writes, so seeds
+    /// reach read-only stores too; keys and values are checked like a guest's.
+    pub async fn seed(&self, seeds: &[crate::config::Seed]) -> Result<()> {
+        for seed in seeds {
+            let store = self.open_as(&seed.store, Some(Access::ReadWrite)).await?;
+            store
+                .set(&seed.key, seed.value.clone())
+                .await
+                .map_err(|err| {
+                    KvError::new(
+                        err.kind(),
+                        format!(
+                            "seeding {:?} in store {:?}: {}",
+                            seed.key,
+                            seed.store,
+                            err.message()
+                        ),
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Opens `name` with its configured access, or with `access` when the host itself writes.
+    async fn open_as(&self, name: &str, access: Option<Access>) -> Result<KvStore> {
+        // `""` is the only identifier wasmtime's keyvalue host knows: unless it is configured
+        // itself, it is the default store, so components written for wasmtime run here.
+        let binding = self.bindings.get(name).or_else(|| {
+            name.is_empty()
+                .then(|| self.bindings.get(crate::config::DEFAULT_STORE))
+                .flatten()
+        });
+        let binding = binding.ok_or_else(|| {
             KvError::new(
                 ErrorKind::NoSuchStore,
                 format!("no store named {name:?} is configured"),
             )
         })?;
-        if binding.access == Access::Denied {
+        if access.is_none() && binding.access == Access::Denied {
             return Err(KvError::new(
                 ErrorKind::AccessDenied,
                 format!("this component may not use store {name:?}"),
@@ -271,9 +306,84 @@ impl Stores {
             namespace: binding.namespace.clone(),
             provider: binding.provider.name().to_string(),
             capabilities: binding.provider.capabilities(),
-            access: binding.access,
+            access: access.unwrap_or(binding.access),
             limits: self.limits.clone(),
         };
         Ok(KvStore::with_signer(parts, bucket, self.cursors.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::KvConfig;
+
+    async fn build(args: &[&str]) -> Stores {
+        let mut config = KvConfig::default();
+        for arg in args {
+            config.add_short_form(arg).unwrap();
+        }
+        ProviderRegistry::new().build(&config).await.unwrap()
+    }
+
+    /// `open("")` (wasmtime's only identifier) reaches `default` unless `""` is configured.
+    #[tokio::test]
+    async fn the_empty_identifier_is_the_default_store() {
+        let stores = build(&[]).await;
+        stores
+            .open("default")
+            .await
+            .unwrap()
+            .set("k", b"v".to_vec())
+            .await
+            .unwrap();
+        let empty = stores.open("").await.unwrap();
+        assert_eq!(empty.get("k").await.unwrap(), Some(b"v".to_vec()));
+        assert_eq!(empty.name(), "");
+
+        // Configured like any other store: here it is read-only over `default`'s data.
+        let stores = stores_with_empty().await;
+        let empty = stores.open("").await.unwrap();
+        let err = empty.set("k", b"w".to_vec()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AccessDenied);
+
+        // Without `default` or `""`, it is unknown like any other name.
+        let stores = build(&["cache=memory:"]).await;
+        let err = stores.open("").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NoSuchStore);
+    }
+
+    #[tokio::test]
+    async fn seeds_reach_every_store_before_the_component() {
+        let mut config = KvConfig::default();
+        config.add_short_form("default=memory:").unwrap();
+        config
+            .add_short_form("ro=memory:?access=read-only")
+            .unwrap();
+        config.add_seed("n=41").unwrap();
+        config.add_seed("ro::k=v").unwrap();
+        let stores = ProviderRegistry::new().build(&config).await.unwrap();
+        stores.seed(&config.seeds).await.unwrap();
+        let default = stores.open("").await.unwrap();
+        assert_eq!(default.increment("n", 1).await.unwrap(), 42);
+        let read_only = stores.open("ro").await.unwrap();
+        assert_eq!(read_only.get("k").await.unwrap(), Some(b"v".to_vec()));
+        // A seed for an unknown store, or an invalid key, is refused with its class.
+        config.add_seed("nowhere::k=v").unwrap();
+        let err = stores.seed(&config.seeds).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NoSuchStore);
+        let err = stores
+            .seed(&[crate::config::Seed {
+                store: String::new(),
+                key: String::new(),
+                value: Vec::new(),
+            }])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidKey);
+    }
+
+    async fn stores_with_empty() -> Stores {
+        build(&["default=memory:", "=memory:?access=read-only"]).await
     }
 }

@@ -45,6 +45,12 @@ pub(super) const CASES: &[Case] = &[
         NONE,
         "increments and batch calls in one store leave the other untouched"
     ),
+    case!(
+        open_empty_identifier_is_the_default_store,
+        ["S10"],
+        NONE,
+        "open(\"\") (wasmtime's only identifier) opens the host's default store"
+    ),
 ];
 
 fn open_unknown_store_is_no_such_store(ctx: &Ctx, _: Phase) -> Outcome {
@@ -233,3 +239,16 @@ fn isolation_counters_and_batches(ctx: &Ctx, _: Phase) -> Outcome {
 }
 
 // ---------- S11 errors ----------
+
+/// Components written for wasmtime's keyvalue host open `""`, the only identifier it knows.
+/// The runner configures `default` as the store under test, so `""` must reach its data.
+fn open_empty_identifier_is_the_default_store(ctx: &Ctx, _: Phase) -> Outcome {
+    let bucket = ctx.open()?;
+    set(&bucket, "written-through-the-store", b"seen")?;
+    let default = store::open("").or_fail("open(\"\")")?;
+    expect_value(&default, "written-through-the-store", Some(b"seen"))?;
+    default
+        .set("written-through-empty", b"back")
+        .or_fail("set through open(\"\")")?;
+    expect_value(&bucket, "written-through-empty", Some(b"back"))
+}
