@@ -19,7 +19,13 @@ fn main() {
         .parent()
         .expect("kv-conformance lives in the workspace")
         .to_path_buf();
-    for watched in ["wit", "kv-conformance/guest", "examples", "Cargo.lock"] {
+    for watched in [
+        "wit",
+        "kv-conformance/guest",
+        "kv-conformance/http-fixture",
+        "examples",
+        "Cargo.lock",
+    ] {
         println!(
             "cargo:rerun-if-changed={}",
             workspace.join(watched).display()

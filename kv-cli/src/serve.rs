@@ -34,9 +34,9 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi_http::{Error as HttpError, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::run::load_component;
 
@@ -212,6 +212,59 @@ impl Failure {
     }
 }
 
+/// The body of a response the component has started. Its last frame waits for the handler's
+/// outcome: if the handler failed after the head was sent, the body ends with an error, so
+/// hyper aborts the response (the chunked body is never terminated, the connection closes)
+/// instead of completing it as if the handler had succeeded.
+struct GuardedBody {
+    inner: HyperOutgoingBody,
+    outcome: Option<tokio::sync::oneshot::Receiver<Result<(), Failure>>>,
+    span: tracing::Span,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, HttpError>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {}
+            frame => return frame,
+        }
+        let Some(outcome) = this.outcome.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let Poll::Ready(outcome) = std::pin::Pin::new(outcome).poll(cx) else {
+            return Poll::Pending;
+        };
+        this.outcome = None;
+        let _entered = this.span.enter();
+        match outcome {
+            Ok(Ok(())) => Poll::Ready(None),
+            Ok(Err(failure)) => {
+                error!(
+                    "response aborted: the handler failed after its response started: {}",
+                    failure.public_message()
+                );
+                failure.log();
+                Poll::Ready(Some(Err(ErrorCode::InternalError(Some(
+                    failure.public_message(),
+                ))
+                .into())))
+            }
+            Err(_) => {
+                error!("response aborted: the handler task ended without an outcome");
+                Poll::Ready(Some(Err(ErrorCode::InternalError(None).into())))
+            }
+        }
+    }
+}
+
 fn full_body(text: String) -> HyperOutgoingBody {
     Full::new(Bytes::from(text))
         .map_err(|never: Infallible| match never {})
@@ -384,9 +437,11 @@ impl Server {
         let time_limit = self.options.time_limit;
         let memory_limit = self.options.memory_limit;
         let server = self.clone();
+        let (done, outcome) = tokio::sync::oneshot::channel();
         // The handler runs in its own task: it may keep streaming the body after the
-        // response head is sent, and it must not hold up the connection task.
-        let task = tokio::spawn(
+        // response head is sent, and it must not hold up the connection task. Its outcome
+        // decides how the body ends.
+        tokio::spawn(
             async move {
                 let run = async {
                     let proxy = server
@@ -407,22 +462,30 @@ impl Server {
                             )
                         })
                 };
-                match tokio::time::timeout(time_limit, run).await {
+                let result = match tokio::time::timeout(time_limit, run).await {
                     Ok(result) => result,
                     Err(_) => Err(Failure::TimeLimit(time_limit)),
-                }
+                };
+                let _ = done.send(result);
             }
             .in_current_span(),
         );
         match receiver.await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => Ok(response.map(|body| {
+                GuardedBody {
+                    inner: body,
+                    outcome: Some(outcome),
+                    span: tracing::Span::current(),
+                }
+                .boxed_unsync()
+            })),
             Ok(Err(code)) => Err(Failure::Guest(format!("{code:?}"))),
-            // The outparam was dropped unset: the task's result says why.
-            Err(_) => match task.await {
+            // The outparam was dropped unset: the handler's outcome says why.
+            Err(_) => match outcome.await {
                 Ok(Ok(())) => Err(Failure::NoResponse),
                 Ok(Err(failure)) => Err(failure),
-                Err(join) => Err(Failure::Trap(anyhow::anyhow!(
-                    "the handler task failed: {join}"
+                Err(_) => Err(Failure::Trap(anyhow::anyhow!(
+                    "the handler task ended without an outcome"
                 ))),
             },
         }

@@ -24,6 +24,11 @@ struct Served {
 
 impl Served {
     fn start(component: &str, args: &[&str]) -> Result<Served, Failed> {
+        Self::start_logging(component, args, Stdio::inherit())
+    }
+
+    /// [`Served::start`] with the server's log (stderr) going to `log`.
+    fn start_logging(component: &str, args: &[&str], log: Stdio) -> Result<Served, Failed> {
         let mut child = Command::new(WASI_KV)
             .arg("serve")
             .arg("--addr")
@@ -33,7 +38,7 @@ impl Served {
             .env("WASI_KV_LOG", "warn,kv_cli=info")
             .env("COSMOS_DISABLE_IMDS", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .map_err(|err| Failed::from(format!("cannot start wasi-kv: {err}")))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
@@ -495,6 +500,83 @@ fn time_limit_is_504_and_others_are_served() -> TestResult {
     })
 }
 
+/// A handler that traps after its response started gives the client a broken response, not a
+/// clean 200: when the head already went out, the chunked body is never terminated and the
+/// connection closes; when it had not, the connection closes with no response. The server
+/// logs it as an error and keeps serving.
+fn trap_after_the_head_is_a_broken_response() -> TestResult {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
+    let log_path = dir.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).map_err(|err| err.to_string())?;
+    let served = Served::start_logging(FIXTURE, &[], Stdio::from(log))?;
+    let addr = served.base.trim_start_matches("http://").to_string();
+    for (path, head_sent) in [
+        ("/trap-after-headers?ms=300", true),
+        ("/trap-after-headers", false),
+    ] {
+        let mut stream =
+            std::net::TcpStream::connect(&addr).map_err(|err| Failed::from(err.to_string()))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|err| err.to_string())?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .map_err(|err| err.to_string())?;
+        let mut raw = Vec::new();
+        // Read until the server closes the connection: after a completed response it would
+        // keep it open for the next request, and the read would time out instead.
+        let read = stream.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw);
+        check(
+            read.is_ok(),
+            format!("{path}: the connection was not closed: {read:?} after {text:?}"),
+        )?;
+        check(
+            !text.ends_with("0\r\n\r\n"),
+            format!("{path}: the chunked body must not be terminated: {text:?}"),
+        )?;
+        if head_sent {
+            check(
+                text.starts_with("HTTP/1.1 200") && text.contains("the first half"),
+                format!("{path}: the head and the first chunk were sent: {text:?}"),
+            )?;
+        }
+    }
+    runtime().block_on(async {
+        let http = client();
+        // A real client sees an error, never a short success.
+        let answer = http
+            .get(served.url("/trap-after-headers?ms=300"))
+            .send()
+            .await;
+        match answer {
+            Ok(response) => {
+                check(response.status() == 200, "the head says 200")?;
+                let body = response.bytes().await;
+                check(
+                    body.is_err(),
+                    format!("reading the body must fail: {body:?}"),
+                )?;
+            }
+            Err(err) => return Err(Failed::from(format!("the head was not sent: {err}"))),
+        }
+        expect(
+            "GET / after",
+            &send(http.get(served.url("/"))).await?,
+            200,
+            Some(b"ok"),
+        )
+    })?;
+    drop(served);
+    let log = std::fs::read_to_string(&log_path).map_err(|err| err.to_string())?;
+    check(
+        log.contains("ERROR") && log.contains("response aborted"),
+        format!("the abort is logged as an error: {log}"),
+    )
+}
+
 /// A request over the memory limit is a 500; a request under it, and the next ones, succeed.
 fn memory_limit_is_500() -> TestResult {
     runtime().block_on(async {
@@ -582,6 +664,10 @@ fn main() -> std::process::ExitCode {
             time_limit_is_504_and_others_are_served,
         ),
         Trial::test("memory_limit_is_500", memory_limit_is_500),
+        Trial::test(
+            "trap_after_the_head_is_a_broken_response",
+            trap_after_the_head_is_a_broken_response,
+        ),
         Trial::test(
             "sigterm_finishes_in_flight_requests",
             sigterm_finishes_in_flight_requests,

@@ -3,7 +3,9 @@
 //! - `GET /` answers 200 `ok`;
 //! - `GET /sleep?ms=N` answers after N ms of host timer (a slow but well-behaved request);
 //! - `GET /spin` never returns (the per-request time limit must stop it);
-//! - `GET /grow?mib=N` allocates and touches N MiB (the memory limit must stop a large N).
+//! - `GET /grow?mib=N` allocates and touches N MiB (the memory limit must stop a large N);
+//! - `GET /trap-after-headers[?ms=N]` sends a 200 head and part of a chunked body, waits N ms,
+//!   then traps (the client must see a broken response, not a complete one).
 
 mod bindings {
     wit_bindgen::generate!({
@@ -20,15 +22,37 @@ mod bindings {
 mod http;
 
 use bindings::exports::wasi::http::incoming_handler::Guest;
-use bindings::wasi::http::types::{IncomingRequest, ResponseOutparam};
+use bindings::wasi::http::types::{Fields, IncomingRequest, OutgoingResponse, ResponseOutparam};
 use http::{Response, query_param};
 
 struct Fixture;
 
 impl Guest for Fixture {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_default();
+        if let Some(query) = path.strip_prefix("/trap-after-headers") {
+            let wait = query_param(query.trim_start_matches('?'), "ms")
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(0);
+            trap_after_headers(response_out, wait);
+        }
         route(&request).send(response_out);
     }
+}
+
+/// Starts a streamed (chunked) 200 response, writes part of it, waits `wait_ms` (so the head
+/// and the first chunk reach the client), and traps.
+fn trap_after_headers(out: ResponseOutparam, wait_ms: u64) -> ! {
+    let response = OutgoingResponse::new(Fields::new());
+    let body = response.body().expect("a new response has a body");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = body.write().expect("a new body has a stream");
+    stream
+        .blocking_write_and_flush(b"the first half of the answer, then ")
+        .expect("the client reads the first part");
+    drop(stream);
+    std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+    panic!("the handler traps after its response started");
 }
 
 bindings::export!(Fixture with_types_in bindings);
