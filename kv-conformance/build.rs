@@ -7,6 +7,7 @@ use std::process::Command;
 
 const GUESTS: &[(&str, &str)] = &[
     ("kv-conformance-guest", "kv_conformance_guest"),
+    ("kv-conformance-guest-spin", "kv_conformance_guest_spin"),
     ("counter", "counter"),
     ("http-kv", "http_kv"),
     ("http-fixture", "http_fixture"),
@@ -22,6 +23,7 @@ fn main() {
     for watched in [
         "wit",
         "kv-conformance/guest",
+        "kv-conformance/guest-spin",
         "kv-conformance/http-fixture",
         "examples",
         "Cargo.lock",

@@ -97,7 +97,11 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
     let mut suite = Suite::new()
         .await
         .context("loading the conformance component")?;
-    if suite.select(&args.cases) == 0 {
+    // The batch cases again, built against Spin's draft2 WIT: the other `get-many` shape.
+    let mut spin_shape = Suite::spin_shape()
+        .await
+        .context("loading the spin-shaped conformance component")?;
+    if suite.select(&args.cases) + spin_shape.select(&args.cases) == 0 {
         bail!("no case name contains any of {:?}", args.cases);
     }
     let progress = |result: &kv_conformance::CaseResult, done: usize, total: usize| {
@@ -109,7 +113,8 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
         };
         let _ = writeln!(err, "[{done:>3}/{total}] {} {mark}", result.case);
     };
-    let results = suite.run_all(&target, args.jobs, &progress).await;
+    let mut results = suite.run_all(&target, args.jobs, &progress).await;
+    results.extend(spin_shape.run_all(&target, args.jobs, &progress).await);
     let report = Report::new(&args.provider, &target.profile.backend, started, results);
 
     if let Some(dir) = &args.report_dir {

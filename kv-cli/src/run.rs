@@ -60,7 +60,8 @@ pub async fn run(options: &RunOptions, stores: Arc<Stores>, output: Output) -> a
     let component = load_component(&engine, &options.component)?;
     let mut linker = Linker::<RunState>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    kv_core::host::add_to_linker(&mut linker)?;
+    // Either draft2 `get-many` shape: the one this component was built against.
+    kv_core::host::add_to_linker_for(&mut linker, &component)?;
 
     let mut wasi = WasiCtxBuilder::new();
     match output {

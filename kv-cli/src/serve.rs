@@ -311,7 +311,8 @@ impl Server {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)?;
-        kv_core::host::add_to_linker(&mut linker)?;
+        // Either draft2 `get-many` shape: the one this component was built against.
+        kv_core::host::add_to_linker_for(&mut linker, &component)?;
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)

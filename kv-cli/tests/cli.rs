@@ -251,7 +251,14 @@ fn conformance_runs_through_the_lossy_fault_profile() {
         assert!(out.status.success(), "{provider}: {stderr}");
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let results = json["results"].as_array().unwrap();
-        assert_eq!(results.len(), 3, "{provider}: {json}");
+        // The batch case runs a second time, built against Spin's `get-many` shape.
+        assert_eq!(results.len(), 4, "{provider}: {json}");
+        assert!(
+            results
+                .iter()
+                .any(|r| r["case"] == "spin-shape/set_many_above_native_limits"),
+            "{json}"
+        );
         assert!(
             results.iter().all(|r| r["outcome"] == "passed"),
             "{provider}: {json}"
@@ -268,6 +275,54 @@ fn conformance_runs_through_the_lossy_fault_profile() {
         "lossy",
     ]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// draft2's `get-many` exists in two shapes under one version string. A component built
+/// against either links: the host inspects its imports. The tagged linker alone refuses the
+/// Spin-shaped component, which is what users of other hosts hit.
+#[test]
+fn both_draft2_get_many_shapes_link() {
+    use kv_core::host::BatchShape;
+    use wasmtime::component::{Component, Linker};
+    let engine = wasmtime::Engine::default();
+    let tagged = Component::new(&engine, kv_conformance::artifacts::CONFORMANCE_GUEST).unwrap();
+    let spin = Component::new(&engine, kv_conformance::artifacts::CONFORMANCE_GUEST_SPIN).unwrap();
+    assert_eq!(BatchShape::of(&engine, &tagged), BatchShape::Tagged);
+    assert_eq!(BatchShape::of(&engine, &spin), BatchShape::Spin);
+    struct State {
+        table: wasmtime::component::ResourceTable,
+        wasi: wasmtime_wasi::WasiCtx,
+        kv: kv_core::host::KvCtx,
+    }
+    impl wasmtime_wasi::WasiView for State {
+        fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+            wasmtime_wasi::WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.table,
+            }
+        }
+    }
+    impl kv_core::host::WasiKvView for State {
+        fn kv(&mut self) -> kv_core::host::KvView<'_> {
+            kv_core::host::KvView::new(&self.kv, &mut self.table)
+        }
+    }
+    for (component, shape) in [(&tagged, "tagged"), (&spin, "spin")] {
+        let mut linker = Linker::<State>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+        kv_core::host::add_to_linker_for(&mut linker, component).unwrap();
+        linker
+            .instantiate_pre(component)
+            .unwrap_or_else(|err| panic!("{shape}: {err:?}"));
+    }
+    let mut tagged_only = Linker::<State>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut tagged_only).unwrap();
+    kv_core::host::add_to_linker(&mut tagged_only).unwrap();
+    let err = tagged_only
+        .instantiate_pre(&spin)
+        .err()
+        .expect("the shapes differ");
+    assert!(format!("{err:?}").contains("get-many"), "{err:?}");
 }
 
 #[test]

@@ -3,6 +3,10 @@
 /// The conformance suite component.
 pub const CONFORMANCE_GUEST: &[u8] = include_bytes!(env!("KV_GUEST_KV_CONFORMANCE_GUEST"));
 
+/// The same suite built against Spin's draft2 WIT (the PR #55 `get-many` shape).
+pub const CONFORMANCE_GUEST_SPIN: &[u8] =
+    include_bytes!(env!("KV_GUEST_KV_CONFORMANCE_GUEST_SPIN"));
+
 /// Path of the `examples/counter` command component (for tests).
 pub const COUNTER_EXAMPLE: &str = env!("KV_GUEST_COUNTER");
 

@@ -84,12 +84,24 @@ pub fn required_targets() -> Vec<String> {
 /// Builds the trials for `sources` and runs them; the `main` of a `harness = false` test.
 pub fn main(sources: Vec<TargetSource>) -> ExitCode {
     let args = Arguments::from_args();
-    let suite = match runtime().block_on(Suite::new()) {
-        Ok(suite) => Arc::new(suite),
+    // The suite, and its batch cases built against Spin's draft2 WIT (the other `get-many`
+    // shape under the same version string).
+    let suites = match runtime().block_on(async {
+        anyhow::Ok(vec![
+            Arc::new(Suite::new().await?),
+            Arc::new(Suite::spin_shape().await?),
+        ])
+    }) {
+        Ok(suites) => suites,
         Err(err) => {
             eprintln!("error: cannot load the conformance component: {err:#}");
             return ExitCode::FAILURE;
         }
+    };
+    let all_cases = || {
+        suites
+            .iter()
+            .flat_map(|suite| suite.cases().iter().map(move |case| (suite, case)))
     };
     let required = required_targets();
     let started = SystemTime::now();
@@ -121,13 +133,14 @@ pub fn main(sources: Vec<TargetSource>) -> ExitCode {
                     backend: target.profile.backend.clone(),
                     results: results.clone(),
                 });
-                for case in suite.cases() {
+                for (suite, case) in all_cases() {
                     let skip = target.skip_reason(case);
+                    let label = format!("{}{}", suite.label(), case.name);
                     if let Some(reason) = &skip {
                         // Skipped trials never run: record them as the report's skips.
                         lock(&results).push(CaseResult {
                             provider: name.clone(),
-                            case: case.name.clone(),
+                            case: label.clone(),
                             rules: case.rules.clone(),
                             outcome: Outcome::Ignored,
                             reason: Some(reason.clone()),
@@ -136,7 +149,7 @@ pub fn main(sources: Vec<TargetSource>) -> ExitCode {
                     }
                     let (suite, target, case) = (suite.clone(), target.clone(), case.clone());
                     let results = results.clone();
-                    let trial = Trial::test(format!("{name}::{}", case.name), move || {
+                    let trial = Trial::test(format!("{name}::{label}"), move || {
                         let result = runtime().block_on(suite.run_case(&target, &case));
                         lock(&results).push(result.clone());
                         match result.outcome {
@@ -153,8 +166,8 @@ pub fn main(sources: Vec<TargetSource>) -> ExitCode {
                 }
             }
             Err(reason) => {
-                for case in suite.cases() {
-                    let trial_name = format!("{name}::{}", case.name);
+                for (suite, case) in all_cases() {
+                    let trial_name = format!("{name}::{}{}", suite.label(), case.name);
                     if is_required {
                         let message = format!("{name} is in KV_REQUIRE but unreachable: {reason}");
                         trials.push(Trial::test(trial_name, move || Err(Failed::from(message))));
@@ -175,7 +188,9 @@ pub fn main(sources: Vec<TargetSource>) -> ExitCode {
     let listing = args.list;
     let conclusion = libtest_mimic::run(&args, trials);
     if let (false, Some(dir)) = (listing, std::env::var_os("KV_REPORT_DIR")) {
-        let order: Vec<String> = suite.cases().iter().map(|case| case.name.clone()).collect();
+        let order: Vec<String> = all_cases()
+            .map(|(suite, case)| format!("{}{}", suite.label(), case.name))
+            .collect();
         for Recorded {
             target: name,
             backend,

@@ -50,6 +50,9 @@ const READ_ONLY: &str = "kv-read-only";
 const DENIED: &str = "kv-denied";
 const DEFAULT: &str = kv_core::config::DEFAULT_STORE;
 
+/// Result names of the spin-shaped suite start with this.
+pub const SPIN_SHAPE_LABEL: &str = "spin-shape/";
+
 /// A case as the guest declares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaseInfo {
@@ -161,6 +164,7 @@ pub struct Suite {
     cases: Vec<CaseInfo>,
     ticker_stop: Arc<AtomicBool>,
     run_id: String,
+    label: &'static str,
 }
 
 impl Drop for Suite {
@@ -190,7 +194,8 @@ impl Suite {
             .context("compiling the conformance component")?;
         let mut linker = Linker::<GuestState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        kv_core::host::add_to_linker(&mut linker)?;
+        // The suite is built twice, once per draft2 `get-many` shape.
+        kv_core::host::add_to_linker_for(&mut linker, &component)?;
         let pre = bindings::GuestPre::new(linker.instantiate_pre(&component)?)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {
@@ -211,6 +216,7 @@ impl Suite {
             cases: Vec::new(),
             ticker_stop,
             run_id,
+            label: "",
         };
         suite.cases = suite.load_cases().await?;
         Ok(suite)
@@ -219,6 +225,26 @@ impl Suite {
     /// The cases the component declares, in its order.
     pub fn cases(&self) -> &[CaseInfo] {
         &self.cases
+    }
+
+    /// The suite built against Spin's draft2 WIT, with only its batch cases (rule S8): the
+    /// draft2 `get-many` exists in two shapes under one version string, and the host links
+    /// whichever a component imports, so the batch rules are checked under both. Its results
+    /// are named `spin-shape/<case>`.
+    pub async fn spin_shape() -> anyhow::Result<Suite> {
+        let mut suite = Self::from_bytes(crate::artifacts::CONFORMANCE_GUEST_SPIN)
+            .await
+            .context("loading the spin-shaped conformance component")?;
+        suite
+            .cases
+            .retain(|case| case.rules.iter().any(|rule| rule == "S8"));
+        suite.label = SPIN_SHAPE_LABEL;
+        Ok(suite)
+    }
+
+    /// What this suite's result names start with (`""`, or `spin-shape/`).
+    pub fn label(&self) -> &'static str {
+        self.label
     }
 
     /// Keeps only the cases whose name contains one of `patterns` (all of them when
@@ -275,7 +301,7 @@ impl Suite {
         };
         CaseResult {
             provider: target.name.clone(),
-            case: case.name.clone(),
+            case: format!("{}{}", self.label, case.name),
             rules: case.rules.clone(),
             outcome,
             reason,
@@ -303,7 +329,10 @@ impl Suite {
             .buffer_unordered(jobs.max(1))
             .collect()
             .await;
-        let order = |name: &str| self.cases.iter().position(|case| case.name == name);
+        let order = |name: &str| {
+            let name = name.strip_prefix(self.label).unwrap_or(name);
+            self.cases.iter().position(|case| case.name == name)
+        };
         results.sort_by_key(|result| order(&result.case));
         results
     }

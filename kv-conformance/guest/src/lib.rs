@@ -1,10 +1,27 @@
 //! The wasi-kv conformance suite: every case of the contract (docs/semantics.md), written once against
 //! `wasi:keyvalue` and run unchanged against every provider by the host-side runner.
 
+#[cfg(not(feature = "spin-batch"))]
 mod bindings {
     wit_bindgen::generate!({
         path: [
             "../../wit/keyvalue",
+            "../../wit/keyvalue-draft",
+            "../../wit/ttl",
+            "../../wit/host",
+            "../../wit/conformance",
+        ],
+        world: "wasi-kv:conformance/guest@0.1.0",
+        generate_all,
+    });
+}
+
+/// The same world with Spin's draft2 WIT: `get-many` returns every key with an optional value.
+#[cfg(feature = "spin-batch")]
+mod bindings {
+    wit_bindgen::generate!({
+        path: [
+            "../../wit/keyvalue-spin",
             "../../wit/keyvalue-draft",
             "../../wit/ttl",
             "../../wit/host",

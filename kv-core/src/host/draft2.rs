@@ -3,6 +3,7 @@
 use wasmtime::component::Resource;
 
 use super::wit_draft2::{atomics, batch, store};
+use super::wit_spin_batch as spin_batch;
 use super::wit_ttl as ttl;
 use super::{BucketHandle, CasHandle, GuestError, KvView};
 use crate::error::KvError;
@@ -177,6 +178,34 @@ impl batch::Host for KvView<'_> {
         keys: Vec<String>,
     ) -> GuestResult<()> {
         reply(self.bucket(&bucket)?.delete_many(&keys).await)
+    }
+}
+
+/// The Spin / PR #55 shape of the same interface: every key with an optional value.
+impl spin_batch::Host for KvView<'_> {
+    async fn get_many(
+        &mut self,
+        bucket: Resource<BucketHandle>,
+        keys: Vec<String>,
+    ) -> GuestResult<Vec<(String, Option<Vec<u8>>)>> {
+        let values = self.bucket(&bucket)?.get_many(&keys).await;
+        reply(values.map(|values| keys.into_iter().zip(values).collect()))
+    }
+
+    async fn set_many(
+        &mut self,
+        bucket: Resource<BucketHandle>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> GuestResult<()> {
+        batch::Host::set_many(self, bucket, key_values).await
+    }
+
+    async fn delete_many(
+        &mut self,
+        bucket: Resource<BucketHandle>,
+        keys: Vec<String>,
+    ) -> GuestResult<()> {
+        batch::Host::delete_many(self, bucket, keys).await
     }
 }
 

@@ -74,9 +74,26 @@ mod bindings {
     });
 }
 
+/// `wasi:keyvalue/batch@0.2.0-draft2` in the Spin / PR #55 shape (`wit/keyvalue-spin`): the
+/// same interface name as the tagged one, so a linker holds one or the other.
+#[allow(missing_docs)]
+mod spin_bindings {
+    wasmtime::component::bindgen!({
+        path: ["../wit/keyvalue-spin"],
+        world: "wasi:keyvalue/imports@0.2.0-draft2",
+        imports: { default: async | trappable },
+        with: {
+            "wasi:keyvalue/store@0.2.0-draft2": super::bindings::wasi::keyvalue0_2_0_draft2::store,
+            "wasi:keyvalue/atomics@0.2.0-draft2": super::bindings::wasi::keyvalue0_2_0_draft2::atomics,
+        },
+        require_store_data_send: true,
+    });
+}
+
 pub use bindings::wasi::keyvalue0_2_0_draft as wit_draft;
 pub use bindings::wasi::keyvalue0_2_0_draft2 as wit_draft2;
 pub use bindings::wasi_kv::ttl::ttl as wit_ttl;
+pub use spin_bindings::wasi::keyvalue::batch as wit_spin_batch;
 
 /// The key-value state of one wasmtime store: the stores this component may open.
 #[derive(Clone, Debug)]
@@ -141,19 +158,83 @@ impl HasData for HasKv {
     type Data<'a> = KvView<'a>;
 }
 
-/// Adds both keyvalue versions and the TTL extension to `linker`.
-pub fn add_to_linker<T: WasiKvView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    add_to_linker_with(linker, T::kv)
+/// Which shape of draft2's `get-many` a component imports. Both are published under the one
+/// version string `wasi:keyvalue/batch@0.2.0-draft2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BatchShape {
+    /// The tagged draft2 text: `list<option<tuple<string, list<u8>>>>`.
+    #[default]
+    Tagged,
+    /// Spin's and upstream PR #55's: `list<tuple<string, option<list<u8>>>>`.
+    Spin,
 }
 
-/// Like [`add_to_linker`], with an explicit projection from the store data.
+/// The interface whose shape differs.
+pub const DRAFT2_BATCH: &str = "wasi:keyvalue/batch@0.2.0-draft2";
+
+impl BatchShape {
+    /// The shape `component` imports (the tagged one when it imports neither).
+    pub fn of(engine: &wasmtime::Engine, component: &wasmtime::component::Component) -> BatchShape {
+        use wasmtime::component::types::{ComponentItem, Type};
+        let ty = component.component_type();
+        for (name, item) in ty.imports(engine) {
+            let ComponentItem::ComponentInstance(instance) = item.ty else {
+                continue;
+            };
+            if name != DRAFT2_BATCH {
+                continue;
+            }
+            for (export, item) in instance.exports(engine) {
+                let ComponentItem::ComponentFunc(func) = item.ty else {
+                    continue;
+                };
+                if export != "get-many" {
+                    continue;
+                }
+                let element = func.results().next().and_then(|result| match result {
+                    Type::Result(result) => match result.ok() {
+                        Some(Type::List(list)) => Some(list.ty()),
+                        _ => None,
+                    },
+                    _ => None,
+                });
+                if let Some(Type::Tuple(_)) = element {
+                    return BatchShape::Spin;
+                }
+            }
+        }
+        BatchShape::Tagged
+    }
+}
+
+/// Adds both keyvalue versions and the TTL extension to `linker`, with the tagged draft2
+/// `get-many`. Use [`add_to_linker_for`] when the component may be built against Spin's WIT.
+pub fn add_to_linker<T: WasiKvView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    add_to_linker_with(linker, T::kv, BatchShape::Tagged)
+}
+
+/// Adds every keyvalue interface to `linker` in the shapes `component` imports: the linker
+/// then serves components built against the tagged draft2 text or against Spin's WIT alike.
+pub fn add_to_linker_for<T: WasiKvView + 'static>(
+    linker: &mut Linker<T>,
+    component: &wasmtime::component::Component,
+) -> wasmtime::Result<()> {
+    let shape = BatchShape::of(linker.engine(), component);
+    add_to_linker_with(linker, T::kv, shape)
+}
+
+/// Like [`add_to_linker`], with an explicit projection from the store data and batch shape.
 pub fn add_to_linker_with<T: Send + 'static>(
     linker: &mut Linker<T>,
     view: fn(&mut T) -> KvView<'_>,
+    shape: BatchShape,
 ) -> wasmtime::Result<()> {
     wit_draft2::store::add_to_linker::<T, HasKv>(linker, view)?;
     wit_draft2::atomics::add_to_linker::<T, HasKv>(linker, view)?;
-    wit_draft2::batch::add_to_linker::<T, HasKv>(linker, view)?;
+    match shape {
+        BatchShape::Tagged => wit_draft2::batch::add_to_linker::<T, HasKv>(linker, view)?,
+        BatchShape::Spin => wit_spin_batch::add_to_linker::<T, HasKv>(linker, view)?,
+    }
     wit_draft::store::add_to_linker::<T, HasKv>(linker, view)?;
     wit_draft::atomics::add_to_linker::<T, HasKv>(linker, view)?;
     wit_draft::batch::add_to_linker::<T, HasKv>(linker, view)?;

@@ -185,3 +185,29 @@ fn patterned(len: usize) -> Vec<u8> {
         .map(|i| (i.wrapping_mul(31) ^ (i >> 8)) as u8)
         .collect()
 }
+
+/// `get-many` as the tagged draft2 text returns it, whichever shape this build imports. In
+/// the Spin / PR #55 shape every key comes back with its name, in order: checked here, so
+/// both builds of the suite hold both shapes to the same rules.
+fn get_many(bucket: &Bucket, keys: &[String]) -> Result<Vec<Option<(String, Vec<u8>)>>, Error> {
+    #[cfg(not(feature = "spin-batch"))]
+    {
+        batch::get_many(bucket, keys)
+    }
+    #[cfg(feature = "spin-batch")]
+    {
+        let entries = batch::get_many(bucket, keys)?;
+        if entries.len() != keys.len() || entries.iter().zip(keys).any(|((got, _), key)| got != key)
+        {
+            return Err(Error::Other(format!(
+                "spin-shaped get-many must return every key in order: asked {} keys, got {:?}",
+                keys.len(),
+                entries.iter().map(|(key, _)| key).collect::<Vec<_>>()
+            )));
+        }
+        Ok(entries
+            .into_iter()
+            .map(|(key, value)| value.map(|value| (key, value)))
+            .collect())
+    }
+}

@@ -136,7 +136,7 @@ fn key_too_long_rejected(ctx: &Ctx, _: Phase) -> Outcome {
             "increment",
         )?;
         expect_class(
-            batch::get_many(&bucket, std::slice::from_ref(key)),
+            get_many(&bucket, std::slice::from_ref(key)),
             "invalid-key",
             "get-many",
         )?;
@@ -170,7 +170,7 @@ fn key_empty_rejected(ctx: &Ctx, _: Phase) -> Outcome {
         "increment",
     )?;
     expect_class(
-        batch::get_many(&bucket, &["ok".to_string(), String::new()]),
+        get_many(&bucket, &["ok".to_string(), String::new()]),
         "invalid-key",
         "get-many",
     )?;

@@ -57,7 +57,7 @@ fn roundtrip(ctx: &Ctx, value: Vec<u8>) -> Outcome {
     let bucket = ctx.open()?;
     set(&bucket, "value", &value)?;
     expect_value(&bucket, "value", Some(&value))?;
-    let many = batch::get_many(&bucket, &["value".to_string()]).or_fail("get-many")?;
+    let many = get_many(&bucket, &["value".to_string()]).or_fail("get-many")?;
     ensure_eq(many, vec![Some(("value".to_string(), value))], "get-many")
 }
 

@@ -56,7 +56,7 @@ fn get_many_missing_positions_none(ctx: &Ctx, _: Phase) -> Outcome {
     let bucket = ctx.open()?;
     set(&bucket, "b", b"2")?;
     let keys = ["a", "b", "c"].map(String::from);
-    let got = batch::get_many(&bucket, &keys).or_fail("get-many")?;
+    let got = get_many(&bucket, &keys).or_fail("get-many")?;
     ensure_eq(
         got,
         vec![None, Some(("b".to_string(), b"2".to_vec())), None],

@@ -65,7 +65,7 @@ fn writes_visible_across_instances(ctx: &Ctx, phase: Phase) -> Outcome {
             let keys: Vec<String> = (0..8)
                 .flat_map(|i| (0..20).map(move |j| format!("w{i}-{j}")))
                 .collect();
-            let got = batch::get_many(&bucket, &keys).or_fail("get-many")?;
+            let got = get_many(&bucket, &keys).or_fail("get-many")?;
             for (key, value) in keys.iter().zip(got) {
                 let (i, j) = key[1..].split_once('-').ok_or("bad key")?;
                 let expected = format!("{i}:{j}").into_bytes();

@@ -52,7 +52,7 @@ fn get_many_keeps_order_and_duplicates(ctx: &Ctx, _: Phase) -> Outcome {
     set(&bucket, "a", b"1")?;
     set(&bucket, "b", b"2")?;
     let keys = ["b", "a", "missing", "b", "a", "b"].map(String::from);
-    let got = batch::get_many(&bucket, &keys).or_fail("get-many")?;
+    let got = get_many(&bucket, &keys).or_fail("get-many")?;
     let expected: Vec<Option<(String, Vec<u8>)>> = keys
         .iter()
         .map(|key| match key.as_str() {
@@ -67,7 +67,7 @@ fn get_many_keeps_order_and_duplicates(ctx: &Ctx, _: Phase) -> Outcome {
 fn get_many_empty_list(ctx: &Ctx, _: Phase) -> Outcome {
     let bucket = ctx.open()?;
     ensure_eq(
-        batch::get_many(&bucket, &[]).or_fail("get-many")?,
+        get_many(&bucket, &[]).or_fail("get-many")?,
         vec![],
         "get-many of nothing",
     )?;
@@ -83,7 +83,7 @@ fn set_many_above_native_limits(ctx: &Ctx, _: Phase) -> Outcome {
         .map(|key| (key.clone(), format!("v-{key}").into_bytes()))
         .collect();
     batch::set_many(&bucket, &entries).or_fail("set-many of 1,001 entries")?;
-    let got = batch::get_many(&bucket, &keys).or_fail("get-many of 1,001 keys")?;
+    let got = get_many(&bucket, &keys).or_fail("get-many of 1,001 keys")?;
     ensure_eq(got.len(), 1001, "values returned")?;
     for ((key, value), got) in entries.into_iter().zip(got) {
         ensure_eq(got, Some((key.clone(), value)), &key)?;
@@ -133,11 +133,7 @@ fn batch_over_host_limit_rejected(ctx: &Ctx, _: Phase) -> Outcome {
         "batch-too-large",
         "set-many",
     )?;
-    expect_class(
-        batch::get_many(&bucket, &keys),
-        "batch-too-large",
-        "get-many",
-    )?;
+    expect_class(get_many(&bucket, &keys), "batch-too-large", "get-many")?;
     expect_class(
         batch::delete_many(&bucket, &keys),
         "batch-too-large",

@@ -61,7 +61,7 @@ fn ttl_expired_is_missing_everywhere(ctx: &Ctx, _: Phase) -> Outcome {
         "exists after expiry",
     )?;
     ensure_eq(
-        batch::get_many(&bucket, &["k".to_string()]).or_fail("get-many")?,
+        get_many(&bucket, &["k".to_string()]).or_fail("get-many")?,
         vec![None],
         "get-many after expiry",
     )?;

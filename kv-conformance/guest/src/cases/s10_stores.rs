@@ -131,7 +131,7 @@ fn read_only_store_reads_see_writes(ctx: &Ctx, _: Phase) -> Outcome {
     ensure(read_only.exists("b").or_fail("exists")?, || {
         "exists through read-only".to_string()
     })?;
-    let got = batch::get_many(&read_only, &["a", "zz"].map(String::from)).or_fail("get-many")?;
+    let got = get_many(&read_only, &["a", "zz"].map(String::from)).or_fail("get-many")?;
     ensure_eq(
         got,
         vec![Some(("a".to_string(), b"1".to_vec())), None],
@@ -228,7 +228,7 @@ fn isolation_counters_and_batches(ctx: &Ctx, _: Phase) -> Outcome {
     )
     .or_fail("set-many")?;
     ensure_eq(
-        batch::get_many(&peer, &["a", "b"].map(String::from)).or_fail("get-many")?,
+        get_many(&peer, &["a", "b"].map(String::from)).or_fail("get-many")?,
         vec![None, None],
         "peer get-many",
     )?;

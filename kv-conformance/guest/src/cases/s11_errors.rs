@@ -37,7 +37,7 @@ fn error_classes_are_stable(ctx: &Ctx, _: Phase) -> Outcome {
     )?;
     let keys = keys_numbered("k", ctx.profile.max_batch_entries as usize + 1);
     expect_class(
-        batch::get_many(&bucket, &keys),
+        get_many(&bucket, &keys),
         "batch-too-large",
         "oversized batch",
     )?;
