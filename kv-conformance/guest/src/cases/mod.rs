@@ -186,10 +186,13 @@ fn patterned(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// One position of a tagged `get-many` answer.
+type Entry = Option<(String, Vec<u8>)>;
+
 /// `get-many` as the tagged draft2 text returns it, whichever shape this build imports. In
 /// the Spin / PR #55 shape every key comes back with its name, in order: checked here, so
 /// both builds of the suite hold both shapes to the same rules.
-fn get_many(bucket: &Bucket, keys: &[String]) -> Result<Vec<Option<(String, Vec<u8>)>>, Error> {
+fn get_many(bucket: &Bucket, keys: &[String]) -> Result<Vec<Entry>, Error> {
     #[cfg(not(feature = "spin-batch"))]
     {
         batch::get_many(bucket, keys)
