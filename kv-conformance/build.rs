@@ -11,6 +11,10 @@ const GUESTS: &[(&str, &str)] = &[
     ("counter", "counter"),
     ("http-kv", "http_kv"),
     ("http-fixture", "http_fixture"),
+    ("interop-spin-command", "interop_spin_command"),
+    ("interop-spin-handler", "interop_spin_handler"),
+    ("interop-draft-command", "interop_draft_command"),
+    ("interop-draft-handler", "interop_draft_handler"),
 ];
 
 fn main() {
@@ -25,6 +29,7 @@ fn main() {
         "kv-conformance/guest",
         "kv-conformance/guest-spin",
         "kv-conformance/http-fixture",
+        "kv-conformance/interop",
         "examples",
         "Cargo.lock",
     ] {

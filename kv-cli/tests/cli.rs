@@ -325,6 +325,30 @@ fn both_draft2_get_many_shapes_link() {
     assert!(format!("{err:?}").contains("get-many"), "{err:?}");
 }
 
+/// Command components built the way other runtimes' users build them run unchanged, with
+/// seeded data: one against Spin's draft2 WIT (the PR #55 `get-many` shape, opening
+/// `default`), one against wasmtime's `0.2.0-draft` (opening `""`).
+#[test]
+fn commands_built_for_spin_and_wasmtime_run_unchanged() {
+    use kv_conformance::artifacts::{INTEROP_DRAFT_COMMAND, INTEROP_SPIN_COMMAND};
+    for component in [INTEROP_SPIN_COMMAND, INTEROP_DRAFT_COMMAND] {
+        let out = wasi_kv(&[
+            "run",
+            "--seed",
+            "greeting=hello",
+            "--seed",
+            "runs=6",
+            component,
+        ]);
+        assert!(out.status.success(), "{component}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "greeting: hello\nmissing: <none>\nruns: 7\n",
+            "{component}"
+        );
+    }
+}
+
 #[test]
 fn conformance_rejects_unknown_provider() {
     let out = wasi_kv(&["conformance", "--provider", "etcd"]);

@@ -577,6 +577,26 @@ fn trap_after_the_head_is_a_broken_response() -> TestResult {
     )
 }
 
+/// HTTP handlers built the way other runtimes' users build them are served unchanged, with
+/// seeded data: Spin's draft2 WIT (the PR #55 `get-many` shape) and wasmtime's `0.2.0-draft`
+/// (opening `""`).
+fn handlers_built_for_spin_and_wasmtime_serve_unchanged() -> TestResult {
+    use kv_conformance::artifacts::{INTEROP_DRAFT_HANDLER, INTEROP_SPIN_HANDLER};
+    for component in [INTEROP_SPIN_HANDLER, INTEROP_DRAFT_HANDLER] {
+        let served = Served::start(component, &["--seed", "greeting=hello"])?;
+        runtime().block_on(async {
+            let http = client();
+            for runs in 1..=2 {
+                let expected = format!("greeting: hello\nmissing: <none>\nruns: {runs}\n");
+                let got = send(http.get(served.url("/"))).await?;
+                expect(component, &got, 200, Some(expected.as_bytes()))?;
+            }
+            TestResult::Ok(())
+        })?;
+    }
+    Ok(())
+}
+
 /// A request over the memory limit is a 500; a request under it, and the next ones, succeed.
 fn memory_limit_is_500() -> TestResult {
     runtime().block_on(async {
@@ -664,6 +684,10 @@ fn main() -> std::process::ExitCode {
             time_limit_is_504_and_others_are_served,
         ),
         Trial::test("memory_limit_is_500", memory_limit_is_500),
+        Trial::test(
+            "handlers_built_for_spin_and_wasmtime_serve_unchanged",
+            handlers_built_for_spin_and_wasmtime_serve_unchanged,
+        ),
         Trial::test(
             "trap_after_the_head_is_a_broken_response",
             trap_after_the_head_is_a_broken_response,

@@ -16,5 +16,16 @@ pub const HTTP_KV_EXAMPLE: &str = env!("KV_GUEST_HTTP_KV");
 /// Path of the HTTP handler that sleeps, spins or allocates on request (serve's limit tests).
 pub const HTTP_FIXTURE: &str = env!("KV_GUEST_HTTP_FIXTURE");
 
+/// Interop fixtures: components built the way other runtimes' users build them. Each reads
+/// `greeting` and `missing` with one `get-many` and counts its runs.
+/// A command built against Spin's draft2 WIT (opens `default`).
+pub const INTEROP_SPIN_COMMAND: &str = env!("KV_GUEST_INTEROP_SPIN_COMMAND");
+/// An HTTP handler built against Spin's draft2 WIT (opens `default`).
+pub const INTEROP_SPIN_HANDLER: &str = env!("KV_GUEST_INTEROP_SPIN_HANDLER");
+/// A command written for wasmtime's `0.2.0-draft` (opens `""`).
+pub const INTEROP_DRAFT_COMMAND: &str = env!("KV_GUEST_INTEROP_DRAFT_COMMAND");
+/// An HTTP handler written for wasmtime's `0.2.0-draft` (opens `""`).
+pub const INTEROP_DRAFT_HANDLER: &str = env!("KV_GUEST_INTEROP_DRAFT_HANDLER");
+
 /// The wasmtime version the host is built with.
 pub const WASMTIME_VERSION: &str = env!("KV_WASMTIME_VERSION");
