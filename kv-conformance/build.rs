@@ -8,6 +8,7 @@ use std::process::Command;
 const GUESTS: &[(&str, &str)] = &[
     ("kv-conformance-guest", "kv_conformance_guest"),
     ("kv-conformance-guest-spin", "kv_conformance_guest_spin"),
+    ("kv-conformance-portable", "kv-conformance-portable"),
     ("counter", "counter"),
     ("http-kv", "http_kv"),
     ("http-fixture", "http_fixture"),
@@ -28,6 +29,7 @@ fn main() {
         "wit",
         "kv-conformance/guest",
         "kv-conformance/guest-spin",
+        "kv-conformance/portable",
         "kv-conformance/http-fixture",
         "kv-conformance/interop",
         "examples",
@@ -87,7 +89,7 @@ fn main() {
             "{package} did not produce {}",
             path.display()
         );
-        let var = format!("KV_GUEST_{}", artifact.to_uppercase());
+        let var = format!("KV_GUEST_{}", artifact.to_uppercase().replace('-', "_"));
         println!("cargo:rustc-env={var}={}", path.display());
     }
 }

@@ -349,6 +349,95 @@ fn commands_built_for_spin_and_wasmtime_run_unchanged() {
     }
 }
 
+/// The suite as a `wasi:cli` command runs through `wasi-kv run` like through any other host:
+/// every case that needs no host orchestration passes on memory and on Redis, and the summary
+/// line is the last one.
+#[test]
+fn the_portable_suite_passes_through_run() {
+    let required = std::env::var("KV_REQUIRE").unwrap_or_default();
+    let redis = if required.split(',').any(|name| name.trim() == "redis")
+        || kv_conformance::emulator::installed("redis")
+    {
+        Some(kv_conformance::emulator::RedisServer::start().expect("redis-server starts"))
+    } else {
+        None
+    };
+    let mut backends = vec![("memory", "memory:".to_string())];
+    if let Some(server) = &redis {
+        backends.push(("redis", server.url()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (provider, url) in backends {
+        let config = dir.path().join(format!("{provider}.toml"));
+        let namespace = |name: &str| format!("portable-{provider}-{name}");
+        std::fs::write(
+            &config,
+            format!(
+                "[limits]\nmax_value_bytes = 4194304\n\
+                 [stores.default]\nurl = \"{url}\"\nnamespace = \"{}\"\n\
+                 [stores.peer]\nurl = \"{url}\"\nnamespace = \"{}\"\n\
+                 [stores.ro]\nurl = \"{url}\"\nnamespace = \"{}\"\naccess = \"read-only\"\n\
+                 [stores.none]\nurl = \"{url}\"\naccess = \"none\"\n",
+                namespace("main"),
+                namespace("peer"),
+                namespace("main"),
+            ),
+        )
+        .unwrap();
+        let config = config.to_string_lossy().into_owned();
+        let mut args = vec![
+            "run",
+            "--config",
+            &config,
+            kv_conformance::artifacts::PORTABLE_SUITE,
+            "--peer",
+            "peer",
+            "--read-only",
+            "ro",
+            "--denied",
+            "none",
+            "--max-value-bytes",
+            "4194304",
+            "--max-batch-entries",
+            "10000",
+        ];
+        if provider == "redis" {
+            // Declared in the redis profile: SCAN may repeat keys, and a rewrite with the
+            // same bytes is not a change to Redis (no per-key version).
+            args.extend([
+                "--list-may-repeat",
+                "--skip",
+                "cas_detects_rewrite_of_same_value",
+            ]);
+        }
+        let out = wasi_kv(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{provider}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary = stdout.lines().last().unwrap_or_default();
+        assert!(
+            summary.ends_with(" failed, 3 skipped") || summary.ends_with(" failed, 4 skipped"),
+            "{provider}: {summary}"
+        );
+        assert!(summary.contains(" 0 failed"), "{provider}: {summary}");
+        assert!(!stdout.contains("FAIL"), "{provider}: {stdout}");
+    }
+    // A failing case makes the command fail: here the value limit it is told is wrong.
+    let out = wasi_kv(&[
+        "run",
+        kv_conformance::artifacts::PORTABLE_SUITE,
+        "--max-value-bytes",
+        "1000",
+        "--case",
+        "value_over_maximum_rejected",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 passed, 1 failed, 0 skipped"));
+}
+
 #[test]
 fn conformance_rejects_unknown_provider() {
     let out = wasi_kv(&["conformance", "--provider", "etcd"]);

@@ -27,5 +27,9 @@ pub const INTEROP_DRAFT_COMMAND: &str = env!("KV_GUEST_INTEROP_DRAFT_COMMAND");
 /// An HTTP handler written for wasmtime's `0.2.0-draft` (opens `""`).
 pub const INTEROP_DRAFT_HANDLER: &str = env!("KV_GUEST_INTEROP_DRAFT_HANDLER");
 
+/// The suite as a `wasi:cli` command (`kv-conformance/portable`), for any host that links
+/// `wasi:keyvalue@0.2.0-draft2`.
+pub const PORTABLE_SUITE: &str = env!("KV_GUEST_KV_CONFORMANCE_PORTABLE");
+
 /// The wasmtime version the host is built with.
 pub const WASMTIME_VERSION: &str = env!("KV_WASMTIME_VERSION");

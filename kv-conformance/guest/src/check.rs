@@ -13,17 +13,37 @@ pub struct Ctx {
     pub profile: Profile,
 }
 
+/// A case result starting with this is a skip, not a failure: the portable runner was not
+/// given a store the case needs.
+pub const SKIP: &str = "skip: ";
+
 impl Ctx {
     pub fn open(&self) -> Result<Bucket, String> {
         store::open(&self.target.store).or_fail("open the store under test")
     }
 
     pub fn open_peer(&self) -> Result<Bucket, String> {
-        store::open(&self.target.peer).or_fail("open the peer store")
+        let name = self.named(&self.target.peer, "--peer")?;
+        store::open(name).or_fail("open the peer store")
     }
 
     pub fn open_read_only(&self) -> Result<Bucket, String> {
-        store::open(&self.target.read_only).or_fail("open the read-only store")
+        let name = self.named(&self.target.read_only, "--read-only")?;
+        store::open(name).or_fail("open the read-only store")
+    }
+
+    /// The identifier of a store configured with `access = "none"`.
+    pub fn denied(&self) -> Result<&str, String> {
+        self.named(&self.target.denied, "--denied")
+    }
+
+    /// An empty identifier means the portable runner was not given that store.
+    fn named<'a>(&self, name: &'a str, flag: &str) -> Result<&'a str, String> {
+        if name.is_empty() {
+            Err(format!("{SKIP}needs a store named with {flag}"))
+        } else {
+            Ok(name)
+        }
     }
 }
 

@@ -34,6 +34,15 @@ mod bindings {
 
 mod cases;
 mod check;
+#[cfg(feature = "portable")]
+mod portable;
+
+/// The portable build is a `wasi:cli` command: `main` runs the suite against the stores named
+/// on its command line.
+#[cfg(feature = "portable")]
+fn main() {
+    std::process::exit(portable::main());
+}
 
 use bindings::exports::wasi_kv::conformance::suite::{self, CaseInfo, Phase, Profile, Target};
 

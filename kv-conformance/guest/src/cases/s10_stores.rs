@@ -73,7 +73,7 @@ fn open_unknown_store_is_no_such_store(ctx: &Ctx, _: Phase) -> Outcome {
 }
 
 fn open_denied_store_is_access_denied(ctx: &Ctx, _: Phase) -> Outcome {
-    match store::open(&ctx.target.denied) {
+    match store::open(ctx.denied()?) {
         Err(Error::AccessDenied) => Ok(()),
         Err(other) => Err(format!("expected access-denied, got {other:?}")),
         Ok(_) => Err("open of a denied store succeeded".to_string()),
