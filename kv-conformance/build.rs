@@ -9,6 +9,10 @@ const GUESTS: &[(&str, &str)] = &[
     ("kv-conformance-guest", "kv_conformance_guest"),
     ("kv-conformance-guest-spin", "kv_conformance_guest_spin"),
     ("kv-conformance-portable", "kv-conformance-portable"),
+    (
+        "kv-conformance-portable-draft",
+        "kv-conformance-portable-draft",
+    ),
     ("counter", "counter"),
     ("http-kv", "http_kv"),
     ("http-fixture", "http_fixture"),
@@ -30,6 +34,7 @@ fn main() {
         "kv-conformance/guest",
         "kv-conformance/guest-spin",
         "kv-conformance/portable",
+        "kv-conformance/portable-draft",
         "kv-conformance/http-fixture",
         "kv-conformance/interop",
         "examples",

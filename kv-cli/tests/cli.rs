@@ -424,6 +424,22 @@ fn the_portable_suite_passes_through_run() {
         );
         assert!(summary.contains(" 0 failed"), "{provider}: {summary}");
         assert!(!stdout.contains("FAIL"), "{provider}: {stdout}");
+
+        // The draft-only variant, for hosts that link only 0.2.0-draft: it opens `""`.
+        let store = format!("default={url}?namespace=portable-draft-{provider}");
+        let out = wasi_kv(&[
+            "run",
+            "--store",
+            &store,
+            kv_conformance::artifacts::PORTABLE_DRAFT_SUITE,
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{provider} draft: {stdout}");
+        assert_eq!(
+            stdout.lines().last(),
+            Some("21 passed, 0 failed, 0 skipped"),
+            "{provider} draft: {stdout}"
+        );
     }
     // A failing case makes the command fail: here the value limit it is told is wrong.
     let out = wasi_kv(&[

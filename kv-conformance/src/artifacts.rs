@@ -31,5 +31,9 @@ pub const INTEROP_DRAFT_HANDLER: &str = env!("KV_GUEST_INTEROP_DRAFT_HANDLER");
 /// `wasi:keyvalue@0.2.0-draft2`.
 pub const PORTABLE_SUITE: &str = env!("KV_GUEST_KV_CONFORMANCE_PORTABLE");
 
+/// The cases `wasi:keyvalue@0.2.0-draft` can express, as a `wasi:cli` command importing
+/// nothing else (`kv-conformance/portable-draft`), for hosts that link only that version.
+pub const PORTABLE_DRAFT_SUITE: &str = env!("KV_GUEST_KV_CONFORMANCE_PORTABLE_DRAFT");
+
 /// The wasmtime version the host is built with.
 pub const WASMTIME_VERSION: &str = env!("KV_WASMTIME_VERSION");
