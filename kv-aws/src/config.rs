@@ -77,11 +77,7 @@ impl DynamoConfig {
             "secret_access_key" => self.secret_access_key = Some(field.secret()?),
             "create_table" => self.create_table = field.flag()?,
             "max_attempts" => self.max_attempts = field.integer(1..=10)? as u32,
-            other => {
-                return Err(ConfigError(format!(
-                    "unknown field `{other}` for the dynamodb provider"
-                )));
-            }
+            _ => return Err(field.unknown("dynamodb")),
         }
         Ok(())
     }

@@ -212,11 +212,7 @@ impl CosmosConfig {
             "client_secret" => self.client_secret = Some(field.secret()?),
             "region" => self.region = field.text()?,
             "create_container" => self.create_container = field.flag()?,
-            other => {
-                return Err(ConfigError(format!(
-                    "unknown field `{other}` for the cosmos provider"
-                )));
-            }
+            _ => return Err(field.unknown("cosmos")),
         }
         Ok(())
     }

@@ -96,6 +96,14 @@ impl fmt::Debug for ProviderField {
 }
 
 impl ProviderField {
+    /// The error for a field `provider` does not know: a typo is an error, never ignored.
+    pub fn unknown(&self, provider: &str) -> ConfigError {
+        ConfigError(format!(
+            "unknown field `{}` for the {provider} provider",
+            self.name
+        ))
+    }
+
     /// The value as a [`Secret`], which no `Debug` or error message prints.
     pub fn secret(&self) -> Result<Secret, ConfigError> {
         self.text().map(Secret::new)

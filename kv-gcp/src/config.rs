@@ -88,11 +88,7 @@ impl GcsConfig {
             "credentials_file" => self.credentials_file = Some(field.text()?),
             "create_bucket" => self.create_bucket = field.flag()?,
             "anonymous" => self.anonymous = field.flag()?,
-            other => {
-                return Err(ConfigError(format!(
-                    "unknown field `{other}` for the gcs provider"
-                )));
-            }
+            _ => return Err(field.unknown("gcs")),
         }
         Ok(())
     }

@@ -52,11 +52,7 @@ impl RedisConfig {
             "password" => self.password = Some(field.secret()?),
             "connect_timeout_ms" => self.connect_timeout = field.millis(MAX_TIMEOUT_MS)?,
             "response_timeout_ms" => self.response_timeout = field.millis(MAX_TIMEOUT_MS)?,
-            other => {
-                return Err(ConfigError(format!(
-                    "unknown field `{other}` for the redis provider"
-                )));
-            }
+            _ => return Err(field.unknown("redis")),
         }
         Ok(())
     }
