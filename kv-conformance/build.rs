@@ -13,6 +13,10 @@ const GUESTS: &[(&str, &str)] = &[
         "kv-conformance-portable-draft",
         "kv-conformance-portable-draft",
     ),
+    (
+        "kv-conformance-portable-spin",
+        "kv-conformance-portable-spin",
+    ),
     ("counter", "counter"),
     ("http-kv", "http_kv"),
     ("http-fixture", "http_fixture"),
@@ -35,6 +39,7 @@ fn main() {
         "kv-conformance/guest-spin",
         "kv-conformance/portable",
         "kv-conformance/portable-draft",
+        "kv-conformance/portable-spin",
         "kv-conformance/http-fixture",
         "kv-conformance/interop",
         "examples",

@@ -35,5 +35,9 @@ pub const PORTABLE_SUITE: &str = env!("KV_GUEST_KV_CONFORMANCE_PORTABLE");
 /// nothing else (`kv-conformance/portable-draft`), for hosts that link only that version.
 pub const PORTABLE_DRAFT_SUITE: &str = env!("KV_GUEST_KV_CONFORMANCE_PORTABLE_DRAFT");
 
+/// The portable suite for hosts that link only `wasi:keyvalue@0.2.0-draft2` with Spin's
+/// `get-many` shape (`kv-conformance/portable-spin`): no TTL or `0.2.0-draft` cases.
+pub const PORTABLE_SPIN_SUITE: &str = env!("KV_GUEST_KV_CONFORMANCE_PORTABLE_SPIN");
+
 /// The wasmtime version the host is built with.
 pub const WASMTIME_VERSION: &str = env!("KV_WASMTIME_VERSION");

@@ -1,7 +1,7 @@
 //! The wasi-kv conformance suite: every case of the contract (docs/semantics.md), written once against
 //! `wasi:keyvalue` and run unchanged against every provider by the host-side runner.
 
-#[cfg(not(feature = "spin-batch"))]
+#[cfg(not(any(feature = "spin-batch", feature = "draft2-only")))]
 mod bindings {
     wit_bindgen::generate!({
         path: [
@@ -17,7 +17,7 @@ mod bindings {
 }
 
 /// The same world with Spin's draft2 WIT: `get-many` returns every key with an optional value.
-#[cfg(feature = "spin-batch")]
+#[cfg(all(feature = "spin-batch", not(feature = "draft2-only")))]
 mod bindings {
     wit_bindgen::generate!({
         path: [
@@ -28,6 +28,22 @@ mod bindings {
             "../../wit/conformance",
         ],
         world: "wasi-kv:conformance/guest@0.1.0",
+        generate_all,
+    });
+}
+
+/// Spin's draft2 WIT and nothing else: the world a host that links only draft2 serves.
+#[cfg(feature = "draft2-only")]
+mod bindings {
+    wit_bindgen::generate!({
+        path: [
+            "../../wit/keyvalue-spin",
+            "../../wit/keyvalue-draft",
+            "../../wit/ttl",
+            "../../wit/host",
+            "../../wit/conformance",
+        ],
+        world: "wasi-kv:conformance/guest-draft2-only@0.1.0",
         generate_all,
     });
 }

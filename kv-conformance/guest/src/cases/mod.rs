@@ -4,10 +4,12 @@
 //! several rules live here.
 
 use crate::bindings::exports::wasi_kv::conformance::suite::{Capability, Phase};
+#[cfg(not(feature = "draft2-only"))]
 use crate::bindings::wasi::keyvalue0_2_0_draft as draft;
 use crate::bindings::wasi::keyvalue0_2_0_draft2::atomics::{self, Cas, CasError};
 use crate::bindings::wasi::keyvalue0_2_0_draft2::batch;
 use crate::bindings::wasi::keyvalue0_2_0_draft2::store::{self, Bucket, Error};
+#[cfg(not(feature = "draft2-only"))]
 use crate::bindings::wasi_kv::ttl::ttl;
 use crate::check::*;
 
@@ -21,6 +23,7 @@ pub struct Case {
 }
 
 const NONE: &[Capability] = &[];
+#[cfg(not(feature = "draft2-only"))]
 const TTL: &[Capability] = &[Capability::Ttl];
 const CAS: &[Capability] = &[Capability::Cas];
 
@@ -40,6 +43,7 @@ macro_rules! case {
     };
 }
 
+#[cfg(not(feature = "draft2-only"))]
 mod draft_interface;
 mod s01_keys;
 mod s02_values;
@@ -49,6 +53,7 @@ mod s05_listing;
 mod s06_increment;
 mod s07_cas;
 mod s08_batches;
+#[cfg(not(feature = "draft2-only"))]
 mod s09_ttl;
 mod s10_stores;
 mod s11_errors;
@@ -63,9 +68,11 @@ const GROUPS: &[&[Case]] = &[
     s06_increment::CASES,
     s07_cas::CASES,
     s08_batches::CASES,
+    #[cfg(not(feature = "draft2-only"))]
     s09_ttl::CASES,
     s10_stores::CASES,
     s11_errors::CASES,
+    #[cfg(not(feature = "draft2-only"))]
     draft_interface::CASES,
 ];
 
