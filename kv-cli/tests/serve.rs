@@ -15,6 +15,7 @@ use reqwest::StatusCode;
 const WASI_KV: &str = env!("CARGO_BIN_EXE_wasi-kv");
 const EXAMPLE: &str = kv_conformance::artifacts::HTTP_KV_EXAMPLE;
 const FIXTURE: &str = kv_conformance::artifacts::HTTP_FIXTURE;
+const COMPAT: &str = kv_conformance::artifacts::COMPAT_FIXTURE;
 
 /// A `wasi-kv serve` process; SIGKILLed if a test fails before stopping it.
 struct Served {
@@ -597,6 +598,76 @@ fn handlers_built_for_spin_and_wasmtime_serve_unchanged() -> TestResult {
     Ok(())
 }
 
+/// The WASI 0.2 imports of a component, e.g. `wasi:http/types@0.2.0`.
+fn wasi_imports(path: &str) -> Result<Vec<String>, Failed> {
+    let engine = wasmtime::Engine::default();
+    let component = wasmtime::component::Component::from_file(&engine, path)
+        .map_err(|err| Failed::from(format!("{path}: {err}")))?;
+    Ok(component
+        .component_type()
+        .imports(&engine)
+        .map(|(name, _)| name.to_string())
+        .filter(|name| name.starts_with("wasi:http/") || name.starts_with("wasi:cli/"))
+        .collect())
+}
+
+/// Components built against different WASI 0.2 patch versions are served: one against
+/// `wasi:http@0.2.0` and `wasi:cli@0.2.0`, one against `wasi:http@0.2.12` (the version the
+/// host links) with the `wasi:cli` patch version Rust's standard library brings.
+fn wasi_0_2_patch_versions_are_served() -> TestResult {
+    use kv_conformance::artifacts::INTEROP_DRAFT_HANDLER;
+    let old = wasi_imports(COMPAT)?;
+    let versions = |prefix: &str, components: &[&Vec<String>]| {
+        let mut versions: Vec<String> = components
+            .iter()
+            .flat_map(|imports| imports.iter())
+            .filter(|name| name.starts_with(prefix))
+            .filter_map(|name| name.split('@').nth(1).map(str::to_string))
+            .collect();
+        versions.sort();
+        versions.dedup();
+        versions
+    };
+    let example = wasi_imports(EXAMPLE)?;
+    let draft = wasi_imports(INTEROP_DRAFT_HANDLER)?;
+    let http = versions("wasi:http/", &[&old, &example]);
+    let cli = versions("wasi:cli/", &[&old, &draft]);
+    check(
+        http.len() >= 2,
+        format!("two wasi:http patch versions: {http:?}"),
+    )?;
+    check(
+        cli.len() >= 2,
+        format!("two wasi:cli patch versions: {cli:?}"),
+    )?;
+    let served = Served::start(COMPAT, &["--env", "GREETING=hello"])?;
+    runtime().block_on(async {
+        let http = client();
+        for count in 1..=2 {
+            let got = send(http.get(served.url("/"))).await?;
+            expect(
+                "GET /",
+                &got,
+                200,
+                Some(format!("hello {count}\n").as_bytes()),
+            )?;
+        }
+        TestResult::Ok(())
+    })?;
+    drop(served);
+    let served = Served::start(INTEROP_DRAFT_HANDLER, &["--env", "INTEROP_NOTE=0.2.12"])?;
+    runtime().block_on(async {
+        let got = send(client().get(served.url("/"))).await?;
+        let expected = "greeting: <none>\nmissing: <none>\nruns: 1\nnote: 0.2.12\n";
+        expect(
+            "GET / (draft handler)",
+            &got,
+            200,
+            Some(expected.as_bytes()),
+        )
+    })
+}
+
 /// A request over the memory limit is a 500; a request under it, and the next ones, succeed.
 fn memory_limit_is_500() -> TestResult {
     runtime().block_on(async {
@@ -684,6 +755,10 @@ fn main() -> std::process::ExitCode {
             time_limit_is_504_and_others_are_served,
         ),
         Trial::test("memory_limit_is_500", memory_limit_is_500),
+        Trial::test(
+            "wasi_0_2_patch_versions_are_served",
+            wasi_0_2_patch_versions_are_served,
+        ),
         Trial::test(
             "handlers_built_for_spin_and_wasmtime_serve_unchanged",
             handlers_built_for_spin_and_wasmtime_serve_unchanged,

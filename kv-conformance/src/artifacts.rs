@@ -39,5 +39,9 @@ pub const PORTABLE_DRAFT_SUITE: &str = env!("KV_GUEST_KV_CONFORMANCE_PORTABLE_DR
 /// `get-many` shape (`kv-conformance/portable-spin`): no TTL or `0.2.0-draft` cases.
 pub const PORTABLE_SPIN_SUITE: &str = env!("KV_GUEST_KV_CONFORMANCE_PORTABLE_SPIN");
 
+/// An HTTP handler built against WASI 0.2.0 (`wasi:http`, `wasi:cli`), older than the 0.2.12
+/// the host links (`kv-conformance/compat-fixture`).
+pub const COMPAT_FIXTURE: &str = env!("KV_GUEST_COMPAT_FIXTURE");
+
 /// The wasmtime version the host is built with.
 pub const WASMTIME_VERSION: &str = env!("KV_WASMTIME_VERSION");
