@@ -41,18 +41,12 @@ struct Handler;
 
 impl Guest for Handler {
     fn handle(_request: IncomingRequest, out: ResponseOutparam) {
-        let (status, mut text) = match report::report() {
+        let (status, text) = match report::report() {
             Ok(text) => (200, text),
             Err(err) => (500, format!("{err}\n")),
         };
-        // The draft handler reads `INTEROP_NOTE` through wasi:cli@0.2.12 itself.
         #[cfg(feature = "draft")]
-        if let Some((_, note)) = bindings::wasi::cli::environment::get_environment()
-            .into_iter()
-            .find(|(name, _)| name == "INTEROP_NOTE")
-        {
-            text.push_str(&format!("note: {note}\n"));
-        }
+        let text = with_note(text);
         let response = OutgoingResponse::new(Fields::new());
         let _ = response.set_status_code(status);
         let Ok(body) = response.body() else {
@@ -64,6 +58,18 @@ impl Guest for Handler {
         }
         let _ = OutgoingBody::finish(body, None);
     }
+}
+
+/// The draft handler reads `INTEROP_NOTE` through `wasi:cli@0.2.12` itself.
+#[cfg(feature = "draft")]
+fn with_note(mut text: String) -> String {
+    if let Some((_, note)) = bindings::wasi::cli::environment::get_environment()
+        .into_iter()
+        .find(|(name, _)| name == "INTEROP_NOTE")
+    {
+        text.push_str(&format!("note: {note}\n"));
+    }
+    text
 }
 
 bindings::export!(Handler with_types_in bindings);
