@@ -240,6 +240,31 @@ fn resolve(request: &RequestId, journal: &Journal, current: u32) -> Result<Earli
     }
 }
 
+/// Re-reads `key` right after an ambiguous write to resolve it: what it applied, or `None`
+/// when it certainly did not apply (`attempted_base` cleared) or when the backend could not
+/// be read (`attempted_base` kept, for the host's retry to resolve).
+async fn resolve_now<S: ConditionalStore + ?Sized>(
+    store: &S,
+    key: &str,
+    request: &RequestId,
+) -> Result<Option<Applied>> {
+    for attempt in 1..=RESOLVE_ATTEMPTS {
+        match store.read(key).await {
+            Ok(read) if read != Read::Raced => {
+                return match resolve(request, &journal_of(&read), fingerprint_of(&read))? {
+                    Earlier::Applied(applied) => Ok(Some(applied)),
+                    Earlier::NotApplied => Ok(None),
+                };
+            }
+            _ => Backoff::CONTENTION.wait(attempt).await,
+        }
+    }
+    Ok(None)
+}
+
+/// Reads tried right after an ambiguous write before leaving it to the host's retry.
+const RESOLVE_ATTEMPTS: u32 = 4;
+
 fn journal_of(read: &Read) -> Journal {
     match read {
         Read::Found(snapshot) => snapshot.journal.clone(),
@@ -303,25 +328,30 @@ pub async fn increment<S: ConditionalStore + ?Sized>(
             journal: journal.recording(base, request, Applied::Incremented(next)),
         };
         request.set_attempted_base(Some(base));
-        if store.write_if(key, write, expect).await? {
-            return Ok(next);
-        }
-        if !store.resends_conditional_writes() {
-            // A conflict is final: the write did not happen.
-            request.set_attempted_base(None);
-            continue;
-        }
-        // The conflict may be a resend meeting our own first send: resolve it now, before
-        // other writers push our entry out of the journal during the backoff.
-        let read = store.read(key).await?;
-        if read != Read::Raced {
-            match resolve(request, &journal_of(&read), fingerprint_of(&read))? {
-                Earlier::Applied(Applied::Incremented(total)) => return Ok(total),
-                Earlier::Applied(Applied::Swapped) => {
-                    return Err(KvError::internal("a swap's request id was reused"));
-                }
-                Earlier::NotApplied => {}
+        let failure = match store.write_if(key, write, expect).await {
+            Ok(true) => return Ok(next),
+            Ok(false) if !store.resends_conditional_writes() => {
+                // A conflict is final: the write did not happen.
+                request.set_attempted_base(None);
+                continue;
             }
+            // The conflict may be a resend meeting our own first send.
+            Ok(false) => None,
+            // The reply was lost: the write may or may not have happened.
+            Err(err) => Some(err),
+        };
+        // Resolve it now, while our entry is surely still in the journal: after the host's
+        // backoff, other writers may have pushed it out.
+        match resolve_now(store, key, request).await? {
+            Some(Applied::Incremented(total)) => return Ok(total),
+            Some(Applied::Swapped) => {
+                return Err(KvError::internal("a swap's request id was reused"));
+            }
+            None => {}
+        }
+        if let Some(err) = failure.filter(|_| request.attempted_base().is_some()) {
+            // Still unresolved (the backend kept failing): the host's retry resolves it.
+            return Err(err);
         }
     }
     Err(KvError::unavailable("increment lost every race under contention").with_transient(false))
@@ -381,18 +411,31 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
         journal: journal.recording(base, request, Applied::Swapped),
     };
     request.set_attempted_base(Some(base));
-    if store.write_if(key, write, condition).await? {
-        return Ok(SwapOutcome::Swapped);
-    }
-    if store.resends_conditional_writes() {
-        // The conflict may be a resend meeting our own first send.
-        let read = store.read(key).await?;
-        if journal_of(&read).find(request) == Some(Applied::Swapped) {
-            return Ok(SwapOutcome::Swapped);
+    let failure = match store.write_if(key, write, condition).await {
+        Ok(true) => return Ok(SwapOutcome::Swapped),
+        Ok(false) if !store.resends_conditional_writes() => None,
+        // A conflict that may be a resend meeting our own first send, or a lost reply.
+        Ok(false) => Some(None),
+        Err(err) => Some(Some(err)),
+    };
+    let Some(failure) = failure else {
+        request.set_attempted_base(None);
+        return Ok(SwapOutcome::Conflict);
+    };
+    match resolve_now(store, key, request).await? {
+        Some(Applied::Swapped) => Ok(SwapOutcome::Swapped),
+        Some(Applied::Incremented(_)) => {
+            Err(KvError::internal("an increment's request id was reused"))
         }
+        None => match failure {
+            // Unresolved (the backend kept failing): the host's retry resolves it.
+            Some(err) if request.attempted_base().is_some() => Err(err),
+            _ => {
+                request.set_attempted_base(None);
+                Ok(SwapOutcome::Conflict)
+            }
+        },
     }
-    request.set_attempted_base(None);
-    Ok(SwapOutcome::Conflict)
 }
 
 /// The key's current value and CAS version, for `read_versioned`.
@@ -440,6 +483,10 @@ mod tests {
         items: Mutex<HashMap<String, Entry>>,
         next: AtomicU64,
         lose_replies: AtomicU32,
+        /// Reads that fail, as a backend that stays unreachable for a while.
+        fail_reads: AtomicU32,
+        /// Reads that fail after the next lost reply.
+        fail_reads_after_loss: AtomicU32,
     }
 
     impl Versioned {
@@ -461,6 +508,13 @@ mod tests {
     impl ConditionalStore for Versioned {
         async fn read(&self, key: &str) -> Result<Read> {
             tokio::task::yield_now().await;
+            let fail = self
+                .fail_reads
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            if fail {
+                return Err(KvError::unavailable("read failed"));
+            }
             Ok(match self.items.lock().unwrap().get(key) {
                 None => Read::Missing,
                 Some((value, version, expires_at_ms, journal)) => Read::Found(Snapshot {
@@ -496,6 +550,8 @@ mod tests {
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                 .is_ok();
             if lose {
+                let after = self.fail_reads_after_loss.swap(0, Ordering::Relaxed);
+                self.fail_reads.store(after, Ordering::Relaxed);
                 return Err(KvError::unavailable("reply lost"));
             }
             Ok(holds)
@@ -521,11 +577,31 @@ mod tests {
         assert_eq!(store.value("n"), b"400");
     }
 
+    /// Makes the next write apply and lose its reply, and the reads right after it fail, so
+    /// the call cannot resolve the write itself and the host's retry must.
+    fn lose_the_next_reply_and_reads(store: &Versioned) {
+        store.lose_replies.store(1, Ordering::Relaxed);
+        store
+            .fail_reads_after_loss
+            .store(RESOLVE_ATTEMPTS, Ordering::Relaxed);
+    }
+
+    #[tokio::test]
+    async fn a_lost_reply_is_resolved_at_once() {
+        let store = Versioned::default();
+        store.lose_replies.store(1, Ordering::Relaxed);
+        assert_eq!(
+            increment(&store, "n", 5, &RequestId::new()).await.unwrap(),
+            5
+        );
+        assert_eq!(store.value("n"), b"5");
+    }
+
     #[tokio::test]
     async fn a_retry_after_a_lost_reply_applies_once() {
         let store = Versioned::default();
         let request = RequestId::new();
-        store.lose_replies.store(1, Ordering::Relaxed);
+        lose_the_next_reply_and_reads(&store);
         let err = increment(&store, "n", 5, &request).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable);
         assert_eq!(store.value("n"), b"5", "the lost write was applied");
@@ -534,7 +610,7 @@ mod tests {
         assert_eq!(store.value("n"), b"5");
         // Another writer in between does not hide it either.
         let request = RequestId::new();
-        store.lose_replies.store(1, Ordering::Relaxed);
+        lose_the_next_reply_and_reads(&store);
         assert!(increment(&store, "n", 1, &request).await.is_err());
         increment(&store, "n", 100, &RequestId::new())
             .await
@@ -552,7 +628,7 @@ mod tests {
         };
         let version = Version::Tag(snapshot.version);
         let request = RequestId::new();
-        store.lose_replies.store(1, Ordering::Relaxed);
+        lose_the_next_reply_and_reads(&store);
         assert!(
             swap(&store, "k", &version, b"b".to_vec(), &request)
                 .await
@@ -564,6 +640,14 @@ mod tests {
         let other = swap(&store, "k", &version, b"c".to_vec(), &RequestId::new()).await;
         assert_eq!(other.unwrap(), SwapOutcome::Conflict);
         assert_eq!(store.value("k"), b"b");
+        // Resolved at once when the backend answers the next read.
+        let Read::Found(snapshot) = store.read("k").await.unwrap() else {
+            panic!("missing");
+        };
+        store.lose_replies.store(1, Ordering::Relaxed);
+        let version = Version::Tag(snapshot.version);
+        let outcome = swap(&store, "k", &version, b"d".to_vec(), &RequestId::new()).await;
+        assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
     }
 
     #[tokio::test]
@@ -590,7 +674,7 @@ mod tests {
     async fn an_unresolvable_outcome_is_reported_not_reapplied() {
         let store = Versioned::default();
         let request = RequestId::new();
-        store.lose_replies.store(1, Ordering::Relaxed);
+        lose_the_next_reply_and_reads(&store);
         assert!(increment(&store, "n", 1, &request).await.is_err());
         // A plain set replaces the value and its journal: nobody can tell any more.
         store.put("n", b"10", None);
