@@ -73,6 +73,14 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
             Arc::new(kv_core::MemoryProvider::new()),
             "conformance".to_string(),
         ),
+        // SQLite needs no server: a file in a temporary directory, removed afterwards.
+        None if args.provider == "sqlite" => {
+            let dir = tempfile::tempdir().context("creating a directory for the database")?;
+            let url = format!("conformance=sqlite:{}", dir.path().join("kv.db").display());
+            let spec = kv_core::config::parse_short_form(&url)?.1;
+            keep_alive.push(Arc::new(dir));
+            (registry.connect(&spec).await?, "conformance".to_string())
+        }
         None => bail!(
             "no store of provider {:?} is configured: pass --emulator, --store NAME=URL or --config FILE",
             args.provider

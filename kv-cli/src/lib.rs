@@ -19,6 +19,8 @@ pub fn registry() -> ProviderRegistry {
     kv_gcp::register(&mut registry);
     #[cfg(feature = "azure")]
     kv_azure::register(&mut registry);
+    #[cfg(feature = "sqlite")]
+    kv_sqlite::register(&mut registry);
     registry
 }
 

@@ -93,6 +93,36 @@ fn seeds_are_written_before_the_component_starts() {
     }
 }
 
+/// A SQLite file keeps the count across processes, with nothing to install; so does
+/// `wasi-kv conformance --provider sqlite`, on a temporary file.
+#[test]
+fn sqlite_keeps_data_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("default=sqlite:{}", dir.path().join("kv.db").display());
+    for expected in [
+        "this component has run 1 time\n",
+        "this component has run 2 times\n",
+    ] {
+        let out = wasi_kv(&["run", "--store", &store, COUNTER]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    }
+    let out = wasi_kv(&[
+        "conformance",
+        "--provider",
+        "sqlite",
+        "--case",
+        "list_keys",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn bad_configuration_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -22,6 +22,16 @@ fn main() -> ExitCode {
             Profile::memory(),
         ))
     })];
+    // SQLite needs no server: a file in a temporary directory, kept as long as the target.
+    sources.push(TargetSource::new("sqlite", || async {
+        let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
+        let url = format!("sqlite:{}", dir.path().join("conformance.db").display());
+        let provider = common::connect("sqlite", &url).await?;
+        let mut target = Target::new("sqlite", provider, Profile::plain("sqlite"));
+        target.profile.backend = format!("SQLite {} (bundled)", rusqlite_version());
+        target.keep_alive.push(Arc::new(dir));
+        Ok(target)
+    }));
     for provider in EMULATED_PROVIDERS {
         sources.push(TargetSource::new(provider, move || emulated(provider)));
     }
@@ -40,4 +50,9 @@ async fn emulated(provider: &'static str) -> Result<Target, String> {
     let mut target = Target::new(provider, connected, profile);
     target.keep_alive.push(started.guard);
     Ok(target)
+}
+
+/// The SQLite library version compiled in.
+fn rusqlite_version() -> &'static str {
+    kv_sqlite::sqlite_version()
 }

@@ -81,6 +81,7 @@ struct Subject {
     injector: Injector,
     faults: Vec<(&'static str, Fault)>,
     _emulator: Option<Started>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Subject {
@@ -137,6 +138,20 @@ async fn subject(name: &str) -> Result<Subject, String> {
             provider: Arc::new(lossy),
             faults: vec![("reply lost after execution", Fault::DropReply)],
             _emulator: None,
+            _dir: None,
+        });
+    }
+    if name == "sqlite" {
+        // No network between the host and the file: in-process hooks lose the replies.
+        let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
+        let url = format!("sqlite:{}", dir.path().join("faults.db").display());
+        let lossy = LossyProvider::new(common::connect("sqlite", &url).await?);
+        return Ok(Subject {
+            injector: Injector::InProcess(lossy.state()),
+            provider: Arc::new(lossy),
+            faults: vec![("reply lost after execution", Fault::DropReply)],
+            _emulator: None,
+            _dir: Some(dir),
         });
     }
     let owned = name.to_string();
@@ -161,6 +176,7 @@ async fn subject(name: &str) -> Result<Subject, String> {
             http_faults(name)
         },
         _emulator: Some(started),
+        _dir: None,
     })
 }
 
@@ -423,7 +439,9 @@ fn main() -> ExitCode {
     let args = Arguments::from_args();
     let required = harness::required_targets();
     let mut trials = Vec::new();
-    let names = std::iter::once("memory").chain(EMULATED_PROVIDERS.iter().copied());
+    let names = ["memory", "sqlite"]
+        .into_iter()
+        .chain(EMULATED_PROVIDERS.iter().copied());
     for name in names {
         let is_required = required.iter().any(|r| r == name);
         let wanted = ["matrix", "lossy_increments", "lossy_cas"]
@@ -436,7 +454,8 @@ fn main() -> ExitCode {
         if !wanted {
             continue;
         }
-        if name != "memory" && !is_required && !emulator::installed(name) {
+        let local = matches!(name, "memory" | "sqlite");
+        if !local && !is_required && !emulator::installed(name) {
             for check in ["matrix", "lossy_increments", "lossy_cas"] {
                 trials.push(
                     Trial::test(format!("{name}::{check}"), || Ok(()))

@@ -14,5 +14,6 @@ pub async fn connect(provider: &str, url: &str) -> Result<Arc<dyn Provider>, Str
     kv_aws::register(&mut registry);
     kv_gcp::register(&mut registry);
     kv_azure::register(&mut registry);
+    kv_sqlite::register(&mut registry);
     registry.connect(&spec).await.map_err(|err| err.to_string())
 }

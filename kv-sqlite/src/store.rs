@@ -1,0 +1,412 @@
+//! The mapping of the contract onto one SQLite table (README.md has the table).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kv_core::counter::{add_delta, encode_counter, parse_counter};
+use kv_core::provider::last_entry_per_key;
+use kv_core::{
+    Bucket, Capabilities, KeyPage, KvError, Provider, RequestId, Result, SwapOutcome, Version,
+    Versioned, clock,
+};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::error::map_error;
+
+/// The largest value this provider declares. SQLite itself allows up to 1 GB; a value is held
+/// whole in memory for one call, so the declared maximum stays moderate.
+pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long an applied increment or swap is remembered, for retries after a lost reply.
+const REQUEST_TTL_MS: u64 = 600_000;
+
+/// A SQLite database file; every store of it shares one connection.
+#[derive(Clone)]
+pub struct SqliteProvider {
+    connection: Arc<Mutex<Connection>>,
+    _sweeper: Arc<Sweeper>,
+}
+
+/// Deletes expired keys and old request ids in the background; stops when dropped.
+struct Sweeper(tokio::task::JoinHandle<()>);
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl SqliteProvider {
+    /// A provider over an open connection, sweeping every `sweep_interval`.
+    pub fn new(connection: Connection, sweep_interval: Duration) -> SqliteProvider {
+        let connection = Arc::new(Mutex::new(connection));
+        let swept = Arc::downgrade(&connection);
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(sweep_interval);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let Some(connection) = swept.upgrade() else {
+                    return;
+                };
+                let result = tokio::task::spawn_blocking(move || sweep(&lock(&connection))).await;
+                if let Ok(Err(err)) = result {
+                    tracing::warn!(error = %err.chain(), "sqlite sweep failed");
+                }
+            }
+        });
+        SqliteProvider {
+            connection,
+            _sweeper: Arc::new(Sweeper(task)),
+        }
+    }
+}
+
+fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    connection
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Deletes expired keys (reads already filter them) and request ids past their time.
+pub fn sweep(connection: &Connection) -> Result<()> {
+    let now = now();
+    connection
+        .execute("DELETE FROM kv WHERE exp IS NOT NULL AND exp <= ?1", [now])
+        .map_err(|err| map_error("sweep", err))?;
+    let horizon = now.saturating_sub(i64::try_from(REQUEST_TTL_MS).unwrap_or(i64::MAX));
+    connection
+        .execute("DELETE FROM kv_requests WHERE at < ?1", [horizon])
+        .map_err(|err| map_error("sweep", err))?;
+    Ok(())
+}
+
+fn now() -> i64 {
+    i64::try_from(clock::now_ms()).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Provider for SqliteProvider {
+    fn name(&self) -> &str {
+        "sqlite"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            ttl: true,
+            cas: true,
+            list_may_repeat: false,
+            max_value_bytes: MAX_VALUE_BYTES,
+        }
+    }
+
+    async fn open(&self, namespace: &str) -> Result<Arc<dyn Bucket>> {
+        Ok(Arc::new(SqliteBucket {
+            connection: self.connection.clone(),
+            namespace: Arc::from(namespace),
+        }))
+    }
+}
+
+struct SqliteBucket {
+    connection: Arc<Mutex<Connection>>,
+    namespace: Arc<str>,
+}
+
+/// The live condition on a row, as SQL (`?2` is now).
+const LIVE: &str = "(exp IS NULL OR exp > ?2)";
+
+impl SqliteBucket {
+    /// Runs `work` on the connection in a blocking thread: SQLite calls block.
+    async fn with<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &str) -> Result<T> + Send + 'static,
+    {
+        let connection = self.connection.clone();
+        let namespace = self.namespace.clone();
+        tokio::task::spawn_blocking(move || work(&mut lock(&connection), &namespace))
+            .await
+            .map_err(|err| KvError::internal(format!("sqlite: the worker failed: {err}")))?
+    }
+}
+
+fn write(
+    connection: &Connection,
+    namespace: &str,
+    key: &str,
+    value: &[u8],
+    expires_at_ms: Option<i64>,
+) -> Result<()> {
+    connection
+        .execute(
+            "INSERT OR REPLACE INTO kv (ns, k, v, ver, exp) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![namespace, key, value, rand::random::<i64>(), expires_at_ms],
+        )
+        .map(drop)
+        .map_err(|err| map_error("write", err))
+}
+
+/// A stored row: value, version and expiry in Unix ms.
+type Row = (Vec<u8>, i64, Option<i64>);
+
+/// The row of `key`, expired or not.
+fn row(connection: &Connection, namespace: &str, key: &str) -> Result<Option<Row>> {
+    connection
+        .query_row(
+            "SELECT v, ver, exp FROM kv WHERE ns = ?1 AND k = ?2",
+            params![namespace, key],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .optional()
+        .map_err(|err| map_error("read", err))
+}
+
+/// The recorded result of `request`, if it was applied.
+fn applied(connection: &Connection, request: &str) -> Result<Option<String>> {
+    connection
+        .query_row(
+            "SELECT result FROM kv_requests WHERE id = ?1",
+            [request],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(|err| map_error("request lookup", err))
+}
+
+fn record(connection: &Connection, request: &str, result: &str) -> Result<()> {
+    connection
+        .execute(
+            "INSERT INTO kv_requests (id, result, at) VALUES (?1, ?2, ?3)",
+            params![request, result, now()],
+        )
+        .map(drop)
+        .map_err(|err| map_error("request record", err))
+}
+
+#[async_trait]
+impl Bucket for SqliteBucket {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let key = key.to_string();
+        self.with(move |connection, namespace| {
+            connection
+                .query_row(
+                    &format!("SELECT v FROM kv WHERE ns = ?1 AND k = ?3 AND {LIVE}"),
+                    params![namespace, now(), key],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(|err| map_error("get", err))
+        })
+        .await
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        let key = key.to_string();
+        self.with(move |connection, namespace| write(connection, namespace, &key, &value, None))
+            .await
+    }
+
+    async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+        let key = key.to_string();
+        let at = i64::try_from(clock::expires_at_ms(ttl)).unwrap_or(i64::MAX);
+        self.with(move |connection, namespace| write(connection, namespace, &key, &value, Some(at)))
+            .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let key = key.to_string();
+        self.with(move |connection, namespace| {
+            connection
+                .execute(
+                    "DELETE FROM kv WHERE ns = ?1 AND k = ?2",
+                    params![namespace, key],
+                )
+                .map(drop)
+                .map_err(|err| map_error("delete", err))
+        })
+        .await
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.get(key).await?.is_some())
+    }
+
+    /// A range scan in key order; the cursor is the last key returned, so every key that
+    /// exists for the whole listing is returned exactly once.
+    async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {
+        let after = cursor.map(str::to_string);
+        let limit = i64::try_from(limit).unwrap_or(1000);
+        self.with(move |connection, namespace| {
+            let mut statement = connection
+                .prepare_cached(&format!(
+                    "SELECT k FROM kv WHERE ns = ?1 AND {LIVE} AND (?3 IS NULL OR k > ?3) \
+                     ORDER BY k LIMIT ?4"
+                ))
+                .map_err(|err| map_error("list", err))?;
+            let keys: Vec<String> = statement
+                .query_map(params![namespace, now(), after, limit + 1], |row| {
+                    row.get(0)
+                })
+                .map_err(|err| map_error("list", err))?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(|err| map_error("list", err))?;
+            let mut keys = keys;
+            let more = keys.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+            keys.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            let cursor = if more { keys.last().cloned() } else { None };
+            Ok(KeyPage { keys, cursor })
+        })
+        .await
+    }
+
+    /// One immediate transaction: the request id is checked and recorded with the write, so
+    /// a retry after a lost reply returns the first result.
+    async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
+        let key = key.to_string();
+        let request = request.hex();
+        self.with(move |connection, namespace| {
+            let transaction = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|err| map_error("increment", err))?;
+            if let Some(result) = applied(&transaction, &request)? {
+                return result
+                    .parse()
+                    .map_err(|_| KvError::internal("sqlite: a recorded increment is not an i64"));
+            }
+            let now = now();
+            let (current, expires) = match row(&transaction, namespace, &key)? {
+                Some((value, _, exp)) if exp.is_none_or(|at| at > now) => {
+                    (parse_counter(&value)?, exp)
+                }
+                _ => (0, None),
+            };
+            let next = add_delta(current, delta)?;
+            write(
+                &transaction,
+                namespace,
+                &key,
+                &encode_counter(next),
+                expires,
+            )?;
+            record(&transaction, &request, &next.to_string())?;
+            transaction
+                .commit()
+                .map_err(|err| map_error("increment", err))?;
+            Ok(next)
+        })
+        .await
+    }
+
+    async fn read_versioned(&self, key: &str) -> Result<Versioned> {
+        let key = key.to_string();
+        self.with(move |connection, namespace| {
+            Ok(match row(connection, namespace, &key)? {
+                Some((value, ver, exp)) if exp.is_none_or(|at| at > now()) => Versioned {
+                    value: Some(value),
+                    version: Version::Tag(ver.to_string()),
+                },
+                _ => Versioned {
+                    value: None,
+                    version: Version::Absent,
+                },
+            })
+        })
+        .await
+    }
+
+    async fn swap(
+        &self,
+        key: &str,
+        expected: &Version,
+        value: Vec<u8>,
+        request: &RequestId,
+    ) -> Result<SwapOutcome> {
+        let key = key.to_string();
+        let expected = expected.clone();
+        let request = request.hex();
+        self.with(move |connection, namespace| {
+            let transaction = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|err| map_error("swap", err))?;
+            if applied(&transaction, &request)?.is_some() {
+                return Ok(SwapOutcome::Swapped);
+            }
+            let current = row(&transaction, namespace, &key)?
+                .filter(|(_, _, exp)| exp.is_none_or(|at| at > now()))
+                .map(|(_, ver, _)| ver.to_string());
+            let unchanged = match (&expected, current) {
+                (Version::Absent, None) => true,
+                (Version::Tag(tag), Some(current)) => *tag == current,
+                _ => false,
+            };
+            if !unchanged {
+                return Ok(SwapOutcome::Conflict);
+            }
+            write(&transaction, namespace, &key, &value, None)?;
+            record(&transaction, &request, "swapped")?;
+            transaction.commit().map_err(|err| map_error("swap", err))?;
+            Ok(SwapOutcome::Swapped)
+        })
+        .await
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let keys = keys.to_vec();
+        self.with(move |connection, namespace| {
+            let mut statement = connection
+                .prepare_cached(&format!(
+                    "SELECT v FROM kv WHERE ns = ?1 AND k = ?3 AND {LIVE}"
+                ))
+                .map_err(|err| map_error("get-many", err))?;
+            let now = now();
+            keys.iter()
+                .map(|key| {
+                    statement
+                        .query_row(params![namespace, now, key], |row| row.get(0))
+                        .optional()
+                        .map_err(|err| map_error("get-many", err))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// One transaction: all entries or none.
+    async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
+        self.with(move |connection, namespace| {
+            let transaction = connection
+                .transaction()
+                .map_err(|err| map_error("set-many", err))?;
+            for (key, value) in last_entry_per_key(entries) {
+                write(&transaction, namespace, &key, &value, None)?;
+            }
+            transaction
+                .commit()
+                .map_err(|err| map_error("set-many", err))
+        })
+        .await
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        let keys = keys.to_vec();
+        self.with(move |connection, namespace| {
+            let transaction = connection
+                .transaction()
+                .map_err(|err| map_error("delete-many", err))?;
+            for key in &keys {
+                transaction
+                    .execute(
+                        "DELETE FROM kv WHERE ns = ?1 AND k = ?2",
+                        params![namespace, key],
+                    )
+                    .map_err(|err| map_error("delete-many", err))?;
+            }
+            transaction
+                .commit()
+                .map_err(|err| map_error("delete-many", err))
+        })
+        .await
+    }
+}

@@ -1,0 +1,180 @@
+//! Provider-level tests for SQLite: several processes on one file, persistence across opens,
+//! and the expiry sweep. The conformance suite runs on SQLite in kv-conformance's harness.
+
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use kv_core::{Access, KvStore, Limits, ProviderFactory, Stores};
+use kv_sqlite::SqliteFactory;
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// When set, this binary is a worker process: it increments `n` in the file it names.
+const WORKER_ENV: &str = "KV_SQLITE_TEST_WORKER";
+const PROCESSES: usize = 4;
+const INCREMENTS: usize = 50;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+async fn store(path: &std::path::Path) -> Result<KvStore, String> {
+    let url = format!("s=sqlite:{}", path.display());
+    let (_, spec) = kv_core::config::parse_short_form(&url).map_err(|err| err.to_string())?;
+    let provider = SqliteFactory
+        .connect(&spec)
+        .await
+        .map_err(|err| err.to_string())?;
+    let stores = Stores::builder(Limits::default())
+        .store("s", provider, "ns", Access::ReadWrite)
+        .build();
+    stores.open("s").await.map_err(|err| err.to_string())
+}
+
+/// A worker process: `INCREMENTS` increments of `n`.
+fn worker(path: &str) -> ExitCode {
+    let result = runtime().block_on(async {
+        let store = store(std::path::Path::new(path)).await?;
+        for _ in 0..INCREMENTS {
+            store
+                .increment("n", 1)
+                .await
+                .map_err(|err| err.to_string())?;
+        }
+        Ok::<(), String>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("worker: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// N processes x M increments on one file end at exactly N*M.
+fn processes_share_one_file_exactly() -> Result<(), Failed> {
+    let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
+    let path = dir.path().join("shared.db");
+    let exe = std::env::current_exe().map_err(|err| err.to_string())?;
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|_| {
+            Command::new(&exe)
+                .env(WORKER_ENV, &path)
+                .spawn()
+                .map_err(|err| Failed::from(err.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    for mut child in children {
+        let status = child.wait().map_err(|err| err.to_string())?;
+        if !status.success() {
+            return Err(format!("a worker failed: {status}").into());
+        }
+    }
+    let total = runtime().block_on(async {
+        store(&path)
+            .await?
+            .get("n")
+            .await
+            .map_err(|e| e.to_string())
+    })?;
+    let expected = (PROCESSES * INCREMENTS).to_string();
+    if total.as_deref() != Some(expected.as_bytes()) {
+        return Err(format!("{PROCESSES} x {INCREMENTS} increments gave {total:?}").into());
+    }
+    Ok(())
+}
+
+/// Data survives closing and reopening the file.
+fn data_persists_across_opens() -> Result<(), Failed> {
+    let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
+    let path = dir.path().join("persist.db");
+    runtime().block_on(async {
+        let first = store(&path).await?;
+        first
+            .set("k", b"kept".to_vec())
+            .await
+            .map_err(|e| e.to_string())?;
+        first
+            .increment("runs", 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<(), String>(())
+    })?;
+    let (value, runs) = runtime().block_on(async {
+        let second = store(&path).await?;
+        let value = second.get("k").await.map_err(|e| e.to_string())?;
+        let runs = second
+            .increment("runs", 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((value, runs))
+    })?;
+    if value.as_deref() != Some(b"kept") || runs != 2 {
+        return Err(format!("after reopening: {value:?}, runs {runs}").into());
+    }
+    Ok(())
+}
+
+/// Expired keys are invisible at once and deleted by the sweep.
+fn expired_keys_are_swept() -> Result<(), Failed> {
+    let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
+    let path = dir.path().join("ttl.db");
+    runtime().block_on(async {
+        let store = store(&path).await?;
+        store
+            .set_with_ttl("gone", b"v".to_vec(), 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        store
+            .set("kept", b"v".to_vec())
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if store
+            .get("gone")
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            return Err("an expired key is visible".to_string());
+        }
+        Ok(())
+    })?;
+    let connection = rusqlite_connection(&path)?;
+    let rows = |connection: &rusqlite::Connection| -> Result<i64, Failed> {
+        connection
+            .query_row("SELECT count(*) FROM kv", [], |row| row.get(0))
+            .map_err(|err| Failed::from(err.to_string()))
+    };
+    if rows(&connection)? != 2 {
+        return Err("the expired row should still be stored before the sweep".into());
+    }
+    kv_sqlite::store::sweep(&connection).map_err(|err| err.to_string())?;
+    if rows(&connection)? != 1 {
+        return Err("the sweep did not delete the expired row".into());
+    }
+    Ok(())
+}
+
+fn rusqlite_connection(path: &std::path::Path) -> Result<rusqlite::Connection, Failed> {
+    rusqlite::Connection::open(path).map_err(|err| Failed::from(err.to_string()))
+}
+
+fn main() -> ExitCode {
+    if let Ok(path) = std::env::var(WORKER_ENV) {
+        return worker(&path);
+    }
+    let args = Arguments::from_args();
+    let trials = vec![
+        Trial::test(
+            "processes_share_one_file_exactly",
+            processes_share_one_file_exactly,
+        ),
+        Trial::test("data_persists_across_opens", data_persists_across_opens),
+        Trial::test("expired_keys_are_swept", expired_keys_are_swept),
+    ];
+    libtest_mimic::run(&args, trials).exit_code()
+}
