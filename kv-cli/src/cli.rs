@@ -40,6 +40,10 @@ pub struct StoreArgs {
     /// literal `@`). Repeatable.
     #[arg(long = "seed", value_name = "[STORE::]KEY=VALUE")]
     pub seeds: Vec<String>,
+    /// Spin's runtime configuration file: its `[key_value_store.NAME]` tables become stores
+    /// (`spin` -> sqlite, `redis`, `azure_cosmos` -> cosmos, `aws_dynamo` -> dynamodb).
+    #[arg(long, value_name = "FILE")]
+    pub spin_runtime_config: Option<PathBuf>,
 }
 
 /// `wasi-kv run`.

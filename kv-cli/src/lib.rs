@@ -4,6 +4,7 @@ pub mod cli;
 pub mod conformance;
 pub mod run;
 pub mod serve;
+pub mod spin_config;
 
 use kv_core::{ConfigError, KvConfig, ProviderRegistry};
 
@@ -28,6 +29,14 @@ pub fn registry() -> ProviderRegistry {
 /// `--seed`): what `run` and `serve` offer.
 pub async fn open_stores(args: &cli::StoreArgs) -> anyhow::Result<std::sync::Arc<kv_core::Stores>> {
     let mut config = load_config(args.config.as_deref(), &args.stores)?;
+    if let Some(path) = &args.spin_runtime_config {
+        let mut spin = kv_core::KvConfig::default();
+        spin_config::add_spin_runtime_config(&mut spin, path)?;
+        // `--store` and `--config` stores of the same name win over Spin's.
+        for (name, spec) in spin.stores {
+            config.stores.entry(name).or_insert(spec);
+        }
+    }
     for seed in &args.seeds {
         config.add_seed(seed)?;
     }

@@ -123,6 +123,37 @@ fn sqlite_keeps_data_across_runs() {
     );
 }
 
+/// A Spin application's runtime config opens here unchanged: its `type = "spin"` default
+/// store is a SQLite file beside the config, so the count persists across runs.
+#[test]
+fn spin_runtime_config_stores_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("runtime-config.toml");
+    std::fs::write(
+        &config,
+        "[key_value_store.default]\ntype = \"spin\"\npath = \".spin/sqlite_key_value.db\"\n",
+    )
+    .unwrap();
+    let config = config.to_string_lossy().into_owned();
+    for expected in [
+        "this component has run 1 time\n",
+        "this component has run 2 times\n",
+    ] {
+        let out = wasi_kv(&["run", "--spin-runtime-config", &config, COUNTER]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    }
+    assert!(dir.path().join(".spin/sqlite_key_value.db").exists());
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[key_value_store.x]\ntype = \"etcd\"\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.toml").to_string_lossy().into_owned();
+    let out = wasi_kv(&["run", "--spin-runtime-config", &bad, COUNTER]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
 #[test]
 fn bad_configuration_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
