@@ -276,9 +276,9 @@ impl KvConfig {
         env: &dyn Fn(&str) -> Option<String>,
         base: Option<&std::path::Path>,
     ) -> Result<KvConfig, ConfigError> {
-        let mut root: toml::Table = text.parse().map_err(|err: toml::de::Error| {
-            ConfigError(format!("invalid TOML: {}", one_line(&err.to_string())))
-        })?;
+        let mut root: toml::Table = text
+            .parse()
+            .map_err(|err: toml::de::Error| toml_error(text, &err))?;
         let mut config = KvConfig::default();
         if let Some(limits) = root.remove("limits") {
             config.limits = parse_limits(limits)?;
@@ -377,8 +377,21 @@ fn parse_cursors(
     })
 }
 
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+/// A TOML error as its line, column and message, never the offending line itself: the line
+/// may hold a secret (an unterminated `password = "…`).
+fn toml_error(text: &str, err: &toml::de::Error) -> ConfigError {
+    let at = err.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        format!(" at line {line}, column {column}")
+    });
+    let message = err
+        .message()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    ConfigError(format!("invalid TOML{}: {message}", at.unwrap_or_default()))
 }
 
 fn parse_limits(value: toml::Value) -> Result<Limits, ConfigError> {
@@ -774,6 +787,17 @@ mod tests {
         }
         let bad = "[stores.c]\nurl = \"memory:\"\n[stores.c.seed]\nk = 1\n";
         assert!(KvConfig::from_toml(bad, &|_| None).is_err());
+    }
+
+    #[test]
+    fn toml_errors_never_echo_the_line() {
+        let text = "[stores.cache]\nurl = \"redis://h\"\npassword = \"hunter2\n";
+        let err = KvConfig::from_toml(text, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
     }
 
     #[test]

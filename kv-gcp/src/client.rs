@@ -14,11 +14,17 @@ use kv_core::{ConfigError, Result};
 pub async fn build_client(config: &GcsConfig) -> Result<Client, ConfigError> {
     let mut client_config = if config.anonymous {
         ClientConfig::default().anonymous()
+    } else if let Some(file) = &config.credentials_file {
+        // This store's own key file, handed to its client only: never through the
+        // process-wide GOOGLE_APPLICATION_CREDENTIALS, which every other store would inherit.
+        let credentials = gcloud_auth::credentials::CredentialsFile::new_from_file(file.clone())
+            .await
+            .map_err(|err| ConfigError(format!("gcs credentials_file {file}: {err}")))?;
+        ClientConfig::default()
+            .with_credentials(credentials)
+            .await
+            .map_err(|err| ConfigError(format!("gcs credentials: {err}")))?
     } else {
-        if let Some(file) = &config.credentials_file {
-            // SAFETY: set once while the configuration is loaded, before clients exist.
-            unsafe { std::env::set_var("GOOGLE_APPLICATION_CREDENTIALS", file) };
-        }
         ClientConfig::default()
             .with_auth()
             .await
@@ -50,5 +56,32 @@ pub async fn ensure_bucket(client: &Client, config: &GcsConfig) -> Result<()> {
         Ok(_) => Ok(()),
         Err(gcloud_storage::http::Error::Response(response)) if response.code == 409 => Ok(()),
         Err(err) => Err(map_error("create bucket", err)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store's key file is read for that store's client alone; the process environment is
+    /// never changed (another store would otherwise authenticate as this account).
+    #[tokio::test]
+    async fn credentials_file_stays_with_its_store() {
+        let config = GcsConfig {
+            bucket: "b".to_string(),
+            prefix: String::new(),
+            endpoint: None,
+            create_bucket: false,
+            project: None,
+            credentials_file: Some("/does/not/exist/key.json".to_string()),
+            anonymous: false,
+        };
+        let before = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS");
+        let err = build_client(&config).await.err().expect("no such key file");
+        assert!(
+            err.to_string().contains("/does/not/exist/key.json"),
+            "{err}"
+        );
+        assert_eq!(std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS"), before);
     }
 }
