@@ -144,6 +144,38 @@ fn spin_runtime_config_stores_open() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
     }
     assert!(dir.path().join(".spin/sqlite_key_value.db").exists());
+    // A `type = "redis"` store reaches the real server.
+    let required = std::env::var("KV_REQUIRE").unwrap_or_default();
+    if required.split(',').any(|name| name.trim() == "redis")
+        || kv_conformance::emulator::installed("redis")
+    {
+        let server = kv_conformance::emulator::RedisServer::start().expect("redis-server starts");
+        let redis_config = dir.path().join("redis.toml");
+        std::fs::write(
+            &redis_config,
+            format!(
+                "[key_value_store.cache]\ntype = \"redis\"\nurl = \"{}\"\n",
+                server.url()
+            ),
+        )
+        .unwrap();
+        let redis_config = redis_config.to_string_lossy().into_owned();
+        for expected in [
+            "this component has run 1 time\n",
+            "this component has run 2 times\n",
+        ] {
+            let out = wasi_kv(&[
+                "run",
+                "--spin-runtime-config",
+                &redis_config,
+                "--env",
+                "KV_STORE=cache",
+                COUNTER,
+            ]);
+            assert!(out.status.success(), "{out:?}");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+        }
+    }
     std::fs::write(
         dir.path().join("bad.toml"),
         "[key_value_store.x]\ntype = \"etcd\"\n",

@@ -107,15 +107,6 @@ struct Script {
     seen: u64,
 }
 
-/// Counts of what the proxy did.
-#[derive(Debug, Default)]
-pub struct FaultStats {
-    /// Requests that reached the proxy.
-    pub requests: AtomicU64,
-    /// Requests that got a fault.
-    pub faults: AtomicU64,
-}
-
 /// The protocol the proxy understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -129,7 +120,6 @@ pub enum Protocol {
 pub struct FaultProxy {
     addr: SocketAddr,
     script: Arc<Mutex<Script>>,
-    stats: Arc<FaultStats>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -147,26 +137,20 @@ impl FaultProxy {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let script = Arc::new(Mutex::new(Script::default()));
-        let stats = Arc::new(FaultStats::default());
-        let (task_script, task_stats) = (script.clone(), stats.clone());
+        let task_script = script.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let _ = client.set_nodelay(true);
-                let (script, stats) = (task_script.clone(), task_stats.clone());
+                let script = task_script.clone();
                 tokio::spawn(async move {
                     match protocol {
-                        Protocol::Tcp => serve_tcp(client, upstream, script, stats).await,
-                        Protocol::Http => serve_http(client, upstream, script, stats).await,
+                        Protocol::Tcp => serve_tcp(client, upstream, script).await,
+                        Protocol::Http => serve_http(client, upstream, script).await,
                     }
                 });
             }
         });
-        Ok(FaultProxy {
-            addr,
-            script,
-            stats,
-            task,
-        })
+        Ok(FaultProxy { addr, script, task })
     }
 
     /// Where clients connect.
@@ -191,11 +175,6 @@ impl FaultProxy {
         script.next.clear();
         script.every = None;
     }
-
-    /// What the proxy has done so far.
-    pub fn stats(&self) -> &FaultStats {
-        &self.stats
-    }
 }
 
 impl Drop for FaultProxy {
@@ -211,32 +190,22 @@ fn lock(script: &Mutex<Script>) -> std::sync::MutexGuard<'_, Script> {
 }
 
 /// The fault for the request arriving now, if any.
-fn take_fault(script: &Mutex<Script>, stats: &FaultStats) -> Option<Fault> {
-    stats.requests.fetch_add(1, Ordering::Relaxed);
+fn take_fault(script: &Mutex<Script>) -> Option<Fault> {
     let mut script = lock(script);
     script.seen += 1;
-    let fault = match script.next.pop_front() {
+    match script.next.pop_front() {
         Some(fault) => Some(fault),
         None => match &script.every {
             Some((n, fault)) if script.seen.is_multiple_of(*n) => Some(fault.clone()),
             _ => None,
         },
-    };
-    if fault.is_some() {
-        stats.faults.fetch_add(1, Ordering::Relaxed);
     }
-    fault
 }
 
 /// Upper bound on how long a stalled request is held: the client gives up long before.
 const STALL: Duration = Duration::from_secs(120);
 
-async fn serve_tcp(
-    mut client: TcpStream,
-    upstream: SocketAddr,
-    script: Arc<Mutex<Script>>,
-    stats: Arc<FaultStats>,
-) {
+async fn serve_tcp(mut client: TcpStream, upstream: SocketAddr, script: Arc<Mutex<Script>>) {
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         return;
     };
@@ -247,7 +216,7 @@ async fn serve_tcp(
         tokio::select! {
             read = client.read(&mut from_client) => {
                 let n = match read { Ok(0) | Err(_) => return, Ok(n) => n };
-                match take_fault(&script, &stats) {
+                match take_fault(&script) {
                     None => {}
                     Some(Fault::Latency(delay)) => tokio::time::sleep(delay).await,
                     Some(Fault::ResetBeforeForward) => return,
@@ -284,12 +253,7 @@ async fn serve_tcp(
 
 type ProxyBody = Full<Bytes>;
 
-async fn serve_http(
-    client: TcpStream,
-    upstream: SocketAddr,
-    script: Arc<Mutex<Script>>,
-    stats: Arc<FaultStats>,
-) {
+async fn serve_http(client: TcpStream, upstream: SocketAddr, script: Arc<Mutex<Script>>) {
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };
@@ -302,9 +266,9 @@ async fn serve_http(
     tokio::spawn(connection);
     let sender = Arc::new(tokio::sync::Mutex::new(sender));
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        let (sender, script, stats) = (sender.clone(), script.clone(), stats.clone());
+        let (sender, script) = (sender.clone(), script.clone());
         async move {
-            let fault = take_fault(&script, &stats);
+            let fault = take_fault(&script);
             let (parts, body) = request.into_parts();
             let body = body
                 .collect()
@@ -388,8 +352,6 @@ pub struct LossyState {
     lose_next: AtomicU64,
     every: AtomicU64,
     seen: AtomicU64,
-    /// Operations whose reply was "lost".
-    pub lost: AtomicU64,
 }
 
 impl LossyState {
@@ -410,11 +372,7 @@ impl LossyState {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .is_ok();
         let every = self.every.load(Ordering::Relaxed);
-        let lose = scripted || (every > 0 && seen.is_multiple_of(every));
-        if lose {
-            self.lost.fetch_add(1, Ordering::Relaxed);
-        }
-        lose
+        scripted || (every > 0 && seen.is_multiple_of(every))
     }
 
     fn apply<T>(&self, result: Result<T>) -> Result<T> {

@@ -363,6 +363,48 @@ fn matrix(name: &str, subject: &Subject) -> Result<(), Failed> {
     }
 }
 
+/// Throttling that outlasts every retry ends as `throttled` within the operation timeout (not
+/// `timeout`), and on Cosmos DB the service's `x-ms-retry-after-ms` is waited out.
+fn throttling(name: &str, subject: &Subject) -> Result<(), Failed> {
+    let Injector::Proxy(proxy) = &subject.injector else {
+        return Ok(());
+    };
+    let store = subject.store(&format!("throttled-{:08x}", rand::random::<u32>()));
+    proxy.every(1, Fault::Respond(Injected::too_many_requests(None)));
+    let started = Instant::now();
+    let result = runtime().block_on(store.set("k", b"v".to_vec()));
+    let elapsed = started.elapsed();
+    proxy.clear();
+    match result {
+        Err(err) if err.kind() == ErrorKind::Throttled && elapsed < OPERATION_TIMEOUT => {}
+        other => {
+            return Err(format!(
+                "sustained 429: expected throttled within {OPERATION_TIMEOUT:?}, got {other:?} \
+                 after {elapsed:?}"
+            )
+            .into());
+        }
+    }
+    if name == "cosmos" {
+        let mut throttled = Injected::too_many_requests(None);
+        throttled
+            .headers
+            .push(("x-ms-retry-after-ms".to_string(), "1000".to_string()));
+        proxy.next(Fault::Respond(throttled), 1);
+        let started = Instant::now();
+        runtime()
+            .block_on(store.set("k", b"v".to_vec()))
+            .map_err(|err| err.to_string())?;
+        let elapsed = started.elapsed();
+        if elapsed < Duration::from_millis(1000) {
+            return Err(
+                format!("x-ms-retry-after-ms: 1000 was not waited out ({elapsed:?})").into(),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs `calls` on each of 8 concurrent workers while every 10th request loses its reply,
 /// then checks that every call succeeded and that counter `key` reads `expected`.
 fn under_loss<F, Fut>(subject: &Subject, key: &str, expected: i64, calls: F) -> Result<(), Failed>
@@ -444,7 +486,7 @@ fn main() -> ExitCode {
         .chain(EMULATED_PROVIDERS.iter().copied());
     for name in names {
         let is_required = required.iter().any(|r| r == name);
-        let wanted = ["matrix", "lossy_increments", "lossy_cas"]
+        let wanted = ["matrix", "lossy_increments", "lossy_cas", "throttling"]
             .iter()
             .any(|check| {
                 args.filter
@@ -489,6 +531,12 @@ fn main() -> ExitCode {
         trials.push(Trial::test(format!("{name}::lossy_cas"), move || {
             lossy_cas(&s)
         }));
+        if matches!(name, "dynamodb" | "gcs" | "cosmos") {
+            let (s, provider) = (subject.clone(), name.to_string());
+            trials.push(Trial::test(format!("{name}::throttling"), move || {
+                throttling(&provider, &s)
+            }));
+        }
     }
     // The checks of one provider share its proxy: run them one at a time.
     let mut args = args;

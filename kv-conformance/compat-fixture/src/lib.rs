@@ -10,12 +10,16 @@ mod bindings {
     });
 }
 
+// The example's HTTP plumbing, reused as is.
+#[allow(dead_code)]
+#[path = "../../../examples/http-kv/src/http.rs"]
+mod http;
+
 use bindings::exports::wasi::http::incoming_handler::Guest;
 use bindings::wasi::cli::environment;
-use bindings::wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
+use bindings::wasi::http::types::{IncomingRequest, ResponseOutparam};
 use bindings::wasi::keyvalue::{atomics, store};
+use http::Response;
 
 struct Handler;
 
@@ -32,16 +36,7 @@ impl Guest for Handler {
             Ok(count) => (200, format!("{greeting} {count}\n")),
             Err(err) => (500, format!("{err:?}\n")),
         };
-        let response = OutgoingResponse::new(Fields::new());
-        let _ = response.set_status_code(status);
-        let Ok(body) = response.body() else {
-            return;
-        };
-        ResponseOutparam::set(out, Ok(response));
-        if let Ok(stream) = body.write() {
-            let _ = stream.blocking_write_and_flush(text.as_bytes());
-        }
-        let _ = OutgoingBody::finish(body, None);
+        Response::new(status, "text/plain", text.into_bytes()).send(out);
     }
 }
 

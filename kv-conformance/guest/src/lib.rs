@@ -1,52 +1,39 @@
 //! The wasi-kv conformance suite: every case of the contract (docs/semantics.md), written once against
 //! `wasi:keyvalue` and run unchanged against every provider by the host-side runner.
 
+/// `mod bindings` for one conformance world, with the given `wasi:keyvalue@0.2.0-draft2` WIT.
+macro_rules! suite_bindings {
+    ($draft2:tt, $world:tt) => {
+        mod bindings {
+            wit_bindgen::generate!({
+                path: [
+                    $draft2,
+                    "../../wit/keyvalue-draft",
+                    "../../wit/ttl",
+                    "../../wit/host",
+                    "../../wit/conformance",
+                ],
+                world: $world,
+                generate_all,
+            });
+        }
+    };
+}
+
+// The tagged draft2 text.
 #[cfg(not(any(feature = "spin-batch", feature = "draft2-only")))]
-mod bindings {
-    wit_bindgen::generate!({
-        path: [
-            "../../wit/keyvalue",
-            "../../wit/keyvalue-draft",
-            "../../wit/ttl",
-            "../../wit/host",
-            "../../wit/conformance",
-        ],
-        world: "wasi-kv:conformance/guest@0.1.0",
-        generate_all,
-    });
-}
+suite_bindings!("../../wit/keyvalue", "wasi-kv:conformance/guest@0.1.0");
 
-/// The same world with Spin's draft2 WIT: `get-many` returns every key with an optional value.
+// Spin's draft2 WIT: `get-many` returns every key with an optional value.
 #[cfg(all(feature = "spin-batch", not(feature = "draft2-only")))]
-mod bindings {
-    wit_bindgen::generate!({
-        path: [
-            "../../wit/keyvalue-spin",
-            "../../wit/keyvalue-draft",
-            "../../wit/ttl",
-            "../../wit/host",
-            "../../wit/conformance",
-        ],
-        world: "wasi-kv:conformance/guest@0.1.0",
-        generate_all,
-    });
-}
+suite_bindings!("../../wit/keyvalue-spin", "wasi-kv:conformance/guest@0.1.0");
 
-/// Spin's draft2 WIT and nothing else: the world a host that links only draft2 serves.
+// Spin's draft2 WIT and nothing else: the world a host that links only draft2 serves.
 #[cfg(feature = "draft2-only")]
-mod bindings {
-    wit_bindgen::generate!({
-        path: [
-            "../../wit/keyvalue-spin",
-            "../../wit/keyvalue-draft",
-            "../../wit/ttl",
-            "../../wit/host",
-            "../../wit/conformance",
-        ],
-        world: "wasi-kv:conformance/guest-draft2-only@0.1.0",
-        generate_all,
-    });
-}
+suite_bindings!(
+    "../../wit/keyvalue-spin",
+    "wasi-kv:conformance/guest-draft2-only@0.1.0"
+);
 
 mod cases;
 mod check;

@@ -1,34 +1,12 @@
 //! An interop command component: prints [`report::report`], or fails with exit code 1.
 
-#[cfg(feature = "spin")]
-mod bindings {
-    wit_bindgen::generate!({
-        path: [
-            "../../../wit/keyvalue-spin",
-            "../../../wit/keyvalue-draft",
-            "../../../wit/ttl",
-            "../../../wit/http-handler",
-            "../../../wit/interop",
-        ],
-        world: "wasi-kv:interop/spin-command@0.1.0",
-        generate_all,
-    });
-}
+#[macro_use]
+mod wit;
 
+#[cfg(feature = "spin")]
+interop_bindings!("wasi-kv:interop/spin-command@0.1.0");
 #[cfg(feature = "draft")]
-mod bindings {
-    wit_bindgen::generate!({
-        path: [
-            "../../../wit/keyvalue-spin",
-            "../../../wit/keyvalue-draft",
-            "../../../wit/ttl",
-            "../../../wit/http-handler",
-            "../../../wit/interop",
-        ],
-        world: "wasi-kv:interop/draft-command@0.1.0",
-        generate_all,
-    });
-}
+interop_bindings!("wasi-kv:interop/draft-command@0.1.0");
 
 mod report;
 

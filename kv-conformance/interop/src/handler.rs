@@ -1,41 +1,23 @@
 //! An interop HTTP handler: answers every request with [`report::report`] (200), or 500.
 
-#[cfg(feature = "spin")]
-mod bindings {
-    wit_bindgen::generate!({
-        path: [
-            "../../../wit/keyvalue-spin",
-            "../../../wit/keyvalue-draft",
-            "../../../wit/ttl",
-            "../../../wit/http-handler",
-            "../../../wit/interop",
-        ],
-        world: "wasi-kv:interop/spin-handler@0.1.0",
-        generate_all,
-    });
-}
+#[macro_use]
+mod wit;
 
+#[cfg(feature = "spin")]
+interop_bindings!("wasi-kv:interop/spin-handler@0.1.0");
 #[cfg(feature = "draft")]
-mod bindings {
-    wit_bindgen::generate!({
-        path: [
-            "../../../wit/keyvalue-spin",
-            "../../../wit/keyvalue-draft",
-            "../../../wit/ttl",
-            "../../../wit/http-handler",
-            "../../../wit/interop",
-        ],
-        world: "wasi-kv:interop/draft-handler@0.1.0",
-        generate_all,
-    });
-}
+interop_bindings!("wasi-kv:interop/draft-handler@0.1.0");
+
+// The example's HTTP plumbing, reused as is.
+#[allow(dead_code)]
+#[path = "../../../examples/http-kv/src/http.rs"]
+mod http;
 
 mod report;
 
 use bindings::exports::wasi::http::incoming_handler::Guest;
-use bindings::wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
+use bindings::wasi::http::types::{IncomingRequest, ResponseOutparam};
+use http::Response;
 
 struct Handler;
 
@@ -47,16 +29,7 @@ impl Guest for Handler {
         };
         #[cfg(feature = "draft")]
         let text = with_note(text);
-        let response = OutgoingResponse::new(Fields::new());
-        let _ = response.set_status_code(status);
-        let Ok(body) = response.body() else {
-            return;
-        };
-        ResponseOutparam::set(out, Ok(response));
-        if let Ok(stream) = body.write() {
-            let _ = stream.blocking_write_and_flush(text.as_bytes());
-        }
-        let _ = OutgoingBody::finish(body, None);
+        Response::new(status, "text/plain", text.into_bytes()).send(out);
     }
 }
 
