@@ -44,6 +44,12 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
             .ok_or_else(|| anyhow::anyhow!("no bundled profile {:?}", started.flavour))?;
         profile.backend = started.backend.clone();
         let mut url = started.store_url.clone();
+        if args.faults.is_some() && args.provider == "redis-cluster" {
+            bail!(
+                "--faults cannot run on a Redis Cluster: the fault proxy sits in front of one \
+                 address, and a cluster client talks to every node directly"
+            );
+        }
         if args.faults == Some(FaultProfile::Lossy) {
             let protocol = if args.provider == "redis" {
                 Protocol::Tcp

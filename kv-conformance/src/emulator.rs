@@ -197,6 +197,203 @@ impl RedisServer {
     }
 }
 
+/// A Redis Cluster on loopback: three primaries with one replica each, every node a
+/// `redis-server --cluster-enabled yes` process (in memory, a node timeout of one second so a
+/// failover takes seconds), slots assigned by `redis-cli --cluster create`.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<LoopbackServer>,
+    version: String,
+}
+
+/// Primaries of [`RedisCluster`]; each has one replica.
+const CLUSTER_PRIMARIES: usize = 3;
+
+impl RedisCluster {
+    /// Starts the six nodes, creates the cluster and waits until every slot is served and
+    /// every primary has its replica in sync (up to 60 s); `Err` says why it could not.
+    pub fn start() -> Result<RedisCluster, String> {
+        let binary = find_program("redis-server")
+            .ok_or("redis-server is not installed (scripts/setup.sh installs it)")?;
+        let cli = find_program("redis-cli")
+            .ok_or("redis-cli is not installed (scripts/setup.sh installs it)")?;
+        let version = Command::new(&binary)
+            .arg("--version")
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .unwrap_or_default();
+        let mut nodes = Vec::new();
+        for _ in 0..CLUSTER_PRIMARIES * 2 {
+            let binary = binary.clone();
+            // The cluster bus needs a port of its own (by default PORT + 10000, maybe taken).
+            let bus_port = free_port().map_err(|err| format!("no free port: {err}"))?;
+            nodes.push(LoopbackServer::start(Recipe {
+                name: "redis-server (cluster node)",
+                command: Box::new(move |port, dir| {
+                    let mut command = Command::new(&binary);
+                    command
+                        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                        .args([
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            "nodes.conf",
+                        ])
+                        .args(["--cluster-port", &bus_port.to_string()])
+                        .args(["--cluster-node-timeout", "1000"])
+                        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                        .args(["--protected-mode", "yes"])
+                        .arg("--dir")
+                        .arg(dir);
+                    command
+                }),
+                ready: ping,
+                timeout: Duration::from_secs(15),
+            })?);
+        }
+        let cluster = RedisCluster { nodes, version };
+        let created = Command::new(&cli)
+            .args(["--cluster", "create"])
+            .args(
+                cluster
+                    .ports()
+                    .iter()
+                    .map(|port| format!("127.0.0.1:{port}")),
+            )
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|err| format!("cannot run redis-cli: {err}"))?;
+        if !created.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&created.stdout).trim()
+            ));
+        }
+        cluster.wait_healthy(Duration::from_secs(60))?;
+        Ok(cluster)
+    }
+
+    /// Every node's port, primaries first as created.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|node| node.port).collect()
+    }
+
+    /// `redis+cluster://` with the first three nodes as seeds.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .ports()
+            .iter()
+            .take(CLUSTER_PRIMARIES)
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        format!("redis+cluster://{}/", seeds.join(","))
+    }
+
+    /// The server's `--version` line.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The ports of the running nodes that serve slots as primaries.
+    pub fn primaries(&self) -> Vec<u16> {
+        self.running()
+            .filter(|port| {
+                let info = redis_cli(*port, &["INFO", "replication"]).unwrap_or_default();
+                info.lines().any(|line| line.trim() == "role:master") && owns_slots(*port)
+            })
+            .collect()
+    }
+
+    /// Stops the node on `port` (by its PID, `SIGKILL`: no goodbye to the cluster).
+    pub fn kill(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|node| node.port == port) {
+            node.stop();
+        }
+    }
+
+    /// Starts the node on `port` again (same port and node id, empty data: it rejoins and
+    /// syncs from its primary).
+    pub fn restart(&mut self, port: u16) -> Result<(), String> {
+        match self.nodes.iter_mut().find(|node| node.port == port) {
+            Some(node) => node.restart(),
+            None => Err(format!("no cluster node on port {port}")),
+        }
+    }
+
+    fn running(&self) -> impl Iterator<Item = u16> + '_ {
+        self.nodes
+            .iter()
+            .filter(|node| node.process.is_some())
+            .map(|node| node.port)
+    }
+
+    /// Waits until every running node sees `cluster_state:ok`, three primaries serve all
+    /// 16384 slots, and each primary has a replica whose link is up.
+    pub fn wait_healthy(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.health() {
+                Ok(()) => return Ok(()),
+                Err(reason) => last = reason,
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(format!(
+            "the Redis Cluster was not healthy within {} s: {last}",
+            timeout.as_secs()
+        ))
+    }
+
+    fn health(&self) -> Result<(), String> {
+        for port in self.running() {
+            let info = redis_cli(port, &["CLUSTER", "INFO"]).unwrap_or_default();
+            if !info.lines().any(|line| line.trim() == "cluster_state:ok") {
+                return Err(format!("node {port} does not report cluster_state:ok"));
+            }
+        }
+        let primaries = self.primaries();
+        if primaries.len() != CLUSTER_PRIMARIES {
+            return Err(format!("{} primaries serve slots", primaries.len()));
+        }
+        for port in primaries {
+            let info = redis_cli(port, &["INFO", "replication"]).unwrap_or_default();
+            let synced = info
+                .lines()
+                .any(|line| line.starts_with("slave0:") && line.contains("state=online"));
+            if !synced {
+                return Err(format!("primary {port} has no replica in sync"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the node on `port` serves any slot (its own line in `CLUSTER NODES` lists ranges).
+fn owns_slots(port: u16) -> bool {
+    let nodes = redis_cli(port, &["CLUSTER", "NODES"]).unwrap_or_default();
+    nodes
+        .lines()
+        .find(|line| line.contains("myself"))
+        .is_some_and(|line| line.split_whitespace().count() > 8)
+}
+
+/// `redis-cli -p PORT ARGS…` on loopback, its output when it succeeds.
+fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let cli = find_program("redis-cli")?;
+    let output = Command::new(cli)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 fn ping(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(
         &(Ipv4Addr::LOCALHOST, port).into(),
@@ -512,12 +709,15 @@ impl Started {
 }
 
 /// The providers whose emulators this crate starts.
-pub const EMULATED_PROVIDERS: &[&str] = &["redis", "dynamodb", "gcs", "cosmos"];
+pub const EMULATED_PROVIDERS: &[&str] = &["redis", "redis-cluster", "dynamodb", "gcs", "cosmos"];
 
 /// Whether the local emulator of `provider` is installed (by `scripts/setup.sh`).
 pub fn installed(provider: &str) -> bool {
     match provider {
         "redis" => find_program("redis-server").is_some(),
+        "redis-cluster" => {
+            find_program("redis-server").is_some() && find_program("redis-cli").is_some()
+        }
         "dynamodb" => DynamoDbLocal::jar_dir().is_some(),
         "gcs" => FakeGcsServer::binary().is_some(),
         "cosmos" => CosmosServer::modules_dir().is_some(),
@@ -538,6 +738,17 @@ pub fn start(provider: &str) -> Result<Started, String> {
                 backend: server.version().to_string(),
                 flavour: "redis",
                 guard: Arc::new(server),
+            }
+        }
+        "redis-cluster" => {
+            let cluster = RedisCluster::start()?;
+            Started {
+                // Writes are acknowledged once a replica has them, as a failover needs.
+                store_url: format!("{}?wait_replicas=1", cluster.url()),
+                port: cluster.ports()[0],
+                backend: format!("{} (cluster: 3 primaries, 3 replicas)", cluster.version()),
+                flavour: "redis-cluster",
+                guard: Arc::new(cluster),
             }
         }
         "dynamodb" => {

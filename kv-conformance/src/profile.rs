@@ -49,6 +49,7 @@ impl Profile {
         let text = match flavour {
             "memory" => include_str!("../profiles/memory.toml"),
             "redis" => include_str!("../profiles/redis.toml"),
+            "redis-cluster" => include_str!("../profiles/redis-cluster.toml"),
             "dynamodb-local" => include_str!("../profiles/dynamodb-local.toml"),
             "dynamodb" => include_str!("../profiles/dynamodb.toml"),
             "fake-gcs" => include_str!("../profiles/fake-gcs.toml"),

@@ -481,9 +481,15 @@ fn main() -> ExitCode {
     let args = Arguments::from_args();
     let required = harness::required_targets();
     let mut trials = Vec::new();
-    let names = ["memory", "sqlite"]
-        .into_iter()
-        .chain(EMULATED_PROVIDERS.iter().copied());
+    // A fault proxy in front of one cluster node cannot hold a cluster client, which talks to
+    // every node at the address the cluster announces: Redis Cluster's fault test is the
+    // primary killed mid-run in kv-redis/tests/cluster.rs.
+    let names = ["memory", "sqlite"].into_iter().chain(
+        EMULATED_PROVIDERS
+            .iter()
+            .copied()
+            .filter(|name| *name != "redis-cluster"),
+    );
     for name in names {
         let is_required = required.iter().any(|r| r == name);
         let wanted = ["matrix", "lossy_increments", "lossy_cas", "throttling"]

@@ -123,6 +123,31 @@ impl ProviderField {
         }
     }
 
+    /// A list of strings: a TOML array of strings, or comma-separated text (URL queries are
+    /// text); empty items are errors.
+    pub fn list(&self) -> Result<Vec<String>, ConfigError> {
+        let items: Option<Vec<String>> = match &self.value {
+            toml::Value::String(text) => Some(
+                text.split(',')
+                    .map(|item| item.trim().to_string())
+                    .collect(),
+            ),
+            toml::Value::Array(values) => values
+                .iter()
+                .map(|value| value.as_str().map(|item| item.trim().to_string()))
+                .collect(),
+            _ => None,
+        };
+        items
+            .filter(|items| items.iter().all(|item| !item.is_empty()))
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "`{}` must be a list of strings (an array, or text separated by commas)",
+                    self.name
+                ))
+            })
+    }
+
     /// `true` or `false`, as a TOML boolean or as text (URL queries are text).
     pub fn flag(&self) -> Result<bool, ConfigError> {
         match &self.value {
@@ -559,8 +584,31 @@ fn check_namespace(place: &str, namespace: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Parses a store URL. A comma-separated host list (`redis+cluster://h1:p1,h2:p2/…`, as cluster
+/// clients write their seed nodes) keeps the first host in the URL and passes the others as the
+/// provider field `nodes`.
 fn parse_url(place: &str, text: &str) -> Result<Url, ConfigError> {
-    Url::parse(text).map_err(|err| ConfigError::at(place, format!("malformed URL: {err}")))
+    let malformed = |err: url::ParseError| ConfigError::at(place, format!("malformed URL: {err}"));
+    let Some((head, more_hosts)) = split_host_list(text) else {
+        return Url::parse(text).map_err(malformed);
+    };
+    let mut url = Url::parse(&head).map_err(malformed)?;
+    url.query_pairs_mut().append_pair("nodes", &more_hosts);
+    Ok(url)
+}
+
+/// `scheme://[userinfo@]first,more…/rest` → (`scheme://[userinfo@]first/rest`, `more…`).
+fn split_host_list(text: &str) -> Option<(String, String)> {
+    let (scheme, rest) = text.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let hosts_start = authority.rfind('@').map_or(0, |at| at + 1);
+    let (userinfo, hosts) = authority.split_at(hosts_start);
+    let (first, more) = hosts.split_once(',')?;
+    Some((
+        format!("{scheme}://{userinfo}{first}{path}"),
+        more.to_string(),
+    ))
 }
 
 /// Parses `NAME=URL`; `namespace` and `access` may be given as query parameters.
@@ -688,6 +736,41 @@ mod tests {
             "NS" => Some("team-a".to_string()),
             _ => None,
         }
+    }
+
+    #[test]
+    fn host_lists_become_the_nodes_field() {
+        let (_, spec) = parse_short_form(
+            "c=redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7001,h3:7002/?wait_replicas=1",
+        )
+        .unwrap();
+        assert_eq!(spec.provider, "redis+cluster");
+        let url = spec.url.as_ref().unwrap();
+        assert_eq!((url.host_str(), url.port()), (Some("10.0.0.1"), Some(7000)));
+        assert_eq!(url.password(), Some("pw"));
+        let fields = spec.provider_fields();
+        let nodes = fields.iter().find(|field| field.name == "nodes").unwrap();
+        assert_eq!(nodes.list().unwrap(), ["10.0.0.2:7001", "h3:7002"]);
+        assert!(fields.iter().any(|field| field.name == "wait_replicas"));
+        assert_eq!(split_host_list("redis://h:1/0"), None);
+        assert_eq!(
+            split_host_list("redis+cluster://a:1,b:2").unwrap(),
+            ("redis+cluster://a:1".to_string(), "b:2".to_string())
+        );
+    }
+
+    #[test]
+    fn lists_from_arrays_or_text() {
+        let field = |value: toml::Value| ProviderField {
+            name: "nodes".into(),
+            value,
+        };
+        let array = toml::Value::Array(vec!["a:1".into(), "b:2".into()]);
+        assert_eq!(field(array).list().unwrap(), ["a:1", "b:2"]);
+        assert_eq!(field("a:1, b:2".into()).list().unwrap(), ["a:1", "b:2"]);
+        assert!(field("a:1,,b:2".into()).list().is_err());
+        assert!(field(toml::Value::Array(vec![1.into()])).list().is_err());
+        assert!(field(5.into()).list().is_err());
     }
 
     #[test]

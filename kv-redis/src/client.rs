@@ -1,23 +1,84 @@
-//! Building the connection: one `ConnectionManager` (multiplexed, reconnecting) per server.
+//! Building the connection: one `ConnectionManager` (multiplexed, reconnecting) per server, or
+//! one cluster connection (a multiplexed connection per node, slots discovered from the seed
+//! nodes and refreshed on `MOVED`) per cluster.
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{
+    Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisConnectionInfo,
+    RedisFuture, RedisResult, Value,
+};
 
 use crate::config::RedisConfig;
 use kv_core::ConfigError;
 
-/// A lazily connecting manager: an unreachable server shows up as `unavailable` on the first
-/// operation, and a restarted server is reconnected to transparently.
-pub fn connect(config: &RedisConfig) -> Result<ConnectionManager, ConfigError> {
+/// Redirections (`MOVED`, `ASK`) and reconnections the cluster client follows within one
+/// call; longer outages are the host's retry layer's to handle.
+const CLUSTER_RETRIES: u32 = 4;
+
+/// A connection to one server or to a cluster; commands are routed by their first key.
+#[derive(Clone)]
+pub enum RedisConnection {
+    /// One server.
+    Server(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+/// Lazily connecting: an unreachable server shows up as `unavailable` on the first operation,
+/// and a restarted server (or a promoted replica) is reconnected to transparently.
+pub fn connect(config: &RedisConfig) -> Result<RedisConnection, ConfigError> {
+    let error = |err: redis::RedisError| ConfigError(format!("redis: {err}"));
+    if config.cluster {
+        let mut builder = ClusterClientBuilder::new(
+            config
+                .seed_nodes()
+                .into_iter()
+                .map(|(host, port)| node_info(config, host, port))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
+        .retries(CLUSTER_RETRIES)
+        .min_retry_wait(10)
+        .max_retry_wait(250)
+        .connection_timeout(config.connect_timeout)
+        .response_timeout(config.response_timeout);
+        if let Some(username) = &config.username {
+            builder = builder.username(username);
+        }
+        if let Some(password) = &config.password {
+            builder = builder.password(password.expose());
+        }
+        let client = builder.build().map_err(error)?;
+        let cluster_config = ClusterConfig::new()
+            .set_connection_timeout(config.connect_timeout)
+            .set_response_timeout(config.response_timeout);
+        return Ok(RedisConnection::Cluster(
+            client.get_pending_async_connection_with_config(cluster_config),
+        ));
+    }
+    let info = node_info(config, config.host.clone(), config.port)?;
+    let client = redis::Client::open(info).map_err(error)?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_number_of_retries(1)
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.response_timeout));
+    ConnectionManager::new_lazy_with_config(client, manager_config)
+        .map(RedisConnection::Server)
+        .map_err(error)
+}
+
+fn node_info(config: &RedisConfig, host: String, port: u16) -> Result<ConnectionInfo, ConfigError> {
     let addr = if config.tls {
         ConnectionAddr::TcpTls {
-            host: config.host.clone(),
-            port: config.port,
+            host,
+            port,
             insecure: false,
             tls_params: None,
         }
     } else {
-        ConnectionAddr::Tcp(config.host.clone(), config.port)
+        ConnectionAddr::Tcp(host, port)
     };
     let mut redis = RedisConnectionInfo::default().set_db(config.db);
     if let Some(username) = &config.username {
@@ -26,15 +87,145 @@ pub fn connect(config: &RedisConfig) -> Result<ConnectionManager, ConfigError> {
     if let Some(password) = &config.password {
         redis = redis.set_password(password.expose());
     }
-    let info: ConnectionInfo = addr
+    Ok(addr
         .into_connection_info()
         .map_err(|err| ConfigError(format!("redis: {err}")))?
-        .set_redis_settings(redis);
-    let client = redis::Client::open(info).map_err(|err| ConfigError(format!("redis: {err}")))?;
-    let manager_config = ConnectionManagerConfig::new()
-        .set_number_of_retries(1)
-        .set_connection_timeout(Some(config.connect_timeout))
-        .set_response_timeout(Some(config.response_timeout));
-    ConnectionManager::new_lazy_with_config(client, manager_config)
-        .map_err(|err| ConfigError(format!("redis: {err}")))
+        .set_redis_settings(redis))
+}
+
+impl RedisConnection {
+    /// Whether this is a cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisConnection::Cluster(_))
+    }
+
+    /// Sends `command` to the primary serving `slot` (on one server: to the server).
+    pub async fn send_to_slot(&self, slot: u16, command: Cmd) -> RedisResult<Value> {
+        match self {
+            RedisConnection::Server(manager) => command.query_async(&mut manager.clone()).await,
+            RedisConnection::Cluster(cluster) => {
+                let route = Route::new(slot, SlotAddr::Master);
+                cluster
+                    .clone()
+                    .route_command(
+                        command,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await
+            }
+        }
+    }
+
+    /// The cluster's shards, each named by the lowest slot its primary serves, in slot order
+    /// (`CLUSTER SLOTS`); empty on one server.
+    pub async fn shards(&self) -> RedisResult<Vec<u16>> {
+        let RedisConnection::Cluster(cluster) = self else {
+            return Ok(Vec::new());
+        };
+        let reply = cluster
+            .clone()
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await?;
+        Ok(shard_starts(reply))
+    }
+}
+
+/// From a `CLUSTER SLOTS` reply (`[start, end, [host, port, id, …], replicas…]` per range),
+/// the lowest slot of each primary, sorted.
+fn shard_starts(reply: Value) -> Vec<u16> {
+    let mut lowest: std::collections::BTreeMap<(Vec<u8>, i64), u16> = Default::default();
+    let Value::Array(ranges) = reply else {
+        return Vec::new();
+    };
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            continue;
+        };
+        let (Some(Value::Int(start)), Some(Value::Array(primary))) =
+            (fields.first(), fields.get(2))
+        else {
+            continue;
+        };
+        let (Some(Value::BulkString(host)), Some(Value::Int(port))) =
+            (primary.first(), primary.get(1))
+        else {
+            continue;
+        };
+        let Ok(start) = u16::try_from(*start) else {
+            continue;
+        };
+        let slot = lowest.entry((host.clone(), *port)).or_insert(start);
+        *slot = (*slot).min(start);
+    }
+    let mut starts: Vec<u16> = lowest.into_values().collect();
+    starts.sort_unstable();
+    starts
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConnection::Server(manager) => manager.req_packed_command(cmd),
+            RedisConnection::Cluster(cluster) => cluster.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConnection::Server(manager) => {
+                manager.req_packed_commands(pipeline, offset, count)
+            }
+            RedisConnection::Cluster(cluster) => {
+                cluster.req_packed_commands(pipeline, offset, count)
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConnection::Server(manager) => manager.get_db(),
+            RedisConnection::Cluster(cluster) => cluster.get_db(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(host: &str, port: i64) -> Value {
+        Value::Array(vec![
+            Value::BulkString(host.into()),
+            Value::Int(port),
+            Value::BulkString(b"id".to_vec()),
+        ])
+    }
+
+    #[test]
+    fn shards_are_named_by_their_lowest_slot() {
+        let range = |start: i64, end: i64, primary: Value| {
+            Value::Array(vec![
+                Value::Int(start),
+                Value::Int(end),
+                primary,
+                node("r", 1),
+            ])
+        };
+        let reply = Value::Array(vec![
+            range(10923, 16383, node("c", 3)),
+            range(0, 5460, node("a", 1)),
+            range(5461, 10000, node("b", 2)),
+            range(10001, 10922, node("a", 1)),
+        ]);
+        assert_eq!(shard_starts(reply), [0, 5461, 10923]);
+        assert!(shard_starts(Value::Nil).is_empty());
+    }
 }

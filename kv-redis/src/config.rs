@@ -1,6 +1,9 @@
-//! Configuration: `redis://[user[:password]@]host[:port][/db]` or `rediss://` for TLS, plus
-//! the fields `username`, `password`, `connect_timeout_ms`, `response_timeout_ms` as URL
-//! query parameters or `[stores.NAME]` fields.
+//! Configuration: `redis://[user[:password]@]host[:port][/db]` or `rediss://` for TLS;
+//! `redis+cluster://host:port[,host:port…]/` (or `rediss+cluster://`) for a Redis Cluster,
+//! whose seed nodes the client uses to discover every node. Fields, as URL query parameters or
+//! `[stores.NAME]` fields: `username`, `password`, `connect_timeout_ms`, `response_timeout_ms`,
+//! `nodes` (more cluster seed nodes), `wait_replicas` and `wait_timeout_ms` (acknowledge a write
+//! only once that many replicas have it, Redis `WAIT`).
 
 use std::time::Duration;
 
@@ -10,15 +13,21 @@ use url::Url;
 
 /// The longest timeout a field may set: ten minutes.
 const MAX_TIMEOUT_MS: i64 = 600_000;
+/// The most replicas `wait_replicas` may ask for.
+const MAX_WAIT_REPLICAS: i64 = 16;
 
 /// How to reach one Redis server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    /// Host name or address.
+    /// Host name or address (for a cluster: the first seed node).
     pub host: String,
     /// TCP port (default 6379).
     pub port: u16,
-    /// Database number (default 0).
+    /// A Redis Cluster (`redis+cluster://`): keys spread over the cluster's slots.
+    pub cluster: bool,
+    /// More cluster seed nodes, `(host, port)`, after `host:port`.
+    pub nodes: Vec<(String, u16)>,
+    /// Database number (default 0; a cluster has only database 0).
     pub db: i64,
     /// ACL user name.
     pub username: Option<String>,
@@ -30,6 +39,11 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// Time to wait for one reply.
     pub response_timeout: Duration,
+    /// Replicas that must have a write before it is acknowledged (0: the primary's reply
+    /// suffices, Redis's default asynchronous replication).
+    pub wait_replicas: u32,
+    /// How long a write waits for those replicas before it fails as `timeout`.
+    pub wait_timeout: Duration,
 }
 
 impl RedisConfig {
@@ -40,8 +54,24 @@ impl RedisConfig {
             ConfigError("the redis provider needs `url = \"redis://HOST:PORT/DB\"`".into())
         })?;
         let mut config = Self::from_url(url)?;
+        // `provider = "redis-cluster"` with a `redis://` URL means a cluster too.
+        if spec.provider == "redis-cluster" {
+            if config.db != 0 {
+                return Err(ConfigError(format!(
+                    "{}: a Redis Cluster has only database 0",
+                    redact_url(url)
+                )));
+            }
+            config.cluster = true;
+        }
         for field in spec.provider_fields() {
             config.apply(&field)?;
+        }
+        if !config.nodes.is_empty() && !config.cluster {
+            return Err(ConfigError(format!(
+                "{}: `nodes` lists cluster seed nodes; use a redis+cluster:// URL",
+                redact_url(url)
+            )));
         }
         Ok(config)
     }
@@ -52,21 +82,35 @@ impl RedisConfig {
             "password" => self.password = Some(field.secret()?),
             "connect_timeout_ms" => self.connect_timeout = field.millis(MAX_TIMEOUT_MS)?,
             "response_timeout_ms" => self.response_timeout = field.millis(MAX_TIMEOUT_MS)?,
+            "nodes" => {
+                for node in field.list()? {
+                    self.nodes.push(parse_node(&node)?);
+                }
+            }
+            "wait_replicas" => {
+                self.wait_replicas = u32::try_from(field.integer(0..=MAX_WAIT_REPLICAS)?)
+                    .map_err(|_| ConfigError("`wait_replicas` is out of range".into()))?;
+            }
+            "wait_timeout_ms" => self.wait_timeout = field.millis(MAX_TIMEOUT_MS)?,
             _ => return Err(field.unknown("redis")),
         }
         Ok(())
     }
 
-    /// Parses the address part of a `redis://` or `rediss://` URL (its query parameters are
-    /// provider fields, read by [`RedisConfig::from_spec`]).
+    /// Parses the address part of a `redis://`, `rediss://`, `redis+cluster://` or
+    /// `rediss+cluster://` URL (its query parameters are provider fields, read by
+    /// [`RedisConfig::from_spec`]).
     pub fn from_url(url: &Url) -> Result<RedisConfig, ConfigError> {
         let shown = redact_url(url);
-        let tls = match url.scheme() {
-            "redis" => false,
-            "rediss" => true,
+        let (tls, cluster) = match url.scheme() {
+            "redis" => (false, false),
+            "rediss" => (true, false),
+            "redis+cluster" => (false, true),
+            "rediss+cluster" => (true, true),
             other => {
                 return Err(ConfigError(format!(
-                    "{shown}: scheme {other:?} is not redis:// or rediss://"
+                    "{shown}: scheme {other:?} is not redis://, rediss://, redis+cluster:// \
+                     or rediss+cluster://"
                 )));
             }
         };
@@ -85,6 +129,11 @@ impl RedisConfig {
                     ConfigError(format!("{shown}: database {path:?} is not a number"))
                 })?,
         };
+        if cluster && db != 0 {
+            return Err(ConfigError(format!(
+                "{shown}: a Redis Cluster has only database 0"
+            )));
+        }
         let decode = |text: &str| {
             url::form_urlencoded::parse(format!("x={text}").as_bytes())
                 .next()
@@ -94,13 +143,24 @@ impl RedisConfig {
         Ok(RedisConfig {
             host,
             port: url.port().unwrap_or(6379),
+            cluster,
+            nodes: Vec::new(),
             db,
             username: Some(url.username()).filter(|u| !u.is_empty()).map(decode),
             password: url.password().map(|password| Secret::new(decode(password))),
             tls,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(5),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         })
+    }
+
+    /// Every node address the client is given: `host:port`, then `nodes`.
+    pub fn seed_nodes(&self) -> Vec<(String, u16)> {
+        let mut all = vec![(self.host.clone(), self.port)];
+        all.extend(self.nodes.iter().cloned());
+        all
     }
 
     /// Identity of the connection: every setting that changes it, the password as a
@@ -108,15 +168,32 @@ impl RedisConfig {
     pub fn connection_key(&self) -> String {
         ConnectionKey::new("redis")
             .field("tls", self.tls)
-            .field("host", &self.host)
-            .field("port", self.port)
+            .field("cluster", self.cluster)
+            .field("nodes", self.seed_nodes())
             .field("db", self.db)
             .field("username", &self.username)
             .secret("password", self.password.as_ref())
             .field("connect_timeout", self.connect_timeout)
             .field("response_timeout", self.response_timeout)
+            .field("wait_replicas", self.wait_replicas)
+            .field("wait_timeout", self.wait_timeout)
             .finish()
     }
+}
+
+/// `host:port` of a seed node (the port is required: cluster nodes rarely use 6379 alone).
+fn parse_node(text: &str) -> Result<(String, u16), ConfigError> {
+    let invalid = || ConfigError(format!("`nodes`: {text:?} is not HOST:PORT"));
+    let (host, port) = text.rsplit_once(':').ok_or_else(invalid)?;
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|port| *port > 0)
+        .ok_or_else(invalid)?;
+    if host.is_empty() || host.contains(['/', '@', '?', '#']) {
+        return Err(invalid());
+    }
+    Ok((host.to_string(), port))
 }
 
 #[cfg(test)]
@@ -180,6 +257,35 @@ mod tests {
     }
 
     #[test]
+    fn cluster_urls_list_seed_nodes() {
+        let config = from_spec(
+            "redis+cluster://:pw@127.0.0.1:7000,127.0.0.1:7001/?nodes=h:7002&wait_replicas=1",
+        )
+        .unwrap();
+        assert!(config.cluster && !config.tls);
+        assert_eq!(
+            config.seed_nodes(),
+            [
+                ("127.0.0.1".to_string(), 7000),
+                ("h".to_string(), 7002),
+                ("127.0.0.1".to_string(), 7001)
+            ]
+        );
+        assert_eq!(config.wait_replicas, 1);
+        assert!(from_spec("rediss+cluster://h:7000").unwrap().tls);
+        for bad in [
+            "redis+cluster://h:7000/1",
+            "redis://h:7000/?nodes=h:7001",
+            "redis+cluster://h:7000,h/",
+            "redis+cluster://h:7000/?nodes=h:0",
+            "redis+cluster://h:7000/?wait_replicas=-1",
+            "redis+cluster://h:7000/?wait_replicas=17",
+        ] {
+            assert!(from_spec(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn connections_differ_by_every_setting() {
         let key = |url: &str| from_spec(url).unwrap().connection_key();
         let base = key("redis://:a@h:6379/0");
@@ -191,6 +297,10 @@ mod tests {
             "rediss://:a@h:6379/0",
             "redis://:a@h:6379/0?response_timeout_ms=100",
             "redis://:a@h:6379/0?connect_timeout_ms=100",
+            "redis://:a@h:6379/0?wait_replicas=1",
+            "redis://:a@h:6379/0?wait_timeout_ms=100",
+            "redis+cluster://:a@h:6379/0",
+            "redis+cluster://:a@h:6379,h:6380/0",
         ] {
             assert_ne!(base, key(other), "{other}");
         }

@@ -5,6 +5,7 @@ use redis::{RedisError, ServerErrorKind};
 
 /// Maps a Redis error; `op` names the operation for the message.
 pub fn map_error(op: &str, err: RedisError) -> KvError {
+    let err = unwrap_pipeline(err);
     let detail = err.detail().unwrap_or("").to_ascii_lowercase();
     let (kind, transient, message) = match err.kind() {
         redis::ErrorKind::Server(ServerErrorKind::ResponseError)
@@ -28,7 +29,9 @@ pub fn map_error(op: &str, err: RedisError) -> KvError {
             | ServerErrorKind::TryAgain
             | ServerErrorKind::ClusterDown
             | ServerErrorKind::MasterDown
-            | ServerErrorKind::ReadOnly,
+            | ServerErrorKind::ReadOnly
+            | ServerErrorKind::Moved
+            | ServerErrorKind::Ask,
         ) => (
             ErrorKind::Unavailable,
             true,
@@ -59,6 +62,18 @@ pub fn map_error(op: &str, err: RedisError) -> KvError {
     KvError::new(kind, message)
         .with_transient(transient)
         .with_source(err)
+}
+
+/// A pipeline (a write and its `WAIT`) fails with the failed command's server error inside;
+/// that error is the one to classify.
+fn unwrap_pipeline(err: RedisError) -> RedisError {
+    if err.detail().is_some() {
+        return err;
+    }
+    match err.clone().into_server_errors().as_deref() {
+        Some([(_, first), ..]) => RedisError::from(first.clone()),
+        _ => err,
+    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
-//! Redis provider for wasi-kv (docs/providers/redis.md): one Redis key per wasi-kv key under a namespace
-//! prefix; GET/SET/DEL/EXISTS, `SET PX` for TTL, INCRBY, Lua scripts for CAS, MGET and
-//! pipelines for batches, SCAN for listing.
+//! Redis provider for wasi-kv (docs/providers/redis.md): one Redis key per wasi-kv key under a
+//! namespace prefix; GET/SET/DEL/EXISTS, `SET PX` for TTL, INCRBY, Lua scripts for CAS, MGET and
+//! MSET for batches, SCAN for listing. The same on a Redis Cluster (`redis+cluster://`), with
+//! batches split per slot and listing across every primary.
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod slot;
 pub mod store;
 
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use async_trait::async_trait;
 use kv_core::{ConfigError, Provider, ProviderFactory, StoreSpec};
 
 pub use config::RedisConfig;
-pub use store::{RedisProvider, key_prefix};
+pub use store::{RedisProvider, ReplicaWait, key_prefix};
 
 /// Builds Redis providers from `redis://` / `rediss://` store specs.
 #[derive(Debug, Default)]
@@ -33,24 +35,35 @@ impl ProviderFactory for RedisFactory {
 
     async fn connect(&self, spec: &StoreSpec) -> Result<Arc<dyn Provider>, ConfigError> {
         let config = RedisConfig::from_spec(spec)?;
-        Ok(Arc::new(RedisProvider::new(client::connect(&config)?)))
+        let wait = ReplicaWait {
+            replicas: config.wait_replicas,
+            timeout: config.wait_timeout,
+        };
+        Ok(Arc::new(RedisProvider::new(
+            client::connect(&config)?,
+            wait,
+        )))
     }
 }
 
-/// Registers `redis` and `rediss` (TLS) with a registry.
+/// Registers `redis`, `rediss` (TLS), `redis+cluster` and `rediss+cluster` (Redis Cluster;
+/// `redis-cluster` is the same for a `provider = ` field) with a registry: one provider, the
+/// URL's scheme says which.
 pub fn register(registry: &mut kv_core::ProviderRegistry) {
     registry.register(RedisFactory);
-    registry.register(TlsAlias);
+    for name in ["rediss", "redis+cluster", "rediss+cluster", "redis-cluster"] {
+        registry.register(Alias(name));
+    }
 }
 
-/// `rediss://` URLs name the provider `rediss`; they are the same provider with TLS.
-#[derive(Debug, Default)]
-struct TlsAlias;
+/// Another name of the Redis provider (URL schemes name providers).
+#[derive(Debug)]
+struct Alias(&'static str);
 
 #[async_trait]
-impl ProviderFactory for TlsAlias {
+impl ProviderFactory for Alias {
     fn name(&self) -> &'static str {
-        "rediss"
+        self.0
     }
     fn connection_key(&self, spec: &StoreSpec) -> Result<String, ConfigError> {
         RedisFactory.connection_key(spec)

@@ -1,23 +1,28 @@
 //! The mapping of the contract onto Redis commands (README.md has the table).
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
 use kv_core::naming::namespace_prefix;
 use kv_core::{
-    Bucket, Capabilities, KeyPage, KvError, Provider, RequestId, Result, SwapOutcome, Version,
-    Versioned,
+    Bucket, Capabilities, ErrorKind, KeyPage, KvError, Provider, RequestId, Result, SwapOutcome,
+    Version, Versioned,
 };
-use redis::Script;
-use redis::aio::ConnectionManager;
+use redis::{Cmd, FromRedisValue, Script, ServerErrorKind};
 
+use crate::client::RedisConnection;
 use crate::error::map_error;
+use crate::slot::{key_slot, slot_tag};
 
 /// Redis refuses bulk strings above 512 MiB (`proto-max-bulk-len`).
 pub const REDIS_MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
-/// Keys per MGET / DEL and commands per pipeline.
+/// Keys per MGET / MSET / DEL.
 const CHUNK: usize = 500;
+/// Batch commands in flight at once (per-slot commands on a cluster).
+const BATCH_CONCURRENCY: usize = 16;
 /// SCAN COUNT hint per round trip.
 const SCAN_COUNT: usize = 200;
 /// SCAN round trips per `list-keys` page at most (bounds latency on sparse keyspaces).
@@ -42,23 +47,37 @@ fn match_pattern(prefix: &[u8]) -> Vec<u8> {
     pattern
 }
 
-/// A provider over one Redis server and database.
+/// How many replicas must have a write before it is acknowledged (Redis `WAIT`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplicaWait {
+    /// Replicas (0: the primary's reply suffices).
+    pub replicas: u32,
+    /// How long to wait for them.
+    pub timeout: Duration,
+}
+
+/// A provider over one Redis server and database, or over a Redis Cluster.
 #[derive(Clone)]
 pub struct RedisProvider {
-    connection: ConnectionManager,
+    connection: RedisConnection,
+    wait: ReplicaWait,
 }
 
 impl RedisProvider {
-    /// A provider over an existing connection manager.
-    pub fn new(connection: ConnectionManager) -> Self {
-        RedisProvider { connection }
+    /// A provider over an existing connection.
+    pub fn new(connection: RedisConnection, wait: ReplicaWait) -> Self {
+        RedisProvider { connection, wait }
     }
 }
 
 #[async_trait]
 impl Provider for RedisProvider {
     fn name(&self) -> &str {
-        "redis"
+        if self.connection.is_cluster() {
+            "redis+cluster"
+        } else {
+            "redis"
+        }
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -74,6 +93,7 @@ impl Provider for RedisProvider {
         let prefix = key_prefix(namespace);
         Ok(Arc::new(RedisBucket {
             connection: self.connection.clone(),
+            wait: self.wait,
             pattern: match_pattern(&prefix),
             prefix,
             read_script: Script::new(READ_VERSIONED),
@@ -123,14 +143,20 @@ return total
 /// How long a request key is kept: far longer than any operation's retries.
 const REQUEST_KEY_TTL_MS: u64 = 600_000;
 
-/// The key that records an applied increment or swap. Outside every namespace's prefix
-/// (`wasi-kv/<length>/…`), so listing never sees it.
-fn request_key(request: &RequestId) -> String {
-    format!("wasi-kv-request/{}", request.hex())
+/// The key that records an applied increment or swap of `data_key`: outside every namespace's
+/// prefix (`wasi-kv/<length>/…`), so listing never sees it, and with a hash tag that puts it in
+/// `data_key`'s cluster slot, so one script may touch both.
+fn request_key(data_key: &[u8], request: &RequestId) -> String {
+    format!(
+        "wasi-kv-request/{{{}}}/{}",
+        slot_tag(key_slot(data_key)),
+        request.hex()
+    )
 }
 
 struct RedisBucket {
-    connection: ConnectionManager,
+    connection: RedisConnection,
+    wait: ReplicaWait,
     prefix: Vec<u8>,
     pattern: Vec<u8>,
     read_script: Script,
@@ -146,90 +172,255 @@ impl RedisBucket {
         full
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> RedisConnection {
         self.connection.clone()
     }
 
-    /// Parses our cursor: `<scan cursor>` or `<scan cursor>+<keys of that reply already returned>`.
-    fn parse_cursor(cursor: &str) -> Result<(u64, usize)> {
+    /// Sends a read.
+    async fn read<T: FromRedisValue>(&self, op: &str, command: &Cmd) -> Result<T> {
+        self.send(op, command, None, false).await
+    }
+
+    /// Sends a write. With `wait_replicas`, the write and a `WAIT` go in one pipeline on the
+    /// connection to the key's primary, so the wait covers exactly this write; too few
+    /// replicas in time is a `timeout` (the write may or may not survive a failover).
+    async fn write<T: FromRedisValue>(&self, op: &str, command: &Cmd) -> Result<T> {
+        self.send(op, command, None, true).await
+    }
+
+    /// Sends `command`; an `EVALSHA` of `script` that finds the script missing (a restarted
+    /// server, a promoted replica) loads it and is sent once more.
+    async fn send<T: FromRedisValue>(
+        &self,
+        op: &str,
+        command: &Cmd,
+        script: Option<&Script>,
+        durable: bool,
+    ) -> Result<T> {
+        let mut conn = self.conn();
+        let wait = durable && self.wait.replicas > 0;
+        let mut loaded = false;
+        loop {
+            let sent: redis::RedisResult<(T, Option<i64>)> = if wait {
+                let mut pipe = redis::pipe();
+                pipe.add_command(command.clone())
+                    .cmd("WAIT")
+                    .arg(self.wait.replicas)
+                    .arg(u64::try_from(self.wait.timeout.as_millis()).unwrap_or(u64::MAX));
+                pipe.query_async::<(T, i64)>(&mut conn)
+                    .await
+                    .map(|(value, acked)| (value, Some(acked)))
+            } else {
+                command
+                    .query_async::<T>(&mut conn)
+                    .await
+                    .map(|value| (value, None))
+            };
+            match sent {
+                Ok((value, acked)) => {
+                    self.check_replicas(op, acked)?;
+                    return Ok(value);
+                }
+                Err(err)
+                    if !loaded
+                        && err.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) =>
+                {
+                    let script = script.ok_or_else(|| map_error(op, err))?;
+                    script
+                        .load_async(&mut conn)
+                        .await
+                        .map_err(|err| map_error(op, err))?;
+                    loaded = true;
+                }
+                Err(err) => return Err(map_error(op, err)),
+            }
+        }
+    }
+
+    fn check_replicas(&self, op: &str, acked: Option<i64>) -> Result<()> {
+        match acked {
+            Some(acked) if acked < i64::from(self.wait.replicas) => Err(KvError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "redis {op}: the primary applied the write but only {acked} of {} replicas \
+                     had it within {} ms; it may be lost if the primary fails",
+                    self.wait.replicas,
+                    self.wait.timeout.as_millis()
+                ),
+            )
+            .with_transient(true)),
+            _ => Ok(()),
+        }
+    }
+
+    /// `EVALSHA` of `script` with `keys` and `args`.
+    async fn eval<T: FromRedisValue>(
+        &self,
+        op: &str,
+        script: &Script,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+        durable: bool,
+    ) -> Result<T> {
+        let mut command = redis::cmd("EVALSHA");
+        command.arg(script.get_hash()).arg(keys.len());
+        for key in keys {
+            command.arg(*key);
+        }
+        for arg in args {
+            command.arg(*arg);
+        }
+        self.send(op, &command, Some(script), durable).await
+    }
+
+    /// Splits `keys` (full Redis keys) into batches of at most [`CHUNK`] whose keys share one
+    /// cluster slot (a multi-key command may not cross slots); on one server, in order.
+    fn batches(&self, keys: &[Vec<u8>]) -> Vec<Vec<usize>> {
+        if !self.connection.is_cluster() {
+            let indices: Vec<usize> = (0..keys.len()).collect();
+            return indices.chunks(CHUNK).map(<[usize]>::to_vec).collect();
+        }
+        let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (index, key) in keys.iter().enumerate() {
+            by_slot.entry(key_slot(key)).or_default().push(index);
+        }
+        by_slot
+            .into_values()
+            .flat_map(|indices| {
+                indices
+                    .chunks(CHUNK)
+                    .map(<[usize]>::to_vec)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// One `SCAN` round on the shard named by `shard` (its lowest slot), or on the server.
+    async fn scan(&self, shard: Option<u16>, cursor: u64) -> Result<(u64, Vec<Vec<u8>>)> {
+        let mut command = redis::cmd("SCAN");
+        command
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&self.pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT);
+        let reply = match shard {
+            None => return self.read("SCAN", &command).await,
+            Some(slot) => self
+                .connection
+                .send_to_slot(slot, command)
+                .await
+                .map_err(|err| map_error("SCAN", err))?,
+        };
+        redis::from_redis_value(reply)
+            .map_err(|err| map_error("SCAN", redis::RedisError::from(err)))
+    }
+}
+
+/// Where a listing stands: the shard (a cluster's primary, named by its lowest slot), the
+/// `SCAN` cursor on it, and how many keys of that cursor's reply were already returned.
+/// As text: `[<shard>:]<scan cursor>[+<skip>]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ListPosition {
+    shard: Option<u16>,
+    scan: u64,
+    skip: usize,
+}
+
+impl ListPosition {
+    fn parse(cursor: &str, cluster: bool) -> Result<ListPosition> {
         let invalid = || KvError::invalid_cursor("not a redis listing cursor");
-        let (scan, skip) = cursor.split_once('+').unwrap_or((cursor, "0"));
-        Ok((
-            scan.parse().map_err(|_| invalid())?,
-            skip.parse().map_err(|_| invalid())?,
-        ))
+        let (shard, rest) = match (cluster, cursor.split_once(':')) {
+            (true, Some((shard, rest))) => (Some(shard.parse().map_err(|_| invalid())?), rest),
+            (false, None) => (None, cursor),
+            _ => return Err(invalid()),
+        };
+        let (scan, skip) = rest.split_once('+').unwrap_or((rest, "0"));
+        Ok(ListPosition {
+            shard,
+            scan: scan.parse().map_err(|_| invalid())?,
+            skip: skip.parse().map_err(|_| invalid())?,
+        })
+    }
+}
+
+impl std::fmt::Display for ListPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(shard) = self.shard {
+            write!(f, "{shard}:")?;
+        }
+        write!(f, "{}", self.scan)?;
+        if self.skip > 0 {
+            write!(f, "+{}", self.skip)?;
+        }
+        Ok(())
     }
 }
 
 #[async_trait]
 impl Bucket for RedisBucket {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        redis::cmd("GET")
-            .arg(self.key(key))
-            .query_async(&mut self.conn())
-            .await
-            .map_err(|err| map_error("GET", err))
+        self.read("GET", redis::cmd("GET").arg(self.key(key))).await
     }
 
     async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        redis::cmd("SET")
-            .arg(self.key(key))
-            .arg(value)
-            .query_async(&mut self.conn())
+        self.write("SET", redis::cmd("SET").arg(self.key(key)).arg(value))
             .await
-            .map_err(|err| map_error("SET", err))
     }
 
     async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        redis::cmd("SET")
-            .arg(self.key(key))
-            .arg(value)
-            .arg("PX")
-            .arg(millis)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(|err| map_error("SET PX", err))
+        self.write(
+            "SET PX",
+            redis::cmd("SET")
+                .arg(self.key(key))
+                .arg(value)
+                .arg("PX")
+                .arg(millis),
+        )
+        .await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        redis::cmd("DEL")
-            .arg(self.key(key))
-            .query_async::<i64>(&mut self.conn())
+        self.write::<i64>("DEL", redis::cmd("DEL").arg(self.key(key)))
             .await
             .map(drop)
-            .map_err(|err| map_error("DEL", err))
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
-        redis::cmd("EXISTS")
-            .arg(self.key(key))
-            .query_async::<i64>(&mut self.conn())
+        self.read::<i64>("EXISTS", redis::cmd("EXISTS").arg(self.key(key)))
             .await
             .map(|count| count > 0)
-            .map_err(|err| map_error("EXISTS", err))
     }
 
     async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {
-        let (mut scan, mut skip) = match cursor {
-            Some(cursor) => Self::parse_cursor(cursor)?,
-            None => (0, 0),
-        };
+        // On a cluster, every primary is scanned in turn, in the order of the slots they serve.
+        let shards = self
+            .connection
+            .shards()
+            .await
+            .map_err(|err| map_error("CLUSTER SLOTS", err))?;
+        let cluster = self.connection.is_cluster();
+        let mut position =
+            match cursor {
+                Some(cursor) => ListPosition::parse(cursor, cluster)?,
+                None => ListPosition {
+                    shard: match cluster {
+                        true => Some(*shards.first().ok_or_else(|| {
+                            KvError::unavailable("redis cluster: no slot is served")
+                        })?),
+                        false => None,
+                    },
+                    scan: 0,
+                    skip: 0,
+                },
+            };
         let mut keys = Vec::new();
-        let mut conn = self.conn();
         for _ in 0..SCAN_ROUNDS {
-            let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(scan)
-                .arg("MATCH")
-                .arg(&self.pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .query_async(&mut conn)
-                .await
-                .map_err(|err| map_error("SCAN", err))?;
-            let fresh = batch.len().saturating_sub(skip);
+            let (next, batch) = self.scan(position.shard, position.scan).await?;
+            let fresh = batch.len().saturating_sub(position.skip);
             let room = limit - keys.len();
-            for raw in batch.iter().skip(skip).take(room) {
+            for raw in batch.iter().skip(position.skip).take(room) {
                 let Some(rest) = raw.strip_prefix(self.prefix.as_slice()) else {
                     continue;
                 };
@@ -240,15 +431,23 @@ impl Bucket for RedisBucket {
             }
             if fresh > room {
                 // The reply does not fit: come back to the same SCAN cursor and skip what we took.
+                position.skip += room;
                 return Ok(KeyPage {
                     keys,
-                    cursor: Some(format!("{scan}+{}", skip + room)),
+                    cursor: Some(position.to_string()),
                 });
             }
-            skip = 0;
-            scan = next;
-            if scan == 0 {
-                return Ok(KeyPage { keys, cursor: None });
+            position.skip = 0;
+            position.scan = next;
+            if next == 0 {
+                // This server or shard is done; a cluster goes on with the next shard.
+                let next_shard = position
+                    .shard
+                    .and_then(|shard| shards.iter().copied().find(|start| *start > shard));
+                match next_shard {
+                    Some(shard) => position.shard = Some(shard),
+                    None => return Ok(KeyPage { keys, cursor: None }),
+                }
             }
             if keys.len() + SCAN_COUNT * 2 > limit {
                 break;
@@ -256,20 +455,24 @@ impl Bucket for RedisBucket {
         }
         Ok(KeyPage {
             keys,
-            cursor: Some(scan.to_string()),
+            cursor: Some(position.to_string()),
         })
     }
 
     async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
+        let key = self.key(key);
         let total: String = self
-            .increment_script
-            .key(self.key(key))
-            .key(request_key(request))
-            .arg(delta)
-            .arg(REQUEST_KEY_TTL_MS)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(|err| map_error("INCRBY", err))?;
+            .eval(
+                "INCRBY",
+                &self.increment_script,
+                &[&key, request_key(&key, request).as_bytes()],
+                &[
+                    delta.to_string().as_bytes(),
+                    REQUEST_KEY_TTL_MS.to_string().as_bytes(),
+                ],
+                true,
+            )
+            .await?;
         total
             .parse()
             .map_err(|_| KvError::internal("redis INCRBY: the counter did not read back as an i64"))
@@ -277,11 +480,8 @@ impl Bucket for RedisBucket {
 
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
         let read: Option<(Vec<u8>, String)> = self
-            .read_script
-            .key(self.key(key))
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(|err| map_error("CAS read", err))?;
+            .eval("CAS read", &self.read_script, &[&self.key(key)], &[], false)
+            .await?;
         Ok(match read {
             Some((value, digest)) => Versioned {
                 value: Some(value),
@@ -305,16 +505,20 @@ impl Bucket for RedisBucket {
             Version::Absent => "",
             Version::Tag(digest) => digest.as_str(),
         };
+        let key = self.key(key);
         let swapped: i64 = self
-            .swap_script
-            .key(self.key(key))
-            .key(request_key(request))
-            .arg(expected)
-            .arg(value)
-            .arg(REQUEST_KEY_TTL_MS)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(|err| map_error("CAS swap", err))?;
+            .eval(
+                "CAS swap",
+                &self.swap_script,
+                &[&key, request_key(&key, request).as_bytes()],
+                &[
+                    expected.as_bytes(),
+                    &value,
+                    REQUEST_KEY_TTL_MS.to_string().as_bytes(),
+                ],
+                true,
+            )
+            .await?;
         Ok(if swapped == 1 {
             SwapOutcome::Swapped
         } else {
@@ -323,53 +527,73 @@ impl Bucket for RedisBucket {
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        let mut values = Vec::with_capacity(keys.len());
-        let mut conn = self.conn();
-        for chunk in keys.chunks(CHUNK) {
-            let mut command = redis::cmd("MGET");
-            for key in chunk {
-                command.arg(self.key(key));
+        let full: Vec<Vec<u8>> = keys.iter().map(|key| self.key(key)).collect();
+        let parts: Vec<(Vec<usize>, Vec<Option<Vec<u8>>>)> =
+            futures::stream::iter(self.batches(&full))
+                .map(|batch| async {
+                    let mut command = redis::cmd("MGET");
+                    for &index in &batch {
+                        command.arg(&full[index]);
+                    }
+                    let values: Vec<Option<Vec<u8>>> = self.read("MGET", &command).await?;
+                    if values.len() != batch.len() {
+                        return Err(KvError::internal("redis MGET: reply of the wrong length"));
+                    }
+                    Ok((batch, values))
+                })
+                .buffer_unordered(BATCH_CONCURRENCY)
+                .try_collect()
+                .await?;
+        let mut values = vec![None; keys.len()];
+        for (batch, part) in parts {
+            for (index, value) in batch.into_iter().zip(part) {
+                values[index] = value;
             }
-            let part: Vec<Option<Vec<u8>>> = command
-                .query_async(&mut conn)
-                .await
-                .map_err(|err| map_error("MGET", err))?;
-            values.extend(part);
         }
         Ok(values)
     }
 
     async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
-        let mut conn = self.conn();
-        for chunk in entries.chunks(CHUNK) {
-            // A pipeline keeps order, so for duplicate keys the last entry wins.
-            let mut pipe = redis::pipe();
-            for (key, value) in chunk {
-                pipe.cmd("SET")
-                    .arg(self.key(key))
-                    .arg(value.as_slice())
-                    .ignore();
-            }
-            pipe.query_async::<()>(&mut conn)
-                .await
-                .map_err(|err| map_error("SET pipeline", err))?;
+        // For duplicate keys the last entry wins: keep only it, so batches never race.
+        let mut last: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
+        for (index, (key, _)) in entries.iter().enumerate() {
+            last.insert(key, index);
         }
-        Ok(())
+        let kept: Vec<&(String, Vec<u8>)> = entries
+            .iter()
+            .enumerate()
+            .filter(|(index, (key, _))| last.get(key.as_str()) == Some(index))
+            .map(|(_, entry)| entry)
+            .collect();
+        let full: Vec<Vec<u8>> = kept.iter().map(|(key, _)| self.key(key)).collect();
+        futures::stream::iter(self.batches(&full))
+            .map(|batch| async {
+                let mut command = redis::cmd("MSET");
+                for index in batch {
+                    command.arg(&full[index]).arg(kept[index].1.as_slice());
+                }
+                self.write::<()>("MSET", &command).await
+            })
+            .buffer_unordered(BATCH_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await
+            .map(drop)
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<()> {
-        let mut conn = self.conn();
-        for chunk in keys.chunks(CHUNK) {
-            let mut command = redis::cmd("DEL");
-            for key in chunk {
-                command.arg(self.key(key));
-            }
-            command
-                .query_async::<i64>(&mut conn)
-                .await
-                .map_err(|err| map_error("DEL", err))?;
-        }
-        Ok(())
+        let full: Vec<Vec<u8>> = keys.iter().map(|key| self.key(key)).collect();
+        futures::stream::iter(self.batches(&full))
+            .map(|batch| async {
+                let mut command = redis::cmd("DEL");
+                for index in batch {
+                    command.arg(&full[index]);
+                }
+                self.write::<i64>("DEL", &command).await
+            })
+            .buffer_unordered(BATCH_CONCURRENCY)
+            .try_collect::<Vec<i64>>()
+            .await
+            .map(drop)
     }
 }
 
@@ -395,9 +619,38 @@ mod tests {
     }
 
     #[test]
-    fn cursors_parse() {
-        assert_eq!(RedisBucket::parse_cursor("17").unwrap(), (17, 0));
-        assert_eq!(RedisBucket::parse_cursor("17+40").unwrap(), (17, 40));
-        assert!(RedisBucket::parse_cursor("x").is_err());
+    fn cursors_round_trip() {
+        let server = |scan, skip| ListPosition {
+            shard: None,
+            scan,
+            skip,
+        };
+        assert_eq!(ListPosition::parse("17", false).unwrap(), server(17, 0));
+        assert_eq!(ListPosition::parse("17+40", false).unwrap(), server(17, 40));
+        let on_shard = ListPosition {
+            shard: Some(5461),
+            scan: 17,
+            skip: 3,
+        };
+        assert_eq!(on_shard.to_string(), "5461:17+3");
+        assert_eq!(ListPosition::parse("5461:17+3", true).unwrap(), on_shard);
+        assert_eq!(server(9, 0).to_string(), "9");
+        for (bad, cluster) in [("x", false), ("1:2", false), ("17", true), ("a:1", true)] {
+            assert!(ListPosition::parse(bad, cluster).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn request_keys_share_the_data_keys_slot() {
+        let request = RequestId::new();
+        for key in [
+            &b"wasi-kv/1/a/k"[..],
+            b"wasi-kv/1/a/{x}",
+            b"wasi-kv/2/{}/}{",
+        ] {
+            let request_key = request_key(key, &request);
+            assert_eq!(key_slot(request_key.as_bytes()), key_slot(key));
+            assert!(request_key.starts_with("wasi-kv-request/{"));
+        }
     }
 }

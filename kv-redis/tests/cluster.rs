@@ -1,0 +1,216 @@
+//! Redis Cluster tests against a real local cluster (three primaries, three replicas, every node
+//! a `redis-server` started by the harness on loopback and stopped by PID). Without redis-server
+//! they are ignored, unless `KV_REQUIRE` names `redis-cluster`, where that is a failure. The
+//! conformance suite runs on the cluster too (kv-conformance's `redis-cluster` target).
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_conformance::emulator::RedisCluster;
+use kv_conformance::provider_tests::{self, TestResult, check};
+use kv_core::{Access, KvStore, ProviderFactory, Stores};
+use libtest_mimic::Failed;
+
+async fn store(cluster: &RedisCluster, query: &str, timeout: Duration, attempts: u32) -> KvStore {
+    let (_, spec) = kv_core::config::parse_short_form(&format!("c={}{query}", cluster.url()))
+        .expect("url parses");
+    let provider: Arc<dyn kv_core::Provider> = kv_redis::RedisFactory
+        .connect(&spec)
+        .await
+        .expect("provider builds");
+    let stores = Stores::builder(provider_tests::limits(timeout, attempts))
+        .store("s", provider, "ns", Access::ReadWrite)
+        .build();
+    stores.open("s").await.expect("store opens")
+}
+
+/// Keys per primary, by `DBSIZE` on each primary.
+async fn keys_per_primary(cluster: &RedisCluster) -> Result<BTreeMap<u16, i64>, Failed> {
+    let mut sizes = BTreeMap::new();
+    for port in cluster.primaries() {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let size: i64 = redis::cmd("DBSIZE").query_async(&mut conn).await?;
+        sizes.insert(port, size);
+    }
+    Ok(sizes)
+}
+
+/// 3,000 keys written in batches spread over every primary; listing walks all of them, page by
+/// page, with cursors that name the shard; batches read and delete across slots.
+async fn keys_spread_and_listing_spans_every_primary(cluster: RedisCluster) -> TestResult {
+    let store = store(&cluster, "", Duration::from_secs(5), 3).await;
+    let keys: Vec<String> = (0..3000).map(|i| format!("key-{i}")).collect();
+    for chunk in keys.chunks(1000) {
+        let mut entries: Vec<(String, Vec<u8>)> = chunk
+            .iter()
+            .map(|key| (key.clone(), b"first".to_vec()))
+            .collect();
+        // Duplicates: the last entry of a key wins, even across slots and batches.
+        entries.extend(
+            chunk
+                .iter()
+                .map(|key| (key.clone(), key.as_bytes().to_vec())),
+        );
+        store.set_many(entries).await?;
+    }
+    let sizes = keys_per_primary(&cluster).await?;
+    check(
+        sizes.len() == 3 && sizes.values().all(|size| *size > 500),
+        format!("keys per primary: {sizes:?}"),
+    )?;
+    // Every primary holds keys, so a complete listing proves the cursor moved across shards.
+    let mut listed = provider_tests::list_all(&store).await?;
+    listed.sort();
+    listed.dedup();
+    let mut expected = keys.clone();
+    expected.sort();
+    check(
+        listed == expected,
+        format!("listed {} of 3000 keys", listed.len()),
+    )?;
+    let values = store.get_many(&keys[..1000]).await?;
+    check(
+        values
+            .iter()
+            .zip(&keys)
+            .all(|(value, key)| value.as_deref() == Some(key.as_bytes())),
+        "get-many of 1,000 keys returns each key's last value, in order",
+    )?;
+    store.delete_many(&keys).await?;
+    check(
+        provider_tests::list_all(&store).await?.is_empty(),
+        "everything deleted",
+    )?;
+    Ok(())
+}
+
+/// A primary killed (`SIGKILL`) mid-run: its replica takes over; the killed node is started
+/// again once it has, and rejoins as the new primary's replica; writes resume (with
+/// `wait_replicas = 1` a write to that shard is acknowledged only once the replica is back), and
+/// no acknowledged write is lost — every acknowledged `set` reads back, and the counter holds at
+/// least every acknowledged increment and at most every attempted one (each applied once).
+async fn failover_loses_no_acknowledged_write(mut cluster: RedisCluster) -> TestResult {
+    let store = store(
+        &cluster,
+        "?wait_replicas=1&wait_timeout_ms=1000",
+        Duration::from_secs(2),
+        1,
+    )
+    .await;
+    let victim = *cluster
+        .primaries()
+        .first()
+        .ok_or_else(|| Failed::from("no primary"))?;
+    let mut acknowledged: BTreeMap<String, String> = BTreeMap::new();
+    let (mut increments_acked, mut increments_tried) = (0i64, 0i64);
+    let mut errors = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut killed_at = None;
+    let mut acked_after_kill = 0;
+    let (mut restarted, mut failed_over) = (false, None);
+    for i in 0..100_000u32 {
+        if Instant::now() > deadline {
+            return Err(Failed::from(format!(
+                "writes did not resume after the failover: {acked_after_kill} acknowledged, \
+                 last errors {:?}",
+                errors.iter().rev().take(3).collect::<Vec<_>>()
+            )));
+        }
+        if i == 300 {
+            cluster.kill(victim);
+            killed_at = Some(Instant::now());
+        }
+        if killed_at.is_some() && !restarted && i % 10 == 0 {
+            let primaries = tokio::task::block_in_place(|| cluster.primaries());
+            if primaries.len() == 3 && !primaries.contains(&victim) {
+                failed_over = killed_at.map(|at| at.elapsed());
+                cluster.restart(victim).map_err(Failed::from)?;
+                restarted = true;
+            }
+        }
+        // Enough writes after the failover to reach every slot again.
+        if restarted && acked_after_kill >= 600 {
+            break;
+        }
+        let key = format!("key-{}", i % 1000);
+        let value = format!("value-{i}");
+        let written = if i % 4 == 0 {
+            increments_tried += 1;
+            store.increment("counter", 1).await.map(|_| {
+                increments_acked += 1;
+            })
+        } else {
+            store.set(&key, value.as_bytes().to_vec()).await.map(|()| {
+                acknowledged.insert(key.clone(), value.clone());
+            })
+        };
+        match written {
+            Ok(()) if killed_at.is_some() => acked_after_kill += 1,
+            Ok(()) => {}
+            Err(err) if killed_at.is_none() => {
+                return Err(Failed::from(format!(
+                    "write {i} failed before the kill: {err}"
+                )));
+            }
+            Err(err) => {
+                // Not acknowledged, yet it may have applied: the key's expectation is
+                // dropped until a later write of it is acknowledged.
+                acknowledged.remove(&key);
+                errors.push(err.to_string());
+            }
+        }
+    }
+    let run = killed_at.map(|at| at.elapsed());
+    tokio::task::block_in_place(|| cluster.wait_healthy(Duration::from_secs(60)))
+        .map_err(Failed::from)?;
+    for (key, value) in &acknowledged {
+        let read = store.get(key).await?;
+        check(
+            read.as_deref() == Some(value.as_bytes()),
+            format!("acknowledged {key} = {value}, read {read:?}"),
+        )?;
+    }
+    let counter: i64 = String::from_utf8(store.get("counter").await?.unwrap_or_default())
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(-1);
+    check(
+        (increments_acked..=increments_tried).contains(&counter),
+        format!("counter {counter}: {increments_acked} acknowledged, {increments_tried} tried"),
+    )?;
+    check(
+        cluster.primaries().len() == 3 && !cluster.primaries().contains(&victim),
+        format!(
+            "the replica took over: primaries {:?}, victim {victim}",
+            cluster.primaries()
+        ),
+    )?;
+    eprintln!(
+        "failover: the replica took over {failed_over:?} after the kill; {} writes failed \
+         meanwhile; {} keys and {increments_acked} increments acknowledged and verified \
+         ({run:?} from the kill to the end of the run)",
+        errors.len(),
+        acknowledged.len()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let installed = kv_conformance::emulator::installed("redis-cluster");
+    provider_tests::main::<RedisCluster>(
+        "redis-cluster",
+        installed,
+        RedisCluster::start,
+        vec![
+            ("keys_spread_and_listing_spans_every_primary", |c| {
+                Box::pin(keys_spread_and_listing_spans_every_primary(c))
+            }),
+            ("failover_loses_no_acknowledged_write", |c| {
+                Box::pin(failover_loses_no_acknowledged_write(c))
+            }),
+        ],
+    )
+}
