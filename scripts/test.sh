@@ -41,3 +41,7 @@ step "cargo test (build)"
 cargo test --workspace --locked --no-run
 step "cargo test (run)"
 cargo test --workspace --locked
+# Windows: wasi-kv.exe cross-built with mingw-w64, its memory and Redis suites, the counter
+# example and kv-core's unit tests run under wine (scripts/platforms.sh, docs/platforms.md).
+step "windows (cross build, suites under wine)"
+scripts/platforms.sh --windows

@@ -87,6 +87,12 @@ pub struct ServeArgs {
     /// How long Ctrl-C or SIGTERM waits for in-flight requests, e.g. `30s`.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Let the component's outbound HTTP reach `SCHEME://HOST[:PORT]` (Spin's
+    /// `allowed_outbound_hosts` patterns: `https://*.example.com`, `http://127.0.0.1:*`);
+    /// repeatable, added to the config file's `[outbound] allowed_hosts`. Without any, every
+    /// outbound request is denied.
+    #[arg(long = "allow-outbound", value_name = "SCHEME://HOST[:PORT]")]
+    pub allow_outbound: Vec<String>,
     /// The component (.wasm).
     pub component: PathBuf,
 }

@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod conformance;
+pub mod outbound;
 pub mod run;
 pub mod serve;
 pub mod spin_config;

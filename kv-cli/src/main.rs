@@ -64,12 +64,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve(args) => {
             let stores = kv_cli::open_stores(&args.stores).await?;
+            let mut allowed_outbound =
+                kv_cli::load_config(args.stores.config.as_deref(), &[])?.allowed_outbound_hosts;
+            allowed_outbound.extend(args.allow_outbound);
             let options = ServeOptions {
                 component: args.component,
                 envs: args.envs,
                 time_limit: args.time_limit,
                 memory_limit: args.memory_limit,
                 shutdown_timeout: args.shutdown_timeout,
+                allowed_outbound,
             };
             let server = Arc::new(Server::new(options, stores)?);
             let listener = kv_cli::serve::bind(args.addr).await?;

@@ -86,8 +86,8 @@ pub async fn run(options: &RunOptions, stores: Arc<Stores>, output: Output) -> a
         wasi.env(name, value);
     }
     for dir in &options.dirs {
-        let (host, guest) = dir.split_once("::").unwrap_or((dir, dir));
-        wasi.preopened_dir(host, guest, FsPerms::ReadWrite)
+        let (host, guest) = parse_dir(dir, cfg!(windows));
+        wasi.preopened_dir(host, &guest, FsPerms::ReadWrite)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("--dir {dir}: cannot open {host}"))?;
     }
@@ -118,4 +118,40 @@ pub(crate) fn load_component(engine: &Engine, path: &Path) -> anyhow::Result<Com
     Component::from_file(engine, path)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("{}: not a loadable WebAssembly component", path.display()))
+}
+
+/// `--dir HOST[::GUEST]`: the host directory and the path the guest sees. Without `::` the
+/// guest sees the host path; a Windows host path (`C:\data`, `\\server\share`) is offered to
+/// the guest with forward slashes (`C:/data`), since WASI paths use `/`. `::` never occurs in a
+/// Windows path (a drive letter has one colon), so `C:\data::/data` splits at the `::`.
+fn parse_dir(text: &str, windows: bool) -> (&str, String) {
+    match text.split_once("::") {
+        Some((host, guest)) => (host, guest.to_string()),
+        None if windows => (text, text.replace('\\', "/")),
+        None => (text, text.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_dir;
+
+    #[test]
+    fn dirs_parse_with_windows_paths() {
+        assert_eq!(parse_dir("data", false), ("data", "data".to_string()));
+        assert_eq!(parse_dir("/srv/x::/x", false), ("/srv/x", "/x".to_string()));
+        assert_eq!(
+            parse_dir(r"C:\data::/data", true),
+            (r"C:\data", "/data".to_string())
+        );
+        assert_eq!(
+            parse_dir(r"C:\data", true),
+            (r"C:\data", "C:/data".to_string())
+        );
+        assert_eq!(
+            parse_dir(r"\\server\share\kv", true),
+            (r"\\server\share\kv", "//server/share/kv".to_string())
+        );
+        assert_eq!(parse_dir(r"a\b", false), (r"a\b", r"a\b".to_string()));
+    }
 }

@@ -38,6 +38,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::outbound::{OutboundHooks, OutboundPolicy};
 use crate::run::load_component;
 
 /// How often the engine's epoch advances: the granularity of the time limit, and how often
@@ -60,6 +61,8 @@ pub struct ServeOptions {
     pub memory_limit: usize,
     /// How long shutdown waits for in-flight requests before dropping them.
     pub shutdown_timeout: Duration,
+    /// Where outbound HTTP may go (`SCHEME://HOST[:PORT]` patterns); empty denies all.
+    pub allowed_outbound: Vec<String>,
 }
 
 impl Default for ServeOptions {
@@ -70,6 +73,7 @@ impl Default for ServeOptions {
             time_limit: Duration::from_secs(30),
             memory_limit: 128 << 20,
             shutdown_timeout: Duration::from_secs(30),
+            allowed_outbound: Vec::new(),
         }
     }
 }
@@ -79,6 +83,7 @@ pub struct RequestState {
     table: ResourceTable,
     wasi: WasiCtx,
     http: WasiHttpCtx,
+    hooks: OutboundHooks,
     kv: KvCtx,
     limiter: MemoryLimiter,
 }
@@ -97,7 +102,7 @@ impl WasiHttpView for RequestState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.hooks,
         }
     }
 }
@@ -278,6 +283,7 @@ pub struct Server {
     stores: Arc<Stores>,
     envs: Vec<(String, String)>,
     options: ServeOptions,
+    outbound: Arc<OutboundPolicy>,
     next_request: AtomicU64,
     _ticker: EpochTicker,
 }
@@ -293,6 +299,7 @@ impl Server {
                 .with_context(|| format!("--env {pair}: expected NAME=VALUE"))?;
             envs.push((name.to_string(), value.to_string()));
         }
+        let outbound = Arc::new(OutboundPolicy::parse(&options.allowed_outbound)?);
         let mut config = Config::new();
         config.epoch_interruption(true);
         // Pre-reserved instance slots: per-request instantiation reuses memory instead of
@@ -329,6 +336,7 @@ impl Server {
             stores,
             envs,
             options,
+            outbound,
             next_request: AtomicU64::new(1),
             _ticker: ticker,
         })
@@ -500,6 +508,7 @@ impl Server {
             table: ResourceTable::new(),
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
+            hooks: OutboundHooks::new(self.outbound.clone()),
             kv: KvCtx::new(self.stores.clone()),
             limiter: MemoryLimiter {
                 limit: self.options.memory_limit,
@@ -593,7 +602,8 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr}"))
 }
 
-/// Completes on Ctrl-C or SIGTERM.
+/// Completes on Ctrl-C, or SIGTERM on Unix, or Ctrl-Break, closing the console or system
+/// shutdown on Windows (where SIGTERM does not exist).
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(err) = tokio::signal::ctrl_c().await {
@@ -613,10 +623,31 @@ pub async fn shutdown_signal() {
             }
         }
     };
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    let terminate = async {
+        use tokio::signal::windows;
+        match (
+            windows::ctrl_break(),
+            windows::ctrl_close(),
+            windows::ctrl_shutdown(),
+        ) {
+            (Ok(mut brk), Ok(mut close), Ok(mut shutdown)) => {
+                tokio::select! {
+                    _ = brk.recv() => {}
+                    _ = close.recv() => {}
+                    _ = shutdown.recv() => {}
+                }
+            }
+            _ => {
+                error!("cannot listen for Ctrl-Break and console close");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(any(unix, windows)))]
     let terminate = std::future::pending::<()>();
     tokio::select! {
         () = ctrl_c => info!("Ctrl-C received"),
-        () = terminate => info!("SIGTERM received"),
+        () = terminate => info!("termination requested (SIGTERM, Ctrl-Break or console close)"),
     }
 }

@@ -14,12 +14,13 @@ pub fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-/// Finds an executable on `PATH` (and in `/usr/sbin`, `/usr/bin`).
+/// Finds an executable on `PATH` (and in `/usr/sbin`, `/usr/bin`); on Windows `NAME.exe`.
 pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
+    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join(name))
+        .map(|dir| dir.join(&file))
         .find(|candidate| candidate.is_file())
 }
 

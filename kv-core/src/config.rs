@@ -245,6 +245,9 @@ pub struct KvConfig {
     pub cursor_secret: Option<CursorSecret>,
     /// Keys preset before the component starts (`[stores.NAME.seed]`, `--seed`).
     pub seeds: Vec<Seed>,
+    /// `[outbound] allowed_hosts`: where a component's outbound HTTP may go
+    /// (`SCHEME://HOST[:PORT]` patterns, checked by the server that uses them).
+    pub allowed_outbound_hosts: Vec<String>,
 }
 
 /// A key written into a store before the component starts: test data, demo data, the state
@@ -311,6 +314,9 @@ impl KvConfig {
         if let Some(cursors) = root.remove("cursors") {
             config.cursor_secret = Some(parse_cursors(cursors, env)?);
         }
+        if let Some(outbound) = root.remove("outbound") {
+            config.allowed_outbound_hosts = parse_outbound(outbound)?;
+        }
         if let Some(stores) = root.remove("stores") {
             let toml::Value::Table(stores) = stores else {
                 return Err(ConfigError::at("stores", "must be a table of stores"));
@@ -332,7 +338,7 @@ impl KvConfig {
         if let Some(unknown) = root.keys().next() {
             return Err(ConfigError::at(
                 unknown,
-                "unknown top-level key (expected `stores`, `limits` or `cursors`)",
+                "unknown top-level key (expected `stores`, `limits`, `cursors` or `outbound`)",
             ));
         }
         Ok(config)
@@ -417,6 +423,39 @@ fn toml_error(text: &str, err: &toml::de::Error) -> ConfigError {
         .collect::<Vec<_>>()
         .join(" ");
     ConfigError(format!("invalid TOML{}: {message}", at.unwrap_or_default()))
+}
+
+/// `[outbound] allowed_hosts = ["https://api.example.com", …]`.
+fn parse_outbound(value: toml::Value) -> Result<Vec<String>, ConfigError> {
+    let toml::Value::Table(mut table) = value else {
+        return Err(ConfigError::at("outbound", "must be a table"));
+    };
+    let hosts = match table.remove("allowed_hosts") {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                toml::Value::String(text) => Ok(text),
+                _ => Err(ConfigError::at(
+                    "outbound.allowed_hosts",
+                    "must be an array of strings",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(ConfigError::at(
+                "outbound.allowed_hosts",
+                "must be an array of strings",
+            ));
+        }
+    };
+    if let Some(unknown) = table.keys().next() {
+        return Err(ConfigError::at(
+            format!("outbound.{unknown}"),
+            "unknown key (expected `allowed_hosts`)",
+        ));
+    }
+    Ok(hosts)
 }
 
 fn parse_limits(value: toml::Value) -> Result<Limits, ConfigError> {
