@@ -200,7 +200,7 @@ macos() {
         elif grep -q 'unable to find .*framework' "$log"; then
             # Every crate compiled; only the binary's link needs Apple's SDK frameworks.
             local frameworks
-            frameworks=$(grep -o 'framework "[A-Za-z]*"' "$log" | sort -u | tr '\n' ' ')
+            frameworks=$(grep -o 'framework "[A-Za-z]*"' "$log" | sort -u | paste -sd ' ' -)
             echo "platforms: $target: linking wasi-kv needs Apple SDK frameworks ($frameworks), which only come with Xcode; building the kv-cli library (every crate) instead"
             if cargo zigbuild --locked --target "$target" -p kv-cli --lib >"$log" 2>&1; then
                 row "$target" "check only" "every crate built; the link needs Apple's SDK ($frameworks)"

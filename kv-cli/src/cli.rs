@@ -58,6 +58,13 @@ pub struct RunArgs {
     /// Give the component a host directory, optionally under another guest path.
     #[arg(long = "dir", value_name = "HOST[::GUEST]")]
     pub dirs: Vec<String>,
+    /// Longest the component may run, e.g. `30s`; past it, it is stopped (exit code 1).
+    /// Default: no limit.
+    #[arg(long, value_parser = parse_duration)]
+    pub time_limit: Option<Duration>,
+    /// Most linear memory the component may use, e.g. `256MiB`; past it, memory growth fails.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    pub memory_limit: usize,
     /// The component (.wasm).
     pub component: PathBuf,
     /// Arguments passed to the component.
@@ -93,6 +100,19 @@ pub struct ServeArgs {
     /// outbound request is denied.
     #[arg(long = "allow-outbound", value_name = "SCHEME://HOST[:PORT]")]
     pub allow_outbound: Vec<String>,
+    /// Time a client has to send a request head, e.g. `10s`; it also closes a keep-alive
+    /// connection left idle that long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Connections open at once; one more gets a 503 and is closed.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Requests running at once; one more gets a 503.
+    #[arg(long, default_value_t = 256)]
+    pub max_requests: u32,
+    /// Largest request body, e.g. `16MiB`; a larger Content-Length gets a 413.
+    #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+    pub max_body: usize,
     /// The component (.wasm).
     pub component: PathBuf,
 }

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod conformance;
 pub mod outbound;
 pub mod run;
+pub mod sandbox;
 pub mod serve;
 pub mod spin_config;
 

@@ -58,6 +58,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 args: args.args,
                 envs: args.envs,
                 dirs: args.dirs,
+                time_limit: args.time_limit,
+                memory_limit: args.memory_limit,
             };
             let code = kv_cli::run::run(&options, stores, Output::Inherit).await?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
@@ -74,6 +76,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 memory_limit: args.memory_limit,
                 shutdown_timeout: args.shutdown_timeout,
                 allowed_outbound,
+                header_timeout: args.header_timeout,
+                max_connections: args.max_connections,
+                max_requests: args.max_requests,
+                max_body_bytes: args.max_body as u64,
             };
             let server = Arc::new(Server::new(options, stores)?);
             let listener = kv_cli::serve::bind(args.addr).await?;

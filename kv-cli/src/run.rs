@@ -6,8 +6,13 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use kv_core::Stores;
 use kv_core::host::{KvCtx, KvView, WasiKvView};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, Store};
+use wasmtime::{Config, Engine, Store};
+
+use crate::sandbox::{EpochTicker, MemoryLimiter, is_time_limit, resource_table, set_deadline};
 use wasmtime_wasi::p2::bindings::Command;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -17,6 +22,7 @@ pub struct RunState {
     table: ResourceTable,
     wasi: WasiCtx,
     kv: KvCtx,
+    limiter: MemoryLimiter,
 }
 
 impl WasiView for RunState {
@@ -52,11 +58,21 @@ pub struct RunOptions {
     pub envs: Vec<String>,
     /// `HOST[::GUEST]` directories.
     pub dirs: Vec<String>,
+    /// Longest the component may run; `None`: no limit.
+    pub time_limit: Option<Duration>,
+    /// Most linear memory the component may use, in bytes.
+    pub memory_limit: usize,
 }
+
+/// `run`'s default memory limit: 1 GiB.
+pub const DEFAULT_RUN_MEMORY_LIMIT: usize = 1 << 30;
 
 /// Runs the component and returns its exit code.
 pub async fn run(options: &RunOptions, stores: Arc<Stores>, output: Output) -> anyhow::Result<i32> {
-    let engine = Engine::default();
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
+    let _ticker = EpochTicker::start(engine.clone());
     let component = load_component(&engine, &options.component)?;
     let mut linker = Linker::<RunState>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -91,12 +107,16 @@ pub async fn run(options: &RunOptions, stores: Arc<Stores>, output: Output) -> a
             .map_err(anyhow::Error::from)
             .with_context(|| format!("--dir {dir}: cannot open {host}"))?;
     }
+    let memory_hit = Arc::new(AtomicBool::new(false));
     let state = RunState {
-        table: ResourceTable::new(),
+        table: resource_table(),
         wasi: wasi.build(),
         kv: KvCtx::new(stores),
+        limiter: MemoryLimiter::new(options.memory_limit, memory_hit.clone()),
     };
     let mut store = Store::new(&engine, state);
+    store.limiter(|state| &mut state.limiter);
+    set_deadline(&mut store, options.time_limit);
     let command = Command::instantiate_async(&mut store, &component, &linker)
         .await
         .map_err(anyhow::Error::from)
@@ -106,7 +126,20 @@ pub async fn run(options: &RunOptions, stores: Arc<Stores>, output: Output) -> a
         Ok(Err(())) => Ok(1),
         Err(err) => match err.downcast_ref::<I32Exit>() {
             Some(exit) => Ok(exit.0),
-            None => Err(anyhow::Error::from(err).context("the component trapped")),
+            None => {
+                let err = anyhow::Error::from(err);
+                if is_time_limit(&err) {
+                    let limit = options.time_limit.unwrap_or_default();
+                    bail!("the component exceeded its time limit of {limit:?}");
+                }
+                if memory_hit.load(Ordering::Relaxed) {
+                    bail!(
+                        "the component exceeded its memory limit of {} bytes",
+                        options.memory_limit
+                    );
+                }
+                Err(err.context("the component trapped"))
+            }
         },
     }
 }

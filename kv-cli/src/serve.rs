@@ -21,17 +21,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use kv_core::Stores;
 use kv_core::host::{KvCtx, KvView, WasiKvView};
 use tokio::net::TcpListener;
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
-    UpdateDeadline,
-};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
@@ -40,13 +37,10 @@ use wasmtime_wasi_http::{Error as HttpError, WasiHttpCtx, WasiHttpCtxView, WasiH
 
 use crate::outbound::{OutboundHooks, OutboundPolicy};
 use crate::run::load_component;
+use crate::sandbox::{EpochTicker, MemoryLimiter, is_time_limit, resource_table, set_deadline};
 
-/// How often the engine's epoch advances: the granularity of the time limit, and how often
-/// a busy guest yields to other requests.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
-
-/// Requests that can run at once (instance slots of the pooling allocator).
-const MAX_CONCURRENT_INSTANCES: u32 = 256;
+/// How long a refused connection's 503 may take to write before the socket is dropped.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Settings of one server.
 #[derive(Debug, Clone)]
@@ -63,6 +57,16 @@ pub struct ServeOptions {
     pub shutdown_timeout: Duration,
     /// Where outbound HTTP may go (`SCHEME://HOST[:PORT]` patterns); empty denies all.
     pub allowed_outbound: Vec<String>,
+    /// Time a client has to send a request head; it also closes an idle keep-alive
+    /// connection (waiting for the next head). Stops slow-header clients.
+    pub header_timeout: Duration,
+    /// Connections open at once; one more gets a 503 and is closed.
+    pub max_connections: usize,
+    /// Requests running at once (instance slots); one more gets a 503.
+    pub max_requests: u32,
+    /// Largest request body; a larger `Content-Length` gets a 413, and a streamed body is cut
+    /// at the limit (the component sees a body error).
+    pub max_body_bytes: u64,
 }
 
 impl Default for ServeOptions {
@@ -74,6 +78,10 @@ impl Default for ServeOptions {
             memory_limit: 128 << 20,
             shutdown_timeout: Duration::from_secs(30),
             allowed_outbound: Vec::new(),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_requests: 256,
+            max_body_bytes: 16 << 20,
         }
     }
 }
@@ -113,37 +121,6 @@ impl WasiKvView for RequestState {
     }
 }
 
-/// Refuses linear-memory growth beyond the limit, recording that it did so the failure is
-/// reported as the memory limit rather than as a generic trap.
-struct MemoryLimiter {
-    limit: usize,
-    hit: Arc<AtomicBool>,
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
-            self.hit.store(true, Ordering::Relaxed);
-            return Ok(false);
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
-    }
-}
-
 /// Why a request got no response from the component.
 #[derive(Debug)]
 enum Failure {
@@ -159,13 +136,18 @@ enum Failure {
     NoResponse,
     /// The handler answered with a `wasi:http` error code instead of a response.
     Guest(String),
+    /// Every request slot is taken.
+    Busy,
+    /// The declared request body is larger than the limit.
+    BodyTooLarge(u64),
 }
 
 impl Failure {
     fn status(&self) -> u16 {
         match self {
             Failure::TimeLimit(_) => 504,
-            Failure::Instantiate(_) => 503,
+            Failure::Instantiate(_) | Failure::Busy => 503,
+            Failure::BodyTooLarge(_) => 413,
             Failure::MemoryLimit(_)
             | Failure::Trap(_)
             | Failure::NoResponse
@@ -183,6 +165,10 @@ impl Failure {
                 format!("the handler exceeded its memory limit of {limit} bytes")
             }
             Failure::Instantiate(_) => "the handler could not be started".to_string(),
+            Failure::Busy => "the server is at its limit of concurrent requests".to_string(),
+            Failure::BodyTooLarge(limit) => {
+                format!("the request body exceeds the limit of {limit} bytes")
+            }
             Failure::Trap(_) | Failure::NoResponse | Failure::Guest(_) => {
                 "the handler failed".to_string()
             }
@@ -202,6 +188,10 @@ impl Failure {
             Failure::Trap(err) => error!("the component trapped: {err:?}"),
             Failure::NoResponse => error!("the handler returned without setting a response"),
             Failure::Guest(code) => warn!(error_code = %code, "the handler answered with an error"),
+            Failure::Busy => warn!("request refused: every request slot is taken"),
+            Failure::BodyTooLarge(limit) => {
+                warn!(limit_bytes = limit, "request refused: body too large")
+            }
         }
     }
 
@@ -284,6 +274,8 @@ pub struct Server {
     envs: Vec<(String, String)>,
     options: ServeOptions,
     outbound: Arc<OutboundPolicy>,
+    connections: Arc<tokio::sync::Semaphore>,
+    requests: Arc<tokio::sync::Semaphore>,
     next_request: AtomicU64,
     _ticker: EpochTicker,
 }
@@ -304,12 +296,13 @@ impl Server {
         config.epoch_interruption(true);
         // Pre-reserved instance slots: per-request instantiation reuses memory instead of
         // mapping it afresh. A request beyond the slots gets a 503.
+        let slots = options.max_requests.max(1);
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(MAX_CONCURRENT_INSTANCES)
-            .total_core_instances(MAX_CONCURRENT_INSTANCES * 4)
-            .total_memories(MAX_CONCURRENT_INSTANCES * 2)
-            .total_tables(MAX_CONCURRENT_INSTANCES * 4)
-            .total_stacks(MAX_CONCURRENT_INSTANCES)
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 4)
+            .total_memories(slots * 2)
+            .total_tables(slots * 4)
+            .total_stacks(slots)
             .max_memory_size(options.memory_limit);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
@@ -335,6 +328,8 @@ impl Server {
             pre,
             stores,
             envs,
+            connections: Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1))),
+            requests: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
             options,
             outbound,
             next_request: AtomicU64::new(1),
@@ -364,6 +359,12 @@ impl Server {
                         }
                     };
                     let _ = stream.set_nodelay(true);
+                    let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                        // Over the connection cap: a 503 and close, never a hang.
+                        warn!(%peer, "connection refused: too many open connections");
+                        tokio::spawn(refuse_connection(stream));
+                        continue;
+                    };
                     let server = self.clone();
                     let service = service_fn(move |request| {
                         let server = server.clone();
@@ -371,12 +372,15 @@ impl Server {
                     });
                     let connection = http1::Builder::new()
                         .keep_alive(true)
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(self.options.header_timeout)
                         .serve_connection(TokioIo::new(stream), service);
                     let connection = graceful.watch(connection);
                     tokio::spawn(async move {
                         if let Err(err) = connection.await {
                             debug!(%peer, "connection ended with an error: {err}");
                         }
+                        drop(permit);
                     });
                 }
                 () = &mut shutdown => break,
@@ -430,6 +434,21 @@ impl Server {
         self: Arc<Self>,
         request: hyper::Request<Incoming>,
     ) -> Result<hyper::Response<HyperOutgoingBody>, Failure> {
+        let declared = request
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > self.options.max_body_bytes) {
+            return Err(Failure::BodyTooLarge(self.options.max_body_bytes));
+        }
+        let Ok(slot) = self.requests.clone().try_acquire_owned() else {
+            return Err(Failure::Busy);
+        };
+        let request = request.map(|body| LimitedBody {
+            inner: body,
+            remaining: self.options.max_body_bytes,
+            limit: self.options.max_body_bytes,
+        });
         let memory_hit = Arc::new(AtomicBool::new(false));
         let mut store = self.new_store(memory_hit.clone());
         let (sender, receiver) = tokio::sync::oneshot::channel();
@@ -476,6 +495,7 @@ impl Server {
                     Err(_) => Err(Failure::TimeLimit(time_limit)),
                 };
                 let _ = done.send(result);
+                drop(slot);
             }
             .in_current_span(),
         );
@@ -505,44 +525,19 @@ impl Server {
         wasi.inherit_stdout().inherit_stderr();
         wasi.envs(&self.envs);
         let state = RequestState {
-            table: ResourceTable::new(),
+            table: resource_table(),
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             hooks: OutboundHooks::new(self.outbound.clone()),
             kv: KvCtx::new(self.stores.clone()),
-            limiter: MemoryLimiter {
-                limit: self.options.memory_limit,
-                hit: memory_hit,
-            },
+            limiter: MemoryLimiter::new(self.options.memory_limit, memory_hit),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        let time_limit = self.options.time_limit;
-        let started = Instant::now();
-        store.set_epoch_deadline(1);
-        // Every tick: stop the guest if it is over time, otherwise let other requests run.
-        store.epoch_deadline_callback(move |_| {
-            if started.elapsed() >= time_limit {
-                Err(wasmtime::Error::from(TimeLimitExceeded))
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
+        set_deadline(&mut store, Some(self.options.time_limit));
         store
     }
 }
-
-/// The trap raised when a request runs out of time inside guest code.
-#[derive(Debug)]
-struct TimeLimitExceeded;
-
-impl std::fmt::Display for TimeLimitExceeded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the request exceeded its time limit")
-    }
-}
-
-impl std::error::Error for TimeLimitExceeded {}
 
 fn classify_trap(
     err: anyhow::Error,
@@ -550,12 +545,7 @@ fn classify_trap(
     time_limit: Duration,
     memory_limit: usize,
 ) -> Failure {
-    if err.chain().any(|cause| cause.is::<TimeLimitExceeded>())
-        || matches!(
-            err.downcast_ref::<wasmtime::Trap>(),
-            Some(wasmtime::Trap::Interrupt)
-        )
-    {
+    if is_time_limit(&err) {
         Failure::TimeLimit(time_limit)
     } else if memory_hit.load(Ordering::Relaxed) {
         // A refused memory.grow surfaces as the guest's own out-of-memory abort.
@@ -565,33 +555,58 @@ fn classify_trap(
     }
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] on a thread of its own, so deadlines
-/// fire even when every runtime worker is busy running guests.
-struct EpochTicker {
-    stop: Arc<AtomicBool>,
+/// Answers a connection over the cap with a 503 and closes it, within a bounded time.
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt as _;
+    const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+        Content-Length: 40\r\nRetry-After: 1\r\nConnection: close\r\n\r\n\
+        the server has too many open connections";
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+        stream.write_all(REFUSAL).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
-impl EpochTicker {
-    fn start(engine: Engine) -> EpochTicker {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::Builder::new()
-            .name("wasi-kv-epoch".to_string())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+/// A request body cut at the limit: past it, reading fails with a body-size error.
+struct LimitedBody {
+    inner: Incoming,
+    remaining: u64,
+    limit: u64,
+}
+
+impl hyper::body::Body for LimitedBody {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, HttpError>>> {
+        let limit = self.limit;
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                let size = frame.data_ref().map_or(0, |data| data.len() as u64);
+                match self.remaining.checked_sub(size) {
+                    Some(left) => {
+                        self.remaining = left;
+                        std::task::Poll::Ready(Some(Ok(frame)))
+                    }
+                    None => std::task::Poll::Ready(Some(Err(HttpError::HttpRequestBodySize(
+                        Some(limit),
+                    )))),
                 }
-            })
-            .map(drop)
-            .unwrap_or_else(|err| error!("cannot start the epoch thread: {err}"));
-        EpochTicker { stop }
+            }
+            std::task::Poll::Ready(Some(Err(err))) => {
+                std::task::Poll::Ready(Some(Err(HttpError::from(err))))
+            }
+            std::task::Poll::Ready(None) => std::task::Poll::Ready(None),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
     }
-}
 
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -25,6 +25,8 @@ async fn counter_example_counts_runs_on_one_store() {
         args: vec![],
         envs: vec![],
         dirs: vec![],
+        time_limit: None,
+        memory_limit: kv_cli::run::DEFAULT_RUN_MEMORY_LIMIT,
     };
     for expected in [
         "this component has run 1 time\n",

@@ -16,6 +16,12 @@ pub const HTTP_KV_EXAMPLE: &str = env!("KV_GUEST_HTTP_KV");
 /// Path of the HTTP handler that sleeps, spins or allocates on request (serve's limit tests).
 pub const HTTP_FIXTURE: &str = env!("KV_GUEST_HTTP_FIXTURE");
 
+/// Path of the handler with one route per attack on its host (the hostile-guest suite).
+pub const HOSTILE_FIXTURE: &str = env!("KV_GUEST_HOSTILE_FIXTURE");
+
+/// Path of the command that spins, allocates or opens stores without end (`run`'s limits).
+pub const HOSTILE_COMMAND: &str = env!("KV_GUEST_HOSTILE_COMMAND");
+
 /// Interop fixtures: components built the way other runtimes' users build them. Each reads
 /// `greeting` and `missing` with one `get-many` and counts its runs.
 /// A command built against Spin's draft2 WIT (opens `default`).

@@ -5,6 +5,7 @@
 //! ```toml
 //! [limits]
 //! max_batch_entries = 10000
+//! max_batch_bytes = 67108864
 //! operation_timeout_ms = 30000
 //!
 //! [stores.cache]
@@ -473,6 +474,7 @@ fn parse_limits(value: toml::Value) -> Result<Limits, ConfigError> {
         match key.as_str() {
             "max_value_bytes" => limits.max_value_bytes = number as usize,
             "max_batch_entries" => limits.max_batch_entries = number as usize,
+            "max_batch_bytes" => limits.max_batch_bytes = number as usize,
             "list_page_size" => {
                 if number as usize > MAX_LIST_PAGE {
                     return Err(ConfigError::at(

@@ -18,6 +18,10 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Most entries in one `get-many`, `set-many` or `delete-many` call.
     pub max_batch_entries: usize,
+    /// Most value bytes one `get-many` returns or one `set-many` writes: the host memory one
+    /// batch call may hold for a guest. `get-many` charges values as each round of keys
+    /// arrives and stops at the limit.
+    pub max_batch_bytes: usize,
     /// Most keys in one `list-keys` page (at most [`MAX_LIST_PAGE`]).
     pub list_page_size: usize,
     /// Time limit for one operation, retries included.
@@ -31,6 +35,7 @@ impl Default for Limits {
         Limits {
             max_value_bytes: 64 * 1024 * 1024,
             max_batch_entries: 10_000,
+            max_batch_bytes: 64 * 1024 * 1024,
             list_page_size: MAX_LIST_PAGE,
             operation_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),

@@ -286,6 +286,28 @@ impl Bucket for MemoryBucket {
             .collect())
     }
 
+    async fn get_many_within(
+        &self,
+        keys: &[String],
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let now = Instant::now();
+        let map = lock(&self.map)?;
+        // Sizes first: nothing is copied for a batch over the limit.
+        let total: usize = keys
+            .iter()
+            .filter_map(|key| Self::live(&map, key, now))
+            .map(|entry| entry.value.len())
+            .sum();
+        if total > max_bytes {
+            return Err(crate::provider::batch_bytes_exceeded(max_bytes));
+        }
+        Ok(keys
+            .iter()
+            .map(|key| Self::live(&map, key, now).map(|entry| entry.value.clone()))
+            .collect())
+    }
+
     async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
         let mut map = lock(&self.map)?;
         for (key, value) in entries {

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use futures::future::try_join_all;
 
 use crate::capabilities::Capabilities;
-use crate::error::Result;
+use crate::error::{ErrorKind, KvError, Result};
 
 /// How many single-key calls the default batch implementations run at once.
 pub const DEFAULT_BATCH_CONCURRENCY: usize = 16;
@@ -171,6 +171,23 @@ pub trait Bucket: Send + Sync + 'static {
         Ok(values)
     }
 
+    /// Values of `keys` in order, failing with `batch-too-large` when they add up to more than
+    /// `max_bytes`. The default reads them with [`Bucket::get_many`] and then counts, so it
+    /// holds one call's values beyond the limit at most; a provider that can see sizes before
+    /// copying values (the memory provider) stops before.
+    async fn get_many_within(
+        &self,
+        keys: &[String],
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let values = self.get_many(keys).await?;
+        let total: usize = values.iter().flatten().map(Vec::len).sum();
+        if total > max_bytes {
+            return Err(batch_bytes_exceeded(max_bytes));
+        }
+        Ok(values)
+    }
+
     /// Write every entry; for duplicate keys the last entry wins.
     async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
         // Keep only the last entry per key so concurrent writes cannot reorder duplicates.
@@ -193,6 +210,14 @@ pub trait Bucket: Send + Sync + 'static {
         }
         Ok(())
     }
+}
+
+/// The error of a batch whose values pass the byte limit.
+pub fn batch_bytes_exceeded(max_bytes: usize) -> KvError {
+    KvError::new(
+        ErrorKind::BatchTooLarge,
+        format!("the values exceed the limit of {max_bytes} bytes per batch call"),
+    )
 }
 
 /// Removes all but the last entry of each key, keeping the order of the survivors.

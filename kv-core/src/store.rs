@@ -5,6 +5,7 @@
 //! to their store (S5), per-operation timeouts and retries of transient errors (S12), and
 //! logging of the full cause chain (S11). Providers never see invalid input.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -332,30 +333,75 @@ impl KvStore {
         .map_err(outcome_unknown)
     }
 
-    /// Reads many keys, in order, duplicates included.
+    /// Reads many keys, in order, duplicates included. Each distinct key is read once, in
+    /// rounds of [`GET_MANY_ROUND`] keys; the values are charged against
+    /// `limits.max_batch_bytes` as each round arrives, and the call stops with
+    /// `batch-too-large` at the limit (duplicates are charged each time they are returned).
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         self.check_batch(keys.len())?;
         keys.iter().try_for_each(|key| check_key(key))?;
-        let values = self
-            .call("get-many", || self.inner.bucket.get_many(keys))
-            .await?;
-        if values.len() != keys.len() {
-            return Err(KvError::internal(format!(
-                "the provider returned {} values for {} keys",
-                values.len(),
-                keys.len()
-            )));
+        let mut distinct: Vec<String> = Vec::new();
+        let mut index_of: HashMap<&str, usize> = HashMap::with_capacity(keys.len());
+        let positions: Vec<usize> = keys
+            .iter()
+            .map(|key| {
+                *index_of.entry(key.as_str()).or_insert_with(|| {
+                    distinct.push(key.clone());
+                    distinct.len() - 1
+                })
+            })
+            .collect();
+        // What each distinct key costs when returned: its size times its copies.
+        let mut copies = vec![0usize; distinct.len()];
+        for &position in &positions {
+            copies[position] += 1;
         }
-        Ok(values)
+        let max_bytes = self.inner.limits.max_batch_bytes;
+        let mut charged = 0usize;
+        let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(distinct.len());
+        for (round, keys) in distinct.chunks(GET_MANY_ROUND).enumerate() {
+            let budget = max_bytes.saturating_sub(charged);
+            let part = self
+                .call("get-many", || {
+                    self.inner.bucket.get_many_within(keys, budget)
+                })
+                .await?;
+            if part.len() != keys.len() {
+                return Err(KvError::internal(format!(
+                    "the provider returned {} values for {} keys",
+                    part.len(),
+                    keys.len()
+                )));
+            }
+            let first = round * GET_MANY_ROUND;
+            for (offset, value) in part.iter().enumerate() {
+                let size = value.as_ref().map_or(0, Vec::len);
+                charged = charged.saturating_add(size.saturating_mul(copies[first + offset]));
+            }
+            if charged > max_bytes {
+                return Err(crate::provider::batch_bytes_exceeded(max_bytes));
+            }
+            values.extend(part);
+        }
+        Ok(positions
+            .into_iter()
+            .map(|position| values[position].clone())
+            .collect())
     }
 
-    /// Writes many entries; nothing is written if any key or value is invalid.
+    /// Writes many entries; nothing is written if any key or value is invalid, or if the
+    /// values add up to more than `limits.max_batch_bytes`.
     pub async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
         self.check_write()?;
         self.check_batch(entries.len())?;
         for (key, value) in &entries {
             check_key(key)?;
             self.check_value(value)?;
+        }
+        let total: usize = entries.iter().map(|(_, value)| value.len()).sum();
+        let max_bytes = self.inner.limits.max_batch_bytes;
+        if total > max_bytes {
+            return Err(crate::provider::batch_bytes_exceeded(max_bytes));
         }
         self.call("set-many", || self.inner.bucket.set_many(entries.clone()))
             .await
@@ -494,6 +540,10 @@ fn outcome_unknown(err: KvError) -> KvError {
     .with_source(err)
 }
 
+/// Distinct keys per provider call of `get-many`: the values of one round are the most the
+/// host holds beyond `limits.max_batch_bytes` (DynamoDB's `BatchGetItem` takes 100 too).
+pub const GET_MANY_ROUND: usize = 100;
+
 /// How the message of an ambiguous write's error starts.
 pub const OUTCOME_UNKNOWN: &str = "outcome unknown";
 
@@ -543,6 +593,83 @@ mod tests {
         assert!(stranger.open("memory\u{0}a", &sealed).is_err());
         assert!(CursorSecret::new("short").is_none());
         assert!(!format!("{secret:?}").contains("0123"));
+    }
+
+    async fn memory_store(max_batch_bytes: usize) -> KvStore {
+        let limits = Limits {
+            max_batch_bytes,
+            ..Limits::default()
+        };
+        crate::Stores::builder(limits)
+            .store(
+                "s",
+                Arc::new(crate::MemoryProvider::new()),
+                "ns",
+                crate::Access::ReadWrite,
+            )
+            .build()
+            .open("s")
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn get_many_reads_each_key_once_and_keeps_duplicates() {
+        let store = memory_store(1000).await;
+        store.set("a", b"1".to_vec()).await.unwrap();
+        store.set("b", b"22".to_vec()).await.unwrap();
+        let keys: Vec<String> = ["a", "missing", "b", "a", "a"].map(String::from).to_vec();
+        let values = store.get_many(&keys).await.unwrap();
+        assert_eq!(
+            values,
+            [
+                Some(b"1".to_vec()),
+                None,
+                Some(b"22".to_vec()),
+                Some(b"1".to_vec()),
+                Some(b"1".to_vec())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn batches_are_bounded_in_bytes() {
+        let store = memory_store(1000).await;
+        store.set("big", vec![7; 600]).await.unwrap();
+        assert!(store.get_many(&["big".to_string()]).await.is_ok());
+        // Two copies of one 600-byte value are 1200 bytes returned: over the limit.
+        let err = store
+            .get_many(&["big".to_string(), "big".to_string()])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BatchTooLarge, "{err}");
+        // 3,000 copies are refused the same way, after one read of the key.
+        let copies = vec!["big".to_string(); 3000];
+        assert_eq!(
+            store.get_many(&copies).await.unwrap_err().kind(),
+            ErrorKind::BatchTooLarge
+        );
+        // Distinct keys: the second round finds the budget spent.
+        let keys: Vec<String> = (0..250).map(|i| format!("k{i}")).collect();
+        for chunk in keys.chunks(100) {
+            let entries = chunk.iter().map(|key| (key.clone(), vec![1; 8])).collect();
+            store.set_many(entries).await.unwrap();
+        }
+        assert_eq!(
+            store.get_many(&keys).await.unwrap_err().kind(),
+            ErrorKind::BatchTooLarge
+        );
+        assert!(store.get_many(&keys[..100]).await.is_ok());
+        // set-many over the limit writes nothing.
+        let err = store
+            .set_many(vec![
+                ("x".to_string(), vec![1; 600]),
+                ("y".to_string(), vec![1; 600]),
+            ])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BatchTooLarge);
+        assert_eq!(store.get("x").await.unwrap(), None);
     }
 
     #[test]

@@ -31,10 +31,7 @@ impl KvView<'_> {
 impl store::Host for KvView<'_> {
     async fn open(&mut self, identifier: String) -> GuestResult<Resource<DraftBucketHandle>> {
         match self.ctx.stores.open(&identifier).await {
-            Ok(store) => Ok(Ok(self.table.push(DraftBucketHandle {
-                store,
-                issued_cursors: Vec::new(),
-            })?)),
+            Ok(store) => Ok(Ok(self.table.push(DraftBucketHandle::new(store))?)),
             Err(err) => reply(Err(err)),
         }
     }
@@ -83,20 +80,16 @@ impl store::HostBucket for KvView<'_> {
         // Position n (1-based) is the n-th cursor this handle issued.
         let string_cursor = match cursor {
             None => None,
-            Some(position) => {
-                let issued = usize::try_from(position)
-                    .ok()
-                    .and_then(|position| position.checked_sub(1))
-                    .and_then(|index| handle.issued_cursors.get(index));
-                match issued {
-                    Some(cursor) => Some(cursor.clone()),
-                    None => {
-                        return reply(Err(KvError::invalid_cursor(format!(
-                            "cursor {position} was not issued by this bucket handle"
-                        ))));
-                    }
+            Some(position) => match handle.cursor_at(position) {
+                Some(cursor) => Some(cursor.clone()),
+                None => {
+                    return reply(Err(KvError::invalid_cursor(format!(
+                        "cursor {position} was not issued by this bucket handle, or is \
+                             older than the last {} it keeps",
+                        super::MAX_DRAFT_CURSORS
+                    ))));
                 }
-            }
+            },
         };
         let store = handle.store.clone();
         let page = match store.list_keys(string_cursor.as_deref()).await {
@@ -105,11 +98,7 @@ impl store::HostBucket for KvView<'_> {
         };
         let next = match page.cursor {
             None => None,
-            Some(cursor) => {
-                let handle = self.table.get_mut(&bucket)?;
-                handle.issued_cursors.push(cursor);
-                Some(handle.issued_cursors.len() as u64)
-            }
+            Some(cursor) => Some(self.table.get_mut(&bucket)?.issue(cursor)),
         };
         Ok(Ok(store::KeyResponse {
             keys: page.keys,

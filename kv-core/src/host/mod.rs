@@ -146,10 +146,43 @@ pub struct CasHandle {
 }
 
 /// A draft `bucket` resource; draft cursors are `u64`, so the handle remembers the string
-/// cursors it issued and hands out their positions.
+/// cursors it issued and hands out their positions. It keeps the last
+/// [`MAX_DRAFT_CURSORS`]: a guest that lists forever holds bounded host memory, and an evicted
+/// cursor is `invalid-cursor`.
 pub struct DraftBucketHandle {
     store: KvStore,
-    issued_cursors: Vec<String>,
+    issued_cursors: std::collections::VecDeque<String>,
+    /// The position (1-based) of the oldest cursor kept.
+    first_position: u64,
+}
+
+/// Draft cursors one bucket handle remembers.
+pub const MAX_DRAFT_CURSORS: usize = 256;
+
+impl DraftBucketHandle {
+    fn new(store: KvStore) -> Self {
+        DraftBucketHandle {
+            store,
+            issued_cursors: std::collections::VecDeque::new(),
+            first_position: 1,
+        }
+    }
+
+    /// The string cursor issued at `position`, if it is still kept.
+    fn cursor_at(&self, position: u64) -> Option<&String> {
+        let index = position.checked_sub(self.first_position)?;
+        self.issued_cursors.get(usize::try_from(index).ok()?)
+    }
+
+    /// Remembers `cursor`, evicting the oldest beyond the cap; returns its position.
+    fn issue(&mut self, cursor: String) -> u64 {
+        if self.issued_cursors.len() == MAX_DRAFT_CURSORS {
+            self.issued_cursors.pop_front();
+            self.first_position += 1;
+        }
+        self.issued_cursors.push_back(cursor);
+        self.first_position + self.issued_cursors.len() as u64 - 1
+    }
 }
 
 struct HasKv;
@@ -256,5 +289,37 @@ impl From<KvError> for GuestError {
             ErrorKind::AccessDenied => GuestError::AccessDenied,
             _ => GuestError::Other(err.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod cursor_tests {
+    use super::*;
+
+    #[test]
+    fn draft_cursors_are_bounded_and_evicted_oldest_first() {
+        let stores = crate::Stores::builder(crate::Limits::default())
+            .store(
+                "s",
+                std::sync::Arc::new(crate::MemoryProvider::new()),
+                "ns",
+                crate::Access::ReadWrite,
+            )
+            .build();
+        let store = futures::executor::block_on(stores.open("s")).unwrap();
+        let mut handle = DraftBucketHandle::new(store);
+        for n in 1..=(MAX_DRAFT_CURSORS as u64 + 10) {
+            assert_eq!(handle.issue(format!("c{n}")), n);
+        }
+        assert_eq!(handle.issued_cursors.len(), MAX_DRAFT_CURSORS);
+        assert!(handle.cursor_at(10).is_none(), "evicted");
+        assert!(handle.cursor_at(0).is_none());
+        assert_eq!(handle.cursor_at(11).map(String::as_str), Some("c11"));
+        let last = MAX_DRAFT_CURSORS as u64 + 10;
+        assert_eq!(
+            handle.cursor_at(last).map(String::as_str),
+            Some(format!("c{last}").as_str())
+        );
+        assert!(handle.cursor_at(last + 1).is_none());
     }
 }

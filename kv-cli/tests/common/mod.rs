@@ -1,0 +1,146 @@
+//! What the `wasi-kv serve` test binaries share: the server as a real process on a free
+//! loopback port, and a real HTTP client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use kv_conformance::provider_tests::{TestResult, check};
+use libtest_mimic::Failed;
+use reqwest::StatusCode;
+
+/// The `wasi-kv` binary under test.
+pub const WASI_KV: &str = env!("CARGO_BIN_EXE_wasi-kv");
+
+/// A `wasi-kv serve` process; SIGKILLed if a test fails before stopping it.
+pub struct Served {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Served {
+    pub fn start(component: &str, args: &[&str]) -> Result<Served, Failed> {
+        Self::start_logging(component, args, Stdio::inherit())
+    }
+
+    /// [`Served::start`] with the server's log (stderr) going to `log`.
+    pub fn start_logging(component: &str, args: &[&str], log: Stdio) -> Result<Served, Failed> {
+        let mut child = Command::new(WASI_KV)
+            .arg("serve")
+            .arg("--addr")
+            .arg("127.0.0.1:0")
+            .args(args)
+            .arg(component)
+            .env("WASI_KV_LOG", "warn,kv_cli=info")
+            .env("COSMOS_DISABLE_IMDS", "1")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|err| Failed::from(format!("cannot start wasi-kv: {err}")))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|err| Failed::from(format!("reading the address: {err}")))?;
+        let base = line
+            .trim()
+            .strip_prefix("serving ")
+            .ok_or_else(|| {
+                let status = child.wait().ok();
+                Failed::from(format!(
+                    "wasi-kv serve did not start ({status:?}): {line:?}"
+                ))
+            })?
+            .to_string();
+        Ok(Served { child, base })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, then the exit status (bounded wait).
+    pub fn terminate(&mut self) -> Result<ExitStatus, Failed> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .map_err(|err| Failed::from(format!("kill: {err}")))?;
+        check(status.success(), "kill -TERM failed")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .map_err(|err| Failed::from(err.to_string()))?
+            {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err("wasi-kv serve did not exit within 20 s of SIGTERM".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("an HTTP client builds")
+}
+
+pub async fn send(request: reqwest::RequestBuilder) -> Result<(StatusCode, Vec<u8>), Failed> {
+    let response = request
+        .send()
+        .await
+        .map_err(|err| Failed::from(format!("request failed: {err}")))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|err| Failed::from(format!("reading the body: {err}")))?;
+    Ok((status, body.to_vec()))
+}
+
+pub fn json(body: &[u8]) -> Result<serde_json::Value, Failed> {
+    serde_json::from_slice(body).map_err(|err| {
+        Failed::from(format!(
+            "not JSON ({err}): {}",
+            String::from_utf8_lossy(body)
+        ))
+    })
+}
+
+pub fn expect(
+    what: &str,
+    got: &(StatusCode, Vec<u8>),
+    status: u16,
+    body: Option<&[u8]>,
+) -> TestResult {
+    check(
+        got.0.as_u16() == status,
+        format!(
+            "{what}: expected {status}, got {} {}",
+            got.0,
+            String::from_utf8_lossy(&got.1)
+        ),
+    )?;
+    if let Some(body) = body {
+        check(
+            got.1 == body,
+            format!("{what}: body {:?}", String::from_utf8_lossy(&got.1)),
+        )?;
+    }
+    Ok(())
+}
