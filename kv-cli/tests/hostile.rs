@@ -204,6 +204,31 @@ fn open_loop(provider: &str) -> TestResult {
     })
 }
 
+/// Compare-and-swap handles that each hold a copy of an 8 MiB value: the ninth passes the
+/// instance's 64 MiB of held bytes and is refused; dropping handles gives the bytes back.
+fn cas_handles_hold_bounded_bytes(provider: &str) -> TestResult {
+    let target = start(provider, &[])?;
+    runtime().block_on(async {
+        let got = target
+            .under_attack(|base| get(format!("{base}/cas-hold?mib=8&n=100")))
+            .await?;
+        expect_status("cas-hold", &got, 413, "cas handle 9 refused")?;
+        check(
+            got.1.contains("max_held_bytes"),
+            format!("cas-hold: {:?}", got.1),
+        )?;
+        // A fresh request (a fresh instance) starts from nothing held.
+        let again = get(target.served.url("/cas-hold?mib=8&n=8")).await?;
+        expect_status(
+            "cas-hold within the budget",
+            &again,
+            200,
+            "holding 8 handles",
+        )?;
+        target.still_healthy("cas-hold").await
+    })
+}
+
 /// Listing 20,000 keys page by page: served, with pages never accumulated on the host.
 fn unbounded_listing(provider: &str) -> TestResult {
     let target = start(provider, &["--time-limit", "30s"])?;
@@ -506,10 +531,14 @@ fn main() -> ExitCode {
     kv_conformance::harness::stay_on_loopback();
     let args = Arguments::from_args();
     let required = required_targets();
-    let attacks: [(&str, Attack); 10] = [
+    let attacks: [(&str, Attack); 11] = [
         ("huge_duplicate_get_many", huge_duplicate_get_many),
         ("oversized_set_many", oversized_set_many),
         ("open_loop", open_loop),
+        (
+            "cas_handles_hold_bounded_bytes",
+            cas_handles_hold_bounded_bytes,
+        ),
         ("unbounded_listing", unbounded_listing),
         (
             "outbound_is_denied_by_default",

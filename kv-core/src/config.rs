@@ -475,6 +475,7 @@ fn parse_limits(value: toml::Value) -> Result<Limits, ConfigError> {
             "max_value_bytes" => limits.max_value_bytes = number as usize,
             "max_batch_entries" => limits.max_batch_entries = number as usize,
             "max_batch_bytes" => limits.max_batch_bytes = number as usize,
+            "max_held_bytes" => limits.max_held_bytes = number as usize,
             "list_page_size" => {
                 if number as usize > MAX_LIST_PAGE {
                     return Err(ConfigError::at(

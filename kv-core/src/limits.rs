@@ -22,6 +22,9 @@ pub struct Limits {
     /// batch call may hold for a guest. `get-many` charges values as each round of keys
     /// arrives and stops at the limit.
     pub max_batch_bytes: usize,
+    /// Most value bytes the host holds for one instance between calls (the values captured
+    /// by its open compare-and-swap handles).
+    pub max_held_bytes: usize,
     /// Most keys in one `list-keys` page (at most [`MAX_LIST_PAGE`]).
     pub list_page_size: usize,
     /// Time limit for one operation, retries included.
@@ -36,6 +39,7 @@ impl Default for Limits {
             max_value_bytes: 64 * 1024 * 1024,
             max_batch_entries: 10_000,
             max_batch_bytes: 64 * 1024 * 1024,
+            max_held_bytes: 64 * 1024 * 1024,
             list_page_size: MAX_LIST_PAGE,
             operation_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),

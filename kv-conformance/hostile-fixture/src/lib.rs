@@ -7,6 +7,8 @@
 //! - `GET /get-many-dup?mib=M&copies=N`: sets `big` to M MiB, then `get-many` of N copies;
 //! - `GET /set-many-big?mib=M&entries=N`: `set-many` of N values of M MiB;
 //! - `GET /open-loop?n=N`: opens the store N times, keeping every handle;
+//! - `GET /cas-hold?mib=M&n=N`: sets `big` to M MiB, then opens N compare-and-swap handles on
+//!   it, keeping each (each holds a copy of the value on the host);
 //! - `GET /fill?n=N`: writes N small keys with `set-many` in batches of 1,000;
 //! - `GET /list-all`: lists every key, page by page;
 //! - `GET /fetch?url=URL`: sends `GET URL` through `wasi:http/outgoing-handler`;
@@ -30,7 +32,7 @@ use bindings::wasi::http::outgoing_handler;
 use bindings::wasi::http::types::{
     Fields, IncomingRequest, Method, OutgoingRequest, ResponseOutparam, Scheme,
 };
-use bindings::wasi::keyvalue::{batch, store};
+use bindings::wasi::keyvalue::{atomics, batch, store};
 use http::{Response, query_param};
 
 struct Fixture;
@@ -66,6 +68,7 @@ fn route(request: &IncomingRequest) -> Response {
         "/get-many-dup" => get_many_dup(number("mib", 1), number("copies", 3000)),
         "/set-many-big" => set_many_big(number("mib", 16), number("entries", 6)),
         "/open-loop" => open_loop(number("n", 100_000)),
+        "/cas-hold" => cas_hold(number("mib", 8), number("n", 100)),
         "/fill" => fill(number("n", 10_000)),
         "/list-all" => list_all(),
         "/fetch" => Ok(fetch(&query_param(query, "url").unwrap_or_default())),
@@ -131,6 +134,26 @@ fn open_loop(n: usize) -> Result<Response, Response> {
         }
     }
     Ok(text(200, format!("opened {}", handles.len())))
+}
+
+fn cas_hold(mib: usize, n: usize) -> Result<Response, Response> {
+    let bucket = open("default")?;
+    bucket
+        .set("big", &vec![b'c'; mib << 20])
+        .map_err(|err| text(500, format!("set: {err:?}")))?;
+    let mut handles = Vec::new();
+    for _ in 0..n {
+        match atomics::Cas::new(&bucket, "big") {
+            Ok(cas) => handles.push(cas),
+            Err(err) => {
+                return Ok(text(
+                    413,
+                    format!("cas handle {} refused: {err:?}", handles.len() + 1),
+                ));
+            }
+        }
+    }
+    Ok(text(200, format!("holding {} handles", handles.len())))
 }
 
 fn fill(n: usize) -> Result<Response, Response> {

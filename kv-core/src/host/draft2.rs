@@ -99,18 +99,23 @@ impl atomics::Host for KvView<'_> {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), atomics::CasError>> {
         let handle = self.table.delete(cas)?;
+        self.ctx.release(handle.held());
         match handle.store.swap(&handle.key, &handle.version, value).await {
             Ok(SwapOutcome::Swapped) => Ok(Ok(())),
             Ok(SwapOutcome::Conflict) => {
                 // The spec requires a handle updated to the latest version.
                 match handle.store.read_versioned(&handle.key).await {
                     Ok(latest) => {
-                        let fresh = self.table.push(CasHandle {
+                        let fresh = CasHandle {
                             store: handle.store,
                             key: handle.key,
                             current: latest.value,
                             version: latest.version,
-                        })?;
+                        };
+                        if let Err(err) = self.ctx.hold(fresh.held()) {
+                            return Ok(Err(atomics::CasError::StoreError(guest_error(err))));
+                        }
+                        let fresh = self.table.push(fresh)?;
                         Ok(Err(atomics::CasError::CasFailed(fresh)))
                     }
                     Err(err) => Ok(Err(atomics::CasError::StoreError(guest_error(err)))),
@@ -129,12 +134,18 @@ impl atomics::HostCas for KvView<'_> {
     ) -> GuestResult<Resource<CasHandle>> {
         let store = self.bucket(&bucket)?;
         match store.read_versioned(&key).await {
-            Ok(read) => Ok(Ok(self.table.push(CasHandle {
-                store,
-                key,
-                current: read.value,
-                version: read.version,
-            })?)),
+            Ok(read) => {
+                let handle = CasHandle {
+                    store,
+                    key,
+                    current: read.value,
+                    version: read.version,
+                };
+                if let Err(err) = self.ctx.hold(handle.held()) {
+                    return reply(Err(err));
+                }
+                Ok(Ok(self.table.push(handle)?))
+            }
             Err(err) => reply(Err(err)),
         }
     }
@@ -144,7 +155,8 @@ impl atomics::HostCas for KvView<'_> {
     }
 
     async fn drop(&mut self, cas: Resource<CasHandle>) -> wasmtime::Result<()> {
-        self.table.delete(cas)?;
+        let handle = self.table.delete(cas)?;
+        self.ctx.release(handle.held());
         Ok(())
     }
 }

@@ -96,15 +96,58 @@ pub use bindings::wasi_kv::ttl::ttl as wit_ttl;
 pub use spin_bindings::wasi::keyvalue::batch as wit_spin_batch;
 
 /// The key-value state of one wasmtime store: the stores this component may open.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct KvCtx {
     stores: Arc<Stores>,
+    /// Value bytes this instance's handles hold (bounded by `limits.max_held_bytes`).
+    held_bytes: std::sync::atomic::AtomicUsize,
+}
+
+/// A clone is the context of another instance: the same stores, nothing held yet.
+impl Clone for KvCtx {
+    fn clone(&self) -> Self {
+        KvCtx::new(self.stores.clone())
+    }
 }
 
 impl KvCtx {
     /// A context offering `stores`; share the `Arc` between instances so they share data.
     pub fn new(stores: Arc<Stores>) -> Self {
-        KvCtx { stores }
+        KvCtx {
+            stores,
+            held_bytes: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Charges `bytes` a new handle holds to this instance, or refuses with
+    /// `batch-too-large` past `limits.max_held_bytes`.
+    fn hold(&self, bytes: usize) -> crate::Result<()> {
+        use std::sync::atomic::Ordering;
+        let max = self.stores.limits().max_held_bytes;
+        self.held_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(bytes).filter(|total| *total <= max)
+            })
+            .map(drop)
+            .map_err(|held| {
+                crate::KvError::new(
+                    crate::ErrorKind::BatchTooLarge,
+                    format!(
+                        "this instance's open handles already hold {held} bytes; {bytes} more \
+                         would pass the limit of {max} (limits.max_held_bytes)"
+                    ),
+                )
+            })
+    }
+
+    /// Returns what a dropped handle held (never below zero).
+    fn release(&self, bytes: usize) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .held_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                Some(held.saturating_sub(bytes))
+            });
     }
 
     /// The stores offered.
@@ -143,6 +186,13 @@ pub struct CasHandle {
     key: String,
     current: Option<Vec<u8>>,
     version: Version,
+}
+
+impl CasHandle {
+    /// The bytes this handle holds, charged to its instance.
+    fn held(&self) -> usize {
+        self.current.as_ref().map_or(0, Vec::len)
+    }
 }
 
 /// A draft `bucket` resource; draft cursors are `u64`, so the handle remembers the string
