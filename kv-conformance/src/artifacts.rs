@@ -19,6 +19,10 @@ pub const HTTP_FIXTURE: &str = env!("KV_GUEST_HTTP_FIXTURE");
 /// Path of the handler with one route per attack on its host (the hostile-guest suite).
 pub const HOSTILE_FIXTURE: &str = env!("KV_GUEST_HOSTILE_FIXTURE");
 
+/// Path of the benchmark command that times keyvalue operations from inside a component
+/// (0.2.0-draft, opens `""`; runs on wasi-kv and on `wasmtime run -S keyvalue`).
+pub const BENCH_GUEST: &str = env!("KV_GUEST_KV_BENCH_GUEST");
+
 /// Path of the command that spins, allocates or opens stores without end (`run`'s limits).
 pub const HOSTILE_COMMAND: &str = env!("KV_GUEST_HOSTILE_COMMAND");
 

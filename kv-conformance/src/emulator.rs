@@ -161,16 +161,7 @@ impl RedisServer {
             .unwrap_or_default();
         let server = LoopbackServer::start(Recipe {
             name: "redis-server",
-            command: Box::new(move |port, dir| {
-                let mut command = Command::new(&binary);
-                command
-                    .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                    .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                    .args(["--protected-mode", "yes"])
-                    .arg("--dir")
-                    .arg(dir);
-                command
-            }),
+            command: Box::new(move |port, dir| redis_server_command(&binary, port, dir)),
             ready: ping,
             timeout: Duration::from_secs(15),
         })?;
@@ -231,9 +222,8 @@ impl RedisCluster {
             nodes.push(LoopbackServer::start(Recipe {
                 name: "redis-server (cluster node)",
                 command: Box::new(move |port, dir| {
-                    let mut command = Command::new(&binary);
+                    let mut command = redis_server_command(&binary, port, dir);
                     command
-                        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                         .args([
                             "--cluster-enabled",
                             "yes",
@@ -241,11 +231,7 @@ impl RedisCluster {
                             "nodes.conf",
                         ])
                         .args(["--cluster-port", &bus_port.to_string()])
-                        .args(["--cluster-node-timeout", "1000"])
-                        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                        .args(["--protected-mode", "yes"])
-                        .arg("--dir")
-                        .arg(dir);
+                        .args(["--cluster-node-timeout", "1000"]);
                     command
                 }),
                 ready: ping,
@@ -393,6 +379,19 @@ fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
         .status
         .success()
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// `redis-server` on 127.0.0.1:`port`, in memory (no RDB, no AOF), in the foreground, its
+/// working directory `dir`.
+fn redis_server_command(binary: &Path, port: u16, dir: &Path) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .args(["--protected-mode", "yes"])
+        .arg("--dir")
+        .arg(dir);
+    command
 }
 
 fn ping(port: u16) -> bool {

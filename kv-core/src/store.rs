@@ -477,7 +477,8 @@ impl KvStore {
         let policy = &self.inner.limits.retry;
         let attempts = policy.max_attempts.max(1);
         let timeout = self.inner.limits.operation_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
         let timed_out = || {
             KvError::new(
                 ErrorKind::Timeout,
@@ -486,9 +487,17 @@ impl KvStore {
         };
         let mut attempt = 1;
         let result = loop {
-            let outcome = match tokio::time::timeout_at(deadline, f()).await {
-                Ok(outcome) => outcome,
-                Err(_) => break Err(timed_out()),
+            // A provider that answers without waiting (the in-memory one) needs no timer:
+            // poll once, and arm the deadline only if the operation has to wait.
+            let mut pending = std::pin::pin!(f());
+            let outcome = match futures::poll!(pending.as_mut()) {
+                std::task::Poll::Ready(outcome) => outcome,
+                std::task::Poll::Pending => {
+                    match tokio::time::timeout_at(deadline, pending).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => break Err(timed_out()),
+                    }
+                }
             };
             match outcome {
                 Err(err) if err.is_transient() && attempt < attempts => {

@@ -1,0 +1,421 @@
+//! The DESIGN targets of docs/benchmarks.md, each measured side by side in one run:
+//!
+//! 1. **boundary**: keyvalue operations timed inside a guest (`kv-conformance/bench-guest`, 256 B
+//!    values) on the in-memory store, through `wasi-kv run`'s host, through
+//!    `wasmtime run -S keyvalue` (when a `wasmtime` CLI is on `PATH` or named by `$WASMTIME`),
+//!    and the same `KvStore` calls made natively;
+//! 2. **redis**: the guest's `get`/`set` on a local Redis against the native `redis` client,
+//!    at concurrency 1 and 16;
+//! 3. **batch**: `set-many`/`get-many` of 1,000 keys against 1,000 single calls, on every
+//!    backend the project installs;
+//! 4. **listing**: 100,000 keys listed page by page: time and resident-memory growth.
+//!
+//! ```sh
+//! cargo bench -p kv-cli --bench kv -- [--rows boundary,redis,batch,listing] [--quick]
+//! ```
+//! Every server is a local process on loopback, started here and stopped by PID.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_cli::run::{Output, RunOptions};
+use kv_conformance::emulator;
+use kv_core::{KvStore, Stores};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+const GUEST: &str = kv_conformance::artifacts::BENCH_GUEST;
+const VALUE: &[u8] = &[b'v'; 256];
+
+struct Settings {
+    rows: Vec<String>,
+    /// Operations per boundary measurement.
+    boundary_ops: u32,
+    /// Operations per Redis measurement (per client).
+    redis_ops: u32,
+    /// Keys listed.
+    listing_keys: usize,
+}
+
+fn settings() -> Settings {
+    let mut settings = Settings {
+        rows: ["boundary", "redis", "batch", "listing"]
+            .map(String::from)
+            .to_vec(),
+        boundary_ops: 200_000,
+        redis_ops: 5_000,
+        listing_keys: 100_000,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--rows" => {
+                settings.rows = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::to_string)
+                    .collect()
+            }
+            "--quick" => {
+                settings.boundary_ops = 20_000;
+                settings.redis_ops = 1_000;
+                settings.listing_keys = 20_000;
+            }
+            // `cargo bench` passes `--bench`; ignore it and anything else libtest-shaped.
+            _ => {}
+        }
+    }
+    settings
+}
+
+/// A store set with one store, `default`, at `url`.
+async fn stores(url: &str) -> anyhow::Result<Arc<Stores>> {
+    let config = kv_cli::load_config(None, &[format!("default={url}")])?;
+    Ok(Arc::new(kv_cli::registry().build(&config).await?))
+}
+
+/// The guest's `OP N` through wasi-kv's host (`wasi-kv run`, in process): ns per operation.
+async fn guest_ns(stores: Arc<Stores>, op: &str, n: u32) -> anyhow::Result<f64> {
+    let options = RunOptions {
+        component: GUEST.into(),
+        args: vec![op.to_string(), n.to_string()],
+        envs: vec![],
+        dirs: vec![],
+        time_limit: None,
+        memory_limit: kv_cli::run::DEFAULT_RUN_MEMORY_LIMIT,
+    };
+    let stdout = MemoryOutputPipe::new(4096);
+    let code = kv_cli::run::run(&options, stores, Output::Capture(stdout.clone())).await?;
+    anyhow::ensure!(code == 0, "the bench guest exited with {code}");
+    parse_ns(&String::from_utf8_lossy(&stdout.contents()))
+}
+
+fn parse_ns(output: &str) -> anyhow::Result<f64> {
+    output
+        .split_whitespace()
+        .nth(1)
+        .and_then(|ns| ns.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("unexpected guest output {output:?}"))
+}
+
+/// The wasmtime CLI, if there is one: `$WASMTIME`, else `wasmtime` on `PATH`.
+fn wasmtime_cli() -> Option<std::path::PathBuf> {
+    std::env::var_os("WASMTIME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| emulator::find_program("wasmtime"))
+}
+
+/// The guest's `OP N` under `wasmtime run -S keyvalue`: ns per operation.
+fn wasmtime_ns(cli: &std::path::Path, op: &str, n: u32) -> anyhow::Result<f64> {
+    let out = std::process::Command::new(cli)
+        .args(["run", "-S", "keyvalue", GUEST, op, &n.to_string()])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "wasmtime run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_ns(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The same operation called natively on `KvStore`, `n` times after `n / 10` warm-up calls.
+async fn native_ns(store: &KvStore, op: &str, n: u32) -> anyhow::Result<f64> {
+    let keys: Vec<String> = (0..100).map(|i| format!("bench-{i}")).collect();
+    let entries: Vec<(String, Vec<u8>)> = keys
+        .iter()
+        .map(|key| (key.clone(), VALUE.to_vec()))
+        .collect();
+    store.set("bench", VALUE.to_vec()).await?;
+    store.set_many(entries.clone()).await?;
+    let once = || async {
+        match op {
+            "get" => store.get("bench").await.map(drop),
+            "set" => store.set("bench", VALUE.to_vec()).await,
+            "exists" => store.exists("bench").await.map(drop),
+            "increment" => store.increment("bench-counter", 1).await.map(drop),
+            "get-many-100" => store.get_many(&keys).await.map(drop),
+            _ => store.set_many(entries.clone()).await,
+        }
+    };
+    for _ in 0..(n / 10).max(1) {
+        once().await?;
+    }
+    let started = Instant::now();
+    for _ in 0..n {
+        once().await?;
+    }
+    Ok(started.elapsed().as_nanos() as f64 / f64::from(n))
+}
+
+async fn open(url: &str) -> anyhow::Result<KvStore> {
+    Ok(stores(url).await?.open("default").await?)
+}
+
+async fn boundary(settings: &Settings) -> anyhow::Result<()> {
+    let cli = wasmtime_cli();
+    println!("\n### 1. Boundary cost per operation, in-memory store, 256 B values\n");
+    println!(
+        "wasmtime CLI: {}\n",
+        cli.as_ref().map_or(
+            "none (set $WASMTIME or put wasmtime on PATH)".to_string(),
+            |p| { p.display().to_string() }
+        )
+    );
+    println!(
+        "| operation | wasi-kv guest ns/op | wasmtime -S keyvalue ns/op | native KvStore ns/op | speed vs wasmtime (target ≥ 1.0) |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for op in [
+        "get",
+        "set",
+        "exists",
+        "increment",
+        "get-many-100",
+        "set-many-100",
+    ] {
+        let n = if op.ends_with("-100") {
+            settings.boundary_ops / 50
+        } else {
+            settings.boundary_ops
+        };
+        let ours = guest_ns(stores("memory:").await?, op, n).await?;
+        let theirs = match &cli {
+            Some(cli) => Some(wasmtime_ns(cli, op, n)?),
+            None => None,
+        };
+        let native = native_ns(&open("memory:").await?, op, n).await?;
+        println!(
+            "| {op} | {ours:.0} | {} | {native:.0} | {} |",
+            theirs.map_or("–".to_string(), |t| format!("{t:.0}")),
+            theirs.map_or("–".to_string(), |t| format!("{:.2}", t / ours)),
+        );
+    }
+    Ok(())
+}
+
+async fn redis_rows(settings: &Settings) -> anyhow::Result<()> {
+    let server = tokio::task::spawn_blocking(emulator::RedisServer::start)
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let url = server.url();
+    let n = settings.redis_ops;
+    println!("\n### 2. Redis on loopback: the guest against the native `redis` client\n");
+    println!(
+        "| operation | clients | guest ops/s | native ops/s | guest / native (target ≥ 0.9 at 1, ≥ 0.95 at 16) |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let client = redis::Client::open(url.as_str())?;
+    let native = client.get_multiplexed_async_connection().await?;
+    let mut seed = native.clone();
+    redis::cmd("SET")
+        .arg("native-bench")
+        .arg(VALUE)
+        .query_async::<()>(&mut seed)
+        .await?;
+    for op in ["get", "set"] {
+        for clients in [1usize, 16] {
+            // The guests: each times its own loop; they run together, so their rates add up.
+            let stores = stores(&url).await?;
+            let guests: Vec<_> = (0..clients)
+                .map(|_| guest_ns(stores.clone(), op, n))
+                .collect();
+            let guest_rate: f64 = futures::future::try_join_all(guests)
+                .await?
+                .iter()
+                .map(|ns| 1e9 / ns)
+                .sum();
+            let started = Instant::now();
+            let natives: Vec<_> = (0..clients)
+                .map(|_| {
+                    let mut connection = native.clone();
+                    async move {
+                        for _ in 0..n {
+                            if op == "get" {
+                                redis::cmd("GET")
+                                    .arg("native-bench")
+                                    .query_async::<Option<Vec<u8>>>(&mut connection)
+                                    .await?;
+                            } else {
+                                redis::cmd("SET")
+                                    .arg("native-bench")
+                                    .arg(VALUE)
+                                    .query_async::<()>(&mut connection)
+                                    .await?;
+                            }
+                        }
+                        Ok::<(), redis::RedisError>(())
+                    }
+                })
+                .collect();
+            futures::future::try_join_all(natives).await?;
+            let native_rate = (clients as f64 * f64::from(n)) / started.elapsed().as_secs_f64();
+            println!(
+                "| {op} | {clients} | {guest_rate:.0} | {native_rate:.0} | {:.2} |",
+                guest_rate / native_rate
+            );
+        }
+    }
+    drop(server);
+    Ok(())
+}
+
+async fn batch_rows() -> anyhow::Result<()> {
+    println!("\n### 3. Batches of 1,000 keys against 1,000 single calls (native `KvStore`)\n");
+    println!(
+        "| backend | 1,000 × set ms | set-many ms | speed-up | 1,000 × get ms | get-many ms | speed-up | target |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    let keys: Vec<String> = (0..1000).map(|i| format!("batch-{i:04}")).collect();
+    let sqlite_dir = tempfile::tempdir()?;
+    let mut backends: Vec<(String, String, Option<emulator::Started>)> = vec![
+        ("memory".into(), "memory:".into(), None),
+        (
+            "sqlite".into(),
+            format!("sqlite:{}", sqlite_dir.path().join("bench.db").display()),
+            None,
+        ),
+    ];
+    for provider in ["redis", "dynamodb", "cosmos", "gcs"] {
+        if !emulator::installed(provider) {
+            println!("| {provider} | not installed | | | | | | |");
+            continue;
+        }
+        let provider = provider.to_string();
+        let started = tokio::task::spawn_blocking({
+            let provider = provider.clone();
+            move || emulator::start(&provider)
+        })
+        .await?
+        .map_err(anyhow::Error::msg)?;
+        backends.push((provider, started.store_url.clone(), Some(started)));
+    }
+    for (name, url, _guard) in &backends {
+        let store = open(url).await?;
+        let started = Instant::now();
+        for key in &keys {
+            store.set(key, VALUE.to_vec()).await?;
+        }
+        let singles_set = started.elapsed();
+        let entries: Vec<(String, Vec<u8>)> = keys
+            .iter()
+            .map(|key| (key.clone(), VALUE.to_vec()))
+            .collect();
+        let started = Instant::now();
+        store.set_many(entries).await?;
+        let batch_set = started.elapsed();
+        let started = Instant::now();
+        for key in &keys {
+            store.get(key).await?;
+        }
+        let singles_get = started.elapsed();
+        let started = Instant::now();
+        let values = store.get_many(&keys).await?;
+        let batch_get = started.elapsed();
+        anyhow::ensure!(
+            values.iter().all(Option::is_some),
+            "{name}: a batch key is missing"
+        );
+        let target = match name.as_str() {
+            "redis" => "≥ 20×",
+            "dynamodb" => "≥ 5×",
+            _ => "",
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1}× | {:.1} | {:.1} | {:.1}× | {target} |",
+            ms(singles_set),
+            ms(batch_set),
+            ms(singles_set) / ms(batch_set),
+            ms(singles_get),
+            ms(batch_get),
+            ms(singles_get) / ms(batch_get),
+        );
+    }
+    Ok(())
+}
+
+/// This process's resident memory, in KiB (`VmRSS`; Linux, else 0).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmRSS:"))
+                .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn listing_rows(settings: &Settings) -> anyhow::Result<()> {
+    let keys = settings.listing_keys;
+    println!("\n### 4. Listing {keys} keys page by page\n");
+    println!("| backend | pages | listing s | resident memory growth MiB (target < 64) |");
+    println!("|---|---:|---:|---:|");
+    let redis = tokio::task::spawn_blocking(emulator::RedisServer::start)
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    for (name, url) in [("memory", "memory:".to_string()), ("redis", redis.url())] {
+        let store = open(&url).await?;
+        let all: Vec<usize> = (0..keys).collect();
+        for chunk in all.chunks(1000) {
+            let entries = chunk
+                .iter()
+                .map(|i| (format!("list-{i:07}"), b"v".to_vec()))
+                .collect();
+            store.set_many(entries).await?;
+        }
+        let before = rss_kib();
+        let mut peak = before;
+        let mut pages = 0usize;
+        let mut seen = 0usize;
+        let mut cursor: Option<String> = None;
+        let started = Instant::now();
+        loop {
+            let page = store.list_keys(cursor.as_deref()).await?;
+            pages += 1;
+            seen += page.keys.len();
+            peak = peak.max(rss_kib());
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        anyhow::ensure!(seen >= keys, "{name}: listed {seen} of {keys} keys");
+        println!(
+            "| {name} | {pages} | {:.2} | {:.1} |",
+            started.elapsed().as_secs_f64(),
+            (peak - before) as f64 / 1024.0
+        );
+    }
+    drop(redis);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    kv_conformance::harness::stay_on_loopback();
+    let settings = settings();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "wasi-kv benchmarks, {} cores, rows: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        settings.rows.join(",")
+    );
+    runtime.block_on(async {
+        if settings.rows.iter().any(|row| row == "boundary") {
+            boundary(&settings).await?;
+        }
+        if settings.rows.iter().any(|row| row == "redis") {
+            redis_rows(&settings).await?;
+        }
+        if settings.rows.iter().any(|row| row == "batch") {
+            batch_rows().await?;
+        }
+        if settings.rows.iter().any(|row| row == "listing") {
+            listing_rows(&settings).await?;
+        }
+        anyhow::Ok(())
+    })
+}

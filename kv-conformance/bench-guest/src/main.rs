@@ -1,0 +1,73 @@
+//! Times keyvalue operations from inside a component: `kv_bench_guest OP N [VALUE_BYTES]`
+//! prints `OP NS_PER_OP`. It is written against `wasi:keyvalue@0.2.0-draft` and opens `""`,
+//! so the same file runs on `wasi-kv run` and on `wasmtime run -S keyvalue`
+//! (`kv-cli/benches/kv.rs`, docs/benchmarks.md).
+//!
+//! OP: `get`, `set`, `exists`, `increment`, `get-many-100`, `set-many-100`. The keys are
+//! written first, then N/10 operations warm up, then N are timed.
+
+mod bindings {
+    wit_bindgen::generate!({
+        path: [
+            "../../wit/keyvalue-spin",
+            "../../wit/keyvalue-draft",
+            "../../wit/ttl",
+            "../../wit/http-handler",
+            "../../wit/interop",
+        ],
+        world: "wasi-kv:interop/draft-command@0.1.0",
+        generate_all,
+    });
+}
+
+use std::time::Instant;
+
+use bindings::wasi::keyvalue0_2_0_draft::{atomics, batch, store};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let op = args.first().cloned().unwrap_or_default();
+    let n: u32 = args
+        .get(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000)
+        .max(1);
+    let size: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(256);
+    let bucket = store::open("").unwrap_or_else(|err| fail(&format!("open: {err:?}")));
+    let value = vec![b'v'; size];
+    let keys: Vec<String> = (0..100).map(|i| format!("bench-{i}")).collect();
+    let entries: Vec<(String, Vec<u8>)> = keys
+        .iter()
+        .map(|key| (key.clone(), value.clone()))
+        .collect();
+    bucket
+        .set("bench", &value)
+        .unwrap_or_else(|err| fail(&format!("set: {err:?}")));
+    batch::set_many(&bucket, &entries).unwrap_or_else(|err| fail(&format!("set-many: {err:?}")));
+    let once = |op: &str| -> Result<(), String> {
+        match op {
+            "get" => bucket.get("bench").map(drop),
+            "set" => bucket.set("bench", &value),
+            "exists" => bucket.exists("bench").map(drop),
+            "increment" => atomics::increment(&bucket, "bench-counter", 1).map(drop),
+            "get-many-100" => batch::get_many(&bucket, &keys).map(drop),
+            "set-many-100" => batch::set_many(&bucket, &entries),
+            other => return Err(format!("unknown operation {other:?}")),
+        }
+        .map_err(|err| format!("{op}: {err:?}"))
+    };
+    for _ in 0..(n / 10).max(1) {
+        once(&op).unwrap_or_else(|err| fail(&err));
+    }
+    let started = Instant::now();
+    for _ in 0..n {
+        once(&op).unwrap_or_else(|err| fail(&err));
+    }
+    let elapsed = started.elapsed();
+    println!("{op} {}", elapsed.as_nanos() / u128::from(n));
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("kv-bench-guest: {message}");
+    std::process::exit(1)
+}
