@@ -69,10 +69,14 @@ pub const DEFAULT_RUN_MEMORY_LIMIT: usize = 1 << 30;
 
 /// Runs the component and returns its exit code.
 pub async fn run(options: &RunOptions, stores: Arc<Stores>, output: Output) -> anyhow::Result<i32> {
+    // Epoch checks cost the guest a little on every loop; only a time limit needs them.
     let mut config = Config::new();
-    config.epoch_interruption(true);
+    config.epoch_interruption(options.time_limit.is_some());
     let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
-    let _ticker = EpochTicker::start(engine.clone());
+    let _ticker = options
+        .time_limit
+        .is_some()
+        .then(|| EpochTicker::start(engine.clone()));
     let component = load_component(&engine, &options.component)?;
     let mut linker = Linker::<RunState>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -116,7 +120,9 @@ pub async fn run(options: &RunOptions, stores: Arc<Stores>, output: Output) -> a
     };
     let mut store = Store::new(&engine, state);
     store.limiter(|state| &mut state.limiter);
-    set_deadline(&mut store, options.time_limit);
+    if options.time_limit.is_some() {
+        set_deadline(&mut store, options.time_limit);
+    }
     let command = Command::instantiate_async(&mut store, &component, &linker)
         .await
         .map_err(anyhow::Error::from)
