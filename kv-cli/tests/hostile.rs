@@ -348,6 +348,16 @@ fn memory_bomb(provider: &str) -> TestResult {
     })
 }
 
+/// Runs blocking socket work off the runtime; its I/O errors fail the test.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, Failed> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| Failed::from(err.to_string()))?
+        .map_err(|err| Failed::from(err.to_string()))
+}
+
 fn addr_of(base: &str) -> String {
     base.trim_start_matches("http://")
         .trim_end_matches('/')
@@ -380,7 +390,7 @@ fn slowloris(provider: &str) -> TestResult {
         let addr = addr_of(&target.served.base);
         let got = target
             .under_attack(|_| async move {
-                tokio::task::spawn_blocking(move || {
+                let (closed, took) = blocking(move || {
                     let mut streams = Vec::new();
                     for _ in 0..20 {
                         let mut stream = TcpStream::connect(&addr)?;
@@ -393,12 +403,10 @@ fn slowloris(provider: &str) -> TestResult {
                         .map(|stream| closed_within(stream, Duration::from_secs(5)))
                         .filter(|closed| *closed)
                         .count();
-                    Ok::<_, std::io::Error>((closed, started.elapsed()))
+                    Ok((closed, started.elapsed()))
                 })
-                .await
-                .map_err(|err| Failed::from(err.to_string()))?
-                .map(|(closed, took)| (closed as u16, format!("{took:?}")))
-                .map_err(|err| Failed::from(err.to_string()))
+                .await?;
+                Ok((closed as u16, format!("{took:?}")))
             })
             .await?;
         check(
@@ -427,7 +435,7 @@ fn connection_flood(provider: &str) -> TestResult {
     )?;
     runtime().block_on(async {
         let addr = addr_of(&target.served.base);
-        let refusal = tokio::task::spawn_blocking(move || {
+        let refusal = blocking(move || {
             let held: Vec<TcpStream> = (0..8)
                 .map(|_| TcpStream::connect(&addr))
                 .collect::<Result<_, _>>()?;
@@ -439,11 +447,9 @@ fn connection_flood(provider: &str) -> TestResult {
             let mut answer = String::new();
             let _ = extra.read_to_string(&mut answer);
             drop(held);
-            Ok::<_, std::io::Error>(answer)
+            Ok(answer)
         })
-        .await
-        .map_err(|err| Failed::from(err.to_string()))?
-        .map_err(|err| Failed::from(err.to_string()))?;
+        .await?;
         check(
             refusal.starts_with("HTTP/1.1 503"),
             format!("connection over the cap: {refusal:?}"),
@@ -454,12 +460,32 @@ fn connection_flood(provider: &str) -> TestResult {
     })
 }
 
+/// More requests than `--max-requests`: with the one slot held by a slow request, the next
+/// request gets a 503 at once; once the slot is free, requests are served again.
+fn request_slots(provider: &str) -> TestResult {
+    let target = start(provider, &["--max-requests", "1"])?;
+    runtime().block_on(async {
+        let held = tokio::spawn(get(target.served.url("/spin")));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let refused = get(target.served.url("/")).await?;
+        expect_status(
+            "a request over the slots",
+            &refused,
+            503,
+            "concurrent requests",
+        )?;
+        let spun = held.await.map_err(|err| Failed::from(err.to_string()))??;
+        check(spun.0 == 504, format!("the slow request: {}", spun.0))?;
+        target.still_healthy("request-slots").await
+    })
+}
+
 /// A body larger than `--max-body`: 413 before the component runs.
 fn oversized_body(provider: &str) -> TestResult {
     let target = start(provider, &["--max-body", "1MiB"])?;
     runtime().block_on(async {
         let addr = addr_of(&target.served.base);
-        let answer = tokio::task::spawn_blocking(move || {
+        let answer = blocking(move || {
             let mut stream = TcpStream::connect(&addr)?;
             stream.set_read_timeout(Some(Duration::from_secs(5)))?;
             stream.write_all(
@@ -467,11 +493,9 @@ fn oversized_body(provider: &str) -> TestResult {
             )?;
             let mut answer = [0u8; 64];
             let read = stream.read(&mut answer)?;
-            Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer[..read]).into_owned())
+            Ok(String::from_utf8_lossy(&answer[..read]).into_owned())
         })
-        .await
-        .map_err(|err| Failed::from(err.to_string()))?
-        .map_err(|err| Failed::from(err.to_string()))?;
+        .await?;
         check(
             answer.starts_with("HTTP/1.1 413"),
             format!("oversized body: {answer:?}"),
@@ -531,7 +555,7 @@ fn main() -> ExitCode {
     kv_conformance::harness::stay_on_loopback();
     let args = Arguments::from_args();
     let required = required_targets();
-    let attacks: [(&str, Attack); 11] = [
+    let attacks: [(&str, Attack); 12] = [
         ("huge_duplicate_get_many", huge_duplicate_get_many),
         ("oversized_set_many", oversized_set_many),
         ("open_loop", open_loop),
@@ -548,6 +572,7 @@ fn main() -> ExitCode {
         ("memory_bomb", memory_bomb),
         ("slowloris", slowloris),
         ("connection_flood", connection_flood),
+        ("request_slots", request_slots),
         ("oversized_body", oversized_body),
     ];
     let mut trials = vec![Trial::test("run_limits", run_limits)];

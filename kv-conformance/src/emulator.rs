@@ -152,13 +152,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one on a free port; `Err` says why it could not (for example, not installed).
     pub fn start() -> Result<RedisServer, String> {
-        let binary = find_program("redis-server")
-            .ok_or("redis-server is not installed (scripts/setup.sh installs it)")?;
-        let version = Command::new(&binary)
-            .arg("--version")
-            .output()
-            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
-            .unwrap_or_default();
+        let (binary, version) = redis_server_binary()?;
         let server = LoopbackServer::start(Recipe {
             name: "redis-server",
             command: Box::new(move |port, dir| redis_server_command(&binary, port, dir)),
@@ -205,15 +199,9 @@ impl RedisCluster {
     /// Starts the six nodes, creates the cluster and waits until every slot is served and
     /// every primary has its replica in sync (up to 60 s); `Err` says why it could not.
     pub fn start() -> Result<RedisCluster, String> {
-        let binary = find_program("redis-server")
-            .ok_or("redis-server is not installed (scripts/setup.sh installs it)")?;
+        let (binary, version) = redis_server_binary()?;
         let cli = find_program("redis-cli")
             .ok_or("redis-cli is not installed (scripts/setup.sh installs it)")?;
-        let version = Command::new(&binary)
-            .arg("--version")
-            .output()
-            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
-            .unwrap_or_default();
         let mut nodes = Vec::new();
         for _ in 0..CLUSTER_PRIMARIES * 2 {
             let binary = binary.clone();
@@ -379,6 +367,18 @@ fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
         .status
         .success()
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The installed `redis-server` and its `--version` line.
+fn redis_server_binary() -> Result<(PathBuf, String), String> {
+    let binary = find_program("redis-server")
+        .ok_or("redis-server is not installed (scripts/setup.sh installs it)")?;
+    let version = Command::new(&binary)
+        .arg("--version")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .unwrap_or_default();
+    Ok((binary, version))
 }
 
 /// `redis-server` on 127.0.0.1:`port`, in memory (no RDB, no AOF), in the foreground, its

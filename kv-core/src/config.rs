@@ -802,6 +802,28 @@ mod tests {
     }
 
     #[test]
+    fn outbound_allow_list_from_the_file() {
+        let config = KvConfig::from_toml(
+            "[outbound]\nallowed_hosts = [\"https://api.example.com\", \"http://127.0.0.1:*\"]\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            config.allowed_outbound_hosts,
+            ["https://api.example.com", "http://127.0.0.1:*"]
+        );
+        assert!(KvConfig::default().allowed_outbound_hosts.is_empty());
+        for bad in [
+            "[outbound]\nallowed_hosts = \"https://x\"\n",
+            "[outbound]\nallowed_hosts = [1]\n",
+            "[outbound]\nallow = []\n",
+            "outbound = 1\n",
+        ] {
+            assert!(KvConfig::from_toml(bad, &env).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn lists_from_arrays_or_text() {
         let field = |value: toml::Value| ProviderField {
             name: "nodes".into(),

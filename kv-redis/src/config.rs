@@ -55,17 +55,15 @@ impl RedisConfig {
         })?;
         let mut config = Self::from_url(url)?;
         // `provider = "redis-cluster"` with a `redis://` URL means a cluster too.
-        if spec.provider == "redis-cluster" {
-            if config.db != 0 {
-                return Err(ConfigError(format!(
-                    "{}: a Redis Cluster has only database 0",
-                    redact_url(url)
-                )));
-            }
-            config.cluster = true;
-        }
+        config.cluster |= spec.provider == "redis-cluster";
         for field in spec.provider_fields() {
             config.apply(&field)?;
+        }
+        if config.cluster && config.db != 0 {
+            return Err(ConfigError(format!(
+                "{}: a Redis Cluster has only database 0",
+                redact_url(url)
+            )));
         }
         if !config.nodes.is_empty() && !config.cluster {
             return Err(ConfigError(format!(
@@ -99,7 +97,7 @@ impl RedisConfig {
 
     /// Parses the address part of a `redis://`, `rediss://`, `redis+cluster://` or
     /// `rediss+cluster://` URL (its query parameters are provider fields, read by
-    /// [`RedisConfig::from_spec`]).
+    /// [`RedisConfig::from_spec`], which also checks the whole).
     pub fn from_url(url: &Url) -> Result<RedisConfig, ConfigError> {
         let shown = redact_url(url);
         let (tls, cluster) = match url.scheme() {
@@ -129,11 +127,6 @@ impl RedisConfig {
                     ConfigError(format!("{shown}: database {path:?} is not a number"))
                 })?,
         };
-        if cluster && db != 0 {
-            return Err(ConfigError(format!(
-                "{shown}: a Redis Cluster has only database 0"
-            )));
-        }
         let decode = |text: &str| {
             url::form_urlencoded::parse(format!("x={text}").as_bytes())
                 .next()
@@ -273,6 +266,17 @@ mod tests {
         );
         assert_eq!(config.wait_replicas, 1);
         assert!(from_spec("rediss+cluster://h:7000").unwrap().tls);
+        let table = |url: &str| {
+            kv_core::KvConfig::from_toml(
+                &format!("[stores.c]\nprovider = \"redis-cluster\"\nurl = \"{url}\"\n"),
+                &|_| None,
+            )
+            .unwrap()
+        };
+        let config = table("redis://h:7000/0");
+        assert!(RedisConfig::from_spec(&config.stores["c"]).unwrap().cluster);
+        let config = table("redis://h:7000/1");
+        assert!(RedisConfig::from_spec(&config.stores["c"]).is_err());
         for bad in [
             "redis+cluster://h:7000/1",
             "redis://h:7000/?nodes=h:7001",

@@ -121,6 +121,49 @@ async fn server_restart(mut server: RedisServer) -> TestResult {
     Ok(())
 }
 
+/// `wait_replicas = 1` on a server with no replica: every write fails once `wait_timeout_ms`
+/// passes (the primary applied it, no replica has it), as `timeout`, or for an increment as
+/// `unavailable: outcome unknown`, on plain commands and exactly-once scripts alike; reads are
+/// unaffected.
+async fn wait_replicas_without_a_replica_is_timeout(server: RedisServer) -> TestResult {
+    let (_, spec) = kv_core::config::parse_short_form(&format!(
+        "r={}?wait_replicas=1&wait_timeout_ms=100",
+        server.url()
+    ))
+    .map_err(|err| Failed::from(err.to_string()))?;
+    let provider = kv_redis::RedisFactory.connect(&spec).await?;
+    let stores = Stores::builder(provider_tests::limits(Duration::from_secs(3), 1))
+        .store("s", provider, "ns", Access::ReadWrite)
+        .build();
+    let store = stores.open("s").await?;
+    for (op, result) in [
+        ("set", store.set("k", b"v".to_vec()).await),
+        ("increment", store.increment("n", 1).await.map(drop)),
+        (
+            "set-many",
+            store.set_many(vec![("a".to_string(), b"1".to_vec())]).await,
+        ),
+    ] {
+        let err = result
+            .err()
+            .ok_or_else(|| Failed::from(format!("{op} was acknowledged without a replica")))?;
+        // An increment's timeout reaches the guest as `unavailable: outcome unknown`.
+        let expected = if op == "increment" {
+            ErrorKind::Unavailable
+        } else {
+            ErrorKind::Timeout
+        };
+        check(
+            err.kind() == expected && err.to_string().contains("replicas"),
+            format!("{op}: {err}"),
+        )?;
+    }
+    check(
+        store.get("k").await?.as_deref() == Some(&b"v"[..]),
+        "the primary applied the write; reads see it",
+    )
+}
+
 fn main() -> ExitCode {
     let installed = kv_conformance::emulator::find_program("redis-server").is_some();
     provider_tests::main::<RedisServer>(
@@ -138,6 +181,9 @@ fn main() -> ExitCode {
             ),
             ("server_stop_gives_unavailable_and_restart_recovers", |s| {
                 Box::pin(server_restart(s))
+            }),
+            ("wait_replicas_without_a_replica_is_timeout", |s| {
+                Box::pin(wait_replicas_without_a_replica_is_timeout(s))
             }),
         ],
     )
