@@ -19,7 +19,7 @@ use futures::future::try_join_all;
 use kv_core::provider::last_entry_per_key;
 use kv_core::rmw::{self, ConditionalStore, Expect, Journal, Read, Snapshot, Write};
 use kv_core::{
-    Backoff, Bucket, Capabilities, ErrorKind, KeyPage, KvError, Provider, RequestId, Result,
+    Backoff, Bucket, Bytes, Capabilities, ErrorKind, KeyPage, KvError, Provider, RequestId, Result,
     SwapOutcome, Version, Versioned, clock,
 };
 
@@ -189,7 +189,7 @@ impl DynamoBucket {
         ])
     }
 
-    fn value_item(&self, key: &str, value: Vec<u8>, expires_at: Option<i64>) -> Item {
+    fn value_item(&self, key: &str, value: impl Into<Vec<u8>>, expires_at: Option<i64>) -> Item {
         let mut item = self.key(key);
         item.insert(ATTR_VALUE.into(), AttributeValue::B(Blob::new(value)));
         item.insert(ATTR_VERSION.into(), new_version());
@@ -399,11 +399,11 @@ impl Bucket for DynamoBucket {
             .transpose()
     }
 
-    async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+    async fn set(&self, key: &str, value: Bytes) -> Result<()> {
         self.put(self.value_item(key, value, None)).await
     }
 
-    async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+    async fn set_with_ttl(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
         let expires_at = clock::expires_at_ms(ttl).div_ceil(1000);
         let expires_at = i64::try_from(expires_at).unwrap_or(i64::MAX);
         self.put(self.value_item(key, value, Some(expires_at)))
@@ -488,10 +488,10 @@ impl Bucket for DynamoBucket {
         &self,
         key: &str,
         expected: &Version,
-        value: Vec<u8>,
+        value: Bytes,
         request: &RequestId,
     ) -> Result<SwapOutcome> {
-        rmw::swap(self, key, expected, value, request).await
+        rmw::swap(self, key, expected, &value, request).await
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
@@ -509,12 +509,12 @@ impl Bucket for DynamoBucket {
         Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
     }
 
-    async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
+    async fn set_many(&self, entries: &[(String, Bytes)]) -> Result<()> {
         // BatchWriteItem rejects duplicate keys in one call: the last entry wins.
         let mut requests = Vec::new();
         for (key, value) in last_entry_per_key(entries) {
             let put = PutRequest::builder()
-                .set_item(Some(self.value_item(&key, value, None)))
+                .set_item(Some(self.value_item(key, value.clone(), None)))
                 .build()
                 .map_err(|err| KvError::internal(format!("dynamodb PutRequest: {err}")))?;
             requests.push(WriteRequest::builder().put_request(put).build());

@@ -97,7 +97,7 @@ async fn value_at_the_exact_maximum(local: DynamoDbLocal) -> TestResult {
     // Past the host check, DynamoDB's own 400 KB rejection is also value-too-large.
     let bucket = provider.open(&namespace).await?;
     let err = bucket
-        .set(&key, vec![1u8; 409_600])
+        .set(&key, vec![1u8; 409_600].into())
         .await
         .expect_err("DynamoDB rejects it");
     check(err.kind() == ErrorKind::ValueTooLarge, err.to_string())?;

@@ -30,8 +30,8 @@ use kv_core::naming::{KeyCodec, namespace_prefix};
 use kv_core::provider::{DEFAULT_BATCH_CONCURRENCY as BATCH_CONCURRENCY, last_entry_per_key};
 use kv_core::rmw::{self, ConditionalStore, Expect, Journal, Read, Snapshot, Write};
 use kv_core::{
-    Bucket, Capabilities, KeyPage, KvError, Provider, RequestId, Result, SwapOutcome, Version,
-    Versioned, clock,
+    Bucket, Bytes, Capabilities, KeyPage, KvError, Provider, RequestId, Result, SwapOutcome,
+    Version, Versioned, clock,
 };
 use serde::{Deserialize, Serialize};
 
@@ -341,12 +341,12 @@ impl Bucket for CosmosBucket {
         Ok(self.read_live(key).await?.map(|(value, _)| value))
     }
 
-    async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+    async fn set(&self, key: &str, value: Bytes) -> Result<()> {
         self.write(key, &value, None, None, Condition::None).await?;
         Ok(())
     }
 
-    async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+    async fn set_with_ttl(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
         self.write(
             key,
             &value,
@@ -412,10 +412,10 @@ impl Bucket for CosmosBucket {
         &self,
         key: &str,
         expected: &Version,
-        value: Vec<u8>,
+        value: Bytes,
         request: &RequestId,
     ) -> Result<SwapOutcome> {
-        rmw::swap(self, key, expected, value, request).await
+        rmw::swap(self, key, expected, &value, request).await
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
@@ -426,9 +426,12 @@ impl Bucket for CosmosBucket {
             .await
     }
 
-    async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
-        futures::stream::iter(last_entry_per_key(entries))
-            .map(|(key, value)| async move { self.set(&key, value).await })
+    async fn set_many(&self, entries: &[(String, Bytes)]) -> Result<()> {
+        let writes: Vec<_> = last_entry_per_key(entries)
+            .into_iter()
+            .map(|(key, value)| self.set(key, value.clone()))
+            .collect();
+        futures::stream::iter(writes)
             .buffer_unordered(BATCH_CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;

@@ -30,8 +30,10 @@ struct Settings {
     rows: Vec<String>,
     /// Operations per boundary measurement.
     boundary_ops: u32,
-    /// Operations per Redis measurement (per client).
+    /// Warm-up operations per Redis client (a tenth of this).
     redis_ops: u32,
+    /// The wall-clock window every Redis measurement counts over.
+    redis_window: Duration,
     /// Keys listed.
     listing_keys: usize,
 }
@@ -43,6 +45,7 @@ fn settings() -> Settings {
             .to_vec(),
         boundary_ops: 200_000,
         redis_ops: 5_000,
+        redis_window: Duration::from_secs(3),
         listing_keys: 100_000,
     };
     let mut args = std::env::args().skip(1);
@@ -59,6 +62,7 @@ fn settings() -> Settings {
             "--quick" => {
                 settings.boundary_ops = 20_000;
                 settings.redis_ops = 1_000;
+                settings.redis_window = Duration::from_secs(1);
                 settings.listing_keys = 20_000;
             }
             // `cargo bench` passes `--bench`; ignore it and anything else libtest-shaped.
@@ -76,9 +80,32 @@ async fn stores(url: &str) -> anyhow::Result<Arc<Stores>> {
 
 /// The guest's `OP N` through wasi-kv's host (`wasi-kv run`, in process): ns per operation.
 async fn guest_ns(stores: Arc<Stores>, op: &str, n: u32) -> anyhow::Result<f64> {
+    guest_run(stores, vec![op.to_string(), n.to_string()]).await
+}
+
+/// The guest's `OP` counted over the wall-clock window `[start, start + window)`, after `n/10`
+/// warm-up operations: ns per operation. Guests run side by side over one window add up.
+async fn guest_window_ns(
+    stores: Arc<Stores>,
+    op: &str,
+    n: u32,
+    start_unix_ms: u64,
+    window: Duration,
+) -> anyhow::Result<f64> {
+    let args = [
+        op.to_string(),
+        n.to_string(),
+        VALUE.len().to_string(),
+        start_unix_ms.to_string(),
+        window.as_millis().to_string(),
+    ];
+    guest_run(stores, args.to_vec()).await
+}
+
+async fn guest_run(stores: Arc<Stores>, args: Vec<String>) -> anyhow::Result<f64> {
     let options = RunOptions {
         component: GUEST.into(),
-        args: vec![op.to_string(), n.to_string()],
+        args,
         envs: vec![],
         dirs: vec![],
         time_limit: None,
@@ -90,19 +117,18 @@ async fn guest_ns(stores: Arc<Stores>, op: &str, n: u32) -> anyhow::Result<f64> 
     parse_ns(&String::from_utf8_lossy(&stdout.contents()))
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
 fn parse_ns(output: &str) -> anyhow::Result<f64> {
     output
         .split_whitespace()
         .nth(1)
         .and_then(|ns| ns.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("unexpected guest output {output:?}"))
-}
-
-/// The wasmtime CLI, if there is one: `$WASMTIME`, else `wasmtime` on `PATH`.
-fn wasmtime_cli() -> Option<std::path::PathBuf> {
-    std::env::var_os("WASMTIME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| emulator::find_program("wasmtime"))
 }
 
 /// The guest's `OP N` under `wasmtime run -S keyvalue`: ns per operation.
@@ -152,7 +178,7 @@ async fn open(url: &str) -> anyhow::Result<KvStore> {
 }
 
 async fn boundary(settings: &Settings) -> anyhow::Result<()> {
-    let cli = wasmtime_cli();
+    let cli = emulator::wasmtime_cli();
     println!("\n### 1. Boundary cost per operation, in-memory store, 256 B values\n");
     println!(
         "wasmtime CLI: {}\n",
@@ -212,24 +238,31 @@ async fn redis_rows(settings: &Settings) -> anyhow::Result<()> {
         .arg(VALUE)
         .query_async::<()>(&mut seed)
         .await?;
+    let window = settings.redis_window;
     for op in ["get", "set"] {
         for clients in [1usize, 16] {
-            // The guests: each times its own loop; they run together, so their rates add up.
+            // The guests count operations over one common wall-clock window, which starts
+            // once all of them are compiled and warm, so their rates add up.
             let stores = stores(&url).await?;
+            let start = unix_ms() + 2_000 + 500 * clients as u64;
             let guests: Vec<_> = (0..clients)
-                .map(|_| guest_ns(stores.clone(), op, n))
+                .map(|_| guest_window_ns(stores.clone(), op, n, start, window))
                 .collect();
             let guest_rate: f64 = futures::future::try_join_all(guests)
                 .await?
                 .iter()
                 .map(|ns| 1e9 / ns)
                 .sum();
+            // The native clients: the same window, counted the same way.
             let started = Instant::now();
+            let deadline = started + window;
             let natives: Vec<_> = (0..clients)
                 .map(|_| {
                     let mut connection = native.clone();
                     async move {
-                        for _ in 0..n {
+                        let mut count = 0u64;
+                        while Instant::now() < deadline {
+                            count += 1;
                             if op == "get" {
                                 redis::cmd("GET")
                                     .arg("native-bench")
@@ -243,12 +276,12 @@ async fn redis_rows(settings: &Settings) -> anyhow::Result<()> {
                                     .await?;
                             }
                         }
-                        Ok::<(), redis::RedisError>(())
+                        Ok::<u64, redis::RedisError>(count)
                     }
                 })
                 .collect();
-            futures::future::try_join_all(natives).await?;
-            let native_rate = (clients as f64 * f64::from(n)) / started.elapsed().as_secs_f64();
+            let counted: u64 = futures::future::try_join_all(natives).await?.iter().sum();
+            let native_rate = counted as f64 / started.elapsed().as_secs_f64();
             println!(
                 "| {op} | {clients} | {guest_rate:.0} | {native_rate:.0} | {:.2} |",
                 guest_rate / native_rate

@@ -5,6 +5,10 @@
 //! the store natively (no component), so the table shows what the per-request instance costs,
 //! measured in the same process on the same machine.
 //!
+//! When a wasmtime CLI is found (`$WASMTIME`, or `wasmtime` on `PATH`), `wasi-kv serve` and
+//! `wasmtime serve -S keyvalue` then serve one 0.2.0-draft handler, as separate processes,
+//! side by side.
+//!
 //! ```sh
 //! cargo bench -p kv-cli --bench serve -- [--seconds 5] [--connections 16] [--providers memory,redis]
 //! ```
@@ -22,6 +26,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use kv_cli::serve::{ServeOptions, Server};
+use kv_conformance::emulator;
 use kv_core::{KvStore, Stores};
 use tokio::net::TcpListener;
 
@@ -52,6 +57,7 @@ fn settings() -> Settings {
                     .next()
                     .unwrap_or_default()
                     .split(',')
+                    .filter(|provider| !provider.is_empty())
                     .map(str::to_string)
                     .collect()
             }
@@ -307,6 +313,87 @@ async fn bench_provider(provider: &str, settings: &Settings) -> anyhow::Result<(
     Ok(())
 }
 
+/// `wasi-kv serve` and `wasmtime serve -S keyvalue` as separate processes on the same
+/// 0.2.0-draft handler (`kv-conformance/bench-handler`, opens `""`), each with the same keys
+/// preset (`--seed`; `-S keyvalue-in-memory-data`), driven alike, route by route.
+async fn bench_vs_wasmtime(cli: &std::path::Path, settings: &Settings) -> anyhow::Result<()> {
+    let handler = kv_conformance::artifacts::BENCH_HANDLER;
+    let value = String::from_utf8(VALUE.to_vec())?;
+    let seeds: Vec<String> = (0..KEYS).map(|n| format!("key-{n}={value}")).collect();
+    let wasi_kv_seeds = seeds.clone();
+    let wasi_kv = emulator::LocalServer::start_http(
+        "wasi-kv serve",
+        move |port| {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wasi-kv"));
+            command.arg("serve");
+            for seed in &wasi_kv_seeds {
+                command.args(["--seed", seed]);
+            }
+            command.args(["--addr", &format!("127.0.0.1:{port}"), handler]);
+            command
+        },
+        Duration::from_secs(60),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let cli = cli.to_path_buf();
+    let wasmtime = emulator::LocalServer::start_http(
+        "wasmtime serve",
+        move |port| {
+            let mut command = std::process::Command::new(&cli);
+            command.args(["serve", "-S", "cli", "-S", "keyvalue"]);
+            for seed in &seeds {
+                command.args(["-S", &format!("keyvalue-in-memory-data={seed}")]);
+            }
+            command.args(["--addr", &format!("127.0.0.1:{port}"), handler]);
+            command
+        },
+        Duration::from_secs(60),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let hosts = [
+        (
+            "wasi-kv serve",
+            SocketAddr::from(([127, 0, 0, 1], wasi_kv.port())),
+        ),
+        (
+            "wasmtime serve",
+            SocketAddr::from(([127, 0, 0, 1], wasmtime.port())),
+        ),
+    ];
+    let duration = Duration::from_secs(settings.seconds);
+    for route in [Route::Get, Route::Put, Route::Counter] {
+        let mut rates = Vec::new();
+        for (host, addr) in hosts {
+            drive(
+                addr,
+                route,
+                settings.connections,
+                Duration::from_millis(500),
+            )
+            .await;
+            let measured = drive(addr, route, settings.connections, duration).await;
+            println!(
+                "| memory | {} | {host} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+                route.name(),
+                settings.connections,
+                measured.rps(),
+                measured.percentile(0.50),
+                measured.percentile(0.90),
+                measured.percentile(0.99),
+                measured.percentile(1.0),
+                measured.errors,
+            );
+            rates.push(measured.rps());
+        }
+        println!(
+            "| memory | {} | wasi-kv/wasmtime | | {:.2} | | | | | |",
+            route.name(),
+            rates[0] / rates[1]
+        );
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let settings = settings();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -325,6 +412,23 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for provider in &settings.providers {
         runtime.block_on(bench_provider(provider, &settings))?;
+    }
+    match emulator::wasmtime_cli() {
+        Some(cli) => {
+            println!();
+            println!(
+                "Against `{} serve -S keyvalue` on kv-conformance/bench-handler (both hosts \
+                 as separate processes):",
+                cli.display()
+            );
+            println!();
+            println!(
+                "| store | route | host | connections | req/s | p50 ms | p90 ms | p99 ms | max ms | errors |"
+            );
+            println!("|---|---|---|---|---|---|---|---|---|---|");
+            runtime.block_on(bench_vs_wasmtime(&cli, &settings))?;
+        }
+        None => println!("\nwasmtime serve: not measured (set $WASMTIME or put wasmtime on PATH)"),
     }
     Ok(())
 }

@@ -23,6 +23,10 @@ pub const HOSTILE_FIXTURE: &str = env!("KV_GUEST_HOSTILE_FIXTURE");
 /// (0.2.0-draft, opens `""`; runs on wasi-kv and on `wasmtime run -S keyvalue`).
 pub const BENCH_GUEST: &str = env!("KV_GUEST_KV_BENCH_GUEST");
 
+/// Path of the benchmark HTTP handler: `GET`/`PUT /kv/{key}`, `POST /counter/{key}`
+/// (0.2.0-draft, opens `""`; runs on `wasi-kv serve` and on `wasmtime serve -S keyvalue`).
+pub const BENCH_HANDLER: &str = env!("KV_GUEST_KV_BENCH_HANDLER");
+
 /// Path of the command that spins, allocates or opens stores without end (`run`'s limits).
 pub const HOSTILE_COMMAND: &str = env!("KV_GUEST_HOSTILE_COMMAND");
 

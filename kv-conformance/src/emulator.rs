@@ -142,6 +142,43 @@ impl LoopbackServer {
     }
 }
 
+/// A server that is not a backend (a host under benchmark) on a free loopback port, stopped
+/// by its PID when dropped.
+#[derive(Debug)]
+pub struct LocalServer {
+    server: LoopbackServer,
+}
+
+impl LocalServer {
+    /// Starts `command(port)` with its output in a log file, and waits up to `timeout` until
+    /// it answers HTTP on the port.
+    pub fn start_http(
+        name: &'static str,
+        command: impl Fn(u16) -> Command + Send + Sync + 'static,
+        timeout: Duration,
+    ) -> Result<LocalServer, String> {
+        let server = LoopbackServer::start(Recipe {
+            name,
+            command: Box::new(move |port, _| command(port)),
+            ready: http_answers,
+            timeout,
+        })?;
+        Ok(LocalServer { server })
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.server.port
+    }
+}
+
+/// The wasmtime CLI, if there is one: `$WASMTIME`, else `wasmtime` on `PATH`.
+pub fn wasmtime_cli() -> Option<PathBuf> {
+    std::env::var_os("WASMTIME")
+        .map(PathBuf::from)
+        .or_else(|| find_program("wasmtime"))
+}
+
 /// A `redis-server` on loopback, in memory, with no persistence.
 #[derive(Debug)]
 pub struct RedisServer {

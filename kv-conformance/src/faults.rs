@@ -432,10 +432,10 @@ impl Bucket for LossyBucket {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.state.apply(self.inner.get(key).await)
     }
-    async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+    async fn set(&self, key: &str, value: Bytes) -> Result<()> {
         self.state.apply(self.inner.set(key, value).await)
     }
-    async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+    async fn set_with_ttl(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
         self.state
             .apply(self.inner.set_with_ttl(key, value, ttl).await)
     }
@@ -459,7 +459,7 @@ impl Bucket for LossyBucket {
         &self,
         key: &str,
         expected: &Version,
-        value: Vec<u8>,
+        value: Bytes,
         request: &RequestId,
     ) -> Result<SwapOutcome> {
         self.state
@@ -468,7 +468,7 @@ impl Bucket for LossyBucket {
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         self.state.apply(self.inner.get_many(keys).await)
     }
-    async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
+    async fn set_many(&self, entries: &[(String, Bytes)]) -> Result<()> {
         self.state.apply(self.inner.set_many(entries).await)
     }
     async fn delete_many(&self, keys: &[String]) -> Result<()> {

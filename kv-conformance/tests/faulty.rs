@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kv_conformance::{Outcome, Profile, Suite, Target};
 use kv_core::{
-    Bucket, Capabilities, KeyPage, MemoryProvider, Provider, RequestId, Result, SwapOutcome,
+    Bucket, Bytes, Capabilities, KeyPage, MemoryProvider, Provider, RequestId, Result, SwapOutcome,
     Version, Versioned,
 };
 
@@ -82,7 +82,7 @@ impl Bucket for FaultyBucket {
         self.inner.get(key).await
     }
 
-    async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+    async fn set(&self, key: &str, value: Bytes) -> Result<()> {
         if matches!(self.fault, Fault::LosesEveryThirdWrite)
             && self.sets.fetch_add(1, Ordering::SeqCst) % 3 == 2
         {
@@ -91,7 +91,7 @@ impl Bucket for FaultyBucket {
         self.inner.set(key, value).await
     }
 
-    async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+    async fn set_with_ttl(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
         match self.fault {
             Fault::TtlIgnored => self.inner.set(key, value).await,
             _ => self.inner.set_with_ttl(key, value, ttl).await,
@@ -127,7 +127,7 @@ impl Bucket for FaultyBucket {
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 let next = kv_core::counter::add_delta(current, delta)?;
                 self.inner
-                    .set(key, kv_core::counter::encode_counter(next))
+                    .set(key, kv_core::counter::encode_counter(next).into())
                     .await?;
                 Ok(next)
             }
@@ -152,7 +152,7 @@ impl Bucket for FaultyBucket {
         &self,
         key: &str,
         expected: &Version,
-        value: Vec<u8>,
+        value: Bytes,
         request: &RequestId,
     ) -> Result<SwapOutcome> {
         match self.fault {
@@ -186,7 +186,7 @@ impl Bucket for FaultyBucket {
         self.inner.get_many(keys).await
     }
 
-    async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
+    async fn set_many(&self, entries: &[(String, Bytes)]) -> Result<()> {
         self.inner.set_many(entries).await
     }
 

@@ -34,7 +34,9 @@ pub use config::{ConfigError, KvConfig, StoreSpec};
 pub use error::{ErrorKind, KvError, Result};
 pub use limits::{Limits, RetryPolicy};
 pub use memory::MemoryProvider;
-pub use provider::{Bucket, KeyPage, Provider, RequestId, SwapOutcome, Version, Versioned};
+pub use provider::{
+    Bucket, Bytes, ImmediateBucket, KeyPage, Provider, RequestId, SwapOutcome, Version, Versioned,
+};
 pub use secret::{ConnectionKey, Secret};
 pub use store::{Access, CursorSecret, KvStore};
 pub use stores::{MemoryFactory, ProviderFactory, ProviderRegistry, Stores, StoresBuilder};

@@ -4,7 +4,7 @@
 //! it (wasmtime's own in-memory host copies its map per `open`, so writes are lost between
 //! instances). Namespaces are separate maps, so no key can cross between stores.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,25 +15,83 @@ use async_trait::async_trait;
 use crate::capabilities::Capabilities;
 use crate::counter::{add_delta, encode_counter, parse_counter};
 use crate::error::{KvError, Result};
-use crate::provider::{Bucket, KeyPage, Provider, RequestId, SwapOutcome, Version, Versioned};
+use crate::provider::{
+    Bucket, Bytes, ImmediateBucket, KeyPage, Provider, RequestId, SwapOutcome, Version, Versioned,
+};
 
 /// The largest value the in-memory provider stores.
 pub const MEMORY_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 struct Entry {
-    value: Vec<u8>,
+    value: Bytes,
     version: u64,
     expires_at: Option<Instant>,
 }
 
 impl Entry {
-    fn is_live(&self, now: Instant) -> bool {
-        self.expires_at.is_none_or(|at| at > now)
+    fn is_live(&self, now: &Now) -> bool {
+        self.expires_at.is_none_or(|at| at > now.get())
     }
 }
 
-type Namespace = BTreeMap<String, Entry>;
+/// The time of one operation, read on first use: only entries with a TTL need it, so an
+/// operation on keys without one reads no clock.
+#[derive(Default)]
+struct Now(std::cell::OnceCell<Instant>);
+
+impl Now {
+    fn get(&self) -> Instant {
+        *self.0.get_or_init(Instant::now)
+    }
+}
+
+/// One namespace: entries hashed by key for point operations, and the same keys in order
+/// for listing. Keys are shared between the two.
+#[derive(Default)]
+struct Namespace {
+    entries: HashMap<Arc<str>, Entry>,
+    order: BTreeSet<Arc<str>>,
+}
+
+impl Namespace {
+    fn get(&self, key: &str) -> Option<&Entry> {
+        self.entries.get(key)
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut Entry> {
+        self.entries.get_mut(key)
+    }
+
+    /// Stores `entry` at `key`; an existing key is overwritten in place, without allocating
+    /// it again.
+    fn store(&mut self, key: &str, entry: Entry) {
+        match self.entries.get_mut(key) {
+            Some(existing) => *existing = entry,
+            None => {
+                let key: Arc<str> = Arc::from(key);
+                self.order.insert(key.clone());
+                self.entries.insert(key, entry);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if self.entries.remove(key).is_some() {
+            self.order.remove(key);
+        }
+    }
+
+    /// The entries in key order, from `start`.
+    fn range<'a>(
+        &'a self,
+        start: Bound<&'a str>,
+    ) -> impl Iterator<Item = (&'a Arc<str>, &'a Entry)> {
+        self.order
+            .range::<str, _>((start, Bound::Unbounded))
+            .filter_map(|key| Some((key, self.entries.get(key)?)))
+    }
+}
 
 #[derive(Default)]
 struct Shared {
@@ -49,26 +107,62 @@ enum Applied {
     Swapped,
 }
 
-/// The results of the last [`REQUEST_LOG_LEN`] increments and swaps, by request id, so a
-/// retry of an applied call returns its result instead of applying it again.
+/// The results of applied increments and swaps, so a retry of an applied call returns its
+/// result instead of applying it again: a ring of [`REQUEST_LOG_LEN`] slots indexed by the
+/// request's sequence number, so recording and finding are one slot each, with no hashing and
+/// no eviction work.
 #[derive(Default)]
 struct RequestLog {
-    applied: HashMap<u128, Applied>,
-    order: std::collections::VecDeque<u128>,
+    /// Empty until the first record.
+    slots: Vec<Option<(u128, Applied)>>,
 }
 
-/// Requests remembered by the in-memory provider.
+/// What the log knows of a request.
+enum Recorded {
+    Applied(Applied),
+    NotApplied,
+    /// Its slot was taken by a request issued [`REQUEST_LOG_LEN`] or more later: whether it
+    /// applied is no longer known.
+    Forgotten,
+}
+
+/// Slots of the in-memory provider's request log: a retry is recognised until this many
+/// more increments and swaps have been issued in the process.
 const REQUEST_LOG_LEN: usize = 65_536;
 
 impl RequestLog {
-    fn record(&mut self, request: u128, applied: Applied) {
-        if self.applied.insert(request, applied).is_none() {
-            self.order.push_back(request);
+    fn slot(request: &RequestId) -> usize {
+        request.sequence() as usize % REQUEST_LOG_LEN
+    }
+
+    fn find(&self, request: &RequestId) -> Recorded {
+        match self.slots.get(Self::slot(request)) {
+            Some(Some((id, applied))) if *id == request.value() => Recorded::Applied(*applied),
+            Some(Some((id, _))) if (*id as u64) > request.sequence() => Recorded::Forgotten,
+            _ => Recorded::NotApplied,
         }
-        while self.order.len() > REQUEST_LOG_LEN {
-            if let Some(oldest) = self.order.pop_front() {
-                self.applied.remove(&oldest);
-            }
+    }
+
+    fn record(&mut self, request: &RequestId, applied: Applied) {
+        if self.slots.is_empty() {
+            self.slots.resize(REQUEST_LOG_LEN, None);
+        }
+        self.slots[Self::slot(request)] = Some((request.value(), applied));
+    }
+
+    /// `Some` with the first result if `request` was applied, `None` if it may be applied now,
+    /// and `outcome unknown` if that is no longer known.
+    fn check(&self, request: &RequestId) -> Result<Option<Applied>> {
+        match self.find(request) {
+            Recorded::Applied(applied) => Ok(Some(applied)),
+            Recorded::NotApplied => Ok(None),
+            Recorded::Forgotten => Err(KvError::new(
+                crate::ErrorKind::Unavailable,
+                format!(
+                    "outcome unknown: more than {REQUEST_LOG_LEN} increments and swaps were \
+                     issued while this one was retried"
+                ),
+            )),
         }
     }
 }
@@ -135,101 +229,168 @@ impl MemoryBucket {
         self.shared.versions.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    fn live<'a>(map: &'a Namespace, key: &str, now: Instant) -> Option<&'a Entry> {
+    fn live<'a>(map: &'a Namespace, key: &str, now: &Now) -> Option<&'a Entry> {
         map.get(key).filter(|entry| entry.is_live(now))
     }
 
-    fn write(&self, key: &str, value: Vec<u8>, expires_at: Option<Instant>) -> Result<()> {
+    fn write(&self, key: &str, value: Bytes, expires_at: Option<Instant>) -> Result<()> {
+        let entry = Entry {
+            value,
+            version: self.next_version(),
+            expires_at,
+        };
+        lock(&self.map)?.store(key, entry);
+        Ok(())
+    }
+}
+
+/// Every operation of the in-memory provider completes at once: the host calls these directly.
+impl ImmediateBucket for MemoryBucket {
+    fn get_now(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let map = lock(&self.map)?;
+        Ok(Self::live(&map, key, &Now::default()).map(|entry| entry.value.to_vec()))
+    }
+
+    fn exists_now(&self, key: &str) -> Result<bool> {
+        let map = lock(&self.map)?;
+        Ok(Self::live(&map, key, &Now::default()).is_some())
+    }
+
+    fn set_now(&self, key: &str, value: Bytes) -> Result<()> {
+        self.write(key, value, None)
+    }
+
+    fn delete_now(&self, key: &str) -> Result<()> {
+        lock(&self.map)?.remove(key);
+        Ok(())
+    }
+
+    fn increment_now(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
         let version = self.next_version();
-        lock(&self.map)?.insert(
-            key.to_string(),
-            Entry {
+        let now = Now::default();
+        let mut map = lock(&self.map)?;
+        let mut requests = lock(&self.shared.requests)?;
+        match requests.check(request)? {
+            Some(Applied::Incremented(total)) => return Ok(total),
+            Some(Applied::Swapped) => {
+                return Err(KvError::internal("a swap's request id was reused"));
+            }
+            None => {}
+        }
+        // One lookup: a live counter is updated in place (its TTL kept).
+        let next = match map.get_mut(key).filter(|entry| entry.is_live(&now)) {
+            Some(entry) => {
+                let next = add_delta(parse_counter(&entry.value)?, delta)?;
+                entry.value = encode_counter(next).into();
+                entry.version = version;
+                next
+            }
+            None => {
+                let next = add_delta(0, delta)?;
+                let entry = Entry {
+                    value: encode_counter(next).into(),
+                    version,
+                    expires_at: None,
+                };
+                map.store(key, entry);
+                next
+            }
+        };
+        requests.record(request, Applied::Incremented(next));
+        Ok(next)
+    }
+
+    fn get_many_within_now(
+        &self,
+        keys: &[String],
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let now = Now::default();
+        let map = lock(&self.map)?;
+        let found: Vec<Option<&Entry>> =
+            keys.iter().map(|key| Self::live(&map, key, &now)).collect();
+        // Sizes first: nothing is copied for a batch over the limit.
+        let total: usize = found.iter().flatten().map(|entry| entry.value.len()).sum();
+        if total > max_bytes {
+            return Err(crate::provider::batch_bytes_exceeded(max_bytes));
+        }
+        Ok(found
+            .into_iter()
+            .map(|entry| entry.map(|entry| entry.value.to_vec()))
+            .collect())
+    }
+
+    fn set_many_now(&self, entries: Vec<(String, Bytes)>) -> Result<()> {
+        let mut map = lock(&self.map)?;
+        for (key, value) in entries {
+            let entry = Entry {
                 value,
-                version,
-                expires_at,
-            },
-        );
+                version: self.next_version(),
+                expires_at: None,
+            };
+            map.store(&key, entry);
+        }
         Ok(())
     }
 }
 
 #[async_trait]
 impl Bucket for MemoryBucket {
+    fn immediate(&self) -> Option<&dyn ImmediateBucket> {
+        Some(self)
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let map = lock(&self.map)?;
-        Ok(Self::live(&map, key, Instant::now()).map(|entry| entry.value.clone()))
+        self.get_now(key)
     }
 
-    async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        self.write(key, value, None)
+    async fn set(&self, key: &str, value: Bytes) -> Result<()> {
+        self.set_now(key, value)
     }
 
-    async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+    async fn set_with_ttl(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
         let expires_at = Instant::now().checked_add(ttl);
         self.write(key, value, expires_at)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        lock(&self.map)?.remove(key);
-        Ok(())
+        self.delete_now(key)
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
-        let map = lock(&self.map)?;
-        Ok(Self::live(&map, key, Instant::now()).is_some())
+        self.exists_now(key)
     }
 
     async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {
-        let now = Instant::now();
+        let now = Now::default();
         let map = lock(&self.map)?;
         let start = match cursor {
             Some(after) => Bound::Excluded(after),
             None => Bound::Unbounded,
         };
         let mut live = map
-            .range::<str, _>((start, Bound::Unbounded))
-            .filter(|(_, entry)| entry.is_live(now))
+            .range(start)
+            .filter(|(_, entry)| entry.is_live(&now))
             .map(|(key, _)| key);
-        let keys: Vec<String> = live.by_ref().take(limit).cloned().collect();
+        let keys: Vec<String> = live
+            .by_ref()
+            .take(limit)
+            .map(|key| key.to_string())
+            .collect();
         let more = live.next().is_some();
         let cursor = if more { keys.last().cloned() } else { None };
         Ok(KeyPage { keys, cursor })
     }
 
     async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
-        let version = self.next_version();
-        let now = Instant::now();
-        let mut map = lock(&self.map)?;
-        let mut requests = lock(&self.shared.requests)?;
-        match requests.applied.get(&request.value()) {
-            Some(Applied::Incremented(total)) => return Ok(*total),
-            Some(Applied::Swapped) => {
-                return Err(KvError::internal("a swap's request id was reused"));
-            }
-            None => {}
-        }
-        let (current, expires_at) = match Self::live(&map, key, now) {
-            Some(entry) => (parse_counter(&entry.value)?, entry.expires_at),
-            None => (0, None),
-        };
-        let next = add_delta(current, delta)?;
-        map.insert(
-            key.to_string(),
-            Entry {
-                value: encode_counter(next),
-                version,
-                expires_at,
-            },
-        );
-        requests.record(request.value(), Applied::Incremented(next));
-        Ok(next)
+        self.increment_now(key, delta, request)
     }
 
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
         let map = lock(&self.map)?;
-        Ok(match Self::live(&map, key, Instant::now()) {
+        Ok(match Self::live(&map, key, &Now::default()) {
             Some(entry) => Versioned {
-                value: Some(entry.value.clone()),
+                value: Some(entry.value.to_vec()),
                 version: Version::Tag(entry.version.to_string()),
             },
             None => Versioned {
@@ -243,20 +404,20 @@ impl Bucket for MemoryBucket {
         &self,
         key: &str,
         expected: &Version,
-        value: Vec<u8>,
+        value: Bytes,
         request: &RequestId,
     ) -> Result<SwapOutcome> {
         let version = self.next_version();
         let mut map = lock(&self.map)?;
         let mut requests = lock(&self.shared.requests)?;
-        match requests.applied.get(&request.value()) {
+        match requests.check(request)? {
             Some(Applied::Swapped) => return Ok(SwapOutcome::Swapped),
             Some(Applied::Incremented(_)) => {
                 return Err(KvError::internal("an increment's request id was reused"));
             }
             None => {}
         }
-        let current = Self::live(&map, key, Instant::now()).map(|entry| entry.version.to_string());
+        let current = Self::live(&map, key, &Now::default()).map(|entry| entry.version.to_string());
         let unchanged = match (expected, current) {
             (Version::Absent, None) => true,
             (Version::Tag(tag), Some(current)) => *tag == current,
@@ -265,24 +426,22 @@ impl Bucket for MemoryBucket {
         if !unchanged {
             return Ok(SwapOutcome::Conflict);
         }
-        map.insert(
-            key.to_string(),
-            Entry {
-                value,
-                version,
-                expires_at: None,
-            },
-        );
-        requests.record(request.value(), Applied::Swapped);
+        let entry = Entry {
+            value,
+            version,
+            expires_at: None,
+        };
+        map.store(key, entry);
+        requests.record(request, Applied::Swapped);
         Ok(SwapOutcome::Swapped)
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        let now = Instant::now();
+        let now = Now::default();
         let map = lock(&self.map)?;
         Ok(keys
             .iter()
-            .map(|key| Self::live(&map, key, now).map(|entry| entry.value.clone()))
+            .map(|key| Self::live(&map, key, &now).map(|entry| entry.value.to_vec()))
             .collect())
     }
 
@@ -291,37 +450,11 @@ impl Bucket for MemoryBucket {
         keys: &[String],
         max_bytes: usize,
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        let now = Instant::now();
-        let map = lock(&self.map)?;
-        // Sizes first: nothing is copied for a batch over the limit.
-        let total: usize = keys
-            .iter()
-            .filter_map(|key| Self::live(&map, key, now))
-            .map(|entry| entry.value.len())
-            .sum();
-        if total > max_bytes {
-            return Err(crate::provider::batch_bytes_exceeded(max_bytes));
-        }
-        Ok(keys
-            .iter()
-            .map(|key| Self::live(&map, key, now).map(|entry| entry.value.clone()))
-            .collect())
+        self.get_many_within_now(keys, max_bytes)
     }
 
-    async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
-        let mut map = lock(&self.map)?;
-        for (key, value) in entries {
-            let version = self.next_version();
-            map.insert(
-                key,
-                Entry {
-                    value,
-                    version,
-                    expires_at: None,
-                },
-            );
-        }
-        Ok(())
+    async fn set_many(&self, entries: &[(String, Bytes)]) -> Result<()> {
+        self.set_many_now(entries.to_vec())
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<()> {
@@ -330,5 +463,63 @@ impl Bucket for MemoryBucket {
             map.remove(key);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_log_finds_applied_requests_and_admits_forgetting() {
+        let mut log = RequestLog::default();
+        let first = RequestId::new();
+        assert!(
+            matches!(log.check(&first), Ok(None)),
+            "nothing recorded yet"
+        );
+        log.record(&first, Applied::Incremented(7));
+        assert!(matches!(
+            log.check(&first),
+            Ok(Some(Applied::Incremented(7)))
+        ));
+        // Requests issued after it (other tests issue some in between) do not disturb it
+        // until one lands in its slot, REQUEST_LOG_LEN sequence numbers later.
+        let collider = loop {
+            let request = RequestId::new();
+            if RequestLog::slot(&request) == RequestLog::slot(&first) {
+                break request;
+            }
+            assert!(matches!(log.check(&request), Ok(None)));
+            log.record(&request, Applied::Swapped);
+        };
+        assert!(matches!(
+            log.check(&first),
+            Ok(Some(Applied::Incremented(7)))
+        ));
+        log.record(&collider, Applied::Swapped);
+        let err = log.check(&first).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Unavailable);
+        assert!(err.message().starts_with("outcome unknown"), "{err}");
+        // A request that never applied, older than its slot's occupant, is just as unknown;
+        // one newer than the occupant may apply.
+        let newer = (0..REQUEST_LOG_LEN)
+            .map(|_| RequestId::new())
+            .find(|request| RequestLog::slot(request) == RequestLog::slot(&first))
+            .unwrap();
+        assert!(matches!(log.check(&newer), Ok(None)));
+    }
+
+    #[tokio::test]
+    async fn increment_retried_with_its_request_applies_once() {
+        let bucket = MemoryProvider::new().open("ns").await.unwrap();
+        let request = RequestId::new();
+        assert_eq!(bucket.increment("n", 5, &request).await.unwrap(), 5);
+        assert_eq!(bucket.increment("n", 5, &request).await.unwrap(), 5);
+        assert_eq!(
+            bucket.increment("n", 1, &RequestId::new()).await.unwrap(),
+            6
+        );
+        assert_eq!(bucket.get("n").await.unwrap(), Some(b"6".to_vec()));
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+pub use bytes::Bytes;
 use futures::future::try_join_all;
 
 use crate::capabilities::Capabilities;
@@ -62,6 +63,10 @@ pub struct Versioned {
 /// Providers record it atomically with the write (a Redis request key, a journal beside the
 /// value), so a retry after a lost reply finds the write applied and returns its result
 /// instead of applying it again (S6: exactly once).
+///
+/// An id is this process's random 64-bit nonce (high half) and a per-process sequence number
+/// (low half): unique across host replicas sharing a backend, and issued in order within one
+/// process, which lets the in-memory provider keep its log as a ring indexed by sequence.
 #[derive(Debug)]
 pub struct RequestId {
     value: u128,
@@ -70,10 +75,14 @@ pub struct RequestId {
 }
 
 impl RequestId {
-    /// A fresh random id.
+    /// A fresh id, never issued before by this process.
     pub fn new() -> RequestId {
+        static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nonce = *NONCE.get_or_init(rand::random);
+        let sequence = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         RequestId {
-            value: rand::random(),
+            value: (u128::from(nonce) << 64) | u128::from(sequence),
             attempted_base: std::sync::Mutex::new(None),
         }
     }
@@ -81,6 +90,17 @@ impl RequestId {
     /// The id.
     pub fn value(&self) -> u128 {
         self.value
+    }
+
+    /// The order in which this process issued the id.
+    pub fn sequence(&self) -> u64 {
+        self.value as u64
+    }
+
+    /// 64 bits of the id that differ between any two ids of one process and are random
+    /// across processes.
+    pub fn short(&self) -> u64 {
+        (self.value >> 64) as u64 ^ self.value as u64
     }
 
     /// The id as 32 hex digits.
@@ -124,14 +144,20 @@ pub enum SwapOutcome {
 /// The keys of one namespace of a backend.
 #[async_trait]
 pub trait Bucket: Send + Sync + 'static {
+    /// This bucket's synchronous face, if every operation completes without waiting
+    /// (in-process storage). The host then calls it directly: no future, timer or retry.
+    fn immediate(&self) -> Option<&dyn ImmediateBucket> {
+        None
+    }
+
     /// The value of `key`, `None` if missing or expired.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
 
     /// Write `value`, clearing any TTL.
-    async fn set(&self, key: &str, value: Vec<u8>) -> Result<()>;
+    async fn set(&self, key: &str, value: Bytes) -> Result<()>;
 
     /// Write `value` that expires after `ttl` (only called if `capabilities().ttl`).
-    async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()>;
+    async fn set_with_ttl(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()>;
 
     /// Remove `key`; succeeds if it is missing.
     async fn delete(&self, key: &str) -> Result<()>;
@@ -157,7 +183,7 @@ pub trait Bucket: Send + Sync + 'static {
         &self,
         key: &str,
         expected: &Version,
-        value: Vec<u8>,
+        value: Bytes,
         request: &RequestId,
     ) -> Result<SwapOutcome>;
 
@@ -189,7 +215,7 @@ pub trait Bucket: Send + Sync + 'static {
     }
 
     /// Write every entry; for duplicate keys the last entry wins.
-    async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
+    async fn set_many(&self, entries: &[(String, Bytes)]) -> Result<()> {
         // Keep only the last entry per key so concurrent writes cannot reorder duplicates.
         let entries = last_entry_per_key(entries);
         for chunk in entries.chunks(DEFAULT_BATCH_CONCURRENCY) {
@@ -212,6 +238,36 @@ pub trait Bucket: Send + Sync + 'static {
     }
 }
 
+/// The hot operations of a bucket that never waits, called without a future. They mean what
+/// the [`Bucket`] methods of the same name mean, and their errors are final: with nothing to
+/// wait for, there is nothing to retry.
+pub trait ImmediateBucket: Send + Sync {
+    /// [`Bucket::get`].
+    fn get_now(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// [`Bucket::exists`].
+    fn exists_now(&self, key: &str) -> Result<bool>;
+
+    /// [`Bucket::set`].
+    fn set_now(&self, key: &str, value: Bytes) -> Result<()>;
+
+    /// [`Bucket::delete`].
+    fn delete_now(&self, key: &str) -> Result<()>;
+
+    /// [`Bucket::increment`].
+    fn increment_now(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64>;
+
+    /// [`Bucket::get_many_within`].
+    fn get_many_within_now(
+        &self,
+        keys: &[String],
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Vec<u8>>>>;
+
+    /// [`Bucket::set_many`], taking the entries (the last entry of a key wins).
+    fn set_many_now(&self, entries: Vec<(String, Bytes)>) -> Result<()>;
+}
+
 /// The error of a batch whose values pass the byte limit.
 pub fn batch_bytes_exceeded(max_bytes: usize) -> KvError {
     KvError::new(
@@ -220,13 +276,13 @@ pub fn batch_bytes_exceeded(max_bytes: usize) -> KvError {
     )
 }
 
-/// Removes all but the last entry of each key, keeping the order of the survivors.
-pub fn last_entry_per_key(entries: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+/// The last entry of each key, in the order of the survivors.
+pub fn last_entry_per_key(entries: &[(String, Bytes)]) -> Vec<&(String, Bytes)> {
     let mut seen = std::collections::HashSet::with_capacity(entries.len());
-    let mut kept: Vec<(String, Vec<u8>)> = entries
-        .into_iter()
+    let mut kept: Vec<&(String, Bytes)> = entries
+        .iter()
         .rev()
-        .filter(|(key, _)| seen.insert(key.clone()))
+        .filter(|(key, _)| seen.insert(key.as_str()))
         .collect();
     kept.reverse();
     kept
@@ -239,16 +295,10 @@ mod tests {
     #[test]
     fn last_entry_wins() {
         let entries = vec![
-            ("a".to_string(), b"1".to_vec()),
-            ("b".to_string(), b"2".to_vec()),
-            ("a".to_string(), b"3".to_vec()),
+            ("a".to_string(), Bytes::from_static(b"1")),
+            ("b".to_string(), Bytes::from_static(b"2")),
+            ("a".to_string(), Bytes::from_static(b"3")),
         ];
-        assert_eq!(
-            last_entry_per_key(entries),
-            vec![
-                ("b".to_string(), b"2".to_vec()),
-                ("a".to_string(), b"3".to_vec())
-            ]
-        );
+        assert_eq!(last_entry_per_key(&entries), vec![&entries[1], &entries[2]]);
     }
 }

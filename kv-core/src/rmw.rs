@@ -182,7 +182,7 @@ impl Journal {
     }
 
     fn find(&self, request: &RequestId) -> Option<Applied> {
-        let id = short_id(request);
+        let id = request.short();
         self.entries
             .iter()
             .rev()
@@ -198,7 +198,7 @@ impl Journal {
         let mut entries = self.entries.clone();
         entries.push_back(Entry {
             base,
-            request: short_id(request),
+            request: request.short(),
             applied,
         });
         while entries.len() > JOURNAL_LEN {
@@ -206,10 +206,6 @@ impl Journal {
         }
         Journal { entries }
     }
-}
-
-fn short_id(request: &RequestId) -> u64 {
-    request.value() as u64
 }
 
 /// How an earlier attempt of the same request ended, judged from the key's current state.
@@ -375,7 +371,7 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
     store: &S,
     key: &str,
     expected: &Version,
-    value: Vec<u8>,
+    value: &[u8],
     request: &RequestId,
 ) -> Result<SwapOutcome> {
     let read = loop {
@@ -406,7 +402,7 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
     };
     let base = condition.fingerprint();
     let write = Write {
-        value,
+        value: value.to_vec(),
         expires_at_ms: None,
         journal: journal.recording(base, request, Applied::Swapped),
     };
@@ -629,15 +625,11 @@ mod tests {
         let version = Version::Tag(snapshot.version);
         let request = RequestId::new();
         lose_the_next_reply_and_reads(&store);
-        assert!(
-            swap(&store, "k", &version, b"b".to_vec(), &request)
-                .await
-                .is_err()
-        );
-        let outcome = swap(&store, "k", &version, b"b".to_vec(), &request).await;
+        assert!(swap(&store, "k", &version, b"b", &request).await.is_err());
+        let outcome = swap(&store, "k", &version, b"b", &request).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
         // A different call with the stale version is a conflict.
-        let other = swap(&store, "k", &version, b"c".to_vec(), &RequestId::new()).await;
+        let other = swap(&store, "k", &version, b"c", &RequestId::new()).await;
         assert_eq!(other.unwrap(), SwapOutcome::Conflict);
         assert_eq!(store.value("k"), b"b");
         // Resolved at once when the backend answers the next read.
@@ -646,7 +638,7 @@ mod tests {
         };
         store.lose_replies.store(1, Ordering::Relaxed);
         let version = Version::Tag(snapshot.version);
-        let outcome = swap(&store, "k", &version, b"d".to_vec(), &RequestId::new()).await;
+        let outcome = swap(&store, "k", &version, b"d", &RequestId::new()).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
     }
 
@@ -657,7 +649,7 @@ mod tests {
         let read = read_versioned(&store, "k").await.unwrap();
         assert_eq!((read.value, &read.version), (None, &Version::Absent));
         let (first, second) = (RequestId::new(), RequestId::new());
-        let outcome = swap(&store, "k", &Version::Absent, b"new".to_vec(), &first).await;
+        let outcome = swap(&store, "k", &Version::Absent, b"new", &first).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
         assert_eq!(store.value("k"), b"new");
         assert_eq!(
@@ -666,7 +658,7 @@ mod tests {
             "the expiry is cleared"
         );
         // A live key is not absent.
-        let outcome = swap(&store, "k", &Version::Absent, b"x".to_vec(), &second).await;
+        let outcome = swap(&store, "k", &Version::Absent, b"x", &second).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Conflict);
     }
 

@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -17,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::capabilities::Capabilities;
 use crate::error::{ErrorKind, KvError, Result};
 use crate::limits::{Limits, MAX_KEY_BYTES, MAX_LIST_PAGE, MAX_TTL_MS};
-use crate::provider::{Bucket, KeyPage, RequestId, SwapOutcome, Version, Versioned};
+use crate::provider::{Bucket, Bytes, KeyPage, RequestId, SwapOutcome, Version, Versioned};
 
 /// What a component may do with a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -217,20 +219,33 @@ impl KvStore {
     /// Reads `key`.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         check_key(key)?;
+        if let Some(bucket) = self.inner.bucket.immediate() {
+            return self.settled("get", bucket.get_now(key));
+        }
         self.call("get", || self.inner.bucket.get(key)).await
     }
 
     /// Writes `key`, clearing any TTL.
-    pub async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+    pub async fn set(&self, key: &str, value: impl Into<Bytes>) -> Result<()> {
+        let value = value.into();
         self.check_write()?;
         check_key(key)?;
         self.check_value(&value)?;
+        if let Some(bucket) = self.inner.bucket.immediate() {
+            return self.settled("set", bucket.set_now(key, value));
+        }
         self.call("set", || self.inner.bucket.set(key, value.clone()))
             .await
     }
 
     /// Writes `key` expiring after `ttl_ms` milliseconds.
-    pub async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl_ms: u64) -> Result<()> {
+    pub async fn set_with_ttl(
+        &self,
+        key: &str,
+        value: impl Into<Bytes>,
+        ttl_ms: u64,
+    ) -> Result<()> {
+        let value = value.into();
         self.check_write()?;
         check_key(key)?;
         self.check_value(&value)?;
@@ -257,12 +272,18 @@ impl KvStore {
     pub async fn delete(&self, key: &str) -> Result<()> {
         self.check_write()?;
         check_key(key)?;
+        if let Some(bucket) = self.inner.bucket.immediate() {
+            return self.settled("delete", bucket.delete_now(key));
+        }
         self.call("delete", || self.inner.bucket.delete(key)).await
     }
 
     /// Whether `key` exists.
     pub async fn exists(&self, key: &str) -> Result<bool> {
         check_key(key)?;
+        if let Some(bucket) = self.inner.bucket.immediate() {
+            return self.settled("exists", bucket.exists_now(key));
+        }
         self.call("exists", || self.inner.bucket.exists(key)).await
     }
 
@@ -300,6 +321,9 @@ impl KvStore {
         check_key(key)?;
         // One request id for every attempt: a retry after a lost reply cannot apply twice.
         let request = RequestId::new();
+        if let Some(bucket) = self.inner.bucket.immediate() {
+            return self.settled("increment", bucket.increment_now(key, delta, &request));
+        }
         self.call("increment", || {
             self.inner.bucket.increment(key, delta, &request)
         })
@@ -316,7 +340,13 @@ impl KvStore {
     }
 
     /// Writes `value` if `key` is still at `expected`.
-    pub async fn swap(&self, key: &str, expected: &Version, value: Vec<u8>) -> Result<SwapOutcome> {
+    pub async fn swap(
+        &self,
+        key: &str,
+        expected: &Version,
+        value: impl Into<Bytes>,
+    ) -> Result<SwapOutcome> {
+        let value = value.into();
         self.check_write()?;
         check_key(key)?;
         self.check_value(&value)?;
@@ -340,32 +370,47 @@ impl KvStore {
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         self.check_batch(keys.len())?;
         keys.iter().try_for_each(|key| check_key(key))?;
-        let mut distinct: Vec<String> = Vec::new();
+        // Each key's index among the distinct keys, and how many times it was asked for.
         let mut index_of: HashMap<&str, usize> = HashMap::with_capacity(keys.len());
         let positions: Vec<usize> = keys
             .iter()
             .map(|key| {
-                *index_of.entry(key.as_str()).or_insert_with(|| {
-                    distinct.push(key.clone());
-                    distinct.len() - 1
-                })
+                let next = index_of.len();
+                *index_of.entry(key.as_str()).or_insert(next)
             })
             .collect();
-        // What each distinct key costs when returned: its size times its copies.
+        let distinct: std::borrow::Cow<'_, [String]> = if index_of.len() == keys.len() {
+            std::borrow::Cow::Borrowed(keys)
+        } else {
+            let mut distinct = vec![String::new(); index_of.len()];
+            for (key, &position) in keys.iter().zip(&positions) {
+                if distinct[position].is_empty() {
+                    distinct[position] = key.clone();
+                }
+            }
+            std::borrow::Cow::Owned(distinct)
+        };
         let mut copies = vec![0usize; distinct.len()];
         for &position in &positions {
             copies[position] += 1;
         }
+        // What each distinct key costs when returned: its size times its copies.
         let max_bytes = self.inner.limits.max_batch_bytes;
         let mut charged = 0usize;
         let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(distinct.len());
         for (round, keys) in distinct.chunks(GET_MANY_ROUND).enumerate() {
             let budget = max_bytes.saturating_sub(charged);
-            let part = self
-                .call("get-many", || {
-                    self.inner.bucket.get_many_within(keys, budget)
-                })
-                .await?;
+            let part = match self.inner.bucket.immediate() {
+                Some(bucket) => {
+                    self.settled("get-many", bucket.get_many_within_now(keys, budget))?
+                }
+                None => {
+                    self.call("get-many", || {
+                        self.inner.bucket.get_many_within(keys, budget)
+                    })
+                    .await?
+                }
+            };
             if part.len() != keys.len() {
                 return Err(KvError::internal(format!(
                     "the provider returned {} values for {} keys",
@@ -383,15 +428,30 @@ impl KvStore {
             }
             values.extend(part);
         }
+        if let std::borrow::Cow::Borrowed(_) = distinct {
+            return Ok(values);
+        }
+        // A value asked for more than once is copied for all but its last position.
         Ok(positions
             .into_iter()
-            .map(|position| values[position].clone())
+            .map(|position| {
+                copies[position] -= 1;
+                if copies[position] == 0 {
+                    values[position].take()
+                } else {
+                    values[position].clone()
+                }
+            })
             .collect())
     }
 
     /// Writes many entries; nothing is written if any key or value is invalid, or if the
     /// values add up to more than `limits.max_batch_bytes`.
     pub async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
+        let entries: Vec<(String, Bytes)> = entries
+            .into_iter()
+            .map(|(key, value)| (key, Bytes::from(value)))
+            .collect();
         self.check_write()?;
         self.check_batch(entries.len())?;
         for (key, value) in &entries {
@@ -403,7 +463,10 @@ impl KvStore {
         if total > max_bytes {
             return Err(crate::provider::batch_bytes_exceeded(max_bytes));
         }
-        self.call("set-many", || self.inner.bucket.set_many(entries.clone()))
+        if let Some(bucket) = self.inner.bucket.immediate() {
+            return self.settled("set-many", bucket.set_many_now(entries));
+        }
+        self.call("set-many", || self.inner.bucket.set_many(&entries))
             .await
     }
 
@@ -469,16 +532,43 @@ impl KvStore {
     /// a retry after a lost reply return the first result instead of applying again. A retry
     /// that would end past the time limit is not started, so throttling that outlasts the
     /// retries surfaces as `throttled`, not `timeout`; the final error is marked permanent.
+    ///
+    /// The first attempt is polled once before any clock is read or timer armed: a provider
+    /// that answers without waiting (the in-memory one) costs neither. Waiting and retrying
+    /// live in a boxed future of their own, so the happy path's future stays small.
     async fn call<'a, T, F, Fut>(&'a self, op: &'static str, f: F) -> Result<T>
     where
         F: Fn() -> Fut + 'a,
         Fut: Future<Output = Result<T>> + 'a,
     {
+        let mut first = std::pin::pin!(f());
+        match futures::poll!(first.as_mut()) {
+            Poll::Ready(Ok(value)) => Ok(value),
+            Poll::Ready(Err(err)) if !err.is_transient() => {
+                let err = err.with_transient(false);
+                self.log_failure(op, 1, &err);
+                Err(err)
+            }
+            polled => Box::pin(self.wait_and_retry(op, &f, first, polled)).await,
+        }
+    }
+
+    /// [`KvStore::call`] once the first attempt has to wait or failed transiently.
+    async fn wait_and_retry<T, F, Fut>(
+        &self,
+        op: &'static str,
+        f: &F,
+        first: Pin<&mut Fut>,
+        polled: Poll<Result<T>>,
+    ) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
         let policy = &self.inner.limits.retry;
         let attempts = policy.max_attempts.max(1);
         let timeout = self.inner.limits.operation_timeout;
-        let started = tokio::time::Instant::now();
-        let deadline = started + timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let timed_out = || {
             KvError::new(
                 ErrorKind::Timeout,
@@ -486,20 +576,15 @@ impl KvStore {
             )
         };
         let mut attempt = 1;
+        let mut outcome = match polled {
+            Poll::Ready(outcome) => Some(outcome),
+            Poll::Pending => tokio::time::timeout_at(deadline, first).await.ok(),
+        };
         let result = loop {
-            // A provider that answers without waiting (the in-memory one) needs no timer:
-            // poll once, and arm the deadline only if the operation has to wait.
-            let mut pending = std::pin::pin!(f());
-            let outcome = match futures::poll!(pending.as_mut()) {
-                std::task::Poll::Ready(outcome) => outcome,
-                std::task::Poll::Pending => {
-                    match tokio::time::timeout_at(deadline, pending).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => break Err(timed_out()),
-                    }
-                }
+            let Some(result) = outcome else {
+                break Err(timed_out());
             };
-            match outcome {
+            match result {
                 Err(err) if err.is_transient() && attempt < attempts => {
                     let delay = policy
                         .backoff()
@@ -511,25 +596,40 @@ impl KvStore {
                     tracing::debug!(store = %self.inner.name, op, attempt, error = %err.chain(), "retrying");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
+                    outcome = tokio::time::timeout_at(deadline, f()).await.ok();
                 }
                 Err(err) => break Err(err.with_transient(false)),
                 Ok(value) => break Ok(value),
             }
         };
         if let Err(err) = &result {
-            match err.kind() {
-                ErrorKind::Unavailable
-                | ErrorKind::Throttled
-                | ErrorKind::Timeout
-                | ErrorKind::Internal => {
-                    tracing::warn!(store = %self.inner.name, provider = %self.inner.provider, op, attempts = attempt, error = %err.chain(), "operation failed")
-                }
-                _ => {
-                    tracing::debug!(store = %self.inner.name, op, error = %err, "operation rejected")
-                }
-            }
+            self.log_failure(op, attempt, err);
         }
         result
+    }
+
+    /// The outcome of an operation an [`ImmediateBucket`](crate::ImmediateBucket) completed:
+    /// final, and logged like any failure.
+    fn settled<T>(&self, op: &'static str, result: Result<T>) -> Result<T> {
+        result.map_err(|err| {
+            let err = err.with_transient(false);
+            self.log_failure(op, 1, &err);
+            err
+        })
+    }
+
+    fn log_failure(&self, op: &'static str, attempts: u32, err: &KvError) {
+        match err.kind() {
+            ErrorKind::Unavailable
+            | ErrorKind::Throttled
+            | ErrorKind::Timeout
+            | ErrorKind::Internal => {
+                tracing::warn!(store = %self.inner.name, provider = %self.inner.provider, op, attempts, error = %err.chain(), "operation failed")
+            }
+            _ => {
+                tracing::debug!(store = %self.inner.name, op, error = %err, "operation rejected")
+            }
+        }
     }
 }
 

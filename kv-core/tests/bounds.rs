@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use kv_core::{
-    Access, Bucket, Capabilities, ErrorKind, KeyPage, KvError, Limits, Provider, RequestId, Result,
-    RetryPolicy, Stores, SwapOutcome, Version, Versioned,
+    Access, Bucket, Bytes, Capabilities, ErrorKind, KeyPage, KvError, Limits, Provider, RequestId,
+    Result, RetryPolicy, Stores, SwapOutcome, Version, Versioned,
 };
 
 /// A bucket whose every operation first waits `delay`, then fails `failures` times with
@@ -41,10 +41,10 @@ impl Bucket for Misbehaving {
     async fn get(&self, _: &str) -> Result<Option<Vec<u8>>> {
         self.step().await.map(|_| Some(b"v".to_vec()))
     }
-    async fn set(&self, _: &str, _: Vec<u8>) -> Result<()> {
+    async fn set(&self, _: &str, _: Bytes) -> Result<()> {
         self.step().await
     }
-    async fn set_with_ttl(&self, _: &str, _: Vec<u8>, _: Duration) -> Result<()> {
+    async fn set_with_ttl(&self, _: &str, _: Bytes, _: Duration) -> Result<()> {
         self.step().await
     }
     async fn delete(&self, _: &str) -> Result<()> {
@@ -75,7 +75,7 @@ impl Bucket for Misbehaving {
         &self,
         _: &str,
         _: &Version,
-        _: Vec<u8>,
+        _: Bytes,
         request: &RequestId,
     ) -> Result<SwapOutcome> {
         self.requests.lock().unwrap().push(request.value());

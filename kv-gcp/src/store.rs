@@ -18,8 +18,8 @@ use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
 use kv_core::naming::{KeyCodec, namespace_prefix};
 use kv_core::rmw::{self, ConditionalStore, Expect, Journal, Read, Snapshot, Write};
 use kv_core::{
-    Backoff, Bucket, Capabilities, KeyPage, KvError, Provider, RequestId, Result, SwapOutcome,
-    Version, Versioned, clock,
+    Backoff, Bucket, Bytes, Capabilities, KeyPage, KvError, Provider, RequestId, Result,
+    SwapOutcome, Version, Versioned, clock,
 };
 
 use crate::error::{map_error, status};
@@ -207,7 +207,7 @@ impl GcsBucket {
     async fn upload(
         &self,
         key: &str,
-        value: Vec<u8>,
+        value: Bytes,
         expires_at: Option<u64>,
         journal: Option<&Journal>,
         if_generation: Option<i64>,
@@ -273,7 +273,7 @@ impl ConditionalStore for GcsBucket {
         };
         self.upload(
             key,
-            write.value,
+            write.value.into(),
             write.expires_at_ms,
             Some(&write.journal),
             Some(generation),
@@ -288,11 +288,11 @@ impl Bucket for GcsBucket {
         Ok(self.read(key).await?.1)
     }
 
-    async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+    async fn set(&self, key: &str, value: Bytes) -> Result<()> {
         self.upload(key, value, None, None, None).await.map(drop)
     }
 
-    async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+    async fn set_with_ttl(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
         let at = clock::expires_at_ms(ttl);
         self.upload(key, value, Some(at), None, None)
             .await
@@ -359,10 +359,10 @@ impl Bucket for GcsBucket {
         &self,
         key: &str,
         expected: &Version,
-        value: Vec<u8>,
+        value: Bytes,
         request: &RequestId,
     ) -> Result<SwapOutcome> {
-        rmw::swap(self, key, expected, value, request).await
+        rmw::swap(self, key, expected, &value, request).await
     }
 }
 

@@ -1,15 +1,16 @@
 //! The mapping of the contract onto Redis commands (README.md has the table).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use kv_core::naming::namespace_prefix;
+use kv_core::provider::last_entry_per_key;
 use kv_core::{
-    Bucket, Capabilities, ErrorKind, KeyPage, KvError, Provider, RequestId, Result, SwapOutcome,
-    Version, Versioned,
+    Bucket, Bytes, Capabilities, ErrorKind, KeyPage, KvError, Provider, RequestId, Result,
+    SwapOutcome, Version, Versioned,
 };
 use redis::{Cmd, FromRedisValue, Script, ServerErrorKind};
 
@@ -363,18 +364,18 @@ impl Bucket for RedisBucket {
         self.read("GET", redis::cmd("GET").arg(self.key(key))).await
     }
 
-    async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        self.write("SET", redis::cmd("SET").arg(self.key(key)).arg(value))
+    async fn set(&self, key: &str, value: Bytes) -> Result<()> {
+        self.write("SET", redis::cmd("SET").arg(self.key(key)).arg(&value[..]))
             .await
     }
 
-    async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+    async fn set_with_ttl(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         self.write(
             "SET PX",
             redis::cmd("SET")
                 .arg(self.key(key))
-                .arg(value)
+                .arg(&value[..])
                 .arg("PX")
                 .arg(millis),
         )
@@ -498,7 +499,7 @@ impl Bucket for RedisBucket {
         &self,
         key: &str,
         expected: &Version,
-        value: Vec<u8>,
+        value: Bytes,
         request: &RequestId,
     ) -> Result<SwapOutcome> {
         let expected = match expected {
@@ -553,24 +554,15 @@ impl Bucket for RedisBucket {
         Ok(values)
     }
 
-    async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
+    async fn set_many(&self, entries: &[(String, Bytes)]) -> Result<()> {
         // For duplicate keys the last entry wins: keep only it, so batches never race.
-        let mut last: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
-        for (index, (key, _)) in entries.iter().enumerate() {
-            last.insert(key, index);
-        }
-        let kept: Vec<&(String, Vec<u8>)> = entries
-            .iter()
-            .enumerate()
-            .filter(|(index, (key, _))| last.get(key.as_str()) == Some(index))
-            .map(|(_, entry)| entry)
-            .collect();
+        let kept = last_entry_per_key(entries);
         let full: Vec<Vec<u8>> = kept.iter().map(|(key, _)| self.key(key)).collect();
         futures::stream::iter(self.batches(&full))
             .map(|batch| async {
                 let mut command = redis::cmd("MSET");
                 for index in batch {
-                    command.arg(&full[index]).arg(kept[index].1.as_slice());
+                    command.arg(&full[index]).arg(&kept[index].1[..]);
                 }
                 self.write::<()>("MSET", &command).await
             })

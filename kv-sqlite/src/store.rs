@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use kv_core::counter::{add_delta, encode_counter, parse_counter};
 use kv_core::provider::last_entry_per_key;
 use kv_core::{
-    Bucket, Capabilities, KeyPage, KvError, Provider, RequestId, Result, SwapOutcome, Version,
-    Versioned, clock,
+    Bucket, Bytes, Capabilities, KeyPage, KvError, Provider, RequestId, Result, SwapOutcome,
+    Version, Versioned, clock,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -202,13 +202,13 @@ impl Bucket for SqliteBucket {
         .await
     }
 
-    async fn set(&self, key: &str, value: Vec<u8>) -> Result<()> {
+    async fn set(&self, key: &str, value: Bytes) -> Result<()> {
         let key = key.to_string();
         self.with(move |connection, namespace| write(connection, namespace, &key, &value, None))
             .await
     }
 
-    async fn set_with_ttl(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+    async fn set_with_ttl(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
         let key = key.to_string();
         let at = i64::try_from(clock::expires_at_ms(ttl)).unwrap_or(i64::MAX);
         self.with(move |connection, namespace| write(connection, namespace, &key, &value, Some(at)))
@@ -320,7 +320,7 @@ impl Bucket for SqliteBucket {
         &self,
         key: &str,
         expected: &Version,
-        value: Vec<u8>,
+        value: Bytes,
         request: &RequestId,
     ) -> Result<SwapOutcome> {
         let key = key.to_string();
@@ -374,13 +374,16 @@ impl Bucket for SqliteBucket {
     }
 
     /// One transaction: all entries or none.
-    async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
+    async fn set_many(&self, entries: &[(String, Bytes)]) -> Result<()> {
+        // The worker thread needs its own handles (the values are shared, not copied).
+        let entries: Vec<(String, Bytes)> =
+            last_entry_per_key(entries).into_iter().cloned().collect();
         self.with(move |connection, namespace| {
             let transaction = connection
                 .transaction()
                 .map_err(|err| map_error("set-many", err))?;
-            for (key, value) in last_entry_per_key(entries) {
-                write(&transaction, namespace, &key, &value, None)?;
+            for (key, value) in &entries {
+                write(&transaction, namespace, key, value, None)?;
             }
             transaction
                 .commit()

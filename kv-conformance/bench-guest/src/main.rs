@@ -5,6 +5,11 @@
 //!
 //! OP: `get`, `set`, `exists`, `increment`, `get-many-100`, `set-many-100`. The keys are
 //! written first, then N/10 operations warm up, then N are timed.
+//!
+//! `kv_bench_guest OP N VALUE_BYTES START_UNIX_MS WINDOW_MS` times a wall-clock window instead:
+//! after the warm-up it waits for `START_UNIX_MS` and counts operations until the window ends,
+//! so guests run side by side measure the same interval and their rates add up. A guest that
+//! reaches the start late fails rather than measure a shorter window.
 
 mod bindings {
     wit_bindgen::generate!({
@@ -59,12 +64,39 @@ fn main() {
     for _ in 0..(n / 10).max(1) {
         once(&op).unwrap_or_else(|err| fail(&err));
     }
+    let number = |index: usize| args.get(index).and_then(|text| text.parse::<u64>().ok());
+    if let (Some(start_ms), Some(window_ms)) = (number(3), number(4)) {
+        let late_ms = unix_ms().saturating_sub(start_ms);
+        if late_ms > 0 {
+            fail(&format!("reached the start {late_ms} ms late"));
+        }
+        while unix_ms() < start_ms {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let end_ms = start_ms + window_ms;
+        let mut count: u64 = 0;
+        while unix_ms() < end_ms {
+            once(&op).unwrap_or_else(|err| fail(&err));
+            count += 1;
+        }
+        println!(
+            "{op} {}",
+            u128::from(window_ms) * 1_000_000 / u128::from(count.max(1))
+        );
+        return;
+    }
     let started = Instant::now();
     for _ in 0..n {
         once(&op).unwrap_or_else(|err| fail(&err));
     }
     let elapsed = started.elapsed();
     println!("{op} {}", elapsed.as_nanos() / u128::from(n));
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
 fn fail(message: &str) -> ! {

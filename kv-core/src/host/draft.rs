@@ -23,8 +23,9 @@ fn reply<T>(result: Result<T, KvError>) -> GuestResult<T> {
 }
 
 impl KvView<'_> {
-    fn draft_bucket(&self, bucket: &Resource<DraftBucketHandle>) -> wasmtime::Result<KvStore> {
-        Ok(self.table.get(bucket)?.store.clone())
+    /// The store behind `bucket`, borrowed for the call (no reference count is touched).
+    fn draft_bucket(&self, bucket: &Resource<DraftBucketHandle>) -> wasmtime::Result<&KvStore> {
+        Ok(&self.table.get(bucket)?.store)
     }
 }
 

@@ -25,8 +25,9 @@ fn reply<T>(result: Result<T, KvError>) -> GuestResult<T> {
 }
 
 impl KvView<'_> {
-    fn bucket(&self, bucket: &Resource<BucketHandle>) -> wasmtime::Result<KvStore> {
-        Ok(self.table.get(bucket)?.store.clone())
+    /// The store behind `bucket`, borrowed for the call (no reference count is touched).
+    fn bucket(&self, bucket: &Resource<BucketHandle>) -> wasmtime::Result<&KvStore> {
+        Ok(&self.table.get(bucket)?.store)
     }
 }
 
@@ -132,7 +133,7 @@ impl atomics::HostCas for KvView<'_> {
         bucket: Resource<BucketHandle>,
         key: String,
     ) -> GuestResult<Resource<CasHandle>> {
-        let store = self.bucket(&bucket)?;
+        let store = self.bucket(&bucket)?.clone();
         match store.read_versioned(&key).await {
             Ok(read) => {
                 let handle = CasHandle {
