@@ -50,7 +50,7 @@ const BATCH_READ: usize = 100;
 /// BatchWriteItem requests per call.
 const BATCH_WRITE: usize = 25;
 /// Batch calls in flight at once per operation.
-const BATCH_PARALLEL: usize = 4;
+const BATCH_PARALLEL: usize = 8;
 /// Rounds of retrying unprocessed batch items before giving up as `throttled`.
 const UNPROCESSED_ROUNDS: u32 = 10;
 /// A provider over one DynamoDB table.

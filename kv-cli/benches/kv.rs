@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kv_cli::run::{Output, RunOptions};
+use kv_cli::run::{Output, RunOptions, Runner};
 use kv_conformance::emulator;
 use kv_core::{KvStore, Stores};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -80,12 +80,14 @@ async fn stores(url: &str) -> anyhow::Result<Arc<Stores>> {
 
 /// The guest's `OP N` through wasi-kv's host (`wasi-kv run`, in process): ns per operation.
 async fn guest_ns(stores: Arc<Stores>, op: &str, n: u32) -> anyhow::Result<f64> {
-    guest_run(stores, vec![op.to_string(), n.to_string()]).await
+    let runner = Arc::new(Runner::new(GUEST.as_ref(), None)?);
+    guest_run(&runner, stores, vec![op.to_string(), n.to_string()]).await
 }
 
 /// The guest's `OP` counted over the wall-clock window `[start, start + window)`, after `n/10`
 /// warm-up operations: ns per operation. Guests run side by side over one window add up.
 async fn guest_window_ns(
+    runner: Arc<Runner>,
     stores: Arc<Stores>,
     op: &str,
     n: u32,
@@ -99,10 +101,14 @@ async fn guest_window_ns(
         start_unix_ms.to_string(),
         window.as_millis().to_string(),
     ];
-    guest_run(stores, args.to_vec()).await
+    guest_run(&runner, stores, args.to_vec()).await
 }
 
-async fn guest_run(stores: Arc<Stores>, args: Vec<String>) -> anyhow::Result<f64> {
+async fn guest_run(
+    runner: &Arc<Runner>,
+    stores: Arc<Stores>,
+    args: Vec<String>,
+) -> anyhow::Result<f64> {
     let options = RunOptions {
         component: GUEST.into(),
         args,
@@ -112,7 +118,9 @@ async fn guest_run(stores: Arc<Stores>, args: Vec<String>) -> anyhow::Result<f64
         memory_limit: kv_cli::run::DEFAULT_RUN_MEMORY_LIMIT,
     };
     let stdout = MemoryOutputPipe::new(4096);
-    let code = kv_cli::run::run(&options, stores, Output::Capture(stdout.clone())).await?;
+    let code = runner
+        .run(&options, stores, Output::Capture(stdout.clone()))
+        .await?;
     anyhow::ensure!(code == 0, "the bench guest exited with {code}");
     parse_ns(&String::from_utf8_lossy(&stdout.contents()))
 }
@@ -241,12 +249,14 @@ async fn redis_rows(settings: &Settings) -> anyhow::Result<()> {
     let window = settings.redis_window;
     for op in ["get", "set"] {
         for clients in [1usize, 16] {
-            // The guests count operations over one common wall-clock window, which starts
-            // once all of them are compiled and warm, so their rates add up.
+            // The guests (instances of one compiled component, as `serve` runs them) count
+            // operations over one common wall-clock window, which starts once all of them
+            // are warm, so their rates add up.
             let stores = stores(&url).await?;
-            let start = unix_ms() + 2_000 + 500 * clients as u64;
+            let runner = Arc::new(Runner::new(GUEST.as_ref(), None)?);
+            let start = unix_ms() + 1_000 + 100 * clients as u64;
             let guests: Vec<_> = (0..clients)
-                .map(|_| guest_window_ns(stores.clone(), op, n, start, window))
+                .map(|_| guest_window_ns(runner.clone(), stores.clone(), op, n, start, window))
                 .collect();
             let guest_rate: f64 = futures::future::try_join_all(guests)
                 .await?

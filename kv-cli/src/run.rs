@@ -69,100 +69,141 @@ pub struct RunOptions {
 pub const DEFAULT_RUN_MEMORY_LIMIT: usize = 1 << 30;
 
 /// Runs the component and returns its exit code.
-///
-/// The component runs as a task of its own on the runtime's workers, beside the connection
-/// tasks of the stores it waits on: a reply then wakes it on the same thread, without a hop to
-/// the thread that called `run` (a `block_on` caller would add two per store round trip).
 pub async fn run(options: &RunOptions, stores: Arc<Stores>, output: Output) -> anyhow::Result<i32> {
-    let options = options.clone();
-    tokio::spawn(async move { run_component(&options, stores, output).await })
+    Arc::new(Runner::new(&options.component, options.time_limit)?)
+        .run(options, stores, output)
         .await
-        .map_err(|err| anyhow::anyhow!("the component's task failed: {err}"))?
 }
 
-async fn run_component(
-    options: &RunOptions,
-    stores: Arc<Stores>,
-    output: Output,
-) -> anyhow::Result<i32> {
-    // Epoch checks cost the guest a little on every loop; only a time limit needs them.
-    let mut config = Config::new();
-    config.epoch_interruption(options.time_limit.is_some());
-    let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
-    let _ticker = options
-        .time_limit
-        .is_some()
-        .then(|| EpochTicker::start(engine.clone()));
-    let component = load_component(&engine, &options.component)?;
-    let mut linker = Linker::<RunState>::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    // Either draft2 `get-many` shape: the one this component was built against.
-    kv_core::host::add_to_linker_for(&mut linker, &component)?;
+/// A command component compiled and linked once, to run any number of times, each run a
+/// fresh instance (an embedder running one command for many inputs compiles it once).
+pub struct Runner {
+    engine: Engine,
+    component: Component,
+    linker: Linker<RunState>,
+    time_limit: Option<Duration>,
+    _ticker: Option<EpochTicker>,
+}
 
-    let mut wasi = WasiCtxBuilder::new();
-    match output {
-        Output::Inherit => {
-            wasi.inherit_stdio();
+impl Runner {
+    /// Compiles `component`; runs may have at most `time_limit` (epoch checks are compiled in
+    /// only with one, since they cost the guest a little on every loop).
+    pub fn new(component: &Path, time_limit: Option<Duration>) -> anyhow::Result<Runner> {
+        let mut config = Config::new();
+        config.epoch_interruption(time_limit.is_some());
+        let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
+        let ticker = time_limit
+            .is_some()
+            .then(|| EpochTicker::start(engine.clone()));
+        let component = load_component(&engine, component)?;
+        let mut linker = Linker::<RunState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // Either draft2 `get-many` shape: the one this component was built against.
+        kv_core::host::add_to_linker_for(&mut linker, &component)?;
+        Ok(Runner {
+            engine,
+            component,
+            linker,
+            time_limit,
+            _ticker: ticker,
+        })
+    }
+
+    /// Runs the component once with `options`' arguments, environment, directories and
+    /// memory limit, and returns its exit code.
+    ///
+    /// The component runs as a task of its own on the runtime's workers, beside the
+    /// connection tasks of the stores it waits on: a reply then wakes it on the same thread,
+    /// without a hop to the thread that called `run` (a `block_on` caller would add two per
+    /// store round trip).
+    pub async fn run(
+        self: &Arc<Self>,
+        options: &RunOptions,
+        stores: Arc<Stores>,
+        output: Output,
+    ) -> anyhow::Result<i32> {
+        if options.time_limit.is_some() && self.time_limit.is_none() {
+            bail!("this runner was compiled without a time limit; create it with one");
         }
-        Output::Capture(pipe) => {
-            wasi.inherit_stdin().stdout(pipe).inherit_stderr();
-        }
+        let runner = self.clone();
+        let options = options.clone();
+        tokio::spawn(async move { runner.run_here(&options, stores, output).await })
+            .await
+            .map_err(|err| anyhow::anyhow!("the component's task failed: {err}"))?
     }
-    let program = options
-        .component
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "component".to_string());
-    wasi.arg(program);
-    wasi.args(&options.args);
-    for pair in &options.envs {
-        let (name, value) = pair
-            .split_once('=')
-            .with_context(|| format!("--env {pair}: expected NAME=VALUE"))?;
-        wasi.env(name, value);
-    }
-    for dir in &options.dirs {
-        let (host, guest) = parse_dir(dir, cfg!(windows));
-        wasi.preopened_dir(host, &guest, FsPerms::ReadWrite)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("--dir {dir}: cannot open {host}"))?;
-    }
-    let memory_hit = Arc::new(AtomicBool::new(false));
-    let state = RunState {
-        table: resource_table(),
-        wasi: wasi.build(),
-        kv: KvCtx::new(stores),
-        limiter: MemoryLimiter::new(options.memory_limit, memory_hit.clone()),
-    };
-    let mut store = Store::new(&engine, state);
-    store.limiter(|state| &mut state.limiter);
-    if options.time_limit.is_some() {
-        set_deadline(&mut store, options.time_limit);
-    }
-    let command = Command::instantiate_async(&mut store, &component, &linker)
-        .await
-        .map_err(anyhow::Error::from)
-        .context("instantiating the component (is it a wasi:cli command?)")?;
-    match command.wasi_cli_run().call_run(&mut store).await {
-        Ok(Ok(())) => Ok(0),
-        Ok(Err(())) => Ok(1),
-        Err(err) => match err.downcast_ref::<I32Exit>() {
-            Some(exit) => Ok(exit.0),
-            None => {
-                let err = anyhow::Error::from(err);
-                if is_time_limit(&err) {
-                    let limit = options.time_limit.unwrap_or_default();
-                    bail!("the component exceeded its time limit of {limit:?}");
-                }
-                if memory_hit.load(Ordering::Relaxed) {
-                    bail!(
-                        "the component exceeded its memory limit of {} bytes",
-                        options.memory_limit
-                    );
-                }
-                Err(err.context("the component trapped"))
+
+    async fn run_here(
+        &self,
+        options: &RunOptions,
+        stores: Arc<Stores>,
+        output: Output,
+    ) -> anyhow::Result<i32> {
+        let (engine, component, linker) = (&self.engine, &self.component, &self.linker);
+        let mut wasi = WasiCtxBuilder::new();
+        match output {
+            Output::Inherit => {
+                wasi.inherit_stdio();
             }
-        },
+            Output::Capture(pipe) => {
+                wasi.inherit_stdin().stdout(pipe).inherit_stderr();
+            }
+        }
+        let program = options
+            .component
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "component".to_string());
+        wasi.arg(program);
+        wasi.args(&options.args);
+        for pair in &options.envs {
+            let (name, value) = pair
+                .split_once('=')
+                .with_context(|| format!("--env {pair}: expected NAME=VALUE"))?;
+            wasi.env(name, value);
+        }
+        for dir in &options.dirs {
+            let (host, guest) = parse_dir(dir, cfg!(windows));
+            wasi.preopened_dir(host, &guest, FsPerms::ReadWrite)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("--dir {dir}: cannot open {host}"))?;
+        }
+        let memory_hit = Arc::new(AtomicBool::new(false));
+        let state = RunState {
+            table: resource_table(),
+            wasi: wasi.build(),
+            kv: KvCtx::new(stores),
+            limiter: MemoryLimiter::new(options.memory_limit, memory_hit.clone()),
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|state| &mut state.limiter);
+        if options.time_limit.is_some() {
+            set_deadline(&mut store, options.time_limit);
+        }
+        let command = Command::instantiate_async(&mut store, component, linker)
+            .await
+            .map_err(anyhow::Error::from)
+            .context("instantiating the component (is it a wasi:cli command?)")?;
+        match command.wasi_cli_run().call_run(&mut store).await {
+            Ok(Ok(())) => Ok(0),
+            Ok(Err(())) => Ok(1),
+            Err(err) => match err.downcast_ref::<I32Exit>() {
+                Some(exit) => Ok(exit.0),
+                None => {
+                    let err = anyhow::Error::from(err);
+                    if is_time_limit(&err) {
+                        let limit = options.time_limit.unwrap_or_default();
+                        bail!("the component exceeded its time limit of {limit:?}");
+                    }
+                    if memory_hit.load(Ordering::Relaxed) {
+                        bail!(
+                            "the component exceeded its memory limit of {} bytes",
+                            options.memory_limit
+                        );
+                    }
+                    Err(err.context("the component trapped"))
+                }
+            },
+        }
     }
 }
 

@@ -41,6 +41,52 @@ async fn counter_example_counts_runs_on_one_store() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_compiles_once_and_runs_side_by_side() {
+    let config = kv_cli::load_config(None, &["default=memory:".to_string()]).unwrap();
+    let stores = Arc::new(kv_cli::registry().build(&config).await.unwrap());
+    let runner = Arc::new(kv_cli::run::Runner::new(COUNTER.as_ref(), None).unwrap());
+    let mut options = RunOptions {
+        component: COUNTER.into(),
+        args: vec![],
+        envs: vec![],
+        dirs: vec![],
+        time_limit: None,
+        memory_limit: kv_cli::run::DEFAULT_RUN_MEMORY_LIMIT,
+    };
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let (runner, options, stores) = (runner.clone(), options.clone(), stores.clone());
+            async move {
+                let stdout = MemoryOutputPipe::new(4096);
+                let code = runner
+                    .run(&options, stores, Output::Capture(stdout.clone()))
+                    .await
+                    .unwrap();
+                assert_eq!(code, 0);
+                String::from_utf8_lossy(&stdout.contents()).into_owned()
+            }
+        })
+        .collect();
+    let mut outputs = futures::future::join_all(runs).await;
+    outputs.sort();
+    // Four instances of one compiled component, one store: each run saw its own count.
+    assert_eq!(
+        outputs,
+        [1, 2, 3, 4].map(|n| format!(
+            "this component has run {n} time{}\n",
+            if n == 1 { "" } else { "s" }
+        ))
+    );
+    // A runner compiled without epoch checks cannot enforce a time limit: refused, not ignored.
+    options.time_limit = Some(std::time::Duration::from_secs(5));
+    let err = runner
+        .run(&options, stores, Output::Capture(MemoryOutputPipe::new(64)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("without a time limit"), "{err:#}");
+}
+
 #[test]
 fn run_prints_the_count_and_passes_env() {
     let out = wasi_kv(&["run", COUNTER]);
