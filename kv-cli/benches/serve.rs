@@ -116,6 +116,20 @@ impl Measured {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// One table row: `| {first} | {route} | {path} | connections | req/s | percentiles | errors |`.
+    fn row(&self, first: &str, route: Route, path: &str, connections: usize) -> String {
+        format!(
+            "| {first} | {} | {path} | {connections} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            route.name(),
+            self.rps(),
+            self.percentile(0.50),
+            self.percentile(0.90),
+            self.percentile(0.99),
+            self.percentile(1.0),
+            self.errors,
+        )
+    }
+
     fn percentile(&self, p: f64) -> f64 {
         if self.latencies_us.is_empty() {
             return f64::NAN;
@@ -177,6 +191,18 @@ async fn drive(addr: SocketAddr, route: Route, connections: usize, duration: Dur
     measured.elapsed = started.elapsed();
     measured.latencies_us.sort_unstable();
     measured
+}
+
+/// [`drive`] after a short warm-up of the same route (connections, pages, the store's
+/// connection pool).
+async fn warm_then_drive(
+    addr: SocketAddr,
+    route: Route,
+    connections: usize,
+    duration: Duration,
+) -> Measured {
+    drive(addr, route, connections, Duration::from_millis(500)).await;
+    drive(addr, route, connections, duration).await
 }
 
 /// The example's routes served natively on `store`: the baseline without a component.
@@ -272,34 +298,13 @@ async fn bench_provider(provider: &str, settings: &Settings) -> anyhow::Result<(
 
     let duration = Duration::from_secs(settings.seconds);
     for route in [Route::Get(KEYS), Route::Put(KEYS), Route::Counter] {
-        // A short warm-up per route: connections, pages, the store's connection pool.
-        drive(
-            component_addr,
-            route,
-            settings.connections,
-            Duration::from_millis(500),
-        )
-        .await;
-        let component = drive(component_addr, route, settings.connections, duration).await;
-        drive(
-            native_addr,
-            route,
-            settings.connections,
-            Duration::from_millis(500),
-        )
-        .await;
-        let native = drive(native_addr, route, settings.connections, duration).await;
+        let component =
+            warm_then_drive(component_addr, route, settings.connections, duration).await;
+        let native = warm_then_drive(native_addr, route, settings.connections, duration).await;
         for (path, measured) in [("component", &component), ("native", &native)] {
             println!(
-                "| {provider} | {} | {path} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
-                route.name(),
-                settings.connections,
-                measured.rps(),
-                measured.percentile(0.50),
-                measured.percentile(0.90),
-                measured.percentile(0.99),
-                measured.percentile(1.0),
-                measured.errors,
+                "{}",
+                measured.row(provider, route, path, settings.connections)
             );
         }
         println!(
@@ -373,24 +378,10 @@ async fn bench_vs_wasmtime(
     for &route in routes {
         let mut rates = Vec::new();
         for (host, addr) in hosts {
-            drive(
-                addr,
-                route,
-                settings.connections,
-                Duration::from_millis(500),
-            )
-            .await;
-            let measured = drive(addr, route, settings.connections, duration).await;
+            let measured = warm_then_drive(addr, route, settings.connections, duration).await;
             println!(
-                "| {keys} | {} | {host} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
-                route.name(),
-                settings.connections,
-                measured.rps(),
-                measured.percentile(0.50),
-                measured.percentile(0.90),
-                measured.percentile(0.99),
-                measured.percentile(1.0),
-                measured.errors,
+                "{}",
+                measured.row(&keys.to_string(), route, host, settings.connections)
             );
             rates.push(measured.rps());
         }

@@ -16,18 +16,23 @@ fn wasi_kv(args: &[&str]) -> std::process::Output {
         .expect("wasi-kv runs")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn counter_example_counts_runs_on_one_store() {
-    let config = kv_cli::load_config(None, &["default=memory:".to_string()]).unwrap();
-    let stores = Arc::new(kv_cli::registry().build(&config).await.unwrap());
-    let options = RunOptions {
+/// `run` options for the counter example: no arguments, no time limit.
+fn counter_options() -> RunOptions {
+    RunOptions {
         component: COUNTER.into(),
         args: vec![],
         envs: vec![],
         dirs: vec![],
         time_limit: None,
         memory_limit: kv_cli::run::DEFAULT_RUN_MEMORY_LIMIT,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counter_example_counts_runs_on_one_store() {
+    let config = kv_cli::load_config(None, &["default=memory:".to_string()]).unwrap();
+    let stores = Arc::new(kv_cli::registry().build(&config).await.unwrap());
+    let options = counter_options();
     for expected in [
         "this component has run 1 time\n",
         "this component has run 2 times\n",
@@ -46,14 +51,7 @@ async fn a_runner_compiles_once_and_runs_side_by_side() {
     let config = kv_cli::load_config(None, &["default=memory:".to_string()]).unwrap();
     let stores = Arc::new(kv_cli::registry().build(&config).await.unwrap());
     let runner = Arc::new(kv_cli::run::Runner::new(COUNTER.as_ref(), None).unwrap());
-    let mut options = RunOptions {
-        component: COUNTER.into(),
-        args: vec![],
-        envs: vec![],
-        dirs: vec![],
-        time_limit: None,
-        memory_limit: kv_cli::run::DEFAULT_RUN_MEMORY_LIMIT,
-    };
+    let mut options = counter_options();
     let runs: Vec<_> = (0..4)
         .map(|_| {
             let (runner, options, stores) = (runner.clone(), options.clone(), stores.clone());
