@@ -23,6 +23,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("hostile-fixture", "hostile_fixture"),
     ("hostile-command", "hostile-command"),
     ("kv-bench-guest", "kv_bench_guest"),
+    ("kv-bench-guest", "kv_bench_guest_cas"),
     ("kv-bench-handler", "kv_bench_handler"),
     ("compat-fixture", "compat_fixture"),
     ("interop-spin-command", "interop_spin_command"),

@@ -1,11 +1,12 @@
-//! The DESIGN targets of docs/benchmarks.md, each measured side by side in one run:
+//! The design targets of docs/benchmarks.md, each measured side by side in one run:
 //!
 //! 1. **boundary**: keyvalue operations timed inside a guest (`kv-conformance/bench-guest`, 256 B
 //!    values) on the in-memory store, through `wasi-kv run`'s host, through
 //!    `wasmtime run -S keyvalue` (when a `wasmtime` CLI is on `PATH` or named by `$WASMTIME`),
-//!    and the same `KvStore` calls made natively;
+//!    and the same `KvStore` calls made natively; compare-and-swap (`cas.new` plus `swap`,
+//!    0.2.0-draft2) through wasi-kv and natively only, as wasmtime hosts no CAS;
 //! 2. **redis**: the guest's `get`/`set` on a local Redis against the native `redis` client,
-//!    at concurrency 1 and 16;
+//!    at concurrency 1 and 16, every client a task counting over one wall-clock window;
 //! 3. **batch**: `set-many`/`get-many` of 1,000 keys against 1,000 single calls, on every
 //!    backend the project installs;
 //! 4. **listing**: 100,000 keys listed page by page: time and resident-memory growth.
@@ -24,6 +25,7 @@ use kv_core::{KvStore, Stores};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 const GUEST: &str = kv_conformance::artifacts::BENCH_GUEST;
+const GUEST_CAS: &str = kv_conformance::artifacts::BENCH_GUEST_CAS;
 const VALUE: &[u8] = &[b'v'; 256];
 
 struct Settings {
@@ -160,6 +162,7 @@ async fn native_ns(store: &KvStore, op: &str, n: u32) -> anyhow::Result<f64> {
         .map(|key| (key.clone(), VALUE.to_vec()))
         .collect();
     store.set("bench", VALUE.to_vec()).await?;
+    store.set("bench-cas", VALUE.to_vec()).await?;
     store.set_many(entries.clone()).await?;
     let once = || async {
         match op {
@@ -168,6 +171,13 @@ async fn native_ns(store: &KvStore, op: &str, n: u32) -> anyhow::Result<f64> {
             "exists" => store.exists("bench").await.map(drop),
             "increment" => store.increment("bench-counter", 1).await.map(drop),
             "get-many-100" => store.get_many(&keys).await.map(drop),
+            "cas" => {
+                let read = store.read_versioned("bench-cas").await?;
+                store
+                    .swap("bench-cas", &read.version, VALUE)
+                    .await
+                    .map(drop)
+            }
             _ => store.set_many(entries.clone()).await,
         }
     };
@@ -206,16 +216,25 @@ async fn boundary(settings: &Settings) -> anyhow::Result<()> {
         "increment",
         "get-many-100",
         "set-many-100",
+        "cas",
     ] {
         let n = if op.ends_with("-100") {
             settings.boundary_ops / 50
         } else {
             settings.boundary_ops
         };
-        let ours = guest_ns(stores("memory:").await?, op, n).await?;
-        let theirs = match &cli {
-            Some(cli) => Some(wasmtime_ns(cli, op, n)?),
-            None => None,
+        // CAS exists only in 0.2.0-draft2, which wasmtime's `-S keyvalue` does not host.
+        let (ours, theirs) = if op == "cas" {
+            let runner = Arc::new(Runner::new(GUEST_CAS.as_ref(), None)?);
+            let ours = guest_run(&runner, stores("memory:").await?, vec![n.to_string()]).await?;
+            (ours, None)
+        } else {
+            let ours = guest_ns(stores("memory:").await?, op, n).await?;
+            let theirs = match &cli {
+                Some(cli) => Some(wasmtime_ns(cli, op, n)?),
+                None => None,
+            };
+            (ours, theirs)
         };
         let native = native_ns(&open("memory:").await?, op, n).await?;
         println!(

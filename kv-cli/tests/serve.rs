@@ -568,6 +568,41 @@ fn memory_limit_is_500() -> TestResult {
     })
 }
 
+/// Memory is reset in place between requests (dirty pages rewritten, not unmapped): no
+/// request sees what an earlier one on the same slot wrote to its data segment or its
+/// zero-initialised memory, also after one that grew far past the part kept resident, and with
+/// requests running side by side.
+fn no_memory_survives_a_request() -> TestResult {
+    runtime().block_on(async {
+        let served = Served::start(FIXTURE, &[])?;
+        let http = client();
+        for round in 0..40 {
+            let got = send(http.get(served.url("/residue"))).await?;
+            expect(
+                &format!("residue, round {round}"),
+                &got,
+                200,
+                Some(b"data=7 bss=0"),
+            )?;
+            if round % 10 == 5 {
+                expect(
+                    "grow past the resident part",
+                    &send(http.get(served.url("/grow?mib=16"))).await?,
+                    200,
+                    None,
+                )?;
+            }
+        }
+        let side_by_side: Vec<_> = (0..8)
+            .map(|_| send(http.get(served.url("/residue"))))
+            .collect();
+        for got in futures::future::join_all(side_by_side).await {
+            expect("residue, side by side", &got?, 200, Some(b"data=7 bss=0"))?;
+        }
+        Ok(())
+    })
+}
+
 /// SIGTERM stops accepting connections, lets the in-flight request finish with its 200, and
 /// exits 0.
 fn sigterm_finishes_in_flight_requests() -> TestResult {
@@ -629,6 +664,7 @@ fn main() -> std::process::ExitCode {
             time_limit_is_504_and_others_are_served,
         ),
         Trial::test("memory_limit_is_500", memory_limit_is_500),
+        Trial::test("no_memory_survives_a_request", no_memory_survives_a_request),
         Trial::test(
             "wasi_0_2_patch_versions_are_served",
             wasi_0_2_patch_versions_are_served,

@@ -23,6 +23,10 @@ pub const HOSTILE_FIXTURE: &str = env!("KV_GUEST_HOSTILE_FIXTURE");
 /// (0.2.0-draft, opens `""`; runs on wasi-kv and on `wasmtime run -S keyvalue`).
 pub const BENCH_GUEST: &str = env!("KV_GUEST_KV_BENCH_GUEST");
 
+/// Path of the benchmark command that times `cas.new` plus `swap` (0.2.0-draft2, opens `""`;
+/// wasi-kv only: wasmtime's `-S keyvalue` has no CAS).
+pub const BENCH_GUEST_CAS: &str = env!("KV_GUEST_KV_BENCH_GUEST_CAS");
+
 /// Path of the benchmark HTTP handler: `GET`/`PUT /kv/{key}`, `POST /counter/{key}`
 /// (0.2.0-draft, opens `""`; runs on `wasi-kv serve` and on `wasmtime serve -S keyvalue`).
 pub const BENCH_HANDLER: &str = env!("KV_GUEST_KV_BENCH_HANDLER");

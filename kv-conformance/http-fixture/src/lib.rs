@@ -98,6 +98,24 @@ fn route(request: &IncomingRequest) -> Response {
                 format!("touched {touched} pages").into_bytes(),
             )
         }
+        "/residue" => {
+            // What an earlier request on the same instance slot left behind: a word of the
+            // data segment (initially 7) and a page of zero-initialised memory. A host that
+            // resets memory between requests always answers `data=7 bss=0`.
+            use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+            static DATA_WORD: AtomicU32 = AtomicU32::new(7);
+            static BSS_PAGE: [AtomicU8; 8192] = [const { AtomicU8::new(0) }; 8192];
+            let data = DATA_WORD.swap(8, Ordering::Relaxed);
+            let bss = BSS_PAGE
+                .iter()
+                .filter(|byte| byte.swap(0xab, Ordering::Relaxed) != 0)
+                .count();
+            Response::new(
+                200,
+                "text/plain",
+                format!("data={data} bss={bss}").into_bytes(),
+            )
+        }
         _ => Response::error(404, "no such route"),
     }
 }
