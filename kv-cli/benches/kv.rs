@@ -26,6 +26,8 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 const GUEST: &str = kv_conformance::artifacts::BENCH_GUEST;
 const GUEST_CAS: &str = kv_conformance::artifacts::BENCH_GUEST_CAS;
+/// Rounds of each boundary measurement; the best of them is reported.
+const ROUNDS: usize = 3;
 const VALUE: &[u8] = &[b'v'; 256];
 
 struct Settings {
@@ -223,20 +225,24 @@ async fn boundary(settings: &Settings) -> anyhow::Result<()> {
         } else {
             settings.boundary_ops
         };
-        // CAS exists only in 0.2.0-draft2, which wasmtime's `-S keyvalue` does not host.
-        let (ours, theirs) = if op == "cas" {
-            let runner = Arc::new(Runner::new(GUEST_CAS.as_ref(), None)?);
-            let ours = guest_run(&runner, stores("memory:").await?, vec![n.to_string()]).await?;
-            (ours, None)
-        } else {
-            let ours = guest_ns(stores("memory:").await?, op, n).await?;
-            let theirs = match &cli {
-                Some(cli) => Some(wasmtime_ns(cli, op, n)?),
-                None => None,
+        // The three are measured in turn, ROUNDS times, and each keeps its best: noise on a
+        // shared machine only ever slows a run down.
+        let (mut ours, mut theirs, mut native) = (f64::MAX, None::<f64>, f64::MAX);
+        for _ in 0..ROUNDS {
+            // CAS exists only in 0.2.0-draft2, which wasmtime's `-S keyvalue` does not host.
+            let guest = if op == "cas" {
+                let runner = Arc::new(Runner::new(GUEST_CAS.as_ref(), None)?);
+                guest_run(&runner, stores("memory:").await?, vec![n.to_string()]).await?
+            } else {
+                guest_ns(stores("memory:").await?, op, n).await?
             };
-            (ours, theirs)
-        };
-        let native = native_ns(&open("memory:").await?, op, n).await?;
+            ours = ours.min(guest);
+            if let Some(cli) = cli.as_ref().filter(|_| op != "cas") {
+                let wasmtime = wasmtime_ns(cli, op, n)?;
+                theirs = Some(theirs.map_or(wasmtime, |best| best.min(wasmtime)));
+            }
+            native = native.min(native_ns(&open("memory:").await?, op, n).await?);
+        }
         println!(
             "| {op} | {ours:.0} | {} | {native:.0} | {} |",
             theirs.map_or("–".to_string(), |t| format!("{t:.0}")),
@@ -292,19 +298,22 @@ async fn redis_rows(settings: &Settings) -> anyhow::Result<()> {
                     tokio::spawn(async move {
                         let mut count = 0u64;
                         while Instant::now() < deadline {
-                            count += 1;
-                            if op == "get" {
-                                redis::cmd("GET")
-                                    .arg("native-bench")
-                                    .query_async::<Option<Vec<u8>>>(&mut connection)
-                                    .await?;
-                            } else {
-                                redis::cmd("SET")
-                                    .arg("native-bench")
-                                    .arg(VALUE)
-                                    .query_async::<()>(&mut connection)
-                                    .await?;
+                            // As in the guest: the clock is read every 16 operations.
+                            for _ in 0..16 {
+                                if op == "get" {
+                                    redis::cmd("GET")
+                                        .arg("native-bench")
+                                        .query_async::<Option<Vec<u8>>>(&mut connection)
+                                        .await?;
+                                } else {
+                                    redis::cmd("SET")
+                                        .arg("native-bench")
+                                        .arg(VALUE)
+                                        .query_async::<()>(&mut connection)
+                                        .await?;
+                                }
                             }
+                            count += 16;
                         }
                         Ok::<u64, redis::RedisError>(count)
                     })
