@@ -26,7 +26,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 const GUEST: &str = kv_conformance::artifacts::BENCH_GUEST;
 const GUEST_CAS: &str = kv_conformance::artifacts::BENCH_GUEST_CAS;
-/// Rounds of each boundary measurement; the best of them is reported.
+/// Rounds of each boundary and Redis measurement; the best of them is reported.
 const ROUNDS: usize = 3;
 const VALUE: &[u8] = &[b'v'; 256];
 
@@ -49,7 +49,7 @@ fn settings() -> Settings {
             .to_vec(),
         boundary_ops: 200_000,
         redis_ops: 5_000,
-        redis_window: Duration::from_secs(3),
+        redis_window: Duration::from_secs(2),
         listing_keys: 100_000,
     };
     let mut args = std::env::args().skip(1);
@@ -279,54 +279,60 @@ async fn redis_rows(settings: &Settings) -> anyhow::Result<()> {
             // are warm, so their rates add up.
             let stores = stores(&url).await?;
             let runner = Arc::new(Runner::new(GUEST.as_ref(), None)?);
-            let start = unix_ms() + 1_000 + 100 * clients as u64;
-            let guests: Vec<_> = (0..clients)
-                .map(|_| guest_window_ns(runner.clone(), stores.clone(), op, n, start, window))
-                .collect();
-            let guest_rate: f64 = futures::future::try_join_all(guests)
-                .await?
-                .iter()
-                .map(|ns| 1e9 / ns)
-                .sum();
-            // The native clients: the same window, counted the same way, each a task on the
-            // runtime's workers as each guest is.
-            let started = Instant::now();
-            let deadline = started + window;
-            let natives: Vec<_> = (0..clients)
-                .map(|_| {
-                    let mut connection = native.clone();
-                    tokio::spawn(async move {
-                        let mut count = 0u64;
-                        while Instant::now() < deadline {
-                            // As in the guest: the clock is read every 16 operations.
-                            for _ in 0..16 {
-                                if op == "get" {
-                                    redis::cmd("GET")
-                                        .arg("native-bench")
-                                        .query_async::<Option<Vec<u8>>>(&mut connection)
-                                        .await?;
-                                } else {
-                                    redis::cmd("SET")
-                                        .arg("native-bench")
-                                        .arg(VALUE)
-                                        .query_async::<()>(&mut connection)
-                                        .await?;
+            // Guests and native clients take turns, ROUNDS times; each side keeps its best.
+            let (mut best_guest, mut best_native) = (0f64, 0f64);
+            for _ in 0..ROUNDS {
+                let start = unix_ms() + 1_000 + 100 * clients as u64;
+                let guests: Vec<_> = (0..clients)
+                    .map(|_| guest_window_ns(runner.clone(), stores.clone(), op, n, start, window))
+                    .collect();
+                let guest_rate: f64 = futures::future::try_join_all(guests)
+                    .await?
+                    .iter()
+                    .map(|ns| 1e9 / ns)
+                    .sum();
+                // The native clients: the same window, counted the same way, each a task on the
+                // runtime's workers as each guest is.
+                let started = Instant::now();
+                let deadline = started + window;
+                let natives: Vec<_> = (0..clients)
+                    .map(|_| {
+                        let mut connection = native.clone();
+                        tokio::spawn(async move {
+                            let mut count = 0u64;
+                            while Instant::now() < deadline {
+                                // As in the guest: the clock is read every 16 operations.
+                                for _ in 0..16 {
+                                    if op == "get" {
+                                        redis::cmd("GET")
+                                            .arg("native-bench")
+                                            .query_async::<Option<Vec<u8>>>(&mut connection)
+                                            .await?;
+                                    } else {
+                                        redis::cmd("SET")
+                                            .arg("native-bench")
+                                            .arg(VALUE)
+                                            .query_async::<()>(&mut connection)
+                                            .await?;
+                                    }
                                 }
+                                count += 16;
                             }
-                            count += 16;
-                        }
-                        Ok::<u64, redis::RedisError>(count)
+                            Ok::<u64, redis::RedisError>(count)
+                        })
                     })
-                })
-                .collect();
-            let mut counted = 0u64;
-            for native in futures::future::try_join_all(natives).await? {
-                counted += native?;
+                    .collect();
+                let mut counted = 0u64;
+                for native in futures::future::try_join_all(natives).await? {
+                    counted += native?;
+                }
+                let native_rate = counted as f64 / started.elapsed().as_secs_f64();
+                best_guest = best_guest.max(guest_rate);
+                best_native = best_native.max(native_rate);
             }
-            let native_rate = counted as f64 / started.elapsed().as_secs_f64();
             println!(
-                "| {op} | {clients} | {guest_rate:.0} | {native_rate:.0} | {:.2} |",
-                guest_rate / native_rate
+                "| {op} | {clients} | {best_guest:.0} | {best_native:.0} | {:.2} |",
+                best_guest / best_native
             );
         }
     }
