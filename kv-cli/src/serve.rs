@@ -310,14 +310,25 @@ impl Server {
             .total_memories(slots * 2)
             .total_tables(slots * 4)
             .total_stacks(slots)
-            .max_memory_size(options.memory_limit)
+            .max_memory_size(options.memory_limit);
+        let reset_in_place = PoolingAllocationConfig::is_pagemap_scan_available();
+        info!(
+            reset = if reset_in_place {
+                "in place (PAGEMAP_SCAN)"
+            } else {
+                "by unmapping"
+            },
+            "instance memory is reset between requests"
+        );
+        if reset_in_place {
             // A finished instance's memory is reset by rewriting only the pages it dirtied
             // (Linux's PAGEMAP_SCAN, kernel 6.7+), not unmapped: the next request takes no
-            // page faults and no other core has its TLB flushed. Elsewhere the first bytes
-            // are cleared with memset.
-            .pagemap_scan(wasmtime::Enabled::Auto)
-            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY_BYTES)
-            .table_keep_resident(KEEP_RESIDENT_TABLE_BYTES);
+            // page faults and no other core has its TLB flushed. Without the scan, keeping
+            // memory resident would mean clearing all of it per request, so it is not kept.
+            pool.pagemap_scan(wasmtime::Enabled::Yes)
+                .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY_BYTES)
+                .table_keep_resident(KEEP_RESIDENT_TABLE_BYTES);
+        }
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
         let component = load_component(&engine, &options.component)?;
