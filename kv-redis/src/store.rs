@@ -62,12 +62,30 @@ pub struct ReplicaWait {
 pub struct RedisProvider {
     connection: RedisConnection,
     wait: ReplicaWait,
+    scripts: Arc<Scripts>,
+}
+
+/// The Lua scripts, hashed once per provider rather than on every `open` (which `serve` does
+/// once per request).
+struct Scripts {
+    read: Script,
+    swap: Script,
+    increment: Script,
 }
 
 impl RedisProvider {
     /// A provider over an existing connection.
     pub fn new(connection: RedisConnection, wait: ReplicaWait) -> Self {
-        RedisProvider { connection, wait }
+        let scripts = Arc::new(Scripts {
+            read: Script::new(READ_VERSIONED),
+            swap: Script::new(SWAP),
+            increment: Script::new(INCREMENT),
+        });
+        RedisProvider {
+            connection,
+            wait,
+            scripts,
+        }
     }
 }
 
@@ -97,9 +115,7 @@ impl Provider for RedisProvider {
             wait: self.wait,
             pattern: match_pattern(&prefix),
             prefix,
-            read_script: Script::new(READ_VERSIONED),
-            swap_script: Script::new(SWAP),
-            increment_script: Script::new(INCREMENT),
+            scripts: self.scripts.clone(),
         }))
     }
 }
@@ -160,9 +176,7 @@ struct RedisBucket {
     wait: ReplicaWait,
     prefix: Vec<u8>,
     pattern: Vec<u8>,
-    read_script: Script,
-    swap_script: Script,
-    increment_script: Script,
+    scripts: Arc<Scripts>,
 }
 
 impl RedisBucket {
@@ -465,7 +479,7 @@ impl Bucket for RedisBucket {
         let total: String = self
             .eval(
                 "INCRBY",
-                &self.increment_script,
+                &self.scripts.increment,
                 &[&key, request_key(&key, request).as_bytes()],
                 &[
                     delta.to_string().as_bytes(),
@@ -481,7 +495,13 @@ impl Bucket for RedisBucket {
 
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
         let read: Option<(Vec<u8>, String)> = self
-            .eval("CAS read", &self.read_script, &[&self.key(key)], &[], false)
+            .eval(
+                "CAS read",
+                &self.scripts.read,
+                &[&self.key(key)],
+                &[],
+                false,
+            )
             .await?;
         Ok(match read {
             Some((value, digest)) => Versioned {
@@ -510,7 +530,7 @@ impl Bucket for RedisBucket {
         let swapped: i64 = self
             .eval(
                 "CAS swap",
-                &self.swap_script,
+                &self.scripts.swap,
                 &[&key, request_key(&key, request).as_bytes()],
                 &[
                     expected.as_bytes(),
