@@ -86,8 +86,9 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Compiles `component`; runs may have at most `time_limit` (epoch checks are compiled in
-    /// only with one, since they cost the guest a little on every loop).
+    /// Compiles `component`. With `time_limit`, every run is stopped after it (or after its
+    /// own `RunOptions::time_limit`); epoch checks are compiled in only then, since they cost
+    /// the guest a little on every loop.
     pub fn new(component: &Path, time_limit: Option<Duration>) -> anyhow::Result<Runner> {
         let mut config = Config::new();
         config.epoch_interruption(time_limit.is_some());
@@ -176,8 +177,11 @@ impl Runner {
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);
-        if options.time_limit.is_some() {
-            set_deadline(&mut store, options.time_limit);
+        // An engine with epoch checks needs a deadline on every store, or the first check
+        // would stop the guest at once.
+        let time_limit = options.time_limit.or(self.time_limit);
+        if time_limit.is_some() {
+            set_deadline(&mut store, time_limit);
         }
         let command = Command::instantiate_async(&mut store, component, linker)
             .await
@@ -191,7 +195,7 @@ impl Runner {
                 None => {
                     let err = anyhow::Error::from(err);
                     if is_time_limit(&err) {
-                        let limit = options.time_limit.unwrap_or_default();
+                        let limit = time_limit.unwrap_or_default();
                         bail!("the component exceeded its time limit of {limit:?}");
                     }
                     if memory_hit.load(Ordering::Relaxed) {

@@ -79,10 +79,30 @@ async fn a_runner_compiles_once_and_runs_side_by_side() {
     // A runner compiled without epoch checks cannot enforce a time limit: refused, not ignored.
     options.time_limit = Some(std::time::Duration::from_secs(5));
     let err = runner
-        .run(&options, stores, Output::Capture(MemoryOutputPipe::new(64)))
+        .run(
+            &options,
+            stores.clone(),
+            Output::Capture(MemoryOutputPipe::new(64)),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("without a time limit"), "{err:#}");
+    // A runner compiled with a time limit applies it to a run that names none.
+    let limited = Arc::new(
+        kv_cli::run::Runner::new(COUNTER.as_ref(), Some(std::time::Duration::from_secs(30)))
+            .unwrap(),
+    );
+    options.time_limit = None;
+    let stdout = MemoryOutputPipe::new(4096);
+    let code = limited
+        .run(&options, stores, Output::Capture(stdout.clone()))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(
+        String::from_utf8_lossy(&stdout.contents()),
+        "this component has run 5 times\n"
+    );
 }
 
 #[test]

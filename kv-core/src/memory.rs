@@ -18,6 +18,7 @@ use crate::error::{KvError, Result};
 use crate::provider::{
     Bucket, Bytes, ImmediateBucket, KeyPage, Provider, RequestId, SwapOutcome, Version, Versioned,
 };
+use crate::store::OUTCOME_UNKNOWN;
 
 /// The largest value the in-memory provider stores.
 pub const MEMORY_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
@@ -117,15 +118,6 @@ struct RequestLog {
     slots: Vec<Option<(u128, Applied)>>,
 }
 
-/// What the log knows of a request.
-enum Recorded {
-    Applied(Applied),
-    NotApplied,
-    /// Its slot was taken by a request issued [`REQUEST_LOG_LEN`] or more later: whether it
-    /// applied is no longer known.
-    Forgotten,
-}
-
 /// Slots of the in-memory provider's request log: a retry is recognised until this many
 /// more increments and swaps have been issued in the process.
 const REQUEST_LOG_LEN: usize = 65_536;
@@ -133,14 +125,6 @@ const REQUEST_LOG_LEN: usize = 65_536;
 impl RequestLog {
     fn slot(request: &RequestId) -> usize {
         request.sequence() as usize % REQUEST_LOG_LEN
-    }
-
-    fn find(&self, request: &RequestId) -> Recorded {
-        match self.slots.get(Self::slot(request)) {
-            Some(Some((id, applied))) if *id == request.value() => Recorded::Applied(*applied),
-            Some(Some((id, _))) if (*id as u64) > request.sequence() => Recorded::Forgotten,
-            _ => Recorded::NotApplied,
-        }
     }
 
     fn record(&mut self, request: &RequestId, applied: Applied) {
@@ -151,18 +135,19 @@ impl RequestLog {
     }
 
     /// `Some` with the first result if `request` was applied, `None` if it may be applied now,
-    /// and `outcome unknown` if that is no longer known.
+    /// and `outcome unknown` if its slot was taken by a request issued [`REQUEST_LOG_LEN`] or
+    /// more later, so whether it applied is no longer known.
     fn check(&self, request: &RequestId) -> Result<Option<Applied>> {
-        match self.find(request) {
-            Recorded::Applied(applied) => Ok(Some(applied)),
-            Recorded::NotApplied => Ok(None),
-            Recorded::Forgotten => Err(KvError::new(
+        match self.slots.get(Self::slot(request)) {
+            Some(Some((id, applied))) if *id == request.value() => Ok(Some(*applied)),
+            Some(Some((id, _))) if (*id as u64) > request.sequence() => Err(KvError::new(
                 crate::ErrorKind::Unavailable,
                 format!(
-                    "outcome unknown: more than {REQUEST_LOG_LEN} increments and swaps were \
+                    "{OUTCOME_UNKNOWN}: more than {REQUEST_LOG_LEN} increments and swaps were \
                      issued while this one was retried"
                 ),
             )),
+            _ => Ok(None),
         }
     }
 }

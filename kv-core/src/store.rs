@@ -544,11 +544,7 @@ impl KvStore {
         let mut first = std::pin::pin!(f());
         match futures::poll!(first.as_mut()) {
             Poll::Ready(Ok(value)) => Ok(value),
-            Poll::Ready(Err(err)) if !err.is_transient() => {
-                let err = err.with_transient(false);
-                self.log_failure(op, 1, &err);
-                Err(err)
-            }
+            Poll::Ready(Err(err)) if !err.is_transient() => self.settled(op, Err(err)),
             polled => Box::pin(self.wait_and_retry(op, &f, first, polled)).await,
         }
     }

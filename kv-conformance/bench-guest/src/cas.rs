@@ -3,19 +3,11 @@
 //! in `wasi:keyvalue@0.2.0-draft2`, which wasmtime's `-S keyvalue` does not host, so this
 //! guest runs on wasi-kv only, beside the same calls made natively (`kv-cli/benches/kv.rs`).
 
-mod bindings {
-    wit_bindgen::generate!({
-        path: [
-            "../../wit/keyvalue-spin",
-            "../../wit/keyvalue-draft",
-            "../../wit/ttl",
-            "../../wit/http-handler",
-            "../../wit/interop",
-        ],
-        world: "wasi-kv:interop/spin-command@0.1.0",
-        generate_all,
-    });
-}
+#[macro_use]
+#[path = "../../interop/src/wit.rs"]
+mod wit;
+
+interop_bindings!(in_kv_conformance "wasi-kv:interop/spin-command@0.1.0");
 
 use std::time::Instant;
 

@@ -11,19 +11,11 @@
 //! so guests run side by side measure the same interval and their rates add up. A guest that
 //! reaches the start late fails rather than measure a shorter window.
 
-mod bindings {
-    wit_bindgen::generate!({
-        path: [
-            "../../wit/keyvalue-spin",
-            "../../wit/keyvalue-draft",
-            "../../wit/ttl",
-            "../../wit/http-handler",
-            "../../wit/interop",
-        ],
-        world: "wasi-kv:interop/draft-command@0.1.0",
-        generate_all,
-    });
-}
+#[macro_use]
+#[path = "../../interop/src/wit.rs"]
+mod wit;
+
+interop_bindings!(in_kv_conformance "wasi-kv:interop/draft-command@0.1.0");
 
 use std::time::Instant;
 

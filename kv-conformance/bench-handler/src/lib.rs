@@ -10,19 +10,11 @@
 //!
 //! Store errors are 500 with the error's text; the benchmark counts any non-2xx as an error.
 
-mod bindings {
-    wit_bindgen::generate!({
-        path: [
-            "../../wit/keyvalue-spin",
-            "../../wit/keyvalue-draft",
-            "../../wit/ttl",
-            "../../wit/http-handler",
-            "../../wit/interop",
-        ],
-        world: "wasi-kv:interop/draft-handler@0.1.0",
-        generate_all,
-    });
-}
+#[macro_use]
+#[path = "../../interop/src/wit.rs"]
+mod wit;
+
+interop_bindings!(in_kv_conformance "wasi-kv:interop/draft-handler@0.1.0");
 
 // The example's HTTP plumbing, reused as is.
 #[allow(dead_code)]

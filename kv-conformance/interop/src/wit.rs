@@ -1,7 +1,11 @@
-//! The WIT every interop fixture is generated from: the `wasi-kv:interop` worlds and the
-//! packages they use, Spin's draft2 and the older `0.2.0-draft` among them.
+//! The WIT every component built against the `wasi-kv:interop` worlds is generated from: those
+//! worlds and the packages they use, Spin's draft2 and the older `0.2.0-draft` among them.
+//! Included by the interop fixtures and by the benchmark and portable-draft guests.
 
-/// `mod bindings` for one `wasi-kv:interop` world.
+/// `mod bindings` for one `wasi-kv:interop` world. wit-bindgen reads paths from the crate's
+/// manifest directory: `interop_bindings!(WORLD)` is for a crate in
+/// `kv-conformance/interop/<name>`, `interop_bindings!(in_kv_conformance WORLD)` for one in
+/// `kv-conformance/<name>`.
 macro_rules! interop_bindings {
     ($world:tt) => {
         mod bindings {
@@ -12,6 +16,21 @@ macro_rules! interop_bindings {
                     "../../../wit/ttl",
                     "../../../wit/http-handler",
                     "../../../wit/interop",
+                ],
+                world: $world,
+                generate_all,
+            });
+        }
+    };
+    (in_kv_conformance $world:tt) => {
+        mod bindings {
+            wit_bindgen::generate!({
+                path: [
+                    "../../wit/keyvalue-spin",
+                    "../../wit/keyvalue-draft",
+                    "../../wit/ttl",
+                    "../../wit/http-handler",
+                    "../../wit/interop",
                 ],
                 world: $world,
                 generate_all,
