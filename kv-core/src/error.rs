@@ -195,6 +195,14 @@ impl KvError {
         self.transient
     }
 
+    /// Whether a write that failed this way may still have been applied: the backend was
+    /// unreachable mid-request or answered with a server error (`unavailable`), or the reply
+    /// did not come in time (`timeout`), so the reply may be what was lost. Throttling and
+    /// every rejection are certain not to have written anything.
+    pub fn may_have_applied(&self) -> bool {
+        matches!(self.kind, ErrorKind::Unavailable | ErrorKind::Timeout)
+    }
+
     /// The full cause chain, for logs (never for guests).
     pub fn chain(&self) -> String {
         let mut out = self.to_string();

@@ -31,6 +31,7 @@ use crate::clock;
 use crate::counter::{add_delta, encode_counter, parse_counter};
 use crate::error::{KvError, Result};
 use crate::provider::{RequestId, SwapOutcome, Version};
+use crate::store::OUTCOME_UNKNOWN;
 
 /// Attempts before an increment that keeps losing races gives up.
 pub const INCREMENT_ATTEMPTS: u32 = 200;
@@ -62,14 +63,25 @@ pub enum Expect {
 }
 
 impl Expect {
+    /// Absence and every version fingerprint differently, including a backend's empty version
+    /// (a DynamoDB item written before versions existed): an empty version is not absence.
     fn fingerprint(&self) -> u32 {
-        let text = match self {
-            Expect::Absent => "",
-            Expect::Version(version) => version.as_str(),
-        };
-        let digest = Sha256::digest(text.as_bytes());
+        let mut hash = Sha256::new();
+        match self {
+            Expect::Absent => hash.update(b"absent"),
+            Expect::Version(version) => {
+                hash.update(b"version:");
+                hash.update(version.as_bytes());
+            }
+        }
+        let digest = hash.finalize();
         u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
     }
+}
+
+/// The fingerprint of a write conditioned on the key's absence.
+fn absent_fingerprint() -> u32 {
+    Expect::Absent.fingerprint()
 }
 
 /// The outcome of [`ConditionalStore::read`].
@@ -218,22 +230,32 @@ enum Earlier {
 
 /// Resolves the earlier attempt of `request` (if any) against the current `journal` and
 /// version fingerprint.
+///
+/// A version is never reused, so an unchanged version, or another request's entry conditioned
+/// on the same version, proves the earlier attempt did not apply. Absence is not a version:
+/// an attempt that created the key may have applied and been deleted since (after which the
+/// key is missing again, or re-created by someone else with a fresh journal), so an attempt
+/// conditioned on absence is resolved only by finding its own entry; otherwise the outcome is
+/// unknown.
 fn resolve(request: &RequestId, journal: &Journal, current: u32) -> Result<Earlier> {
     if let Some(applied) = journal.find(request) {
         return Ok(Earlier::Applied(applied));
     }
-    match request.attempted_base() {
-        None => Ok(Earlier::NotApplied),
-        Some(base) if base == current || journal.has_base(base) => {
-            request.set_attempted_base(None);
-            Ok(Earlier::NotApplied)
-        }
-        Some(_) => Err(KvError::unavailable(
-            "outcome unknown: an earlier attempt's reply was lost and the key has changed \
-             too much since to tell whether it was applied",
-        )
-        .with_transient(false)),
+    let Some(base) = request.attempted_base() else {
+        return Ok(Earlier::NotApplied);
+    };
+    if base != absent_fingerprint() && (base == current || journal.has_base(base)) {
+        request.set_attempted_base(None);
+        return Ok(Earlier::NotApplied);
     }
+    let why = if base == absent_fingerprint() {
+        "an earlier attempt that creates the key lost its reply, and the key has no record of \
+         it: it was either never written or written and deleted since"
+    } else {
+        "an earlier attempt's reply was lost and the key has changed too much since to tell \
+         whether it was applied"
+    };
+    Err(KvError::unavailable(format!("{OUTCOME_UNKNOWN}: {why}")).with_transient(false))
 }
 
 /// Re-reads `key` right after an ambiguous write to resolve it: what it applied, or `None`
@@ -333,6 +355,12 @@ pub async fn increment<S: ConditionalStore + ?Sized>(
             }
             // The conflict may be a resend meeting our own first send.
             Ok(false) => None,
+            // Refused (throttled, rejected): certainly not written. The host's retry, which
+            // honours the backend's Retry-After, decides whether to try again.
+            Err(err) if !err.may_have_applied() => {
+                request.set_attempted_base(None);
+                return Err(err);
+            }
             // The reply was lost: the write may or may not have happened.
             Err(err) => Some(err),
         };
@@ -410,8 +438,15 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
     let failure = match store.write_if(key, write, condition).await {
         Ok(true) => return Ok(SwapOutcome::Swapped),
         Ok(false) if !store.resends_conditional_writes() => None,
-        // A conflict that may be a resend meeting our own first send, or a lost reply.
+        // A conflict that may be a resend meeting our own first send.
         Ok(false) => Some(None),
+        // Refused (throttled, rejected): certainly not written, and not a conflict either
+        // (S7: a store failure is a store error, never `cas-failed`).
+        Err(err) if !err.may_have_applied() => {
+            request.set_attempted_base(None);
+            return Err(err);
+        }
+        // The reply was lost: the write may or may not have happened.
         Err(err) => Some(Some(err)),
     };
     let Some(failure) = failure else {
@@ -424,9 +459,13 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
             Err(KvError::internal("an increment's request id was reused"))
         }
         None => match failure {
-            // Unresolved (the backend kept failing): the host's retry resolves it.
-            Some(err) if request.attempted_base().is_some() => Err(err),
-            _ => {
+            // Unresolved (the backend kept failing), or resolved as not applied after a
+            // failure: either way the key may still be at the expected version, so this is a
+            // store error for the host's retry, which resolves it again and writes or finds
+            // the real conflict; never `cas-failed` against a key nobody changed.
+            Some(err) => Err(err),
+            // A conflicting resend whose first send did not apply: a real conflict.
+            None => {
                 request.set_attempted_base(None);
                 Ok(SwapOutcome::Conflict)
             }
@@ -483,6 +522,8 @@ mod tests {
         fail_reads: AtomicU32,
         /// Reads that fail after the next lost reply.
         fail_reads_after_loss: AtomicU32,
+        /// Writes refused before they apply, with this error.
+        refuse_writes: Mutex<Vec<KvError>>,
     }
 
     impl Versioned {
@@ -497,6 +538,15 @@ mod tests {
 
         fn value(&self, key: &str) -> Vec<u8> {
             self.items.lock().unwrap()[key].0.clone()
+        }
+
+        fn remove(&self, key: &str) {
+            self.items.lock().unwrap().remove(key);
+        }
+
+        /// The next write is refused with `error` and applies nothing.
+        fn refuse_next_write(&self, error: KvError) {
+            self.refuse_writes.lock().unwrap().push(error);
         }
     }
 
@@ -524,6 +574,9 @@ mod tests {
 
         async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool> {
             tokio::task::yield_now().await;
+            if let Some(error) = self.refuse_writes.lock().unwrap().pop() {
+                return Err(error);
+            }
             let holds = {
                 let mut items = self.items.lock().unwrap();
                 let current = items.get(key).map(|(_, version, _, _)| version.to_string());
@@ -640,6 +693,105 @@ mod tests {
         let version = Version::Tag(snapshot.version);
         let outcome = swap(&store, "k", &version, b"d", &RequestId::new()).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
+    }
+
+    fn version_of_key(store: &Versioned, key: &str) -> Version {
+        Version::Tag(store.items.lock().unwrap()[key].1.to_string())
+    }
+
+    /// S7: a store failure is a store error, never `cas-failed`. A write refused (throttled)
+    /// or lost before it reached the backend, on a key nobody changed, is an error the host
+    /// retries, and the retry swaps.
+    #[tokio::test]
+    async fn a_failed_write_on_an_unchanged_key_is_an_error_not_a_conflict() {
+        for refusal in [
+            KvError::new(ErrorKind::Throttled, "429"),
+            KvError::unavailable("connection reset before the request was sent"),
+        ] {
+            let store = Versioned::default();
+            store.put("k", b"a", None);
+            let version = version_of_key(&store, "k");
+            let request = RequestId::new();
+            let kind = refusal.kind();
+            store.refuse_next_write(refusal);
+            let err = swap(&store, "k", &version, b"b", &request)
+                .await
+                .expect_err("a failed write is not a conflict");
+            assert_eq!(err.kind(), kind, "{err}");
+            assert_eq!(store.value("k"), b"a");
+            // The host retries the same call: it swaps.
+            let outcome = swap(&store, "k", &version, b"b", &request).await.unwrap();
+            assert_eq!(outcome, SwapOutcome::Swapped);
+            assert_eq!(store.value("k"), b"b");
+        }
+        // An increment whose write is throttled returns the error to the host's retry (which
+        // honours Retry-After) instead of looping on its own.
+        let store = Versioned::default();
+        store.refuse_next_write(KvError::new(ErrorKind::Throttled, "429"));
+        let request = RequestId::new();
+        let err = increment(&store, "n", 1, &request).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Throttled);
+        assert_eq!(increment(&store, "n", 1, &request).await.unwrap(), 1);
+    }
+
+    /// Absence is not a version: an increment that created the key and lost its reply, then
+    /// a delete by someone else, leaves the key missing as if the write never happened. The
+    /// retry must not apply again.
+    #[tokio::test]
+    async fn a_create_then_delete_is_not_mistaken_for_not_applied() {
+        // The key is missing again when the retry looks.
+        let store = Versioned::default();
+        let request = RequestId::new();
+        lose_the_next_reply_and_reads(&store);
+        assert!(increment(&store, "n", 5, &request).await.is_err());
+        assert_eq!(store.value("n"), b"5", "the lost write was applied");
+        store.remove("n");
+        let err = increment(&store, "n", 5, &request).await.unwrap_err();
+        assert!(err.message().starts_with(OUTCOME_UNKNOWN), "{err}");
+        assert!(
+            !store.items.lock().unwrap().contains_key("n"),
+            "applied twice"
+        );
+        // Re-created by another writer from absence, with a journal of its own.
+        let store = Versioned::default();
+        let request = RequestId::new();
+        lose_the_next_reply_and_reads(&store);
+        assert!(increment(&store, "n", 5, &request).await.is_err());
+        store.remove("n");
+        increment(&store, "n", 100, &RequestId::new())
+            .await
+            .unwrap();
+        let err = increment(&store, "n", 5, &request).await.unwrap_err();
+        assert!(err.message().starts_with(OUTCOME_UNKNOWN), "{err}");
+        assert_eq!(store.value("n"), b"100", "applied twice");
+        // The same for a swap from absence.
+        let store = Versioned::default();
+        let request = RequestId::new();
+        lose_the_next_reply_and_reads(&store);
+        assert!(
+            swap(&store, "k", &Version::Absent, b"v", &request)
+                .await
+                .is_err()
+        );
+        store.remove("k");
+        let err = swap(&store, "k", &Version::Absent, b"v", &request)
+            .await
+            .unwrap_err();
+        assert!(err.message().starts_with(OUTCOME_UNKNOWN), "{err}");
+        assert!(
+            !store.items.lock().unwrap().contains_key("k"),
+            "applied twice"
+        );
+    }
+
+    /// An item written before versions existed has an empty version; a write conditioned on
+    /// absence must not fingerprint like it.
+    #[test]
+    fn an_empty_version_is_not_absence() {
+        assert_ne!(
+            Expect::Absent.fingerprint(),
+            Expect::Version(String::new()).fingerprint()
+        );
     }
 
     #[tokio::test]
