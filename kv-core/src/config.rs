@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::limits::{Limits, MAX_LIST_PAGE};
+use crate::limits::{Limits, MAX_LIST_PAGE, MAX_OPERATION_TIMEOUT, REQUEST_RECORD_TTL};
 use crate::secret::Secret;
 use crate::store::{Access, CursorSecret};
 
@@ -485,7 +485,22 @@ fn parse_limits(value: toml::Value) -> Result<Limits, ConfigError> {
                 }
                 limits.list_page_size = number as usize;
             }
-            "operation_timeout_ms" => limits.operation_timeout = Duration::from_millis(number),
+            "operation_timeout_ms" => {
+                let timeout = Duration::from_millis(number);
+                if timeout > MAX_OPERATION_TIMEOUT {
+                    return Err(ConfigError::at(
+                        place,
+                        format!(
+                            "must be at most {} ms: a retry must end before the record of \
+                             an applied increment or swap expires ({} s), or it could apply \
+                             it twice",
+                            MAX_OPERATION_TIMEOUT.as_millis(),
+                            REQUEST_RECORD_TTL.as_secs()
+                        ),
+                    ));
+                }
+                limits.operation_timeout = timeout;
+            }
             "retry_max_attempts" => limits.retry.max_attempts = number.min(100) as u32,
             "retry_initial_backoff_ms" => {
                 limits.retry.initial_backoff = Duration::from_millis(number)
@@ -852,6 +867,22 @@ mod tests {
         ] {
             assert!(KvConfig::from_toml(bad, &env).is_err(), "{bad}");
         }
+    }
+
+    /// A timeout longer than the request records live could let a retry apply twice.
+    #[test]
+    fn operation_timeout_is_bounded_by_the_request_records() {
+        let at_max = format!(
+            "[limits]\noperation_timeout_ms = {}\n",
+            MAX_OPERATION_TIMEOUT.as_millis()
+        );
+        assert!(KvConfig::from_toml(&at_max, &env).is_ok());
+        let over = format!(
+            "[limits]\noperation_timeout_ms = {}\n",
+            MAX_OPERATION_TIMEOUT.as_millis() + 1
+        );
+        let err = KvConfig::from_toml(&over, &env).unwrap_err().to_string();
+        assert!(err.contains("limits.operation_timeout_ms"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,16 @@ pub const MAX_LIST_PAGE: usize = 1000;
 /// The longest TTL `set-with-ttl` accepts: 100 years.
 pub const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 
+/// How long a provider keeps the record of an applied increment or swap (a Redis request key,
+/// a SQLite request row). A guest call's retries all happen within its operation timeout, so
+/// the record outlives them as long as the timeout stays within [`MAX_OPERATION_TIMEOUT`].
+pub const REQUEST_RECORD_TTL: Duration = Duration::from_secs(600);
+
+/// The longest operation timeout: half of [`REQUEST_RECORD_TTL`], so a retry always finds the
+/// record of its own earlier attempt (S6, exactly once). Longer timeouts are refused in
+/// configuration and clamped by [`Limits::effective`].
+pub const MAX_OPERATION_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Host limits; the effective value limit is the smaller of this and the provider's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -44,6 +54,23 @@ impl Default for Limits {
             operation_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
         }
+    }
+}
+
+impl Limits {
+    /// These limits with the operation timeout clamped to [`MAX_OPERATION_TIMEOUT`]: beyond it,
+    /// a retry could outlive the record that makes it exactly once.
+    pub fn effective(mut self) -> Limits {
+        if self.operation_timeout > MAX_OPERATION_TIMEOUT {
+            tracing::warn!(
+                requested_ms = self.operation_timeout.as_millis() as u64,
+                max_ms = MAX_OPERATION_TIMEOUT.as_millis() as u64,
+                "operation timeout clamped: retries must end before the records of applied \
+                 increments and swaps expire"
+            );
+            self.operation_timeout = MAX_OPERATION_TIMEOUT;
+        }
+        self
     }
 }
 
@@ -81,6 +108,20 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_operation_timeout_stays_within_the_request_records() {
+        const { assert!(MAX_OPERATION_TIMEOUT.as_secs() * 2 <= REQUEST_RECORD_TTL.as_secs()) };
+        let long = Limits {
+            operation_timeout: Duration::from_secs(3600),
+            ..Limits::default()
+        };
+        assert_eq!(long.effective().operation_timeout, MAX_OPERATION_TIMEOUT);
+        assert_eq!(
+            Limits::default().effective().operation_timeout,
+            Limits::default().operation_timeout
+        );
+    }
 
     #[test]
     fn backoff_is_capped() {

@@ -9,11 +9,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::capabilities::Capabilities;
@@ -75,45 +77,53 @@ impl std::fmt::Debug for CursorSecret {
     }
 }
 
-/// Signs cursors so a guest can only hand back cursors this host issued for the same store.
+/// Signs cursors so a guest can only hand back cursors this host issued for the same store:
+/// HMAC-SHA-256 over the store's scope and the provider's cursor, truncated to
+/// [`CURSOR_TAG_BYTES`], checked in constant time.
 #[derive(Clone)]
 pub(crate) struct CursorSigner {
-    secret: [u8; 32],
+    /// The MAC keyed once; each cursor clones it.
+    keyed: CursorMac,
 }
 
+/// Bytes of the HMAC kept in a cursor: 128 bits, beyond guessing.
+const CURSOR_TAG_BYTES: usize = 16;
+
+type CursorMac = Hmac<Sha256>;
+
 impl CursorSigner {
-    pub(crate) fn random() -> Self {
+    fn with_key(key: [u8; 32]) -> Self {
         CursorSigner {
-            secret: rand::random(),
+            // HMAC accepts keys of any length: this cannot fail.
+            keyed: <CursorMac as Mac>::new_from_slice(&key).expect("HMAC takes any key length"),
         }
+    }
+
+    pub(crate) fn random() -> Self {
+        Self::with_key(rand::random())
     }
 
     /// A signer every host configured with the same secret shares, so a cursor issued by one
     /// replica is accepted by another.
     pub(crate) fn from_secret(secret: &CursorSecret) -> Self {
-        CursorSigner {
-            secret: Sha256::digest(secret.0.as_bytes()).into(),
-        }
+        Self::with_key(Sha256::digest(secret.0.as_bytes()).into())
     }
 
-    fn tag(&self, scope: &str, payload: &[u8]) -> [u8; 12] {
-        let mut hash = Sha256::new();
-        hash.update(self.secret);
-        hash.update((scope.len() as u64).to_le_bytes());
-        hash.update(scope.as_bytes());
-        hash.update(payload);
-        let digest = hash.finalize();
-        let mut tag = [0u8; 12];
-        tag.copy_from_slice(&digest[..12]);
-        tag
+    fn mac(&self, scope: &str, payload: &[u8]) -> CursorMac {
+        let mut mac = self.keyed.clone();
+        // The scope's length first, so no (scope, payload) pair reads as another.
+        mac.update(&(scope.len() as u64).to_le_bytes());
+        mac.update(scope.as_bytes());
+        mac.update(payload);
+        mac
     }
 
     fn seal(&self, scope: &str, cursor: &str) -> String {
-        let tag = self.tag(scope, cursor.as_bytes());
+        let tag = self.mac(scope, cursor.as_bytes()).finalize().into_bytes();
         format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(cursor),
-            URL_SAFE_NO_PAD.encode(tag)
+            URL_SAFE_NO_PAD.encode(&tag[..CURSOR_TAG_BYTES])
         )
     }
 
@@ -122,9 +132,12 @@ impl CursorSigner {
         let (payload, tag) = sealed.rsplit_once('.').ok_or_else(invalid)?;
         let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| invalid())?;
         let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| invalid())?;
-        if tag != self.tag(scope, &payload) {
+        if tag.len() != CURSOR_TAG_BYTES {
             return Err(invalid());
         }
+        self.mac(scope, &payload)
+            .verify_truncated_left(&tag)
+            .map_err(|_| invalid())?;
         String::from_utf8(payload).map_err(|_| invalid())
     }
 }
@@ -324,11 +337,10 @@ impl KvStore {
         if let Some(bucket) = self.inner.bucket.immediate() {
             return self.settled("increment", bucket.increment_now(key, delta, &request));
         }
-        self.call("increment", || {
+        self.call_applied_once("increment", || {
             self.inner.bucket.increment(key, delta, &request)
         })
         .await
-        .map_err(outcome_unknown)
     }
 
     /// Reads `key` with its version, for compare-and-swap.
@@ -354,13 +366,12 @@ impl KvStore {
         // One request id for every attempt: a retry after a lost reply reports the swap, not
         // a conflict with itself.
         let request = RequestId::new();
-        self.call("swap", || {
+        self.call_applied_once("swap", || {
             self.inner
                 .bucket
                 .swap(key, expected, value.clone(), &request)
         })
         .await
-        .map_err(outcome_unknown)
     }
 
     /// Reads many keys, in order, duplicates included. Each distinct key is read once, in
@@ -466,8 +477,16 @@ impl KvStore {
         if let Some(bucket) = self.inner.bucket.immediate() {
             return self.settled("set-many", bucket.set_many_now(entries));
         }
-        self.call("set-many", || self.inner.bucket.set_many(&entries))
-            .await
+        // In order, one call per part: a later part's entry for a key also in an earlier part
+        // still lands last, so the last value for a key wins.
+        let mut applied = 0;
+        for part in entries.chunks(BATCH_CALL_ENTRIES) {
+            self.call("set-many", || self.inner.bucket.set_many(part))
+                .await
+                .map_err(|err| partially_applied("set-many", err, applied, entries.len()))?;
+            applied += part.len();
+        }
+        Ok(())
     }
 
     /// Deletes many keys; missing keys are fine.
@@ -475,8 +494,14 @@ impl KvStore {
         self.check_write()?;
         self.check_batch(keys.len())?;
         keys.iter().try_for_each(|key| check_key(key))?;
-        self.call("delete-many", || self.inner.bucket.delete_many(keys))
-            .await
+        let mut applied = 0;
+        for part in keys.chunks(BATCH_CALL_ENTRIES) {
+            self.call("delete-many", || self.inner.bucket.delete_many(part))
+                .await
+                .map_err(|err| partially_applied("delete-many", err, applied, keys.len()))?;
+            applied += part.len();
+        }
+        Ok(())
     }
 
     fn cursor_scope(&self) -> String {
@@ -547,6 +572,33 @@ impl KvStore {
             Poll::Ready(Err(err)) if !err.is_transient() => self.settled(op, Err(err)),
             polled => Box::pin(self.wait_and_retry(op, &f, first, polled)).await,
         }
+    }
+
+    /// [`KvStore::call`] for an increment or swap: remembers whether any attempt failed in a
+    /// way that may have applied it, so an ambiguous attempt is never forgotten when a later
+    /// attempt fails differently (see [`final_error_of_write`]).
+    async fn call_applied_once<'a, T, F, Fut>(&'a self, op: &'static str, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut + 'a,
+        Fut: Future<Output = Result<T>> + 'a,
+    {
+        let ambiguous = AtomicBool::new(false);
+        let attempt = || {
+            let attempt = f();
+            let ambiguous = &ambiguous;
+            async move {
+                let result = attempt.await;
+                if let Err(err) = &result
+                    && err.may_have_applied()
+                {
+                    ambiguous.store(true, Ordering::Relaxed);
+                }
+                result
+            }
+        };
+        self.call(op, attempt)
+            .await
+            .map_err(|err| final_error_of_write(err, ambiguous.load(Ordering::Relaxed)))
     }
 
     /// [`KvStore::call`] once the first attempt has to wait or failed transiently.
@@ -629,17 +681,59 @@ impl KvStore {
     }
 }
 
-/// A write that failed as `unavailable` or `timeout` may have been applied (its reply may be
-/// what was lost), so the guest is told the outcome is unknown rather than that it failed:
-/// it must read before retrying. Throttling and rejections are certain not to have applied.
-fn outcome_unknown(err: KvError) -> KvError {
-    let ambiguous = matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Timeout);
-    if !ambiguous || err.message().starts_with(OUTCOME_UNKNOWN) {
+/// The final error of an increment or swap. If the last attempt, or any earlier one, failed
+/// in a way that may have applied it ([`KvError::may_have_applied`]), the guest is told the
+/// outcome is unknown rather than the last attempt's class: a `throttled` after a lost reply
+/// would invite a retry that applies the call twice. The guest must read before retrying.
+fn final_error_of_write(err: KvError, earlier_ambiguous: bool) -> KvError {
+    if err.message().starts_with(OUTCOME_UNKNOWN) {
         return err;
     }
+    if err.may_have_applied() {
+        return KvError::new(
+            ErrorKind::Unavailable,
+            format!("{OUTCOME_UNKNOWN} (it may have been applied): {err}"),
+        )
+        .with_transient(false)
+        .with_source(err);
+    }
+    if earlier_ambiguous {
+        return KvError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "{OUTCOME_UNKNOWN} (an earlier attempt may have been applied; the last one \
+                 failed with {err})"
+            ),
+        )
+        .with_transient(false)
+        .with_source(err);
+    }
+    err
+}
+
+/// Entries per provider call of `set-many` and `delete-many`. Each call has its own time
+/// limit and retries, so a batch's deadline grows with the backend requests it needs (a
+/// 10,000-entry batch on a backend without native batches is hundreds of requests), and a
+/// failure can say how much of the batch was applied. 200 is one round of DynamoDB's batch
+/// writes (25 per request, 8 in flight), and 13 rounds of single requests (16 in flight) on
+/// Cloud Storage.
+pub const BATCH_CALL_ENTRIES: usize = 200;
+
+/// The error of a `set-many` or `delete-many` that failed part way: its class stays the
+/// failure's, and the message says which entries were applied (the first `applied`, in call
+/// order) and which may or may not have been (the part that failed); the rest were not tried.
+fn partially_applied(op: &str, err: KvError, applied: usize, total: usize) -> KvError {
+    if total <= BATCH_CALL_ENTRIES {
+        return err;
+    }
+    let failed_end = (applied + BATCH_CALL_ENTRIES).min(total);
     KvError::new(
-        ErrorKind::Unavailable,
-        format!("{OUTCOME_UNKNOWN} (it may have been applied): {err}"),
+        err.kind(),
+        format!(
+            "{op} stopped: entries 0..{applied} of {total} were applied, entries \
+             {applied}..{failed_end} may or may not have been, the rest were not tried: {}",
+            err.message()
+        ),
     )
     .with_transient(false)
     .with_source(err)
@@ -688,6 +782,25 @@ mod tests {
         }
         let other = CursorSigner::random();
         assert!(other.open("memory\u{0}a", &sealed).is_err());
+        // A shorter (truncated) tag, even a true prefix of the real one, is refused.
+        let (payload, tag) = sealed.rsplit_once('.').unwrap();
+        let tag = URL_SAFE_NO_PAD.decode(tag).unwrap();
+        let short = format!("{payload}.{}", URL_SAFE_NO_PAD.encode(&tag[..8]));
+        assert!(signer.open("memory\u{0}a", &short).is_err());
+        // The tag is the standard HMAC-SHA-256 (RFC 2104) of the length-prefixed scope and
+        // the payload, not a hash of the key and the message.
+        let key = [7u8; 32];
+        let signer = CursorSigner::with_key(key);
+        let sealed = signer.seal("memory\u{0}a", "k/1");
+        let tag = URL_SAFE_NO_PAD
+            .decode(sealed.rsplit_once('.').unwrap().1)
+            .unwrap();
+        let mut mac = <CursorMac as Mac>::new_from_slice(&key).unwrap();
+        mac.update(&8u64.to_le_bytes());
+        mac.update(b"memory\0a");
+        mac.update(b"k/1");
+        let expected = mac.finalize().into_bytes();
+        assert_eq!(&tag[..], &expected[..CURSOR_TAG_BYTES]);
         // Replicas configured with one secret accept each other's cursors; others do not.
         let secret = CursorSecret::new("0123456789abcdef").unwrap();
         let replica = CursorSigner::from_secret(&secret);

@@ -225,11 +225,12 @@ impl StoresBuilder {
 }
 
 impl Stores {
-    /// An empty set with the given limits.
+    /// An empty set with the given limits ([`Limits::effective`]: the operation timeout is
+    /// clamped so retries end before the records of applied increments and swaps expire).
     pub fn builder(limits: Limits) -> StoresBuilder {
         StoresBuilder {
             bindings: HashMap::new(),
-            limits,
+            limits: limits.effective(),
             cursor_secret: None,
         }
     }
