@@ -4,7 +4,7 @@
 //! it (wasmtime's own in-memory host copies its map per `open`, so writes are lost between
 //! instances). Namespaces are separate maps, so no key can cross between stores.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,6 +19,9 @@ use crate::provider::{
     Bucket, Bytes, ImmediateBucket, KeyPage, Provider, RequestId, SwapOutcome, Version, Versioned,
 };
 use crate::store::OUTCOME_UNKNOWN;
+
+/// How the version of a missing key starts (`a<S>`, absence seen at version `S`).
+const ABSENT_SINCE: &str = "a";
 
 /// The largest value the in-memory provider stores.
 pub const MEMORY_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
@@ -53,6 +56,44 @@ impl Now {
 struct Namespace {
     entries: HashMap<Arc<str>, Entry>,
     order: BTreeSet<Arc<str>>,
+    deleted: Tombstones,
+}
+
+/// Tombstones deleted keys live in this many per namespace; older deletions are summarised
+/// by [`Tombstones::forgotten_through`].
+const TOMBSTONES_PER_NAMESPACE: usize = 65_536;
+
+/// Recently deleted keys with the version of their deletion. Absence has a version too: a
+/// compare-and-swap that captured a missing key at version `S` must fail if the key was
+/// written and deleted since, though it is missing again (S7: no ABA). Bounded: the oldest
+/// tombstones are dropped, and a capture older than the newest dropped one conflicts.
+#[derive(Default)]
+struct Tombstones {
+    by_key: HashMap<Arc<str>, u64>,
+    in_order: VecDeque<(u64, Arc<str>)>,
+    /// The newest deletion no longer remembered per key.
+    forgotten_through: u64,
+}
+
+impl Tombstones {
+    fn record(&mut self, key: Arc<str>, version: u64) {
+        self.by_key.insert(key.clone(), version);
+        self.in_order.push_back((version, key));
+        while self.in_order.len() > TOMBSTONES_PER_NAMESPACE {
+            let Some((version, key)) = self.in_order.pop_front() else {
+                break;
+            };
+            if self.by_key.get(&key) == Some(&version) {
+                self.by_key.remove(&key);
+            }
+            self.forgotten_through = self.forgotten_through.max(version);
+        }
+    }
+
+    /// Whether `key` may have been deleted after version `since`.
+    fn deleted_since(&self, key: &str, since: u64) -> bool {
+        self.forgotten_through > since || self.by_key.get(key).is_some_and(|at| *at > since)
+    }
 }
 
 impl Namespace {
@@ -77,9 +118,13 @@ impl Namespace {
         }
     }
 
-    fn remove(&mut self, key: &str) {
-        if self.entries.remove(key).is_some() {
-            self.order.remove(key);
+    /// Removes `key`, leaving a tombstone at a version taken from `versions` under the
+    /// namespace's lock, so it is newer than every absence captured before.
+    fn remove(&mut self, key: &str, versions: &AtomicU64) {
+        if let Some((key, _)) = self.entries.remove_entry(key) {
+            self.order.remove(&key);
+            let version = versions.fetch_add(1, Ordering::Relaxed) + 1;
+            self.deleted.record(key, version);
         }
     }
 
@@ -246,7 +291,7 @@ impl ImmediateBucket for MemoryBucket {
     }
 
     fn delete_now(&self, key: &str) -> Result<()> {
-        lock(&self.map)?.remove(key);
+        lock(&self.map)?.remove(key, &self.shared.versions);
         Ok(())
     }
 
@@ -371,16 +416,24 @@ impl Bucket for MemoryBucket {
         self.increment_now(key, delta, request)
     }
 
+    /// A stored entry's version is its own, expired or not (an expired entry is missing to
+    /// the guest, but replacing it is a change like any other). A missing key's version is
+    /// `a<S>`: the store's version counter when absence was seen, read under the namespace's
+    /// lock, so every later deletion of the key has a newer tombstone.
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
         let map = lock(&self.map)?;
-        Ok(match Self::live(&map, key, &Now::default()) {
+        let now = Now::default();
+        Ok(match map.get(key) {
             Some(entry) => Versioned {
-                value: Some(entry.value.to_vec()),
+                value: entry.is_live(&now).then(|| entry.value.to_vec()),
                 version: Version::Tag(entry.version.to_string()),
             },
             None => Versioned {
                 value: None,
-                version: Version::Absent,
+                version: Version::Tag(format!(
+                    "{ABSENT_SINCE}{}",
+                    self.shared.versions.load(Ordering::Relaxed)
+                )),
             },
         })
     }
@@ -402,11 +455,17 @@ impl Bucket for MemoryBucket {
             }
             None => {}
         }
-        let current = Self::live(&map, key, &Now::default()).map(|entry| entry.version.to_string());
-        let unchanged = match (expected, current) {
-            (Version::Absent, None) => true,
-            (Version::Tag(tag), Some(current)) => *tag == current,
-            _ => false,
+        let unchanged = match (expected, map.get(key)) {
+            // Absence seen at version `since`: still no entry, and none deleted since.
+            (Version::Tag(tag), None) => match tag.strip_prefix(ABSENT_SINCE) {
+                Some(since) => since
+                    .parse()
+                    .is_ok_and(|since| !map.deleted.deleted_since(key, since)),
+                None => false,
+            },
+            (Version::Tag(tag), Some(entry)) => *tag == entry.version.to_string(),
+            // A version from no read (an embedder's "insert if missing"): no live entry.
+            (Version::Absent, entry) => entry.is_none_or(|entry| !entry.is_live(&Now::default())),
         };
         if !unchanged {
             return Ok(SwapOutcome::Conflict);
@@ -445,7 +504,7 @@ impl Bucket for MemoryBucket {
     async fn delete_many(&self, keys: &[String]) -> Result<()> {
         let mut map = lock(&self.map)?;
         for key in keys {
-            map.remove(key);
+            map.remove(key, &self.shared.versions);
         }
         Ok(())
     }
@@ -493,6 +552,83 @@ mod tests {
             .find(|request| RequestLog::slot(request) == RequestLog::slot(&first))
             .unwrap();
         assert!(matches!(log.check(&newer), Ok(None)));
+    }
+
+    /// S7 without ABA from absence: a handle captured on a missing key fails to swap once
+    /// the key was written and deleted, though it is missing again; without that, it swaps.
+    #[tokio::test]
+    async fn absence_has_a_version() {
+        let bucket = MemoryProvider::new().open("ns").await.unwrap();
+        let missing = bucket.read_versioned("k").await.unwrap();
+        bucket.set("k", Bytes::from_static(b"x")).await.unwrap();
+        bucket.delete("k").await.unwrap();
+        let outcome = bucket
+            .swap(
+                "k",
+                &missing.version,
+                Bytes::from_static(b"v"),
+                &RequestId::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome, SwapOutcome::Conflict);
+        assert_eq!(bucket.get("k").await.unwrap(), None);
+        // Deleting other keys, or deleting a missing key, changes nothing for it.
+        let missing = bucket.read_versioned("k").await.unwrap();
+        bucket.set("other", Bytes::from_static(b"x")).await.unwrap();
+        bucket.delete("other").await.unwrap();
+        bucket.delete("k").await.unwrap();
+        let outcome = bucket
+            .swap(
+                "k",
+                &missing.version,
+                Bytes::from_static(b"v"),
+                &RequestId::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome, SwapOutcome::Swapped);
+        // An expired entry is missing to the guest but replaced under its own version: a
+        // write in between is a change.
+        bucket
+            .set_with_ttl("t", Bytes::from_static(b"x"), Duration::from_millis(1))
+            .await
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let expired = bucket.read_versioned("t").await.unwrap();
+        assert_eq!(expired.value, None);
+        bucket
+            .set_with_ttl("t", Bytes::from_static(b"y"), Duration::from_millis(1))
+            .await
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let outcome = bucket
+            .swap(
+                "t",
+                &expired.version,
+                Bytes::from_static(b"v"),
+                &RequestId::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome, SwapOutcome::Conflict);
+        // A capture older than the forgotten tombstones conflicts rather than guess.
+        let missing = bucket.read_versioned("old").await.unwrap();
+        for i in 0..=TOMBSTONES_PER_NAMESPACE {
+            let key = format!("churn{i}");
+            bucket.set(&key, Bytes::from_static(b"x")).await.unwrap();
+            bucket.delete(&key).await.unwrap();
+        }
+        let outcome = bucket
+            .swap(
+                "old",
+                &missing.version,
+                Bytes::from_static(b"v"),
+                &RequestId::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcome, SwapOutcome::Conflict);
     }
 
     #[tokio::test]

@@ -8,7 +8,9 @@ use crate::error::map_error;
 use kv_core::Result;
 
 /// The schema: one table of keys, one of applied request ids (exactly-once increments and
-/// swaps). Keys of a namespace are contiguous in the primary key, so listing is a range scan.
+/// swaps), and the tombstones of deleted keys with the deletion clock that gives absence a
+/// version (compare-and-swap without ABA). Keys of a namespace are contiguous in the primary
+/// key, so listing is a range scan.
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS kv (
     ns  TEXT    NOT NULL,
@@ -24,6 +26,20 @@ CREATE TABLE IF NOT EXISTS kv_requests (
     result TEXT    NOT NULL,
     at     INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kv_deleted (
+    ns  TEXT    NOT NULL,
+    k   TEXT    NOT NULL,
+    seq INTEGER NOT NULL,
+    at  INTEGER NOT NULL,
+    PRIMARY KEY (ns, k)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS kv_deleted_at ON kv_deleted (at);
+CREATE TABLE IF NOT EXISTS kv_clock (
+    id        INTEGER PRIMARY KEY CHECK (id = 0),
+    seq       INTEGER NOT NULL,
+    forgotten INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO kv_clock (id, seq, forgotten) VALUES (0, 0, 0);
 ";
 
 /// Opens (creating if needed) the database file and its schema.

@@ -18,8 +18,12 @@ use crate::error::map_error;
 /// whole in memory for one call, so the declared maximum stays moderate.
 pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 
-/// How long an applied increment or swap is remembered, for retries after a lost reply.
-const REQUEST_TTL_MS: u64 = 600_000;
+/// How long an applied increment or swap is remembered, for retries after a lost reply, and
+/// how long a deleted key's tombstone is kept.
+const REQUEST_TTL_MS: u64 = kv_core::limits::REQUEST_RECORD_TTL.as_millis() as u64;
+
+/// How the version of a missing key starts (`a<S>`: absence seen at deletion clock `S`).
+const ABSENT_SINCE: &str = "a";
 
 /// A SQLite database file; every store of it shares one connection.
 #[derive(Clone)]
@@ -50,7 +54,8 @@ impl SqliteProvider {
                 let Some(connection) = swept.upgrade() else {
                     return;
                 };
-                let result = tokio::task::spawn_blocking(move || sweep(&lock(&connection))).await;
+                let result =
+                    tokio::task::spawn_blocking(move || sweep(&mut lock(&connection))).await;
                 if let Ok(Err(err)) = result {
                     tracing::warn!(error = %err.chain(), "sqlite sweep failed");
                 }
@@ -69,17 +74,94 @@ fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Deletes expired keys (reads already filter them) and request ids past their time.
-pub fn sweep(connection: &Connection) -> Result<()> {
+/// Deletes expired keys (reads already filter them, and each leaves a tombstone like a
+/// delete), request ids past their time, and tombstones past their time (the clock's
+/// `forgotten` mark then says absence captured before them can no longer be vouched for).
+pub fn sweep(connection: &mut Connection) -> Result<()> {
     let now = now();
-    connection
-        .execute("DELETE FROM kv WHERE exp IS NOT NULL AND exp <= ?1", [now])
-        .map_err(|err| map_error("sweep", err))?;
     let horizon = now.saturating_sub(i64::try_from(REQUEST_TTL_MS).unwrap_or(i64::MAX));
-    connection
+    let failed = |err| map_error("sweep", err);
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(failed)?;
+    let expired: i64 = transaction
+        .query_row(
+            "SELECT COUNT(*) FROM kv WHERE exp IS NOT NULL AND exp <= ?1",
+            [now],
+            |row| row.get(0),
+        )
+        .map_err(failed)?;
+    if expired > 0 {
+        let seq = tick(&transaction)?;
+        transaction
+            .execute(
+                "INSERT OR REPLACE INTO kv_deleted (ns, k, seq, at) \
+                 SELECT ns, k, ?2, ?1 FROM kv WHERE exp IS NOT NULL AND exp <= ?1",
+                params![now, seq],
+            )
+            .map_err(failed)?;
+        transaction
+            .execute("DELETE FROM kv WHERE exp IS NOT NULL AND exp <= ?1", [now])
+            .map_err(failed)?;
+    }
+    transaction
         .execute("DELETE FROM kv_requests WHERE at < ?1", [horizon])
-        .map_err(|err| map_error("sweep", err))?;
+        .map_err(failed)?;
+    transaction
+        .execute(
+            "UPDATE kv_clock SET forgotten = MAX(forgotten, \
+             COALESCE((SELECT MAX(seq) FROM kv_deleted WHERE at < ?1), 0))",
+            [horizon],
+        )
+        .map_err(failed)?;
+    transaction
+        .execute("DELETE FROM kv_deleted WHERE at < ?1", [horizon])
+        .map_err(failed)?;
+    transaction.commit().map_err(failed)
+}
+
+/// Advances the deletion clock and returns its new value (inside the caller's transaction).
+fn tick(connection: &Connection) -> Result<i64> {
+    connection
+        .query_row(
+            "UPDATE kv_clock SET seq = seq + 1 WHERE id = 0 RETURNING seq",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(|err| map_error("deletion clock", err))
+}
+
+/// Deletes `key`, leaving a tombstone at a new tick of the deletion clock if it existed.
+fn remove(connection: &Connection, namespace: &str, key: &str) -> Result<()> {
+    let removed = connection
+        .execute(
+            "DELETE FROM kv WHERE ns = ?1 AND k = ?2",
+            params![namespace, key],
+        )
+        .map_err(|err| map_error("delete", err))?;
+    if removed > 0 {
+        let seq = tick(connection)?;
+        connection
+            .execute(
+                "INSERT OR REPLACE INTO kv_deleted (ns, k, seq, at) VALUES (?1, ?2, ?3, ?4)",
+                params![namespace, key, seq, now()],
+            )
+            .map_err(|err| map_error("delete", err))?;
+    }
     Ok(())
+}
+
+/// Whether `key` may have been deleted after deletion clock `since`: its tombstone is newer,
+/// or tombstones newer than `since` were already forgotten.
+fn deleted_since(connection: &Connection, namespace: &str, key: &str, since: i64) -> Result<bool> {
+    connection
+        .query_row(
+            "SELECT (SELECT forgotten FROM kv_clock WHERE id = 0) > ?3 \
+                 OR EXISTS (SELECT 1 FROM kv_deleted WHERE ns = ?1 AND k = ?2 AND seq > ?3)",
+            params![namespace, key, since],
+            |row| row.get(0),
+        )
+        .map_err(|err| map_error("swap", err))
 }
 
 fn now() -> i64 {
@@ -218,13 +300,11 @@ impl Bucket for SqliteBucket {
     async fn delete(&self, key: &str) -> Result<()> {
         let key = key.to_string();
         self.with(move |connection, namespace| {
-            connection
-                .execute(
-                    "DELETE FROM kv WHERE ns = ?1 AND k = ?2",
-                    params![namespace, key],
-                )
-                .map(drop)
-                .map_err(|err| map_error("delete", err))
+            let transaction = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|err| map_error("delete", err))?;
+            remove(&transaction, namespace, &key)?;
+            transaction.commit().map_err(|err| map_error("delete", err))
         })
         .await
     }
@@ -299,18 +379,31 @@ impl Bucket for SqliteBucket {
         .await
     }
 
+    /// A stored row's version is its own, expired or not (replacing an expired row is a
+    /// change like any other). A missing key's version is `a<S>`, the deletion clock when its
+    /// absence was seen, read in the same transaction.
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
         let key = key.to_string();
         self.with(move |connection, namespace| {
-            Ok(match row(connection, namespace, &key)? {
-                Some((value, ver, exp)) if exp.is_none_or(|at| at > now()) => Versioned {
-                    value: Some(value),
+            let transaction = connection
+                .transaction()
+                .map_err(|err| map_error("cas read", err))?;
+            Ok(match row(&transaction, namespace, &key)? {
+                Some((value, ver, exp)) => Versioned {
+                    value: exp.is_none_or(|at| at > now()).then_some(value),
                     version: Version::Tag(ver.to_string()),
                 },
-                _ => Versioned {
-                    value: None,
-                    version: Version::Absent,
-                },
+                None => {
+                    let seq: i64 = transaction
+                        .query_row("SELECT seq FROM kv_clock WHERE id = 0", [], |row| {
+                            row.get(0)
+                        })
+                        .map_err(|err| map_error("cas read", err))?;
+                    Versioned {
+                        value: None,
+                        version: Version::Tag(format!("{ABSENT_SINCE}{seq}")),
+                    }
+                }
             })
         })
         .await
@@ -333,13 +426,21 @@ impl Bucket for SqliteBucket {
             if applied(&transaction, &request)?.is_some() {
                 return Ok(SwapOutcome::Swapped);
             }
-            let current = row(&transaction, namespace, &key)?
-                .filter(|(_, _, exp)| exp.is_none_or(|at| at > now()))
-                .map(|(_, ver, _)| ver.to_string());
+            let current = row(&transaction, namespace, &key)?;
             let unchanged = match (&expected, current) {
-                (Version::Absent, None) => true,
-                (Version::Tag(tag), Some(current)) => *tag == current,
-                _ => false,
+                // Absence seen at clock `since`: still no row, and none deleted since.
+                (Version::Tag(tag), None) => match tag.strip_prefix(ABSENT_SINCE) {
+                    Some(since) => match since.parse() {
+                        Ok(since) => !deleted_since(&transaction, namespace, &key, since)?,
+                        Err(_) => false,
+                    },
+                    None => false,
+                },
+                (Version::Tag(tag), Some((_, ver, _))) => *tag == ver.to_string(),
+                // A version from no read (an embedder's "insert if missing"): no live row.
+                (Version::Absent, row) => {
+                    row.is_none_or(|(_, _, exp)| exp.is_some_and(|at| at <= now()))
+                }
             };
             if !unchanged {
                 return Ok(SwapOutcome::Conflict);
@@ -399,12 +500,7 @@ impl Bucket for SqliteBucket {
                 .transaction()
                 .map_err(|err| map_error("delete-many", err))?;
             for key in &keys {
-                transaction
-                    .execute(
-                        "DELETE FROM kv WHERE ns = ?1 AND k = ?2",
-                        params![namespace, key],
-                    )
-                    .map_err(|err| map_error("delete-many", err))?;
+                remove(&transaction, namespace, key)?;
             }
             transaction
                 .commit()

@@ -143,7 +143,7 @@ fn expired_keys_are_swept() -> Result<(), Failed> {
         }
         Ok(())
     })?;
-    let connection = rusqlite_connection(&path)?;
+    let mut connection = rusqlite_connection(&path)?;
     let rows = |connection: &rusqlite::Connection| -> Result<i64, Failed> {
         connection
             .query_row("SELECT count(*) FROM kv", [], |row| row.get(0))
@@ -152,11 +152,109 @@ fn expired_keys_are_swept() -> Result<(), Failed> {
     if rows(&connection)? != 2 {
         return Err("the expired row should still be stored before the sweep".into());
     }
-    kv_sqlite::store::sweep(&connection).map_err(|err| err.to_string())?;
+    kv_sqlite::store::sweep(&mut connection).map_err(|err| err.to_string())?;
     if rows(&connection)? != 1 {
         return Err("the sweep did not delete the expired row".into());
     }
     Ok(())
+}
+
+/// S7 without ABA from absence, across the paths that remove a row: a handle captured on a
+/// missing key fails once the key was written and removed (by `delete`, `delete-many`, or the
+/// sweep of an expired row), though it is missing again; other keys' deletions do not
+/// disturb it; a capture older than forgotten tombstones conflicts rather than guess.
+fn absence_has_a_version() -> Result<(), Failed> {
+    let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
+    let path = dir.path().join("aba.db");
+    let swaps_after = |remove: &'static str| {
+        let path = path.clone();
+        runtime().block_on(async move {
+            let store = store(&path).await?;
+            let key = format!("k-{remove}");
+            let missing = store
+                .read_versioned(&key)
+                .await
+                .map_err(|e| e.to_string())?;
+            match remove {
+                "delete" => {
+                    store
+                        .set(&key, b"x".to_vec())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    store.delete(&key).await.map_err(|e| e.to_string())?;
+                }
+                "delete-many" => {
+                    store
+                        .set(&key, b"x".to_vec())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    store
+                        .delete_many(std::slice::from_ref(&key))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                "sweep" => {
+                    store
+                        .set_with_ttl(&key, b"x".to_vec(), 1)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let mut connection = rusqlite_connection(&path)?;
+                    kv_sqlite::store::sweep(&mut connection).map_err(|e| e.to_string())?;
+                }
+                _ => {
+                    // Unrelated churn only.
+                    store
+                        .set("other", b"x".to_vec())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    store.delete("other").await.map_err(|e| e.to_string())?;
+                    store.delete(&key).await.map_err(|e| e.to_string())?;
+                }
+            }
+            let outcome = store
+                .swap(&key, &missing.version, b"v".to_vec())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, Failed>(outcome)
+        })
+    };
+    for remove in ["delete", "delete-many", "sweep"] {
+        let outcome = swaps_after(remove)?;
+        if outcome != kv_core::SwapOutcome::Conflict {
+            return Err(format!("swap from absence after set + {remove}: {outcome:?}").into());
+        }
+    }
+    let outcome = swaps_after("unrelated")?;
+    if outcome != kv_core::SwapOutcome::Swapped {
+        return Err(format!("swap from absence after unrelated deletes: {outcome:?}").into());
+    }
+    // Tombstones past their time are forgotten; a capture from before then conflicts.
+    runtime().block_on(async {
+        let store = store(&path).await?;
+        let missing = store
+            .read_versioned("late")
+            .await
+            .map_err(|e| e.to_string())?;
+        store
+            .set("x", b"x".to_vec())
+            .await
+            .map_err(|e| e.to_string())?;
+        store.delete("x").await.map_err(|e| e.to_string())?;
+        let mut connection = rusqlite_connection(&path)?;
+        connection
+            .execute("UPDATE kv_deleted SET at = 0", [])
+            .map_err(|e| e.to_string())?;
+        kv_sqlite::store::sweep(&mut connection).map_err(|e| e.to_string())?;
+        let outcome = store
+            .swap("late", &missing.version, b"v".to_vec())
+            .await
+            .map_err(|e| e.to_string())?;
+        if outcome != kv_core::SwapOutcome::Conflict {
+            return Err(format!("a capture older than forgotten tombstones: {outcome:?}").into());
+        }
+        Ok::<_, Failed>(())
+    })
 }
 
 fn rusqlite_connection(path: &std::path::Path) -> Result<rusqlite::Connection, Failed> {
@@ -175,6 +273,7 @@ fn main() -> ExitCode {
         ),
         Trial::test("data_persists_across_opens", data_persists_across_opens),
         Trial::test("expired_keys_are_swept", expired_keys_are_swept),
+        Trial::test("absence_has_a_version", absence_has_a_version),
     ];
     libtest_mimic::run(&args, trials).exit_code()
 }

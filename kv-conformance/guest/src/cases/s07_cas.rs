@@ -28,6 +28,12 @@ pub(super) const CASES: &[Case] = &[
         "a swap expecting a missing key fails once someone created it"
     ),
     case!(
+        cas_missing_key_set_and_deleted_meanwhile_fails,
+        ["S7"],
+        CAS,
+        "a swap expecting a missing key fails if it was written and deleted since, though it is missing again (no ABA from absence)"
+    ),
+    case!(
         cas_deleted_meanwhile_fails,
         ["S7"],
         CAS,
@@ -125,6 +131,22 @@ fn cas_missing_key_created_meanwhile_fails(ctx: &Ctx, _: Phase) -> Outcome {
         Some(b"first".to_vec()),
         "current",
     )
+}
+
+fn cas_missing_key_set_and_deleted_meanwhile_fails(ctx: &Ctx, _: Phase) -> Outcome {
+    let bucket = ctx.open()?;
+    let cas = Cas::new(&bucket, "k").or_fail("cas new")?;
+    set(&bucket, "k", b"meanwhile")?;
+    bucket.delete("k").or_fail("delete")?;
+    let fresh = swap_conflict(
+        cas,
+        b"late",
+        "swap expecting a missing key after set + delete",
+    )?;
+    expect_value(&bucket, "k", None)?;
+    ensure_eq(fresh.current().or_fail("current")?, None, "current")?;
+    swap_ok(fresh, b"now", "swap with the returned handle")?;
+    expect_value(&bucket, "k", Some(b"now"))
 }
 
 fn cas_deleted_meanwhile_fails(ctx: &Ctx, _: Phase) -> Outcome {
