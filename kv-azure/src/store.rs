@@ -328,6 +328,12 @@ impl ConditionalStore for CosmosBucket {
         .await
     }
 
+    fn queue_name(&self, key: &str) -> String {
+        let (partition, id) = self.locate(key);
+        // Stores of two containers with one namespace may share a name: they only wait.
+        format!("cosmos\0{partition}\0{id}")
+    }
+
     /// The driver resends writes after transport failures, 408 and 503, so a conflict can be
     /// the resend failing against the first send's own write.
     fn resends_conditional_writes(&self) -> bool {

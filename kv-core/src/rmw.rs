@@ -21,7 +21,7 @@
 //!   since): the outcome cannot be known, and the call fails with
 //!   `unavailable: outcome unknown`. It never applies twice.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
@@ -115,6 +115,14 @@ pub trait ConditionalStore: Send + Sync {
     /// Stores `write` only if `expect` holds; `Ok(false)` when it did not (the race was lost,
     /// nothing was written).
     async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool>;
+
+    /// What names `key`'s backend item among every store of this process (a bucket and
+    /// object name, a container, partition and id): read-modify-write steps on one name from
+    /// this process take turns ([`increment`], [`swap`]). The default, the key alone, is
+    /// correct but makes equal keys of different stores wait for each other.
+    fn queue_name(&self, key: &str) -> String {
+        key.to_string()
+    }
 
     /// Whether the backend's client may resend a conditional write after a lost reply, so
     /// that `Ok(false)` can be the resend failing against the first send's own write. Then a
@@ -297,6 +305,42 @@ fn fingerprint_of(read: &Read) -> u32 {
     }
 }
 
+/// The turn of one read-modify-write step on one backend item: while it is held, no other
+/// step of this process on that item runs.
+type Turn = tokio::sync::OwnedMutexGuard<()>;
+
+/// Waits for the turn of `name` ([`ConditionalStore::queue_name`]). Writers of one process on
+/// one item never race each other's conditional writes: under the optimistic loop alone,
+/// eight writers on one Cloud Storage object kept losing to each other until the operation
+/// timed out. The queue is FIFO (tokio's mutex), so every writer of this process gets its
+/// turn; writers in other processes still race, and back off.
+async fn turn(name: String) -> Turn {
+    static QUEUES: std::sync::OnceLock<
+        std::sync::Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+    > = std::sync::OnceLock::new();
+    let queue = {
+        let mut queues = QUEUES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(queue) = queues.get(&name).and_then(std::sync::Weak::upgrade) {
+            queue
+        } else {
+            // Forget the queues nobody waits on before the map grows past them.
+            if queues.len() >= QUEUES_KEPT {
+                queues.retain(|_, queue| queue.strong_count() > 0);
+            }
+            let queue = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+            queues.insert(name, std::sync::Arc::downgrade(&queue));
+            queue
+        }
+    };
+    queue.lock_owned().await
+}
+
+/// Queue entries kept before the idle ones are dropped.
+const QUEUES_KEPT: usize = 1024;
+
 /// Adds `delta` to the counter at `key`, exactly once for `request` however often it is
 /// retried.
 pub async fn increment<S: ConditionalStore + ?Sized>(
@@ -305,6 +349,7 @@ pub async fn increment<S: ConditionalStore + ?Sized>(
     delta: i64,
     request: &RequestId,
 ) -> Result<i64> {
+    let _turn = turn(store.queue_name(key)).await;
     for attempt in 0..INCREMENT_ATTEMPTS {
         if attempt > 0 {
             Backoff::CONTENTION.wait(attempt).await;
@@ -402,6 +447,7 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
     value: &[u8],
     request: &RequestId,
 ) -> Result<SwapOutcome> {
+    let _turn = turn(store.queue_name(key)).await;
     let read = loop {
         match store.read(key).await? {
             Read::Raced => Backoff::CONTENTION.wait(1).await,
@@ -624,6 +670,47 @@ mod tests {
             task.await.unwrap();
         }
         assert_eq!(store.value("n"), b"400");
+    }
+
+    /// A backend that loses every race it can: each conditional write first waits, so
+    /// concurrent writers of this process would all read one version and all but one lose.
+    /// Taking turns, none of 8 x 25 increments ever loses a race.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn writers_of_one_process_take_turns() {
+        struct Slow(Versioned, AtomicU32);
+        #[async_trait]
+        impl ConditionalStore for Slow {
+            async fn read(&self, key: &str) -> Result<Read> {
+                self.0.read(key).await
+            }
+            async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool> {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                let written = self.0.write_if(key, write, expect).await?;
+                if !written {
+                    self.1.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(written)
+            }
+            fn queue_name(&self, key: &str) -> String {
+                format!("slow-test/{key}")
+            }
+        }
+        let store = std::sync::Arc::new(Slow(Versioned::default(), AtomicU32::new(0)));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for _ in 0..25 {
+                        increment(&*store, "n", 1, &RequestId::new()).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(store.0.value("n"), b"200");
+        assert_eq!(store.1.load(Ordering::Relaxed), 0, "races were lost");
     }
 
     /// Makes the next write apply and lose its reply, and the reads right after it fail, so

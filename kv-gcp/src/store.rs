@@ -264,6 +264,10 @@ impl ConditionalStore for GcsBucket {
         })
     }
 
+    fn queue_name(&self, key: &str) -> String {
+        format!("gcs\0{}\0{}", self.bucket, self.name(key).0)
+    }
+
     async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool> {
         let generation = match expect {
             Expect::Absent => 0,
