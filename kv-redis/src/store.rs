@@ -1,6 +1,6 @@
 //! The mapping of the contract onto Redis commands (README.md has the table).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -333,28 +333,99 @@ impl RedisBucket {
 }
 
 /// Where a listing stands: the shard (a cluster's primary, named by its lowest slot), the
-/// `SCAN` cursor on it, and how many keys of that cursor's reply were already returned.
-/// As text: `[<shard>:]<scan cursor>[+<skip>]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `SCAN` cursor on it, and which keys of that cursor's reply were already returned, by
+/// identity: a fingerprint per key. As text: `[<shard>:]<scan cursor>[~<fingerprints>]`, the
+/// fingerprints in hex after the 8 hex digits of this process's fingerprint key.
+///
+/// A page that ends inside a `SCAN` reply comes back to the same `SCAN` cursor. The re-issued
+/// reply need not hold the same keys in the same order (deletes and rehashing in between shift
+/// it), so the keys already returned are skipped by identity, never by count: every key of the
+/// re-issued reply that was not returned yet is returned, and the listing moves past that
+/// cursor only once a whole reply has been returned. That is an ordinary SCAN iteration, whose
+/// guarantee (every key present for the whole iteration is returned) so carries over to the
+/// listing. Keys may repeat, which Redis declares (`list_may_repeat`).
+///
+/// Fingerprints are keyed with a random key of this process, so no guest can write a key that
+/// collides with another; a cursor resumed by another process (a restarted host, another
+/// replica sharing the cursor secret) has fingerprints it cannot match and skips nothing:
+/// repeats, never misses. So do cursors of the earlier `+<skip>` form.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct ListPosition {
     shard: Option<u16>,
     scan: u64,
-    skip: usize,
+    /// Fingerprints of the keys of `scan`'s reply already returned, sorted.
+    seen: Vec<u64>,
+}
+
+/// Most keys of one `SCAN` reply a cursor remembers (16 hex digits each). A reply holds about
+/// [`SCAN_COUNT`] keys (more only by a bucket's or a rehash step's worth), so a page that ends
+/// inside a reply carries fewer than that; a reply too large to remember fails the listing
+/// rather than lose keys.
+const MAX_SEEN: usize = 10 * SCAN_COUNT;
+
+/// This process's fingerprint key: SipHash keys drawn at random once per process.
+fn fingerprint_key() -> &'static std::hash::RandomState {
+    static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    KEY.get_or_init(std::hash::RandomState::new)
+}
+
+/// The fingerprint of a key as Redis returned it (64 bits, keyed).
+fn fingerprint(raw: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    fingerprint_key().hash_one(raw)
+}
+
+/// Names this process's fingerprint key in a cursor, so another process's fingerprints are
+/// recognised as such (and dropped) rather than compared.
+fn fingerprint_key_id() -> u32 {
+    (fingerprint(b"wasi-kv fingerprint key") >> 32) as u32
 }
 
 impl ListPosition {
+    fn start(shard: Option<u16>) -> ListPosition {
+        ListPosition {
+            shard,
+            scan: 0,
+            seen: Vec::new(),
+        }
+    }
+
     fn parse(cursor: &str, cluster: bool) -> Result<ListPosition> {
         let invalid = || KvError::invalid_cursor("not a redis listing cursor");
+        let hex = |text: &str| {
+            (!text.is_empty() && text.bytes().all(|byte| byte.is_ascii_hexdigit()))
+                .then(|| u64::from_str_radix(text, 16).ok())
+                .flatten()
+                .ok_or_else(invalid)
+        };
         let (shard, rest) = match (cluster, cursor.split_once(':')) {
             (true, Some((shard, rest))) => (Some(shard.parse().map_err(|_| invalid())?), rest),
             (false, None) => (None, cursor),
             _ => return Err(invalid()),
         };
-        let (scan, skip) = rest.split_once('+').unwrap_or((rest, "0"));
+        let (scan, seen) = if let Some((scan, seen)) = rest.split_once('~') {
+            let count = seen.len().saturating_sub(8) / 16;
+            if !seen.is_ascii() || seen.len() != 8 + 16 * count || count == 0 || count > MAX_SEEN {
+                return Err(invalid());
+            }
+            let key = hex(&seen[..8])?;
+            let prints = (0..count)
+                .map(|index| hex(&seen[8 + 16 * index..][..16]))
+                .collect::<Result<Vec<u64>>>()?;
+            // Another process's fingerprints cannot be matched: skip nothing.
+            let ours = key == u64::from(fingerprint_key_id());
+            (scan, if ours { prints } else { Vec::new() })
+        } else if let Some((scan, skip)) = rest.split_once('+') {
+            // The earlier form: resume at the SCAN cursor, skipping nothing.
+            skip.parse::<usize>().map_err(|_| invalid())?;
+            (scan, Vec::new())
+        } else {
+            (rest, Vec::new())
+        };
         Ok(ListPosition {
             shard,
             scan: scan.parse().map_err(|_| invalid())?,
-            skip: skip.parse().map_err(|_| invalid())?,
+            seen,
         })
     }
 }
@@ -365,8 +436,11 @@ impl std::fmt::Display for ListPosition {
             write!(f, "{shard}:")?;
         }
         write!(f, "{}", self.scan)?;
-        if self.skip > 0 {
-            write!(f, "+{}", self.skip)?;
+        if !self.seen.is_empty() {
+            write!(f, "~{:08x}", fingerprint_key_id())?;
+            for print in &self.seen {
+                write!(f, "{print:016x}")?;
+            }
         }
         Ok(())
     }
@@ -416,26 +490,34 @@ impl Bucket for RedisBucket {
             .await
             .map_err(|err| map_error("CLUSTER SLOTS", err))?;
         let cluster = self.connection.is_cluster();
-        let mut position =
-            match cursor {
-                Some(cursor) => ListPosition::parse(cursor, cluster)?,
-                None => ListPosition {
-                    shard: match cluster {
-                        true => Some(*shards.first().ok_or_else(|| {
-                            KvError::unavailable("redis cluster: no slot is served")
-                        })?),
-                        false => None,
-                    },
-                    scan: 0,
-                    skip: 0,
-                },
-            };
+        let mut position = match cursor {
+            Some(cursor) => ListPosition::parse(cursor, cluster)?,
+            None => ListPosition::start(match cluster {
+                true => Some(
+                    *shards
+                        .first()
+                        .ok_or_else(|| KvError::unavailable("redis cluster: no slot is served"))?,
+                ),
+                false => None,
+            }),
+        };
         let mut keys = Vec::new();
         for _ in 0..SCAN_ROUNDS {
             let (next, batch) = self.scan(position.shard, position.scan).await?;
-            let fresh = batch.len().saturating_sub(position.skip);
-            let room = limit - keys.len();
-            for raw in batch.iter().skip(position.skip).take(room) {
+            // The keys of this SCAN cursor's reply returned so far (on earlier pages, and
+            // repeats within the reply).
+            let mut seen: HashSet<u64> = position.seen.drain(..).collect();
+            let mut full = false;
+            for raw in &batch {
+                let print = fingerprint(raw);
+                if seen.contains(&print) {
+                    continue;
+                }
+                if keys.len() >= limit {
+                    full = true;
+                    break;
+                }
+                seen.insert(print);
                 let Some(rest) = raw.strip_prefix(self.prefix.as_slice()) else {
                     continue;
                 };
@@ -444,15 +526,22 @@ impl Bucket for RedisBucket {
                     Err(_) => tracing::warn!("skipping a non-UTF-8 key written by another client"),
                 }
             }
-            if fresh > room {
-                // The reply does not fit: come back to the same SCAN cursor and skip what we took.
-                position.skip += room;
+            if full {
+                // The reply does not fit: come back to the same SCAN cursor, and skip there
+                // what was returned of it, by identity.
+                if seen.len() > MAX_SEEN {
+                    return Err(KvError::internal(format!(
+                        "redis SCAN: a reply of more than {MAX_SEEN} keys does not fit in \
+                         pages of {limit}"
+                    )));
+                }
+                position.seen = seen.into_iter().collect();
+                position.seen.sort_unstable();
                 return Ok(KeyPage {
                     keys,
                     cursor: Some(position.to_string()),
                 });
             }
-            position.skip = 0;
             position.scan = next;
             if next == 0 {
                 // This server or shard is done; a cluster goes on with the next shard.
@@ -632,23 +721,56 @@ mod tests {
 
     #[test]
     fn cursors_round_trip() {
-        let server = |scan, skip| ListPosition {
+        let server = |scan, seen: &[u64]| ListPosition {
             shard: None,
             scan,
-            skip,
+            seen: seen.to_vec(),
         };
-        assert_eq!(ListPosition::parse("17", false).unwrap(), server(17, 0));
-        assert_eq!(ListPosition::parse("17+40", false).unwrap(), server(17, 40));
+        assert_eq!(ListPosition::parse("17", false).unwrap(), server(17, &[]));
+        let resumed = server(17, &[1, u64::MAX]);
+        let text = resumed.to_string();
+        assert_eq!(text.len(), "17~".len() + 8 + 2 * 16, "{text}");
+        assert_eq!(ListPosition::parse(&text, false).unwrap(), resumed);
         let on_shard = ListPosition {
             shard: Some(5461),
             scan: 17,
-            skip: 3,
+            seen: vec![fingerprint(b"a"), fingerprint(b"b")],
         };
-        assert_eq!(on_shard.to_string(), "5461:17+3");
-        assert_eq!(ListPosition::parse("5461:17+3", true).unwrap(), on_shard);
-        assert_eq!(server(9, 0).to_string(), "9");
-        for (bad, cluster) in [("x", false), ("1:2", false), ("17", true), ("a:1", true)] {
-            assert!(ListPosition::parse(bad, cluster).is_err(), "{bad}");
+        let text = on_shard.to_string();
+        assert!(text.starts_with("5461:17~"), "{text}");
+        assert_eq!(ListPosition::parse(&text, true).unwrap(), on_shard);
+        assert_eq!(server(9, &[]).to_string(), "9");
+        // The earlier `+<skip>` form, and another process's fingerprints, skip nothing.
+        assert_eq!(
+            ListPosition::parse("17+40", false).unwrap(),
+            server(17, &[])
+        );
+        let other_key = format!("{:08x}", fingerprint_key_id() ^ 1);
+        let foreign = format!("17~{other_key}{:016x}", 5u64);
+        assert_eq!(
+            ListPosition::parse(&foreign, false).unwrap(),
+            server(17, &[])
+        );
+        let too_many = format!("17~{other_key}{}", "0".repeat(16 * (MAX_SEEN + 1)));
+        let key = format!("{:08x}", fingerprint_key_id());
+        for bad in [
+            "x",
+            "1:2",
+            "17+x",
+            "17+-1",
+            "17~",
+            &format!("17~{key}"),
+            &format!("17~{key}123"),
+            &format!("17~{key}{}", "g".repeat(16)),
+            &format!("17~{key}+{}", "0".repeat(15)),
+            &format!("x~{key}{}", "0".repeat(16)),
+            &format!("17~{}{}", "é".repeat(4), "0".repeat(16)),
+            &too_many,
+        ] {
+            assert!(ListPosition::parse(bad, false).is_err(), "{bad}");
+        }
+        for bad in ["17", "a:1", "1:x"] {
+            assert!(ListPosition::parse(bad, true).is_err(), "{bad}");
         }
     }
 

@@ -10,17 +10,21 @@ use std::time::{Duration, Instant};
 
 use kv_conformance::emulator::RedisCluster;
 use kv_conformance::provider_tests::{self, TestResult, check};
-use kv_core::{Access, KvStore, ProviderFactory, Stores};
+use kv_core::{Access, KvStore, Limits, ProviderFactory, Stores};
 use libtest_mimic::Failed;
 
 async fn store(cluster: &RedisCluster, query: &str, timeout: Duration, attempts: u32) -> KvStore {
+    store_with(cluster, query, provider_tests::limits(timeout, attempts)).await
+}
+
+async fn store_with(cluster: &RedisCluster, query: &str, limits: Limits) -> KvStore {
     let (_, spec) = kv_core::config::parse_short_form(&format!("c={}{query}", cluster.url()))
         .expect("url parses");
     let provider: Arc<dyn kv_core::Provider> = kv_redis::RedisFactory
         .connect(&spec)
         .await
         .expect("provider builds");
-    let stores = Stores::builder(provider_tests::limits(timeout, attempts))
+    let stores = Stores::builder(limits)
         .store("s", provider, "ns", Access::ReadWrite)
         .build();
     stores.open("s").await.expect("store opens")
@@ -70,6 +74,23 @@ async fn keys_spread_and_listing_spans_every_primary(cluster: RedisCluster) -> T
     check(
         listed == expected,
         format!("listed {} of 3000 keys", listed.len()),
+    )?;
+    // Pages of 50 end inside SCAN replies: each resumes on its shard, skipping by identity.
+    let small_pages = store_with(
+        &cluster,
+        "",
+        Limits {
+            list_page_size: 50,
+            ..provider_tests::limits(Duration::from_secs(5), 3)
+        },
+    )
+    .await;
+    let mut listed = provider_tests::list_all(&small_pages).await?;
+    listed.sort();
+    listed.dedup();
+    check(
+        listed == expected,
+        format!("pages of 50 listed {} of 3000 keys", listed.len()),
     )?;
     let values = store.get_many(&keys[..1000]).await?;
     check(

@@ -1,9 +1,11 @@
 //! Provider-level tests against a real redis-server started on a free loopback port. Without
 //! redis-server they are ignored, unless `KV_REQUIRE` names `redis`, where that is a failure.
 
+use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use kv_conformance::emulator::RedisServer;
 use kv_conformance::provider_tests::{self, TestResult, check};
@@ -164,6 +166,88 @@ async fn wait_replicas_without_a_replica_is_timeout(server: RedisServer) -> Test
     )
 }
 
+/// S5 under churn: 5,000 keys that exist for the whole listing are all listed, pages of 50,
+/// while a writer sets and deletes 5,000 other keys of the same namespace (deletes shift a
+/// re-issued SCAN reply, and the keyspace grows past a rehash). 100 listings.
+async fn listing_under_churn_misses_no_stable_key(server: RedisServer) -> TestResult {
+    const LISTINGS: usize = 100;
+    let stores = Stores::builder(Limits {
+        list_page_size: 50,
+        ..limits()
+    })
+    .store("s", provider(&server).await, "ns", Access::ReadWrite)
+    .build();
+    let store = stores.open("s").await?;
+    let stable: Vec<String> = (0..5000).map(|i| format!("stable-{i:04}")).collect();
+    for chunk in stable.chunks(1000) {
+        let entries = chunk.iter().map(|key| (key.clone(), b"s".to_vec()));
+        store.set_many(entries.collect()).await?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (store, stop) = (store.clone(), stop.clone());
+        tokio::spawn(async move {
+            let churn: Vec<String> = (0..5000).map(|i| format!("churn-{i:04}")).collect();
+            let blocks: Vec<&[String]> = churn.chunks(250).collect();
+            let mut present = vec![false; blocks.len()];
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut rounds = 0usize;
+            // Each round flips one block of 250 keys: written if absent, deleted if present.
+            while !stop.load(Ordering::Relaxed) && rounds < 1_000_000 && Instant::now() < deadline {
+                let block = (rounds * 7) % blocks.len();
+                if present[block] {
+                    store.delete_many(blocks[block]).await?;
+                } else {
+                    let entries = blocks[block].iter().map(|key| (key.clone(), b"c".to_vec()));
+                    store.set_many(entries.collect()).await?;
+                }
+                present[block] = !present[block];
+                rounds += 1;
+            }
+            Ok::<usize, kv_core::KvError>(rounds)
+        })
+    };
+    let started = Instant::now();
+    let mut outcome = Ok(());
+    let mut listings = 0;
+    for listing in 0..LISTINGS {
+        let listed: HashSet<String> = provider_tests::list_all(&store)
+            .await?
+            .into_iter()
+            .collect();
+        let missing: Vec<&String> = stable.iter().filter(|key| !listed.contains(*key)).collect();
+        if !missing.is_empty() {
+            outcome = Err(Failed::from(format!(
+                "listing {listing}: {} of 5000 stable keys missing, e.g. {:?}",
+                missing.len(),
+                &missing[..missing.len().min(5)]
+            )));
+            break;
+        }
+        listings += 1;
+        if started.elapsed() > Duration::from_secs(90) {
+            outcome = Err(Failed::from(format!(
+                "only {} listings in 90 s",
+                listing + 1
+            )));
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let rounds = writer
+        .await
+        .map_err(|err| Failed::from(err.to_string()))??;
+    eprintln!(
+        "{listings} complete listings with {rounds} churn rounds of 250 keys in {:?}",
+        started.elapsed()
+    );
+    outcome?;
+    check(
+        rounds > LISTINGS,
+        format!("the writer ran only {rounds} rounds"),
+    )
+}
+
 fn main() -> ExitCode {
     let installed = kv_conformance::emulator::find_program("redis-server").is_some();
     provider_tests::main::<RedisServer>(
@@ -184,6 +268,9 @@ fn main() -> ExitCode {
             }),
             ("wait_replicas_without_a_replica_is_timeout", |s| {
                 Box::pin(wait_replicas_without_a_replica_is_timeout(s))
+            }),
+            ("listing_under_churn_misses_no_stable_key", |s| {
+                Box::pin(listing_under_churn_misses_no_stable_key(s))
             }),
         ],
     )
