@@ -2,7 +2,9 @@
 //!
 //! Item: `ns` (S, partition key) = namespace, `k` (S, sort key) = key, and either `v` (B) for a
 //! value written by `set` or `c` (N) for a counter, `ver` (S) a random version written by every
-//! write (CAS), `exp` (N) epoch seconds for TTL, filtered on every read.
+//! write (CAS), `exp` (N) epoch seconds for TTL, filtered on every read, `jr` (S) the journal
+//! of the last increments and swaps. [`MAX_VALUE_BYTES`] leaves room for all of them at their
+//! largest.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use aws_sdk_dynamodb::types::{
 };
 use futures::future::try_join_all;
 use kv_core::provider::last_entry_per_key;
-use kv_core::rmw::{self, ConditionalStore, Expect, Journal, Read, Snapshot, Write};
+use kv_core::rmw::{self, ConditionalStore, Expect, JOURNAL_LEN, Journal, Read, Snapshot, Write};
 use kv_core::{
     Backoff, Bucket, Bytes, Capabilities, ErrorKind, KeyPage, KvError, Provider, RequestId, Result,
     SwapOutcome, Version, Versioned, clock,
@@ -42,9 +44,40 @@ pub const ATTR_EXPIRES: &str = "exp";
 
 /// DynamoDB's item limit, attribute names and values included.
 pub const MAX_ITEM_BYTES: usize = 409_600;
-/// The largest value every key fits with: the item limit less the worst case of the other
-/// attributes (256-byte namespace, 1024-byte key, version, expiry, names).
-pub const MAX_VALUE_BYTES: usize = MAX_ITEM_BYTES - 1_400;
+/// The longest namespace a store is configured with (`kv_core::config`).
+pub const MAX_NAMESPACE_BYTES: usize = 256;
+/// The longest key (S1). Keys are stored as they are, so this is also its stored size.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// A version: 128 random bits in hex ([`new_version`]).
+const VERSION_BYTES: usize = 32;
+/// The largest number DynamoDB stores (38 significant digits), whatever the expiry is.
+const MAX_NUMBER_BYTES: usize = 21;
+/// The longest journal entry, `base.request.result` and its `;` separator
+/// ([`Journal::encode`]): 8 hex digits, `.`, 16 hex digits, `.`, and the longest result, an
+/// i64 total in decimal (`-9223372036854775808`, 20 characters; a swap records `s`).
+pub const MAX_JOURNAL_ENTRY_BYTES: usize = 8 + 1 + 16 + 1 + "-9223372036854775808".len() + 1;
+/// The longest journal: [`JOURNAL_LEN`] of the longest entries, without a trailing `;`.
+pub const MAX_JOURNAL_BYTES: usize = JOURNAL_LEN * MAX_JOURNAL_ENTRY_BYTES - 1;
+/// Everything an item holds besides the value's bytes, at its worst: each attribute's name,
+/// the longest namespace and key, the version, an expiry at DynamoDB's largest number, and a
+/// full journal of the longest entries (an increment or swap writes one beside any value).
+pub const MAX_ITEM_OVERHEAD_BYTES: usize = ATTR_NAMESPACE.len()
+    + MAX_NAMESPACE_BYTES
+    + ATTR_KEY.len()
+    + MAX_KEY_BYTES
+    + ATTR_VALUE.len()
+    + ATTR_VERSION.len()
+    + VERSION_BYTES
+    + ATTR_EXPIRES.len()
+    + MAX_NUMBER_BYTES
+    + ATTR_JOURNAL.len()
+    + MAX_JOURNAL_BYTES;
+/// The largest value every key fits with, however it is written (`set`, `set-with-ttl`,
+/// `swap`, and every increment and swap after it): the item limit less the worst case of
+/// everything else ([`MAX_ITEM_OVERHEAD_BYTES`]). 402,240 bytes.
+pub const MAX_VALUE_BYTES: usize = MAX_ITEM_BYTES - MAX_ITEM_OVERHEAD_BYTES;
+// S2: every provider stores at least 256 KiB.
+const _: () = assert!(MAX_VALUE_BYTES >= 256 * 1024);
 /// BatchGetItem keys per call.
 const BATCH_READ: usize = 100;
 /// BatchWriteItem requests per call.
@@ -195,6 +228,18 @@ impl DynamoBucket {
         item.insert(ATTR_VERSION.into(), new_version());
         if let Some(at) = expires_at {
             item.insert(ATTR_EXPIRES.into(), n(at));
+        }
+        item
+    }
+
+    /// The item an increment or swap writes: the value item and its journal.
+    fn journaled_item(&self, key: &str, write: Write) -> Item {
+        let expires_at = write
+            .expires_at_ms
+            .map(|ms| i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX));
+        let mut item = self.value_item(key, write.value, expires_at);
+        if !write.journal.is_empty() {
+            item.insert(ATTR_JOURNAL.into(), s(write.journal.encode()));
         }
         item
     }
@@ -353,13 +398,7 @@ impl ConditionalStore for DynamoBucket {
     }
 
     async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool> {
-        let expires_at = write
-            .expires_at_ms
-            .map(|ms| i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX));
-        let mut item = self.value_item(key, write.value, expires_at);
-        if !write.journal.is_empty() {
-            item.insert(ATTR_JOURNAL.into(), s(write.journal.encode()));
-        }
+        let item = self.journaled_item(key, write);
         let request = self
             .client
             .put_item()
@@ -535,5 +574,82 @@ impl Bucket for DynamoBucket {
             requests.push(WriteRequest::builder().delete_request(delete).build());
         }
         self.batch_write(requests).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An item's size as DynamoDB counts it against `MAX_ITEM_BYTES`: each attribute's name
+    /// plus its value; strings and binaries by their bytes, numbers at one byte per two
+    /// significant digits plus one.
+    fn item_bytes(item: &HashMap<String, AttributeValue>) -> usize {
+        item.iter()
+            .map(|(name, value)| {
+                name.len()
+                    + match value {
+                        AttributeValue::S(text) => text.len(),
+                        AttributeValue::B(blob) => blob.as_ref().len(),
+                        AttributeValue::N(number) => {
+                            let digits = number
+                                .trim_start_matches('-')
+                                .replace('.', "")
+                                .trim_matches('0')
+                                .len();
+                            digits.div_ceil(2) + 1
+                        }
+                        // Not written by this provider.
+                        _ => 0,
+                    }
+            })
+            .sum()
+    }
+
+    /// The longest journal the core can write, in its own format: every entry at the longest
+    /// base, request and result.
+    fn longest_journal() -> Journal {
+        let entry = format!("{:08x}.{:016x}.{}", u32::MAX, u64::MAX, i64::MIN);
+        let text = vec![entry; JOURNAL_LEN].join(";");
+        let journal = Journal::parse(&text);
+        assert_eq!(journal.encode(), text, "the journal's format changed");
+        journal
+    }
+
+    #[test]
+    fn the_budget_is_derived_from_the_journal_format() {
+        let journal = longest_journal().encode();
+        assert_eq!(journal.len(), MAX_JOURNAL_BYTES);
+        let entry = journal.split(';').next().unwrap_or_default();
+        assert_eq!(entry.len() + 1, MAX_JOURNAL_ENTRY_BYTES);
+        assert_eq!(MAX_JOURNAL_BYTES, 6_015);
+        assert_eq!(MAX_ITEM_OVERHEAD_BYTES, 7_360);
+        assert_eq!(MAX_VALUE_BYTES, 402_240);
+    }
+
+    /// The worst item this provider writes, built by its own code, fits DynamoDB's limit:
+    /// the longest namespace and key, a value at the maximum, the latest expiry and the
+    /// longest journal.
+    #[test]
+    fn the_largest_journaled_item_fits() {
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .build();
+        let bucket = DynamoBucket {
+            client: Client::from_conf(config),
+            table: "t".into(),
+            namespace: "n".repeat(MAX_NAMESPACE_BYTES),
+            sdk_resends: false,
+        };
+        let write = Write {
+            value: vec![0xff; MAX_VALUE_BYTES],
+            expires_at_ms: Some(u64::MAX),
+            journal: longest_journal(),
+        };
+        let item = bucket.journaled_item(&"k".repeat(MAX_KEY_BYTES), write);
+        let size = item_bytes(&item);
+        assert!(size <= MAX_ITEM_BYTES, "{size}");
+        // Only the expiry's number is below its bound (no expiry has 38 digits).
+        assert!(MAX_ITEM_BYTES - size < MAX_NUMBER_BYTES, "{size}");
     }
 }

@@ -2,6 +2,7 @@
 //! static test credentials. Without DynamoDB Local (or Java) they are ignored, unless
 //! `KV_REQUIRE` names `dynamodb`, where that is a failure.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,12 +10,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use kv_aws::store::{
-    ATTR_EXPIRES, ATTR_KEY, ATTR_NAMESPACE, ATTR_VALUE, ATTR_VERSION, MAX_VALUE_BYTES,
+    ATTR_EXPIRES, ATTR_JOURNAL, ATTR_KEY, ATTR_NAMESPACE, ATTR_VALUE, ATTR_VERSION, MAX_ITEM_BYTES,
+    MAX_VALUE_BYTES,
 };
 use kv_aws::{DynamoConfig, DynamoProvider};
 use kv_conformance::emulator::DynamoDbLocal;
 use kv_conformance::provider_tests::{self, TestResult, check};
-use kv_core::{Access, ErrorKind, KvStore, Limits, Provider, Stores, Version};
+use kv_core::rmw::JOURNAL_LEN;
+use kv_core::{Access, ErrorKind, KvStore, Limits, Provider, Stores, SwapOutcome, Version};
 use libtest_mimic::Failed;
 
 const TABLE: &str = "wasikv-provider-tests";
@@ -101,6 +104,138 @@ async fn value_at_the_exact_maximum(local: DynamoDbLocal) -> TestResult {
         .await
         .expect_err("DynamoDB rejects it");
     check(err.kind() == ErrorKind::ValueTooLarge, err.to_string())?;
+    Ok(())
+}
+
+/// The stored item as it is, attributes by name.
+async fn raw_item(
+    provider: &DynamoProvider,
+    namespace: &str,
+    key: &str,
+) -> Result<HashMap<String, AttributeValue>, Failed> {
+    provider
+        .client()
+        .get_item()
+        .table_name(TABLE)
+        .key(ATTR_NAMESPACE, AttributeValue::S(namespace.into()))
+        .key(ATTR_KEY, AttributeValue::S(key.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|err| Failed::from(format!("{err:?}")))?
+        .item
+        .ok_or_else(|| Failed::from(format!("{key:.16}…: no item")))
+}
+
+/// An item's size as DynamoDB counts it: every attribute name plus its value (strings and
+/// binaries by their bytes; numbers one byte per two significant digits plus one).
+fn item_bytes(item: &HashMap<String, AttributeValue>) -> usize {
+    item.iter()
+        .map(|(name, value)| {
+            name.len()
+                + match value {
+                    AttributeValue::S(text) => text.len(),
+                    AttributeValue::B(blob) => blob.as_ref().len(),
+                    AttributeValue::N(number) => {
+                        let digits = number.trim_start_matches('-').trim_matches('0').len();
+                        digits.div_ceil(2) + 1
+                    }
+                    _ => 0,
+                }
+        })
+        .sum()
+}
+
+/// The journal of increments and swaps is stored beside the value, so it must fit beside the
+/// largest value on the longest key and namespace: 200 swaps of values at the declared maximum
+/// all succeed, and so do 200 increments with 20-character totals (a full journal of the
+/// longest entries), followed by swaps of the largest value over that journal.
+async fn journal_fits_beside_the_largest_value(local: DynamoDbLocal) -> TestResult {
+    let provider = provider(&local).await?;
+    let namespace = "j".repeat(256);
+    let store = store(provider.clone(), &namespace).await?;
+    let largest = store.max_value_bytes();
+    check(largest >= 256 * 1024, format!("declared maximum {largest}"))?;
+    let value = |round: usize| vec![(round % 251) as u8; largest];
+
+    // Swaps of the largest value, each a new request, each recorded in the journal.
+    let key = format!("{:s<1024}", "swapped");
+    store.set(&key, value(0)).await?;
+    for round in 1..=200 {
+        let current = store.read_versioned(&key).await?;
+        let outcome = store
+            .swap(&key, &current.version, value(round))
+            .await
+            .map_err(|err| format!("swap {round} of a {largest}-byte value: {err}"))?;
+        check(
+            outcome == SwapOutcome::Swapped,
+            format!("swap {round}: {outcome:?}"),
+        )?;
+    }
+    check(
+        store.get(&key).await? == Some(value(200)),
+        "the last swap's value is stored",
+    )?;
+    let item = raw_item(&provider, &namespace, &key).await?;
+    check(
+        item_bytes(&item) <= MAX_ITEM_BYTES,
+        format!("swapped item is {} bytes", item_bytes(&item)),
+    )?;
+
+    // A counter whose every total is 20 characters, past a full journal, with an expiry.
+    let counter = format!("{:c<1024}", "counter");
+    let start: i64 = -9_223_372_036_854_775_000;
+    store
+        .set_with_ttl(&counter, start.to_string().into_bytes(), 3_600_000)
+        .await?;
+    for step in 1..=200 {
+        let total = store
+            .increment(&counter, 1)
+            .await
+            .map_err(|err| format!("increment {step}: {err}"))?;
+        check(total == start + step, format!("increment {step}: {total}"))?;
+    }
+    let item = raw_item(&provider, &namespace, &counter).await?;
+    let journal = match item.get(ATTR_JOURNAL) {
+        Some(AttributeValue::S(journal)) => journal.clone(),
+        other => return Err(format!("journal attribute: {other:?}").into()),
+    };
+    let entries: Vec<&str> = journal.split(';').collect();
+    check(
+        entries.len() == JOURNAL_LEN
+            && entries
+                .iter()
+                .all(|entry| entry.rsplit('.').next().map(str::len) == Some(20)),
+        format!("a full journal of 20-character totals: {journal:.120}…"),
+    )?;
+    check(
+        item_bytes(&item) <= MAX_ITEM_BYTES,
+        format!("counter item is {} bytes", item_bytes(&item)),
+    )?;
+
+    // The largest value over that journal: 127 increment entries and the swap's own.
+    for round in 1..=3 {
+        let current = store.read_versioned(&counter).await?;
+        let outcome = store
+            .swap(&counter, &current.version, value(round))
+            .await
+            .map_err(|err| {
+                format!("swap {round} of a {largest}-byte value over a counter's journal: {err}")
+            })?;
+        check(
+            outcome == SwapOutcome::Swapped,
+            format!("swap {round}: {outcome:?}"),
+        )?;
+        let item = raw_item(&provider, &namespace, &counter).await?;
+        check(
+            item_bytes(&item) <= MAX_ITEM_BYTES,
+            format!("item after swap {round} is {} bytes", item_bytes(&item)),
+        )?;
+    }
+    check(
+        store.get(&counter).await? == Some(value(3)),
+        "the largest value replaced the counter",
+    )?;
     Ok(())
 }
 
@@ -217,6 +352,10 @@ fn main() -> ExitCode {
             ("value_at_exact_maximum_and_one_byte_over", |l| {
                 Box::pin(value_at_the_exact_maximum(l))
             }),
+            (
+                "journal_fits_beside_the_largest_value_on_the_longest_key",
+                |l| Box::pin(journal_fits_beside_the_largest_value(l)),
+            ),
             (
                 "expired_item_still_present_is_invisible_to_every_operation",
                 |l| Box::pin(expired_item_still_present_is_invisible(l)),
