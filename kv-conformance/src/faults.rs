@@ -99,8 +99,8 @@ impl Injected {
 /// Which requests get a fault.
 #[derive(Debug, Default)]
 struct Script {
-    /// Faults for the next requests, in order.
-    next: VecDeque<Fault>,
+    /// What happens to the next requests, in order: a fault, or `None` to let one through.
+    next: VecDeque<Option<Fault>>,
     /// A fault for every n-th request after the scripted ones.
     every: Option<(u64, Fault)>,
     /// Requests seen.
@@ -161,7 +161,22 @@ impl FaultProxy {
     /// The next `count` requests get `fault`.
     pub fn next(&self, fault: Fault, count: usize) {
         let mut script = lock(&self.script);
-        script.next.extend(std::iter::repeat_n(fault, count));
+        script.next.extend(std::iter::repeat_n(Some(fault), count));
+    }
+
+    /// The next `pass` requests go through untouched; the one after gets `fault`. This is how
+    /// a fault reaches the second or third request of one operation (the conditional write of
+    /// a read-modify-write, the write after a resolving read).
+    pub fn after(&self, pass: usize, fault: Fault) {
+        let mut script = lock(&self.script);
+        script.next.extend(std::iter::repeat_n(None, pass));
+        script.next.push_back(Some(fault));
+    }
+
+    /// Scripted requests not reached yet: non-zero after an operation means it sent fewer
+    /// requests than the script covers.
+    pub fn pending(&self) -> usize {
+        lock(&self.script).next.len()
     }
 
     /// Every `n`-th request (after the scripted ones) gets `fault`, until [`Self::clear`].
@@ -194,7 +209,7 @@ fn take_fault(script: &Mutex<Script>) -> Option<Fault> {
     let mut script = lock(script);
     script.seen += 1;
     match script.next.pop_front() {
-        Some(fault) => Some(fault),
+        Some(scripted) => scripted,
         None => match &script.every {
             Some((n, fault)) if script.seen.is_multiple_of(*n) => Some(fault.clone()),
             _ => None,

@@ -1,8 +1,11 @@
 //! The fault matrix (docs/reliability.md): every provider behind a loopback fault proxy (the
 //! in-memory one behind in-process fault hooks), every fault x operation, and the checks that
 //! matter under faults:
+//! - every fault at every request position of an operation (the first request, the second, …
+//!   until the operation sends no more), so a read-modify-write's conditional write is hit too;
 //! - acknowledged writes lost: must be 0;
-//! - increments or swaps applied twice: must be 0;
+//! - increments or swaps applied twice, or applied while the guest was told (without "outcome
+//!   unknown") that they failed: must be 0;
 //! - time to the answer: bounded by the operation timeout;
 //! - 8 x 50 concurrent increments and 8 x 25 CAS-loop increments while 10% of replies are
 //!   dropped: totals exact.
@@ -50,11 +53,32 @@ enum Injector {
     InProcess(Arc<LossyState>),
 }
 
+/// Requests into an operation a fault is injected at most: an increment on a journaled
+/// provider is a read, a conditional write and, after a lost reply, resolving reads.
+const MAX_POSITION: usize = 4;
+
 impl Injector {
-    fn inject(&self, fault: &Fault, count: usize) {
+    /// Injects `fault` into the request at `position` (0: the operation's first request).
+    /// In-process hooks have one position: the provider call.
+    fn inject_at(&self, fault: &Fault, position: usize) {
         match self {
-            Injector::Proxy(proxy) => proxy.next(fault.clone(), count),
-            Injector::InProcess(state) => state.lose_next(count as u64),
+            Injector::Proxy(proxy) => proxy.after(position, fault.clone()),
+            Injector::InProcess(state) => state.lose_next(1),
+        }
+    }
+
+    /// Whether the injected fault was reached by the operation.
+    fn reached(&self) -> bool {
+        match self {
+            Injector::Proxy(proxy) => proxy.pending() == 0,
+            Injector::InProcess(_) => true,
+        }
+    }
+
+    fn positions(&self) -> usize {
+        match self {
+            Injector::Proxy(_) => MAX_POSITION,
+            Injector::InProcess(_) => 1,
         }
     }
 
@@ -195,12 +219,17 @@ const OPERATIONS: &[&str] = &[
 /// acknowledged write was lost, and whether it was applied twice.
 type Check = Box<dyn Fn(&Option<Vec<u8>>, bool) -> (bool, bool) + Send>;
 
-/// One cell of the matrix.
+/// One cell of the matrix: one operation with one fault at one request position.
 struct Cell {
     outcome: String,
     elapsed: Duration,
     lost_acknowledged: bool,
     applied_twice: bool,
+    /// An increment or swap that applied although the guest was told, without "outcome
+    /// unknown", that it failed: a guest that retries applies it twice.
+    applied_but_reported_failed: bool,
+    /// Whether the operation sent the request the fault was scripted for.
+    reached: bool,
 }
 
 fn describe(result: &Result<(), KvError>) -> String {
@@ -213,9 +242,16 @@ fn describe(result: &Result<(), KvError>) -> String {
     }
 }
 
-/// Runs `op` on a fresh key with `fault` injected into its next request, then checks the
-/// stored state without faults.
-async fn cell(store: &KvStore, injector: &Injector, fault: &Fault, op: &str, id: usize) -> Cell {
+/// Runs `op` on a fresh key with `fault` injected into its request at `position` (the ones
+/// before it pass), then checks the stored state without faults.
+async fn cell(
+    store: &KvStore,
+    injector: &Injector,
+    fault: &Fault,
+    position: usize,
+    op: &str,
+    id: usize,
+) -> Cell {
     let key = format!("k{id}");
     let other = format!("k{id}-b");
     // Known starting state, written without faults.
@@ -231,7 +267,7 @@ async fn cell(store: &KvStore, injector: &Injector, fault: &Fault, op: &str, id:
         .read_versioned(&key)
         .await
         .expect("the CAS read succeeds");
-    injector.inject(fault, 1);
+    injector.inject_at(fault, position);
     let started = Instant::now();
     let (result, check): (Result<(), KvError>, Check) = match op {
         "set" => (
@@ -296,18 +332,32 @@ async fn cell(store: &KvStore, injector: &Injector, fault: &Fault, op: &str, id:
         other => panic!("unknown operation {other}"),
     };
     let elapsed = started.elapsed();
+    let reached = injector.reached();
     injector.clear();
     let stored = store.get(&key).await.expect("the check read succeeds");
     let (lost_acknowledged, applied_twice) = check(&stored, result.is_ok());
+    // cas-failed against a key nobody else touched: the swap met its own write, or a store
+    // failure was reported as a conflict (S7).
     let swap_conflict = op == "swap"
         && result
             .as_ref()
             .is_err_and(|e| e.kind() == ErrorKind::Internal);
+    let applied = match op {
+        "increment" => stored.as_deref() == Some(b"42"),
+        "swap" => stored.as_deref() == Some(b"swapped"),
+        _ => false,
+    };
+    let applied_but_reported_failed = applied
+        && result
+            .as_ref()
+            .is_err_and(|err| !err.message().starts_with(OUTCOME_UNKNOWN));
     Cell {
         outcome: describe(&result),
         elapsed,
         lost_acknowledged,
         applied_twice: applied_twice || swap_conflict,
+        applied_but_reported_failed,
+        reached,
     }
 }
 
@@ -323,29 +373,45 @@ fn matrix(name: &str, subject: &Subject) -> Result<(), Failed> {
     for (label, fault) in &subject.faults {
         let mut row = format!("| {label} |");
         for op in OPERATIONS {
-            id += 1;
-            let cell = runtime().block_on(cell(&store, &subject.injector, fault, op, id));
-            row.push_str(&format!(
-                " {} ({} ms) |",
-                cell.outcome,
-                cell.elapsed.as_millis()
-            ));
-            if cell.lost_acknowledged {
-                problems.push(format!("{label} x {op}: an acknowledged write was lost"));
-            }
-            if cell.applied_twice {
-                problems.push(format!("{label} x {op}: applied twice"));
-            }
-            if cell.elapsed > OPERATION_TIMEOUT + Duration::from_secs(1) {
-                problems.push(format!(
-                    "{label} x {op}: answered after {} ms",
+            // The fault at each request of the operation in turn, until it sends no more.
+            let mut outcomes = Vec::new();
+            for position in 0..subject.injector.positions() {
+                id += 1;
+                let cell =
+                    runtime().block_on(cell(&store, &subject.injector, fault, position, op, id));
+                if !cell.reached {
+                    break;
+                }
+                let at = format!("{label} x {op} at request {}", position + 1);
+                outcomes.push(format!(
+                    "{} ({} ms)",
+                    cell.outcome,
                     cell.elapsed.as_millis()
                 ));
+                if cell.lost_acknowledged {
+                    problems.push(format!("{at}: an acknowledged write was lost"));
+                }
+                if cell.applied_twice {
+                    problems.push(format!("{at}: applied twice"));
+                }
+                if cell.applied_but_reported_failed {
+                    problems.push(format!(
+                        "{at}: applied, but reported failed without 'outcome unknown' ({})",
+                        cell.outcome
+                    ));
+                }
+                if cell.elapsed > OPERATION_TIMEOUT + Duration::from_secs(1) {
+                    problems.push(format!(
+                        "{at}: answered after {} ms",
+                        cell.elapsed.as_millis()
+                    ));
+                }
+                // One fault per call is within the retry budget: the guest must not see it.
+                if cell.outcome != "ok" {
+                    problems.push(format!("{at}: {}", cell.outcome));
+                }
             }
-            // One fault per call is within the retry budget: the guest must not see it.
-            if cell.outcome != "ok" {
-                problems.push(format!("{label} x {op}: {}", cell.outcome));
-            }
+            row.push_str(&format!(" {} |", outcomes.join(" · ")));
         }
         table.push_str(&row);
         table.push('\n');
