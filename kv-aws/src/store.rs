@@ -424,6 +424,10 @@ impl ConditionalStore for DynamoBucket {
         }
     }
 
+    fn queue_name(&self, key: &str) -> String {
+        format!("dynamodb\0{}\0{}\0{key}", self.table, self.namespace)
+    }
+
     fn resends_conditional_writes(&self) -> bool {
         self.sdk_resends
     }

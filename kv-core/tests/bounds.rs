@@ -476,3 +476,103 @@ async fn replicas_with_one_cursor_secret_share_cursors() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidCursor);
 }
+
+/// A bucket over a real (in-memory) one whose first `set` applies, lets another client write
+/// the same key (acknowledged), and then reports a lost reply.
+struct LostSetReply {
+    inner: Arc<dyn Bucket>,
+    first: std::sync::atomic::AtomicBool,
+    other_acknowledged: std::sync::Mutex<Option<Instant>>,
+}
+
+#[async_trait]
+impl Bucket for LostSetReply {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.inner.get(key).await
+    }
+    async fn set(&self, key: &str, value: Bytes) -> Result<()> {
+        self.inner.set(key, value).await?;
+        if self.first.swap(false, Ordering::SeqCst) {
+            self.inner.set(key, Bytes::from_static(b"other")).await?;
+            *self.other_acknowledged.lock().unwrap() = Some(Instant::now());
+            return Err(KvError::unavailable("the reply was lost"));
+        }
+        Ok(())
+    }
+    async fn set_with_ttl(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
+        self.inner.set_with_ttl(key, value, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn exists(&self, key: &str) -> Result<bool> {
+        self.inner.exists(key).await
+    }
+    async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {
+        self.inner.list_keys(cursor, limit).await
+    }
+    async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
+        self.inner.increment(key, delta, request).await
+    }
+    async fn read_versioned(&self, key: &str) -> Result<Versioned> {
+        self.inner.read_versioned(key).await
+    }
+    async fn swap(
+        &self,
+        key: &str,
+        expected: &Version,
+        value: Bytes,
+        request: &RequestId,
+    ) -> Result<SwapOutcome> {
+        self.inner.swap(key, expected, value, request).await
+    }
+}
+
+struct OneLostSetReply(Arc<LostSetReply>);
+
+#[async_trait]
+impl Provider for OneLostSetReply {
+    fn name(&self) -> &str {
+        "lost-set-reply"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+    async fn open(&self, _: &str) -> Result<Arc<dyn Bucket>> {
+        Ok(self.0.clone())
+    }
+}
+
+/// The declared divergence of plain writes (docs/semantics.md, S4): a `set` whose reply was
+/// lost is retried, and the retry lands after another client's acknowledged write of the same
+/// key, undoing it. The window is bounded: the retry starts within the operation timeout of
+/// the first attempt (here, after one backoff of at most 20 ms). If plain writes ever become
+/// safe to retry, this test fails and the declaration goes.
+#[tokio::test]
+async fn a_retried_set_can_undo_a_later_write_within_the_operation_timeout() {
+    let inner = kv_core::MemoryProvider::new().open("ns").await.unwrap();
+    let bucket = Arc::new(LostSetReply {
+        inner,
+        first: std::sync::atomic::AtomicBool::new(true),
+        other_acknowledged: std::sync::Mutex::new(None),
+    });
+    let stores = Stores::builder(limits(5_000, 4))
+        .store(
+            "s",
+            Arc::new(OneLostSetReply(bucket.clone())),
+            "ns",
+            Access::ReadWrite,
+        )
+        .build();
+    let store = stores.open("s").await.unwrap();
+    store.set("k", b"mine".to_vec()).await.unwrap();
+    let landed = Instant::now();
+    let acknowledged = bucket.other_acknowledged.lock().unwrap().unwrap();
+    assert_eq!(
+        store.get("k").await.unwrap(),
+        Some(b"mine".to_vec()),
+        "the retry undid the other client's acknowledged write"
+    );
+    let window = landed - acknowledged;
+    assert!(window < Duration::from_millis(5_000), "{window:?}");
+}

@@ -52,7 +52,8 @@ fn ttl_expired_is_missing_everywhere(ctx: &Ctx, _: Phase) -> Outcome {
     ttl::set_with_ttl(&bucket, "k", b"v", 1000).or_fail("set-with-ttl")?;
     ttl::set_with_ttl(&bucket, "n", b"41", 1000).or_fail("set-with-ttl")?;
     set(&bucket, "stays", b"v")?;
-    expect_value(&bucket, "k", Some(b"v"))?;
+    // No check that "k" is still there: on a loaded machine the writes above can take longer
+    // than its TTL (ttl_visible_before_expiry checks visibility with a TTL of a minute).
     sleep_ms(2500);
     expect_value(&bucket, "k", None)?;
     ensure_eq(
