@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use kv_core::naming::namespace_prefix;
-use kv_core::provider::last_entry_per_key;
+use kv_core::provider::{batch_bytes_exceeded, last_entry_per_key};
 use kv_core::{
     Bucket, Bytes, Capabilities, ErrorKind, KeyPage, KvError, Provider, RequestId, Result,
     SwapOutcome, Version, Versioned,
@@ -69,6 +69,7 @@ pub struct RedisProvider {
 /// once per request).
 struct Scripts {
     read: Script,
+    get_many_within: Script,
     swap: Script,
     increment: Script,
 }
@@ -78,6 +79,7 @@ impl RedisProvider {
     pub fn new(connection: RedisConnection, wait: ReplicaWait) -> Self {
         let scripts = Arc::new(Scripts {
             read: Script::new(READ_VERSIONED),
+            get_many_within: Script::new(GET_MANY_WITHIN),
             swap: Script::new(SWAP),
             increment: Script::new(INCREMENT),
         });
@@ -155,6 +157,20 @@ if type(added) == 'table' and added.err then return redis.error_reply(added.err)
 local total = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[2], total, 'PX', ARGV[2])
 return total
+";
+
+/// The values of KEYS (`MGET`), or, when their sizes add up to more than ARGV[1] bytes, only
+/// that sum, as an integer: values over the budget never leave the server. Atomic, so the sizes
+/// are those of the values returned. `STRLEN` of a key that is not a string counts 0 (`MGET`
+/// gives it as missing). An ARGV[1] of -1 measures only.
+const GET_MANY_WITHIN: &str = r"
+local total = 0
+for _, key in ipairs(KEYS) do
+  local size = redis.pcall('STRLEN', key)
+  if type(size) == 'number' then total = total + size end
+end
+if total > tonumber(ARGV[1]) then return total end
+return redis.call('MGET', unpack(KEYS))
 ";
 
 /// How long a request key is kept: far longer than any operation's retries.
@@ -310,6 +326,43 @@ impl RedisBucket {
             .collect()
     }
 
+    /// One [`GET_MANY_WITHIN`] script over the keys of one batch (one slot on a cluster):
+    /// their values if they add up to at most `budget` bytes, else their total size; with no
+    /// budget, only the total size.
+    async fn fetch_within(
+        &self,
+        full: &[Vec<u8>],
+        batch: &[usize],
+        budget: Option<usize>,
+    ) -> Result<Fetched> {
+        let keys: Vec<&[u8]> = batch.iter().map(|&index| full[index].as_slice()).collect();
+        let budget = budget.map_or_else(|| "-1".to_string(), |budget| budget.to_string());
+        let reply: redis::Value = self
+            .eval(
+                "MGET",
+                &self.scripts.get_many_within,
+                &keys,
+                &[budget.as_bytes()],
+                false,
+            )
+            .await?;
+        let unexpected = || KvError::internal("redis MGET: unexpected reply to the sized read");
+        match reply {
+            redis::Value::Int(total) => Ok(Fetched::Total(
+                usize::try_from(total).map_err(|_| unexpected())?,
+            )),
+            redis::Value::Array(_) => {
+                let values: Vec<Option<Vec<u8>>> =
+                    redis::from_redis_value(reply).map_err(|_| unexpected())?;
+                if values.len() != batch.len() {
+                    return Err(KvError::internal("redis MGET: reply of the wrong length"));
+                }
+                Ok(Fetched::Values(values))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
     /// One `SCAN` round on the shard named by `shard` (its lowest slot), or on the server.
     async fn scan(&self, shard: Option<u16>, cursor: u64) -> Result<(u64, Vec<Vec<u8>>)> {
         let mut command = redis::cmd("SCAN");
@@ -330,6 +383,14 @@ impl RedisBucket {
         redis::from_redis_value(reply)
             .map_err(|err| map_error("SCAN", redis::RedisError::from(err)))
     }
+}
+
+/// What one [`GET_MANY_WITHIN`] script returned.
+enum Fetched {
+    /// The values, in the batch's order.
+    Values(Vec<Option<Vec<u8>>>),
+    /// Only the sum of the values' sizes (over the budget, or measured only).
+    Total(usize),
 }
 
 /// Where a listing stands: the shard (a cluster's primary, named by its lowest slot), the
@@ -650,6 +711,64 @@ impl Bucket for RedisBucket {
                         return Err(KvError::internal("redis MGET: reply of the wrong length"));
                     }
                     Ok((batch, values))
+                })
+                .buffer_unordered(BATCH_CONCURRENCY)
+                .try_collect()
+                .await?;
+        let mut values = vec![None; keys.len()];
+        for (batch, part) in parts {
+            for (index, value) in batch.into_iter().zip(part) {
+                values[index] = value;
+            }
+        }
+        Ok(values)
+    }
+
+    /// Sizes are checked on the server, before any value is sent: one script per batch sums
+    /// the values' `STRLEN`s and returns either the values or only the sum. One batch (up to
+    /// 500 keys on one server, the host asks for 100 at a time) is one round trip. Several
+    /// batches (several slots on a cluster) are measured first, then each fetched within its
+    /// measured size plus an equal part of what is left of the budget, so their sum stays
+    /// within it; a value that grew in between fails the call as `batch-too-large`.
+    async fn get_many_within(
+        &self,
+        keys: &[String],
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let full: Vec<Vec<u8>> = keys.iter().map(|key| self.key(key)).collect();
+        let full = &full;
+        let batches = self.batches(full);
+        let budgets: Vec<usize> = if batches.len() > 1 {
+            let sizes: Vec<usize> = futures::stream::iter(batches.clone())
+                .map(|batch| async move {
+                    match self.fetch_within(full, &batch, None).await? {
+                        Fetched::Total(size) => Ok(size),
+                        Fetched::Values(_) => Err(KvError::internal(
+                            "redis MGET: values where only their size was asked for",
+                        )),
+                    }
+                })
+                .buffered(BATCH_CONCURRENCY)
+                .try_collect()
+                .await?;
+            let total = sizes
+                .iter()
+                .fold(0usize, |sum, size| sum.saturating_add(*size));
+            if total > max_bytes {
+                return Err(batch_bytes_exceeded(max_bytes));
+            }
+            let slack = (max_bytes - total) / batches.len();
+            sizes.into_iter().map(|size| size + slack).collect()
+        } else {
+            vec![max_bytes; batches.len()]
+        };
+        let parts: Vec<(Vec<usize>, Vec<Option<Vec<u8>>>)> =
+            futures::stream::iter(batches.into_iter().zip(budgets))
+                .map(|(batch, budget)| async move {
+                    match self.fetch_within(full, &batch, Some(budget)).await? {
+                        Fetched::Values(values) => Ok((batch, values)),
+                        Fetched::Total(_) => Err(batch_bytes_exceeded(max_bytes)),
+                    }
                 })
                 .buffer_unordered(BATCH_CONCURRENCY)
                 .try_collect()

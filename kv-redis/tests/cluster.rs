@@ -100,6 +100,21 @@ async fn keys_spread_and_listing_spans_every_primary(cluster: RedisCluster) -> T
             .all(|(value, key)| value.as_deref() == Some(key.as_bytes())),
         "get-many of 1,000 keys returns each key's last value, in order",
     )?;
+    // Over the byte budget: every slot's batch is measured on the server first.
+    let small_budget = store_with(
+        &cluster,
+        "",
+        Limits {
+            max_batch_bytes: 1000,
+            ..provider_tests::limits(Duration::from_secs(5), 3)
+        },
+    )
+    .await;
+    let err = small_budget.get_many(&keys[..1000]).await.err();
+    check(
+        err.as_ref().map(|err| err.kind()) == Some(kv_core::ErrorKind::BatchTooLarge),
+        format!("get-many of about 8 KB within 1,000 bytes: {err:?}"),
+    )?;
     store.delete_many(&keys).await?;
     check(
         provider_tests::list_all(&store).await?.is_empty(),

@@ -248,6 +248,107 @@ async fn listing_under_churn_misses_no_stable_key(server: RedisServer) -> TestRe
     )
 }
 
+/// Bytes the server has sent to all its clients (`INFO stats`).
+async fn bytes_sent(raw: &mut redis::aio::MultiplexedConnection) -> Result<u64, Failed> {
+    let info: String = redis::cmd("INFO").arg("stats").query_async(raw).await?;
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix("total_net_output_bytes:"))
+        .and_then(|bytes| bytes.parse().ok())
+        .ok_or_else(|| Failed::from("INFO stats has no total_net_output_bytes"))
+}
+
+/// `get_many_within` checks the byte budget on the server: over it, the call fails with
+/// `batch-too-large` and no value leaves Redis (the server's output bytes show it); within it,
+/// values come back in order, duplicates and missing keys included, also across several
+/// batches (more than 500 keys).
+async fn get_many_within_checks_the_budget_before_transfer(server: RedisServer) -> TestResult {
+    let bucket = provider(&server).await.open("ns").await?;
+    let client = redis::Client::open(server.url())?;
+    let mut raw = client.get_multiplexed_async_connection().await?;
+    let full = |key: &str| {
+        let mut full = kv_redis::key_prefix("ns");
+        full.extend_from_slice(key.as_bytes());
+        full
+    };
+    const MIB: usize = 1 << 20;
+    let value = vec![b'v'; MIB];
+    let keys: Vec<String> = (0..10).map(|i| format!("big-{i}")).collect();
+    for key in &keys {
+        redis::cmd("SET")
+            .arg(full(key))
+            .arg(&value)
+            .query_async::<()>(&mut raw)
+            .await?;
+    }
+    let before = bytes_sent(&mut raw).await?;
+    let err = bucket
+        .get_many_within(&keys, 4 * MIB)
+        .await
+        .err()
+        .ok_or_else(|| Failed::from("10 MiB within a budget of 4 MiB"))?;
+    check(err.kind() == ErrorKind::BatchTooLarge, err.to_string())?;
+    let sent = bytes_sent(&mut raw).await? - before;
+    check(
+        sent < MIB as u64,
+        format!("over the budget, the server still sent {sent} bytes"),
+    )?;
+    let asked: Vec<String> = [&keys[0], &keys[1], "missing", &keys[0]]
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let got = bucket.get_many_within(&asked, 3 * MIB).await?;
+    check(
+        got == [
+            Some(value.clone()),
+            Some(value.clone()),
+            None,
+            Some(value.clone()),
+        ],
+        "values in order, the duplicate twice, the missing key as none",
+    )?;
+    check(
+        bucket.get_many_within(&keys[..4], 4 * MIB).await?.len() == 4,
+        "exactly the budget is within it",
+    )?;
+    let err = bucket.get_many_within(&keys[..4], 4 * MIB - 1).await;
+    check(
+        err.as_ref().err().map(|err| err.kind()) == Some(ErrorKind::BatchTooLarge),
+        format!(
+            "one byte over the budget: {:?}",
+            err.map(|values| values.len())
+        ),
+    )?;
+    // 1,200 keys of 1 KiB are three batches: measured first, then fetched.
+    let small: Vec<String> = (0..1200).map(|i| format!("small-{i}")).collect();
+    let mut mset = redis::cmd("MSET");
+    for key in &small {
+        mset.arg(full(key)).arg(vec![b's'; 1024]);
+    }
+    mset.query_async::<()>(&mut raw).await?;
+    let got = bucket.get_many_within(&small, 1200 * 1024).await?;
+    check(
+        got.len() == 1200
+            && got
+                .iter()
+                .all(|value| value.as_deref() == Some(&[b's'; 1024][..])),
+        "1,200 values across batches",
+    )?;
+    let before = bytes_sent(&mut raw).await?;
+    let err = bucket.get_many_within(&small, 1200 * 1024 - 1).await;
+    check(
+        err.as_ref().err().map(|err| err.kind()) == Some(ErrorKind::BatchTooLarge),
+        format!(
+            "1,200 KiB in a budget one byte short: {:?}",
+            err.map(|values| values.len())
+        ),
+    )?;
+    let sent = bytes_sent(&mut raw).await? - before;
+    check(
+        sent < 64 * 1024,
+        format!("over the budget across batches, the server still sent {sent} bytes"),
+    )
+}
+
 fn main() -> ExitCode {
     let installed = kv_conformance::emulator::find_program("redis-server").is_some();
     provider_tests::main::<RedisServer>(
@@ -271,6 +372,9 @@ fn main() -> ExitCode {
             }),
             ("listing_under_churn_misses_no_stable_key", |s| {
                 Box::pin(listing_under_churn_misses_no_stable_key(s))
+            }),
+            ("get_many_within_checks_the_budget_before_transfer", |s| {
+                Box::pin(get_many_within_checks_the_budget_before_transfer(s))
             }),
         ],
     )

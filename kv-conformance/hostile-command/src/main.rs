@@ -3,7 +3,10 @@
 //! - `spin`: computes forever (the time limit must stop it);
 //! - `grow MIB`: allocates and touches MIB MiB (the memory limit must stop a large one);
 //! - `open N`: opens the default store N times and keeps every handle (the resource cap must
-//!   stop a large N).
+//!   stop a large N);
+//! - `get-many KEY…`: reads the KEYs of the default store with one `get-many`, prints what it
+//!   got, then waits until its stdin closes (so a test can read the host's peak memory while
+//!   the host still runs).
 
 mod bindings {
     wit_bindgen::generate!({
@@ -13,7 +16,9 @@ mod bindings {
     });
 }
 
-use bindings::wasi::keyvalue::store;
+use std::io::{Read, Write};
+
+use bindings::wasi::keyvalue::{batch, store};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,8 +54,23 @@ fn main() {
             }
             println!("opened {}", handles.len());
         }
+        Some("get-many") => {
+            let bucket = store::open("default").unwrap_or_else(|err| {
+                println!("open failed: {err:?}");
+                std::process::exit(1)
+            });
+            match batch::get_many(&bucket, &args[1..]) {
+                Ok(values) => {
+                    let bytes: usize = values.iter().flatten().map(|(_, value)| value.len()).sum();
+                    println!("get-many returned {} values, {bytes} bytes", values.len());
+                }
+                Err(err) => println!("get-many failed: {err:?}"),
+            }
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        }
         _ => {
-            eprintln!("usage: hostile-command spin | grow MIB | open N");
+            eprintln!("usage: hostile-command spin | grow MIB | open N | get-many KEY…");
             std::process::exit(2);
         }
     }
