@@ -133,6 +133,72 @@ impl RedisConnection {
     }
 }
 
+impl RedisConnection {
+    /// The `maxmemory-policy` of the server, or of every primary of a cluster: by
+    /// `CONFIG GET`, or, where `CONFIG` is denied or renamed (as on managed services), from
+    /// `INFO memory`.
+    pub async fn eviction_policies(&self) -> RedisResult<Vec<String>> {
+        let targets = match self {
+            RedisConnection::Server(_) => vec![0],
+            RedisConnection::Cluster(_) => self.shards().await?,
+        };
+        let mut policies = Vec::with_capacity(targets.len());
+        for slot in targets {
+            let mut config = redis::cmd("CONFIG");
+            config.arg("GET").arg("maxmemory-policy");
+            let from_config = self.send_to_slot(slot, config).await.ok();
+            let policy = match from_config.and_then(config_policy) {
+                Some(policy) => policy,
+                None => {
+                    let mut info = redis::cmd("INFO");
+                    info.arg("memory");
+                    let reply = self.send_to_slot(slot, info).await?;
+                    redis::from_redis_value::<String>(reply)
+                        .ok()
+                        .and_then(|text| info_policy(&text))
+                        .ok_or_else(|| {
+                            redis::RedisError::from((
+                                redis::ErrorKind::Parse,
+                                "INFO memory has no maxmemory_policy",
+                            ))
+                        })?
+                }
+            };
+            policies.push(policy);
+        }
+        Ok(policies)
+    }
+}
+
+/// The policy in a `CONFIG GET maxmemory-policy` reply (a name-value array, or a map).
+fn config_policy(reply: Value) -> Option<String> {
+    let text = |value: &Value| match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    };
+    let pairs: Vec<(Value, Value)> = match reply {
+        Value::Map(pairs) => pairs,
+        Value::Array(items) => {
+            let mut items = items.into_iter();
+            std::iter::from_fn(|| Some((items.next()?, items.next()?))).collect()
+        }
+        _ => return None,
+    };
+    pairs
+        .iter()
+        .find(|(name, _)| text(name).as_deref() == Some("maxmemory-policy"))
+        .and_then(|(_, policy)| text(policy))
+}
+
+/// The `maxmemory_policy:` line of an `INFO memory` reply.
+fn info_policy(info: &str) -> Option<String> {
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix("maxmemory_policy:"))
+        .map(|policy| policy.trim().to_string())
+        .filter(|policy| !policy.is_empty())
+}
+
 /// From a `CLUSTER SLOTS` reply (`[start, end, [host, port, id, …], replicas…]` per range),
 /// the lowest slot of each primary, sorted.
 fn shard_starts(reply: Value) -> Vec<u16> {
@@ -207,6 +273,20 @@ mod tests {
             Value::Int(port),
             Value::BulkString(b"id".to_vec()),
         ])
+    }
+
+    #[test]
+    fn eviction_policies_are_read_from_config_or_info() {
+        let bulk = |text: &str| Value::BulkString(text.as_bytes().to_vec());
+        let array = Value::Array(vec![bulk("maxmemory-policy"), bulk("volatile-lru")]);
+        assert_eq!(config_policy(array).as_deref(), Some("volatile-lru"));
+        let map = Value::Map(vec![(bulk("maxmemory-policy"), bulk("allkeys-lfu"))]);
+        assert_eq!(config_policy(map).as_deref(), Some("allkeys-lfu"));
+        assert_eq!(config_policy(Value::Array(vec![])), None);
+        assert_eq!(config_policy(Value::Nil), None);
+        let info = "# Memory\r\nused_memory:1\r\nmaxmemory_policy:noeviction\r\n";
+        assert_eq!(info_policy(info).as_deref(), Some("noeviction"));
+        assert_eq!(info_policy("# Memory\r\nused_memory:1\r\n"), None);
     }
 
     #[test]

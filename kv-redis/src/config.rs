@@ -3,7 +3,8 @@
 //! whose seed nodes the client uses to discover every node. Fields, as URL query parameters or
 //! `[stores.NAME]` fields: `username`, `password`, `connect_timeout_ms`, `response_timeout_ms`,
 //! `nodes` (more cluster seed nodes), `wait_replicas` and `wait_timeout_ms` (acknowledge a write
-//! only once that many replicas have it, Redis `WAIT`).
+//! only once that many replicas have it, Redis `WAIT`), `allow_eviction` (accept a server whose
+//! `maxmemory-policy` is `allkeys-*`, which is refused otherwise).
 
 use std::time::Duration;
 
@@ -44,6 +45,9 @@ pub struct RedisConfig {
     pub wait_replicas: u32,
     /// How long a write waits for those replicas before it fails as `timeout`.
     pub wait_timeout: Duration,
+    /// Accept a server whose `maxmemory-policy` may evict any key (`allkeys-*`): stored values
+    /// and the records of applied increments and swaps alike. Refused unless set.
+    pub allow_eviction: bool,
 }
 
 impl RedisConfig {
@@ -90,6 +94,7 @@ impl RedisConfig {
                     .map_err(|_| ConfigError("`wait_replicas` is out of range".into()))?;
             }
             "wait_timeout_ms" => self.wait_timeout = field.millis(MAX_TIMEOUT_MS)?,
+            "allow_eviction" => self.allow_eviction = field.flag()?,
             _ => return Err(field.unknown("redis")),
         }
         Ok(())
@@ -146,6 +151,7 @@ impl RedisConfig {
             response_timeout: Duration::from_secs(5),
             wait_replicas: 0,
             wait_timeout: Duration::from_secs(1),
+            allow_eviction: false,
         })
     }
 
@@ -170,6 +176,7 @@ impl RedisConfig {
             .field("response_timeout", self.response_timeout)
             .field("wait_replicas", self.wait_replicas)
             .field("wait_timeout", self.wait_timeout)
+            .field("allow_eviction", self.allow_eviction)
             .finish()
     }
 }
@@ -234,6 +241,13 @@ mod tests {
     fn fields_come_from_the_url_or_the_file() {
         let config = from_spec("redis://h/0?response_timeout_ms=250&password=pw").unwrap();
         assert_eq!(config.response_timeout, Duration::from_millis(250));
+        assert!(!config.allow_eviction);
+        assert!(
+            from_spec("redis://h/0?allow_eviction=true")
+                .unwrap()
+                .allow_eviction
+        );
+        assert!(from_spec("redis://h/0?allow_eviction=yes").is_err());
         assert_eq!(config.password.as_ref().map(Secret::expose), Some("pw"));
         let file = kv_core::KvConfig::from_toml(
             "[stores.c]\nurl = \"redis://h:6390/2\"\npassword = \"${PW}\"\nconnect_timeout_ms = 100\n",
@@ -303,6 +317,7 @@ mod tests {
             "redis://:a@h:6379/0?connect_timeout_ms=100",
             "redis://:a@h:6379/0?wait_replicas=1",
             "redis://:a@h:6379/0?wait_timeout_ms=100",
+            "redis://:a@h:6379/0?allow_eviction=true",
             "redis+cluster://:a@h:6379/0",
             "redis+cluster://:a@h:6379,h:6380/0",
         ] {

@@ -39,11 +39,63 @@ impl ProviderFactory for RedisFactory {
             replicas: config.wait_replicas,
             timeout: config.wait_timeout,
         };
-        Ok(Arc::new(RedisProvider::new(
-            client::connect(&config)?,
-            wait,
-        )))
+        let connection = client::connect(&config)?;
+        check_eviction_policy(&connection, &config).await?;
+        Ok(Arc::new(RedisProvider::new(connection, wait)))
     }
+}
+
+/// Refuses a server (or a cluster primary) whose `maxmemory-policy` is `allkeys-*`, unless
+/// `allow_eviction` accepts it: such a server may evict stored values and the records that make
+/// increments and swaps exactly once. `noeviction` and `volatile-*` are fine: the records have
+/// no TTL, so `volatile-*` never evicts them. A server that cannot be reached or asked within
+/// the connection's timeouts is not checked (logged), and is connected to lazily as always.
+async fn check_eviction_policy(
+    connection: &client::RedisConnection,
+    config: &RedisConfig,
+) -> Result<(), ConfigError> {
+    let place = format!("redis {}:{}", config.host, config.port);
+    let within = config.connect_timeout + config.response_timeout;
+    let policies = match tokio::time::timeout(within, connection.eviction_policies()).await {
+        Ok(Ok(policies)) => policies,
+        Ok(Err(err)) => {
+            tracing::warn!(
+                server = %place,
+                error = %err,
+                "could not read the server's maxmemory-policy; an allkeys-* policy could evict \
+                 stored values and the records of applied increments and swaps"
+            );
+            return Ok(());
+        }
+        Err(_) => {
+            tracing::warn!(
+                server = %place,
+                "the server did not tell its maxmemory-policy in time; not checked"
+            );
+            return Ok(());
+        }
+    };
+    for policy in policies {
+        if !policy.starts_with("allkeys-") {
+            continue;
+        }
+        if config.allow_eviction {
+            tracing::warn!(
+                server = %place,
+                policy = %policy,
+                "maxmemory-policy may evict any key: stored values can disappear, and an \
+                 increment or swap retried after its record was evicted can apply twice \
+                 (accepted by allow_eviction)"
+            );
+        } else {
+            return Err(ConfigError(format!(
+                "{place}: maxmemory-policy is {policy}, which may evict any key: stored values \
+                 and the records that keep increments and swaps exactly once. Use noeviction \
+                 or a volatile-* policy, or set allow_eviction = true to accept that"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Registers `redis`, `rediss` (TLS), `redis+cluster` and `rediss+cluster` (Redis Cluster;

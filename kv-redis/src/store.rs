@@ -130,34 +130,61 @@ if value then return {value, redis.sha1hex(value)} end
 return false
 ";
 
-/// Writes ARGV[2] if the key still has version ARGV[1] ('' = still missing), exactly once per
-/// request: the request key KEYS[2] is set in the same script, and a retry that finds it
-/// reports the swap. Atomic: a script runs without interleaving.
-const SWAP: &str = r"
-if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
+/// The first lines of the exactly-once scripts: the time (`ms`, from the server's clock) and
+/// the pruning of at most 16 request records older than ARGV[1] milliseconds from the request
+/// hash KEYS[2] and its time index KEYS[3]. Each script adds one record and prunes up to 16, so
+/// a slot's records shrink back to those of the last ARGV[1] milliseconds as it is written.
+macro_rules! prune_request_records {
+    () => {
+        r"
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf',
+  string.format('%.0f', ms - tonumber(ARGV[1])), 'LIMIT', 0, 16)
+if #expired > 0 then
+  redis.call('HDEL', KEYS[2], unpack(expired))
+  redis.call('ZREM', KEYS[3], unpack(expired))
+end
+"
+    };
+}
+
+/// Writes ARGV[4] if the key still has version ARGV[3] ('' = still missing), exactly once per
+/// request ARGV[2]: the request is recorded in the same script, and a retry that finds the
+/// record reports the swap. Atomic: a script runs without interleaving.
+const SWAP: &str = concat!(
+    prune_request_records!(),
+    r"
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 1 end
 local value = redis.call('GET', KEYS[1])
-if ARGV[1] == '' then
+if ARGV[3] == '' then
   if value then return 0 end
-elseif (not value) or redis.sha1hex(value) ~= ARGV[1] then
+elseif (not value) or redis.sha1hex(value) ~= ARGV[3] then
   return 0
 end
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('SET', KEYS[2], 's', 'PX', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[4])
+redis.call('HSET', KEYS[2], ARGV[2], 's')
+redis.call('ZADD', KEYS[3], string.format('%.0f', ms), ARGV[2])
 return 1
-";
+"
+);
 
-/// `INCRBY` exactly once per request: the result is kept under the request key KEYS[2] in the
-/// same script, and a retry that finds it returns it. The result is read back with GET, as
+/// `INCRBY` by ARGV[3] exactly once per request ARGV[2]: the result is recorded in the same
+/// script, and a retry that finds the record returns it. The result is read back with GET, as
 /// text: Lua numbers are doubles and would round counters beyond 2^53.
-const INCREMENT: &str = r"
-local done = redis.call('GET', KEYS[2])
+const INCREMENT: &str = concat!(
+    prune_request_records!(),
+    r"
+local done = redis.call('HGET', KEYS[2], ARGV[2])
 if done then return done end
-local added = redis.pcall('INCRBY', KEYS[1], ARGV[1])
+local added = redis.pcall('INCRBY', KEYS[1], ARGV[3])
 if type(added) == 'table' and added.err then return redis.error_reply(added.err) end
 local total = redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[2], total, 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], total)
+redis.call('ZADD', KEYS[3], string.format('%.0f', ms), ARGV[2])
 return total
-";
+"
+);
 
 /// The values of KEYS (`MGET`), or, when their sizes add up to more than ARGV[1] bytes, only
 /// that sum, as an integer: values over the budget never leave the server. Atomic, so the sizes
@@ -173,18 +200,22 @@ if total > tonumber(ARGV[1]) then return total end
 return redis.call('MGET', unpack(KEYS))
 ";
 
-/// How long a request key is kept: far longer than any operation's retries.
-const REQUEST_KEY_TTL_MS: u64 = 600_000;
+/// How long the record of an applied increment or swap is kept: far longer than any
+/// operation's retries.
+const REQUEST_RECORD_MS: u64 = 600_000;
 
-/// The key that records an applied increment or swap of `data_key`: outside every namespace's
-/// prefix (`wasi-kv/<length>/…`), so listing never sees it, and with a hash tag that puts it in
-/// `data_key`'s cluster slot, so one script may touch both.
-fn request_key(data_key: &[u8], request: &RequestId) -> String {
-    format!(
-        "wasi-kv-request/{{{}}}/{}",
-        slot_tag(key_slot(data_key)),
-        request.hex()
-    )
+/// The request records of `data_key`'s slot: a hash (request id → result) and a sorted set
+/// (request id by the time it was recorded, for pruning). Neither has a TTL, so no `volatile-*`
+/// eviction policy ever picks them (a request key with a TTL would be among the first victims,
+/// and a retry after its eviction would apply twice). Outside every namespace's prefix
+/// (`wasi-kv/<length>/…`), so listing never sees them, and with a hash tag that puts them in
+/// `data_key`'s cluster slot, so one script may touch all three keys.
+fn request_keys(data_key: &[u8]) -> [String; 2] {
+    let tag = slot_tag(key_slot(data_key));
+    [
+        format!("wasi-kv-requests/{{{tag}}}"),
+        format!("wasi-kv-requests/{{{tag}}}/times"),
+    ]
 }
 
 struct RedisBucket {
@@ -626,14 +657,16 @@ impl Bucket for RedisBucket {
 
     async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
         let key = self.key(key);
+        let [records, times] = request_keys(&key);
         let total: String = self
             .eval(
                 "INCRBY",
                 &self.scripts.increment,
-                &[&key, request_key(&key, request).as_bytes()],
+                &[&key, records.as_bytes(), times.as_bytes()],
                 &[
+                    REQUEST_RECORD_MS.to_string().as_bytes(),
+                    request.hex().as_bytes(),
                     delta.to_string().as_bytes(),
-                    REQUEST_KEY_TTL_MS.to_string().as_bytes(),
                 ],
                 true,
             )
@@ -677,15 +710,17 @@ impl Bucket for RedisBucket {
             Version::Tag(digest) => digest.as_str(),
         };
         let key = self.key(key);
+        let [records, times] = request_keys(&key);
         let swapped: i64 = self
             .eval(
                 "CAS swap",
                 &self.scripts.swap,
-                &[&key, request_key(&key, request).as_bytes()],
+                &[&key, records.as_bytes(), times.as_bytes()],
                 &[
+                    REQUEST_RECORD_MS.to_string().as_bytes(),
+                    request.hex().as_bytes(),
                     expected.as_bytes(),
                     &value,
-                    REQUEST_KEY_TTL_MS.to_string().as_bytes(),
                 ],
                 true,
             )
@@ -895,15 +930,16 @@ mod tests {
 
     #[test]
     fn request_keys_share_the_data_keys_slot() {
-        let request = RequestId::new();
         for key in [
             &b"wasi-kv/1/a/k"[..],
             b"wasi-kv/1/a/{x}",
             b"wasi-kv/2/{}/}{",
         ] {
-            let request_key = request_key(key, &request);
-            assert_eq!(key_slot(request_key.as_bytes()), key_slot(key));
-            assert!(request_key.starts_with("wasi-kv-request/{"));
+            for request_key in request_keys(key) {
+                assert_eq!(key_slot(request_key.as_bytes()), key_slot(key));
+                assert!(request_key.starts_with("wasi-kv-requests/{"));
+                assert!(!request_key.starts_with("wasi-kv/"));
+            }
         }
     }
 }

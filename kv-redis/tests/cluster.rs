@@ -120,6 +120,28 @@ async fn keys_spread_and_listing_spans_every_primary(cluster: RedisCluster) -> T
         provider_tests::list_all(&store).await?.is_empty(),
         "everything deleted",
     )?;
+    // One primary that may evict any key refuses the whole cluster at connect.
+    let primary = *cluster
+        .primaries()
+        .last()
+        .ok_or_else(|| Failed::from("no primary"))?;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{primary}/"))?;
+    let mut raw = client.get_multiplexed_async_connection().await?;
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-random")
+        .query_async::<()>(&mut raw)
+        .await?;
+    let (_, spec) = kv_core::config::parse_short_form(&format!("c={}", cluster.url()))
+        .map_err(|err| Failed::from(err.to_string()))?;
+    let refused = kv_redis::RedisFactory.connect(&spec).await.err();
+    check(
+        refused
+            .as_ref()
+            .is_some_and(|err| err.to_string().contains("allkeys-random")),
+        format!("a primary with allkeys-random: {refused:?}"),
+    )?;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use kv_conformance::emulator::RedisServer;
 use kv_conformance::provider_tests::{self, TestResult, check};
-use kv_core::{Access, ErrorKind, Limits, ProviderFactory, Stores};
+use kv_core::{Access, Bytes, ErrorKind, Limits, ProviderFactory, RequestId, Stores, SwapOutcome};
 use libtest_mimic::Failed;
 
 async fn provider(server: &RedisServer) -> Arc<dyn kv_core::Provider> {
@@ -349,6 +349,247 @@ async fn get_many_within_checks_the_budget_before_transfer(server: RedisServer) 
     )
 }
 
+/// A number from `INFO <section>`.
+async fn info_number(
+    raw: &mut redis::aio::MultiplexedConnection,
+    section: &str,
+    field: &str,
+) -> Result<u64, Failed> {
+    let info: String = redis::cmd("INFO").arg(section).query_async(raw).await?;
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix(&format!("{field}:")))
+        .and_then(|number| number.parse().ok())
+        .ok_or_else(|| Failed::from(format!("INFO {section} has no {field}")))
+}
+
+/// Exactly once under memory pressure (S6). Managed Redis defaults to a `volatile-*`
+/// maxmemory policy, which evicts keys that have a TTL. For each such policy: an increment and
+/// a swap are applied, then keys with a TTL worth 20 times the free memory are written (most
+/// volatile keys are evicted), then each call is made again with the same request id, as the
+/// host's retry after a lost reply does. The retry must find the record of the first attempt:
+/// the increment returns its first total and the counter moved once; the swap reports
+/// `Swapped`, not a conflict with its own write.
+async fn request_records_survive_volatile_eviction(server: RedisServer) -> TestResult {
+    const FREE: u64 = 4 << 20;
+    const FILLER: usize = 4096;
+    let client = redis::Client::open(server.url())?;
+    let mut raw = client.get_multiplexed_async_connection().await?;
+    let bucket = provider(&server).await.open("ns").await?;
+    let stored = |key: &str| {
+        let mut full = kv_redis::key_prefix("ns");
+        full.extend_from_slice(key.as_bytes());
+        full
+    };
+    for policy in [
+        "volatile-random",
+        "volatile-lru",
+        "volatile-lfu",
+        "volatile-ttl",
+    ] {
+        redis::cmd("FLUSHALL").query_async::<()>(&mut raw).await?;
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(0)
+            .query_async::<()>(&mut raw)
+            .await?;
+        let used = info_number(&mut raw, "memory", "used_memory").await?;
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(used + FREE)
+            .arg("maxmemory-policy")
+            .arg(policy)
+            .query_async::<()>(&mut raw)
+            .await?;
+        let increment = RequestId::new();
+        let first = bucket.increment("counter", 5, &increment).await?;
+        check(
+            first == 5,
+            format!("{policy}: first increment gave {first}"),
+        )?;
+        let read = bucket.read_versioned("cas").await?;
+        let swap = RequestId::new();
+        let swapped = bucket
+            .swap("cas", &read.version, Bytes::from_static(b"one"), &swap)
+            .await?;
+        check(
+            swapped == SwapOutcome::Swapped,
+            format!("{policy}: first swap {swapped:?}"),
+        )?;
+
+        let evicted_before = info_number(&mut raw, "stats", "evicted_keys").await?;
+        let fillers = 20 * FREE as usize / FILLER;
+        for round in 0..fillers / 256 {
+            let mut pipe = redis::pipe();
+            for i in 0..256 {
+                pipe.cmd("SET")
+                    .arg(format!("filler-{}", round * 256 + i))
+                    .arg(vec![b'f'; FILLER])
+                    .arg("PX")
+                    .arg(3_600_000)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut raw).await?;
+        }
+        let evicted = info_number(&mut raw, "stats", "evicted_keys").await? - evicted_before;
+        check(
+            evicted as usize > fillers / 2,
+            format!("{policy}: only {evicted} of {fillers} volatile keys were evicted"),
+        )?;
+
+        // The lost replies: each call again, under its first request id.
+        let again = bucket.increment("counter", 5, &increment).await?;
+        let counter: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(stored("counter"))
+            .query_async(&mut raw)
+            .await?;
+        check(
+            again == 5 && counter.as_deref() == Some(&b"5"[..]),
+            format!(
+                "{policy}: the retried increment returned {again} and the counter is {:?} \
+                 (applied twice: its record was evicted)",
+                counter.map(|value| String::from_utf8_lossy(&value).into_owned())
+            ),
+        )?;
+        let again = bucket
+            .swap("cas", &read.version, Bytes::from_static(b"one"), &swap)
+            .await?;
+        check(
+            again == SwapOutcome::Swapped,
+            format!("{policy}: the retried swap reported {again:?} (its record was evicted)"),
+        )?;
+    }
+    Ok(())
+}
+
+/// The request records of a slot are one hash and one sorted set, without a TTL; each
+/// increment or swap in the slot prunes at most 16 records older than ten minutes.
+async fn request_records_are_pruned_in_bounded_steps(server: RedisServer) -> TestResult {
+    let client = redis::Client::open(server.url())?;
+    let mut raw = client.get_multiplexed_async_connection().await?;
+    let bucket = provider(&server).await.open("ns").await?;
+    let mut data_key = kv_redis::key_prefix("ns");
+    data_key.extend_from_slice(b"counter");
+    let tag = kv_redis::slot::slot_tag(kv_redis::slot::key_slot(&data_key));
+    let (records, times) = (
+        format!("wasi-kv-requests/{{{tag}}}"),
+        format!("wasi-kv-requests/{{{tag}}}/times"),
+    );
+    // 20 records from long ago (time 0) and one from now.
+    for i in 0..20 {
+        redis::pipe()
+            .cmd("HSET")
+            .arg(&records)
+            .arg(format!("old-{i}"))
+            .arg("1")
+            .cmd("ZADD")
+            .arg(&times)
+            .arg(0)
+            .arg(format!("old-{i}"))
+            .query_async::<()>(&mut raw)
+            .await?;
+    }
+    let count = |raw: &mut redis::aio::MultiplexedConnection| {
+        let mut raw = raw.clone();
+        let (records, times) = (records.clone(), times.clone());
+        async move {
+            let (hashed, timed): (u64, u64) = redis::pipe()
+                .cmd("HLEN")
+                .arg(&records)
+                .cmd("ZCARD")
+                .arg(&times)
+                .query_async(&mut raw)
+                .await?;
+            Ok::<_, Failed>((hashed, timed))
+        }
+    };
+    bucket.increment("counter", 1, &RequestId::new()).await?;
+    let after_one = count(&mut raw).await?;
+    check(
+        after_one == (5, 5),
+        format!("after one increment: {after_one:?} records, expected 4 old + 1 new"),
+    )?;
+    bucket.increment("counter", 1, &RequestId::new()).await?;
+    let after_two = count(&mut raw).await?;
+    check(
+        after_two == (2, 2),
+        format!("after two increments: {after_two:?} records, expected the 2 new"),
+    )?;
+    for key in [&records, &times] {
+        let ttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut raw).await?;
+        check(ttl == -1, format!("{key} has a TTL ({ttl} ms): evictable"))?;
+    }
+    Ok(())
+}
+
+/// A server whose maxmemory policy may evict any key (`allkeys-*`) is refused when the
+/// provider connects, with a configuration error that says why and how to accept it
+/// (`allow_eviction`); the policy is read from `INFO memory` where `CONFIG` is denied.
+/// `noeviction` and `volatile-*` are accepted.
+async fn allkeys_policy_is_refused_at_connect(server: RedisServer) -> TestResult {
+    let client = redis::Client::open(server.url())?;
+    let mut raw = client.get_multiplexed_async_connection().await?;
+    let connect = |url: String| async move {
+        let (_, spec) = kv_core::config::parse_short_form(&format!("r={url}"))
+            .map_err(|err| Failed::from(err.to_string()))?;
+        Ok::<_, Failed>(kv_redis::RedisFactory.connect(&spec).await.map(drop))
+    };
+    let set_policy = |policy: &'static str| {
+        let mut command = redis::cmd("CONFIG");
+        command.arg("SET").arg("maxmemory-policy").arg(policy);
+        command
+    };
+    set_policy("allkeys-lru")
+        .query_async::<()>(&mut raw)
+        .await?;
+    let refused = connect(server.url()).await?;
+    let message = refused
+        .err()
+        .map(|err| err.to_string())
+        .ok_or_else(|| Failed::from("a server with maxmemory-policy allkeys-lru was accepted"))?;
+    check(
+        message.contains("allkeys-lru") && message.contains("allow_eviction"),
+        format!("refusal: {message}"),
+    )?;
+    connect(format!("{}?allow_eviction=true", server.url()))
+        .await?
+        .map_err(|err| Failed::from(format!("allow_eviction = true: {err}")))?;
+    // A user that may not run CONFIG: the policy comes from INFO memory.
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("limited")
+        .arg("on")
+        .arg(">limited-secret")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-config")
+        .query_async::<()>(&mut raw)
+        .await?;
+    let limited = server
+        .url()
+        .replace("redis://", "redis://limited:limited-secret@");
+    let message = connect(limited.clone())
+        .await?
+        .err()
+        .map(|err| err.to_string())
+        .ok_or_else(|| Failed::from("allkeys-lru accepted for a user without CONFIG"))?;
+    check(
+        message.contains("allkeys-lru") && !message.contains("limited-secret"),
+        format!("refusal without CONFIG: {message}"),
+    )?;
+    for policy in ["volatile-lru", "noeviction"] {
+        set_policy(policy).query_async::<()>(&mut raw).await?;
+        for url in [server.url(), limited.clone()] {
+            connect(url)
+                .await?
+                .map_err(|err| Failed::from(format!("{policy}: {err}")))?;
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let installed = kv_conformance::emulator::find_program("redis-server").is_some();
     provider_tests::main::<RedisServer>(
@@ -375,6 +616,15 @@ fn main() -> ExitCode {
             }),
             ("get_many_within_checks_the_budget_before_transfer", |s| {
                 Box::pin(get_many_within_checks_the_budget_before_transfer(s))
+            }),
+            ("request_records_survive_volatile_eviction", |s| {
+                Box::pin(request_records_survive_volatile_eviction(s))
+            }),
+            ("request_records_are_pruned_in_bounded_steps", |s| {
+                Box::pin(request_records_are_pruned_in_bounded_steps(s))
+            }),
+            ("allkeys_policy_is_refused_at_connect", |s| {
+                Box::pin(allkeys_policy_is_refused_at_connect(s))
             }),
         ],
     )
