@@ -406,8 +406,14 @@ impl Bucket for CosmosBucket {
         }
     }
 
-    async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
-        rmw::increment(self, key, delta, request).await
+    async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        range: kv_core::CounterRange,
+        request: &RequestId,
+    ) -> Result<i64> {
+        rmw::increment_within(self, key, delta, range, request).await
     }
 
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {

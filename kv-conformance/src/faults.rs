@@ -463,9 +463,15 @@ impl Bucket for LossyBucket {
     async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {
         self.state.apply(self.inner.list_keys(cursor, limit).await)
     }
-    async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
+    async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        range: kv_core::CounterRange,
+        request: &RequestId,
+    ) -> Result<i64> {
         self.state
-            .apply(self.inner.increment(key, delta, request).await)
+            .apply(self.inner.increment(key, delta, range, request).await)
     }
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
         self.state.apply(self.inner.read_versioned(key).await)

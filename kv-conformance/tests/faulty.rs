@@ -117,7 +117,13 @@ impl Bucket for FaultyBucket {
         }
     }
 
-    async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
+    async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        range: kv_core::CounterRange,
+        request: &RequestId,
+    ) -> Result<i64> {
         match self.fault {
             Fault::RacyIncrement => {
                 let current = match self.inner.get(key).await? {
@@ -131,7 +137,7 @@ impl Bucket for FaultyBucket {
                     .await?;
                 Ok(next)
             }
-            _ => self.inner.increment(key, delta, request).await,
+            _ => self.inner.increment(key, delta, range, request).await,
         }
     }
 

@@ -37,6 +37,36 @@ pub fn add_delta(current: i64, delta: i64) -> Result<i64> {
     })
 }
 
+/// The results an increment may leave. Outside the range the increment fails with
+/// `overflow` and writes nothing (S6: an error leaves the value unchanged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CounterRange {
+    /// Any i64: `wasi:keyvalue@0.2.0-draft2` takes and returns s64.
+    #[default]
+    Signed,
+    /// `0..=i64::MAX`: `wasi:keyvalue@0.2.0-draft` returns the total as a u64, so a negative
+    /// total cannot be returned, and must not be written either.
+    Unsigned,
+}
+
+impl CounterRange {
+    /// `total`, or `overflow` if it is outside this range.
+    pub fn check(self, total: i64) -> Result<i64> {
+        match self {
+            CounterRange::Unsigned if total < 0 => Err(KvError::overflow(format!(
+                "the counter would be {total}, which the u64 interface of \
+                 wasi:keyvalue@0.2.0-draft cannot return; nothing was written"
+            ))),
+            _ => Ok(total),
+        }
+    }
+}
+
+/// `current + delta` within `range`, or `overflow`.
+pub fn add_delta_within(current: i64, delta: i64, range: CounterRange) -> Result<i64> {
+    range.check(add_delta(current, delta)?)
+}
+
 /// The stored form of a counter.
 pub fn encode_counter(value: i64) -> Vec<u8> {
     value.to_string().into_bytes()

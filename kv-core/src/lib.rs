@@ -31,6 +31,7 @@ pub mod host;
 pub use backoff::Backoff;
 pub use capabilities::Capabilities;
 pub use config::{ConfigError, KvConfig, StoreSpec};
+pub use counter::CounterRange;
 pub use error::{ErrorKind, KvError, Result};
 pub use limits::{Limits, RetryPolicy};
 pub use memory::MemoryProvider;

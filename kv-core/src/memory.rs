@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::capabilities::Capabilities;
-use crate::counter::{add_delta, encode_counter, parse_counter};
+use crate::counter::{CounterRange, add_delta_within, encode_counter, parse_counter};
 use crate::error::{KvError, Result};
 use crate::provider::{
     Bucket, Bytes, ImmediateBucket, KeyPage, Provider, RequestId, SwapOutcome, Version, Versioned,
@@ -295,7 +295,13 @@ impl ImmediateBucket for MemoryBucket {
         Ok(())
     }
 
-    fn increment_now(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
+    fn increment_now(
+        &self,
+        key: &str,
+        delta: i64,
+        range: CounterRange,
+        request: &RequestId,
+    ) -> Result<i64> {
         let version = self.next_version();
         let now = Now::default();
         let mut map = lock(&self.map)?;
@@ -310,13 +316,13 @@ impl ImmediateBucket for MemoryBucket {
         // One lookup: a live counter is updated in place (its TTL kept).
         let next = match map.get_mut(key).filter(|entry| entry.is_live(&now)) {
             Some(entry) => {
-                let next = add_delta(parse_counter(&entry.value)?, delta)?;
+                let next = add_delta_within(parse_counter(&entry.value)?, delta, range)?;
                 entry.value = encode_counter(next).into();
                 entry.version = version;
                 next
             }
             None => {
-                let next = add_delta(0, delta)?;
+                let next = add_delta_within(0, delta, range)?;
                 let entry = Entry {
                     value: encode_counter(next).into(),
                     version,
@@ -412,8 +418,14 @@ impl Bucket for MemoryBucket {
         Ok(KeyPage { keys, cursor })
     }
 
-    async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
-        self.increment_now(key, delta, request)
+    async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        range: CounterRange,
+        request: &RequestId,
+    ) -> Result<i64> {
+        self.increment_now(key, delta, range, request)
     }
 
     /// A stored entry's version is its own, expired or not (an expired entry is missing to
@@ -635,10 +647,25 @@ mod tests {
     async fn increment_retried_with_its_request_applies_once() {
         let bucket = MemoryProvider::new().open("ns").await.unwrap();
         let request = RequestId::new();
-        assert_eq!(bucket.increment("n", 5, &request).await.unwrap(), 5);
-        assert_eq!(bucket.increment("n", 5, &request).await.unwrap(), 5);
         assert_eq!(
-            bucket.increment("n", 1, &RequestId::new()).await.unwrap(),
+            bucket
+                .increment("n", 5, CounterRange::Signed, &request)
+                .await
+                .unwrap(),
+            5
+        );
+        assert_eq!(
+            bucket
+                .increment("n", 5, CounterRange::Signed, &request)
+                .await
+                .unwrap(),
+            5
+        );
+        assert_eq!(
+            bucket
+                .increment("n", 1, CounterRange::Signed, &RequestId::new())
+                .await
+                .unwrap(),
             6
         );
         assert_eq!(bucket.get("n").await.unwrap(), Some(b"6".to_vec()));

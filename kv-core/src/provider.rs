@@ -13,6 +13,7 @@ pub use bytes::Bytes;
 use futures::future::try_join_all;
 
 use crate::capabilities::Capabilities;
+pub use crate::counter::CounterRange;
 use crate::error::{ErrorKind, KvError, Result};
 
 /// How many single-key calls the default batch implementations run at once.
@@ -169,9 +170,16 @@ pub trait Bucket: Send + Sync + 'static {
     async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage>;
 
     /// Atomically add `delta` to the ASCII decimal i64 stored at `key` (missing = 0) and
-    /// return the new value, which is stored as ASCII decimal. Exactly once per `request`:
+    /// return the new value, which is stored as ASCII decimal. A total outside `range` (or
+    /// the i64 range) is `overflow`, and nothing is written. Exactly once per `request`:
     /// called again with the same request after a lost reply, it returns the first result.
-    async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64>;
+    async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        range: CounterRange,
+        request: &RequestId,
+    ) -> Result<i64>;
 
     /// The current value and its version (only called if `capabilities().cas`).
     async fn read_versioned(&self, key: &str) -> Result<Versioned>;
@@ -255,7 +263,13 @@ pub trait ImmediateBucket: Send + Sync {
     fn delete_now(&self, key: &str) -> Result<()>;
 
     /// [`Bucket::increment`].
-    fn increment_now(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64>;
+    fn increment_now(
+        &self,
+        key: &str,
+        delta: i64,
+        range: CounterRange,
+        request: &RequestId,
+    ) -> Result<i64>;
 
     /// [`Bucket::get_many_within`].
     fn get_many_within_now(

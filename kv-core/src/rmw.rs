@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backoff::Backoff;
 use crate::clock;
-use crate::counter::{add_delta, encode_counter, parse_counter};
+use crate::counter::{CounterRange, add_delta_within, encode_counter, parse_counter};
 use crate::error::{KvError, Result};
 use crate::provider::{RequestId, SwapOutcome, Version};
 use crate::store::OUTCOME_UNKNOWN;
@@ -82,6 +82,14 @@ impl Expect {
 /// The fingerprint of a write conditioned on the key's absence.
 fn absent_fingerprint() -> u32 {
     Expect::Absent.fingerprint()
+}
+
+/// Whether a write conditioned on `base` can be resolved by the version alone. Absence is
+/// not a version (a write and a delete restore it), and neither is an empty version: a
+/// backend item written without one (by a release before versions) gets the empty version
+/// again with every such write.
+fn base_is_a_version(base: u32) -> bool {
+    base != absent_fingerprint() && base != Expect::Version(String::new()).fingerprint()
 }
 
 /// The outcome of [`ConditionalStore::read`].
@@ -252,11 +260,11 @@ fn resolve(request: &RequestId, journal: &Journal, current: u32) -> Result<Earli
     let Some(base) = request.attempted_base() else {
         return Ok(Earlier::NotApplied);
     };
-    if base != absent_fingerprint() && (base == current || journal.has_base(base)) {
+    if base_is_a_version(base) && (base == current || journal.has_base(base)) {
         request.set_attempted_base(None);
         return Ok(Earlier::NotApplied);
     }
-    let why = if base == absent_fingerprint() {
+    let why = if !base_is_a_version(base) {
         "an earlier attempt that creates the key lost its reply, and the key has no record of \
          it: it was either never written or written and deleted since"
     } else {
@@ -315,20 +323,26 @@ type Turn = tokio::sync::OwnedMutexGuard<()>;
 /// timed out. The queue is FIFO (tokio's mutex), so every writer of this process gets its
 /// turn; writers in other processes still race, and back off.
 async fn turn(name: String) -> Turn {
-    static QUEUES: std::sync::OnceLock<
-        std::sync::Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
-    > = std::sync::OnceLock::new();
+    /// The queues by name, and the size at which idle ones are dropped next.
+    type Queues = (
+        HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>,
+        usize,
+    );
+    static QUEUES: std::sync::OnceLock<std::sync::Mutex<Queues>> = std::sync::OnceLock::new();
     let queue = {
-        let mut queues = QUEUES
-            .get_or_init(Default::default)
+        let mut guard = QUEUES
+            .get_or_init(|| std::sync::Mutex::new((HashMap::new(), QUEUES_KEPT)))
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (queues, prune_at) = &mut *guard;
         if let Some(queue) = queues.get(&name).and_then(std::sync::Weak::upgrade) {
             queue
         } else {
-            // Forget the queues nobody waits on before the map grows past them.
-            if queues.len() >= QUEUES_KEPT {
+            // Forget the queues nobody waits on once the map doubled since the last time:
+            // amortised O(1) per name, however many are busy.
+            if queues.len() >= *prune_at {
                 queues.retain(|_, queue| queue.strong_count() > 0);
+                *prune_at = (queues.len() * 2).max(QUEUES_KEPT);
             }
             let queue = std::sync::Arc::new(tokio::sync::Mutex::new(()));
             queues.insert(name, std::sync::Arc::downgrade(&queue));
@@ -347,6 +361,18 @@ pub async fn increment<S: ConditionalStore + ?Sized>(
     store: &S,
     key: &str,
     delta: i64,
+    request: &RequestId,
+) -> Result<i64> {
+    increment_within(store, key, delta, CounterRange::Signed, request).await
+}
+
+/// [`increment`], failing with `overflow` and writing nothing when the total would leave
+/// `range`.
+pub async fn increment_within<S: ConditionalStore + ?Sized>(
+    store: &S,
+    key: &str,
+    delta: i64,
+    range: CounterRange,
     request: &RequestId,
 ) -> Result<i64> {
     let _turn = turn(store.queue_name(key)).await;
@@ -371,14 +397,24 @@ pub async fn increment<S: ConditionalStore + ?Sized>(
         }
         let (next, expires_at_ms, expect, journal) = match read {
             Read::Raced => continue,
-            Read::Missing => (add_delta(0, delta)?, None, Expect::Absent, journal),
+            Read::Missing => (
+                add_delta_within(0, delta, range)?,
+                None,
+                Expect::Absent,
+                journal,
+            ),
             Read::Found(snapshot) if !clock::is_live(snapshot.expires_at_ms, clock::now_ms()) => {
                 // Expired: the counter restarts, and so does its history.
                 let expect = Expect::Version(snapshot.version);
-                (add_delta(0, delta)?, None, expect, Journal::default())
+                (
+                    add_delta_within(0, delta, range)?,
+                    None,
+                    expect,
+                    Journal::default(),
+                )
             }
             Read::Found(snapshot) => (
-                add_delta(parse_counter(&snapshot.value)?, delta)?,
+                add_delta_within(parse_counter(&snapshot.value)?, delta, range)?,
                 snapshot.expires_at_ms,
                 Expect::Version(snapshot.version),
                 journal,
@@ -400,9 +436,10 @@ pub async fn increment<S: ConditionalStore + ?Sized>(
             }
             // The conflict may be a resend meeting our own first send.
             Ok(false) => None,
-            // Refused (throttled, rejected): certainly not written. The host's retry, which
-            // honours the backend's Retry-After, decides whether to try again.
-            Err(err) if !err.may_have_applied() => {
+            // Refused (throttled, rejected): certainly not written, unless the client resends
+            // (then the refusal may answer a resend whose first send applied). The host's
+            // retry, which honours the backend's Retry-After, decides whether to try again.
+            Err(err) if !err.may_have_applied() && !store.resends_conditional_writes() => {
                 request.set_attempted_base(None);
                 return Err(err);
             }
@@ -486,9 +523,10 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
         Ok(false) if !store.resends_conditional_writes() => None,
         // A conflict that may be a resend meeting our own first send.
         Ok(false) => Some(None),
-        // Refused (throttled, rejected): certainly not written, and not a conflict either
-        // (S7: a store failure is a store error, never `cas-failed`).
-        Err(err) if !err.may_have_applied() => {
+        // Refused (throttled, rejected): certainly not written (unless the client resends),
+        // and not a conflict either (S7: a store failure is a store error, never
+        // `cas-failed`).
+        Err(err) if !err.may_have_applied() && !store.resends_conditional_writes() => {
             request.set_attempted_base(None);
             return Err(err);
         }
@@ -510,11 +548,14 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
             // store error for the host's retry, which resolves it again and writes or finds
             // the real conflict; never `cas-failed` against a key nobody changed.
             Some(err) => Err(err),
+            // A resend's conflict that could not be resolved (the reads kept failing): the
+            // first send may have applied, so it is not a conflict the guest may retry from.
+            None if request.attempted_base().is_some() => Err(KvError::unavailable(
+                "a conditional write was resent and met a conflict, and the key could not be \
+                 read to tell whether the first send applied",
+            )),
             // A conflicting resend whose first send did not apply: a real conflict.
-            None => {
-                request.set_attempted_base(None);
-                Ok(SwapOutcome::Conflict)
-            }
+            None => Ok(SwapOutcome::Conflict),
         },
     }
 }
@@ -570,6 +611,11 @@ mod tests {
         fail_reads_after_loss: AtomicU32,
         /// Writes refused before they apply, with this error.
         refuse_writes: Mutex<Vec<KvError>>,
+        /// Writes that apply and then answer `Ok(false)`, as a client's resend meeting its
+        /// first send's write does.
+        resend_conflicts: AtomicU32,
+        /// Whether the client resends conditional writes.
+        resends: bool,
     }
 
     impl Versioned {
@@ -640,6 +686,15 @@ mod tests {
                 }
                 holds
             };
+            let resend_conflict = self
+                .resend_conflicts
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            if resend_conflict {
+                let after = self.fail_reads_after_loss.swap(0, Ordering::Relaxed);
+                self.fail_reads.store(after, Ordering::Relaxed);
+                return Ok(false);
+            }
             let lose = self
                 .lose_replies
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
@@ -651,6 +706,50 @@ mod tests {
             }
             Ok(holds)
         }
+
+        fn resends_conditional_writes(&self) -> bool {
+            self.resends
+        }
+    }
+
+    /// A client that resends: the first send applies, its reply is lost, the resend meets
+    /// that write as a conflict, and the key cannot be read to tell. That is not a conflict
+    /// the guest may retry from (its CAS loop would apply its change twice), and a refusal
+    /// after a resend is not proof that nothing applied.
+    #[tokio::test]
+    async fn an_unresolved_resend_conflict_is_not_cas_failed() {
+        let store = Versioned {
+            resends: true,
+            ..Versioned::default()
+        };
+        store.put("k", b"a", None);
+        let version = version_of_key(&store, "k");
+        let request = RequestId::new();
+        store.resend_conflicts.store(1, Ordering::Relaxed);
+        store
+            .fail_reads_after_loss
+            .store(RESOLVE_ATTEMPTS, Ordering::Relaxed);
+        let err = swap(&store, "k", &version, b"b", &request)
+            .await
+            .expect_err("not a conflict");
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert!(request.attempted_base().is_some(), "left unresolved");
+        assert_eq!(store.value("k"), b"b", "the first send applied");
+        // The host's retry resolves it: swapped, once.
+        let outcome = swap(&store, "k", &version, b"b", &request).await.unwrap();
+        assert_eq!(outcome, SwapOutcome::Swapped);
+        // A throttled answer from a resending client keeps the attempt open.
+        let store = Versioned {
+            resends: true,
+            ..Versioned::default()
+        };
+        store.put("k", b"a", None);
+        let version = version_of_key(&store, "k");
+        store.refuse_next_write(KvError::new(ErrorKind::Throttled, "429"));
+        let request = RequestId::new();
+        let outcome = swap(&store, "k", &version, b"b", &request).await;
+        // Resolved at once by reading: not applied, so the error goes to the host's retry.
+        assert!(outcome.is_err(), "{outcome:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

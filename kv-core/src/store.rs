@@ -19,6 +19,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::capabilities::Capabilities;
+use crate::counter::CounterRange;
 use crate::error::{ErrorKind, KvError, Result};
 use crate::limits::{Limits, MAX_KEY_BYTES, MAX_LIST_PAGE, MAX_TTL_MS};
 use crate::provider::{Bucket, Bytes, KeyPage, RequestId, SwapOutcome, Version, Versioned};
@@ -205,7 +206,7 @@ impl KvStore {
                 bucket,
                 capabilities: parts.capabilities,
                 access: parts.access,
-                limits: parts.limits,
+                limits: parts.limits.effective(),
                 cursors,
             }),
         }
@@ -330,15 +331,41 @@ impl KvStore {
 
     /// Adds `delta` to the counter at `key`.
     pub async fn increment(&self, key: &str, delta: i64) -> Result<i64> {
+        self.increment_within(key, delta, CounterRange::Signed)
+            .await
+    }
+
+    /// Adds `delta` to the counter at `key` for the u64 interface of
+    /// `wasi:keyvalue@0.2.0-draft`: a total that is negative (the stored counter was below
+    /// `-delta`) or beyond i64 is `overflow`, and the value stays unchanged.
+    pub async fn increment_unsigned(&self, key: &str, delta: u64) -> Result<u64> {
+        self.check_write()?;
+        check_key(key)?;
+        let Ok(delta) = i64::try_from(delta) else {
+            return Err(KvError::overflow(format!(
+                "delta {delta} does not fit the signed 64-bit counter"
+            )));
+        };
+        let total = self
+            .increment_within(key, delta, CounterRange::Unsigned)
+            .await?;
+        u64::try_from(total)
+            .map_err(|_| KvError::internal(format!("an unsigned increment returned {total}")))
+    }
+
+    async fn increment_within(&self, key: &str, delta: i64, range: CounterRange) -> Result<i64> {
         self.check_write()?;
         check_key(key)?;
         // One request id for every attempt: a retry after a lost reply cannot apply twice.
         let request = RequestId::new();
         if let Some(bucket) = self.inner.bucket.immediate() {
-            return self.settled("increment", bucket.increment_now(key, delta, &request));
+            return self.settled(
+                "increment",
+                bucket.increment_now(key, delta, range, &request),
+            );
         }
-        self.call_applied_once("increment", || {
-            self.inner.bucket.increment(key, delta, &request)
+        self.call_applied_once("increment", &request, || {
+            self.inner.bucket.increment(key, delta, range, &request)
         })
         .await
     }
@@ -366,7 +393,7 @@ impl KvStore {
         // One request id for every attempt: a retry after a lost reply reports the swap, not
         // a conflict with itself.
         let request = RequestId::new();
-        self.call_applied_once("swap", || {
+        self.call_applied_once("swap", &request, || {
             self.inner
                 .bucket
                 .swap(key, expected, value.clone(), &request)
@@ -504,8 +531,13 @@ impl KvStore {
         Ok(())
     }
 
+    /// What a cursor is bound to: the store (its name, as every replica configures it), and
+    /// the provider and namespace behind it.
     fn cursor_scope(&self) -> String {
-        format!("{}\u{0}{}", self.inner.provider, self.inner.namespace)
+        format!(
+            "{}\u{0}{}\u{0}{}",
+            self.inner.name, self.inner.provider, self.inner.namespace
+        )
     }
 
     fn check_write(&self) -> Result<()> {
@@ -577,7 +609,12 @@ impl KvStore {
     /// [`KvStore::call`] for an increment or swap: remembers whether any attempt failed in a
     /// way that may have applied it, so an ambiguous attempt is never forgotten when a later
     /// attempt fails differently (see [`final_error_of_write`]).
-    async fn call_applied_once<'a, T, F, Fut>(&'a self, op: &'static str, f: F) -> Result<T>
+    async fn call_applied_once<'a, T, F, Fut>(
+        &'a self,
+        op: &'static str,
+        request: &RequestId,
+        f: F,
+    ) -> Result<T>
     where
         F: Fn() -> Fut + 'a,
         Fut: Future<Output = Result<T>> + 'a,
@@ -596,9 +633,12 @@ impl KvStore {
                 result
             }
         };
-        self.call(op, attempt)
-            .await
-            .map_err(|err| final_error_of_write(err, ambiguous.load(Ordering::Relaxed)))
+        // A provider that left an attempt unresolved (a read-modify-write whose conditional
+        // write may have applied) says so through the request, whatever error came last.
+        self.call(op, attempt).await.map_err(|err| {
+            let unresolved = request.attempted_base().is_some();
+            final_error_of_write(err, ambiguous.load(Ordering::Relaxed) || unresolved)
+        })
     }
 
     /// [`KvStore::call`] once the first attempt has to wait or failed transiently.

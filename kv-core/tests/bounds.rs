@@ -22,6 +22,9 @@ struct Misbehaving {
     first_error: Option<fn() -> KvError>,
     /// Calls from this one on fail with `error` (after the first `failures` succeeded).
     fail_from_call: Option<usize>,
+    /// Increments and swaps leave their attempt unresolved in the request, as a
+    /// read-modify-write whose conditional write may have applied does.
+    leave_unresolved: bool,
     calls: AtomicUsize,
     oversized_page: bool,
     /// The request id of every increment and swap attempt.
@@ -70,8 +73,17 @@ impl Bucket for Misbehaving {
             cursor: None,
         })
     }
-    async fn increment(&self, _: &str, delta: i64, request: &RequestId) -> Result<i64> {
+    async fn increment(
+        &self,
+        _: &str,
+        delta: i64,
+        _: kv_core::CounterRange,
+        request: &RequestId,
+    ) -> Result<i64> {
         self.requests.lock().unwrap().push(request.value());
+        if self.leave_unresolved {
+            request.set_attempted_base(Some(7));
+        }
         self.step().await.map(|_| delta)
     }
     async fn read_versioned(&self, _: &str) -> Result<Versioned> {
@@ -142,6 +154,7 @@ fn bucket(delay_ms: u64, failures: usize, error: fn() -> KvError) -> Misbehaving
         error,
         first_error: None,
         fail_from_call: None,
+        leave_unresolved: false,
         calls: AtomicUsize::new(0),
         oversized_page: false,
         requests: std::sync::Mutex::new(Vec::new()),
@@ -309,6 +322,28 @@ async fn a_batch_that_fails_part_way_says_what_was_applied() {
             && err
                 .message()
                 .contains("entries 200..400 may or may not have been"),
+        "{err}"
+    );
+}
+
+/// A provider that left an attempt unresolved (its conditional write may have applied) makes
+/// the outcome unknown, whatever the last error's class.
+#[tokio::test]
+async fn an_attempt_left_unresolved_makes_the_outcome_unknown() {
+    let (store, _) = store_over(
+        Misbehaving {
+            leave_unresolved: true,
+            ..bucket(0, usize::MAX, || {
+                KvError::new(ErrorKind::Throttled, "slow down")
+            })
+        },
+        limits(5_000, 2),
+        Access::ReadWrite,
+    )
+    .await;
+    let err = store.increment("k", 1).await.unwrap_err();
+    assert!(
+        err.message().starts_with(kv_core::store::OUTCOME_UNKNOWN),
         "{err}"
     );
 }
@@ -511,8 +546,14 @@ impl Bucket for LostSetReply {
     async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {
         self.inner.list_keys(cursor, limit).await
     }
-    async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
-        self.inner.increment(key, delta, request).await
+    async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        range: kv_core::CounterRange,
+        request: &RequestId,
+    ) -> Result<i64> {
+        self.inner.increment(key, delta, range, request).await
     }
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
         self.inner.read_versioned(key).await

@@ -180,6 +180,10 @@ if done then return done end
 local added = redis.pcall('INCRBY', KEYS[1], ARGV[3])
 if type(added) == 'table' and added.err then return redis.error_reply(added.err) end
 local total = redis.call('GET', KEYS[1])
+if ARGV[4] == 'u' and string.sub(total, 1, 1) == '-' then
+  redis.call('DECRBY', KEYS[1], ARGV[3])
+  return redis.error_reply('ERR increment or decrement would overflow: the counter would be ' .. total .. ', which the u64 interface cannot return; nothing was written')
+end
 redis.call('HSET', KEYS[2], ARGV[2], total)
 redis.call('ZADD', KEYS[3], string.format('%.0f', ms), ARGV[2])
 return total
@@ -655,7 +659,13 @@ impl Bucket for RedisBucket {
         })
     }
 
-    async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
+    async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        range: kv_core::CounterRange,
+        request: &RequestId,
+    ) -> Result<i64> {
         let key = self.key(key);
         let [records, times] = request_keys(&key);
         let total: String = self
@@ -667,6 +677,10 @@ impl Bucket for RedisBucket {
                     REQUEST_RECORD_MS.to_string().as_bytes(),
                     request.hex().as_bytes(),
                     delta.to_string().as_bytes(),
+                    match range {
+                        kv_core::CounterRange::Signed => b"s",
+                        kv_core::CounterRange::Unsigned => b"u",
+                    },
                 ],
                 true,
             )

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use kv_conformance::emulator::RedisServer;
 use kv_conformance::provider_tests::{self, TestResult, check};
-use kv_core::{Access, Bytes, ErrorKind, Limits, ProviderFactory, RequestId, Stores, SwapOutcome};
+use kv_core::{
+    Access, Bytes, CounterRange, ErrorKind, Limits, ProviderFactory, RequestId, Stores, SwapOutcome,
+};
 use libtest_mimic::Failed;
 
 async fn provider(server: &RedisServer) -> Arc<dyn kv_core::Provider> {
@@ -403,7 +405,9 @@ async fn request_records_survive_volatile_eviction(server: RedisServer) -> TestR
             .query_async::<()>(&mut raw)
             .await?;
         let increment = RequestId::new();
-        let first = bucket.increment("counter", 5, &increment).await?;
+        let first = bucket
+            .increment("counter", 5, CounterRange::Signed, &increment)
+            .await?;
         check(
             first == 5,
             format!("{policy}: first increment gave {first}"),
@@ -439,7 +443,9 @@ async fn request_records_survive_volatile_eviction(server: RedisServer) -> TestR
         )?;
 
         // The lost replies: each call again, under its first request id.
-        let again = bucket.increment("counter", 5, &increment).await?;
+        let again = bucket
+            .increment("counter", 5, CounterRange::Signed, &increment)
+            .await?;
         let counter: Option<Vec<u8>> = redis::cmd("GET")
             .arg(stored("counter"))
             .query_async(&mut raw)
@@ -504,13 +510,17 @@ async fn request_records_are_pruned_in_bounded_steps(server: RedisServer) -> Tes
             Ok::<_, Failed>((hashed, timed))
         }
     };
-    bucket.increment("counter", 1, &RequestId::new()).await?;
+    bucket
+        .increment("counter", 1, CounterRange::Signed, &RequestId::new())
+        .await?;
     let after_one = count(&mut raw).await?;
     check(
         after_one == (5, 5),
         format!("after one increment: {after_one:?} records, expected 4 old + 1 new"),
     )?;
-    bucket.increment("counter", 1, &RequestId::new()).await?;
+    bucket
+        .increment("counter", 1, CounterRange::Signed, &RequestId::new())
+        .await?;
     let after_two = count(&mut raw).await?;
     check(
         after_two == (2, 2),

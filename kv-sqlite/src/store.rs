@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kv_core::counter::{add_delta, encode_counter, parse_counter};
+use kv_core::counter::{add_delta_within, encode_counter, parse_counter};
 use kv_core::provider::last_entry_per_key;
 use kv_core::{
     Bucket, Bytes, Capabilities, KeyPage, KvError, Provider, RequestId, Result, SwapOutcome,
@@ -343,7 +343,13 @@ impl Bucket for SqliteBucket {
 
     /// One immediate transaction: the request id is checked and recorded with the write, so
     /// a retry after a lost reply returns the first result.
-    async fn increment(&self, key: &str, delta: i64, request: &RequestId) -> Result<i64> {
+    async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        range: kv_core::CounterRange,
+        request: &RequestId,
+    ) -> Result<i64> {
         let key = key.to_string();
         let request = request.hex();
         self.with(move |connection, namespace| {
@@ -362,7 +368,7 @@ impl Bucket for SqliteBucket {
                 }
                 _ => (0, None),
             };
-            let next = add_delta(current, delta)?;
+            let next = add_delta_within(current, delta, range)?;
             write(
                 &transaction,
                 namespace,

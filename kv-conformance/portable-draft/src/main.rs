@@ -56,6 +56,7 @@ cases! {
     increment_stored_as_ascii_decimal: "S6",
     increment_after_set_decimal: "S6",
     increment_not_an_integer_rejected: "S6 S11",
+    increment_below_zero_is_rejected_unchanged: "S6 S11",
 }
 
 fn fail<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> String + '_ {
@@ -275,6 +276,22 @@ fn increment_not_an_integer_rejected(bucket: &Bucket) -> Outcome {
         }
         other => Err(format!(
             "increment of \"abc\": expected not-an-integer, got {other:?}"
+        )),
+    }
+}
+
+/// The u64 increment cannot return a negative total, so it must not write one either: a
+/// guest that retries on error would move the counter each time.
+fn increment_below_zero_is_rejected_unchanged(bucket: &Bucket) -> Outcome {
+    bucket.set("neg", b"-5").map_err(fail("set"))?;
+    match atomics::increment(bucket, "neg", 1) {
+        Err(store::Error::Other(message))
+            if message.starts_with("overflow:") || message.starts_with("not-an-integer:") =>
+        {
+            expect(bucket, "neg", Some(b"-5"))
+        }
+        other => Err(format!(
+            "u64 increment of \"-5\" by 1: expected overflow, got {other:?}"
         )),
     }
 }

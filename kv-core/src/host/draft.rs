@@ -120,19 +120,11 @@ impl atomics::Host for KvView<'_> {
         key: String,
         delta: u64,
     ) -> GuestResult<u64> {
-        let Ok(delta) = i64::try_from(delta) else {
-            return reply(Err(KvError::overflow(format!(
-                "delta {delta} does not fit the signed 64-bit counter"
-            ))));
-        };
-        let total = self.draft_bucket(&bucket)?.increment(&key, delta).await;
-        reply(total.and_then(|total| {
-            u64::try_from(total).map_err(|_| {
-                KvError::overflow(format!(
-                    "the counter is {total}, which this u64 interface cannot return"
-                ))
-            })
-        }))
+        reply(
+            self.draft_bucket(&bucket)?
+                .increment_unsigned(&key, delta)
+                .await,
+        )
     }
 }
 

@@ -21,6 +21,12 @@ pub(super) const CASES: &[Case] = &[
         NONE,
         "the 0.2.0-draft u64 increment works and reports overflow"
     ),
+    case!(
+        draft_increment_below_zero_leaves_value_unchanged,
+        ["S6", "S11"],
+        NONE,
+        "a 0.2.0-draft u64 increment whose total would be negative is overflow and writes nothing"
+    ),
 ];
 
 fn draft_open(ctx: &Ctx) -> Result<draft::store::Bucket, String> {
@@ -135,4 +141,32 @@ fn draft_increment_u64(ctx: &Ctx, _: Phase) -> Outcome {
         }
     }
     expect_value(&new, "m", Some(b"42"))
+}
+
+/// The u64 increment cannot return a negative total, so it must not write one: it used to
+/// apply (-5 became -4) and then report overflow, and a guest that retried on the error moved
+/// the counter each time.
+fn draft_increment_below_zero_leaves_value_unchanged(ctx: &Ctx, _: Phase) -> Outcome {
+    let old = draft_open(ctx)?;
+    let new = ctx.open()?;
+    set(&new, "neg", b"-5")?;
+    for attempt in 1..=3 {
+        match draft::atomics::increment(&old, "neg", 1) {
+            Err(draft::store::Error::Other(message)) if message.starts_with("overflow:") => {}
+            other => {
+                return Err(format!(
+                    "draft increment of -5 by 1 (attempt {attempt}): expected overflow, got \
+                     {other:?}"
+                ));
+            }
+        }
+        expect_value(&new, "neg", Some(b"-5"))?;
+    }
+    // At the boundary: -5 + 5 is 0, which the u64 interface can return.
+    ensure_eq(
+        draft::atomics::increment(&old, "neg", 5).or_fail("draft increment to zero")?,
+        0,
+        "draft increment of -5 by 5",
+    )?;
+    expect_value(&new, "neg", Some(b"0"))
 }
