@@ -1,6 +1,7 @@
 //! Every Cloud Storage error mapped to the contract's classes, in one place.
 
 use gcloud_storage::http::Error;
+use gcloud_storage::http::error::ErrorResponse;
 use kv_core::error::{classify_http_status, describe_http_status};
 use kv_core::{ErrorKind, KvError};
 
@@ -55,4 +56,29 @@ pub fn map_error(op: &str, err: Error) -> KvError {
     KvError::new(kind, message)
         .with_transient(transient)
         .with_source(err)
+}
+
+/// Maps an HTTP status answered outside the SDK (a batch request, or one part of its answer)
+/// exactly as [`map_error`] maps the same status from the SDK. `detail` (the answer's body) is
+/// kept in the source chain for logs only.
+pub fn map_status(op: &str, code: u16, detail: &str) -> KvError {
+    let message: String = detail.chars().take(300).collect();
+    map_error(
+        op,
+        Error::Response(ErrorResponse {
+            code,
+            errors: Vec::new(),
+            message,
+        }),
+    )
+}
+
+/// Maps a transport error of a request sent outside the SDK, as [`map_error`] maps the SDK's.
+pub fn map_http(op: &str, err: reqwest::Error) -> KvError {
+    map_error(op, Error::HttpClient(err))
+}
+
+/// Maps a failure of the credentials' token source, as [`map_error`] maps the SDK's.
+pub fn map_token(op: &str, err: Box<dyn std::error::Error + Send + Sync>) -> KvError {
+    map_error(op, Error::TokenSource(err))
 }

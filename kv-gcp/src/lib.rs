@@ -3,6 +3,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+pub mod batch;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -2,20 +2,24 @@
 //! credentials. Without fake-gcs-server they are ignored, unless `KV_REQUIRE` names `gcs`, where
 //! that is a failure.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kv_conformance::emulator::FakeGcsServer;
+use kv_conformance::faults::{Fault, FaultProxy, Injected, Protocol};
 use kv_conformance::provider_tests::{self, TestResult, check};
-use kv_core::{Access, KvStore, Limits, Provider, ProviderFactory, Stores};
+use kv_core::{Access, Bucket, ErrorKind, KvStore, Limits, Provider, ProviderFactory, Stores};
 use libtest_mimic::Failed;
 
 async fn provider(server: &FakeGcsServer) -> Result<Arc<dyn Provider>, Failed> {
-    let url = format!(
-        "g=gcs://provider-tests/p?endpoint={}&create_bucket=true",
-        server.endpoint()
-    );
+    provider_at(&server.endpoint()).await
+}
+
+/// A provider whose requests go to `endpoint` (the emulator, or a proxy in front of it).
+async fn provider_at(endpoint: &str) -> Result<Arc<dyn Provider>, Failed> {
+    let url = format!("g=gcs://provider-tests/p?endpoint={endpoint}&create_bucket=true");
     let (_, spec) =
         kv_core::config::parse_short_form(&url).map_err(|err| Failed::from(err.to_string()))?;
     kv_gcp::GcsFactory
@@ -137,6 +141,254 @@ async fn emulator_restart(mut server: FakeGcsServer) -> TestResult {
     Ok(())
 }
 
+/// A fault proxy in front of the emulator: it counts the requests (each scripted pass-through
+/// is one request) and can answer one in the emulator's place.
+async fn proxy(server: &FakeGcsServer) -> Result<FaultProxy, Failed> {
+    let upstream: SocketAddr = server
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .map_err(|err| Failed::from(format!("emulator address: {err}")))?;
+    FaultProxy::start(upstream, Protocol::Http)
+        .await
+        .map_err(|err| Failed::from(format!("fault proxy: {err}")))
+}
+
+/// Requests sent while `run` runs, counted by the proxy.
+async fn count_requests<T>(
+    proxy: &FaultProxy,
+    run: impl std::future::Future<Output = T>,
+) -> (T, usize) {
+    const BUDGET: usize = 100_000;
+    proxy.next(Fault::Latency(Duration::ZERO), BUDGET);
+    let result = run.await;
+    let sent = BUDGET - proxy.pending();
+    proxy.clear();
+    (result, sent)
+}
+
+/// 1,001 keys, some never written: long ones stored under hashed names, and ones whose names
+/// need escaping in a request path.
+fn many_keys() -> Vec<String> {
+    let awkward = [
+        "a/b", "?q=1&r", "#frag", "sp ace", "%2F", "a\nb", "..", "é", "🦀", "+",
+    ];
+    (0..1001)
+        .map(|i| match i % 10 {
+            0 => format!("{i}{}", "%".repeat(1000)), // 3,000+ bytes once encoded: hashed
+            1 => format!("{i}{}", "🦀".repeat(250)), // 1,000+ bytes: hashed with the prefix
+            n => format!("{i}/{}", awkward[n as usize]),
+        })
+        .collect()
+}
+
+async fn delete_many_uses_batch_requests(server: FakeGcsServer) -> TestResult {
+    let proxy = proxy(&server).await?;
+    let store = store(
+        provider_at(&format!("http://{}", proxy.addr())).await?,
+        "delete-many",
+    )
+    .await?;
+    let keys = many_keys();
+    // Every 7th key is never written: deleting a missing key is fine.
+    let written: Vec<(String, Vec<u8>)> = keys
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 7 != 3)
+        .map(|(i, key)| (key.clone(), format!("v{i}").into_bytes()))
+        .collect();
+    store.set_many(written.clone()).await?;
+    check(
+        provider_tests::list_all(&store).await?.len() == written.len(),
+        "all written keys listed before the delete",
+    )?;
+    let (result, requests) = count_requests(&proxy, store.delete_many(&keys)).await;
+    result?;
+    let left = provider_tests::list_all(&store).await?;
+    check(
+        left.is_empty(),
+        format!("{} keys left: {:?}", left.len(), &left[..left.len().min(5)]),
+    )?;
+    for key in [&keys[0], &keys[1], &keys[2], &keys[1000]] {
+        check(
+            store.get(key).await?.is_none(),
+            format!("{key:?} still readable"),
+        )?;
+    }
+    // The host sends parts of 200 entries; each is spread over 16 batch requests of at most
+    // 13 deletes (kv_gcp::batch): 5 × 16 + 1 requests instead of one per key.
+    check(
+        requests <= 81,
+        format!("delete-many of 1001 keys sent {requests} requests, expected at most 81"),
+    )?;
+    // Deleting them again (all missing now) is fine and as cheap.
+    let (result, requests) = count_requests(&proxy, store.delete_many(&keys)).await;
+    result?;
+    check(
+        requests <= 81,
+        format!("second delete-many: {requests} requests"),
+    )?;
+    Ok(())
+}
+
+/// Every key of `bucket`, straight from the provider.
+async fn listed(bucket: &dyn Bucket) -> Result<Vec<String>, Failed> {
+    let mut keys = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = bucket.list_keys(cursor.as_deref(), 1000).await?;
+        keys.extend(page.keys);
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(keys),
+        }
+    }
+}
+
+/// A batch answer of the emulator's shape: `parts` are (Content-ID, status line), in any order.
+fn batch_answer(parts: &[(&str, &str)]) -> Injected {
+    let mut body = String::new();
+    for (content_id, status_line) in parts {
+        body.push_str(&format!(
+            "--answer\r\nContent-Type: application/http\r\nContent-Id: {content_id}\r\n\r\n\
+             {status_line}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n"
+        ));
+    }
+    body.push_str("--answer--\r\n");
+    Injected {
+        status: 200,
+        headers: vec![(
+            "content-type".to_string(),
+            "multipart/mixed; boundary=\"answer\"".to_string(),
+        )],
+        body,
+    }
+}
+
+async fn delete_many_failures_are_errors(server: FakeGcsServer) -> TestResult {
+    let proxy = proxy(&server).await?;
+    let provider = provider_at(&format!("http://{}", proxy.addr())).await?;
+    // The provider itself, without the host's retries: what one call reports.
+    let bucket = provider.open("delete-many-failures").await?;
+    let keys: Vec<String> = many_keys().into_iter().take(150).collect();
+    let entries: Vec<_> = keys
+        .iter()
+        .map(|key| (key.clone(), kv_core::Bytes::from_static(b"v")))
+        .collect();
+    bucket.set_many(&entries).await?;
+
+    // 150 keys are 15 batches of 10; one is answered 503 as a whole: never a success.
+    let per_batch = kv_gcp::batch::batch_size(keys.len());
+    proxy.next(Fault::Respond(Injected::status(503)), 1);
+    let err = bucket
+        .delete_many(&keys)
+        .await
+        .err()
+        .ok_or("delete-many reported success with a batch answered 503")?;
+    check(proxy.pending() == 0, "the 503 was not reached")?;
+    check(
+        err.kind() == ErrorKind::Unavailable && err.is_transient(),
+        format!("expected a transient unavailable, got {err}"),
+    )?;
+    let left = listed(bucket.as_ref()).await?;
+    check(
+        err.message()
+            .contains(&format!("{per_batch} of 150 entries failed"))
+            && left.len() == per_batch,
+        format!("{} keys left after: {err}", left.len()),
+    )?;
+    bucket.delete_many(&keys).await?;
+    check(
+        listed(bucket.as_ref()).await?.is_empty(),
+        "keys left after the retry",
+    )?;
+
+    // Sub-responses are matched by Content-ID, not position; a failed or missing one fails the
+    // call, and says how many. 48 keys are 16 batches of 3; the first to reach the proxy gets
+    // the scripted answer, the others reach the emulator.
+    let some = &keys[..48];
+    check(
+        kv_gcp::batch::batch_size(some.len()) == 3,
+        "48 keys: batches of 3",
+    )?;
+    bucket.set_many(&entries[..48]).await?;
+    proxy.next(
+        Fault::Respond(batch_answer(&[
+            ("<response-kv-delete-2>", "HTTP/1.1 204 No Content"),
+            ("<response-kv-delete-0>", "HTTP/1.1 503 Service Unavailable"),
+        ])),
+        1,
+    );
+    let err = bucket
+        .delete_many(some)
+        .await
+        .err()
+        .ok_or("delete-many reported success with a part answered 503 and one unanswered")?;
+    check(
+        err.kind() == ErrorKind::Unavailable
+            && err.is_transient()
+            && err.message().contains("2 of 48 entries failed"),
+        format!("{err}"),
+    )?;
+    // The scripted batch never reached the emulator; every other one was applied.
+    let left = listed(bucket.as_ref()).await?;
+    check(
+        left.len() == 3,
+        format!("{} keys left, expected 3", left.len()),
+    )?;
+    proxy.next(
+        Fault::Respond(batch_answer(&[
+            ("<response-kv-delete-1>", "HTTP/1.1 404 Not Found"),
+            ("<response-kv-delete-0>", "HTTP/1.1 204 No Content"),
+            ("<response-kv-delete-2>", "HTTP/1.1 403 Forbidden"),
+        ])),
+        1,
+    );
+    let err = bucket
+        .delete_many(some)
+        .await
+        .err()
+        .ok_or("delete-many reported success with a part answered 403")?;
+    check(
+        err.kind() == ErrorKind::Internal
+            && !err.is_transient()
+            && err.message().contains("1 of 48 entries failed"),
+        format!("{err}"),
+    )?;
+    proxy.next(
+        Fault::Respond(batch_answer(&[
+            ("<response-kv-delete-1>", "HTTP/1.1 404 Not Found"),
+            ("<response-kv-delete-2>", "HTTP/1.1 200 OK"),
+            ("<response-kv-delete-0>", "HTTP/1.1 204 No Content"),
+        ])),
+        1,
+    );
+    bucket.delete_many(some).await?;
+
+    // Through the host: a passing 503 is retried; one that outlasts the retries is reported.
+    let store = store(provider.clone(), "delete-many-failures").await?;
+    proxy.next(Fault::Respond(Injected::status(503)), 1);
+    store.delete_many(&keys).await?;
+    check(
+        listed(bucket.as_ref()).await?.is_empty(),
+        "keys left after a retried 503",
+    )?;
+    store.set("k", b"v".to_vec()).await?;
+    proxy.next(Fault::Respond(Injected::status(503)), 100);
+    let err = store
+        .delete_many(&["k".to_string()])
+        .await
+        .err()
+        .ok_or("delete-many reported success while every batch was answered 503")?;
+    proxy.clear();
+    check(err.kind() == ErrorKind::Unavailable, format!("{err}"))?;
+    check(
+        store.get("k").await?.is_some(),
+        "the key was deleted after all",
+    )?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let installed = FakeGcsServer::binary().is_some();
     provider_tests::main::<FakeGcsServer>(
@@ -153,6 +405,12 @@ fn main() -> ExitCode {
             }),
             ("concurrent_increments_8x50_exact", |s| {
                 Box::pin(concurrent_increments_exact(s))
+            }),
+            ("delete_many_1001_keys_in_at_most_81_batch_requests", |s| {
+                Box::pin(delete_many_uses_batch_requests(s))
+            }),
+            ("delete_many_failed_batches_and_parts_are_errors", |s| {
+                Box::pin(delete_many_failures_are_errors(s))
             }),
             (
                 "emulator_stop_gives_unavailable_and_restart_recovers",
