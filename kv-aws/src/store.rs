@@ -129,6 +129,7 @@ impl Provider for DynamoProvider {
             cas: true,
             list_may_repeat: false,
             max_value_bytes: MAX_VALUE_BYTES,
+            ..Capabilities::default()
         }
     }
 

@@ -123,6 +123,7 @@ impl Provider for CosmosProvider {
             cas: true,
             list_may_repeat: false,
             max_value_bytes: MAX_VALUE_BYTES,
+            ..Capabilities::default()
         }
     }
 

@@ -14,7 +14,18 @@ pub struct Capabilities {
     pub list_may_repeat: bool,
     /// The largest value, in bytes, the provider stores.
     pub max_value_bytes: usize,
+    /// Entries per provider call of `set-many`: the host splits a larger batch into calls of
+    /// this many, in order, each with its own time limit and retries, so a batch's deadline
+    /// grows with the backend requests it needs. About one round of the provider's requests.
+    pub set_many_part: usize,
+    /// The same for `delete-many`.
+    pub delete_many_part: usize,
 }
+
+/// [`Capabilities::set_many_part`] and [`Capabilities::delete_many_part`] by default: one
+/// round of DynamoDB's batch writes (25 per request, 8 in flight), and 13 rounds of single
+/// requests (16 in flight) on a provider without native batches.
+pub const DEFAULT_BATCH_PART: usize = 200;
 
 impl Default for Capabilities {
     fn default() -> Self {
@@ -23,6 +34,8 @@ impl Default for Capabilities {
             cas: false,
             list_may_repeat: false,
             max_value_bytes: 256 * 1024,
+            set_many_part: DEFAULT_BATCH_PART,
+            delete_many_part: DEFAULT_BATCH_PART,
         }
     }
 }

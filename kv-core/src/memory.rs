@@ -228,6 +228,7 @@ impl Provider for MemoryProvider {
             cas: true,
             list_may_repeat: false,
             max_value_bytes: MEMORY_MAX_VALUE_BYTES,
+            ..Capabilities::default()
         }
     }
 

@@ -506,11 +506,14 @@ impl KvStore {
         }
         // In order, one call per part: a later part's entry for a key also in an earlier part
         // still lands last, so the last value for a key wins.
+        let part_len = self.inner.capabilities.set_many_part.max(1);
         let mut applied = 0;
-        for part in entries.chunks(BATCH_CALL_ENTRIES) {
+        for part in entries.chunks(part_len) {
             self.call("set-many", || self.inner.bucket.set_many(part))
                 .await
-                .map_err(|err| partially_applied("set-many", err, applied, entries.len()))?;
+                .map_err(|err| {
+                    partially_applied("set-many", err, applied, part_len, entries.len())
+                })?;
             applied += part.len();
         }
         Ok(())
@@ -521,11 +524,14 @@ impl KvStore {
         self.check_write()?;
         self.check_batch(keys.len())?;
         keys.iter().try_for_each(|key| check_key(key))?;
+        let part_len = self.inner.capabilities.delete_many_part.max(1);
         let mut applied = 0;
-        for part in keys.chunks(BATCH_CALL_ENTRIES) {
+        for part in keys.chunks(part_len) {
             self.call("delete-many", || self.inner.bucket.delete_many(part))
                 .await
-                .map_err(|err| partially_applied("delete-many", err, applied, keys.len()))?;
+                .map_err(|err| {
+                    partially_applied("delete-many", err, applied, part_len, keys.len())
+                })?;
             applied += part.len();
         }
         Ok(())
@@ -751,22 +757,20 @@ fn final_error_of_write(err: KvError, earlier_ambiguous: bool) -> KvError {
     err
 }
 
-/// Entries per provider call of `set-many` and `delete-many`. Each call has its own time
-/// limit and retries, so a batch's deadline grows with the backend requests it needs (a
-/// 10,000-entry batch on a backend without native batches is hundreds of requests), and a
-/// failure can say how much of the batch was applied. 200 is one round of DynamoDB's batch
-/// writes (25 per request, 8 in flight), and 13 rounds of single requests (16 in flight) on
-/// Cloud Storage.
-pub const BATCH_CALL_ENTRIES: usize = 200;
-
 /// The error of a `set-many` or `delete-many` that failed part way: its class stays the
 /// failure's, and the message says which entries were applied (the first `applied`, in call
 /// order) and which may or may not have been (the part that failed); the rest were not tried.
-fn partially_applied(op: &str, err: KvError, applied: usize, total: usize) -> KvError {
-    if total <= BATCH_CALL_ENTRIES {
+fn partially_applied(
+    op: &str,
+    err: KvError,
+    applied: usize,
+    part_len: usize,
+    total: usize,
+) -> KvError {
+    if total <= part_len {
         return err;
     }
-    let failed_end = (applied + BATCH_CALL_ENTRIES).min(total);
+    let failed_end = (applied + part_len).min(total);
     KvError::new(
         err.kind(),
         format!(

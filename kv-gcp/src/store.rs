@@ -80,6 +80,11 @@ impl Provider for GcsProvider {
             cas: true,
             list_may_repeat: false,
             max_value_bytes: MAX_VALUE_BYTES,
+            // Uploads go one object per request (16 in flight): two rounds per call, each
+            // call with its own deadline, so a slow emulator or bucket slows a large set-many
+            // down instead of timing it out. Deletes are batched (kv_gcp::batch).
+            set_many_part: 32,
+            ..Capabilities::default()
         }
     }
 

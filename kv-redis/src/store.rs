@@ -107,6 +107,7 @@ impl Provider for RedisProvider {
             cas: true,
             list_may_repeat: true,
             max_value_bytes: REDIS_MAX_VALUE_BYTES,
+            ..Capabilities::default()
         }
     }
 

@@ -180,6 +180,7 @@ impl Provider for SqliteProvider {
             cas: true,
             list_may_repeat: false,
             max_value_bytes: MAX_VALUE_BYTES,
+            ..Capabilities::default()
         }
     }
 
