@@ -145,25 +145,63 @@ async fn keys_spread_and_listing_spans_every_primary(cluster: RedisCluster) -> T
     Ok(())
 }
 
-/// A primary killed (`SIGKILL`) mid-run: its replica takes over; the killed node is started
-/// again once it has, and rejoins as the new primary's replica; writes resume (with
-/// `wait_replicas = 1` a write to that shard is acknowledged only once the replica is back), and
-/// no acknowledged write is lost — every acknowledged `set` reads back, and the counter holds at
-/// least every acknowledged increment and at most every attempted one (each applied once).
+/// The primary that holds `key` (a full Redis key): the one primary that answers `EXISTS` for
+/// it with 1 (the others redirect, or have no such key).
+async fn primary_holding(cluster: &RedisCluster, key: &[u8]) -> Result<u16, Failed> {
+    for port in cluster.primaries() {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let found: redis::RedisResult<i64> =
+            redis::cmd("EXISTS").arg(key).query_async(&mut conn).await;
+        if matches!(found, Ok(1)) {
+            return Ok(port);
+        }
+    }
+    Err(Failed::from("no primary holds the counter"))
+}
+
+/// One increment of the counter as a client that retries would make it: the same request id
+/// for every attempt, each attempt bounded in time. `None` when every attempt failed: the
+/// outcome is unknown until the same id is sent again.
+async fn increment_with_retries(
+    bucket: &dyn kv_core::Bucket,
+    request: &kv_core::RequestId,
+    attempts: u32,
+) -> Option<i64> {
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let sent = bucket.increment("counter", 1, kv_core::CounterRange::Signed, request);
+        if let Ok(Ok(total)) = tokio::time::timeout(Duration::from_secs(2), sent).await {
+            return Some(total);
+        }
+    }
+    None
+}
+
+/// A primary killed (`SIGKILL`) mid-run — the one holding the counter: its replica takes over;
+/// the killed node is started again once it has, and rejoins as the new primary's replica;
+/// writes resume (with `wait_replicas = 1` a write to that shard is acknowledged only once the
+/// replica is back), and no acknowledged write is lost: every acknowledged `set` reads back.
+/// Increments are retried under their request id through the failover; the calls still
+/// unknown at the end are sent again with their id once the cluster is healthy, and then the
+/// counter is exactly the number of calls and their totals are exactly 1..=N, each once: no
+/// increment applied twice or lost, whatever the failover did to replies.
 async fn failover_loses_no_acknowledged_write(mut cluster: RedisCluster) -> TestResult {
-    let store = store(
-        &cluster,
-        "?wait_replicas=1&wait_timeout_ms=1000",
-        Duration::from_secs(2),
-        1,
-    )
-    .await;
-    let victim = *cluster
-        .primaries()
-        .first()
-        .ok_or_else(|| Failed::from("no primary"))?;
+    let query = "?wait_replicas=1&wait_timeout_ms=1000";
+    let store = store(&cluster, query, Duration::from_secs(2), 1).await;
+    let (_, spec) = kv_core::config::parse_short_form(&format!("c={}{query}", cluster.url()))?;
+    let provider = kv_redis::RedisFactory.connect(&spec).await?;
+    let bucket = provider.open("ns").await?;
+    let mut increments: Vec<(kv_core::RequestId, Option<i64>)> = Vec::new();
+    let first = kv_core::RequestId::new();
+    let total = increment_with_retries(bucket.as_ref(), &first, 10).await;
+    increments.push((first, total));
+    let mut counter_key = kv_redis::key_prefix("ns");
+    counter_key.extend_from_slice(b"counter");
+    let victim = primary_holding(&cluster, &counter_key).await?;
     let mut acknowledged: BTreeMap<String, String> = BTreeMap::new();
-    let (mut increments_acked, mut increments_tried) = (0i64, 0i64);
     let mut errors = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut killed_at = None;
@@ -196,10 +234,17 @@ async fn failover_loses_no_acknowledged_write(mut cluster: RedisCluster) -> Test
         let key = format!("key-{}", i % 1000);
         let value = format!("value-{i}");
         let written = if i % 4 == 0 {
-            increments_tried += 1;
-            store.increment("counter", 1).await.map(|_| {
-                increments_acked += 1;
-            })
+            let request = kv_core::RequestId::new();
+            let total = increment_with_retries(bucket.as_ref(), &request, 3).await;
+            increments.push((request, total));
+            match total {
+                Some(_) => Ok(()),
+                None if killed_at.is_none() => Err(kv_core::KvError::unavailable(
+                    "an increment failed every attempt",
+                )),
+                // Unknown: resolved after the run.
+                None => continue,
+            }
         } else {
             store.set(&key, value.as_bytes().to_vec()).await.map(|()| {
                 acknowledged.insert(key.clone(), value.clone());
@@ -231,13 +276,35 @@ async fn failover_loses_no_acknowledged_write(mut cluster: RedisCluster) -> Test
             format!("acknowledged {key} = {value}, read {read:?}"),
         )?;
     }
+    // Every call whose outcome is unknown is sent again with its own id: an applied one
+    // answers its first total, one that never applied applies now.
+    let unknown = increments
+        .iter()
+        .filter(|(_, total)| total.is_none())
+        .count();
+    let mut totals = Vec::with_capacity(increments.len());
+    for (request, total) in &increments {
+        let total = match total {
+            Some(total) => *total,
+            None => increment_with_retries(bucket.as_ref(), request, 20)
+                .await
+                .ok_or_else(|| Failed::from("an unknown increment could not be resolved"))?,
+        };
+        totals.push(total);
+    }
+    totals.sort_unstable();
+    let calls = increments.len() as i64;
     let counter: i64 = String::from_utf8(store.get("counter").await?.unwrap_or_default())
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or(-1);
     check(
-        (increments_acked..=increments_tried).contains(&counter),
-        format!("counter {counter}: {increments_acked} acknowledged, {increments_tried} tried"),
+        counter == calls,
+        format!("counter {counter} after {calls} increment calls ({unknown} resolved late)"),
+    )?;
+    check(
+        totals.iter().copied().eq(1..=calls),
+        format!("the increments' totals are not 1..={calls} each once: {totals:?}"),
     )?;
     check(
         cluster.primaries().len() == 3 && !cluster.primaries().contains(&victim),
@@ -247,9 +314,10 @@ async fn failover_loses_no_acknowledged_write(mut cluster: RedisCluster) -> Test
         ),
     )?;
     eprintln!(
-        "failover: the replica took over {failed_over:?} after the kill; {} writes failed \
-         meanwhile; {} keys and {increments_acked} increments acknowledged and verified \
-         ({run:?} from the kill to the end of the run)",
+        "failover: the counter's primary {victim} was killed; the replica took over \
+         {failed_over:?} after; {} writes failed meanwhile; {} keys acknowledged and verified; \
+         {calls} increments exact ({unknown} unknown until resolved; {run:?} from the kill to \
+         the end of the run)",
         errors.len(),
         acknowledged.len()
     );
