@@ -588,34 +588,34 @@ impl Bucket for DynamoBucket {
     }
 }
 
+/// An item's size as DynamoDB counts it against [`MAX_ITEM_BYTES`]: each attribute's name plus
+/// its value; strings and binaries by their bytes, numbers at one byte per two significant
+/// digits plus one. For tests that check the provider's size budget against real items.
+pub fn item_bytes(item: &HashMap<String, AttributeValue>) -> usize {
+    item.iter()
+        .map(|(name, value)| {
+            name.len()
+                + match value {
+                    AttributeValue::S(text) => text.len(),
+                    AttributeValue::B(blob) => blob.as_ref().len(),
+                    AttributeValue::N(number) => {
+                        let digits = number
+                            .trim_start_matches('-')
+                            .replace('.', "")
+                            .trim_matches('0')
+                            .len();
+                        digits.div_ceil(2) + 1
+                    }
+                    // Not written by this provider.
+                    _ => 0,
+                }
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// An item's size as DynamoDB counts it against `MAX_ITEM_BYTES`: each attribute's name
-    /// plus its value; strings and binaries by their bytes, numbers at one byte per two
-    /// significant digits plus one.
-    fn item_bytes(item: &HashMap<String, AttributeValue>) -> usize {
-        item.iter()
-            .map(|(name, value)| {
-                name.len()
-                    + match value {
-                        AttributeValue::S(text) => text.len(),
-                        AttributeValue::B(blob) => blob.as_ref().len(),
-                        AttributeValue::N(number) => {
-                            let digits = number
-                                .trim_start_matches('-')
-                                .replace('.', "")
-                                .trim_matches('0')
-                                .len();
-                            digits.div_ceil(2) + 1
-                        }
-                        // Not written by this provider.
-                        _ => 0,
-                    }
-            })
-            .sum()
-    }
 
     /// The longest journal the core can write, in its own format: every entry at the longest
     /// base, request and result.

@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use kv_aws::store::{
     ATTR_EXPIRES, ATTR_JOURNAL, ATTR_KEY, ATTR_NAMESPACE, ATTR_VALUE, ATTR_VERSION, MAX_ITEM_BYTES,
-    MAX_VALUE_BYTES,
+    MAX_VALUE_BYTES, item_bytes,
 };
 use kv_aws::{DynamoConfig, DynamoProvider};
 use kv_conformance::emulator::DynamoDbLocal;
@@ -125,25 +125,6 @@ async fn raw_item(
         .map_err(|err| Failed::from(format!("{err:?}")))?
         .item
         .ok_or_else(|| Failed::from(format!("{key:.16}…: no item")))
-}
-
-/// An item's size as DynamoDB counts it: every attribute name plus its value (strings and
-/// binaries by their bytes; numbers one byte per two significant digits plus one).
-fn item_bytes(item: &HashMap<String, AttributeValue>) -> usize {
-    item.iter()
-        .map(|(name, value)| {
-            name.len()
-                + match value {
-                    AttributeValue::S(text) => text.len(),
-                    AttributeValue::B(blob) => blob.as_ref().len(),
-                    AttributeValue::N(number) => {
-                        let digits = number.trim_start_matches('-').trim_matches('0').len();
-                        digits.div_ceil(2) + 1
-                    }
-                    _ => 0,
-                }
-        })
-        .sum()
 }
 
 /// The journal of increments and swaps is stored beside the value, so it must fit beside the

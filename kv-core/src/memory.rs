@@ -567,6 +567,14 @@ mod tests {
         assert!(matches!(log.check(&newer), Ok(None)));
     }
 
+    async fn swap_v(bucket: &Arc<dyn Bucket>, key: &str, version: &Version) -> SwapOutcome {
+        let value = Bytes::from_static(b"v");
+        bucket
+            .swap(key, version, value, &RequestId::new())
+            .await
+            .unwrap()
+    }
+
     /// S7 without ABA from absence: a handle captured on a missing key fails to swap once
     /// the key was written and deleted, though it is missing again; without that, it swaps.
     #[tokio::test]
@@ -575,15 +583,7 @@ mod tests {
         let missing = bucket.read_versioned("k").await.unwrap();
         bucket.set("k", Bytes::from_static(b"x")).await.unwrap();
         bucket.delete("k").await.unwrap();
-        let outcome = bucket
-            .swap(
-                "k",
-                &missing.version,
-                Bytes::from_static(b"v"),
-                &RequestId::new(),
-            )
-            .await
-            .unwrap();
+        let outcome = swap_v(&bucket, "k", &missing.version).await;
         assert_eq!(outcome, SwapOutcome::Conflict);
         assert_eq!(bucket.get("k").await.unwrap(), None);
         // Deleting other keys, or deleting a missing key, changes nothing for it.
@@ -591,15 +591,7 @@ mod tests {
         bucket.set("other", Bytes::from_static(b"x")).await.unwrap();
         bucket.delete("other").await.unwrap();
         bucket.delete("k").await.unwrap();
-        let outcome = bucket
-            .swap(
-                "k",
-                &missing.version,
-                Bytes::from_static(b"v"),
-                &RequestId::new(),
-            )
-            .await
-            .unwrap();
+        let outcome = swap_v(&bucket, "k", &missing.version).await;
         assert_eq!(outcome, SwapOutcome::Swapped);
         // An expired entry is missing to the guest but replaced under its own version: a
         // write in between is a change.
@@ -615,15 +607,7 @@ mod tests {
             .await
             .unwrap();
         std::thread::sleep(Duration::from_millis(5));
-        let outcome = bucket
-            .swap(
-                "t",
-                &expired.version,
-                Bytes::from_static(b"v"),
-                &RequestId::new(),
-            )
-            .await
-            .unwrap();
+        let outcome = swap_v(&bucket, "t", &expired.version).await;
         assert_eq!(outcome, SwapOutcome::Conflict);
         // A capture older than the forgotten tombstones conflicts rather than guess.
         let missing = bucket.read_versioned("old").await.unwrap();
@@ -632,15 +616,7 @@ mod tests {
             bucket.set(&key, Bytes::from_static(b"x")).await.unwrap();
             bucket.delete(&key).await.unwrap();
         }
-        let outcome = bucket
-            .swap(
-                "old",
-                &missing.version,
-                Bytes::from_static(b"v"),
-                &RequestId::new(),
-            )
-            .await
-            .unwrap();
+        let outcome = swap_v(&bucket, "old", &missing.version).await;
         assert_eq!(outcome, SwapOutcome::Conflict);
     }
 
