@@ -14,10 +14,10 @@ use kv_aws::store::{
     MAX_VALUE_BYTES, item_bytes,
 };
 use kv_aws::{DynamoConfig, DynamoProvider};
-use kv_conformance::emulator::DynamoDbLocal;
-use kv_conformance::provider_tests::{self, TestResult, check};
 use kv_core::rmw::JOURNAL_LEN;
 use kv_core::{Access, ErrorKind, KvStore, Limits, Provider, Stores, SwapOutcome, Version};
+use kv_testkit::emulator::DynamoDbLocal;
+use kv_testkit::provider_tests::{self, TestResult, check};
 use libtest_mimic::Failed;
 
 const TABLE: &str = "wasikv-provider-tests";
@@ -320,8 +320,8 @@ fn main() -> ExitCode {
     // Never reach a metadata service, whatever the environment says.
     // SAFETY: set before any thread is started.
     unsafe { std::env::set_var("AWS_EC2_METADATA_DISABLED", "true") };
-    let installed = DynamoDbLocal::jar_dir().is_some()
-        && kv_conformance::emulator::find_program("java").is_some();
+    let installed =
+        DynamoDbLocal::jar_dir().is_some() && kv_testkit::emulator::find_program("java").is_some();
     provider_tests::main::<DynamoDbLocal>(
         "dynamodb",
         installed,

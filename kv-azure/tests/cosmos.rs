@@ -14,9 +14,9 @@ use azure_core::http::{
 use azure_identity::{ClientSecretCredential, ClientSecretCredentialOptions};
 use kv_azure::store::MAX_VALUE_BYTES;
 use kv_azure::{CosmosConfig, CosmosProvider};
-use kv_conformance::emulator::{COSMOS_EMULATOR_KEY, CosmosServer};
-use kv_conformance::provider_tests::{self, TestResult, check};
 use kv_core::{Access, ErrorKind, KvStore, Limits, Stores};
+use kv_testkit::emulator::{COSMOS_EMULATOR_KEY, CosmosServer};
+use kv_testkit::provider_tests::{self, TestResult, check};
 use libtest_mimic::Failed;
 
 fn config(server: &CosmosServer) -> CosmosConfig {
@@ -255,7 +255,7 @@ async fn entra_id_token_auth(server: CosmosServer) -> TestResult {
 }
 
 fn main() -> ExitCode {
-    kv_conformance::harness::stay_on_loopback();
+    kv_testkit::stay_on_loopback();
     provider_tests::main::<CosmosServer>(
         "cosmos",
         CosmosServer::modules_dir().is_some(),

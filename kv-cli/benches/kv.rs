@@ -1,6 +1,6 @@
 //! The design targets of docs/benchmarks.md, each measured side by side in one run:
 //!
-//! 1. **boundary**: keyvalue operations timed inside a guest (`kv-conformance/bench-guest`, 256 B
+//! 1. **boundary**: keyvalue operations timed inside a guest (`test-components/commands` (`kv_bench_guest`), 256 B
 //!    values) on the in-memory store, through `wasi-kv run`'s host, through
 //!    `wasmtime run -S keyvalue` (when a `wasmtime` CLI is on `PATH` or named by `$WASMTIME`),
 //!    and the same `KvStore` calls made natively; compare-and-swap (`cas.new` plus `swap`,
@@ -20,12 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_cli::run::{Output, RunOptions, Runner};
-use kv_conformance::emulator;
 use kv_core::{KvStore, Stores};
+use kv_testkit::emulator;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
-const GUEST: &str = kv_conformance::artifacts::BENCH_GUEST;
-const GUEST_CAS: &str = kv_conformance::artifacts::BENCH_GUEST_CAS;
+const GUEST: &str = kv_test_artifacts::BENCH_GUEST;
+const GUEST_CAS: &str = kv_test_artifacts::BENCH_GUEST_CAS;
 /// Rounds of each boundary and Redis measurement; the best of them is reported.
 const ROUNDS: usize = 3;
 const VALUE: &[u8] = &[b'v'; 256];
@@ -474,7 +474,7 @@ async fn listing_rows(settings: &Settings) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    kv_conformance::harness::stay_on_loopback();
+    kv_testkit::stay_on_loopback();
     let settings = settings();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -26,8 +26,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use kv_cli::serve::{ServeOptions, Server};
-use kv_conformance::emulator;
 use kv_core::{KvStore, Stores};
+use kv_testkit::emulator;
 use tokio::net::TcpListener;
 
 const KEYS: usize = 1000;
@@ -282,7 +282,7 @@ async fn bench_provider(provider: &str, settings: &Settings) -> anyhow::Result<(
     }
 
     let options = ServeOptions {
-        component: kv_conformance::artifacts::HTTP_KV_EXAMPLE.into(),
+        component: kv_test_artifacts::HTTP_KV_EXAMPLE.into(),
         ..ServeOptions::default()
     };
     let server = Arc::new(Server::new(options, stores.clone())?);
@@ -320,7 +320,7 @@ async fn bench_provider(provider: &str, settings: &Settings) -> anyhow::Result<(
 }
 
 /// `wasi-kv serve` and `wasmtime serve -S keyvalue` as separate processes on the same
-/// 0.2.0-draft handler (`kv-conformance/bench-handler`, opens `""`), each with the same keys
+/// 0.2.0-draft handler (`test-components/handlers/bench-handler`, opens `""`), each with the same keys
 /// preset (`--seed`; `-S keyvalue-in-memory-data`), driven alike, route by route.
 ///
 /// wasmtime's in-memory store copies its preset data into every instance that opens it, so
@@ -331,7 +331,7 @@ async fn bench_vs_wasmtime(
     keys: usize,
     routes: &[Route],
 ) -> anyhow::Result<()> {
-    let handler = kv_conformance::artifacts::BENCH_HANDLER;
+    let handler = kv_test_artifacts::BENCH_HANDLER;
     let value = String::from_utf8(VALUE.to_vec())?;
     let seeds: Vec<String> = (0..keys).map(|n| format!("key-{n}={value}")).collect();
     let wasi_kv_seeds = seeds.clone();
@@ -417,7 +417,7 @@ fn main() -> anyhow::Result<()> {
         Some(cli) => {
             println!();
             println!(
-                "Against `{} serve -S keyvalue` on kv-conformance/bench-handler (both hosts \
+                "Against `{} serve -S keyvalue` on test-components/handlers/bench-handler (both hosts \
                  as separate processes):",
                 cli.display()
             );

@@ -9,7 +9,7 @@ use kv_conformance::{Outcome, Profile, Report, Suite, Target};
 use kv_core::Provider;
 
 use crate::cli::{ConformanceArgs, FaultProfile, Format};
-use kv_conformance::faults::{Fault, FaultProxy, LossyProvider, Protocol};
+use kv_testkit::faults::{Fault, FaultProxy, LossyProvider, Protocol};
 
 /// `--faults lossy`: the reply of every n-th request is dropped after the backend executed it.
 const LOSSY_EVERY: u64 = 10;
@@ -35,10 +35,9 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
         .cloned();
     if args.emulator {
         let provider = args.provider.clone();
-        let started =
-            tokio::task::spawn_blocking(move || kv_conformance::emulator::start(&provider))
-                .await?
-                .map_err(anyhow::Error::msg)?;
+        let started = tokio::task::spawn_blocking(move || kv_testkit::emulator::start(&provider))
+            .await?
+            .map_err(anyhow::Error::msg)?;
         eprintln!("started {} on loopback", started.backend);
         profile = Profile::bundled(started.flavour)
             .ok_or_else(|| anyhow::anyhow!("no bundled profile {:?}", started.flavour))?;
@@ -161,14 +160,14 @@ pub type Guard = Arc<dyn std::any::Any + Send + Sync>;
 
 /// Whether the local emulator of `provider` is installed (by `scripts/setup.sh`).
 pub fn emulator_installed(provider: &str) -> bool {
-    kv_conformance::emulator::installed(provider)
+    kv_testkit::emulator::installed(provider)
 }
 
 /// Starts the local emulator of `provider`: its store URL, backend description, and a guard
 /// that stops it when dropped.
 pub async fn start_emulator(provider: &str) -> anyhow::Result<(String, String, Guard)> {
     let provider = provider.to_string();
-    let started = tokio::task::spawn_blocking(move || kv_conformance::emulator::start(&provider))
+    let started = tokio::task::spawn_blocking(move || kv_testkit::emulator::start(&provider))
         .await?
         .map_err(anyhow::Error::msg)?;
     Ok((started.store_url, started.backend, started.guard))

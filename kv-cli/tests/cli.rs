@@ -7,7 +7,7 @@ use kv_cli::run::{Output, RunOptions};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 const WASI_KV: &str = env!("CARGO_BIN_EXE_wasi-kv");
-const COUNTER: &str = kv_conformance::artifacts::COUNTER_EXAMPLE;
+const COUNTER: &str = kv_test_artifacts::COUNTER_EXAMPLE;
 
 fn wasi_kv(args: &[&str]) -> std::process::Output {
     Command::new(WASI_KV)
@@ -213,9 +213,9 @@ fn spin_runtime_config_stores_open() {
     // A `type = "redis"` store reaches the real server.
     let required = std::env::var("KV_REQUIRE").unwrap_or_default();
     if required.split(',').any(|name| name.trim() == "redis")
-        || kv_conformance::emulator::installed("redis")
+        || kv_testkit::emulator::installed("redis")
     {
-        let server = kv_conformance::emulator::RedisServer::start().expect("redis-server starts");
+        let server = kv_testkit::emulator::RedisServer::start().expect("redis-server starts");
         let redis_config = dir.path().join("redis.toml");
         std::fs::write(
             &redis_config,
@@ -349,9 +349,9 @@ fn conformance_json_matches_the_documented_format() {
 #[test]
 fn conformance_emulator_runs_selected_cases() {
     let required = std::env::var("KV_REQUIRE").unwrap_or_default();
-    for provider in kv_conformance::emulator::EMULATED_PROVIDERS {
+    for provider in kv_testkit::emulator::EMULATED_PROVIDERS {
         let is_required = required.split(',').any(|name| name.trim() == *provider);
-        if !is_required && !kv_conformance::emulator::installed(provider) {
+        if !is_required && !kv_testkit::emulator::installed(provider) {
             eprintln!("skipping {provider}: its emulator is not installed");
             continue;
         }
@@ -388,7 +388,7 @@ fn conformance_runs_through_the_lossy_fault_profile() {
     let required = std::env::var("KV_REQUIRE").unwrap_or_default();
     for provider in ["memory", "redis"] {
         let is_required = required.split(',').any(|name| name.trim() == provider);
-        if provider == "redis" && !is_required && !kv_conformance::emulator::installed(provider) {
+        if provider == "redis" && !is_required && !kv_testkit::emulator::installed(provider) {
             continue;
         }
         let mut args = vec!["conformance", "--provider", provider, "--faults", "lossy"];
@@ -444,8 +444,8 @@ fn both_draft2_get_many_shapes_link() {
     use kv_core::host::BatchShape;
     use wasmtime::component::{Component, Linker};
     let engine = wasmtime::Engine::default();
-    let tagged = Component::new(&engine, kv_conformance::artifacts::CONFORMANCE_GUEST).unwrap();
-    let spin = Component::new(&engine, kv_conformance::artifacts::CONFORMANCE_GUEST_SPIN).unwrap();
+    let tagged = Component::new(&engine, kv_conformance::guests::CONFORMANCE_GUEST).unwrap();
+    let spin = Component::new(&engine, kv_conformance::guests::CONFORMANCE_GUEST_SPIN).unwrap();
     assert_eq!(BatchShape::of(&engine, &tagged), BatchShape::Tagged);
     assert_eq!(BatchShape::of(&engine, &spin), BatchShape::Spin);
     struct State {
@@ -489,7 +489,7 @@ fn both_draft2_get_many_shapes_link() {
 /// `default`), one against wasmtime's `0.2.0-draft` (opening `""`).
 #[test]
 fn commands_built_for_spin_and_wasmtime_run_unchanged() {
-    use kv_conformance::artifacts::{INTEROP_DRAFT_COMMAND, INTEROP_SPIN_COMMAND};
+    use kv_test_artifacts::{INTEROP_DRAFT_COMMAND, INTEROP_SPIN_COMMAND};
     for component in [INTEROP_SPIN_COMMAND, INTEROP_DRAFT_COMMAND] {
         let out = wasi_kv(&[
             "run",
@@ -515,9 +515,9 @@ fn commands_built_for_spin_and_wasmtime_run_unchanged() {
 fn the_portable_suite_passes_through_run() {
     let required = std::env::var("KV_REQUIRE").unwrap_or_default();
     let redis = if required.split(',').any(|name| name.trim() == "redis")
-        || kv_conformance::emulator::installed("redis")
+        || kv_testkit::emulator::installed("redis")
     {
-        Some(kv_conformance::emulator::RedisServer::start().expect("redis-server starts"))
+        Some(kv_testkit::emulator::RedisServer::start().expect("redis-server starts"))
     } else {
         None
     };
@@ -546,8 +546,8 @@ fn the_portable_suite_passes_through_run() {
         let config = config.to_string_lossy().into_owned();
         // The full portable suite, and its build for hosts that link only Spin's draft2.
         for suite in [
-            kv_conformance::artifacts::PORTABLE_SUITE,
-            kv_conformance::artifacts::PORTABLE_SPIN_SUITE,
+            kv_test_artifacts::PORTABLE_SUITE,
+            kv_test_artifacts::PORTABLE_SPIN_SUITE,
         ] {
             let mut args = vec![
                 "run",
@@ -600,7 +600,7 @@ fn the_portable_suite_passes_through_run() {
             "run",
             "--store",
             &store,
-            kv_conformance::artifacts::PORTABLE_DRAFT_SUITE,
+            kv_test_artifacts::PORTABLE_DRAFT_SUITE,
         ]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{provider} draft: {stdout}");
@@ -613,7 +613,7 @@ fn the_portable_suite_passes_through_run() {
     // A failing case makes the command fail: here the value limit it is told is wrong.
     let out = wasi_kv(&[
         "run",
-        kv_conformance::artifacts::PORTABLE_SUITE,
+        kv_test_artifacts::PORTABLE_SUITE,
         "--max-value-bytes",
         "1000",
         "--case",
@@ -635,7 +635,7 @@ fn conformance_rejects_unknown_provider() {
 /// (scripts/setup.sh installs it); a missing server is a failure, not a skip.
 #[test]
 fn counter_example_on_redis_across_processes() {
-    let server = kv_conformance::emulator::RedisServer::start()
+    let server = kv_testkit::emulator::RedisServer::start()
         .unwrap_or_else(|err| panic!("{err}; install redis-server (scripts/setup.sh)"));
     let store = format!("default={}?namespace=counter-test", server.url());
     let dir = tempfile::tempdir().unwrap();

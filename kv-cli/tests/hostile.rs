@@ -1,5 +1,5 @@
 //! The hostile-guest suite (docs/security.md): `wasi-kv serve` runs
-//! `kv-conformance/hostile-fixture`, which has one route per attack, and clients attack the
+//! `test-components/handlers/hostile-fixture`, which has one route per attack, and clients attack the
 //! server itself (slow headers, connection floods, oversized bodies). For each attack:
 //! - the attack fails with a clear error or status;
 //! - a well-behaved request is served meanwhile;
@@ -8,7 +8,7 @@
 //!
 //! Every attack runs on the in-memory store and on Redis (a `redis-server` the test starts; a
 //! failure when `KV_REQUIRE` names `redis` and it is missing). `wasi-kv run`'s limits run on
-//! `kv-conformance/hostile-command`.
+//! `test-components/commands` (`hostile_command`).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -17,16 +17,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kv_conformance::emulator::RedisServer;
-use kv_conformance::harness::{required_targets, runtime};
-use kv_conformance::provider_tests::{TestResult, check};
+use kv_testkit::emulator::RedisServer;
+use kv_testkit::provider_tests::{TestResult, check};
+use kv_testkit::{required_targets, runtime};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod common;
 use common::{Served, WASI_KV, client, send};
 
-const HOSTILE: &str = kv_conformance::artifacts::HOSTILE_FIXTURE;
-const HOSTILE_COMMAND: &str = kv_conformance::artifacts::HOSTILE_COMMAND;
+const HOSTILE: &str = kv_test_artifacts::HOSTILE_FIXTURE;
+const HOSTILE_COMMAND: &str = kv_test_artifacts::HOSTILE_COMMAND;
 
 /// The peak RSS every attack must stay under (measured: docs/security.md has the numbers).
 const RSS_BOUND_MIB: u64 = 400;
@@ -552,7 +552,7 @@ fn run_limits() -> TestResult {
 type Attack = fn(&str) -> TestResult;
 
 fn main() -> ExitCode {
-    kv_conformance::harness::stay_on_loopback();
+    kv_testkit::stay_on_loopback();
     let args = Arguments::from_args();
     let required = required_targets();
     let attacks: [(&str, Attack); 12] = [
@@ -578,7 +578,7 @@ fn main() -> ExitCode {
     let mut trials = vec![Trial::test("run_limits", run_limits)];
     for provider in ["memory", "redis"] {
         let available = provider == "memory"
-            || kv_conformance::emulator::installed(provider)
+            || kv_testkit::emulator::installed(provider)
             || required.iter().any(|name| name == provider);
         for (name, attack) in attacks {
             let trial = Trial::test(format!("{provider}::{name}"), move || attack(provider));

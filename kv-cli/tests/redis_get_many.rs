@@ -1,5 +1,5 @@
 //! `get-many`'s byte budget on Redis, end to end: `wasi-kv run` runs
-//! `kv-conformance/hostile-command`'s `get-many` against a `redis-server` the test starts, holding
+//! `test-components/commands` (`hostile_command`)'s `get-many` against a `redis-server` the test starts, holding
 //! 20 values of 48 MiB seeded directly (not through a guest). One `get-many` of all of them
 //! passes `limits.max_batch_bytes` (64 MiB): it must fail with `batch-too-large`, and the host's
 //! peak RSS (`VmHWM`) must show that the values never reached it. Ignored without
@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const WASI_KV: &str = env!("CARGO_BIN_EXE_wasi-kv");
-const HOSTILE_COMMAND: &str = kv_conformance::artifacts::HOSTILE_COMMAND;
+const HOSTILE_COMMAND: &str = kv_test_artifacts::HOSTILE_COMMAND;
 
 const VALUES: usize = 20;
 const VALUE_MIB: usize = 48;
@@ -38,14 +38,14 @@ impl Drop for Killed {
 
 #[test]
 fn get_many_over_the_byte_budget_never_brings_the_values_to_the_host() {
-    let required = kv_conformance::harness::required_targets()
+    let required = kv_testkit::required_targets()
         .iter()
         .any(|name| name == "redis");
-    if !required && !kv_conformance::emulator::installed("redis") {
+    if !required && !kv_testkit::emulator::installed("redis") {
         eprintln!("skipped: no redis-server installed");
         return;
     }
-    let server = kv_conformance::emulator::RedisServer::start().expect("redis-server starts");
+    let server = kv_testkit::emulator::RedisServer::start().expect("redis-server starts");
     let client = redis::Client::open(server.url()).expect("redis url");
     let mut raw = client.get_connection().expect("redis connects");
     let keys: Vec<String> = (0..VALUES).map(|i| format!("big-{i}")).collect();

@@ -6,17 +6,17 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kv_conformance::harness::{required_targets, runtime};
-use kv_conformance::provider_tests::{TestResult, check};
+use kv_testkit::provider_tests::{TestResult, check};
+use kv_testkit::{required_targets, runtime};
 use libtest_mimic::{Arguments, Failed, Trial};
 use reqwest::StatusCode;
 
 mod common;
 use common::{Served, WASI_KV, client, expect, json, send};
 
-const EXAMPLE: &str = kv_conformance::artifacts::HTTP_KV_EXAMPLE;
-const FIXTURE: &str = kv_conformance::artifacts::HTTP_FIXTURE;
-const COMPAT: &str = kv_conformance::artifacts::COMPAT_FIXTURE;
+const EXAMPLE: &str = kv_test_artifacts::HTTP_KV_EXAMPLE;
+const FIXTURE: &str = kv_test_artifacts::HTTP_FIXTURE;
+const COMPAT: &str = kv_test_artifacts::COMPAT_FIXTURE;
 
 /// Every route of the example, as documented in docs/serve.md, then 200 concurrent
 /// increments of one counter.
@@ -276,7 +276,7 @@ async fn seeded_keys_are_there_before_the_first_request(url: &str) -> TestResult
 /// A store that goes away answers 503, and the server serves again when it is back.
 fn unavailable_store_is_503() -> TestResult {
     runtime().block_on(async {
-        let mut redis = tokio::task::spawn_blocking(kv_conformance::emulator::RedisServer::start)
+        let mut redis = tokio::task::spawn_blocking(kv_testkit::emulator::RedisServer::start)
             .await
             .map_err(|err| Failed::from(err.to_string()))?
             .map_err(Failed::from)?;
@@ -456,7 +456,7 @@ fn trap_after_the_head_is_a_broken_response() -> TestResult {
 /// seeded data: Spin's draft2 WIT (the PR #55 `get-many` shape) and wasmtime's `0.2.0-draft`
 /// (opening `""`).
 fn handlers_built_for_spin_and_wasmtime_serve_unchanged() -> TestResult {
-    use kv_conformance::artifacts::{INTEROP_DRAFT_HANDLER, INTEROP_SPIN_HANDLER};
+    use kv_test_artifacts::{INTEROP_DRAFT_HANDLER, INTEROP_SPIN_HANDLER};
     for component in [INTEROP_SPIN_HANDLER, INTEROP_DRAFT_HANDLER] {
         let served = Served::start(component, &["--seed", "greeting=hello"])?;
         runtime().block_on(async {
@@ -489,7 +489,7 @@ fn wasi_imports(path: &str) -> Result<Vec<String>, Failed> {
 /// `wasi:http@0.2.0` and `wasi:cli@0.2.0`, one against `wasi:http@0.2.12` (the version the
 /// host links) with the `wasi:cli` patch version Rust's standard library brings.
 fn wasi_0_2_patch_versions_are_served() -> TestResult {
-    use kv_conformance::artifacts::INTEROP_DRAFT_HANDLER;
+    use kv_test_artifacts::INTEROP_DRAFT_HANDLER;
     let old = wasi_imports(COMPAT)?;
     let versions = |prefix: &str, components: &[&Vec<String>]| {
         let mut versions: Vec<String> = components
@@ -638,7 +638,7 @@ fn non_handler_is_refused() -> TestResult {
             "serve",
             "--addr",
             "127.0.0.1:0",
-            kv_conformance::artifacts::COUNTER_EXAMPLE,
+            kv_test_artifacts::COUNTER_EXAMPLE,
         ])
         .output()
         .map_err(|err| Failed::from(err.to_string()))?;
@@ -654,7 +654,7 @@ fn non_handler_is_refused() -> TestResult {
 }
 
 fn main() -> std::process::ExitCode {
-    kv_conformance::harness::stay_on_loopback();
+    kv_testkit::stay_on_loopback();
     let args = Arguments::from_args();
     let required = required_targets();
     let mut trials = vec![

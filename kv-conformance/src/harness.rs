@@ -10,11 +10,11 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use kv_testkit::{required_targets, runtime};
 use libtest_mimic::{Arguments, Failed, Trial};
-use tokio::runtime::Runtime;
 
 use crate::report::{CaseResult, Outcome, Report};
 use crate::runner::{Suite, Target};
@@ -43,42 +43,6 @@ impl TargetSource {
             connect: Box::new(move || Box::pin(connect())),
         }
     }
-}
-
-/// The shared tokio runtime of a harness process.
-pub fn runtime() -> &'static Runtime {
-    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("failed to start the tokio runtime")
-    })
-}
-
-/// Switches off the cloud SDKs' calls to metadata services (Cosmos DB's IMDS probe; AWS's
-/// IMDS credential lookup) for this process. Call it first thing in a test `main`, before any
-/// thread starts: tests talk to 127.0.0.1 only.
-pub fn stay_on_loopback() {
-    for (name, value) in [
-        ("COSMOS_DISABLE_IMDS", "1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ] {
-        if std::env::var_os(name).is_none() {
-            // SAFETY: called at the start of `main`, while the process is single-threaded.
-            unsafe { std::env::set_var(name, value) };
-        }
-    }
-}
-
-/// The names listed in `KV_REQUIRE`.
-pub fn required_targets() -> Vec<String> {
-    std::env::var("KV_REQUIRE")
-        .unwrap_or_default()
-        .split(',')
-        .map(|name| name.trim().to_string())
-        .filter(|name| !name.is_empty())
-        .collect()
 }
 
 /// Builds the trials for `sources` and runs them; the `main` of a `harness = false` test.

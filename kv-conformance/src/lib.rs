@@ -2,14 +2,13 @@
 //!
 //! The cases live in the guest component (`guest/`, built for wasm32-wasip2 by `build.rs`); this
 //! crate runs them against any [`kv_core::Provider`], gives every case a fresh namespace, maps
-//! capabilities and known divergences to "ignored" with a reason, and writes reports.
+//! capabilities and known divergences to "ignored" with a reason, and writes reports. Emulators,
+//! the fault proxy and other test support live in `kv-testkit`; other crates' test components in
+//! `test-components/`.
 
-pub mod artifacts;
-pub mod emulator;
-pub mod faults;
+pub mod guests;
 pub mod harness;
 pub mod profile;
-pub mod provider_tests;
 pub mod report;
 pub mod runner;
 

@@ -80,7 +80,7 @@ impl Report {
         Report {
             provider: provider.to_string(),
             backend: backend.to_string(),
-            wasmtime_version: crate::artifacts::WASMTIME_VERSION.to_string(),
+            wasmtime_version: crate::guests::WASMTIME_VERSION.to_string(),
             wit_version: "wasi:keyvalue@0.2.0-draft2 (+ 0.2.0-draft, wasi-kv:ttl@0.1.0)"
                 .to_string(),
             os: std::env::consts::OS.to_string(),

@@ -183,7 +183,7 @@ pub fn engine() -> anyhow::Result<Engine> {
 impl Suite {
     /// Compiles the bundled conformance component.
     pub async fn new() -> anyhow::Result<Suite> {
-        Self::from_bytes(crate::artifacts::CONFORMANCE_GUEST).await
+        Self::from_bytes(crate::guests::CONFORMANCE_GUEST).await
     }
 
     /// Compiles a conformance component from its bytes.
@@ -232,7 +232,7 @@ impl Suite {
     /// whichever a component imports, so the batch rules are checked under both. Its results
     /// are named `spin-shape/<case>`.
     pub async fn spin_shape() -> anyhow::Result<Suite> {
-        let mut suite = Self::from_bytes(crate::artifacts::CONFORMANCE_GUEST_SPIN)
+        let mut suite = Self::from_bytes(crate::guests::CONFORMANCE_GUEST_SPIN)
             .await
             .context("loading the spin-shaped conformance component")?;
         suite

@@ -6,15 +6,15 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use kv_conformance::emulator::{self, EMULATED_PROVIDERS};
 use kv_conformance::harness::{self, TargetSource};
 use kv_conformance::{Profile, Target};
 use kv_core::MemoryProvider;
+use kv_testkit::emulator::{self, EMULATED_PROVIDERS};
 
 mod common;
 
 fn main() -> ExitCode {
-    harness::stay_on_loopback();
+    kv_testkit::stay_on_loopback();
     let mut sources = vec![TargetSource::new("memory", || async {
         Ok(Target::new(
             "memory",

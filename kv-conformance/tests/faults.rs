@@ -18,14 +18,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kv_conformance::emulator::{self, EMULATED_PROVIDERS, Started};
-use kv_conformance::faults::{Fault, FaultProxy, Injected, LossyProvider, LossyState, Protocol};
-use kv_conformance::harness::{self, runtime};
 use kv_core::store::OUTCOME_UNKNOWN;
 use kv_core::{
     Access, ErrorKind, KvError, KvStore, Limits, MemoryProvider, Provider, RetryPolicy, Stores,
     SwapOutcome,
 };
+use kv_testkit::emulator::{self, EMULATED_PROVIDERS, Started};
+use kv_testkit::faults::{Fault, FaultProxy, Injected, LossyProvider, LossyState, Protocol};
+use kv_testkit::runtime;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod common;
@@ -543,9 +543,9 @@ fn lossy_cas(subject: &Subject) -> Result<(), Failed> {
 }
 
 fn main() -> ExitCode {
-    harness::stay_on_loopback();
+    kv_testkit::stay_on_loopback();
     let args = Arguments::from_args();
-    let required = harness::required_targets();
+    let required = kv_testkit::required_targets();
     let mut trials = Vec::new();
     // A fault proxy in front of one cluster node cannot hold a cluster client, which talks to
     // every node at the address the cluster announces: Redis Cluster's fault test is the

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_conformance::emulator::FakeGcsServer;
-use kv_conformance::faults::{Fault, FaultProxy, Injected, Protocol};
-use kv_conformance::provider_tests::{self, TestResult, check};
 use kv_core::{Access, Bucket, ErrorKind, KvStore, Limits, Provider, ProviderFactory, Stores};
+use kv_testkit::emulator::FakeGcsServer;
+use kv_testkit::faults::{Fault, FaultProxy, Injected, Protocol};
+use kv_testkit::provider_tests::{self, TestResult, check};
 use libtest_mimic::Failed;
 
 async fn provider(server: &FakeGcsServer) -> Result<Arc<dyn Provider>, Failed> {

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kv_conformance::emulator::RedisCluster;
-use kv_conformance::provider_tests::{self, TestResult, check};
 use kv_core::{Access, KvStore, Limits, ProviderFactory, Stores};
+use kv_testkit::emulator::RedisCluster;
+use kv_testkit::provider_tests::{self, TestResult, check};
 use libtest_mimic::Failed;
 
 async fn store(cluster: &RedisCluster, query: &str, timeout: Duration, attempts: u32) -> KvStore {
@@ -325,7 +325,7 @@ async fn failover_loses_no_acknowledged_write(mut cluster: RedisCluster) -> Test
 }
 
 fn main() -> ExitCode {
-    let installed = kv_conformance::emulator::installed("redis-cluster");
+    let installed = kv_testkit::emulator::installed("redis-cluster");
     provider_tests::main::<RedisCluster>(
         "redis-cluster",
         installed,

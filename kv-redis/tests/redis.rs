@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kv_conformance::emulator::RedisServer;
-use kv_conformance::provider_tests::{self, TestResult, check};
 use kv_core::{
     Access, Bytes, CounterRange, ErrorKind, Limits, ProviderFactory, RequestId, Stores, SwapOutcome,
 };
+use kv_testkit::emulator::RedisServer;
+use kv_testkit::provider_tests::{self, TestResult, check};
 use libtest_mimic::Failed;
 
 async fn provider(server: &RedisServer) -> Arc<dyn kv_core::Provider> {
@@ -601,7 +601,7 @@ async fn allkeys_policy_is_refused_at_connect(server: RedisServer) -> TestResult
 }
 
 fn main() -> ExitCode {
-    let installed = kv_conformance::emulator::find_program("redis-server").is_some();
+    let installed = kv_testkit::emulator::find_program("redis-server").is_some();
     provider_tests::main::<RedisServer>(
         "redis",
         installed,

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use kv_conformance::provider_tests::{TestResult, check};
+use kv_testkit::provider_tests::{TestResult, check};
 use libtest_mimic::Failed;
 use reqwest::StatusCode;
 

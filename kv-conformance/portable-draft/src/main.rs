@@ -11,11 +11,19 @@
 //! case failed. The rules are those of the draft2 suite (docs/semantics.md) that the draft
 //! interface can express: it has no CAS, and its cursor and increment are `u64`.
 
-#[macro_use]
-#[path = "../../interop/src/wit.rs"]
-mod wit;
-
-interop_bindings!(in_kv_conformance "wasi-kv:interop/draft-command@0.1.0");
+mod bindings {
+    wit_bindgen::generate!({
+        path: [
+            "../../wit/keyvalue-spin",
+            "../../wit/keyvalue-draft",
+            "../../wit/ttl",
+            "../../wit/http-handler",
+            "../../wit/interop",
+        ],
+        world: "wasi-kv:interop/draft-command@0.1.0",
+        generate_all,
+    });
+}
 
 use bindings::wasi::keyvalue0_2_0_draft::{atomics, batch, store};
 use store::Bucket;

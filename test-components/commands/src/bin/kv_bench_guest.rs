@@ -12,10 +12,10 @@
 //! reaches the start late fails rather than measure a shorter window.
 
 #[macro_use]
-#[path = "../../interop/src/wit.rs"]
+#[path = "../../../interop/src/wit.rs"]
 mod wit;
 
-interop_bindings!(in_kv_conformance "wasi-kv:interop/draft-command@0.1.0");
+interop_bindings!(in_commands "wasi-kv:interop/draft-command@0.1.0");
 
 use std::time::Instant;
 

@@ -17,14 +17,14 @@
 
 mod bindings {
     wit_bindgen::generate!({
-        path: ["../../wit/keyvalue", "../../wit/ttl", "../../wit/http-handler"],
+        path: ["../../../wit/keyvalue", "../../../wit/ttl", "../../../wit/http-handler"],
         world: "wasi-kv:http-handler/hostile-handler@0.1.0",
         generate_all,
     });
 }
 
 #[allow(dead_code)]
-#[path = "../../../examples/http-kv/src/http.rs"]
+#[path = "../../../../examples/http-kv/src/http.rs"]
 mod http;
 
 use bindings::exports::wasi::http::incoming_handler::Guest;

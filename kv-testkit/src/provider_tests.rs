@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kv_core::{ErrorKind, KvStore, Limits, RetryPolicy};
 use libtest_mimic::{Arguments, Failed, Trial};
 
-use crate::harness::{required_targets, runtime};
+use crate::{required_targets, runtime};
 
 /// What a provider-level test returns.
 pub type TestResult = Result<(), Failed>;

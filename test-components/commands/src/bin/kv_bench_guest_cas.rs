@@ -4,10 +4,10 @@
 //! guest runs on wasi-kv only, beside the same calls made natively (`kv-cli/benches/kv.rs`).
 
 #[macro_use]
-#[path = "../../interop/src/wit.rs"]
+#[path = "../../../interop/src/wit.rs"]
 mod wit;
 
-interop_bindings!(in_kv_conformance "wasi-kv:interop/spin-command@0.1.0");
+interop_bindings!(in_commands "wasi-kv:interop/spin-command@0.1.0");
 
 use std::time::Instant;
 

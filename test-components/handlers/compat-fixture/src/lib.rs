@@ -4,7 +4,7 @@
 
 mod bindings {
     wit_bindgen::generate!({
-        path: ["../../wit/keyvalue", "wit"],
+        path: ["../../../wit/keyvalue", "wit"],
         world: "wasi-kv:compat/handler@0.1.0",
         generate_all,
     });
@@ -12,7 +12,7 @@ mod bindings {
 
 // The example's HTTP plumbing, reused as is.
 #[allow(dead_code)]
-#[path = "../../../examples/http-kv/src/http.rs"]
+#[path = "../../../../examples/http-kv/src/http.rs"]
 mod http;
 
 use bindings::exports::wasi::http::incoming_handler::Guest;

@@ -9,7 +9,7 @@
 
 mod bindings {
     wit_bindgen::generate!({
-        path: ["../../wit/keyvalue", "../../wit/ttl", "../../wit/http-handler"],
+        path: ["../../../wit/keyvalue", "../../../wit/ttl", "../../../wit/http-handler"],
         world: "wasi-kv:http-handler/handler@0.1.0",
         generate_all,
     });
@@ -18,7 +18,7 @@ mod bindings {
 // The example's HTTP plumbing, reused as is (it is written against the same bindings);
 // the fixture needs only part of it.
 #[allow(dead_code)]
-#[path = "../../../examples/http-kv/src/http.rs"]
+#[path = "../../../../examples/http-kv/src/http.rs"]
 mod http;
 
 use bindings::exports::wasi::http::incoming_handler::Guest;

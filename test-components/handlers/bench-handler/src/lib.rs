@@ -11,14 +11,14 @@
 //! Store errors are 500 with the error's text; the benchmark counts any non-2xx as an error.
 
 #[macro_use]
-#[path = "../../interop/src/wit.rs"]
+#[path = "../../../interop/src/wit.rs"]
 mod wit;
 
-interop_bindings!(in_kv_conformance "wasi-kv:interop/draft-handler@0.1.0");
+interop_bindings!("wasi-kv:interop/draft-handler@0.1.0");
 
 // The example's HTTP plumbing, reused as is.
 #[allow(dead_code)]
-#[path = "../../../examples/http-kv/src/http.rs"]
+#[path = "../../../../examples/http-kv/src/http.rs"]
 mod http;
 
 use bindings::exports::wasi::http::incoming_handler::Guest;

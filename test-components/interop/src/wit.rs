@@ -1,11 +1,11 @@
 //! The WIT every component built against the `wasi-kv:interop` worlds is generated from: those
 //! worlds and the packages they use, Spin's draft2 and the older `0.2.0-draft` among them.
-//! Included by the interop fixtures and by the benchmark and portable-draft guests.
+//! Included by the interop fixtures and the benchmark guests.
 
 /// `mod bindings` for one `wasi-kv:interop` world. wit-bindgen reads paths from the crate's
-/// manifest directory: `interop_bindings!(WORLD)` is for a crate in
-/// `kv-conformance/interop/<name>`, `interop_bindings!(in_kv_conformance WORLD)` for one in
-/// `kv-conformance/<name>`.
+/// manifest directory: `interop_bindings!(WORLD)` is for a crate two levels down
+/// (`test-components/interop/<name>`, `test-components/handlers/<name>`),
+/// `interop_bindings!(in_commands WORLD)` for `test-components/commands`.
 macro_rules! interop_bindings {
     ($world:tt) => {
         mod bindings {
@@ -22,7 +22,7 @@ macro_rules! interop_bindings {
             });
         }
     };
-    (in_kv_conformance $world:tt) => {
+    (in_commands $world:tt) => {
         mod bindings {
             wit_bindgen::generate!({
                 path: [
