@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use kv_core::Stores;
-use kv_core::host::{KvCtx, KvView, WasiKvView};
+use kv_host::{KvCtx, KvView, WasiKvView};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -100,7 +100,7 @@ impl Runner {
         let mut linker = Linker::<RunState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         // Either draft2 `get-many` shape: the one this component was built against.
-        kv_core::host::add_to_linker_for(&mut linker, &component)?;
+        kv_host::add_to_linker_for(&mut linker, &component)?;
         Ok(Runner {
             engine,
             component,

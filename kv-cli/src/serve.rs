@@ -24,7 +24,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use kv_core::Stores;
-use kv_core::host::{KvCtx, KvView, WasiKvView};
+use kv_host::{KvCtx, KvView, WasiKvView};
 use tokio::net::TcpListener;
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 use wasmtime::component::{Linker, ResourceTable};
@@ -337,7 +337,7 @@ impl Server {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)?;
         // Either draft2 `get-many` shape: the one this component was built against.
-        kv_core::host::add_to_linker_for(&mut linker, &component)?;
+        kv_host::add_to_linker_for(&mut linker, &component)?;
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)

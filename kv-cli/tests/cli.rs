@@ -441,7 +441,7 @@ fn conformance_runs_through_the_lossy_fault_profile() {
 /// Spin-shaped component, which is what users of other hosts hit.
 #[test]
 fn both_draft2_get_many_shapes_link() {
-    use kv_core::host::BatchShape;
+    use kv_host::BatchShape;
     use wasmtime::component::{Component, Linker};
     let engine = wasmtime::Engine::default();
     let tagged = Component::new(&engine, kv_conformance::guests::CONFORMANCE_GUEST).unwrap();
@@ -451,7 +451,7 @@ fn both_draft2_get_many_shapes_link() {
     struct State {
         table: wasmtime::component::ResourceTable,
         wasi: wasmtime_wasi::WasiCtx,
-        kv: kv_core::host::KvCtx,
+        kv: kv_host::KvCtx,
     }
     impl wasmtime_wasi::WasiView for State {
         fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
@@ -461,22 +461,22 @@ fn both_draft2_get_many_shapes_link() {
             }
         }
     }
-    impl kv_core::host::WasiKvView for State {
-        fn kv(&mut self) -> kv_core::host::KvView<'_> {
-            kv_core::host::KvView::new(&self.kv, &mut self.table)
+    impl kv_host::WasiKvView for State {
+        fn kv(&mut self) -> kv_host::KvView<'_> {
+            kv_host::KvView::new(&self.kv, &mut self.table)
         }
     }
     for (component, shape) in [(&tagged, "tagged"), (&spin, "spin")] {
         let mut linker = Linker::<State>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-        kv_core::host::add_to_linker_for(&mut linker, component).unwrap();
+        kv_host::add_to_linker_for(&mut linker, component).unwrap();
         linker
             .instantiate_pre(component)
             .unwrap_or_else(|err| panic!("{shape}: {err:?}"));
     }
     let mut tagged_only = Linker::<State>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut tagged_only).unwrap();
-    kv_core::host::add_to_linker(&mut tagged_only).unwrap();
+    kv_host::add_to_linker(&mut tagged_only).unwrap();
     let err = tagged_only
         .instantiate_pre(&spin)
         .err()

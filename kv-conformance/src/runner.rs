@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
-use kv_core::host::{KvCtx, KvView, WasiKvView};
 use kv_core::{Access, Limits, Provider, Stores};
+use kv_host::{KvCtx, KvView, WasiKvView};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -27,13 +27,13 @@ mod bindings {
         world: "wasi-kv:conformance/guest@0.1.0",
         exports: { default: async },
         with: {
-            "wasi:keyvalue/store@0.2.0-draft2": kv_core::host::wit_draft2::store,
-            "wasi:keyvalue/atomics@0.2.0-draft2": kv_core::host::wit_draft2::atomics,
-            "wasi:keyvalue/batch@0.2.0-draft2": kv_core::host::wit_draft2::batch,
-            "wasi:keyvalue/store@0.2.0-draft": kv_core::host::wit_draft::store,
-            "wasi:keyvalue/atomics@0.2.0-draft": kv_core::host::wit_draft::atomics,
-            "wasi:keyvalue/batch@0.2.0-draft": kv_core::host::wit_draft::batch,
-            "wasi-kv:ttl/ttl": kv_core::host::wit_ttl,
+            "wasi:keyvalue/store@0.2.0-draft2": kv_host::wit_draft2::store,
+            "wasi:keyvalue/atomics@0.2.0-draft2": kv_host::wit_draft2::atomics,
+            "wasi:keyvalue/batch@0.2.0-draft2": kv_host::wit_draft2::batch,
+            "wasi:keyvalue/store@0.2.0-draft": kv_host::wit_draft::store,
+            "wasi:keyvalue/atomics@0.2.0-draft": kv_host::wit_draft::atomics,
+            "wasi:keyvalue/batch@0.2.0-draft": kv_host::wit_draft::batch,
+            "wasi-kv:ttl/ttl": kv_host::wit_ttl,
         },
     });
 }
@@ -195,7 +195,7 @@ impl Suite {
         let mut linker = Linker::<GuestState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         // The suite is built twice, once per draft2 `get-many` shape.
-        kv_core::host::add_to_linker_for(&mut linker, &component)?;
+        kv_host::add_to_linker_for(&mut linker, &component)?;
         let pre = bindings::GuestPre::new(linker.instantiate_pre(&component)?)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {

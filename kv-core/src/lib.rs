@@ -1,12 +1,10 @@
 //! The core of wasi-kv: the contract every key-value provider keeps, the in-memory reference
-//! provider, store configuration, and (feature `wasmtime`) the host bindings for
-//! `wasi:keyvalue`.
+//! provider and store configuration. The wasmtime bindings for `wasi:keyvalue` are `kv-host`.
 //!
 //! - [`Provider`] / [`Bucket`]: the async trait a backing store implements.
 //! - [`KvStore`]: a checked handle that enforces the contract's limits, access modes,
 //!   timeouts and retries in front of any provider.
 //! - [`KvConfig`] / [`ProviderRegistry`] / [`Stores`]: from configuration to open stores.
-//! - [`host`]: `add_to_linker` for wasmtime.
 
 #![deny(missing_docs)]
 
@@ -24,9 +22,6 @@ pub mod rmw;
 pub mod secret;
 pub mod store;
 pub mod stores;
-
-#[cfg(feature = "wasmtime")]
-pub mod host;
 
 pub use backoff::Backoff;
 pub use capabilities::Capabilities;

@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use kv_core::host::{KvCtx, KvView, WasiKvView};
+//! use kv_host::{KvCtx, KvView, WasiKvView};
 //! use kv_core::{KvConfig, ProviderRegistry};
 //! use wasmtime::component::{Linker, ResourceTable};
 //! use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -31,7 +31,7 @@
 //! let engine = wasmtime::Engine::default();
 //! let mut linker = Linker::<Host>::new(&engine);
 //! wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-//! kv_core::host::add_to_linker(&mut linker)?;
+//! kv_host::add_to_linker(&mut linker)?;
 //!
 //! // `default` is the in-memory store; `--store`-style URLs and TOML files configure others.
 //! let stores = Arc::new(ProviderRegistry::new().build(&KvConfig::default()).await?);
@@ -54,10 +54,10 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker, ResourceTable};
 
-use crate::error::{ErrorKind, KvError};
-use crate::provider::Version;
-use crate::store::KvStore;
-use crate::stores::Stores;
+use kv_core::error::{ErrorKind, KvError};
+use kv_core::provider::Version;
+use kv_core::store::KvStore;
+use kv_core::stores::Stores;
 
 #[allow(missing_docs)]
 mod bindings {
@@ -65,6 +65,10 @@ mod bindings {
         path: ["../wit/keyvalue", "../wit/keyvalue-draft", "../wit/ttl", "../wit/host"],
         world: "wasi-kv:host/imports@0.1.0",
         imports: { default: async | trappable },
+        trappable_error_type: {
+            "wasi:keyvalue/store@0.2.0-draft2.error" => super::HostError,
+            "wasi:keyvalue/store@0.2.0-draft.error" => super::HostError,
+        },
         with: {
             "wasi:keyvalue/store@0.2.0-draft2.bucket": super::BucketHandle,
             "wasi:keyvalue/atomics@0.2.0-draft2.cas": super::CasHandle,
@@ -82,6 +86,9 @@ mod spin_bindings {
         path: ["../wit/keyvalue-spin"],
         world: "wasi:keyvalue/imports@0.2.0-draft2",
         imports: { default: async | trappable },
+        trappable_error_type: {
+            "wasi:keyvalue/store@0.2.0-draft2.error" => super::HostError,
+        },
         with: {
             "wasi:keyvalue/store@0.2.0-draft2": super::bindings::wasi::keyvalue0_2_0_draft2::store,
             "wasi:keyvalue/atomics@0.2.0-draft2": super::bindings::wasi::keyvalue0_2_0_draft2::atomics,
@@ -121,7 +128,7 @@ impl KvCtx {
 
     /// Charges `bytes` a new handle holds to this instance, or refuses with
     /// `batch-too-large` past `limits.max_held_bytes`.
-    fn hold(&self, bytes: usize) -> crate::Result<()> {
+    fn hold(&self, bytes: usize) -> kv_core::Result<()> {
         use std::sync::atomic::Ordering;
         let max = self.stores.limits().max_held_bytes;
         self.held_bytes
@@ -130,8 +137,8 @@ impl KvCtx {
             })
             .map(drop)
             .map_err(|held| {
-                crate::KvError::new(
-                    crate::ErrorKind::BatchTooLarge,
+                kv_core::KvError::new(
+                    kv_core::ErrorKind::BatchTooLarge,
                     format!(
                         "this instance's open handles already hold {held} bytes; {bytes} more \
                          would pass the limit of {max} (limits.max_held_bytes)"
@@ -325,22 +332,71 @@ pub fn add_to_linker_with<T: Send + 'static>(
     Ok(())
 }
 
-/// The guest-visible form of an error, shared by both versions.
+/// What a host function fails with: a store error the guest sees, or a trap (a handle that is
+/// not in the table). bindgen's `trappable_error_type` has every function return it, and each
+/// version maps it to its own `error` once, in `convert_error` ([`HostError::into_guest`]).
+#[derive(Debug)]
+pub enum HostError {
+    /// Returned to the guest as the version's `error`.
+    Store(KvError),
+    /// Ends the instance.
+    Trap(wasmtime::Error),
+}
+
+impl From<KvError> for HostError {
+    fn from(err: KvError) -> Self {
+        HostError::Store(err)
+    }
+}
+
+impl From<wasmtime::Error> for HostError {
+    fn from(err: wasmtime::Error) -> Self {
+        HostError::Trap(err)
+    }
+}
+
+impl From<wasmtime::component::ResourceTableError> for HostError {
+    fn from(err: wasmtime::component::ResourceTableError) -> Self {
+        HostError::Trap(err.into())
+    }
+}
+
+/// The guest-visible form of an error, the same in both versions.
 enum GuestError {
     NoSuchStore,
     AccessDenied,
     Other(String),
 }
 
-impl From<KvError> for GuestError {
-    fn from(err: KvError) -> Self {
-        match err.kind() {
-            ErrorKind::NoSuchStore => GuestError::NoSuchStore,
-            ErrorKind::AccessDenied => GuestError::AccessDenied,
-            _ => GuestError::Other(err.to_string()),
+impl HostError {
+    /// The error the guest sees, or the trap.
+    fn into_guest(self) -> wasmtime::Result<GuestError> {
+        match self {
+            HostError::Trap(trap) => Err(trap),
+            HostError::Store(err) => Ok(match err.kind() {
+                ErrorKind::NoSuchStore => GuestError::NoSuchStore,
+                ErrorKind::AccessDenied => GuestError::AccessDenied,
+                _ => GuestError::Other(err.to_string()),
+            }),
         }
     }
 }
+
+/// `convert_error` for one version's `store` interface: the two versions' `error` variants
+/// have the same names.
+macro_rules! convert_error {
+    ($store:path) => {
+        fn convert_error(&mut self, err: $crate::HostError) -> wasmtime::Result<$store> {
+            use $store as Error;
+            Ok(match err.into_guest()? {
+                $crate::GuestError::NoSuchStore => Error::NoSuchStore,
+                $crate::GuestError::AccessDenied => Error::AccessDenied,
+                $crate::GuestError::Other(message) => Error::Other(message),
+            })
+        }
+    };
+}
+use convert_error;
 
 #[cfg(test)]
 mod cursor_tests {
@@ -348,12 +404,12 @@ mod cursor_tests {
 
     #[test]
     fn draft_cursors_are_bounded_and_evicted_oldest_first() {
-        let stores = crate::Stores::builder(crate::Limits::default())
+        let stores = kv_core::Stores::builder(kv_core::Limits::default())
             .store(
                 "s",
-                std::sync::Arc::new(crate::MemoryProvider::new()),
+                std::sync::Arc::new(kv_core::MemoryProvider::new()),
                 "ns",
-                crate::Access::ReadWrite,
+                kv_core::Access::ReadWrite,
             )
             .build();
         let store = futures::executor::block_on(stores.open("s")).unwrap();

@@ -1,8 +1,8 @@
 //! A component importing either keyvalue version, or both, or the TTL extension, links
 //! against `add_to_linker`.
 
-use kv_core::host::{KvCtx, KvView, WasiKvView};
 use kv_core::{KvConfig, ProviderRegistry};
+use kv_host::{KvCtx, KvView, WasiKvView};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 
@@ -26,7 +26,7 @@ async fn instantiate(imports: &[String]) -> wasmtime::Result<()> {
     let wat = format!("(component {})", imports.join(" "));
     let component = Component::new(&engine, wat)?;
     let mut linker = Linker::<Host>::new(&engine);
-    kv_core::host::add_to_linker(&mut linker)?;
+    kv_host::add_to_linker(&mut linker)?;
     let stores = ProviderRegistry::new()
         .build(&KvConfig::default())
         .await

@@ -5,38 +5,33 @@ use wasmtime::component::Resource;
 use super::wit_draft2::{atomics, batch, store};
 use super::wit_spin_batch as spin_batch;
 use super::wit_ttl as ttl;
-use super::{BucketHandle, CasHandle, GuestError, KvView};
-use crate::error::KvError;
-use crate::provider::SwapOutcome;
-use crate::store::KvStore;
+use super::{BucketHandle, CasHandle, HostError, KvView};
+use kv_core::error::KvError;
+use kv_core::provider::SwapOutcome;
+use kv_core::store::KvStore;
 
-type GuestResult<T> = wasmtime::Result<Result<T, store::Error>>;
-
-fn guest_error(err: KvError) -> store::Error {
-    match GuestError::from(err) {
-        GuestError::NoSuchStore => store::Error::NoSuchStore,
-        GuestError::AccessDenied => store::Error::AccessDenied,
-        GuestError::Other(message) => store::Error::Other(message),
-    }
-}
-
-fn reply<T>(result: Result<T, KvError>) -> GuestResult<T> {
-    Ok(result.map_err(guest_error))
-}
+/// A host function's result: the value, or what `convert_error` turns into the guest's `error`.
+type HostResult<T> = Result<T, HostError>;
 
 impl KvView<'_> {
     /// The store behind `bucket`, borrowed for the call (no reference count is touched).
     fn bucket(&self, bucket: &Resource<BucketHandle>) -> wasmtime::Result<&KvStore> {
         Ok(&self.table.get(bucket)?.store)
     }
+
+    /// `swap`'s `cas-error` is not the store's `error`: it carries one.
+    fn cas_store_error(&mut self, err: KvError) -> wasmtime::Result<Result<(), atomics::CasError>> {
+        let err = store::Host::convert_error(self, err.into())?;
+        Ok(Err(atomics::CasError::StoreError(err)))
+    }
 }
 
 impl store::Host for KvView<'_> {
-    async fn open(&mut self, identifier: String) -> GuestResult<Resource<BucketHandle>> {
-        match self.ctx.stores.open(&identifier).await {
-            Ok(store) => Ok(Ok(self.table.push(BucketHandle { store })?)),
-            Err(err) => reply(Err(err)),
-        }
+    crate::convert_error!(store::Error);
+
+    async fn open(&mut self, identifier: String) -> HostResult<Resource<BucketHandle>> {
+        let store = self.ctx.stores.open(&identifier).await?;
+        Ok(self.table.push(BucketHandle { store })?)
     }
 }
 
@@ -45,8 +40,8 @@ impl store::HostBucket for KvView<'_> {
         &mut self,
         bucket: Resource<BucketHandle>,
         key: String,
-    ) -> GuestResult<Option<Vec<u8>>> {
-        reply(self.bucket(&bucket)?.get(&key).await)
+    ) -> HostResult<Option<Vec<u8>>> {
+        Ok(self.bucket(&bucket)?.get(&key).await?)
     }
 
     async fn set(
@@ -54,28 +49,28 @@ impl store::HostBucket for KvView<'_> {
         bucket: Resource<BucketHandle>,
         key: String,
         value: Vec<u8>,
-    ) -> GuestResult<()> {
-        reply(self.bucket(&bucket)?.set(&key, value).await)
+    ) -> HostResult<()> {
+        Ok(self.bucket(&bucket)?.set(&key, value).await?)
     }
 
-    async fn delete(&mut self, bucket: Resource<BucketHandle>, key: String) -> GuestResult<()> {
-        reply(self.bucket(&bucket)?.delete(&key).await)
+    async fn delete(&mut self, bucket: Resource<BucketHandle>, key: String) -> HostResult<()> {
+        Ok(self.bucket(&bucket)?.delete(&key).await?)
     }
 
-    async fn exists(&mut self, bucket: Resource<BucketHandle>, key: String) -> GuestResult<bool> {
-        reply(self.bucket(&bucket)?.exists(&key).await)
+    async fn exists(&mut self, bucket: Resource<BucketHandle>, key: String) -> HostResult<bool> {
+        Ok(self.bucket(&bucket)?.exists(&key).await?)
     }
 
     async fn list_keys(
         &mut self,
         bucket: Resource<BucketHandle>,
         cursor: Option<String>,
-    ) -> GuestResult<store::KeyResponse> {
-        let page = self.bucket(&bucket)?.list_keys(cursor.as_deref()).await;
-        reply(page.map(|page| store::KeyResponse {
+    ) -> HostResult<store::KeyResponse> {
+        let page = self.bucket(&bucket)?.list_keys(cursor.as_deref()).await?;
+        Ok(store::KeyResponse {
             keys: page.keys,
             cursor: page.cursor,
-        }))
+        })
     }
 
     async fn drop(&mut self, bucket: Resource<BucketHandle>) -> wasmtime::Result<()> {
@@ -90,8 +85,8 @@ impl atomics::Host for KvView<'_> {
         bucket: Resource<BucketHandle>,
         key: String,
         delta: i64,
-    ) -> GuestResult<i64> {
-        reply(self.bucket(&bucket)?.increment(&key, delta).await)
+    ) -> HostResult<i64> {
+        Ok(self.bucket(&bucket)?.increment(&key, delta).await?)
     }
 
     async fn swap(
@@ -114,15 +109,15 @@ impl atomics::Host for KvView<'_> {
                             version: latest.version,
                         };
                         if let Err(err) = self.ctx.hold(fresh.held()) {
-                            return Ok(Err(atomics::CasError::StoreError(guest_error(err))));
+                            return self.cas_store_error(err);
                         }
                         let fresh = self.table.push(fresh)?;
                         Ok(Err(atomics::CasError::CasFailed(fresh)))
                     }
-                    Err(err) => Ok(Err(atomics::CasError::StoreError(guest_error(err)))),
+                    Err(err) => self.cas_store_error(err),
                 }
             }
-            Err(err) => Ok(Err(atomics::CasError::StoreError(guest_error(err)))),
+            Err(err) => self.cas_store_error(err),
         }
     }
 }
@@ -132,27 +127,21 @@ impl atomics::HostCas for KvView<'_> {
         &mut self,
         bucket: Resource<BucketHandle>,
         key: String,
-    ) -> GuestResult<Resource<CasHandle>> {
+    ) -> HostResult<Resource<CasHandle>> {
         let store = self.bucket(&bucket)?.clone();
-        match store.read_versioned(&key).await {
-            Ok(read) => {
-                let handle = CasHandle {
-                    store,
-                    key,
-                    current: read.value,
-                    version: read.version,
-                };
-                if let Err(err) = self.ctx.hold(handle.held()) {
-                    return reply(Err(err));
-                }
-                Ok(Ok(self.table.push(handle)?))
-            }
-            Err(err) => reply(Err(err)),
-        }
+        let read = store.read_versioned(&key).await?;
+        let handle = CasHandle {
+            store,
+            key,
+            current: read.value,
+            version: read.version,
+        };
+        self.ctx.hold(handle.held())?;
+        Ok(self.table.push(handle)?)
     }
 
-    async fn current(&mut self, cas: Resource<CasHandle>) -> GuestResult<Option<Vec<u8>>> {
-        Ok(Ok(self.table.get(&cas)?.current.clone()))
+    async fn current(&mut self, cas: Resource<CasHandle>) -> HostResult<Option<Vec<u8>>> {
+        Ok(self.table.get(&cas)?.current.clone())
     }
 
     async fn drop(&mut self, cas: Resource<CasHandle>) -> wasmtime::Result<()> {
@@ -167,30 +156,29 @@ impl batch::Host for KvView<'_> {
         &mut self,
         bucket: Resource<BucketHandle>,
         keys: Vec<String>,
-    ) -> GuestResult<Vec<Option<(String, Vec<u8>)>>> {
-        let values = self.bucket(&bucket)?.get_many(&keys).await;
-        reply(values.map(|values| {
-            keys.into_iter()
-                .zip(values)
-                .map(|(key, value)| value.map(|value| (key, value)))
-                .collect()
-        }))
+    ) -> HostResult<Vec<Option<(String, Vec<u8>)>>> {
+        let values = self.bucket(&bucket)?.get_many(&keys).await?;
+        Ok(keys
+            .into_iter()
+            .zip(values)
+            .map(|(key, value)| value.map(|value| (key, value)))
+            .collect())
     }
 
     async fn set_many(
         &mut self,
         bucket: Resource<BucketHandle>,
         key_values: Vec<(String, Vec<u8>)>,
-    ) -> GuestResult<()> {
-        reply(self.bucket(&bucket)?.set_many(key_values).await)
+    ) -> HostResult<()> {
+        Ok(self.bucket(&bucket)?.set_many(key_values).await?)
     }
 
     async fn delete_many(
         &mut self,
         bucket: Resource<BucketHandle>,
         keys: Vec<String>,
-    ) -> GuestResult<()> {
-        reply(self.bucket(&bucket)?.delete_many(&keys).await)
+    ) -> HostResult<()> {
+        Ok(self.bucket(&bucket)?.delete_many(&keys).await?)
     }
 }
 
@@ -200,16 +188,16 @@ impl spin_batch::Host for KvView<'_> {
         &mut self,
         bucket: Resource<BucketHandle>,
         keys: Vec<String>,
-    ) -> GuestResult<Vec<(String, Option<Vec<u8>>)>> {
-        let values = self.bucket(&bucket)?.get_many(&keys).await;
-        reply(values.map(|values| keys.into_iter().zip(values).collect()))
+    ) -> HostResult<Vec<(String, Option<Vec<u8>>)>> {
+        let values = self.bucket(&bucket)?.get_many(&keys).await?;
+        Ok(keys.into_iter().zip(values).collect())
     }
 
     async fn set_many(
         &mut self,
         bucket: Resource<BucketHandle>,
         key_values: Vec<(String, Vec<u8>)>,
-    ) -> GuestResult<()> {
+    ) -> HostResult<()> {
         batch::Host::set_many(self, bucket, key_values).await
     }
 
@@ -217,7 +205,7 @@ impl spin_batch::Host for KvView<'_> {
         &mut self,
         bucket: Resource<BucketHandle>,
         keys: Vec<String>,
-    ) -> GuestResult<()> {
+    ) -> HostResult<()> {
         batch::Host::delete_many(self, bucket, keys).await
     }
 }
@@ -229,11 +217,10 @@ impl ttl::Host for KvView<'_> {
         key: String,
         value: Vec<u8>,
         ttl_ms: u64,
-    ) -> GuestResult<()> {
-        reply(
-            self.bucket(&bucket)?
-                .set_with_ttl(&key, value, ttl_ms)
-                .await,
-        )
+    ) -> HostResult<()> {
+        Ok(self
+            .bucket(&bucket)?
+            .set_with_ttl(&key, value, ttl_ms)
+            .await?)
     }
 }

@@ -4,23 +4,12 @@
 use wasmtime::component::Resource;
 
 use super::wit_draft::{atomics, batch, store};
-use super::{DraftBucketHandle, GuestError, KvView};
-use crate::error::KvError;
-use crate::store::KvStore;
+use super::{DraftBucketHandle, HostError, KvView};
+use kv_core::error::KvError;
+use kv_core::store::KvStore;
 
-type GuestResult<T> = wasmtime::Result<Result<T, store::Error>>;
-
-fn guest_error(err: KvError) -> store::Error {
-    match GuestError::from(err) {
-        GuestError::NoSuchStore => store::Error::NoSuchStore,
-        GuestError::AccessDenied => store::Error::AccessDenied,
-        GuestError::Other(message) => store::Error::Other(message),
-    }
-}
-
-fn reply<T>(result: Result<T, KvError>) -> GuestResult<T> {
-    Ok(result.map_err(guest_error))
-}
+/// A host function's result: the value, or what `convert_error` turns into the guest's `error`.
+type HostResult<T> = Result<T, HostError>;
 
 impl KvView<'_> {
     /// The store behind `bucket`, borrowed for the call (no reference count is touched).
@@ -30,11 +19,11 @@ impl KvView<'_> {
 }
 
 impl store::Host for KvView<'_> {
-    async fn open(&mut self, identifier: String) -> GuestResult<Resource<DraftBucketHandle>> {
-        match self.ctx.stores.open(&identifier).await {
-            Ok(store) => Ok(Ok(self.table.push(DraftBucketHandle::new(store))?)),
-            Err(err) => reply(Err(err)),
-        }
+    crate::convert_error!(store::Error);
+
+    async fn open(&mut self, identifier: String) -> HostResult<Resource<DraftBucketHandle>> {
+        let store = self.ctx.stores.open(&identifier).await?;
+        Ok(self.table.push(DraftBucketHandle::new(store))?)
     }
 }
 
@@ -43,8 +32,8 @@ impl store::HostBucket for KvView<'_> {
         &mut self,
         bucket: Resource<DraftBucketHandle>,
         key: String,
-    ) -> GuestResult<Option<Vec<u8>>> {
-        reply(self.draft_bucket(&bucket)?.get(&key).await)
+    ) -> HostResult<Option<Vec<u8>>> {
+        Ok(self.draft_bucket(&bucket)?.get(&key).await?)
     }
 
     async fn set(
@@ -52,31 +41,27 @@ impl store::HostBucket for KvView<'_> {
         bucket: Resource<DraftBucketHandle>,
         key: String,
         value: Vec<u8>,
-    ) -> GuestResult<()> {
-        reply(self.draft_bucket(&bucket)?.set(&key, value).await)
+    ) -> HostResult<()> {
+        Ok(self.draft_bucket(&bucket)?.set(&key, value).await?)
     }
 
-    async fn delete(
-        &mut self,
-        bucket: Resource<DraftBucketHandle>,
-        key: String,
-    ) -> GuestResult<()> {
-        reply(self.draft_bucket(&bucket)?.delete(&key).await)
+    async fn delete(&mut self, bucket: Resource<DraftBucketHandle>, key: String) -> HostResult<()> {
+        Ok(self.draft_bucket(&bucket)?.delete(&key).await?)
     }
 
     async fn exists(
         &mut self,
         bucket: Resource<DraftBucketHandle>,
         key: String,
-    ) -> GuestResult<bool> {
-        reply(self.draft_bucket(&bucket)?.exists(&key).await)
+    ) -> HostResult<bool> {
+        Ok(self.draft_bucket(&bucket)?.exists(&key).await?)
     }
 
     async fn list_keys(
         &mut self,
         bucket: Resource<DraftBucketHandle>,
         cursor: Option<u64>,
-    ) -> GuestResult<store::KeyResponse> {
+    ) -> HostResult<store::KeyResponse> {
         let handle = self.table.get(&bucket)?;
         // Position n (1-based) is the n-th cursor this handle issued.
         let string_cursor = match cursor {
@@ -84,7 +69,7 @@ impl store::HostBucket for KvView<'_> {
             Some(position) => match handle.cursor_at(position) {
                 Some(cursor) => Some(cursor.clone()),
                 None => {
-                    return reply(Err(KvError::invalid_cursor(format!(
+                    return Err(HostError::Store(KvError::invalid_cursor(format!(
                         "cursor {position} was not issued by this bucket handle, or is \
                              older than the last {} it keeps",
                         super::MAX_DRAFT_CURSORS
@@ -93,18 +78,15 @@ impl store::HostBucket for KvView<'_> {
             },
         };
         let store = handle.store.clone();
-        let page = match store.list_keys(string_cursor.as_deref()).await {
-            Ok(page) => page,
-            Err(err) => return reply(Err(err)),
-        };
+        let page = store.list_keys(string_cursor.as_deref()).await?;
         let next = match page.cursor {
             None => None,
             Some(cursor) => Some(self.table.get_mut(&bucket)?.issue(cursor)),
         };
-        Ok(Ok(store::KeyResponse {
+        Ok(store::KeyResponse {
             keys: page.keys,
             cursor: next,
-        }))
+        })
     }
 
     async fn drop(&mut self, bucket: Resource<DraftBucketHandle>) -> wasmtime::Result<()> {
@@ -119,12 +101,11 @@ impl atomics::Host for KvView<'_> {
         bucket: Resource<DraftBucketHandle>,
         key: String,
         delta: u64,
-    ) -> GuestResult<u64> {
-        reply(
-            self.draft_bucket(&bucket)?
-                .increment_unsigned(&key, delta)
-                .await,
-        )
+    ) -> HostResult<u64> {
+        Ok(self
+            .draft_bucket(&bucket)?
+            .increment_unsigned(&key, delta)
+            .await?)
     }
 }
 
@@ -133,29 +114,28 @@ impl batch::Host for KvView<'_> {
         &mut self,
         bucket: Resource<DraftBucketHandle>,
         keys: Vec<String>,
-    ) -> GuestResult<Vec<Option<(String, Vec<u8>)>>> {
-        let values = self.draft_bucket(&bucket)?.get_many(&keys).await;
-        reply(values.map(|values| {
-            keys.into_iter()
-                .zip(values)
-                .map(|(key, value)| value.map(|value| (key, value)))
-                .collect()
-        }))
+    ) -> HostResult<Vec<Option<(String, Vec<u8>)>>> {
+        let values = self.draft_bucket(&bucket)?.get_many(&keys).await?;
+        Ok(keys
+            .into_iter()
+            .zip(values)
+            .map(|(key, value)| value.map(|value| (key, value)))
+            .collect())
     }
 
     async fn set_many(
         &mut self,
         bucket: Resource<DraftBucketHandle>,
         key_values: Vec<(String, Vec<u8>)>,
-    ) -> GuestResult<()> {
-        reply(self.draft_bucket(&bucket)?.set_many(key_values).await)
+    ) -> HostResult<()> {
+        Ok(self.draft_bucket(&bucket)?.set_many(key_values).await?)
     }
 
     async fn delete_many(
         &mut self,
         bucket: Resource<DraftBucketHandle>,
         keys: Vec<String>,
-    ) -> GuestResult<()> {
-        reply(self.draft_bucket(&bucket)?.delete_many(&keys).await)
+    ) -> HostResult<()> {
+        Ok(self.draft_bucket(&bucket)?.delete_many(&keys).await?)
     }
 }
