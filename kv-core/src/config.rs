@@ -507,8 +507,20 @@ impl LimitsTable {
 }
 
 /// A limit's value: an integer above zero.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Deserialize)]
+#[serde(try_from = "i64")]
 struct Positive(u64);
+
+impl TryFrom<i64> for Positive {
+    type Error = &'static str;
+    fn try_from(n: i64) -> Result<Positive, &'static str> {
+        u64::try_from(n)
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Positive)
+            .ok_or("must be a positive integer")
+    }
+}
 
 impl Positive {
     fn size(value: Option<Positive>, default: usize) -> usize {
@@ -519,26 +531,6 @@ impl Positive {
 
     fn millis(value: Option<Positive>, default: Duration) -> Duration {
         value.map_or(default, |Positive(n)| Duration::from_millis(n))
-    }
-}
-
-impl<'de> Deserialize<'de> for Positive {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl de::Visitor<'_> for Visitor {
-            type Value = Positive;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a positive integer")
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Positive, E> {
-                u64::try_from(n)
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .map(Positive)
-                    .ok_or_else(|| E::custom("must be a positive integer"))
-            }
-        }
-        deserializer.deserialize_i64(Visitor)
     }
 }
 
