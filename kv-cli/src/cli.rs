@@ -117,50 +117,23 @@ pub struct ServeArgs {
     pub component: PathBuf,
 }
 
-/// `500ms`, `30s`, `2m`.
+/// A duration above zero, as humantime writes it: `500ms`, `30s`, `2m`, `1h 30m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?}: add a unit (ms, s or m)"))?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a number and a unit, e.g. 30s"))?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(number),
-        "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number.saturating_mul(60)),
-        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use ms, s or m")),
-    };
+    let duration = humantime::parse_duration(text)
+        .map_err(|err| format!("{text:?}: {err} (e.g. 500ms, 30s or 2m)"))?;
     if duration.is_zero() {
         return Err(format!("{text:?}: must be more than zero"));
     }
     Ok(duration)
 }
 
-/// `65536`, `512KiB`, `128MiB`, `1GiB`.
+/// At least one 64 KiB wasm page, as bytesize writes it: `65536`, `512KiB`, `128MiB`, `1GiB`
+/// (decimal `MB`/`M` are 1000², not 1024²).
 pub fn parse_size(text: &str) -> Result<usize, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: usize = number
+    let size: bytesize::ByteSize = text
         .parse()
-        .map_err(|_| format!("{text:?}: expected a size, e.g. 128MiB"))?;
-    let scale: usize = match unit {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?}; use B, KiB, MiB or GiB"
-            ));
-        }
-    };
-    let bytes = number
-        .checked_mul(scale)
-        .ok_or_else(|| format!("{text:?}: too large"))?;
+        .map_err(|err| format!("{text:?}: {err} (e.g. 128MiB)"))?;
+    let bytes = usize::try_from(size.as_u64()).map_err(|_| format!("{text:?}: too large"))?;
     if bytes < 1 << 16 {
         return Err(format!("{text:?}: must be at least one 64 KiB wasm page"));
     }
@@ -216,4 +189,44 @@ pub struct ConformanceArgs {
 pub enum FaultProfile {
     /// The reply of every 10th request is lost after the backend executed it.
     Lossy,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The spellings `--time-limit` and friends accepted before humantime still mean the same.
+    #[test]
+    fn durations() {
+        for (text, expected) in [
+            ("500ms", Duration::from_millis(500)),
+            ("30s", Duration::from_secs(30)),
+            ("2m", Duration::from_secs(120)),
+            ("1h 30m", Duration::from_secs(5400)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(expected), "{text}");
+        }
+        for bad in ["0s", "0ms", "30", "", "5x", "-1s", "s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The spellings `--memory-limit` and `--max-body` accepted before bytesize still mean
+    /// the same.
+    #[test]
+    fn sizes() {
+        for (text, expected) in [
+            ("65536", 65536),
+            ("65536B", 65536),
+            ("512KiB", 512 << 10),
+            ("128MiB", 128 << 20),
+            ("1GiB", 1 << 30),
+            ("16 MiB", 16 << 20),
+        ] {
+            assert_eq!(parse_size(text), Ok(expected), "{text}");
+        }
+        for bad in ["", "lots", "1KiB", "65535", "12XiB", "99999999999999999999"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 }

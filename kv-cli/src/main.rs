@@ -52,7 +52,8 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
-            let stores = kv_cli::open_stores(&args.stores).await?;
+            let config = kv_cli::load(&args.stores)?;
+            let stores = kv_cli::open_stores(&config.kv).await?;
             let options = RunOptions {
                 component: args.component,
                 args: args.args,
@@ -65,9 +66,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
         Command::Serve(args) => {
-            let stores = kv_cli::open_stores(&args.stores).await?;
-            let mut allowed_outbound =
-                kv_cli::load_config(args.stores.config.as_deref(), &[])?.allowed_outbound_hosts;
+            let config = kv_cli::load(&args.stores)?;
+            let stores = kv_cli::open_stores(&config.kv).await?;
+            let mut allowed_outbound = config.outbound.allowed_hosts;
             allowed_outbound.extend(args.allow_outbound);
             let options = ServeOptions {
                 component: args.component,

@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 use http_body_util::BodyExt as _;
+use serde::Deserialize;
 use tracing::warn;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -30,6 +31,16 @@ enum HostPattern {
     Suffix(String),
     Name(String),
     Ip(IpAddr),
+}
+
+/// The config file's `[outbound]` table: `allowed_hosts = ["https://api.example.com", …]`,
+/// checked by [`OutboundPolicy::parse`] when the server starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct OutboundTable {
+    /// Where a component's outbound HTTP may go, before `--allow-outbound`.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// The allow-list of one server or run; empty denies every request.

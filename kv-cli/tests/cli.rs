@@ -294,6 +294,38 @@ fn bad_configuration_is_one_clear_line() {
     }
 }
 
+/// `serve` takes `[outbound]` from the same `--config` file as the stores: an entry it cannot
+/// parse, or a key `[outbound]` does not have, stops it before it listens.
+#[test]
+fn serve_reads_outbound_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, expected) in [
+        (
+            "[outbound]\nallowed_hosts = [\"ftp://x\"]\n",
+            "allowed outbound host \"ftp://x\"",
+        ),
+        (
+            "[outbound]\nallow = []\n",
+            "outbound.allow: unknown field `allow`",
+        ),
+    ] {
+        let path = dir.path().join("wasi-kv.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = path.to_string_lossy().into_owned();
+        let out = wasi_kv(&[
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--config",
+            &config,
+            COUNTER,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
+        assert!(stderr.contains(expected), "{text}: {stderr}");
+    }
+}
+
 #[test]
 fn conformance_json_matches_the_documented_format() {
     let dir = tempfile::tempdir().unwrap();

@@ -16,16 +16,22 @@
 //! password = "${REDIS_PASSWORD}"
 //! ```
 //!
-//! Provider-specific fields stay in [`StoreSpec::options`]; the provider's factory validates
-//! them and rejects unknown ones, so a typo is an error, not a silently ignored setting.
+//! Each table is a serde struct that refuses unknown keys. The exception is a store's
+//! provider-specific fields, kept in [`StoreSpec::options`]: the provider's factory validates
+//! them and rejects unknown ones, so a typo is still an error, not a silently ignored setting.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
+use serde::de::{self, DeserializeOwned};
+use serde::{Deserialize, Deserializer};
 use url::Url;
 
-use crate::limits::{Limits, MAX_LIST_PAGE, MAX_OPERATION_TIMEOUT, REQUEST_RECORD_TTL};
+use crate::limits::{
+    Limits, MAX_LIST_PAGE, MAX_OPERATION_TIMEOUT, REQUEST_RECORD_TTL, RetryPolicy,
+};
 use crate::secret::Secret;
 use crate::store::{Access, CursorSecret};
 
@@ -40,6 +46,9 @@ impl ConfigError {
         ConfigError(format!("{place}: {problem}"))
     }
 }
+
+/// Looks up the variable of a `${NAME}` reference.
+pub type Env<'a> = dyn Fn(&str) -> Option<String> + 'a;
 
 /// One configured store.
 #[derive(Clone, PartialEq)]
@@ -246,9 +255,6 @@ pub struct KvConfig {
     pub cursor_secret: Option<CursorSecret>,
     /// Keys preset before the component starts (`[stores.NAME.seed]`, `--seed`).
     pub seeds: Vec<Seed>,
-    /// `[outbound] allowed_hosts`: where a component's outbound HTTP may go
-    /// (`SCHEME://HOST[:PORT]` patterns, checked by the server that uses them).
-    pub allowed_outbound_hosts: Vec<String>,
 }
 
 /// A key written into a store before the component starts: test data, demo data, the state
@@ -275,12 +281,8 @@ impl fmt::Debug for Seed {
 }
 
 /// Reads a seed file, relative to `base` (the config file's folder) when not absolute.
-fn read_seed_file(
-    place: &str,
-    base: Option<&std::path::Path>,
-    path: &str,
-) -> Result<Vec<u8>, ConfigError> {
-    let path = std::path::Path::new(path);
+fn read_seed_file(place: &str, base: Option<&Path>, path: &str) -> Result<Vec<u8>, ConfigError> {
+    let path = Path::new(path);
     let full = match base {
         Some(base) if path.is_relative() => base.join(path),
         _ => path.to_path_buf(),
@@ -292,64 +294,23 @@ fn read_seed_file(
 impl KvConfig {
     /// Parses a TOML configuration file's text. `env` looks up `${NAME}` references; seed
     /// files are relative to the current directory.
-    pub fn from_toml(
-        text: &str,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<KvConfig, ConfigError> {
+    pub fn from_toml(text: &str, env: &Env) -> Result<KvConfig, ConfigError> {
         Self::from_toml_in(text, env, None)
     }
 
     /// [`KvConfig::from_toml`], with seed files relative to `base`.
     pub fn from_toml_in(
         text: &str,
-        env: &dyn Fn(&str) -> Option<String>,
-        base: Option<&std::path::Path>,
+        env: &Env,
+        base: Option<&Path>,
     ) -> Result<KvConfig, ConfigError> {
-        let mut root: toml::Table = text
-            .parse()
-            .map_err(|err: toml::de::Error| toml_error(text, &err))?;
-        let mut config = KvConfig::default();
-        if let Some(limits) = root.remove("limits") {
-            config.limits = parse_limits(limits)?;
-        }
-        if let Some(cursors) = root.remove("cursors") {
-            config.cursor_secret = Some(parse_cursors(cursors, env)?);
-        }
-        if let Some(outbound) = root.remove("outbound") {
-            config.allowed_outbound_hosts = parse_outbound(outbound)?;
-        }
-        if let Some(stores) = root.remove("stores") {
-            let toml::Value::Table(stores) = stores else {
-                return Err(ConfigError::at("stores", "must be a table of stores"));
-            };
-            for (name, table) in stores {
-                let place = format!("stores.{name}");
-                let toml::Value::Table(table) = table else {
-                    return Err(ConfigError::at(place, "must be a table"));
-                };
-                let mut table = table;
-                if let Some(seed) = table.remove("seed") {
-                    let seeds = parse_seed_table(&format!("{place}.seed"), &name, seed, env, base)?;
-                    config.seeds.extend(seeds);
-                }
-                let spec = parse_store_table(&place, &name, table, env)?;
-                config.stores.insert(name, spec);
-            }
-        }
-        if let Some(unknown) = root.keys().next() {
-            return Err(ConfigError::at(
-                unknown,
-                "unknown top-level key (expected `stores`, `limits`, `cursors` or `outbound`)",
-            ));
-        }
-        Ok(config)
+        parse_toml::<ConfigFile>(text)?.resolve(env, base)
     }
 
     /// Reads and parses a configuration file, expanding `${NAME}` from the process environment.
-    pub fn from_file(path: &std::path::Path) -> Result<KvConfig, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|err| ConfigError::at(path.display(), err))?;
-        Self::from_toml_in(&text, &|name| std::env::var(name).ok(), path.parent())
+    pub fn from_file(path: &Path) -> Result<KvConfig, ConfigError> {
+        read_toml::<ConfigFile>(path)?
+            .resolve(&|name| std::env::var(name).ok(), path.parent())
             .map_err(|err| ConfigError::at(path.display(), err))
     }
 
@@ -382,224 +343,316 @@ impl KvConfig {
     }
 }
 
-/// `[cursors] secret = "${WASI_KV_CURSOR_SECRET}"`, at least 16 bytes.
-fn parse_cursors(
-    value: toml::Value,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<CursorSecret, ConfigError> {
-    let toml::Value::Table(mut table) = value else {
-        return Err(ConfigError::at("cursors", "must be a table"));
-    };
-    let secret = match table.remove("secret") {
-        Some(toml::Value::String(text)) => expand_env("cursors.secret", &text, env)?,
-        Some(_) => return Err(ConfigError::at("cursors.secret", "must be a string")),
-        None => return Err(ConfigError::at("cursors", "needs `secret`")),
-    };
-    if let Some(unknown) = table.keys().next() {
-        return Err(ConfigError::at(
-            format!("cursors.{unknown}"),
-            "unknown key (expected `secret`)",
-        ));
-    }
-    CursorSecret::new(secret).ok_or_else(|| {
+/// Reads a TOML file into `T`; every error starts with the file's path.
+pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::at(path.display(), err))?;
+    parse_toml(&text).map_err(|err| ConfigError::at(path.display(), err))
+}
+
+/// Parses TOML text into `T`. An error is one line: `invalid TOML at line L, column C: …` for
+/// syntax, `TABLE.KEY: what was wrong (line L, column C)` for content. Never the line itself
+/// nor a string value: either may hold a secret (an unterminated `password = "…`).
+pub fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    let document = toml::Deserializer::parse(text).map_err(|err| {
+        let at = line_column(text, err.span())
+            .map(|(line, column)| format!(" at line {line}, column {column}"))
+            .unwrap_or_default();
+        ConfigError(format!("invalid TOML{at}: {}", one_line(err.message())))
+    })?;
+    serde_path_to_error::deserialize(document).map_err(|err| {
+        let path = match err.path().to_string() {
+            root if root == "." => "top level".to_string(),
+            path => path,
+        };
+        let err = err.into_inner();
+        let at = line_column(text, err.span())
+            .map(|(line, column)| format!(" (line {line}, column {column})"))
+            .unwrap_or_default();
         ConfigError::at(
-            "cursors.secret",
-            format!("must be at least {} bytes", CursorSecret::MIN_BYTES),
+            path,
+            format!("{}{at}", without_strings(&one_line(err.message()))),
         )
     })
 }
 
-/// A TOML error as its line, column and message, never the offending line itself: the line
-/// may hold a secret (an unterminated `password = "…`).
-fn toml_error(text: &str, err: &toml::de::Error) -> ConfigError {
-    let at = err.span().map(|span| {
-        let before = &text[..span.start.min(text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        format!(" at line {line}, column {column}")
-    });
-    let message = err
-        .message()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
-    ConfigError(format!("invalid TOML{}: {message}", at.unwrap_or_default()))
+/// The 1-based line and column of a span's start.
+fn line_column(text: &str, span: Option<std::ops::Range<usize>>) -> Option<(usize, usize)> {
+    let before = text.get(..span?.start.min(text.len()))?;
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    Some((line, column))
 }
 
-/// `[outbound] allowed_hosts = ["https://api.example.com", …]`.
-fn parse_outbound(value: toml::Value) -> Result<Vec<String>, ConfigError> {
-    let toml::Value::Table(mut table) = value else {
-        return Err(ConfigError::at("outbound", "must be a table"));
-    };
-    let hosts = match table.remove("allowed_hosts") {
-        None => Vec::new(),
-        Some(toml::Value::Array(items)) => items
-            .into_iter()
-            .map(|item| match item {
-                toml::Value::String(text) => Ok(text),
-                _ => Err(ConfigError::at(
-                    "outbound.allowed_hosts",
-                    "must be an array of strings",
-                )),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// serde quotes a misplaced string (`invalid type: string "…", expected …`): it may be a
+/// secret (`cursors = "…"`), so it becomes `a string`.
+fn without_strings(message: &str) -> String {
+    match (
+        message.split_once(": string \""),
+        message.rfind("\", expected "),
+    ) {
+        (Some((head, _)), Some(end)) => format!("{head}: a string{}", &message[end + 1..]),
+        _ => message.to_string(),
+    }
+}
+
+/// The tables kv-core reads: `[limits]`, `[cursors]` and `[stores.NAME]`. A host with tables
+/// of its own declares its own file with these three fields beside its own (kv-cli adds serve's
+/// `[outbound]`), so one document is read once and every unknown top-level key refused.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct ConfigFile {
+    /// `[limits]`.
+    #[serde(default)]
+    pub limits: LimitsTable,
+    /// `[cursors]`.
+    pub cursors: Option<CursorsTable>,
+    /// `[stores.NAME]`.
+    #[serde(default)]
+    pub stores: BTreeMap<String, StoreTable>,
+}
+
+impl ConfigFile {
+    /// The configuration the file describes: `${NAME}` in the strings of `[cursors]` and
+    /// `[stores]` expanded through `env`, seed files read relative to `base`.
+    pub fn resolve(self, env: &Env, base: Option<&Path>) -> Result<KvConfig, ConfigError> {
+        let mut config = KvConfig {
+            limits: self.limits.resolve()?,
+            ..KvConfig::default()
+        };
+        if let Some(cursors) = self.cursors {
+            let secret = expand_env("cursors.secret", cursors.secret.expose(), env)?;
+            let secret = CursorSecret::new(secret).ok_or_else(|| {
+                ConfigError::at(
+                    "cursors.secret",
+                    format!("must be at least {} bytes", CursorSecret::MIN_BYTES),
+                )
+            })?;
+            config.cursor_secret = Some(secret);
+        }
+        for (name, table) in self.stores {
+            let place = format!("stores.{name}");
+            let (spec, seeds) = table.resolve(&place, &name, env, base)?;
+            config.seeds.extend(seeds);
+            config.stores.insert(name, spec);
+        }
+        Ok(config)
+    }
+}
+
+/// `[limits]`: positive integers; absent ones keep [`Limits::default`].
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table of limits")]
+pub struct LimitsTable {
+    max_value_bytes: Option<Positive>,
+    max_batch_entries: Option<Positive>,
+    max_batch_bytes: Option<Positive>,
+    max_held_bytes: Option<Positive>,
+    list_page_size: Option<Positive>,
+    operation_timeout_ms: Option<Positive>,
+    retry_max_attempts: Option<Positive>,
+    retry_initial_backoff_ms: Option<Positive>,
+    retry_max_backoff_ms: Option<Positive>,
+}
+
+impl LimitsTable {
+    fn resolve(self) -> Result<Limits, ConfigError> {
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_value_bytes: Positive::size(self.max_value_bytes, defaults.max_value_bytes),
+            max_batch_entries: Positive::size(self.max_batch_entries, defaults.max_batch_entries),
+            max_batch_bytes: Positive::size(self.max_batch_bytes, defaults.max_batch_bytes),
+            max_held_bytes: Positive::size(self.max_held_bytes, defaults.max_held_bytes),
+            list_page_size: Positive::size(self.list_page_size, defaults.list_page_size),
+            operation_timeout: Positive::millis(
+                self.operation_timeout_ms,
+                defaults.operation_timeout,
+            ),
+            retry: RetryPolicy {
+                max_attempts: self
+                    .retry_max_attempts
+                    .map_or(defaults.retry.max_attempts, |Positive(n)| n.min(100) as u32),
+                initial_backoff: Positive::millis(
+                    self.retry_initial_backoff_ms,
+                    defaults.retry.initial_backoff,
+                ),
+                max_backoff: Positive::millis(
+                    self.retry_max_backoff_ms,
+                    defaults.retry.max_backoff,
+                ),
+            },
+        };
+        if limits.list_page_size > MAX_LIST_PAGE {
             return Err(ConfigError::at(
-                "outbound.allowed_hosts",
-                "must be an array of strings",
+                "limits.list_page_size",
+                format!("must be at most {MAX_LIST_PAGE}"),
             ));
         }
-    };
-    if let Some(unknown) = table.keys().next() {
-        return Err(ConfigError::at(
-            format!("outbound.{unknown}"),
-            "unknown key (expected `allowed_hosts`)",
-        ));
+        if limits.operation_timeout > MAX_OPERATION_TIMEOUT {
+            return Err(ConfigError::at(
+                "limits.operation_timeout_ms",
+                format!(
+                    "must be at most {} ms: a retry must end before the record of an applied \
+                     increment or swap expires ({} s), or it could apply it twice",
+                    MAX_OPERATION_TIMEOUT.as_millis(),
+                    REQUEST_RECORD_TTL.as_secs()
+                ),
+            ));
+        }
+        Ok(limits)
     }
-    Ok(hosts)
 }
 
-fn parse_limits(value: toml::Value) -> Result<Limits, ConfigError> {
-    let toml::Value::Table(table) = value else {
-        return Err(ConfigError::at("limits", "must be a table"));
-    };
-    let mut limits = Limits::default();
-    for (key, value) in table {
-        let place = format!("limits.{key}");
-        let number = value
-            .as_integer()
+/// A limit's value: an integer above zero.
+#[derive(Clone, Copy, Deserialize)]
+#[serde(try_from = "i64")]
+struct Positive(u64);
+
+impl TryFrom<i64> for Positive {
+    type Error = &'static str;
+    fn try_from(n: i64) -> Result<Positive, &'static str> {
+        u64::try_from(n)
+            .ok()
             .filter(|n| *n > 0)
-            .ok_or_else(|| ConfigError::at(&place, "must be a positive integer"))?;
-        let number = number as u64;
-        match key.as_str() {
-            "max_value_bytes" => limits.max_value_bytes = number as usize,
-            "max_batch_entries" => limits.max_batch_entries = number as usize,
-            "max_batch_bytes" => limits.max_batch_bytes = number as usize,
-            "max_held_bytes" => limits.max_held_bytes = number as usize,
-            "list_page_size" => {
-                if number as usize > MAX_LIST_PAGE {
-                    return Err(ConfigError::at(
-                        place,
-                        format!("must be at most {MAX_LIST_PAGE}"),
-                    ));
-                }
-                limits.list_page_size = number as usize;
-            }
-            "operation_timeout_ms" => {
-                let timeout = Duration::from_millis(number);
-                if timeout > MAX_OPERATION_TIMEOUT {
-                    return Err(ConfigError::at(
-                        place,
-                        format!(
-                            "must be at most {} ms: a retry must end before the record of \
-                             an applied increment or swap expires ({} s), or it could apply \
-                             it twice",
-                            MAX_OPERATION_TIMEOUT.as_millis(),
-                            REQUEST_RECORD_TTL.as_secs()
-                        ),
-                    ));
-                }
-                limits.operation_timeout = timeout;
-            }
-            "retry_max_attempts" => limits.retry.max_attempts = number.min(100) as u32,
-            "retry_initial_backoff_ms" => {
-                limits.retry.initial_backoff = Duration::from_millis(number)
-            }
-            "retry_max_backoff_ms" => limits.retry.max_backoff = Duration::from_millis(number),
-            _ => return Err(ConfigError::at(place, "unknown limit")),
-        }
+            .map(Positive)
+            .ok_or("must be a positive integer")
     }
-    Ok(limits)
+}
+
+impl Positive {
+    fn size(value: Option<Positive>, default: usize) -> usize {
+        value.map_or(default, |Positive(n)| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        })
+    }
+
+    fn millis(value: Option<Positive>, default: Duration) -> Duration {
+        value.map_or(default, |Positive(n)| Duration::from_millis(n))
+    }
+}
+
+/// `[cursors] secret = "${WASI_KV_CURSOR_SECRET}"`, at least 16 bytes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table with `secret`")]
+pub struct CursorsTable {
+    secret: Secret,
+}
+
+/// `[stores.NAME]`: the fields every store has, its seed table, and the provider's own fields
+/// (serde cannot refuse unknown keys beside `flatten`; the provider's factory refuses them).
+#[derive(Deserialize)]
+#[serde(expecting = "a table")]
+pub struct StoreTable {
+    provider: Option<String>,
+    url: Option<String>,
+    namespace: Option<String>,
+    access: Option<String>,
+    #[serde(default)]
+    seed: BTreeMap<String, SeedValue>,
+    #[serde(flatten)]
+    options: toml::Table,
+}
+
+impl StoreTable {
+    fn resolve(
+        self,
+        place: &str,
+        name: &str,
+        env: &Env,
+        base: Option<&Path>,
+    ) -> Result<(StoreSpec, Vec<Seed>), ConfigError> {
+        check_store_name(place, name)?;
+        let expand = |field: &str, text: Option<String>| {
+            text.map(|text| expand_env(&format!("{place}.{field}"), &text, env))
+                .transpose()
+        };
+        let url = expand("url", self.url)?
+            .map(|text| parse_url(&format!("{place}.url"), &text))
+            .transpose()?;
+        let provider = match (expand("provider", self.provider)?, &url) {
+            (Some(provider), _) => provider,
+            (None, Some(url)) => url.scheme().to_string(),
+            (None, None) => return Err(ConfigError::at(place, "missing field `provider`")),
+        };
+        let namespace =
+            expand("namespace", self.namespace)?.unwrap_or_else(|| default_namespace(name));
+        let access = match expand("access", self.access)? {
+            None => Access::ReadWrite,
+            Some(text) => Access::parse(&text).ok_or_else(|| {
+                ConfigError::at(
+                    format!("{place}.access"),
+                    format!(
+                        "unknown access mode {text:?} (expected read-write, read-only or none)"
+                    ),
+                )
+            })?,
+        };
+        check_namespace(&format!("{place}.namespace"), &namespace)?;
+        let mut options = self.options;
+        for (key, value) in &mut options {
+            expand_env_in_value(&format!("{place}.{key}"), value, env)?;
+        }
+        let mut seeds = Vec::with_capacity(self.seed.len());
+        for (key, value) in self.seed {
+            let at = format!("{place}.seed.{key}");
+            let value = match value {
+                SeedValue::Text(text) => expand_env(&at, &text, env)?.into_bytes(),
+                SeedValue::File { file } => {
+                    read_seed_file(&at, base, &expand_env(&at, &file, env)?)?
+                }
+            };
+            seeds.push(Seed {
+                store: name.to_string(),
+                key,
+                value,
+            });
+        }
+        let spec = StoreSpec {
+            provider,
+            namespace,
+            access,
+            url,
+            options,
+        };
+        Ok((spec, seeds))
+    }
 }
 
 /// `[stores.NAME.seed]`: `KEY = "text"` or `KEY = { file = "PATH" }`.
-fn parse_seed_table(
-    place: &str,
-    store: &str,
-    value: toml::Value,
-    env: &dyn Fn(&str) -> Option<String>,
-    base: Option<&std::path::Path>,
-) -> Result<Vec<Seed>, ConfigError> {
-    let toml::Value::Table(mut table) = value else {
-        return Err(ConfigError::at(place, "must be a table of KEY = VALUE"));
-    };
-    expand_env_in_table(place, &mut table, env)?;
-    let mut seeds = Vec::with_capacity(table.len());
-    for (key, value) in table {
-        let at = format!("{place}.{key}");
-        let value = match value {
-            toml::Value::String(text) => text.into_bytes(),
-            toml::Value::Table(mut file) => match (file.remove("file"), file.is_empty()) {
-                (Some(toml::Value::String(path)), true) => read_seed_file(&at, base, &path)?,
-                _ => {
-                    return Err(ConfigError::at(
-                        &at,
-                        "expected a string or { file = \"PATH\" }",
-                    ));
-                }
-            },
-            _ => {
-                return Err(ConfigError::at(
-                    &at,
-                    "expected a string or { file = \"PATH\" }",
-                ));
-            }
-        };
-        seeds.push(Seed {
-            store: store.to_string(),
-            key,
-            value,
-        });
-    }
-    Ok(seeds)
+enum SeedValue {
+    Text(String),
+    File { file: String },
 }
 
-fn parse_store_table(
-    place: &str,
-    name: &str,
-    mut table: toml::Table,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<StoreSpec, ConfigError> {
-    check_store_name(place, name)?;
-    expand_env_in_table(place, &mut table, env)?;
-    let mut take_string = |field: &str| -> Result<Option<String>, ConfigError> {
-        match table.remove(field) {
-            None => Ok(None),
-            Some(toml::Value::String(text)) => Ok(Some(text)),
-            Some(_) => Err(ConfigError::at(
-                format!("{place}.{field}"),
-                "must be a string",
-            )),
+/// `{ file = "PATH" }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeedFile {
+    file: String,
+}
+
+impl<'de> Deserialize<'de> for SeedValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = SeedValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or { file = \"PATH\" }")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<SeedValue, E> {
+                Ok(SeedValue::Text(text.to_string()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<SeedValue, A::Error> {
+                let SeedFile { file } =
+                    SeedFile::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(SeedValue::File { file })
+            }
         }
-    };
-    let url = take_string("url")?
-        .map(|text| parse_url(&format!("{place}.url"), &text))
-        .transpose()?;
-    let provider = match (take_string("provider")?, &url) {
-        (Some(provider), _) => provider,
-        (None, Some(url)) => url.scheme().to_string(),
-        (None, None) => {
-            return Err(ConfigError::at(place, "missing field `provider`"));
-        }
-    };
-    let namespace = take_string("namespace")?.unwrap_or_else(|| default_namespace(name));
-    let access = match take_string("access")? {
-        None => Access::ReadWrite,
-        Some(text) => Access::parse(&text).ok_or_else(|| {
-            ConfigError::at(
-                format!("{place}.access"),
-                format!("unknown access mode {text:?} (expected read-write, read-only or none)"),
-            )
-        })?,
-    };
-    check_namespace(&format!("{place}.namespace"), &namespace)?;
-    Ok(StoreSpec {
-        provider,
-        namespace,
-        access,
-        url,
-        options: table,
-    })
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// A store name is at most 256 bytes. The empty name is the identifier wasmtime's keyvalue
@@ -718,22 +771,8 @@ pub fn parse_short_form(arg: &str) -> Result<(String, StoreSpec), ConfigError> {
     ))
 }
 
-fn expand_env_in_table(
-    place: &str,
-    table: &mut toml::Table,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), ConfigError> {
-    for (key, value) in table.iter_mut() {
-        expand_env_in_value(&format!("{place}.{key}"), value, env)?;
-    }
-    Ok(())
-}
-
-fn expand_env_in_value(
-    place: &str,
-    value: &mut toml::Value,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), ConfigError> {
+/// Expands `${NAME}` in every string of a provider field (arrays and tables included).
+fn expand_env_in_value(place: &str, value: &mut toml::Value, env: &Env) -> Result<(), ConfigError> {
     match value {
         toml::Value::String(text) => *text = expand_env(place, text, env)?,
         toml::Value::Array(items) => {
@@ -741,46 +780,51 @@ fn expand_env_in_value(
                 expand_env_in_value(place, item, env)?;
             }
         }
-        toml::Value::Table(table) => expand_env_in_table(place, table, env)?,
+        toml::Value::Table(table) => {
+            for (key, item) in table {
+                expand_env_in_value(&format!("{place}.{key}"), item, env)?;
+            }
+        }
         _ => {}
     }
     Ok(())
 }
 
-/// Replaces `${NAME}` with the variable's value; `$$` is a literal `$`.
-pub fn expand_env(
-    place: &str,
-    text: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, ConfigError> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(stripped) = after.strip_prefix('$') {
-            out.push('$');
-            rest = stripped;
-        } else if let Some(body) = after.strip_prefix('{') {
-            let end = body.find('}').ok_or_else(|| {
-                ConfigError::at(place, "unterminated `${` (write `$$` for a literal `$`)")
-            })?;
-            let name = &body[..end];
-            if name.is_empty() {
-                return Err(ConfigError::at(place, "empty `${}`"));
+/// Replaces `${NAME}` with the variable's value (`${NAME:-default}` when unset); `$$` is a
+/// literal `$`. An unset variable without a default is an error. Only the braced form is a
+/// reference (README, "Configuration"): a bare `$` stays text, so a password like `pa$word` is
+/// never looked up.
+pub fn expand_env(place: &str, text: &str, env: &Env) -> Result<String, ConfigError> {
+    // shellexpand also reads `$NAME`: double every `$` that does not open `${` or `$$`.
+    let mut braced_only = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        braced_only.push(c);
+        if c == '$' {
+            match chars.next_if(|next| *next == '$') {
+                Some(_) => braced_only.push('$'),
+                None if chars.peek() != Some(&'{') => braced_only.push('$'),
+                None => {}
             }
-            let value = env(name).ok_or_else(|| {
-                ConfigError::at(place, format!("environment variable {name} is not set"))
-            })?;
-            out.push_str(&value);
-            rest = &body[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
         }
     }
-    out.push_str(rest);
-    Ok(out)
+    // shellexpand keeps an unterminated `${` as text; here it is a mistake.
+    let references = braced_only.replace("$$", "");
+    if references
+        .rfind("${")
+        .is_some_and(|open| !references[open..].contains('}'))
+    {
+        return Err(ConfigError::at(
+            place,
+            "unterminated `${` (write `$$` for a literal `$`)",
+        ));
+    }
+    shellexpand::env_with_context(&braced_only, |name| env(name).map(Some).ok_or(()))
+        .map(|expanded| expanded.into_owned())
+        .map_err(|err| match err.var_name.as_str() {
+            "" => ConfigError::at(place, "empty `${}`"),
+            name => ConfigError::at(place, format!("environment variable {name} is not set")),
+        })
 }
 
 #[cfg(test)]
@@ -814,28 +858,6 @@ mod tests {
             split_host_list("redis+cluster://a:1,b:2").unwrap(),
             ("redis+cluster://a:1".to_string(), "b:2".to_string())
         );
-    }
-
-    #[test]
-    fn outbound_allow_list_from_the_file() {
-        let config = KvConfig::from_toml(
-            "[outbound]\nallowed_hosts = [\"https://api.example.com\", \"http://127.0.0.1:*\"]\n",
-            &env,
-        )
-        .unwrap();
-        assert_eq!(
-            config.allowed_outbound_hosts,
-            ["https://api.example.com", "http://127.0.0.1:*"]
-        );
-        assert!(KvConfig::default().allowed_outbound_hosts.is_empty());
-        for bad in [
-            "[outbound]\nallowed_hosts = \"https://x\"\n",
-            "[outbound]\nallowed_hosts = [1]\n",
-            "[outbound]\nallow = []\n",
-            "outbound = 1\n",
-        ] {
-            assert!(KvConfig::from_toml(bad, &env).is_err(), "{bad}");
-        }
     }
 
     #[test]
@@ -1006,8 +1028,11 @@ mod tests {
                 "[stores.a]\nurl = \"not a url\"",
                 "stores.a.url: malformed URL",
             ),
-            ("[limits]\nmax_batch = 3", "limits.max_batch: unknown limit"),
-            ("[stor]\n", "stor: unknown top-level key"),
+            (
+                "[limits]\nmax_batch = 3",
+                "limits.max_batch: unknown field `max_batch`",
+            ),
+            ("[stor]\n", "stor: unknown field `stor`"),
             ("[stores.a\n", "invalid TOML"),
         ];
         for (text, expected) in cases {
@@ -1046,5 +1071,72 @@ mod tests {
             "ateam-ab$c$d"
         );
         assert!(expand_env("p", "${NS", &env).is_err());
+        assert_eq!(expand_env("p", "$${NS", &env).unwrap(), "${NS");
+        assert_eq!(expand_env("p", "${UNSET:-x}$", &env).unwrap(), "x$");
+        let unset = expand_env("p", "a${UNSET}", &env).unwrap_err().to_string();
+        assert_eq!(unset, "p: environment variable UNSET is not set");
+        assert_eq!(
+            expand_env("p", "${}", &env).unwrap_err().to_string(),
+            "p: empty `${}`"
+        );
+    }
+
+    /// Every table refuses a key it does not know, and the error names it and where it is.
+    #[test]
+    fn unknown_keys_are_refused_in_every_table() {
+        let cases = [
+            ("colour = 1\n", "colour: unknown field `colour`", 1),
+            (
+                "[limits]\nmax_batchentries = 1\n",
+                "limits.max_batchentries: unknown field",
+                2,
+            ),
+            (
+                "[cursors]\nsecret = \"0123456789abcdef\"\nextra = 1\n",
+                "cursors.extra: unknown field `extra`",
+                3,
+            ),
+            (
+                "[stores.c]\nurl = \"memory:\"\nseed = { k = { file = \"f\", mode = 1 } }\n",
+                "stores.c.seed.k.mode: unknown field `mode`",
+                3,
+            ),
+        ];
+        for (text, expected, line) in cases {
+            let err = KvConfig::from_toml(text, &env).unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{text:?} gave {err:?}");
+            assert!(
+                err.contains(&format!("(line {line}, ")),
+                "{text:?} gave {err:?}"
+            );
+        }
+    }
+
+    /// A store's own keys are the provider's: its factory refuses those it does not know.
+    #[tokio::test]
+    async fn unknown_store_keys_are_refused_by_the_provider() {
+        let config =
+            KvConfig::from_toml("[stores.c]\nurl = \"memory:\"\ncolour = 1\n", &env).unwrap();
+        let err = crate::ProviderRegistry::new()
+            .build(&config)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("unknown field `colour`"), "{err}");
+    }
+
+    /// A misplaced string is named by its type, never quoted: it may be a secret.
+    #[test]
+    fn misplaced_strings_are_not_echoed() {
+        for text in [
+            "cursors = \"hunter2-hunter2-hunter2\"\n",
+            "[stores]\nc = \"redis://:hunter2@h\"\n",
+            "[limits]\nmax_batch_bytes = \"hunter2\"\n",
+        ] {
+            let err = KvConfig::from_toml(text, &env).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(err.contains("invalid type: a string, expected"), "{err}");
+        }
     }
 }
