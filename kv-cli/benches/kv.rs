@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use kv_cli::run::{Output, RunOptions, Runner};
 use kv_core::{KvStore, Stores};
-use kv_testkit::emulator;
+use kv_testkit::emulator::{self, Emulator};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 const GUEST: &str = kv_test_artifacts::BENCH_GUEST;
@@ -356,19 +356,25 @@ async fn batch_rows() -> anyhow::Result<()> {
             None,
         ),
     ];
-    for provider in ["redis", "dynamodb", "cosmos", "gcs"] {
-        if !emulator::installed(provider) {
+    for emulator in [
+        Emulator::Redis,
+        Emulator::DynamoDb,
+        Emulator::Cosmos,
+        Emulator::Gcs,
+    ] {
+        let provider = emulator.provider();
+        if !emulator.installed() {
             println!("| {provider} | not installed | | | | | | |");
             continue;
         }
-        let provider = provider.to_string();
-        let started = tokio::task::spawn_blocking({
-            let provider = provider.clone();
-            move || emulator::start(&provider)
-        })
-        .await?
-        .map_err(anyhow::Error::msg)?;
-        backends.push((provider, started.store_url.clone(), Some(started)));
+        let started = tokio::task::spawn_blocking(move || emulator.start())
+            .await?
+            .map_err(anyhow::Error::msg)?;
+        backends.push((
+            provider.to_string(),
+            started.store_url.clone(),
+            Some(started),
+        ));
     }
     for (name, url, _guard) in &backends {
         let store = open(url).await?;

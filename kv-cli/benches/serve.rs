@@ -271,8 +271,10 @@ async fn bench_provider(provider: &str, settings: &Settings) -> anyhow::Result<(
     let (url, _guard) = if provider == "memory" {
         ("memory:".to_string(), None)
     } else {
-        let (url, _, guard) = kv_cli::conformance::start_emulator(provider).await?;
-        (url, Some(guard))
+        let started = kv_testkit::emulator::Emulator::start_for(provider)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        (started.store_url, Some(started.guard))
     };
     let config = kv_cli::load_config(None, &[format!("default={url}")])?;
     let stores: Arc<Stores> = Arc::new(kv_cli::registry().build(&config).await?);

@@ -9,7 +9,8 @@ use kv_conformance::{Outcome, Profile, Report, Suite, Target};
 use kv_core::Provider;
 
 use crate::cli::{ConformanceArgs, FaultProfile, Format};
-use kv_testkit::faults::{Fault, FaultProxy, LossyProvider, Protocol};
+use kv_testkit::emulator::Emulator;
+use kv_testkit::faults::{Fault, FaultProxy, LossyProvider};
 
 /// `--faults lossy`: the reply of every n-th request is dropped after the backend executed it.
 const LOSSY_EVERY: u64 = 10;
@@ -34,27 +35,27 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
         .find(|spec| spec.provider == args.provider)
         .cloned();
     if args.emulator {
-        let provider = args.provider.clone();
-        let started = tokio::task::spawn_blocking(move || kv_testkit::emulator::start(&provider))
-            .await?
-            .map_err(anyhow::Error::msg)?;
+        let emulator = Emulator::for_provider(&args.provider).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no local emulator is known for provider {:?}",
+                args.provider
+            )
+        })?;
+        let fault_protocol = emulator.fault_protocol();
+        if args.faults.is_some() && fault_protocol.is_none() {
+            bail!(
+                "--faults cannot run on {}: the fault proxy sits in front of one address, and a \
+                 cluster client talks to every node directly",
+                args.provider
+            );
+        }
+        let started = emulator.start_async().await.map_err(anyhow::Error::msg)?;
         eprintln!("started {} on loopback", started.backend);
         profile = Profile::bundled(started.flavour)
             .ok_or_else(|| anyhow::anyhow!("no bundled profile {:?}", started.flavour))?;
         profile.backend = started.backend.clone();
         let mut url = started.store_url.clone();
-        if args.faults.is_some() && args.provider == "redis-cluster" {
-            bail!(
-                "--faults cannot run on a Redis Cluster: the fault proxy sits in front of one \
-                 address, and a cluster client talks to every node directly"
-            );
-        }
-        if args.faults == Some(FaultProfile::Lossy) {
-            let protocol = if args.provider == "redis" {
-                Protocol::Tcp
-            } else {
-                Protocol::Http
-            };
+        if let (Some(FaultProfile::Lossy), Some(protocol)) = (args.faults, fault_protocol) {
             let proxy = FaultProxy::start(started.addr(), protocol).await?;
             proxy.every(LOSSY_EVERY, Fault::DropReply);
             eprintln!(
@@ -157,18 +158,3 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
 
 /// Keeps an emulator running; dropping it stops the emulator.
 pub type Guard = Arc<dyn std::any::Any + Send + Sync>;
-
-/// Whether the local emulator of `provider` is installed (by `scripts/setup.sh`).
-pub fn emulator_installed(provider: &str) -> bool {
-    kv_testkit::emulator::installed(provider)
-}
-
-/// Starts the local emulator of `provider`: its store URL, backend description, and a guard
-/// that stops it when dropped.
-pub async fn start_emulator(provider: &str) -> anyhow::Result<(String, String, Guard)> {
-    let provider = provider.to_string();
-    let started = tokio::task::spawn_blocking(move || kv_testkit::emulator::start(&provider))
-        .await?
-        .map_err(anyhow::Error::msg)?;
-    Ok((started.store_url, started.backend, started.guard))
-}

@@ -381,9 +381,10 @@ fn conformance_json_matches_the_documented_format() {
 #[test]
 fn conformance_emulator_runs_selected_cases() {
     let required = std::env::var("KV_REQUIRE").unwrap_or_default();
-    for provider in kv_testkit::emulator::EMULATED_PROVIDERS {
-        let is_required = required.split(',').any(|name| name.trim() == *provider);
-        if !is_required && !kv_testkit::emulator::installed(provider) {
+    for emulator in kv_testkit::emulator::Emulator::ALL {
+        let provider = emulator.provider();
+        let is_required = required.split(',').any(|name| name.trim() == provider);
+        if !is_required && !emulator.installed() {
             eprintln!("skipping {provider}: its emulator is not installed");
             continue;
         }

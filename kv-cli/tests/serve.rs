@@ -209,10 +209,8 @@ fn example_on(provider: &'static str) -> TestResult {
         let (url, _guard) = if provider == "memory" {
             ("memory:".to_string(), None)
         } else {
-            let (url, _, guard) = kv_cli::conformance::start_emulator(provider)
-                .await
-                .map_err(|err| Failed::from(format!("{err:#}")))?;
-            (url, Some(guard))
+            let started = kv_testkit::emulator::Emulator::start_for(provider).await?;
+            (started.store_url, Some(started.guard))
         };
         let store = format!("default={url}");
         let mut served = Served::start(EXAMPLE, &["--store", &store, "--time-limit", "60s"])?;
@@ -695,7 +693,7 @@ fn main() -> std::process::ExitCode {
         Trial::test("unavailable_store_is_503", unavailable_store_is_503),
     ));
     for (provider, trial) in with_emulator {
-        let available = kv_cli::conformance::emulator_installed(provider)
+        let available = kv_testkit::emulator::installed(provider)
             || required.iter().any(|name| name == provider);
         trials.push(if available {
             trial

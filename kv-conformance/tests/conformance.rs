@@ -9,7 +9,7 @@ use std::sync::Arc;
 use kv_conformance::harness::{self, TargetSource};
 use kv_conformance::{Profile, Target};
 use kv_core::MemoryProvider;
-use kv_testkit::emulator::{self, EMULATED_PROVIDERS};
+use kv_testkit::emulator::Emulator;
 
 mod common;
 
@@ -32,17 +32,18 @@ fn main() -> ExitCode {
         target.keep_alive.push(Arc::new(dir));
         Ok(target)
     }));
-    for provider in EMULATED_PROVIDERS {
-        sources.push(TargetSource::new(provider, move || emulated(provider)));
+    for emulator in Emulator::ALL {
+        sources.push(TargetSource::new(emulator.provider(), move || {
+            emulated(emulator)
+        }));
     }
     harness::main(sources)
 }
 
 /// Starts `provider`'s emulator and connects to it through the provider's own factory.
-async fn emulated(provider: &'static str) -> Result<Target, String> {
-    let started = tokio::task::spawn_blocking(move || emulator::start(provider))
-        .await
-        .map_err(|err| err.to_string())??;
+async fn emulated(emulator: Emulator) -> Result<Target, String> {
+    let provider = emulator.provider();
+    let started = emulator.start_async().await?;
     let connected = common::connect(provider, &started.store_url).await?;
     let mut profile = Profile::bundled(started.flavour)
         .ok_or_else(|| format!("no bundled profile {:?}", started.flavour))?;

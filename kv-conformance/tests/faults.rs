@@ -23,8 +23,8 @@ use kv_core::{
     Access, ErrorKind, KvError, KvStore, Limits, MemoryProvider, Provider, RetryPolicy, Stores,
     SwapOutcome,
 };
-use kv_testkit::emulator::{self, EMULATED_PROVIDERS, Started};
-use kv_testkit::faults::{Fault, FaultProxy, Injected, LossyProvider, LossyState, Protocol};
+use kv_testkit::emulator::{Emulator, Started};
+use kv_testkit::faults::{Fault, FaultProxy, Injected, LossyProvider, LossyState};
 use kv_testkit::runtime;
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -178,15 +178,12 @@ async fn subject(name: &str) -> Result<Subject, String> {
             _dir: Some(dir),
         });
     }
-    let owned = name.to_string();
-    let started = tokio::task::spawn_blocking(move || emulator::start(&owned))
-        .await
-        .map_err(|err| err.to_string())??;
-    let protocol = if name == "redis" {
-        Protocol::Tcp
-    } else {
-        Protocol::Http
-    };
+    let emulator =
+        Emulator::for_provider(name).ok_or_else(|| format!("no emulator for {name:?}"))?;
+    let protocol = emulator
+        .fault_protocol()
+        .ok_or_else(|| format!("no fault proxy fits in front of {name}"))?;
+    let started = emulator.start_async().await?;
     let proxy = FaultProxy::start(started.addr(), protocol)
         .await
         .map_err(|err| format!("fault proxy: {err}"))?;
@@ -551,10 +548,10 @@ fn main() -> ExitCode {
     // every node at the address the cluster announces: Redis Cluster's fault test is the
     // primary killed mid-run in kv-redis/tests/cluster.rs.
     let names = ["memory", "sqlite"].into_iter().chain(
-        EMULATED_PROVIDERS
-            .iter()
-            .copied()
-            .filter(|name| *name != "redis-cluster"),
+        Emulator::ALL
+            .into_iter()
+            .filter(|emulator| emulator.fault_protocol().is_some())
+            .map(Emulator::provider),
     );
     for name in names {
         let is_required = required.iter().any(|r| r == name);
@@ -569,7 +566,7 @@ fn main() -> ExitCode {
             continue;
         }
         let local = matches!(name, "memory" | "sqlite");
-        if !local && !is_required && !emulator::installed(name) {
+        if !local && !is_required && !kv_testkit::emulator::installed(name) {
             for check in ["matrix", "lossy_increments", "lossy_cas"] {
                 trials.push(
                     Trial::test(format!("{name}::{check}"), || Ok(()))

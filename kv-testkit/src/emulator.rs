@@ -14,14 +14,12 @@ pub fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-/// Finds an executable on `PATH` (and in `/usr/sbin`, `/usr/bin`); on Windows `NAME.exe`.
+/// Finds an executable on `PATH`, then in `/usr/sbin` and `/usr/bin` (where apt puts
+/// `redis-server`, often not on a user's `PATH`).
 pub fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join(&file))
-        .find(|candidate| candidate.is_file())
+    which::which(name)
+        .or_else(|_| which::which_in(name, Some("/usr/sbin:/usr/bin"), "/"))
+        .ok()
 }
 
 /// A child process that is killed (and reaped) when dropped.
@@ -745,79 +743,153 @@ impl Started {
     }
 }
 
-/// The providers whose emulators this crate starts.
-pub const EMULATED_PROVIDERS: &[&str] = &["redis", "redis-cluster", "dynamodb", "gcs", "cosmos"];
+/// A provider whose local backend this crate starts: the one place that maps a provider to its
+/// emulator, its expectation profile and how a fault proxy speaks to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Emulator {
+    /// `redis-server`.
+    Redis,
+    /// Six `redis-server`s as a cluster (3 primaries, 3 replicas).
+    RedisCluster,
+    /// DynamoDB Local.
+    DynamoDb,
+    /// fake-gcs-server.
+    Gcs,
+    /// The local Cosmos DB server (`@zeit/cosmosdb-server`).
+    Cosmos,
+}
 
-/// Whether the local emulator of `provider` is installed (by `scripts/setup.sh`).
-pub fn installed(provider: &str) -> bool {
-    match provider {
-        "redis" => find_program("redis-server").is_some(),
-        "redis-cluster" => {
-            find_program("redis-server").is_some() && find_program("redis-cli").is_some()
+impl Emulator {
+    /// Every emulator, in the order suites run them.
+    pub const ALL: [Emulator; 5] = [
+        Emulator::Redis,
+        Emulator::RedisCluster,
+        Emulator::DynamoDb,
+        Emulator::Gcs,
+        Emulator::Cosmos,
+    ];
+
+    /// The emulator of the provider named `provider` (`wasi-kv conformance --provider`).
+    pub fn for_provider(provider: &str) -> Option<Emulator> {
+        Emulator::ALL
+            .into_iter()
+            .find(|emulator| emulator.provider() == provider)
+    }
+
+    /// The provider name (as in `--provider`, `KV_REQUIRE` and trial names).
+    pub fn provider(self) -> &'static str {
+        match self {
+            Emulator::Redis => "redis",
+            Emulator::RedisCluster => "redis-cluster",
+            Emulator::DynamoDb => "dynamodb",
+            Emulator::Gcs => "gcs",
+            Emulator::Cosmos => "cosmos",
         }
-        "dynamodb" => DynamoDbLocal::jar_dir().is_some(),
-        "gcs" => FakeGcsServer::binary().is_some(),
-        "cosmos" => CosmosServer::modules_dir().is_some(),
-        _ => false,
+    }
+
+    /// How a fault proxy in front of it forwards requests; `None` when one proxy cannot sit in
+    /// front of it (a cluster client talks to every node directly).
+    pub fn fault_protocol(self) -> Option<crate::faults::Protocol> {
+        use crate::faults::Protocol;
+        match self {
+            Emulator::Redis => Some(Protocol::Tcp),
+            Emulator::RedisCluster => None,
+            Emulator::DynamoDb | Emulator::Gcs | Emulator::Cosmos => Some(Protocol::Http),
+        }
+    }
+
+    /// Whether it is installed (by `scripts/setup.sh`).
+    pub fn installed(self) -> bool {
+        match self {
+            Emulator::Redis => find_program("redis-server").is_some(),
+            Emulator::RedisCluster => {
+                find_program("redis-server").is_some() && find_program("redis-cli").is_some()
+            }
+            Emulator::DynamoDb => DynamoDbLocal::jar_dir().is_some(),
+            Emulator::Gcs => FakeGcsServer::binary().is_some(),
+            Emulator::Cosmos => CosmosServer::modules_dir().is_some(),
+        }
+    }
+
+    /// Starts it on a free loopback port (blocking until it answers); `Err` says why it could
+    /// not.
+    pub fn start(self) -> Result<Started, String> {
+        use std::sync::Arc;
+        Ok(match self {
+            Emulator::Redis => {
+                let server = RedisServer::start()?;
+                Started {
+                    store_url: server.url(),
+                    port: server.server.port,
+                    backend: server.version().to_string(),
+                    flavour: "redis",
+                    guard: Arc::new(server),
+                }
+            }
+            Emulator::RedisCluster => {
+                let cluster = RedisCluster::start()?;
+                Started {
+                    // Writes are acknowledged once a replica has them, as a failover needs.
+                    store_url: format!("{}?wait_replicas=1", cluster.url()),
+                    port: cluster.ports()[0],
+                    backend: format!("{} (cluster: 3 primaries, 3 replicas)", cluster.version()),
+                    flavour: "redis-cluster",
+                    guard: Arc::new(cluster),
+                }
+            }
+            Emulator::DynamoDb => {
+                let local = DynamoDbLocal::start()?;
+                Started {
+                    store_url: local.store_url("wasikv-conformance"),
+                    port: local.server.port,
+                    backend: local.version(),
+                    flavour: "dynamodb-local",
+                    guard: Arc::new(local),
+                }
+            }
+            Emulator::Gcs => {
+                let server = FakeGcsServer::start()?;
+                Started {
+                    store_url: server.store_url("wasikv-conformance", "runs"),
+                    port: server.server.port,
+                    backend: server.version(),
+                    flavour: "fake-gcs",
+                    guard: Arc::new(server),
+                }
+            }
+            Emulator::Cosmos => {
+                let server = CosmosServer::start()?;
+                Started {
+                    store_url: server.store_url("wasikv", "conformance"),
+                    port: server.server.port,
+                    backend: server.version(),
+                    flavour: "cosmos-local",
+                    guard: Arc::new(server),
+                }
+            }
+        })
     }
 }
 
-/// Starts the local emulator of `provider` on a free loopback port (blocking until it
-/// answers); `Err` says why it could not.
-pub fn start(provider: &str) -> Result<Started, String> {
-    use std::sync::Arc;
-    Ok(match provider {
-        "redis" => {
-            let server = RedisServer::start()?;
-            Started {
-                store_url: server.url(),
-                port: server.server.port,
-                backend: server.version().to_string(),
-                flavour: "redis",
-                guard: Arc::new(server),
-            }
-        }
-        "redis-cluster" => {
-            let cluster = RedisCluster::start()?;
-            Started {
-                // Writes are acknowledged once a replica has them, as a failover needs.
-                store_url: format!("{}?wait_replicas=1", cluster.url()),
-                port: cluster.ports()[0],
-                backend: format!("{} (cluster: 3 primaries, 3 replicas)", cluster.version()),
-                flavour: "redis-cluster",
-                guard: Arc::new(cluster),
-            }
-        }
-        "dynamodb" => {
-            let local = DynamoDbLocal::start()?;
-            Started {
-                store_url: local.store_url("wasikv-conformance"),
-                port: local.server.port,
-                backend: local.version(),
-                flavour: "dynamodb-local",
-                guard: Arc::new(local),
-            }
-        }
-        "gcs" => {
-            let server = FakeGcsServer::start()?;
-            Started {
-                store_url: server.store_url("wasikv-conformance", "runs"),
-                port: server.server.port,
-                backend: server.version(),
-                flavour: "fake-gcs",
-                guard: Arc::new(server),
-            }
-        }
-        "cosmos" => {
-            let server = CosmosServer::start()?;
-            Started {
-                store_url: server.store_url("wasikv", "conformance"),
-                port: server.server.port,
-                backend: server.version(),
-                flavour: "cosmos-local",
-                guard: Arc::new(server),
-            }
-        }
-        other => return Err(format!("no local emulator is known for provider {other:?}")),
-    })
+impl Emulator {
+    /// [`Emulator::start`] on a blocking thread, for async callers.
+    pub async fn start_async(self) -> Result<Started, String> {
+        tokio::task::spawn_blocking(move || self.start())
+            .await
+            .map_err(|err| format!("starting {}: {err}", self.provider()))?
+    }
+
+    /// The emulator of `provider`, started; `Err` for a provider without one.
+    pub async fn start_for(provider: &str) -> Result<Started, String> {
+        Emulator::for_provider(provider)
+            .ok_or_else(|| format!("no local emulator is known for provider {provider:?}"))?
+            .start_async()
+            .await
+    }
+}
+
+/// Whether the local emulator of the provider named `provider` is installed (`false` for a
+/// provider without one).
+pub fn installed(provider: &str) -> bool {
+    Emulator::for_provider(provider).is_some_and(Emulator::installed)
 }
