@@ -214,12 +214,7 @@ pub trait Bucket: Send + Sync + 'static {
         keys: &[String],
         max_bytes: usize,
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        let values = self.get_many(keys).await?;
-        let total: usize = values.iter().flatten().map(Vec::len).sum();
-        if total > max_bytes {
-            return Err(batch_bytes_exceeded(max_bytes));
-        }
-        Ok(values)
+        values_within(self.get_many(keys).await?, max_bytes)
     }
 
     /// Write every entry; for duplicate keys the last entry wins.
@@ -288,6 +283,18 @@ pub fn batch_bytes_exceeded(max_bytes: usize) -> KvError {
         ErrorKind::BatchTooLarge,
         format!("the values exceed the limit of {max_bytes} bytes per batch call"),
     )
+}
+
+/// `values`, or `batch-too-large` if they add up to more than `max_bytes`.
+pub(crate) fn values_within(
+    values: Vec<Option<Vec<u8>>>,
+    max_bytes: usize,
+) -> Result<Vec<Option<Vec<u8>>>> {
+    let total: usize = values.iter().flatten().map(Vec::len).sum();
+    if total > max_bytes {
+        return Err(batch_bytes_exceeded(max_bytes));
+    }
+    Ok(values)
 }
 
 /// The last entry of each key, in the order of the survivors.
