@@ -67,7 +67,7 @@ use crate::capabilities::Capabilities;
 use crate::counter::CounterRange;
 use crate::error::Result;
 use crate::provider::{
-    Bucket, Bytes, ImmediateBucket, KeyPage, Provider, RequestId, SwapOutcome, Version, Versioned,
+    Attempt, Bucket, Bytes, ImmediateBucket, KeyPage, Provider, SwapOutcome, Version, Versioned,
     values_within,
 };
 
@@ -230,10 +230,10 @@ pub trait LayeredBucket: Send + Sync + 'static {
         key: &str,
         delta: i64,
         range: CounterRange,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<i64> {
         self.before(Op::Increment).await?;
-        let result = self.inner().increment(key, delta, range, request).await;
+        let result = self.inner().increment(key, delta, range, attempt).await;
         self.after(Op::Increment, result)
     }
 
@@ -249,10 +249,10 @@ pub trait LayeredBucket: Send + Sync + 'static {
         key: &str,
         expected: &Version,
         value: Bytes,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<SwapOutcome> {
         self.before(Op::Swap).await?;
-        let result = self.inner().swap(key, expected, value, request).await;
+        let result = self.inner().swap(key, expected, value, attempt).await;
         self.after(Op::Swap, result)
     }
 
@@ -320,9 +320,9 @@ impl<L: LayeredBucket> Bucket for L {
         key: &str,
         delta: i64,
         range: CounterRange,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<i64> {
-        LayeredBucket::increment(self, key, delta, range, request).await
+        LayeredBucket::increment(self, key, delta, range, attempt).await
     }
 
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
@@ -334,9 +334,9 @@ impl<L: LayeredBucket> Bucket for L {
         key: &str,
         expected: &Version,
         value: Bytes,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<SwapOutcome> {
-        LayeredBucket::swap(self, key, expected, value, request).await
+        LayeredBucket::swap(self, key, expected, value, attempt).await
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {

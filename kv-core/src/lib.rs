@@ -5,6 +5,8 @@
 //! - [`Provider`] / [`Bucket`]: the async trait a backing store implements.
 //! - [`KvStore`]: a checked handle that enforces the contract's limits, access modes,
 //!   timeouts and retries in front of any provider.
+//! - [`layer`]: a bucket wrapped in another ([`Layer`], [`LayeredBucket`]), for fault
+//!   injection and instrumentation in tests.
 //! - [`KvConfig`] / [`ProviderRegistry`] / [`Stores`]: from configuration to open stores.
 //! - [`host`]: `add_to_linker` for wasmtime.
 
@@ -41,7 +43,8 @@ pub use layer::{Layer, LayeredBucket, LayeredProvider};
 pub use limits::{Limits, RetryPolicy};
 pub use memory::MemoryProvider;
 pub use provider::{
-    Bucket, Bytes, ImmediateBucket, KeyPage, Provider, RequestId, SwapOutcome, Version, Versioned,
+    Attempt, Bucket, Bytes, ImmediateBucket, KeyPage, Provider, RequestId, SwapOutcome, Version,
+    Versioned,
 };
 pub use secret::{ConnectionKey, Secret};
 pub use store::{Access, CursorSecret, KvStore};

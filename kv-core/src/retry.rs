@@ -7,9 +7,10 @@
 //! past the deadline is not started, so throttling that outlasts the retries surfaces as
 //! `throttled`, not `timeout`; the final error is marked permanent.
 //!
-//! Increments and swaps are retried too: their request id makes a retry after a lost reply
-//! return the first result instead of applying again ([`AppliedOnce`]). Their final error says
-//! when the outcome is unknown ([`final_error_of_write`], docs/semantics.md S6, S7).
+//! Increments and swaps are retried too: every attempt gets the call's one [`Attempt`] (its
+//! request id, and what earlier attempts left unresolved), so a retry after a lost reply
+//! returns the first result instead of applying again ([`Increment`], [`Swap`]). Their final
+//! error says when the outcome is unknown ([`final_error_of_write`], docs/semantics.md S6, S7).
 
 use std::marker::PhantomData;
 use std::task::Poll;
@@ -18,10 +19,11 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
+use crate::counter::CounterRange;
 use crate::error::{ErrorKind, KvError, Result};
 use crate::limits::RetryPolicy;
 use crate::logging::CallLog;
-use crate::provider::RequestId;
+use crate::provider::{Attempt, Bucket, Bytes, SwapOutcome, Version};
 
 /// How the message of an ambiguous write's error starts.
 pub const OUTCOME_UNKNOWN: &str = "outcome unknown";
@@ -60,33 +62,56 @@ where
     }
 }
 
-/// An increment or swap: the same request id on every attempt, and an error that says when the
-/// outcome is unknown.
-pub(crate) struct AppliedOnce<'a, F> {
-    request: &'a RequestId,
-    each: F,
+/// An increment, exactly once across its attempts: each gets the same [`Attempt`].
+pub(crate) struct Increment<'a> {
+    pub(crate) bucket: &'a dyn Bucket,
+    pub(crate) key: &'a str,
+    pub(crate) delta: i64,
+    pub(crate) range: CounterRange,
+    pub(crate) attempt: Attempt,
 }
 
-impl<'a, F> AppliedOnce<'a, F> {
-    pub(crate) fn new(request: &'a RequestId, each: F) -> Self {
-        AppliedOnce { request, each }
-    }
-}
-
-impl<'a, F, T> Retryable<T> for AppliedOnce<'a, F>
-where
-    F: FnMut() -> BoxFuture<'a, Result<T>>,
-{
-    fn start(&mut self) -> BoxFuture<'_, Result<T>> {
-        (self.each)()
+impl Retryable<i64> for Increment<'_> {
+    fn start(&mut self) -> BoxFuture<'_, Result<i64>> {
+        self.bucket
+            .increment(self.key, self.delta, self.range, &mut self.attempt)
     }
 
     fn final_error(&self, err: KvError, ambiguous: bool) -> KvError {
-        // A provider that left an attempt unresolved (a read-modify-write whose conditional
-        // write may have applied) says so through the request, whatever error came last.
-        let unresolved = self.request.attempted_base().is_some();
-        final_error_of_write(err, ambiguous || unresolved)
+        final_error_of_attempts(&self.attempt, err, ambiguous)
     }
+}
+
+/// A swap, exactly once across its attempts: each gets the same [`Attempt`].
+pub(crate) struct Swap<'a> {
+    pub(crate) bucket: &'a dyn Bucket,
+    pub(crate) key: &'a str,
+    pub(crate) expected: &'a Version,
+    pub(crate) value: Bytes,
+    pub(crate) attempt: Attempt,
+}
+
+impl Retryable<SwapOutcome> for Swap<'_> {
+    fn start(&mut self) -> BoxFuture<'_, Result<SwapOutcome>> {
+        self.bucket.swap(
+            self.key,
+            self.expected,
+            self.value.clone(),
+            &mut self.attempt,
+        )
+    }
+
+    fn final_error(&self, err: KvError, ambiguous: bool) -> KvError {
+        final_error_of_attempts(&self.attempt, err, ambiguous)
+    }
+}
+
+/// The final error of an increment's or swap's attempts: a provider that left an attempt
+/// unresolved (a read-modify-write whose conditional write may have applied) says so through
+/// the [`Attempt`], whatever error came last.
+fn final_error_of_attempts(attempt: &Attempt, err: KvError, ambiguous: bool) -> KvError {
+    let unresolved = attempt.attempted_base().is_some();
+    final_error_of_write(err, ambiguous || unresolved)
 }
 
 /// The first attempt, polled once before any clock is read or timer armed.

@@ -20,9 +20,11 @@ use crate::cursor::CursorSigner;
 use crate::error::{ErrorKind, KvError, Result};
 use crate::limits::{Limits, MAX_KEY_BYTES, MAX_LIST_PAGE, MAX_TTL_MS};
 use crate::logging::CallLog;
-use crate::provider::{Bucket, Bytes, KeyPage, RequestId, SwapOutcome, Version, Versioned};
+use crate::provider::{
+    Attempt, Bucket, Bytes, KeyPage, RequestId, SwapOutcome, Version, Versioned,
+};
 pub use crate::retry::OUTCOME_UNKNOWN;
-use crate::retry::{AppliedOnce, EachTime, Retry};
+use crate::retry::{EachTime, Increment, Retry, Swap};
 
 /// What a component may do with a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -278,19 +280,21 @@ impl KvStore {
     async fn increment_within(&self, key: &str, delta: i64, range: CounterRange) -> Result<i64> {
         self.check_write()?;
         check_key(key)?;
-        // One request id for every attempt: a retry after a lost reply cannot apply twice.
-        let request = RequestId::new();
         if let Some(bucket) = self.inner.bucket.immediate() {
             return self.settled(
                 "increment",
-                bucket.increment_now(key, delta, range, &request),
+                bucket.increment_now(key, delta, range, RequestId::new()),
             );
         }
-        let each = || self.inner.bucket.increment(key, delta, range, &request);
-        self.inner
-            .retry
-            .run("increment", AppliedOnce::new(&request, each))
-            .await
+        // One attempt state for every attempt: a retry after a lost reply cannot apply twice.
+        let increment = Increment {
+            bucket: &*self.inner.bucket,
+            key,
+            delta,
+            range,
+            attempt: Attempt::new(),
+        };
+        self.inner.retry.run("increment", increment).await
     }
 
     /// Reads `key` with its version, for compare-and-swap.
@@ -313,18 +317,16 @@ impl KvStore {
         check_key(key)?;
         self.check_value(&value)?;
         self.check_cas()?;
-        // One request id for every attempt: a retry after a lost reply reports the swap, not
-        // a conflict with itself.
-        let request = RequestId::new();
-        let each = || {
-            self.inner
-                .bucket
-                .swap(key, expected, value.clone(), &request)
+        // One attempt state for every attempt: a retry after a lost reply reports the swap,
+        // not a conflict with itself.
+        let swap = Swap {
+            bucket: &*self.inner.bucket,
+            key,
+            expected,
+            value,
+            attempt: Attempt::new(),
         };
-        self.inner
-            .retry
-            .run("swap", AppliedOnce::new(&request, each))
-            .await
+        self.inner.retry.run("swap", swap).await
     }
 
     /// Reads many keys, in order, duplicates included. Each distinct key is read once, in

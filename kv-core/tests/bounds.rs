@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use kv_core::{
-    Access, Bucket, Bytes, Capabilities, ErrorKind, KeyPage, KvError, LayeredBucket, Limits,
-    Provider, RequestId, Result, RetryPolicy, Stores, SwapOutcome, Version, Versioned,
+    Access, Attempt, Bucket, Bytes, Capabilities, ErrorKind, KeyPage, KvError, LayeredBucket,
+    Limits, Provider, Result, RetryPolicy, Stores, SwapOutcome, Version, Versioned,
 };
 
 /// A bucket whose every operation first waits `delay`, then fails `failures` times with
@@ -78,11 +78,14 @@ impl Bucket for Misbehaving {
         _: &str,
         delta: i64,
         _: kv_core::CounterRange,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<i64> {
-        self.requests.lock().unwrap().push(request.value());
+        self.requests
+            .lock()
+            .unwrap()
+            .push(attempt.request().value());
         if self.leave_unresolved {
-            request.set_attempted_base(Some(7));
+            attempt.set_attempted_base(Some(7));
         }
         self.step().await.map(|_| delta)
     }
@@ -97,9 +100,12 @@ impl Bucket for Misbehaving {
         _: &str,
         _: &Version,
         _: Bytes,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<SwapOutcome> {
-        self.requests.lock().unwrap().push(request.value());
+        self.requests
+            .lock()
+            .unwrap()
+            .push(attempt.request().value());
         self.step().await.map(|_| SwapOutcome::Swapped)
     }
 }
