@@ -8,10 +8,11 @@
 //! invalid input.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Either, Ready, ready};
 
 use crate::capabilities::Capabilities;
 use crate::counter::CounterRange;
@@ -21,7 +22,7 @@ use crate::error::{ErrorKind, KvError, Result};
 use crate::limits::{Limits, MAX_KEY_BYTES, MAX_LIST_PAGE, MAX_TTL_MS};
 use crate::logging::CallLog;
 use crate::provider::{
-    Attempt, Bucket, Bytes, KeyPage, RequestId, SwapOutcome, Version, Versioned,
+    Attempt, Bucket, Bytes, ImmediateBucket, KeyPage, RequestId, SwapOutcome, Version, Versioned,
 };
 pub use crate::retry::OUTCOME_UNKNOWN;
 use crate::retry::{EachTime, Increment, Retry, Swap};
@@ -157,10 +158,13 @@ impl KvStore {
     /// Reads `key`.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         check_key(key)?;
-        if let Some(bucket) = self.inner.bucket.immediate() {
-            return self.settled("get", bucket.get_now(key));
-        }
-        self.call("get", || self.inner.bucket.get(key)).await
+        self.dispatch(
+            "get",
+            key,
+            |bucket, key| bucket.get_now(key),
+            |op, key| self.call(op, move || self.inner.bucket.get(key)),
+        )
+        .await
     }
 
     /// Writes `key`, clearing any TTL.
@@ -169,11 +173,13 @@ impl KvStore {
         self.check_write()?;
         check_key(key)?;
         self.check_value(&value)?;
-        if let Some(bucket) = self.inner.bucket.immediate() {
-            return self.settled("set", bucket.set_now(key, value));
-        }
-        self.call("set", || self.inner.bucket.set(key, value.clone()))
-            .await
+        self.dispatch(
+            "set",
+            value,
+            |bucket, value| bucket.set_now(key, value),
+            |op, value| self.call(op, move || self.inner.bucket.set(key, value.clone())),
+        )
+        .await
     }
 
     /// Writes `key` expiring after `ttl_ms` milliseconds.
@@ -210,19 +216,25 @@ impl KvStore {
     pub async fn delete(&self, key: &str) -> Result<()> {
         self.check_write()?;
         check_key(key)?;
-        if let Some(bucket) = self.inner.bucket.immediate() {
-            return self.settled("delete", bucket.delete_now(key));
-        }
-        self.call("delete", || self.inner.bucket.delete(key)).await
+        self.dispatch(
+            "delete",
+            key,
+            |bucket, key| bucket.delete_now(key),
+            |op, key| self.call(op, move || self.inner.bucket.delete(key)),
+        )
+        .await
     }
 
     /// Whether `key` exists.
     pub async fn exists(&self, key: &str) -> Result<bool> {
         check_key(key)?;
-        if let Some(bucket) = self.inner.bucket.immediate() {
-            return self.settled("exists", bucket.exists_now(key));
-        }
-        self.call("exists", || self.inner.bucket.exists(key)).await
+        self.dispatch(
+            "exists",
+            key,
+            |bucket, key| bucket.exists_now(key),
+            |op, key| self.call(op, move || self.inner.bucket.exists(key)),
+        )
+        .await
     }
 
     /// One page of keys; the returned cursor is opaque and only valid for this store.
@@ -280,21 +292,24 @@ impl KvStore {
     async fn increment_within(&self, key: &str, delta: i64, range: CounterRange) -> Result<i64> {
         self.check_write()?;
         check_key(key)?;
-        if let Some(bucket) = self.inner.bucket.immediate() {
-            return self.settled(
-                "increment",
-                bucket.increment_now(key, delta, range, RequestId::new()),
-            );
-        }
-        // One attempt state for every attempt: a retry after a lost reply cannot apply twice.
-        let increment = Increment {
-            bucket: &*self.inner.bucket,
+        self.dispatch(
+            "increment",
             key,
-            delta,
-            range,
-            attempt: Attempt::new(),
-        };
-        self.inner.retry.run("increment", increment).await
+            |bucket, key| bucket.increment_now(key, delta, range, RequestId::new()),
+            |op, key| {
+                // One attempt state for every attempt: a retry after a lost reply cannot
+                // apply twice.
+                let increment = Increment {
+                    bucket: &*self.inner.bucket,
+                    key,
+                    delta,
+                    range,
+                    attempt: Attempt::new(),
+                };
+                self.inner.retry.run(op, increment)
+            },
+        )
+        .await
     }
 
     /// Reads `key` with its version, for compare-and-swap.
@@ -366,17 +381,16 @@ impl KvStore {
         let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(distinct.len());
         for (round, keys) in distinct.chunks(GET_MANY_ROUND).enumerate() {
             let budget = max_bytes.saturating_sub(charged);
-            let part = match self.inner.bucket.immediate() {
-                Some(bucket) => {
-                    self.settled("get-many", bucket.get_many_within_now(keys, budget))?
-                }
-                None => {
-                    self.call("get-many", || {
-                        self.inner.bucket.get_many_within(keys, budget)
-                    })
-                    .await?
-                }
-            };
+            let part = self
+                .dispatch(
+                    "get-many",
+                    keys,
+                    |bucket, keys| bucket.get_many_within_now(keys, budget),
+                    |op, keys| {
+                        self.call(op, move || self.inner.bucket.get_many_within(keys, budget))
+                    },
+                )
+                .await?;
             if part.len() != keys.len() {
                 return Err(KvError::internal(format!(
                     "the provider returned {} values for {} keys",
@@ -429,22 +443,21 @@ impl KvStore {
         if total > max_bytes {
             return Err(crate::provider::batch_bytes_exceeded(max_bytes));
         }
-        if let Some(bucket) = self.inner.bucket.immediate() {
-            return self.settled("set-many", bucket.set_many_now(entries));
-        }
         // In order, one call per part: a later part's entry for a key also in an earlier part
         // still lands last, so the last value for a key wins.
-        let part_len = self.inner.capabilities.set_many_part.max(1);
-        let mut applied = 0;
-        for part in entries.chunks(part_len) {
-            self.call("set-many", || self.inner.bucket.set_many(part))
+        let part_len = self.inner.capabilities.set_many_part;
+        self.dispatch(
+            "set-many",
+            entries,
+            |bucket, entries| bucket.set_many_now(entries),
+            |op, entries| async move {
+                self.in_parts(op, &entries, part_len, |part| {
+                    self.inner.bucket.set_many(part)
+                })
                 .await
-                .map_err(|err| {
-                    partially_applied("set-many", err, applied, part_len, entries.len())
-                })?;
-            applied += part.len();
-        }
-        Ok(())
+            },
+        )
+        .await
     }
 
     /// Deletes many keys; missing keys are fine.
@@ -452,17 +465,11 @@ impl KvStore {
         self.check_write()?;
         self.check_batch(keys.len())?;
         keys.iter().try_for_each(|key| check_key(key))?;
-        let part_len = self.inner.capabilities.delete_many_part.max(1);
-        let mut applied = 0;
-        for part in keys.chunks(part_len) {
-            self.call("delete-many", || self.inner.bucket.delete_many(part))
-                .await
-                .map_err(|err| {
-                    partially_applied("delete-many", err, applied, part_len, keys.len())
-                })?;
-            applied += part.len();
-        }
-        Ok(())
+        let part_len = self.inner.capabilities.delete_many_part;
+        self.in_parts("delete-many", keys, part_len, |part| {
+            self.inner.bucket.delete_many(part)
+        })
+        .await
     }
 
     /// What a cursor is bound to: the store (its name, as every replica configures it), and
@@ -518,17 +525,60 @@ impl KvStore {
     }
 
     /// Runs one provider operation under the time limit, retrying transient errors
-    /// ([`crate::retry`]).
-    async fn call<'a, T, F>(&'a self, op: &'static str, each: F) -> Result<T>
+    /// ([`crate::retry`]). Not an `async fn`: the retry loop's future is returned as it is,
+    /// without a frame of its own around it.
+    fn call<'a, T: 'a, F>(
+        &'a self,
+        op: &'static str,
+        each: F,
+    ) -> impl Future<Output = Result<T>> + 'a
     where
         F: FnMut() -> BoxFuture<'a, Result<T>> + 'a,
     {
-        self.inner.retry.run(op, EachTime::new(each)).await
+        self.inner.retry.run(op, EachTime::new(each))
     }
 
-    /// The outcome of an operation an [`ImmediateBucket`](crate::ImmediateBucket) completed.
-    fn settled<T>(&self, op: &'static str, result: Result<T>) -> Result<T> {
-        self.inner.retry.settled(op, result)
+    /// One provider call, through the bucket's [`ImmediateBucket`] face when it has one (made
+    /// once, without a future or timer; its result is final, as with nothing to wait for there
+    /// is nothing to retry), otherwise `later` (through the retry loop). `input`, what the call
+    /// consumes, goes to whichever runs, so neither path copies it for the other.
+    ///
+    /// Not an `async fn`: it returns the finished result or `later`'s future as they are, so
+    /// the fast path adds no frame to the caller's future.
+    fn dispatch<I, T, Fut>(
+        &self,
+        op: &'static str,
+        input: I,
+        now: impl FnOnce(&dyn ImmediateBucket, I) -> Result<T>,
+        later: impl FnOnce(&'static str, I) -> Fut,
+    ) -> Either<Ready<Result<T>>, Fut>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
+        match self.inner.bucket.immediate() {
+            Some(bucket) => Either::Left(ready(self.inner.retry.settled(op, now(bucket, input)))),
+            None => Either::Right(later(op, input)),
+        }
+    }
+
+    /// A batch call in parts of `part_len` items, in order, each part with its own deadline
+    /// and retries; a failure says which parts were applied ([`partially_applied`]).
+    async fn in_parts<'a, E>(
+        &'a self,
+        op: &'static str,
+        items: &'a [E],
+        part_len: usize,
+        each: impl Fn(&'a [E]) -> BoxFuture<'a, Result<()>> + 'a,
+    ) -> Result<()> {
+        let part_len = part_len.max(1);
+        let mut applied = 0;
+        for part in items.chunks(part_len) {
+            self.call(op, || each(part))
+                .await
+                .map_err(|err| partially_applied(op, err, applied, part_len, items.len()))?;
+            applied += part.len();
+        }
+        Ok(())
     }
 }
 
