@@ -21,7 +21,7 @@ use futures::future::try_join_all;
 use kv_core::provider::last_entry_per_key;
 use kv_core::rmw::{self, ConditionalStore, Expect, JOURNAL_LEN, Journal, Read, Snapshot, Write};
 use kv_core::{
-    Backoff, Bucket, Bytes, Capabilities, ErrorKind, KeyPage, KvError, Provider, RequestId, Result,
+    Attempt, Backoff, Bucket, Bytes, Capabilities, ErrorKind, KeyPage, KvError, Provider, Result,
     SwapOutcome, Version, Versioned, clock,
 };
 
@@ -525,9 +525,9 @@ impl Bucket for DynamoBucket {
         key: &str,
         delta: i64,
         range: kv_core::CounterRange,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<i64> {
-        rmw::increment_within(self, key, delta, range, request).await
+        rmw::increment_within(self, key, delta, range, attempt).await
     }
 
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
@@ -539,9 +539,9 @@ impl Bucket for DynamoBucket {
         key: &str,
         expected: &Version,
         value: Bytes,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<SwapOutcome> {
-        rmw::swap(self, key, expected, &value, request).await
+        rmw::swap(self, key, expected, &value, attempt).await
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {

@@ -30,8 +30,8 @@ use kv_core::naming::{KeyCodec, namespace_prefix};
 use kv_core::provider::{DEFAULT_BATCH_CONCURRENCY as BATCH_CONCURRENCY, last_entry_per_key};
 use kv_core::rmw::{self, ConditionalStore, Expect, Journal, Read, Snapshot, Write};
 use kv_core::{
-    Bucket, Bytes, Capabilities, KeyPage, KvError, Provider, RequestId, Result, SwapOutcome,
-    Version, Versioned, clock,
+    Attempt, Bucket, Bytes, Capabilities, KeyPage, KvError, Provider, Result, SwapOutcome, Version,
+    Versioned, clock,
 };
 use serde::{Deserialize, Serialize};
 
@@ -412,9 +412,9 @@ impl Bucket for CosmosBucket {
         key: &str,
         delta: i64,
         range: kv_core::CounterRange,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<i64> {
-        rmw::increment_within(self, key, delta, range, request).await
+        rmw::increment_within(self, key, delta, range, attempt).await
     }
 
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
@@ -426,9 +426,9 @@ impl Bucket for CosmosBucket {
         key: &str,
         expected: &Version,
         value: Bytes,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<SwapOutcome> {
-        rmw::swap(self, key, expected, &value, request).await
+        rmw::swap(self, key, expected, &value, attempt).await
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kv_conformance::{Outcome, Profile, Suite, Target};
 use kv_core::{
-    Bucket, Bytes, Capabilities, KeyPage, MemoryProvider, Provider, RequestId, Result, SwapOutcome,
+    Attempt, Bucket, Bytes, Capabilities, KeyPage, MemoryProvider, Provider, Result, SwapOutcome,
     Version, Versioned,
 };
 
@@ -122,7 +122,7 @@ impl Bucket for FaultyBucket {
         key: &str,
         delta: i64,
         range: kv_core::CounterRange,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<i64> {
         match self.fault {
             Fault::RacyIncrement => {
@@ -137,7 +137,7 @@ impl Bucket for FaultyBucket {
                     .await?;
                 Ok(next)
             }
-            _ => self.inner.increment(key, delta, range, request).await,
+            _ => self.inner.increment(key, delta, range, attempt).await,
         }
     }
 
@@ -159,7 +159,7 @@ impl Bucket for FaultyBucket {
         key: &str,
         expected: &Version,
         value: Bytes,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<SwapOutcome> {
         match self.fault {
             Fault::CasIgnoresVersion => {
@@ -184,7 +184,7 @@ impl Bucket for FaultyBucket {
                 self.inner.set(key, value).await?;
                 Ok(SwapOutcome::Swapped)
             }
-            _ => self.inner.swap(key, expected, value, request).await,
+            _ => self.inner.swap(key, expected, value, attempt).await,
         }
     }
 

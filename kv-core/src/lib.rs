@@ -4,6 +4,8 @@
 //! - [`Provider`] / [`Bucket`]: the async trait a backing store implements.
 //! - [`KvStore`]: a checked handle that enforces the contract's limits, access modes,
 //!   timeouts and retries in front of any provider.
+//! - [`layer`]: a bucket wrapped in another ([`Layer`], [`LayeredBucket`]), for fault
+//!   injection and instrumentation in tests.
 //! - [`KvConfig`] / [`ProviderRegistry`] / [`Stores`]: from configuration to open stores.
 
 #![deny(missing_docs)]
@@ -13,11 +15,15 @@ pub mod capabilities;
 pub mod clock;
 pub mod config;
 pub mod counter;
+pub mod cursor;
 pub mod error;
+pub mod layer;
 pub mod limits;
+mod logging;
 pub mod memory;
 pub mod naming;
 pub mod provider;
+mod retry;
 pub mod rmw;
 pub mod secret;
 pub mod store;
@@ -28,10 +34,12 @@ pub use capabilities::Capabilities;
 pub use config::{ConfigError, KvConfig, StoreSpec};
 pub use counter::CounterRange;
 pub use error::{ErrorKind, KvError, Result};
+pub use layer::{Layer, LayeredBucket, LayeredProvider};
 pub use limits::{Limits, RetryPolicy};
 pub use memory::MemoryProvider;
 pub use provider::{
-    Bucket, Bytes, ImmediateBucket, KeyPage, Provider, RequestId, SwapOutcome, Version, Versioned,
+    Attempt, Bucket, Bytes, ImmediateBucket, KeyPage, Provider, RequestId, SwapOutcome, Version,
+    Versioned,
 };
 pub use secret::{ConnectionKey, Secret};
 pub use store::{Access, CursorSecret, KvStore};

@@ -16,7 +16,8 @@ use crate::capabilities::Capabilities;
 use crate::counter::{CounterRange, add_delta_within, encode_counter, parse_counter};
 use crate::error::{KvError, Result};
 use crate::provider::{
-    Bucket, Bytes, ImmediateBucket, KeyPage, Provider, RequestId, SwapOutcome, Version, Versioned,
+    Attempt, Bucket, Bytes, ImmediateBucket, KeyPage, Provider, RequestId, SwapOutcome, Version,
+    Versioned,
 };
 use crate::store::OUTCOME_UNKNOWN;
 
@@ -168,11 +169,11 @@ struct RequestLog {
 const REQUEST_LOG_LEN: usize = 65_536;
 
 impl RequestLog {
-    fn slot(request: &RequestId) -> usize {
+    fn slot(request: RequestId) -> usize {
         request.sequence() as usize % REQUEST_LOG_LEN
     }
 
-    fn record(&mut self, request: &RequestId, applied: Applied) {
+    fn record(&mut self, request: RequestId, applied: Applied) {
         if self.slots.is_empty() {
             self.slots.resize(REQUEST_LOG_LEN, None);
         }
@@ -182,7 +183,7 @@ impl RequestLog {
     /// `Some` with the first result if `request` was applied, `None` if it may be applied now,
     /// and `outcome unknown` if its slot was taken by a request issued [`REQUEST_LOG_LEN`] or
     /// more later, so whether it applied is no longer known.
-    fn check(&self, request: &RequestId) -> Result<Option<Applied>> {
+    fn check(&self, request: RequestId) -> Result<Option<Applied>> {
         match self.slots.get(Self::slot(request)) {
             Some(Some((id, applied))) if *id == request.value() => Ok(Some(*applied)),
             Some(Some((id, _))) if (*id as u64) > request.sequence() => Err(KvError::new(
@@ -301,7 +302,7 @@ impl ImmediateBucket for MemoryBucket {
         key: &str,
         delta: i64,
         range: CounterRange,
-        request: &RequestId,
+        request: RequestId,
     ) -> Result<i64> {
         let version = self.next_version();
         let now = Now::default();
@@ -424,9 +425,9 @@ impl Bucket for MemoryBucket {
         key: &str,
         delta: i64,
         range: CounterRange,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<i64> {
-        self.increment_now(key, delta, range, request)
+        self.increment_now(key, delta, range, attempt.request())
     }
 
     /// A stored entry's version is its own, expired or not (an expired entry is missing to
@@ -456,8 +457,9 @@ impl Bucket for MemoryBucket {
         key: &str,
         expected: &Version,
         value: Bytes,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<SwapOutcome> {
+        let request = attempt.request();
         let version = self.next_version();
         let mut map = lock(&self.map)?;
         let mut requests = lock(&self.shared.requests)?;
@@ -531,46 +533,43 @@ mod tests {
     fn request_log_finds_applied_requests_and_admits_forgetting() {
         let mut log = RequestLog::default();
         let first = RequestId::new();
-        assert!(
-            matches!(log.check(&first), Ok(None)),
-            "nothing recorded yet"
-        );
-        log.record(&first, Applied::Incremented(7));
+        assert!(matches!(log.check(first), Ok(None)), "nothing recorded yet");
+        log.record(first, Applied::Incremented(7));
         assert!(matches!(
-            log.check(&first),
+            log.check(first),
             Ok(Some(Applied::Incremented(7)))
         ));
         // Requests issued after it (other tests issue some in between) do not disturb it
         // until one lands in its slot, REQUEST_LOG_LEN sequence numbers later.
         let collider = loop {
             let request = RequestId::new();
-            if RequestLog::slot(&request) == RequestLog::slot(&first) {
+            if RequestLog::slot(request) == RequestLog::slot(first) {
                 break request;
             }
-            assert!(matches!(log.check(&request), Ok(None)));
-            log.record(&request, Applied::Swapped);
+            assert!(matches!(log.check(request), Ok(None)));
+            log.record(request, Applied::Swapped);
         };
         assert!(matches!(
-            log.check(&first),
+            log.check(first),
             Ok(Some(Applied::Incremented(7)))
         ));
-        log.record(&collider, Applied::Swapped);
-        let err = log.check(&first).unwrap_err();
+        log.record(collider, Applied::Swapped);
+        let err = log.check(first).unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::Unavailable);
         assert!(err.message().starts_with("outcome unknown"), "{err}");
         // A request that never applied, older than its slot's occupant, is just as unknown;
         // one newer than the occupant may apply.
         let newer = (0..REQUEST_LOG_LEN)
             .map(|_| RequestId::new())
-            .find(|request| RequestLog::slot(request) == RequestLog::slot(&first))
+            .find(|request| RequestLog::slot(*request) == RequestLog::slot(first))
             .unwrap();
-        assert!(matches!(log.check(&newer), Ok(None)));
+        assert!(matches!(log.check(newer), Ok(None)));
     }
 
     async fn swap_v(bucket: &Arc<dyn Bucket>, key: &str, version: &Version) -> SwapOutcome {
         let value = Bytes::from_static(b"v");
         bucket
-            .swap(key, version, value, &RequestId::new())
+            .swap(key, version, value, &mut Attempt::new())
             .await
             .unwrap()
     }
@@ -623,24 +622,24 @@ mod tests {
     #[tokio::test]
     async fn increment_retried_with_its_request_applies_once() {
         let bucket = MemoryProvider::new().open("ns").await.unwrap();
-        let request = RequestId::new();
+        let mut request = Attempt::new();
         assert_eq!(
             bucket
-                .increment("n", 5, CounterRange::Signed, &request)
+                .increment("n", 5, CounterRange::Signed, &mut request)
                 .await
                 .unwrap(),
             5
         );
         assert_eq!(
             bucket
-                .increment("n", 5, CounterRange::Signed, &request)
+                .increment("n", 5, CounterRange::Signed, &mut request)
                 .await
                 .unwrap(),
             5
         );
         assert_eq!(
             bucket
-                .increment("n", 1, CounterRange::Signed, &RequestId::new())
+                .increment("n", 1, CounterRange::Signed, &mut Attempt::new())
                 .await
                 .unwrap(),
             6

@@ -68,12 +68,8 @@ pub struct Versioned {
 /// An id is this process's random 64-bit nonce (high half) and a per-process sequence number
 /// (low half): unique across host replicas sharing a backend, and issued in order within one
 /// process, which lets the in-memory provider keep its log as a ring indexed by sequence.
-#[derive(Debug)]
-pub struct RequestId {
-    value: u128,
-    /// Fingerprint of the version the last attempt's write was conditioned on.
-    attempted_base: std::sync::Mutex<Option<u32>>,
-}
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId(u128);
 
 impl RequestId {
     /// A fresh id, never issued before by this process.
@@ -82,54 +78,81 @@ impl RequestId {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let nonce = *NONCE.get_or_init(rand::random);
         let sequence = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        RequestId {
-            value: (u128::from(nonce) << 64) | u128::from(sequence),
-            attempted_base: std::sync::Mutex::new(None),
-        }
+        RequestId((u128::from(nonce) << 64) | u128::from(sequence))
     }
 
     /// The id.
-    pub fn value(&self) -> u128 {
-        self.value
+    pub fn value(self) -> u128 {
+        self.0
     }
 
     /// The order in which this process issued the id.
-    pub fn sequence(&self) -> u64 {
-        self.value as u64
+    pub fn sequence(self) -> u64 {
+        self.0 as u64
     }
 
     /// 64 bits of the id that differ between any two ids of one process and are random
     /// across processes.
-    pub fn short(&self) -> u64 {
-        (self.value >> 64) as u64 ^ self.value as u64
+    pub fn short(self) -> u64 {
+        (self.0 >> 64) as u64 ^ self.0 as u64
     }
 
     /// The id as 32 hex digits.
-    pub fn hex(&self) -> String {
-        format!("{:032x}", self.value)
-    }
-
-    /// The version fingerprint an earlier attempt's write was conditioned on, if an earlier
-    /// attempt may have written.
-    pub fn attempted_base(&self) -> Option<u32> {
-        *self
-            .attempted_base
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Records (or clears) the version fingerprint the current attempt writes against.
-    pub fn set_attempted_base(&self, base: Option<u32>) {
-        *self
-            .attempted_base
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = base;
+    pub fn hex(self) -> String {
+        format!("{:032x}", self.0)
     }
 }
 
 impl Default for RequestId {
     fn default() -> Self {
         RequestId::new()
+    }
+}
+
+/// One guest call of `increment` or `swap` as its attempts share it: the [`RequestId`] (the
+/// same on every attempt) and what an earlier attempt left unresolved.
+///
+/// The host's retry loop owns it and lends it to each attempt (`&mut`): no other call sees it,
+/// and nothing needs a lock. Providers with a native atomic write only read
+/// [`Attempt::request`]; a read-modify-write ([`crate::rmw`]) also records the version its
+/// conditional write was based on, so that the next attempt, or the host's final error
+/// (`outcome unknown`, docs/semantics.md S6, S7), knows an earlier write may have applied.
+#[derive(Debug, Default)]
+pub struct Attempt {
+    request: RequestId,
+    /// Fingerprint of the version the last attempt's write was conditioned on, while it is
+    /// unknown whether that write applied.
+    attempted_base: Option<u32>,
+}
+
+impl Attempt {
+    /// The first attempt of a new call, with a fresh request id.
+    pub fn new() -> Attempt {
+        Attempt::of(RequestId::new())
+    }
+
+    /// The first attempt of the call `request`.
+    pub fn of(request: RequestId) -> Attempt {
+        Attempt {
+            request,
+            attempted_base: None,
+        }
+    }
+
+    /// The call's request id.
+    pub fn request(&self) -> RequestId {
+        self.request
+    }
+
+    /// The version fingerprint an earlier attempt's write was conditioned on, if an earlier
+    /// attempt may have written.
+    pub fn attempted_base(&self) -> Option<u32> {
+        self.attempted_base
+    }
+
+    /// Records (or clears) the version fingerprint the current attempt writes against.
+    pub fn set_attempted_base(&mut self, base: Option<u32>) {
+        self.attempted_base = base;
     }
 }
 
@@ -171,28 +194,28 @@ pub trait Bucket: Send + Sync + 'static {
 
     /// Atomically add `delta` to the ASCII decimal i64 stored at `key` (missing = 0) and
     /// return the new value, which is stored as ASCII decimal. A total outside `range` (or
-    /// the i64 range) is `overflow`, and nothing is written. Exactly once per `request`:
-    /// called again with the same request after a lost reply, it returns the first result.
+    /// the i64 range) is `overflow`, and nothing is written. Exactly once per call: called
+    /// again with the same [`Attempt`] after a lost reply, it returns the first result.
     async fn increment(
         &self,
         key: &str,
         delta: i64,
         range: CounterRange,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<i64>;
 
     /// The current value and its version (only called if `capabilities().cas`).
     async fn read_versioned(&self, key: &str) -> Result<Versioned>;
 
     /// Write `value` only if `key` is still at `expected` (only called if `capabilities().cas`).
-    /// Exactly once per `request`: called again with the same request after a lost reply, it
+    /// Exactly once per call: called again with the same [`Attempt`] after a lost reply, it
     /// reports `Swapped`, not a conflict with its own write.
     async fn swap(
         &self,
         key: &str,
         expected: &Version,
         value: Bytes,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<SwapOutcome>;
 
     /// Values of `keys` in order, duplicates included.
@@ -214,12 +237,7 @@ pub trait Bucket: Send + Sync + 'static {
         keys: &[String],
         max_bytes: usize,
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        let values = self.get_many(keys).await?;
-        let total: usize = values.iter().flatten().map(Vec::len).sum();
-        if total > max_bytes {
-            return Err(batch_bytes_exceeded(max_bytes));
-        }
-        Ok(values)
+        values_within(self.get_many(keys).await?, max_bytes)
     }
 
     /// Write every entry; for duplicate keys the last entry wins.
@@ -262,13 +280,13 @@ pub trait ImmediateBucket: Send + Sync {
     /// [`Bucket::delete`].
     fn delete_now(&self, key: &str) -> Result<()>;
 
-    /// [`Bucket::increment`].
+    /// [`Bucket::increment`], for the call `request` (made once: there is no retry).
     fn increment_now(
         &self,
         key: &str,
         delta: i64,
         range: CounterRange,
-        request: &RequestId,
+        request: RequestId,
     ) -> Result<i64>;
 
     /// [`Bucket::get_many_within`].
@@ -288,6 +306,18 @@ pub fn batch_bytes_exceeded(max_bytes: usize) -> KvError {
         ErrorKind::BatchTooLarge,
         format!("the values exceed the limit of {max_bytes} bytes per batch call"),
     )
+}
+
+/// `values`, or `batch-too-large` if they add up to more than `max_bytes`.
+pub(crate) fn values_within(
+    values: Vec<Option<Vec<u8>>>,
+    max_bytes: usize,
+) -> Result<Vec<Option<Vec<u8>>>> {
+    let total: usize = values.iter().flatten().map(Vec::len).sum();
+    if total > max_bytes {
+        return Err(batch_bytes_exceeded(max_bytes));
+    }
+    Ok(values)
 }
 
 /// The last entry of each key, in the order of the survivors.

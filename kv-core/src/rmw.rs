@@ -11,8 +11,10 @@
 //! connection, a timeout, or an SDK that resends and then sees its own write as a conflict.
 //! Every increment and swap therefore writes a [`Journal`] beside the value. The journal holds
 //! the guest call's [`RequestId`], its result, and the version the write was conditioned on,
-//! for the last [`JOURNAL_LEN`] writes of that key. Before writing, a retry of the same call
-//! reads the key and resolves the earlier attempt:
+//! for the last [`JOURNAL_LEN`] writes of that key. The call's [`Attempt`], which the host
+//! lends to each of its attempts, carries the version an attempt's write was conditioned on
+//! while its outcome is unknown. Before writing, a retry of the same call reads the key and
+//! resolves the earlier attempt:
 //! - its request id is in the journal: it was applied, and its recorded result is returned;
 //! - the version it was conditioned on is unchanged: it was not applied;
 //! - another request's entry is conditioned on that version: the other write won the race, so
@@ -30,8 +32,8 @@ use crate::backoff::Backoff;
 use crate::clock;
 use crate::counter::{CounterRange, add_delta_within, encode_counter, parse_counter};
 use crate::error::{KvError, Result};
-use crate::provider::{RequestId, SwapOutcome, Version};
-use crate::store::OUTCOME_UNKNOWN;
+use crate::provider::{Attempt, RequestId, SwapOutcome, Version};
+use crate::retry::OUTCOME_UNKNOWN;
 
 /// Attempts before an increment that keeps losing races gives up.
 pub const INCREMENT_ATTEMPTS: u32 = 200;
@@ -209,7 +211,7 @@ impl Journal {
         self.entries.is_empty()
     }
 
-    fn find(&self, request: &RequestId) -> Option<Applied> {
+    fn find(&self, request: RequestId) -> Option<Applied> {
         let id = request.short();
         self.entries
             .iter()
@@ -222,7 +224,7 @@ impl Journal {
         self.entries.iter().any(|entry| entry.base == base)
     }
 
-    fn recording(&self, base: u32, request: &RequestId, applied: Applied) -> Journal {
+    fn recording(&self, base: u32, request: RequestId, applied: Applied) -> Journal {
         let mut entries = self.entries.clone();
         entries.push_back(Entry {
             base,
@@ -244,8 +246,8 @@ enum Earlier {
     Applied(Applied),
 }
 
-/// Resolves the earlier attempt of `request` (if any) against the current `journal` and
-/// version fingerprint.
+/// Resolves the earlier attempt of the call (if any) against the current `journal` and
+/// version fingerprint; an attempt resolved as not applied is cleared from `attempt`.
 ///
 /// A version is never reused, so an unchanged version, or another request's entry conditioned
 /// on the same version, proves the earlier attempt did not apply. Absence is not a version:
@@ -253,15 +255,15 @@ enum Earlier {
 /// key is missing again, or re-created by someone else with a fresh journal), so an attempt
 /// conditioned on absence is resolved only by finding its own entry; otherwise the outcome is
 /// unknown.
-fn resolve(request: &RequestId, journal: &Journal, current: u32) -> Result<Earlier> {
-    if let Some(applied) = journal.find(request) {
+fn resolve(attempt: &mut Attempt, journal: &Journal, current: u32) -> Result<Earlier> {
+    if let Some(applied) = journal.find(attempt.request()) {
         return Ok(Earlier::Applied(applied));
     }
-    let Some(base) = request.attempted_base() else {
+    let Some(base) = attempt.attempted_base() else {
         return Ok(Earlier::NotApplied);
     };
     if base_is_a_version(base) && (base == current || journal.has_base(base)) {
-        request.set_attempted_base(None);
+        attempt.set_attempted_base(None);
         return Ok(Earlier::NotApplied);
     }
     let why = if !base_is_a_version(base) {
@@ -280,17 +282,17 @@ fn resolve(request: &RequestId, journal: &Journal, current: u32) -> Result<Earli
 async fn resolve_now<S: ConditionalStore + ?Sized>(
     store: &S,
     key: &str,
-    request: &RequestId,
+    attempt: &mut Attempt,
 ) -> Result<Option<Applied>> {
-    for attempt in 1..=RESOLVE_ATTEMPTS {
+    for read_attempt in 1..=RESOLVE_ATTEMPTS {
         match store.read(key).await {
             Ok(read) if read != Read::Raced => {
-                return match resolve(request, &journal_of(&read), fingerprint_of(&read))? {
+                return match resolve(attempt, &journal_of(&read), fingerprint_of(&read))? {
                     Earlier::Applied(applied) => Ok(Some(applied)),
                     Earlier::NotApplied => Ok(None),
                 };
             }
-            _ => Backoff::CONTENTION.wait(attempt).await,
+            _ => Backoff::CONTENTION.wait(read_attempt).await,
         }
     }
     Ok(None)
@@ -355,15 +357,15 @@ async fn turn(name: String) -> Turn {
 /// Queue entries kept before the idle ones are dropped.
 const QUEUES_KEPT: usize = 1024;
 
-/// Adds `delta` to the counter at `key`, exactly once for `request` however often it is
-/// retried.
+/// Adds `delta` to the counter at `key`, exactly once for the call of `attempt` however often
+/// it is retried (each retry with the same [`Attempt`]).
 pub async fn increment<S: ConditionalStore + ?Sized>(
     store: &S,
     key: &str,
     delta: i64,
-    request: &RequestId,
+    attempt: &mut Attempt,
 ) -> Result<i64> {
-    increment_within(store, key, delta, CounterRange::Signed, request).await
+    increment_within(store, key, delta, CounterRange::Signed, attempt).await
 }
 
 /// [`increment`], failing with `overflow` and writing nothing when the total would leave
@@ -373,12 +375,12 @@ pub async fn increment_within<S: ConditionalStore + ?Sized>(
     key: &str,
     delta: i64,
     range: CounterRange,
-    request: &RequestId,
+    attempt: &mut Attempt,
 ) -> Result<i64> {
     let _turn = turn(store.queue_name(key)).await;
-    for attempt in 0..INCREMENT_ATTEMPTS {
-        if attempt > 0 {
-            Backoff::CONTENTION.wait(attempt).await;
+    for round in 0..INCREMENT_ATTEMPTS {
+        if round > 0 {
+            Backoff::CONTENTION.wait(round).await;
         }
         let read = store.read(key).await?;
         if read == Read::Raced {
@@ -388,7 +390,7 @@ pub async fn increment_within<S: ConditionalStore + ?Sized>(
             Read::Found(snapshot) => snapshot.journal.clone(),
             _ => Journal::default(),
         };
-        match resolve(request, &journal, fingerprint_of(&read))? {
+        match resolve(attempt, &journal, fingerprint_of(&read))? {
             Earlier::Applied(Applied::Incremented(total)) => return Ok(total),
             Earlier::Applied(Applied::Swapped) => {
                 return Err(KvError::internal("a swap's request id was reused"));
@@ -424,14 +426,14 @@ pub async fn increment_within<S: ConditionalStore + ?Sized>(
         let write = Write {
             value: encode_counter(next),
             expires_at_ms,
-            journal: journal.recording(base, request, Applied::Incremented(next)),
+            journal: journal.recording(base, attempt.request(), Applied::Incremented(next)),
         };
-        request.set_attempted_base(Some(base));
+        attempt.set_attempted_base(Some(base));
         let failure = match store.write_if(key, write, expect).await {
             Ok(true) => return Ok(next),
             Ok(false) if !store.resends_conditional_writes() => {
                 // A conflict is final: the write did not happen.
-                request.set_attempted_base(None);
+                attempt.set_attempted_base(None);
                 continue;
             }
             // The conflict may be a resend meeting our own first send.
@@ -440,7 +442,7 @@ pub async fn increment_within<S: ConditionalStore + ?Sized>(
             // (then the refusal may answer a resend whose first send applied). The host's
             // retry, which honours the backend's Retry-After, decides whether to try again.
             Err(err) if !err.may_have_applied() && !store.resends_conditional_writes() => {
-                request.set_attempted_base(None);
+                attempt.set_attempted_base(None);
                 return Err(err);
             }
             // The reply was lost: the write may or may not have happened.
@@ -448,14 +450,14 @@ pub async fn increment_within<S: ConditionalStore + ?Sized>(
         };
         // Resolve it now, while our entry is surely still in the journal: after the host's
         // backoff, other writers may have pushed it out.
-        match resolve_now(store, key, request).await? {
+        match resolve_now(store, key, attempt).await? {
             Some(Applied::Incremented(total)) => return Ok(total),
             Some(Applied::Swapped) => {
                 return Err(KvError::internal("a swap's request id was reused"));
             }
             None => {}
         }
-        if let Some(err) = failure.filter(|_| request.attempted_base().is_some()) {
+        if let Some(err) = failure.filter(|_| attempt.attempted_base().is_some()) {
             // Still unresolved (the backend kept failing): the host's retry resolves it.
             return Err(err);
         }
@@ -475,14 +477,15 @@ pub fn version_of(read: &Read) -> Version {
 }
 
 /// Writes `value` if `key` is still at `expected` (a version from [`version_of`]), exactly
-/// once for `request` however often it is retried. Expecting absence also matches an expired
+/// once for the call of `attempt` however often it is retried (each retry with the same
+/// [`Attempt`]). Expecting absence also matches an expired
 /// item, which is then replaced under its own version. The write clears any expiry, like `set`.
 pub async fn swap<S: ConditionalStore + ?Sized>(
     store: &S,
     key: &str,
     expected: &Version,
     value: &[u8],
-    request: &RequestId,
+    attempt: &mut Attempt,
 ) -> Result<SwapOutcome> {
     let _turn = turn(store.queue_name(key)).await;
     let read = loop {
@@ -492,7 +495,7 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
         }
     };
     let journal = journal_of(&read);
-    match resolve(request, &journal, fingerprint_of(&read))? {
+    match resolve(attempt, &journal, fingerprint_of(&read))? {
         Earlier::Applied(Applied::Swapped) => return Ok(SwapOutcome::Swapped),
         Earlier::Applied(Applied::Incremented(_)) => {
             return Err(KvError::internal("an increment's request id was reused"));
@@ -515,9 +518,9 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
     let write = Write {
         value: value.to_vec(),
         expires_at_ms: None,
-        journal: journal.recording(base, request, Applied::Swapped),
+        journal: journal.recording(base, attempt.request(), Applied::Swapped),
     };
-    request.set_attempted_base(Some(base));
+    attempt.set_attempted_base(Some(base));
     let failure = match store.write_if(key, write, condition).await {
         Ok(true) => return Ok(SwapOutcome::Swapped),
         Ok(false) if !store.resends_conditional_writes() => None,
@@ -527,17 +530,17 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
         // and not a conflict either (S7: a store failure is a store error, never
         // `cas-failed`).
         Err(err) if !err.may_have_applied() && !store.resends_conditional_writes() => {
-            request.set_attempted_base(None);
+            attempt.set_attempted_base(None);
             return Err(err);
         }
         // The reply was lost: the write may or may not have happened.
         Err(err) => Some(Some(err)),
     };
     let Some(failure) = failure else {
-        request.set_attempted_base(None);
+        attempt.set_attempted_base(None);
         return Ok(SwapOutcome::Conflict);
     };
-    match resolve_now(store, key, request).await? {
+    match resolve_now(store, key, attempt).await? {
         Some(Applied::Swapped) => Ok(SwapOutcome::Swapped),
         Some(Applied::Incremented(_)) => {
             Err(KvError::internal("an increment's request id was reused"))
@@ -550,7 +553,7 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
             Some(err) => Err(err),
             // A resend's conflict that could not be resolved (the reads kept failing): the
             // first send may have applied, so it is not a conflict the guest may retry from.
-            None if request.attempted_base().is_some() => Err(KvError::unavailable(
+            None if attempt.attempted_base().is_some() => Err(KvError::unavailable(
                 "a conditional write was resent and met a conflict, and the key could not be \
                  read to tell whether the first send applied",
             )),
@@ -724,19 +727,19 @@ mod tests {
         };
         store.put("k", b"a", None);
         let version = version_of_key(&store, "k");
-        let request = RequestId::new();
+        let mut call = Attempt::new();
         store.resend_conflicts.store(1, Ordering::Relaxed);
         store
             .fail_reads_after_loss
             .store(RESOLVE_ATTEMPTS, Ordering::Relaxed);
-        let err = swap(&store, "k", &version, b"b", &request)
+        let err = swap(&store, "k", &version, b"b", &mut call)
             .await
             .expect_err("not a conflict");
         assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
-        assert!(request.attempted_base().is_some(), "left unresolved");
+        assert!(call.attempted_base().is_some(), "left unresolved");
         assert_eq!(store.value("k"), b"b", "the first send applied");
         // The host's retry resolves it: swapped, once.
-        let outcome = swap(&store, "k", &version, b"b", &request).await.unwrap();
+        let outcome = swap(&store, "k", &version, b"b", &mut call).await.unwrap();
         assert_eq!(outcome, SwapOutcome::Swapped);
         // A throttled answer from a resending client keeps the attempt open.
         let store = Versioned {
@@ -746,8 +749,8 @@ mod tests {
         store.put("k", b"a", None);
         let version = version_of_key(&store, "k");
         store.refuse_next_write(KvError::new(ErrorKind::Throttled, "429"));
-        let request = RequestId::new();
-        let outcome = swap(&store, "k", &version, b"b", &request).await;
+        let mut call = Attempt::new();
+        let outcome = swap(&store, "k", &version, b"b", &mut call).await;
         // Resolved at once by reading: not applied, so the error goes to the host's retry.
         assert!(outcome.is_err(), "{outcome:?}");
     }
@@ -760,7 +763,9 @@ mod tests {
                 let store = store.clone();
                 tokio::spawn(async move {
                     for _ in 0..50 {
-                        increment(&*store, "n", 1, &RequestId::new()).await.unwrap();
+                        increment(&*store, "n", 1, &mut Attempt::new())
+                            .await
+                            .unwrap();
                     }
                 })
             })
@@ -800,7 +805,9 @@ mod tests {
                 let store = store.clone();
                 tokio::spawn(async move {
                     for _ in 0..25 {
-                        increment(&*store, "n", 1, &RequestId::new()).await.unwrap();
+                        increment(&*store, "n", 1, &mut Attempt::new())
+                            .await
+                            .unwrap();
                     }
                 })
             })
@@ -826,7 +833,9 @@ mod tests {
         let store = Versioned::default();
         store.lose_replies.store(1, Ordering::Relaxed);
         assert_eq!(
-            increment(&store, "n", 5, &RequestId::new()).await.unwrap(),
+            increment(&store, "n", 5, &mut Attempt::new())
+                .await
+                .unwrap(),
             5
         );
         assert_eq!(store.value("n"), b"5");
@@ -835,22 +844,22 @@ mod tests {
     #[tokio::test]
     async fn a_retry_after_a_lost_reply_applies_once() {
         let store = Versioned::default();
-        let request = RequestId::new();
+        let mut call = Attempt::new();
         lose_the_next_reply_and_reads(&store);
-        let err = increment(&store, "n", 5, &request).await.unwrap_err();
+        let err = increment(&store, "n", 5, &mut call).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable);
         assert_eq!(store.value("n"), b"5", "the lost write was applied");
         // The host retries the same call: it finds its write and returns its result.
-        assert_eq!(increment(&store, "n", 5, &request).await.unwrap(), 5);
+        assert_eq!(increment(&store, "n", 5, &mut call).await.unwrap(), 5);
         assert_eq!(store.value("n"), b"5");
         // Another writer in between does not hide it either.
-        let request = RequestId::new();
+        let mut call = Attempt::new();
         lose_the_next_reply_and_reads(&store);
-        assert!(increment(&store, "n", 1, &request).await.is_err());
-        increment(&store, "n", 100, &RequestId::new())
+        assert!(increment(&store, "n", 1, &mut call).await.is_err());
+        increment(&store, "n", 100, &mut Attempt::new())
             .await
             .unwrap();
-        assert_eq!(increment(&store, "n", 1, &request).await.unwrap(), 6);
+        assert_eq!(increment(&store, "n", 1, &mut call).await.unwrap(), 6);
         assert_eq!(store.value("n"), b"106");
     }
 
@@ -862,13 +871,13 @@ mod tests {
             panic!("missing");
         };
         let version = Version::Tag(snapshot.version);
-        let request = RequestId::new();
+        let mut call = Attempt::new();
         lose_the_next_reply_and_reads(&store);
-        assert!(swap(&store, "k", &version, b"b", &request).await.is_err());
-        let outcome = swap(&store, "k", &version, b"b", &request).await;
+        assert!(swap(&store, "k", &version, b"b", &mut call).await.is_err());
+        let outcome = swap(&store, "k", &version, b"b", &mut call).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
         // A different call with the stale version is a conflict.
-        let other = swap(&store, "k", &version, b"c", &RequestId::new()).await;
+        let other = swap(&store, "k", &version, b"c", &mut Attempt::new()).await;
         assert_eq!(other.unwrap(), SwapOutcome::Conflict);
         assert_eq!(store.value("k"), b"b");
         // Resolved at once when the backend answers the next read.
@@ -877,7 +886,7 @@ mod tests {
         };
         store.lose_replies.store(1, Ordering::Relaxed);
         let version = Version::Tag(snapshot.version);
-        let outcome = swap(&store, "k", &version, b"d", &RequestId::new()).await;
+        let outcome = swap(&store, "k", &version, b"d", &mut Attempt::new()).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
     }
 
@@ -897,16 +906,16 @@ mod tests {
             let store = Versioned::default();
             store.put("k", b"a", None);
             let version = version_of_key(&store, "k");
-            let request = RequestId::new();
+            let mut call = Attempt::new();
             let kind = refusal.kind();
             store.refuse_next_write(refusal);
-            let err = swap(&store, "k", &version, b"b", &request)
+            let err = swap(&store, "k", &version, b"b", &mut call)
                 .await
                 .expect_err("a failed write is not a conflict");
             assert_eq!(err.kind(), kind, "{err}");
             assert_eq!(store.value("k"), b"a");
             // The host retries the same call: it swaps.
-            let outcome = swap(&store, "k", &version, b"b", &request).await.unwrap();
+            let outcome = swap(&store, "k", &version, b"b", &mut call).await.unwrap();
             assert_eq!(outcome, SwapOutcome::Swapped);
             assert_eq!(store.value("k"), b"b");
         }
@@ -914,10 +923,10 @@ mod tests {
         // honours Retry-After) instead of looping on its own.
         let store = Versioned::default();
         store.refuse_next_write(KvError::new(ErrorKind::Throttled, "429"));
-        let request = RequestId::new();
-        let err = increment(&store, "n", 1, &request).await.unwrap_err();
+        let mut call = Attempt::new();
+        let err = increment(&store, "n", 1, &mut call).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Throttled);
-        assert_eq!(increment(&store, "n", 1, &request).await.unwrap(), 1);
+        assert_eq!(increment(&store, "n", 1, &mut call).await.unwrap(), 1);
     }
 
     /// Absence is not a version: an increment that created the key and lost its reply, then
@@ -927,12 +936,12 @@ mod tests {
     async fn a_create_then_delete_is_not_mistaken_for_not_applied() {
         // The key is missing again when the retry looks.
         let store = Versioned::default();
-        let request = RequestId::new();
+        let mut call = Attempt::new();
         lose_the_next_reply_and_reads(&store);
-        assert!(increment(&store, "n", 5, &request).await.is_err());
+        assert!(increment(&store, "n", 5, &mut call).await.is_err());
         assert_eq!(store.value("n"), b"5", "the lost write was applied");
         store.remove("n");
-        let err = increment(&store, "n", 5, &request).await.unwrap_err();
+        let err = increment(&store, "n", 5, &mut call).await.unwrap_err();
         assert!(err.message().starts_with(OUTCOME_UNKNOWN), "{err}");
         assert!(
             !store.items.lock().unwrap().contains_key("n"),
@@ -940,27 +949,27 @@ mod tests {
         );
         // Re-created by another writer from absence, with a journal of its own.
         let store = Versioned::default();
-        let request = RequestId::new();
+        let mut call = Attempt::new();
         lose_the_next_reply_and_reads(&store);
-        assert!(increment(&store, "n", 5, &request).await.is_err());
+        assert!(increment(&store, "n", 5, &mut call).await.is_err());
         store.remove("n");
-        increment(&store, "n", 100, &RequestId::new())
+        increment(&store, "n", 100, &mut Attempt::new())
             .await
             .unwrap();
-        let err = increment(&store, "n", 5, &request).await.unwrap_err();
+        let err = increment(&store, "n", 5, &mut call).await.unwrap_err();
         assert!(err.message().starts_with(OUTCOME_UNKNOWN), "{err}");
         assert_eq!(store.value("n"), b"100", "applied twice");
         // The same for a swap from absence.
         let store = Versioned::default();
-        let request = RequestId::new();
+        let mut call = Attempt::new();
         lose_the_next_reply_and_reads(&store);
         assert!(
-            swap(&store, "k", &Version::Absent, b"v", &request)
+            swap(&store, "k", &Version::Absent, b"v", &mut call)
                 .await
                 .is_err()
         );
         store.remove("k");
-        let err = swap(&store, "k", &Version::Absent, b"v", &request)
+        let err = swap(&store, "k", &Version::Absent, b"v", &mut call)
             .await
             .unwrap_err();
         assert!(err.message().starts_with(OUTCOME_UNKNOWN), "{err}");
@@ -986,8 +995,8 @@ mod tests {
         store.put("k", b"old", Some(1));
         let read = read_versioned(&store, "k").await.unwrap();
         assert_eq!((read.value, &read.version), (None, &Version::Absent));
-        let (first, second) = (RequestId::new(), RequestId::new());
-        let outcome = swap(&store, "k", &Version::Absent, b"new", &first).await;
+        let (mut first, mut second) = (Attempt::new(), Attempt::new());
+        let outcome = swap(&store, "k", &Version::Absent, b"new", &mut first).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
         assert_eq!(store.value("k"), b"new");
         assert_eq!(
@@ -996,19 +1005,19 @@ mod tests {
             "the expiry is cleared"
         );
         // A live key is not absent.
-        let outcome = swap(&store, "k", &Version::Absent, b"x", &second).await;
+        let outcome = swap(&store, "k", &Version::Absent, b"x", &mut second).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Conflict);
     }
 
     #[tokio::test]
     async fn an_unresolvable_outcome_is_reported_not_reapplied() {
         let store = Versioned::default();
-        let request = RequestId::new();
+        let mut call = Attempt::new();
         lose_the_next_reply_and_reads(&store);
-        assert!(increment(&store, "n", 1, &request).await.is_err());
+        assert!(increment(&store, "n", 1, &mut call).await.is_err());
         // A plain set replaces the value and its journal: nobody can tell any more.
         store.put("n", b"10", None);
-        let err = increment(&store, "n", 1, &request).await.unwrap_err();
+        let err = increment(&store, "n", 1, &mut call).await.unwrap_err();
         assert!(err.to_string().contains("outcome unknown"), "{err}");
         assert_eq!(store.value("n"), b"10");
     }
@@ -1019,7 +1028,7 @@ mod tests {
         let later = clock::now_ms() + 60_000;
         store.put("live", b"41", Some(later));
         assert_eq!(
-            increment(&store, "live", 1, &RequestId::new())
+            increment(&store, "live", 1, &mut Attempt::new())
                 .await
                 .unwrap(),
             42
@@ -1027,14 +1036,14 @@ mod tests {
         assert_eq!(store.items.lock().unwrap()["live"].2, Some(later));
         store.put("gone", b"41", Some(1));
         assert_eq!(
-            increment(&store, "gone", 1, &RequestId::new())
+            increment(&store, "gone", 1, &mut Attempt::new())
                 .await
                 .unwrap(),
             1
         );
         assert_eq!(store.items.lock().unwrap()["gone"].2, None);
         store.put("text", b"x", None);
-        let err = increment(&store, "text", 1, &RequestId::new())
+        let err = increment(&store, "text", 1, &mut Attempt::new())
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotAnInteger);
@@ -1048,16 +1057,16 @@ mod tests {
         // The longest totals: 20 characters each.
         for (i, request) in requests.iter().enumerate() {
             let total = i64::MIN + i as i64;
-            journal = journal.recording(i as u32, request, Applied::Incremented(total));
+            journal = journal.recording(i as u32, *request, Applied::Incremented(total));
         }
         assert_eq!(journal.entries.len(), JOURNAL_LEN);
         let parsed = Journal::parse(&journal.encode());
         assert_eq!(parsed, journal);
         assert_eq!(
-            parsed.find(&requests[199]),
+            parsed.find(requests[199]),
             Some(Applied::Incremented(i64::MIN + 199))
         );
-        assert_eq!(parsed.find(&requests[3]), None, "the oldest were dropped");
+        assert_eq!(parsed.find(requests[3]), None, "the oldest were dropped");
         assert!(Journal::parse("garbage;1.2").is_empty());
         // At most 128 entries of 46 bytes (8 + 1 + 16 + 1 + 20, and a separator): 6,015 bytes,
         // which fits Cloud Storage's 8 KiB of custom metadata beside the base64 of a hashed

@@ -1,28 +1,31 @@
 //! The checked store: what a guest's `bucket` handle calls.
 //!
 //! [`KvStore`] wraps a provider's [`Bucket`] with everything that must hold whatever the
-//! backend: key and value limits (S1, S2), access mode (S10), batch bounds, opaque cursors bound
-//! to their store (S5), per-operation timeouts and retries of transient errors (S12), and
-//! logging of the full cause chain (S11). Providers never see invalid input.
+//! backend. It validates here: key and value limits (S1, S2), access mode (S10), batch bounds;
+//! and it composes what lives in modules of its own: opaque cursors bound to their store (S5,
+//! [`crate::cursor`]), per-operation timeouts and retries of transient errors (S12,
+//! `retry.rs`), and logging of the full cause chain (S11, `logging.rs`). Providers never see
+//! invalid input.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
+use futures::future::{BoxFuture, Either, Ready, ready};
 
 use crate::capabilities::Capabilities;
 use crate::counter::CounterRange;
+pub use crate::cursor::CursorSecret;
+use crate::cursor::CursorSigner;
 use crate::error::{ErrorKind, KvError, Result};
 use crate::limits::{Limits, MAX_KEY_BYTES, MAX_LIST_PAGE, MAX_TTL_MS};
-use crate::provider::{Bucket, Bytes, KeyPage, RequestId, SwapOutcome, Version, Versioned};
+use crate::logging::CallLog;
+use crate::provider::{
+    Attempt, Bucket, Bytes, ImmediateBucket, KeyPage, RequestId, SwapOutcome, Version, Versioned,
+};
+pub use crate::retry::OUTCOME_UNKNOWN;
+use crate::retry::{EachTime, Increment, Retry, Swap};
 
 /// What a component may do with a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -57,92 +60,6 @@ impl Access {
     }
 }
 
-/// The configured cursor-signing secret (`[cursors] secret`); never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct CursorSecret(String);
-
-impl CursorSecret {
-    /// Shortest accepted secret, in bytes.
-    pub const MIN_BYTES: usize = 16;
-
-    /// `secret`, if it is at least [`CursorSecret::MIN_BYTES`] long.
-    pub fn new(secret: impl Into<String>) -> Option<CursorSecret> {
-        let secret = secret.into();
-        (secret.len() >= Self::MIN_BYTES).then_some(CursorSecret(secret))
-    }
-}
-
-impl std::fmt::Debug for CursorSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CursorSecret(<redacted>)")
-    }
-}
-
-/// Signs cursors so a guest can only hand back cursors this host issued for the same store:
-/// HMAC-SHA-256 over the store's scope and the provider's cursor, truncated to
-/// [`CURSOR_TAG_BYTES`], checked in constant time.
-#[derive(Clone)]
-pub(crate) struct CursorSigner {
-    /// The MAC keyed once; each cursor clones it.
-    keyed: CursorMac,
-}
-
-/// Bytes of the HMAC kept in a cursor: 128 bits, beyond guessing.
-const CURSOR_TAG_BYTES: usize = 16;
-
-type CursorMac = Hmac<Sha256>;
-
-impl CursorSigner {
-    fn with_key(key: [u8; 32]) -> Self {
-        CursorSigner {
-            // HMAC accepts keys of any length: this cannot fail.
-            keyed: <CursorMac as Mac>::new_from_slice(&key).expect("HMAC takes any key length"),
-        }
-    }
-
-    pub(crate) fn random() -> Self {
-        Self::with_key(rand::random())
-    }
-
-    /// A signer every host configured with the same secret shares, so a cursor issued by one
-    /// replica is accepted by another.
-    pub(crate) fn from_secret(secret: &CursorSecret) -> Self {
-        Self::with_key(Sha256::digest(secret.0.as_bytes()).into())
-    }
-
-    fn mac(&self, scope: &str, payload: &[u8]) -> CursorMac {
-        let mut mac = self.keyed.clone();
-        // The scope's length first, so no (scope, payload) pair reads as another.
-        mac.update(&(scope.len() as u64).to_le_bytes());
-        mac.update(scope.as_bytes());
-        mac.update(payload);
-        mac
-    }
-
-    fn seal(&self, scope: &str, cursor: &str) -> String {
-        let tag = self.mac(scope, cursor.as_bytes()).finalize().into_bytes();
-        format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(cursor),
-            URL_SAFE_NO_PAD.encode(&tag[..CURSOR_TAG_BYTES])
-        )
-    }
-
-    fn open(&self, scope: &str, sealed: &str) -> Result<String> {
-        let invalid = || KvError::invalid_cursor("the cursor was not issued for this store");
-        let (payload, tag) = sealed.rsplit_once('.').ok_or_else(invalid)?;
-        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| invalid())?;
-        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| invalid())?;
-        if tag.len() != CURSOR_TAG_BYTES {
-            return Err(invalid());
-        }
-        self.mac(scope, &payload)
-            .verify_truncated_left(&tag)
-            .map_err(|_| invalid())?;
-        String::from_utf8(payload).map_err(|_| invalid())
-    }
-}
-
 struct Inner {
     name: String,
     namespace: String,
@@ -152,6 +69,7 @@ struct Inner {
     access: Access,
     limits: Limits,
     cursors: CursorSigner,
+    retry: Retry,
 }
 
 /// An open, checked handle to one configured store. Cheap to clone.
@@ -198,6 +116,12 @@ impl KvStore {
         bucket: Arc<dyn Bucket>,
         cursors: CursorSigner,
     ) -> Self {
+        let limits = parts.limits.effective();
+        let retry = Retry::new(
+            limits.retry.clone(),
+            limits.operation_timeout,
+            CallLog::new(&parts.name, &parts.provider),
+        );
         KvStore {
             inner: Arc::new(Inner {
                 name: parts.name,
@@ -206,8 +130,9 @@ impl KvStore {
                 bucket,
                 capabilities: parts.capabilities,
                 access: parts.access,
-                limits: parts.limits.effective(),
+                limits,
                 cursors,
+                retry,
             }),
         }
     }
@@ -233,10 +158,13 @@ impl KvStore {
     /// Reads `key`.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         check_key(key)?;
-        if let Some(bucket) = self.inner.bucket.immediate() {
-            return self.settled("get", bucket.get_now(key));
-        }
-        self.call("get", || self.inner.bucket.get(key)).await
+        self.dispatch(
+            "get",
+            key,
+            |bucket, key| bucket.get_now(key),
+            |op, key| self.call(op, move || self.inner.bucket.get(key)),
+        )
+        .await
     }
 
     /// Writes `key`, clearing any TTL.
@@ -245,11 +173,13 @@ impl KvStore {
         self.check_write()?;
         check_key(key)?;
         self.check_value(&value)?;
-        if let Some(bucket) = self.inner.bucket.immediate() {
-            return self.settled("set", bucket.set_now(key, value));
-        }
-        self.call("set", || self.inner.bucket.set(key, value.clone()))
-            .await
+        self.dispatch(
+            "set",
+            value,
+            |bucket, value| bucket.set_now(key, value),
+            |op, value| self.call(op, move || self.inner.bucket.set(key, value.clone())),
+        )
+        .await
     }
 
     /// Writes `key` expiring after `ttl_ms` milliseconds.
@@ -286,19 +216,25 @@ impl KvStore {
     pub async fn delete(&self, key: &str) -> Result<()> {
         self.check_write()?;
         check_key(key)?;
-        if let Some(bucket) = self.inner.bucket.immediate() {
-            return self.settled("delete", bucket.delete_now(key));
-        }
-        self.call("delete", || self.inner.bucket.delete(key)).await
+        self.dispatch(
+            "delete",
+            key,
+            |bucket, key| bucket.delete_now(key),
+            |op, key| self.call(op, move || self.inner.bucket.delete(key)),
+        )
+        .await
     }
 
     /// Whether `key` exists.
     pub async fn exists(&self, key: &str) -> Result<bool> {
         check_key(key)?;
-        if let Some(bucket) = self.inner.bucket.immediate() {
-            return self.settled("exists", bucket.exists_now(key));
-        }
-        self.call("exists", || self.inner.bucket.exists(key)).await
+        self.dispatch(
+            "exists",
+            key,
+            |bucket, key| bucket.exists_now(key),
+            |op, key| self.call(op, move || self.inner.bucket.exists(key)),
+        )
+        .await
     }
 
     /// One page of keys; the returned cursor is opaque and only valid for this store.
@@ -356,17 +292,23 @@ impl KvStore {
     async fn increment_within(&self, key: &str, delta: i64, range: CounterRange) -> Result<i64> {
         self.check_write()?;
         check_key(key)?;
-        // One request id for every attempt: a retry after a lost reply cannot apply twice.
-        let request = RequestId::new();
-        if let Some(bucket) = self.inner.bucket.immediate() {
-            return self.settled(
-                "increment",
-                bucket.increment_now(key, delta, range, &request),
-            );
-        }
-        self.call_applied_once("increment", &request, || {
-            self.inner.bucket.increment(key, delta, range, &request)
-        })
+        self.dispatch(
+            "increment",
+            key,
+            |bucket, key| bucket.increment_now(key, delta, range, RequestId::new()),
+            |op, key| {
+                // One attempt state for every attempt: a retry after a lost reply cannot
+                // apply twice.
+                let increment = Increment {
+                    bucket: &*self.inner.bucket,
+                    key,
+                    delta,
+                    range,
+                    attempt: Attempt::new(),
+                };
+                self.inner.retry.run(op, increment)
+            },
+        )
         .await
     }
 
@@ -390,15 +332,16 @@ impl KvStore {
         check_key(key)?;
         self.check_value(&value)?;
         self.check_cas()?;
-        // One request id for every attempt: a retry after a lost reply reports the swap, not
-        // a conflict with itself.
-        let request = RequestId::new();
-        self.call_applied_once("swap", &request, || {
-            self.inner
-                .bucket
-                .swap(key, expected, value.clone(), &request)
-        })
-        .await
+        // One attempt state for every attempt: a retry after a lost reply reports the swap,
+        // not a conflict with itself.
+        let swap = Swap {
+            bucket: &*self.inner.bucket,
+            key,
+            expected,
+            value,
+            attempt: Attempt::new(),
+        };
+        self.inner.retry.run("swap", swap).await
     }
 
     /// Reads many keys, in order, duplicates included. Each distinct key is read once, in
@@ -438,17 +381,16 @@ impl KvStore {
         let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(distinct.len());
         for (round, keys) in distinct.chunks(GET_MANY_ROUND).enumerate() {
             let budget = max_bytes.saturating_sub(charged);
-            let part = match self.inner.bucket.immediate() {
-                Some(bucket) => {
-                    self.settled("get-many", bucket.get_many_within_now(keys, budget))?
-                }
-                None => {
-                    self.call("get-many", || {
-                        self.inner.bucket.get_many_within(keys, budget)
-                    })
-                    .await?
-                }
-            };
+            let part = self
+                .dispatch(
+                    "get-many",
+                    keys,
+                    |bucket, keys| bucket.get_many_within_now(keys, budget),
+                    |op, keys| {
+                        self.call(op, move || self.inner.bucket.get_many_within(keys, budget))
+                    },
+                )
+                .await?;
             if part.len() != keys.len() {
                 return Err(KvError::internal(format!(
                     "the provider returned {} values for {} keys",
@@ -501,22 +443,21 @@ impl KvStore {
         if total > max_bytes {
             return Err(crate::provider::batch_bytes_exceeded(max_bytes));
         }
-        if let Some(bucket) = self.inner.bucket.immediate() {
-            return self.settled("set-many", bucket.set_many_now(entries));
-        }
         // In order, one call per part: a later part's entry for a key also in an earlier part
         // still lands last, so the last value for a key wins.
-        let part_len = self.inner.capabilities.set_many_part.max(1);
-        let mut applied = 0;
-        for part in entries.chunks(part_len) {
-            self.call("set-many", || self.inner.bucket.set_many(part))
+        let part_len = self.inner.capabilities.set_many_part;
+        self.dispatch(
+            "set-many",
+            entries,
+            |bucket, entries| bucket.set_many_now(entries),
+            |op, entries| async move {
+                self.in_parts(op, &entries, part_len, |part| {
+                    self.inner.bucket.set_many(part)
+                })
                 .await
-                .map_err(|err| {
-                    partially_applied("set-many", err, applied, part_len, entries.len())
-                })?;
-            applied += part.len();
-        }
-        Ok(())
+            },
+        )
+        .await
     }
 
     /// Deletes many keys; missing keys are fine.
@@ -524,17 +465,11 @@ impl KvStore {
         self.check_write()?;
         self.check_batch(keys.len())?;
         keys.iter().try_for_each(|key| check_key(key))?;
-        let part_len = self.inner.capabilities.delete_many_part.max(1);
-        let mut applied = 0;
-        for part in keys.chunks(part_len) {
-            self.call("delete-many", || self.inner.bucket.delete_many(part))
-                .await
-                .map_err(|err| {
-                    partially_applied("delete-many", err, applied, part_len, keys.len())
-                })?;
-            applied += part.len();
-        }
-        Ok(())
+        let part_len = self.inner.capabilities.delete_many_part;
+        self.in_parts("delete-many", keys, part_len, |part| {
+            self.inner.bucket.delete_many(part)
+        })
+        .await
     }
 
     /// What a cursor is bound to: the store (its name, as every replica configures it), and
@@ -589,172 +524,62 @@ impl KvStore {
         Ok(())
     }
 
-    /// Runs one provider operation under the time limit, retrying transient errors with
-    /// capped exponential backoff (at least as long as the backend's `Retry-After`). This is
-    /// the only layer that retries. Increment and swap are retried too: their request id makes
-    /// a retry after a lost reply return the first result instead of applying again. A retry
-    /// that would end past the time limit is not started, so throttling that outlasts the
-    /// retries surfaces as `throttled`, not `timeout`; the final error is marked permanent.
-    ///
-    /// The first attempt is polled once before any clock is read or timer armed: a provider
-    /// that answers without waiting (the in-memory one) costs neither. Waiting and retrying
-    /// live in a boxed future of their own, so the happy path's future stays small.
-    async fn call<'a, T, F, Fut>(&'a self, op: &'static str, f: F) -> Result<T>
-    where
-        F: Fn() -> Fut + 'a,
-        Fut: Future<Output = Result<T>> + 'a,
-    {
-        let mut first = std::pin::pin!(f());
-        match futures::poll!(first.as_mut()) {
-            Poll::Ready(Ok(value)) => Ok(value),
-            Poll::Ready(Err(err)) if !err.is_transient() => self.settled(op, Err(err)),
-            polled => Box::pin(self.wait_and_retry(op, &f, first, polled)).await,
-        }
-    }
-
-    /// [`KvStore::call`] for an increment or swap: remembers whether any attempt failed in a
-    /// way that may have applied it, so an ambiguous attempt is never forgotten when a later
-    /// attempt fails differently (see [`final_error_of_write`]).
-    async fn call_applied_once<'a, T, F, Fut>(
+    /// Runs one provider operation under the time limit, retrying transient errors
+    /// ([`crate::retry`]). Not an `async fn`: the retry loop's future is returned as it is,
+    /// without a frame of its own around it.
+    fn call<'a, T: 'a, F>(
         &'a self,
         op: &'static str,
-        request: &RequestId,
-        f: F,
-    ) -> Result<T>
+        each: F,
+    ) -> impl Future<Output = Result<T>> + 'a
     where
-        F: Fn() -> Fut + 'a,
-        Fut: Future<Output = Result<T>> + 'a,
+        F: FnMut() -> BoxFuture<'a, Result<T>> + 'a,
     {
-        let ambiguous = AtomicBool::new(false);
-        let attempt = || {
-            let attempt = f();
-            let ambiguous = &ambiguous;
-            async move {
-                let result = attempt.await;
-                if let Err(err) = &result
-                    && err.may_have_applied()
-                {
-                    ambiguous.store(true, Ordering::Relaxed);
-                }
-                result
-            }
-        };
-        // A provider that left an attempt unresolved (a read-modify-write whose conditional
-        // write may have applied) says so through the request, whatever error came last.
-        self.call(op, attempt).await.map_err(|err| {
-            let unresolved = request.attempted_base().is_some();
-            final_error_of_write(err, ambiguous.load(Ordering::Relaxed) || unresolved)
-        })
+        self.inner.retry.run(op, EachTime::new(each))
     }
 
-    /// [`KvStore::call`] once the first attempt has to wait or failed transiently.
-    async fn wait_and_retry<T, F, Fut>(
+    /// One provider call, through the bucket's [`ImmediateBucket`] face when it has one (made
+    /// once, without a future or timer; its result is final, as with nothing to wait for there
+    /// is nothing to retry), otherwise `later` (through the retry loop). `input`, what the call
+    /// consumes, goes to whichever runs, so neither path copies it for the other.
+    ///
+    /// Not an `async fn`: it returns the finished result or `later`'s future as they are, so
+    /// the fast path adds no frame to the caller's future.
+    fn dispatch<I, T, Fut>(
         &self,
         op: &'static str,
-        f: &F,
-        first: Pin<&mut Fut>,
-        polled: Poll<Result<T>>,
-    ) -> Result<T>
+        input: I,
+        now: impl FnOnce(&dyn ImmediateBucket, I) -> Result<T>,
+        later: impl FnOnce(&'static str, I) -> Fut,
+    ) -> Either<Ready<Result<T>>, Fut>
     where
-        F: Fn() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let policy = &self.inner.limits.retry;
-        let attempts = policy.max_attempts.max(1);
-        let timeout = self.inner.limits.operation_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let timed_out = || {
-            KvError::new(
-                ErrorKind::Timeout,
-                format!("{op} did not finish within {} ms", timeout.as_millis()),
-            )
-        };
-        let mut attempt = 1;
-        let mut outcome = match polled {
-            Poll::Ready(outcome) => Some(outcome),
-            Poll::Pending => tokio::time::timeout_at(deadline, first).await.ok(),
-        };
-        let result = loop {
-            let Some(result) = outcome else {
-                break Err(timed_out());
-            };
-            match result {
-                Err(err) if err.is_transient() && attempt < attempts => {
-                    let delay = policy
-                        .backoff()
-                        .delay(attempt)
-                        .max(err.retry_after().unwrap_or_default());
-                    if tokio::time::Instant::now() + delay >= deadline {
-                        break Err(err.with_transient(false));
-                    }
-                    tracing::debug!(store = %self.inner.name, op, attempt, error = %err.chain(), "retrying");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                    outcome = tokio::time::timeout_at(deadline, f()).await.ok();
-                }
-                Err(err) => break Err(err.with_transient(false)),
-                Ok(value) => break Ok(value),
-            }
-        };
-        if let Err(err) = &result {
-            self.log_failure(op, attempt, err);
-        }
-        result
-    }
-
-    /// The outcome of an operation an [`ImmediateBucket`](crate::ImmediateBucket) completed:
-    /// final, and logged like any failure.
-    fn settled<T>(&self, op: &'static str, result: Result<T>) -> Result<T> {
-        result.map_err(|err| {
-            let err = err.with_transient(false);
-            self.log_failure(op, 1, &err);
-            err
-        })
-    }
-
-    fn log_failure(&self, op: &'static str, attempts: u32, err: &KvError) {
-        match err.kind() {
-            ErrorKind::Unavailable
-            | ErrorKind::Throttled
-            | ErrorKind::Timeout
-            | ErrorKind::Internal => {
-                tracing::warn!(store = %self.inner.name, provider = %self.inner.provider, op, attempts, error = %err.chain(), "operation failed")
-            }
-            _ => {
-                tracing::debug!(store = %self.inner.name, op, error = %err, "operation rejected")
-            }
+        match self.inner.bucket.immediate() {
+            Some(bucket) => Either::Left(ready(self.inner.retry.settled(op, now(bucket, input)))),
+            None => Either::Right(later(op, input)),
         }
     }
-}
 
-/// The final error of an increment or swap. If the last attempt, or any earlier one, failed
-/// in a way that may have applied it ([`KvError::may_have_applied`]), the guest is told the
-/// outcome is unknown rather than the last attempt's class: a `throttled` after a lost reply
-/// would invite a retry that applies the call twice. The guest must read before retrying.
-fn final_error_of_write(err: KvError, earlier_ambiguous: bool) -> KvError {
-    if err.message().starts_with(OUTCOME_UNKNOWN) {
-        return err;
+    /// A batch call in parts of `part_len` items, in order, each part with its own deadline
+    /// and retries; a failure says which parts were applied ([`partially_applied`]).
+    async fn in_parts<'a, E>(
+        &'a self,
+        op: &'static str,
+        items: &'a [E],
+        part_len: usize,
+        each: impl Fn(&'a [E]) -> BoxFuture<'a, Result<()>> + 'a,
+    ) -> Result<()> {
+        let part_len = part_len.max(1);
+        let mut applied = 0;
+        for part in items.chunks(part_len) {
+            self.call(op, || each(part))
+                .await
+                .map_err(|err| partially_applied(op, err, applied, part_len, items.len()))?;
+            applied += part.len();
+        }
+        Ok(())
     }
-    if err.may_have_applied() {
-        return KvError::new(
-            ErrorKind::Unavailable,
-            format!("{OUTCOME_UNKNOWN} (it may have been applied): {err}"),
-        )
-        .with_transient(false)
-        .with_source(err);
-    }
-    if earlier_ambiguous {
-        return KvError::new(
-            ErrorKind::Unavailable,
-            format!(
-                "{OUTCOME_UNKNOWN} (an earlier attempt may have been applied; the last one \
-                 failed with {err})"
-            ),
-        )
-        .with_transient(false)
-        .with_source(err);
-    }
-    err
 }
 
 /// The error of a `set-many` or `delete-many` that failed part way: its class stays the
@@ -787,9 +612,6 @@ fn partially_applied(
 /// host holds beyond `limits.max_batch_bytes` (DynamoDB's `BatchGetItem` takes 100 too).
 pub const GET_MANY_ROUND: usize = 100;
 
-/// How the message of an ambiguous write's error starts.
-pub const OUTCOME_UNKNOWN: &str = "outcome unknown";
-
 /// S1: every key of 1 to 1024 bytes is valid; nothing else is.
 pub fn check_key(key: &str) -> Result<()> {
     if key.is_empty() {
@@ -807,55 +629,6 @@ pub fn check_key(key: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cursors_are_bound_to_their_scope() {
-        let signer = CursorSigner::random();
-        let sealed = signer.seal("memory\u{0}a", "k/1");
-        assert_eq!(signer.open("memory\u{0}a", &sealed).unwrap(), "k/1");
-        assert_eq!(
-            signer.open("memory\u{0}b", &sealed).unwrap_err().kind(),
-            ErrorKind::InvalidCursor
-        );
-        for forged in ["", ".", "abc", "a.b", "12345", &sealed[1..]] {
-            assert_eq!(
-                signer.open("memory\u{0}a", forged).unwrap_err().kind(),
-                ErrorKind::InvalidCursor,
-                "{forged:?}"
-            );
-        }
-        let other = CursorSigner::random();
-        assert!(other.open("memory\u{0}a", &sealed).is_err());
-        // A shorter (truncated) tag, even a true prefix of the real one, is refused.
-        let (payload, tag) = sealed.rsplit_once('.').unwrap();
-        let tag = URL_SAFE_NO_PAD.decode(tag).unwrap();
-        let short = format!("{payload}.{}", URL_SAFE_NO_PAD.encode(&tag[..8]));
-        assert!(signer.open("memory\u{0}a", &short).is_err());
-        // The tag is the standard HMAC-SHA-256 (RFC 2104) of the length-prefixed scope and
-        // the payload, not a hash of the key and the message.
-        let key = [7u8; 32];
-        let signer = CursorSigner::with_key(key);
-        let sealed = signer.seal("memory\u{0}a", "k/1");
-        let tag = URL_SAFE_NO_PAD
-            .decode(sealed.rsplit_once('.').unwrap().1)
-            .unwrap();
-        let mut mac = <CursorMac as Mac>::new_from_slice(&key).unwrap();
-        mac.update(&8u64.to_le_bytes());
-        mac.update(b"memory\0a");
-        mac.update(b"k/1");
-        let expected = mac.finalize().into_bytes();
-        assert_eq!(&tag[..], &expected[..CURSOR_TAG_BYTES]);
-        // Replicas configured with one secret accept each other's cursors; others do not.
-        let secret = CursorSecret::new("0123456789abcdef").unwrap();
-        let replica = CursorSigner::from_secret(&secret);
-        let sealed = replica.seal("memory\u{0}a", "k/1");
-        let peer = CursorSigner::from_secret(&secret);
-        assert_eq!(peer.open("memory\u{0}a", &sealed).unwrap(), "k/1");
-        let stranger = CursorSigner::from_secret(&CursorSecret::new("fedcba9876543210").unwrap());
-        assert!(stranger.open("memory\u{0}a", &sealed).is_err());
-        assert!(CursorSecret::new("short").is_none());
-        assert!(!format!("{secret:?}").contains("0123"));
-    }
 
     async fn memory_store(max_batch_bytes: usize) -> KvStore {
         let limits = Limits {

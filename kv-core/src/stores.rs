@@ -8,11 +8,12 @@ use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
 use crate::config::{ConfigError, KvConfig, StoreSpec};
+use crate::cursor::{CursorSecret, CursorSigner};
 use crate::error::{ErrorKind, KvError, Result};
 use crate::limits::Limits;
 use crate::memory::MemoryProvider;
 use crate::provider::{Bucket, Provider};
-use crate::store::{Access, CursorSecret, CursorSigner, KvStore, KvStoreParts};
+use crate::store::{Access, KvStore, KvStoreParts};
 
 /// Builds a provider from a [`StoreSpec`]; one per provider crate.
 #[async_trait]

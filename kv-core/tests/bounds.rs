@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use kv_core::{
-    Access, Bucket, Bytes, Capabilities, ErrorKind, KeyPage, KvError, Limits, Provider, RequestId,
-    Result, RetryPolicy, Stores, SwapOutcome, Version, Versioned,
+    Access, Attempt, Bucket, Bytes, Capabilities, ErrorKind, KeyPage, KvError, LayeredBucket,
+    Limits, Provider, Result, RetryPolicy, Stores, SwapOutcome, Version, Versioned,
 };
 
 /// A bucket whose every operation first waits `delay`, then fails `failures` times with
@@ -78,11 +78,14 @@ impl Bucket for Misbehaving {
         _: &str,
         delta: i64,
         _: kv_core::CounterRange,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<i64> {
-        self.requests.lock().unwrap().push(request.value());
+        self.requests
+            .lock()
+            .unwrap()
+            .push(attempt.request().value());
         if self.leave_unresolved {
-            request.set_attempted_base(Some(7));
+            attempt.set_attempted_base(Some(7));
         }
         self.step().await.map(|_| delta)
     }
@@ -97,9 +100,12 @@ impl Bucket for Misbehaving {
         _: &str,
         _: &Version,
         _: Bytes,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<SwapOutcome> {
-        self.requests.lock().unwrap().push(request.value());
+        self.requests
+            .lock()
+            .unwrap()
+            .push(attempt.request().value());
         self.step().await.map(|_| SwapOutcome::Swapped)
     }
 }
@@ -520,10 +526,11 @@ struct LostSetReply {
     other_acknowledged: std::sync::Mutex<Option<Instant>>,
 }
 
+/// A layer: only `set` differs from the bucket underneath.
 #[async_trait]
-impl Bucket for LostSetReply {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.inner.get(key).await
+impl LayeredBucket for LostSetReply {
+    fn inner(&self) -> &dyn Bucket {
+        &*self.inner
     }
     async fn set(&self, key: &str, value: Bytes) -> Result<()> {
         self.inner.set(key, value).await?;
@@ -533,39 +540,6 @@ impl Bucket for LostSetReply {
             return Err(KvError::unavailable("the reply was lost"));
         }
         Ok(())
-    }
-    async fn set_with_ttl(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
-        self.inner.set_with_ttl(key, value, ttl).await
-    }
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.delete(key).await
-    }
-    async fn exists(&self, key: &str) -> Result<bool> {
-        self.inner.exists(key).await
-    }
-    async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {
-        self.inner.list_keys(cursor, limit).await
-    }
-    async fn increment(
-        &self,
-        key: &str,
-        delta: i64,
-        range: kv_core::CounterRange,
-        request: &RequestId,
-    ) -> Result<i64> {
-        self.inner.increment(key, delta, range, request).await
-    }
-    async fn read_versioned(&self, key: &str) -> Result<Versioned> {
-        self.inner.read_versioned(key).await
-    }
-    async fn swap(
-        &self,
-        key: &str,
-        expected: &Version,
-        value: Bytes,
-        request: &RequestId,
-    ) -> Result<SwapOutcome> {
-        self.inner.swap(key, expected, value, request).await
     }
 }
 

@@ -18,8 +18,8 @@ use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
 use kv_core::naming::{KeyCodec, namespace_prefix};
 use kv_core::rmw::{self, ConditionalStore, Expect, Journal, Read, Snapshot, Write};
 use kv_core::{
-    Backoff, Bucket, Bytes, Capabilities, KeyPage, KvError, Provider, RequestId, Result,
-    SwapOutcome, Version, Versioned, clock,
+    Attempt, Backoff, Bucket, Bytes, Capabilities, KeyPage, KvError, Provider, Result, SwapOutcome,
+    Version, Versioned, clock,
 };
 
 use crate::batch::BatchClient;
@@ -372,9 +372,9 @@ impl Bucket for GcsBucket {
         key: &str,
         delta: i64,
         range: kv_core::CounterRange,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<i64> {
-        rmw::increment_within(self, key, delta, range, request).await
+        rmw::increment_within(self, key, delta, range, attempt).await
     }
 
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
@@ -386,9 +386,9 @@ impl Bucket for GcsBucket {
         key: &str,
         expected: &Version,
         value: Bytes,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<SwapOutcome> {
-        rmw::swap(self, key, expected, &value, request).await
+        rmw::swap(self, key, expected, &value, attempt).await
     }
 }
 

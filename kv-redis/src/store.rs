@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use kv_core::naming::namespace_prefix;
 use kv_core::provider::{batch_bytes_exceeded, last_entry_per_key};
 use kv_core::{
-    Bucket, Bytes, Capabilities, ErrorKind, KeyPage, KvError, Provider, RequestId, Result,
+    Attempt, Bucket, Bytes, Capabilities, ErrorKind, KeyPage, KvError, Provider, Result,
     SwapOutcome, Version, Versioned,
 };
 use redis::{Cmd, FromRedisValue, Script, ServerErrorKind};
@@ -665,7 +665,7 @@ impl Bucket for RedisBucket {
         key: &str,
         delta: i64,
         range: kv_core::CounterRange,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<i64> {
         let key = self.key(key);
         let [records, times] = request_keys(&key);
@@ -676,7 +676,7 @@ impl Bucket for RedisBucket {
                 &[&key, records.as_bytes(), times.as_bytes()],
                 &[
                     REQUEST_RECORD_MS.to_string().as_bytes(),
-                    request.hex().as_bytes(),
+                    attempt.request().hex().as_bytes(),
                     delta.to_string().as_bytes(),
                     match range {
                         kv_core::CounterRange::Signed => b"s",
@@ -718,7 +718,7 @@ impl Bucket for RedisBucket {
         key: &str,
         expected: &Version,
         value: Bytes,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<SwapOutcome> {
         let expected = match expected {
             Version::Absent => "",
@@ -733,7 +733,7 @@ impl Bucket for RedisBucket {
                 &[&key, records.as_bytes(), times.as_bytes()],
                 &[
                     REQUEST_RECORD_MS.to_string().as_bytes(),
-                    request.hex().as_bytes(),
+                    attempt.request().hex().as_bytes(),
                     expected.as_bytes(),
                     &value,
                 ],

@@ -165,14 +165,14 @@ async fn primary_holding(cluster: &RedisCluster, key: &[u8]) -> Result<u16, Fail
 /// outcome is unknown until the same id is sent again.
 async fn increment_with_retries(
     bucket: &dyn kv_core::Bucket,
-    request: &kv_core::RequestId,
+    call: &mut kv_core::Attempt,
     attempts: u32,
 ) -> Option<i64> {
     for attempt in 0..attempts {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let sent = bucket.increment("counter", 1, kv_core::CounterRange::Signed, request);
+        let sent = bucket.increment("counter", 1, kv_core::CounterRange::Signed, call);
         if let Ok(Ok(total)) = tokio::time::timeout(Duration::from_secs(2), sent).await {
             return Some(total);
         }
@@ -194,9 +194,9 @@ async fn failover_loses_no_acknowledged_write(mut cluster: RedisCluster) -> Test
     let (_, spec) = kv_core::config::parse_short_form(&format!("c={}{query}", cluster.url()))?;
     let provider = kv_redis::RedisFactory.connect(&spec).await?;
     let bucket = provider.open("ns").await?;
-    let mut increments: Vec<(kv_core::RequestId, Option<i64>)> = Vec::new();
-    let first = kv_core::RequestId::new();
-    let total = increment_with_retries(bucket.as_ref(), &first, 10).await;
+    let mut increments: Vec<(kv_core::Attempt, Option<i64>)> = Vec::new();
+    let mut first = kv_core::Attempt::new();
+    let total = increment_with_retries(bucket.as_ref(), &mut first, 10).await;
     increments.push((first, total));
     let mut counter_key = kv_redis::key_prefix("ns");
     counter_key.extend_from_slice(b"counter");
@@ -234,9 +234,9 @@ async fn failover_loses_no_acknowledged_write(mut cluster: RedisCluster) -> Test
         let key = format!("key-{}", i % 1000);
         let value = format!("value-{i}");
         let written = if i % 4 == 0 {
-            let request = kv_core::RequestId::new();
-            let total = increment_with_retries(bucket.as_ref(), &request, 3).await;
-            increments.push((request, total));
+            let mut call = kv_core::Attempt::new();
+            let total = increment_with_retries(bucket.as_ref(), &mut call, 3).await;
+            increments.push((call, total));
             match total {
                 Some(_) => Ok(()),
                 None if killed_at.is_none() => Err(kv_core::KvError::unavailable(
@@ -283,10 +283,10 @@ async fn failover_loses_no_acknowledged_write(mut cluster: RedisCluster) -> Test
         .filter(|(_, total)| total.is_none())
         .count();
     let mut totals = Vec::with_capacity(increments.len());
-    for (request, total) in &increments {
+    for (call, total) in &mut increments {
         let total = match total {
             Some(total) => *total,
-            None => increment_with_retries(bucket.as_ref(), request, 20)
+            None => increment_with_retries(bucket.as_ref(), call, 20)
                 .await
                 .ok_or_else(|| Failed::from("an unknown increment could not be resolved"))?,
         };

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kv_core::{
-    Access, Bytes, CounterRange, ErrorKind, Limits, ProviderFactory, RequestId, Stores, SwapOutcome,
+    Access, Attempt, Bytes, CounterRange, ErrorKind, Limits, ProviderFactory, Stores, SwapOutcome,
 };
 use kv_testkit::emulator::RedisServer;
 use kv_testkit::provider_tests::{self, TestResult, check};
@@ -404,18 +404,18 @@ async fn request_records_survive_volatile_eviction(server: RedisServer) -> TestR
             .arg(policy)
             .query_async::<()>(&mut raw)
             .await?;
-        let increment = RequestId::new();
+        let mut increment = Attempt::new();
         let first = bucket
-            .increment("counter", 5, CounterRange::Signed, &increment)
+            .increment("counter", 5, CounterRange::Signed, &mut increment)
             .await?;
         check(
             first == 5,
             format!("{policy}: first increment gave {first}"),
         )?;
         let read = bucket.read_versioned("cas").await?;
-        let swap = RequestId::new();
+        let mut swap = Attempt::new();
         let swapped = bucket
-            .swap("cas", &read.version, Bytes::from_static(b"one"), &swap)
+            .swap("cas", &read.version, Bytes::from_static(b"one"), &mut swap)
             .await?;
         check(
             swapped == SwapOutcome::Swapped,
@@ -444,7 +444,7 @@ async fn request_records_survive_volatile_eviction(server: RedisServer) -> TestR
 
         // The lost replies: each call again, under its first request id.
         let again = bucket
-            .increment("counter", 5, CounterRange::Signed, &increment)
+            .increment("counter", 5, CounterRange::Signed, &mut increment)
             .await?;
         let counter: Option<Vec<u8>> = redis::cmd("GET")
             .arg(stored("counter"))
@@ -459,7 +459,7 @@ async fn request_records_survive_volatile_eviction(server: RedisServer) -> TestR
             ),
         )?;
         let again = bucket
-            .swap("cas", &read.version, Bytes::from_static(b"one"), &swap)
+            .swap("cas", &read.version, Bytes::from_static(b"one"), &mut swap)
             .await?;
         check(
             again == SwapOutcome::Swapped,
@@ -511,7 +511,7 @@ async fn request_records_are_pruned_in_bounded_steps(server: RedisServer) -> Tes
         }
     };
     bucket
-        .increment("counter", 1, CounterRange::Signed, &RequestId::new())
+        .increment("counter", 1, CounterRange::Signed, &mut Attempt::new())
         .await?;
     let after_one = count(&mut raw).await?;
     check(
@@ -519,7 +519,7 @@ async fn request_records_are_pruned_in_bounded_steps(server: RedisServer) -> Tes
         format!("after one increment: {after_one:?} records, expected 4 old + 1 new"),
     )?;
     bucket
-        .increment("counter", 1, CounterRange::Signed, &RequestId::new())
+        .increment("counter", 1, CounterRange::Signed, &mut Attempt::new())
         .await?;
     let after_two = count(&mut raw).await?;
     check(

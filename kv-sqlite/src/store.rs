@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use kv_core::counter::{add_delta_within, encode_counter, parse_counter};
 use kv_core::provider::last_entry_per_key;
 use kv_core::{
-    Bucket, Bytes, Capabilities, KeyPage, KvError, Provider, RequestId, Result, SwapOutcome,
-    Version, Versioned, clock,
+    Attempt, Bucket, Bytes, Capabilities, KeyPage, KvError, Provider, Result, SwapOutcome, Version,
+    Versioned, clock,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -349,10 +349,10 @@ impl Bucket for SqliteBucket {
         key: &str,
         delta: i64,
         range: kv_core::CounterRange,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<i64> {
         let key = key.to_string();
-        let request = request.hex();
+        let request = attempt.request().hex();
         self.with(move |connection, namespace| {
             let transaction = connection
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -421,11 +421,11 @@ impl Bucket for SqliteBucket {
         key: &str,
         expected: &Version,
         value: Bytes,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<SwapOutcome> {
         let key = key.to_string();
         let expected = expected.clone();
-        let request = request.hex();
+        let request = attempt.request().hex();
         self.with(move |connection, namespace| {
             let transaction = connection
                 .transaction_with_behavior(TransactionBehavior::Immediate)

@@ -25,7 +25,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use kv_core::{
-    Bucket, Capabilities, KeyPage, KvError, Provider, RequestId, Result, SwapOutcome, Version,
+    Attempt, Bucket, Capabilities, KeyPage, KvError, Provider, Result, SwapOutcome, Version,
     Versioned,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -468,10 +468,10 @@ impl Bucket for LossyBucket {
         key: &str,
         delta: i64,
         range: kv_core::CounterRange,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<i64> {
         self.state
-            .apply(self.inner.increment(key, delta, range, request).await)
+            .apply(self.inner.increment(key, delta, range, attempt).await)
     }
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
         self.state.apply(self.inner.read_versioned(key).await)
@@ -481,10 +481,10 @@ impl Bucket for LossyBucket {
         key: &str,
         expected: &Version,
         value: Bytes,
-        request: &RequestId,
+        attempt: &mut Attempt,
     ) -> Result<SwapOutcome> {
         self.state
-            .apply(self.inner.swap(key, expected, value, request).await)
+            .apply(self.inner.swap(key, expected, value, attempt).await)
     }
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         self.state.apply(self.inner.get_many(keys).await)
