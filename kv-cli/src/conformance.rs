@@ -10,7 +10,7 @@ use kv_core::Provider;
 
 use crate::cli::{ConformanceArgs, FaultProfile, Format};
 use kv_testkit::emulator::Emulator;
-use kv_testkit::faults::{Fault, FaultProxy, LossyProvider};
+use kv_testkit::faults::{Fault, FaultProxy, Lossy};
 
 /// `--faults lossy`: the reply of every n-th request is dropped after the backend executed it.
 const LOSSY_EVERY: u64 = 10;
@@ -95,9 +95,9 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
     let mut limits = config.limits.clone();
     if args.faults == Some(FaultProfile::Lossy) {
         if args.provider == "memory" {
-            let lossy = LossyProvider::new(provider);
-            lossy.state().lose_every(LOSSY_EVERY);
-            provider = Arc::new(lossy);
+            let (lossy, state) = Lossy::provider(provider);
+            state.lose_every(LOSSY_EVERY);
+            provider = lossy;
         }
         // One reply in ten is lost: enough attempts that a run of losses is vanishingly rare.
         limits.retry.max_attempts = limits.retry.max_attempts.max(20);

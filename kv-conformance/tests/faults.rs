@@ -24,7 +24,7 @@ use kv_core::{
     SwapOutcome,
 };
 use kv_testkit::emulator::{Emulator, Started};
-use kv_testkit::faults::{Fault, FaultProxy, Injected, LossyProvider, LossyState};
+use kv_testkit::faults::{Fault, FaultProxy, Injected, Lossy, LossyState};
 use kv_testkit::runtime;
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -156,10 +156,10 @@ fn http_faults(provider: &str) -> Vec<(&'static str, Fault)> {
 
 async fn subject(name: &str) -> Result<Subject, String> {
     if name == "memory" {
-        let lossy = LossyProvider::new(Arc::new(MemoryProvider::new()));
+        let (provider, state) = Lossy::provider(Arc::new(MemoryProvider::new()));
         return Ok(Subject {
-            injector: Injector::InProcess(lossy.state()),
-            provider: Arc::new(lossy),
+            injector: Injector::InProcess(state),
+            provider,
             faults: vec![("reply lost after execution", Fault::DropReply)],
             _emulator: None,
             _dir: None,
@@ -169,10 +169,10 @@ async fn subject(name: &str) -> Result<Subject, String> {
         // No network between the host and the file: in-process hooks lose the replies.
         let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
         let url = format!("sqlite:{}", dir.path().join("faults.db").display());
-        let lossy = LossyProvider::new(common::connect("sqlite", &url).await?);
+        let (provider, state) = Lossy::provider(common::connect("sqlite", &url).await?);
         return Ok(Subject {
-            injector: Injector::InProcess(lossy.state()),
-            provider: Arc::new(lossy),
+            injector: Injector::InProcess(state),
+            provider,
             faults: vec![("reply lost after execution", Fault::DropReply)],
             _emulator: None,
             _dir: Some(dir),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use kv_conformance::{Outcome, Profile, Suite, Target};
+use kv_core::layer::LayeredBucket;
 use kv_core::{
     Attempt, Bucket, Bytes, Capabilities, KeyPage, MemoryProvider, Provider, Result, SwapOutcome,
     Version, Versioned,
@@ -76,10 +77,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A layer over the in-memory bucket: every call it does not break is forwarded.
 #[async_trait]
-impl Bucket for FaultyBucket {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.inner.get(key).await
+impl LayeredBucket for FaultyBucket {
+    fn inner(&self) -> &dyn Bucket {
+        &*self.inner
     }
 
     async fn set(&self, key: &str, value: Bytes) -> Result<()> {
@@ -96,14 +98,6 @@ impl Bucket for FaultyBucket {
             Fault::TtlIgnored => self.inner.set(key, value).await,
             _ => self.inner.set_with_ttl(key, value, ttl).await,
         }
-    }
-
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.delete(key).await
-    }
-
-    async fn exists(&self, key: &str) -> Result<bool> {
-        self.inner.exists(key).await
     }
 
     async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {
@@ -186,18 +180,6 @@ impl Bucket for FaultyBucket {
             }
             _ => self.inner.swap(key, expected, value, attempt).await,
         }
-    }
-
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.inner.get_many(keys).await
-    }
-
-    async fn set_many(&self, entries: &[(String, Bytes)]) -> Result<()> {
-        self.inner.set_many(entries).await
-    }
-
-    async fn delete_many(&self, keys: &[String]) -> Result<()> {
-        self.inner.delete_many(keys).await
     }
 }
 

@@ -24,10 +24,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use kv_core::{
-    Attempt, Bucket, Capabilities, KeyPage, KvError, Provider, Result, SwapOutcome, Version,
-    Versioned,
-};
+use kv_core::layer::{Layer, LayeredBucket, LayeredProvider, Op};
+use kv_core::{Bucket, KvError, Provider, Result};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -398,42 +396,27 @@ impl LossyState {
     }
 }
 
-/// A provider whose buckets lose replies on command ([`LossyState`]).
-pub struct LossyProvider {
-    inner: Arc<dyn Provider>,
+/// Replies lost on command ([`LossyState`]): a [`Layer`] over every bucket of a provider.
+#[derive(Debug, Clone, Default)]
+pub struct Lossy {
     state: Arc<LossyState>,
 }
 
-impl LossyProvider {
-    /// Wraps `inner`; faults are scripted through [`LossyProvider::state`].
-    pub fn new(inner: Arc<dyn Provider>) -> LossyProvider {
-        LossyProvider {
-            inner,
-            state: Arc::new(LossyState::default()),
-        }
-    }
-
-    /// The fault script shared by every bucket.
-    pub fn state(&self) -> Arc<LossyState> {
-        self.state.clone()
+impl Lossy {
+    /// `inner` with every bucket it opens losing replies as the returned state says.
+    pub fn provider(inner: Arc<dyn Provider>) -> (Arc<dyn Provider>, Arc<LossyState>) {
+        let lossy = Lossy::default();
+        let state = lossy.state.clone();
+        (Arc::new(LayeredProvider::new(inner, lossy)), state)
     }
 }
 
-#[async_trait]
-impl Provider for LossyProvider {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn open(&self, namespace: &str) -> Result<Arc<dyn Bucket>> {
-        Ok(Arc::new(LossyBucket {
-            inner: self.inner.open(namespace).await?,
+impl Layer for Lossy {
+    fn layer(&self, inner: Arc<dyn Bucket>) -> Arc<dyn Bucket> {
+        Arc::new(LossyBucket {
+            inner,
             state: self.state.clone(),
-        }))
+        })
     }
 }
 
@@ -442,57 +425,14 @@ struct LossyBucket {
     state: Arc<LossyState>,
 }
 
+/// Every call is forwarded; a lost reply replaces a success after the backend applied it.
 #[async_trait]
-impl Bucket for LossyBucket {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.state.apply(self.inner.get(key).await)
+impl LayeredBucket for LossyBucket {
+    fn inner(&self) -> &dyn Bucket {
+        &*self.inner
     }
-    async fn set(&self, key: &str, value: Bytes) -> Result<()> {
-        self.state.apply(self.inner.set(key, value).await)
-    }
-    async fn set_with_ttl(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
-        self.state
-            .apply(self.inner.set_with_ttl(key, value, ttl).await)
-    }
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.state.apply(self.inner.delete(key).await)
-    }
-    async fn exists(&self, key: &str) -> Result<bool> {
-        self.state.apply(self.inner.exists(key).await)
-    }
-    async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {
-        self.state.apply(self.inner.list_keys(cursor, limit).await)
-    }
-    async fn increment(
-        &self,
-        key: &str,
-        delta: i64,
-        range: kv_core::CounterRange,
-        attempt: &mut Attempt,
-    ) -> Result<i64> {
-        self.state
-            .apply(self.inner.increment(key, delta, range, attempt).await)
-    }
-    async fn read_versioned(&self, key: &str) -> Result<Versioned> {
-        self.state.apply(self.inner.read_versioned(key).await)
-    }
-    async fn swap(
-        &self,
-        key: &str,
-        expected: &Version,
-        value: Bytes,
-        attempt: &mut Attempt,
-    ) -> Result<SwapOutcome> {
-        self.state
-            .apply(self.inner.swap(key, expected, value, attempt).await)
-    }
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.state.apply(self.inner.get_many(keys).await)
-    }
-    async fn set_many(&self, entries: &[(String, Bytes)]) -> Result<()> {
-        self.state.apply(self.inner.set_many(entries).await)
-    }
-    async fn delete_many(&self, keys: &[String]) -> Result<()> {
-        self.state.apply(self.inner.delete_many(keys).await)
+
+    fn after<T: Send>(&self, _op: Op, result: Result<T>) -> Result<T> {
+        self.state.apply(result)
     }
 }
