@@ -12,8 +12,11 @@ pub(crate) struct KeyOp {
     /// Index of the history entry it came from.
     pub entry: usize,
     pub invoke: u64,
-    /// `None` for `info`: it may take effect at any time after `invoke`, or never.
+    /// When it was acknowledged; `None` for `info`: it may take effect at any time after
+    /// `invoke`, or never.
     pub complete: Option<u64>,
+    /// When its reply arrived, whatever it said (`None`: it never did).
+    pub returned: Option<u64>,
     pub kind: KeyOpKind,
 }
 
@@ -80,6 +83,7 @@ pub(crate) fn split(history: &History) -> (BTreeMap<String, KeyHistory>, Vec<Mal
                 entry: index,
                 invoke: entry.invoke,
                 complete: if info { None } else { entry.complete },
+                returned: entry.complete,
                 kind,
             };
             let slot = keys.entry(key.to_owned()).or_default();

@@ -8,10 +8,14 @@
 //! new total. Comparing values, not versions, is weaker than S7 (an identical rewrite between the
 //! handle's read and the swap is invisible here), so everything this flags is a real violation.
 //!
-//! `info` operations have no return event: they may be linearized at any point after their
-//! invocation, and the search succeeds once every `ok` operation is placed, leaving the `info`
-//! ones that were never applied. The search is bounded by a budget of steps; past it the answer
-//! is [`Search::Unknown`].
+//! `info` operations are optional: they may be linearized at any point after their invocation,
+//! or never, and the search succeeds once every `ok` operation is placed. By default they have
+//! no return event (Knossos' "completion at infinity"); with a horizon `h` (S4 bounds a retried
+//! write by the operation timeout) an `info` operation gets a deadline, `invoke + h` (or its
+//! reply, if later), where it is dropped as never applied if it was not placed by then. The
+//! deadline keeps pending `info` operations from multiplying the search space for the rest of
+//! the history. The search is bounded by a budget of steps; past it the answer is
+//! [`Search::Unknown`].
 
 use std::collections::{HashMap, HashSet};
 
@@ -95,11 +99,24 @@ impl Interner {
 
 struct ModelOp {
     invoke: u64,
+    /// The return event: the completion of an `ok` operation, the deadline of an `info` one;
+    /// `None`: never.
     complete: Option<u64>,
+    /// `info`: may never take effect.
+    optional: bool,
     step: Step,
 }
 
-fn model(ops: &[&KeyOp]) -> Vec<ModelOp> {
+/// How far a search may go.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Steps before giving up with [`Search::Unknown`].
+    pub budget: u64,
+    /// Longest an operation can take effect after its invocation (`None`: any time).
+    pub info_horizon: Option<u64>,
+}
+
+fn model(ops: &[&KeyOp], horizon: Option<u64>) -> Vec<ModelOp> {
     let mut interner = Interner::default();
     ops.iter()
         .map(|op| {
@@ -115,19 +132,34 @@ fn model(ops: &[&KeyOp]) -> Vec<ModelOp> {
                     total: *total,
                 },
             };
+            let optional = op.complete.is_none();
+            let complete = match (op.complete, horizon) {
+                (Some(c), _) => Some(c),
+                (None, Some(h)) => {
+                    let deadline = op.invoke.saturating_add(h);
+                    Some(op.returned.map_or(deadline, |r| r.max(deadline)))
+                }
+                (None, None) => None,
+            };
             ModelOp {
                 invoke: op.invoke,
-                complete: op.complete,
+                complete,
+                optional,
                 step,
             }
         })
         .collect()
 }
 
-/// Searches for a linearization of `ops` (one key's `ok` and `info` operations) within `budget`
-/// steps.
-pub(crate) fn search(ops: &[&KeyOp], budget: u64) -> Search {
-    let ops = model(ops);
+/// Searches for a linearization of `ops` (one key's `ok` and `info` operations) within
+/// `limits`.
+pub(crate) fn search(ops: &[&KeyOp], limits: Limits) -> Search {
+    counted_search(ops, limits).0
+}
+
+/// [`search`], and the steps it took.
+fn counted_search(ops: &[&KeyOp], limits: Limits) -> (Search, u64) {
+    let ops = model(ops, limits.info_horizon);
     let n = ops.len();
     // Nodes 0..n are calls, n..2n returns (unused for info), 2n the head, 2n+1 the tail.
     let head = 2 * n;
@@ -161,70 +193,113 @@ pub(crate) fn search(ops: &[&KeyOp], budget: u64) -> Search {
         prev[next[node]] = node;
     };
 
-    let mut required = ops.iter().filter(|op| op.complete.is_some()).count();
+    let mut required = ops.iter().filter(|op| !op.optional).count();
     let mut linearized = vec![0u64; n.div_ceil(64)];
     let mut cache: HashSet<(Box<[u64]>, State)> = HashSet::new();
-    let mut stack: Vec<(usize, State)> = Vec::new();
+    // (operation, state before, whether it was dropped rather than applied)
+    let mut stack: Vec<(usize, State, bool)> = Vec::new();
     let mut state = State::Absent;
     let mut entry = next[head];
     let mut steps = 0u64;
     loop {
         if required == 0 {
-            return Search::Linearizable;
+            return (Search::Linearizable, steps);
         }
         steps += 1;
-        if steps > budget {
-            return Search::Unknown;
+        if steps > limits.budget {
+            return (Search::Unknown, steps);
+        }
+        // A call tries to apply its operation; the deadline of an optional one not applied
+        // drops it (it never took effect).
+        let choice = if entry < n {
+            ops[entry]
+                .step
+                .apply(state)
+                .map(|after| (entry, after, false))
+        } else if entry < 2 * n && ops[entry - n].optional {
+            Some((entry - n, state, true))
+        } else {
+            None
+        };
+        if let Some((op, after, dropped)) = choice {
+            linearized[op / 64] |= 1 << (op % 64);
+            if cache.insert((linearized.clone().into_boxed_slice(), after)) {
+                stack.push((op, state, dropped));
+                state = after;
+                unlink(&mut next, &mut prev, op);
+                if ops[op].complete.is_some() {
+                    unlink(&mut next, &mut prev, n + op);
+                }
+                if !ops[op].optional {
+                    required -= 1;
+                }
+                entry = next[head];
+                continue;
+            }
+            linearized[op / 64] &= !(1 << (op % 64));
         }
         if entry < n {
-            let op = &ops[entry];
-            if let Some(after) = op.step.apply(state) {
-                linearized[entry / 64] |= 1 << (entry % 64);
-                if cache.insert((linearized.clone().into_boxed_slice(), after)) {
-                    stack.push((entry, state));
-                    state = after;
-                    unlink(&mut next, &mut prev, entry);
-                    if op.complete.is_some() {
-                        unlink(&mut next, &mut prev, n + entry);
-                        required -= 1;
-                    }
-                    entry = next[head];
-                    continue;
-                }
-                linearized[entry / 64] &= !(1 << (entry % 64));
-            }
             entry = next[entry];
-        } else {
-            // A return (or the end): its call was not placed before it; undo the last choice.
-            let Some((call, before)) = stack.pop() else {
-                return Search::NotLinearizable;
-            };
-            linearized[call / 64] &= !(1 << (call % 64));
-            state = before;
-            if ops[call].complete.is_some() {
-                relink(&mut next, &mut prev, n + call);
-                required += 1;
-            }
-            relink(&mut next, &mut prev, call);
-            entry = next[call];
+            continue;
         }
+        // A return (or the end) reached with its call not placed: undo the last choice.
+        let Some((op, before, dropped)) = stack.pop() else {
+            return (Search::NotLinearizable, steps);
+        };
+        linearized[op / 64] &= !(1 << (op % 64));
+        state = before;
+        if ops[op].complete.is_some() {
+            relink(&mut next, &mut prev, n + op);
+        }
+        relink(&mut next, &mut prev, op);
+        if !ops[op].optional {
+            required += 1;
+        }
+        // After a drop, the deadline comes back and is already cached: it backtracks again.
+        entry = if dropped { n + op } else { next[op] };
     }
 }
 
-/// The reads in `ops` whose value no operation in `ops` could have written (absent always can
-/// be read), by address: one `get-many` gives several reads. Shrinking never adds to these, so
-/// it does not cut the write a stale read saw and leave a read "from nowhere" as a misleading
-/// minimal history.
-fn unexplained_reads(ops: &[&KeyOp]) -> HashSet<*const KeyOp> {
-    let counts = ops
+/// The operations in `ops` that observe a value no operation in `ops` could have left: no order
+/// explains them, so a key with one needs no search.
+pub(crate) fn from_nowhere<'a>(ops: &[&'a KeyOp]) -> Vec<&'a KeyOp> {
+    let unseen = unexplained(ops);
+    ops.iter()
+        .copied()
+        .filter(|op| unseen.contains(&std::ptr::from_ref(*op)))
+        .collect()
+}
+
+/// The operations in `ops` that observe a value no operation in `ops` could have left (absent
+/// always can be): a read's value, a swap's expected value, the prior total of an increment.
+/// By address: one `get-many` gives several reads. Shrinking never adds to these, so it does not
+/// cut the write a stale read or a swap saw and leave an observation "from nowhere" as a
+/// misleading minimal history.
+fn unexplained(ops: &[&KeyOp]) -> HashSet<*const KeyOp> {
+    let increments = ops
         .iter()
-        .any(|op| matches!(op.kind, KeyOpKind::Increment { .. }));
+        .filter(|op| matches!(op.kind, KeyOpKind::Increment { .. }))
+        .count();
     let written: HashSet<&Value> = ops.iter().filter_map(|op| op.kind.written()).collect();
+    let explained = |v: &Value| {
+        written.contains(v) || (increments > 0 && canonical_int(v.as_bytes()).is_some())
+    };
     ops.iter()
         .filter(|op| match &op.kind {
-            KeyOpKind::Read(Some(v)) => {
-                let counted = counts && canonical_int(v.as_bytes()).is_some();
-                !written.contains(v) && !counted
+            KeyOpKind::Read(Some(v))
+            | KeyOpKind::Cas {
+                expected: Some(v), ..
+            } => !explained(v),
+            KeyOpKind::Increment {
+                delta,
+                total: Some(t),
+            } => {
+                // The value it found: absent (0), a decimal written, or another increment's.
+                let prior = t.checked_sub(*delta);
+                prior != Some(0)
+                    && increments < 2
+                    && !prior
+                        .is_some_and(|p| written.contains(&Value::from(p.to_string().as_str())))
             }
             _ => false,
         })
@@ -237,44 +312,83 @@ fn unexplained_reads(ops: &[&KeyOp]) -> HashSet<*const KeyOp> {
 pub(crate) struct ShrinkBudget {
     /// Searches tried at most.
     pub searches: u32,
-    /// Steps per search.
+    /// Steps of all searches together.
     pub steps: u64,
+    /// The limits of each.
+    pub limits: Limits,
 }
 
-/// A smaller non-linearizable subset of `ops` (which must be non-linearizable): chunks, then
-/// single operations, are removed while the rest stays non-linearizable (delta debugging, one
-/// sided). Bounded by `budget`; the result is minimal when the budget did not run out.
+/// A smaller non-linearizable subset of `ops` (which must be non-linearizable) that still
+/// proves `ops` non-linearizable: only removals that cannot make a linearizable history fail
+/// are made, so the anomaly shown is the one in the history, not one the shrinking created.
+///
+/// - Everything after a cut where every kept `ok` operation completed before any removed one
+///   was invoked: a linearization of the whole orders the kept operations first. The shortest
+///   failing such prefix is found by bisection.
+/// - Reads: a read changes nothing, so a linearization of the whole is one of the rest.
+///
+/// Removing a write is not sound (the rest could fail only because the write is gone: a delete
+/// between a write and an increment, say), so writes before the violation stay. Bounded by
+/// `budget`; the result is minimal in this sense when the budget did not run out.
 pub(crate) fn shrink<'a>(ops: &[&'a KeyOp], budget: ShrinkBudget) -> Vec<&'a KeyOp> {
     let mut current: Vec<&KeyOp> = ops.to_vec();
-    let mut searches = 0u32;
-    let accept = |candidate: &[&KeyOp], current: &[&KeyOp], searches: &mut u32| -> bool {
-        let before = unexplained_reads(current);
-        if !unexplained_reads(candidate).is_subset(&before) {
-            return false;
-        }
-        *searches += 1;
-        search(candidate, budget.steps) == Search::NotLinearizable
+    current.sort_by_key(|op| (op.invoke, op.entry));
+    let searches = std::cell::Cell::new(0u32);
+    let steps = std::cell::Cell::new(0u64);
+    let left = || searches.get() < budget.searches && steps.get() < budget.steps;
+    let fails = |candidate: &[&KeyOp]| -> bool {
+        searches.set(searches.get() + 1);
+        let (found, took) = counted_search(candidate, budget.limits);
+        steps.set(steps.get().saturating_add(took));
+        found == Search::NotLinearizable
     };
-    let mut chunk = current.len() / 2;
-    while chunk >= 1 && searches < budget.searches {
-        let mut start = 0;
+    // Cuts: keep current[..i] when the kept ok operations all completed before current[i].
+    let mut cuts = Vec::new();
+    let mut completed_by = 0u64;
+    for i in 1..current.len() {
+        if let Some(c) = current[i - 1].complete {
+            completed_by = completed_by.max(c);
+        }
+        if completed_by < current[i].invoke {
+            cuts.push(i);
+        }
+    }
+    cuts.push(current.len());
+    let (mut lo, mut hi) = (0, cuts.len() - 1);
+    while lo < hi && left() {
+        let mid = lo + (hi - lo) / 2;
+        if fails(&current[..cuts[mid]]) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    current.truncate(cuts[hi]);
+    // Reads, in halving chunks, then one at a time until none can go.
+    let mut chunk = current.len().div_ceil(2).max(1);
+    loop {
         let mut removed_any = false;
-        while start < current.len() && searches < budget.searches {
-            let end = (start + chunk).min(current.len());
-            let candidate: Vec<&KeyOp> = current[..start]
-                .iter()
-                .chain(&current[end..])
-                .copied()
+        let mut start = 0;
+        while start < current.len() && left() {
+            let reads: Vec<usize> = (start..current.len())
+                .filter(|&i| matches!(current[i].kind, KeyOpKind::Read(_)))
+                .take(chunk)
                 .collect();
-            if accept(&candidate, &current, &mut searches) {
+            let Some(&last) = reads.last() else { break };
+            let candidate: Vec<&KeyOp> = current
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !reads.contains(i))
+                .map(|(_, op)| *op)
+                .collect();
+            if fails(&candidate) {
                 current = candidate;
                 removed_any = true;
             } else {
-                start = end;
+                start = last + 1;
             }
         }
-        // Single removals repeat until nothing more can go.
-        if chunk == 1 && !removed_any {
+        if !left() || (chunk == 1 && !removed_any) {
             break;
         }
         chunk = (chunk / 2).max(1);
@@ -291,7 +405,14 @@ mod tests {
             entry,
             invoke,
             complete,
+            returned: complete,
             kind,
+        }
+    }
+    fn limits(budget: u64) -> Limits {
+        Limits {
+            budget,
+            info_horizon: None,
         }
     }
     fn v(s: &str) -> Option<Value> {
@@ -324,8 +445,8 @@ mod tests {
             .collect();
         ops.push(op(12, 0, Some(100), KeyOpKind::Read(v("nobody"))));
         let refs: Vec<&KeyOp> = ops.iter().collect();
-        assert_eq!(search(&refs, 50), Search::Unknown);
-        assert_eq!(search(&refs, u64::MAX), Search::NotLinearizable);
+        assert_eq!(search(&refs, limits(50)), Search::Unknown);
+        assert_eq!(search(&refs, limits(u64::MAX)), Search::NotLinearizable);
     }
 
     #[test]
@@ -338,15 +459,50 @@ mod tests {
             op(4, 8, Some(9), KeyOpKind::Read(v("a"))),
         ];
         let refs: Vec<&KeyOp> = ops.iter().collect();
-        assert_eq!(search(&refs, u64::MAX), Search::NotLinearizable);
+        assert_eq!(search(&refs, limits(u64::MAX)), Search::NotLinearizable);
         let small = shrink(
             &refs,
             ShrinkBudget {
                 searches: 1000,
-                steps: 10_000,
+                steps: u64::MAX,
+                limits: limits(10_000),
             },
         );
         let entries: Vec<usize> = small.iter().map(|o| o.entry).collect();
         assert_eq!(entries, vec![0, 2, 4]);
+    }
+
+    #[test]
+    fn shrink_never_removes_a_write_and_cuts_only_after_the_violation() {
+        // Without the delete, set b then increment -1 (which found nothing) would fail on its
+        // own: a violation the history does not have. The real one is the last read.
+        let ops = [
+            op(0, 0, Some(10), KeyOpKind::Write(v("b"))),
+            op(1, 20, Some(30), KeyOpKind::Read(v("b"))),
+            op(2, 40, Some(50), KeyOpKind::Write(None)),
+            op(
+                3,
+                60,
+                Some(70),
+                KeyOpKind::Increment {
+                    delta: -1,
+                    total: Some(-1),
+                },
+            ),
+            op(4, 80, Some(90), KeyOpKind::Read(v("b"))),
+            op(5, 100, Some(110), KeyOpKind::Write(v("c"))),
+            op(6, 120, Some(130), KeyOpKind::Read(v("c"))),
+        ];
+        let refs: Vec<&KeyOp> = ops.iter().collect();
+        let small = shrink(
+            &refs,
+            ShrinkBudget {
+                searches: 1000,
+                steps: u64::MAX,
+                limits: limits(10_000),
+            },
+        );
+        let entries: Vec<usize> = small.iter().map(|o| o.entry).collect();
+        assert_eq!(entries, vec![0, 2, 3, 4]);
     }
 }

@@ -25,8 +25,8 @@ proptest! {
     // A failure prints its seed and shape; cases found are kept as hand-written tests in
     // tests/histories.rs rather than in a regressions file proptest cannot place for an
     // integration test.
+    // PROPTEST_CASES raises the number of cases (256 by default).
     #![proptest_config(ProptestConfig {
-        cases: 300,
         failure_persistence: None,
         ..ProptestConfig::default()
     })]

@@ -386,3 +386,34 @@ fn an_anomaly_prints_as_a_table() {
     assert!(text.contains("set k = \"a\""), "{text}");
     assert!(text.contains("ok none"), "{text}");
 }
+
+#[test]
+fn an_info_horizon_bounds_when_an_unknown_write_can_land() {
+    // The unknown write of "b" (invoked at 10) is not seen at 70..80, then seen at 100..110.
+    // Without a horizon it may have landed at 90: valid. With a horizon of 50 it had to land by
+    // 60, and the read at 70 says it had not: invalid.
+    let h = H::new()
+        .done(0, Op::set("k", "a"), 0, 5)
+        .info(1, Op::set("k", "b"), 10, 20)
+        .read(2, "k", 70, 80, Some("a"))
+        .read(2, "k", 100, 110, Some("b"))
+        .build();
+    assert_valid(&h);
+    let bounded = kv_check::Options {
+        info_horizon: Some(50),
+        ..kv_check::Options::default()
+    };
+    let verdict = kv_check::check_with(&h, &bounded);
+    assert_eq!(verdict.valid, Validity::Invalid, "{verdict}");
+    // A never-answered write is bounded the same way, from its invocation.
+    let mut h = h;
+    h.entries[1].complete = None;
+    assert_valid(&h);
+    assert_eq!(kv_check::check_with(&h, &bounded).valid, Validity::Invalid);
+    // And one that could land inside the horizon is fine.
+    let wide = kv_check::Options {
+        info_horizon: Some(85),
+        ..kv_check::Options::default()
+    };
+    assert_eq!(kv_check::check_with(&h, &wide).valid, Validity::Valid);
+}
