@@ -119,6 +119,12 @@ pub struct ServeArgs {
 
 /// A duration above zero, as humantime writes it: `500ms`, `30s`, `2m`, `1h 30m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    // humantime reads `5M` as five months: as a time limit that is no limit at all.
+    if text.contains('M') {
+        return Err(format!(
+            "{text:?}: `M` is ambiguous (humantime reads months); write `m` for minutes"
+        ));
+    }
     let duration = humantime::parse_duration(text)
         .map_err(|err| format!("{text:?}: {err} (e.g. 500ms, 30s or 2m)"))?;
     if duration.is_zero() {
@@ -133,7 +139,11 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     let size: bytesize::ByteSize = text
         .parse()
         .map_err(|err| format!("{text:?}: {err} (e.g. 128MiB)"))?;
-    let bytes = usize::try_from(size.as_u64()).map_err(|_| format!("{text:?}: too large"))?;
+    // bytesize saturates on overflow: `20EiB` would be u64::MAX, a limit that is no limit.
+    let bytes = Some(size.as_u64())
+        .filter(|bytes| *bytes != u64::MAX)
+        .and_then(|bytes| usize::try_from(bytes).ok())
+        .ok_or_else(|| format!("{text:?}: too large"))?;
     if bytes < 1 << 16 {
         return Err(format!("{text:?}: must be at least one 64 KiB wasm page"));
     }
@@ -206,7 +216,7 @@ mod tests {
         ] {
             assert_eq!(parse_duration(text), Ok(expected), "{text}");
         }
-        for bad in ["0s", "0ms", "30", "", "5x", "-1s", "s"] {
+        for bad in ["0s", "0ms", "30", "", "5x", "-1s", "s", "5M", "1M 2s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
@@ -225,7 +235,18 @@ mod tests {
         ] {
             assert_eq!(parse_size(text), Ok(expected), "{text}");
         }
-        for bad in ["", "lots", "1KiB", "65535", "12XiB", "99999999999999999999"] {
+        // Too large saturates in bytesize; it must be refused, not become "no limit".
+        for bad in [
+            "",
+            "lots",
+            "1KiB",
+            "65535",
+            "12XiB",
+            "99999999999999999999",
+            "99999999999GiB",
+            "20EiB",
+            "1e30",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
     }

@@ -808,23 +808,59 @@ pub fn expand_env(place: &str, text: &str, env: &Env) -> Result<String, ConfigEr
             }
         }
     }
-    // shellexpand keeps an unterminated `${` as text; here it is a mistake.
-    let references = braced_only.replace("$$", "");
-    if references
-        .rfind("${")
-        .is_some_and(|open| !references[open..].contains('}'))
-    {
-        return Err(ConfigError::at(
-            place,
-            "unterminated `${` (write `$$` for a literal `$`)",
-        ));
-    }
+    check_references(place, text)?;
     shellexpand::env_with_context(&braced_only, |name| env(name).map(Some).ok_or(()))
         .map(|expanded| expanded.into_owned())
         .map_err(|err| match err.var_name.as_str() {
             "" => ConfigError::at(place, "empty `${}`"),
             name => ConfigError::at(place, format!("environment variable {name} is not set")),
         })
+}
+
+/// Refuses what shellexpand would take silently: an unterminated `${`, and a reference that is
+/// not `${NAME}` or `${NAME:-default}` with a plain default (shellexpand copies a default
+/// as it stands, so a `$`, `{` or `}` in it would end up in the value unexpanded).
+fn check_references(place: &str, text: &str) -> Result<(), ConfigError> {
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        rest = &rest[at + 1..];
+        if let Some(after) = rest.strip_prefix('$') {
+            rest = after;
+            continue;
+        }
+        let Some(inner) = rest.strip_prefix('{') else {
+            continue;
+        };
+        let Some(end) = inner.find('}') else {
+            return Err(ConfigError::at(
+                place,
+                "unterminated `${` (write `$$` for a literal `$`)",
+            ));
+        };
+        let reference = &inner[..end];
+        let (name, default) = match reference.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (reference, None),
+        };
+        let plain_name = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !name.is_empty() && !plain_name {
+            return Err(ConfigError::at(
+                place,
+                "`${…}` must name an environment variable (letters, digits, `_`), optionally \
+                 with `:-default`; write `$$` for a literal `$`",
+            ));
+        }
+        if default.is_some_and(|default| default.contains(['$', '{', '}'])) {
+            return Err(ConfigError::at(
+                place,
+                "the default in `${NAME:-default}` may not contain `$`, `{` or `}`",
+            ));
+        }
+        rest = &inner[end + 1..];
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1079,6 +1115,24 @@ mod tests {
             expand_env("p", "${}", &env).unwrap_err().to_string(),
             "p: empty `${}`"
         );
+        // A default is copied as it stands: one that would need expanding is refused, never
+        // written into the value half-expanded.
+        assert_eq!(expand_env("p", "${UNSET:-pa ss}", &env).unwrap(), "pa ss");
+        assert_eq!(expand_env("p", "${NS:-x}", &env).unwrap(), "team-a");
+        for refused in [
+            "${UNSET:-pa$word}",
+            "${UNSET:-x$$y}",
+            "${UNSET:-${NS}}",
+            "${NS:-${NS}}",
+            "${UNSET:-x ${NS}",
+            "${A-B}",
+            "${1X}",
+        ] {
+            assert!(
+                expand_env("p", refused, &env).is_err(),
+                "{refused} was accepted"
+            );
+        }
     }
 
     /// Every table refuses a key it does not know, and the error names it and where it is.
@@ -1137,6 +1191,13 @@ mod tests {
             let err = KvConfig::from_toml(text, &env).unwrap_err().to_string();
             assert!(!err.contains("hunter2"), "{err}");
             assert!(err.contains("invalid type: a string, expected"), "{err}");
+        }
+        // A secret of the wrong type is not quoted either (serde quotes numbers and booleans).
+        for secret in ["1234567890123456789", "12345678.9012345", "true"] {
+            let text = format!("[cursors]\nsecret = {secret}\n");
+            let err = KvConfig::from_toml(&text, &env).unwrap_err().to_string();
+            assert!(!err.contains(secret), "{err}");
+            assert!(err.contains("cursors.secret: must be a string"), "{err}");
         }
     }
 }

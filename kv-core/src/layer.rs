@@ -68,7 +68,6 @@ use crate::counter::CounterRange;
 use crate::error::Result;
 use crate::provider::{
     Attempt, Bucket, Bytes, ImmediateBucket, KeyPage, Provider, SwapOutcome, Version, Versioned,
-    values_within,
 };
 
 /// Wraps a bucket in another.
@@ -262,14 +261,17 @@ pub trait LayeredBucket: Send + Sync + 'static {
         self.after(Op::GetMany, self.inner().get_many(keys).await)
     }
 
-    /// [`Bucket::get_many_within`]: through [`Self::get_many`], so a layer that changes one
-    /// changes both.
+    /// [`Bucket::get_many_within`], forwarded like the rest, so the inner bucket's own budget
+    /// check runs (Redis counts the bytes on the server before sending any). A layer that
+    /// overrides [`Self::get_many`] overrides this too if the budgeted reads must change.
     async fn get_many_within(
         &self,
         keys: &[String],
         max_bytes: usize,
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        values_within(LayeredBucket::get_many(self, keys).await?, max_bytes)
+        self.before(Op::GetMany).await?;
+        let result = self.inner().get_many_within(keys, max_bytes).await;
+        self.after(Op::GetMany, result)
     }
 
     /// [`Bucket::set_many`].

@@ -47,8 +47,3 @@ pub use stores::{MemoryFactory, ProviderFactory, ProviderRegistry, Stores, Store
 
 /// The WIT version of the keyvalue interfaces this crate implements first.
 pub const WIT_VERSION: &str = "wasi:keyvalue@0.2.0-draft2";
-
-/// The README's Rust examples, compiled as doc tests so they cannot rot.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;

@@ -218,9 +218,10 @@ impl Retry {
         err: KvError,
         ambiguous: bool,
     ) -> KvError {
-        let err = call.final_error(err.with_transient(false), ambiguous);
+        // The provider's own error is logged (its class and cause); the guest gets the final one.
+        let err = err.with_transient(false);
         self.log.failed(op, attempts, &err);
-        err
+        call.final_error(err, ambiguous)
     }
 
     /// The outcome of an operation an [`ImmediateBucket`](crate::ImmediateBucket) completed:

@@ -50,11 +50,26 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A secret read from configuration: serde's type errors never quote a string, so none can
-/// show it.
+/// A secret read from configuration. Only a string is accepted, and a value of another type is
+/// refused without quoting it (serde's own type errors quote numbers and booleans).
 impl<'de> serde::Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret::new)
+        struct SecretText;
+        impl serde::de::Visitor<'_> for SecretText {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Secret, E> {
+                Ok(Secret::new(text.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Secret, E> {
+                Ok(Secret::new(text))
+            }
+        }
+        deserializer
+            .deserialize_any(SecretText)
+            .map_err(|_: D::Error| serde::de::Error::custom("must be a string"))
     }
 }
 

@@ -526,7 +526,8 @@ struct LostSetReply {
     other_acknowledged: std::sync::Mutex<Option<Instant>>,
 }
 
-/// A layer: only `set` differs from the bucket underneath.
+/// A layer: only `set` differs from the bucket underneath (batches go to the inner bucket
+/// unchanged; the test writes single keys).
 #[async_trait]
 impl LayeredBucket for LostSetReply {
     fn inner(&self) -> &dyn Bucket {

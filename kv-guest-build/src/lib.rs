@@ -19,15 +19,21 @@ pub struct Guest {
     pub artifact: &'static str,
 }
 
-/// The workspace root of the build script's package (`$CARGO_MANIFEST_DIR/..` up to the
-/// directory holding `Cargo.lock`).
+/// The workspace root of the build script's package: the nearest directory above
+/// `$CARGO_MANIFEST_DIR` that holds wasi-kv's `wit/` and `Cargo.lock`. Panics (the build
+/// script fails) if there is none, rather than building from an unrelated directory.
 pub fn workspace_root() -> PathBuf {
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     manifest_dir
         .ancestors()
-        .find(|dir| dir.join("Cargo.lock").exists())
-        .unwrap_or(&manifest_dir)
+        .find(|dir| dir.join("Cargo.lock").is_file() && dir.join("wit").is_dir())
+        .unwrap_or_else(|| {
+            panic!(
+                "no wasi-kv workspace (Cargo.lock and wit/) above {}",
+                manifest_dir.display()
+            )
+        })
         .to_path_buf()
 }
 

@@ -429,3 +429,9 @@ mod cursor_tests {
         assert!(handle.cursor_at(last + 1).is_none());
     }
 }
+
+/// The README's Rust examples (embedding wasi-kv in a wasmtime host), compiled as doc tests so
+/// they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

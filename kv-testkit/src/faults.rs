@@ -6,7 +6,7 @@
 //!   429". The Redis proxy works on TCP reads (a read from the client is one request). The
 //!   HTTP proxy works on HTTP/1.1 requests, one upstream connection per client connection,
 //!   and can also answer with injected responses.
-//! - [`LossyProvider`] wraps any provider in process (the in-memory one has no network): its
+//! - [`Lossy`] wraps any provider in process (the in-memory one has no network): its
 //!   buckets apply an operation and then report it failed, as a lost reply would.
 //!
 //! No maintained proxy fits: Toxiproxy-style proxies (the `noxious` crates) shape TCP streams,
