@@ -438,6 +438,58 @@ mod tests {
         }
     }
 
+    /// Records whether a budgeted batch read reached it as `get_many_within` (the bucket's own
+    /// budget check, as Redis does it on the server) or as a plain `get_many`.
+    struct RecordsBatchReads(Arc<Mutex<Vec<&'static str>>>);
+
+    struct RecordsBatchReadsBucket(Arc<dyn Bucket>, Arc<Mutex<Vec<&'static str>>>);
+
+    impl Layer for RecordsBatchReads {
+        fn layer(&self, inner: Arc<dyn Bucket>) -> Arc<dyn Bucket> {
+            Arc::new(RecordsBatchReadsBucket(inner, self.0.clone()))
+        }
+    }
+
+    #[async_trait]
+    impl LayeredBucket for RecordsBatchReadsBucket {
+        fn inner(&self) -> &dyn Bucket {
+            &*self.0
+        }
+
+        async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+            self.1.lock().unwrap().push("get_many");
+            self.0.get_many(keys).await
+        }
+
+        async fn get_many_within(
+            &self,
+            keys: &[String],
+            max_bytes: usize,
+        ) -> Result<Vec<Option<Vec<u8>>>> {
+            self.1.lock().unwrap().push("get_many_within");
+            self.0.get_many_within(keys, max_bytes).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_layer_forwards_budgeted_batch_reads_as_they_are() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recording: Arc<dyn crate::Provider> = Arc::new(LayeredProvider::new(
+            Arc::new(MemoryProvider::new()),
+            RecordsBatchReads(seen.clone()),
+        ));
+        // A pass-through layer for reads above the recording one.
+        let provider = LayeredProvider::new(recording, RefusesSets);
+        let store = Stores::builder(Limits::default())
+            .store("s", Arc::new(provider), "ns", Access::ReadWrite)
+            .build()
+            .open("s")
+            .await
+            .unwrap();
+        store.get_many(&["k".to_string()]).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), ["get_many_within"]);
+    }
+
     async fn store_over(layer: impl Layer) -> crate::KvStore {
         let provider = LayeredProvider::new(Arc::new(MemoryProvider::new()), layer);
         Stores::builder(Limits::default())

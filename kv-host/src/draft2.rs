@@ -158,11 +158,7 @@ impl batch::Host for KvView<'_> {
         keys: Vec<String>,
     ) -> HostResult<Vec<Option<(String, Vec<u8>)>>> {
         let values = self.bucket(&bucket)?.get_many(&keys).await?;
-        Ok(keys
-            .into_iter()
-            .zip(values)
-            .map(|(key, value)| value.map(|value| (key, value)))
-            .collect())
+        Ok(super::present_entries(keys, values))
     }
 
     async fn set_many(

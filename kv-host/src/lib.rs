@@ -332,6 +332,18 @@ pub fn add_to_linker_with<T: Send + 'static>(
     Ok(())
 }
 
+/// `get-many`'s answer in the tagged draft shapes (both versions): an entry per key found,
+/// `none` where a key is missing, in the order asked.
+fn present_entries(
+    keys: Vec<String>,
+    values: Vec<Option<Vec<u8>>>,
+) -> Vec<Option<(String, Vec<u8>)>> {
+    keys.into_iter()
+        .zip(values)
+        .map(|(key, value)| value.map(|value| (key, value)))
+        .collect()
+}
+
 /// What a host function fails with: a store error the guest sees, or a trap (a handle that is
 /// not in the table). bindgen's `trappable_error_type` has every function return it, and each
 /// version maps it to its own `error` once, in `convert_error` ([`HostError::into_guest`]).
