@@ -433,6 +433,38 @@ impl History {
     pub fn from_json(text: &str) -> Result<Self, HistoryError> {
         Ok(serde_json::from_str(text)?)
     }
+
+    /// Reads the progress log of a client that writes each operation twice, as JSONL: when it
+    /// invokes it (`complete` null) and when it completes. A completion replaces the invocation
+    /// of the same process and invoke instant; an invocation never completed (the client was
+    /// killed) stays, as `info`. This is how a workload component in another host process
+    /// reports what it did: whatever it managed to write before it died is the history.
+    pub fn from_progress_jsonl(text: &str) -> Result<Self, HistoryError> {
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut pending: std::collections::HashMap<(Process, u64), usize> =
+            std::collections::HashMap::new();
+        for entry in Self::from_jsonl(text)?.entries {
+            let at = (entry.process, entry.invoke);
+            match (entry.complete, pending.remove(&at)) {
+                (Some(_), Some(index)) => entries[index] = entry,
+                (None, _) => {
+                    pending.insert(at, entries.len());
+                    entries.push(entry);
+                }
+                (Some(_), None) => entries.push(entry),
+            }
+        }
+        Ok(History { entries })
+    }
+
+    /// Shifts every instant back by `origin` (saturating), to put histories recorded on one
+    /// clock (nanoseconds since the Unix epoch, say) onto a recorder's timeline.
+    pub fn rebase(&mut self, origin: u64) {
+        for entry in &mut self.entries {
+            entry.invoke = entry.invoke.saturating_sub(origin);
+            entry.complete = entry.complete.map(|at| at.saturating_sub(origin));
+        }
+    }
 }
 
 /// Records a history while clients run. Cloning shares the record; each call holds the lock
@@ -441,6 +473,7 @@ impl History {
 #[derive(Clone)]
 pub struct Recorder {
     start: Instant,
+    origin_unix_nanos: u64,
     entries: Arc<Mutex<Vec<Entry>>>,
 }
 
@@ -461,6 +494,7 @@ impl Recorder {
     pub fn new() -> Self {
         Recorder {
             start: Instant::now(),
+            origin_unix_nanos: unix_nanos(),
             entries: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -476,6 +510,18 @@ impl Recorder {
         u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// The wall-clock instant (nanoseconds since the Unix epoch) this record's clock started:
+    /// what [`History::rebase`] subtracts from histories other processes recorded in wall-clock
+    /// time, so one machine's hosts share one timeline.
+    pub fn origin_unix_nanos(&self) -> u64 {
+        self.origin_unix_nanos
+    }
+
+    /// Adds entries recorded elsewhere, already on this record's timeline.
+    pub fn extend(&self, history: History) {
+        self.lock().extend(history.entries);
+    }
+
     /// Records that `process` invoked `op` now.
     pub fn invoke(&self, process: Process, op: Op) -> Ticket {
         let mut entries = self.lock();
@@ -488,6 +534,18 @@ impl Recorder {
             outcome: Outcome::Info("never completed".into()),
         });
         Ticket(entries.len() - 1)
+    }
+
+    /// Records the operation, as it finally ran, and its outcome now: a swap's `expected` is
+    /// known only once its handle has read the key, after the invocation.
+    pub fn complete_as(&self, ticket: Ticket, op: Op, outcome: Outcome) {
+        let mut entries = self.lock();
+        let complete = self.now();
+        if let Some(entry) = entries.get_mut(ticket.0) {
+            entry.op = op;
+            entry.complete = Some(complete);
+            entry.outcome = outcome;
+        }
     }
 
     /// Records the operation's outcome now.
@@ -506,6 +564,13 @@ impl Recorder {
             entries: self.lock().clone(),
         }
     }
+}
+
+/// Now, in nanoseconds since the Unix epoch (0 before it).
+pub fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

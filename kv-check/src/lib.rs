@@ -28,6 +28,7 @@
 pub mod history;
 pub mod linearizable;
 pub mod report;
+pub mod workload;
 
 mod counter;
 mod keyed;
@@ -37,6 +38,7 @@ use std::collections::HashSet;
 
 pub use history::{Entry, History, Op, Outcome, Process, Recorder, Ret, Ticket, Value};
 pub use report::{Anomaly, AnomalyKind, IndexedEntry, Validity, Verdict};
+pub use workload::{Generator, Workload};
 
 use keyed::{KeyOp, KeyOpKind};
 use linearizable::{Limits, Search, ShrinkBudget};
