@@ -510,6 +510,12 @@ impl Recorder {
         u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// Nanoseconds since this record's clock started: where on its timeline events outside
+    /// the history (a nemesis's faults) happened.
+    pub fn elapsed_nanos(&self) -> u64 {
+        self.now()
+    }
+
     /// The wall-clock instant (nanoseconds since the Unix epoch) this record's clock started:
     /// what [`History::rebase`] subtracts from histories other processes recorded in wall-clock
     /// time, so one machine's hosts share one timeline.

@@ -18,6 +18,9 @@ pub(crate) struct KeyOp {
     /// When its reply arrived, whatever it said (`None`: it never did).
     pub returned: Option<u64>,
     pub kind: KeyOpKind,
+    /// A second application of a plain write by its own retry ([`crate::Options`]'s
+    /// `writes_may_repeat`): optional, and over by the time the write's call returned.
+    pub repeat: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,7 +64,10 @@ pub(crate) struct Malformed {
 
 /// Splits `history` by key. Listings are not register operations and are left to
 /// [`crate::listing`]; malformed entries are reported and left out.
-pub(crate) fn split(history: &History) -> (BTreeMap<String, KeyHistory>, Vec<Malformed>) {
+pub(crate) fn split(
+    history: &History,
+    writes_may_repeat: bool,
+) -> (BTreeMap<String, KeyHistory>, Vec<Malformed>) {
     let mut keys: BTreeMap<String, KeyHistory> = BTreeMap::new();
     let mut malformed = Vec::new();
     for (index, entry) in history.entries.iter().enumerate() {
@@ -85,6 +91,7 @@ pub(crate) fn split(history: &History) -> (BTreeMap<String, KeyHistory>, Vec<Mal
                 complete: if info { None } else { entry.complete },
                 returned: entry.complete,
                 kind,
+                repeat: false,
             };
             let slot = keys.entry(key.to_owned()).or_default();
             if failed {
@@ -92,6 +99,12 @@ pub(crate) fn split(history: &History) -> (BTreeMap<String, KeyHistory>, Vec<Mal
                     slot.failed.push(op);
                 }
             } else {
+                if writes_may_repeat && matches!(op.kind, KeyOpKind::Write(_)) {
+                    slot.ops.push(KeyOp {
+                        repeat: true,
+                        ..op.clone()
+                    });
+                }
                 slot.ops.push(op);
             }
         };

@@ -61,6 +61,11 @@ pub struct Options {
     pub shrink_steps: u64,
     /// Steps of all of them together; past it the sub-history found so far is reported.
     pub shrink_total_steps: u64,
+    /// A plain `set` or `delete` may take effect twice within its own call: once, and again
+    /// when its retry after a lost reply lands (docs/semantics.md S4 declares this for a host
+    /// that retries plain writes). Off by default: a strict register, where such a repeat that
+    /// undid another client's write is an anomaly.
+    pub writes_may_repeat: bool,
 }
 
 impl Default for Options {
@@ -71,6 +76,7 @@ impl Default for Options {
             shrink_searches: 500,
             shrink_steps: 100_000,
             shrink_total_steps: 5_000_000,
+            writes_may_repeat: false,
         }
     }
 }
@@ -82,7 +88,7 @@ pub fn check(history: &History) -> Verdict {
 
 /// Checks `history`: every key's linearizability, counters and listings.
 pub fn check_with(history: &History, options: &Options) -> Verdict {
-    let (keys, malformed) = keyed::split(history);
+    let (keys, malformed) = keyed::split(history, options.writes_may_repeat);
     let mut findings: Vec<Finding> = malformed
         .into_iter()
         .map(|m| Finding::new(AnomalyKind::Malformed, None, m.reason, vec![m.entry]))

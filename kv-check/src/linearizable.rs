@@ -132,7 +132,7 @@ fn model(ops: &[&KeyOp], horizon: Option<u64>) -> Vec<ModelOp> {
                     total: *total,
                 },
             };
-            let optional = op.complete.is_none();
+            let optional = op.complete.is_none() || op.repeat;
             let complete = match (op.complete, horizon) {
                 (Some(c), _) => Some(c),
                 (None, Some(h)) => {
@@ -407,6 +407,7 @@ mod tests {
             complete,
             returned: complete,
             kind,
+            repeat: false,
         }
     }
     fn limits(budget: u64) -> Limits {

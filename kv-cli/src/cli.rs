@@ -24,6 +24,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run the conformance suite against a provider.
     Conformance(ConformanceArgs),
+    /// Record concurrent clients' histories under faults and check them (linearizability per
+    /// key, counters, listings).
+    Check(CheckArgs),
 }
 
 /// Where stores come from; with neither, `default` is the in-memory store.
@@ -192,6 +195,59 @@ pub struct ConformanceArgs {
     /// backend executed it (a loopback proxy with --emulator; in-process hooks on memory).
     #[arg(long, value_enum, value_name = "PROFILE")]
     pub faults: Option<FaultProfile>,
+}
+
+/// `wasi-kv check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Provider to check (`memory` and `sqlite` run in this process without a URL).
+    #[arg(long)]
+    pub provider: String,
+    /// Start the provider's local emulator on loopback (durable when the nemesis kills it),
+    /// behind the fault proxy.
+    #[arg(long, conflicts_with = "store")]
+    pub emulator: bool,
+    /// Check a store you run, e.g. `redis://127.0.0.1:6379/0` (only `--nemesis none`: faults
+    /// are injected only into backends this command started on loopback).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// What the clients do: register, counter, cas, list, or mixed (all four at once).
+    #[arg(long, default_value = "mixed", value_parser = |s: &str| s.parse::<kv_check::Workload>())]
+    pub workload: kv_check::Workload,
+    /// Faults: none, drop-reply, drop-request, partition, crash, or all (each in turn).
+    #[arg(long, value_parser = |s: &str| s.parse::<kv_conformance::histories::NemesisKind>())]
+    pub nemesis: Option<kv_conformance::histories::NemesisKind>,
+    /// How long the clients run, e.g. `60s` (at most 1h).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub time: Duration,
+    /// Most operations in all (the run ends at this or at --time; the checker's time grows
+    /// with it).
+    #[arg(long, default_value_t = 100_000)]
+    pub max_ops: u64,
+    /// Clients per host.
+    #[arg(long, default_value_t = 8)]
+    pub clients: u32,
+    /// Most operations per second, all clients together.
+    #[arg(long, default_value_t = 500)]
+    pub rate: u32,
+    /// Hosts in this process, each with its own connection to the store.
+    #[arg(long, default_value_t = 2)]
+    pub hosts: u32,
+    /// Host processes (`wasi-kv run` of the workload component) beside them.
+    #[arg(long, default_value_t = 0)]
+    pub processes: u32,
+    /// Keys per workload (few keys, more contention).
+    #[arg(long, default_value_t = 5)]
+    pub keys: u32,
+    /// Seed of the workload and the nemesis (default: random, printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Write check.md, check.json, history.jsonl and anomaly-N.json into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+    /// Print the report as JSON instead of markdown.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Fault profiles of `wasi-kv conformance --faults`.

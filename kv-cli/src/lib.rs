@@ -1,5 +1,6 @@
 //! The `wasi-kv` command as a library, so tests can drive it in-process.
 
+pub mod check;
 pub mod cli;
 pub mod conformance;
 pub mod outbound;

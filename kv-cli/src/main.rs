@@ -8,10 +8,12 @@ use kv_cli::serve::{ServeOptions, Server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Conformance(args) = &cli.command
-        && args.emulator
-        && std::env::var_os("COSMOS_DISABLE_IMDS").is_none()
-    {
+    let emulator = match &cli.command {
+        Command::Conformance(args) => args.emulator,
+        Command::Check(args) => args.emulator,
+        _ => false,
+    };
+    if emulator && std::env::var_os("COSMOS_DISABLE_IMDS").is_none() {
         // SAFETY: still single-threaded (no runtime yet). A local emulator run must not let
         // the Cosmos driver probe the Azure instance metadata service.
         unsafe { std::env::set_var("COSMOS_DISABLE_IMDS", "1") };
@@ -92,6 +94,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .serve(listener, kv_cli::serve::shutdown_signal())
                 .await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Check(args) => {
+            let valid = kv_cli::check::check(&args).await?;
+            Ok(if valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Conformance(args) => {
             let passed = kv_cli::conformance::conformance(&args).await?;

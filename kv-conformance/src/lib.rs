@@ -8,6 +8,7 @@
 
 pub mod guests;
 pub mod harness;
+pub mod histories;
 pub mod profile;
 pub mod report;
 pub mod runner;

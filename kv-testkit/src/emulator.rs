@@ -187,10 +187,26 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one on a free port; `Err` says why it could not (for example, not installed).
     pub fn start() -> Result<RedisServer, String> {
+        Self::start_with(false)
+    }
+
+    /// Starts one that logs every write to an append-only file fsynced before the reply
+    /// (`appendfsync always`), so a `SIGKILL` loses nothing acknowledged.
+    pub fn start_durable() -> Result<RedisServer, String> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Result<RedisServer, String> {
         let (binary, version) = redis_server_binary()?;
         let server = LoopbackServer::start(Recipe {
             name: "redis-server",
-            command: Box::new(move |port, dir| redis_server_command(&binary, port, dir)),
+            command: Box::new(move |port, dir| {
+                let mut command = redis_server_command(&binary, port, dir);
+                if durable {
+                    command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+                }
+                command
+            }),
             ready: ping,
             timeout: Duration::from_secs(15),
         })?;
@@ -477,6 +493,16 @@ impl DynamoDbLocal {
 
     /// Starts it on a free port and waits until it answers HTTP (up to 60 s).
     pub fn start() -> Result<DynamoDbLocal, String> {
+        Self::start_with(false)
+    }
+
+    /// Starts one that keeps its tables in a file in its scratch directory (`-dbPath`), so a
+    /// restart finds them.
+    pub fn start_durable() -> Result<DynamoDbLocal, String> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Result<DynamoDbLocal, String> {
         let jar_dir = Self::jar_dir()
             .ok_or("DynamoDB Local is not installed (scripts/setup.sh installs it)")?;
         let java =
@@ -484,14 +510,19 @@ impl DynamoDbLocal {
         let cwd = jar_dir.clone();
         let server = LoopbackServer::start(Recipe {
             name: "DynamoDB Local",
-            command: Box::new(move |port, _| {
+            command: Box::new(move |port, dir| {
                 // The server process itself is the child (no `cd && java` wrapper shell).
                 let mut command = Command::new(&java);
                 command
                     .current_dir(&cwd)
                     .args(["-Xmx256m", "-Djava.library.path=./DynamoDBLocal_lib"])
-                    .args(["-jar", "DynamoDBLocal.jar", "-inMemory", "-sharedDb"])
-                    .args(["-disableTelemetry", "-port", &port.to_string()]);
+                    .args(["-jar", "DynamoDBLocal.jar", "-sharedDb"]);
+                if durable {
+                    command.arg("-dbPath").arg(dir);
+                } else {
+                    command.arg("-inMemory");
+                }
+                command.args(["-disableTelemetry", "-port", &port.to_string()]);
                 command
             }),
             ready: http_answers,
@@ -576,22 +607,38 @@ impl FakeGcsServer {
 
     /// Starts it on a free port and waits until it answers (up to 15 s).
     pub fn start() -> Result<FakeGcsServer, String> {
+        Self::start_with(false)
+    }
+
+    /// Starts one that keeps objects in files under its scratch directory
+    /// (`-backend filesystem`), so a restart finds them.
+    pub fn start_durable() -> Result<FakeGcsServer, String> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Result<FakeGcsServer, String> {
         let binary = Self::binary()
             .ok_or("fake-gcs-server is not installed (scripts/setup.sh installs it)")?;
         let server = LoopbackServer::start(Recipe {
             name: "fake-gcs-server",
-            command: Box::new(move |port, _| {
+            command: Box::new(move |port, dir| {
                 let mut command = Command::new(&binary);
-                command
-                    .args([
-                        "-scheme",
-                        "http",
-                        "-host",
-                        "127.0.0.1",
-                        "-port",
-                        &port.to_string(),
-                    ])
-                    .args(["-backend", "memory", "-log-level", "warn"]);
+                command.args([
+                    "-scheme",
+                    "http",
+                    "-host",
+                    "127.0.0.1",
+                    "-port",
+                    &port.to_string(),
+                ]);
+                if durable {
+                    command
+                        .args(["-backend", "filesystem", "-filesystem-root"])
+                        .arg(dir.join("objects"));
+                } else {
+                    command.args(["-backend", "memory"]);
+                }
+                command.args(["-log-level", "warn"]);
                 command
             }),
             ready: http_answers,
@@ -728,6 +775,94 @@ pub struct Started {
     pub flavour: &'static str,
     /// Stops the emulator when dropped.
     pub guard: std::sync::Arc<dyn std::any::Any + Send + Sync>,
+    /// Kills it and starts it again, when started by [`Emulator::start_durable`].
+    pub crash: Option<std::sync::Arc<dyn Crashable>>,
+}
+
+/// A backend a nemesis can kill with `SIGKILL` and start again on the same port and data: what
+/// acknowledged writes must survive.
+pub trait Crashable: Send + Sync {
+    /// Kills the backend (or one primary of a cluster); says what was killed.
+    fn crash(&self) -> Result<String, String>;
+    /// Starts what [`Crashable::crash`] killed again and waits until it serves.
+    fn recover(&self) -> Result<String, String>;
+}
+
+/// Locks a server, surviving a panic elsewhere (the process handle stays usable).
+fn locked<T>(server: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    server
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Crashable for std::sync::Mutex<RedisServer> {
+    fn crash(&self) -> Result<String, String> {
+        locked(self).stop();
+        Ok("redis-server killed (SIGKILL)".to_string())
+    }
+
+    fn recover(&self) -> Result<String, String> {
+        locked(self).restart()?;
+        Ok("redis-server restarted from its append-only file".to_string())
+    }
+}
+
+impl Crashable for std::sync::Mutex<DynamoDbLocal> {
+    fn crash(&self) -> Result<String, String> {
+        locked(self).stop();
+        Ok("DynamoDB Local killed (SIGKILL)".to_string())
+    }
+
+    fn recover(&self) -> Result<String, String> {
+        locked(self).restart()?;
+        Ok("DynamoDB Local restarted on its -dbPath".to_string())
+    }
+}
+
+impl Crashable for std::sync::Mutex<FakeGcsServer> {
+    fn crash(&self) -> Result<String, String> {
+        locked(self).stop();
+        Ok("fake-gcs-server killed (SIGKILL)".to_string())
+    }
+
+    fn recover(&self) -> Result<String, String> {
+        locked(self).restart()?;
+        Ok("fake-gcs-server restarted on its filesystem backend".to_string())
+    }
+}
+
+/// The cluster and the primary its last crash killed.
+struct CrashableCluster {
+    cluster: std::sync::Mutex<(RedisCluster, Option<u16>)>,
+}
+
+impl Crashable for CrashableCluster {
+    fn crash(&self) -> Result<String, String> {
+        let mut guard = locked(&self.cluster);
+        let (cluster, killed) = &mut *guard;
+        let port = *cluster
+            .primaries()
+            .first()
+            .ok_or("no primary to kill: the cluster has none")?;
+        cluster.kill(port);
+        *killed = Some(port);
+        Ok(format!(
+            "cluster primary 127.0.0.1:{port} killed (SIGKILL); its replica takes over"
+        ))
+    }
+
+    fn recover(&self) -> Result<String, String> {
+        let mut guard = locked(&self.cluster);
+        let (cluster, killed) = &mut *guard;
+        let Some(port) = killed.take() else {
+            return Ok("nothing to restart".to_string());
+        };
+        cluster.restart(port)?;
+        cluster.wait_healthy(Duration::from_secs(60))?;
+        Ok(format!(
+            "node 127.0.0.1:{port} restarted; it rejoined as a replica"
+        ))
+    }
 }
 
 impl Started {
@@ -814,48 +949,86 @@ impl Emulator {
     /// Starts it on a free loopback port (blocking until it answers); `Err` says why it could
     /// not.
     pub fn start(self) -> Result<Started, String> {
-        use std::sync::Arc;
+        self.start_with(false)
+    }
+
+    /// Like [`Emulator::start`], but with data that survives a `SIGKILL` and a
+    /// [`Started::crash`] handle to do that: Redis with an fsynced append-only file, DynamoDB
+    /// Local on a file (`-dbPath`), fake-gcs-server on its filesystem backend, a Redis Cluster
+    /// losing a primary to failover. The Cosmos DB server keeps data only in memory: `Err`.
+    pub fn start_durable(self) -> Result<Started, String> {
+        self.start_with(true)
+    }
+
+    fn start_with(self, durable: bool) -> Result<Started, String> {
+        use std::sync::{Arc, Mutex};
         Ok(match self {
             Emulator::Redis => {
-                let server = RedisServer::start()?;
+                let server = RedisServer::start_with(durable)?;
+                let (store_url, port) = (server.url(), server.server.port);
+                let backend = server.version().to_string();
+                let server = Arc::new(Mutex::new(server));
                 Started {
-                    store_url: server.url(),
-                    port: server.server.port,
-                    backend: server.version().to_string(),
+                    store_url,
+                    port,
+                    backend,
                     flavour: "redis",
-                    guard: Arc::new(server),
+                    guard: server.clone(),
+                    crash: durable.then_some(server as Arc<dyn Crashable>),
                 }
             }
             Emulator::RedisCluster => {
                 let cluster = RedisCluster::start()?;
+                // Writes are acknowledged once a replica has them, as a failover needs.
+                let store_url = format!("{}?wait_replicas=1", cluster.url());
+                let port = cluster.ports()[0];
+                let backend = format!("{} (cluster: 3 primaries, 3 replicas)", cluster.version());
+                let cluster = Arc::new(CrashableCluster {
+                    cluster: Mutex::new((cluster, None)),
+                });
                 Started {
-                    // Writes are acknowledged once a replica has them, as a failover needs.
-                    store_url: format!("{}?wait_replicas=1", cluster.url()),
-                    port: cluster.ports()[0],
-                    backend: format!("{} (cluster: 3 primaries, 3 replicas)", cluster.version()),
+                    store_url,
+                    port,
+                    backend,
                     flavour: "redis-cluster",
-                    guard: Arc::new(cluster),
+                    guard: cluster.clone(),
+                    crash: durable.then_some(cluster as Arc<dyn Crashable>),
                 }
             }
             Emulator::DynamoDb => {
-                let local = DynamoDbLocal::start()?;
+                let local = DynamoDbLocal::start_with(durable)?;
+                let (store_url, port) = (local.store_url("wasikv-conformance"), local.server.port);
+                let backend = local.version();
+                let local = Arc::new(Mutex::new(local));
                 Started {
-                    store_url: local.store_url("wasikv-conformance"),
-                    port: local.server.port,
-                    backend: local.version(),
+                    store_url,
+                    port,
+                    backend,
                     flavour: "dynamodb-local",
-                    guard: Arc::new(local),
+                    guard: local.clone(),
+                    crash: durable.then_some(local as Arc<dyn Crashable>),
                 }
             }
             Emulator::Gcs => {
-                let server = FakeGcsServer::start()?;
+                let server = FakeGcsServer::start_with(durable)?;
+                let store_url = server.store_url("wasikv-conformance", "runs");
+                let (port, backend) = (server.server.port, server.version());
+                let server = Arc::new(Mutex::new(server));
                 Started {
-                    store_url: server.store_url("wasikv-conformance", "runs"),
-                    port: server.server.port,
-                    backend: server.version(),
+                    store_url,
+                    port,
+                    backend,
                     flavour: "fake-gcs",
-                    guard: Arc::new(server),
+                    guard: server.clone(),
+                    crash: durable.then_some(server as Arc<dyn Crashable>),
                 }
+            }
+            Emulator::Cosmos if durable => {
+                return Err(
+                    "the local Cosmos DB server keeps data only in memory: it cannot be \
+                     restarted with its data"
+                        .to_string(),
+                );
             }
             Emulator::Cosmos => {
                 let server = CosmosServer::start()?;
@@ -865,6 +1038,7 @@ impl Emulator {
                     backend: server.version(),
                     flavour: "cosmos-local",
                     guard: Arc::new(server),
+                    crash: None,
                 }
             }
         })
@@ -875,6 +1049,13 @@ impl Emulator {
     /// [`Emulator::start`] on a blocking thread, for async callers.
     pub async fn start_async(self) -> Result<Started, String> {
         tokio::task::spawn_blocking(move || self.start())
+            .await
+            .map_err(|err| format!("starting {}: {err}", self.provider()))?
+    }
+
+    /// [`Emulator::start_durable`] on a blocking thread, for async callers.
+    pub async fn start_durable_async(self) -> Result<Started, String> {
+        tokio::task::spawn_blocking(move || self.start_durable())
             .await
             .map_err(|err| format!("starting {}: {err}", self.provider()))?
     }

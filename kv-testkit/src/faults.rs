@@ -358,13 +358,17 @@ fn unprocessed(headers: &hyper::HeaderMap, body: &[u8]) -> Option<String> {
     Some(answer.to_string())
 }
 
-/// An in-process fault: after `lose_replies` is set, that many operations apply and then
-/// report `unavailable`, as if their reply had been lost.
+/// In-process faults, the network faults of a provider without a network: replies lost after
+/// the operation applied, requests dropped before it, and a partition during which nothing
+/// reaches the store.
 #[derive(Debug, Default)]
 pub struct LossyState {
     lose_next: AtomicU64,
     every: AtomicU64,
     seen: AtomicU64,
+    refuse_every: AtomicU64,
+    refused_seen: AtomicU64,
+    partitioned: std::sync::atomic::AtomicBool,
 }
 
 impl LossyState {
@@ -376,6 +380,32 @@ impl LossyState {
     /// The reply of every `n`-th operation is lost (0 = none).
     pub fn lose_every(&self, n: u64) {
         self.every.store(n, Ordering::Relaxed);
+    }
+
+    /// Every `n`-th operation (0 = none) fails with `unavailable` before it reaches the store,
+    /// as a request lost on the way does: nothing applied, and the client cannot know that.
+    pub fn refuse_every(&self, n: u64) {
+        self.refuse_every.store(n, Ordering::Relaxed);
+    }
+
+    /// While on, operations wait before reaching the store (until it ends, or the caller's
+    /// operation timeout gives up on them), as behind a network partition.
+    pub fn partition(&self, on: bool) {
+        self.partitioned.store(on, Ordering::Relaxed);
+    }
+
+    async fn admit(&self) -> Result<()> {
+        while self.partitioned.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let every = self.refuse_every.load(Ordering::Relaxed);
+        let seen = self.refused_seen.fetch_add(1, Ordering::Relaxed) + 1;
+        if every > 0 && seen.is_multiple_of(every) {
+            return Err(KvError::unavailable(
+                "the request was lost before the store (injected)",
+            ));
+        }
+        Ok(())
     }
 
     fn lose(&self) -> bool {
@@ -405,9 +435,17 @@ pub struct Lossy {
 impl Lossy {
     /// `inner` with every bucket it opens losing replies as the returned state says.
     pub fn provider(inner: Arc<dyn Provider>) -> (Arc<dyn Provider>, Arc<LossyState>) {
-        let lossy = Lossy::default();
-        let state = lossy.state.clone();
-        (Arc::new(LayeredProvider::new(inner, lossy)), state)
+        let state = Arc::new(LossyState::default());
+        (Self::provider_with(inner, &state), state)
+    }
+
+    /// `inner` with its buckets under `state`, shared with other providers (several hosts'
+    /// connections to one SQLite file, faulted together).
+    pub fn provider_with(inner: Arc<dyn Provider>, state: &Arc<LossyState>) -> Arc<dyn Provider> {
+        let lossy = Lossy {
+            state: state.clone(),
+        };
+        Arc::new(LayeredProvider::new(inner, lossy))
     }
 }
 
@@ -425,11 +463,16 @@ struct LossyBucket {
     state: Arc<LossyState>,
 }
 
-/// Every call is forwarded; a lost reply replaces a success after the backend applied it.
+/// Every call is forwarded unless refused or held by a partition; a lost reply replaces a
+/// success after the backend applied it.
 #[async_trait]
 impl LayeredBucket for LossyBucket {
     fn inner(&self) -> &dyn Bucket {
         &*self.inner
+    }
+
+    async fn before(&self, _op: Op) -> Result<()> {
+        self.state.admit().await
     }
 
     fn after<T: Send>(&self, _op: Op, result: Result<T>) -> Result<T> {
