@@ -1,6 +1,7 @@
-//! Builds the suite's guest components (the conformance cases, and the same cases against
-//! Spin's draft2 WIT) for wasm32-wasip2; the runner embeds them. Test fixtures are built by
-//! `test-components/artifacts`, not here: `wasi-kv` users build only the suite.
+//! Builds the suite's guest components (the conformance cases, the same cases against Spin's
+//! draft2 WIT, and the workload command of history checks across host processes) for
+//! wasm32-wasip2; the runner embeds them. Test fixtures are built by `test-components/artifacts`,
+//! not here: `wasi-kv` users build only the suite.
 
 use std::path::Path;
 
@@ -15,12 +16,24 @@ const GUESTS: &[Guest] = &[
         package: "kv-conformance-guest-spin",
         artifact: "kv_conformance_guest_spin",
     },
+    Guest {
+        package: "kv-history-guest",
+        artifact: "kv_history_guest",
+    },
 ];
 
 fn main() {
     let paths = kv_guest_build::build(
         GUESTS,
-        &["wit", "kv-conformance/guest", "kv-conformance/guest-spin"],
+        &[
+            "wit",
+            "kv-conformance/guest",
+            "kv-conformance/guest-spin",
+            "kv-conformance/guest-history",
+            // The history guest runs kv-check's generator and writes its entries.
+            "kv-check/src",
+            "kv-check/Cargo.toml",
+        ],
     );
     for (guest, path) in GUESTS.iter().zip(paths) {
         let var = format!("KV_GUEST_{}", guest.artifact.to_uppercase());

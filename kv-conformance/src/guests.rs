@@ -7,5 +7,10 @@ pub const CONFORMANCE_GUEST: &[u8] = include_bytes!(env!("KV_GUEST_KV_CONFORMANC
 pub const CONFORMANCE_GUEST_SPIN: &[u8] =
     include_bytes!(env!("KV_GUEST_KV_CONFORMANCE_GUEST_SPIN"));
 
+/// The workload command of a history check across host processes (`kv_history_guest WORKLOAD
+/// KEYS SEED HOST OPS MILLIS`): runs a `kv_check` workload against store `default` and prints
+/// its progress log (`kv_check::History::from_progress_jsonl`) on stdout.
+pub const HISTORY_GUEST: &[u8] = include_bytes!(env!("KV_GUEST_KV_HISTORY_GUEST"));
+
 /// The wasmtime version the host is built with.
 pub const WASMTIME_VERSION: &str = env!("KV_WASMTIME_VERSION");
