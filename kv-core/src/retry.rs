@@ -44,12 +44,33 @@ pub(crate) trait Retryable<T> {
     }
 }
 
-/// A provider call started anew for each attempt; its final error is the last attempt's.
-pub(crate) struct EachTime<'a, F>(F, PhantomData<&'a ()>);
+/// A provider call started anew for each attempt; its final error is the last attempt's, except
+/// for a write after an attempt that may have applied it.
+pub(crate) struct EachTime<'a, F> {
+    each: F,
+    write: bool,
+    _borrow: PhantomData<&'a ()>,
+}
 
 impl<'a, F> EachTime<'a, F> {
-    pub(crate) fn new(each: F) -> Self {
-        EachTime(each, PhantomData)
+    /// A read: its last error is its final error.
+    pub(crate) fn read(each: F) -> Self {
+        EachTime {
+            each,
+            write: false,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// A plain write (`set`, `delete`, a batch part): when an earlier attempt may have applied
+    /// it, a final error that looks certain (`throttled`) becomes outcome unknown, or the
+    /// caller would take a write that happened for one that did not.
+    pub(crate) fn write(each: F) -> Self {
+        EachTime {
+            each,
+            write: true,
+            _borrow: PhantomData,
+        }
     }
 }
 
@@ -58,7 +79,17 @@ where
     F: FnMut() -> BoxFuture<'a, Result<T>>,
 {
     fn start(&mut self) -> BoxFuture<'_, Result<T>> {
-        (self.0)()
+        (self.each)()
+    }
+
+    fn final_error(&self, err: KvError, ambiguous: bool) -> KvError {
+        // The last attempt's own class stays when it already says the write may have
+        // applied (`timeout` stays `timeout`).
+        if self.write && ambiguous && !err.may_have_applied() {
+            final_error_of_write(err, true)
+        } else {
+            err
+        }
     }
 }
 

@@ -174,7 +174,7 @@ impl KvStore {
             Ok(done) => return done,
             Err(value) => value,
         };
-        self.call("set", || self.inner.bucket.set(key, value.clone()))
+        self.write("set", || self.inner.bucket.set(key, value.clone()))
             .await
     }
 
@@ -202,7 +202,7 @@ impl KvStore {
             ));
         }
         let ttl = Duration::from_millis(ttl_ms);
-        self.call("set-with-ttl", || {
+        self.write("set-with-ttl", || {
             self.inner.bucket.set_with_ttl(key, value.clone(), ttl)
         })
         .await
@@ -215,7 +215,7 @@ impl KvStore {
         if let Ok(done) = self.now("delete", key, |bucket, key| bucket.delete_now(key)) {
             return done;
         }
-        self.call("delete", || self.inner.bucket.delete(key)).await
+        self.write("delete", || self.inner.bucket.delete(key)).await
     }
 
     /// Whether `key` exists.
@@ -522,7 +522,20 @@ impl KvStore {
     where
         F: FnMut() -> BoxFuture<'a, Result<T>> + 'a,
     {
-        self.inner.retry.run(op, EachTime::new(each))
+        self.inner.retry.run(op, EachTime::read(each))
+    }
+
+    /// [`Self::call`] for a plain write: a final error after an attempt that may have applied
+    /// it says the outcome is unknown ([`EachTime::write`]).
+    fn write<'a, T: 'a, F>(
+        &'a self,
+        op: &'static str,
+        each: F,
+    ) -> impl Future<Output = Result<T>> + 'a
+    where
+        F: FnMut() -> BoxFuture<'a, Result<T>> + 'a,
+    {
+        self.inner.retry.run(op, EachTime::write(each))
     }
 
     /// The call made through the bucket's [`ImmediateBucket`] face, when it has one: once,
@@ -557,7 +570,7 @@ impl KvStore {
         let part_len = part_len.max(1);
         let mut applied = 0;
         for part in items.chunks(part_len) {
-            self.call(op, || each(part))
+            self.write(op, || each(part))
                 .await
                 .map_err(|err| partially_applied(op, err, applied, part_len, items.len()))?;
             applied += part.len();

@@ -243,7 +243,9 @@ async fn increments_and_swaps_are_retried_under_one_request_id() {
 /// invites a retry that would apply the increment twice).
 #[tokio::test]
 async fn an_ambiguous_attempt_makes_the_outcome_unknown_whatever_follows() {
-    for op in ["increment", "swap"] {
+    // Plain writes too: a `set` told `throttled` after a lost reply may have applied, and a
+    // history checker would see its value as written by a failed operation.
+    for op in ["increment", "swap", "set", "delete"] {
         let (store, calls) = store_over(
             Misbehaving {
                 first_error: Some(|| KvError::unavailable("connection reset mid-request")),
@@ -257,6 +259,8 @@ async fn an_ambiguous_attempt_makes_the_outcome_unknown_whatever_follows() {
         .await;
         let err = match op {
             "increment" => store.increment("k", 1).await.unwrap_err(),
+            "set" => store.set("k", b"v".to_vec()).await.unwrap_err(),
+            "delete" => store.delete("k").await.unwrap_err(),
             _ => store
                 .swap("k", &Version::Absent, b"v".to_vec())
                 .await
