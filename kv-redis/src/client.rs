@@ -11,6 +11,8 @@ use redis::{
     RedisFuture, RedisResult, Value,
 };
 
+use std::sync::{Arc, RwLock};
+
 use crate::config::RedisConfig;
 use kv_core::ConfigError;
 
@@ -22,9 +24,61 @@ const CLUSTER_RETRIES: u32 = 4;
 #[derive(Clone)]
 pub enum RedisConnection {
     /// One server.
-    Server(ConnectionManager),
+    Server(Arc<ServerConnection>),
     /// A Redis Cluster.
     Cluster(ClusterConnection),
+}
+
+/// One server's multiplexed connection, replaced by a new one when a command gets no reply in
+/// time. redis-rs reconnects on I/O errors but keeps a connection whose replies stopped (a
+/// half-open TCP connection, a partition that swallows requests): every later command on it
+/// would time out too, for as long as the connection stays open (found by `wasi-kv check`'s
+/// partition nemesis: 115 s of timeouts after the partition healed).
+pub struct ServerConnection {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// The connection and its generation (how many times it was replaced).
+    current: RwLock<(u64, ConnectionManager)>,
+}
+
+impl ServerConnection {
+    fn current(&self) -> (u64, ConnectionManager) {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces generation `seen` after one of its commands timed out (once: commands that
+    /// timed out on the same connection do not replace its successor).
+    fn replace_after_timeout(&self, seen: u64) {
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current.0 != seen {
+            return;
+        }
+        if let Ok(fresh) =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+        {
+            *current = (seen + 1, fresh);
+        }
+    }
+
+    async fn run<T>(
+        &self,
+        send: impl AsyncFnOnce(&mut ConnectionManager) -> RedisResult<T>,
+    ) -> RedisResult<T> {
+        let (generation, mut manager) = self.current();
+        let result = send(&mut manager).await;
+        if let Err(err) = &result
+            && err.is_timeout()
+        {
+            self.replace_after_timeout(generation);
+        }
+        result
+    }
 }
 
 /// Lazily connecting: an unreachable server shows up as `unavailable` on the first operation,
@@ -64,9 +118,13 @@ pub fn connect(config: &RedisConfig) -> Result<RedisConnection, ConfigError> {
         .set_number_of_retries(1)
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.response_timeout));
-    ConnectionManager::new_lazy_with_config(client, manager_config)
-        .map(RedisConnection::Server)
-        .map_err(error)
+    let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
+        .map_err(error)?;
+    Ok(RedisConnection::Server(Arc::new(ServerConnection {
+        client,
+        config: manager_config,
+        current: RwLock::new((0, manager)),
+    })))
 }
 
 fn node_info(config: &RedisConfig, host: String, port: u16) -> Result<ConnectionInfo, ConfigError> {
@@ -102,7 +160,11 @@ impl RedisConnection {
     /// Sends `command` to the primary serving `slot` (on one server: to the server).
     pub async fn send_to_slot(&self, slot: u16, command: Cmd) -> RedisResult<Value> {
         match self {
-            RedisConnection::Server(manager) => command.query_async(&mut manager.clone()).await,
+            RedisConnection::Server(server) => {
+                server
+                    .run(async |manager| command.query_async(manager).await)
+                    .await
+            }
             RedisConnection::Cluster(cluster) => {
                 let route = Route::new(slot, SlotAddr::Master);
                 cluster
@@ -234,7 +296,11 @@ fn shard_starts(reply: Value) -> Vec<u16> {
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            RedisConnection::Server(manager) => manager.req_packed_command(cmd),
+            RedisConnection::Server(server) => Box::pin(async move {
+                server
+                    .run(async |manager| manager.req_packed_command(cmd).await)
+                    .await
+            }),
             RedisConnection::Cluster(cluster) => cluster.req_packed_command(cmd),
         }
     }
@@ -246,9 +312,11 @@ impl ConnectionLike for RedisConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            RedisConnection::Server(manager) => {
-                manager.req_packed_commands(pipeline, offset, count)
-            }
+            RedisConnection::Server(server) => Box::pin(async move {
+                server
+                    .run(async |manager| manager.req_packed_commands(pipeline, offset, count).await)
+                    .await
+            }),
             RedisConnection::Cluster(cluster) => {
                 cluster.req_packed_commands(pipeline, offset, count)
             }
@@ -257,7 +325,7 @@ impl ConnectionLike for RedisConnection {
 
     fn get_db(&self) -> i64 {
         match self {
-            RedisConnection::Server(manager) => manager.get_db(),
+            RedisConnection::Server(server) => server.current().1.get_db(),
             RedisConnection::Cluster(cluster) => cluster.get_db(),
         }
     }

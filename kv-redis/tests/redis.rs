@@ -600,6 +600,43 @@ async fn allkeys_policy_is_refused_at_connect(server: RedisServer) -> TestResult
     Ok(())
 }
 
+/// A connection whose replies stop (a half-open TCP connection, a partition swallowing the
+/// request) is replaced after a command times out: the retry goes out on a new connection.
+/// Before, every later command rode the stuck connection and timed out too (here for the 120 s
+/// the proxy holds a stalled request).
+async fn a_connection_that_stops_answering_is_replaced(server: RedisServer) -> TestResult {
+    use kv_testkit::faults::{Fault, FaultProxy, Protocol};
+    let addr: std::net::SocketAddr = server
+        .url()
+        .trim_start_matches("redis://")
+        .trim_end_matches("/0")
+        .parse()?;
+    let proxy = FaultProxy::start(addr, Protocol::Tcp).await?;
+    let url = format!("redis://{}/0?response_timeout_ms=300", proxy.addr());
+    let (_, spec) = kv_core::config::parse_short_form(&format!("r={url}"))?;
+    let provider = kv_redis::RedisFactory.connect(&spec).await?;
+    let stores = Stores::builder(limits())
+        .store("s", provider, "stall", Access::ReadWrite)
+        .build();
+    let store = stores.open("s").await?;
+    store.set("k", b"v".to_vec()).await?;
+    proxy.next(Fault::Stall, 1);
+    let started = Instant::now();
+    let value = store.get("k").await;
+    check(
+        matches!(&value, Ok(Some(v)) if v.as_slice() == b"v"),
+        format!("a read after one stalled request: {value:?}"),
+    )?;
+    check(
+        started.elapsed() < Duration::from_secs(2),
+        format!("took {:?}", started.elapsed()),
+    )?;
+    for _ in 0..5 {
+        store.set("k", b"w".to_vec()).await?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let installed = kv_testkit::emulator::find_program("redis-server").is_some();
     provider_tests::main::<RedisServer>(
@@ -635,6 +672,9 @@ fn main() -> ExitCode {
             }),
             ("allkeys_policy_is_refused_at_connect", |s| {
                 Box::pin(allkeys_policy_is_refused_at_connect(s))
+            }),
+            ("a_connection_that_stops_answering_is_replaced", |s| {
+                Box::pin(a_connection_that_stops_answering_is_replaced(s))
             }),
         ],
     )
