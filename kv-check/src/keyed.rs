@@ -18,8 +18,8 @@ pub(crate) struct KeyOp {
     /// When its reply arrived, whatever it said (`None`: it never did).
     pub returned: Option<u64>,
     pub kind: KeyOpKind,
-    /// A second application of a plain write by its own retry ([`crate::Options`]'s
-    /// `writes_may_repeat`): optional, and over by the time the write's call returned.
+    /// A further application of a plain write by its own retry ([`crate::Options`]'s
+    /// `write_repeats`): optional, and over by the time the write's call returned.
     pub repeat: bool,
 }
 
@@ -66,7 +66,7 @@ pub(crate) struct Malformed {
 /// [`crate::listing`]; malformed entries are reported and left out.
 pub(crate) fn split(
     history: &History,
-    writes_may_repeat: bool,
+    write_repeats: u32,
 ) -> (BTreeMap<String, KeyHistory>, Vec<Malformed>) {
     let mut keys: BTreeMap<String, KeyHistory> = BTreeMap::new();
     let mut malformed = Vec::new();
@@ -99,11 +99,13 @@ pub(crate) fn split(
                     slot.failed.push(op);
                 }
             } else {
-                if writes_may_repeat && matches!(op.kind, KeyOpKind::Write(_)) {
-                    slot.ops.push(KeyOp {
-                        repeat: true,
-                        ..op.clone()
-                    });
+                if matches!(op.kind, KeyOpKind::Write(_)) {
+                    for _ in 0..write_repeats {
+                        slot.ops.push(KeyOp {
+                            repeat: true,
+                            ..op.clone()
+                        });
+                    }
                 }
                 slot.ops.push(op);
             }

@@ -61,11 +61,11 @@ pub struct Options {
     pub shrink_steps: u64,
     /// Steps of all of them together; past it the sub-history found so far is reported.
     pub shrink_total_steps: u64,
-    /// A plain `set` or `delete` may take effect twice within its own call: once, and again
-    /// when its retry after a lost reply lands (docs/semantics.md S4 declares this for a host
-    /// that retries plain writes). Off by default: a strict register, where such a repeat that
-    /// undid another client's write is an anomaly.
-    pub writes_may_repeat: bool,
+    /// How many more times a plain `set` or `delete` may take effect within its own call: a
+    /// host that retries plain writes (docs/semantics.md S4) applies one again with each retry
+    /// after a lost reply, up to its attempts less one. 0 by default: a strict register, where
+    /// a repeat that undid another client's write is an anomaly.
+    pub write_repeats: u32,
 }
 
 impl Default for Options {
@@ -76,7 +76,7 @@ impl Default for Options {
             shrink_searches: 500,
             shrink_steps: 100_000,
             shrink_total_steps: 5_000_000,
-            writes_may_repeat: false,
+            write_repeats: 0,
         }
     }
 }
@@ -88,7 +88,7 @@ pub fn check(history: &History) -> Verdict {
 
 /// Checks `history`: every key's linearizability, counters and listings.
 pub fn check_with(history: &History, options: &Options) -> Verdict {
-    let (keys, malformed) = keyed::split(history, options.writes_may_repeat);
+    let (keys, malformed) = keyed::split(history, options.write_repeats);
     let mut findings: Vec<Finding> = malformed
         .into_iter()
         .map(|m| Finding::new(AnomalyKind::Malformed, None, m.reason, vec![m.entry]))

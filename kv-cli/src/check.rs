@@ -1,11 +1,15 @@
 //! `wasi-kv check`: histories of concurrent clients under faults, checked
 //! (kv-conformance's `histories` module records, kv-check judges).
 
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use kv_check::Recorder;
+use kv_check::{History, Recorder};
 use kv_conformance::histories::{self, CheckReport, NemesisKind, Plan, Source};
+use kv_testkit::emulator::Crashable;
+use tokio::io::AsyncReadExt as _;
 
 use crate::cli::CheckArgs;
 
@@ -28,6 +32,9 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<bool> {
     if args.clients == 0 || args.clients > 256 || args.hosts == 0 || args.hosts > 16 {
         bail!("--clients must be 1–256 and --hosts 1–16");
     }
+    if args.processes > 16 {
+        bail!("--processes must be 0–16");
+    }
     if args.rate == 0 || args.rate > 100_000 {
         bail!("--rate must be 1–100000 operations per second");
     }
@@ -37,12 +44,12 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<bool> {
     let source = match (&args.store, args.emulator) {
         (Some(url), _) => Source::Url(url.clone()),
         (None, true) => Source::Emulator {
-            durable: matches!(args.nemesis, Some(NemesisKind::Crash | NemesisKind::All) | None)
-                && args.provider != "cosmos",
+            durable: matches!(
+                args.nemesis,
+                Some(NemesisKind::Crash | NemesisKind::All) | None
+            ) && args.provider != "cosmos",
         },
-        (None, false) if matches!(args.provider.as_str(), "memory" | "sqlite") => {
-            Source::InProcess
-        }
+        (None, false) if matches!(args.provider.as_str(), "memory" | "sqlite") => Source::InProcess,
         (None, false) => bail!(
             "no store of provider {:?}: pass --emulator (a local emulator on loopback) or \
              --store URL",
@@ -80,38 +87,61 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<bool> {
         plan.time.as_secs_f64(),
         plan.seed
     );
-    let setup = histories::setup(&registry, &args.provider, source, args.hosts)
+    let mut setup = histories::setup(&registry, &args.provider, source, args.hosts)
         .await
         .map_err(anyhow::Error::msg)?;
+    let recorder = Recorder::new();
+    let processes = if args.processes > 0 {
+        let Some(url) = &setup.process_url else {
+            bail!(
+                "--processes needs a store other processes can reach: the in-memory store lives \
+                 in this process (use sqlite, --emulator or --store URL)"
+            );
+        };
+        let processes = HostProcesses::start(args, &plan, url, &setup.namespace).await?;
+        setup.faults.kill_host = Some(processes.clone());
+        Some(processes)
+    } else {
+        None
+    };
     if let Some(why) = setup.faults.unsupported(plan.nemesis) {
-        bail!("--nemesis {} cannot run on {}: {why}", plan.nemesis, args.provider);
+        bail!(
+            "--nemesis {} cannot run on {}: {why}",
+            plan.nemesis,
+            args.provider
+        );
     }
     let limits = histories::limits();
     let hosts = histories::open_hosts(&setup.providers, &setup.namespace, &limits)
         .await
         .context("opening the store")?;
-    let recorder = Recorder::new();
     let recorded = histories::record(&hosts, &plan, &setup.faults, &recorder)
         .await
         .map_err(anyhow::Error::msg)?;
+    let mut history = recorded.history;
+    if let Some(processes) = processes {
+        let mut theirs = processes.finish().await?;
+        theirs.rebase(recorder.origin_unix_nanos());
+        history.entries.extend(theirs.entries);
+    }
     if let Err(err) = histories::clean_up(&hosts, &plan).await {
         eprintln!("warning: the check's keys were not all deleted: {err}");
     }
-    let verdict = histories::check(&recorded.history, &limits);
+    let verdict = histories::check(&history, &limits);
     let report = CheckReport::new(
         &args.provider,
         &setup.backend,
         &plan,
         args.hosts,
-        0,
+        args.processes,
         recorded.elapsed,
-        &recorded.history,
+        &history,
         recorded.events,
         verdict,
     );
     if let Some(dir) = &args.report_dir {
         report
-            .write_dir(dir, &recorded.history)
+            .write_dir(dir, &history)
             .with_context(|| format!("writing the report into {}", dir.display()))?;
     }
     if args.json {
@@ -121,4 +151,117 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<bool> {
     }
     eprintln!("{}", report.summary_line());
     Ok(report.is_valid())
+}
+
+/// Host processes: `wasi-kv run` of the workload component, each a client with its own host
+/// (own connections, own request ids), reporting its operations as a progress log on stdout.
+struct HostProcesses {
+    children: Mutex<Vec<(u32, tokio::process::Child)>>,
+    logs: Mutex<Vec<tokio::task::JoinHandle<String>>>,
+    _component: tempfile::TempDir,
+}
+
+impl HostProcesses {
+    async fn start(
+        args: &CheckArgs,
+        plan: &Plan,
+        url: &str,
+        namespace: &str,
+    ) -> anyhow::Result<Arc<HostProcesses>> {
+        let dir = tempfile::tempdir().context("a directory for the workload component")?;
+        let component = dir.path().join("kv_history_guest.wasm");
+        std::fs::write(&component, kv_conformance::guests::HISTORY_GUEST)
+            .context("writing the workload component")?;
+        let exe = std::env::current_exe().context("finding the wasi-kv executable")?;
+        // Each process's share of the rate, over the run's time.
+        let clients = args.hosts * args.clients + args.processes;
+        let share = f64::from(plan.rate) * plan.time.as_secs_f64() / f64::from(clients);
+        let ops = (share as u64).clamp(1, plan.max_ops.max(1));
+        let mut children = Vec::new();
+        let mut logs = Vec::new();
+        for i in 0..args.processes {
+            let host = args.hosts + i;
+            let mut child = tokio::process::Command::new(&exe)
+                .arg("run")
+                .arg("--store")
+                .arg(format!("default={}", with_namespace(url, namespace)))
+                .arg("--time-limit")
+                .arg(format!("{}s", plan.time.as_secs() + 60))
+                .arg(&component)
+                .args([
+                    plan.workload.name().to_string(),
+                    plan.keys.to_string(),
+                    plan.seed.to_string(),
+                    host.to_string(),
+                    ops.to_string(),
+                    plan.time.as_millis().to_string(),
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting a host process")?;
+            let mut stdout = child.stdout.take().context("the host process's stdout")?;
+            logs.push(tokio::spawn(async move {
+                let mut text = String::new();
+                let _ = stdout.read_to_string(&mut text).await;
+                text
+            }));
+            children.push((host, child));
+        }
+        Ok(Arc::new(HostProcesses {
+            children: Mutex::new(children),
+            logs: Mutex::new(logs),
+            _component: dir,
+        }))
+    }
+
+    /// Waits for every process and reads their histories.
+    async fn finish(&self) -> anyhow::Result<History> {
+        let children = std::mem::take(&mut *lock(&self.children));
+        for (_, mut child) in children {
+            let _ = child.wait().await;
+        }
+        let logs = std::mem::take(&mut *lock(&self.logs));
+        let mut history = History::default();
+        for log in logs {
+            let text = log.await.unwrap_or_default();
+            let theirs =
+                History::from_progress_jsonl(&text).context("reading a host process's history")?;
+            history.entries.extend(theirs.entries);
+        }
+        Ok(history)
+    }
+}
+
+impl Crashable for HostProcesses {
+    fn crash(&self) -> Result<String, String> {
+        let mut children = lock(&self.children);
+        for (host, child) in children.iter_mut() {
+            if matches!(child.try_wait(), Ok(None)) {
+                child
+                    .start_kill()
+                    .map_err(|err| format!("killing host {host}: {err}"))?;
+                return Ok(format!("host process h{host} killed (SIGKILL)"));
+            }
+        }
+        Err("no host process is still running".to_string())
+    }
+
+    fn recover(&self) -> Result<String, String> {
+        Ok("the killed host stays down".to_string())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `url` with `namespace=` set, so host processes use the namespace of this run's hosts.
+fn with_namespace(url: &str, namespace: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}namespace={namespace}")
 }

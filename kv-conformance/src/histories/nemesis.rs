@@ -28,18 +28,22 @@ pub enum NemesisKind {
     /// The backend is killed with `SIGKILL` and restarted on its data (a cluster loses a
     /// primary to failover).
     Crash,
+    /// A host process running the workload component is killed with `SIGKILL` mid-operation
+    /// (it stays down; its last operation stays `info`).
+    KillHost,
     /// Each of the others in turn.
     All,
 }
 
 impl NemesisKind {
     /// Every kind, in the order `All` cycles through them (after `None`).
-    pub const ALL: [NemesisKind; 6] = [
+    pub const ALL: [NemesisKind; 7] = [
         NemesisKind::None,
         NemesisKind::DropReply,
         NemesisKind::DropRequest,
         NemesisKind::Partition,
         NemesisKind::Crash,
+        NemesisKind::KillHost,
         NemesisKind::All,
     ];
 
@@ -51,6 +55,7 @@ impl NemesisKind {
             NemesisKind::DropRequest => "drop-request",
             NemesisKind::Partition => "partition",
             NemesisKind::Crash => "crash",
+            NemesisKind::KillHost => "kill-host",
             NemesisKind::All => "all",
         }
     }
@@ -95,6 +100,8 @@ pub struct Faults {
     pub network: Network,
     /// The backend's kill switch, when it keeps its data across a restart.
     pub crash: Option<Arc<dyn Crashable>>,
+    /// Kills one host process, when the run has them.
+    pub kill_host: Option<Arc<dyn Crashable>>,
 }
 
 /// One fault of a run, as it happened: when (nanoseconds on the history's timeline) and what.
@@ -124,6 +131,7 @@ impl Faults {
         Faults {
             network: Network::Direct,
             crash: None,
+            kill_host: None,
         }
     }
 
@@ -146,6 +154,9 @@ impl Faults {
                  its filesystem backend)"
                     .to_string(),
             ),
+            NemesisKind::KillHost if self.kill_host.is_none() => {
+                Some("kill-host needs host processes (--processes)".to_string())
+            }
             _ => None,
         }
     }
@@ -157,6 +168,7 @@ impl Faults {
             NemesisKind::DropRequest,
             NemesisKind::Partition,
             NemesisKind::Crash,
+            NemesisKind::KillHost,
         ]
         .into_iter()
         .filter(|kind| self.unsupported(*kind).is_none())
@@ -177,11 +189,15 @@ impl Faults {
         match (kind, &self.network) {
             (NemesisKind::DropReply, Network::Proxy(proxy)) => {
                 proxy.every(EVERY, Fault::DropReply);
-                Ok(format!("every {EVERY}rd reply dropped after the backend executed it"))
+                Ok(format!(
+                    "every {EVERY}rd reply dropped after the backend executed it"
+                ))
             }
             (NemesisKind::DropReply, Network::InProcess(state)) => {
                 state.lose_every(EVERY);
-                Ok(format!("every {EVERY}rd reply lost after the store applied it"))
+                Ok(format!(
+                    "every {EVERY}rd reply lost after the store applied it"
+                ))
             }
             (NemesisKind::DropRequest, Network::Proxy(proxy)) => {
                 proxy.every(EVERY, Fault::ResetBeforeForward);
@@ -205,6 +221,10 @@ impl Faults {
                 Some(crash) => blocking(crash.clone(), |c| c.crash()).await,
                 None => Err(self.unsupported(kind).unwrap_or_default()),
             },
+            (NemesisKind::KillHost, _) => match &self.kill_host {
+                Some(kill) => blocking(kill.clone(), |c| c.crash()).await,
+                None => Err(self.unsupported(kind).unwrap_or_default()),
+            },
             (NemesisKind::None | NemesisKind::All, _) => Ok(String::new()),
             (_, Network::Direct) => Err(self.unsupported(kind).unwrap_or_default()),
         }
@@ -213,6 +233,7 @@ impl Faults {
     /// Turns `kind` off.
     pub async fn heal(&self, kind: NemesisKind) -> Result<String, String> {
         match (kind, &self.network) {
+            (NemesisKind::KillHost, _) => Ok("the killed host stays down".to_string()),
             (NemesisKind::Crash, _) => match &self.crash {
                 Some(crash) => blocking(crash.clone(), |c| c.recover()).await,
                 None => Ok(String::new()),

@@ -59,9 +59,8 @@ impl CheckReport {
         events: Vec<Event>,
         verdict: Verdict,
     ) -> CheckReport {
-        let count = |pred: fn(&kv_check::Entry) -> bool| {
-            history.entries.iter().filter(|e| pred(e)).count()
-        };
+        let count =
+            |pred: fn(&kv_check::Entry) -> bool| history.entries.iter().filter(|e| pred(e)).count();
         CheckReport {
             provider: provider.to_string(),
             backend: backend.to_string(),
@@ -143,7 +142,10 @@ impl CheckReport {
         let _ = writeln!(out, "- verdict: **{}**\n", self.verdict_word());
         let _ = writeln!(out, "{}\n{}\n", Self::TABLE_HEADER, self.table_row());
         if !self.events.is_empty() {
-            let _ = writeln!(out, "## Nemesis\n\n| at (s) | action | fault | detail |\n|---:|---|---|---|");
+            let _ = writeln!(
+                out,
+                "## Nemesis\n\n| at (s) | action | fault | detail |\n|---:|---|---|---|"
+            );
             for event in &self.events {
                 let _ = writeln!(
                     out,
@@ -176,7 +178,10 @@ impl CheckReport {
         let jsonl = history.to_jsonl().map_err(std::io::Error::other)?;
         std::fs::write(dir.join("history.jsonl"), jsonl)?;
         for (i, anomaly) in self.verdict.anomalies.iter().enumerate() {
-            let json = anomaly.sub_history().to_json().map_err(std::io::Error::other)?;
+            let json = anomaly
+                .sub_history()
+                .to_json()
+                .map_err(std::io::Error::other)?;
             std::fs::write(dir.join(format!("anomaly-{}.json", i + 1)), json)?;
         }
         Ok(())

@@ -69,6 +69,7 @@ pub async fn setup(
                 faults: Faults {
                     network: Network::InProcess(state),
                     crash: None,
+                    kill_host: None,
                 },
                 backend: "in-memory (this process)".to_string(),
                 keep_alive: Vec::new(),
@@ -89,6 +90,7 @@ pub async fn setup(
                 faults: Faults {
                     network: Network::InProcess(state),
                     crash: None,
+                    kill_host: None,
                 },
                 backend: "SQLite file, one connection pool per host".to_string(),
                 keep_alive: vec![Arc::new(dir)],
@@ -129,6 +131,7 @@ pub async fn setup(
                 faults: Faults {
                     network,
                     crash: started.crash.clone(),
+                    kill_host: None,
                 },
                 backend: started.backend.clone(),
                 keep_alive,
