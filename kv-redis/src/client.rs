@@ -178,9 +178,30 @@ impl RedisConnection {
         }
     }
 
+    /// Sends `command` to the node at `host:port`, and only to it: a command that answers for
+    /// the node it reaches (`SCAN`) must not fall back to another one while that node is
+    /// down, as slot routing does (to a replica, then to any node).
+    pub async fn send_to_node(&self, host: &str, port: u16, command: Cmd) -> RedisResult<Value> {
+        match self {
+            RedisConnection::Server(_) => self.send_to_slot(0, command).await,
+            RedisConnection::Cluster(cluster) => {
+                cluster
+                    .clone()
+                    .route_command(
+                        command,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.to_string(),
+                            port,
+                        }),
+                    )
+                    .await
+            }
+        }
+    }
+
     /// The cluster's shards, each named by the lowest slot its primary serves, in slot order
     /// (`CLUSTER SLOTS`); empty on one server.
-    pub async fn shards(&self) -> RedisResult<Vec<u16>> {
+    pub async fn shards(&self) -> RedisResult<Vec<Shard>> {
         let RedisConnection::Cluster(cluster) = self else {
             return Ok(Vec::new());
         };
@@ -202,7 +223,12 @@ impl RedisConnection {
     pub async fn eviction_policies(&self) -> RedisResult<Vec<String>> {
         let targets = match self {
             RedisConnection::Server(_) => vec![0],
-            RedisConnection::Cluster(_) => self.shards().await?,
+            RedisConnection::Cluster(_) => self
+                .shards()
+                .await?
+                .into_iter()
+                .map(|shard| shard.slot)
+                .collect(),
         };
         let mut policies = Vec::with_capacity(targets.len());
         for slot in targets {
@@ -261,9 +287,20 @@ fn info_policy(info: &str) -> Option<String> {
         .filter(|policy| !policy.is_empty())
 }
 
+/// One primary of a cluster: named by the lowest slot it serves, reached at its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    /// The lowest slot the primary serves.
+    pub slot: u16,
+    /// Its host, as the cluster announces it.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+}
+
 /// From a `CLUSTER SLOTS` reply (`[start, end, [host, port, id, …], replicas…]` per range),
-/// the lowest slot of each primary, sorted.
-fn shard_starts(reply: Value) -> Vec<u16> {
+/// each primary with the lowest slot it serves, sorted by that slot.
+fn shard_starts(reply: Value) -> Vec<Shard> {
     let mut lowest: std::collections::BTreeMap<(Vec<u8>, i64), u16> = Default::default();
     let Value::Array(ranges) = reply else {
         return Vec::new();
@@ -288,9 +325,18 @@ fn shard_starts(reply: Value) -> Vec<u16> {
         let slot = lowest.entry((host.clone(), *port)).or_insert(start);
         *slot = (*slot).min(start);
     }
-    let mut starts: Vec<u16> = lowest.into_values().collect();
-    starts.sort_unstable();
-    starts
+    let mut shards: Vec<Shard> = lowest
+        .into_iter()
+        .filter_map(|((host, port), slot)| {
+            Some(Shard {
+                slot,
+                host: String::from_utf8(host).ok()?,
+                port: u16::try_from(port).ok()?,
+            })
+        })
+        .collect();
+    shards.sort_by_key(|shard| shard.slot);
+    shards
 }
 
 impl ConnectionLike for RedisConnection {
@@ -373,7 +419,12 @@ mod tests {
             range(5461, 10000, node("b", 2)),
             range(10001, 10922, node("a", 1)),
         ]);
-        assert_eq!(shard_starts(reply), [0, 5461, 10923]);
+        let shards = shard_starts(reply);
+        let named: Vec<(u16, &str, u16)> = shards
+            .iter()
+            .map(|s| (s.slot, s.host.as_str(), s.port))
+            .collect();
+        assert_eq!(named, [(0, "a", 1), (5461, "b", 2), (10923, "c", 3)]);
         assert!(shard_starts(Value::Nil).is_empty());
     }
 }

@@ -400,7 +400,12 @@ impl RedisBucket {
     }
 
     /// One `SCAN` round on the shard named by `shard` (its lowest slot), or on the server.
-    async fn scan(&self, shard: Option<u16>, cursor: u64) -> Result<(u64, Vec<Vec<u8>>)> {
+    /// One `SCAN` step on one server, or on one cluster node and never another.
+    async fn scan(
+        &self,
+        node: Option<&crate::client::Shard>,
+        cursor: u64,
+    ) -> Result<(u64, Vec<Vec<u8>>)> {
         let mut command = redis::cmd("SCAN");
         command
             .arg(cursor)
@@ -408,11 +413,11 @@ impl RedisBucket {
             .arg(&self.pattern)
             .arg("COUNT")
             .arg(SCAN_COUNT);
-        let reply = match shard {
+        let reply = match node {
             None => return self.read("SCAN", &command).await,
-            Some(slot) => self
+            Some(node) => self
                 .connection
-                .send_to_slot(slot, command)
+                .send_to_node(&node.host, node.port, command)
                 .await
                 .map_err(|err| map_error("SCAN", err))?,
         };
@@ -449,6 +454,9 @@ enum Fetched {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ListPosition {
     shard: Option<u16>,
+    /// Which node the `SCAN` cursor belongs to (a keyed fingerprint of its address): after a
+    /// failover the shard's new primary cannot resume another node's cursor.
+    node: Option<u32>,
     scan: u64,
     /// Fingerprints of the keys of `scan`'s reply already returned, sorted.
     seen: Vec<u64>,
@@ -472,6 +480,12 @@ fn fingerprint(raw: &[u8]) -> u64 {
     fingerprint_key().hash_one(raw)
 }
 
+/// Names a cluster node in a cursor: a fingerprint of its address, so a cursor says which
+/// node's `SCAN` it continues without showing the address.
+fn node_id(host: &str, port: u16) -> u32 {
+    (fingerprint(format!("node {host}:{port}").as_bytes()) >> 32) as u32
+}
+
 /// Names this process's fingerprint key in a cursor, so another process's fingerprints are
 /// recognised as such (and dropped) rather than compared.
 fn fingerprint_key_id() -> u32 {
@@ -482,6 +496,7 @@ impl ListPosition {
     fn start(shard: Option<u16>) -> ListPosition {
         ListPosition {
             shard,
+            node: None,
             scan: 0,
             seen: Vec::new(),
         }
@@ -495,9 +510,19 @@ impl ListPosition {
                 .flatten()
                 .ok_or_else(invalid)
         };
-        let (shard, rest) = match (cluster, cursor.split_once(':')) {
-            (true, Some((shard, rest))) => (Some(shard.parse().map_err(|_| invalid())?), rest),
-            (false, None) => (None, cursor),
+        let (shard, node, rest) = match (cluster, cursor.split_once(':')) {
+            (true, Some((shard, rest))) => {
+                // `<shard>.<node>` since nodes are named; `<shard>` alone before.
+                let (shard, node) = match shard.split_once('.') {
+                    Some((shard, node)) => (shard, Some(hex(node)?)),
+                    None => (shard, None),
+                };
+                let node = node
+                    .map(|node| u32::try_from(node).map_err(|_| invalid()))
+                    .transpose()?;
+                (Some(shard.parse().map_err(|_| invalid())?), node, rest)
+            }
+            (false, None) => (None, None, cursor),
             _ => return Err(invalid()),
         };
         let (scan, seen) = if let Some((scan, seen)) = rest.split_once('~') {
@@ -521,6 +546,7 @@ impl ListPosition {
         };
         Ok(ListPosition {
             shard,
+            node,
             scan: scan.parse().map_err(|_| invalid())?,
             seen,
         })
@@ -529,8 +555,10 @@ impl ListPosition {
 
 impl std::fmt::Display for ListPosition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if let Some(shard) = self.shard {
-            write!(f, "{shard}:")?;
+        match (self.shard, self.node) {
+            (Some(shard), Some(node)) => write!(f, "{shard}.{node:08x}:")?,
+            (Some(shard), None) => write!(f, "{shard}:")?,
+            _ => {}
         }
         write!(f, "{}", self.scan)?;
         if !self.seen.is_empty() {
@@ -591,16 +619,37 @@ impl Bucket for RedisBucket {
             Some(cursor) => ListPosition::parse(cursor, cluster)?,
             None => ListPosition::start(match cluster {
                 true => Some(
-                    *shards
+                    shards
                         .first()
-                        .ok_or_else(|| KvError::unavailable("redis cluster: no slot is served"))?,
+                        .ok_or_else(|| KvError::unavailable("redis cluster: no slot is served"))?
+                        .slot,
                 ),
                 false => None,
             }),
         };
         let mut keys = Vec::new();
         for _ in 0..SCAN_ROUNDS {
-            let (next, batch) = self.scan(position.shard, position.scan).await?;
+            // The node serving the shard now; a cursor of another node (a failover since the
+            // last page) starts the shard over: repeats, never misses.
+            let node = match position.shard {
+                Some(slot) => {
+                    let shard = shards
+                        .iter()
+                        .rev()
+                        .find(|shard| shard.slot <= slot)
+                        .ok_or_else(|| KvError::unavailable("redis cluster: no slot is served"))?;
+                    let id = node_id(&shard.host, shard.port);
+                    if position.node.is_some_and(|seen| seen != id) || shard.slot != slot {
+                        position.scan = 0;
+                        position.seen.clear();
+                    }
+                    position.shard = Some(shard.slot);
+                    position.node = Some(id);
+                    Some(shard)
+                }
+                None => None,
+            };
+            let (next, batch) = self.scan(node, position.scan).await?;
             // The keys of this SCAN cursor's reply returned so far (on earlier pages, and
             // repeats within the reply).
             let mut seen: HashSet<u64> = position.seen.drain(..).collect();
@@ -644,9 +693,9 @@ impl Bucket for RedisBucket {
                 // This server or shard is done; a cluster goes on with the next shard.
                 let next_shard = position
                     .shard
-                    .and_then(|shard| shards.iter().copied().find(|start| *start > shard));
+                    .and_then(|shard| shards.iter().find(|next| next.slot > shard));
                 match next_shard {
-                    Some(shard) => position.shard = Some(shard),
+                    Some(next) => position = ListPosition::start(Some(next.slot)),
                     None => return Ok(KeyPage { keys, cursor: None }),
                 }
             }
@@ -892,6 +941,7 @@ mod tests {
     fn cursors_round_trip() {
         let server = |scan, seen: &[u64]| ListPosition {
             shard: None,
+            node: None,
             scan,
             seen: seen.to_vec(),
         };
@@ -902,12 +952,20 @@ mod tests {
         assert_eq!(ListPosition::parse(&text, false).unwrap(), resumed);
         let on_shard = ListPosition {
             shard: Some(5461),
+            node: None,
             scan: 17,
             seen: vec![fingerprint(b"a"), fingerprint(b"b")],
         };
         let text = on_shard.to_string();
         assert!(text.starts_with("5461:17~"), "{text}");
         assert_eq!(ListPosition::parse(&text, true).unwrap(), on_shard);
+        let on_node = ListPosition {
+            node: Some(0xdead_beef),
+            ..on_shard
+        };
+        let text = on_node.to_string();
+        assert!(text.starts_with("5461.deadbeef:17~"), "{text}");
+        assert_eq!(ListPosition::parse(&text, true).unwrap(), on_node);
         assert_eq!(server(9, &[]).to_string(), "9");
         // The earlier `+<skip>` form, and another process's fingerprints, skip nothing.
         assert_eq!(

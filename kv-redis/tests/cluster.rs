@@ -324,6 +324,50 @@ async fn failover_loses_no_acknowledged_write(mut cluster: RedisCluster) -> Test
     Ok(())
 }
 
+/// Listings while a primary is killed and its replica takes over: a listing that succeeds
+/// returns every key (S5); one that cannot reach a shard fails. Before, `SCAN` for the dead
+/// shard fell back to any connected node and listed another shard's keys in its place, so
+/// listings succeeded with a third of the keys missing (found by `wasi-kv check`).
+async fn listing_through_a_failover_misses_no_key(mut cluster: RedisCluster) -> TestResult {
+    let store = store(&cluster, "", Duration::from_secs(2), 2).await;
+    let keys: Vec<String> = (0..300).map(|i| format!("key-{i}")).collect();
+    for key in &keys {
+        store.set(key, b"v".to_vec()).await?;
+    }
+    let victim = *cluster
+        .primaries()
+        .first()
+        .ok_or_else(|| Failed::from("no primary"))?;
+    // Warm the client's connections, then kill a primary.
+    provider_tests::list_all(&store).await?;
+    cluster.kill(victim);
+    let started = Instant::now();
+    let (mut complete, mut failed) = (0, 0);
+    while started.elapsed() < Duration::from_secs(20) && complete < 20 {
+        match provider_tests::list_all(&store).await {
+            Ok(listed) => {
+                let listed: std::collections::HashSet<String> = listed.into_iter().collect();
+                let missing = keys.iter().filter(|key| !listed.contains(*key)).count();
+                check(
+                    missing == 0,
+                    format!(
+                        "a listing {:?} after the kill succeeded with {missing} of 300 keys                          missing",
+                        started.elapsed()
+                    ),
+                )?;
+                complete += 1;
+            }
+            Err(_) => failed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.restart(victim).map_err(Failed::from)?;
+    check(
+        complete > 0,
+        format!("no listing succeeded within 20 s of the kill ({failed} failed)"),
+    )
+}
+
 fn main() -> ExitCode {
     let installed = kv_testkit::emulator::installed("redis-cluster");
     provider_tests::main::<RedisCluster>(
@@ -336,6 +380,9 @@ fn main() -> ExitCode {
             }),
             ("failover_loses_no_acknowledged_write", |c| {
                 Box::pin(failover_loses_no_acknowledged_write(c))
+            }),
+            ("listing_through_a_failover_misses_no_key", |c| {
+                Box::pin(listing_through_a_failover_misses_no_key(c))
             }),
         ],
     )
