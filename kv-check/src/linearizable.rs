@@ -105,6 +105,9 @@ struct ModelOp {
     /// `info`: may never take effect.
     optional: bool,
     step: Step,
+    /// For a repeat of a write: the repeat before it, which must be placed first. Repeats are
+    /// interchangeable; ordering them keeps the search from trying each of their orders.
+    after: Option<usize>,
 }
 
 /// How far a search may go.
@@ -119,7 +122,11 @@ pub(crate) struct Limits {
 fn model(ops: &[&KeyOp], horizon: Option<u64>) -> Vec<ModelOp> {
     let mut interner = Interner::default();
     ops.iter()
-        .map(|op| {
+        .enumerate()
+        .map(|(index, op)| {
+            let after = index
+                .checked_sub(1)
+                .filter(|&before| op.repeat && ops[before].repeat && ops[before].entry == op.entry);
             let step = match &op.kind {
                 KeyOpKind::Read(v) => Step::Read(interner.state(v.as_ref())),
                 KeyOpKind::Write(v) => Step::Write(interner.state(v.as_ref())),
@@ -146,6 +153,7 @@ fn model(ops: &[&KeyOp], horizon: Option<u64>) -> Vec<ModelOp> {
                 complete,
                 optional,
                 step,
+                after,
             }
         })
         .collect()
@@ -211,11 +219,16 @@ fn counted_search(ops: &[&KeyOp], limits: Limits) -> (Search, u64) {
         }
         // A call tries to apply its operation; the deadline of an optional one not applied
         // drops it (it never took effect).
+        let placed = |op: usize| linearized[op / 64] & (1 << (op % 64)) != 0;
         let choice = if entry < n {
-            ops[entry]
-                .step
-                .apply(state)
-                .map(|after| (entry, after, false))
+            if ops[entry].after.is_some_and(|before| !placed(before)) {
+                None
+            } else {
+                ops[entry]
+                    .step
+                    .apply(state)
+                    .map(|after| (entry, after, false))
+            }
         } else if entry < 2 * n && ops[entry - n].optional {
             Some((entry - n, state, true))
         } else {
