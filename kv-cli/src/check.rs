@@ -173,10 +173,10 @@ impl HostProcesses {
         std::fs::write(&component, kv_conformance::guests::HISTORY_GUEST)
             .context("writing the workload component")?;
         let exe = std::env::current_exe().context("finding the wasi-kv executable")?;
-        // Each process's share of the rate, over the run's time.
+        // Each process is one client with its share of the rate, over the run's time.
         let clients = args.hosts * args.clients + args.processes;
-        let share = f64::from(plan.rate) * plan.time.as_secs_f64() / f64::from(clients);
-        let ops = (share as u64).clamp(1, plan.max_ops.max(1));
+        let pace = Duration::from_secs_f64(f64::from(clients) / f64::from(plan.rate.max(1)));
+        let ops = plan.max_ops / u64::from(clients).max(1) + 1;
         let mut children = Vec::new();
         let mut logs = Vec::new();
         for i in 0..args.processes {
@@ -195,6 +195,7 @@ impl HostProcesses {
                     host.to_string(),
                     ops.to_string(),
                     plan.time.as_millis().to_string(),
+                    pace.as_micros().to_string(),
                 ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())

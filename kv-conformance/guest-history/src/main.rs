@@ -1,7 +1,9 @@
 //! The workload component of a history check across host processes:
-//! `kv_history_guest WORKLOAD KEYS SEED HOST OPS MILLIS` runs client 0 of host `HOST` of a
-//! [`kv_check::Workload`] against the store `"default"` (`wasi:keyvalue@0.2.0-draft2`) for at
-//! most `OPS` operations and `MILLIS` milliseconds, and prints its history as it goes.
+//! `kv_history_guest WORKLOAD KEYS SEED HOST OPS MILLIS [PACE_MICROS]` runs client 0 of host
+//! `HOST` of a [`kv_check::Workload`] against the store `"default"`
+//! (`wasi:keyvalue@0.2.0-draft2`) for at most `OPS` operations and `MILLIS` milliseconds,
+//! invoking one at most every `PACE_MICROS` microseconds (default 0: back to back), and prints
+//! its history as it goes.
 //!
 //! Every operation is two [`Entry`] lines of JSON on stdout, each flushed at once: the invocation
 //! (`complete` null, outcome `info`) and the completion (same process and invoke instant). That
@@ -31,7 +33,7 @@ use bindings::wasi::keyvalue::store::{self, Bucket, Error};
 use kv_check::history::unix_nanos;
 use kv_check::{Entry, Generator, Op, Outcome, Process, Ret, Value, Workload};
 
-const USAGE: &str = "usage: kv_history_guest WORKLOAD KEYS SEED HOST OPS MILLIS";
+const USAGE: &str = "usage: kv_history_guest WORKLOAD KEYS SEED HOST OPS MILLIS [PACE_MICROS]";
 
 /// Pages of one listing before it is given up as endless.
 const MAX_LIST_PAGES: usize = 10_000;
@@ -44,12 +46,18 @@ struct Args {
     host: u32,
     ops: u64,
     millis: u64,
+    /// Least time between invocations, so a host process runs for the whole check.
+    pace: Duration,
 }
 
 impl Args {
     fn parse(args: &[String]) -> Result<Args, String> {
-        let [workload, keys, seed, host, ops, millis] = args else {
-            return Err(format!("expected 6 arguments, got {}", args.len()));
+        let (fixed, pace) = match args {
+            [fixed @ .., pace] if args.len() == 7 => (fixed, Some(pace)),
+            fixed => (fixed, None),
+        };
+        let [workload, keys, seed, host, ops, millis] = fixed else {
+            return Err(format!("expected 6 or 7 arguments, got {}", args.len()));
         };
         fn number<T: std::str::FromStr>(name: &str, text: &str) -> Result<T, String> {
             text.parse()
@@ -66,6 +74,10 @@ impl Args {
             host: number("HOST", host)?,
             ops: number("OPS", ops)?,
             millis: number("MILLIS", millis)?,
+            pace: Duration::from_micros(match pace {
+                Some(pace) => number("PACE_MICROS", pace)?,
+                None => 0,
+            }),
         })
     }
 }
@@ -107,7 +119,15 @@ fn run(args: &Args, bucket: &Bucket) -> std::io::Result<()> {
     let mut clock = Clock::default();
     let mut out = std::io::stdout().lock();
     let mut done: u64 = 0;
+    let mut next = Instant::now();
     while done < args.ops && started.elapsed() < budget {
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        next = (next + args.pace).max(Instant::now());
+        if started.elapsed() >= budget {
+            break;
+        }
         let op = generator.next_op();
         let invoke = clock.now();
         let pending = Outcome::Info("never completed".into());
@@ -333,6 +353,9 @@ mod tests {
         assert!(Args::parse(&strings(&["mixed", "0", "1", "0", "200", "2000"])).is_err());
         assert!(Args::parse(&strings(&["mixed", "3", "-1", "0", "200", "2000"])).is_err());
         assert!(Args::parse(&strings(&["mixed", "3", "1", "0", "200"])).is_err());
+        let paced = Args::parse(&strings(&["mixed", "3", "1", "0", "200", "2000", "1500"]));
+        assert_eq!(paced.map(|a| a.pace), Ok(Duration::from_micros(1500)));
+        assert!(Args::parse(&strings(&["mixed", "3", "1", "0", "200", "2000", "x"])).is_err());
     }
 
     #[test]
