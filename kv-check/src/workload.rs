@@ -17,7 +17,9 @@ use crate::history::{Op, Process, Value};
 /// A mix of operations over a small set of keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Workload {
-    /// Registers: get, set, delete, swap, get-many and set-many on keys `r0…`.
+    /// Registers: get, set, delete, swap, increment, get-many and set-many on keys `r0…`: an
+    /// increment meets a deleted key (it starts from 0), another increment's total, or a value
+    /// that is no counter (it fails, writing nothing).
     Register,
     /// Counters: increments (deltas 1–3) and reads on keys `c0…`, written only by increments.
     Counter,
@@ -116,16 +118,20 @@ impl Generator {
             Workload::Register | Workload::Mixed => {
                 let key = self.key("r");
                 match roll {
-                    0..35 => Op::Get { key },
-                    35..55 => Op::Set {
+                    0..30 => Op::Get { key },
+                    30..48 => Op::Set {
                         key,
                         value: self.value(),
                     },
-                    55..65 => Op::Delete { key },
-                    65..80 => Op::Cas {
+                    48..58 => Op::Delete { key },
+                    58..72 => Op::Cas {
                         key,
                         expected: None,
                         new: self.value(),
+                    },
+                    72..80 => Op::Increment {
+                        key,
+                        delta: self.rng.random_range(1..=3),
                     },
                     80..90 => Op::GetMany {
                         keys: vec![key, self.key("r")],
