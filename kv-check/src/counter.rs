@@ -56,6 +56,18 @@ impl Prefix {
     }
 }
 
+/// Whether `history` is a counter's: only increments and reads, at least one increment.
+pub(crate) fn is_counter(history: &KeyHistory) -> bool {
+    history
+        .ops
+        .iter()
+        .all(|op| matches!(op.kind, KeyOpKind::Increment { .. } | KeyOpKind::Read(_)))
+        && history
+            .ops
+            .iter()
+            .any(|op| matches!(op.kind, KeyOpKind::Increment { .. }))
+}
+
 /// Checks every counter key of `keys`.
 pub(crate) fn check<'a>(
     keys: impl IntoIterator<Item = (&'a String, &'a KeyHistory)>,

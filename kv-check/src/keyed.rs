@@ -19,7 +19,8 @@ pub(crate) struct KeyOp {
     pub returned: Option<u64>,
     pub kind: KeyOpKind,
     /// A further application of a plain write by its own retry ([`crate::Options`]'s
-    /// `write_repeats`): optional, and over by the time the write's call returned.
+    /// `write_repeats`): optional, and over by the time the write's call returned, `ok` or
+    /// not (an `info` write's own late application is the write itself, up to the horizon).
     pub repeat: bool,
 }
 

@@ -142,6 +142,9 @@ fn model(ops: &[&KeyOp], horizon: Option<u64>) -> Vec<ModelOp> {
             let optional = op.complete.is_none() || op.repeat;
             let complete = match (op.complete, horizon) {
                 (Some(c), _) => Some(c),
+                // A repeat is a retry's, and retries end when the call returns, whatever it
+                // was told (S4); only the call's own late request may land after that.
+                (None, _) if op.repeat && op.returned.is_some() => op.returned,
                 (None, Some(h)) => {
                     let deadline = op.invoke.saturating_add(h);
                     Some(op.returned.map_or(deadline, |r| r.max(deadline)))

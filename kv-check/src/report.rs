@@ -163,6 +163,10 @@ pub struct Verdict {
     /// Keys whose linearizability search ran out of budget.
     #[serde(default)]
     pub unknown_keys: Vec<String>,
+    /// Counter keys whose linearizability search ran out of budget: checked by their bounds
+    /// and distinct totals only.
+    #[serde(default)]
+    pub counters_by_bounds: Vec<String>,
 }
 
 impl Verdict {
@@ -189,6 +193,13 @@ impl fmt::Display for Verdict {
                 f,
                 "search budget ran out for keys: {}",
                 self.unknown_keys.join(", ")
+            )?;
+        }
+        if !self.counters_by_bounds.is_empty() {
+            writeln!(
+                f,
+                "counters checked by bounds and distinct totals only (search budget ran out): {}",
+                self.counters_by_bounds.join(", ")
             )?;
         }
         for anomaly in &self.anomalies {

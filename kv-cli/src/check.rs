@@ -47,7 +47,8 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<bool> {
             durable: matches!(
                 args.nemesis,
                 Some(NemesisKind::Crash | NemesisKind::All) | None
-            ) && args.provider != "cosmos",
+            ) && kv_testkit::emulator::Emulator::for_provider(&args.provider)
+                .is_some_and(|emulator| emulator.not_durable().is_none()),
         },
         (None, false) if matches!(args.provider.as_str(), "memory" | "sqlite") => Source::InProcess,
         (None, false) => bail!(

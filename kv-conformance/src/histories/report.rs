@@ -158,7 +158,10 @@ impl CheckReport {
             }
             out.push('\n');
         }
-        if !self.verdict.unknown_keys.is_empty() || !self.verdict.anomalies.is_empty() {
+        if !self.verdict.unknown_keys.is_empty()
+            || !self.verdict.counters_by_bounds.is_empty()
+            || !self.verdict.anomalies.is_empty()
+        {
             let _ = writeln!(out, "## Verdict\n\n```text\n{}```", self.verdict);
         }
         out
