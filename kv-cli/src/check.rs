@@ -26,6 +26,9 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<bool> {
             registry.names().join(", ")
         );
     }
+    if let Some(path) = &args.history {
+        return recheck(path, args.strict);
+    }
     if args.time > MAX_TIME {
         bail!("--time is at most 1h");
     }
@@ -128,7 +131,7 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<bool> {
     if let Err(err) = histories::clean_up(&hosts, &plan).await {
         eprintln!("warning: the check's keys were not all deleted: {err}");
     }
-    let verdict = histories::check(&history, &limits);
+    let verdict = verdict_of(&history, &limits, args.strict);
     let report = CheckReport::new(
         &args.provider,
         &setup.backend,
@@ -152,6 +155,35 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<bool> {
     }
     eprintln!("{}", report.summary_line());
     Ok(report.is_valid())
+}
+
+fn verdict_of(history: &History, limits: &kv_core::Limits, strict: bool) -> kv_check::Verdict {
+    if strict {
+        histories::strict(history, limits)
+    } else {
+        histories::check(history, limits)
+    }
+}
+
+/// `--history FILE`: the verdict on a recorded history, with the limits a run uses.
+fn recheck(path: &std::path::Path, strict: bool) -> anyhow::Result<bool> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the history {}", path.display()))?;
+    let history = History::from_jsonl(&text)
+        .with_context(|| format!("parsing the history {}", path.display()))?;
+    let verdict = verdict_of(&history, &histories::limits(), strict);
+    print!("{verdict}");
+    eprintln!(
+        "{}: {} operations: {}",
+        path.display(),
+        history.entries.len(),
+        match verdict.valid {
+            kv_check::Validity::Valid => "valid",
+            kv_check::Validity::Invalid => "INVALID",
+            kv_check::Validity::Unknown => "unknown",
+        }
+    );
+    Ok(verdict.valid == kv_check::Validity::Valid)
 }
 
 /// Host processes: `wasi-kv run` of the workload component, each a client with its own host

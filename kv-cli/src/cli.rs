@@ -248,6 +248,15 @@ pub struct CheckArgs {
     /// Print the report as JSON instead of markdown.
     #[arg(long)]
     pub json: bool,
+    /// Check every register strictly: no plain write takes effect twice, though the host's
+    /// retries can repeat one within its call (docs/semantics.md S4). Shows the declared
+    /// divergence rather than allowing it.
+    #[arg(long)]
+    pub strict: bool,
+    /// Check a recorded history (`history.jsonl` of an earlier `--report-dir`) instead of
+    /// running one.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["emulator", "store", "processes"])]
+    pub history: Option<PathBuf>,
 }
 
 /// Fault profiles of `wasi-kv conformance --faults`.

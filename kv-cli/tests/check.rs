@@ -68,6 +68,38 @@ fn host_processes_and_a_killed_host() {
         [0, 1, 2],
         "operations of the in-process host and both host processes"
     );
+
+    // The recorded history checks again from its file; with one read changed to a value no one
+    // wrote, it is invalid (exit code 1).
+    let path = report.join("history.jsonl");
+    let recheck = |file: &std::path::Path| {
+        wasi_kv(&[
+            "check",
+            "--provider",
+            "sqlite",
+            "--history",
+            file.to_str().expect("utf-8 path"),
+        ])
+    };
+    let again = recheck(&path);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let mut lines: Vec<String> = history.lines().map(str::to_string).collect();
+    let read = lines
+        .iter()
+        .position(|line| line.contains("\"get\"") && line.contains("\"ok\":{\"value\":\""))
+        .expect("a read that returned a value");
+    let mut entry: serde_json::Value = serde_json::from_str(&lines[read]).expect("an entry");
+    entry["outcome"]["ok"]["value"] = serde_json::Value::from("6e6f626f6479"); // "nobody"
+    lines[read] = entry.to_string();
+    let tampered = dir.path().join("tampered.jsonl");
+    std::fs::write(&tampered, lines.join("\n")).expect("write");
+    let caught = recheck(&tampered);
+    assert_eq!(caught.status.code(), Some(1), "{}", stderr(&caught));
+    assert!(
+        String::from_utf8_lossy(&caught.stdout).contains("never written"),
+        "{}",
+        String::from_utf8_lossy(&caught.stdout)
+    );
 }
 
 /// Faults are injected only into backends `check` started on loopback: a store given by URL
