@@ -182,8 +182,8 @@ fn without_unseen_optional_writes<'a>(ops: &[&'a KeyOp]) -> Vec<&'a KeyOp> {
             _ => {}
         }
     }
-    let unseen = |v: &Value| {
-        !seen.contains(v) && !(counted && linearizable::canonical_int(v.as_bytes()).is_some())
+    let observed = |v: &Value| {
+        seen.contains(v) || (counted && linearizable::canonical_int(v.as_bytes()).is_some())
     };
     ops.iter()
         .copied()
@@ -193,7 +193,7 @@ fn without_unseen_optional_writes<'a>(ops: &[&'a KeyOp]) -> Vec<&'a KeyOp> {
                 KeyOpKind::Write(Some(v)) | KeyOpKind::Cas { new: v, .. } => Some(v),
                 _ => None,
             };
-            !(optional && written.is_some_and(unseen))
+            !(optional && written.is_some_and(|v| !observed(v)))
         })
         .collect()
 }

@@ -141,11 +141,14 @@ impl Layer for Buggy {
     }
 }
 
+/// Per key: reads served since the cached value was fetched, and that value.
+type StaleCache = std::sync::Mutex<std::collections::HashMap<String, (u32, Option<Vec<u8>>)>>;
+
 struct BuggyBucket {
     inner: Arc<dyn Bucket>,
     bug: Bug,
     calls: Arc<AtomicU64>,
-    cache: std::sync::Mutex<std::collections::HashMap<String, (u32, Option<Vec<u8>>)>>,
+    cache: StaleCache,
 }
 
 impl BuggyBucket {

@@ -63,9 +63,10 @@ impl Default for Plan {
 /// partition ends (as `info`) within seconds, and the checker can bound when an `info`
 /// operation may still take effect ([`info_horizon`]).
 pub fn limits() -> Limits {
-    let mut limits = Limits::default();
-    limits.operation_timeout = Duration::from_secs(5);
-    limits
+    Limits {
+        operation_timeout: Duration::from_secs(5),
+        ..Limits::default()
+    }
 }
 
 /// The longest after its invocation an operation answered `info` can take effect: the host's
@@ -173,7 +174,7 @@ async fn run_nemesis(
         NemesisKind::All => faults.cycle(),
         one => vec![one],
     };
-    let mut rng = rand::rngs::StdRng::seed_from_u64(plan.seed ^ 0x6e65_6d65_7369_73);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(plan.seed ^ 0x006e_656d_6573_6973);
     let quiet = Duration::from_millis(1000);
     let mut turn = 0;
     loop {
