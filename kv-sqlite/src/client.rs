@@ -1,5 +1,10 @@
-//! Opening the database: WAL mode (readers never wait for the writer), a busy timeout (several
-//! processes may share the file), and the schema.
+//! Opening the database: WAL mode (readers never wait for the writer), a busy handler
+//! (several processes may share the file), and the schema.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
@@ -42,11 +47,61 @@ CREATE TABLE IF NOT EXISTS kv_clock (
 INSERT OR IGNORE INTO kv_clock (id, seq, forgotten) VALUES (0, 0, 0);
 ";
 
+/// How often a call waiting for another connection's lock looks again.
+const BUSY_POLL: Duration = Duration::from_millis(2);
+
+thread_local! {
+    /// The call this blocking thread runs: whether its caller gave up, and when to stop waiting
+    /// for a lock held by another connection.
+    static CALL: RefCell<Option<(Arc<AtomicBool>, Instant)>> = const { RefCell::new(None) };
+}
+
+/// While alive, the calls on this thread wait for locks until `busy_timeout` has passed, or
+/// until the caller gives up (`abandoned`): a caller that timed out must not find its write
+/// committed later, after it was told the outcome is unknown and the checkers stopped waiting
+/// for it (docs/semantics.md S4).
+pub struct CallScope;
+
+impl CallScope {
+    /// Enters the scope of one call on this thread.
+    pub fn enter(abandoned: Arc<AtomicBool>, busy_timeout: Duration) -> CallScope {
+        CALL.with(|call| *call.borrow_mut() = Some((abandoned, Instant::now() + busy_timeout)));
+        CallScope
+    }
+}
+
+impl Drop for CallScope {
+    fn drop(&mut self) {
+        CALL.with(|call| *call.borrow_mut() = None);
+    }
+}
+
+/// SQLite's busy handler once the file is open: `true` waits and tries again, `false` fails the
+/// statement with `SQLITE_BUSY`. Outside a call (the sweeper) it waits up to the default
+/// timeout.
+fn wait_for_lock(attempts: i32) -> bool {
+    let wait = CALL.with(|call| match &*call.borrow() {
+        Some((abandoned, deadline)) => {
+            !abandoned.load(Ordering::Relaxed) && Instant::now() < *deadline
+        }
+        None => BUSY_POLL * u32::try_from(attempts).unwrap_or(u32::MAX) < DEFAULT_BUSY_TIMEOUT,
+    });
+    if wait {
+        std::thread::sleep(BUSY_POLL);
+    }
+    wait
+}
+
+/// How long opening and the sweeper wait for another connection's lock (at least).
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Opens (creating if needed) the database file and its schema.
 pub fn open(config: &SqliteConfig) -> Result<Connection> {
-    let connection = Connection::open(&config.path).map_err(|err| map_error("open", err))?;
+    let mut connection = Connection::open(&config.path).map_err(|err| map_error("open", err))?;
+    // SQLite's own busy timeout while the file is set up (switching to WAL while other
+    // processes open it needs it); the handler that knows its caller afterwards.
     connection
-        .busy_timeout(config.busy_timeout)
+        .busy_timeout(DEFAULT_BUSY_TIMEOUT.max(config.busy_timeout))
         .map_err(|err| map_error("busy timeout", err))?;
     connection
         .pragma_update(None, "journal_mode", "WAL")
@@ -57,5 +112,8 @@ pub fn open(config: &SqliteConfig) -> Result<Connection> {
     connection
         .execute_batch(SCHEMA)
         .map_err(|err| map_error("schema", err))?;
+    connection
+        .busy_handler(Some(wait_for_lock))
+        .map_err(|err| map_error("busy handler", err))?;
     Ok(connection)
 }

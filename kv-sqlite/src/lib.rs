@@ -43,6 +43,7 @@ impl ProviderFactory for SqliteFactory {
         Ok(Arc::new(SqliteProvider::new(
             connection,
             config.sweep_interval,
+            config.busy_timeout,
         )))
     }
 }

@@ -1,5 +1,6 @@
 //! The mapping of the contract onto one SQLite table (README.md has the table).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use kv_core::{
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use crate::client::CallScope;
 use crate::error::map_error;
 
 /// The largest value this provider declares. SQLite itself allows up to 1 GB; a value is held
@@ -29,6 +31,7 @@ const ABSENT_SINCE: &str = "a";
 #[derive(Clone)]
 pub struct SqliteProvider {
     connection: Arc<Mutex<Connection>>,
+    busy_timeout: Duration,
     _sweeper: Arc<Sweeper>,
 }
 
@@ -42,8 +45,13 @@ impl Drop for Sweeper {
 }
 
 impl SqliteProvider {
-    /// A provider over an open connection, sweeping every `sweep_interval`.
-    pub fn new(connection: Connection, sweep_interval: Duration) -> SqliteProvider {
+    /// A provider over an open connection, sweeping every `sweep_interval`; a call waits up to
+    /// `busy_timeout` for another connection's lock.
+    pub fn new(
+        connection: Connection,
+        sweep_interval: Duration,
+        busy_timeout: Duration,
+    ) -> SqliteProvider {
         let connection = Arc::new(Mutex::new(connection));
         let swept = Arc::downgrade(&connection);
         let task = tokio::spawn(async move {
@@ -63,6 +71,7 @@ impl SqliteProvider {
         });
         SqliteProvider {
             connection,
+            busy_timeout,
             _sweeper: Arc::new(Sweeper(task)),
         }
     }
@@ -188,6 +197,7 @@ impl Provider for SqliteProvider {
         Ok(Arc::new(SqliteBucket {
             connection: self.connection.clone(),
             namespace: Arc::from(namespace),
+            busy_timeout: self.busy_timeout,
         }))
     }
 }
@@ -195,6 +205,24 @@ impl Provider for SqliteProvider {
 struct SqliteBucket {
     connection: Arc<Mutex<Connection>>,
     namespace: Arc<str>,
+    busy_timeout: Duration,
+}
+
+/// Marks its call abandoned when dropped before [`Abandon::finished`]: the caller's future
+/// was dropped (its operation timeout), so the blocking work must not start, or stop waiting
+/// for a lock and write nothing.
+struct Abandon(Arc<AtomicBool>);
+
+impl Abandon {
+    fn finished(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The live condition on a row, as SQL (`?2` is now).
@@ -209,9 +237,25 @@ impl SqliteBucket {
     {
         let connection = self.connection.clone();
         let namespace = self.namespace.clone();
-        tokio::task::spawn_blocking(move || work(&mut lock(&connection), &namespace))
-            .await
-            .map_err(|err| KvError::internal(format!("sqlite: the worker failed: {err}")))?
+        let busy_timeout = self.busy_timeout;
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let flag = abandoned.clone();
+        let guard = Abandon(abandoned);
+        let result = tokio::task::spawn_blocking(move || {
+            let mut connection = lock(&connection);
+            // Queued behind another call of this connection past the caller's patience.
+            if flag.load(Ordering::Relaxed) {
+                return Err(KvError::new(
+                    kv_core::ErrorKind::Timeout,
+                    "sqlite: the caller gave up before the call started; nothing was written",
+                ));
+            }
+            let _scope = CallScope::enter(flag, busy_timeout);
+            work(&mut connection, &namespace)
+        })
+        .await;
+        guard.finished();
+        result.map_err(|err| KvError::internal(format!("sqlite: the worker failed: {err}")))?
     }
 }
 

@@ -4,7 +4,7 @@
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use kv_core::{Access, KvStore, Limits, ProviderFactory, Stores};
+use kv_core::{Access, Bytes, KvStore, Limits, ProviderFactory, Stores};
 use kv_sqlite::SqliteFactory;
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -257,6 +257,56 @@ fn absence_has_a_version() -> Result<(), Failed> {
     })
 }
 
+/// Another process holds the file's write lock; a write waiting for it is given up by its
+/// caller (the operation timeout dropped it). Once the lock is free the write must not land:
+/// its caller was told the outcome is unknown and the history checkers stop waiting for it
+/// after the timeout. Before, the write waited out SQLite's busy timeout (5 s) and committed
+/// after the lock was released.
+fn a_write_given_up_by_its_caller_is_never_committed() -> Result<(), Failed> {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().map_err(|err| Failed::from(err.to_string()))?;
+        let path = dir.path().join("kv.db");
+        let url = format!("s=sqlite:{}", path.display());
+        let (_, spec) = kv_core::config::parse_short_form(&url)?;
+        let provider = SqliteFactory.connect(&spec).await?;
+        let bucket = provider.open("ns").await?;
+        bucket.set("warm", Bytes::from_static(b"1")).await?;
+        let held = path.clone();
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || -> Result<(), String> {
+            let other = rusqlite::Connection::open(&held).map_err(|err| err.to_string())?;
+            other
+                .execute_batch("BEGIN IMMEDIATE; CREATE TABLE IF NOT EXISTS hold (x);")
+                .map_err(|err| err.to_string())?;
+            let _ = locked.send(());
+            std::thread::sleep(Duration::from_millis(1500));
+            other.execute_batch("COMMIT").map_err(|err| err.to_string())
+        });
+        is_locked
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| Failed::from("the other connection did not take the lock"))?;
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(300),
+            bucket.set("k", Bytes::from_static(b"late")),
+        )
+        .await;
+        if gave_up.is_ok() {
+            return Err(format!("the write did not wait for the lock: {gave_up:?}").into());
+        }
+        holder
+            .join()
+            .map_err(|_| Failed::from("the lock holder panicked"))??;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let value = bucket.get("k").await?;
+        if value.is_some() {
+            return Err(format!("a write given up by its caller was committed: {value:?}").into());
+        }
+        // The connection still works.
+        bucket.set("k", Bytes::from_static(b"now")).await?;
+        Ok(())
+    })
+}
+
 fn rusqlite_connection(path: &std::path::Path) -> Result<rusqlite::Connection, Failed> {
     rusqlite::Connection::open(path).map_err(|err| Failed::from(err.to_string()))
 }
@@ -274,6 +324,10 @@ fn main() -> ExitCode {
         Trial::test("data_persists_across_opens", data_persists_across_opens),
         Trial::test("expired_keys_are_swept", expired_keys_are_swept),
         Trial::test("absence_has_a_version", absence_has_a_version),
+        Trial::test(
+            "a_write_given_up_by_its_caller_is_never_committed",
+            a_write_given_up_by_its_caller_is_never_committed,
+        ),
     ];
     libtest_mimic::run(&args, trials).exit_code()
 }
