@@ -96,6 +96,7 @@ pub(crate) fn check<'a>(
         }
         check_bounds(key, &history.ops, &incs, &mut anomalies);
         check_distinct(key, &history.ops, &incs, &mut anomalies);
+        check_monotonic(key, &history.ops, &incs, &mut anomalies);
     }
     anomalies
 }
@@ -174,6 +175,77 @@ fn check_bounds(key: &str, ops: &[KeyOp], incs: &[Inc], anomalies: &mut Vec<Find
             ),
             evidence,
         ));
+    }
+}
+
+/// Most backwards steps reported per counter: one shows the bug, the rest repeat it.
+const MAX_BACKWARDS: usize = 10;
+
+/// With every delta of one sign a counter only moves one way: an observation (a read, or an
+/// increment's total) that completed before another was invoked must not be passed by it in
+/// the wrong direction. The bounds check looks at each observation alone; this compares them
+/// with each other, in O(n log n), so it holds when the linearizability search ran out.
+fn check_monotonic(key: &str, ops: &[KeyOp], incs: &[Inc], anomalies: &mut Vec<Finding>) {
+    let up = incs.iter().all(|i| i.delta > 0);
+    let down = incs.iter().all(|i| i.delta < 0);
+    if !up && !down {
+        return;
+    }
+    // (invoke, complete, value oriented so that it must not decrease, entry)
+    let mut observations: Vec<(u64, u64, i128, usize)> = ops
+        .iter()
+        .filter_map(|op| {
+            let complete = op.complete?;
+            let value = match &op.kind {
+                KeyOpKind::Read(None) => 0,
+                KeyOpKind::Read(Some(v)) => i128::from(canonical_int(v.as_bytes())?),
+                KeyOpKind::Increment { total: Some(t), .. } => i128::from(*t),
+                _ => return None,
+            };
+            Some((
+                op.invoke,
+                complete,
+                if up { value } else { -value },
+                op.entry,
+            ))
+        })
+        .collect();
+    let mut by_complete = observations.clone();
+    by_complete.sort_unstable_by_key(|o| o.1);
+    observations.sort_unstable_by_key(|o| o.0);
+    let mut earlier = by_complete.iter().peekable();
+    let mut highest: Option<(i128, usize)> = None;
+    let mut reported = 0;
+    for &(invoke, _, value, entry) in &observations {
+        while let Some(&&(_, complete, seen, seen_entry)) = earlier.peek() {
+            if complete >= invoke {
+                break;
+            }
+            if highest.is_none_or(|(h, _)| seen > h) {
+                highest = Some((seen, seen_entry));
+            }
+            earlier.next();
+        }
+        if let Some((high, high_entry)) = highest
+            && value < high
+        {
+            let shown = |v: i128| if up { v } else { -v };
+            anomalies.push(Finding::new(
+                AnomalyKind::CounterOutOfBounds,
+                Some(key),
+                format!(
+                    "counter {key} went back: {} was observed after {} had been, and every \
+                     increment moves it the other way",
+                    shown(value),
+                    shown(high)
+                ),
+                vec![high_entry, entry],
+            ));
+            reported += 1;
+            if reported == MAX_BACKWARDS {
+                return;
+            }
+        }
     }
 }
 

@@ -245,11 +245,20 @@ fn a_final_counter_read_outside_ok_plus_info() {
         .read(1, "c", 20, 30, Some("5"))
         .read(1, "c", 40, 50, Some("1"))
         .build();
-    // 5 is 2 + the info 3; 1 is below the acknowledged 2.
+    // 5 is 2 + the info 3; 1 is below the acknowledged 2, and below the 5 read before it.
     let verdict = assert_anomaly(&h, AnomalyKind::CounterOutOfBounds, "c");
-    let bounds: Vec<_> = verdict.of_kind(AnomalyKind::CounterOutOfBounds).collect();
+    let bounds: Vec<_> = verdict
+        .of_kind(AnomalyKind::CounterOutOfBounds)
+        .filter(|a| a.detail.contains("outside"))
+        .collect();
     assert_eq!(bounds.len(), 1, "{verdict}");
     assert!(bounds[0].detail.contains("[2, 5]"), "{}", bounds[0]);
+    assert!(
+        verdict
+            .of_kind(AnomalyKind::CounterOutOfBounds)
+            .any(|a| a.detail.contains("went back: 1 was observed after 5")),
+        "{verdict}"
+    );
 }
 
 #[test]

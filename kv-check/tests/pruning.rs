@@ -124,3 +124,54 @@ fn a_counter_past_the_search_budget_is_checked_by_bounds() {
     let verdict = kv_check::check_with(&history(61), &options);
     assert_eq!(verdict.valid, Validity::Invalid, "{verdict}");
 }
+
+/// A counter that goes back passes each observation's bounds; compared with each other, the
+/// observations show it (the check that stands when the search runs out).
+#[test]
+fn a_counter_going_back_is_found_without_the_search() {
+    let (p, q, r) = (Process::new(0, 0), Process::new(0, 1), Process::new(0, 2));
+    let history = History::new(vec![
+        Entry::new(
+            p,
+            Op::increment("c", 1),
+            0,
+            Some(10),
+            Outcome::Ok(Ret::Total(1)),
+        ),
+        Entry::new(
+            q,
+            Op::increment("c", 1),
+            0,
+            None,
+            Outcome::Info("timeout".into()),
+        ),
+        Entry::new(
+            r,
+            Op::get("c"),
+            20,
+            Some(30),
+            Outcome::Ok(Ret::Value(Some("2".into()))),
+        ),
+        Entry::new(
+            r,
+            Op::get("c"),
+            40,
+            Some(50),
+            Outcome::Ok(Ret::Value(Some("1".into()))),
+        ),
+    ]);
+    // No search at all: only the counter checks decide.
+    let options = Options {
+        steps_per_key: 1,
+        ..Options::default()
+    };
+    let verdict = kv_check::check_with(&history, &options);
+    assert_eq!(verdict.valid, Validity::Invalid, "{verdict}");
+    assert!(
+        verdict
+            .anomalies
+            .iter()
+            .any(|a| a.detail.contains("went back")),
+        "{verdict}"
+    );
+}
