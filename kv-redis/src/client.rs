@@ -37,6 +37,9 @@ pub enum RedisConnection {
 pub struct ServerConnection {
     client: redis::Client,
     config: ConnectionManagerConfig,
+    /// How long a command may wait before its connection counts as stuck when the command is
+    /// given up (dropped by the host's operation timeout, which may fire before redis-rs's).
+    stuck_after: std::time::Duration,
     /// The connection and its generation (how many times it was replaced).
     current: RwLock<(u64, ConnectionManager)>,
 }
@@ -71,7 +74,13 @@ impl ServerConnection {
         send: impl AsyncFnOnce(&mut ConnectionManager) -> RedisResult<T>,
     ) -> RedisResult<T> {
         let (generation, mut manager) = self.current();
+        let watch = GivenUp {
+            server: self,
+            generation,
+            since: std::time::Instant::now(),
+        };
         let result = send(&mut manager).await;
+        std::mem::forget(watch);
         if let Err(err) = &result
             && err.is_timeout()
         {
@@ -80,6 +89,26 @@ impl ServerConnection {
         result
     }
 }
+
+/// Replaces the connection when its command is dropped unanswered after waiting
+/// [`ServerConnection::stuck_after`]: the host's operation timeout gave up first.
+struct GivenUp<'a> {
+    server: &'a ServerConnection,
+    generation: u64,
+    since: std::time::Instant,
+}
+
+impl Drop for GivenUp<'_> {
+    fn drop(&mut self) {
+        if self.since.elapsed() >= self.server.stuck_after {
+            self.server.replace_after_timeout(self.generation);
+        }
+    }
+}
+
+/// A healthy server answers in milliseconds; a command unanswered this long and given up means
+/// the connection is not worth keeping.
+const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Lazily connecting: an unreachable server shows up as `unavailable` on the first operation,
 /// and a restarted server (or a promoted replica) is reconnected to transparently.
@@ -123,6 +152,7 @@ pub fn connect(config: &RedisConfig) -> Result<RedisConnection, ConfigError> {
     Ok(RedisConnection::Server(Arc::new(ServerConnection {
         client,
         config: manager_config,
+        stuck_after: STUCK_AFTER.min(config.response_timeout),
         current: RwLock::new((0, manager)),
     })))
 }

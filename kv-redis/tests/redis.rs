@@ -637,6 +637,42 @@ async fn a_connection_that_stops_answering_is_replaced(server: RedisServer) -> T
     Ok(())
 }
 
+/// The same, when the host's operation timeout (here 1.5 s) gives up before redis-rs's
+/// response timeout (5 s by default) would: the dropped command marks its connection stuck.
+/// Before, the next command rode the stuck connection and timed out too.
+async fn a_command_given_up_by_the_host_replaces_its_connection(server: RedisServer) -> TestResult {
+    use kv_testkit::faults::{Fault, FaultProxy, Protocol};
+    let addr: std::net::SocketAddr = server
+        .url()
+        .trim_start_matches("redis://")
+        .trim_end_matches("/0")
+        .parse()?;
+    let proxy = FaultProxy::start(addr, Protocol::Tcp).await?;
+    let (_, spec) = kv_core::config::parse_short_form(&format!("r=redis://{}/0", proxy.addr()))?;
+    let provider = kv_redis::RedisFactory.connect(&spec).await?;
+    let stores = Stores::builder(provider_tests::limits(Duration::from_millis(1500), 4))
+        .store("s", provider, "given-up", Access::ReadWrite)
+        .build();
+    let store = stores.open("s").await?;
+    store.set("k", b"v".to_vec()).await?;
+    proxy.next(Fault::Stall, 1);
+    let stalled = store.get("k").await;
+    check(
+        stalled.is_err(),
+        format!("a stalled read answered: {stalled:?}"),
+    )?;
+    let started = Instant::now();
+    let value = store.get("k").await;
+    check(
+        matches!(&value, Ok(Some(v)) if v.as_slice() == b"v"),
+        format!("the read after the given-up one: {value:?}"),
+    )?;
+    check(
+        started.elapsed() < Duration::from_secs(1),
+        format!("took {:?}", started.elapsed()),
+    )
+}
+
 fn main() -> ExitCode {
     let installed = kv_testkit::emulator::find_program("redis-server").is_some();
     provider_tests::main::<RedisServer>(
@@ -676,6 +712,10 @@ fn main() -> ExitCode {
             ("a_connection_that_stops_answering_is_replaced", |s| {
                 Box::pin(a_connection_that_stops_answering_is_replaced(s))
             }),
+            (
+                "a_command_given_up_by_the_host_replaces_its_connection",
+                |s| Box::pin(a_command_given_up_by_the_host_replaces_its_connection(s)),
+            ),
         ],
     )
 }
