@@ -206,6 +206,16 @@ impl HostProcesses {
         std::fs::write(&component, kv_conformance::guests::HISTORY_GUEST)
             .context("writing the workload component")?;
         let exe = std::env::current_exe().context("finding the wasi-kv executable")?;
+        // The in-process hosts' operation timeout: the checker's horizon assumes it for all.
+        let config = dir.path().join("check.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[limits]\noperation_timeout_ms = {}\n",
+                histories::limits().operation_timeout.as_millis()
+            ),
+        )
+        .context("writing the host processes' configuration")?;
         // Each process is one client with its share of the rate, over the run's time.
         let clients = args.hosts * args.clients + args.processes;
         let pace = Duration::from_secs_f64(f64::from(clients) / f64::from(plan.rate.max(1)));
@@ -216,6 +226,8 @@ impl HostProcesses {
             let host = args.hosts + i;
             let mut child = tokio::process::Command::new(&exe)
                 .arg("run")
+                .arg("--config")
+                .arg(&config)
                 .arg("--store")
                 .arg(format!("default={}", with_namespace(url, namespace)))
                 .arg("--time-limit")
