@@ -177,11 +177,7 @@ fn recheck(path: &std::path::Path, strict: bool) -> anyhow::Result<bool> {
         "{}: {} operations: {}",
         path.display(),
         history.entries.len(),
-        match verdict.valid {
-            kv_check::Validity::Valid => "valid",
-            kv_check::Validity::Invalid => "INVALID",
-            kv_check::Validity::Unknown => "unknown",
-        }
+        histories::verdict_word(verdict.valid)
     );
     Ok(verdict.valid == kv_check::Validity::Valid)
 }

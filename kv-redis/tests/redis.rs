@@ -600,25 +600,35 @@ async fn allkeys_policy_is_refused_at_connect(server: RedisServer) -> TestResult
     Ok(())
 }
 
-/// A connection whose replies stop (a half-open TCP connection, a partition swallowing the
-/// request) is replaced after a command times out: the retry goes out on a new connection.
-/// Before, every later command rode the stuck connection and timed out too (here for the 120 s
-/// the proxy holds a stalled request).
-async fn a_connection_that_stops_answering_is_replaced(server: RedisServer) -> TestResult {
-    use kv_testkit::faults::{Fault, FaultProxy, Protocol};
+/// A store on `server` through a loopback fault proxy, with `query` added to its URL.
+async fn behind_a_proxy(
+    server: &RedisServer,
+    query: &str,
+    limits: Limits,
+) -> Result<(kv_testkit::faults::FaultProxy, kv_core::KvStore), Failed> {
+    use kv_testkit::faults::{FaultProxy, Protocol};
     let addr: std::net::SocketAddr = server
         .url()
         .trim_start_matches("redis://")
         .trim_end_matches("/0")
         .parse()?;
     let proxy = FaultProxy::start(addr, Protocol::Tcp).await?;
-    let url = format!("redis://{}/0?response_timeout_ms=300", proxy.addr());
-    let (_, spec) = kv_core::config::parse_short_form(&format!("r={url}"))?;
+    let url = format!("r=redis://{}/0{query}", proxy.addr());
+    let (_, spec) = kv_core::config::parse_short_form(&url)?;
     let provider = kv_redis::RedisFactory.connect(&spec).await?;
-    let stores = Stores::builder(limits())
+    let stores = Stores::builder(limits)
         .store("s", provider, "stall", Access::ReadWrite)
         .build();
-    let store = stores.open("s").await?;
+    Ok((proxy, stores.open("s").await?))
+}
+
+/// A connection whose replies stop (a half-open TCP connection, a partition swallowing the
+/// request) is replaced after a command times out: the retry goes out on a new connection.
+/// Before, every later command rode the stuck connection and timed out too (here for the 120 s
+/// the proxy holds a stalled request).
+async fn a_connection_that_stops_answering_is_replaced(server: RedisServer) -> TestResult {
+    use kv_testkit::faults::Fault;
+    let (proxy, store) = behind_a_proxy(&server, "?response_timeout_ms=300", limits()).await?;
     store.set("k", b"v".to_vec()).await?;
     proxy.next(Fault::Stall, 1);
     let started = Instant::now();
@@ -641,19 +651,9 @@ async fn a_connection_that_stops_answering_is_replaced(server: RedisServer) -> T
 /// response timeout (5 s by default) would: the dropped command marks its connection stuck.
 /// Before, the next command rode the stuck connection and timed out too.
 async fn a_command_given_up_by_the_host_replaces_its_connection(server: RedisServer) -> TestResult {
-    use kv_testkit::faults::{Fault, FaultProxy, Protocol};
-    let addr: std::net::SocketAddr = server
-        .url()
-        .trim_start_matches("redis://")
-        .trim_end_matches("/0")
-        .parse()?;
-    let proxy = FaultProxy::start(addr, Protocol::Tcp).await?;
-    let (_, spec) = kv_core::config::parse_short_form(&format!("r=redis://{}/0", proxy.addr()))?;
-    let provider = kv_redis::RedisFactory.connect(&spec).await?;
-    let stores = Stores::builder(provider_tests::limits(Duration::from_millis(1500), 4))
-        .store("s", provider, "given-up", Access::ReadWrite)
-        .build();
-    let store = stores.open("s").await?;
+    let limits = provider_tests::limits(Duration::from_millis(1500), 4);
+    use kv_testkit::faults::Fault;
+    let (proxy, store) = behind_a_proxy(&server, "", limits).await?;
     store.set("k", b"v".to_vec()).await?;
     proxy.next(Fault::Stall, 1);
     let stalled = store.get("k").await;

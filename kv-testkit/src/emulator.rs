@@ -812,39 +812,43 @@ fn locked<T>(server: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl Crashable for std::sync::Mutex<RedisServer> {
-    fn crash(&self) -> Result<String, String> {
-        locked(self).stop();
-        Ok("redis-server killed (SIGKILL)".to_string())
-    }
+/// A single-process emulator: its one server, which a crash kills and restarts on the same
+/// port and scratch directory (where its data lives when started durable).
+trait OneServer: Send {
+    fn server(&mut self) -> &mut LoopbackServer;
+}
 
-    fn recover(&self) -> Result<String, String> {
-        locked(self).restart()?;
-        Ok("redis-server restarted from its append-only file".to_string())
+impl OneServer for RedisServer {
+    fn server(&mut self) -> &mut LoopbackServer {
+        &mut self.server
     }
 }
 
-impl Crashable for std::sync::Mutex<DynamoDbLocal> {
-    fn crash(&self) -> Result<String, String> {
-        locked(self).stop();
-        Ok("DynamoDB Local killed (SIGKILL)".to_string())
-    }
-
-    fn recover(&self) -> Result<String, String> {
-        locked(self).restart()?;
-        Ok("DynamoDB Local restarted on its -dbPath".to_string())
+impl OneServer for DynamoDbLocal {
+    fn server(&mut self) -> &mut LoopbackServer {
+        &mut self.server
     }
 }
 
-impl Crashable for std::sync::Mutex<FakeGcsServer> {
+impl OneServer for FakeGcsServer {
+    fn server(&mut self) -> &mut LoopbackServer {
+        &mut self.server
+    }
+}
+
+impl<T: OneServer> Crashable for std::sync::Mutex<T> {
     fn crash(&self) -> Result<String, String> {
-        locked(self).stop();
-        Ok("fake-gcs-server killed (SIGKILL)".to_string())
+        let mut guard = locked(self);
+        let server = guard.server();
+        server.stop();
+        Ok(format!("{} killed (SIGKILL)", server.recipe.name))
     }
 
     fn recover(&self) -> Result<String, String> {
-        locked(self).restart()?;
-        Ok("fake-gcs-server restarted on its filesystem backend".to_string())
+        let mut guard = locked(self);
+        let server = guard.server();
+        server.restart()?;
+        Ok(format!("{} restarted on its data", server.recipe.name))
     }
 }
 

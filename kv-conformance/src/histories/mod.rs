@@ -19,7 +19,7 @@ use kv_core::{Access, KvError, KvStore, Limits, Provider, Stores, SwapOutcome};
 use rand::{Rng as _, SeedableRng as _};
 
 pub use nemesis::{Event, Faults, NemesisKind, Network};
-pub use report::CheckReport;
+pub use report::{CheckReport, verdict_word};
 pub use setup::{Setup, Source, setup};
 
 /// What one run does.

@@ -10,6 +10,15 @@ use serde::Serialize;
 
 use super::{Event, Plan};
 
+/// `valid`, `INVALID` or `unknown`: how reports and the command line name a verdict.
+pub fn verdict_word(valid: Validity) -> &'static str {
+    match valid {
+        Validity::Valid => "valid",
+        Validity::Invalid => "INVALID",
+        Validity::Unknown => "unknown",
+    }
+}
+
 /// One run, checked.
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
@@ -87,11 +96,7 @@ impl CheckReport {
 
     /// `valid`, `INVALID` or `unknown`.
     pub fn verdict_word(&self) -> &'static str {
-        match self.verdict.valid {
-            Validity::Valid => "valid",
-            Validity::Invalid => "INVALID",
-            Validity::Unknown => "unknown",
-        }
+        verdict_word(self.verdict.valid)
     }
 
     /// One line: provider, workload, nemesis, counts, verdict.
