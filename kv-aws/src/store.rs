@@ -2,9 +2,13 @@
 //!
 //! Item: `ns` (S, partition key) = namespace, `k` (S, sort key) = key, and either `v` (B) for a
 //! value written by `set` or `c` (N) for a counter, `ver` (S) a random version written by every
-//! write (CAS), `exp` (N) epoch seconds for TTL, filtered on every read, `jr` (S) the journal
-//! of the last increments and swaps. [`MAX_VALUE_BYTES`] leaves room for all of them at their
-//! largest.
+//! write (CAS), `until` (N) the expiry in epoch milliseconds, filtered on every read, `exp` (N)
+//! epoch seconds at which DynamoDB may remove the item (its TTL attribute, ten minutes past
+//! `until`; items written before `until` existed expire at `exp`), `jr` (S) the journal of the
+//! last increments and swaps. A delete writes a tombstone: no value, expired at the deletion,
+//! so a CAS handle taken on the missing key sees it was written and deleted since
+//! (`kv_core::rmw::TOMBSTONE_RETENTION`). [`MAX_VALUE_BYTES`] leaves room for all of them at
+//! their largest.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,9 +18,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, DeleteRequest, KeysAndAttributes, PutRequest, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
 use futures::future::try_join_all;
 use kv_core::provider::last_entry_per_key;
 use kv_core::rmw::{self, ConditionalStore, Expect, JOURNAL_LEN, Journal, Read, Snapshot, Write};
@@ -39,8 +41,13 @@ pub const ATTR_COUNTER: &str = "c";
 pub const ATTR_JOURNAL: &str = "jr";
 /// Random version, replaced by every write.
 pub const ATTR_VERSION: &str = "ver";
-/// Expiry in epoch seconds (registered with UpdateTimeToLive).
+/// When DynamoDB may remove the item, in epoch seconds (registered with UpdateTimeToLive):
+/// [`kv_core::rmw::TOMBSTONE_RETENTION`] past [`ATTR_UNTIL`]. Items written before `until`
+/// existed also expire at it.
 pub const ATTR_EXPIRES: &str = "exp";
+/// Expiry in epoch milliseconds, what every read checks: a TTL's end, or a tombstone's
+/// deletion.
+pub const ATTR_UNTIL: &str = "until";
 
 /// DynamoDB's item limit, attribute names and values included.
 pub const MAX_ITEM_BYTES: usize = 409_600;
@@ -70,11 +77,13 @@ pub const MAX_ITEM_OVERHEAD_BYTES: usize = ATTR_NAMESPACE.len()
     + VERSION_BYTES
     + ATTR_EXPIRES.len()
     + MAX_NUMBER_BYTES
+    + ATTR_UNTIL.len()
+    + MAX_NUMBER_BYTES
     + ATTR_JOURNAL.len()
     + MAX_JOURNAL_BYTES;
 /// The largest value every key fits with, however it is written (`set`, `set-with-ttl`,
 /// `swap`, and every increment and swap after it): the item limit less the worst case of
-/// everything else ([`MAX_ITEM_OVERHEAD_BYTES`]). 402,240 bytes.
+/// everything else ([`MAX_ITEM_OVERHEAD_BYTES`]). 402,214 bytes.
 pub const MAX_VALUE_BYTES: usize = MAX_ITEM_BYTES - MAX_ITEM_OVERHEAD_BYTES;
 // S2: every provider stores at least 256 KiB.
 const _: () = assert!(MAX_VALUE_BYTES >= 256 * 1024);
@@ -152,16 +161,8 @@ struct DynamoBucket {
     sdk_resends: bool,
 }
 
-fn now_secs() -> i64 {
-    i64::try_from(clock::now_secs()).unwrap_or(i64::MAX)
-}
-
 fn s(text: impl Into<String>) -> AttributeValue {
     AttributeValue::S(text.into())
-}
-
-fn n(number: i64) -> AttributeValue {
-    AttributeValue::N(number.to_string())
 }
 
 /// A fresh random version for every write: 128 random bits, so a rewrite of the same value
@@ -170,15 +171,36 @@ fn new_version() -> AttributeValue {
     s(format!("{:032x}", rand::random::<u128>()))
 }
 
-fn expires(item: &Item) -> Option<i64> {
-    match item.get(ATTR_EXPIRES) {
+fn number(item: &Item, name: &str) -> Option<u64> {
+    match item.get(name) {
         Some(AttributeValue::N(text)) => text.parse().ok(),
         _ => None,
     }
 }
 
-fn is_live(item: &Item, now: i64) -> bool {
-    expires(item).is_none_or(|at| at > now)
+/// The item's expiry in epoch milliseconds: `until`, or for an item written before it existed,
+/// `exp`.
+fn expires_ms(item: &Item) -> Option<u64> {
+    number(item, ATTR_UNTIL).or_else(|| number(item, ATTR_EXPIRES).map(|secs| secs * 1000))
+}
+
+fn is_live(item: &Item, now_ms: u64) -> bool {
+    clock::is_live(expires_ms(item), now_ms)
+}
+
+/// The expiry attributes of an item expiring at `until_ms`: `until`, and DynamoDB's TTL
+/// attribute a tombstone's retention later, so the item outlives every CAS handle that could
+/// miss its removal.
+fn expiry_attributes(until_ms: u64) -> [(String, AttributeValue); 2] {
+    let remove_at = (until_ms / 1000).saturating_add(rmw::TOMBSTONE_RETENTION.as_secs());
+    [
+        (ATTR_UNTIL.to_string(), n(until_ms)),
+        (ATTR_EXPIRES.to_string(), n(remove_at)),
+    ]
+}
+
+fn n(number: u64) -> AttributeValue {
+    AttributeValue::N(number.to_string())
 }
 
 fn counter_of(item: &Item) -> Result<Option<i64>> {
@@ -223,22 +245,27 @@ impl DynamoBucket {
         ])
     }
 
-    fn value_item(&self, key: &str, value: impl Into<Vec<u8>>, expires_at: Option<i64>) -> Item {
+    fn value_item(&self, key: &str, value: impl Into<Vec<u8>>, expires_at_ms: Option<u64>) -> Item {
         let mut item = self.key(key);
         item.insert(ATTR_VALUE.into(), AttributeValue::B(Blob::new(value)));
         item.insert(ATTR_VERSION.into(), new_version());
-        if let Some(at) = expires_at {
-            item.insert(ATTR_EXPIRES.into(), n(at));
+        if let Some(at) = expires_at_ms {
+            item.extend(expiry_attributes(at));
         }
+        item
+    }
+
+    /// What a delete leaves: no value, a new version, expired now.
+    fn tombstone(&self, key: &str) -> Item {
+        let mut item = self.key(key);
+        item.insert(ATTR_VERSION.into(), new_version());
+        item.extend(expiry_attributes(clock::now_ms()));
         item
     }
 
     /// The item an increment or swap writes: the value item and its journal.
     fn journaled_item(&self, key: &str, write: Write) -> Item {
-        let expires_at = write
-            .expires_at_ms
-            .map(|ms| i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX));
-        let mut item = self.value_item(key, write.value, expires_at);
+        let mut item = self.value_item(key, write.value, write.expires_at_ms);
         if !write.journal.is_empty() {
             item.insert(ATTR_JOURNAL.into(), s(write.journal.encode()));
         }
@@ -262,7 +289,7 @@ impl DynamoBucket {
         Ok(self
             .read(key)
             .await?
-            .filter(|item| is_live(item, now_secs())))
+            .filter(|item| is_live(item, clock::now_ms())))
     }
 
     async fn put(&self, item: Item) -> Result<()> {
@@ -279,7 +306,7 @@ impl DynamoBucket {
     async fn batch_get_chunk(&self, keys: &[String]) -> Result<HashMap<String, Vec<u8>>> {
         let mut pending: Vec<Item> = keys.iter().map(|key| self.key(key)).collect();
         let mut found = HashMap::new();
-        let now = now_secs();
+        let now = clock::now_ms();
         for round in 0..UNPROCESSED_ROUNDS {
             if pending.is_empty() {
                 return Ok(found);
@@ -381,7 +408,7 @@ impl ConditionalStore for DynamoBucket {
         let Some(item) = DynamoBucket::read(self, key).await? else {
             return Ok(Read::Missing);
         };
-        let live = is_live(&item, now_secs());
+        let live = is_live(&item, clock::now_ms());
         let version = match item.get(ATTR_VERSION) {
             Some(AttributeValue::S(version)) => version.clone(),
             _ => String::new(),
@@ -393,7 +420,7 @@ impl ConditionalStore for DynamoBucket {
         Ok(Read::Found(Snapshot {
             value: if live { value_of(&item)? } else { Vec::new() },
             version,
-            expires_at_ms: expires(&item).map(|secs| secs.max(0).unsigned_abs() * 1000),
+            expires_at_ms: expires_ms(&item),
             journal,
         }))
     }
@@ -448,21 +475,27 @@ impl Bucket for DynamoBucket {
     }
 
     async fn set_with_ttl(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
-        let expires_at = clock::expires_at_ms(ttl).div_ceil(1000);
-        let expires_at = i64::try_from(expires_at).unwrap_or(i64::MAX);
+        let expires_at = clock::expires_at_ms(ttl);
         self.put(self.value_item(key, value, Some(expires_at)))
             .await
     }
 
+    /// A tombstone replaces the item, if there is one (a key with no item needs none).
     async fn delete(&self, key: &str) -> Result<()> {
-        self.client
-            .delete_item()
+        let result = self
+            .client
+            .put_item()
             .table_name(self.table.as_ref())
-            .set_key(Some(self.key(key)))
+            .set_item(Some(self.tombstone(key)))
+            .condition_expression("attribute_exists(#k)")
+            .expression_attribute_names("#k", ATTR_KEY)
             .send()
-            .await
-            .map(drop)
-            .map_err(|err| map_sdk_error("DeleteItem", err))
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) if is_conditional_failure(&err) => Ok(()),
+            Err(err) => Err(map_sdk_error("PutItem tombstone", err)),
+        }
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
@@ -472,13 +505,16 @@ impl Bucket for DynamoBucket {
             .table_name(self.table.as_ref())
             .set_key(Some(self.key(key)))
             .consistent_read(true)
-            .projection_expression("#k, #e")
+            .projection_expression("#k, #e, #u")
             .expression_attribute_names("#k", ATTR_KEY)
             .expression_attribute_names("#e", ATTR_EXPIRES)
+            .expression_attribute_names("#u", ATTR_UNTIL)
             .send()
             .await
             .map_err(|err| map_sdk_error("GetItem", err))?;
-        Ok(output.item.is_some_and(|item| is_live(&item, now_secs())))
+        Ok(output
+            .item
+            .is_some_and(|item| is_live(&item, clock::now_ms())))
     }
 
     async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {
@@ -488,13 +524,19 @@ impl Bucket for DynamoBucket {
             .query()
             .table_name(self.table.as_ref())
             .key_condition_expression("#ns = :ns")
-            .filter_expression("attribute_not_exists(#e) OR #e > :now")
+            // Live as in `is_live`: by `until`, or by `exp` for items written before it.
+            .filter_expression(
+                "(attribute_exists(#u) AND #u > :now_ms) \
+                 OR (attribute_not_exists(#u) AND (attribute_not_exists(#e) OR #e > :now))",
+            )
             .projection_expression("#k")
             .expression_attribute_names("#ns", ATTR_NAMESPACE)
             .expression_attribute_names("#k", ATTR_KEY)
             .expression_attribute_names("#e", ATTR_EXPIRES)
+            .expression_attribute_names("#u", ATTR_UNTIL)
             .expression_attribute_values(":ns", s(&self.namespace))
-            .expression_attribute_values(":now", n(now_secs()))
+            .expression_attribute_values(":now", n(clock::now_secs()))
+            .expression_attribute_values(":now_ms", n(clock::now_ms()))
             .consistent_read(true)
             .limit(i32::try_from(limit).unwrap_or(1000))
             .set_exclusive_start_key(start)
@@ -577,12 +619,14 @@ impl Bucket for DynamoBucket {
         unique.sort();
         unique.dedup();
         let mut requests = Vec::new();
+        // BatchWriteItem takes no conditions: every key gets a tombstone, which DynamoDB
+        // removes after the retention.
         for key in unique {
-            let delete = DeleteRequest::builder()
-                .set_key(Some(self.key(key)))
+            let put = PutRequest::builder()
+                .set_item(Some(self.tombstone(key)))
                 .build()
-                .map_err(|err| KvError::internal(format!("dynamodb DeleteRequest: {err}")))?;
-            requests.push(WriteRequest::builder().delete_request(delete).build());
+                .map_err(|err| KvError::internal(format!("dynamodb PutRequest: {err}")))?;
+            requests.push(WriteRequest::builder().put_request(put).build());
         }
         self.batch_write(requests).await
     }
@@ -634,8 +678,8 @@ mod tests {
         let entry = journal.split(';').next().unwrap_or_default();
         assert_eq!(entry.len() + 1, MAX_JOURNAL_ENTRY_BYTES);
         assert_eq!(MAX_JOURNAL_BYTES, 6_015);
-        assert_eq!(MAX_ITEM_OVERHEAD_BYTES, 7_360);
-        assert_eq!(MAX_VALUE_BYTES, 402_240);
+        assert_eq!(MAX_ITEM_OVERHEAD_BYTES, 7_386);
+        assert_eq!(MAX_VALUE_BYTES, 402_214);
     }
 
     /// The worst item this provider writes, built by its own code, fits DynamoDB's limit:
@@ -660,7 +704,7 @@ mod tests {
         let item = bucket.journaled_item(&"k".repeat(MAX_KEY_BYTES), write);
         let size = item_bytes(&item);
         assert!(size <= MAX_ITEM_BYTES, "{size}");
-        // Only the expiry's number is below its bound (no expiry has 38 digits).
-        assert!(MAX_ITEM_BYTES - size < MAX_NUMBER_BYTES, "{size}");
+        // Only the expiry's two numbers are below their bound (no expiry has 38 digits).
+        assert!(MAX_ITEM_BYTES - size < 2 * MAX_NUMBER_BYTES, "{size}");
     }
 }

@@ -10,12 +10,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use kv_aws::store::{
-    ATTR_EXPIRES, ATTR_JOURNAL, ATTR_KEY, ATTR_NAMESPACE, ATTR_VALUE, ATTR_VERSION, MAX_ITEM_BYTES,
-    MAX_VALUE_BYTES, item_bytes,
+    ATTR_EXPIRES, ATTR_JOURNAL, ATTR_KEY, ATTR_NAMESPACE, ATTR_UNTIL, ATTR_VALUE, ATTR_VERSION,
+    MAX_ITEM_BYTES, MAX_VALUE_BYTES, item_bytes,
 };
 use kv_aws::{DynamoConfig, DynamoProvider};
 use kv_core::rmw::JOURNAL_LEN;
-use kv_core::{Access, ErrorKind, KvStore, Limits, Provider, Stores, SwapOutcome, Version};
+use kv_core::{Access, ErrorKind, KvStore, Limits, Provider, Stores, SwapOutcome};
 use kv_testkit::emulator::DynamoDbLocal;
 use kv_testkit::provider_tests::{self, TestResult, check};
 use libtest_mimic::Failed;
@@ -260,20 +260,107 @@ async fn expired_item_still_present_is_invisible(local: DynamoDbLocal) -> TestRe
         "get-many",
     )?;
     check(store.list_keys(None).await?.keys.is_empty(), "list-keys")?;
-    check(
-        store.read_versioned("gone").await?.version == Version::Absent,
-        "cas read",
-    )?;
+    let handle = store.read_versioned("gone").await?;
+    check(handle.value.is_none(), "cas read")?;
     check(
         store.increment("counter", 1).await? == 1,
         "increment starts at 0",
     )?;
-    let swapped = store
-        .swap("gone", &Version::Absent, b"new".to_vec())
-        .await?;
+    let swapped = store.swap("gone", &handle.version, b"new".to_vec()).await?;
     check(
         swapped == kv_core::SwapOutcome::Swapped,
-        "swap expecting absent inserts over an expired item",
+        "a handle on the expired item inserts over it",
+    )?;
+    Ok(())
+}
+
+fn number(item: &HashMap<String, AttributeValue>, name: &str) -> Result<u64, Failed> {
+    match item.get(name) {
+        Some(AttributeValue::N(text)) => text.parse().map_err(|_| Failed::from(text.clone())),
+        other => Err(Failed::from(format!("{name}: {other:?}"))),
+    }
+}
+
+/// A delete leaves a tombstone (no value, a new version, expired at the deletion) that
+/// DynamoDB may remove only ten minutes later, and so does an expiring value: a CAS handle
+/// taken on the missing key sees it was written and deleted since (S7, no ABA). Every read
+/// treats the tombstone as missing.
+async fn deletes_leave_tombstones(local: DynamoDbLocal) -> TestResult {
+    let provider = provider(&local).await?;
+    let store = store(provider.clone(), "tombstones").await?;
+    let retention = kv_core::rmw::TOMBSTONE_RETENTION.as_secs();
+    store.set("a", b"1".to_vec()).await?;
+    store.set("b", b"2".to_vec()).await?;
+    store.set_with_ttl("t", b"3".to_vec(), 60_000).await?;
+    let ttl = raw_item(&provider, "tombstones", "t").await?;
+    check(
+        number(&ttl, ATTR_EXPIRES)? == number(&ttl, ATTR_UNTIL)? / 1000 + retention,
+        format!("DynamoDB removes an expired value only after the retention: {ttl:?}"),
+    )?;
+    let handle = store.read_versioned("a").await?;
+    store.delete("a").await?;
+    store
+        .delete_many(&["b".to_string(), "b".to_string()])
+        .await?;
+    store.delete("never").await?;
+    let now_ms = u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0),
+    )
+    .unwrap_or(u64::MAX);
+    for key in ["a", "b"] {
+        let tombstone = raw_item(&provider, "tombstones", key).await?;
+        check(
+            !tombstone.contains_key(ATTR_VALUE) && tombstone.contains_key(ATTR_VERSION),
+            format!("{key}: a tombstone has a version and no value: {tombstone:?}"),
+        )?;
+        let until = number(&tombstone, ATTR_UNTIL)?;
+        check(
+            until <= now_ms && number(&tombstone, ATTR_EXPIRES)? == until / 1000 + retention,
+            format!("{key}: expired now, removed after the retention: {tombstone:?}"),
+        )?;
+    }
+    check(
+        raw_item(&provider, "tombstones", "never").await.is_err(),
+        "deleting a key that has no item writes nothing",
+    )?;
+    for key in ["a", "b"] {
+        check(store.get(key).await?.is_none(), format!("get {key}"))?;
+        check(!store.exists(key).await?, format!("exists {key}"))?;
+    }
+    check(
+        store.get_many(&["a".to_string(), "b".to_string()]).await? == vec![None, None],
+        "get-many",
+    )?;
+    check(
+        store.list_keys(None).await?.keys == vec!["t".to_string()],
+        "list-keys skips tombstones",
+    )?;
+    // The handle on the live value, and one on the tombstone, after a write and a delete.
+    check(
+        store.swap("a", &handle.version, b"x".to_vec()).await? == SwapOutcome::Conflict,
+        "a deleted value's handle",
+    )?;
+    let on_tombstone = store.read_versioned("a").await?;
+    store.set("a", b"again".to_vec()).await?;
+    store.delete("a").await?;
+    check(
+        store
+            .swap("a", &on_tombstone.version, b"x".to_vec())
+            .await?
+            == SwapOutcome::Conflict,
+        "missing -> written -> deleted is a change",
+    )?;
+    let fresh = store.read_versioned("a").await?;
+    check(
+        store.swap("a", &fresh.version, b"x".to_vec()).await? == SwapOutcome::Swapped,
+        "an unchanged tombstone's handle inserts",
+    )?;
+    check(
+        store.increment("b", 5).await? == 5,
+        "a counter restarts over a tombstone",
     )?;
     Ok(())
 }
@@ -341,6 +428,9 @@ fn main() -> ExitCode {
                 "expired_item_still_present_is_invisible_to_every_operation",
                 |l| Box::pin(expired_item_still_present_is_invisible(l)),
             ),
+            ("deletes_leave_tombstones_that_every_read_skips", |l| {
+                Box::pin(deletes_leave_tombstones(l))
+            }),
             ("two_stores_in_one_table_are_isolated", |l| {
                 Box::pin(stores_in_one_table_are_isolated(l))
             }),

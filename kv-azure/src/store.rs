@@ -8,7 +8,9 @@
 //!   listing returns.
 //! - `v` = the value in base64; counters are decimal values like any other.
 //! - `exp` = expiry in Unix ms, filtered on every read; `ttl` = seconds, so the service deletes
-//!   expired items eventually (the local server never does).
+//!   expired items eventually (the local server never does), ten minutes after `exp`.
+//! - delete: a tombstone, an item with an empty `v` expired at the deletion, so a CAS handle
+//!   taken on the missing key sees it was written and deleted since (`kv_core::rmw`).
 //! - CAS and increment: ETag `If-Match`; create-if-absent: create (409 = exists); `j` = the
 //!   journal that makes a retried increment or swap apply once (`kv_core::rmw`).
 //! - list-keys: a parameterised query per shard, the SDK's continuation token in the cursor.
@@ -61,6 +63,11 @@ fn shard(key: &str) -> u8 {
 /// The partition key value of a shard of a namespace.
 fn partition(namespace: &str, shard: u8) -> String {
     format!("{}{shard:x}", namespace_prefix(namespace))
+}
+
+/// Where `key` of `namespace` is stored: its partition key value and item id.
+pub fn item_location(namespace: &str, key: &str) -> (String, String) {
+    (partition(namespace, shard(key)), item_id(key))
 }
 
 /// The stored item.
@@ -143,6 +150,8 @@ enum Condition {
     Absent,
     /// Only if the item still has this ETag (replace; 412 or 404 = lost).
     Matches(Etag),
+    /// Only if an item exists, whatever its ETag (replace; 404 = nothing to replace).
+    Exists,
 }
 
 struct CosmosBucket {
@@ -152,7 +161,7 @@ struct CosmosBucket {
 
 impl CosmosBucket {
     fn locate(&self, key: &str) -> (String, String) {
-        (partition(&self.namespace, shard(key)), item_id(key))
+        item_location(&self.namespace, key)
     }
 
     /// The stored item (expired or not) and its ETag.
@@ -193,9 +202,12 @@ impl CosmosBucket {
         condition: Condition,
     ) -> Result<bool> {
         let (pk, id) = self.locate(key);
-        // The service's `ttl` counts from this write; `exp` is what reads check.
+        // The service's `ttl` counts from this write; `exp` is what reads check. The service
+        // removes an expired item only a tombstone's retention after `exp` (rmw::TOMBSTONE_RETENTION).
         let now = clock::now_ms();
-        let ttl_secs = expires_at_ms.map(|at| at.saturating_sub(now).div_ceil(1000).max(1));
+        let ttl_secs = expires_at_ms.map(|at| {
+            at.saturating_sub(now).div_ceil(1000).max(1) + rmw::TOMBSTONE_RETENTION.as_secs()
+        });
         let item = Item {
             id: id.clone(),
             pk: pk.clone(),
@@ -217,6 +229,7 @@ impl CosmosBucket {
                     .replace_item(pk, &id, &item, Some(options))
                     .await
             }
+            Condition::Exists => self.container.replace_item(pk, &id, &item, None).await,
         };
         match result {
             Ok(_) => Ok(true),
@@ -365,13 +378,13 @@ impl Bucket for CosmosBucket {
         Ok(())
     }
 
+    /// Replaces the item with a tombstone (no value, expired now), which the service removes
+    /// after rmw::TOMBSTONE_RETENTION: a CAS handle taken before can tell the key was deleted
+    /// (S7). A key with no item needs none.
     async fn delete(&self, key: &str) -> Result<()> {
-        let (pk, id) = self.locate(key);
-        match self.container.delete_item(pk, &id, None).await {
-            Ok(_) => Ok(()),
-            Err(err) if outcome(&err) == Outcome::NotFound => Ok(()),
-            Err(err) => Err(map_error("delete", err)),
-        }
+        self.write(key, b"", Some(clock::now_ms()), None, Condition::Exists)
+            .await
+            .map(drop)
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {

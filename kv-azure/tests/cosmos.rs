@@ -254,6 +254,92 @@ async fn entra_id_token_auth(server: CosmosServer) -> TestResult {
     )
 }
 
+/// The stored item of `key`, as JSON.
+async fn raw_item(
+    server: &CosmosServer,
+    namespace: &str,
+    key: &str,
+) -> Result<Option<serde_json::Value>, Failed> {
+    let container = kv_azure::client::connect(&config(server)).await?;
+    let (pk, id) = kv_azure::store::item_location(namespace, key);
+    match container.read_item(pk, &id, None).await {
+        Ok(response) => Ok(Some(
+            response
+                .into_model()
+                .map_err(|err| Failed::from(err.to_string()))?,
+        )),
+        Err(err) if err.status().is_not_found() => Ok(None),
+        Err(err) => Err(Failed::from(err.to_string())),
+    }
+}
+
+/// A delete leaves a tombstone (an empty value expired at the deletion) that the service
+/// removes only ten minutes later, and an expiring value stays as long past its expiry: every
+/// read treats the tombstone as missing, and a CAS handle taken on the missing key sees it
+/// was written and deleted since (S7, no ABA).
+async fn deletes_leave_tombstones(server: CosmosServer) -> TestResult {
+    let store = store(provider(&server).await?, "tombstones").await?;
+    let retention = kv_core::rmw::TOMBSTONE_RETENTION.as_secs();
+    store.set("a", b"1".to_vec()).await?;
+    store.set("b", b"2".to_vec()).await?;
+    store.set_with_ttl("t", b"3".to_vec(), 60_000).await?;
+    let ttl = raw_item(&server, "tombstones", "t")
+        .await?
+        .ok_or("no item t")?;
+    check(
+        ttl["ttl"].as_u64() == Some(60 + retention),
+        format!("removed ten minutes after it expires: {ttl}"),
+    )?;
+    let handle = store.read_versioned("a").await?;
+    store.delete("a").await?;
+    store
+        .delete_many(&["b".to_string(), "never".to_string()])
+        .await?;
+    for key in ["a", "b"] {
+        let item = raw_item(&server, "tombstones", key)
+            .await?
+            .ok_or(format!("no tombstone for {key}"))?;
+        check(
+            item["v"] == "" && item["exp"].is_u64() && item["ttl"].as_u64() == Some(retention + 1),
+            format!("{key}: a tombstone: {item}"),
+        )?;
+        check(store.get(key).await?.is_none(), format!("get {key}"))?;
+        check(!store.exists(key).await?, format!("exists {key}"))?;
+    }
+    check(
+        raw_item(&server, "tombstones", "never").await?.is_none(),
+        "deleting a key that has no item writes nothing",
+    )?;
+    check(
+        list_all(&store).await? == vec!["t".to_string()],
+        "list-keys skips tombstones",
+    )?;
+    check(
+        store.swap("a", &handle.version, b"x".to_vec()).await? == kv_core::SwapOutcome::Conflict,
+        "a deleted value's handle",
+    )?;
+    let on_tombstone = store.read_versioned("a").await?;
+    store.set("a", b"again".to_vec()).await?;
+    store.delete("a").await?;
+    check(
+        store
+            .swap("a", &on_tombstone.version, b"x".to_vec())
+            .await?
+            == kv_core::SwapOutcome::Conflict,
+        "missing -> written -> deleted is a change",
+    )?;
+    let fresh = store.read_versioned("a").await?;
+    check(
+        store.swap("a", &fresh.version, b"x".to_vec()).await? == kv_core::SwapOutcome::Swapped,
+        "an unchanged tombstone's handle inserts",
+    )?;
+    check(
+        store.increment("b", 5).await? == 5,
+        "a counter restarts over a tombstone",
+    )?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     kv_testkit::stay_on_loopback();
     provider_tests::main::<CosmosServer>(
@@ -272,6 +358,9 @@ fn main() -> ExitCode {
             }),
             ("concurrent_increments_8x50_exact", |s| {
                 Box::pin(concurrent_increments_exact(s))
+            }),
+            ("deletes_leave_tombstones_that_every_read_skips", |s| {
+                Box::pin(deletes_leave_tombstones(s))
             }),
             (
                 "emulator_stop_gives_unavailable_and_restart_recovers",

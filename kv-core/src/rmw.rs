@@ -22,6 +22,12 @@
 //! - otherwise (a plain `set` replaced the key, or more than [`JOURNAL_LEN`] writes happened
 //!   since): the outcome cannot be known, and the call fails with
 //!   `unavailable: outcome unknown`. It never applies twice.
+//!
+//! **Tombstones.** A delete leaves an empty item expired at the deletion, with a new version,
+//! kept for [`TOMBSTONE_RETENTION`] (providers keep expiring values as long past their
+//! expiry). A CAS handle on a missing key carries that item's version, or, where there was no
+//! item, the time it looked; [`swap`] inserts only if nothing was written and removed since
+//! (S7: no ABA from a missing key either).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -119,7 +125,8 @@ pub struct Write {
 /// A backend's consistent read and conditional write of one key.
 #[async_trait]
 pub trait ConditionalStore: Send + Sync {
-    /// The key's stored state.
+    /// The key's stored state. A key deleted or expired less than [`TOMBSTONE_RETENTION`] ago
+    /// is `Found` (a tombstone: expired, with a version), never `Missing`.
     async fn read(&self, key: &str) -> Result<Read>;
 
     /// Stores `write` only if `expect` holds; `Ok(false)` when it did not (the race was lost,
@@ -466,20 +473,66 @@ pub async fn increment_within<S: ConditionalStore + ?Sized>(
 }
 
 /// The version a guest's CAS handle carries for `read`: the backend version of a live value;
-/// absent for a missing or expired key (expired keys are missing to the guest).
+/// for a key missing to the guest, the tombstone or expired item it found, or the time at
+/// which it found no item at all ([`swap`] says what each allows).
 pub fn version_of(read: &Read) -> Version {
     match read {
         Read::Found(snapshot) if clock::is_live(snapshot.expires_at_ms, clock::now_ms()) => {
             Version::Tag(snapshot.version.clone())
         }
-        _ => Version::Absent,
+        Read::Found(snapshot) => Version::Tag(format!("{GONE_AT}{}", snapshot.version)),
+        Read::Missing => Version::Tag(format!("{MISSING_SINCE}{}", clock::now_ms())),
+        Read::Raced => Version::Absent,
     }
+}
+
+/// How long a deleted or expired key's item stays readable (a tombstone) before the backend
+/// may remove it. Every [`ConditionalStore`] keeps this promise: a delete writes a tombstone
+/// (an item expired at the deletion, without a value) that is kept this long, and an expiring
+/// value is kept this long past its expiry. So a key seen with no item at all cannot have been
+/// written and removed since, if it was seen less than [`ABSENCE_HANDLE_LIFETIME`] ago.
+pub const TOMBSTONE_RETENTION: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How long a CAS handle taken on a key with no item at all can insert it. Half of
+/// [`TOMBSTONE_RETENTION`]: a tombstone written after the handle was taken is surely still
+/// there (the other half covers clock skew between the host and the backend's expiry). An
+/// older handle gets `cas-failed` and a fresh handle rather than a guess.
+pub const ABSENCE_HANDLE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A handle's version for a key with no item: this prefix and the Unix milliseconds at which
+/// the absence was seen. No backend version contains `@`.
+const MISSING_SINCE: &str = "missing@";
+
+/// A handle's version for a key whose item is expired or a tombstone: this prefix and that
+/// item's version.
+const GONE_AT: &str = "gone@";
+
+/// What `swap` must find for a key that is missing to the guest: the same tombstone or
+/// expired item, or, for a handle taken on no item at all, still no item, seen recently
+/// enough that a delete in between would have left a tombstone. `None` when the key changed
+/// or the handle is too old to tell.
+fn unchanged_absence(tag: &str, read: &Read, now_ms: u64) -> Option<Expect> {
+    if let Some(version) = tag.strip_prefix(GONE_AT) {
+        return match read {
+            Read::Found(snapshot) if snapshot.version == version => {
+                Some(Expect::Version(snapshot.version.clone()))
+            }
+            _ => None,
+        };
+    }
+    let since: u64 = tag.strip_prefix(MISSING_SINCE)?.parse().ok()?;
+    let lifetime = u64::try_from(ABSENCE_HANDLE_LIFETIME.as_millis()).unwrap_or(u64::MAX);
+    (matches!(read, Read::Missing) && now_ms.saturating_sub(since) < lifetime)
+        .then_some(Expect::Absent)
 }
 
 /// Writes `value` if `key` is still at `expected` (a version from [`version_of`]), exactly
 /// once for the call of `attempt` however often it is retried (each retry with the same
-/// [`Attempt`]). Expecting absence also matches an expired
-/// item, which is then replaced under its own version. The write clears any expiry, like `set`.
+/// [`Attempt`]). A handle taken on a missing key inserts only if the key was not written and
+/// removed since (S7, no ABA): the same tombstone or expired item is still there, which is
+/// then replaced under its own version, or there is still no item and the handle is younger
+/// than [`ABSENCE_HANDLE_LIFETIME`]. [`Version::Absent`] (no read) matches any missing key.
+/// The write clears any expiry, like `set`.
 pub async fn swap<S: ConditionalStore + ?Sized>(
     store: &S,
     key: &str,
@@ -503,6 +556,7 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
         Earlier::NotApplied => {}
     }
     let condition = match (expected, &read) {
+        // A version from no read (an embedder's "insert if missing"): no live item.
         (Version::Absent, Read::Missing) => Expect::Absent,
         (Version::Absent, Read::Found(snapshot))
             if !clock::is_live(snapshot.expires_at_ms, clock::now_ms()) =>
@@ -512,6 +566,10 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
         (Version::Tag(tag), Read::Found(snapshot)) if snapshot.version == *tag => {
             Expect::Version(tag.clone())
         }
+        (Version::Tag(tag), read) => match unchanged_absence(tag, read, clock::now_ms()) {
+            Some(condition) => condition,
+            None => return Ok(SwapOutcome::Conflict),
+        },
         _ => return Ok(SwapOutcome::Conflict),
     };
     let base = condition.fingerprint();
@@ -994,9 +1052,9 @@ mod tests {
         let store = Versioned::default();
         store.put("k", b"old", Some(1));
         let read = read_versioned(&store, "k").await.unwrap();
-        assert_eq!((read.value, &read.version), (None, &Version::Absent));
+        assert_eq!(read.value, None);
         let (mut first, mut second) = (Attempt::new(), Attempt::new());
-        let outcome = swap(&store, "k", &Version::Absent, b"new", &mut first).await;
+        let outcome = swap(&store, "k", &read.version, b"new", &mut first).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
         assert_eq!(store.value("k"), b"new");
         assert_eq!(
@@ -1007,6 +1065,43 @@ mod tests {
         // A live key is not absent.
         let outcome = swap(&store, "k", &Version::Absent, b"x", &mut second).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Conflict);
+    }
+
+    /// S7, no ABA from a missing key: a handle taken on a missing key does not insert once
+    /// the key was written and deleted (or expired) since, whether it first had no item or a
+    /// tombstone; nor once it is too old for every such change to have left a tombstone.
+    #[tokio::test]
+    async fn absence_written_and_removed_since_is_a_change() {
+        let store = Versioned::default();
+        // No item at all: someone writes and deletes it (a tombstone stays).
+        let missing = read_versioned(&store, "k").await.unwrap();
+        assert_eq!(missing.value, None);
+        store.put("k", b"a", None);
+        store.put("k", b"", Some(1));
+        let outcome = swap(&store, "k", &missing.version, b"v", &mut Attempt::new()).await;
+        assert_eq!(outcome.unwrap(), SwapOutcome::Conflict);
+        // A tombstone: written and deleted again.
+        let gone = read_versioned(&store, "k").await.unwrap();
+        assert_eq!(gone.value, None);
+        store.put("k", b"b", None);
+        store.put("k", b"", Some(1));
+        let outcome = swap(&store, "k", &gone.version, b"v", &mut Attempt::new()).await;
+        assert_eq!(outcome.unwrap(), SwapOutcome::Conflict);
+        // Unchanged since: the handle inserts, over the tombstone or where no item is.
+        let gone = read_versioned(&store, "k").await.unwrap();
+        let outcome = swap(&store, "k", &gone.version, b"v", &mut Attempt::new()).await;
+        assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
+        let missing = read_versioned(&store, "m").await.unwrap();
+        let outcome = swap(&store, "m", &missing.version, b"v", &mut Attempt::new()).await;
+        assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
+        // A handle on no item, older than a tombstone surely lasts: a conflict, not a guess.
+        let lifetime = u64::try_from(ABSENCE_HANDLE_LIFETIME.as_millis()).unwrap();
+        let old = Version::Tag(format!("{MISSING_SINCE}{}", clock::now_ms() - lifetime));
+        let outcome = swap(&store, "old", &old, b"v", &mut Attempt::new()).await;
+        assert_eq!(outcome.unwrap(), SwapOutcome::Conflict);
+        let fresh = Version::Tag(format!("{MISSING_SINCE}{}", clock::now_ms() - 1_000));
+        let outcome = swap(&store, "old", &fresh, b"v", &mut Attempt::new()).await;
+        assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
     }
 
     #[tokio::test]

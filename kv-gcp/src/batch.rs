@@ -1,5 +1,10 @@
-//! Cloud Storage JSON API batch requests, for `delete-many`: up to [`MAX_BATCH_CALLS`] object
-//! deletes in one `POST {endpoint}/batch/storage/v1`, answered part by part.
+//! Cloud Storage JSON API batch requests, for `delete-many`: up to [`MAX_BATCH_CALLS`] deletes
+//! in one `POST {endpoint}/batch/storage/v1`, answered part by part.
+//!
+//! A delete leaves a tombstone (`crate::store`): an empty object expired at the deletion. A
+//! batch cannot carry uploads, so each part copies an empty template object onto the name
+//! (`POST …/o/{template}/copyTo/b/{bucket}/o/{name}`) with the tombstone's metadata in the
+//! body, which makes a new generation like an upload does.
 //!
 //! A call is spread over up to [`BATCHES_IN_FLIGHT`] requests (16, as many as single deletes
 //! had), not packed into as few as possible: a server may run a batch's parts one after another
@@ -10,15 +15,14 @@
 //! 200-entry part of the host is thus 16 requests instead of 200; larger calls fill batches up
 //! to 100.
 //!
-//! The request is a `multipart/mixed` body of `application/http` parts, each one
-//! `DELETE {api path}/b/{bucket}/o/{object}` with `Content-ID: <kv-delete-N>`, N being the
-//! entry's position in that batch. The answer is a `multipart/mixed` body (its boundary from the
-//! `Content-Type` header) of sub-responses, matched back to entries by their Content-ID
-//! (`<response-kv-delete-N>`), never by position. Every sub-response is classified like a
-//! single delete: 2xx and 404 (already missing) are deleted; other statuses map as in
-//! [`crate::error`]. An entry whose answer is missing or unreadable failed (its outcome is
-//! unknown; deleting again is harmless). The outer request carries the client's credentials;
-//! Cloud Storage applies them to every part.
+//! The request is a `multipart/mixed` body of `application/http` parts, each one copy with
+//! `Content-ID: <kv-delete-N>`, N being the entry's position in that batch. The answer is a
+//! `multipart/mixed` body (its boundary from the `Content-Type` header) of sub-responses,
+//! matched back to entries by their Content-ID (`<response-kv-delete-N>`), never by position.
+//! 2xx is deleted; 404 means the template is missing (the caller makes it again before the
+//! retry); other statuses map as in [`crate::error`]. An entry whose answer is missing or
+//! unreadable failed (its outcome is unknown; deleting again is harmless). The outer request
+//! carries the client's credentials; Cloud Storage applies them to every part.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +46,8 @@ pub fn batch_size(entries: usize) -> usize {
         .clamp(1, MAX_BATCH_CALLS)
 }
 /// The boundary of our request bodies. `+` never occurs unescaped in a part (object names are
-/// percent-encoded in the path, and the part headers are fixed), so no part contains it.
+/// percent-encoded in the path, the part headers are fixed, and the JSON bodies hold digits
+/// and a time in UTC written with `Z`), so no part contains it.
 const BOUNDARY: &str = "kv+batch+boundary";
 /// Content-ID of the N-th delete of a batch: `<kv-delete-N>`.
 const CONTENT_ID_PREFIX: &str = "kv-delete-";
@@ -104,13 +109,25 @@ impl BatchClient {
         })
     }
 
-    /// Deletes every object of `names` in `bucket`, in batch requests of at most
-    /// [`MAX_BATCH_CALLS`], [`BATCHES_IN_FLIGHT`] at once. Missing objects are fine. Fails if
-    /// any entry failed or got no answer, saying how many; the others were deleted.
-    pub async fn delete_objects(&self, bucket: &str, names: &[String]) -> Result<()> {
+    /// Copies `template` onto every object of `names` in `bucket`, each with the object
+    /// resource `object` (JSON: the tombstone's metadata), in batch requests of at most
+    /// [`MAX_BATCH_CALLS`], [`BATCHES_IN_FLIGHT`] at once. Fails if any entry failed or got no
+    /// answer, saying how many; the others were written.
+    pub async fn copy_onto(
+        &self,
+        bucket: &str,
+        template: &str,
+        names: &[String],
+        object: &str,
+    ) -> CopyOutcome {
+        let copy = Copy {
+            bucket,
+            template,
+            object,
+        };
         let batches: Vec<_> = names
             .chunks(batch_size(names.len()))
-            .map(|chunk| self.delete_batch(bucket, chunk))
+            .map(|chunk| self.copy_batch(&copy, chunk))
             .collect();
         let answers: Vec<Failures> = futures::stream::iter(batches)
             .buffer_unordered(BATCHES_IN_FLIGHT)
@@ -120,13 +137,16 @@ impl BatchClient {
         for answer in answers {
             failures.merge(answer);
         }
-        failures.into_result(names.len())
+        CopyOutcome {
+            template_missing: failures.template_missing,
+            result: failures.into_result(names.len()),
+        }
     }
 
     /// One batch request; what failed in it.
-    async fn delete_batch(&self, bucket: &str, names: &[String]) -> Failures {
+    async fn copy_batch(&self, copy: &Copy<'_>, names: &[String]) -> Failures {
         let mut failures = Failures::default();
-        match self.send(bucket, names).await {
+        match self.send(copy, names).await {
             Ok((content_type, body)) => {
                 let outcomes = match parse_response(&content_type, &body, names.len()) {
                     Ok(outcomes) => outcomes,
@@ -137,6 +157,7 @@ impl BatchClient {
                 };
                 for outcome in outcomes {
                     if let Err(err) = outcome {
+                        failures.template_missing |= err.message() == TEMPLATE_MISSING;
                         failures.add(1, err);
                     }
                 }
@@ -147,7 +168,7 @@ impl BatchClient {
     }
 
     /// Sends one batch request; the answer's `Content-Type` and body, if it is a success.
-    async fn send(&self, bucket: &str, names: &[String]) -> Result<(String, Vec<u8>)> {
+    async fn send(&self, copy: &Copy<'_>, names: &[String]) -> Result<(String, Vec<u8>)> {
         let mut request = self
             .http
             .post(&self.url)
@@ -155,7 +176,7 @@ impl BatchClient {
                 reqwest::header::CONTENT_TYPE,
                 format!("multipart/mixed; boundary={BOUNDARY}"),
             )
-            .body(delete_body(&self.api_path, bucket, names));
+            .body(copy_body(&self.api_path, copy, names));
         if let Some(auth) = &self.auth {
             let token = auth().await.map_err(|err| map_token(OP, err))?;
             request = request.header(reqwest::header::AUTHORIZATION, token);
@@ -187,10 +208,31 @@ impl BatchClient {
 
 /// The operation named in error messages.
 const OP: &str = "batch delete";
+/// A part's error when its copy's source is gone.
+const TEMPLATE_MISSING: &str = "gcs batch delete: the tombstone template object is missing";
 
-/// The body of a batch request deleting `names` from `bucket`.
-fn delete_body(api_path: &str, bucket: &str, names: &[String]) -> String {
+/// What [`BatchClient::copy_onto`] did.
+#[derive(Debug)]
+pub struct CopyOutcome {
+    /// `Ok` when every entry was written.
+    pub result: Result<()>,
+    /// Some part was answered 404: the template is gone, and must be made again.
+    pub template_missing: bool,
+}
+
+/// What every part of one call copies, and where.
+struct Copy<'a> {
+    bucket: &'a str,
+    /// The source object's name.
+    template: &'a str,
+    /// The destination's object resource, JSON.
+    object: &'a str,
+}
+
+/// The body of a batch request copying the template onto `names`.
+fn copy_body(api_path: &str, copy: &Copy<'_>, names: &[String]) -> String {
     let mut body = String::new();
+    let bucket = escape(copy.bucket);
     for (index, name) in names.iter().enumerate() {
         body.push_str(&format!(
             "--{BOUNDARY}\r\n\
@@ -198,12 +240,15 @@ fn delete_body(api_path: &str, bucket: &str, names: &[String]) -> String {
              Content-ID: <{CONTENT_ID_PREFIX}{index}>\r\n\
              Content-Transfer-Encoding: binary\r\n\
              \r\n\
-             DELETE {api_path}/b/{}/o/{} HTTP/1.1\r\n\
-             Content-Length: 0\r\n\
+             POST {api_path}/b/{bucket}/o/{}/copyTo/b/{bucket}/o/{} HTTP/1.1\r\n\
+             Content-Type: application/json; charset=UTF-8\r\n\
+             Content-Length: {}\r\n\
              \r\n\
-             \r\n",
-            escape(bucket),
+             {}\r\n",
+            escape(copy.template),
             escape(name),
+            copy.object.len(),
+            copy.object,
         ));
     }
     body.push_str(&format!("--{BOUNDARY}--\r\n"));
@@ -397,10 +442,12 @@ impl SubResponse {
         })
     }
 
-    /// Like a single delete: 2xx deleted, 404 already missing, the rest as in `error.rs`.
+    /// 2xx written; 404, the template is missing (transient: the caller makes it again); the
+    /// rest as in `error.rs`.
     fn outcome(&self) -> Result<()> {
         match self.status {
-            200..=299 | 404 => Ok(()),
+            200..=299 => Ok(()),
+            404 => Err(KvError::unavailable(TEMPLATE_MISSING)),
             status => {
                 let err = map_status(OP, status, &self.body);
                 Err(match self.retry_after {
@@ -415,6 +462,8 @@ impl SubResponse {
 /// Failed entries of one or more batches, and the error that stands for them.
 #[derive(Default)]
 struct Failures {
+    /// A part was answered 404.
+    template_missing: bool,
     count: usize,
     first: Option<KvError>,
     retry_after: Option<Duration>,
@@ -436,6 +485,7 @@ impl Failures {
     }
 
     fn merge(&mut self, other: Failures) {
+        self.template_missing |= other.template_missing;
         if let Some(err) = other.first {
             let retry_after = self.retry_after.max(other.retry_after);
             self.add(other.count, err);
@@ -472,12 +522,19 @@ mod tests {
     #[test]
     fn request_body_escapes_names_and_numbers_parts() {
         let names = vec!["p/kv/1/a/x y".to_string(), "p/kv/1/a/é+%".to_string()];
-        let body = delete_body("/storage/v1", "bucket", &names);
+        let copy = Copy {
+            bucket: "bucket",
+            template: "p/kv-tombstone",
+            object: r#"{"metadata":{"expires-at":"1"}}"#,
+        };
+        let body = copy_body("/storage/v1", &copy, &names);
         assert!(body.contains(
             "Content-ID: <kv-delete-0>\r\nContent-Transfer-Encoding: binary\r\n\r\n\
-             DELETE /storage/v1/b/bucket/o/p%2Fkv%2F1%2Fa%2Fx%20y HTTP/1.1\r\n"
+             POST /storage/v1/b/bucket/o/p%2Fkv-tombstone/copyTo/b/bucket/o/p%2Fkv%2F1%2Fa%2Fx%20y HTTP/1.1\r\n\
+             Content-Type: application/json; charset=UTF-8\r\nContent-Length: 31\r\n\r\n\
+             {\"metadata\":{\"expires-at\":\"1\"}}\r\n"
         ));
-        assert!(body.contains("DELETE /storage/v1/b/bucket/o/p%2Fkv%2F1%2Fa%2F%C3%A9%2B%25 "));
+        assert!(body.contains("/copyTo/b/bucket/o/p%2Fkv%2F1%2Fa%2F%C3%A9%2B%25 "));
         assert!(body.ends_with("--kv+batch+boundary--\r\n"));
         // The boundary never occurs inside a part.
         assert_eq!(body.matches(BOUNDARY).count(), 3);
@@ -527,10 +584,12 @@ mod tests {
             part("<response-kv-delete-1>", "HTTP/1.1 404 Not Found", "\r\n"),
         );
         let outcomes = parse_response("multipart/mixed; boundary=b", body.as_bytes(), 3).unwrap();
-        let err = outcomes[0].as_ref().unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Unavailable);
-        assert!(err.is_transient());
-        assert!(outcomes[1].is_ok() && outcomes[2].is_ok());
+        for failed in [0, 1] {
+            let err = outcomes[failed].as_ref().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unavailable);
+            assert!(err.is_transient());
+        }
+        assert!(outcomes[2].is_ok());
     }
 
     #[test]

@@ -92,8 +92,23 @@ pub async fn build_client(config: &GcsConfig) -> Result<GcsClient, ConfigError> 
     })
 }
 
-/// Creates the bucket if it does not exist (409 = exists).
+/// Creates the bucket if it does not exist (409 = exists), with a lifecycle rule that removes
+/// expired objects and tombstones a day after their expiry (`customTime`, `crate::store`). An
+/// existing bucket is left as it is (docs/providers/gcs.md says how to add the rule).
 pub async fn ensure_bucket(client: &GcsClient, config: &GcsConfig) -> Result<()> {
+    use gcloud_storage::http::buckets::Lifecycle;
+    use gcloud_storage::http::buckets::lifecycle::Rule;
+    use gcloud_storage::http::buckets::lifecycle::rule::{Action, ActionType, Condition};
+    let expired_a_day_ago = Rule {
+        action: Some(Action {
+            r#type: ActionType::Delete,
+            storage_class: None,
+        }),
+        condition: Some(Condition {
+            days_since_custom_time: Some(1),
+            ..Default::default()
+        }),
+    };
     let request = InsertBucketRequest {
         name: config.bucket.clone(),
         param: InsertBucketParam {
@@ -103,7 +118,12 @@ pub async fn ensure_bucket(client: &GcsClient, config: &GcsConfig) -> Result<()>
                 .unwrap_or_else(|| "wasi-kv".to_string()),
             ..Default::default()
         },
-        bucket: BucketCreationConfig::default(),
+        bucket: BucketCreationConfig {
+            lifecycle: Some(Lifecycle {
+                rule: vec![expired_a_day_ago],
+            }),
+            ..Default::default()
+        },
     };
     match client.storage.insert_bucket(&request).await {
         Ok(_) => Ok(()),
@@ -139,7 +159,7 @@ mod tests {
     }
 
     /// A loopback stand-in for Google's token endpoint (`/token` issues `test-token`) and for
-    /// the batch endpoint (records each request's `Authorization` and answers its one delete).
+    /// the batch endpoint (records each request's `Authorization` and answers its one copy).
     async fn serve(listener: tokio::net::TcpListener, seen: Arc<std::sync::Mutex<Vec<String>>>) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         while let Ok((mut stream, _)) = listener.accept().await {
@@ -245,8 +265,9 @@ mod tests {
         let client = build_client(&config).await.unwrap();
         client
             .batch()
-            .delete_objects("b", &["x".to_string()])
+            .copy_onto("b", "kv-tombstone", &["x".to_string()], "{}")
             .await
+            .result
             .unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(*seen.lock().unwrap(), vec!["Bearer test-token".to_string()]);

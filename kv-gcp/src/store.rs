@@ -1,7 +1,14 @@
 //! The mapping of the contract onto Cloud Storage objects (README.md has the table).
+//!
+//! A delete leaves a tombstone: an empty object expired at the deletion, so a CAS handle taken
+//! on the missing key sees it was written and deleted since (S7, `kv_core::rmw`). Every read
+//! treats it like an expired value. Expiring objects and tombstones carry `customTime` = their
+//! expiry, and buckets the provider creates remove them a day after it (a lifecycle rule), well
+//! past `kv_core::rmw::TOMBSTONE_RETENTION`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,7 +17,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gcloud_storage::client::Client;
 
 use gcloud_storage::http::objects::Object;
-use gcloud_storage::http::objects::delete::DeleteObjectRequest;
 use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::objects::list::ListObjectsRequest;
@@ -42,6 +48,9 @@ pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 pub const KEY_CODEC: KeyCodec = KeyCodec::PERCENT;
 /// Attempts of a consistent read while writers keep replacing the object.
 const READ_ATTEMPTS: u32 = 20;
+/// The empty object `delete-many` copies onto each name (a batch cannot carry uploads), under
+/// the provider's prefix but outside every namespace (`kv/…`).
+const TOMBSTONE_TEMPLATE: &str = "kv-tombstone";
 
 /// A provider over one bucket.
 #[derive(Clone)]
@@ -49,6 +58,8 @@ pub struct GcsProvider {
     client: GcsClient,
     bucket: Arc<str>,
     prefix: Arc<str>,
+    /// Whether this process has made sure the tombstone template exists.
+    template_ready: Arc<AtomicBool>,
 }
 
 impl GcsProvider {
@@ -58,6 +69,7 @@ impl GcsProvider {
             client,
             bucket: bucket.into(),
             prefix: prefix.into(),
+            template_ready: Arc::default(),
         }
     }
 
@@ -94,6 +106,8 @@ impl Provider for GcsProvider {
             batch: self.client.batch().clone(),
             bucket: self.bucket.to_string(),
             prefix: self.namespace_prefix(namespace),
+            template: format!("{}{TOMBSTONE_TEMPLATE}", self.prefix),
+            template_ready: self.template_ready.clone(),
         }))
     }
 }
@@ -103,6 +117,9 @@ struct GcsBucket {
     batch: BatchClient,
     bucket: String,
     prefix: String,
+    /// The tombstone template's object name.
+    template: String,
+    template_ready: Arc<AtomicBool>,
 }
 
 /// The current state of one key's object.
@@ -115,6 +132,13 @@ struct Current {
 
 fn expires_at(object: &Object) -> Option<u64> {
     object.metadata.as_ref()?.get(META_EXPIRES)?.parse().ok()
+}
+
+/// An expiry as `customTime`, which the lifecycle rule of `crate::client::ensure_bucket`
+/// counts from.
+fn custom_time(expires_at_ms: u64) -> Option<time::OffsetDateTime> {
+    let nanos = i128::from(expires_at_ms).checked_mul(1_000_000)?;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
 }
 
 impl GcsBucket {
@@ -236,6 +260,7 @@ impl GcsBucket {
             name: name.clone(),
             content_type: Some("application/octet-stream".to_string()),
             metadata: Some(metadata),
+            custom_time: expires_at.and_then(custom_time),
             ..Default::default()
         };
         let request = UploadObjectRequest {
@@ -252,6 +277,41 @@ impl GcsBucket {
             Err(err) if status(&err) == Some(412) => Ok(false),
             Err(err) => Err(map_error("upload", err)),
         }
+    }
+}
+
+impl GcsBucket {
+    /// Creates the empty object `delete-many` copies, unless this process already did (an
+    /// existing one, 412, is fine).
+    async fn ensure_template(&self) -> Result<()> {
+        if self.template_ready.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let object = Object {
+            name: self.template.clone(),
+            content_type: Some("application/octet-stream".to_string()),
+            ..Default::default()
+        };
+        let request = UploadObjectRequest {
+            bucket: self.bucket.clone(),
+            if_generation_match: Some(0),
+            ..Default::default()
+        };
+        match self
+            .client
+            .upload_object(
+                &request,
+                Vec::new(),
+                &UploadType::Multipart(Box::new(object)),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(err) if status(&err) == Some(412) => {}
+            Err(err) => return Err(map_error("create the tombstone template", err)),
+        }
+        self.template_ready.store(true, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -312,25 +372,38 @@ impl Bucket for GcsBucket {
             .map(drop)
     }
 
+    /// Uploads a tombstone: empty, expired now.
     async fn delete(&self, key: &str) -> Result<()> {
-        let (name, _) = self.name(key);
-        let request = DeleteObjectRequest {
-            bucket: self.bucket.clone(),
-            object: name,
-            ..Default::default()
-        };
-        match self.client.delete_object(&request).await {
-            Ok(()) => Ok(()),
-            Err(err) if status(&err) == Some(404) => Ok(()),
-            Err(err) => Err(map_error("delete", err)),
-        }
+        self.upload(key, Bytes::new(), Some(clock::now_ms()), None, None)
+            .await
+            .map(drop)
     }
 
-    /// Batch requests of up to 100 deletes (`crate::batch`) instead of one request per key;
+    /// Batch requests of up to 100 tombstones (`crate::batch`) instead of one upload per key;
     /// the names are the single delete's, hashed long names included.
     async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        self.ensure_template().await?;
         let names: Vec<String> = keys.iter().map(|key| self.name(key).0).collect();
-        self.batch.delete_objects(&self.bucket, &names).await
+        let now = clock::now_ms();
+        let mut object = serde_json::json!({
+            "contentType": "application/octet-stream",
+            "metadata": { META_EXPIRES: now.to_string() },
+        });
+        if let Some(at) = custom_time(now).and_then(|at| {
+            at.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        }) {
+            object["customTime"] = serde_json::Value::String(at);
+        }
+        let outcome = self
+            .batch
+            .copy_onto(&self.bucket, &self.template, &names, &object.to_string())
+            .await;
+        if outcome.template_missing {
+            // Someone removed it: make it again before the host's retry.
+            self.template_ready.store(false, Ordering::Relaxed);
+        }
+        outcome.result
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {

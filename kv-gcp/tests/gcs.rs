@@ -216,10 +216,11 @@ async fn delete_many_uses_batch_requests(server: FakeGcsServer) -> TestResult {
         )?;
     }
     // The host sends parts of 200 entries; each is spread over 16 batch requests of at most
-    // 13 deletes (kv_gcp::batch): 5 × 16 + 1 requests instead of one per key.
+    // 13 deletes (kv_gcp::batch): 5 × 16 + 1 requests instead of one per key, and one upload
+    // of the tombstone template.
     check(
-        requests <= 81,
-        format!("delete-many of 1001 keys sent {requests} requests, expected at most 81"),
+        requests <= 82,
+        format!("delete-many of 1001 keys sent {requests} requests, expected at most 82"),
     )?;
     // Deleting them again (all missing now) is fine and as cheap.
     let (result, requests) = count_requests(&proxy, store.delete_many(&keys)).await;
@@ -276,6 +277,8 @@ async fn delete_many_failures_are_errors(server: FakeGcsServer) -> TestResult {
         .map(|key| (key.clone(), kv_core::Bytes::from_static(b"v")))
         .collect();
     bucket.set_many(&entries).await?;
+    // The first delete-many makes the tombstone template; then every request is a batch.
+    bucket.delete_many(&["warm-up".to_string()]).await?;
 
     // 150 keys are 15 batches of 10; one is answered 503 as a whole: never a success.
     let per_batch = kv_gcp::batch::batch_size(keys.len());
@@ -338,7 +341,7 @@ async fn delete_many_failures_are_errors(server: FakeGcsServer) -> TestResult {
     )?;
     proxy.next(
         Fault::Respond(batch_answer(&[
-            ("<response-kv-delete-1>", "HTTP/1.1 404 Not Found"),
+            ("<response-kv-delete-1>", "HTTP/1.1 200 OK"),
             ("<response-kv-delete-0>", "HTTP/1.1 204 No Content"),
             ("<response-kv-delete-2>", "HTTP/1.1 403 Forbidden"),
         ])),
@@ -357,7 +360,7 @@ async fn delete_many_failures_are_errors(server: FakeGcsServer) -> TestResult {
     )?;
     proxy.next(
         Fault::Respond(batch_answer(&[
-            ("<response-kv-delete-1>", "HTTP/1.1 404 Not Found"),
+            ("<response-kv-delete-1>", "HTTP/1.1 200 OK"),
             ("<response-kv-delete-2>", "HTTP/1.1 200 OK"),
             ("<response-kv-delete-0>", "HTTP/1.1 204 No Content"),
         ])),
@@ -389,6 +392,94 @@ async fn delete_many_failures_are_errors(server: FakeGcsServer) -> TestResult {
     Ok(())
 }
 
+/// A delete leaves a tombstone (an empty object expired at the deletion), single or batched:
+/// every read treats it as missing, and a CAS handle taken on the missing key sees it was
+/// written and deleted since (S7, no ABA). A tombstone template removed by someone else is
+/// made again on the host's retry.
+async fn deletes_leave_tombstones(server: FakeGcsServer) -> TestResult {
+    let store = store(provider(&server).await?, "tombstones").await?;
+    store.set("a", b"1".to_vec()).await?;
+    store.set("b", b"2".to_vec()).await?;
+    store.set_with_ttl("t", b"3".to_vec(), 60_000).await?;
+    let handle = store.read_versioned("a").await?;
+    store.delete("a").await?;
+    store.delete_many(&["b".to_string()]).await?;
+    let http = reqwest::Client::new();
+    for key in ["a", "b"] {
+        let url = format!(
+            "{}/storage/v1/b/provider-tests/o/p%2Fkv%2F10%2Ftombstones%2F{key}",
+            server.endpoint()
+        );
+        let object: String = http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|err| Failed::from(err.to_string()))?
+            .text()
+            .await
+            .map_err(|err| Failed::from(err.to_string()))?;
+        check(
+            object.contains(r#""size":"0""#) && object.contains(r#""expires-at""#),
+            format!("{key}: an empty object with an expiry: {object}"),
+        )?;
+        check(store.get(key).await?.is_none(), format!("get {key}"))?;
+        check(!store.exists(key).await?, format!("exists {key}"))?;
+    }
+    check(
+        store.get_many(&["a".to_string(), "b".to_string()]).await? == vec![None, None],
+        "get-many",
+    )?;
+    check(
+        provider_tests::list_all(&store).await? == vec!["t".to_string()],
+        "list-keys skips tombstones and the template",
+    )?;
+    check(
+        store.swap("a", &handle.version, b"x".to_vec()).await? == kv_core::SwapOutcome::Conflict,
+        "a deleted value's handle",
+    )?;
+    let on_tombstone = store.read_versioned("a").await?;
+    store.set("a", b"again".to_vec()).await?;
+    store.delete_many(&["a".to_string()]).await?;
+    check(
+        store
+            .swap("a", &on_tombstone.version, b"x".to_vec())
+            .await?
+            == kv_core::SwapOutcome::Conflict,
+        "missing -> written -> deleted is a change",
+    )?;
+    let fresh = store.read_versioned("a").await?;
+    check(
+        store.swap("a", &fresh.version, b"x".to_vec()).await? == kv_core::SwapOutcome::Swapped,
+        "an unchanged tombstone's handle inserts",
+    )?;
+    check(
+        store.increment("b", 5).await? == 5,
+        "a counter restarts over a tombstone",
+    )?;
+    // Someone removes the template: the batch's copies fail, the retry makes it again.
+    let template = format!(
+        "{}/storage/v1/b/provider-tests/o/p%2Fkv-tombstone",
+        server.endpoint()
+    );
+    let removed = http
+        .delete(&template)
+        .send()
+        .await
+        .map_err(|err| Failed::from(err.to_string()))?;
+    check(
+        removed.status().is_success(),
+        format!("remove: {removed:?}"),
+    )?;
+    store
+        .delete_many(&["a".to_string(), "b".to_string()])
+        .await?;
+    check(
+        provider_tests::list_all(&store).await? == vec!["t".to_string()],
+        "deleted after the template was made again",
+    )?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let installed = FakeGcsServer::binary().is_some();
     provider_tests::main::<FakeGcsServer>(
@@ -406,8 +497,11 @@ fn main() -> ExitCode {
             ("concurrent_increments_8x50_exact", |s| {
                 Box::pin(concurrent_increments_exact(s))
             }),
-            ("delete_many_1001_keys_in_at_most_81_batch_requests", |s| {
+            ("delete_many_1001_keys_in_at_most_82_requests", |s| {
                 Box::pin(delete_many_uses_batch_requests(s))
+            }),
+            ("deletes_leave_tombstones_that_every_read_skips", |s| {
+                Box::pin(deletes_leave_tombstones(s))
             }),
             ("delete_many_failed_batches_and_parts_are_errors", |s| {
                 Box::pin(delete_many_failures_are_errors(s))
