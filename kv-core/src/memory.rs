@@ -4,7 +4,8 @@
 //! it (wasmtime's own in-memory host copies its map per `open`, so writes are lost between
 //! instances). Namespaces are separate maps, so no key can cross between stores.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -58,7 +59,15 @@ struct Namespace {
     entries: HashMap<Arc<str>, Entry>,
     order: BTreeSet<Arc<str>>,
     deleted: Tombstones,
+    /// Every write with a TTL, soonest expiry first, so expired entries are removed
+    /// ([`Namespace::reclaim_expired`]) instead of staying in memory for good. Entries
+    /// written again since are skipped by their version.
+    expiries: BinaryHeap<Reverse<(Instant, u64, Arc<str>)>>,
 }
+
+/// Expired entries removed per write at most: more than one, so removal outpaces the writes
+/// that add expiring entries, and few, so no write waits long.
+const RECLAIMED_PER_WRITE: usize = 4;
 
 /// Tombstones deleted keys live in this many per namespace; older deletions are summarised
 /// by [`Tombstones::forgotten_through`].
@@ -109,12 +118,54 @@ impl Namespace {
     /// Stores `entry` at `key`; an existing key is overwritten in place, without allocating
     /// it again.
     fn store(&mut self, key: &str, entry: Entry) {
-        match self.entries.get_mut(key) {
-            Some(existing) => *existing = entry,
+        let expiry = entry.expires_at.map(|at| (at, entry.version));
+        let inserted = match self.entries.get_mut(key) {
+            Some(existing) => {
+                *existing = entry;
+                None
+            }
             None => {
-                let key: Arc<str> = Arc::from(key);
-                self.order.insert(key.clone());
-                self.entries.insert(key, entry);
+                let stored: Arc<str> = Arc::from(key);
+                self.order.insert(stored.clone());
+                let inserted = expiry.is_some().then(|| stored.clone());
+                self.entries.insert(stored, entry);
+                inserted
+            }
+        };
+        // Only a write with a TTL pays for the queue (one more lookup when it overwrites).
+        if let Some((at, version)) = expiry {
+            let stored = inserted.or_else(|| Some(self.entries.get_key_value(key)?.0.clone()));
+            if let Some(stored) = stored {
+                self.expiries.push(Reverse((at, version, stored)));
+            }
+        }
+    }
+
+    /// Removes up to [`RECLAIMED_PER_WRITE`] entries that have expired, each leaving a
+    /// tombstone like a delete (an expired key is missing, and a CAS handle taken before it was
+    /// written must see the change). Reads no clock while nothing expires.
+    fn reclaim_expired(&mut self, versions: &AtomicU64) {
+        if self.expiries.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for _ in 0..RECLAIMED_PER_WRITE {
+            if self
+                .expiries
+                .peek()
+                .is_none_or(|Reverse((at, _, _))| *at > now)
+            {
+                return;
+            }
+            let Some(Reverse((at, version, key))) = self.expiries.pop() else {
+                return;
+            };
+            let unchanged = self
+                .entries
+                .get(&key)
+                .is_some_and(|entry| entry.version == version && entry.expires_at == Some(at));
+            if unchanged {
+                self.remove(&key, versions);
             }
         }
     }
@@ -271,7 +322,9 @@ impl MemoryBucket {
             version: self.next_version(),
             expires_at,
         };
-        lock(&self.map)?.store(key, entry);
+        let mut map = lock(&self.map)?;
+        map.reclaim_expired(&self.shared.versions);
+        map.store(key, entry);
         Ok(())
     }
 }
@@ -360,6 +413,7 @@ impl ImmediateBucket for MemoryBucket {
 
     fn set_many_now(&self, entries: Vec<(String, Bytes)>) -> Result<()> {
         let mut map = lock(&self.map)?;
+        map.reclaim_expired(&self.shared.versions);
         for (key, value) in entries {
             let entry = Entry {
                 value,
@@ -617,6 +671,53 @@ mod tests {
         }
         let outcome = swap_v(&bucket, "old", &missing.version).await;
         assert_eq!(outcome, SwapOutcome::Conflict);
+    }
+
+    /// Expired entries leave memory: 10,000 keys written with a 1 ms TTL are gone after as
+    /// many later writes, each expiry leaving a tombstone (a handle taken before the key was
+    /// written still conflicts). Before, they stayed for good.
+    #[tokio::test]
+    async fn expired_entries_are_reclaimed_by_later_writes() {
+        let provider = MemoryProvider::new();
+        let bucket = provider.open("ns").await.unwrap();
+        let before = bucket.read_versioned("k0").await.unwrap();
+        for i in 0..10_000 {
+            let key = format!("k{i}");
+            bucket
+                .set_with_ttl(&key, Bytes::from_static(b"x"), Duration::from_millis(1))
+                .await
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        for i in 0..2_500 {
+            bucket
+                .set(&format!("other{}", i % 10), Bytes::from_static(b"y"))
+                .await
+                .unwrap();
+        }
+        let map = provider.shared.namespaces.lock().unwrap()["ns"].clone();
+        let (entries, order, queued) = {
+            let map = map.lock().unwrap();
+            (map.entries.len(), map.order.len(), map.expiries.len())
+        };
+        assert_eq!((entries, order, queued), (10, 10, 0));
+        let outcome = swap_v(&bucket, "k0", &before.version).await;
+        assert_eq!(outcome, SwapOutcome::Conflict);
+        // An entry written again keeps its new expiry, not the first one's.
+        bucket
+            .set_with_ttl("kept", Bytes::from_static(b"1"), Duration::from_millis(1))
+            .await
+            .unwrap();
+        bucket
+            .set_with_ttl("kept", Bytes::from_static(b"2"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        bucket.set("x", Bytes::from_static(b"z")).await.unwrap();
+        assert_eq!(
+            bucket.get("kept").await.unwrap().as_deref(),
+            Some(&b"2"[..])
+        );
     }
 
     #[tokio::test]

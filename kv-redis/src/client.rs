@@ -208,24 +208,41 @@ impl RedisConnection {
         }
     }
 
-    /// Sends `command` to the node at `host:port`, and only to it: a command that answers for
-    /// the node it reaches (`SCAN`) must not fall back to another one while that node is
+    /// Sends `pipeline` (of `count` commands) to the node at `host:port` and only to it (on one
+    /// server: to the server), in order on one connection: every command of it reaches the
+    /// same server process, since a process that restarts drops its connections. What answers
+    /// for the node it reaches (`SCAN`) must not fall back to another one while that node is
     /// down, as slot routing does (to a replica, then to any node).
-    pub async fn send_to_node(&self, host: &str, port: u16, command: Cmd) -> RedisResult<Value> {
-        match self {
-            RedisConnection::Server(_) => self.send_to_slot(0, command).await,
-            RedisConnection::Cluster(cluster) => {
+    pub async fn pipeline_to_node(
+        &self,
+        node: Option<(&str, u16)>,
+        pipeline: Pipeline,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        match (self, node) {
+            (RedisConnection::Server(server), _) => {
+                server
+                    .run(async |manager| pipeline.query_async(manager).await)
+                    .await
+            }
+            (RedisConnection::Cluster(cluster), Some((host, port))) => {
                 cluster
                     .clone()
-                    .route_command(
-                        command,
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    .route_pipeline(
+                        pipeline,
+                        0,
+                        count,
+                        SingleNodeRoutingInfo::ByAddress {
                             host: host.to_string(),
                             port,
-                        }),
+                        },
                     )
                     .await
             }
+            (RedisConnection::Cluster(_), None) => Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "a cluster pipeline needs a node",
+            ))),
         }
     }
 

@@ -401,28 +401,42 @@ impl RedisBucket {
 
     /// One `SCAN` round on the shard named by `shard` (its lowest slot), or on the server.
     /// One `SCAN` step on one server, or on one cluster node and never another.
+    /// One `SCAN` step on `node` (on one server: the server), and the identity of the server
+    /// process that answered it: the node's address and its `run_id`, asked in the same
+    /// pipeline. A `SCAN` cursor means something only to the process that issued it (a
+    /// restarted server rebuilds its table with a new hash seed).
     async fn scan(
         &self,
         node: Option<&crate::client::Shard>,
         cursor: u64,
-    ) -> Result<(u64, Vec<Vec<u8>>)> {
-        let mut command = redis::cmd("SCAN");
-        command
+    ) -> Result<(u64, Vec<Vec<u8>>, u32)> {
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("INFO")
+            .arg("server")
+            .cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
             .arg(&self.pattern)
             .arg("COUNT")
             .arg(SCAN_COUNT);
-        let reply = match node {
-            None => return self.read("SCAN", &command).await,
-            Some(node) => self
-                .connection
-                .send_to_node(&node.host, node.port, command)
-                .await
-                .map_err(|err| map_error("SCAN", err))?,
-        };
-        redis::from_redis_value(reply)
-            .map_err(|err| map_error("SCAN", redis::RedisError::from(err)))
+        let address = node.map(|node| (node.host.as_str(), node.port));
+        let replies = self
+            .connection
+            .pipeline_to_node(address, pipeline, 2)
+            .await
+            .map_err(|err| map_error("SCAN", err))?;
+        let decode = |err: redis::ParsingError| map_error("SCAN", redis::RedisError::from(err));
+        let [info, scanned]: [redis::Value; 2] = replies
+            .try_into()
+            .map_err(|_| KvError::internal("redis SCAN: the pipeline did not answer twice"))?;
+        let info: String = redis::from_redis_value(info).map_err(decode)?;
+        let run_id = info
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("run_id:"))
+            .ok_or_else(|| KvError::internal("redis SCAN: INFO server has no run_id"))?;
+        let (next, keys) = redis::from_redis_value(scanned).map_err(decode)?;
+        Ok((next, keys, node_id(address, run_id)))
     }
 }
 
@@ -454,8 +468,8 @@ enum Fetched {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ListPosition {
     shard: Option<u16>,
-    /// Which node the `SCAN` cursor belongs to (a keyed fingerprint of its address): after a
-    /// failover the shard's new primary cannot resume another node's cursor.
+    /// Which server process the `SCAN` cursor belongs to (a keyed fingerprint of its address
+    /// and `run_id`): after a failover or a restart, no other process resumes it.
     node: Option<u32>,
     scan: u64,
     /// Fingerprints of the keys of `scan`'s reply already returned, sorted.
@@ -480,10 +494,14 @@ fn fingerprint(raw: &[u8]) -> u64 {
     fingerprint_key().hash_one(raw)
 }
 
-/// Names a cluster node in a cursor: a fingerprint of its address, so a cursor says which
-/// node's `SCAN` it continues without showing the address.
-fn node_id(host: &str, port: u16) -> u32 {
-    (fingerprint(format!("node {host}:{port}").as_bytes()) >> 32) as u32
+/// Names a server process in a cursor: a fingerprint of its address (on a cluster) and its
+/// `run_id`, so a cursor says which process's `SCAN` it continues without showing either.
+fn node_id(address: Option<(&str, u16)>, run_id: &str) -> u32 {
+    let name = match address {
+        Some((host, port)) => format!("node {host}:{port} {run_id}"),
+        None => format!("server {run_id}"),
+    };
+    (fingerprint(name.as_bytes()) >> 32) as u32
 }
 
 /// Names this process's fingerprint key in a cursor, so another process's fingerprints are
@@ -510,6 +528,8 @@ impl ListPosition {
                 .flatten()
                 .ok_or_else(invalid)
         };
+        let node_of =
+            |node: &str| -> Result<u32> { u32::try_from(hex(node)?).map_err(|_| invalid()) };
         let (shard, node, rest) = match (cluster, cursor.split_once(':')) {
             (true, Some((shard, rest))) => {
                 // `<shard>.<node>` since nodes are named; `<shard>` alone before.
@@ -522,6 +542,11 @@ impl ListPosition {
                     .transpose()?;
                 (Some(shard.parse().map_err(|_| invalid())?), node, rest)
             }
+            // One server: `.<node>:` since servers are named; nothing before.
+            (false, Some((node, rest))) => match node.strip_prefix('.') {
+                Some(node) => (None, Some(node_of(node)?), rest),
+                None => return Err(invalid()),
+            },
             (false, None) => (None, None, cursor),
             _ => return Err(invalid()),
         };
@@ -558,7 +583,8 @@ impl std::fmt::Display for ListPosition {
         match (self.shard, self.node) {
             (Some(shard), Some(node)) => write!(f, "{shard}.{node:08x}:")?,
             (Some(shard), None) => write!(f, "{shard}:")?,
-            _ => {}
+            (None, Some(node)) => write!(f, ".{node:08x}:")?,
+            (None, None) => {}
         }
         write!(f, "{}", self.scan)?;
         if !self.seen.is_empty() {
@@ -629,8 +655,7 @@ impl Bucket for RedisBucket {
         };
         let mut keys = Vec::new();
         for _ in 0..SCAN_ROUNDS {
-            // The node serving the shard now; a cursor of another node (a failover since the
-            // last page) starts the shard over: repeats, never misses.
+            // The node serving the shard now.
             let node = match position.shard {
                 Some(slot) => {
                     let shard = shards
@@ -638,18 +663,25 @@ impl Bucket for RedisBucket {
                         .rev()
                         .find(|shard| shard.slot <= slot)
                         .ok_or_else(|| KvError::unavailable("redis cluster: no slot is served"))?;
-                    let id = node_id(&shard.host, shard.port);
-                    if position.node.is_some_and(|seen| seen != id) || shard.slot != slot {
+                    if shard.slot != slot {
                         position.scan = 0;
                         position.seen.clear();
                     }
                     position.shard = Some(shard.slot);
-                    position.node = Some(id);
                     Some(shard)
                 }
                 None => None,
             };
-            let (next, batch) = self.scan(node, position.scan).await?;
+            let (next, batch, node_id) = self.scan(node, position.scan).await?;
+            if position.node.is_some_and(|seen| seen != node_id) {
+                // The cursor is another process's (a failover or a restart since the last
+                // page): start this server or shard over. Repeats, never misses.
+                position.node = Some(node_id);
+                position.scan = 0;
+                position.seen.clear();
+                continue;
+            }
+            position.node = Some(node_id);
             // The keys of this SCAN cursor's reply returned so far (on earlier pages, and
             // repeats within the reply).
             let mut seen: HashSet<u64> = position.seen.drain(..).collect();
@@ -967,6 +999,15 @@ mod tests {
         assert!(text.starts_with("5461.deadbeef:17~"), "{text}");
         assert_eq!(ListPosition::parse(&text, true).unwrap(), on_node);
         assert_eq!(server(9, &[]).to_string(), "9");
+        // One server, named by its process.
+        let on_server = ListPosition {
+            node: Some(0xdead_beef),
+            ..server(17, &[3])
+        };
+        let text = on_server.to_string();
+        assert!(text.starts_with(".deadbeef:17~"), "{text}");
+        assert_eq!(ListPosition::parse(&text, false).unwrap(), on_server);
+        assert!(ListPosition::parse(".xyz:17", false).is_err());
         // The earlier `+<skip>` form, and another process's fingerprints, skip nothing.
         assert_eq!(
             ListPosition::parse("17+40", false).unwrap(),

@@ -673,6 +673,49 @@ async fn a_command_given_up_by_the_host_replaces_its_connection(server: RedisSer
     )
 }
 
+/// A listing resumed after the server restarted at the same address (its data kept in an
+/// append-only file) misses no key: the restarted process rebuilt its table with a new hash
+/// seed, so the old `SCAN` cursor means nothing to it, and the listing starts over (S5:
+/// repeats, never misses).
+async fn a_listing_resumed_after_a_restart_misses_no_key(_server: RedisServer) -> TestResult {
+    let mut server = RedisServer::start_durable().map_err(Failed::from)?;
+    let bucket = provider(&server).await.open("restart").await?;
+    let keys: Vec<String> = (0..3000).map(|i| format!("key-{i:04}")).collect();
+    let entries: Vec<(String, kv_core::Bytes)> = keys
+        .iter()
+        .map(|key| (key.clone(), kv_core::Bytes::from_static(b"v")))
+        .collect();
+    bucket.set_many(&entries).await?;
+    let first = bucket.list_keys(None, 300).await?;
+    let mut listed: std::collections::HashSet<String> = first.keys.into_iter().collect();
+    let mut cursor = first.cursor;
+    server.stop();
+    server.restart().map_err(Failed::from)?;
+    for _ in 0..100 {
+        let Some(resume) = cursor.clone() else {
+            break;
+        };
+        // The first command after the restart may meet the dropped connection.
+        let page = match bucket.list_keys(Some(&resume), 300).await {
+            Ok(page) => page,
+            Err(err) if err.is_transient() => continue,
+            Err(err) => return Err(err.into()),
+        };
+        listed.extend(page.keys);
+        cursor = page.cursor;
+    }
+    check(cursor.is_none(), "the listing did not end")?;
+    let missed: Vec<&String> = keys.iter().filter(|key| !listed.contains(*key)).collect();
+    check(
+        missed.is_empty(),
+        format!(
+            "{} of 3000 keys missed, e.g. {:?}",
+            missed.len(),
+            &missed[..missed.len().min(3)]
+        ),
+    )
+}
+
 fn main() -> ExitCode {
     let installed = kv_testkit::emulator::find_program("redis-server").is_some();
     provider_tests::main::<RedisServer>(
@@ -693,6 +736,9 @@ fn main() -> ExitCode {
             }),
             ("wait_replicas_without_a_replica_is_timeout", |s| {
                 Box::pin(wait_replicas_without_a_replica_is_timeout(s))
+            }),
+            ("a_listing_resumed_after_a_restart_misses_no_key", |s| {
+                Box::pin(a_listing_resumed_after_a_restart_misses_no_key(s))
             }),
             ("listing_under_churn_misses_no_stable_key", |s| {
                 Box::pin(listing_under_churn_misses_no_stable_key(s))
