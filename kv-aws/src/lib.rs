@@ -1,50 +1,19 @@
-//! AWS DynamoDB provider for wasi-kv (docs/providers/dynamodb.md): one table per deployment, partition key =
-//! namespace, sort key = key; consistent reads everywhere.
+//! AWS providers for wasi-kv: `dynamodb` (docs/providers/dynamodb.md), one table per
+//! deployment with consistent reads everywhere, and `s3` (docs/providers/s3.md), one object
+//! per key. Both reach AWS the same way ([`access`]).
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
-pub mod client;
-pub mod config;
-pub mod error;
-pub mod store;
+pub mod access;
+pub mod dynamodb;
+pub mod s3;
+mod sdk_error;
 
-use std::sync::Arc;
+pub use dynamodb::{DynamoConfig, DynamoFactory, DynamoProvider};
+pub use s3::{S3Config, S3Factory, S3Provider};
 
-use async_trait::async_trait;
-use kv_core::{ConfigError, Provider, ProviderFactory, StoreSpec};
-
-pub use config::DynamoConfig;
-pub use store::DynamoProvider;
-
-/// Builds DynamoDB providers from `dynamodb://TABLE?...` specs.
-#[derive(Debug, Default)]
-pub struct DynamoFactory;
-
-#[async_trait]
-impl ProviderFactory for DynamoFactory {
-    fn name(&self) -> &'static str {
-        "dynamodb"
-    }
-
-    fn connection_key(&self, spec: &StoreSpec) -> Result<String, ConfigError> {
-        Ok(DynamoConfig::from_spec(spec)?.connection_key())
-    }
-
-    async fn connect(&self, spec: &StoreSpec) -> Result<Arc<dyn Provider>, ConfigError> {
-        let config = DynamoConfig::from_spec(spec)?;
-        let client = client::build_client(&config).await;
-        if config.create_table {
-            client::ensure_table(&client, &config.table)
-                .await
-                .map_err(|err| ConfigError(format!("dynamodb table {}: {err}", config.table)))?;
-        }
-        Ok(Arc::new(
-            DynamoProvider::new(client, &config.table).with_sdk_resends(config.max_attempts > 1),
-        ))
-    }
-}
-
-/// Registers `dynamodb` with a registry.
+/// Registers `dynamodb` and `s3` with a registry.
 pub fn register(registry: &mut kv_core::ProviderRegistry) {
     registry.register(DynamoFactory);
+    registry.register(S3Factory);
 }

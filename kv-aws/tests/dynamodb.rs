@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
-use kv_aws::store::{
+use kv_aws::dynamodb::store::{
     ATTR_EXPIRES, ATTR_JOURNAL, ATTR_KEY, ATTR_NAMESPACE, ATTR_UNTIL, ATTR_VALUE, ATTR_VERSION,
     MAX_ITEM_BYTES, MAX_VALUE_BYTES, item_bytes,
 };
@@ -32,8 +32,8 @@ fn config(local: &DynamoDbLocal) -> DynamoConfig {
 }
 
 async fn provider(local: &DynamoDbLocal) -> Result<Arc<DynamoProvider>, Failed> {
-    let client = kv_aws::client::build_client(&config(local)).await;
-    kv_aws::client::ensure_table(&client, TABLE).await?;
+    let client = kv_aws::dynamodb::client::build_client(&config(local)).await;
+    kv_aws::dynamodb::client::ensure_table(&client, TABLE).await?;
     Ok(Arc::new(DynamoProvider::new(client, TABLE)))
 }
 
@@ -394,7 +394,7 @@ async fn emulator_restart(mut local: DynamoDbLocal) -> TestResult {
     provider_tests::expect_outage(&store, Duration::from_secs(6)).await?;
     local.restart().map_err(Failed::from)?;
     // In-memory emulator: the table is gone and is recreated; the same provider then serves.
-    kv_aws::client::ensure_table(provider.client(), TABLE).await?;
+    kv_aws::dynamodb::client::ensure_table(provider.client(), TABLE).await?;
     store.set("k", b"after".to_vec()).await?;
     check(
         store.get("k").await?.as_deref() == Some(&b"after"[..]),

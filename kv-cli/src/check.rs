@@ -19,13 +19,7 @@ const MAX_TIME: Duration = Duration::from_secs(3600);
 /// Runs the check; returns whether the history is valid.
 pub async fn check(args: &CheckArgs) -> anyhow::Result<bool> {
     let registry = crate::registry();
-    if !registry.names().contains(&args.provider.as_str()) {
-        bail!(
-            "unknown provider {:?} (this build knows: {})",
-            args.provider,
-            registry.names().join(", ")
-        );
-    }
+    crate::known_provider(&registry, &args.provider, args.emulator)?;
     if let Some(path) = &args.history {
         return recheck(path, args.strict);
     }

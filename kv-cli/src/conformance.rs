@@ -19,13 +19,7 @@ const LOSSY_EVERY: u64 = 10;
 pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
     let config = crate::load_config(args.stores.config.as_deref(), &args.stores.stores)?;
     let registry = crate::registry();
-    if !registry.names().contains(&args.provider.as_str()) {
-        bail!(
-            "unknown provider {:?} (this build knows: {})",
-            args.provider,
-            registry.names().join(", ")
-        );
-    }
+    crate::known_provider(&registry, &args.provider, args.emulator)?;
     let mut profile =
         Profile::bundled(&args.provider).unwrap_or_else(|| Profile::plain(&args.provider));
     let mut keep_alive: Vec<Guard> = Vec::new();

@@ -35,6 +35,23 @@ pub fn registry() -> ProviderRegistry {
     registry
 }
 
+/// Checks a `--provider` name: a provider this build knows, or with `--emulator` also the name
+/// of a local emulator run (`s3-moto`: the `s3` provider on moto).
+pub fn known_provider(
+    registry: &ProviderRegistry,
+    name: &str,
+    emulator: bool,
+) -> anyhow::Result<()> {
+    let emulated = emulator && kv_testkit::emulator::Emulator::for_provider(name).is_some();
+    if !registry.names().contains(&name) && !emulated {
+        anyhow::bail!(
+            "unknown provider {name:?} (this build knows: {})",
+            registry.names().join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// The `--config` file: kv-core's tables and serve's `[outbound]`, one document that refuses
 /// any other top-level key.
 #[derive(Deserialize)]

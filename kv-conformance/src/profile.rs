@@ -56,6 +56,9 @@ impl Profile {
             "gcs" => include_str!("../profiles/gcs.toml"),
             "cosmos-local" => include_str!("../profiles/cosmos-local.toml"),
             "cosmos" => include_str!("../profiles/cosmos.toml"),
+            "localstack" => include_str!("../profiles/localstack.toml"),
+            "moto" => include_str!("../profiles/moto.toml"),
+            "s3" => include_str!("../profiles/s3.toml"),
             _ => return None,
         };
         Some(Self::from_toml(text).expect("bundled profiles parse"))

@@ -147,6 +147,12 @@ pub trait ConditionalStore: Send + Sync {
     fn resends_conditional_writes(&self) -> bool {
         false
     }
+
+    /// How many writes the journal stored with `key` remembers: [`JOURNAL_LEN`], or fewer
+    /// where the backend keeps less beside a value (S3's 2 KB of user metadata).
+    fn journal_len(&self, _key: &str) -> usize {
+        JOURNAL_LEN
+    }
 }
 
 /// What an applied request did.
@@ -231,14 +237,15 @@ impl Journal {
         self.entries.iter().any(|entry| entry.base == base)
     }
 
-    fn recording(&self, base: u32, request: RequestId, applied: Applied) -> Journal {
+    /// This journal with one more entry, the oldest dropped beyond `len` entries.
+    fn recording(&self, base: u32, request: RequestId, applied: Applied, len: usize) -> Journal {
         let mut entries = self.entries.clone();
         entries.push_back(Entry {
             base,
             request: request.short(),
             applied,
         });
-        while entries.len() > JOURNAL_LEN {
+        while entries.len() > len.max(1) {
             entries.pop_front();
         }
         Journal { entries }
@@ -433,7 +440,12 @@ pub async fn increment_within<S: ConditionalStore + ?Sized>(
         let write = Write {
             value: encode_counter(next),
             expires_at_ms,
-            journal: journal.recording(base, attempt.request(), Applied::Incremented(next)),
+            journal: journal.recording(
+                base,
+                attempt.request(),
+                Applied::Incremented(next),
+                store.journal_len(key),
+            ),
         };
         attempt.set_attempted_base(Some(base));
         let failure = match store.write_if(key, write, expect).await {
@@ -576,7 +588,12 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
     let write = Write {
         value: value.to_vec(),
         expires_at_ms: None,
-        journal: journal.recording(base, attempt.request(), Applied::Swapped),
+        journal: journal.recording(
+            base,
+            attempt.request(),
+            Applied::Swapped,
+            store.journal_len(key),
+        ),
     };
     attempt.set_attempted_base(Some(base));
     let failure = match store.write_if(key, write, condition).await {
@@ -1152,7 +1169,8 @@ mod tests {
         // The longest totals: 20 characters each.
         for (i, request) in requests.iter().enumerate() {
             let total = i64::MIN + i as i64;
-            journal = journal.recording(i as u32, *request, Applied::Incremented(total));
+            journal =
+                journal.recording(i as u32, *request, Applied::Incremented(total), JOURNAL_LEN);
         }
         assert_eq!(journal.entries.len(), JOURNAL_LEN);
         let parsed = Journal::parse(&journal.encode());

@@ -694,6 +694,121 @@ impl FakeGcsServer {
     }
 }
 
+/// S3 emulators from PyPI, each in its own virtual environment under [`emulator_dir`]
+/// (`scripts/setup.sh` installs them, pinned): LocalStack's S3 and moto's server, two
+/// independent implementations of the same API. Plain HTTP on loopback, in memory.
+#[derive(Debug)]
+pub struct S3Server {
+    server: LoopbackServer,
+    kind: S3Kind,
+}
+
+/// Which S3 emulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Kind {
+    /// LocalStack (`localstack-core[runtime]==4.13.1`), started in process, without Docker.
+    LocalStack,
+    /// moto's server (`moto[server]==5.2.6`).
+    Moto,
+}
+
+impl S3Kind {
+    /// The program that runs it, if installed.
+    pub fn program(self) -> Option<PathBuf> {
+        let path = match self {
+            S3Kind::LocalStack => emulator_dir().join("localstack/venv/bin/python"),
+            S3Kind::Moto => emulator_dir().join("moto/venv/bin/moto_server"),
+        };
+        let installed = match self {
+            S3Kind::LocalStack => emulator_dir()
+                .join("localstack/venv/bin/localstack")
+                .is_file(),
+            S3Kind::Moto => true,
+        };
+        (installed && path.is_file()).then_some(path)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            S3Kind::LocalStack => "localstack",
+            S3Kind::Moto => "moto_server",
+        }
+    }
+}
+
+impl S3Server {
+    /// Starts one on a free port and waits until it answers (up to 60 s: LocalStack's first
+    /// start compiles its Python).
+    pub fn start(kind: S3Kind) -> Result<S3Server, String> {
+        let program = kind.program().ok_or(match kind {
+            S3Kind::LocalStack => "LocalStack is not installed (scripts/setup.sh installs it)",
+            S3Kind::Moto => "moto is not installed (scripts/setup.sh installs it)",
+        })?;
+        let server = LoopbackServer::start(Recipe {
+            name: kind.name(),
+            command: Box::new(move |port, dir| {
+                let mut command = Command::new(&program);
+                match kind {
+                    S3Kind::LocalStack => {
+                        command
+                            .args(["-m", "localstack.runtime.main"])
+                            .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+                            .env("SERVICES", "s3")
+                            .env("FILESYSTEM_ROOT", dir.join("localstack"))
+                            // Nothing may leave the machine: no certificate download, no
+                            // events, no telemetry.
+                            .env("SKIP_SSL_CERT_DOWNLOAD", "1")
+                            .env("DISABLE_EVENTS", "1")
+                            .env("LOCALSTACK_TELEMETRY_DISABLED", "1")
+                            .env("DISABLE_CORS_CHECKS", "1")
+                            .env("LS_LOG", "warn");
+                    }
+                    S3Kind::Moto => {
+                        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+                    }
+                }
+                command
+            }),
+            ready: http_answers,
+            timeout: Duration::from_secs(60),
+        })?;
+        Ok(S3Server { server, kind })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.server.port)
+    }
+
+    /// Description for reports.
+    pub fn version(&self) -> String {
+        match self.kind {
+            S3Kind::LocalStack => "LocalStack 4.13.1 S3 (PyPI localstack-core)".to_string(),
+            S3Kind::Moto => "moto 5.2.6 server (PyPI moto[server])".to_string(),
+        }
+    }
+
+    /// A store URL for `bucket/prefix` on this server: loopback endpoint, path-style
+    /// addressing, static test credentials.
+    pub fn store_url(&self, bucket: &str, prefix: &str) -> String {
+        format!(
+            "s3://{bucket}/{prefix}?endpoint={}&region=us-east-1&force_path_style=true\
+             &access_key_id=test&secret_access_key=test&create_bucket=true",
+            self.endpoint()
+        )
+    }
+
+    /// Stops it by PID; it runs in memory, so buckets are gone.
+    pub fn stop(&mut self) {
+        self.server.stop();
+    }
+
+    /// Starts it again on the same port (empty).
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.server.restart()
+    }
+}
+
 /// The Cosmos DB emulator's published, well-known account key (not a secret; the local server
 /// does not check it, but the SDK needs a valid base64 key to sign requests).
 pub const COSMOS_EMULATOR_KEY: &str =
@@ -913,16 +1028,22 @@ pub enum Emulator {
     Gcs,
     /// The local Cosmos DB server (`@zeit/cosmosdb-server`).
     Cosmos,
+    /// LocalStack's S3.
+    S3,
+    /// moto's S3: a second implementation the `s3` provider runs on.
+    S3Moto,
 }
 
 impl Emulator {
     /// Every emulator, in the order suites run them.
-    pub const ALL: [Emulator; 5] = [
+    pub const ALL: [Emulator; 7] = [
         Emulator::Redis,
         Emulator::RedisCluster,
         Emulator::DynamoDb,
         Emulator::Gcs,
         Emulator::Cosmos,
+        Emulator::S3,
+        Emulator::S3Moto,
     ];
 
     /// The emulator of the provider named `provider` (`wasi-kv conformance --provider`).
@@ -940,6 +1061,8 @@ impl Emulator {
             Emulator::DynamoDb => "dynamodb",
             Emulator::Gcs => "gcs",
             Emulator::Cosmos => "cosmos",
+            Emulator::S3 => "s3",
+            Emulator::S3Moto => "s3-moto",
         }
     }
 
@@ -950,7 +1073,11 @@ impl Emulator {
         match self {
             Emulator::Redis => Some(Protocol::Tcp),
             Emulator::RedisCluster => None,
-            Emulator::DynamoDb | Emulator::Gcs | Emulator::Cosmos => Some(Protocol::Http),
+            Emulator::DynamoDb
+            | Emulator::Gcs
+            | Emulator::Cosmos
+            | Emulator::S3
+            | Emulator::S3Moto => Some(Protocol::Http),
         }
     }
 
@@ -964,6 +1091,8 @@ impl Emulator {
             Emulator::DynamoDb => DynamoDbLocal::jar_dir().is_some(),
             Emulator::Gcs => FakeGcsServer::binary().is_some(),
             Emulator::Cosmos => CosmosServer::modules_dir().is_some(),
+            Emulator::S3 => S3Kind::LocalStack.program().is_some(),
+            Emulator::S3Moto => S3Kind::Moto.program().is_some(),
         }
     }
 
@@ -990,6 +1119,9 @@ impl Emulator {
             Emulator::Cosmos => Some(
                 "the local Cosmos DB server keeps data only in memory: it cannot be restarted \
                  with its data",
+            ),
+            Emulator::S3 | Emulator::S3Moto => Some(
+                "the S3 emulators run in memory here: they cannot be restarted with their data",
             ),
             // Measured with `wasi-kv check`: on `-backend filesystem` a counter read 84 after
             // 90 with no fault yet, and 2 after 229 once restarted; conditional writes there are
@@ -1072,6 +1204,21 @@ impl Emulator {
                     port: server.server.port,
                     backend: server.version(),
                     flavour: "cosmos-local",
+                    guard: Arc::new(server),
+                    crash: None,
+                }
+            }
+            Emulator::S3 | Emulator::S3Moto => {
+                let (kind, flavour) = match self {
+                    Emulator::S3 => (S3Kind::LocalStack, "localstack"),
+                    _ => (S3Kind::Moto, "moto"),
+                };
+                let server = S3Server::start(kind)?;
+                Started {
+                    store_url: server.store_url("wasikv-conformance", "runs"),
+                    port: server.server.port,
+                    backend: server.version(),
+                    flavour,
                     guard: Arc::new(server),
                     crash: None,
                 }

@@ -2,45 +2,22 @@
 
 use std::time::{Duration, Instant};
 
-use aws_config::retry::RetryConfig;
-use aws_config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::Credentials;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
     TimeToLiveSpecification,
 };
 
-use crate::config::DynamoConfig;
-use crate::error::map_sdk_error;
-use crate::store::{ATTR_EXPIRES, ATTR_KEY, ATTR_NAMESPACE};
+use super::config::DynamoConfig;
+use super::error::map_sdk_error;
+use super::store::{ATTR_EXPIRES, ATTR_KEY, ATTR_NAMESPACE};
 use kv_core::{KvError, Result};
 
-/// An SDK client: static credentials when configured, else the standard chain (env, profile,
-/// container and instance metadata — disable the latter with `AWS_EC2_METADATA_DISABLED=true`
-/// where it cannot exist).
+/// An SDK client ([`crate::access`]: static credentials when configured, else the standard
+/// chain; disable instance metadata with `AWS_EC2_METADATA_DISABLED=true` where it cannot
+/// exist).
 pub async fn build_client(config: &DynamoConfig) -> Client {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts));
-    if let Some(region) = &config.region {
-        loader = loader.region(Region::new(region.clone()));
-    }
-    if let Some(profile) = &config.profile {
-        loader = loader.profile_name(profile);
-    }
-    if let Some(endpoint) = &config.endpoint {
-        loader = loader.endpoint_url(endpoint);
-    }
-    if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
-        loader = loader.credentials_provider(Credentials::new(
-            id,
-            secret.expose(),
-            None,
-            None,
-            "wasi-kv-config",
-        ));
-    }
-    Client::new(&loader.load().await)
+    Client::new(&config.access.sdk_config().await)
 }
 
 /// Creates the table (partition key `ns`, sort key `k`, on-demand billing) if it is missing,

@@ -27,7 +27,7 @@ use kv_core::{
     SwapOutcome, Version, Versioned, clock,
 };
 
-use crate::error::map_sdk_error;
+use super::error::map_sdk_error;
 
 /// Partition key attribute: the namespace.
 pub const ATTR_NAMESPACE: &str = "ns";
@@ -104,7 +104,7 @@ pub struct DynamoProvider {
 }
 
 impl DynamoProvider {
-    /// A provider over `table` (which must exist, see [`crate::client::ensure_table`]).
+    /// A provider over `table` (which must exist, see [`super::client::ensure_table`]).
     pub fn new(client: Client, table: &str) -> Self {
         DynamoProvider {
             client,

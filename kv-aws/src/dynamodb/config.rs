@@ -2,28 +2,19 @@
 //! `[stores.NAME]` table with the same fields.
 
 use kv_core::config::{ProviderField, redact_url};
-use kv_core::{ConfigError, ConnectionKey, Secret, StoreSpec};
+use kv_core::{ConfigError, ConnectionKey, StoreSpec};
+
+use crate::access::AwsAccess;
 
 /// Where the table is and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DynamoConfig {
     /// Table name (one table per deployment; stores are partitions).
     pub table: String,
-    /// AWS region; the standard chain (env, profile) when unset.
-    pub region: Option<String>,
-    /// Endpoint override (DynamoDB Local); AWS's regional endpoint when unset.
-    pub endpoint: Option<String>,
-    /// Shared-config profile name.
-    pub profile: Option<String>,
-    /// Static access key id (tests); the standard credential chain when unset.
-    pub access_key_id: Option<String>,
-    /// Static secret (never printed).
-    pub secret_access_key: Option<Secret>,
+    /// Region, endpoint (DynamoDB Local), credentials and the SDK's attempts.
+    pub access: AwsAccess,
     /// Create the table (and enable TTL) if it does not exist.
     pub create_table: bool,
-    /// Attempts per request by the SDK (default 1: the host's `KvStore` is the one layer that
-    /// retries, knowing which writes are safe to resend; more attempts multiply with it).
-    pub max_attempts: u32,
 }
 
 impl DynamoConfig {
@@ -31,13 +22,8 @@ impl DynamoConfig {
     pub fn from_spec(spec: &StoreSpec) -> Result<DynamoConfig, ConfigError> {
         let mut config = DynamoConfig {
             table: String::new(),
-            region: None,
-            endpoint: None,
-            profile: None,
-            access_key_id: None,
-            secret_access_key: None,
+            access: AwsAccess::default(),
             create_table: false,
-            max_attempts: 1,
         };
         if let Some(url) = &spec.url {
             let shown = redact_url(url);
@@ -59,24 +45,17 @@ impl DynamoConfig {
                 "the dynamodb provider needs a table: dynamodb://TABLE or `table = ...`".into(),
             ));
         }
-        if config.access_key_id.is_some() != config.secret_access_key.is_some() {
-            return Err(ConfigError(
-                "set both access_key_id and secret_access_key, or neither".into(),
-            ));
-        }
+        config.access.validate()?;
         Ok(config)
     }
 
     fn apply(&mut self, field: &ProviderField) -> Result<(), ConfigError> {
+        if self.access.apply(field)? {
+            return Ok(());
+        }
         match field.name.as_str() {
             "table" => self.table = field.text()?,
-            "region" => self.region = Some(field.text()?),
-            "endpoint" => self.endpoint = Some(field.text()?),
-            "profile" => self.profile = Some(field.text()?),
-            "access_key_id" => self.access_key_id = Some(field.text()?),
-            "secret_access_key" => self.secret_access_key = Some(field.secret()?),
             "create_table" => self.create_table = field.flag()?,
-            "max_attempts" => self.max_attempts = field.integer(1..=10)? as u32,
             _ => return Err(field.unknown("dynamodb")),
         }
         Ok(())
@@ -85,15 +64,9 @@ impl DynamoConfig {
     /// Identity of the client: every setting that changes it, the secret as a fingerprint.
     /// Stores with equal keys share one SDK client.
     pub fn connection_key(&self) -> String {
-        ConnectionKey::new("dynamodb")
-            .field("table", &self.table)
-            .field("region", &self.region)
-            .field("endpoint", &self.endpoint)
-            .field("profile", &self.profile)
-            .field("access_key_id", &self.access_key_id)
-            .secret("secret_access_key", self.secret_access_key.as_ref())
+        self.access
+            .identify(ConnectionKey::new("dynamodb").field("table", &self.table))
             .field("create_table", self.create_table)
-            .field("max_attempts", self.max_attempts)
             .finish()
     }
 }
@@ -115,8 +88,11 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(config.table, "kv");
-        assert_eq!(config.region.as_deref(), Some("eu-west-1"));
-        assert_eq!(config.endpoint.as_deref(), Some("http://127.0.0.1:8000"));
+        assert_eq!(config.access.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            config.access.endpoint.as_deref(),
+            Some("http://127.0.0.1:8000")
+        );
         assert!(config.create_table);
     }
 
@@ -138,9 +114,13 @@ mod tests {
         let parsed = DynamoConfig::from_spec(&config.stores["users"]).unwrap();
         assert_eq!(parsed.table, "kv");
         assert!(parsed.create_table);
-        assert_eq!(parsed.max_attempts, 1);
+        assert_eq!(parsed.access.max_attempts, 1);
         assert_eq!(
-            parsed.secret_access_key.as_ref().map(Secret::expose),
+            parsed
+                .access
+                .secret_access_key
+                .as_ref()
+                .map(kv_core::Secret::expose),
             Some("s3cr3t")
         );
         let bad = kv_core::KvConfig::from_toml(

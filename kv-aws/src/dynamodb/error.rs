@@ -1,9 +1,12 @@
 //! Every DynamoDB SDK error mapped to the contract's classes, in one place. Causes are logged
 //! with `DisplayErrorContext` (plain `Display` says only "service error").
 
+use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use kv_core::error::{classify_http_status, describe_http_status};
 use kv_core::{ErrorKind, KvError};
+
+use crate::sdk_error::{SdkErrorText, http_status as status};
 
 /// Codes of throttling errors (retried, then `throttled`).
 const THROTTLING: &[&str] = &[
@@ -14,10 +17,9 @@ const THROTTLING: &[&str] = &[
 ];
 
 /// Maps any SDK error of operation `op`.
-pub fn map_sdk_error<E, R>(op: &str, err: SdkError<E, R>) -> KvError
+pub fn map_sdk_error<E>(op: &str, err: SdkError<E, HttpResponse>) -> KvError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
     let detail = DisplayErrorContext(&err).to_string();
     let code = err.code().unwrap_or("").to_string();
@@ -93,27 +95,3 @@ where
         .with_transient(transient)
         .with_source(SdkErrorText(detail))
 }
-
-fn status<E, R: 'static>(err: &SdkError<E, R>) -> u16 {
-    match err {
-        SdkError::ServiceError(service) => {
-            let raw: &dyn std::any::Any = service.raw();
-            raw.downcast_ref::<aws_sdk_dynamodb::config::http::HttpResponse>()
-                .map(|response| response.status().as_u16())
-                .unwrap_or(0)
-        }
-        _ => 0,
-    }
-}
-
-/// The full SDK error context, as the source of a `KvError` (for logs only).
-#[derive(Debug)]
-struct SdkErrorText(String);
-
-impl std::fmt::Display for SdkErrorText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for SdkErrorText {}
