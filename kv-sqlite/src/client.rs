@@ -95,6 +95,27 @@ fn wait_for_lock(attempts: i32) -> bool {
 /// How long opening and the sweeper wait for another connection's lock (at least).
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// WAL mode, the sync level and the schema, each idempotent; the failed step's name.
+fn set_up(connection: &Connection) -> std::result::Result<(), (&'static str, rusqlite::Error)> {
+    connection
+        .pragma_update(None, "journal_mode", "WAL")
+        .map_err(|err| ("WAL mode", err))?;
+    connection
+        .pragma_update(None, "synchronous", "NORMAL")
+        .map_err(|err| ("synchronous", err))?;
+    connection
+        .execute_batch(SCHEMA)
+        .map_err(|err| ("schema", err))
+}
+
+/// Whether `err` is another connection's lock (`SQLITE_BUSY`, `SQLITE_LOCKED`).
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// Opens (creating if needed) the database file and its schema.
 pub fn open(config: &SqliteConfig) -> Result<Connection> {
     let mut connection = Connection::open(&config.path).map_err(|err| map_error("open", err))?;
@@ -103,15 +124,20 @@ pub fn open(config: &SqliteConfig) -> Result<Connection> {
     connection
         .busy_timeout(DEFAULT_BUSY_TIMEOUT.max(config.busy_timeout))
         .map_err(|err| map_error("busy timeout", err))?;
-    connection
-        .pragma_update(None, "journal_mode", "WAL")
-        .map_err(|err| map_error("WAL mode", err))?;
-    connection
-        .pragma_update(None, "synchronous", "NORMAL")
-        .map_err(|err| map_error("synchronous", err))?;
-    connection
-        .execute_batch(SCHEMA)
-        .map_err(|err| map_error("schema", err))?;
+    // A connection that meets another one switching the new file to WAL gets SQLITE_BUSY at
+    // once, without the busy timeout: the set-up is tried again until the timeout has passed.
+    let deadline = Instant::now() + DEFAULT_BUSY_TIMEOUT.max(config.busy_timeout);
+    let mut attempt: u32 = 0;
+    loop {
+        match set_up(&connection) {
+            Ok(()) => break,
+            Err((_, err)) if is_busy(&err) && Instant::now() < deadline => {
+                attempt += 1;
+                std::thread::sleep(BUSY_POLL * attempt.min(10));
+            }
+            Err((step, err)) => return Err(map_error(step, err)),
+        }
+    }
     connection
         .busy_handler(Some(wait_for_lock))
         .map_err(|err| map_error("busy handler", err))?;

@@ -10,6 +10,8 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 /// When set, this binary is a worker process: it increments `n` in the file it names.
 const WORKER_ENV: &str = "KV_SQLITE_TEST_WORKER";
+/// Set in a worker that only opens the file.
+const OPEN_ONLY_ENV: &str = "KV_SQLITE_TEST_OPEN_ONLY";
 const PROCESSES: usize = 4;
 const INCREMENTS: usize = 50;
 
@@ -33,10 +35,14 @@ async fn store(path: &std::path::Path) -> Result<KvStore, String> {
     stores.open("s").await.map_err(|err| err.to_string())
 }
 
-/// A worker process: `INCREMENTS` increments of `n`.
+/// A worker process: `INCREMENTS` increments of `n` (with [`OPEN_ONLY_ENV`]: none, it only
+/// opens the file).
 fn worker(path: &str) -> ExitCode {
     let result = runtime().block_on(async {
         let store = store(std::path::Path::new(path)).await?;
+        if std::env::var_os(OPEN_ONLY_ENV).is_some() {
+            return Ok(());
+        }
         for _ in 0..INCREMENTS {
             store
                 .increment("n", 1)
@@ -67,11 +73,13 @@ fn processes_share_one_file_exactly() -> Result<(), Failed> {
                 .map_err(|err| Failed::from(err.to_string()))
         })
         .collect::<Result<_, _>>()?;
-    for mut child in children {
-        let status = child.wait().map_err(|err| err.to_string())?;
-        if !status.success() {
-            return Err(format!("a worker failed: {status}").into());
-        }
+    // Every worker is waited for before the file is removed.
+    let statuses: Vec<_> = children
+        .into_iter()
+        .map(|mut child| child.wait().map_err(|err| err.to_string()))
+        .collect::<Result<_, _>>()?;
+    if let Some(failed) = statuses.iter().find(|status| !status.success()) {
+        return Err(format!("a worker failed: {failed}").into());
     }
     let total = runtime().block_on(async {
         store(&path)
@@ -83,6 +91,36 @@ fn processes_share_one_file_exactly() -> Result<(), Failed> {
     let expected = (PROCESSES * INCREMENTS).to_string();
     if total.as_deref() != Some(expected.as_bytes()) {
         return Err(format!("{PROCESSES} x {INCREMENTS} increments gave {total:?}").into());
+    }
+    Ok(())
+}
+
+/// Host processes started together on one new file all open it: switching a new file to WAL
+/// takes an exclusive lock, and SQLite answers a connection that meets the switch with
+/// `SQLITE_BUSY` at once, without waiting out its busy timeout. CI saw a worker of
+/// `processes_share_one_file_exactly` fail to start that way. 30 rounds of 6 processes.
+fn processes_open_one_new_file_together() -> Result<(), Failed> {
+    let exe = std::env::current_exe().map_err(|err| err.to_string())?;
+    for round in 0..30 {
+        let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
+        let path = dir.path().join("new.db");
+        let children: Vec<_> = (0..6)
+            .map(|_| {
+                Command::new(&exe)
+                    .env(WORKER_ENV, &path)
+                    .env(OPEN_ONLY_ENV, "1")
+                    .spawn()
+                    .map_err(|err| Failed::from(err.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        let statuses: Vec<_> = children
+            .into_iter()
+            .map(|mut child| child.wait().map_err(|err| err.to_string()))
+            .collect::<Result<_, _>>()?;
+        let failed = statuses.iter().filter(|status| !status.success()).count();
+        if failed > 0 {
+            return Err(format!("round {round}: {failed} of 6 processes could not open").into());
+        }
     }
     Ok(())
 }
@@ -320,6 +358,10 @@ fn main() -> ExitCode {
         Trial::test(
             "processes_share_one_file_exactly",
             processes_share_one_file_exactly,
+        ),
+        Trial::test(
+            "processes_open_one_new_file_together",
+            processes_open_one_new_file_together,
         ),
         Trial::test("data_persists_across_opens", data_persists_across_opens),
         Trial::test("expired_keys_are_swept", expired_keys_are_swept),
