@@ -361,6 +361,8 @@ async fn batch_rows() -> anyhow::Result<()> {
         Emulator::DynamoDb,
         Emulator::Cosmos,
         Emulator::Gcs,
+        Emulator::S3,
+        Emulator::S3Moto,
     ] {
         let provider = emulator.provider();
         if !emulator.installed() {
