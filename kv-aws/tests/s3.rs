@@ -230,6 +230,59 @@ async fn emulator_restart(mut server: S3Server) -> TestResult {
     )
 }
 
+/// Connecting with `create_bucket = true` to a bucket that has lifecycle rules of its own
+/// leaves them as they are (us-east-1 answers 200 to re-creating an owned bucket); a new bucket
+/// gets the tombstone rule.
+async fn an_existing_lifecycle_is_kept(server: S3Server) -> TestResult {
+    use aws_sdk_s3::types::{
+        BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
+        LifecycleRuleFilter,
+    };
+    let (_, client) = provider(&server).await?;
+    let rules = |client: aws_sdk_s3::Client| async move {
+        client
+            .get_bucket_lifecycle_configuration()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .map(|out| {
+                out.rules()
+                    .iter()
+                    .filter_map(|rule| rule.id().map(str::to_string))
+                    .collect::<Vec<_>>()
+            })
+            .map_err(|err| Failed::from(format!("{err:?}")))
+    };
+    check(
+        rules(client.clone()).await? == vec!["wasi-kv-tombstones".to_string()],
+        "a new bucket gets the tombstone rule",
+    )?;
+    let own = LifecycleRule::builder()
+        .id("owners-rule")
+        .status(ExpirationStatus::Enabled)
+        .filter(LifecycleRuleFilter::builder().prefix("logs/").build())
+        .expiration(LifecycleExpiration::builder().days(30).build())
+        .build()
+        .map_err(|err| Failed::from(err.to_string()))?;
+    client
+        .put_bucket_lifecycle_configuration()
+        .bucket(BUCKET)
+        .lifecycle_configuration(
+            BucketLifecycleConfiguration::builder()
+                .rules(own)
+                .build()
+                .map_err(|err| Failed::from(err.to_string()))?,
+        )
+        .send()
+        .await
+        .map_err(|err| Failed::from(format!("{err:?}")))?;
+    let (_, client) = provider(&server).await?;
+    check(
+        rules(client).await? == vec!["owners-rule".to_string()],
+        "the owner's rules were replaced",
+    )
+}
+
 fn main() -> ExitCode {
     kv_testkit::stay_on_loopback();
     provider_tests::main::<S3Server>(
@@ -245,6 +298,9 @@ fn main() -> ExitCode {
             }),
             ("awkward_and_1024_byte_keys_round_trip", |s| {
                 Box::pin(awkward_keys_round_trip(s))
+            }),
+            ("an_existing_lifecycle_is_kept", |s| {
+                Box::pin(an_existing_lifecycle_is_kept(s))
             }),
             (
                 "emulator_stop_gives_unavailable_and_restart_recovers",

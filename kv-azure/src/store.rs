@@ -9,7 +9,7 @@
 //! - `v` = the value in base64; counters are decimal values like any other.
 //! - `exp` = expiry in Unix ms, filtered on every read; `ttl` = seconds, so the service deletes
 //!   expired items eventually (the local server never does), ten minutes after `exp`.
-//! - delete: a tombstone, an item with an empty `v` expired at the deletion, so a CAS handle
+//! - delete: a tombstone, an item with an empty `v` expired on every clock, so a CAS handle
 //!   taken on the missing key sees it was written and deleted since (`kv_core::rmw`).
 //! - CAS and increment: ETag `If-Match`; create-if-absent: create (409 = exists); `j` = the
 //!   journal that makes a retried increment or swap apply once (`kv_core::rmw`).
@@ -378,13 +378,19 @@ impl Bucket for CosmosBucket {
         Ok(())
     }
 
-    /// Replaces the item with a tombstone (no value, expired now), which the service removes
+    /// Replaces the item with a tombstone (no value, expired on every clock), which the service removes
     /// after rmw::TOMBSTONE_RETENTION: a CAS handle taken before can tell the key was deleted
     /// (S7). A key with no item needs none.
     async fn delete(&self, key: &str) -> Result<()> {
-        self.write(key, b"", Some(clock::now_ms()), None, Condition::Exists)
-            .await
-            .map(drop)
+        self.write(
+            key,
+            b"",
+            Some(rmw::TOMBSTONE_EXPIRES_AT_MS),
+            None,
+            Condition::Exists,
+        )
+        .await
+        .map(drop)
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {

@@ -148,6 +148,18 @@ impl Namespace {
         if self.expiries.is_empty() {
             return;
         }
+        // Entries of keys written again stay queued until their own expiry: a key refreshed
+        // often with a long TTL would grow the queue without bound. Rebuilt from the entries
+        // once it holds twice as many as there are, so it stays proportional to the keys.
+        if self.expiries.len() > 2 * self.entries.len() + 1024 {
+            self.expiries = self
+                .entries
+                .iter()
+                .filter_map(|(key, entry)| {
+                    Some(Reverse((entry.expires_at?, entry.version, key.clone())))
+                })
+                .collect();
+        }
         let now = Instant::now();
         for _ in 0..RECLAIMED_PER_WRITE {
             if self
@@ -374,6 +386,11 @@ impl ImmediateBucket for MemoryBucket {
                 let next = add_delta_within(parse_counter(&entry.value)?, delta, range)?;
                 entry.value = encode_counter(next).into();
                 entry.version = version;
+                if let Some(at) = entry.expires_at {
+                    // Queued again under its new version, or it would never be reclaimed.
+                    let expiry = Reverse((at, version, Arc::from(key)));
+                    map.expiries.push(expiry);
+                }
                 next
             }
             None => {
@@ -717,6 +734,50 @@ mod tests {
         assert_eq!(
             bucket.get("kept").await.unwrap().as_deref(),
             Some(&b"2"[..])
+        );
+    }
+
+    /// The expiry queue stays proportional to the keys when one key is refreshed again and
+    /// again with a long TTL, and a counter that keeps its TTL through increments is reclaimed
+    /// once it expires.
+    #[tokio::test]
+    async fn the_expiry_queue_stays_bounded_and_counters_expire() {
+        let provider = MemoryProvider::new();
+        let bucket = provider.open("ns").await.unwrap();
+        for _ in 0..20_000 {
+            bucket
+                .set_with_ttl(
+                    "session",
+                    Bytes::from_static(b"s"),
+                    Duration::from_secs(3600),
+                )
+                .await
+                .unwrap();
+        }
+        bucket
+            .set_with_ttl("hits", Bytes::from_static(b"0"), Duration::from_millis(2))
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            bucket
+                .increment("hits", 1, CounterRange::Signed, &mut Attempt::new())
+                .await
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        for _ in 0..10 {
+            bucket.set("other", Bytes::from_static(b"y")).await.unwrap();
+        }
+        let map = provider.shared.namespaces.lock().unwrap()["ns"].clone();
+        let map = map.lock().unwrap();
+        assert!(
+            map.expiries.len() <= 2 * map.entries.len() + 1024 + 1,
+            "{}",
+            map.expiries.len()
+        );
+        assert!(
+            !map.entries.contains_key("hits"),
+            "an expired counter stayed in memory"
         );
     }
 

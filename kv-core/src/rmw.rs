@@ -23,7 +23,7 @@
 //!   since): the outcome cannot be known, and the call fails with
 //!   `unavailable: outcome unknown`. It never applies twice.
 //!
-//! **Tombstones.** A delete leaves an empty item expired at the deletion, with a new version,
+//! **Tombstones.** A delete leaves an empty item, expired on every clock, with a new version,
 //! kept for [`TOMBSTONE_RETENTION`] (providers keep expiring values as long past their
 //! expiry). A CAS handle on a missing key carries that item's version, or, where there was no
 //! item, the time it looked; [`swap`] inserts only if nothing was written and removed since
@@ -145,6 +145,13 @@ pub trait ConditionalStore: Send + Sync {
     /// that `Ok(false)` can be the resend failing against the first send's own write. Then a
     /// conflict is resolved through the journal like a lost reply; otherwise it is final.
     fn resends_conditional_writes(&self) -> bool {
+        false
+    }
+
+    /// Whether versions are digests of the bytes (S3's ETags), so an older version comes back
+    /// when older bytes do. Then a retry tells "not applied" from "applied and undone" by the
+    /// version and the journal together ([`fingerprint_of`]).
+    fn versions_are_digests(&self) -> bool {
         false
     }
 
@@ -281,8 +288,8 @@ fn resolve(attempt: &mut Attempt, journal: &Journal, current: u32) -> Result<Ear
         return Ok(Earlier::NotApplied);
     }
     let why = if !base_is_a_version(base) {
-        "an earlier attempt that creates the key lost its reply, and the key has no record of \
-         it: it was either never written or written and deleted since"
+        "an earlier attempt lost its reply, and the key has no record of it: the state it was \
+         conditioned on (no item, or bytes a plain set can restore) may have come back since"
     } else {
         "an earlier attempt's reply was lost and the key has changed too much since to tell \
          whether it was applied"
@@ -301,7 +308,7 @@ async fn resolve_now<S: ConditionalStore + ?Sized>(
     for read_attempt in 1..=RESOLVE_ATTEMPTS {
         match store.read(key).await {
             Ok(read) if read != Read::Raced => {
-                return match resolve(attempt, &journal_of(&read), fingerprint_of(&read))? {
+                return match resolve(attempt, &journal_of(&read), fingerprint_of(store, &read))? {
                     Earlier::Applied(applied) => Ok(Some(applied)),
                     Earlier::NotApplied => Ok(None),
                 };
@@ -322,8 +329,22 @@ fn journal_of(read: &Read) -> Journal {
     }
 }
 
-fn fingerprint_of(read: &Read) -> u32 {
+/// What a write conditioned on the state `read` is conditioned on, as the journal and an
+/// [`Attempt`] record it. Where versions are digests of the bytes
+/// ([`ConditionalStore::versions_are_digests`]), the same version comes back whenever the same
+/// bytes do, so the journal read with it is part of the state; and a state with an empty
+/// journal names nothing certain (a plain `set` of the same bytes restores it exactly), so it
+/// fingerprints like absence: only the request's own journal entry resolves a write on it.
+fn fingerprint_of<S: ConditionalStore + ?Sized>(store: &S, read: &Read) -> u32 {
     match read {
+        Read::Found(snapshot) if store.versions_are_digests() => {
+            if snapshot.journal.is_empty() {
+                absent_fingerprint()
+            } else {
+                let state = format!("{}\n{}", snapshot.version, snapshot.journal.encode());
+                Expect::Version(state).fingerprint()
+            }
+        }
         Read::Found(snapshot) => Expect::Version(snapshot.version.clone()).fingerprint(),
         Read::Missing | Read::Raced => Expect::Absent.fingerprint(),
     }
@@ -404,13 +425,14 @@ pub async fn increment_within<S: ConditionalStore + ?Sized>(
             Read::Found(snapshot) => snapshot.journal.clone(),
             _ => Journal::default(),
         };
-        match resolve(attempt, &journal, fingerprint_of(&read))? {
+        match resolve(attempt, &journal, fingerprint_of(store, &read))? {
             Earlier::Applied(Applied::Incremented(total)) => return Ok(total),
             Earlier::Applied(Applied::Swapped) => {
                 return Err(KvError::internal("a swap's request id was reused"));
             }
             Earlier::NotApplied => {}
         }
+        let base = fingerprint_of(store, &read);
         let (next, expires_at_ms, expect, journal) = match read {
             Read::Raced => continue,
             Read::Missing => (
@@ -436,7 +458,6 @@ pub async fn increment_within<S: ConditionalStore + ?Sized>(
                 journal,
             ),
         };
-        let base = expect.fingerprint();
         let write = Write {
             value: encode_counter(next),
             expires_at_ms,
@@ -500,10 +521,15 @@ pub fn version_of(read: &Read) -> Version {
 
 /// How long a deleted or expired key's item stays readable (a tombstone) before the backend
 /// may remove it. Every [`ConditionalStore`] keeps this promise: a delete writes a tombstone
-/// (an item expired at the deletion, without a value) that is kept this long, and an expiring
+/// (an item without a value, expired on every clock) that is kept this long, and an expiring
 /// value is kept this long past its expiry. So a key seen with no item at all cannot have been
 /// written and removed since, if it was seen less than [`ABSENCE_HANDLE_LIFETIME`] ago.
 pub const TOMBSTONE_RETENTION: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The expiry a tombstone carries (Unix ms): long past on every clock, so no host whose clock
+/// is behind the deleting host's reads a tombstone as a live value. How long the backend keeps
+/// it is set apart, from the deletion time ([`TOMBSTONE_RETENTION`]).
+pub const TOMBSTONE_EXPIRES_AT_MS: u64 = 1;
 
 /// How long a CAS handle taken on a key with no item at all can insert it. Half of
 /// [`TOMBSTONE_RETENTION`]: a tombstone written after the handle was taken is surely still
@@ -525,8 +551,13 @@ const GONE_AT: &str = "gone@";
 /// or the handle is too old to tell.
 fn unchanged_absence(tag: &str, read: &Read, now_ms: u64) -> Option<Expect> {
     if let Some(version) = tag.strip_prefix(GONE_AT) {
+        // Still missing too: where versions are digests, a live value can have the version the
+        // expired one had.
         return match read {
-            Read::Found(snapshot) if snapshot.version == version => {
+            Read::Found(snapshot)
+                if snapshot.version == version
+                    && !clock::is_live(snapshot.expires_at_ms, now_ms) =>
+            {
                 Some(Expect::Version(snapshot.version.clone()))
             }
             _ => None,
@@ -560,7 +591,7 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
         }
     };
     let journal = journal_of(&read);
-    match resolve(attempt, &journal, fingerprint_of(&read))? {
+    match resolve(attempt, &journal, fingerprint_of(store, &read))? {
         Earlier::Applied(Applied::Swapped) => return Ok(SwapOutcome::Swapped),
         Earlier::Applied(Applied::Incremented(_)) => {
             return Err(KvError::internal("an increment's request id was reused"));
@@ -584,7 +615,7 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
         },
         _ => return Ok(SwapOutcome::Conflict),
     };
-    let base = condition.fingerprint();
+    let base = fingerprint_of(store, &read);
     let write = Write {
         value: value.to_vec(),
         expires_at_ms: None,
@@ -694,11 +725,23 @@ mod tests {
         resend_conflicts: AtomicU32,
         /// Whether the client resends conditional writes.
         resends: bool,
+        /// Versions are digests of the bytes (as S3's ETags), not a counter.
+        digests: bool,
     }
 
     impl Versioned {
+        /// The version of a write of `value`: a digest of it, or the next count.
+        fn version_for(&self, value: &[u8]) -> u64 {
+            if self.digests {
+                let digest = Sha256::digest(value);
+                u64::from_be_bytes(digest[..8].try_into().unwrap())
+            } else {
+                self.next.fetch_add(1, Ordering::Relaxed) + 1
+            }
+        }
+
         fn put(&self, key: &str, value: &[u8], expires_at_ms: Option<u64>) {
-            let version = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+            let version = self.version_for(value);
             let mut items = self.items.lock().unwrap();
             items.insert(
                 key.to_string(),
@@ -755,7 +798,7 @@ mod tests {
                     Expect::Version(version) => current == Some(version),
                 };
                 if holds {
-                    let version = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+                    let version = self.version_for(&write.value);
                     let stored = Journal::parse(&write.journal.encode());
                     items.insert(
                         key.to_string(),
@@ -787,6 +830,10 @@ mod tests {
 
         fn resends_conditional_writes(&self) -> bool {
             self.resends
+        }
+
+        fn versions_are_digests(&self) -> bool {
+            self.digests
         }
     }
 
@@ -901,6 +948,70 @@ mod tests {
         store
             .fail_reads_after_loss
             .store(RESOLVE_ATTEMPTS, Ordering::Relaxed);
+    }
+
+    /// Where versions are digests of the bytes (S3), the bytes a write was conditioned on can
+    /// come back without it: deleted and counted up again, or restored by a plain `set`. A
+    /// retry that then finds neither its entry nor the journal it read must not take the old
+    /// version for "not applied": before, it applied again (6 then 7, and 5 then 6 again).
+    #[tokio::test]
+    async fn digest_versions_never_take_old_bytes_for_not_applied() {
+        let store = Versioned {
+            digests: true,
+            ..Versioned::default()
+        };
+        for _ in 0..5 {
+            increment(&store, "n", 1, &mut Attempt::new())
+                .await
+                .unwrap();
+        }
+        let mut call = Attempt::new();
+        lose_the_next_reply_and_reads(&store);
+        assert!(increment(&store, "n", 1, &mut call).await.is_err());
+        assert_eq!(store.value("n"), b"6");
+        store.remove("n");
+        for _ in 0..5 {
+            increment(&store, "n", 1, &mut Attempt::new())
+                .await
+                .unwrap();
+        }
+        let err = increment(&store, "n", 1, &mut call).await.unwrap_err();
+        assert!(err.message().starts_with(OUTCOME_UNKNOWN), "{err}");
+        assert_eq!(store.value("n"), b"5", "applied twice");
+        // A plain set of the bytes the write was conditioned on (no journal).
+        store.put("m", b"5", None);
+        let mut call = Attempt::new();
+        lose_the_next_reply_and_reads(&store);
+        assert!(increment(&store, "m", 1, &mut call).await.is_err());
+        store.put("m", b"5", None);
+        let err = increment(&store, "m", 1, &mut call).await.unwrap_err();
+        assert!(err.message().starts_with(OUTCOME_UNKNOWN), "{err}");
+        assert_eq!(store.value("m"), b"5", "applied twice");
+        // Unchanged since (same bytes, same journal): resolved as not applied, and applied.
+        store.refuse_next_write(KvError::unavailable("connection reset"));
+        assert_eq!(
+            increment(&store, "n", 1, &mut Attempt::new())
+                .await
+                .unwrap(),
+            6
+        );
+    }
+
+    /// A handle on an expired value does not swap over a live one with the same version, as
+    /// digest versions allow (an expired lease renewed with the same bytes).
+    #[tokio::test]
+    async fn a_handle_on_an_expired_value_does_not_swap_over_a_live_one() {
+        let store = Versioned {
+            digests: true,
+            ..Versioned::default()
+        };
+        store.put("lock", b"h1", Some(1));
+        let handle = read_versioned(&store, "lock").await.unwrap();
+        assert_eq!(handle.value, None);
+        store.put("lock", b"h1", Some(clock::now_ms() + 60_000));
+        let outcome = swap(&store, "lock", &handle.version, b"h2", &mut Attempt::new()).await;
+        assert_eq!(outcome.unwrap(), SwapOutcome::Conflict);
+        assert_eq!(store.value("lock"), b"h1");
     }
 
     #[tokio::test]

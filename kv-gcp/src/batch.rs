@@ -1,7 +1,7 @@
 //! Cloud Storage JSON API batch requests, for `delete-many`: up to [`MAX_BATCH_CALLS`] deletes
 //! in one `POST {endpoint}/batch/storage/v1`, answered part by part.
 //!
-//! A delete leaves a tombstone (`crate::store`): an empty object expired at the deletion. A
+//! A delete leaves a tombstone (`crate::store`): an empty object expired on every clock. A
 //! batch cannot carry uploads, so each part copies an empty template object onto the name
 //! (`POST …/o/{template}/copyTo/b/{bucket}/o/{name}`) with the tombstone's metadata in the
 //! body, which makes a new generation like an upload does.

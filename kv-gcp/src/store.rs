@@ -1,6 +1,6 @@
 //! The mapping of the contract onto Cloud Storage objects (README.md has the table).
 //!
-//! A delete leaves a tombstone: an empty object expired at the deletion, so a CAS handle taken
+//! A delete leaves a tombstone: an empty object expired on every clock, so a CAS handle taken
 //! on the missing key sees it was written and deleted since (S7, `kv_core::rmw`). Every read
 //! treats it like an expired value. Expiring objects and tombstones carry `customTime` = their
 //! expiry, and buckets the provider creates remove them a day after it (a lifecycle rule), well
@@ -245,6 +245,22 @@ impl GcsBucket {
         journal: Option<&Journal>,
         if_generation: Option<i64>,
     ) -> Result<bool> {
+        self.upload_object(key, value, expires_at, expires_at, journal, if_generation)
+            .await
+    }
+
+    /// [`GcsBucket::upload`] with `customTime` (what the lifecycle rule counts from) apart from
+    /// the expiry reads check: a tombstone expires on every clock but is kept from its
+    /// deletion on.
+    async fn upload_object(
+        &self,
+        key: &str,
+        value: Bytes,
+        expires_at: Option<u64>,
+        removable_from: Option<u64>,
+        journal: Option<&Journal>,
+        if_generation: Option<i64>,
+    ) -> Result<bool> {
         let (name, hashed) = self.name(key);
         let mut metadata = HashMap::new();
         if let Some(at) = expires_at {
@@ -260,7 +276,7 @@ impl GcsBucket {
             name: name.clone(),
             content_type: Some("application/octet-stream".to_string()),
             metadata: Some(metadata),
-            custom_time: expires_at.and_then(custom_time),
+            custom_time: removable_from.and_then(custom_time),
             ..Default::default()
         };
         let request = UploadObjectRequest {
@@ -372,11 +388,19 @@ impl Bucket for GcsBucket {
             .map(drop)
     }
 
-    /// Uploads a tombstone: empty, expired now.
+    /// Uploads a tombstone: empty, expired on every clock, removable a day after now.
     async fn delete(&self, key: &str) -> Result<()> {
-        self.upload(key, Bytes::new(), Some(clock::now_ms()), None, None)
-            .await
-            .map(drop)
+        let expired = Some(rmw::TOMBSTONE_EXPIRES_AT_MS);
+        self.upload_object(
+            key,
+            Bytes::new(),
+            expired,
+            Some(clock::now_ms()),
+            None,
+            None,
+        )
+        .await
+        .map(drop)
     }
 
     /// Batch requests of up to 100 tombstones (`crate::batch`) instead of one upload per key;
@@ -387,7 +411,7 @@ impl Bucket for GcsBucket {
         let now = clock::now_ms();
         let mut object = serde_json::json!({
             "contentType": "application/octet-stream",
-            "metadata": { META_EXPIRES: now.to_string() },
+            "metadata": { META_EXPIRES: rmw::TOMBSTONE_EXPIRES_AT_MS.to_string() },
         });
         if let Some(at) = custom_time(now).and_then(|at| {
             at.format(&time::format_description::well_known::Rfc3339)

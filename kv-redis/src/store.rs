@@ -411,7 +411,10 @@ impl RedisBucket {
         cursor: u64,
     ) -> Result<(u64, Vec<Vec<u8>>, u32)> {
         let mut pipeline = redis::pipe();
+        // A server that refuses INFO (an ACL user without @dangerous, a proxy) still lists:
+        // its process is then named by its address alone, and a restart is not seen.
         pipeline
+            .ignore_errors()
             .cmd("INFO")
             .arg("server")
             .cmd("SCAN")
@@ -430,11 +433,14 @@ impl RedisBucket {
         let [info, scanned]: [redis::Value; 2] = replies
             .try_into()
             .map_err(|_| KvError::internal("redis SCAN: the pipeline did not answer twice"))?;
-        let info: String = redis::from_redis_value(info).map_err(decode)?;
+        let info: String = redis::from_redis_value(info).unwrap_or_default();
         let run_id = info
             .lines()
             .find_map(|line| line.trim().strip_prefix("run_id:"))
-            .ok_or_else(|| KvError::internal("redis SCAN: INFO server has no run_id"))?;
+            .unwrap_or_default();
+        if let redis::Value::ServerError(err) = scanned {
+            return Err(map_error("SCAN", err.into()));
+        }
         let (next, keys) = redis::from_redis_value(scanned).map_err(decode)?;
         Ok((next, keys, node_id(address, run_id)))
     }
@@ -494,14 +500,20 @@ fn fingerprint(raw: &[u8]) -> u64 {
     fingerprint_key().hash_one(raw)
 }
 
-/// Names a server process in a cursor: a fingerprint of its address (on a cluster) and its
-/// `run_id`, so a cursor says which process's `SCAN` it continues without showing either.
+/// Names a server process in a cursor: a digest of its address (on a cluster) and its
+/// `run_id` (empty where `INFO` is denied), so a cursor says which process's `SCAN` it
+/// continues without showing either. The same in every host process (SHA-256, not this
+/// process's keyed fingerprint): replicas behind one load balancer each serve pages of one
+/// listing, and a cursor that named the server differently in each would start it over on
+/// every page.
 fn node_id(address: Option<(&str, u16)>, run_id: &str) -> u32 {
+    use sha2::{Digest as _, Sha256};
     let name = match address {
         Some((host, port)) => format!("node {host}:{port} {run_id}"),
         None => format!("server {run_id}"),
     };
-    (fingerprint(name.as_bytes()) >> 32) as u32
+    let digest = Sha256::digest(name.as_bytes());
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
 /// Names this process's fingerprint key in a cursor, so another process's fingerprints are
@@ -967,6 +979,18 @@ mod tests {
             b"wasi-kv/3/a\\*\\[/*".to_vec()
         );
         assert_eq!(match_pattern(b"?\\]"), b"\\?\\\\\\]*".to_vec());
+    }
+
+    /// Every host process names a server the same way (replicas serving pages of one listing
+    /// must agree), whatever its own fingerprint key: a fixed digest, the same in every build.
+    #[test]
+    fn node_ids_are_the_same_in_every_process() {
+        assert_eq!(node_id(None, "abc"), 0xf05a_b010);
+        assert_eq!(
+            node_id(Some(("127.0.0.1", 7000)), "abc"),
+            node_id(Some(("127.0.0.1", 7000)), "abc")
+        );
+        assert_ne!(node_id(None, "abc"), node_id(None, "abd"));
     }
 
     #[test]

@@ -716,6 +716,52 @@ async fn a_listing_resumed_after_a_restart_misses_no_key(_server: RedisServer) -
     )
 }
 
+/// A user whose ACL denies `INFO` (least privilege: no `@dangerous`) still lists keys: the
+/// server process is then named by its address alone.
+async fn listing_works_for_a_user_denied_info(server: RedisServer) -> TestResult {
+    let client = redis::Client::open(server.url())?;
+    let mut raw = client.get_multiplexed_async_connection().await?;
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("lister")
+        .arg("on")
+        .arg(">secret-pw")
+        .arg("~*")
+        .arg("+@all")
+        .arg("-@dangerous")
+        .arg("+config|get")
+        .query_async::<()>(&mut raw)
+        .await?;
+    let url = server
+        .url()
+        .replace("redis://", "redis://lister:secret-pw@");
+    let (_, spec) = kv_core::config::parse_short_form(&format!("r={url}")).expect("url parses");
+    let provider = kv_redis::RedisFactory
+        .connect(&spec)
+        .await
+        .map_err(|err| Failed::from(err.to_string()))?;
+    let bucket = provider.open("acl").await?;
+    for i in 0..500 {
+        bucket
+            .set(&format!("k{i}"), kv_core::Bytes::from_static(b"v"))
+            .await?;
+    }
+    let mut listed = std::collections::HashSet::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let page = bucket.list_keys(cursor.as_deref(), 100).await?;
+        listed.extend(page.keys);
+        cursor = page.cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    check(
+        cursor.is_none() && listed.len() == 500,
+        format!("{} of 500 listed", listed.len()),
+    )
+}
+
 fn main() -> ExitCode {
     let installed = kv_testkit::emulator::find_program("redis-server").is_some();
     provider_tests::main::<RedisServer>(
@@ -739,6 +785,9 @@ fn main() -> ExitCode {
             }),
             ("a_listing_resumed_after_a_restart_misses_no_key", |s| {
                 Box::pin(a_listing_resumed_after_a_restart_misses_no_key(s))
+            }),
+            ("listing_works_for_a_user_denied_info", |s| {
+                Box::pin(listing_works_for_a_user_denied_info(s))
             }),
             ("listing_under_churn_misses_no_stable_key", |s| {
                 Box::pin(listing_under_churn_misses_no_stable_key(s))

@@ -255,11 +255,14 @@ impl DynamoBucket {
         item
     }
 
-    /// What a delete leaves: no value, a new version, expired now.
+    /// What a delete leaves: no value, a new version, expired on every clock, removed by
+    /// DynamoDB a tombstone's retention after now.
     fn tombstone(&self, key: &str) -> Item {
         let mut item = self.key(key);
         item.insert(ATTR_VERSION.into(), new_version());
-        item.extend(expiry_attributes(clock::now_ms()));
+        let remove_at = clock::now_secs().saturating_add(rmw::TOMBSTONE_RETENTION.as_secs());
+        item.insert(ATTR_UNTIL.into(), n(rmw::TOMBSTONE_EXPIRES_AT_MS));
+        item.insert(ATTR_EXPIRES.into(), n(remove_at));
         item
     }
 

@@ -2,6 +2,7 @@
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::ProvideErrorMetadata as _;
 use aws_sdk_s3::types::{
     BucketLifecycleConfiguration, BucketLocationConstraint, CreateBucketConfiguration,
     ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter, Tag,
@@ -27,8 +28,9 @@ pub async fn build_client(config: &S3Config) -> Client {
 }
 
 /// Creates the bucket if it is missing, with a lifecycle rule that removes tombstones
-/// (objects tagged [`TOMBSTONE_TAG`]) a day after they were written. An existing bucket is
-/// left as it is (docs/providers/s3.md says how to add the rule).
+/// (objects tagged [`TOMBSTONE_TAG`]) a day after they were written, if it has no lifecycle
+/// rules yet. An existing bucket's rules are never replaced (docs/providers/s3.md says how to
+/// add ours).
 pub async fn ensure_bucket(client: &Client, config: &S3Config) -> Result<()> {
     let mut request = client.create_bucket().bucket(&config.bucket);
     // us-east-1 takes no location constraint; every other region needs its own.
@@ -54,6 +56,18 @@ pub async fn ensure_bucket(client: &Client, config: &S3Config) -> Result<()> {
             return Ok(());
         }
         Err(err) => return Err(map_sdk_error("CreateBucket", err)),
+    }
+    // us-east-1 answers 200 to creating a bucket its caller already owns: a rule set by its
+    // owner must not be replaced, so ours goes only where there is none.
+    match client
+        .get_bucket_lifecycle_configuration()
+        .bucket(&config.bucket)
+        .send()
+        .await
+    {
+        Ok(_) => return Ok(()),
+        Err(err) if err.code() == Some("NoSuchLifecycleConfiguration") => {}
+        Err(err) => return Err(map_sdk_error("GetBucketLifecycleConfiguration", err)),
     }
     let tag = Tag::builder()
         .key(TOMBSTONE_TAG)

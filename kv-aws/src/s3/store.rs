@@ -342,6 +342,10 @@ impl ConditionalStore for S3Bucket {
     fn journal_len(&self, key: &str) -> usize {
         journal_len(self.name(key).1)
     }
+
+    fn versions_are_digests(&self) -> bool {
+        true
+    }
 }
 
 #[async_trait]
@@ -367,13 +371,13 @@ impl Bucket for S3Bucket {
             .map(drop)
     }
 
-    /// Writes a tombstone: random bytes, expired now, tagged for the lifecycle rule.
+    /// Writes a tombstone: random bytes, expired on every clock, tagged for the lifecycle rule.
     async fn delete(&self, key: &str) -> Result<()> {
         let body: [u8; TOMBSTONE_BYTES] = rand::random();
         self.put(
             key,
             body.to_vec(),
-            Some(clock::now_ms()),
+            Some(rmw::TOMBSTONE_EXPIRES_AT_MS),
             None,
             Condition::None,
             true,
