@@ -148,11 +148,12 @@ pub trait ConditionalStore: Send + Sync {
         false
     }
 
-    /// Whether versions are digests of the bytes (S3's ETags), so an older version comes back
-    /// when older bytes do. Then a retry tells "not applied" from "applied and undone" by the
-    /// version and the journal together ([`fingerprint_of`]).
-    fn versions_are_digests(&self) -> bool {
-        false
+    /// Whether `version` names one write, never to come back. A version that is a digest of
+    /// the bytes (an S3 ETag of an object written without this provider's write id) comes back
+    /// when the same bytes do: a retry then tells "not applied" from "applied and undone" by
+    /// the version and the journal together ([`fingerprint_of`]).
+    fn version_names_one_write(&self, _version: &str) -> bool {
+        true
     }
 
     /// How many writes the journal stored with `key` remembers: [`JOURNAL_LEN`], or fewer
@@ -330,14 +331,15 @@ fn journal_of(read: &Read) -> Journal {
 }
 
 /// What a write conditioned on the state `read` is conditioned on, as the journal and an
-/// [`Attempt`] record it. Where versions are digests of the bytes
-/// ([`ConditionalStore::versions_are_digests`]), the same version comes back whenever the same
-/// bytes do, so the journal read with it is part of the state; and a state with an empty
-/// journal names nothing certain (a plain `set` of the same bytes restores it exactly), so it
-/// fingerprints like absence: only the request's own journal entry resolves a write on it.
+/// [`Attempt`] record it. Where a version is a digest of the bytes
+/// ([`ConditionalStore::version_names_one_write`] is false), the same version comes back
+/// whenever the same bytes do, so the journal read with it is part of the state; and a state
+/// with an empty journal names nothing certain (a plain `set` of the same bytes restores it
+/// exactly), so it fingerprints like absence: only the request's own journal entry resolves a
+/// write on it.
 fn fingerprint_of<S: ConditionalStore + ?Sized>(store: &S, read: &Read) -> u32 {
     match read {
-        Read::Found(snapshot) if store.versions_are_digests() => {
+        Read::Found(snapshot) if !store.version_names_one_write(&snapshot.version) => {
             if snapshot.journal.is_empty() {
                 absent_fingerprint()
             } else {
@@ -832,8 +834,8 @@ mod tests {
             self.resends
         }
 
-        fn versions_are_digests(&self) -> bool {
-            self.digests
+        fn version_names_one_write(&self, _version: &str) -> bool {
+            !self.digests
         }
     }
 

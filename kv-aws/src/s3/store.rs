@@ -37,6 +37,11 @@ pub const META_EXPIRES: &str = "expires-at";
 pub const META_KEY: &str = "kv-key";
 /// User metadata: the journal of the last increments and swaps (exactly-once retries).
 pub const META_JOURNAL: &str = "kv-journal";
+/// User metadata: a random id every write of this provider stores, so a version (`ETag|id`)
+/// names one write even when the bytes, and so the ETag, come back.
+pub const META_WRITE: &str = "kv-write";
+/// The id's length: 64 random bits in hex.
+const WRITE_ID_BYTES: usize = 16;
 /// The tag of a tombstone, which the lifecycle rule of `ensure_bucket` removes after a day.
 pub const TOMBSTONE_TAG: &str = "kv-tombstone";
 /// The tag's value.
@@ -60,7 +65,12 @@ const MAX_KEY_METADATA_BYTES: usize = 1366;
 /// Journal entries that fit in S3's user metadata beside everything else an object carries:
 /// 42 for a key stored under its own name, 13 for a hashed one (its key in `kv-key`).
 const fn journal_len(hashed: bool) -> usize {
-    let mut left = MAX_METADATA_BYTES - META_EXPIRES.len() - MAX_EXPIRY_DIGITS - META_JOURNAL.len();
+    let mut left = MAX_METADATA_BYTES
+        - META_EXPIRES.len()
+        - MAX_EXPIRY_DIGITS
+        - META_WRITE.len()
+        - WRITE_ID_BYTES
+        - META_JOURNAL.len();
     if hashed {
         left -= META_KEY.len() + MAX_KEY_METADATA_BYTES;
     }
@@ -157,6 +167,12 @@ impl Head {
             .ok_or_else(|| KvError::internal("s3: an object answer has no ETag"))?
             .to_string();
         let field = |name: &str| metadata.and_then(|metadata| metadata.get(name));
+        // `ETag|write id`: the write, not just its bytes (an object written by another tool has
+        // its ETag alone).
+        let etag = match field(META_WRITE) {
+            Some(id) => format!("{etag}|{id}"),
+            None => etag,
+        };
         Ok(Head {
             etag,
             expires_at: field(META_EXPIRES).and_then(|at| at.parse().ok()),
@@ -247,6 +263,10 @@ impl S3Bucket {
     ) -> Result<bool> {
         let (name, hashed) = self.name(key);
         let mut metadata = HashMap::new();
+        metadata.insert(
+            META_WRITE.to_string(),
+            format!("{:016x}", rand::random::<u64>()),
+        );
         if let Some(at) = expires_at {
             metadata.insert(META_EXPIRES.to_string(), at.to_string());
         }
@@ -271,7 +291,10 @@ impl S3Bucket {
         request = match condition {
             Condition::None => request,
             Condition::Absent => request.if_none_match("*"),
-            Condition::Matches(etag) => request.if_match(etag),
+            // The ETag of an `ETag|write id` version: S3 conditions on the bytes' digest alone.
+            Condition::Matches(version) => {
+                request.if_match(version.split('|').next().unwrap_or_default())
+            }
         };
         match request.send().await {
             Ok(_) => Ok(true),
@@ -343,8 +366,8 @@ impl ConditionalStore for S3Bucket {
         journal_len(self.name(key).1)
     }
 
-    fn versions_are_digests(&self) -> bool {
-        true
+    fn version_names_one_write(&self, version: &str) -> bool {
+        version.contains('|')
     }
 }
 
@@ -459,7 +482,12 @@ mod tests {
         for hashed in [false, true] {
             let entries = journal_len(hashed);
             let journal = entries * MAX_JOURNAL_ENTRY_BYTES - 1;
-            let mut used = META_EXPIRES.len() + MAX_EXPIRY_DIGITS + META_JOURNAL.len() + journal;
+            let mut used = META_EXPIRES.len()
+                + MAX_EXPIRY_DIGITS
+                + META_WRITE.len()
+                + WRITE_ID_BYTES
+                + META_JOURNAL.len()
+                + journal;
             if hashed {
                 used += META_KEY.len() + MAX_KEY_METADATA_BYTES;
             }
