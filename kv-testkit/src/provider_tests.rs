@@ -112,6 +112,97 @@ pub async fn list_all(store: &KvStore) -> Result<Vec<String>, Failed> {
     }
 }
 
+/// Keys object stores stumble on (separators, URL syntax, percent signs, the hash marker,
+/// dot segments, blanks, control characters, multi-byte text) and 1,024-byte keys, some of
+/// whose names must be hashed: what a provider's awkward-keys test writes and lists.
+pub fn awkward_keys() -> Vec<String> {
+    let mut keys: Vec<String> = [
+        "/",
+        "//",
+        "a//b",
+        "/a",
+        "a/",
+        "#",
+        "?",
+        "a?b#c",
+        "%2F",
+        "%",
+        "%h00",
+        ".",
+        "..",
+        " ",
+        " a ",
+        "a\nb",
+        "a\rb",
+        "\t",
+        "+",
+        "a+b=c&d",
+        "é",
+        "e\u{301}",
+        "日本語",
+        "🦀",
+    ]
+    .iter()
+    .map(|key| key.to_string())
+    .collect();
+    keys.push("k".repeat(1024));
+    keys.push("%".repeat(1024)); // 3,072 bytes once percent-encoded: a hashed name
+    keys.push("🦀".repeat(256));
+    keys
+}
+
+/// The reads a provider with tombstones must get right (S7), once `a` and `b` were set and
+/// deleted and `t` kept, `handle` taken on `a` before its delete: every read treats a deleted
+/// key as missing, and a CAS handle on a missing key sees a write and a delete in between. The
+/// second delete of `a` is a `delete-many` when `batch` is set (a provider whose batch deletes
+/// write tombstones another way). Ends with `a` swapped in and `b` a counter at 5.
+pub async fn deleted_keys_read_as_missing(
+    store: &KvStore,
+    handle: &kv_core::Versioned,
+    batch: bool,
+) -> TestResult {
+    use kv_core::SwapOutcome;
+    for key in ["a", "b"] {
+        check(store.get(key).await?.is_none(), format!("get {key}"))?;
+        check(!store.exists(key).await?, format!("exists {key}"))?;
+    }
+    check(
+        store.get_many(&["a".to_string(), "b".to_string()]).await? == vec![None, None],
+        "get-many",
+    )?;
+    check(
+        list_all(store).await? == vec!["t".to_string()],
+        "list-keys skips tombstones",
+    )?;
+    check(
+        store.swap("a", &handle.version, b"x".to_vec()).await? == SwapOutcome::Conflict,
+        "a deleted value's handle",
+    )?;
+    let on_tombstone = store.read_versioned("a").await?;
+    store.set("a", b"again".to_vec()).await?;
+    if batch {
+        store.delete_many(&["a".to_string()]).await?;
+    } else {
+        store.delete("a").await?;
+    }
+    check(
+        store
+            .swap("a", &on_tombstone.version, b"x".to_vec())
+            .await?
+            == SwapOutcome::Conflict,
+        "missing -> written -> deleted is a change",
+    )?;
+    let fresh = store.read_versioned("a").await?;
+    check(
+        store.swap("a", &fresh.version, b"x".to_vec()).await? == SwapOutcome::Swapped,
+        "an unchanged tombstone's handle inserts",
+    )?;
+    check(
+        store.increment("b", 5).await? == 5,
+        "a counter restarts over a tombstone",
+    )
+}
+
 /// 8 tasks × 50 increments of one key: every total 1..=400 is returned exactly once and the
 /// stored value ends at 400.
 pub async fn concurrent_increments_exact(store: &KvStore) -> TestResult {
