@@ -1,48 +1,18 @@
-//! Azure Cosmos DB (NoSQL API) provider for wasi-kv (docs/providers/cosmos.md): one container per
-//! deployment, an item per key, stores spread over several logical partitions.
+//! Azure providers for wasi-kv: `cosmos` (Cosmos DB for NoSQL, docs/providers/cosmos.md) and
+//! `azblob` (Blob Storage, docs/providers/azblob.md), sharing one identity (account key or
+//! Microsoft Entra ID).
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
-pub mod client;
-pub mod config;
-pub mod error;
-pub mod store;
+pub mod blob;
+pub mod cosmos;
+pub mod identity;
 
-use std::sync::Arc;
+pub use blob::{AzblobConfig, AzblobFactory, AzblobProvider};
+pub use cosmos::{CosmosConfig, CosmosFactory, CosmosProvider};
 
-use async_trait::async_trait;
-use kv_core::{ConfigError, Provider, ProviderFactory, StoreSpec};
-
-pub use config::CosmosConfig;
-pub use store::CosmosProvider;
-
-/// Builds Cosmos DB providers from `cosmos://ACCOUNT_HOST/DATABASE/CONTAINER` specs.
-#[derive(Debug, Default)]
-pub struct CosmosFactory;
-
-#[async_trait]
-impl ProviderFactory for CosmosFactory {
-    fn name(&self) -> &'static str {
-        "cosmos"
-    }
-
-    fn connection_key(&self, spec: &StoreSpec) -> Result<String, ConfigError> {
-        Ok(CosmosConfig::from_spec(spec)?.connection_key())
-    }
-
-    async fn connect(&self, spec: &StoreSpec) -> Result<Arc<dyn Provider>, ConfigError> {
-        let config = CosmosConfig::from_spec(spec)?;
-        let container = client::connect(&config).await.map_err(|err| {
-            ConfigError(format!(
-                "cosmos {}/{}: {err}",
-                config.database, config.container
-            ))
-        })?;
-        Ok(Arc::new(CosmosProvider::new(container)))
-    }
-}
-
-/// Registers `cosmos` with a registry.
+/// Registers `cosmos` and `azblob` with a registry.
 pub fn register(registry: &mut kv_core::ProviderRegistry) {
     registry.register(CosmosFactory);
+    registry.register(AzblobFactory);
 }

@@ -12,7 +12,7 @@ use azure_core::http::{
     AsyncRawResponse, Body, ClientOptions, HttpClient, Request, StatusCode, Transport,
 };
 use azure_identity::{ClientSecretCredential, ClientSecretCredentialOptions};
-use kv_azure::store::MAX_VALUE_BYTES;
+use kv_azure::cosmos::store::MAX_VALUE_BYTES;
 use kv_azure::{CosmosConfig, CosmosProvider};
 use kv_core::{Access, ErrorKind, KvStore, Limits, Stores};
 use kv_testkit::emulator::{COSMOS_EMULATOR_KEY, CosmosServer};
@@ -34,7 +34,7 @@ fn config(server: &CosmosServer) -> CosmosConfig {
 }
 
 async fn provider(server: &CosmosServer) -> Result<Arc<CosmosProvider>, Failed> {
-    let container = kv_azure::client::connect(&config(server)).await?;
+    let container = kv_azure::cosmos::client::connect(&config(server)).await?;
     Ok(Arc::new(CosmosProvider::new(container)))
 }
 
@@ -173,7 +173,7 @@ async fn emulator_restart(mut server: CosmosServer) -> TestResult {
     server.stop();
     provider_tests::expect_outage(&store, Duration::from_secs(6)).await?;
     server.restart().map_err(Failed::from)?;
-    kv_azure::client::connect(&config(&server)).await?;
+    kv_azure::cosmos::client::connect(&config(&server)).await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         match store.set("k", b"after".to_vec()).await {
@@ -231,7 +231,8 @@ async fn entra_id_token_auth(server: CosmosServer) -> TestResult {
         Secret::from("not-a-real-secret"),
         Some(options),
     )?;
-    let container = kv_azure::client::connect_with_credential(&config(&server), credential).await?;
+    let container =
+        kv_azure::cosmos::client::connect_with_credential(&config(&server), credential).await?;
     let store = store(Arc::new(CosmosProvider::new(container)), "entra").await?;
     store.set("k", b"v".to_vec()).await?;
     check(
@@ -260,8 +261,8 @@ async fn raw_item(
     namespace: &str,
     key: &str,
 ) -> Result<Option<serde_json::Value>, Failed> {
-    let container = kv_azure::client::connect(&config(server)).await?;
-    let (pk, id) = kv_azure::store::item_location(namespace, key);
+    let container = kv_azure::cosmos::client::connect(&config(server)).await?;
+    let (pk, id) = kv_azure::cosmos::store::item_location(namespace, key);
     match container.read_item(pk, &id, None).await {
         Ok(response) => Ok(Some(
             response

@@ -44,7 +44,7 @@ impl Profile {
     }
 
     /// The bundled profile for a provider and backend flavour, if there is one
-    /// (`memory`, `redis`, `dynamodb-local`, `dynamodb`).
+    /// (`memory`, `redis`, `dynamodb-local`, `azurite`, …: every file in `profiles/`).
     pub fn bundled(flavour: &str) -> Option<Profile> {
         let text = match flavour {
             "memory" => include_str!("../profiles/memory.toml"),
@@ -59,6 +59,8 @@ impl Profile {
             "localstack" => include_str!("../profiles/localstack.toml"),
             "moto" => include_str!("../profiles/moto.toml"),
             "s3" => include_str!("../profiles/s3.toml"),
+            "azurite" => include_str!("../profiles/azurite.toml"),
+            "azblob" => include_str!("../profiles/azblob.toml"),
             _ => return None,
         };
         Some(Self::from_toml(text).expect("bundled profiles parse"))

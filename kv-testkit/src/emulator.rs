@@ -895,6 +895,87 @@ impl CosmosServer {
     }
 }
 
+/// Azurite's well-known account (the same in every Azurite and in Microsoft's docs).
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+
+/// Azurite's well-known account key (public: it is in Microsoft's docs).
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Azurite's blob service (npm `azurite`, pinned by `scripts/setup.sh`): plain HTTP on
+/// loopback, path-style URLs (`http://127.0.0.1:PORT/devstoreaccount1`), in memory, no
+/// telemetry (without `--disableTelemetry` it reaches the internet).
+#[derive(Debug)]
+pub struct AzuriteServer {
+    server: LoopbackServer,
+}
+
+impl AzuriteServer {
+    /// The blob service's entry point, if installed.
+    pub fn main_js() -> Option<PathBuf> {
+        let path = emulator_dir().join("azurite/node_modules/azurite/dist/src/blob/main.js");
+        path.is_file().then_some(path)
+    }
+
+    /// Starts it on a free port and waits until it answers HTTP (up to 30 s).
+    pub fn start() -> Result<AzuriteServer, String> {
+        let main =
+            Self::main_js().ok_or("Azurite is not installed (scripts/setup.sh installs it)")?;
+        let node =
+            find_program("node").ok_or("node is not installed (scripts/setup.sh installs it)")?;
+        let server = LoopbackServer::start(Recipe {
+            name: "azurite-blob",
+            command: Box::new(move |port, dir| {
+                let mut command = Command::new(&node);
+                command
+                    .arg(&main)
+                    .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                    .args(["--loose", "--skipApiVersionCheck", "--inMemoryPersistence"])
+                    .arg("--disableTelemetry")
+                    .current_dir(dir);
+                command
+            }),
+            ready: http_answers,
+            timeout: Duration::from_secs(30),
+        })?;
+        Ok(AzuriteServer { server })
+    }
+
+    /// The account's blob endpoint: `http://127.0.0.1:PORT/devstoreaccount1`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.server.port)
+    }
+
+    /// What it is, for reports.
+    pub fn version(&self) -> String {
+        "Azurite 3.35.0 blob service (npm azurite)".to_string()
+    }
+
+    /// A store URL for `container/prefix` on this server: its well-known account and key, the
+    /// explicit loopback endpoint.
+    pub fn store_url(&self, container: &str, prefix: &str) -> String {
+        let key = AZURITE_KEY
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D");
+        format!(
+            "azblob://{AZURITE_ACCOUNT}/{container}/{prefix}?endpoint={}&key={key}\
+             &create_container=true",
+            self.endpoint()
+        )
+    }
+
+    /// Stops it by PID; it runs in memory, so containers are gone.
+    pub fn stop(&mut self) {
+        self.server.stop();
+    }
+
+    /// Starts it again on the same port (empty).
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.server.restart()
+    }
+}
+
 /// A started emulator of one provider, ready for the conformance suite.
 pub struct Started {
     /// A store URL on the emulator (loopback endpoint, test credentials).
@@ -1032,11 +1113,13 @@ pub enum Emulator {
     S3,
     /// moto's S3: a second implementation the `s3` provider runs on.
     S3Moto,
+    /// Azurite's blob service.
+    Azblob,
 }
 
 impl Emulator {
     /// Every emulator, in the order suites run them.
-    pub const ALL: [Emulator; 7] = [
+    pub const ALL: [Emulator; 8] = [
         Emulator::Redis,
         Emulator::RedisCluster,
         Emulator::DynamoDb,
@@ -1044,6 +1127,7 @@ impl Emulator {
         Emulator::Cosmos,
         Emulator::S3,
         Emulator::S3Moto,
+        Emulator::Azblob,
     ];
 
     /// The emulator of the provider named `provider` (`wasi-kv conformance --provider`).
@@ -1063,6 +1147,7 @@ impl Emulator {
             Emulator::Cosmos => "cosmos",
             Emulator::S3 => "s3",
             Emulator::S3Moto => "s3-moto",
+            Emulator::Azblob => "azblob",
         }
     }
 
@@ -1077,7 +1162,8 @@ impl Emulator {
             | Emulator::Gcs
             | Emulator::Cosmos
             | Emulator::S3
-            | Emulator::S3Moto => Some(Protocol::Http),
+            | Emulator::S3Moto
+            | Emulator::Azblob => Some(Protocol::Http),
         }
     }
 
@@ -1093,6 +1179,7 @@ impl Emulator {
             Emulator::Cosmos => CosmosServer::modules_dir().is_some(),
             Emulator::S3 => S3Kind::LocalStack.program().is_some(),
             Emulator::S3Moto => S3Kind::Moto.program().is_some(),
+            Emulator::Azblob => AzuriteServer::main_js().is_some(),
         }
     }
 
@@ -1123,6 +1210,9 @@ impl Emulator {
             Emulator::S3 | Emulator::S3Moto => Some(
                 "the S3 emulators run in memory here: they cannot be restarted with their data",
             ),
+            Emulator::Azblob => {
+                Some("Azurite runs in memory here: it cannot be restarted with its data")
+            }
             // Measured with `wasi-kv check`: on `-backend filesystem` a counter read 84 after
             // 90 with no fault yet, and 2 after 229 once restarted; conditional writes there are
             // not atomic. Its memory backend passes the same checks.
@@ -1219,6 +1309,17 @@ impl Emulator {
                     port: server.server.port,
                     backend: server.version(),
                     flavour,
+                    guard: Arc::new(server),
+                    crash: None,
+                }
+            }
+            Emulator::Azblob => {
+                let server = AzuriteServer::start()?;
+                Started {
+                    store_url: server.store_url("wasikv-conformance", "runs"),
+                    port: server.server.port,
+                    backend: server.version(),
+                    flavour: "azurite",
                     guard: Arc::new(server),
                     crash: None,
                 }

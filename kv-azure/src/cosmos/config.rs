@@ -2,24 +2,16 @@
 //! &create_container=true`, or a `[stores.NAME]` table with the same fields.
 
 use kv_core::config::{ProviderField, redact_url};
-use kv_core::{ConfigError, ConnectionKey, Secret, StoreSpec};
+use kv_core::{ConfigError, ConnectionKey, StoreSpec};
+
+pub use crate::identity::Auth;
+use crate::identity::{AzureIdentity, check_scheme};
 
 /// The environment variable read for the account key when the config has none.
 pub const KEY_ENV: &str = "AZURE_COSMOS_KEY";
 
 /// The region the local server (and a single-region account) reports.
 pub const DEFAULT_REGION: &str = "South Central US";
-
-/// How the client authenticates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Auth {
-    /// The account key (`key` or `$AZURE_COSMOS_KEY`).
-    Key,
-    /// Microsoft Entra ID: a service principal when `tenant_id`, `client_id` and
-    /// `client_secret` are set; otherwise workload identity when `$AZURE_FEDERATED_TOKEN_FILE`
-    /// is set (AKS); otherwise managed identity (`client_id` picks a user-assigned one).
-    Entra,
-}
 
 /// The read consistency requested per operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,16 +34,8 @@ pub struct CosmosConfig {
     pub database: String,
     /// Container id (one container per deployment; stores are partition-key prefixes).
     pub container: String,
-    /// How to authenticate (`auth = "key" | "entra"`, default `key`).
-    pub auth: Auth,
-    /// Account key (never printed); from `key =` or `$AZURE_COSMOS_KEY`.
-    pub key: Option<Secret>,
-    /// Entra ID tenant (service principal).
-    pub tenant_id: Option<String>,
-    /// Entra ID application (service principal) or user-assigned managed identity.
-    pub client_id: Option<String>,
-    /// Service principal secret (never printed).
-    pub client_secret: Option<Secret>,
+    /// The account key (`key =` or `$AZURE_COSMOS_KEY`) or an Entra ID identity.
+    pub identity: AzureIdentity,
     /// The region the client runs in or nearest to; requests prefer it.
     pub region: String,
     /// Read consistency (`consistency = "default" | "session" | "latest-committed"`).
@@ -79,11 +63,7 @@ impl CosmosConfig {
             endpoint: String::new(),
             database: String::new(),
             container: String::new(),
-            auth: Auth::Key,
-            key: None,
-            tenant_id: None,
-            client_id: None,
-            client_secret: None,
+            identity: AzureIdentity::default(),
             region: DEFAULT_REGION.to_string(),
             consistency: Consistency::AccountDefault,
             timeout: None,
@@ -115,9 +95,7 @@ impl CosmosConfig {
         for field in spec.provider_fields() {
             config.apply(&field)?;
         }
-        if config.key.is_none() && config.auth == Auth::Key {
-            config.key = env(KEY_ENV).filter(|key| !key.is_empty()).map(Secret::new);
-        }
+        config.identity.key_from_env(KEY_ENV, env);
         if config.endpoint.is_empty() || config.database.is_empty() || config.container.is_empty() {
             return Err(ConfigError(
                 "the cosmos provider needs an account, a database and a container: \
@@ -125,64 +103,19 @@ impl CosmosConfig {
                     .into(),
             ));
         }
-        let endpoint = url::Url::parse(&config.endpoint)
-            .map_err(|err| ConfigError(format!("cosmos endpoint {}: {err}", config.endpoint)))?;
-        let loopback = matches!(
-            endpoint.host_str(),
-            Some("127.0.0.1" | "localhost" | "[::1]")
-        );
-        match endpoint.scheme() {
-            "https" => {}
-            "http" if loopback => {}
-            _ => {
-                return Err(ConfigError(format!(
-                    "cosmos endpoint {}: use https:// (plain http only on loopback)",
-                    config.endpoint
-                )));
-            }
-        }
-        match config.auth {
-            Auth::Key if config.key.is_none() => {
-                return Err(ConfigError(format!(
-                    "the cosmos provider needs an account key: `key = \"${{{KEY_ENV}}}\"` or \
-                     ${KEY_ENV} (or auth = \"entra\")"
-                )));
-            }
-            Auth::Entra if config.key.is_some() => {
-                return Err(ConfigError(
-                    "cosmos: `key` and auth = \"entra\" exclude each other".into(),
-                ));
-            }
-            Auth::Entra
-                if config.client_secret.is_some()
-                    && (config.tenant_id.is_none() || config.client_id.is_none()) =>
-            {
-                return Err(ConfigError(
-                    "cosmos: client_secret needs tenant_id and client_id".into(),
-                ));
-            }
-            _ => {}
-        }
+        check_scheme("cosmos", &config.endpoint)?;
+        config.identity.validate("cosmos", KEY_ENV, true)?;
         Ok(config)
     }
 
     fn apply(&mut self, field: &ProviderField) -> Result<(), ConfigError> {
+        if self.identity.apply("cosmos", field)? {
+            return Ok(());
+        }
         match field.name.as_str() {
             "endpoint" => self.endpoint = field.text()?,
             "database" => self.database = field.text()?,
             "container" => self.container = field.text()?,
-            "key" => self.key = Some(field.secret()?).filter(|key| !key.expose().is_empty()),
-            "auth" => {
-                self.auth = match field.text()?.as_str() {
-                    "key" => Auth::Key,
-                    "entra" => Auth::Entra,
-                    other => {
-                        return Err(ConfigError(format!(
-                            "cosmos: auth must be \"key\" or \"entra\", not {other:?}"
-                        )));
-                    }
-                }
-            }
             "consistency" => {
                 self.consistency = match field.text()?.as_str() {
                     "default" => Consistency::AccountDefault,
@@ -207,9 +140,6 @@ impl CosmosConfig {
                 let ms = field.integer(1..=600_000)? as u64;
                 self.timeout = Some(std::time::Duration::from_millis(ms));
             }
-            "tenant_id" => self.tenant_id = Some(field.text()?),
-            "client_id" => self.client_id = Some(field.text()?),
-            "client_secret" => self.client_secret = Some(field.secret()?),
             "region" => self.region = field.text()?,
             "create_container" => self.create_container = field.flag()?,
             _ => return Err(field.unknown("cosmos")),
@@ -220,15 +150,13 @@ impl CosmosConfig {
     /// Identity of the client: every setting that changes it, secrets as fingerprints.
     /// Stores with equal keys share one SDK client.
     pub fn connection_key(&self) -> String {
-        ConnectionKey::new("cosmos")
-            .field("endpoint", &self.endpoint)
-            .field("database", &self.database)
-            .field("container", &self.container)
-            .field("auth", self.auth)
-            .secret("key", self.key.as_ref())
-            .field("tenant_id", &self.tenant_id)
-            .field("client_id", &self.client_id)
-            .secret("client_secret", self.client_secret.as_ref())
+        self.identity
+            .identify(
+                ConnectionKey::new("cosmos")
+                    .field("endpoint", &self.endpoint)
+                    .field("database", &self.database)
+                    .field("container", &self.container),
+            )
             .field("region", &self.region)
             .field("consistency", self.consistency)
             .field("timeout", self.timeout)
@@ -240,6 +168,7 @@ impl CosmosConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kv_core::Secret;
 
     fn spec(url: &str) -> StoreSpec {
         kv_core::config::parse_short_form(&format!("s={url}"))
@@ -277,7 +206,10 @@ mod tests {
         let env = |name: &str| (name == KEY_ENV).then(|| "ZW52".to_string());
         let config =
             CosmosConfig::from_spec_with_env(&spec("cosmos://a.example/db/kv"), &env).unwrap();
-        assert_eq!(config.key.as_ref().map(Secret::expose), Some("ZW52"));
+        assert_eq!(
+            config.identity.key.as_ref().map(Secret::expose),
+            Some("ZW52")
+        );
         for bad in [
             "cosmos://a.example/db/kv",
             "cosmos://a.example/db?key=k",
@@ -302,9 +234,9 @@ mod tests {
         )
         .unwrap();
         let parsed = CosmosConfig::from_spec_with_env(&config.stores["users"], &no_env).unwrap();
-        assert_eq!(parsed.auth, Auth::Entra);
+        assert_eq!(parsed.identity.auth, Auth::Entra);
         assert_eq!(
-            parsed.client_secret.as_ref().map(Secret::expose),
+            parsed.identity.client_secret.as_ref().map(Secret::expose),
             Some("s3cr3t")
         );
         assert!(parsed.create_container);

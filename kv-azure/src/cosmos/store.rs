@@ -37,7 +37,7 @@ use kv_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Outcome, map_error, outcome};
+use super::error::{Outcome, map_error, outcome};
 
 /// Largest value: its base64 plus the largest key, id and metadata stays under the 2 MB item
 /// limit (the local server does not enforce that limit, so the host's check is what holds).

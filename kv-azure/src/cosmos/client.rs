@@ -13,14 +13,10 @@ use azure_data_cosmos::{
     AccountEndpoint, AccountReference, ContainerClient, CosmosClient, CosmosRuntime,
     RoutingStrategy,
 };
-use azure_identity::{
-    ClientSecretCredential, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
-    UserAssignedId, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
-};
 use kv_core::KvError;
 
-use crate::config::{Auth, Consistency, CosmosConfig};
-use crate::error::{Outcome, map_error, outcome};
+use super::config::{Auth, Consistency, CosmosConfig};
+use super::error::{Outcome, map_error, outcome};
 
 /// The partition key path of containers this provider uses.
 pub const PARTITION_KEY_PATH: &str = "/pk";
@@ -31,9 +27,10 @@ pub const PARTITION_KEY_PATH: &str = "/pk";
 /// The SDK calls the Azure instance metadata service once per process unless
 /// `COSMOS_DISABLE_IMDS` is set; tests and CI set it.
 pub async fn connect(config: &CosmosConfig) -> Result<ContainerClient, KvError> {
-    let account = match config.auth {
+    let account = match config.identity.auth {
         Auth::Key => {
             let key = config
+                .identity
                 .key
                 .as_ref()
                 .ok_or_else(|| KvError::internal("cosmos: no account key configured"))?;
@@ -42,9 +39,10 @@ pub async fn connect(config: &CosmosConfig) -> Result<ContainerClient, KvError> 
                 Secret::from(key.expose().to_string()),
             )
         }
-        Auth::Entra => {
-            AccountReference::with_credential(endpoint(config)?, entra_credential(config)?)
-        }
+        Auth::Entra => AccountReference::with_credential(
+            endpoint(config)?,
+            config.identity.entra_credential("cosmos")?,
+        ),
     };
     connect_account(config, account).await
 }
@@ -66,37 +64,6 @@ fn endpoint(config: &CosmosConfig) -> Result<AccountEndpoint, KvError> {
         .endpoint
         .parse()
         .map_err(|err| KvError::internal(format!("cosmos endpoint {}: {err}", config.endpoint)))
-}
-
-/// The Entra ID credential `config` asks for (see [`Auth::Entra`]).
-fn entra_credential(config: &CosmosConfig) -> Result<Arc<dyn TokenCredential>, KvError> {
-    let failed =
-        |err: azure_core::Error| KvError::internal(format!("cosmos: Entra ID credential: {err}"));
-    if let (Some(tenant), Some(client), Some(secret)) =
-        (&config.tenant_id, &config.client_id, &config.client_secret)
-    {
-        let credential = ClientSecretCredential::new(
-            tenant,
-            client.clone(),
-            Secret::from(secret.expose().to_string()),
-            None,
-        )
-        .map_err(failed)?;
-        return Ok(credential);
-    }
-    if std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").is_some() {
-        let options = WorkloadIdentityCredentialOptions {
-            client_id: config.client_id.clone(),
-            tenant_id: config.tenant_id.clone(),
-            ..Default::default()
-        };
-        return Ok(WorkloadIdentityCredential::new(Some(options)).map_err(failed)?);
-    }
-    let options = ManagedIdentityCredentialOptions {
-        user_assigned_id: config.client_id.clone().map(UserAssignedId::ClientId),
-        ..Default::default()
-    };
-    Ok(ManagedIdentityCredential::new(Some(options)).map_err(failed)?)
 }
 
 async fn connect_account(
