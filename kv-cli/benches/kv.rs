@@ -363,6 +363,7 @@ async fn batch_rows() -> anyhow::Result<()> {
         Emulator::Gcs,
         Emulator::S3,
         Emulator::S3Moto,
+        Emulator::Azblob,
     ] {
         let provider = emulator.provider();
         if !emulator.installed() {
