@@ -681,7 +681,7 @@ fn main() -> std::process::ExitCode {
         ),
         Trial::test("non_handler_is_refused", non_handler_is_refused),
     ];
-    let mut with_emulator: Vec<(&str, Trial)> = ["redis", "dynamodb", "gcs", "cosmos"]
+    let mut with_emulator: Vec<(&str, Trial)> = ["redis", "dynamodb", "gcs", "cosmos", "s3", "azblob"]
         .into_iter()
         .map(|provider| {
             let name = format!("example_on_{provider}");
