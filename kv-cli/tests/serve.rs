@@ -681,13 +681,14 @@ fn main() -> std::process::ExitCode {
         ),
         Trial::test("non_handler_is_refused", non_handler_is_refused),
     ];
-    let mut with_emulator: Vec<(&str, Trial)> = ["redis", "dynamodb", "gcs", "cosmos", "s3", "azblob"]
-        .into_iter()
-        .map(|provider| {
-            let name = format!("example_on_{provider}");
-            (provider, Trial::test(name, move || example_on(provider)))
-        })
-        .collect();
+    let mut with_emulator: Vec<(&str, Trial)> =
+        ["redis", "dynamodb", "gcs", "cosmos", "s3", "azblob"]
+            .into_iter()
+            .map(|provider| {
+                let name = format!("example_on_{provider}");
+                (provider, Trial::test(name, move || example_on(provider)))
+            })
+            .collect();
     with_emulator.push((
         "redis",
         Trial::test("unavailable_store_is_503", unavailable_store_is_503),

@@ -73,15 +73,18 @@ impl AzblobConfig {
                     .into(),
             ));
         }
+        check_account_name(&config.account)?;
         check_container_name(&config.container)?;
         if !config.prefix.is_empty() && !config.prefix.ends_with('/') {
             config.prefix.push('/');
         }
+        check_prefix(&config.prefix)?;
         if config.endpoint.is_empty() {
             config.endpoint = format!("https://{}.blob.core.windows.net", config.account);
         }
         config.endpoint = config.endpoint.trim_end_matches('/').to_string();
         check_scheme("azblob", &config.endpoint)?;
+        check_endpoint(&config.endpoint)?;
         if config.sas_token.is_none() {
             config.identity.key_from_env(KEY_ENV, env);
         }
@@ -134,6 +137,65 @@ impl AzblobConfig {
             .field("create_container", self.create_container)
             .finish()
     }
+}
+
+/// Azure's account naming rule (3–24 lowercase letters and digits): the name is signed into
+/// every SAS, and a default endpoint is made of it.
+fn check_account_name(name: &str) -> Result<(), ConfigError> {
+    let valid = (3..=24).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "azblob: account {name:?} is not a valid name (3-24 lowercase letters and digits)"
+        )))
+    }
+}
+
+/// The longest blob name prefix: with the longest namespace (256 bytes, 342 characters of
+/// base64url) and a hashed key name (65), a blob name stays within 1,024 characters.
+pub const MAX_PREFIX_CHARS: usize = 512;
+
+/// A prefix is a path of plain segments: no leading `/`, no empty segment, none that is or
+/// ends in `.` (Azure front ends drop such dots), at most [`MAX_PREFIX_CHARS`].
+fn check_prefix(prefix: &str) -> Result<(), ConfigError> {
+    let segments_ok = prefix.is_empty()
+        || prefix.trim_end_matches('/').split('/').all(|segment| {
+            !segment.is_empty() && !segment.ends_with('.') && !segment.contains('\\')
+        });
+    if segments_ok
+        && prefix.chars().count() <= MAX_PREFIX_CHARS
+        && !prefix.chars().any(char::is_control)
+    {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "azblob: prefix {prefix:?} must be at most {MAX_PREFIX_CHARS} characters of \
+             `/`-separated segments, none empty, none ending in `.`, no `\\`"
+        )))
+    }
+}
+
+/// The endpoint is a base URL only: a query (a portal "SAS URL" carries its signature there),
+/// user info or a fragment would be sent, logged or bypass the `sas_token`/`key` rules.
+fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
+    let url =
+        url::Url::parse(endpoint).map_err(|err| ConfigError(format!("azblob endpoint: {err}")))?;
+    if url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(ConfigError(
+            "azblob endpoint: give the account's base URL only (a SAS goes in `sas_token`, \
+             not in the endpoint)"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Azure's container naming rule, checked before any request: 3–63 characters, lowercase
@@ -196,13 +258,13 @@ mod tests {
     #[test]
     fn key_from_environment_sas_and_entra() {
         let env = |name: &str| (name == KEY_ENV).then(|| "ZW52".to_string());
-        let config = AzblobConfig::from_spec_with_env(&spec("azblob://a/kvs"), &env).unwrap();
+        let config = AzblobConfig::from_spec_with_env(&spec("azblob://acct/kvs"), &env).unwrap();
         assert_eq!(
             config.identity.key.as_ref().map(Secret::expose),
             Some("ZW52")
         );
         let sas = AzblobConfig::from_spec_with_env(
-            &spec("azblob://a/kvs?sas_token=%3Fsv%3D2020-12-06%26sig%3Dhunter2"),
+            &spec("azblob://acct/kvs?sas_token=%3Fsv%3D2020-12-06%26sig%3Dhunter2"),
             &no_env,
         )
         .unwrap();
@@ -213,7 +275,7 @@ mod tests {
         assert!(!format!("{sas:?}").contains("hunter2"));
         assert!(!sas.connection_key().contains("hunter2"));
         let entra =
-            AzblobConfig::from_spec_with_env(&spec("azblob://a/kvs?auth=entra"), &env).unwrap();
+            AzblobConfig::from_spec_with_env(&spec("azblob://acct/kvs?auth=entra"), &env).unwrap();
         assert_eq!(entra.identity.auth, Auth::Entra);
         assert!(entra.identity.key.is_none());
     }
@@ -221,17 +283,23 @@ mod tests {
     #[test]
     fn refuses_what_cannot_work() {
         for bad in [
-            "azblob://a/kvs",
-            "azblob://a/kvs?key=k&colour=red",
-            "azblob://a?key=k",
+            "azblob://acct/kvs",
+            "azblob://acct/kvs?key=k&colour=red",
+            "azblob://ab/kvs?key=k",
+            "azblob://MyAcct/kvs?key=k",
+            "azblob://acct/kvs/.hidden./x?key=k",
+            "azblob://acct/kvs/a//b?key=k",
+            "azblob://acct/kvs?key=k&endpoint=https://acct.blob.core.windows.net/%3Fsig%3Dx",
+            "azblob://acct/kvs?key=k&endpoint=https://u:p@acct.blob.core.windows.net",
+            "azblob://acct?key=k",
             "azblob:///kvs?key=k",
-            "azblob://a/KVS?key=k",
-            "azblob://a/k?key=k",
-            "azblob://a/k--v?key=k",
-            "azblob://a/kvs?key=k&endpoint=http://example.com/a",
-            "azblob://a/kvs?key=k&sas_token=sv%3D1",
-            "azblob://a/kvs?auth=entra&sas_token=sv%3D1",
-            "azblob://a/kvs?key=k&create_container=yes",
+            "azblob://acct/KVS?key=k",
+            "azblob://acct/k?key=k",
+            "azblob://acct/k--v?key=k",
+            "azblob://acct/kvs?key=k&endpoint=http://example.com/a",
+            "azblob://acct/kvs?key=k&sas_token=sv%3D1",
+            "azblob://acct/kvs?auth=entra&sas_token=sv%3D1",
+            "azblob://acct/kvs?key=k&create_container=yes",
             "s3://a/kvs?key=k",
         ] {
             assert!(
@@ -244,7 +312,8 @@ mod tests {
     #[test]
     fn the_key_is_redacted() {
         let config =
-            AzblobConfig::from_spec_with_env(&spec("azblob://a/kvs?key=hunter2"), &no_env).unwrap();
+            AzblobConfig::from_spec_with_env(&spec("azblob://acct/kvs?key=hunter2"), &no_env)
+                .unwrap();
         assert!(!format!("{config:?}").contains("hunter2"));
         assert!(!config.connection_key().contains("hunter2"));
     }

@@ -35,7 +35,8 @@ pub fn outcome(err: &azure_core::Error) -> Outcome {
         // A HEAD answer has no body to name the error: only the status.
         (404, "") => Outcome::NotFound,
         (409, "BlobAlreadyExists" | "ContainerAlreadyExists") => Outcome::Exists,
-        (412, _) => Outcome::Changed,
+        // Only the failed condition: a lease's 412 (`LeaseIdMissing`, …) is a real failure.
+        (412, "ConditionNotMet" | "") => Outcome::Changed,
         _ => Outcome::Failure,
     }
 }
@@ -50,10 +51,11 @@ pub fn map_error(op: &str, err: azure_core::Error) -> KvError {
             true,
             format!("azblob {op}: cannot reach the endpoint"),
         ),
+        // Nothing was sent: not `unavailable`, which would make an increment's outcome unknown.
         SdkErrorKind::Credential => (
-            ErrorKind::Unavailable,
-            true,
-            format!("azblob {op}: credentials unavailable"),
+            ErrorKind::Internal,
+            false,
+            format!("azblob {op}: no credentials (SAS or Entra ID token)"),
         ),
         SdkErrorKind::HttpResponse { .. } => match (status, code.as_str()) {
             // The service's throttling answers: 503 `ServerBusy` and 500 `OperationTimedOut`.

@@ -9,7 +9,9 @@
 //! are `If-Match` and `If-None-Match: *`.
 //!
 //! A delete leaves a tombstone: an empty blob expired on every clock, with the index tag
-//! [`TOMBSTONE_TAG`] for a lifecycle management rule to remove, so a CAS handle taken on the
+//! [`TOMBSTONE_TAG`] `= 1` for a lifecycle management rule to remove (every other write sets it
+//! to `0`, so a value written over a tombstone never keeps the mark, whatever the service does
+//! with an overwritten blob's tags), so a CAS handle taken on the
 //! missing key sees it was written and deleted since (S7). A listing carries every blob's
 //! metadata, so expired blobs and tombstones are skipped without asking for more.
 
@@ -45,8 +47,10 @@ pub const META_KEY: &str = "kv_key";
 pub const META_JOURNAL: &str = "kv_journal";
 /// The blob index tag of a tombstone, for a lifecycle management rule (`blobIndexMatch`).
 pub const TOMBSTONE_TAG: &str = "kv_tombstone";
-/// The tag's value.
+/// The tag's value on a tombstone.
 pub const TOMBSTONE_TAG_VALUE: &str = "1";
+/// The tag's value on every other write.
+pub const LIVE_TAG_VALUE: &str = "0";
 /// Blob names are at most 1,024 characters.
 const MAX_NAME_CHARS: usize = 1024;
 /// Values go in one `Put Blob` and are read whole, so they are kept to a size that fits
@@ -240,7 +244,14 @@ impl AzblobBucket {
         };
         let options = BlobClientUploadOptions {
             blob_content_type: Some("application/octet-stream".to_string()),
-            blob_tags_string: tombstone.then(|| format!("{TOMBSTONE_TAG}={TOMBSTONE_TAG_VALUE}")),
+            blob_tags_string: Some(format!(
+                "{TOMBSTONE_TAG}={}",
+                if tombstone {
+                    TOMBSTONE_TAG_VALUE
+                } else {
+                    LIVE_TAG_VALUE
+                }
+            )),
             metadata: Some(metadata),
             if_match,
             if_none_match,
@@ -377,7 +388,10 @@ impl Bucket for AzblobBucket {
             };
             let etag = item.properties.as_ref().and_then(|p| p.etag.as_ref());
             let metadata = item.metadata.as_ref().and_then(|m| m.values.as_ref());
-            let head = Head::of(etag, metadata)?;
+            // An item without an ETag is not one this provider wrote: skipped, not fatal.
+            let Ok(head) = Head::of(etag, metadata) else {
+                continue;
+            };
             if !head.live() {
                 continue;
             }
