@@ -9,10 +9,13 @@
 //!    at concurrency 1 and 16, every client a task counting over one wall-clock window;
 //! 3. **batch**: `set-many`/`get-many` of 1,000 keys against 1,000 single calls, on every
 //!    backend the project installs;
-//! 4. **listing**: 100,000 keys listed page by page: time and resident-memory growth.
+//! 4. **listing**: 100,000 keys listed page by page: time and resident-memory growth;
+//! 5. **keys**: N fresh keys inserted, read, checked and deleted inside the guest (50,000 and
+//!    1,000,000), `wasi-kv run` and `wasmtime run -S keyvalue` as processes side by side, with
+//!    each process's peak resident memory per key.
 //!
 //! ```sh
-//! cargo bench -p kv-cli --bench kv -- [--rows boundary,redis,batch,listing] [--quick]
+//! cargo bench -p kv-cli --bench kv -- [--rows boundary,redis,batch,listing,keys] [--quick]
 //! ```
 //! Every server is a local process on loopback, started here and stopped by PID.
 
@@ -40,17 +43,20 @@ struct Settings {
     redis_window: Duration,
     /// Keys listed.
     listing_keys: usize,
+    /// Fresh keys per `keys` run.
+    fresh_keys: Vec<u32>,
 }
 
 fn settings() -> Settings {
     let mut settings = Settings {
-        rows: ["boundary", "redis", "batch", "listing"]
+        rows: ["boundary", "redis", "batch", "listing", "keys"]
             .map(String::from)
             .to_vec(),
         boundary_ops: 200_000,
         redis_ops: 5_000,
         redis_window: Duration::from_secs(2),
         listing_keys: 100_000,
+        fresh_keys: vec![50_000, 1_000_000],
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -68,6 +74,7 @@ fn settings() -> Settings {
                 settings.redis_ops = 1_000;
                 settings.redis_window = Duration::from_secs(1);
                 settings.listing_keys = 20_000;
+                settings.fresh_keys = vec![50_000];
             }
             // `cargo bench` passes `--bench`; ignore it and anything else libtest-shaped.
             _ => {}
@@ -482,6 +489,130 @@ async fn listing_rows(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One `keys N` run of the guest as a process (`wasi-kv run` or `wasmtime run -S keyvalue`):
+/// ns per operation of each phase, and the process's peak resident memory in bytes, read from
+/// `/proc` while the guest waits on stdin after its last phase.
+fn fresh_keys_run(
+    program: &std::path::Path,
+    args: &[&str],
+    n: u32,
+) -> anyhow::Result<(Vec<(String, f64)>, u64)> {
+    use std::io::{BufRead as _, Write as _};
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .args([GUEST, "keys", &n.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut phases = Vec::new();
+    let mut peak = 0;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        if line == "done" {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+            peak = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map_or(0, |kb| kb * 1024);
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(b"\n");
+            }
+            continue;
+        }
+        phases.push(parse_phase(&line)?);
+    }
+    let status = child.wait()?;
+    anyhow::ensure!(
+        status.success(),
+        "{} exited with {status}",
+        program.display()
+    );
+    anyhow::ensure!(peak > 0, "{}: no peak memory read", program.display());
+    Ok((phases, peak))
+}
+
+fn parse_phase(line: &str) -> anyhow::Result<(String, f64)> {
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next().and_then(|ns| ns.parse().ok())) {
+        (Some(name), Some(ns)) => Ok((name.to_string(), ns)),
+        _ => anyhow::bail!("unexpected guest output {line:?}"),
+    }
+}
+
+/// Fresh keys side by side: each runtime ROUNDS times per N, the best time per phase and the
+/// lowest peak kept; memory per key is the peak over a 1,000-key run of the same runtime,
+/// divided by the extra keys.
+async fn fresh_keys_rows(settings: &Settings) -> anyhow::Result<()> {
+    println!("\n### 5. Fresh keys on the in-memory store, 256 B values, processes side by side\n");
+    let Some(wasmtime) = emulator::wasmtime_cli() else {
+        println!("no wasmtime CLI (set $WASMTIME or put wasmtime on PATH): rows skipped");
+        return Ok(());
+    };
+    let ours = std::path::PathBuf::from(env!("CARGO_BIN_EXE_wasi-kv"));
+    let runtimes: [(&str, &std::path::Path, &[&str]); 2] = [
+        ("wasi-kv", ours.as_path(), &["run"]),
+        ("wasmtime", wasmtime.as_path(), &["run", "-S", "keyvalue"]),
+    ];
+    println!("wasmtime CLI: {}\n", wasmtime.display());
+    println!(
+        "| keys | operation | wasi-kv ns/op | wasmtime ns/op | speed vs wasmtime (target ≥ 1.0) |"
+    );
+    println!("|---:|---|---:|---:|---:|");
+    let mut memory_rows = Vec::new();
+    for &n in &settings.fresh_keys {
+        let mut best: Vec<Vec<(String, f64)>> = vec![Vec::new(), Vec::new()];
+        let mut peaks = [u64::MAX; 2];
+        let mut base = [u64::MAX; 2];
+        for _ in 0..ROUNDS {
+            for (index, (_, program, args)) in runtimes.iter().enumerate() {
+                let (phases, peak) = fresh_keys_run(program, args, n)?;
+                peaks[index] = peaks[index].min(peak);
+                if best[index].is_empty() {
+                    best[index] = phases;
+                } else {
+                    for (kept, (_, ns)) in best[index].iter_mut().zip(phases) {
+                        kept.1 = kept.1.min(ns);
+                    }
+                }
+                let (_, small) = fresh_keys_run(program, args, 1_000)?;
+                base[index] = base[index].min(small);
+            }
+        }
+        for ((name, ours_ns), (_, theirs_ns)) in best[0].iter().zip(&best[1]) {
+            println!(
+                "| {n} | {name} | {ours_ns:.0} | {theirs_ns:.0} | {:.2} |",
+                theirs_ns / ours_ns
+            );
+        }
+        let per_key = |index: usize| {
+            peaks[index].saturating_sub(base[index]) as f64
+                / f64::from(n.saturating_sub(1_000).max(1))
+        };
+        memory_rows.push(format!(
+            "| {n} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2} |",
+            peaks[0] as f64 / 1e6,
+            peaks[1] as f64 / 1e6,
+            per_key(0),
+            per_key(1),
+            per_key(1) / per_key(0),
+        ));
+    }
+    println!(
+        "\n| keys | wasi-kv peak RSS MB | wasmtime peak RSS MB | wasi-kv bytes/key | wasmtime bytes/key | wasmtime / wasi-kv (target ≥ 1.0) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for row in memory_rows {
+        println!("{row}");
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     kv_testkit::stay_on_loopback();
     let settings = settings();
@@ -505,6 +636,9 @@ fn main() -> anyhow::Result<()> {
         }
         if settings.rows.iter().any(|row| row == "listing") {
             listing_rows(&settings).await?;
+        }
+        if settings.rows.iter().any(|row| row == "keys") {
+            fresh_keys_rows(&settings).await?;
         }
         anyhow::Ok(())
     })

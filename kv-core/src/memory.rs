@@ -5,11 +5,15 @@
 //! instances). Namespaces are separate maps, so no key can cross between stores.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::hash::BuildHasher as _;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+use hashbrown::HashMap;
+use hashbrown::hash_map::RawEntryMut;
 
 use async_trait::async_trait;
 
@@ -28,42 +32,86 @@ const ABSENT_SINCE: &str = "a";
 /// The largest value the in-memory provider stores.
 pub const MEMORY_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 
+/// When an entry expires: nanoseconds after [`epoch`], plus one; [`NEVER`] for no expiry. Eight
+/// bytes where an `Option<Instant>` takes sixteen: the entry is as small as wasmtime's.
+type Deadline = u64;
+
+/// The deadline of an entry without a TTL.
+const NEVER: Deadline = 0;
+
+/// The instant deadlines count from: the first use of the in-memory store in this process.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// The deadline `ttl` from now (a TTL too long to represent never expires).
+fn deadline_after(ttl: Duration) -> Deadline {
+    let at = Instant::now().saturating_duration_since(epoch()) + ttl;
+    u64::try_from(at.as_nanos()).map_or(NEVER, |nanos| nanos.saturating_add(1))
+}
+
+/// A stored value: 32 bytes beside its key (wasmtime's `Vec<u8>` takes 24, and keeps no
+/// version or expiry).
 #[derive(Debug, Clone)]
 struct Entry {
-    value: Bytes,
+    value: Box<[u8]>,
     version: u64,
-    expires_at: Option<Instant>,
+    expires: Deadline,
 }
 
 impl Entry {
+    /// An entry holding `value`, without copying it when the host hands over bytes it owns.
+    fn new(value: Bytes, version: u64, expires: Deadline) -> Entry {
+        Entry {
+            value: Vec::from(value).into_boxed_slice(),
+            version,
+            expires,
+        }
+    }
+
     fn is_live(&self, now: &Now) -> bool {
-        self.expires_at.is_none_or(|at| at > now.get())
+        self.expires == NEVER || self.expires > now.get()
     }
 }
 
-/// The time of one operation, read on first use: only entries with a TTL need it, so an
-/// operation on keys without one reads no clock.
+/// The time of one operation as a [`Deadline`], read on first use: only entries with a TTL
+/// need it, so an operation on keys without one reads no clock.
 #[derive(Default)]
-struct Now(std::cell::OnceCell<Instant>);
+struct Now(std::cell::OnceCell<Deadline>);
 
 impl Now {
-    fn get(&self) -> Instant {
-        *self.0.get_or_init(Instant::now)
+    fn get(&self) -> Deadline {
+        *self.0.get_or_init(|| {
+            let since = Instant::now().saturating_duration_since(epoch());
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX - 1) + 1
+        })
     }
 }
 
-/// One namespace: entries hashed by key for point operations, and the same keys in order
-/// for listing. Keys are shared between the two.
+/// One namespace: entries hashed by key for point operations (one hash per operation, the
+/// key moved in without a copy), and, only while the namespace is being listed, the same keys
+/// in order.
 #[derive(Default)]
 struct Namespace {
-    entries: HashMap<Arc<str>, Entry>,
-    order: BTreeSet<Arc<str>>,
+    entries: HashMap<Box<str>, Entry>,
+    /// The keys in order, built by the first listing and kept up to date while listings go on.
+    /// Dropped once as many keys were added and removed as the namespace holds (at least
+    /// [`LISTING_IDLE_MIN`]) with no listing in between, so a store that is never listed, or no
+    /// longer, pays nothing for it on insert and delete: a rebuild costs what keeping it would
+    /// have cost over those changes.
+    order: Option<BTreeSet<Box<str>>>,
+    /// Keys added and removed since the last listing.
+    changes_since_listing: usize,
     deleted: Tombstones,
     /// Every write with a TTL, soonest expiry first, so expired entries are removed
     /// ([`Namespace::reclaim_expired`]) instead of staying in memory for good. Entries
     /// written again since are skipped by their version.
-    expiries: BinaryHeap<Reverse<(Instant, u64, Arc<str>)>>,
+    expiries: BinaryHeap<Reverse<(Deadline, u64, Box<str>)>>,
 }
+
+/// The fewest key changes without a listing after which the ordered index is dropped.
+const LISTING_IDLE_MIN: usize = 4096;
 
 /// Expired entries removed per write at most: more than one, so removal outpaces the writes
 /// that add expiring entries, and few, so no write waits long.
@@ -77,32 +125,39 @@ const TOMBSTONES_PER_NAMESPACE: usize = 65_536;
 /// compare-and-swap that captured a missing key at version `S` must fail if the key was
 /// written and deleted since, though it is missing again (S7: no ABA). Bounded: the oldest
 /// tombstones are dropped, and a capture older than the newest dropped one conflicts.
+///
+/// A tombstone is the deletion's version and the key's 64-bit hash, in deletion order: a
+/// delete appends one (no allocation, no second map), and a check looks only at the deletions
+/// newer than the capture, found by binary search. Two keys sharing a hash can only make a
+/// swap conflict, never succeed wrongly.
 #[derive(Default)]
 struct Tombstones {
-    by_key: HashMap<Arc<str>, u64>,
-    in_order: VecDeque<(u64, Arc<str>)>,
-    /// The newest deletion no longer remembered per key.
+    in_order: VecDeque<(u64, u64)>,
+    /// The newest deletion no longer remembered.
     forgotten_through: u64,
 }
 
 impl Tombstones {
-    fn record(&mut self, key: Arc<str>, version: u64) {
-        self.by_key.insert(key.clone(), version);
-        self.in_order.push_back((version, key));
-        while self.in_order.len() > TOMBSTONES_PER_NAMESPACE {
-            let Some((version, key)) = self.in_order.pop_front() else {
-                break;
-            };
-            if self.by_key.get(&key) == Some(&version) {
-                self.by_key.remove(&key);
-            }
-            self.forgotten_through = self.forgotten_through.max(version);
+    fn record(&mut self, key_hash: u64, version: u64) {
+        if self.in_order.len() == TOMBSTONES_PER_NAMESPACE
+            && let Some((oldest, _)) = self.in_order.pop_front()
+        {
+            self.forgotten_through = self.forgotten_through.max(oldest);
         }
+        self.in_order.push_back((version, key_hash));
     }
 
-    /// Whether `key` may have been deleted after version `since`.
-    fn deleted_since(&self, key: &str, since: u64) -> bool {
-        self.forgotten_through > since || self.by_key.get(key).is_some_and(|at| *at > since)
+    /// Whether the key hashing to `key_hash` may have been deleted after version `since`.
+    fn deleted_since(&self, key_hash: u64, since: u64) -> bool {
+        if self.forgotten_through > since {
+            return true;
+        }
+        let first_newer = self
+            .in_order
+            .partition_point(|(version, _)| *version <= since);
+        self.in_order
+            .range(first_newer..)
+            .any(|(_, hash)| *hash == key_hash)
     }
 }
 
@@ -115,29 +170,80 @@ impl Namespace {
         self.entries.get_mut(key)
     }
 
-    /// Stores `entry` at `key`; an existing key is overwritten in place, without allocating
-    /// it again.
+    fn key_hash(&self, key: &str) -> u64 {
+        self.entries.hasher().hash_one(key)
+    }
+
+    /// Notes a key added or removed, for the ordered index.
+    fn key_changed(&mut self) {
+        if self.order.is_some() {
+            self.changes_since_listing += 1;
+            if self.changes_since_listing > self.entries.len().max(LISTING_IDLE_MIN) {
+                self.order = None;
+            }
+        }
+    }
+
+    /// Stores `entry` at `key`: an existing key is overwritten in place, a new one copied once.
+    /// One hash either way.
     fn store(&mut self, key: &str, entry: Entry) {
-        let expiry = entry.expires_at.map(|at| (at, entry.version));
-        let inserted = match self.entries.get_mut(key) {
-            Some(existing) => {
-                *existing = entry;
-                None
+        let expiry = (entry.expires != NEVER).then_some((entry.expires, entry.version));
+        let hash = self.key_hash(key);
+        match self
+            .entries
+            .raw_entry_mut()
+            .from_key_hashed_nocheck(hash, key)
+        {
+            RawEntryMut::Occupied(mut existing) => {
+                *existing.get_mut() = entry;
+                self.queue_expiry(expiry, || Box::from(key));
             }
-            None => {
-                let stored: Arc<str> = Arc::from(key);
-                self.order.insert(stored.clone());
-                let inserted = expiry.is_some().then(|| stored.clone());
-                self.entries.insert(stored, entry);
-                inserted
+            RawEntryMut::Vacant(vacant) => {
+                vacant.insert_hashed_nocheck(hash, Box::from(key), entry);
+                self.key_added(key, expiry);
             }
-        };
-        // Only a write with a TTL pays for the queue (one more lookup when it overwrites).
+        }
+    }
+
+    /// Stores `entry` at `key`, taking the key's allocation for a new one.
+    fn store_owned(&mut self, key: String, entry: Entry) {
+        let expiry = (entry.expires != NEVER).then_some((entry.expires, entry.version));
+        let hash = self.key_hash(&key);
+        match self
+            .entries
+            .raw_entry_mut()
+            .from_key_hashed_nocheck(hash, key.as_str())
+        {
+            RawEntryMut::Occupied(mut existing) => {
+                *existing.get_mut() = entry;
+                self.queue_expiry(expiry, || key.into_boxed_str());
+            }
+            RawEntryMut::Vacant(vacant) => {
+                let key = key.into_boxed_str();
+                // A copy only for the ordered index or the expiry queue, when there is one.
+                let copy = (self.order.is_some() || expiry.is_some()).then(|| key.clone());
+                vacant.insert_hashed_nocheck(hash, key, entry);
+                match copy {
+                    Some(key) => self.key_added(&key, expiry),
+                    None => self.key_changed(),
+                }
+            }
+        }
+    }
+
+    /// A new key stored: the ordered index and the expiry queue.
+    fn key_added(&mut self, key: &str, expiry: Option<(Deadline, u64)>) {
+        if let Some(order) = &mut self.order {
+            order.insert(Box::from(key));
+        }
+        self.key_changed();
+        self.queue_expiry(expiry, || Box::from(key));
+    }
+
+    /// Only a write with a TTL pays for the queue (and a copy of its key).
+    fn queue_expiry(&mut self, expiry: Option<(Deadline, u64)>, key: impl FnOnce() -> Box<str>) {
         if let Some((at, version)) = expiry {
-            let stored = inserted.or_else(|| Some(self.entries.get_key_value(key)?.0.clone()));
-            if let Some(stored) = stored {
-                self.expiries.push(Reverse((at, version, stored)));
-            }
+            self.expiries.push(Reverse((at, version, key())));
         }
     }
 
@@ -155,17 +261,16 @@ impl Namespace {
             self.expiries = self
                 .entries
                 .iter()
-                .filter_map(|(key, entry)| {
-                    Some(Reverse((entry.expires_at?, entry.version, key.clone())))
-                })
+                .filter(|(_, entry)| entry.expires != NEVER)
+                .map(|(key, entry)| Reverse((entry.expires, entry.version, key.clone())))
                 .collect();
         }
-        let now = Instant::now();
+        let now = Now::default();
         for _ in 0..RECLAIMED_PER_WRITE {
             if self
                 .expiries
                 .peek()
-                .is_none_or(|Reverse((at, _, _))| *at > now)
+                .is_none_or(|Reverse((at, _, _))| *at > now.get())
             {
                 return;
             }
@@ -175,7 +280,7 @@ impl Namespace {
             let unchanged = self
                 .entries
                 .get(&key)
-                .is_some_and(|entry| entry.version == version && entry.expires_at == Some(at));
+                .is_some_and(|entry| entry.version == version && entry.expires == at);
             if unchanged {
                 self.remove(&key, versions);
             }
@@ -185,27 +290,46 @@ impl Namespace {
     /// Removes `key`, leaving a tombstone at a version taken from `versions` under the
     /// namespace's lock, so it is newer than every absence captured before.
     fn remove(&mut self, key: &str, versions: &AtomicU64) {
-        if let Some((key, _)) = self.entries.remove_entry(key) {
-            self.order.remove(&key);
+        let hash = self.key_hash(key);
+        if let RawEntryMut::Occupied(entry) = self
+            .entries
+            .raw_entry_mut()
+            .from_key_hashed_nocheck(hash, key)
+        {
+            entry.remove();
+            if let Some(order) = &mut self.order {
+                order.remove(key);
+            }
+            self.key_changed();
             let version = versions.fetch_add(1, Ordering::Relaxed) + 1;
-            self.deleted.record(key, version);
+            self.deleted.record(hash, version);
         }
     }
 
-    /// The entries in key order, from `start`.
+    /// Whether `key` may have been deleted after version `since`.
+    fn deleted_since(&self, key: &str, since: u64) -> bool {
+        self.deleted.deleted_since(self.key_hash(key), since)
+    }
+
+    /// The entries in key order, from `start`; builds the ordered index if there is none.
     fn range<'a>(
-        &'a self,
+        &'a mut self,
         start: Bound<&'a str>,
-    ) -> impl Iterator<Item = (&'a Arc<str>, &'a Entry)> {
-        self.order
+    ) -> impl Iterator<Item = (&'a Box<str>, &'a Entry)> {
+        self.changes_since_listing = 0;
+        let entries = &self.entries;
+        let order = self
+            .order
+            .get_or_insert_with(|| entries.keys().cloned().collect());
+        order
             .range::<str, _>((start, Bound::Unbounded))
-            .filter_map(|key| Some((key, self.entries.get(key)?)))
+            .filter_map(|key| entries.get_key_value(&**key))
     }
 }
 
 #[derive(Default)]
 struct Shared {
-    namespaces: Mutex<HashMap<String, Arc<Mutex<Namespace>>>>,
+    namespaces: Mutex<std::collections::HashMap<String, Arc<Mutex<Namespace>>>>,
     versions: AtomicU64,
     requests: Mutex<RequestLog>,
 }
@@ -328,12 +452,8 @@ impl MemoryBucket {
         map.get(key).filter(|entry| entry.is_live(now))
     }
 
-    fn write(&self, key: &str, value: Bytes, expires_at: Option<Instant>) -> Result<()> {
-        let entry = Entry {
-            value,
-            version: self.next_version(),
-            expires_at,
-        };
+    fn write(&self, key: &str, value: Bytes, expires: Deadline) -> Result<()> {
+        let entry = Entry::new(value, self.next_version(), expires);
         let mut map = lock(&self.map)?;
         map.reclaim_expired(&self.shared.versions);
         map.store(key, entry);
@@ -354,7 +474,7 @@ impl ImmediateBucket for MemoryBucket {
     }
 
     fn set_now(&self, key: &str, value: Bytes) -> Result<()> {
-        self.write(key, value, None)
+        self.write(key, value, NEVER)
     }
 
     fn delete_now(&self, key: &str) -> Result<()> {
@@ -386,20 +506,17 @@ impl ImmediateBucket for MemoryBucket {
                 let next = add_delta_within(parse_counter(&entry.value)?, delta, range)?;
                 entry.value = encode_counter(next).into();
                 entry.version = version;
-                if let Some(at) = entry.expires_at {
+                let expires = entry.expires;
+                if expires != NEVER {
                     // Queued again under its new version, or it would never be reclaimed.
-                    let expiry = Reverse((at, version, Arc::from(key)));
-                    map.expiries.push(expiry);
+                    map.expiries
+                        .push(Reverse((expires, version, Box::from(key))));
                 }
                 next
             }
             None => {
                 let next = add_delta_within(0, delta, range)?;
-                let entry = Entry {
-                    value: encode_counter(next).into(),
-                    version,
-                    expires_at: None,
-                };
+                let entry = Entry::new(encode_counter(next).into(), version, NEVER);
                 map.store(key, entry);
                 next
             }
@@ -432,12 +549,8 @@ impl ImmediateBucket for MemoryBucket {
         let mut map = lock(&self.map)?;
         map.reclaim_expired(&self.shared.versions);
         for (key, value) in entries {
-            let entry = Entry {
-                value,
-                version: self.next_version(),
-                expires_at: None,
-            };
-            map.store(&key, entry);
+            let entry = Entry::new(value, self.next_version(), NEVER);
+            map.store_owned(key, entry);
         }
         Ok(())
     }
@@ -458,8 +571,7 @@ impl Bucket for MemoryBucket {
     }
 
     async fn set_with_ttl(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
-        let expires_at = Instant::now().checked_add(ttl);
-        self.write(key, value, expires_at)
+        self.write(key, value, deadline_after(ttl))
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
@@ -472,7 +584,7 @@ impl Bucket for MemoryBucket {
 
     async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {
         let now = Now::default();
-        let map = lock(&self.map)?;
+        let mut map = lock(&self.map)?;
         let start = match cursor {
             Some(after) => Bound::Excluded(after),
             None => Bound::Unbounded,
@@ -546,7 +658,7 @@ impl Bucket for MemoryBucket {
             (Version::Tag(tag), None) => match tag.strip_prefix(ABSENT_SINCE) {
                 Some(since) => since
                     .parse()
-                    .is_ok_and(|since| !map.deleted.deleted_since(key, since)),
+                    .is_ok_and(|since| !map.deleted_since(key, since)),
                 None => false,
             },
             (Version::Tag(tag), Some(entry)) => *tag == entry.version.to_string(),
@@ -556,12 +668,7 @@ impl Bucket for MemoryBucket {
         if !unchanged {
             return Ok(SwapOutcome::Conflict);
         }
-        let entry = Entry {
-            value,
-            version,
-            expires_at: None,
-        };
-        map.store(key, entry);
+        map.store(key, Entry::new(value, version, NEVER));
         requests.record(request, Applied::Swapped);
         Ok(SwapOutcome::Swapped)
     }
@@ -694,6 +801,53 @@ mod tests {
     /// many later writes, each expiry leaving a tombstone (a handle taken before the key was
     /// written still conflicts). Before, they stayed for good.
     #[tokio::test]
+    async fn the_ordered_index_lives_only_while_listings_go_on() {
+        let provider = MemoryProvider::new();
+        let bucket = provider.open("ns").await.unwrap();
+        let map = provider.shared.namespaces.lock().unwrap()["ns"].clone();
+        let indexed = || map.lock().unwrap().order.as_ref().map(BTreeSet::len);
+        for i in 0..100 {
+            bucket
+                .set(&format!("k{i:03}"), Bytes::from_static(b"x"))
+                .await
+                .unwrap();
+        }
+        assert_eq!(indexed(), None, "inserts alone build no index");
+        let page = bucket.list_keys(None, 10).await.unwrap();
+        assert_eq!(page.keys.first().map(String::as_str), Some("k000"));
+        assert_eq!(indexed(), Some(100));
+        // Kept up to date between pages: a key added after the cursor is listed, a removed one
+        // is not, and every key present throughout comes exactly once.
+        bucket.set("k0995", Bytes::from_static(b"x")).await.unwrap();
+        bucket.delete("k050").await.unwrap();
+        let mut listed = page.keys;
+        let mut cursor = page.cursor;
+        while let Some(after) = cursor {
+            let page = bucket.list_keys(Some(&after), 10).await.unwrap();
+            listed.extend(page.keys);
+            cursor = page.cursor;
+        }
+        let mut expected: Vec<String> = (0..100)
+            .filter(|i| *i != 50)
+            .map(|i| format!("k{i:03}"))
+            .chain(["k0995".to_string()])
+            .collect();
+        expected.sort();
+        assert_eq!(listed, expected);
+        // Dropped after more key changes than the namespace holds (at least LISTING_IDLE_MIN)
+        // with no listing, and rebuilt whole by the next one.
+        for i in 0..=LISTING_IDLE_MIN {
+            let key = format!("churn{i}");
+            bucket.set(&key, Bytes::from_static(b"x")).await.unwrap();
+            bucket.delete(&key).await.unwrap();
+        }
+        assert_eq!(indexed(), None);
+        let page = bucket.list_keys(None, 1000).await.unwrap();
+        assert_eq!(page.keys, expected);
+        assert_eq!(indexed(), Some(100));
+    }
+
+    #[tokio::test]
     async fn expired_entries_are_reclaimed_by_later_writes() {
         let provider = MemoryProvider::new();
         let bucket = provider.open("ns").await.unwrap();
@@ -715,9 +869,11 @@ mod tests {
         let map = provider.shared.namespaces.lock().unwrap()["ns"].clone();
         let (entries, order, queued) = {
             let map = map.lock().unwrap();
-            (map.entries.len(), map.order.len(), map.expiries.len())
+            let order = map.order.as_ref().map(BTreeSet::len);
+            (map.entries.len(), order, map.expiries.len())
         };
-        assert_eq!((entries, order, queued), (10, 10, 0));
+        // Never listed: no ordered index.
+        assert_eq!((entries, order, queued), (10, None, 0));
         let outcome = swap_v(&bucket, "k0", &before.version).await;
         assert_eq!(outcome, SwapOutcome::Conflict);
         // An entry written again keeps its new expiry, not the first one's.

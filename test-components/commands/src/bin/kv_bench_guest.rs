@@ -6,6 +6,10 @@
 //! OP: `get`, `set`, `exists`, `increment`, `get-many-100`, `set-many-100`. The keys are
 //! written first, then N/10 operations warm up, then N are timed.
 //!
+//! `kv_bench_guest keys N [VALUE_BYTES]` times N fresh keys (`perf-key-0…N`) through four
+//! phases, one line each: `insert`, `get` (each key, checked), `exists`, `delete`; then prints
+//! `done` and waits for stdin to close, so the host can read the process's peak memory.
+//!
 //! `kv_bench_guest OP N VALUE_BYTES START_UNIX_MS WINDOW_MS` times a wall-clock window instead:
 //! after the warm-up it waits for `START_UNIX_MS` and counts operations until the window ends,
 //! so guests run side by side measure the same interval and their rates add up. A guest that
@@ -32,6 +36,10 @@ fn main() {
     let size: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(256);
     let bucket = store::open("").unwrap_or_else(|err| fail(&format!("open: {err:?}")));
     let value = vec![b'v'; size];
+    if op == "keys" {
+        fresh_keys(&bucket, n, &value);
+        return;
+    }
     let keys: Vec<String> = (0..100).map(|i| format!("bench-{i}")).collect();
     let entries: Vec<(String, Vec<u8>)> = keys
         .iter()
@@ -83,6 +91,39 @@ fn main() {
     }
     let elapsed = started.elapsed();
     println!("{op} {}", elapsed.as_nanos() / u128::from(n));
+}
+
+/// The `keys` phases. Keys are formatted into one buffer as they go, so the guest's own memory
+/// does not grow with N.
+fn fresh_keys(bucket: &store::Bucket, n: u32, value: &[u8]) {
+    use std::fmt::Write as _;
+    let mut key = String::new();
+    let mut phase = |name: &str, op: &mut dyn FnMut(&str) -> Result<(), String>| {
+        let started = Instant::now();
+        for i in 0..n {
+            key.clear();
+            let _ = write!(key, "perf-key-{i}");
+            op(&key).unwrap_or_else(|err| fail(&format!("{name} {key}: {err}")));
+        }
+        println!("{name} {}", started.elapsed().as_nanos() / u128::from(n));
+    };
+    phase("insert", &mut |key| {
+        bucket.set(key, value).map_err(|err| format!("{err:?}"))
+    });
+    phase("get", &mut |key| match bucket.get(key) {
+        Ok(Some(found)) if found.len() == value.len() => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    phase("exists", &mut |key| match bucket.exists(key) {
+        Ok(true) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    phase("delete", &mut |key| {
+        bucket.delete(key).map_err(|err| format!("{err:?}"))
+    });
+    println!("done");
+    let mut rest = String::new();
+    let _ = std::io::stdin().read_line(&mut rest);
 }
 
 fn unix_ms() -> u64 {
