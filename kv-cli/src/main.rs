@@ -18,6 +18,9 @@ fn main() -> ExitCode {
         // the Cosmos driver probe the Azure instance metadata service.
         unsafe { std::env::set_var("COSMOS_DISABLE_IMDS", "1") };
     }
+    if matches!(cli.command, Command::Run(_)) {
+        one_malloc_arena();
+    }
     // A server logs every request by default; the other commands only problems.
     let default_filter = match cli.command {
         Command::Serve(_) => "warn,kv_cli=info",
@@ -111,5 +114,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+/// `run` executes one component, as a task on the runtime's workers: glibc would give those
+/// threads an arena of their own, which grows slower than the main one (fresh-key inserts
+/// through a guest: 0.81 of wasmtime's speed, 0.92–0.97 with one arena; docs/benchmarks.md).
+/// `serve`, whose requests allocate on every worker at once, keeps glibc's default.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: called before the runtime starts any thread; `mallopt` only sets a parameter.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }

@@ -94,7 +94,9 @@ impl Now {
 /// in order.
 #[derive(Default)]
 struct Namespace {
-    entries: HashMap<Box<str>, Entry>,
+    /// SipHash with a random key per map, as std's `HashMap`: guests choose the keys, so the
+    /// hash must not let one make them collide.
+    entries: HashMap<Box<str>, Entry, std::hash::RandomState>,
     /// The keys in order, built by the first listing and kept up to date while listings go on.
     /// Dropped once as many keys were added and removed as the namespace holds (at least
     /// [`LISTING_IDLE_MIN`]) with no listing in between, so a store that is never listed, or no
@@ -475,6 +477,14 @@ impl ImmediateBucket for MemoryBucket {
 
     fn set_now(&self, key: &str, value: Bytes) -> Result<()> {
         self.write(key, value, NEVER)
+    }
+
+    fn set_owned_now(&self, key: String, value: Bytes) -> Result<()> {
+        let entry = Entry::new(value, self.next_version(), NEVER);
+        let mut map = lock(&self.map)?;
+        map.reclaim_expired(&self.shared.versions);
+        map.store_owned(key, entry);
+        Ok(())
     }
 
     fn delete_now(&self, key: &str) -> Result<()> {

@@ -178,6 +178,23 @@ impl KvStore {
             .await
     }
 
+    /// [`KvStore::set`] with a key the caller gives up (a guest's): a store that keeps keys in
+    /// memory takes it without a copy.
+    pub async fn set_owned(&self, key: String, value: impl Into<Bytes>) -> Result<()> {
+        let value = value.into();
+        self.check_write()?;
+        check_key(&key)?;
+        self.check_value(&value)?;
+        let (key, value) = match self.now("set", (key, value), |bucket, (key, value)| {
+            bucket.set_owned_now(key, value)
+        }) {
+            Ok(done) => return done,
+            Err(input) => input,
+        };
+        self.write("set", || self.inner.bucket.set(&key, value.clone()))
+            .await
+    }
+
     /// Writes `key` expiring after `ttl_ms` milliseconds.
     pub async fn set_with_ttl(
         &self,

@@ -42,7 +42,7 @@ impl store::HostBucket for KvView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> HostResult<()> {
-        Ok(self.draft_bucket(&bucket)?.set(&key, value).await?)
+        Ok(self.draft_bucket(&bucket)?.set_owned(key, value).await?)
     }
 
     async fn delete(&mut self, bucket: Resource<DraftBucketHandle>, key: String) -> HostResult<()> {

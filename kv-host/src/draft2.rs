@@ -50,7 +50,7 @@ impl store::HostBucket for KvView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> HostResult<()> {
-        Ok(self.bucket(&bucket)?.set(&key, value).await?)
+        Ok(self.bucket(&bucket)?.set_owned(key, value).await?)
     }
 
     async fn delete(&mut self, bucket: Resource<BucketHandle>, key: String) -> HostResult<()> {

@@ -170,11 +170,17 @@ impl LocalServer {
     }
 }
 
-/// The wasmtime CLI, if there is one: `$WASMTIME`, else `wasmtime` on `PATH`.
+/// The wasmtime CLI, if there is one: `$WASMTIME`, else `wasmtime` on `PATH`, else the one
+/// `scripts/setup.sh --bench` installs.
 pub fn wasmtime_cli() -> Option<PathBuf> {
     std::env::var_os("WASMTIME")
         .map(PathBuf::from)
         .or_else(|| find_program("wasmtime"))
+        .or_else(|| {
+            // `scripts/setup.sh --bench` installs it here.
+            let installed = emulator_dir().join("wasmtime-cli/bin/wasmtime");
+            installed.is_file().then_some(installed)
+        })
 }
 
 /// A `redis-server` on loopback, in memory, with no persistence.
