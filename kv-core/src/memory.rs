@@ -47,8 +47,11 @@ fn epoch() -> Instant {
 
 /// The deadline `ttl` from now (a TTL too long to represent never expires).
 fn deadline_after(ttl: Duration) -> Deadline {
-    let at = Instant::now().saturating_duration_since(epoch()) + ttl;
-    u64::try_from(at.as_nanos()).map_or(NEVER, |nanos| nanos.saturating_add(1))
+    Instant::now()
+        .saturating_duration_since(epoch())
+        .checked_add(ttl)
+        .and_then(|at| u64::try_from(at.as_nanos()).ok())
+        .map_or(NEVER, |nanos| nanos.saturating_add(1))
 }
 
 /// A stored value: 32 bytes beside its key (wasmtime's `Vec<u8>` takes 24, and keeps no
@@ -98,12 +101,12 @@ struct Namespace {
     /// hash must not let one make them collide.
     entries: HashMap<Box<str>, Entry, std::hash::RandomState>,
     /// The keys in order, built by the first listing and kept up to date while listings go on.
-    /// Dropped once as many keys were added and removed as the namespace holds (at least
+    /// Dropped once the namespace saw as many writes as it holds keys (at least
     /// [`LISTING_IDLE_MIN`]) with no listing in between, so a store that is never listed, or no
-    /// longer, pays nothing for it on insert and delete: a rebuild costs what keeping it would
-    /// have cost over those changes.
+    /// longer, pays nothing for it, in time or memory: a rebuild costs what keeping it would
+    /// have cost over those writes.
     order: Option<BTreeSet<Box<str>>>,
-    /// Keys added and removed since the last listing.
+    /// Writes (inserts, overwrites, removals) since the last listing.
     changes_since_listing: usize,
     deleted: Tombstones,
     /// Every write with a TTL, soonest expiry first, so expired entries are removed
@@ -112,7 +115,7 @@ struct Namespace {
     expiries: BinaryHeap<Reverse<(Deadline, u64, Box<str>)>>,
 }
 
-/// The fewest key changes without a listing after which the ordered index is dropped.
+/// The fewest writes without a listing after which the ordered index is dropped.
 const LISTING_IDLE_MIN: usize = 4096;
 
 /// Expired entries removed per write at most: more than one, so removal outpaces the writes
@@ -120,8 +123,10 @@ const LISTING_IDLE_MIN: usize = 4096;
 const RECLAIMED_PER_WRITE: usize = 4;
 
 /// Tombstones deleted keys live in this many per namespace; older deletions are summarised
-/// by [`Tombstones::forgotten_through`].
-const TOMBSTONES_PER_NAMESPACE: usize = 65_536;
+/// by [`Tombstones::forgotten_through`]. A swap on a missing key scans at most this many (a
+/// few microseconds under the namespace's lock), so a handle older than the namespace's last
+/// 4,096 deletions conflicts rather than costing more.
+const TOMBSTONES_PER_NAMESPACE: usize = 4_096;
 
 /// Recently deleted keys with the version of their deletion. Absence has a version too: a
 /// compare-and-swap that captured a missing key at version `S` must fail if the key was
@@ -176,7 +181,8 @@ impl Namespace {
         self.entries.hasher().hash_one(key)
     }
 
-    /// Notes a key added or removed, for the ordered index.
+    /// Notes a write, for the ordered index: kept only while listings go on, whatever the
+    /// writes are (an index nobody lists is memory for nothing).
     fn key_changed(&mut self) {
         if self.order.is_some() {
             self.changes_since_listing += 1;
@@ -198,6 +204,7 @@ impl Namespace {
         {
             RawEntryMut::Occupied(mut existing) => {
                 *existing.get_mut() = entry;
+                self.key_changed();
                 self.queue_expiry(expiry, || Box::from(key));
             }
             RawEntryMut::Vacant(vacant) => {
@@ -218,6 +225,7 @@ impl Namespace {
         {
             RawEntryMut::Occupied(mut existing) => {
                 *existing.get_mut() = entry;
+                self.key_changed();
                 self.queue_expiry(expiry, || key.into_boxed_str());
             }
             RawEntryMut::Vacant(vacant) => {
@@ -502,6 +510,8 @@ impl ImmediateBucket for MemoryBucket {
         let version = self.next_version();
         let now = Now::default();
         let mut map = lock(&self.map)?;
+        // Increments re-queue a key with a TTL: the queue is kept bounded here as on writes.
+        map.reclaim_expired(&self.shared.versions);
         let mut requests = lock(&self.shared.requests)?;
         match requests.check(request)? {
             Some(Applied::Incremented(total)) => return Ok(total),
@@ -807,9 +817,9 @@ mod tests {
         assert_eq!(outcome, SwapOutcome::Conflict);
     }
 
-    /// Expired entries leave memory: 10,000 keys written with a 1 ms TTL are gone after as
-    /// many later writes, each expiry leaving a tombstone (a handle taken before the key was
-    /// written still conflicts). Before, they stayed for good.
+    /// The ordered index for listing exists only while a namespace is being listed: inserts
+    /// alone build none, a listing builds it and keeps it exact between pages, and writes
+    /// with no listing drop it.
     #[tokio::test]
     async fn the_ordered_index_lives_only_while_listings_go_on() {
         let provider = MemoryProvider::new();
@@ -844,7 +854,7 @@ mod tests {
             .collect();
         expected.sort();
         assert_eq!(listed, expected);
-        // Dropped after more key changes than the namespace holds (at least LISTING_IDLE_MIN)
+        // Dropped after more writes than the namespace holds keys (at least LISTING_IDLE_MIN)
         // with no listing, and rebuilt whole by the next one.
         for i in 0..=LISTING_IDLE_MIN {
             let key = format!("churn{i}");
@@ -857,6 +867,9 @@ mod tests {
         assert_eq!(indexed(), Some(100));
     }
 
+    /// Expired entries leave memory: 10,000 keys written with a 1 ms TTL are gone after as
+    /// many later writes, each expiry leaving a tombstone (a handle taken before the key was
+    /// written still conflicts). Before, they stayed for good.
     #[tokio::test]
     async fn expired_entries_are_reclaimed_by_later_writes() {
         let provider = MemoryProvider::new();
@@ -935,15 +948,33 @@ mod tests {
             bucket.set("other", Bytes::from_static(b"y")).await.unwrap();
         }
         let map = provider.shared.namespaces.lock().unwrap()["ns"].clone();
-        let map = map.lock().unwrap();
+        {
+            let map = map.lock().unwrap();
+            assert!(
+                map.expiries.len() <= 2 * map.entries.len() + 1024 + 1,
+                "{}",
+                map.expiries.len()
+            );
+            assert!(
+                !map.entries.contains_key("hits"),
+                "an expired counter stayed in memory"
+            );
+        }
+        // Increments alone, with no other write, keep the queue bounded too.
+        bucket
+            .set_with_ttl("ticks", Bytes::from_static(b"0"), Duration::from_secs(3600))
+            .await
+            .unwrap();
+        for _ in 0..10_000 {
+            bucket
+                .increment("ticks", 1, CounterRange::Signed, &mut Attempt::new())
+                .await
+                .unwrap();
+        }
+        let queued = map.lock().unwrap().expiries.len();
         assert!(
-            map.expiries.len() <= 2 * map.entries.len() + 1024 + 1,
-            "{}",
-            map.expiries.len()
-        );
-        assert!(
-            !map.entries.contains_key("hits"),
-            "an expired counter stayed in memory"
+            queued <= 2 * 3 + 1024 + 1,
+            "{queued} queued after increments"
         );
     }
 
