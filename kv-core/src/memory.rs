@@ -487,8 +487,12 @@ impl ImmediateBucket for MemoryBucket {
         self.write(key, value, NEVER)
     }
 
-    fn set_owned_now(&self, key: String, value: Bytes) -> Result<()> {
-        let entry = Entry::new(value, self.next_version(), NEVER);
+    fn set_owned_now(&self, key: String, value: Vec<u8>) -> Result<()> {
+        let entry = Entry {
+            value: value.into_boxed_slice(),
+            version: self.next_version(),
+            expires: NEVER,
+        };
         let mut map = lock(&self.map)?;
         map.reclaim_expired(&self.shared.versions);
         map.store_owned(key, entry);

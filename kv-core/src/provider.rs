@@ -277,10 +277,10 @@ pub trait ImmediateBucket: Send + Sync {
     /// [`Bucket::set`].
     fn set_now(&self, key: &str, value: Bytes) -> Result<()>;
 
-    /// [`ImmediateBucket::set_now`] with a key its caller no longer needs (the guest's), so a
-    /// store that keeps keys takes it instead of copying it.
-    fn set_owned_now(&self, key: String, value: Bytes) -> Result<()> {
-        self.set_now(&key, value)
+    /// [`ImmediateBucket::set_now`] with a key and value its caller no longer needs (the
+    /// guest's), so a store that keeps them takes them instead of copying them.
+    fn set_owned_now(&self, key: String, value: Vec<u8>) -> Result<()> {
+        self.set_now(&key, Bytes::from(value))
     }
 
     /// [`Bucket::delete`].

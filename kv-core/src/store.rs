@@ -180,8 +180,7 @@ impl KvStore {
 
     /// [`KvStore::set`] with a key the caller gives up (a guest's): a store that keeps keys in
     /// memory takes it without a copy.
-    pub async fn set_owned(&self, key: String, value: impl Into<Bytes>) -> Result<()> {
-        let value = value.into();
+    pub async fn set_owned(&self, key: String, value: Vec<u8>) -> Result<()> {
         self.check_write()?;
         check_key(&key)?;
         self.check_value(&value)?;
@@ -191,6 +190,7 @@ impl KvStore {
             Ok(done) => return done,
             Err(input) => input,
         };
+        let value = Bytes::from(value);
         self.write("set", || self.inner.bucket.set(&key, value.clone()))
             .await
     }
