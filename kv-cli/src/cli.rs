@@ -27,6 +27,152 @@ pub enum Command {
     /// Record concurrent clients' histories under faults and check them (linearizability per
     /// key, counters, listings).
     Check(CheckArgs),
+    /// Read and write a configured store's keys, export and import them, copy a store to
+    /// another provider.
+    Store(StoreCommand),
+}
+
+/// `wasi-kv store`.
+#[derive(Debug, Args)]
+pub struct StoreCommand {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: StoreAction,
+}
+
+/// One configured store: which, and where stores come from.
+#[derive(Debug, Args, Clone)]
+pub struct StoreTarget {
+    /// Stores.
+    #[command(flatten)]
+    pub stores: StoreArgs,
+    /// The store to use (default: `default`, or the only store configured).
+    #[arg(long, value_name = "NAME")]
+    pub bucket: Option<String>,
+}
+
+/// `wasi-kv store` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StoreAction {
+    /// Print a key's value on stdout (exit code 1 if the key is missing).
+    Get {
+        /// The store.
+        #[command(flatten)]
+        target: StoreTarget,
+        /// The key.
+        key: String,
+    },
+    /// Write a key.
+    Set {
+        /// The store.
+        #[command(flatten)]
+        target: StoreTarget,
+        /// The key.
+        key: String,
+        /// The value, or `@FILE` for a file's bytes (`@@` for a literal `@`).
+        value: String,
+        /// Expire the key after this long, e.g. `10m`.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Delete a key (a missing key is fine).
+    Delete {
+        /// The store.
+        #[command(flatten)]
+        target: StoreTarget,
+        /// The key.
+        key: String,
+    },
+    /// Add to a counter and print its new value.
+    Incr {
+        /// The store.
+        #[command(flatten)]
+        target: StoreTarget,
+        /// The key.
+        key: String,
+        /// What to add (negative to subtract).
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        delta: i64,
+    },
+    /// Print keys, one per line, a page at a time.
+    List {
+        /// The store.
+        #[command(flatten)]
+        target: StoreTarget,
+        /// Only keys starting with this (the store is still listed whole).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Stop after this many keys.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Write every key as a JSON line: key, value (text, or base64), TTL left.
+    Export {
+        /// The store.
+        #[command(flatten)]
+        target: StoreTarget,
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Write into this file (whole, or not at all) instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Keys read at once.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+        jobs: u16,
+    },
+    /// Write the keys of an export file; checks every line before writing any.
+    Import {
+        /// The store.
+        #[command(flatten)]
+        target: StoreTarget,
+        /// The JSON-lines file `export` wrote.
+        file: PathBuf,
+        /// Carry on from where an interrupted import of the same file stopped.
+        #[arg(long)]
+        resume: bool,
+        /// The checkpoint file (default: FILE.import-state).
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// Writes at once.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+        jobs: u16,
+    },
+    /// Copy every key (with its TTL) from one configured store to another, then verify.
+    Copy {
+        /// Stores.
+        #[command(flatten)]
+        stores: StoreArgs,
+        /// The store to copy from (only read).
+        from: String,
+        /// The store to copy into.
+        to: String,
+        /// Carry on from where an interrupted copy stopped.
+        #[arg(long)]
+        resume: bool,
+        /// The checkpoint file (default: wasi-kv-copy-FROM-TO.state).
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// Keys read and written at once.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+        jobs: u16,
+        /// Skip the verification pass.
+        #[arg(long)]
+        no_verify: bool,
+    },
+    /// Compare two stores: key counts, and every key's value (exit code 1 on any difference).
+    Verify {
+        /// Stores.
+        #[command(flatten)]
+        stores: StoreArgs,
+        /// The reference store.
+        from: String,
+        /// The store that should hold the same keys and values.
+        to: String,
+        /// Keys read at once.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+        jobs: u16,
+    },
 }
 
 /// Where stores come from; with neither, `default` is the in-memory store.

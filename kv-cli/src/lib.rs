@@ -8,6 +8,7 @@ pub mod run;
 pub mod sandbox;
 pub mod serve;
 pub mod spin_config;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -106,6 +106,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Store(command) => kv_cli::store::store(command).await,
         Command::Conformance(args) => {
             let passed = kv_cli::conformance::conformance(&args).await?;
             Ok(if passed {

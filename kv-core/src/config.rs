@@ -291,6 +291,16 @@ fn read_seed_file(place: &str, base: Option<&Path>, path: &str) -> Result<Vec<u8
         .map_err(|err| ConfigError::at(place, format!("cannot read {}: {err}", full.display())))
 }
 
+/// A value given on a command line: the text itself, or with `@PATH` that file's bytes (`@@`
+/// for a literal `@`).
+pub fn value_argument(place: &str, text: &str) -> Result<Vec<u8>, ConfigError> {
+    Ok(match text.strip_prefix('@') {
+        Some(literal) if literal.starts_with('@') => literal.as_bytes().to_vec(),
+        Some(path) => read_seed_file(place, None, path)?,
+        None => text.as_bytes().to_vec(),
+    })
+}
+
 impl KvConfig {
     /// Parses a TOML configuration file's text. `env` looks up `${NAME}` references; seed
     /// files are relative to the current directory.
@@ -322,11 +332,7 @@ impl KvConfig {
             .split_once('=')
             .ok_or_else(|| ConfigError::at(place, "expected [STORE::]KEY=VALUE or KEY=@FILE"))?;
         let (store, key) = target.split_once("::").unwrap_or(("", target));
-        let value = match value.strip_prefix('@') {
-            Some(literal) if literal.starts_with('@') => literal.as_bytes().to_vec(),
-            Some(path) => read_seed_file(&format!("--seed {target}"), None, path)?,
-            None => value.as_bytes().to_vec(),
-        };
+        let value = value_argument(&format!("--seed {target}"), value)?;
         self.seeds.push(Seed {
             store: store.to_string(),
             key: key.to_string(),

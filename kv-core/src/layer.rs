@@ -67,7 +67,8 @@ use crate::capabilities::Capabilities;
 use crate::counter::CounterRange;
 use crate::error::Result;
 use crate::provider::{
-    Attempt, Bucket, Bytes, ImmediateBucket, KeyPage, Provider, SwapOutcome, Version, Versioned,
+    Attempt, Bucket, Bytes, ImmediateBucket, KeyPage, Provider, StoredValue, SwapOutcome, Version,
+    Versioned,
 };
 
 /// Wraps a bucket in another.
@@ -123,6 +124,8 @@ pub enum Op {
     Exists,
     /// [`Bucket::list_keys`].
     ListKeys,
+    /// [`Bucket::get_with_ttl`].
+    GetWithTtl,
     /// [`Bucket::increment`].
     Increment,
     /// [`Bucket::read_versioned`].
@@ -147,6 +150,7 @@ impl Op {
             Op::Delete => "delete",
             Op::Exists => "exists",
             Op::ListKeys => "list-keys",
+            Op::GetWithTtl => "get-with-ttl",
             Op::Increment => "increment",
             Op::ReadVersioned => "cas-read",
             Op::Swap => "swap",
@@ -221,6 +225,12 @@ pub trait LayeredBucket: Send + Sync + 'static {
     async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {
         self.before(Op::ListKeys).await?;
         self.after(Op::ListKeys, self.inner().list_keys(cursor, limit).await)
+    }
+
+    /// [`Bucket::get_with_ttl`].
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<StoredValue>> {
+        self.before(Op::GetWithTtl).await?;
+        self.after(Op::GetWithTtl, self.inner().get_with_ttl(key).await)
     }
 
     /// [`Bucket::increment`].
@@ -315,6 +325,10 @@ impl<L: LayeredBucket> Bucket for L {
 
     async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {
         LayeredBucket::list_keys(self, cursor, limit).await
+    }
+
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<StoredValue>> {
+        LayeredBucket::get_with_ttl(self, key).await
     }
 
     async fn increment(

@@ -38,8 +38,8 @@ pub use layer::{Layer, LayeredBucket, LayeredProvider};
 pub use limits::{Limits, RetryPolicy};
 pub use memory::MemoryProvider;
 pub use provider::{
-    Attempt, Bucket, Bytes, ImmediateBucket, KeyPage, Provider, RequestId, SwapOutcome, Version,
-    Versioned,
+    Attempt, Bucket, Bytes, ImmediateBucket, KeyPage, Provider, RequestId, StoredValue,
+    SwapOutcome, Version, Versioned,
 };
 pub use secret::{ConnectionKey, Secret};
 pub use store::{Access, CursorSecret, KvStore};

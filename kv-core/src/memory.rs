@@ -21,8 +21,8 @@ use crate::capabilities::Capabilities;
 use crate::counter::{CounterRange, add_delta_within, encode_counter, parse_counter};
 use crate::error::{KvError, Result};
 use crate::provider::{
-    Attempt, Bucket, Bytes, ImmediateBucket, KeyPage, Provider, RequestId, SwapOutcome, Version,
-    Versioned,
+    Attempt, Bucket, Bytes, ImmediateBucket, KeyPage, Provider, RequestId, StoredValue,
+    SwapOutcome, Version, Versioned,
 };
 use crate::store::OUTCOME_UNKNOWN;
 
@@ -606,6 +606,16 @@ impl Bucket for MemoryBucket {
         self.exists_now(key)
     }
 
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<StoredValue>> {
+        let now = Now::default();
+        let map = lock(&self.map)?;
+        Ok(Self::live(&map, key, &now).map(|entry| StoredValue {
+            value: entry.value.to_vec(),
+            ttl: (entry.expires != NEVER)
+                .then(|| Duration::from_nanos(entry.expires.saturating_sub(now.get()))),
+        }))
+    }
+
     async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {
         let now = Now::default();
         let mut map = lock(&self.map)?;
@@ -774,6 +784,34 @@ mod tests {
             .swap(key, version, value, &mut Attempt::new())
             .await
             .unwrap()
+    }
+
+    /// What `export` and `copy` read: the value with the time it has left, none without a
+    /// TTL, and an expired key missing.
+    #[tokio::test]
+    async fn get_with_ttl_reports_the_time_left() {
+        let bucket = MemoryProvider::new().open("ns").await.unwrap();
+        bucket.set("plain", Bytes::from_static(b"p")).await.unwrap();
+        let hour = Duration::from_secs(3600);
+        bucket
+            .set_with_ttl("timed", Bytes::from_static(b"t"), hour)
+            .await
+            .unwrap();
+        bucket
+            .set_with_ttl("gone", Bytes::from_static(b"g"), Duration::from_millis(1))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let plain = bucket.get_with_ttl("plain").await.unwrap().unwrap();
+        assert_eq!((plain.value.as_slice(), plain.ttl), (&b"p"[..], None));
+        let timed = bucket.get_with_ttl("timed").await.unwrap().unwrap();
+        let left = timed.ttl.unwrap();
+        assert!(
+            left <= hour && left > hour - Duration::from_secs(5),
+            "{left:?}"
+        );
+        assert_eq!(bucket.get_with_ttl("gone").await.unwrap(), None);
+        assert_eq!(bucket.get_with_ttl("never").await.unwrap(), None);
     }
 
     /// S7 without ABA from absence: a handle captured on a missing key fails to swap once

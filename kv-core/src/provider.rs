@@ -165,6 +165,31 @@ pub enum SwapOutcome {
     Conflict,
 }
 
+/// A live value and the time it has left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredValue {
+    /// The value.
+    pub value: Vec<u8>,
+    /// Time left before the key expires (never zero: an expired key is missing); `None` when
+    /// it has no TTL.
+    pub ttl: Option<Duration>,
+}
+
+impl StoredValue {
+    /// A value that expires at `expires_at_ms` (Unix milliseconds, if any), as seen at
+    /// `now_ms`; `None` once expired.
+    pub fn at(value: Vec<u8>, expires_at_ms: Option<u64>, now_ms: u64) -> Option<StoredValue> {
+        match expires_at_ms {
+            None => Some(StoredValue { value, ttl: None }),
+            Some(at) if at > now_ms => Some(StoredValue {
+                value,
+                ttl: Some(Duration::from_millis(at - now_ms)),
+            }),
+            Some(_) => None,
+        }
+    }
+}
+
 /// The keys of one namespace of a backend.
 #[async_trait]
 pub trait Bucket: Send + Sync + 'static {
@@ -191,6 +216,10 @@ pub trait Bucket: Send + Sync + 'static {
 
     /// At most `limit` keys after `cursor` (a cursor this bucket returned earlier).
     async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage>;
+
+    /// The value of `key` and the time it has left, `None` if missing or expired: what tools
+    /// that export or copy a store need to carry TTLs over.
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<StoredValue>>;
 
     /// Atomically add `delta` to the ASCII decimal i64 stored at `key` (missing = 0) and
     /// return the new value, which is stored as ASCII decimal. A total outside `range` (or

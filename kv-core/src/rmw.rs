@@ -671,6 +671,30 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
     }
 }
 
+/// The key's live value and the time it has left, for `get_with_ttl`.
+pub async fn get_with_ttl<S: ConditionalStore + ?Sized>(
+    store: &S,
+    key: &str,
+) -> Result<Option<crate::provider::StoredValue>> {
+    for attempt in 0..INCREMENT_ATTEMPTS {
+        if attempt > 0 {
+            Backoff::CONTENTION.wait(attempt).await;
+        }
+        return Ok(match store.read(key).await? {
+            Read::Raced => continue,
+            Read::Missing => None,
+            Read::Found(snapshot) => crate::provider::StoredValue::at(
+                snapshot.value,
+                snapshot.expires_at_ms,
+                clock::now_ms(),
+            ),
+        });
+    }
+    Err(KvError::unavailable(
+        "the key kept changing while it was read",
+    ))
+}
+
 /// The key's current value and CAS version, for `read_versioned`.
 pub async fn read_versioned<S: ConditionalStore + ?Sized>(
     store: &S,

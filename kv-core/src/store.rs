@@ -22,7 +22,8 @@ use crate::error::{ErrorKind, KvError, Result};
 use crate::limits::{Limits, MAX_KEY_BYTES, MAX_LIST_PAGE, MAX_TTL_MS};
 use crate::logging::CallLog;
 use crate::provider::{
-    Attempt, Bucket, Bytes, ImmediateBucket, KeyPage, RequestId, SwapOutcome, Version, Versioned,
+    Attempt, Bucket, Bytes, ImmediateBucket, KeyPage, RequestId, StoredValue, SwapOutcome, Version,
+    Versioned,
 };
 pub use crate::retry::OUTCOME_UNKNOWN;
 use crate::retry::{EachTime, Increment, Retry, Swap};
@@ -233,6 +234,14 @@ impl KvStore {
             return done;
         }
         self.write("delete", || self.inner.bucket.delete(key)).await
+    }
+
+    /// Reads `key` with the time it has left, for tools that export or copy a store with its
+    /// TTLs.
+    pub async fn get_with_ttl(&self, key: &str) -> Result<Option<StoredValue>> {
+        check_key(key)?;
+        self.call("get-with-ttl", || self.inner.bucket.get_with_ttl(key))
+            .await
     }
 
     /// Whether `key` exists.

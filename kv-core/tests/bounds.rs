@@ -73,6 +73,9 @@ impl Bucket for Misbehaving {
             cursor: None,
         })
     }
+    async fn get_with_ttl(&self, _: &str) -> Result<Option<kv_core::StoredValue>> {
+        self.step().await.map(|_| None)
+    }
     async fn increment(
         &self,
         _: &str,

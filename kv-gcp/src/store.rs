@@ -373,6 +373,11 @@ impl ConditionalStore for GcsBucket {
 
 #[async_trait]
 impl Bucket for GcsBucket {
+    /// The consistent read every read-modify-write starts from, which carries the expiry.
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<kv_core::StoredValue>> {
+        rmw::get_with_ttl(self, key).await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.read(key).await?.1)
     }

@@ -10,7 +10,7 @@ use kv_core::naming::namespace_prefix;
 use kv_core::provider::{batch_bytes_exceeded, last_entry_per_key};
 use kv_core::{
     Attempt, Bucket, Bytes, Capabilities, ErrorKind, KeyPage, KvError, Provider, Result,
-    SwapOutcome, Version, Versioned,
+    StoredValue, SwapOutcome, Version, Versioned,
 };
 use redis::{Cmd, FromRedisValue, Script, ServerErrorKind};
 
@@ -69,6 +69,7 @@ pub struct RedisProvider {
 /// once per request).
 struct Scripts {
     read: Script,
+    get_with_ttl: Script,
     get_many_within: Script,
     swap: Script,
     increment: Script,
@@ -79,6 +80,7 @@ impl RedisProvider {
     pub fn new(connection: RedisConnection, wait: ReplicaWait) -> Self {
         let scripts = Arc::new(Scripts {
             read: Script::new(READ_VERSIONED),
+            get_with_ttl: Script::new(GET_WITH_TTL),
             get_many_within: Script::new(GET_MANY_WITHIN),
             swap: Script::new(SWAP),
             increment: Script::new(INCREMENT),
@@ -128,6 +130,14 @@ impl Provider for RedisProvider {
 const READ_VERSIONED: &str = r"
 local value = redis.call('GET', KEYS[1])
 if value then return {value, redis.sha1hex(value)} end
+return false
+";
+
+/// Reads a value with the milliseconds it has left (`PTTL`: -1 when it has none), in one step
+/// so the two belong to the same write.
+const GET_WITH_TTL: &str = r"
+local value = redis.call('GET', KEYS[1])
+if value then return {value, redis.call('PTTL', KEYS[1])} end
 return false
 ";
 
@@ -643,6 +653,27 @@ impl Bucket for RedisBucket {
         self.read::<i64>("EXISTS", redis::cmd("EXISTS").arg(self.key(key)))
             .await
             .map(|count| count > 0)
+    }
+
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<StoredValue>> {
+        let read: Option<(Vec<u8>, i64)> = self
+            .eval(
+                "GET PTTL",
+                &self.scripts.get_with_ttl,
+                &[&self.key(key)],
+                &[],
+                false,
+            )
+            .await?;
+        Ok(read.and_then(|(value, ttl_ms)| match ttl_ms {
+            -1 => Some(StoredValue { value, ttl: None }),
+            // Expired between the two commands of the script: missing, as a GET would say.
+            ..=0 => None,
+            ms => Some(StoredValue {
+                value,
+                ttl: Some(Duration::from_millis(ms.unsigned_abs())),
+            }),
+        }))
     }
 
     async fn list_keys(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage> {

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use kv_core::counter::{add_delta_within, encode_counter, parse_counter};
 use kv_core::provider::last_entry_per_key;
 use kv_core::{
-    Attempt, Bucket, Bytes, Capabilities, KeyPage, KvError, Provider, Result, SwapOutcome, Version,
-    Versioned, clock,
+    Attempt, Bucket, Bytes, Capabilities, KeyPage, KvError, Provider, Result, StoredValue,
+    SwapOutcome, Version, Versioned, clock,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -325,6 +325,26 @@ impl Bucket for SqliteBucket {
                 )
                 .optional()
                 .map_err(|err| map_error("get", err))
+        })
+        .await
+    }
+
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<StoredValue>> {
+        let key = key.to_string();
+        self.with(move |connection, namespace| {
+            let now = now();
+            let row: Option<(Vec<u8>, Option<i64>)> = connection
+                .query_row(
+                    &format!("SELECT v, exp FROM kv WHERE ns = ?1 AND k = ?3 AND {LIVE}"),
+                    params![namespace, now, key],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(|err| map_error("get", err))?;
+            Ok(row.and_then(|(value, expires_at)| {
+                let expires_at = expires_at.map(|at| u64::try_from(at).unwrap_or(0));
+                StoredValue::at(value, expires_at, u64::try_from(now).unwrap_or(0))
+            }))
         })
         .await
     }

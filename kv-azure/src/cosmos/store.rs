@@ -357,6 +357,11 @@ impl ConditionalStore for CosmosBucket {
 
 #[async_trait]
 impl Bucket for CosmosBucket {
+    /// The consistent read every read-modify-write starts from, which carries the expiry.
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<kv_core::StoredValue>> {
+        rmw::get_with_ttl(self, key).await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.read_live(key).await?.map(|(value, _)| value))
     }

@@ -1,0 +1,359 @@
+//! `wasi-kv store`: an operator's view of any configured store. Every command goes through
+//! [`KvStore`], so keys, values, TTLs and access modes are checked as they are for a component
+//! (docs/semantics.md), and a read-only store is never written.
+
+pub mod checkpoint;
+pub mod jsonl;
+mod progress;
+pub mod transfer;
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use kv_core::store::CursorSecret;
+use kv_core::{KvStore, Stores};
+
+use crate::cli::{StoreAction, StoreArgs, StoreCommand, StoreTarget};
+use checkpoint::Checkpoint;
+use transfer::{Comparison, CopyState};
+
+/// Runs one `wasi-kv store` command; exit code 1 means "no" (a missing key, stores that
+/// differ), errors are the caller's exit code 2.
+pub async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
+    match command.action {
+        StoreAction::Get { target, key } => {
+            let (_, store) = open(&target).await?;
+            match store.get(&key).await? {
+                Some(value) => {
+                    let mut stdout = std::io::stdout().lock();
+                    stdout.write_all(&value)?;
+                    if std::io::stdout().is_terminal() && !value.ends_with(b"\n") {
+                        stdout.write_all(b"\n")?;
+                    }
+                    stdout.flush()?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("{key:?}: no such key in store {:?}", store.name());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        StoreAction::Set {
+            target,
+            key,
+            value,
+            ttl,
+        } => {
+            let value = kv_core::config::value_argument("the value", &value)?;
+            let (_, store) = open(&target).await?;
+            match ttl {
+                Some(ttl) => {
+                    store
+                        .set_with_ttl(&key, value, transfer::ttl_millis(ttl))
+                        .await?
+                }
+                None => store.set(&key, value).await?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        StoreAction::Delete { target, key } => {
+            let (_, store) = open(&target).await?;
+            store.delete(&key).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        StoreAction::Incr { target, key, delta } => {
+            let (_, store) = open(&target).await?;
+            println!("{}", store.increment(&key, delta).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        StoreAction::List {
+            target,
+            prefix,
+            limit,
+        } => {
+            let (_, store) = open(&target).await?;
+            list(&store, prefix.as_deref(), limit).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        StoreAction::Export {
+            target,
+            prefix,
+            output,
+            jobs,
+        } => {
+            let (_, store) = open(&target).await?;
+            let jobs = usize::from(jobs);
+            let count = match output {
+                None => {
+                    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+                    let count =
+                        transfer::export(&store, prefix.as_deref(), jobs, &mut stdout).await?;
+                    stdout.flush()?;
+                    count
+                }
+                Some(path) => export_to_file(&store, prefix.as_deref(), jobs, path).await?,
+            };
+            eprintln!("export: {count} keys from store {:?}", store.name());
+            Ok(ExitCode::SUCCESS)
+        }
+        StoreAction::Import {
+            target,
+            file,
+            resume,
+            state,
+            jobs,
+        } => {
+            let (stores, store) = open(&target).await?;
+            let state = state.unwrap_or_else(|| {
+                let mut name = file.clone().into_os_string();
+                name.push(".import-state");
+                PathBuf::from(name)
+            });
+            let imported = transfer::import(
+                &store,
+                stores.limits(),
+                &file,
+                &Checkpoint::at(state),
+                resume,
+                usize::from(jobs),
+            )
+            .await?;
+            println!(
+                "imported {} keys into store {:?} ({} written by this run)",
+                imported.keys,
+                store.name(),
+                imported.written
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        StoreAction::Copy {
+            stores,
+            from,
+            to,
+            resume,
+            state,
+            jobs,
+            no_verify,
+        } => {
+            copy(
+                stores,
+                from,
+                to,
+                resume,
+                state,
+                usize::from(jobs),
+                no_verify,
+            )
+            .await
+        }
+        StoreAction::Verify {
+            stores,
+            from,
+            to,
+            jobs,
+        } => {
+            let config = crate::load(&stores)?;
+            let stores = crate::open_stores(&config.kv).await?;
+            let (from, to) = pair(&stores, &from, &to).await?;
+            let comparison = transfer::verify(&from, &to, usize::from(jobs)).await?;
+            Ok(report(&from, &to, &comparison))
+        }
+    }
+}
+
+/// The stores of `target` and the one it names.
+async fn open(target: &StoreTarget) -> anyhow::Result<(Arc<Stores>, KvStore)> {
+    let config = crate::load(&target.stores)?;
+    let stores = crate::open_stores(&config.kv).await?;
+    let name = match &target.bucket {
+        Some(name) => name.clone(),
+        None => {
+            let names = stores.names();
+            match names.as_slice() {
+                [only] => only.to_string(),
+                _ if names.contains(&"default") => "default".to_string(),
+                _ => bail!(
+                    "several stores are configured ({}): choose one with --bucket",
+                    names.join(", ")
+                ),
+            }
+        }
+    };
+    let store = stores
+        .open(&name)
+        .await
+        .with_context(|| format!("store {name:?}"))?;
+    Ok((stores, store))
+}
+
+/// Both stores of a copy or a comparison.
+async fn pair(stores: &Stores, from: &str, to: &str) -> anyhow::Result<(KvStore, KvStore)> {
+    if from == to {
+        bail!("{from:?} is both the source and the destination");
+    }
+    let source = stores
+        .open(from)
+        .await
+        .with_context(|| format!("store {from:?}"))?;
+    let destination = stores
+        .open(to)
+        .await
+        .with_context(|| format!("store {to:?}"))?;
+    Ok((source, destination))
+}
+
+async fn list(store: &KvStore, prefix: Option<&str>, limit: Option<u64>) -> anyhow::Result<()> {
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut cursor: Option<String> = None;
+    let mut printed = 0;
+    loop {
+        let page = store.list_keys(cursor.as_deref()).await?;
+        for key in page.keys {
+            if limit.is_some_and(|limit| printed >= limit) {
+                return Ok(stdout.flush()?);
+            }
+            if prefix.is_none_or(|prefix| key.starts_with(prefix)) {
+                writeln!(stdout, "{key}")?;
+                printed += 1;
+            }
+        }
+        // Each page reaches the reader before the next is asked for.
+        stdout.flush()?;
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// An export into `path`: a temporary file beside it, renamed over it once complete.
+async fn export_to_file(
+    store: &KvStore,
+    prefix: Option<&str>,
+    jobs: usize,
+    path: PathBuf,
+) -> anyhow::Result<u64> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let count = transfer::export(store, prefix, jobs, &mut out).await?;
+    let file = out.into_inner().map_err(|err| err.into_error())?;
+    file.as_file().sync_all()?;
+    file.persist(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(count)
+}
+
+async fn copy(
+    stores: StoreArgs,
+    from: String,
+    to: String,
+    resume: bool,
+    state: Option<PathBuf>,
+    jobs: usize,
+    no_verify: bool,
+) -> anyhow::Result<ExitCode> {
+    let checkpoint = Checkpoint::at(state.unwrap_or_else(|| {
+        let safe = |name: &str| name.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+        PathBuf::from(format!("wasi-kv-copy-{}-{}.state", safe(&from), safe(&to)))
+    }));
+    let saved = if resume {
+        checkpoint.load::<CopyState>()?
+    } else {
+        None
+    };
+    let mut state = match saved {
+        Some(saved) if saved.from == from && saved.to == to => {
+            eprintln!(
+                "copy: resuming after {} keys ({})",
+                saved.copied,
+                checkpoint.path().display()
+            );
+            saved
+        }
+        Some(saved) => bail!(
+            "{} is the checkpoint of a copy from {:?} to {:?}",
+            checkpoint.path().display(),
+            saved.from,
+            saved.to
+        ),
+        None => {
+            if resume {
+                eprintln!(
+                    "copy: no checkpoint at {}, starting from the first key",
+                    checkpoint.path().display()
+                );
+            }
+            CopyState::new(&from, &to)
+        }
+    };
+    let mut config = crate::load(&stores)?;
+    config.kv.cursor_secret = Some(
+        CursorSecret::new(state.cursor_secret.clone())
+            .context("the checkpoint's cursor secret is too short")?,
+    );
+    let stores = crate::open_stores(&config.kv).await?;
+    let (source, destination) = pair(&stores, &from, &to).await?;
+    let written = transfer::copy(
+        &source,
+        &destination,
+        stores.limits(),
+        &mut state,
+        &checkpoint,
+        jobs,
+    )
+    .await?;
+    println!(
+        "copied {} keys from {from:?} to {to:?} ({written} written by this run)",
+        state.copied
+    );
+    if no_verify {
+        checkpoint.remove()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let comparison = transfer::verify(&source, &destination, jobs).await?;
+    let code = report(&source, &destination, &comparison);
+    if comparison.equal() {
+        checkpoint.remove()?;
+    }
+    Ok(code)
+}
+
+/// Prints a comparison; exit code 1 when the stores differ.
+fn report(from: &KvStore, to: &KvStore, comparison: &Comparison) -> ExitCode {
+    println!(
+        "verify: {:?} has {} keys, {:?} has {}; digest {} / {}; {} keys differ",
+        from.name(),
+        comparison.source_keys,
+        to.name(),
+        comparison.destination_keys,
+        comparison.source_digest,
+        comparison.destination_digest,
+        comparison.differing
+    );
+    if comparison.equal() {
+        println!("verify: equal");
+        return ExitCode::SUCCESS;
+    }
+    if !comparison.examples.is_empty() {
+        println!("verify: differing keys include {:?}", comparison.examples);
+    }
+    if comparison.source_keys != comparison.destination_keys {
+        println!(
+            "verify: {:?} holds {} keys more than {:?}",
+            to.name(),
+            comparison.destination_keys as i128 - comparison.source_keys as i128,
+            from.name()
+        );
+    }
+    println!("verify: DIFFERENT");
+    ExitCode::FAILURE
+}
