@@ -14,6 +14,8 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# The metrics test scrapes `serve` with a real Prometheus server (started by the test).
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     sudo_cmd=""
@@ -21,9 +23,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
     # Where systemd runs, the package starts a service on 6379; the tests do not need it.
-    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-server 2>/dev/null; then
-        $sudo_cmd systemctl stop redis-server || true
-    fi
+    for service in redis-server prometheus prometheus-node-exporter; do
+        if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+            $sudo_cmd systemctl stop "$service" || true
+        fi
+    done
 fi
 
 # Emulators from npm, pinned, in one directory outside the clone (KV_EMULATOR_DIR).

@@ -29,6 +29,8 @@ scripts/setup.sh
 
 # Providers whose backend must be reachable: unreachable is a failure, never a skip.
 export KV_REQUIRE="${KV_REQUIRE:-memory,sqlite,redis,redis-cluster,dynamodb,gcs,cosmos,s3,s3-moto,azblob}"
+# Tools some tests drive (a Prometheus server, headless Chromium): missing is a failure.
+export KV_REQUIRE_TOOLS="${KV_REQUIRE_TOOLS:-prometheus}"
 # The conformance harness writes each provider's evidence (json, JUnit, Markdown) here.
 export KV_REPORT_DIR="${KV_REPORT_DIR:-$PWD/target/reports}"
 mkdir -p "$KV_REPORT_DIR"

@@ -214,6 +214,10 @@ pub struct RunArgs {
     /// Most linear memory the component may use, e.g. `256MiB`; past it, memory growth fails.
     #[arg(long, default_value = "1GiB", value_parser = parse_size)]
     pub memory_limit: usize,
+    /// Serve Prometheus metrics of the store operations on `http://ADDR/metrics` while the
+    /// component runs (e.g. `127.0.0.1:9464`; unauthenticated: keep it on loopback).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     /// The component (.wasm).
     pub component: PathBuf,
     /// Arguments passed to the component.
@@ -262,6 +266,11 @@ pub struct ServeArgs {
     /// Largest request body, e.g. `16MiB`; a larger Content-Length gets a 413.
     #[arg(long, default_value = "16MiB", value_parser = parse_size)]
     pub max_body: usize,
+    /// Serve Prometheus metrics (requests, instance memory, store operations) on
+    /// `http://ADDR/metrics`, e.g. `127.0.0.1:9464` (port 0 picks one, printed on stdout after
+    /// the serving line; unauthenticated: keep it on loopback).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     /// The component (.wasm).
     pub component: PathBuf,
 }

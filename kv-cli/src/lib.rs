@@ -3,6 +3,7 @@
 pub mod check;
 pub mod cli;
 pub mod conformance;
+pub mod metrics;
 pub mod outbound;
 pub mod run;
 pub mod sandbox;
@@ -95,7 +96,16 @@ pub fn load(args: &cli::StoreArgs) -> Result<Config, ConfigError> {
 
 /// The configured stores, connected and seeded: what `run` and `serve` offer.
 pub async fn open_stores(config: &KvConfig) -> anyhow::Result<Arc<Stores>> {
-    let stores = registry().build(config).await?;
+    open_stores_observed(config, None).await
+}
+
+/// [`open_stores`], with every store operation counted by `metrics`.
+pub async fn open_stores_observed(
+    config: &KvConfig,
+    metrics: Option<Arc<metrics::Metrics>>,
+) -> anyhow::Result<Arc<Stores>> {
+    let observer = metrics.map(|metrics| metrics as Arc<dyn kv_core::observe::Observer>);
+    let stores = registry().build_observed(config, observer).await?;
     stores
         .seed(&config.seeds)
         .await

@@ -58,7 +58,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             let config = kv_cli::load(&args.stores)?;
-            let stores = kv_cli::open_stores(&config.kv).await?;
+            let metrics = start_metrics(args.metrics).await?;
+            if let Some((addr, _)) = &metrics {
+                eprintln!("metrics http://{addr}/metrics");
+            }
+            let metrics = metrics.map(|(_, metrics)| metrics);
+            let stores = kv_cli::open_stores_observed(&config.kv, metrics).await?;
             let options = RunOptions {
                 component: args.component,
                 args: args.args,
@@ -72,7 +77,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve(args) => {
             let config = kv_cli::load(&args.stores)?;
-            let stores = kv_cli::open_stores(&config.kv).await?;
+            let metrics = start_metrics(args.metrics).await?;
+            let metrics_addr = metrics.as_ref().map(|(addr, _)| *addr);
+            let metrics = metrics.map(|(_, metrics)| metrics);
+            let stores = kv_cli::open_stores_observed(&config.kv, metrics.clone()).await?;
             let mut allowed_outbound = config.outbound.allowed_hosts;
             allowed_outbound.extend(args.allow_outbound);
             let options = ServeOptions {
@@ -86,12 +94,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_connections: args.max_connections,
                 max_requests: args.max_requests,
                 max_body_bytes: args.max_body as u64,
+                metrics,
             };
             let server = Arc::new(Server::new(options, stores)?);
             let listener = kv_cli::serve::bind(args.addr).await?;
             let addr = listener.local_addr()?;
             // The one line on stdout: scripts and tests read the bound address from it.
             println!("serving http://{addr}");
+            if let Some(metrics_addr) = metrics_addr {
+                println!("metrics http://{metrics_addr}/metrics");
+            }
             tracing::info!(%addr, "serving");
             server
                 .serve(listener, kv_cli::serve::shutdown_signal())
@@ -116,6 +128,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// Binds `--metrics` and serves it in the background: the bound address and the metrics.
+async fn start_metrics(
+    addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<Option<(std::net::SocketAddr, Arc<kv_cli::metrics::Metrics>)>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = kv_cli::metrics::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let metrics = Arc::new(kv_cli::metrics::Metrics::new());
+    tokio::spawn(kv_cli::metrics::serve(listener, metrics.clone()));
+    Ok(Some((bound, metrics)))
 }
 
 /// `run` executes one component, as a task on the runtime's workers: glibc would give those

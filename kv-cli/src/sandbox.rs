@@ -34,12 +34,22 @@ pub fn resource_table() -> ResourceTable {
 pub struct MemoryLimiter {
     limit: usize,
     hit: Arc<AtomicBool>,
+    peak: usize,
 }
 
 impl MemoryLimiter {
     /// A limiter of `limit` bytes that sets `hit` when it refuses.
     pub fn new(limit: usize, hit: Arc<AtomicBool>) -> Self {
-        MemoryLimiter { limit, hit }
+        MemoryLimiter {
+            limit,
+            hit,
+            peak: 0,
+        }
+    }
+
+    /// The most linear memory the instance was granted, in bytes.
+    pub fn peak(&self) -> usize {
+        self.peak
     }
 }
 
@@ -54,6 +64,7 @@ impl ResourceLimiter for MemoryLimiter {
             self.hit.store(true, Ordering::Relaxed);
             return Ok(false);
         }
+        self.peak = self.peak.max(desired);
         Ok(true)
     }
 

@@ -74,6 +74,8 @@ pub struct ServeOptions {
     /// Largest request body; a larger `Content-Length` gets a 413, and a streamed body is cut
     /// at the limit (the component sees a body error).
     pub max_body_bytes: u64,
+    /// Where requests are counted (`--metrics`), if anywhere.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Default for ServeOptions {
@@ -89,6 +91,7 @@ impl Default for ServeOptions {
             max_connections: 1024,
             max_requests: 256,
             max_body_bytes: 16 << 20,
+            metrics: None,
         }
     }
 }
@@ -444,9 +447,13 @@ impl Server {
                     failure.response()
                 }
             };
+            let elapsed = started.elapsed();
+            if let Some(metrics) = &self.options.metrics {
+                metrics.request(response.status().as_u16(), elapsed);
+            }
             info!(
                 status = response.status().as_u16(),
-                elapsed_us = started.elapsed().as_micros() as u64,
+                elapsed_us = elapsed.as_micros() as u64,
                 "request"
             );
             response
@@ -519,6 +526,9 @@ impl Server {
                     Ok(result) => result,
                     Err(_) => Err(Failure::TimeLimit(time_limit)),
                 };
+                if let Some(metrics) = &server.options.metrics {
+                    metrics.instance_memory(store.data().limiter.peak());
+                }
                 let _ = done.send(result);
                 drop(slot);
             }

@@ -651,6 +651,144 @@ fn non_handler_is_refused() -> TestResult {
     )
 }
 
+/// Requests of each kind in the metrics test.
+const SCRAPED_EACH: usize = 100;
+
+/// A real Prometheus server scrapes `serve --metrics` every 500 ms while 300 requests run
+/// (100 each of set, get and increment, 8 at a time): once it has scraped after the load, its
+/// counters say exactly what was sent, per route and per store operation.
+fn metrics_scraped_by_prometheus() -> TestResult {
+    let dir = tempfile::tempdir().map_err(|err| Failed::from(err.to_string()))?;
+    let served = Served::start(
+        kv_test_artifacts::HTTP_KV_EXAMPLE,
+        &[
+            "--store",
+            "cache=memory:",
+            "--env",
+            "KV_STORE=cache",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    )?;
+    let metrics_url = served.metrics.clone().ok_or("no metrics address")?;
+    let target = metrics_url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .ok_or_else(|| format!("unexpected metrics URL {metrics_url}"))?
+        .to_string();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 500ms\n  scrape_timeout: 400ms\n\
+             scrape_configs:\n  - job_name: wasi-kv\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .map_err(|err| Failed::from(err.to_string()))?;
+    let data = dir.path().join("data");
+    let prometheus = kv_testkit::emulator::LocalServer::start_http(
+        "prometheus",
+        move |port| {
+            let mut command = Command::new("prometheus");
+            command
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!("--storage.tsdb.path={}", data.display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--log.level=warn");
+            command
+        },
+        Duration::from_secs(60),
+    )?;
+    let api = format!("http://127.0.0.1:{}/api/v1/query", prometheus.port());
+    runtime().block_on(async {
+        let http = client();
+        let load = (0..8).map(|worker| {
+            let http = http.clone();
+            let served = &served;
+            async move {
+                for index in (worker..SCRAPED_EACH).step_by(8) {
+                    let key = served.url(&format!("/kv/key-{index}"));
+                    expect("PUT", &send(http.put(&key).body("v")).await?, 204, None)?;
+                    expect("GET", &send(http.get(&key)).await?, 200, Some(b"v"))?;
+                    let counter = served.url("/counter/hits");
+                    expect("POST", &send(http.post(&counter)).await?, 200, None)?;
+                }
+                Ok::<(), Failed>(())
+            }
+        });
+        futures::future::try_join_all(load).await?;
+        let query = |expr: &'static str| {
+            let http = http.clone();
+            let api = api.clone();
+            async move {
+                let (status, body) = send(http.get(&api).query(&[("query", expr)])).await?;
+                check(status.is_success(), format!("{expr}: {status}"))?;
+                let answer = json(&body)?;
+                Ok::<Option<f64>, Failed>(
+                    answer["data"]["result"][0]["value"][1]
+                        .as_str()
+                        .and_then(|value| value.parse().ok()),
+                )
+            }
+        };
+        let all = (3 * SCRAPED_EACH) as f64;
+        // Scrapes run every 500 ms: within 30 s one lands after the last request.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if query("sum(wasi_kv_http_requests_total)").await? == Some(all) {
+                break;
+            }
+            check(
+                Instant::now() < deadline,
+                "Prometheus never scraped all 300 requests",
+            )?;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let each = Some(SCRAPED_EACH as f64);
+        for (expr, expected) in [
+            (r#"sum(wasi_kv_http_requests_total{status="204"})"#, each),
+            (
+                r#"sum(wasi_kv_http_requests_total{status="200"})"#,
+                Some(2.0 * SCRAPED_EACH as f64),
+            ),
+            (
+                r#"sum(wasi_kv_store_calls_total{store="cache",op="set",outcome="ok"})"#,
+                each,
+            ),
+            (
+                r#"sum(wasi_kv_store_calls_total{store="cache",op="get",outcome="ok"})"#,
+                each,
+            ),
+            (
+                r#"sum(wasi_kv_store_calls_total{store="cache",op="increment",outcome="ok"})"#,
+                each,
+            ),
+            (r#"sum(wasi_kv_store_calls_total{outcome!="ok"})"#, None),
+            (
+                r#"sum(wasi_kv_store_value_bytes_total{op="set",direction="written"})"#,
+                each,
+            ),
+            (
+                r#"sum(wasi_kv_store_call_duration_seconds_count{op="get"})"#,
+                each,
+            ),
+            (
+                "sum(wasi_kv_http_request_duration_seconds_count)",
+                Some(all),
+            ),
+            ("sum(wasi_kv_instance_memory_bytes_count)", Some(all)),
+            (r#"up{job="wasi-kv"}"#, Some(1.0)),
+        ] {
+            let got = query(expr).await?;
+            check(
+                got == expected,
+                format!("{expr}: {got:?}, expected {expected:?}"),
+            )?;
+        }
+        Ok(())
+    })
+}
+
 fn main() -> std::process::ExitCode {
     kv_testkit::stay_on_loopback();
     let args = Arguments::from_args();
@@ -681,6 +819,17 @@ fn main() -> std::process::ExitCode {
         ),
         Trial::test("non_handler_is_refused", non_handler_is_refused),
     ];
+    let scraped = Trial::test(
+        "metrics_scraped_by_prometheus",
+        metrics_scraped_by_prometheus,
+    );
+    trials.push(if kv_testkit::tool_required_or_installed("prometheus") {
+        scraped
+    } else {
+        scraped
+            .with_ignored_flag(true)
+            .with_kind("no prometheus installed")
+    });
     let mut with_emulator: Vec<(&str, Trial)> =
         ["redis", "dynamodb", "gcs", "cosmos", "s3", "azblob"]
             .into_iter()

@@ -474,6 +474,7 @@ fn copy_sqlite_to_gcs() -> TestResult {
 }
 
 fn main() -> ExitCode {
+    kv_testkit::stay_on_loopback();
     let args = Arguments::from_args();
     let required = kv_testkit::required_targets();
     let needs = |providers: &[Emulator]| -> Option<String> {

@@ -22,6 +22,7 @@ pub mod limits;
 mod logging;
 pub mod memory;
 pub mod naming;
+pub mod observe;
 pub mod provider;
 mod retry;
 pub mod rmw;

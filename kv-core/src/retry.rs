@@ -176,6 +176,7 @@ impl Retry {
     /// that answers without waiting costs neither. Waiting and retrying live in boxed futures
     /// of their own, so the happy path's future stays small.
     pub(crate) async fn run<T, R: Retryable<T>>(&self, op: &'static str, mut call: R) -> Result<T> {
+        let started = self.log.start();
         let first = {
             let mut attempt = call.start();
             match futures::poll!(attempt.as_mut()) {
@@ -188,20 +189,24 @@ impl Retry {
             }
         };
         let (outcome, deadline) = match first {
-            First::Ready(Ok(value)) => return Ok(value),
+            First::Ready(Ok(value)) => {
+                self.log.finish(op, started, 1, None);
+                return Ok(value);
+            }
             First::Ready(Err(err)) if !err.is_transient() => {
-                return Err(self.give_up(op, 1, &call, err, false));
+                return Err(self.give_up(op, started, 1, &call, err, false));
             }
             First::Ready(result) => (Some(result), Instant::now() + self.timeout),
             First::Waited(outcome, deadline) => (outcome, deadline),
         };
-        Box::pin(self.retry(op, &mut call, outcome, deadline)).await
+        Box::pin(self.retry(op, started, &mut call, outcome, deadline)).await
     }
 
     /// [`Retry::run`] once the first attempt failed transiently, or had to wait.
     async fn retry<T, R: Retryable<T>>(
         &self,
         op: &'static str,
+        started: Option<std::time::Instant>,
         call: &mut R,
         mut outcome: Option<Result<T>>,
         deadline: Instant,
@@ -211,7 +216,10 @@ impl Retry {
         let mut ambiguous = false;
         let err = loop {
             let err = match outcome {
-                Some(Ok(value)) => return Ok(value),
+                Some(Ok(value)) => {
+                    self.log.finish(op, started, attempt, None);
+                    return Ok(value);
+                }
                 Some(Err(err)) => err,
                 None => {
                     break KvError::new(
@@ -237,13 +245,14 @@ impl Retry {
             attempt += 1;
             outcome = tokio::time::timeout_at(deadline, call.start()).await.ok();
         };
-        Err(self.give_up(op, attempt, call, err, ambiguous))
+        Err(self.give_up(op, started, attempt, call, err, ambiguous))
     }
 
     /// The final error of a call that made `attempts` attempts, logged.
     fn give_up<T, R: Retryable<T>>(
         &self,
         op: &'static str,
+        started: Option<std::time::Instant>,
         attempts: u32,
         call: &R,
         err: KvError,
@@ -252,18 +261,32 @@ impl Retry {
         // The provider's own error is logged (its class and cause); the guest gets the final one.
         let err = err.with_transient(false);
         self.log.failed(op, attempts, &err);
-        call.final_error(err, ambiguous)
+        let err = call.final_error(err, ambiguous);
+        self.log.finish(op, started, attempts, Some(&err));
+        err
     }
 
     /// The outcome of an operation an [`ImmediateBucket`](crate::ImmediateBucket) completed:
     /// final (with nothing to wait for, there is nothing to retry), and logged like any
     /// failure.
-    pub(crate) fn settled<T>(&self, op: &'static str, result: Result<T>) -> Result<T> {
-        result.map_err(|err| {
+    pub(crate) fn settled<T>(
+        &self,
+        op: &'static str,
+        started: Option<std::time::Instant>,
+        result: Result<T>,
+    ) -> Result<T> {
+        let result = result.map_err(|err| {
             let err = err.with_transient(false);
             self.log.failed(op, 1, &err);
             err
-        })
+        });
+        self.log.finish(op, started, 1, result.as_ref().err());
+        result
+    }
+
+    /// The store's log and observer.
+    pub(crate) fn log(&self) -> &CallLog {
+        &self.log
     }
 }
 

@@ -21,6 +21,7 @@ use crate::cursor::CursorSigner;
 use crate::error::{ErrorKind, KvError, Result};
 use crate::limits::{Limits, MAX_KEY_BYTES, MAX_LIST_PAGE, MAX_TTL_MS};
 use crate::logging::CallLog;
+use crate::observe::Observer;
 use crate::provider::{
     Attempt, Bucket, Bytes, ImmediateBucket, KeyPage, RequestId, StoredValue, SwapOutcome, Version,
     Versioned,
@@ -104,6 +105,8 @@ pub struct KvStoreParts {
     pub access: Access,
     /// Host limits.
     pub limits: Limits,
+    /// Who watches this store's operations, if anyone.
+    pub observer: Option<Arc<dyn Observer>>,
 }
 
 impl KvStore {
@@ -121,7 +124,7 @@ impl KvStore {
         let retry = Retry::new(
             limits.retry.clone(),
             limits.operation_timeout,
-            CallLog::new(&parts.name, &parts.provider),
+            CallLog::new(&parts.name, &parts.provider, parts.observer),
         );
         KvStore {
             inner: Arc::new(Inner {
@@ -159,10 +162,14 @@ impl KvStore {
     /// Reads `key`.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         check_key(key)?;
-        if let Ok(done) = self.now("get", key, |bucket, key| bucket.get_now(key)) {
-            return done;
+        let read = match self.now("get", key, |bucket, key| bucket.get_now(key)) {
+            Ok(done) => done,
+            Err(key) => self.call("get", || self.inner.bucket.get(key)).await,
+        };
+        if let Ok(Some(value)) = &read {
+            self.moved("get", 1, value.len(), false);
         }
-        self.call("get", || self.inner.bucket.get(key)).await
+        read
     }
 
     /// Writes `key`, clearing any TTL.
@@ -171,12 +178,14 @@ impl KvStore {
         self.check_write()?;
         check_key(key)?;
         self.check_value(&value)?;
+        let len = value.len();
         let value = match self.now("set", value, |bucket, value| bucket.set_now(key, value)) {
-            Ok(done) => return done,
+            Ok(done) => return done.inspect(|()| self.moved("set", 1, len, true)),
             Err(value) => value,
         };
         self.write("set", || self.inner.bucket.set(key, value.clone()))
             .await
+            .inspect(|()| self.moved("set", 1, len, true))
     }
 
     /// [`KvStore::set`] with a key the caller gives up (a guest's): a store that keeps keys in
@@ -185,15 +194,17 @@ impl KvStore {
         self.check_write()?;
         check_key(&key)?;
         self.check_value(&value)?;
+        let len = value.len();
         let (key, value) = match self.now("set", (key, value), |bucket, (key, value)| {
             bucket.set_owned_now(key, value)
         }) {
-            Ok(done) => return done,
+            Ok(done) => return done.inspect(|()| self.moved("set", 1, len, true)),
             Err(input) => input,
         };
         let value = Bytes::from(value);
         self.write("set", || self.inner.bucket.set(&key, value.clone()))
             .await
+            .inspect(|()| self.moved("set", 1, len, true))
     }
 
     /// Writes `key` expiring after `ttl_ms` milliseconds.
@@ -224,6 +235,7 @@ impl KvStore {
             self.inner.bucket.set_with_ttl(key, value.clone(), ttl)
         })
         .await
+        .inspect(|()| self.moved("set-with-ttl", 1, value.len(), true))
     }
 
     /// Deletes `key`.
@@ -423,6 +435,7 @@ impl KvStore {
             }
             values.extend(part);
         }
+        self.moved("get-many", keys.len(), charged, false);
         if let std::borrow::Cow::Borrowed(_) = distinct {
             return Ok(values);
         }
@@ -461,16 +474,18 @@ impl KvStore {
         // In order, one call per part: a later part's entry for a key also in an earlier part
         // still lands last, so the last value for a key wins.
         let part_len = self.inner.capabilities.set_many_part;
+        let count = entries.len();
         let entries = match self.now("set-many", entries, |bucket, entries| {
             bucket.set_many_now(entries)
         }) {
-            Ok(done) => return done,
+            Ok(done) => return done.inspect(|()| self.moved("set-many", count, total, true)),
             Err(entries) => entries,
         };
         self.in_parts("set-many", &entries, part_len, |part| {
             self.inner.bucket.set_many(part)
         })
         .await
+        .inspect(|()| self.moved("set-many", count, total, true))
     }
 
     /// Deletes many keys; missing keys are fine.
@@ -483,6 +498,7 @@ impl KvStore {
             self.inner.bucket.delete_many(part)
         })
         .await
+        .inspect(|()| self.moved("delete-many", keys.len(), 0, true))
     }
 
     /// What a cursor is bound to: the store (its name, as every replica configures it), and
@@ -564,6 +580,15 @@ impl KvStore {
         self.inner.retry.run(op, EachTime::write(each))
     }
 
+    /// Reports values moved by a successful operation to the observer, if there is one.
+    #[inline]
+    fn moved(&self, op: &'static str, entries: usize, bytes: usize, written: bool) {
+        let log = self.inner.retry.log();
+        if log.observed() {
+            log.transfer(op, entries, bytes as u64, written);
+        }
+    }
+
     /// The call made through the bucket's [`ImmediateBucket`] face, when it has one: once,
     /// without a future or timer, and final (with nothing to wait for there is nothing to
     /// retry). Without that face, `input` (what the call consumes) comes back for the async
@@ -579,7 +604,10 @@ impl KvStore {
         call: impl FnOnce(&dyn ImmediateBucket, I) -> Result<T>,
     ) -> std::result::Result<Result<T>, I> {
         match self.inner.bucket.immediate() {
-            Some(bucket) => Ok(self.inner.retry.settled(op, call(bucket, input))),
+            Some(bucket) => {
+                let started = self.inner.retry.log().start();
+                Ok(self.inner.retry.settled(op, started, call(bucket, input)))
+            }
             None => Err(input),
         }
     }

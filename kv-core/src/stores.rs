@@ -12,6 +12,7 @@ use crate::cursor::{CursorSecret, CursorSigner};
 use crate::error::{ErrorKind, KvError, Result};
 use crate::limits::Limits;
 use crate::memory::MemoryProvider;
+use crate::observe::Observer;
 use crate::provider::{Bucket, Provider};
 use crate::store::{Access, KvStore, KvStoreParts};
 
@@ -119,6 +120,15 @@ impl ProviderRegistry {
 
     /// Builds every configured store; with no store configured, `default` is in-memory.
     pub async fn build(&self, config: &KvConfig) -> Result<Stores, ConfigError> {
+        self.build_observed(config, None).await
+    }
+
+    /// [`ProviderRegistry::build`], with every operation handed to `observer`.
+    pub async fn build_observed(
+        &self,
+        config: &KvConfig,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Result<Stores, ConfigError> {
         let mut specs = config.stores.clone();
         if specs.is_empty() {
             let (name, spec) = crate::config::parse_short_form("default=memory:")?;
@@ -127,6 +137,9 @@ impl ProviderRegistry {
         let mut connections: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         let mut builder =
             Stores::builder(config.limits.clone()).cursor_secret(config.cursor_secret.clone());
+        if let Some(observer) = observer {
+            builder = builder.observer(observer);
+        }
         for (name, spec) in &specs {
             let place = format!("store {name:?}");
             let factory = self
@@ -166,6 +179,7 @@ pub struct Stores {
     bindings: HashMap<String, Binding>,
     limits: Limits,
     cursors: CursorSigner,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -181,6 +195,7 @@ pub struct StoresBuilder {
     bindings: HashMap<String, Binding>,
     limits: Limits,
     cursor_secret: Option<CursorSecret>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl StoresBuilder {
@@ -211,6 +226,12 @@ impl StoresBuilder {
         self
     }
 
+    /// Hands every operation of every store to `observer` (metrics, traces).
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// The finished set.
     pub fn build(self) -> Stores {
         let cursors = match &self.cursor_secret {
@@ -221,6 +242,7 @@ impl StoresBuilder {
             bindings: self.bindings,
             limits: self.limits,
             cursors,
+            observer: self.observer,
         }
     }
 }
@@ -233,6 +255,7 @@ impl Stores {
             bindings: HashMap::new(),
             limits: limits.effective(),
             cursor_secret: None,
+            observer: None,
         }
     }
 
@@ -310,6 +333,7 @@ impl Stores {
             capabilities: binding.provider.capabilities(),
             access: access.unwrap_or(binding.access),
             limits: self.limits.clone(),
+            observer: self.observer.clone(),
         };
         Ok(KvStore::with_signer(parts, bucket, self.cursors.clone()))
     }

@@ -37,6 +37,17 @@ pub fn stay_on_loopback() {
     }
 }
 
+/// Whether a test that drives `tool` (a program, not a backend: `prometheus`, `chromium`) must
+/// run: the program is installed, or `KV_REQUIRE_TOOLS` names it (then its absence fails the
+/// test instead of skipping it).
+pub fn tool_required_or_installed(tool: &str) -> bool {
+    emulator::find_program(tool).is_some()
+        || std::env::var("KV_REQUIRE_TOOLS")
+            .unwrap_or_default()
+            .split(',')
+            .any(|name| name.trim() == tool)
+}
+
 /// The names listed in `KV_REQUIRE`.
 pub fn required_targets() -> Vec<String> {
     std::env::var("KV_REQUIRE")

@@ -17,6 +17,8 @@ pub const WASI_KV: &str = env!("CARGO_BIN_EXE_wasi-kv");
 pub struct Served {
     pub child: Child,
     pub base: String,
+    /// The metrics URL, when started with `--metrics`.
+    pub metrics: Option<String>,
 }
 
 impl Served {
@@ -39,10 +41,26 @@ impl Served {
             .spawn()
             .map_err(|err| Failed::from(format!("cannot start wasi-kv: {err}")))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
+        stdout
             .read_line(&mut line)
             .map_err(|err| Failed::from(format!("reading the address: {err}")))?;
+        let metrics = if args.contains(&"--metrics") {
+            let mut metrics = String::new();
+            stdout
+                .read_line(&mut metrics)
+                .map_err(|err| Failed::from(format!("reading the metrics address: {err}")))?;
+            Some(
+                metrics
+                    .trim()
+                    .strip_prefix("metrics ")
+                    .ok_or_else(|| format!("no metrics address: {metrics:?}"))?
+                    .to_string(),
+            )
+        } else {
+            None
+        };
         let base = line
             .trim()
             .strip_prefix("serving ")
@@ -53,7 +71,11 @@ impl Served {
                 ))
             })?
             .to_string();
-        Ok(Served { child, base })
+        Ok(Served {
+            child,
+            base,
+            metrics,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
