@@ -16,6 +16,8 @@ command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 # The metrics test scrapes `serve` with a real Prometheus server (started by the test).
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+# The evidence page test renders it in headless Chromium.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     sudo_cmd=""

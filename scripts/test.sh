@@ -30,7 +30,7 @@ scripts/setup.sh
 # Providers whose backend must be reachable: unreachable is a failure, never a skip.
 export KV_REQUIRE="${KV_REQUIRE:-memory,sqlite,redis,redis-cluster,dynamodb,gcs,cosmos,s3,s3-moto,azblob}"
 # Tools some tests drive (a Prometheus server, headless Chromium): missing is a failure.
-export KV_REQUIRE_TOOLS="${KV_REQUIRE_TOOLS:-prometheus}"
+export KV_REQUIRE_TOOLS="${KV_REQUIRE_TOOLS:-prometheus,chromium}"
 # The conformance harness writes each provider's evidence (json, JUnit, Markdown) here.
 export KV_REPORT_DIR="${KV_REPORT_DIR:-$PWD/target/reports}"
 mkdir -p "$KV_REPORT_DIR"
@@ -47,3 +47,6 @@ cargo test --workspace --locked
 # example and kv-core's unit tests run under wine (scripts/platforms.sh, docs/platforms.md).
 step "windows (cross build, suites under wine)"
 scripts/platforms.sh --windows
+# Every provider's and platform's report, the fault matrices and history checks on one page.
+step "evidence page"
+cargo run --locked --quiet -p kv-cli --bin wasi-kv -- report "$KV_REPORT_DIR" -o "$KV_REPORT_DIR/index.html"

@@ -30,6 +30,21 @@ pub enum Command {
     /// Read and write a configured store's keys, export and import them, copy a store to
     /// another provider.
     Store(StoreCommand),
+    /// Merge conformance reports (every provider and platform), fault matrices and history
+    /// checks found under the directories into one HTML page.
+    Report(ReportArgs),
+}
+
+/// `wasi-kv report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Where the page goes (default: index.html in the first directory).
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Directories written by `conformance --report-dir`, the fault tests and `check
+    /// --report-dir` (searched recursively).
+    #[arg(required = true, value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
 }
 
 /// `wasi-kv store`.
@@ -334,7 +349,7 @@ pub struct ConformanceArgs {
     /// (redis-server, DynamoDB Local, fake-gcs-server, or the local Cosmos DB server).
     #[arg(long, conflicts_with_all = ["config", "stores"])]
     pub emulator: bool,
-    /// Write report.json, report.xml and report.md into this directory.
+    /// Write report.json, report.xml, report.md and report.html into this directory.
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,
     /// What to print on stdout at the end.

@@ -119,6 +119,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Store(command) => kv_cli::store::store(command).await,
+        Command::Report(args) => {
+            let evidence =
+                kv_conformance::evidence::Evidence::load(&args.dirs).map_err(anyhow::Error::msg)?;
+            let output = args
+                .output
+                .unwrap_or_else(|| args.dirs[0].join("index.html"));
+            std::fs::write(&output, evidence.to_html())
+                .map_err(|err| anyhow::anyhow!("writing {}: {err}", output.display()))?;
+            println!(
+                "{}: {} conformance reports, {} fault matrices, {} history checks",
+                output.display(),
+                evidence.reports.len(),
+                evidence.faults.len(),
+                evidence.histories.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Conformance(args) => {
             let passed = kv_cli::conformance::conformance(&args).await?;
             Ok(if passed {

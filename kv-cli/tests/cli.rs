@@ -706,3 +706,134 @@ fn counter_example_on_redis_across_processes() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
     }
 }
+
+/// The evidence page as a reader sees it: a real conformance run and a real history check
+/// merged by `wasi-kv report`, rendered by headless Chromium. The DOM has one passing cell per
+/// case, links to the rules, the history verdict; the screenshot is not blank and shows the
+/// green of passing cells. Chromium runs with its network off (a proxy on a dead loopback
+/// port, background services disabled) on a file:// page with no external resource.
+#[test]
+fn report_page_renders_in_chromium() {
+    if !kv_testkit::tool_required_or_installed("chromium") {
+        eprintln!("skipping: chromium is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let reports = dir.path().join("reports");
+    let memory = reports.join("memory");
+    let out = wasi_kv(&[
+        "conformance",
+        "--provider",
+        "memory",
+        "--report-dir",
+        memory.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        memory.join("report.html").is_file(),
+        "conformance writes report.html"
+    );
+    let cases = serde_json::from_slice::<serde_json::Value>(
+        &std::fs::read(memory.join("report.json")).unwrap(),
+    )
+    .unwrap()["results"]
+        .as_array()
+        .unwrap()
+        .len();
+    let history = reports.join("histories").join("memory");
+    let out = wasi_kv(&[
+        "check",
+        "--provider",
+        "memory",
+        "--time",
+        "2s",
+        "--report-dir",
+        history.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = wasi_kv(&["report", reports.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = reports.join("index.html");
+    let url = format!("file://{}", page.display());
+
+    let chromium = |extra: &[&str]| {
+        let profile = tempfile::tempdir().unwrap();
+        let output = Command::new("chromium")
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-default-apps",
+                "--proxy-server=127.0.0.1:9",
+                "--window-size=1280,1600",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("chromium runs");
+        assert!(
+            output.status.success(),
+            "chromium: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    };
+    let dom = String::from_utf8(chromium(&["--dump-dom"])).unwrap();
+    assert_eq!(
+        dom.matches("<td class=\"pass\">✓</td>").count(),
+        cases,
+        "one passing cell per case"
+    );
+    assert!(dom.contains("docs/semantics.md#s1-keys"), "rule links");
+    assert!(dom.contains("<h2 id=\"histories\">"), "the history checks");
+    assert!(
+        dom.contains("class=\"pass\">valid</td>"),
+        "the history verdict"
+    );
+
+    let shot = dir.path().join("page.png");
+    chromium(&[&format!("--screenshot={}", shot.display())]);
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut pixels).unwrap();
+    let channels = frame.color_type.samples();
+    let rgb = pixels[..frame.buffer_size()].chunks(channels);
+    let (mut inked, mut green, mut total) = (0usize, 0usize, 0usize);
+    for pixel in rgb {
+        total += 1;
+        if pixel[..3].iter().any(|&c| c < 200) {
+            inked += 1;
+        }
+        // The passing cells' background, #d9f2d9.
+        if pixel[..3] == [0xd9, 0xf2, 0xd9] {
+            green += 1;
+        }
+    }
+    assert!(
+        inked * 100 > total,
+        "the screenshot is blank: {inked} of {total} pixels inked"
+    );
+    assert!(
+        green * 100 > total,
+        "no passing cells visible: {green} of {total} pixels"
+    );
+}

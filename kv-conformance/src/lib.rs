@@ -6,6 +6,7 @@
 //! the fault proxy and other test support live in `kv-testkit`; other crates' test components in
 //! `test-components/`.
 
+pub mod evidence;
 pub mod guests;
 pub mod harness;
 pub mod histories;

@@ -1,12 +1,13 @@
-//! Results and the report formats: console table, JSON, JUnit XML and a Markdown evidence page.
+//! Results and the report formats: console table, JSON, JUnit XML, a Markdown evidence page,
+//! and the HTML page ([`crate::evidence`]).
 
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How one case ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// Every check held.
@@ -29,7 +30,7 @@ impl Outcome {
 }
 
 /// The result of one case against one provider.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CaseResult {
     /// Target name.
     pub provider: String,
@@ -47,7 +48,7 @@ pub struct CaseResult {
 }
 
 /// A whole run, with the facts the Phase 4 evidence needs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// Provider name.
     pub provider: String,
@@ -99,6 +100,10 @@ impl Report {
             ("report.json", self.to_json()),
             ("report.xml", self.to_junit()),
             ("report.md", self.to_markdown()),
+            (
+                "report.html",
+                crate::evidence::Evidence::of(self.clone()).to_html(),
+            ),
         ] {
             std::fs::write(dir.join(file), text)?;
         }
