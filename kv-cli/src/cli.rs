@@ -233,6 +233,10 @@ pub struct RunArgs {
     /// component runs (e.g. `127.0.0.1:9464`; unauthenticated: keep it on loopback).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Export OpenTelemetry spans (the run, each store operation) over OTLP/HTTP to this
+    /// collector, e.g. `http://127.0.0.1:4318`.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// The component (.wasm).
     pub component: PathBuf,
     /// Arguments passed to the component.
@@ -286,6 +290,10 @@ pub struct ServeArgs {
     /// the serving line; unauthenticated: keep it on loopback).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Export OpenTelemetry spans (each request, each store operation in it) over OTLP/HTTP
+    /// to this collector, e.g. `http://127.0.0.1:4318`.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// The component (.wasm).
     pub component: PathBuf,
 }

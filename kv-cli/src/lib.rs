@@ -10,6 +10,7 @@ pub mod sandbox;
 pub mod serve;
 pub mod spin_config;
 pub mod store;
+pub mod traces;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -99,12 +100,11 @@ pub async fn open_stores(config: &KvConfig) -> anyhow::Result<Arc<Stores>> {
     open_stores_observed(config, None).await
 }
 
-/// [`open_stores`], with every store operation counted by `metrics`.
+/// [`open_stores`], with every store operation handed to `observer` (metrics, spans).
 pub async fn open_stores_observed(
     config: &KvConfig,
-    metrics: Option<Arc<metrics::Metrics>>,
+    observer: Option<Arc<dyn kv_core::observe::Observer>>,
 ) -> anyhow::Result<Arc<Stores>> {
-    let observer = metrics.map(|metrics| metrics as Arc<dyn kv_core::observe::Observer>);
     let stores = registry().build_observed(config, observer).await?;
     stores
         .seed(&config.seeds)

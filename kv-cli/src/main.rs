@@ -5,6 +5,12 @@ use clap::Parser;
 use kv_cli::cli::{Cli, Command};
 use kv_cli::run::{Output, RunOptions};
 use kv_cli::serve::{ServeOptions, Server};
+use kv_cli::traces::{StoreSpans, Traces};
+use kv_core::observe::{Observer, Observers};
+use tracing::Instrument as _;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -26,14 +32,36 @@ fn main() -> ExitCode {
         Command::Serve(_) => "warn,kv_cli=info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
+    let otlp_endpoint = match &cli.command {
+        Command::Serve(args) => args.otlp_endpoint.as_deref(),
+        Command::Run(args) => args.otlp_endpoint.as_deref(),
+        _ => None,
+    };
+    let traces = match otlp_endpoint.map(Traces::new).transpose() {
+        Ok(traces) => traces,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
+        .with_filter(
             tracing_subscriber::EnvFilter::try_from_env("WASI_KV_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .init();
+        );
+    // Only the host's own spans (requests, runs) become OpenTelemetry spans.
+    let spans = traces.as_ref().map(|traces| {
+        tracing_opentelemetry::layer()
+            .with_tracer(traces.tracer())
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("kv_cli", tracing::Level::INFO)
+                    .with_target("wasi_kv", tracing::Level::INFO),
+            )
+    });
+    tracing_subscriber::registry().with(log).with(spans).init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -44,17 +72,42 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let store_spans = traces
+        .as_ref()
+        .map(|traces| Arc::new(StoreSpans::new(traces.tracer())) as Arc<dyn Observer>);
+    let code = match runtime.block_on(dispatch(cli, store_spans)) {
         Ok(code) => code,
         Err(err) => {
             // One line: the problem and where it is.
             eprintln!("error: {err:#}");
             ExitCode::from(2)
         }
+    };
+    drop(runtime);
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    code
+}
+
+/// Every observer of the store operations: metrics and spans, when asked for.
+fn observers(
+    metrics: Option<Arc<kv_cli::metrics::Metrics>>,
+    spans: Option<Arc<dyn Observer>>,
+) -> Option<Arc<dyn Observer>> {
+    let all: Vec<Arc<dyn Observer>> = metrics
+        .map(|metrics| metrics as Arc<dyn Observer>)
+        .into_iter()
+        .chain(spans)
+        .collect();
+    match all.len() {
+        0 => None,
+        1 => all.into_iter().next(),
+        _ => Some(Arc::new(Observers(all))),
     }
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn dispatch(cli: Cli, spans: Option<Arc<dyn Observer>>) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             let config = kv_cli::load(&args.stores)?;
@@ -63,7 +116,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("metrics http://{addr}/metrics");
             }
             let metrics = metrics.map(|(_, metrics)| metrics);
-            let stores = kv_cli::open_stores_observed(&config.kv, metrics).await?;
+            let stores =
+                kv_cli::open_stores_observed(&config.kv, observers(metrics, spans)).await?;
             let options = RunOptions {
                 component: args.component,
                 args: args.args,
@@ -72,7 +126,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 time_limit: args.time_limit,
                 memory_limit: args.memory_limit,
             };
-            let code = kv_cli::run::run(&options, stores, Output::Inherit).await?;
+            let span = tracing::info_span!("run", component = %options.component.display());
+            let code = kv_cli::run::run(&options, stores, Output::Inherit)
+                .instrument(span)
+                .await?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
         Command::Serve(args) => {
@@ -80,7 +137,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let metrics = start_metrics(args.metrics).await?;
             let metrics_addr = metrics.as_ref().map(|(addr, _)| *addr);
             let metrics = metrics.map(|(_, metrics)| metrics);
-            let stores = kv_cli::open_stores_observed(&config.kv, metrics.clone()).await?;
+            let stores =
+                kv_cli::open_stores_observed(&config.kv, observers(metrics.clone(), spans)).await?;
             let mut allowed_outbound = config.outbound.allowed_hosts;
             allowed_outbound.extend(args.allow_outbound);
             let options = ServeOptions {

@@ -789,6 +789,124 @@ fn metrics_scraped_by_prometheus() -> TestResult {
     })
 }
 
+/// Every body POSTed to an OTLP/HTTP receiver.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+/// An OTLP/HTTP receiver on a free loopback port, keeping every body POSTed to `/v1/traces`.
+async fn otlp_receiver() -> Result<(String, Received), Failed> {
+    use http_body_util::BodyExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|err| Failed::from(err.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|err| Failed::from(err.to_string()))?;
+    let bodies: Received = Default::default();
+    let received = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let received = received.clone();
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let received = received.clone();
+                    async move {
+                        let traces = request.uri().path() == "/v1/traces";
+                        let body = request.into_body().collect().await?.to_bytes();
+                        let mut response = hyper::Response::new(http_body_util::Full::new(
+                            hyper::body::Bytes::new(),
+                        ));
+                        if traces {
+                            received.lock().unwrap().push(body.to_vec());
+                        } else {
+                            *response.status_mut() = hyper::StatusCode::NOT_FOUND;
+                        }
+                        Ok::<_, hyper::Error>(response)
+                    }
+                },
+            );
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    Ok((format!("http://{addr}"), bodies))
+}
+
+/// `serve --otlp-endpoint` sends, to a receiver the test started, one span per request and
+/// one per store operation inside it: `kv set` under the PUT's span, `kv get` under the GET's,
+/// in the same trace, with the store, provider and attempts. Spans still buffered at
+/// shutdown are exported on SIGTERM.
+fn otlp_spans_for_requests_and_store_calls() -> TestResult {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use prost::Message as _;
+    let (endpoint, bodies) = runtime().block_on(otlp_receiver())?;
+    let mut served = Served::start(
+        kv_test_artifacts::HTTP_KV_EXAMPLE,
+        &["--otlp-endpoint", &endpoint],
+    )?;
+    runtime().block_on(async {
+        let http = client();
+        let put = send(http.put(served.url("/kv/traced")).body("v")).await?;
+        expect("PUT", &put, 204, None)?;
+        let get = send(http.get(served.url("/kv/traced"))).await?;
+        expect("GET", &get, 200, Some(b"v"))
+    })?;
+    let status = served.terminate()?;
+    check(status.success(), format!("serve exited with {status}"))?;
+    let exports = bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|body| ExportTraceServiceRequest::decode(&body[..]))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| Failed::from(format!("not an OTLP trace export: {err}")))?;
+    let spans: Vec<_> = exports
+        .into_iter()
+        .flat_map(|request| request.resource_spans)
+        .flat_map(|resource| resource.scope_spans)
+        .flat_map(|scope| scope.spans)
+        .collect();
+    let names: Vec<&str> = spans.iter().map(|span| span.name.as_str()).collect();
+    let named = |name: &str| {
+        spans
+            .iter()
+            .filter(|span| span.name == name)
+            .collect::<Vec<_>>()
+    };
+    let requests = named("request");
+    check(requests.len() == 2, format!("spans received: {names:?}"))?;
+    for op in ["set", "get"] {
+        let calls = named(&format!("kv {op}"));
+        check(calls.len() == 1, format!("spans received: {names:?}"))?;
+        let call = calls[0];
+        check(
+            requests.iter().any(|request| {
+                request.trace_id == call.trace_id && request.span_id == call.parent_span_id
+            }),
+            format!("kv {op} is not a child of a request span"),
+        )?;
+        let attribute = |key: &str| {
+            call.attributes
+                .iter()
+                .find(|kv| kv.key == key)
+                .and_then(|kv| kv.value.as_ref()?.value.clone())
+        };
+        check(
+            attribute("kv.store") == Some(Value::StringValue("default".into()))
+                && attribute("kv.provider") == Some(Value::StringValue("memory".into()))
+                && attribute("kv.attempts") == Some(Value::IntValue(1)),
+            format!("kv {op} attributes: {:?}", call.attributes),
+        )?;
+        check(
+            call.end_time_unix_nano >= call.start_time_unix_nano,
+            "span times",
+        )?;
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     kv_testkit::stay_on_loopback();
     let args = Arguments::from_args();
@@ -819,6 +937,10 @@ fn main() -> std::process::ExitCode {
         ),
         Trial::test("non_handler_is_refused", non_handler_is_refused),
     ];
+    trials.push(Trial::test(
+        "otlp_spans_for_requests_and_store_calls",
+        otlp_spans_for_requests_and_store_calls,
+    ));
     let scraped = Trial::test(
         "metrics_scraped_by_prometheus",
         metrics_scraped_by_prometheus,

@@ -573,9 +573,18 @@ mod tests {
         )
         .unwrap();
         assert!(out.contains("<p>redis</p>"), "{out}");
-        assert!(out.contains("<tr><th>fault</th><th>set</th><th>get</th></tr>"), "{out}");
-        assert!(out.contains("<th>reply dropped</th><td class=\"pass\">ok (5 ms)</td>"), "{out}");
-        assert!(out.contains("<td class=\"fail\">lost &lt;write&gt;</td>"), "{out}");
+        assert!(
+            out.contains("<tr><th>fault</th><th>set</th><th>get</th></tr>"),
+            "{out}"
+        );
+        assert!(
+            out.contains("<th>reply dropped</th><td class=\"pass\">ok (5 ms)</td>"),
+            "{out}"
+        );
+        assert!(
+            out.contains("<td class=\"fail\">lost &lt;write&gt;</td>"),
+            "{out}"
+        );
         assert_eq!(out.matches("<table").count(), 1);
     }
 

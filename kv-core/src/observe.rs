@@ -42,6 +42,21 @@ pub struct Transfer<'a> {
     pub written: bool,
 }
 
+/// Several observers, each told of every operation in turn.
+pub struct Observers(pub Vec<std::sync::Arc<dyn Observer>>);
+
+impl Observer for Observers {
+    fn call(&self, call: &StoreCall<'_>) {
+        self.0.iter().for_each(|observer| observer.call(call));
+    }
+
+    fn transfer(&self, transfer: &Transfer<'_>) {
+        self.0
+            .iter()
+            .for_each(|observer| observer.transfer(transfer));
+    }
+}
+
 /// Receives every store operation of a host. Called on the caller's task, inline: keep it
 /// cheap (atomic counters; no I/O).
 pub trait Observer: Send + Sync + 'static {
