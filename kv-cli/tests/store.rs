@@ -454,9 +454,169 @@ fn copy_killed_and_resumed(source_url: &str, destination_url: &str) -> TestResul
     let stdout = String::from_utf8_lossy(&output.stdout);
     check(
         output.status.code() == Some(1)
-            && stdout.contains("1 keys differ")
-            && stdout.contains("key-00007"),
+            && stdout.contains("1 differ in value or TTL or are missing, 0 only in")
+            && stdout.contains("\"key-00007\": another value"),
         format!("verify after a change: {}\n{stdout}", output.status),
+    )
+}
+
+/// The paths an adversarial reading found, each tried: a checkpoint resumed against another
+/// backend, a TTL lost in the destination, a key only the destination holds, an old export
+/// whose keys have expired, and an export whose reader stops early.
+fn adversarial_paths_on_sqlite() -> TestResult {
+    use sha2::Digest as _;
+    let dir = tempdir()?;
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let write = |name: &str, text: String| {
+        std::fs::write(dir.path().join(name), text).map_err(|err| Failed::from(err.to_string()))
+    };
+    write(
+        "a.toml",
+        format!(
+            "[stores.src]\nurl = \"sqlite:{}\"\n[stores.dst]\nurl = \"sqlite:{}\"\n",
+            path("src.db"),
+            path("dst.db")
+        ),
+    )?;
+    // The same store names on another database file.
+    write(
+        "b.toml",
+        format!(
+            "[stores.src]\nurl = \"sqlite:{}\"\n[stores.dst]\nurl = \"sqlite:{}\"\n",
+            path("src.db"),
+            path("other.db")
+        ),
+    )?;
+    let (a, b, state) = (path("a.toml"), path("b.toml"), path("copy.state"));
+    let seed: String = (0..3000)
+        .map(|n| {
+            let ttl = if n % 2 == 0 {
+                r#","ttl_ms":3600000"#
+            } else {
+                ""
+            };
+            format!("{{\"key\":\"k{n:04}\",\"value\":\"v{n}\"{ttl}}}\n")
+        })
+        .collect();
+    write("seed.jsonl", seed.clone())?;
+    ok(&[
+        "import",
+        "--config",
+        &a,
+        "--bucket",
+        "src",
+        &path("seed.jsonl"),
+    ])?;
+
+    // A key only the destination holds: named, exit 1, and the checkpoint stays.
+    ok(&["set", "--config", &a, "--bucket", "dst", "stray", "x"])?;
+    let output = run(&["copy", "--config", &a, "--state", &state, "src", "dst"])?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    check(
+        output.status.code() == Some(1) && stdout.contains("\"stray\": only in \"dst\""),
+        format!("copy with a stray key: {}\n{stdout}", output.status),
+    )?;
+    // Its checkpoint does not resume against another database under the same names.
+    fails(
+        &[
+            "copy", "--config", &b, "--state", &state, "--resume", "src", "dst",
+        ],
+        2,
+        "with other backends or settings",
+    )?;
+    ok(&["delete", "--config", &a, "--bucket", "dst", "stray"])?;
+    let resumed = ok_text(&[
+        "copy", "--config", &a, "--state", &state, "--resume", "src", "dst",
+    ])?;
+    check(resumed.contains("verify: equal"), resumed)?;
+
+    // A TTL lost in the destination is a difference.
+    ok(&["set", "--config", &a, "--bucket", "dst", "k0002", "v2"])?;
+    let output = run(&["verify", "--config", &a, "src", "dst"])?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    check(
+        output.status.code() == Some(1) && stdout.contains("\"k0002\": no TTL"),
+        format!(
+            "verify after a TTL was dropped: {}\n{stdout}",
+            output.status
+        ),
+    )?;
+
+    // An import checkpoint of another store is refused.
+    let sha = sha2::Sha256::digest(seed.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect::<String>();
+    write(
+        "seed.jsonl.import-state",
+        format!(
+            r#"{{"file_sha256":"{sha}","store":"dst","store_identity":"another","lines_done":500,"keys_done":500}}"#
+        ),
+    )?;
+    fails(
+        &[
+            "import",
+            "--config",
+            &a,
+            "--bucket",
+            "dst",
+            "--resume",
+            &path("seed.jsonl"),
+        ],
+        2,
+        "checkpoint of another file or another store",
+    )?;
+
+    // An old export: the key that expired since is not brought back.
+    write(
+        "old.jsonl",
+        concat!(
+            r#"{"key":"gone","value":"v","ttl_ms":1000,"expires_at_ms":1}"#,
+            "\n",
+            r#"{"key":"kept","value":"v","ttl_ms":60000}"#,
+            "\n"
+        )
+        .to_string(),
+    )?;
+    let imported = ok_text(&[
+        "import",
+        "--config",
+        &a,
+        "--bucket",
+        "dst",
+        &path("old.jsonl"),
+    ])?;
+    check(imported.contains("1 skipped: expired"), imported)?;
+    fails(
+        &["get", "--config", &a, "--bucket", "dst", "gone"],
+        1,
+        "no such key",
+    )?;
+    check(
+        ok(&["get", "--config", &a, "--bucket", "dst", "kept"])? == b"v",
+        "the live key is imported",
+    )?;
+
+    // A reader that stops after one line is no failure.
+    let mut child = store_command(&["export", "--config", &a, "--bucket", "src"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| Failed::from(err.to_string()))?;
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().ok_or("no stdout")?)
+        .read_line(&mut first)
+        .map_err(|err| Failed::from(err.to_string()))?;
+    let output = child
+        .wait_with_output()
+        .map_err(|err| Failed::from(err.to_string()))?;
+    check(
+        first.starts_with("{\"key\"") && output.status.success(),
+        format!(
+            "export into a closed pipe: {} {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ),
     )
 }
 
@@ -505,6 +665,11 @@ fn main() -> ExitCode {
             "commands_on_sqlite".into(),
             &[],
             Box::new(commands_on_sqlite),
+        ),
+        trial(
+            "adversarial_paths_on_sqlite".into(),
+            &[],
+            Box::new(adversarial_paths_on_sqlite),
         ),
         trial(
             "copy_redis_to_dynamodb_killed_and_resumed".into(),

@@ -395,13 +395,15 @@ impl Evidence {
 fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), String> {
     let entries = std::fs::read_dir(dir).map_err(|err| format!("{}: {err}", dir.display()))?;
     for entry in entries {
-        let path = entry
-            .map_err(|err| format!("{}: {err}", dir.display()))?
-            .path();
-        if path.is_dir() {
-            walk(&path, files)?;
-        } else {
-            files.push(path);
+        let entry = entry.map_err(|err| format!("{}: {err}", dir.display()))?;
+        let kind = entry
+            .file_type()
+            .map_err(|err| format!("{}: {err}", entry.path().display()))?;
+        // A linked directory is not followed: a link back up would be read again and again.
+        if kind.is_dir() {
+            walk(&entry.path(), files)?;
+        } else if !kind.is_symlink() || entry.path().is_file() {
+            files.push(entry.path());
         }
     }
     Ok(())
@@ -586,6 +588,21 @@ mod tests {
             "{out}"
         );
         assert_eq!(out.matches("<table").count(), 1);
+    }
+
+    /// Loading follows no linked directory: a link back up is not read again and again.
+    #[cfg(unix)]
+    #[test]
+    fn load_skips_linked_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = dir.path().join("faults");
+        std::fs::create_dir(&faults).unwrap();
+        std::fs::write(faults.join("redis.md"), "| fault | set |\n|---|---|\n| x | ok |\n")
+            .unwrap();
+        std::os::unix::fs::symlink(dir.path(), faults.join("up")).unwrap();
+        let evidence = Evidence::load(&[dir.path().to_path_buf()]).unwrap();
+        assert_eq!(evidence.faults.len(), 1);
+        assert!(Evidence::load(&[faults.join("missing")]).is_err());
     }
 
     /// Every rule heading has an anchor; reasons become numbered notes, shared when equal;

@@ -13,6 +13,7 @@
 //! error says when the outcome is unknown ([`final_error_of_write`], docs/semantics.md S6, S7).
 
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -153,6 +154,13 @@ enum First<T> {
     Waited(Option<Result<T>>, Instant),
 }
 
+/// How a run reports its end: to the observer, from `started`, or, for a part of an
+/// operation, as attempts added to the operation's count.
+struct Ended<'a> {
+    started: Option<std::time::Instant>,
+    part: Option<&'a AtomicU32>,
+}
+
 /// Runs provider calls under the time limit, retrying transient errors.
 #[derive(Debug, Clone)]
 pub(crate) struct Retry {
@@ -175,8 +183,32 @@ impl Retry {
     /// The first attempt is polled once before any clock is read or timer armed: a provider
     /// that answers without waiting costs neither. Waiting and retrying live in boxed futures
     /// of their own, so the happy path's future stays small.
-    pub(crate) async fn run<T, R: Retryable<T>>(&self, op: &'static str, mut call: R) -> Result<T> {
-        let started = self.log.start();
+    pub(crate) async fn run<T, R: Retryable<T>>(&self, op: &'static str, call: R) -> Result<T> {
+        self.run_counted(op, call, None).await
+    }
+
+    /// [`Retry::run`] for one part of an operation (a batch's part, a `get-many` round): its
+    /// attempts are added to `attempts`, and the caller reports the whole operation once.
+    pub(crate) async fn run_part<T, R: Retryable<T>>(
+        &self,
+        op: &'static str,
+        call: R,
+        attempts: &AtomicU32,
+    ) -> Result<T> {
+        self.run_counted(op, call, Some(attempts)).await
+    }
+
+    async fn run_counted<T, R: Retryable<T>>(
+        &self,
+        op: &'static str,
+        mut call: R,
+        part: Option<&AtomicU32>,
+    ) -> Result<T> {
+        let started = match part {
+            Some(_) => None,
+            None => self.log.start(),
+        };
+        let ended = Ended { started, part };
         let first = {
             let mut attempt = call.start();
             match futures::poll!(attempt.as_mut()) {
@@ -190,23 +222,34 @@ impl Retry {
         };
         let (outcome, deadline) = match first {
             First::Ready(Ok(value)) => {
-                self.log.finish(op, started, 1, None);
+                self.ended(op, &ended, 1, None);
                 return Ok(value);
             }
             First::Ready(Err(err)) if !err.is_transient() => {
-                return Err(self.give_up(op, started, 1, &call, err, false));
+                return Err(self.give_up(op, &ended, 1, &call, err, false));
             }
             First::Ready(result) => (Some(result), Instant::now() + self.timeout),
             First::Waited(outcome, deadline) => (outcome, deadline),
         };
-        Box::pin(self.retry(op, started, &mut call, outcome, deadline)).await
+        Box::pin(self.retry(op, &ended, &mut call, outcome, deadline)).await
+    }
+
+    /// An operation (or a part of one) ended after `attempts` attempts.
+    #[inline]
+    fn ended(&self, op: &'static str, ended: &Ended<'_>, attempts: u32, error: Option<&KvError>) {
+        match ended.part {
+            Some(total) => {
+                total.fetch_add(attempts, Ordering::Relaxed);
+            }
+            None => self.log.finish(op, ended.started, attempts, error),
+        }
     }
 
     /// [`Retry::run`] once the first attempt failed transiently, or had to wait.
     async fn retry<T, R: Retryable<T>>(
         &self,
         op: &'static str,
-        started: Option<std::time::Instant>,
+        ended: &Ended<'_>,
         call: &mut R,
         mut outcome: Option<Result<T>>,
         deadline: Instant,
@@ -217,7 +260,7 @@ impl Retry {
         let err = loop {
             let err = match outcome {
                 Some(Ok(value)) => {
-                    self.log.finish(op, started, attempt, None);
+                    self.ended(op, ended, attempt, None);
                     return Ok(value);
                 }
                 Some(Err(err)) => err,
@@ -245,14 +288,14 @@ impl Retry {
             attempt += 1;
             outcome = tokio::time::timeout_at(deadline, call.start()).await.ok();
         };
-        Err(self.give_up(op, started, attempt, call, err, ambiguous))
+        Err(self.give_up(op, ended, attempt, call, err, ambiguous))
     }
 
     /// The final error of a call that made `attempts` attempts, logged.
     fn give_up<T, R: Retryable<T>>(
         &self,
         op: &'static str,
-        started: Option<std::time::Instant>,
+        ended: &Ended<'_>,
         attempts: u32,
         call: &R,
         err: KvError,
@@ -262,7 +305,7 @@ impl Retry {
         let err = err.with_transient(false);
         self.log.failed(op, attempts, &err);
         let err = call.final_error(err, ambiguous);
-        self.log.finish(op, started, attempts, Some(&err));
+        self.ended(op, ended, attempts, Some(&err));
         err
     }
 
@@ -275,13 +318,18 @@ impl Retry {
         started: Option<std::time::Instant>,
         result: Result<T>,
     ) -> Result<T> {
-        let result = result.map_err(|err| {
+        let result = self.settled_part(op, result);
+        self.log.finish(op, started, 1, result.as_ref().err());
+        result
+    }
+
+    /// [`Retry::settled`] for one part of an operation its caller reports once.
+    pub(crate) fn settled_part<T>(&self, op: &'static str, result: Result<T>) -> Result<T> {
+        result.map_err(|err| {
             let err = err.with_transient(false);
             self.log.failed(op, 1, &err);
             err
-        });
-        self.log.finish(op, started, 1, result.as_ref().err());
-        result
+        })
     }
 
     /// The store's log and observer.

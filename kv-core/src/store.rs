@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -161,7 +162,7 @@ impl KvStore {
 
     /// Reads `key`.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        check_key(key)?;
+        self.checked("get", || check_key(key))?;
         let read = match self.now("get", key, |bucket, key| bucket.get_now(key)) {
             Ok(done) => done,
             Err(key) => self.call("get", || self.inner.bucket.get(key)).await,
@@ -175,9 +176,11 @@ impl KvStore {
     /// Writes `key`, clearing any TTL.
     pub async fn set(&self, key: &str, value: impl Into<Bytes>) -> Result<()> {
         let value = value.into();
-        self.check_write()?;
-        check_key(key)?;
-        self.check_value(&value)?;
+        self.checked("set", || {
+            self.check_write()?;
+            check_key(key)?;
+            self.check_value(&value)
+        })?;
         let len = value.len();
         let value = match self.now("set", value, |bucket, value| bucket.set_now(key, value)) {
             Ok(done) => return done.inspect(|()| self.moved("set", 1, len, true)),
@@ -191,9 +194,11 @@ impl KvStore {
     /// [`KvStore::set`] with a key the caller gives up (a guest's): a store that keeps keys in
     /// memory takes it without a copy.
     pub async fn set_owned(&self, key: String, value: Vec<u8>) -> Result<()> {
-        self.check_write()?;
-        check_key(&key)?;
-        self.check_value(&value)?;
+        self.checked("set", || {
+            self.check_write()?;
+            check_key(&key)?;
+            self.check_value(&value)
+        })?;
         let len = value.len();
         let (key, value) = match self.now("set", (key, value), |bucket, (key, value)| {
             bucket.set_owned_now(key, value)
@@ -215,21 +220,24 @@ impl KvStore {
         ttl_ms: u64,
     ) -> Result<()> {
         let value = value.into();
-        self.check_write()?;
-        check_key(key)?;
-        self.check_value(&value)?;
-        if !self.inner.capabilities.ttl {
-            return Err(KvError::internal(format!(
-                "the {} provider does not support TTL",
-                self.inner.provider
-            )));
-        }
-        if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
-            return Err(KvError::new(
-                ErrorKind::InvalidTtl,
-                format!("ttl-ms must be between 1 and {MAX_TTL_MS}, got {ttl_ms}"),
-            ));
-        }
+        self.checked("set-with-ttl", || {
+            self.check_write()?;
+            check_key(key)?;
+            self.check_value(&value)?;
+            if !self.inner.capabilities.ttl {
+                return Err(KvError::internal(format!(
+                    "the {} provider does not support TTL",
+                    self.inner.provider
+                )));
+            }
+            if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
+                return Err(KvError::new(
+                    ErrorKind::InvalidTtl,
+                    format!("ttl-ms must be between 1 and {MAX_TTL_MS}, got {ttl_ms}"),
+                ));
+            }
+            Ok(())
+        })?;
         let ttl = Duration::from_millis(ttl_ms);
         self.write("set-with-ttl", || {
             self.inner.bucket.set_with_ttl(key, value.clone(), ttl)
@@ -240,8 +248,10 @@ impl KvStore {
 
     /// Deletes `key`.
     pub async fn delete(&self, key: &str) -> Result<()> {
-        self.check_write()?;
-        check_key(key)?;
+        self.checked("delete", || {
+            self.check_write()?;
+            check_key(key)
+        })?;
         if let Ok(done) = self.now("delete", key, |bucket, key| bucket.delete_now(key)) {
             return done;
         }
@@ -251,14 +261,14 @@ impl KvStore {
     /// Reads `key` with the time it has left, for tools that export or copy a store with its
     /// TTLs.
     pub async fn get_with_ttl(&self, key: &str) -> Result<Option<StoredValue>> {
-        check_key(key)?;
+        self.checked("get-with-ttl", || check_key(key))?;
         self.call("get-with-ttl", || self.inner.bucket.get_with_ttl(key))
             .await
     }
 
     /// Whether `key` exists.
     pub async fn exists(&self, key: &str) -> Result<bool> {
-        check_key(key)?;
+        self.checked("exists", || check_key(key))?;
         if let Ok(done) = self.now("exists", key, |bucket, key| bucket.exists_now(key)) {
             return done;
         }
@@ -268,9 +278,13 @@ impl KvStore {
     /// One page of keys; the returned cursor is opaque and only valid for this store.
     pub async fn list_keys(&self, cursor: Option<&str>) -> Result<KeyPage> {
         let scope = self.cursor_scope();
-        let provider_cursor = cursor
-            .map(|sealed| self.inner.cursors.open(&scope, sealed))
-            .transpose()?;
+        let mut provider_cursor = None;
+        self.checked("list-keys", || {
+            provider_cursor = cursor
+                .map(|sealed| self.inner.cursors.open(&scope, sealed))
+                .transpose()?;
+            Ok(())
+        })?;
         let limit = self.inner.limits.list_page_size.clamp(1, MAX_LIST_PAGE);
         let page = self
             .call("list-keys", || {
@@ -303,13 +317,18 @@ impl KvStore {
     /// `wasi:keyvalue@0.2.0-draft`: a total that is negative (the stored counter was below
     /// `-delta`) or beyond i64 is `overflow`, and the value stays unchanged.
     pub async fn increment_unsigned(&self, key: &str, delta: u64) -> Result<u64> {
-        self.check_write()?;
-        check_key(key)?;
-        let Ok(delta) = i64::try_from(delta) else {
-            return Err(KvError::overflow(format!(
-                "delta {delta} does not fit the signed 64-bit counter"
-            )));
-        };
+        let mut signed = 0;
+        self.checked("increment", || {
+            self.check_write()?;
+            check_key(key)?;
+            signed = i64::try_from(delta).map_err(|_| {
+                KvError::overflow(format!(
+                    "delta {delta} does not fit the signed 64-bit counter"
+                ))
+            })?;
+            Ok(())
+        })?;
+        let delta = signed;
         let total = self
             .increment_within(key, delta, CounterRange::Unsigned)
             .await?;
@@ -318,8 +337,10 @@ impl KvStore {
     }
 
     async fn increment_within(&self, key: &str, delta: i64, range: CounterRange) -> Result<i64> {
-        self.check_write()?;
-        check_key(key)?;
+        self.checked("increment", || {
+            self.check_write()?;
+            check_key(key)
+        })?;
         let immediate = self.now("increment", key, |bucket, key| {
             bucket.increment_now(key, delta, range, RequestId::new())
         });
@@ -339,8 +360,10 @@ impl KvStore {
 
     /// Reads `key` with its version, for compare-and-swap.
     pub async fn read_versioned(&self, key: &str) -> Result<Versioned> {
-        check_key(key)?;
-        self.check_cas()?;
+        self.checked("cas-read", || {
+            check_key(key)?;
+            self.check_cas()
+        })?;
         self.call("cas-read", || self.inner.bucket.read_versioned(key))
             .await
     }
@@ -353,10 +376,12 @@ impl KvStore {
         value: impl Into<Bytes>,
     ) -> Result<SwapOutcome> {
         let value = value.into();
-        self.check_write()?;
-        check_key(key)?;
-        self.check_value(&value)?;
-        self.check_cas()?;
+        self.checked("swap", || {
+            self.check_write()?;
+            check_key(key)?;
+            self.check_value(&value)?;
+            self.check_cas()
+        })?;
         // One attempt state for every attempt: a retry after a lost reply reports the swap,
         // not a conflict with itself.
         let swap = Swap {
@@ -374,6 +399,24 @@ impl KvStore {
     /// `limits.max_batch_bytes` as each round arrives, and the call stops with
     /// `batch-too-large` at the limit (duplicates are charged each time they are returned).
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let log = self.inner.retry.log();
+        let started = log.start();
+        let attempts = AtomicU32::new(0);
+        let read = self.get_many_in_rounds(keys, &attempts).await;
+        log.finish(
+            "get-many",
+            started,
+            attempts.into_inner(),
+            read.as_ref().err(),
+        );
+        read
+    }
+
+    async fn get_many_in_rounds(
+        &self,
+        keys: &[String],
+        attempts: &AtomicU32,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
         self.check_batch(keys.len())?;
         keys.iter().try_for_each(|key| check_key(key))?;
         // Each key's index among the distinct keys, and how many times it was asked for.
@@ -406,16 +449,17 @@ impl KvStore {
         let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(distinct.len());
         for (round, keys) in distinct.chunks(GET_MANY_ROUND).enumerate() {
             let budget = max_bytes.saturating_sub(charged);
-            let immediate = self.now("get-many", keys, |bucket, keys| {
+            let immediate = self.now_part("get-many", keys, attempts, |bucket, keys| {
                 bucket.get_many_within_now(keys, budget)
             });
             let part = match immediate {
                 Ok(done) => done?,
                 Err(keys) => {
-                    self.call("get-many", || {
-                        self.inner.bucket.get_many_within(keys, budget)
-                    })
-                    .await?
+                    let read = EachTime::read(|| self.inner.bucket.get_many_within(keys, budget));
+                    self.inner
+                        .retry
+                        .run_part("get-many", read, attempts)
+                        .await?
                 }
             };
             if part.len() != keys.len() {
@@ -456,6 +500,24 @@ impl KvStore {
     /// Writes many entries; nothing is written if any key or value is invalid, or if the
     /// values add up to more than `limits.max_batch_bytes`.
     pub async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
+        let log = self.inner.retry.log();
+        let started = log.start();
+        let attempts = AtomicU32::new(0);
+        let written = self.set_many_in_parts(entries, &attempts).await;
+        log.finish(
+            "set-many",
+            started,
+            attempts.into_inner(),
+            written.as_ref().err(),
+        );
+        written
+    }
+
+    async fn set_many_in_parts(
+        &self,
+        entries: Vec<(String, Vec<u8>)>,
+        attempts: &AtomicU32,
+    ) -> Result<()> {
         let entries: Vec<(String, Bytes)> = entries
             .into_iter()
             .map(|(key, value)| (key, Bytes::from(value)))
@@ -475,13 +537,13 @@ impl KvStore {
         // still lands last, so the last value for a key wins.
         let part_len = self.inner.capabilities.set_many_part;
         let count = entries.len();
-        let entries = match self.now("set-many", entries, |bucket, entries| {
+        let entries = match self.now_part("set-many", entries, attempts, |bucket, entries| {
             bucket.set_many_now(entries)
         }) {
             Ok(done) => return done.inspect(|()| self.moved("set-many", count, total, true)),
             Err(entries) => entries,
         };
-        self.in_parts("set-many", &entries, part_len, |part| {
+        self.in_parts("set-many", &entries, part_len, attempts, |part| {
             self.inner.bucket.set_many(part)
         })
         .await
@@ -490,11 +552,25 @@ impl KvStore {
 
     /// Deletes many keys; missing keys are fine.
     pub async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        let log = self.inner.retry.log();
+        let started = log.start();
+        let attempts = AtomicU32::new(0);
+        let deleted = self.delete_many_in_parts(keys, &attempts).await;
+        log.finish(
+            "delete-many",
+            started,
+            attempts.into_inner(),
+            deleted.as_ref().err(),
+        );
+        deleted
+    }
+
+    async fn delete_many_in_parts(&self, keys: &[String], attempts: &AtomicU32) -> Result<()> {
         self.check_write()?;
         self.check_batch(keys.len())?;
         keys.iter().try_for_each(|key| check_key(key))?;
         let part_len = self.inner.capabilities.delete_many_part;
-        self.in_parts("delete-many", keys, part_len, |part| {
+        self.in_parts("delete-many", keys, part_len, attempts, |part| {
             self.inner.bucket.delete_many(part)
         })
         .await
@@ -612,6 +688,35 @@ impl KvStore {
         }
     }
 
+    /// [`Self::now`] for one part of an operation its caller reports once (a batch's
+    /// rounds): the call is counted in `attempts` rather than observed.
+    #[inline]
+    fn now_part<I, T>(
+        &self,
+        op: &'static str,
+        input: I,
+        attempts: &AtomicU32,
+        call: impl FnOnce(&dyn ImmediateBucket, I) -> Result<T>,
+    ) -> std::result::Result<Result<T>, I> {
+        match self.inner.bucket.immediate() {
+            Some(bucket) => {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                Ok(self.inner.retry.settled_part(op, call(bucket, input)))
+            }
+            None => Err(input),
+        }
+    }
+
+    /// Checks made before any provider call; a failure is reported to the observer as the
+    /// operation's outcome, with no attempt.
+    #[inline]
+    fn checked(&self, op: &'static str, checks: impl FnOnce() -> Result<()>) -> Result<()> {
+        checks().inspect_err(|err| {
+            let log = self.inner.retry.log();
+            log.finish(op, log.start(), 0, Some(err));
+        })
+    }
+
     /// A batch call in parts of `part_len` items, in order, each part with its own deadline
     /// and retries; a failure says which parts were applied ([`partially_applied`]).
     async fn in_parts<'a, E>(
@@ -619,12 +724,15 @@ impl KvStore {
         op: &'static str,
         items: &'a [E],
         part_len: usize,
+        attempts: &AtomicU32,
         each: impl Fn(&'a [E]) -> BoxFuture<'a, Result<()>> + 'a,
     ) -> Result<()> {
         let part_len = part_len.max(1);
         let mut applied = 0;
         for part in items.chunks(part_len) {
-            self.write(op, || each(part))
+            self.inner
+                .retry
+                .run_part(op, EachTime::write(|| each(part)), attempts)
                 .await
                 .map_err(|err| partially_applied(op, err, applied, part_len, items.len()))?;
             applied += part.len();

@@ -109,6 +109,18 @@ impl ProviderRegistry {
         factory.connect(spec).await
     }
 
+    /// The identity of the backend and its settings `spec` describes, as stores share a
+    /// connection by it (secrets only as fingerprints): what a tool keeps to recognise the
+    /// same store in a later run.
+    pub fn connection_key(&self, spec: &StoreSpec) -> Result<String, ConfigError> {
+        let factory = self.factory(&spec.provider)?;
+        Ok(format!(
+            "{}\u{0}{}",
+            factory.name(),
+            factory.connection_key(spec)?
+        ))
+    }
+
     fn factory(&self, provider: &str) -> Result<&Arc<dyn ProviderFactory>, ConfigError> {
         self.factories.get(provider).ok_or_else(|| {
             ConfigError(format!(

@@ -144,6 +144,24 @@ async fn every_operation_is_observed_once_with_its_final_outcome() {
     lose.store(3, Ordering::Relaxed);
     let err = faulty.set("k", b"w".to_vec()).await.unwrap_err();
     assert!(err.may_have_applied(), "{err}");
+    // One operation in three parts of 200, one of them retried: one call, four attempts.
+    let entries: Vec<(String, Vec<u8>)> =
+        (0..450).map(|n| (format!("k{n}"), b"v".to_vec())).collect();
+    refuse.store(1, Ordering::Relaxed);
+    faulty.set_many(entries).await.unwrap();
+    // One get-many of 250 keys in three rounds; its outcome is the caller's.
+    let keys: Vec<String> = (0..250).map(|n| format!("k{n}")).collect();
+    faulty.get_many(&keys).await.unwrap();
+    // Refused before any provider call: the caller's class, no attempt.
+    assert_eq!(
+        faulty.get("").await.unwrap_err().kind(),
+        ErrorKind::InvalidKey
+    );
+    let err = fast
+        .get_many(&vec!["k".to_string(); 20_000])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BatchTooLarge);
 
     let calls = recorder.calls.lock().unwrap().clone();
     assert_eq!(
@@ -167,6 +185,22 @@ async fn every_operation_is_observed_once_with_its_final_outcome() {
                 true,
                 3
             ),
+            ("faulty".to_string(), "set-many", None, false, 4),
+            ("faulty".to_string(), "get-many", None, false, 3),
+            (
+                "faulty".to_string(),
+                "get",
+                Some(ErrorKind::InvalidKey),
+                false,
+                0
+            ),
+            (
+                "fast".to_string(),
+                "get-many",
+                Some(ErrorKind::BatchTooLarge),
+                false,
+                0
+            ),
         ]
     );
     let transfers = recorder.transfers.lock().unwrap().clone();
@@ -177,6 +211,8 @@ async fn every_operation_is_observed_once_with_its_final_outcome() {
             ("get", 1, 4, false),
             ("set-many", 2, 3, true),
             ("set", 1, 1, true),
+            ("set-many", 450, 450, true),
+            ("get-many", 250, 250, false),
         ]
     );
 }

@@ -2,11 +2,13 @@
 //!
 //! ```text
 //! {"key":"user:1","value":"ada"}
-//! {"key":"avatar:1","value_base64":"iVBORw0KGgo=","ttl_ms":86400000}
+//! {"key":"avatar:1","value_base64":"iVBORw0KGgo=","ttl_ms":86400000,"expires_at_ms":1796601600000}
 //! ```
 //!
 //! `value` holds a value that is UTF-8 text, `value_base64` any other (exactly one of the two);
-//! `ttl_ms` is the time the key had left when it was exported, absent for a key without a TTL.
+//! `ttl_ms` is the time the key had left when it was exported and `expires_at_ms` when it
+//! expires (Unix milliseconds), both absent for a key without a TTL. An import counts from
+//! `expires_at_ms` when it is there, so an old export does not bring expired keys back.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -28,6 +30,9 @@ pub struct Record {
     /// Milliseconds the key had left, if it expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
+    /// When it expires, in Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
 }
 
 /// A record read back: the key, its bytes and its TTL.
@@ -39,27 +44,39 @@ pub struct Entry {
     pub value: Vec<u8>,
     /// Milliseconds left, if it expires.
     pub ttl_ms: Option<u64>,
+    /// When it expires, in Unix milliseconds, if the record says.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl Entry {
+    /// The time the key has left at `now_ms`: `Some(None)` for no TTL, `None` once expired.
+    pub fn ttl_left(&self, now_ms: u64) -> Option<Option<u64>> {
+        match (self.expires_at_ms, self.ttl_ms) {
+            (Some(at), _) if at <= now_ms => None,
+            (Some(at), _) => Some(Some(at - now_ms)),
+            (None, ttl) => Some(ttl),
+        }
+    }
 }
 
 impl Record {
-    /// The record of `key` holding `stored` (a TTL under a millisecond counts as one).
-    pub fn new(key: String, stored: StoredValue) -> Record {
+    /// The record of `key` holding `stored`, read at `now_ms` (a TTL under a millisecond
+    /// counts as one).
+    pub fn new(key: String, stored: StoredValue, now_ms: u64) -> Record {
         let ttl_ms = stored
             .ttl
             .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
-        match String::from_utf8(stored.value) {
-            Ok(text) => Record {
-                key,
-                value: Some(text),
-                value_base64: None,
-                ttl_ms,
-            },
-            Err(err) => Record {
-                key,
-                value: None,
-                value_base64: Some(STANDARD.encode(err.into_bytes())),
-                ttl_ms,
-            },
+        let expires_at_ms = ttl_ms.map(|ttl| now_ms.saturating_add(ttl));
+        let (value, value_base64) = match String::from_utf8(stored.value) {
+            Ok(text) => (Some(text), None),
+            Err(err) => (None, Some(STANDARD.encode(err.into_bytes()))),
+        };
+        Record {
+            key,
+            value,
+            value_base64,
+            ttl_ms,
+            expires_at_ms,
         }
     }
 
@@ -89,6 +106,7 @@ impl Record {
             key: record.key,
             value,
             ttl_ms: record.ttl_ms,
+            expires_at_ms: record.expires_at_ms,
         })
     }
 }
@@ -115,13 +133,21 @@ mod tests {
                     value: value.clone(),
                     ttl,
                 },
+                1_000,
             )
             .to_line();
             assert!(!line.contains('\n'), "{line}");
             let entry = Record::parse(&line).unwrap();
             assert_eq!(entry.key, "k\n1");
             assert_eq!(entry.value, value, "{line}");
-            assert_eq!(entry.ttl_ms, ttl.map(|ttl| (ttl.as_millis() as u64).max(1)));
+            let ttl_ms = ttl.map(|ttl| (ttl.as_millis() as u64).max(1));
+            assert_eq!(entry.ttl_ms, ttl_ms);
+            assert_eq!(entry.expires_at_ms, ttl_ms.map(|ms| 1_000 + ms));
+            // Imported later, the time left counts from the export; past it, the key is gone.
+            assert_eq!(entry.ttl_left(1_000), Some(ttl_ms));
+            if let Some(ms) = ttl_ms {
+                assert_eq!(entry.ttl_left(1_000 + ms), None);
+            }
         }
         assert!(
             Record::new(
@@ -129,7 +155,8 @@ mod tests {
                 StoredValue {
                     value: b"ada".to_vec(),
                     ttl: None
-                }
+                },
+                0
             )
             .to_line()
                 == r#"{"key":"k","value":"ada"}"#

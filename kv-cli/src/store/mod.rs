@@ -15,6 +15,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use kv_core::store::CursorSecret;
 use kv_core::{KvStore, Stores};
+use sha2::{Digest as _, Sha256};
 
 use crate::cli::{StoreAction, StoreArgs, StoreCommand, StoreTarget};
 use checkpoint::Checkpoint;
@@ -76,7 +77,7 @@ pub async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
             limit,
         } => {
             let (_, store) = open(&target).await?;
-            list(&store, prefix.as_deref(), limit).await?;
+            quiet_on_closed_pipe(list(&store, prefix.as_deref(), limit).await)?;
             Ok(ExitCode::SUCCESS)
         }
         StoreAction::Export {
@@ -90,10 +91,17 @@ pub async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
             let count = match output {
                 None => {
                     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-                    let count =
-                        transfer::export(&store, prefix.as_deref(), jobs, &mut stdout).await?;
-                    stdout.flush()?;
-                    count
+                    let exported = async {
+                        let count =
+                            transfer::export(&store, prefix.as_deref(), jobs, &mut stdout).await?;
+                        stdout.flush()?;
+                        Ok(count)
+                    };
+                    match quiet_on_closed_pipe(exported.await)? {
+                        Some(count) => count,
+                        // The reader stopped reading (`| head`): nothing more to say.
+                        None => return Ok(ExitCode::SUCCESS),
+                    }
                 }
                 Some(path) => export_to_file(&store, prefix.as_deref(), jobs, path).await?,
             };
@@ -108,6 +116,7 @@ pub async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
             jobs,
         } => {
             let (stores, store) = open(&target).await?;
+            let identity = store_identity(&target.stores, store.name())?;
             let state = state.unwrap_or_else(|| {
                 let mut name = file.clone().into_os_string();
                 name.push(".import-state");
@@ -115,6 +124,7 @@ pub async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
             });
             let imported = transfer::import(
                 &store,
+                &identity,
                 stores.limits(),
                 &file,
                 &Checkpoint::at(state),
@@ -123,10 +133,14 @@ pub async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
             )
             .await?;
             println!(
-                "imported {} keys into store {:?} ({} written by this run)",
+                "imported {} keys into store {:?} ({} written by this run{})",
                 imported.keys,
                 store.name(),
-                imported.written
+                imported.written,
+                match imported.expired {
+                    0 => String::new(),
+                    n => format!(", {n} skipped: expired since the export"),
+                }
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -270,8 +284,12 @@ async fn copy(
     } else {
         None
     };
+    let identities = [
+        store_identity(&stores, &from)?,
+        store_identity(&stores, &to)?,
+    ];
     let mut state = match saved {
-        Some(saved) if saved.from == from && saved.to == to => {
+        Some(saved) if saved.from == from && saved.to == to && saved.identities == identities => {
             eprintln!(
                 "copy: resuming after {} keys ({})",
                 saved.copied,
@@ -280,10 +298,16 @@ async fn copy(
             saved
         }
         Some(saved) => bail!(
-            "{} is the checkpoint of a copy from {:?} to {:?}",
+            "{} is the checkpoint of a copy from {:?} to {:?} {}: remove it, or copy without \
+             --resume",
             checkpoint.path().display(),
             saved.from,
-            saved.to
+            saved.to,
+            if saved.from == from && saved.to == to {
+                "with other backends or settings"
+            } else {
+                "(other stores)"
+            }
         ),
         None => {
             if resume {
@@ -292,7 +316,7 @@ async fn copy(
                     checkpoint.path().display()
                 );
             }
-            CopyState::new(&from, &to)
+            CopyState::new(&from, &to, identities)
         }
     };
     let mut config = crate::load(&stores)?;
@@ -330,30 +354,67 @@ async fn copy(
 /// Prints a comparison; exit code 1 when the stores differ.
 fn report(from: &KvStore, to: &KvStore, comparison: &Comparison) -> ExitCode {
     println!(
-        "verify: {:?} has {} keys, {:?} has {}; digest {} / {}; {} keys differ",
+        "verify: {:?} has {} keys (digest {}), {:?} has {}",
         from.name(),
         comparison.source_keys,
+        comparison.digest,
         to.name(),
         comparison.destination_keys,
-        comparison.source_digest,
-        comparison.destination_digest,
-        comparison.differing
     );
+    println!(
+        "verify: {} differ in value or TTL or are missing, {} only in {:?}",
+        comparison.differing,
+        comparison.only_in_destination,
+        to.name()
+    );
+    for example in &comparison.examples {
+        println!("verify:   {example}");
+    }
     if comparison.equal() {
         println!("verify: equal");
-        return ExitCode::SUCCESS;
+        ExitCode::SUCCESS
+    } else {
+        println!("verify: DIFFERENT");
+        ExitCode::FAILURE
     }
-    if !comparison.examples.is_empty() {
-        println!("verify: differing keys include {:?}", comparison.examples);
+}
+
+/// What identifies store `name` across runs: its backend and settings (the provider's
+/// connection identity, secrets only as fingerprints) and its namespace, hashed.
+pub fn store_identity(args: &StoreArgs, name: &str) -> anyhow::Result<String> {
+    let config = crate::load(args)?;
+    let spec = match config.kv.stores.get(name) {
+        Some(spec) => spec.clone(),
+        None if config.kv.stores.is_empty() => {
+            kv_core::config::parse_short_form("default=memory:")?.1
+        }
+        None => bail!("no store named {name:?} is configured"),
+    };
+    let connection = crate::registry().connection_key(&spec)?;
+    let mut hash = Sha256::new();
+    hash.update(connection.as_bytes());
+    hash.update([0]);
+    hash.update(spec.namespace.as_bytes());
+    Ok(hash
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect())
+}
+
+/// `Ok(None)` when the error is stdout closed by its reader (`| head`), which is no failure.
+fn quiet_on_closed_pipe<T>(result: anyhow::Result<T>) -> anyhow::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(err)
+            if err.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Ok(None)
+        }
+        Err(err) => Err(err),
     }
-    if comparison.source_keys != comparison.destination_keys {
-        println!(
-            "verify: {:?} holds {} keys more than {:?}",
-            to.name(),
-            comparison.destination_keys as i128 - comparison.source_keys as i128,
-            from.name()
-        );
-    }
-    println!("verify: DIFFERENT");
-    ExitCode::FAILURE
 }

@@ -1,10 +1,14 @@
 //! Whole stores moved and compared: export to JSON lines, import from them, copy between any
-//! two configured stores, and verify that two stores hold the same keys and values.
+//! two configured stores, and verify that two stores hold the same keys, values and TTLs.
 //!
-//! Everything streams one listing page at a time, so memory stays bounded by a page (at most
-//! 1,000 keys and their values) whatever the size of the store. Writes are idempotent (a key
-//! written twice holds the same value), so a resumed run may redo the page it was killed in.
+//! Everything streams a listing page at a time. What is held at once is bounded: a page's keys
+//! (at most 1,000), the values read but not yet written (flushed once they reach
+//! `limits.max_batch_bytes`, 64 MiB by default), and the reads in flight. `verify` also keeps a
+//! 16-byte hash of every key it saw, to count each key once when a listing repeats one (Redis's
+//! may) and to find keys only the destination holds. Writes are idempotent (a key written twice
+//! holds the same value), so a resumed run may redo the part it was killed in.
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::time::Duration;
@@ -12,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use futures::{StreamExt as _, TryStreamExt as _};
 use kv_core::limits::MAX_TTL_MS;
-use kv_core::{KvStore, Limits, StoredValue};
+use kv_core::{KvStore, Limits, StoredValue, clock};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -27,13 +31,17 @@ const IMPORT_BATCH: usize = 500;
 /// throttled call is cheap to retry.
 const WRITE_CHUNK: usize = 100;
 
-/// Reads every key of `store` (those starting with `prefix`, if given) with its value and TTL,
-/// `jobs` at a time, and hands them to `each` in listing order. Returns how many it handed.
-async fn for_each_entry(
+/// How far apart two TTLs of one key may be and still count as the same: what a copy's read
+/// and write of a page can take.
+pub const TTL_TOLERANCE: Duration = Duration::from_secs(60);
+
+/// Writes every key of `store` (those starting with `prefix`, if given) as a JSON line to
+/// `out`, reading `jobs` values at a time; returns how many.
+pub async fn export(
     store: &KvStore,
     prefix: Option<&str>,
     jobs: usize,
-    mut each: impl FnMut(String, StoredValue) -> anyhow::Result<()>,
+    out: &mut dyn Write,
 ) -> anyhow::Result<u64> {
     let mut cursor: Option<String> = None;
     let mut count = 0;
@@ -46,13 +54,14 @@ async fn for_each_entry(
         let mut reads = futures::stream::iter(keys)
             .map(|key| async move {
                 let read = store.get_with_ttl(&key).await;
-                (key, read)
+                (key, read, clock::now_ms())
             })
             .buffered(jobs.max(1));
-        while let Some((key, read)) = reads.next().await {
+        while let Some((key, read, at)) = reads.next().await {
             // Deleted or expired since it was listed: not part of the store any more.
             if let Some(stored) = read.with_context(|| format!("reading {key:?}"))? {
-                each(key, stored)?;
+                writeln!(out, "{}", Record::new(key, stored, at).to_line())
+                    .context("writing the export")?;
                 count += 1;
             }
         }
@@ -63,21 +72,47 @@ async fn for_each_entry(
     }
 }
 
-/// Writes every key of `store` as a JSON line to `out`; returns how many.
-pub async fn export(
-    store: &KvStore,
-    prefix: Option<&str>,
-    jobs: usize,
-    out: &mut dyn Write,
-) -> anyhow::Result<u64> {
-    for_each_entry(store, prefix, jobs, |key, stored| {
-        writeln!(out, "{}", Record::new(key, stored).to_line()).context("writing the export")
-    })
-    .await
+/// Entries waiting to be written, flushed by [`Pending::flush`] once their values reach
+/// `limits.max_batch_bytes`.
+struct Pending {
+    entries: Vec<Entry>,
+    bytes: usize,
+}
+
+impl Pending {
+    fn new() -> Pending {
+        Pending {
+            entries: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn push(&mut self, entry: Entry) {
+        self.bytes += entry.value.len();
+        self.entries.push(entry);
+    }
+
+    fn full(&self, limits: &Limits) -> bool {
+        self.bytes >= limits.max_batch_bytes
+    }
+
+    async fn flush(
+        &mut self,
+        store: &KvStore,
+        limits: &Limits,
+        jobs: usize,
+    ) -> anyhow::Result<u64> {
+        let entries = std::mem::take(&mut self.entries);
+        self.bytes = 0;
+        let count = entries.len() as u64;
+        write_entries(store, limits, entries, jobs).await?;
+        Ok(count)
+    }
 }
 
 /// Writes `entries` into `store`: keys without a TTL in `set-many` calls, the others one by
-/// one, `jobs` at a time. The last entry of a key wins, as it would written in order.
+/// one, `jobs` at a time. The last entry of a key wins, as it would written in order. An
+/// entry's `ttl_ms` is the time it has left (the caller counted it).
 async fn write_entries(
     store: &KvStore,
     limits: &Limits,
@@ -137,24 +172,27 @@ async fn write_entries(
 
 /// What a file line says, checked against `store` the way a write would check it.
 fn check_entry(store: &KvStore, entry: &Entry) -> Result<(), String> {
-    kv_core::store::check_key(&entry.key).map_err(|err| err.message().to_string())?;
+    kv_core::store::check_key(&entry.key).map_err(|err| err.to_string())?;
     let max = store.max_value_bytes();
     if entry.value.len() > max {
         return Err(format!(
-            "the value of {:?} is {} bytes, over this store's limit of {max}",
+            "value-too-large: the value of {:?} is {} bytes, over this store's limit of {max}",
             entry.key,
             entry.value.len()
         ));
     }
-    if let Some(ttl_ms) = entry.ttl_ms {
-        if ttl_ms > MAX_TTL_MS {
+    for (field, ms) in [
+        ("ttl_ms", entry.ttl_ms),
+        ("expires_at_ms", entry.expires_at_ms),
+    ] {
+        if field == "ttl_ms" && ms.is_some_and(|ms| ms > MAX_TTL_MS) {
             return Err(format!(
-                "ttl_ms {ttl_ms} is over the maximum of {MAX_TTL_MS}"
+                "invalid-ttl: ttl_ms is over the maximum of {MAX_TTL_MS}"
             ));
         }
-        if !store.capabilities().ttl {
+        if ms.is_some() && !store.capabilities().ttl {
             return Err(format!(
-                "{:?} has a TTL, and this store's provider keeps none",
+                "{:?} has a TTL ({field}), and this store's provider keeps none",
                 entry.key
             ));
         }
@@ -167,8 +205,10 @@ fn check_entry(store: &KvStore, entry: &Entry) -> Result<(), String> {
 struct ImportState {
     /// SHA-256 of the file: a checkpoint only resumes the file it was written for.
     file_sha256: String,
-    /// The store imported into.
+    /// The store imported into, by name.
     store: String,
+    /// The backend and settings of that store ([`super::store_identity`]).
+    store_identity: String,
     /// Lines of the file written so far.
     lines_done: u64,
     /// Keys written so far.
@@ -182,29 +222,40 @@ pub struct Imported {
     pub keys: u64,
     /// Keys written by this run (fewer when it resumed).
     pub written: u64,
+    /// Keys whose `expires_at_ms` had passed: not written.
+    pub expired: u64,
 }
 
-/// Imports the JSON lines of `file` into `store`. Every line is checked before anything is
-/// written, so a file with one bad line writes nothing; a backend failure part-way leaves a
-/// checkpoint that `resume` continues from.
+/// Imports the JSON lines of `file` into `store` (whose backend `identity` names). The file
+/// is read once: every line is checked while it is copied aside, and the copy is what is
+/// written, so nothing is written from a file with a bad line, nor from lines added to the
+/// file during the import. A backend failure part-way leaves a checkpoint that `resume`
+/// continues from.
 pub async fn import(
     store: &KvStore,
+    identity: &str,
     limits: &Limits,
     file: &Path,
     checkpoint: &Checkpoint,
     resume: bool,
     jobs: usize,
 ) -> anyhow::Result<Imported> {
-    let (file_sha256, keys) = check_file(store, file)?;
+    let snapshot = tempfile::tempfile().context("creating a temporary copy of the file")?;
+    let (file_sha256, keys, snapshot) = check_file(store, file, snapshot)?;
     let mut state = ImportState {
         file_sha256,
         store: store.name().to_string(),
+        store_identity: identity.to_string(),
         lines_done: 0,
         keys_done: 0,
     };
     if resume {
         match checkpoint.load::<ImportState>()? {
-            Some(saved) if saved.file_sha256 == state.file_sha256 && saved.store == state.store => {
+            Some(saved)
+                if saved.file_sha256 == state.file_sha256
+                    && saved.store == state.store
+                    && saved.store_identity == state.store_identity =>
+            {
                 eprintln!(
                     "import: resuming after line {} ({} keys written)",
                     saved.lines_done, saved.keys_done
@@ -212,7 +263,8 @@ pub async fn import(
                 state = saved;
             }
             Some(_) => bail!(
-                "{} is the checkpoint of another file or store: remove it, or import without --resume",
+                "{} is the checkpoint of another file or another store (its backend or settings \
+                 differ): remove it, or import without --resume",
                 checkpoint.path().display()
             ),
             None => eprintln!(
@@ -221,41 +273,60 @@ pub async fn import(
             ),
         }
     }
-    let reader = BufReader::new(open(file)?);
-    let mut batch = Vec::with_capacity(IMPORT_BATCH);
+    // Where the checkpoint goes must be writable before anything is written.
+    checkpoint.save(&state)?;
+    let mut pending = Pending::new();
     let mut written = 0;
-    for (index, line) in reader.lines().enumerate() {
+    let mut expired = 0;
+    let mut batch_keys = 0;
+    for (index, line) in BufReader::new(snapshot).lines().enumerate() {
         let line_no = index as u64 + 1;
-        let line = line.with_context(|| format!("{}:{line_no}", file.display()))?;
+        let at = || format!("{}:{line_no}", file.display());
+        let line = line.with_context(at)?;
         if line_no <= state.lines_done {
             continue;
         }
         if !line.trim().is_empty() {
-            batch.push(Record::parse(&line).map_err(anyhow::Error::msg)?);
+            let entry = Record::parse(&line)
+                .and_then(|entry| check_entry(store, &entry).map(|()| entry))
+                .map_err(|reason| anyhow::anyhow!("{}: {reason}", at()))?;
+            match entry.ttl_left(clock::now_ms()) {
+                None => expired += 1,
+                Some(ttl_ms) => pending.push(Entry { ttl_ms, ..entry }),
+            }
+            batch_keys += 1;
         }
-        if batch.len() >= IMPORT_BATCH {
-            let count = batch.len() as u64;
-            write_entries(store, limits, std::mem::take(&mut batch), jobs).await?;
-            written += count;
+        if pending.full(limits) || batch_keys >= IMPORT_BATCH {
+            written += pending.flush(store, limits, jobs).await?;
             state.lines_done = line_no;
-            state.keys_done += count;
+            state.keys_done += batch_keys as u64;
+            batch_keys = 0;
             checkpoint.save(&state)?;
         }
     }
-    written += batch.len() as u64;
-    write_entries(store, limits, batch, jobs).await?;
+    written += pending.flush(store, limits, jobs).await?;
     checkpoint.remove()?;
-    Ok(Imported { keys, written })
+    Ok(Imported {
+        keys,
+        written,
+        expired,
+    })
 }
 
 fn open(file: &Path) -> anyhow::Result<std::fs::File> {
     std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))
 }
 
-/// Checks every line of `file` against `store`; returns the file's SHA-256 and how many keys
-/// it holds. The first bad line is the error, with its line number.
-fn check_file(store: &KvStore, file: &Path) -> anyhow::Result<(String, u64)> {
+/// Checks every line of `file` against `store` while copying it into `snapshot`; returns the
+/// file's SHA-256, how many keys it holds, and the copy, rewound. The first bad line is the
+/// error, with its line number.
+fn check_file(
+    store: &KvStore,
+    file: &Path,
+    snapshot: std::fs::File,
+) -> anyhow::Result<(String, u64, std::fs::File)> {
     let mut reader = BufReader::new(open(file)?);
+    let mut copy = std::io::BufWriter::new(snapshot);
     let mut hash = Sha256::new();
     let mut line = Vec::new();
     let mut keys = 0;
@@ -268,8 +339,10 @@ fn check_file(store: &KvStore, file: &Path) -> anyhow::Result<(String, u64)> {
             break;
         }
         hash.update(&line);
+        copy.write_all(&line).context("copying the file aside")?;
         let text = std::str::from_utf8(&line)
             .map_err(|_| anyhow::anyhow!("{}:{line_no}: not UTF-8", file.display()))?;
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         if text.trim().is_empty() {
             continue;
         }
@@ -278,7 +351,9 @@ fn check_file(store: &KvStore, file: &Path) -> anyhow::Result<(String, u64)> {
             .map_err(|reason| anyhow::anyhow!("{}:{line_no}: {reason}", file.display()))?;
         keys += 1;
     }
-    Ok((hex(&hash.finalize()), keys))
+    let mut snapshot = copy.into_inner().map_err(|err| err.into_error())?;
+    std::io::Seek::rewind(&mut snapshot)?;
+    Ok((hex(&hash.finalize()), keys, snapshot))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -292,6 +367,9 @@ pub struct CopyState {
     pub from: String,
     /// The store copied to.
     pub to: String,
+    /// The backends and settings of both ([`super::store_identity`]): a checkpoint resumes
+    /// only the copy between the same two stores.
+    pub identities: [String; 2],
     /// Signs the listing cursor below (the host's cursors are bound to a secret; a resumed run
     /// uses this one so the saved cursor stays valid).
     pub cursor_secret: String,
@@ -305,10 +383,11 @@ pub struct CopyState {
 
 impl CopyState {
     /// A copy about to start, with a fresh cursor secret.
-    pub fn new(from: &str, to: &str) -> CopyState {
+    pub fn new(from: &str, to: &str, identities: [String; 2]) -> CopyState {
         CopyState {
             from: from.to_string(),
             to: to.to_string(),
+            identities,
             cursor_secret: hex(&rand::random::<[u8; 32]>()),
             cursor: None,
             copied: 0,
@@ -332,30 +411,31 @@ pub async fn copy(
     let mut written = 0;
     while !state.done {
         let page = from.list_keys(state.cursor.as_deref()).await?;
-        let entries: Vec<Entry> = futures::stream::iter(page.keys)
+        let mut reads = futures::stream::iter(page.keys)
             .map(|key| async move {
                 let read = from.get_with_ttl(&key).await;
                 (key, read)
             })
-            .buffered(jobs.max(1))
-            .map(|(key, read)| -> anyhow::Result<Option<Entry>> {
-                Ok(read
-                    .with_context(|| format!("reading {key:?} from {}", from.name()))?
-                    .map(|stored| Entry {
-                        key,
-                        value: stored.value,
-                        ttl_ms: stored
-                            .ttl
-                            .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)),
-                    }))
-            })
-            .try_filter_map(|entry| async move { Ok(entry) })
-            .try_collect()
-            .await?;
-        let count = entries.len() as u64;
-        write_entries(to, limits, entries, jobs).await?;
-        written += count;
-        state.copied += count;
+            .buffered(jobs.max(1));
+        let mut pending = Pending::new();
+        let mut page_written = 0;
+        while let Some((key, read)) = reads.next().await {
+            let read = read.with_context(|| format!("reading {key:?} from {}", from.name()))?;
+            // Deleted or expired since it was listed: not part of the store any more.
+            let Some(stored) = read else { continue };
+            pending.push(Entry {
+                key,
+                value: stored.value,
+                ttl_ms: stored.ttl.map(ttl_millis),
+                expires_at_ms: None,
+            });
+            if pending.full(limits) {
+                page_written += pending.flush(to, limits, jobs).await?;
+            }
+        }
+        page_written += pending.flush(to, limits, jobs).await?;
+        written += page_written;
+        state.copied += page_written;
         state.cursor = page.cursor;
         state.done = state.cursor.is_none();
         checkpoint.save(state)?;
@@ -368,31 +448,31 @@ pub async fn copy(
 /// Two stores compared key by key.
 #[derive(Debug, Default)]
 pub struct Comparison {
-    /// Keys in the source.
+    /// Distinct keys in the source.
     pub source_keys: u64,
-    /// Keys in the destination.
+    /// Distinct keys in the destination.
     pub destination_keys: u64,
     /// Digest of every source key and value, whatever their order.
-    pub source_digest: Digest,
-    /// Digest of the same keys' values in the destination.
-    pub destination_digest: Digest,
-    /// Source keys the destination lacks or holds another value for.
+    pub digest: Digest,
+    /// Source keys the destination lacks, or holds another value or TTL for.
     pub differing: u64,
-    /// The first few of them.
+    /// Keys only the destination holds.
+    pub only_in_destination: u64,
+    /// The first few of each, with what differs.
     pub examples: Vec<String>,
 }
 
 impl Comparison {
-    /// Whether the destination holds exactly the source's keys and values.
+    /// Whether the destination holds exactly the source's keys, values and TTLs.
     pub fn equal(&self) -> bool {
         self.differing == 0
+            && self.only_in_destination == 0
             && self.source_keys == self.destination_keys
-            && self.source_digest == self.destination_digest
     }
 }
 
 /// An order-independent digest of key/value pairs: the sum of each pair's SHA-256, so two
-/// stores listed in different orders compare equal.
+/// stores listed in different orders digest alike.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Digest([u64; 4]);
 
@@ -419,35 +499,68 @@ impl std::fmt::Display for Digest {
     }
 }
 
-/// Differing keys a comparison names.
+/// A key's 16-byte fingerprint, for the sets of keys seen.
+fn fingerprint(key: &str) -> [u8; 16] {
+    let digest = Sha256::digest(key.as_bytes());
+    let mut short = [0; 16];
+    short.copy_from_slice(&digest[..16]);
+    short
+}
+
+/// Differences a comparison names.
 const EXAMPLES: usize = 10;
 
-/// Compares `to` with `from`: every source key's value in both, and the key counts.
+/// What differs between a source key and its copy, if anything.
+fn difference(source: &StoredValue, destination: Option<&StoredValue>) -> Option<&'static str> {
+    let Some(destination) = destination else {
+        return Some("missing");
+    };
+    if destination.value != source.value {
+        return Some("another value");
+    }
+    match (source.ttl, destination.ttl) {
+        (None, None) => None,
+        (Some(_), None) => Some("no TTL (the source's expires)"),
+        (None, Some(_)) => Some("a TTL (the source's does not expire)"),
+        (Some(a), Some(b)) if a.abs_diff(b) > TTL_TOLERANCE => Some("another TTL"),
+        _ => None,
+    }
+}
+
+/// Compares `to` with `from`: every source key's value and TTL in both (TTLs within
+/// [`TTL_TOLERANCE`]), and the keys only `to` holds.
 pub async fn verify(from: &KvStore, to: &KvStore, jobs: usize) -> anyhow::Result<Comparison> {
     let progress = Progress::new("verify", "compared");
     let mut comparison = Comparison::default();
+    let mut source_seen: HashSet<[u8; 16]> = HashSet::new();
     let mut cursor: Option<String> = None;
     loop {
         let page = from.list_keys(cursor.as_deref()).await?;
-        let mut reads = futures::stream::iter(page.keys)
+        // A listing may return a key twice (a Redis scan across a restart): once is counted.
+        let fresh: Vec<String> = page
+            .keys
+            .into_iter()
+            .filter(|key| source_seen.insert(fingerprint(key)))
+            .collect();
+        let mut reads = futures::stream::iter(fresh)
             .map(|key| async move {
-                let both = futures::try_join!(from.get(&key), to.get(&key));
+                let both = futures::try_join!(from.get_with_ttl(&key), to.get_with_ttl(&key));
                 (key, both)
             })
             .buffered(jobs.max(1));
         while let Some((key, both)) = reads.next().await {
             let (source, destination) = both.with_context(|| format!("comparing {key:?}"))?;
             // Deleted or expired in the source since it was listed: not compared.
-            let Some(source) = source else { continue };
+            let Some(source) = source else {
+                source_seen.remove(&fingerprint(&key));
+                continue;
+            };
             comparison.source_keys += 1;
-            comparison.source_digest.add(&key, &source);
-            if let Some(destination) = &destination {
-                comparison.destination_digest.add(&key, destination);
-            }
-            if destination.as_deref() != Some(&source[..]) {
+            comparison.digest.add(&key, &source.value);
+            if let Some(what) = difference(&source, destination.as_ref()) {
                 comparison.differing += 1;
                 if comparison.examples.len() < EXAMPLES {
-                    comparison.examples.push(key);
+                    comparison.examples.push(format!("{key:?}: {what}"));
                 }
             }
         }
@@ -457,11 +570,25 @@ pub async fn verify(from: &KvStore, to: &KvStore, jobs: usize) -> anyhow::Result
             None => break,
         }
     }
-    // Keys only the destination holds show in its count.
+    let mut destination_seen: HashSet<[u8; 16]> = HashSet::new();
     let mut cursor: Option<String> = None;
     loop {
         let page = to.list_keys(cursor.as_deref()).await?;
-        comparison.destination_keys += page.keys.len() as u64;
+        for key in page.keys {
+            let seen = fingerprint(&key);
+            if !destination_seen.insert(seen) {
+                continue;
+            }
+            comparison.destination_keys += 1;
+            if !source_seen.contains(&seen) {
+                comparison.only_in_destination += 1;
+                if comparison.examples.len() < EXAMPLES {
+                    comparison
+                        .examples
+                        .push(format!("{key:?}: only in {:?}", to.name()));
+                }
+            }
+        }
         match page.cursor {
             Some(next) => cursor = Some(next),
             None => break,
@@ -471,7 +598,7 @@ pub async fn verify(from: &KvStore, to: &KvStore, jobs: usize) -> anyhow::Result
     Ok(comparison)
 }
 
-/// A TTL as the command line gives it, in milliseconds.
+/// A TTL in whole milliseconds, at least one.
 pub fn ttl_millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -495,5 +622,26 @@ mod tests {
         moved.add("b", b"2");
         assert_ne!(forward, moved);
         assert_eq!(forward.to_string().len(), 64);
+    }
+
+    #[test]
+    fn differences_include_ttls() {
+        let stored = |value: &[u8], ttl: Option<u64>| StoredValue {
+            value: value.to_vec(),
+            ttl: ttl.map(Duration::from_secs),
+        };
+        let hour = stored(b"v", Some(3600));
+        assert_eq!(difference(&hour, Some(&stored(b"v", Some(3590)))), None);
+        assert_eq!(difference(&hour, None), Some("missing"));
+        assert_eq!(
+            difference(&hour, Some(&stored(b"w", Some(3600)))),
+            Some("another value")
+        );
+        assert!(difference(&hour, Some(&stored(b"v", None))).is_some());
+        assert!(difference(&stored(b"v", None), Some(&hour)).is_some());
+        assert_eq!(
+            difference(&hour, Some(&stored(b"v", Some(60)))),
+            Some("another TTL")
+        );
     }
 }
