@@ -210,6 +210,10 @@ fn spin_runtime_config_stores_open() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
     }
     assert!(dir.path().join(".spin/sqlite_key_value.db").exists());
+    // `wasi-kv store` reads the same store through Spin's file.
+    let out = wasi_kv(&["store", "get", "--spin-runtime-config", &config, "runs"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"2");
     // A `type = "redis"` store reaches the real server.
     let required = std::env::var("KV_REQUIRE").unwrap_or_default();
     if required.split(',').any(|name| name.trim() == "redis")

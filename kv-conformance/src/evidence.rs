@@ -597,8 +597,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let faults = dir.path().join("faults");
         std::fs::create_dir(&faults).unwrap();
-        std::fs::write(faults.join("redis.md"), "| fault | set |\n|---|---|\n| x | ok |\n")
-            .unwrap();
+        std::fs::write(
+            faults.join("redis.md"),
+            "| fault | set |\n|---|---|\n| x | ok |\n",
+        )
+        .unwrap();
         std::os::unix::fs::symlink(dir.path(), faults.join("up")).unwrap();
         let evidence = Evidence::load(&[dir.path().to_path_buf()]).unwrap();
         assert_eq!(evidence.faults.len(), 1);
