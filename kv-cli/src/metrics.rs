@@ -203,10 +203,9 @@ impl Observer for Metrics {
                 outcome: call.error.map_or("ok", |kind| kind.class()),
             })
             .inc();
-        if call.attempts > 1 {
-            self.retries
-                .get_or_create(&op)
-                .inc_by(u64::from(call.attempts - 1));
+        let retries = call.attempts.saturating_sub(call.calls);
+        if retries > 0 {
+            self.retries.get_or_create(&op).inc_by(u64::from(retries));
         }
         if call.outcome_unknown {
             self.outcome_unknown.get_or_create(&op).inc();
@@ -302,6 +301,7 @@ mod tests {
     fn observed_calls_become_series() {
         let metrics = Metrics::new();
         let call = |op, error, outcome_unknown, attempts| StoreCall {
+            calls: 1,
             store: "cache",
             provider: "redis",
             op,
@@ -313,6 +313,11 @@ mod tests {
         metrics.call(&call("get", None, false, 1));
         metrics.call(&call("get", None, false, 3));
         metrics.call(&call("set", Some(ErrorKind::Unavailable), true, 4));
+        // A batch in three parts, none retried: no retries.
+        metrics.call(&StoreCall {
+            calls: 3,
+            ..call("delete-many", None, false, 3)
+        });
         metrics.transfer(&Transfer {
             store: "cache",
             provider: "redis",
@@ -324,6 +329,7 @@ mod tests {
         metrics.request(200, Duration::from_millis(3));
         metrics.instance_memory(1 << 20);
         let text = metrics.encode();
+        assert!(!text.contains(r#"retries_total{store="cache",provider="redis",op="delete-many""#));
         for line in [
             r#"wasi_kv_store_calls_total{store="cache",provider="redis",op="get",outcome="ok"} 2"#,
             r#"wasi_kv_store_calls_total{store="cache",provider="redis",op="set",outcome="unavailable"} 1"#,

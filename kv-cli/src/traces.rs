@@ -104,6 +104,7 @@ impl Observer for StoreSpans {
             KeyValue::new("db.operation.name", call.op),
             KeyValue::new("kv.store", call.store.to_string()),
             KeyValue::new("kv.provider", call.provider.to_string()),
+            KeyValue::new("kv.calls", i64::from(call.calls)),
             KeyValue::new("kv.attempts", i64::from(call.attempts)),
         ];
         if let Some(kind) = call.error {

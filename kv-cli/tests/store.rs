@@ -508,7 +508,7 @@ fn adversarial_paths_on_sqlite() -> TestResult {
         &path("seed.jsonl"),
     ])?;
 
-    // A key only the destination holds: named, exit 1, and the checkpoint stays.
+    // A key only the destination holds: named, exit 1.
     ok(&["set", "--config", &a, "--bucket", "dst", "stray", "x"])?;
     let output = run(&["copy", "--config", &a, "--state", &state, "src", "dst"])?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -516,7 +516,15 @@ fn adversarial_paths_on_sqlite() -> TestResult {
         output.status.code() == Some(1) && stdout.contains("\"stray\": only in \"dst\""),
         format!("copy with a stray key: {}\n{stdout}", output.status),
     )?;
-    // Its checkpoint does not resume against another database under the same names.
+    ok(&["delete", "--config", &a, "--bucket", "dst", "stray"])?;
+    let again = ok_text(&["copy", "--config", &a, "--state", &state, "src", "dst"])?;
+    check(again.contains("verify: equal"), again)?;
+    // A copy checkpoint written for other databases under the same names does not resume.
+    write(
+        "copy.state",
+        r#"{"from":"src","to":"dst","identities":["one","two"],"cursor_secret":"0123456789abcdef0123456789abcdef","cursor":null,"copied":1000,"done":false}"#
+            .to_string(),
+    )?;
     fails(
         &[
             "copy", "--config", &b, "--state", &state, "--resume", "src", "dst",
@@ -524,11 +532,21 @@ fn adversarial_paths_on_sqlite() -> TestResult {
         2,
         "with other backends or settings",
     )?;
-    ok(&["delete", "--config", &a, "--bucket", "dst", "stray"])?;
-    let resumed = ok_text(&[
-        "copy", "--config", &a, "--state", &state, "--resume", "src", "dst",
-    ])?;
-    check(resumed.contains("verify: equal"), resumed)?;
+    // One store under two names is not copied onto itself.
+    write(
+        "same.toml",
+        format!(
+            "[stores.x]\nurl = \"sqlite:{}\"\nnamespace = \"n\"\n\
+             [stores.y]\nurl = \"sqlite:{}\"\nnamespace = \"n\"\n",
+            path("src.db"),
+            path("src.db")
+        ),
+    )?;
+    fails(
+        &["copy", "--config", &path("same.toml"), "x", "y"],
+        2,
+        "are the same store",
+    )?;
 
     // A TTL lost in the destination is a difference.
     ok(&["set", "--config", &a, "--bucket", "dst", "k0002", "v2"])?;
@@ -566,6 +584,41 @@ fn adversarial_paths_on_sqlite() -> TestResult {
         2,
         "checkpoint of another file or another store",
     )?;
+
+    // A line the check would refuse writes nothing, wherever it is: a byte-order mark past the
+    // first line, an expiry beyond the longest TTL.
+    for (name, bad) in [
+        (
+            "bom.jsonl",
+            "\u{feff}{\"key\":\"late\",\"value\":\"v\"}".to_string(),
+        ),
+        (
+            "far.jsonl",
+            r#"{"key":"late","value":"v","expires_at_ms":9223372036854775808}"#.to_string(),
+        ),
+    ] {
+        let good: String = (0..600)
+            .map(|n| format!("{{\"key\":\"{name}-{n}\",\"value\":\"v\"}}\n"))
+            .collect();
+        write(name, format!("{good}{bad}\n"))?;
+        fails(
+            &["import", "--config", &a, "--bucket", "dst", &path(name)],
+            2,
+            &format!("{name}:601: "),
+        )?;
+        fails(
+            &[
+                "get",
+                "--config",
+                &a,
+                "--bucket",
+                "dst",
+                &format!("{name}-0"),
+            ],
+            1,
+            "no such key",
+        )?;
+    }
 
     // An old export: the key that expired since is not brought back.
     write(

@@ -52,14 +52,14 @@ impl CallLog {
         self.observer.as_ref().map(|_| Instant::now())
     }
 
-    /// An operation started at `started` ended after `attempts` attempts, with `error` or
-    /// without.
+    /// An operation started at `started` ended after `calls` provider calls and `attempts`
+    /// attempts, with `error` or without.
     #[inline]
     pub(crate) fn finish(
         &self,
         op: &'static str,
         started: Option<Instant>,
-        attempts: u32,
+        (calls, attempts): (u32, u32),
         error: Option<&KvError>,
     ) {
         if let (Some(observer), Some(started)) = (&self.observer, started) {
@@ -69,6 +69,7 @@ impl CallLog {
                 op,
                 error: error.map(KvError::kind),
                 outcome_unknown: error.is_some_and(|err| outcome_unknown(op, err)),
+                calls,
                 attempts,
                 elapsed: started.elapsed(),
             });

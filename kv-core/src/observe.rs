@@ -19,7 +19,10 @@ pub struct StoreCall<'a> {
     pub error: Option<ErrorKind>,
     /// The caller was told the outcome is unknown (a write that may have applied).
     pub outcome_unknown: bool,
-    /// Provider attempts, retries included.
+    /// Provider calls the operation needed: 1, or a batch's parts or rounds; 0 when it was
+    /// refused before any.
+    pub calls: u32,
+    /// Provider attempts, retries included: `attempts - calls` were retries.
     pub attempts: u32,
     /// From the call to its final result, retries and backoff included.
     pub elapsed: Duration,

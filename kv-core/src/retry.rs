@@ -158,7 +158,31 @@ enum First<T> {
 /// operation, as attempts added to the operation's count.
 struct Ended<'a> {
     started: Option<std::time::Instant>,
-    part: Option<&'a AtomicU32>,
+    part: Option<&'a Parts>,
+}
+
+/// The provider calls of one operation made in parts (a batch's parts, a `get-many`'s
+/// rounds) and their attempts, reported once for the whole operation.
+#[derive(Debug, Default)]
+pub(crate) struct Parts {
+    calls: AtomicU32,
+    attempts: AtomicU32,
+}
+
+impl Parts {
+    /// One more call, which took `attempts` attempts.
+    pub(crate) fn add(&self, attempts: u32) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.attempts.fetch_add(attempts, Ordering::Relaxed);
+    }
+
+    /// Calls and attempts so far.
+    pub(crate) fn counts(&self) -> (u32, u32) {
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.attempts.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// Runs provider calls under the time limit, retrying transient errors.
@@ -193,16 +217,16 @@ impl Retry {
         &self,
         op: &'static str,
         call: R,
-        attempts: &AtomicU32,
+        parts: &Parts,
     ) -> Result<T> {
-        self.run_counted(op, call, Some(attempts)).await
+        self.run_counted(op, call, Some(parts)).await
     }
 
     async fn run_counted<T, R: Retryable<T>>(
         &self,
         op: &'static str,
         mut call: R,
-        part: Option<&AtomicU32>,
+        part: Option<&Parts>,
     ) -> Result<T> {
         let started = match part {
             Some(_) => None,
@@ -238,10 +262,8 @@ impl Retry {
     #[inline]
     fn ended(&self, op: &'static str, ended: &Ended<'_>, attempts: u32, error: Option<&KvError>) {
         match ended.part {
-            Some(total) => {
-                total.fetch_add(attempts, Ordering::Relaxed);
-            }
-            None => self.log.finish(op, ended.started, attempts, error),
+            Some(parts) => parts.add(attempts),
+            None => self.log.finish(op, ended.started, (1, attempts), error),
         }
     }
 
@@ -319,7 +341,7 @@ impl Retry {
         result: Result<T>,
     ) -> Result<T> {
         let result = self.settled_part(op, result);
-        self.log.finish(op, started, 1, result.as_ref().err());
+        self.log.finish(op, started, (1, 1), result.as_ref().err());
         result
     }
 

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -28,7 +27,7 @@ use crate::provider::{
     Versioned,
 };
 pub use crate::retry::OUTCOME_UNKNOWN;
-use crate::retry::{EachTime, Increment, Retry, Swap};
+use crate::retry::{EachTime, Increment, Parts, Retry, Swap};
 
 /// What a component may do with a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -401,21 +400,16 @@ impl KvStore {
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         let log = self.inner.retry.log();
         let started = log.start();
-        let attempts = AtomicU32::new(0);
-        let read = self.get_many_in_rounds(keys, &attempts).await;
-        log.finish(
-            "get-many",
-            started,
-            attempts.into_inner(),
-            read.as_ref().err(),
-        );
+        let parts = Parts::default();
+        let read = self.get_many_in_rounds(keys, &parts).await;
+        log.finish("get-many", started, parts.counts(), read.as_ref().err());
         read
     }
 
     async fn get_many_in_rounds(
         &self,
         keys: &[String],
-        attempts: &AtomicU32,
+        parts: &Parts,
     ) -> Result<Vec<Option<Vec<u8>>>> {
         self.check_batch(keys.len())?;
         keys.iter().try_for_each(|key| check_key(key))?;
@@ -449,17 +443,14 @@ impl KvStore {
         let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(distinct.len());
         for (round, keys) in distinct.chunks(GET_MANY_ROUND).enumerate() {
             let budget = max_bytes.saturating_sub(charged);
-            let immediate = self.now_part("get-many", keys, attempts, |bucket, keys| {
+            let immediate = self.now_part("get-many", keys, parts, |bucket, keys| {
                 bucket.get_many_within_now(keys, budget)
             });
             let part = match immediate {
                 Ok(done) => done?,
                 Err(keys) => {
                     let read = EachTime::read(|| self.inner.bucket.get_many_within(keys, budget));
-                    self.inner
-                        .retry
-                        .run_part("get-many", read, attempts)
-                        .await?
+                    self.inner.retry.run_part("get-many", read, parts).await?
                 }
             };
             if part.len() != keys.len() {
@@ -502,21 +493,16 @@ impl KvStore {
     pub async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
         let log = self.inner.retry.log();
         let started = log.start();
-        let attempts = AtomicU32::new(0);
-        let written = self.set_many_in_parts(entries, &attempts).await;
-        log.finish(
-            "set-many",
-            started,
-            attempts.into_inner(),
-            written.as_ref().err(),
-        );
+        let parts = Parts::default();
+        let written = self.set_many_in_parts(entries, &parts).await;
+        log.finish("set-many", started, parts.counts(), written.as_ref().err());
         written
     }
 
     async fn set_many_in_parts(
         &self,
         entries: Vec<(String, Vec<u8>)>,
-        attempts: &AtomicU32,
+        parts: &Parts,
     ) -> Result<()> {
         let entries: Vec<(String, Bytes)> = entries
             .into_iter()
@@ -537,13 +523,13 @@ impl KvStore {
         // still lands last, so the last value for a key wins.
         let part_len = self.inner.capabilities.set_many_part;
         let count = entries.len();
-        let entries = match self.now_part("set-many", entries, attempts, |bucket, entries| {
+        let entries = match self.now_part("set-many", entries, parts, |bucket, entries| {
             bucket.set_many_now(entries)
         }) {
             Ok(done) => return done.inspect(|()| self.moved("set-many", count, total, true)),
             Err(entries) => entries,
         };
-        self.in_parts("set-many", &entries, part_len, attempts, |part| {
+        self.in_parts("set-many", &entries, part_len, parts, |part| {
             self.inner.bucket.set_many(part)
         })
         .await
@@ -554,23 +540,23 @@ impl KvStore {
     pub async fn delete_many(&self, keys: &[String]) -> Result<()> {
         let log = self.inner.retry.log();
         let started = log.start();
-        let attempts = AtomicU32::new(0);
-        let deleted = self.delete_many_in_parts(keys, &attempts).await;
+        let parts = Parts::default();
+        let deleted = self.delete_many_in_parts(keys, &parts).await;
         log.finish(
             "delete-many",
             started,
-            attempts.into_inner(),
+            parts.counts(),
             deleted.as_ref().err(),
         );
         deleted
     }
 
-    async fn delete_many_in_parts(&self, keys: &[String], attempts: &AtomicU32) -> Result<()> {
+    async fn delete_many_in_parts(&self, keys: &[String], parts: &Parts) -> Result<()> {
         self.check_write()?;
         self.check_batch(keys.len())?;
         keys.iter().try_for_each(|key| check_key(key))?;
         let part_len = self.inner.capabilities.delete_many_part;
-        self.in_parts("delete-many", keys, part_len, attempts, |part| {
+        self.in_parts("delete-many", keys, part_len, parts, |part| {
             self.inner.bucket.delete_many(part)
         })
         .await
@@ -689,18 +675,18 @@ impl KvStore {
     }
 
     /// [`Self::now`] for one part of an operation its caller reports once (a batch's
-    /// rounds): the call is counted in `attempts` rather than observed.
+    /// rounds): the call is counted in `parts` rather than observed.
     #[inline]
     fn now_part<I, T>(
         &self,
         op: &'static str,
         input: I,
-        attempts: &AtomicU32,
+        parts: &Parts,
         call: impl FnOnce(&dyn ImmediateBucket, I) -> Result<T>,
     ) -> std::result::Result<Result<T>, I> {
         match self.inner.bucket.immediate() {
             Some(bucket) => {
-                attempts.fetch_add(1, Ordering::Relaxed);
+                parts.add(1);
                 Ok(self.inner.retry.settled_part(op, call(bucket, input)))
             }
             None => Err(input),
@@ -713,7 +699,7 @@ impl KvStore {
     fn checked(&self, op: &'static str, checks: impl FnOnce() -> Result<()>) -> Result<()> {
         checks().inspect_err(|err| {
             let log = self.inner.retry.log();
-            log.finish(op, log.start(), 0, Some(err));
+            log.finish(op, log.start(), (0, 0), Some(err));
         })
     }
 
@@ -724,7 +710,7 @@ impl KvStore {
         op: &'static str,
         items: &'a [E],
         part_len: usize,
-        attempts: &AtomicU32,
+        parts: &Parts,
         each: impl Fn(&'a [E]) -> BoxFuture<'a, Result<()>> + 'a,
     ) -> Result<()> {
         let part_len = part_len.max(1);
@@ -732,7 +718,7 @@ impl KvStore {
         for part in items.chunks(part_len) {
             self.inner
                 .retry
-                .run_part(op, EachTime::write(|| each(part)), attempts)
+                .run_part(op, EachTime::write(|| each(part)), parts)
                 .await
                 .map_err(|err| partially_applied(op, err, applied, part_len, items.len()))?;
             applied += part.len();

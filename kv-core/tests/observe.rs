@@ -12,8 +12,8 @@ use kv_core::{
     Access, Bucket, ErrorKind, KvError, Limits, MemoryProvider, Result, RetryPolicy, Stores,
 };
 
-/// Store, operation, error class, outcome unknown, attempts.
-type Seen = (String, &'static str, Option<ErrorKind>, bool, u32);
+/// Store, operation, error class, outcome unknown, provider calls, attempts.
+type Seen = (String, &'static str, Option<ErrorKind>, bool, u32, u32);
 
 #[derive(Default)]
 struct Recorder {
@@ -28,6 +28,7 @@ impl Observer for Recorder {
             call.op,
             call.error,
             call.outcome_unknown,
+            call.calls,
             call.attempts,
         ));
     }
@@ -164,43 +165,24 @@ async fn every_operation_is_observed_once_with_its_final_outcome() {
     assert_eq!(err.kind(), ErrorKind::BatchTooLarge);
 
     let calls = recorder.calls.lock().unwrap().clone();
+    let fast = |op, error, calls, attempts| ("fast".to_string(), op, error, false, calls, attempts);
+    let faulty = |op, error, unknown, calls, attempts| {
+        ("faulty".to_string(), op, error, unknown, calls, attempts)
+    };
     assert_eq!(
         calls,
         [
-            ("fast".to_string(), "set", None, false, 1),
-            ("fast".to_string(), "get", None, false, 1),
-            (
-                "fast".to_string(),
-                "increment",
-                Some(ErrorKind::NotAnInteger),
-                false,
-                1
-            ),
-            ("fast".to_string(), "set-many", None, false, 1),
-            ("faulty".to_string(), "set", None, false, 3),
-            (
-                "faulty".to_string(),
-                "set",
-                Some(ErrorKind::Unavailable),
-                true,
-                3
-            ),
-            ("faulty".to_string(), "set-many", None, false, 4),
-            ("faulty".to_string(), "get-many", None, false, 3),
-            (
-                "faulty".to_string(),
-                "get",
-                Some(ErrorKind::InvalidKey),
-                false,
-                0
-            ),
-            (
-                "fast".to_string(),
-                "get-many",
-                Some(ErrorKind::BatchTooLarge),
-                false,
-                0
-            ),
+            fast("set", None, 1, 1),
+            fast("get", None, 1, 1),
+            fast("increment", Some(ErrorKind::NotAnInteger), 1, 1),
+            fast("set-many", None, 1, 1),
+            faulty("set", None, false, 1, 3),
+            faulty("set", Some(ErrorKind::Unavailable), true, 1, 3),
+            // Three parts, one retried: three calls, four attempts (one retry).
+            faulty("set-many", None, false, 3, 4),
+            faulty("get-many", None, false, 3, 3),
+            faulty("get", Some(ErrorKind::InvalidKey), false, 0, 0),
+            fast("get-many", Some(ErrorKind::BatchTooLarge), 0, 0),
         ]
     );
     let transfers = recorder.transfers.lock().unwrap().clone();

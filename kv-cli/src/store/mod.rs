@@ -171,8 +171,8 @@ pub async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
             jobs,
         } => {
             let config = crate::load(&stores)?;
-            let stores = crate::open_stores(&config.kv).await?;
-            let (from, to) = pair(&stores, &from, &to).await?;
+            let opened = crate::open_stores(&config.kv).await?;
+            let (from, to) = pair(&stores, &opened, &from, &to).await?;
             let comparison = transfer::verify(&from, &to, usize::from(jobs)).await?;
             Ok(report(&from, &to, &comparison))
         }
@@ -204,10 +204,15 @@ async fn open(target: &StoreTarget) -> anyhow::Result<(Arc<Stores>, KvStore)> {
     Ok((stores, store))
 }
 
-/// Both stores of a copy or a comparison.
-async fn pair(stores: &Stores, from: &str, to: &str) -> anyhow::Result<(KvStore, KvStore)> {
-    if from == to {
-        bail!("{from:?} is both the source and the destination");
+/// Both stores of a copy or a comparison, refused when they are one store under two names.
+async fn pair(
+    args: &StoreArgs,
+    stores: &Stores,
+    from: &str,
+    to: &str,
+) -> anyhow::Result<(KvStore, KvStore)> {
+    if from == to || store_identity(args, from)? == store_identity(args, to)? {
+        bail!("{from:?} and {to:?} are the same store (the same backend and namespace)");
     }
     let source = stores
         .open(from)
@@ -324,8 +329,9 @@ async fn copy(
         CursorSecret::new(state.cursor_secret.clone())
             .context("the checkpoint's cursor secret is too short")?,
     );
-    let stores = crate::open_stores(&config.kv).await?;
-    let (source, destination) = pair(&stores, &from, &to).await?;
+    let opened = crate::open_stores(&config.kv).await?;
+    let (source, destination) = pair(&stores, &opened, &from, &to).await?;
+    let stores = opened;
     let written = transfer::copy(
         &source,
         &destination,
@@ -345,9 +351,9 @@ async fn copy(
     }
     let comparison = transfer::verify(&source, &destination, jobs).await?;
     let code = report(&source, &destination, &comparison);
-    if comparison.equal() {
-        checkpoint.remove()?;
-    }
+    // Every page was written: a copy run again starts over (rewriting every key) rather than
+    // resuming into a verification only.
+    checkpoint.remove()?;
     Ok(code)
 }
 
@@ -379,8 +385,25 @@ fn report(from: &KvStore, to: &KvStore, comparison: &Comparison) -> ExitCode {
     }
 }
 
-/// What identifies store `name` across runs: its backend and settings (the provider's
-/// connection identity, secrets only as fingerprints) and its namespace, hashed.
+/// Provider fields that say where the data is (every other field tunes how it is reached:
+/// timeouts, retries, credentials).
+const LOCATION_FIELDS: [&str; 9] = [
+    "table",
+    "bucket",
+    "prefix",
+    "account",
+    "container",
+    "database",
+    "endpoint",
+    "region",
+    "db",
+];
+
+/// What identifies store `name` across runs: where its data is — the provider, the URL's host,
+/// port and path (a relative SQLite path made absolute against the working directory), the
+/// fields that name a table, bucket, container or endpoint, the AWS region the SDK would
+/// pick when none is given — and its namespace, hashed. Credentials and tuning are left out,
+/// so a rotated password or a longer timeout still resumes.
 pub fn store_identity(args: &StoreArgs, name: &str) -> anyhow::Result<String> {
     let config = crate::load(args)?;
     let spec = match config.kv.stores.get(name) {
@@ -390,16 +413,53 @@ pub fn store_identity(args: &StoreArgs, name: &str) -> anyhow::Result<String> {
         }
         None => bail!("no store named {name:?} is configured"),
     };
-    let connection = crate::registry().connection_key(&spec)?;
+    Ok(location_identity(&spec))
+}
+
+fn location_identity(spec: &kv_core::StoreSpec) -> String {
+    let mut parts = vec![format!("provider={}", spec.provider)];
+    if let Some(url) = &spec.url {
+        let path = if spec.provider == "sqlite" {
+            let path = std::path::Path::new(url.path());
+            std::path::absolute(path)
+                .unwrap_or_else(|_| path.to_path_buf())
+                .display()
+                .to_string()
+        } else {
+            url.path().to_string()
+        };
+        parts.push(format!(
+            "url={}://{}:{}{path}",
+            url.scheme(),
+            url.host_str().unwrap_or(""),
+            url.port().map(|port| port.to_string()).unwrap_or_default()
+        ));
+    }
+    let mut fields: Vec<String> = spec
+        .provider_fields()
+        .into_iter()
+        .filter(|field| LOCATION_FIELDS.contains(&field.name.as_str()))
+        .filter_map(|field| Some(format!("{}={}", field.name, field.text().ok()?)))
+        .collect();
+    let aws = matches!(spec.provider.as_str(), "dynamodb" | "s3");
+    if aws && !fields.iter().any(|field| field.starts_with("region=")) {
+        let region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+            .into_iter()
+            .find_map(|name| std::env::var(name).ok());
+        fields.push(format!("region={}", region.unwrap_or_default()));
+    }
+    fields.sort();
+    parts.extend(fields);
+    parts.push(format!("namespace={}", spec.namespace));
     let mut hash = Sha256::new();
-    hash.update(connection.as_bytes());
-    hash.update([0]);
-    hash.update(spec.namespace.as_bytes());
-    Ok(hash
-        .finalize()
+    for part in &parts {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hash.finalize()
         .iter()
         .map(|byte| format!("{byte:02x}"))
-        .collect())
+        .collect()
 }
 
 /// `Ok(None)` when the error is stdout closed by its reader (`| head`), which is no failure.
@@ -416,5 +476,41 @@ fn quiet_on_closed_pipe<T>(result: anyhow::Result<T>) -> anyhow::Result<Option<T
             Ok(None)
         }
         Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(short_form: &str) -> String {
+        let (_, spec) = kv_core::config::parse_short_form(short_form).unwrap();
+        location_identity(&spec)
+    }
+
+    /// Where the data is decides; how it is reached does not.
+    #[test]
+    fn identity_is_where_the_data_is() {
+        let cwd = std::env::current_dir().unwrap();
+        let relative = identity("s=sqlite:data.db");
+        assert_eq!(
+            relative,
+            identity(&format!("s=sqlite:{}", cwd.join("data.db").display()))
+        );
+        assert_ne!(relative, identity("s=sqlite:/elsewhere/data.db"));
+        assert_eq!(relative, identity("s=sqlite:data.db?busy_timeout_ms=30000"));
+        assert_ne!(relative, identity("t=sqlite:data.db"), "another namespace");
+        let redis = identity("s=redis://:one@127.0.0.1:6379/0");
+        assert_eq!(redis, identity("s=redis://:two@127.0.0.1:6379/0"));
+        assert_ne!(redis, identity("s=redis://127.0.0.1:6379/1"));
+        assert_ne!(redis, identity("s=redis://127.0.0.1:6380/0"));
+        assert_ne!(
+            identity("s=dynamodb://kv?region=eu-west-1"),
+            identity("s=dynamodb://kv?region=us-east-1")
+        );
+        assert_eq!(
+            identity("s=dynamodb://kv?region=eu-west-1&max_attempts=3"),
+            identity("s=dynamodb://kv?region=eu-west-1")
+        );
     }
 }

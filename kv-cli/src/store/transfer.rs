@@ -31,9 +31,9 @@ const IMPORT_BATCH: usize = 500;
 /// throttled call is cheap to retry.
 const WRITE_CHUNK: usize = 100;
 
-/// How far apart two TTLs of one key may be and still count as the same: what a copy's read
-/// and write of a page can take.
-pub const TTL_TOLERANCE: Duration = Duration::from_secs(60);
+/// How far apart two TTLs of one key may be and still count as the same, beside 1% of the
+/// source's: what a copy's read and write of one key can take, retries included.
+pub const TTL_TOLERANCE: Duration = Duration::from_secs(10);
 
 /// Writes every key of `store` (those starting with `prefix`, if given) as a JSON line to
 /// `out`, reading `jobs` values at a time; returns how many.
@@ -104,21 +104,20 @@ impl Pending {
     ) -> anyhow::Result<u64> {
         let entries = std::mem::take(&mut self.entries);
         self.bytes = 0;
-        let count = entries.len() as u64;
-        write_entries(store, limits, entries, jobs).await?;
-        Ok(count)
+        write_entries(store, limits, entries, jobs).await
     }
 }
 
 /// Writes `entries` into `store`: keys without a TTL in `set-many` calls, the others one by
-/// one, `jobs` at a time. The last entry of a key wins, as it would written in order. An
-/// entry's `ttl_ms` is the time it has left (the caller counted it).
+/// one, up to `jobs` calls of each kind at a time. The last entry of a key wins, as it would
+/// written in order. An entry's `ttl_ms` is the time it has left (the caller counted it).
+/// Returns the keys written (each once).
 async fn write_entries(
     store: &KvStore,
     limits: &Limits,
     entries: Vec<Entry>,
     jobs: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
     let mut last = std::collections::HashMap::with_capacity(entries.len());
     for (index, entry) in entries.iter().enumerate() {
         last.insert(entry.key.clone(), index);
@@ -129,6 +128,7 @@ async fn write_entries(
         .filter(|(index, entry)| last.get(&entry.key) == Some(index))
         .map(|(_, entry)| entry)
         .partition(|entry| entry.ttl_ms.is_none());
+    let keys = (plain.len() + timed.len()) as u64;
     let mut chunks: Vec<Vec<(String, Vec<u8>)>> = Vec::new();
     let mut bytes = 0;
     for entry in plain {
@@ -167,7 +167,7 @@ async fn write_entries(
         })
         .buffer_unordered(jobs.max(1));
     futures::try_join!(sets.try_collect::<()>(), expiring.try_collect::<()>())?;
-    Ok(())
+    Ok(keys)
 }
 
 /// What a file line says, checked against `store` the way a write would check it.
@@ -181,15 +181,24 @@ fn check_entry(store: &KvStore, entry: &Entry) -> Result<(), String> {
             entry.value.len()
         ));
     }
+    if entry.ttl_ms.is_some_and(|ms| ms > MAX_TTL_MS) {
+        return Err(format!(
+            "invalid-ttl: ttl_ms is over the maximum of {MAX_TTL_MS}"
+        ));
+    }
+    // The time left only shrinks, so what passes here still passes when it is written.
+    if entry
+        .expires_at_ms
+        .is_some_and(|at| at > clock::now_ms().saturating_add(MAX_TTL_MS))
+    {
+        return Err(format!(
+            "invalid-ttl: expires_at_ms is more than the maximum TTL ({MAX_TTL_MS} ms) from now"
+        ));
+    }
     for (field, ms) in [
         ("ttl_ms", entry.ttl_ms),
         ("expires_at_ms", entry.expires_at_ms),
     ] {
-        if field == "ttl_ms" && ms.is_some_and(|ms| ms > MAX_TTL_MS) {
-            return Err(format!(
-                "invalid-ttl: ttl_ms is over the maximum of {MAX_TTL_MS}"
-            ));
-        }
         if ms.is_some() && !store.capabilities().ttl {
             return Err(format!(
                 "{:?} has a TTL ({field}), and this store's provider keeps none",
@@ -240,7 +249,13 @@ pub async fn import(
     resume: bool,
     jobs: usize,
 ) -> anyhow::Result<Imported> {
-    let snapshot = tempfile::tempfile().context("creating a temporary copy of the file")?;
+    // Beside the checkpoint (the file's directory by default), not in a tmpfs `/tmp`.
+    let beside = match checkpoint.path().parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let snapshot = tempfile::tempfile_in(beside)
+        .with_context(|| format!("creating a copy of the file in {}", beside.display()))?;
     let (file_sha256, keys, snapshot) = check_file(store, file, snapshot)?;
     let mut state = ImportState {
         file_sha256,
@@ -286,6 +301,11 @@ pub async fn import(
         if line_no <= state.lines_done {
             continue;
         }
+        // A byte-order mark is dropped from the first line, as the check did.
+        let line = match line_no {
+            1 => line.strip_prefix('\u{feff}').unwrap_or(&line).to_string(),
+            _ => line,
+        };
         if !line.trim().is_empty() {
             let entry = Record::parse(&line)
                 .and_then(|entry| check_entry(store, &entry).map(|()| entry))
@@ -342,7 +362,10 @@ fn check_file(
         copy.write_all(&line).context("copying the file aside")?;
         let text = std::str::from_utf8(&line)
             .map_err(|_| anyhow::anyhow!("{}:{line_no}: not UTF-8", file.display()))?;
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let text = match line_no {
+            1 => text.strip_prefix('\u{feff}').unwrap_or(text),
+            _ => text,
+        };
         if text.trim().is_empty() {
             continue;
         }
@@ -522,7 +545,7 @@ fn difference(source: &StoredValue, destination: Option<&StoredValue>) -> Option
         (None, None) => None,
         (Some(_), None) => Some("no TTL (the source's expires)"),
         (None, Some(_)) => Some("a TTL (the source's does not expire)"),
-        (Some(a), Some(b)) if a.abs_diff(b) > TTL_TOLERANCE => Some("another TTL"),
+        (Some(a), Some(b)) if a.abs_diff(b) > TTL_TOLERANCE + a / 100 => Some("another TTL"),
         _ => None,
     }
 }
@@ -632,6 +655,11 @@ mod tests {
         };
         let hour = stored(b"v", Some(3600));
         assert_eq!(difference(&hour, Some(&stored(b"v", Some(3590)))), None);
+        assert_eq!(difference(&hour, Some(&stored(b"v", Some(3640)))), None);
+        assert_eq!(
+            difference(&stored(b"v", Some(2)), Some(&stored(b"v", Some(61)))),
+            Some("another TTL")
+        );
         assert_eq!(difference(&hour, None), Some("missing"));
         assert_eq!(
             difference(&hour, Some(&stored(b"w", Some(3600)))),
