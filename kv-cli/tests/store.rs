@@ -301,7 +301,8 @@ fn commands_on_memory() -> TestResult {
         &["get", "--store", "a=memory:", "--store", "b=memory:", "k"],
         2,
         "choose one with --bucket",
-    )
+    )?;
+    fails(&["verify", "a", "b"], 2, "no store named \"a\"")
 }
 
 /// Writes `COPY_KEYS` keys into `src` of `config` (every other one with a TTL of an hour),

@@ -385,30 +385,33 @@ fn report(from: &KvStore, to: &KvStore, comparison: &Comparison) -> ExitCode {
     }
 }
 
-/// Provider fields that say where the data is (every other field tunes how it is reached:
-/// timeouts, retries, credentials).
-const LOCATION_FIELDS: [&str; 9] = [
-    "table",
-    "bucket",
-    "prefix",
-    "account",
-    "container",
-    "database",
-    "endpoint",
-    "region",
-    "db",
+/// Parts of a provider field's name that make it tuning (how the data is reached, never
+/// where it is): changing one must not stop a resume.
+const TUNING_FIELDS: [&str; 9] = [
+    "timeout", "interval", "attempts", "backoff", "retry", "retries", "wait", "pool", "sweep",
 ];
 
-/// What identifies store `name` across runs: where its data is — the provider, the URL's host,
-/// port and path (a relative SQLite path made absolute against the working directory), the
-/// fields that name a table, bucket, container or endpoint, the AWS region the SDK would
-/// pick when none is given — and its namespace, hashed. Credentials and tuning are left out,
-/// so a rotated password or a longer timeout still resumes.
+/// Environment variables the AWS SDK reads for where requests go, when no field says.
+const AWS_LOCATION_VARIABLES: [&str; 6] = [
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_DYNAMODB",
+    "AWS_ENDPOINT_URL_S3",
+];
+
+/// What identifies store `name` across runs: where its data is, hashed — the provider, the
+/// URL's host, port and path (a relative SQLite path made absolute against the working
+/// directory), every provider field but tuning and secrets (so the table, bucket, container,
+/// endpoint, region, profile and AWS access key id count), for AWS the environment variables
+/// the SDK would take those from, and the namespace. When unsure it says "another store":
+/// that only refuses a resume, where "the same store" could skip data.
 pub fn store_identity(args: &StoreArgs, name: &str) -> anyhow::Result<String> {
     let config = crate::load(args)?;
     let spec = match config.kv.stores.get(name) {
         Some(spec) => spec.clone(),
-        None if config.kv.stores.is_empty() => {
+        None if config.kv.stores.is_empty() && matches!(name, "default" | "") => {
             kv_core::config::parse_short_form("default=memory:")?.1
         }
         None => bail!("no store named {name:?} is configured"),
@@ -438,15 +441,23 @@ fn location_identity(spec: &kv_core::StoreSpec) -> String {
     let mut fields: Vec<String> = spec
         .provider_fields()
         .into_iter()
-        .filter(|field| LOCATION_FIELDS.contains(&field.name.as_str()))
-        .filter_map(|field| Some(format!("{}={}", field.name, field.text().ok()?)))
+        .filter(|field| {
+            let name = field.name.to_ascii_lowercase();
+            let tuning = TUNING_FIELDS.iter().any(|part| name.contains(part));
+            let secret = kv_core::config::is_secret_field(&name) && name != "access_key_id";
+            !tuning && !secret
+        })
+        .map(|field| {
+            let value = field.text().unwrap_or_else(|_| format!("{field:?}"));
+            format!("{}={value}", field.name)
+        })
         .collect();
-    let aws = matches!(spec.provider.as_str(), "dynamodb" | "s3");
-    if aws && !fields.iter().any(|field| field.starts_with("region=")) {
-        let region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
-            .into_iter()
-            .find_map(|name| std::env::var(name).ok());
-        fields.push(format!("region={}", region.unwrap_or_default()));
+    if matches!(spec.provider.as_str(), "dynamodb" | "s3") {
+        for variable in AWS_LOCATION_VARIABLES {
+            if let Ok(value) = std::env::var(variable) {
+                fields.push(format!("${variable}={value}"));
+            }
+        }
     }
     fields.sort();
     parts.extend(fields);
@@ -511,6 +522,22 @@ mod tests {
         assert_eq!(
             identity("s=dynamodb://kv?region=eu-west-1&max_attempts=3"),
             identity("s=dynamodb://kv?region=eu-west-1")
+        );
+        // Another AWS account or profile is another table, whatever its name.
+        assert_ne!(
+            identity("s=dynamodb://kv?region=eu-west-1&profile=prod"),
+            identity("s=dynamodb://kv?region=eu-west-1&profile=staging")
+        );
+        assert_ne!(
+            identity("s=dynamodb://kv?region=eu-west-1&access_key_id=AKIAPROD&secret_access_key=x"),
+            identity(
+                "s=dynamodb://kv?region=eu-west-1&access_key_id=AKIASTAGE&secret_access_key=x"
+            )
+        );
+        // A rotated secret is the same account.
+        assert_eq!(
+            identity("s=dynamodb://kv?region=eu-west-1&access_key_id=AKIA&secret_access_key=x"),
+            identity("s=dynamodb://kv?region=eu-west-1&access_key_id=AKIA&secret_access_key=y")
         );
     }
 }

@@ -96,13 +96,23 @@ impl Pending {
         self.bytes >= limits.max_batch_bytes
     }
 
+    /// Writes what is pending, each TTL counted from its expiry to now (not to when it was
+    /// read), so the destination expires when the source does; keys expired meanwhile are
+    /// dropped.
     async fn flush(
         &mut self,
         store: &KvStore,
         limits: &Limits,
         jobs: usize,
     ) -> anyhow::Result<u64> {
-        let entries = std::mem::take(&mut self.entries);
+        let now = clock::now_ms();
+        let entries: Vec<Entry> = std::mem::take(&mut self.entries)
+            .into_iter()
+            .filter_map(|entry| {
+                let ttl_ms = entry.ttl_left(now)?;
+                Some(Entry { ttl_ms, ..entry })
+            })
+            .collect();
         self.bytes = 0;
         write_entries(store, limits, entries, jobs).await
     }
@@ -310,9 +320,17 @@ pub async fn import(
             let entry = Record::parse(&line)
                 .and_then(|entry| check_entry(store, &entry).map(|()| entry))
                 .map_err(|reason| anyhow::anyhow!("{}: {reason}", at()))?;
+            // Counted from the file's expiry at the write (`Pending::flush`); a line with only
+            // `ttl_ms` gets it from now.
+            let expires_at_ms = entry
+                .expires_at_ms
+                .or_else(|| entry.ttl_ms.map(|ttl| clock::now_ms().saturating_add(ttl)));
             match entry.ttl_left(clock::now_ms()) {
                 None => expired += 1,
-                Some(ttl_ms) => pending.push(Entry { ttl_ms, ..entry }),
+                Some(_) => pending.push(Entry {
+                    expires_at_ms,
+                    ..entry
+                }),
             }
             batch_keys += 1;
         }
@@ -437,20 +455,21 @@ pub async fn copy(
         let mut reads = futures::stream::iter(page.keys)
             .map(|key| async move {
                 let read = from.get_with_ttl(&key).await;
-                (key, read)
+                (key, read, clock::now_ms())
             })
             .buffered(jobs.max(1));
         let mut pending = Pending::new();
         let mut page_written = 0;
-        while let Some((key, read)) = reads.next().await {
+        while let Some((key, read, read_at)) = reads.next().await {
             let read = read.with_context(|| format!("reading {key:?} from {}", from.name()))?;
             // Deleted or expired since it was listed: not part of the store any more.
             let Some(stored) = read else { continue };
+            let ttl_ms = stored.ttl.map(ttl_millis);
             pending.push(Entry {
                 key,
                 value: stored.value,
-                ttl_ms: stored.ttl.map(ttl_millis),
-                expires_at_ms: None,
+                ttl_ms,
+                expires_at_ms: ttl_ms.map(|ttl| read_at.saturating_add(ttl)),
             });
             if pending.full(limits) {
                 page_written += pending.flush(to, limits, jobs).await?;
