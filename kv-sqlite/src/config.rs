@@ -41,10 +41,17 @@ impl SqliteConfig {
                 redact_url(url)
             )));
         }
-        let path = url::form_urlencoded::parse(format!("p={path}").as_bytes())
-            .next()
-            .map(|(_, path)| path.into_owned())
-            .unwrap_or_default();
+        // Percent-decoded as a path: `+` stays a plus and `&` is part of the name (decoding
+        // it as form data made `a+b.db` open `a b.db` and `a&b.db` open `a`).
+        let path = percent_encoding::percent_decode_str(path)
+            .decode_utf8()
+            .map_err(|_| {
+                ConfigError(format!(
+                    "{}: the path is not UTF-8 once decoded",
+                    redact_url(url)
+                ))
+            })?
+            .into_owned();
         let mut config = SqliteConfig {
             path: PathBuf::from(path),
             busy_timeout: Duration::from_secs(5),
@@ -93,6 +100,14 @@ mod tests {
             parse("sqlite:data.db").unwrap().path,
             PathBuf::from("data.db")
         );
+        for (url, path) in [
+            ("sqlite:/tmp/a+b.db", "/tmp/a+b.db"),
+            ("sqlite:/tmp/a&b.db", "/tmp/a&b.db"),
+            ("sqlite:/tmp/a%20b.db", "/tmp/a b.db"),
+            ("sqlite:/tmp/d%2Edb", "/tmp/d.db"),
+        ] {
+            assert_eq!(parse(url).unwrap().path, PathBuf::from(path), "{url}");
+        }
         for bad in [
             "sqlite:",
             "sqlite:/x.db?colour=red",
