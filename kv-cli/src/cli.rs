@@ -66,6 +66,21 @@ pub struct StoreTarget {
     pub bucket: Option<String>,
 }
 
+/// How many keys `export`, `import`, `copy` and `verify` read and write at once.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct Jobs {
+    /// Keys read and written at once.
+    #[arg(long = "jobs", value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub count: u16,
+}
+
+impl Jobs {
+    /// The count, as a limit of concurrent calls.
+    pub fn get(self) -> usize {
+        usize::from(self.count)
+    }
+}
+
 /// `wasi-kv store` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum StoreAction {
@@ -132,9 +147,9 @@ pub enum StoreAction {
         /// Write into this file (whole, or not at all) instead of stdout.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
-        /// Keys read at once.
-        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
-        jobs: u16,
+        /// Keys read and written at once.
+        #[command(flatten)]
+        jobs: Jobs,
     },
     /// Write the keys of an export file; checks every line before writing any.
     Import {
@@ -149,9 +164,9 @@ pub enum StoreAction {
         /// The checkpoint file (default: FILE.import-state).
         #[arg(long, value_name = "FILE")]
         state: Option<PathBuf>,
-        /// Writes at once.
-        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
-        jobs: u16,
+        /// Keys read and written at once.
+        #[command(flatten)]
+        jobs: Jobs,
     },
     /// Copy every key (with its TTL) from one configured store to another, then verify.
     Copy {
@@ -169,8 +184,8 @@ pub enum StoreAction {
         #[arg(long, value_name = "FILE")]
         state: Option<PathBuf>,
         /// Keys read and written at once.
-        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
-        jobs: u16,
+        #[command(flatten)]
+        jobs: Jobs,
         /// Skip the verification pass.
         #[arg(long)]
         no_verify: bool,
@@ -184,9 +199,9 @@ pub enum StoreAction {
         from: String,
         /// The store that should hold the same keys and values.
         to: String,
-        /// Keys read at once.
-        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
-        jobs: u16,
+        /// Keys read and written at once.
+        #[command(flatten)]
+        jobs: Jobs,
     },
 }
 

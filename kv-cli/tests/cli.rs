@@ -722,21 +722,24 @@ fn report_page_renders_in_chromium() {
         eprintln!("skipping: chromium is not installed");
         return;
     }
+    let succeed = |args: &[&str]| {
+        let out = wasi_kv(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
     let dir = tempfile::tempdir().unwrap();
     let reports = dir.path().join("reports");
     let memory = reports.join("memory");
-    let out = wasi_kv(&[
+    succeed(&[
         "conformance",
         "--provider",
         "memory",
         "--report-dir",
         memory.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         memory.join("report.html").is_file(),
         "conformance writes report.html"
@@ -749,7 +752,7 @@ fn report_page_renders_in_chromium() {
         .unwrap()
         .len();
     let history = reports.join("histories").join("memory");
-    let out = wasi_kv(&[
+    succeed(&[
         "check",
         "--provider",
         "memory",
@@ -758,17 +761,7 @@ fn report_page_renders_in_chromium() {
         "--report-dir",
         history.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = wasi_kv(&["report", reports.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(&["report", reports.to_str().unwrap()]);
     let page = reports.join("index.html");
     let url = format!("file://{}", page.display());
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::report::{Outcome, Report};
+use crate::report::{Outcome, Report, xml as escape};
 
 /// docs/semantics.md, for the anchors of its rules.
 const SEMANTICS: &str = include_str!("../../docs/semantics.md");
@@ -493,22 +493,6 @@ fn write_markdown_table(out: &mut String, markdown: &str) -> std::fmt::Result {
         writeln!(out, "</table>")?;
     }
     Ok(())
-}
-
-/// Text as HTML.
-pub fn escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&#39;"),
-            c => escaped.push(c),
-        }
-    }
-    escaped
 }
 
 const STYLE: &str = "

@@ -265,7 +265,8 @@ fn one_line(text: &str, max: usize) -> String {
     }
 }
 
-fn xml(text: &str) -> String {
+/// Text as XML or HTML (JUnit reports, the evidence page).
+pub(crate) fn xml(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

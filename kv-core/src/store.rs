@@ -398,12 +398,9 @@ impl KvStore {
     /// `limits.max_batch_bytes` as each round arrives, and the call stops with
     /// `batch-too-large` at the limit (duplicates are charged each time they are returned).
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        let log = self.inner.retry.log();
-        let started = log.start();
         let parts = Parts::default();
-        let read = self.get_many_in_rounds(keys, &parts).await;
-        log.finish("get-many", started, parts.counts(), read.as_ref().err());
-        read
+        self.reported("get-many", &parts, self.get_many_in_rounds(keys, &parts))
+            .await
     }
 
     async fn get_many_in_rounds(
@@ -491,12 +488,9 @@ impl KvStore {
     /// Writes many entries; nothing is written if any key or value is invalid, or if the
     /// values add up to more than `limits.max_batch_bytes`.
     pub async fn set_many(&self, entries: Vec<(String, Vec<u8>)>) -> Result<()> {
-        let log = self.inner.retry.log();
-        let started = log.start();
         let parts = Parts::default();
-        let written = self.set_many_in_parts(entries, &parts).await;
-        log.finish("set-many", started, parts.counts(), written.as_ref().err());
-        written
+        self.reported("set-many", &parts, self.set_many_in_parts(entries, &parts))
+            .await
     }
 
     async fn set_many_in_parts(
@@ -538,17 +532,13 @@ impl KvStore {
 
     /// Deletes many keys; missing keys are fine.
     pub async fn delete_many(&self, keys: &[String]) -> Result<()> {
-        let log = self.inner.retry.log();
-        let started = log.start();
         let parts = Parts::default();
-        let deleted = self.delete_many_in_parts(keys, &parts).await;
-        log.finish(
+        self.reported(
             "delete-many",
-            started,
-            parts.counts(),
-            deleted.as_ref().err(),
-        );
-        deleted
+            &parts,
+            self.delete_many_in_parts(keys, &parts),
+        )
+        .await
     }
 
     async fn delete_many_in_parts(&self, keys: &[String], parts: &Parts) -> Result<()> {
@@ -691,6 +681,21 @@ impl KvStore {
             }
             None => Err(input),
         }
+    }
+
+    /// A batch operation made of `parts`, reported to the observer once, with the outcome its
+    /// caller gets (`work` starts when awaited, after the clock).
+    async fn reported<T>(
+        &self,
+        op: &'static str,
+        parts: &Parts,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let log = self.inner.retry.log();
+        let started = log.start();
+        let result = work.await;
+        log.finish(op, started, parts.counts(), result.as_ref().err());
+        result
     }
 
     /// Checks made before any provider call; a failure is reported to the observer as the

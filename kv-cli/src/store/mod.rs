@@ -87,7 +87,7 @@ pub async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
             jobs,
         } => {
             let (_, store) = open(&target).await?;
-            let jobs = usize::from(jobs);
+            let jobs = jobs.get();
             let count = match output {
                 None => {
                     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
@@ -129,7 +129,7 @@ pub async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
                 &file,
                 &Checkpoint::at(state),
                 resume,
-                usize::from(jobs),
+                jobs.get(),
             )
             .await?;
             println!(
@@ -152,18 +152,7 @@ pub async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
             state,
             jobs,
             no_verify,
-        } => {
-            copy(
-                stores,
-                from,
-                to,
-                resume,
-                state,
-                usize::from(jobs),
-                no_verify,
-            )
-            .await
-        }
+        } => copy(stores, from, to, resume, state, jobs.get(), no_verify).await,
         StoreAction::Verify {
             stores,
             from,
@@ -173,7 +162,7 @@ pub async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
             let config = crate::load(&stores)?;
             let opened = crate::open_stores(&config.kv).await?;
             let (from, to) = pair(&stores, &opened, &from, &to).await?;
-            let comparison = transfer::verify(&from, &to, usize::from(jobs)).await?;
+            let comparison = transfer::verify(&from, &to, jobs.get()).await?;
             Ok(report(&from, &to, &comparison))
         }
     }
