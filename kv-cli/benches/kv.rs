@@ -14,10 +14,16 @@
 //!    1,000,000), `wasi-kv run` and `wasmtime run -S keyvalue` as processes side by side, with
 //!    each process's peak resident memory per key.
 //!
+//! 6. **hot**: 16 writers (2 hosts × 8 guests) incrementing one key on every backend the project
+//!    installs, against the backend's own atomic counter driven natively ([`hot_key`]).
+//!
 //! ```sh
-//! cargo bench -p kv-cli --bench kv -- [--rows boundary,redis,batch,listing,keys] [--quick]
+//! cargo bench -p kv-cli --bench kv -- [--rows boundary,redis,batch,listing,keys,hot] [--quick]
 //! ```
 //! Every server is a local process on loopback, started here and stopped by PID.
+
+#[path = "kv/hot_key.rs"]
+mod hot_key;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,11 +51,15 @@ struct Settings {
     listing_keys: usize,
     /// Fresh keys per `keys` run.
     fresh_keys: Vec<u32>,
+    /// The wall-clock window every hot-key measurement counts over.
+    hot_window: Duration,
+    /// The backends the hot-key row measures (all installed ones when empty).
+    hot_backends: Vec<String>,
 }
 
 fn settings() -> Settings {
     let mut settings = Settings {
-        rows: ["boundary", "redis", "batch", "listing", "keys"]
+        rows: ["boundary", "redis", "batch", "listing", "keys", "hot"]
             .map(String::from)
             .to_vec(),
         boundary_ops: 200_000,
@@ -57,6 +67,8 @@ fn settings() -> Settings {
         redis_window: Duration::from_secs(2),
         listing_keys: 100_000,
         fresh_keys: vec![50_000, 1_000_000],
+        hot_window: Duration::from_secs(3),
+        hot_backends: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -69,12 +81,21 @@ fn settings() -> Settings {
                     .map(str::to_string)
                     .collect()
             }
+            "--backends" => {
+                settings.hot_backends = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::to_string)
+                    .collect()
+            }
             "--quick" => {
                 settings.boundary_ops = 20_000;
                 settings.redis_ops = 1_000;
                 settings.redis_window = Duration::from_secs(1);
                 settings.listing_keys = 20_000;
                 settings.fresh_keys = vec![50_000];
+                settings.hot_window = Duration::from_secs(1);
             }
             // `cargo bench` passes `--bench`; ignore it and anything else libtest-shaped.
             _ => {}
@@ -92,7 +113,7 @@ async fn stores(url: &str) -> anyhow::Result<Arc<Stores>> {
 /// The guest's `OP N` through wasi-kv's host (`wasi-kv run`, in process): ns per operation.
 async fn guest_ns(stores: Arc<Stores>, op: &str, n: u32) -> anyhow::Result<f64> {
     let runner = Arc::new(Runner::new(GUEST.as_ref(), None)?);
-    guest_run(&runner, stores, vec![op.to_string(), n.to_string()]).await
+    parse_ns(&guest_run(&runner, stores, vec![op.to_string(), n.to_string()]).await?)
 }
 
 /// The guest's `OP` counted over the wall-clock window `[start, start + window)`, after `n/10`
@@ -105,6 +126,19 @@ async fn guest_window_ns(
     start_unix_ms: u64,
     window: Duration,
 ) -> anyhow::Result<f64> {
+    let output = guest_window(runner, stores, op, n, start_unix_ms, window).await?;
+    parse_ns(&output)
+}
+
+/// [`guest_window_ns`]'s run, its output whole: `OP NS_PER_OP MADE`.
+async fn guest_window(
+    runner: Arc<Runner>,
+    stores: Arc<Stores>,
+    op: &str,
+    n: u32,
+    start_unix_ms: u64,
+    window: Duration,
+) -> anyhow::Result<String> {
     let args = [
         op.to_string(),
         n.to_string(),
@@ -115,11 +149,12 @@ async fn guest_window_ns(
     guest_run(&runner, stores, args.to_vec()).await
 }
 
+/// Runs the bench guest to its end: what it printed.
 async fn guest_run(
     runner: &Arc<Runner>,
     stores: Arc<Stores>,
     args: Vec<String>,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<String> {
     let options = RunOptions {
         component: GUEST.into(),
         args,
@@ -133,7 +168,7 @@ async fn guest_run(
         .run(&options, stores, Output::Capture(stdout.clone()))
         .await?;
     anyhow::ensure!(code == 0, "the bench guest exited with {code}");
-    parse_ns(&String::from_utf8_lossy(&stdout.contents()))
+    Ok(String::from_utf8_lossy(&stdout.contents()).into_owned())
 }
 
 fn unix_ms() -> u64 {
@@ -239,7 +274,7 @@ async fn boundary(settings: &Settings) -> anyhow::Result<()> {
             // CAS exists only in 0.2.0-draft2, which wasmtime's `-S keyvalue` does not host.
             let guest = if op == "cas" {
                 let runner = Arc::new(Runner::new(GUEST_CAS.as_ref(), None)?);
-                guest_run(&runner, stores("memory:").await?, vec![n.to_string()]).await?
+                parse_ns(&guest_run(&runner, stores("memory:").await?, vec![n.to_string()]).await?)?
             } else {
                 guest_ns(stores("memory:").await?, op, n).await?
             };
@@ -615,6 +650,11 @@ async fn fresh_keys_rows(settings: &Settings) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     kv_testkit::stay_on_loopback();
+    // `RUST_LOG=warn` shows the provider errors behind a failed row.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
     let settings = settings();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -639,6 +679,9 @@ fn main() -> anyhow::Result<()> {
         }
         if settings.rows.iter().any(|row| row == "keys") {
             fresh_keys_rows(&settings).await?;
+        }
+        if settings.rows.iter().any(|row| row == "hot") {
+            hot_key::hot_key_rows(&settings).await?;
         }
         anyhow::Ok(())
     })

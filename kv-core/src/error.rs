@@ -180,6 +180,18 @@ impl KvError {
         Self::new(ErrorKind::Internal, message)
     }
 
+    /// The same error for another caller: class, message, transience and retry hint; the
+    /// source chain stays with this one (one failed write can answer several calls).
+    pub fn duplicate(&self) -> KvError {
+        KvError {
+            kind: self.kind,
+            message: self.message.clone(),
+            transient: self.transient,
+            retry_after: self.retry_after,
+            source: None,
+        }
+    }
+
     /// The class of this error.
     pub fn kind(&self) -> ErrorKind {
         self.kind

@@ -13,6 +13,7 @@
 pub mod backoff;
 pub mod capabilities;
 pub mod clock;
+pub mod combine;
 pub mod config;
 pub mod counter;
 pub mod cursor;

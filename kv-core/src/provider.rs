@@ -117,7 +117,7 @@ impl Default for RequestId {
 /// [`Attempt::request`]; a read-modify-write ([`crate::rmw`]) also records the version its
 /// conditional write was based on, so that the next attempt, or the host's final error
 /// (`outcome unknown`, docs/semantics.md S6, S7), knows an earlier write may have applied.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Attempt {
     request: RequestId,
     /// Fingerprint of the version the last attempt's write was conditioned on, while it is

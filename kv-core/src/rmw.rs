@@ -29,13 +29,14 @@
 //! item, the time it looked; [`swap`] inserts only if nothing was written and removed since
 //! (S7: no ABA from a missing key either).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 use crate::backoff::Backoff;
 use crate::clock;
+use crate::combine::{self, ApplyBatch, Batch};
 use crate::counter::{CounterRange, add_delta_within, encode_counter, parse_counter};
 use crate::error::{KvError, Result};
 use crate::provider::{Attempt, RequestId, SwapOutcome, Version};
@@ -133,10 +134,12 @@ pub trait ConditionalStore: Send + Sync {
     /// nothing was written).
     async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool>;
 
-    /// What names `key`'s backend item among every store of this process (a bucket and
-    /// object name, a container, partition and id): read-modify-write steps on one name from
-    /// this process take turns ([`increment`], [`swap`]). The default, the key alone, is
-    /// correct but makes equal keys of different stores wait for each other.
+    /// What names `key`'s backend item in this store (a bucket and object name, a container,
+    /// partition and id): read-modify-write steps on one item through one store take turns,
+    /// and its increments are applied in batches ([`increment`], [`swap`]). Only steps through
+    /// the same store instance share a queue ([`queue_of`]), so equal names of different
+    /// stores never share a batch. The default, the key alone, suits a store whose keys name
+    /// its items.
     fn queue_name(&self, key: &str) -> String {
         key.to_string()
     }
@@ -245,16 +248,38 @@ impl Journal {
         self.entries.iter().any(|entry| entry.base == base)
     }
 
-    /// This journal with one more entry, the oldest dropped beyond `len` entries.
+    /// This journal with one more entry ([`Journal::recording_all`]).
     fn recording(&self, base: u32, request: RequestId, applied: Applied, len: usize) -> Journal {
+        self.recording_all(base, [(request, applied)], len)
+    }
+
+    /// This journal with the entries of one write conditioned on `base`, the oldest writes
+    /// dropped beyond `len` entries. A write's entries (a batch of increments) are dropped
+    /// together, never some of them: a retry that finds another request's entry on its base
+    /// concludes that another write won ([`resolve`]), which holds only if every entry of the
+    /// write that won is still there.
+    fn recording_all(
+        &self,
+        base: u32,
+        written: impl IntoIterator<Item = (RequestId, Applied)>,
+        len: usize,
+    ) -> Journal {
         let mut entries = self.entries.clone();
-        entries.push_back(Entry {
+        entries.extend(written.into_iter().map(|(request, applied)| Entry {
             base,
             request: request.short(),
             applied,
-        });
+        }));
         while entries.len() > len.max(1) {
-            entries.pop_front();
+            let Some(oldest) = entries.pop_front() else {
+                break;
+            };
+            while entries
+                .front()
+                .is_some_and(|entry| entry.base == oldest.base)
+            {
+                entries.pop_front();
+            }
         }
         Journal { entries }
     }
@@ -352,48 +377,6 @@ fn fingerprint_of<S: ConditionalStore + ?Sized>(store: &S, read: &Read) -> u32 {
     }
 }
 
-/// The turn of one read-modify-write step on one backend item: while it is held, no other
-/// step of this process on that item runs.
-type Turn = tokio::sync::OwnedMutexGuard<()>;
-
-/// Waits for the turn of `name` ([`ConditionalStore::queue_name`]). Writers of one process on
-/// one item never race each other's conditional writes: under the optimistic loop alone,
-/// eight writers on one Cloud Storage object kept losing to each other until the operation
-/// timed out. The queue is FIFO (tokio's mutex), so every writer of this process gets its
-/// turn; writers in other processes still race, and back off.
-async fn turn(name: String) -> Turn {
-    /// The queues by name, and the size at which idle ones are dropped next.
-    type Queues = (
-        HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>,
-        usize,
-    );
-    static QUEUES: std::sync::OnceLock<std::sync::Mutex<Queues>> = std::sync::OnceLock::new();
-    let queue = {
-        let mut guard = QUEUES
-            .get_or_init(|| std::sync::Mutex::new((HashMap::new(), QUEUES_KEPT)))
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (queues, prune_at) = &mut *guard;
-        if let Some(queue) = queues.get(&name).and_then(std::sync::Weak::upgrade) {
-            queue
-        } else {
-            // Forget the queues nobody waits on once the map doubled since the last time:
-            // amortised O(1) per name, however many are busy.
-            if queues.len() >= *prune_at {
-                queues.retain(|_, queue| queue.strong_count() > 0);
-                *prune_at = (queues.len() * 2).max(QUEUES_KEPT);
-            }
-            let queue = std::sync::Arc::new(tokio::sync::Mutex::new(()));
-            queues.insert(name, std::sync::Arc::downgrade(&queue));
-            queue
-        }
-    };
-    queue.lock_owned().await
-}
-
-/// Queue entries kept before the idle ones are dropped.
-const QUEUES_KEPT: usize = 1024;
-
 /// Adds `delta` to the counter at `key`, exactly once for the call of `attempt` however often
 /// it is retried (each retry with the same [`Attempt`]).
 pub async fn increment<S: ConditionalStore + ?Sized>(
@@ -405,8 +388,25 @@ pub async fn increment<S: ConditionalStore + ?Sized>(
     increment_within(store, key, delta, CounterRange::Signed, attempt).await
 }
 
+/// The queue of `key`'s item through this instance of `store`: its [`ConditionalStore::queue_name`]
+/// and the instance's address, which no other live store has. Two stores whose names
+/// coincide (one table name on two endpoints) then never apply each other's increments.
+fn queue_of<S: ConditionalStore + ?Sized>(store: &S, key: &str) -> String {
+    format!(
+        "{}\0{:p}",
+        store.queue_name(key),
+        store as *const S as *const ()
+    )
+}
+
+/// The most increments of one key applied in one write ([`crate::combine`]). Each adds a
+/// journal entry, so a batch is also bounded by half the key's journal: its entries must
+/// outlive it long enough for a retry to find them.
+pub const MAX_BATCH: usize = 32;
+
 /// [`increment`], failing with `overflow` and writing nothing when the total would leave
-/// `range`.
+/// `range`. Concurrent increments of one key from this process are applied together, one
+/// read and one conditional write for the batch ([`crate::combine`]).
 pub async fn increment_within<S: ConditionalStore + ?Sized>(
     store: &S,
     key: &str,
@@ -414,68 +414,115 @@ pub async fn increment_within<S: ConditionalStore + ?Sized>(
     range: CounterRange,
     attempt: &mut Attempt,
 ) -> Result<i64> {
-    let _turn = turn(store.queue_name(key)).await;
+    let max_batch = (store.journal_len(key) / 2).clamp(1, MAX_BATCH);
+    let applier = Increments { store, key };
+    combine::increment(
+        queue_of(store, key),
+        delta,
+        range,
+        attempt,
+        max_batch,
+        &applier,
+    )
+    .await
+}
+
+/// The increments of one key, applied by read-modify-write.
+struct Increments<'a, S: ?Sized> {
+    store: &'a S,
+    key: &'a str,
+}
+
+#[async_trait]
+impl<S: ConditionalStore + ?Sized> ApplyBatch for Increments<'_, S> {
+    async fn apply(&self, batch: &mut Batch) {
+        apply_increments(self.store, self.key, batch).await
+    }
+}
+
+/// Reads the key, resolves what earlier attempts left unknown, adds every increment of the
+/// batch in order and writes the total with one journal entry per increment, conditioned on
+/// the version read. A lost race reads again (with backoff); an ambiguous write is resolved at
+/// once through the journal. An increment that would leave its range fails alone.
+async fn apply_increments<S: ConditionalStore + ?Sized>(store: &S, key: &str, batch: &mut Batch) {
+    let resends = store.resends_conditional_writes();
     for round in 0..INCREMENT_ATTEMPTS {
+        if batch.is_empty() {
+            return;
+        }
         if round > 0 {
             Backoff::CONTENTION.wait(round).await;
         }
-        let read = store.read(key).await?;
-        if read == Read::Raced {
-            continue;
-        }
-        let journal = match &read {
-            Read::Found(snapshot) => snapshot.journal.clone(),
-            _ => Journal::default(),
+        let read = match store.read(key).await {
+            Ok(Read::Raced) => continue,
+            Ok(read) => read,
+            Err(err) => return batch.answer(|_| Some(Err(err.duplicate()))),
         };
-        match resolve(attempt, &journal, fingerprint_of(store, &read))? {
-            Earlier::Applied(Applied::Incremented(total)) => return Ok(total),
-            Earlier::Applied(Applied::Swapped) => {
-                return Err(KvError::internal("a swap's request id was reused"));
-            }
-            Earlier::NotApplied => {}
-        }
         let base = fingerprint_of(store, &read);
-        let (next, expires_at_ms, expect, journal) = match read {
+        settle(batch, &journal_of(&read), base);
+        if batch.is_empty() {
+            return;
+        }
+        let (start, expires_at_ms, expect, journal) = match read {
             Read::Raced => continue,
-            Read::Missing => (
-                add_delta_within(0, delta, range)?,
-                None,
-                Expect::Absent,
-                journal,
-            ),
+            Read::Missing => (0, None, Expect::Absent, Journal::default()),
             Read::Found(snapshot) if !clock::is_live(snapshot.expires_at_ms, clock::now_ms()) => {
                 // Expired: the counter restarts, and so does its history.
-                let expect = Expect::Version(snapshot.version);
                 (
-                    add_delta_within(0, delta, range)?,
+                    0,
                     None,
-                    expect,
+                    Expect::Version(snapshot.version),
                     Journal::default(),
                 )
             }
-            Read::Found(snapshot) => (
-                add_delta_within(parse_counter(&snapshot.value)?, delta, range)?,
-                snapshot.expires_at_ms,
-                Expect::Version(snapshot.version),
-                journal,
-            ),
+            Read::Found(snapshot) => match parse_counter(&snapshot.value) {
+                Ok(current) => (
+                    current,
+                    snapshot.expires_at_ms,
+                    Expect::Version(snapshot.version),
+                    snapshot.journal,
+                ),
+                Err(err) => return batch.answer(|_| Some(Err(err.duplicate()))),
+            },
         };
+        let mut total = start;
+        let mut written = Vec::new();
+        batch.answer(
+            |pending| match add_delta_within(total, pending.delta, pending.range) {
+                Ok(next) => {
+                    total = next;
+                    pending.planned = Some(next);
+                    pending.attempt.set_attempted_base(Some(base));
+                    written.push((pending.attempt.request(), Applied::Incremented(next)));
+                    None
+                }
+                Err(err) => Some(Err(err)),
+            },
+        );
+        if batch.is_empty() {
+            return;
+        }
         let write = Write {
-            value: encode_counter(next),
+            value: encode_counter(total),
             expires_at_ms,
-            journal: journal.recording(
-                base,
-                attempt.request(),
-                Applied::Incremented(next),
-                store.journal_len(key),
-            ),
+            journal: journal.recording_all(base, written, store.journal_len(key)),
         };
-        attempt.set_attempted_base(Some(base));
         let failure = match store.write_if(key, write, expect).await {
-            Ok(true) => return Ok(next),
-            Ok(false) if !store.resends_conditional_writes() => {
+            Ok(true) => {
+                return batch.answer(|pending| {
+                    Some(
+                        pending.planned.ok_or_else(|| {
+                            KvError::internal("an increment of the batch had no total")
+                        }),
+                    )
+                });
+            }
+            Ok(false) if !resends => {
                 // A conflict is final: the write did not happen.
-                attempt.set_attempted_base(None);
+                batch.answer(|pending| {
+                    pending.attempt.set_attempted_base(None);
+                    None
+                });
                 continue;
             }
             // The conflict may be a resend meeting our own first send.
@@ -483,28 +530,62 @@ pub async fn increment_within<S: ConditionalStore + ?Sized>(
             // Refused (throttled, rejected): certainly not written, unless the client resends
             // (then the refusal may answer a resend whose first send applied). The host's
             // retry, which honours the backend's Retry-After, decides whether to try again.
-            Err(err) if !err.may_have_applied() && !store.resends_conditional_writes() => {
-                attempt.set_attempted_base(None);
-                return Err(err);
+            Err(err) if !err.may_have_applied() && !resends => {
+                return batch.answer(|pending| {
+                    pending.attempt.set_attempted_base(None);
+                    Some(Err(err.duplicate()))
+                });
             }
             // The reply was lost: the write may or may not have happened.
-            Err(err) => Some(err),
-        };
-        // Resolve it now, while our entry is surely still in the journal: after the host's
-        // backoff, other writers may have pushed it out.
-        match resolve_now(store, key, attempt).await? {
-            Some(Applied::Incremented(total)) => return Ok(total),
-            Some(Applied::Swapped) => {
-                return Err(KvError::internal("a swap's request id was reused"));
+            Err(err) => {
+                tracing::debug!(error = %err.chain(), "a batch's increment write may have applied");
+                Some(err)
             }
-            None => {}
-        }
-        if let Some(err) = failure.filter(|_| attempt.attempted_base().is_some()) {
+        };
+        // Resolve it now, while the entries are surely still in the journal: after the host's
+        // backoff, other writers may have pushed them out.
+        let resolved = settle_now(store, key, batch).await;
+        if let Some(err) = failure.filter(|_| !resolved) {
             // Still unresolved (the backend kept failing): the host's retry resolves it.
-            return Err(err);
+            return batch.answer(|_| Some(Err(err.duplicate())));
         }
     }
-    Err(KvError::unavailable("increment lost every race under contention").with_transient(false))
+    batch.answer(|_| {
+        Some(Err(KvError::unavailable(
+            "increment lost every race under contention",
+        )
+        .with_transient(false)))
+    });
+}
+
+/// Answers the increments whose earlier attempt `journal` and the `current` version fingerprint
+/// resolve (applied: its recorded total; unknowable: `outcome unknown`); those certainly not
+/// applied stay, their attempts cleared.
+fn settle(batch: &mut Batch, journal: &Journal, current: u32) {
+    batch.answer(
+        |pending| match resolve(&mut pending.attempt, journal, current) {
+            Ok(Earlier::Applied(Applied::Incremented(total))) => Some(Ok(total)),
+            Ok(Earlier::Applied(Applied::Swapped)) => {
+                Some(Err(KvError::internal("a swap's request id was reused")))
+            }
+            Ok(Earlier::NotApplied) => None,
+            Err(err) => Some(Err(err)),
+        },
+    );
+}
+
+/// [`settle`] right after an ambiguous write, reading the key again: whether a read succeeded.
+async fn settle_now<S: ConditionalStore + ?Sized>(store: &S, key: &str, batch: &mut Batch) -> bool {
+    for read_attempt in 1..=RESOLVE_ATTEMPTS {
+        match store.read(key).await {
+            Ok(read) if read != Read::Raced => {
+                settle(batch, &journal_of(&read), fingerprint_of(store, &read));
+                return true;
+            }
+            _ => Backoff::CONTENTION.wait(read_attempt).await,
+        }
+    }
+    false
 }
 
 /// The version a guest's CAS handle carries for `read`: the backend version of a live value;
@@ -585,7 +666,7 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
     value: &[u8],
     attempt: &mut Attempt,
 ) -> Result<SwapOutcome> {
-    let _turn = turn(store.queue_name(key)).await;
+    let _turn = combine::turn(queue_of(store, key)).await;
     let read = loop {
         match store.read(key).await? {
             Read::Raced => Backoff::CONTENTION.wait(1).await,
@@ -965,6 +1046,77 @@ mod tests {
         }
         assert_eq!(store.0.value("n"), b"200");
         assert_eq!(store.1.load(Ordering::Relaxed), 0, "races were lost");
+    }
+
+    /// Concurrent increments of one key through one store are applied in batches: fewer writes
+    /// than increments, each increment once, each total distinct, also when batches lose their
+    /// replies (resolved through the journal entry of every increment of the batch).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn increments_are_batched_and_each_applied_once() {
+        struct Counted(Versioned, AtomicU32);
+        #[async_trait]
+        impl ConditionalStore for Counted {
+            async fn read(&self, key: &str) -> Result<Read> {
+                self.0.read(key).await
+            }
+            async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool> {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                self.1.fetch_add(1, Ordering::Relaxed);
+                self.0.write_if(key, write, expect).await
+            }
+        }
+        let store = std::sync::Arc::new(Counted(Versioned::default(), AtomicU32::new(0)));
+        let tasks: Vec<_> = (0..8)
+            .map(|task| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut totals = Vec::new();
+                    for round in 0..25 {
+                        if task == 0 && round % 5 == 0 {
+                            store.0.lose_replies.store(1, Ordering::Relaxed);
+                        }
+                        totals.push(
+                            increment(&*store, "n", 1, &mut Attempt::new())
+                                .await
+                                .unwrap(),
+                        );
+                    }
+                    totals
+                })
+            })
+            .collect();
+        let mut totals = Vec::new();
+        for task in tasks {
+            totals.extend(task.await.unwrap());
+        }
+        totals.sort_unstable();
+        assert_eq!(totals, (1..=200).collect::<Vec<i64>>(), "distinct totals");
+        assert_eq!(store.0.value("n"), b"200");
+        let writes = store.1.load(Ordering::Relaxed);
+        assert!(
+            writes < 100,
+            "{writes} writes for 200 increments: not batched"
+        );
+    }
+
+    /// A batch's entries leave the journal together: a retry that finds another entry on
+    /// its base concludes another write won, which needs every entry of that write.
+    #[test]
+    fn a_batch_leaves_the_journal_whole() {
+        let requests: Vec<RequestId> = (0..4).map(|_| RequestId::new()).collect();
+        let journal = Journal::default()
+            .recording(1, RequestId::new(), Applied::Incremented(1), 5)
+            .recording_all(2, requests.iter().map(|r| (*r, Applied::Incremented(2))), 5);
+        assert_eq!(journal.entries.len(), 5);
+        let journal = journal.recording(3, RequestId::new(), Applied::Incremented(3), 5);
+        // One more entry: the single oldest goes, the batch stays.
+        assert_eq!(journal.entries.len(), 5);
+        assert!(requests.iter().all(|r| journal.find(*r).is_some()));
+        let journal = journal.recording(4, RequestId::new(), Applied::Incremented(4), 5);
+        // Another: the batch goes whole, not its oldest entry alone.
+        assert_eq!(journal.entries.len(), 2);
+        assert!(requests.iter().all(|r| journal.find(*r).is_none()));
+        assert!(!journal.has_base(2));
     }
 
     /// Makes the next write apply and lose its reply, and the reads right after it fail, so

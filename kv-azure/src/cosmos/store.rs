@@ -344,7 +344,6 @@ impl ConditionalStore for CosmosBucket {
 
     fn queue_name(&self, key: &str) -> String {
         let (partition, id) = self.locate(key);
-        // Stores of two containers with one namespace may share a name: they only wait.
         format!("cosmos\0{partition}\0{id}")
     }
 

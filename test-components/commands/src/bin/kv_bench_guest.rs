@@ -13,7 +13,8 @@
 //! `kv_bench_guest OP N VALUE_BYTES START_UNIX_MS WINDOW_MS` times a wall-clock window instead:
 //! after the warm-up it waits for `START_UNIX_MS` and counts operations until the window ends,
 //! so guests run side by side measure the same interval and their rates add up. A guest that
-//! reaches the start late fails rather than measure a shorter window.
+//! reaches the start late fails rather than measure a shorter window. It prints
+//! `OP NS_PER_OP MADE`, MADE counting the warm-up too.
 
 #[macro_use]
 #[path = "../../../interop/src/wit.rs"]
@@ -79,8 +80,10 @@ fn main() {
             once(&op).unwrap_or_else(|err| fail(&err));
             count += 1;
         }
+        // The operations made, warm-up included, so a host can check a counter's total.
+        let made = u64::from((n / 10).max(1)) + count;
         println!(
-            "{op} {}",
+            "{op} {} {made}",
             u128::from(window_ms) * 1_000_000 / u128::from(count.max(1))
         );
         return;

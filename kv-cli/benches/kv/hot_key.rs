@@ -1,0 +1,436 @@
+//! Row 6, **hot key**: P hosts × C guests incrementing one key, against the backend's own
+//! atomic counter driven natively by as many clients, over the same wall-clock window.
+//!
+//! Every host is a separate [`Stores`] (its own connections, as a separate process has), and
+//! its guests are instances of one compiled component. After each round the counter must equal
+//! the increments the guests made, warm-up included: a throughput bought by losing or doubling
+//! increments is not reported.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use kv_cli::run::Runner;
+use kv_core::{KvStore, Stores};
+use kv_testkit::emulator::Emulator;
+
+use super::{GUEST, ROUNDS, Settings, guest_window, stores, unix_ms};
+
+/// The concurrent writers of the target (docs/benchmarks.md: ≥ 0.8 of native at 16).
+const WRITERS: usize = 16;
+/// The key the bench guest increments.
+const GUEST_KEY: &str = "bench-counter";
+
+/// The backend's own counter, incremented by native clients.
+enum Native {
+    /// `KvStore::increment` on the in-memory store (it has no other client).
+    Memory(Arc<Stores>),
+    /// `UPDATE … SET n = n + 1` through rusqlite, one connection per writer.
+    Sqlite(PathBuf),
+    /// `INCRBY` on one multiplexed connection.
+    Redis(redis::aio::MultiplexedConnection),
+    /// `UpdateItem ADD` with the SDK client.
+    Dynamo {
+        client: aws_sdk_dynamodb::Client,
+        table: String,
+    },
+    /// No atomic counter: the reason.
+    Without(&'static str),
+}
+
+struct Backend {
+    name: String,
+    url: String,
+    /// Hosts sharing the key: 1 for the in-memory store, which lives in one host.
+    hosts: usize,
+    native: Native,
+    _guard: Option<kv_testkit::emulator::Started>,
+}
+
+pub async fn hot_key_rows(settings: &Settings) -> anyhow::Result<()> {
+    println!(
+        "\n### 6. Hot key: {WRITERS} writers incrementing one key, guests against the backend's own counter\n"
+    );
+    println!(
+        "| backend | hosts × guests | guest ok/s | exact | `KvStore` ok/s (no guest) | native counter | native ok/s | guest / native (target ≥ 0.8 on redis, dynamodb) |"
+    );
+    println!("|---|---|---:|---|---:|---|---:|---:|");
+    let dir = tempfile::tempdir()?;
+    let wanted = |name: &str| {
+        settings.hot_backends.is_empty() || settings.hot_backends.iter().any(|b| b == name)
+    };
+    for backend in backends(dir.path(), &wanted).await? {
+        row(settings, &backend).await?;
+    }
+    Ok(())
+}
+
+async fn backends(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result<Vec<Backend>> {
+    let memory = stores("memory:").await?;
+    let sqlite = dir.join("hot.db");
+    let mut backends = vec![
+        Backend {
+            name: "memory".into(),
+            url: "memory:".into(),
+            hosts: 1,
+            native: Native::Memory(memory),
+            _guard: None,
+        },
+        Backend {
+            name: "sqlite".into(),
+            url: format!("sqlite:{}", sqlite.display()),
+            hosts: 2,
+            native: Native::Sqlite(dir.join("native.db")),
+            _guard: None,
+        },
+    ];
+    for emulator in [
+        Emulator::Redis,
+        Emulator::DynamoDb,
+        Emulator::Cosmos,
+        Emulator::Gcs,
+    ] {
+        let provider = emulator.provider();
+        if !wanted(provider) {
+            continue;
+        }
+        if !emulator.installed() {
+            println!("| {provider} | not installed | | | | | | |");
+            continue;
+        }
+        let started = tokio::task::spawn_blocking(move || emulator.start())
+            .await?
+            .map_err(anyhow::Error::msg)?;
+        let native = match emulator {
+            Emulator::Redis => Native::Redis(
+                redis::Client::open(started.store_url.as_str())?
+                    .get_multiplexed_async_connection()
+                    .await?,
+            ),
+            Emulator::DynamoDb => {
+                let config =
+                    kv_cli::load_config(None, &[format!("default={}", started.store_url)])?;
+                let spec = config
+                    .stores
+                    .get("default")
+                    .ok_or_else(|| anyhow::anyhow!("no default store"))?;
+                let config = kv_aws::dynamodb::DynamoConfig::from_spec(spec)?;
+                let client = kv_aws::dynamodb::client::build_client(&config).await;
+                kv_aws::dynamodb::client::ensure_table(&client, &config.table).await?;
+                Native::Dynamo {
+                    client,
+                    table: config.table,
+                }
+            }
+            Emulator::Cosmos => Native::Without(
+                "patch `incr` (not driven here: it needs azure_data_cosmos's unstable_patch)",
+            ),
+            _ => Native::Without("none: objects have no atomic add"),
+        };
+        backends.push(Backend {
+            name: provider.to_string(),
+            url: started.store_url.clone(),
+            hosts: 2,
+            native,
+            _guard: Some(started),
+        });
+    }
+    backends.retain(|backend| wanted(&backend.name));
+    Ok(backends)
+}
+
+async fn row(settings: &Settings, backend: &Backend) -> anyhow::Result<()> {
+    let hosts = if backend.hosts == 1 {
+        let Native::Memory(memory) = &backend.native else {
+            anyhow::bail!("one host only for the in-memory store");
+        };
+        vec![memory.clone()]
+    } else {
+        let mut hosts = Vec::new();
+        for _ in 0..backend.hosts {
+            hosts.push(stores(&backend.url).await?);
+        }
+        hosts
+    };
+    let guests_per_host = WRITERS / hosts.len();
+    let runner = Arc::new(Runner::new(GUEST.as_ref(), None)?);
+    let check: KvStore = hosts[0].open("default").await?;
+    let window = settings.hot_window;
+    let (mut best_guest, mut best_native, mut exact) = (0f64, None::<f64>, true);
+    let mut best_host = 0f64;
+    for _ in 0..ROUNDS {
+        // Set, not deleted: hosts racing to create a key through a client that resends
+        // (Cosmos DB) may have to answer `outcome unknown` (docs/semantics.md S6), and this
+        // row measures increments, not creates.
+        check.set(GUEST_KEY, b"0".to_vec()).await?;
+        // Every guest makes one warm-up increment before the window; slow backends need the
+        // margin before a common start.
+        let start = unix_ms() + 3_000 + 200 * WRITERS as u64;
+        let mut guests = Vec::new();
+        for host in &hosts {
+            for _ in 0..guests_per_host {
+                guests.push(guest_window(
+                    runner.clone(),
+                    host.clone(),
+                    "increment",
+                    10,
+                    start,
+                    window,
+                ));
+            }
+        }
+        let (mut rate, mut made) = (0f64, 0u64);
+        for output in futures::future::try_join_all(guests).await? {
+            let mut fields = output.split_whitespace().skip(1);
+            let ns: f64 = fields.next().unwrap_or_default().parse()?;
+            made += fields.next().unwrap_or_default().parse::<u64>()?;
+            rate += 1e9 / ns;
+        }
+        let total = check.get(GUEST_KEY).await?.unwrap_or_default();
+        exact &= total == made.to_string().into_bytes();
+        if !exact {
+            println!(
+                "{}: the counter is {:?} after {made} increments",
+                backend.name,
+                String::from_utf8_lossy(&total)
+            );
+        }
+        best_guest = best_guest.max(rate);
+        best_host = best_host.max(host_rate(&hosts, window).await?);
+        if let Some(native) = native_rate(&backend.native, window).await? {
+            best_native = Some(best_native.unwrap_or(0.0).max(native));
+        }
+    }
+    let (counter, native, ratio) = match (&backend.native, best_native) {
+        (Native::Without(why), _) => (why.to_string(), String::new(), String::new()),
+        (native, Some(rate)) => (
+            native.name().to_string(),
+            format!("{rate:.0}"),
+            format!("{:.2}", best_guest / rate),
+        ),
+        (native, None) => (native.name().to_string(), String::new(), String::new()),
+    };
+    println!(
+        "| {} | {} × {guests_per_host} | {best_guest:.0} | {} | {best_host:.0} | {counter} | {native} | {ratio} |",
+        backend.name,
+        hosts.len(),
+        if exact { "yes" } else { "**no**" },
+    );
+    Ok(())
+}
+
+impl Native {
+    fn name(&self) -> &'static str {
+        match self {
+            Native::Memory(_) => "`KvStore::increment`",
+            Native::Sqlite(_) => "`UPDATE … n = n + 1`",
+            Native::Redis(_) => "`INCRBY`",
+            Native::Dynamo { .. } => "`UpdateItem ADD`",
+            Native::Without(_) => "",
+        }
+    }
+}
+
+fn dynamo_key() -> std::collections::HashMap<String, AttributeValue> {
+    [
+        ("ns".to_string(), AttributeValue::S("native-bench".into())),
+        ("k".to_string(), AttributeValue::S("counter".into())),
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// [`WRITERS`] tasks calling [`KvStore::increment`] on the hosts' stores, as many on each,
+/// for `window`: ok/s, after checking the total. What the host costs without a guest.
+async fn host_rate(hosts: &[Arc<Stores>], window: Duration) -> anyhow::Result<f64> {
+    const KEY: &str = "host-counter";
+    let check = hosts[0].open("default").await?;
+    check.set(KEY, b"0".to_vec()).await?;
+    let started = Instant::now();
+    let deadline = started + window;
+    let mut writers = Vec::new();
+    for index in 0..WRITERS {
+        let store = hosts[index % hosts.len()].open("default").await?;
+        writers.push(tokio::spawn(async move {
+            let mut count = 0u64;
+            while Instant::now() < deadline {
+                store.increment(KEY, 1).await?;
+                count += 1;
+            }
+            anyhow::Ok(count)
+        }));
+    }
+    let mut counted = 0;
+    for writer in futures::future::try_join_all(writers).await? {
+        counted += writer?;
+    }
+    let rate = counted as f64 / started.elapsed().as_secs_f64();
+    let total = check.get(KEY).await?.unwrap_or_default();
+    anyhow::ensure!(
+        total == counted.to_string().into_bytes(),
+        "the host's counter is {:?} after {counted} increments",
+        String::from_utf8_lossy(&total)
+    );
+    Ok(rate)
+}
+
+/// Starts the native counter at 0.
+async fn reset(native: &Native) -> anyhow::Result<()> {
+    match native {
+        Native::Without(_) => {}
+        Native::Memory(stores) => {
+            stores
+                .open("default")
+                .await?
+                .delete("native-counter")
+                .await?
+        }
+        Native::Sqlite(path) => {
+            let setup = rusqlite::Connection::open(path)?;
+            setup.pragma_update(None, "journal_mode", "WAL")?;
+            setup.execute_batch(
+                "CREATE TABLE IF NOT EXISTS counters (k TEXT PRIMARY KEY, n INTEGER NOT NULL);
+                 INSERT OR REPLACE INTO counters VALUES ('c', 0);",
+            )?;
+        }
+        Native::Redis(connection) => {
+            redis::cmd("DEL")
+                .arg("native-counter")
+                .query_async::<()>(&mut connection.clone())
+                .await?
+        }
+        Native::Dynamo { client, table } => {
+            client
+                .delete_item()
+                .table_name(table)
+                .set_key(Some(dynamo_key()))
+                .send()
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The native counter's total.
+async fn total(native: &Native) -> anyhow::Result<u64> {
+    Ok(match native {
+        Native::Without(_) => 0,
+        Native::Memory(stores) => {
+            let total = stores.open("default").await?.get("native-counter").await?;
+            String::from_utf8(total.unwrap_or_default())?.parse()?
+        }
+        Native::Sqlite(path) => rusqlite::Connection::open(path)?
+            .query_row("SELECT n FROM counters WHERE k = 'c'", [], |row| {
+                row.get::<_, i64>(0)
+            })?
+            .try_into()?,
+        Native::Redis(connection) => {
+            redis::cmd("GET")
+                .arg("native-counter")
+                .query_async(&mut connection.clone())
+                .await?
+        }
+        Native::Dynamo { client, table } => {
+            let item = client
+                .get_item()
+                .table_name(table)
+                .set_key(Some(dynamo_key()))
+                .consistent_read(true)
+                .send()
+                .await?;
+            match item.item.as_ref().and_then(|item| item.get("n")) {
+                Some(AttributeValue::N(n)) => n.parse()?,
+                _ => 0,
+            }
+        }
+    })
+}
+
+/// [`WRITERS`] native clients incrementing one key for `window`: ok/s, after checking the
+/// counter's total against the increments counted.
+async fn native_rate(native: &Native, window: Duration) -> anyhow::Result<Option<f64>> {
+    if matches!(native, Native::Without(_)) {
+        return Ok(None);
+    }
+    reset(native).await?;
+    let started = Instant::now();
+    let deadline = started + window;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|_| match native {
+            Native::Without(_) => tokio::spawn(async { anyhow::Ok(0) }),
+            Native::Memory(stores) => {
+                let stores = stores.clone();
+                tokio::spawn(async move {
+                    let store = stores.open("default").await?;
+                    let mut count = 0u64;
+                    while Instant::now() < deadline {
+                        store.increment("native-counter", 1).await?;
+                        count += 1;
+                    }
+                    anyhow::Ok(count)
+                })
+            }
+            Native::Sqlite(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let connection = rusqlite::Connection::open(path)?;
+                    connection.busy_timeout(Duration::from_secs(30))?;
+                    let mut update =
+                        connection.prepare("UPDATE counters SET n = n + 1 WHERE k = 'c'")?;
+                    let mut count = 0u64;
+                    while Instant::now() < deadline {
+                        update.execute([])?;
+                        count += 1;
+                    }
+                    anyhow::Ok(count)
+                })
+            }
+            Native::Redis(connection) => {
+                let mut connection = connection.clone();
+                tokio::spawn(async move {
+                    let mut count = 0u64;
+                    while Instant::now() < deadline {
+                        redis::cmd("INCRBY")
+                            .arg("native-counter")
+                            .arg(1)
+                            .query_async::<i64>(&mut connection)
+                            .await?;
+                        count += 1;
+                    }
+                    anyhow::Ok(count)
+                })
+            }
+            Native::Dynamo { client, table } => {
+                let (client, table) = (client.clone(), table.clone());
+                tokio::spawn(async move {
+                    let mut count = 0u64;
+                    while Instant::now() < deadline {
+                        client
+                            .update_item()
+                            .table_name(&table)
+                            .set_key(Some(dynamo_key()))
+                            .update_expression("ADD n :one")
+                            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+                            .return_values(ReturnValue::UpdatedNew)
+                            .send()
+                            .await?;
+                        count += 1;
+                    }
+                    anyhow::Ok(count)
+                })
+            }
+        })
+        .collect();
+    let mut counted = 0;
+    for writer in futures::future::try_join_all(writers).await? {
+        counted += writer?;
+    }
+    let rate = counted as f64 / started.elapsed().as_secs_f64();
+    let total = total(native).await?;
+    anyhow::ensure!(
+        total == counted,
+        "the native counter is {total} after {counted} increments"
+    );
+    Ok(Some(rate))
+}
