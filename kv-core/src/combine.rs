@@ -33,7 +33,13 @@ pub struct Pending {
     /// back with its answer, and a batch that is given up passes it on with the increment.
     pub attempt: Attempt,
     /// The total this increment gets if the batch's write applies.
-    pub planned: Option<i64>,
+    pub(crate) planned: Option<i64>,
+    /// The range error this increment gets if the batch's write applies (judged against the
+    /// totals before it, which exist only once the write has applied).
+    pub(crate) refused: Option<KvError>,
+    /// A write of this increment may still be on its way: it was handed back by a batch whose
+    /// caller gave up after sending. Until it resolves, no error may say "not applied".
+    pub(crate) in_doubt: bool,
     reply: tokio::sync::oneshot::Sender<(Result<i64>, Attempt)>,
 }
 
@@ -59,6 +65,11 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The increments still waiting for their answers, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Pending> {
+        self.pending.iter()
+    }
+
     /// Whether every increment has its answer.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
@@ -83,7 +94,8 @@ impl Drop for Batch {
             return;
         }
         let mut waiting = lock(&self.queue.waiting);
-        for pending in self.pending.drain(..).rev() {
+        for mut pending in self.pending.drain(..).rev() {
+            pending.in_doubt |= pending.attempt.attempted_base().is_some();
             waiting.push_front(pending);
         }
     }
@@ -96,22 +108,35 @@ pub trait ApplyBatch: Send + Sync {
     async fn apply(&self, batch: &mut Batch);
 }
 
-/// A key's turn and the increments waiting for it.
-#[derive(Default)]
+/// How a key's increments are batched.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// The most increments in one batch.
+    pub max_batch: usize,
+    /// The most batches of one key in flight at once: 1 where a batch reads and then writes
+    /// (the next must read what it wrote), more where the backend applies a batch atomically
+    /// by itself (a Redis script), so batches can overlap in the network.
+    pub in_flight: usize,
+}
+
+/// A key's turns and the increments waiting for them.
 pub(crate) struct Queue {
-    turn: Arc<tokio::sync::Mutex<()>>,
+    turns: Arc<tokio::sync::Semaphore>,
     waiting: Mutex<VecDeque<Pending>>,
 }
 
-/// The turn of one step on one backend item: while it is held, no other step of this process
-/// on that item runs.
-pub(crate) type Turn = tokio::sync::OwnedMutexGuard<()>;
+/// A turn of one step on one backend item. With one turn per item (read-modify-write), no
+/// other step of this process on that item runs while it is held.
+pub(crate) type Turn = tokio::sync::OwnedSemaphorePermit;
 
 /// Queue entries kept before the idle ones are dropped.
 const QUEUES_KEPT: usize = 1024;
 
-/// The queue of `name`, shared by every caller that holds it.
-fn queue(name: String) -> Arc<Queue> {
+/// The queue of the item `name` through `owner` (a store instance): the name and the
+/// owner's address, which no other live store has. Two stores whose names coincide (one
+/// table name on two endpoints) then never apply each other's increments.
+fn queue<T: ?Sized>(owner: &T, name: &str, turns: usize) -> Arc<Queue> {
+    let name = format!("{name}\0{:p}", owner as *const T as *const ());
     /// The queues by name, and the size at which idle ones are dropped next.
     type Queues = (HashMap<String, Weak<Queue>>, usize);
     static QUEUES: std::sync::OnceLock<Mutex<Queues>> = std::sync::OnceLock::new();
@@ -126,37 +151,50 @@ fn queue(name: String) -> Arc<Queue> {
         queues.retain(|_, queue| queue.strong_count() > 0);
         *prune_at = (queues.len() * 2).max(QUEUES_KEPT);
     }
-    let queue = Arc::new(Queue::default());
+    let queue = Arc::new(Queue {
+        turns: Arc::new(tokio::sync::Semaphore::new(turns.max(1))),
+        waiting: Mutex::default(),
+    });
     queues.insert(name, Arc::downgrade(&queue));
     queue
 }
 
-/// Waits for the turn of `name`. The turn is FIFO (tokio's mutex), so every step of this
-/// process gets it in order.
-pub(crate) async fn turn(name: String) -> Turn {
-    queue(name).turn.clone().lock_owned().await
+/// Waits for the turn of the item `name` through `owner` ([`queue`]), the only one of a
+/// read-modify-write item. Turns are FIFO (tokio's semaphore), so every step of this process
+/// gets one in order.
+pub(crate) async fn turn<T: ?Sized>(owner: &T, name: &str) -> Option<Turn> {
+    queue(owner, name, 1)
+        .turns
+        .clone()
+        .acquire_owned()
+        .await
+        .ok()
 }
 
-/// Adds `delta` to the key named `name` (the backend item, as
+/// Adds `delta` to the item `name` of the store `owner` (the backend item, as
 /// [`crate::rmw::ConditionalStore::queue_name`] names it) together with the increments of the
-/// same key waiting beside it. Whichever caller gets the key's turn applies a batch of at most
-/// `max_batch` waiting increments, oldest first, with `applier`. The caller's `attempt` is
+/// same item through the same store instance waiting beside it. Whichever caller gets a turn
+/// of the key applies a batch of at most [`Batching::max_batch`] waiting increments, oldest
+/// first, with `applier`. The caller's `attempt` is
 /// updated with what was learnt about its write.
-pub async fn increment(
-    name: String,
+pub async fn increment<T: ?Sized>(
+    owner: &T,
+    name: &str,
     delta: i64,
     range: CounterRange,
     attempt: &mut Attempt,
-    max_batch: usize,
+    batching: Batching,
     applier: &dyn ApplyBatch,
 ) -> Result<i64> {
-    let queue = queue(name);
+    let queue = queue(owner, name, batching.in_flight);
     let (reply, mut answer) = tokio::sync::oneshot::channel();
     lock(&queue.waiting).push_back(Pending {
         delta,
         range,
         attempt: attempt.clone(),
         planned: None,
+        refused: None,
+        in_doubt: false,
         reply,
     });
     loop {
@@ -168,12 +206,14 @@ pub async fn increment(
                 *attempt = returned;
                 return result;
             }
-            turn = queue.turn.clone().lock_owned() => {
+            turn = queue.turns.clone().acquire_owned() => {
+                // The semaphore is never closed.
+                let Ok(turn) = turn else { continue };
                 let mut batch = Batch {
                     pending: {
                         let mut waiting = lock(&queue.waiting);
                         waiting.retain(|pending| !pending.abandoned());
-                        let take = waiting.len().min(max_batch.max(1));
+                        let take = waiting.len().min(batching.max_batch.max(1));
                         waiting.drain(..take).collect()
                     },
                     queue: queue.clone(),
@@ -243,11 +283,15 @@ mod tests {
                 tokio::spawn(async move {
                     let mut attempt = Attempt::new();
                     increment(
-                        "combine-test".into(),
+                        &*applier,
+                        "combine-test",
                         1,
                         CounterRange::Signed,
                         &mut attempt,
-                        16,
+                        Batching {
+                            max_batch: 16,
+                            in_flight: 1,
+                        },
                         &*applier,
                     )
                     .await
@@ -277,11 +321,15 @@ mod tests {
         let call = |applier: Arc<Counting>| async move {
             let mut attempt = Attempt::new();
             increment(
-                "cancel-test".into(),
+                &*applier,
+                "cancel-test",
                 1,
                 CounterRange::Signed,
                 &mut attempt,
-                8,
+                Batching {
+                    max_batch: 8,
+                    in_flight: 1,
+                },
                 &*applier,
             )
             .await

@@ -137,8 +137,8 @@ pub trait ConditionalStore: Send + Sync {
     /// What names `key`'s backend item in this store (a bucket and object name, a container,
     /// partition and id): read-modify-write steps on one item through one store take turns,
     /// and its increments are applied in batches ([`increment`], [`swap`]). Only steps through
-    /// the same store instance share a queue ([`queue_of`]), so equal names of different
-    /// stores never share a batch. The default, the key alone, suits a store whose keys name
+    /// the same store instance share a queue, so equal names of different stores never share
+    /// a batch. The default, the key alone, suits a store whose keys name
     /// its items.
     fn queue_name(&self, key: &str) -> String {
         key.to_string()
@@ -244,8 +244,16 @@ impl Journal {
             .map(|entry| entry.applied)
     }
 
-    fn has_base(&self, base: u32) -> bool {
-        self.entries.iter().any(|entry| entry.base == base)
+    /// Whether a whole write conditioned on `base` is recorded. A journal of `len` entries
+    /// may have been trimmed one entry at a time (by a release before batches, which keeps
+    /// exactly `len`), so a group among its oldest entries may have lost some of them.
+    fn has_other_write_on(&self, base: u32, len: usize) -> bool {
+        let whole = self.entries.len() < len
+            || self
+                .entries
+                .front()
+                .is_some_and(|oldest| oldest.base != base);
+        whole && self.entries.iter().any(|entry| entry.base == base)
     }
 
     /// This journal with one more entry ([`Journal::recording_all`]).
@@ -302,14 +310,14 @@ enum Earlier {
 /// key is missing again, or re-created by someone else with a fresh journal), so an attempt
 /// conditioned on absence is resolved only by finding its own entry; otherwise the outcome is
 /// unknown.
-fn resolve(attempt: &mut Attempt, journal: &Journal, current: u32) -> Result<Earlier> {
+fn resolve(attempt: &mut Attempt, journal: &Journal, current: u32, len: usize) -> Result<Earlier> {
     if let Some(applied) = journal.find(attempt.request()) {
         return Ok(Earlier::Applied(applied));
     }
     let Some(base) = attempt.attempted_base() else {
         return Ok(Earlier::NotApplied);
     };
-    if base_is_a_version(base) && (base == current || journal.has_base(base)) {
+    if base_is_a_version(base) && (base == current || journal.has_other_write_on(base, len)) {
         attempt.set_attempted_base(None);
         return Ok(Earlier::NotApplied);
     }
@@ -334,7 +342,8 @@ async fn resolve_now<S: ConditionalStore + ?Sized>(
     for read_attempt in 1..=RESOLVE_ATTEMPTS {
         match store.read(key).await {
             Ok(read) if read != Read::Raced => {
-                return match resolve(attempt, &journal_of(&read), fingerprint_of(store, &read))? {
+                let (journal, len) = (journal_of(&read), store.journal_len(key));
+                return match resolve(attempt, &journal, fingerprint_of(store, &read), len)? {
                     Earlier::Applied(applied) => Ok(Some(applied)),
                     Earlier::NotApplied => Ok(None),
                 };
@@ -388,21 +397,11 @@ pub async fn increment<S: ConditionalStore + ?Sized>(
     increment_within(store, key, delta, CounterRange::Signed, attempt).await
 }
 
-/// The queue of `key`'s item through this instance of `store`: its [`ConditionalStore::queue_name`]
-/// and the instance's address, which no other live store has. Two stores whose names
-/// coincide (one table name on two endpoints) then never apply each other's increments.
-fn queue_of<S: ConditionalStore + ?Sized>(store: &S, key: &str) -> String {
-    format!(
-        "{}\0{:p}",
-        store.queue_name(key),
-        store as *const S as *const ()
-    )
-}
-
 /// The most increments of one key applied in one write ([`crate::combine`]). Each adds a
-/// journal entry, so a batch is also bounded by half the key's journal: its entries must
-/// outlive it long enough for a retry to find them.
-pub const MAX_BATCH: usize = 32;
+/// journal entry, so a batch is also bounded by an eighth of the key's journal: a retry still
+/// finds its entry after at least 8 more writes of full batches (and [`JOURNAL_LEN`] writes
+/// of one increment each).
+pub const MAX_BATCH: usize = 16;
 
 /// [`increment`], failing with `overflow` and writing nothing when the total would leave
 /// `range`. Concurrent increments of one key from this process are applied together, one
@@ -414,14 +413,19 @@ pub async fn increment_within<S: ConditionalStore + ?Sized>(
     range: CounterRange,
     attempt: &mut Attempt,
 ) -> Result<i64> {
-    let max_batch = (store.journal_len(key) / 2).clamp(1, MAX_BATCH);
+    let batching = combine::Batching {
+        max_batch: (store.journal_len(key) / 8).clamp(1, MAX_BATCH),
+        // The next batch must read what this one wrote.
+        in_flight: 1,
+    };
     let applier = Increments { store, key };
     combine::increment(
-        queue_of(store, key),
+        store,
+        &store.queue_name(key),
         delta,
         range,
         attempt,
-        max_batch,
+        batching,
         &applier,
     )
     .await
@@ -459,7 +463,7 @@ async fn apply_increments<S: ConditionalStore + ?Sized>(store: &S, key: &str, ba
             Err(err) => return batch.answer(|_| Some(Err(err.duplicate()))),
         };
         let base = fingerprint_of(store, &read);
-        settle(batch, &journal_of(&read), base);
+        settle(batch, &journal_of(&read), base, store.journal_len(key));
         if batch.is_empty() {
             return;
         }
@@ -485,22 +489,35 @@ async fn apply_increments<S: ConditionalStore + ?Sized>(store: &S, key: &str, ba
                 Err(err) => return batch.answer(|_| Some(Err(err.duplicate()))),
             },
         };
+        // Each increment adds to the totals before it. One that would leave its range is
+        // left out, and told so only once the write applied: the totals it was judged on
+        // exist only then.
         let mut total = start;
         let mut written = Vec::new();
-        batch.answer(
-            |pending| match add_delta_within(total, pending.delta, pending.range) {
+        batch.answer(|pending| {
+            match add_delta_within(total, pending.delta, pending.range) {
                 Ok(next) => {
                     total = next;
                     pending.planned = Some(next);
+                    pending.refused = None;
                     pending.attempt.set_attempted_base(Some(base));
                     written.push((pending.attempt.request(), Applied::Incremented(next)));
-                    None
                 }
-                Err(err) => Some(Err(err)),
-            },
-        );
-        if batch.is_empty() {
-            return;
+                Err(err) => {
+                    pending.planned = None;
+                    pending.refused = Some(err);
+                }
+            }
+            None
+        });
+        if written.is_empty() {
+            // Nothing to write: the range errors stand on the state just read. An increment
+            // whose earlier write may still land is not told "not applied".
+            return batch.answer(|pending| match pending.refused.take() {
+                Some(_) if pending.in_doubt => Some(Err(in_doubt_error())),
+                Some(err) => Some(Err(err)),
+                None => Some(Err(KvError::internal("an increment had no plan"))),
+            });
         }
         let write = Write {
             value: encode_counter(total),
@@ -510,17 +527,21 @@ async fn apply_increments<S: ConditionalStore + ?Sized>(store: &S, key: &str, ba
         let failure = match store.write_if(key, write, expect).await {
             Ok(true) => {
                 return batch.answer(|pending| {
-                    Some(
-                        pending.planned.ok_or_else(|| {
-                            KvError::internal("an increment of the batch had no total")
-                        }),
-                    )
+                    Some(match (pending.planned, pending.refused.take()) {
+                        (Some(total), _) => Ok(total),
+                        // Left out of a write that applied, on the totals it wrote.
+                        (None, Some(err)) if !pending.in_doubt => Err(err),
+                        (None, Some(_)) => Err(in_doubt_error()),
+                        (None, None) => Err(KvError::internal("an increment had no plan")),
+                    })
                 });
             }
             Ok(false) if !resends => {
-                // A conflict is final: the write did not happen.
+                // A conflict is final: the write did not happen, and no earlier write on the
+                // base it was conditioned on can land any more.
                 batch.answer(|pending| {
                     pending.attempt.set_attempted_base(None);
+                    pending.in_doubt = false;
                     None
                 });
                 continue;
@@ -532,7 +553,11 @@ async fn apply_increments<S: ConditionalStore + ?Sized>(store: &S, key: &str, ba
             // retry, which honours the backend's Retry-After, decides whether to try again.
             Err(err) if !err.may_have_applied() && !resends => {
                 return batch.answer(|pending| {
-                    pending.attempt.set_attempted_base(None);
+                    // One whose earlier write may still land keeps it open: the host's retry,
+                    // or its final `outcome unknown`, resolves it.
+                    if !pending.in_doubt {
+                        pending.attempt.set_attempted_base(None);
+                    }
                     Some(Err(err.duplicate()))
                 });
             }
@@ -558,12 +583,21 @@ async fn apply_increments<S: ConditionalStore + ?Sized>(store: &S, key: &str, ba
     });
 }
 
+/// The answer of an increment that cannot be applied now, whose earlier write, handed back by
+/// a caller that gave up, may still land.
+fn in_doubt_error() -> KvError {
+    KvError::unavailable(format!(
+        "{OUTCOME_UNKNOWN}: an earlier write of this increment may still be in flight"
+    ))
+    .with_transient(false)
+}
+
 /// Answers the increments whose earlier attempt `journal` and the `current` version fingerprint
 /// resolve (applied: its recorded total; unknowable: `outcome unknown`); those certainly not
 /// applied stay, their attempts cleared.
-fn settle(batch: &mut Batch, journal: &Journal, current: u32) {
+fn settle(batch: &mut Batch, journal: &Journal, current: u32, len: usize) {
     batch.answer(
-        |pending| match resolve(&mut pending.attempt, journal, current) {
+        |pending| match resolve(&mut pending.attempt, journal, current, len) {
             Ok(Earlier::Applied(Applied::Incremented(total))) => Some(Ok(total)),
             Ok(Earlier::Applied(Applied::Swapped)) => {
                 Some(Err(KvError::internal("a swap's request id was reused")))
@@ -579,7 +613,8 @@ async fn settle_now<S: ConditionalStore + ?Sized>(store: &S, key: &str, batch: &
     for read_attempt in 1..=RESOLVE_ATTEMPTS {
         match store.read(key).await {
             Ok(read) if read != Read::Raced => {
-                settle(batch, &journal_of(&read), fingerprint_of(store, &read));
+                let len = store.journal_len(key);
+                settle(batch, &journal_of(&read), fingerprint_of(store, &read), len);
                 return true;
             }
             _ => Backoff::CONTENTION.wait(read_attempt).await,
@@ -666,7 +701,7 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
     value: &[u8],
     attempt: &mut Attempt,
 ) -> Result<SwapOutcome> {
-    let _turn = combine::turn(queue_of(store, key)).await;
+    let _turn = combine::turn(store, &store.queue_name(key)).await;
     let read = loop {
         match store.read(key).await? {
             Read::Raced => Backoff::CONTENTION.wait(1).await,
@@ -674,7 +709,12 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
         }
     };
     let journal = journal_of(&read);
-    match resolve(attempt, &journal, fingerprint_of(store, &read))? {
+    match resolve(
+        attempt,
+        &journal,
+        fingerprint_of(store, &read),
+        store.journal_len(key),
+    )? {
         Earlier::Applied(Applied::Swapped) => return Ok(SwapOutcome::Swapped),
         Earlier::Applied(Applied::Incremented(_)) => {
             return Err(KvError::internal("an increment's request id was reused"));
@@ -1099,6 +1139,97 @@ mod tests {
         );
     }
 
+    /// A range error is judged on the totals the write makes. Before, in a batch of +5 and
+    /// +10 at i64::MAX - 10, the +10 was answered `overflow` at once; the write then lost to
+    /// another writer's -100, and the counter never held a value the +10 overflowed from.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_range_error_waits_for_the_write_it_is_judged_on() {
+        struct Contended {
+            inner: Versioned,
+            writes: AtomicU32,
+        }
+        #[async_trait]
+        impl ConditionalStore for Contended {
+            async fn read(&self, key: &str) -> Result<Read> {
+                self.inner.read(key).await
+            }
+            async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool> {
+                match self.writes.fetch_add(1, Ordering::SeqCst) {
+                    // The first call holds the turn while the two others queue up.
+                    0 => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                    // Their batch loses to another host's -100.
+                    1 => {
+                        let current = self.inner.value(key);
+                        let current: i64 = std::str::from_utf8(&current).unwrap().parse().unwrap();
+                        self.inner
+                            .put(key, (current - 100).to_string().as_bytes(), None);
+                    }
+                    _ => {}
+                }
+                self.inner.write_if(key, write, expect).await
+            }
+        }
+        let store = std::sync::Arc::new(Contended {
+            inner: Versioned::default(),
+            writes: AtomicU32::new(0),
+        });
+        store
+            .inner
+            .put("n", (i64::MAX - 10).to_string().as_bytes(), None);
+        let call = |delta: i64| {
+            let store = store.clone();
+            tokio::spawn(async move { increment(&*store, "n", delta, &mut Attempt::new()).await })
+        };
+        let first = call(0);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let plus_five = call(5);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let plus_ten = call(10);
+        assert_eq!(first.await.unwrap().unwrap(), i64::MAX - 10);
+        assert_eq!(plus_five.await.unwrap().unwrap(), i64::MAX - 105);
+        assert_eq!(plus_ten.await.unwrap().unwrap(), i64::MAX - 95);
+        assert_eq!(
+            store.inner.value("n"),
+            (i64::MAX - 95).to_string().as_bytes()
+        );
+    }
+
+    /// A release before batches trims the journal one entry at a time, so a batch's group at
+    /// the front may be cut: another request's entry on the base there proves nothing.
+    #[test]
+    fn a_group_at_the_front_may_be_cut() {
+        let base = Expect::Version("7".into()).fingerprint();
+        let ours = RequestId::new();
+        let mut attempt = Attempt::of(ours);
+        attempt.set_attempted_base(Some(base));
+        let current = Expect::Version("9".into()).fingerprint();
+        // Our batch-mate's entry is the oldest left: ours may have been trimmed before it.
+        let cut = Journal::default()
+            .recording(base, RequestId::new(), Applied::Incremented(2), 8)
+            .recording(current, RequestId::new(), Applied::Incremented(3), 8);
+        let err = resolve(&mut attempt, &cut, current, 2)
+            .err()
+            .expect("unknown");
+        assert!(err.message().starts_with(OUTCOME_UNKNOWN), "{err}");
+        // A journal shorter than its bound was never trimmed: the oldest group is whole. (The
+        // first write after a plain set is the oldest: a rule on position alone made every
+        // lost race of a resending client, Cosmos DB, `outcome unknown`.)
+        let mut again = Attempt::of(ours);
+        again.set_attempted_base(Some(base));
+        assert!(matches!(
+            resolve(&mut again, &cut, current, 8),
+            Ok(Earlier::NotApplied)
+        ));
+        // Behind an older write, the group on our base is whole: another write won.
+        let whole = Journal::default()
+            .recording(1, RequestId::new(), Applied::Incremented(1), 8)
+            .recording(base, RequestId::new(), Applied::Incremented(2), 8);
+        assert!(matches!(
+            resolve(&mut attempt, &whole, current, 2),
+            Ok(Earlier::NotApplied)
+        ));
+    }
+
     /// A batch's entries leave the journal together: a retry that finds another entry on
     /// its base concludes another write won, which needs every entry of that write.
     #[test]
@@ -1116,7 +1247,7 @@ mod tests {
         // Another: the batch goes whole, not its oldest entry alone.
         assert_eq!(journal.entries.len(), 2);
         assert!(requests.iter().all(|r| journal.find(*r).is_none()));
-        assert!(!journal.has_base(2));
+        assert!(!journal.has_other_write_on(2, 5));
     }
 
     /// Makes the next write apply and lose its reply, and the reads right after it fail, so

@@ -64,6 +64,26 @@ pub fn map_error(op: &str, err: RedisError) -> KvError {
         .with_source(err)
 }
 
+/// Maps the error a script reports as data for one of several operations it made (a server
+/// error reply such as `ERR value is not an integer or out of range`), classified like the
+/// same reply to a command.
+pub fn map_script_error(op: &str, reply: &str) -> KvError {
+    let code = reply.split_whitespace().next().unwrap_or("ERR").to_string();
+    let detail = reply
+        .get(code.len()..)
+        .unwrap_or("")
+        .trim_start()
+        .to_string();
+    map_error(
+        op,
+        RedisError::from((
+            redis::ErrorKind::Server(ServerErrorKind::ResponseError),
+            "script",
+            format!("{code} {detail}"),
+        )),
+    )
+}
+
 /// A pipeline (a write and its `WAIT`) fails with the failed command's server error inside;
 /// that error is the one to classify.
 fn unwrap_pipeline(err: RedisError) -> RedisError {

@@ -42,8 +42,9 @@ enum Native {
 struct Backend {
     name: String,
     url: String,
-    /// Hosts sharing the key: 1 for the in-memory store, which lives in one host.
-    hosts: usize,
+    /// The numbers of hosts sharing the key, one row each: 1 for the in-memory store, which
+    /// lives in one host; 16 (one guest each) shows what batching inside a host cannot help.
+    shapes: Vec<usize>,
     native: Native,
     _guard: Option<kv_testkit::emulator::Started>,
 }
@@ -61,7 +62,9 @@ pub async fn hot_key_rows(settings: &Settings) -> anyhow::Result<()> {
         settings.hot_backends.is_empty() || settings.hot_backends.iter().any(|b| b == name)
     };
     for backend in backends(dir.path(), &wanted).await? {
-        row(settings, &backend).await?;
+        for &hosts in &backend.shapes {
+            row(settings, &backend, hosts).await?;
+        }
     }
     Ok(())
 }
@@ -73,14 +76,14 @@ async fn backends(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result<V
         Backend {
             name: "memory".into(),
             url: "memory:".into(),
-            hosts: 1,
+            shapes: vec![1],
             native: Native::Memory(memory),
             _guard: None,
         },
         Backend {
             name: "sqlite".into(),
             url: format!("sqlite:{}", sqlite.display()),
-            hosts: 2,
+            shapes: vec![2],
             native: Native::Sqlite(dir.join("native.db")),
             _guard: None,
         },
@@ -131,7 +134,10 @@ async fn backends(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result<V
         backends.push(Backend {
             name: provider.to_string(),
             url: started.store_url.clone(),
-            hosts: 2,
+            shapes: match emulator {
+                Emulator::Redis | Emulator::DynamoDb => vec![2, 16],
+                _ => vec![2],
+            },
             native,
             _guard: Some(started),
         });
@@ -140,15 +146,15 @@ async fn backends(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result<V
     Ok(backends)
 }
 
-async fn row(settings: &Settings, backend: &Backend) -> anyhow::Result<()> {
-    let hosts = if backend.hosts == 1 {
+async fn row(settings: &Settings, backend: &Backend, shape: usize) -> anyhow::Result<()> {
+    let hosts = if shape == 1 {
         let Native::Memory(memory) = &backend.native else {
             anyhow::bail!("one host only for the in-memory store");
         };
         vec![memory.clone()]
     } else {
         let mut hosts = Vec::new();
-        for _ in 0..backend.hosts {
+        for _ in 0..shape {
             hosts.push(stores(&backend.url).await?);
         }
         hosts
