@@ -37,8 +37,9 @@ pub struct Pending {
     /// The range error this increment gets if the batch's write applies (judged against the
     /// totals before it, which exist only once the write has applied).
     pub(crate) refused: Option<KvError>,
-    /// A write of this increment may still be on its way: it was handed back by a batch whose
-    /// caller gave up after sending. Until it resolves, no error may say "not applied".
+    /// An earlier write of this increment, on the base the batch now writes on, may still
+    /// land (its reply lost, or sent by a batch handed back by a caller that gave up): no
+    /// answer may say "not applied" until the version has moved on.
     pub(crate) in_doubt: bool,
     reply: tokio::sync::oneshot::Sender<(Result<i64>, Attempt)>,
 }
@@ -94,8 +95,9 @@ impl Drop for Batch {
             return;
         }
         let mut waiting = lock(&self.queue.waiting);
-        for mut pending in self.pending.drain(..).rev() {
-            pending.in_doubt |= pending.attempt.attempted_base().is_some();
+        // Each keeps its attempt as it stands: a write it may have sent keeps its base there,
+        // which the next batch resolves before trying again.
+        for pending in self.pending.drain(..).rev() {
             waiting.push_front(pending);
         }
     }
@@ -108,85 +110,90 @@ pub trait ApplyBatch: Send + Sync {
     async fn apply(&self, batch: &mut Batch);
 }
 
-/// How a key's increments are batched.
-#[derive(Debug, Clone, Copy)]
-pub struct Batching {
-    /// The most increments in one batch.
-    pub max_batch: usize,
-    /// The most batches of one key in flight at once: 1 where a batch reads and then writes
-    /// (the next must read what it wrote), more where the backend applies a batch atomically
-    /// by itself (a Redis script), so batches can overlap in the network.
-    pub in_flight: usize,
-}
-
-/// A key's turns and the increments waiting for them.
+/// A key's turn, and the increments waiting for it through one store instance.
 pub(crate) struct Queue {
-    turns: Arc<tokio::sync::Semaphore>,
+    turn: Arc<tokio::sync::Mutex<()>>,
     waiting: Mutex<VecDeque<Pending>>,
 }
 
-/// A turn of one step on one backend item. With one turn per item (read-modify-write), no
-/// other step of this process on that item runs while it is held.
-pub(crate) type Turn = tokio::sync::OwnedSemaphorePermit;
+/// The turn of one step on one backend item: while it is held, no other step of this process
+/// on that item runs.
+pub(crate) type Turn = tokio::sync::OwnedMutexGuard<()>;
 
-/// Queue entries kept before the idle ones are dropped.
-const QUEUES_KEPT: usize = 1024;
-
-/// The queue of the item `name` through `owner` (a store instance): the name and the
-/// owner's address, which no other live store has. Two stores whose names coincide (one
-/// table name on two endpoints) then never apply each other's increments.
-fn queue<T: ?Sized>(owner: &T, name: &str, turns: usize) -> Arc<Queue> {
-    let name = format!("{name}\0{:p}", owner as *const T as *const ());
-    /// The queues by name, and the size at which idle ones are dropped next.
-    type Queues = (HashMap<String, Weak<Queue>>, usize);
-    static QUEUES: std::sync::OnceLock<Mutex<Queues>> = std::sync::OnceLock::new();
-    let mut guard = lock(QUEUES.get_or_init(|| Mutex::new((HashMap::new(), QUEUES_KEPT))));
-    let (queues, prune_at) = &mut *guard;
-    if let Some(queue) = queues.get(&name).and_then(Weak::upgrade) {
-        return queue;
-    }
-    // Forget the queues nobody holds once the map doubled since the last time: amortised O(1)
-    // per name, however many are busy.
-    if queues.len() >= *prune_at {
-        queues.retain(|_, queue| queue.strong_count() > 0);
-        *prune_at = (queues.len() * 2).max(QUEUES_KEPT);
-    }
-    let queue = Arc::new(Queue {
-        turns: Arc::new(tokio::sync::Semaphore::new(turns.max(1))),
-        waiting: Mutex::default(),
-    });
-    queues.insert(name, Arc::downgrade(&queue));
-    queue
+/// Values shared by name while someone holds them; the idle ones are forgotten once the map
+/// has doubled since the last time (amortised O(1) per name, however many are busy).
+struct Registry<V> {
+    by_name: HashMap<String, Weak<V>>,
+    prune_at: usize,
 }
 
-/// Waits for the turn of the item `name` through `owner` ([`queue`]), the only one of a
-/// read-modify-write item. Turns are FIFO (tokio's semaphore), so every step of this process
-/// gets one in order.
-pub(crate) async fn turn<T: ?Sized>(owner: &T, name: &str) -> Option<Turn> {
-    queue(owner, name, 1)
-        .turns
-        .clone()
-        .acquire_owned()
-        .await
-        .ok()
+/// Registry entries kept before the idle ones are dropped.
+const KEPT: usize = 1024;
+
+impl<V> Registry<V> {
+    fn new() -> Self {
+        Registry {
+            by_name: HashMap::new(),
+            prune_at: KEPT,
+        }
+    }
+
+    fn get_or_insert(&mut self, name: String, make: impl FnOnce() -> V) -> Arc<V> {
+        if let Some(value) = self.by_name.get(&name).and_then(Weak::upgrade) {
+            return value;
+        }
+        if self.by_name.len() >= self.prune_at {
+            self.by_name.retain(|_, value| value.strong_count() > 0);
+            self.prune_at = (self.by_name.len() * 2).max(KEPT);
+        }
+        let value = Arc::new(make());
+        self.by_name.insert(name, Arc::downgrade(&value));
+        value
+    }
+}
+
+/// The turn of the item `name`: one per name in the process, whichever store instance asks
+/// (two stores of one item take turns; two items whose names coincide only wait).
+fn turn_of(name: &str) -> Arc<tokio::sync::Mutex<()>> {
+    type Turns = Registry<tokio::sync::Mutex<()>>;
+    static TURNS: std::sync::OnceLock<Mutex<Turns>> = std::sync::OnceLock::new();
+    lock(TURNS.get_or_init(|| Mutex::new(Registry::new())))
+        .get_or_insert(name.to_string(), || tokio::sync::Mutex::new(()))
+}
+
+/// The queue of the item `name` through `owner` (a store instance): keyed by the name and the
+/// owner's address, which no other live store has. Two stores whose names coincide (one table
+/// name on two endpoints) then never apply each other's increments; they share the turn.
+fn queue<T: ?Sized>(owner: &T, name: &str) -> Arc<Queue> {
+    static QUEUES: std::sync::OnceLock<Mutex<Registry<Queue>>> = std::sync::OnceLock::new();
+    let key = format!("{name}\0{:p}", owner as *const T as *const ());
+    lock(QUEUES.get_or_init(|| Mutex::new(Registry::new()))).get_or_insert(key, || Queue {
+        turn: turn_of(name),
+        waiting: Mutex::default(),
+    })
+}
+
+/// Waits for the turn of the item `name` ([`turn_of`]). The turn is FIFO (tokio's mutex), so
+/// every step of this process gets it in order.
+pub(crate) async fn turn(name: &str) -> Turn {
+    turn_of(name).lock_owned().await
 }
 
 /// Adds `delta` to the item `name` of the store `owner` (the backend item, as
 /// [`crate::rmw::ConditionalStore::queue_name`] names it) together with the increments of the
-/// same item through the same store instance waiting beside it. Whichever caller gets a turn
-/// of the key applies a batch of at most [`Batching::max_batch`] waiting increments, oldest
-/// first, with `applier`. The caller's `attempt` is
-/// updated with what was learnt about its write.
+/// same item through the same store instance waiting beside it. Whichever caller gets the
+/// key's turn applies a batch of at most `max_batch` waiting increments, oldest first, with
+/// `applier`. The caller's `attempt` is updated with what was learnt about its write.
 pub async fn increment<T: ?Sized>(
     owner: &T,
     name: &str,
     delta: i64,
     range: CounterRange,
     attempt: &mut Attempt,
-    batching: Batching,
+    max_batch: usize,
     applier: &dyn ApplyBatch,
 ) -> Result<i64> {
-    let queue = queue(owner, name, batching.in_flight);
+    let queue = queue(owner, name);
     let (reply, mut answer) = tokio::sync::oneshot::channel();
     lock(&queue.waiting).push_back(Pending {
         delta,
@@ -206,14 +213,12 @@ pub async fn increment<T: ?Sized>(
                 *attempt = returned;
                 return result;
             }
-            turn = queue.turns.clone().acquire_owned() => {
-                // The semaphore is never closed.
-                let Ok(turn) = turn else { continue };
+            turn = queue.turn.clone().lock_owned() => {
                 let mut batch = Batch {
                     pending: {
                         let mut waiting = lock(&queue.waiting);
                         waiting.retain(|pending| !pending.abandoned());
-                        let take = waiting.len().min(batching.max_batch.max(1));
+                        let take = waiting.len().min(max_batch.max(1));
                         waiting.drain(..take).collect()
                     },
                     queue: queue.clone(),
@@ -288,10 +293,7 @@ mod tests {
                         1,
                         CounterRange::Signed,
                         &mut attempt,
-                        Batching {
-                            max_batch: 16,
-                            in_flight: 1,
-                        },
+                        16,
                         &*applier,
                     )
                     .await
@@ -326,10 +328,7 @@ mod tests {
                 1,
                 CounterRange::Signed,
                 &mut attempt,
-                Batching {
-                    max_batch: 8,
-                    in_flight: 1,
-                },
+                8,
                 &*applier,
             )
             .await

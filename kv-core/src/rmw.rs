@@ -135,11 +135,11 @@ pub trait ConditionalStore: Send + Sync {
     async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool>;
 
     /// What names `key`'s backend item in this store (a bucket and object name, a container,
-    /// partition and id): read-modify-write steps on one item through one store take turns,
-    /// and its increments are applied in batches ([`increment`], [`swap`]). Only steps through
-    /// the same store instance share a queue, so equal names of different stores never share
-    /// a batch. The default, the key alone, suits a store whose keys name
-    /// its items.
+    /// partition and id): read-modify-write steps on one item in this process take turns,
+    /// and its increments are applied in batches ([`increment`], [`swap`]). Only increments
+    /// through the same store instance share a batch, so equal names of different stores
+    /// never do; they only wait for each other. The default, the key alone, suits a store
+    /// whose keys name its items.
     fn queue_name(&self, key: &str) -> String {
         key.to_string()
     }
@@ -413,11 +413,7 @@ pub async fn increment_within<S: ConditionalStore + ?Sized>(
     range: CounterRange,
     attempt: &mut Attempt,
 ) -> Result<i64> {
-    let batching = combine::Batching {
-        max_batch: (store.journal_len(key) / 8).clamp(1, MAX_BATCH),
-        // The next batch must read what this one wrote.
-        in_flight: 1,
-    };
+    let max_batch = (store.journal_len(key) / 8).clamp(1, MAX_BATCH);
     let applier = Increments { store, key };
     combine::increment(
         store,
@@ -425,7 +421,7 @@ pub async fn increment_within<S: ConditionalStore + ?Sized>(
         delta,
         range,
         attempt,
-        batching,
+        max_batch,
         &applier,
     )
     .await
@@ -500,12 +496,16 @@ async fn apply_increments<S: ConditionalStore + ?Sized>(store: &S, key: &str, ba
                     total = next;
                     pending.planned = Some(next);
                     pending.refused = None;
+                    // An earlier write on this very base was not applied yet, but may still
+                    // land (a reply lost, or a batch handed back by a caller that gave up).
+                    pending.in_doubt = pending.attempt.attempted_base() == Some(base);
                     pending.attempt.set_attempted_base(Some(base));
                     written.push((pending.attempt.request(), Applied::Incremented(next)));
                 }
                 Err(err) => {
                     pending.planned = None;
                     pending.refused = Some(err);
+                    pending.in_doubt = pending.attempt.attempted_base() == Some(base);
                 }
             }
             None
@@ -529,19 +529,22 @@ async fn apply_increments<S: ConditionalStore + ?Sized>(store: &S, key: &str, ba
                 return batch.answer(|pending| {
                     Some(match (pending.planned, pending.refused.take()) {
                         (Some(total), _) => Ok(total),
-                        // Left out of a write that applied, on the totals it wrote.
-                        (None, Some(err)) if !pending.in_doubt => Err(err),
-                        (None, Some(_)) => Err(in_doubt_error()),
+                        // Left out of a write that applied, on the totals it wrote. That write
+                        // was conditioned on the base of any earlier write of this increment,
+                        // so the earlier one had not landed and never will.
+                        (None, Some(err)) => Err(err),
                         (None, None) => Err(KvError::internal("an increment had no plan")),
                     })
                 });
             }
             Ok(false) if !resends => {
-                // A conflict is final: the write did not happen, and no earlier write on the
-                // base it was conditioned on can land any more.
+                // A conflict is final: this write did not happen. An earlier write of the same
+                // increment on the same base may be what moved the version: that one keeps its
+                // base, and the next read resolves it through the journal.
                 batch.answer(|pending| {
-                    pending.attempt.set_attempted_base(None);
-                    pending.in_doubt = false;
+                    if !pending.in_doubt {
+                        pending.attempt.set_attempted_base(None);
+                    }
                     None
                 });
                 continue;
@@ -595,17 +598,27 @@ fn in_doubt_error() -> KvError {
 /// Answers the increments whose earlier attempt `journal` and the `current` version fingerprint
 /// resolve (applied: its recorded total; unknowable: `outcome unknown`); those certainly not
 /// applied stay, their attempts cleared.
+///
+/// "Not applied" because the version is still the one an earlier write was conditioned on
+/// means "not applied yet": that write may still land. Its base stays in the attempt, so the
+/// next write on the same base knows (`Pending::in_doubt`) and no answer
+/// says "not applied" before the version has moved on.
 fn settle(batch: &mut Batch, journal: &Journal, current: u32, len: usize) {
-    batch.answer(
-        |pending| match resolve(&mut pending.attempt, journal, current, len) {
+    batch.answer(|pending| {
+        let earlier = pending.attempt.attempted_base();
+        let settled = resolve(&mut pending.attempt, journal, current, len);
+        if earlier == Some(current) && matches!(settled, Ok(Earlier::NotApplied)) {
+            pending.attempt.set_attempted_base(earlier);
+        }
+        match settled {
             Ok(Earlier::Applied(Applied::Incremented(total))) => Some(Ok(total)),
             Ok(Earlier::Applied(Applied::Swapped)) => {
                 Some(Err(KvError::internal("a swap's request id was reused")))
             }
             Ok(Earlier::NotApplied) => None,
             Err(err) => Some(Err(err)),
-        },
-    );
+        }
+    });
 }
 
 /// [`settle`] right after an ambiguous write, reading the key again: whether a read succeeded.
@@ -701,7 +714,7 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
     value: &[u8],
     attempt: &mut Attempt,
 ) -> Result<SwapOutcome> {
-    let _turn = combine::turn(store, &store.queue_name(key)).await;
+    let _turn = combine::turn(&store.queue_name(key)).await;
     let read = loop {
         match store.read(key).await? {
             Read::Raced => Backoff::CONTENTION.wait(1).await,
@@ -1228,6 +1241,98 @@ mod tests {
             resolve(&mut attempt, &whole, current, 2),
             Ok(Earlier::NotApplied)
         ));
+    }
+
+    /// A write whose reply was lost may still be on its way when the version says "not
+    /// applied": it lands after the retry read, the retry's own write then loses the race, and
+    /// 130 other writes push the first write's entry out of the journal before the next read.
+    /// Before, the lost race cleared the attempt and the third round applied the increment a
+    /// second time (132); now the attempt keeps its base and the call is `outcome unknown`.
+    #[tokio::test]
+    async fn a_write_that_lands_late_is_never_applied_again() {
+        struct Late {
+            inner: Versioned,
+            writes: AtomicU32,
+            held: Mutex<Option<(String, Write, Expect)>>,
+        }
+        #[async_trait]
+        impl ConditionalStore for Late {
+            async fn read(&self, key: &str) -> Result<Read> {
+                self.inner.read(key).await
+            }
+            async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool> {
+                match self.writes.fetch_add(1, Ordering::SeqCst) {
+                    0 => {
+                        // Sent, not landed, and the reply is lost.
+                        *self.held.lock().unwrap() = Some((key.to_string(), write, expect));
+                        return Err(KvError::unavailable("reply lost"));
+                    }
+                    1 => {
+                        let (k, w, e) = self.held.lock().unwrap().take().unwrap();
+                        assert!(self.inner.write_if(&k, w, e).await?, "the late write lands");
+                        for _ in 0..130 {
+                            let Read::Found(now) = self.inner.read(key).await? else {
+                                unreachable!()
+                            };
+                            let next = parse_counter(&now.value)? + 1;
+                            let base = Expect::Version(now.version.clone()).fingerprint();
+                            let other = Write {
+                                value: encode_counter(next),
+                                expires_at_ms: None,
+                                journal: now.journal.recording(
+                                    base,
+                                    RequestId::new(),
+                                    Applied::Incremented(next),
+                                    JOURNAL_LEN,
+                                ),
+                            };
+                            self.inner
+                                .write_if(key, other, Expect::Version(now.version))
+                                .await?;
+                        }
+                    }
+                    _ => {}
+                }
+                self.inner.write_if(key, write, expect).await
+            }
+        }
+        let store = Late {
+            inner: Versioned::default(),
+            writes: AtomicU32::new(0),
+            held: Mutex::new(None),
+        };
+        store.inner.put("n", b"0", None);
+        let mut call = Attempt::new();
+        let err = increment(&store, "n", 1, &mut call).await.unwrap_err();
+        assert!(err.message().starts_with(OUTCOME_UNKNOWN), "{err}");
+        assert_eq!(
+            store.inner.value("n"),
+            b"131",
+            "applied once, by the late write"
+        );
+        assert!(call.attempted_base().is_some(), "still unresolved");
+    }
+
+    /// The retry of a call whose write may still land, refused this time, keeps the attempt
+    /// open: its final error says the outcome is unknown, not "throttled" (which reads as
+    /// not applied), since the first write can land after it.
+    #[tokio::test]
+    async fn a_refusal_after_a_write_in_flight_keeps_the_outcome_open() {
+        let store = Versioned::default();
+        store.put("n", b"0", None);
+        let mut call = Attempt::new();
+        let version = store.items.lock().unwrap()["n"].1.to_string();
+        let base = Expect::Version(version).fingerprint();
+        // As if an earlier attempt had sent a write on this version that has not landed.
+        call.set_attempted_base(Some(base));
+        store.refuse_next_write(KvError::new(ErrorKind::Throttled, "429"));
+        let err = increment(&store, "n", 1, &mut call).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Throttled);
+        assert_eq!(
+            call.attempted_base(),
+            Some(base),
+            "the earlier write may land"
+        );
     }
 
     /// A batch's entries leave the journal together: a retry that finds another entry on

@@ -68,16 +68,21 @@ pub fn map_error(op: &str, err: RedisError) -> KvError {
 /// error reply such as `ERR value is not an integer or out of range`), classified like the
 /// same reply to a command.
 pub fn map_script_error(op: &str, reply: &str) -> KvError {
-    let code = reply.split_whitespace().next().unwrap_or("ERR").to_string();
-    let detail = reply
-        .get(code.len()..)
-        .unwrap_or("")
-        .trim_start()
-        .to_string();
+    let code = reply.split_whitespace().next().unwrap_or("ERR");
+    let detail = reply.get(code.len()..).unwrap_or("").trim_start();
+    let kind = match code {
+        "LOADING" => ServerErrorKind::BusyLoading,
+        "TRYAGAIN" => ServerErrorKind::TryAgain,
+        "CLUSTERDOWN" => ServerErrorKind::ClusterDown,
+        "MASTERDOWN" => ServerErrorKind::MasterDown,
+        "READONLY" => ServerErrorKind::ReadOnly,
+        "NOPERM" => ServerErrorKind::NoPerm,
+        _ => ServerErrorKind::ResponseError,
+    };
     map_error(
         op,
         RedisError::from((
-            redis::ErrorKind::Server(ServerErrorKind::ResponseError),
+            redis::ErrorKind::Server(kind),
             "script",
             format!("{code} {detail}"),
         )),
@@ -106,6 +111,20 @@ mod tests {
             "ERR",
             detail.to_string(),
         ))
+    }
+
+    #[test]
+    fn script_errors_are_classified_like_replies() {
+        let err = map_script_error("INCRBY", "ERR value is not an integer or out of range");
+        assert_eq!(err.kind(), ErrorKind::NotAnInteger);
+        let err = map_script_error("INCRBY", "ERR increment or decrement would overflow");
+        assert_eq!(err.kind(), ErrorKind::Overflow);
+        let err = map_script_error(
+            "INCRBY",
+            "READONLY You can't write against a read only replica.",
+        );
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(err.is_transient(), "a failover is retried");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use kv_core::combine::{self, ApplyBatch, Batch};
 use kv_core::naming::namespace_prefix;
 use kv_core::provider::{batch_bytes_exceeded, last_entry_per_key};
+use kv_core::store::OUTCOME_UNKNOWN;
 use kv_core::{
     Attempt, Bucket, Bytes, Capabilities, ErrorKind, KeyPage, KvError, Provider, Result,
     StoredValue, SwapOutcome, Version, Versioned,
@@ -185,15 +186,25 @@ return 1
 
 /// A batch of increments of KEYS[1] ([`kv_core::combine`]), each `INCRBY` exactly once per
 /// request: ARGV[2..] are triples of request id, delta and range (`s` any i64, `u` no total
-/// below zero). Each result is recorded in the same script, and a retry that finds its record
-/// returns it. One answer per increment, in order: its total, or `E` and the error of that
-/// increment alone (which wrote nothing). Totals are read back with GET, as text: Lua numbers
-/// are doubles and would round counters beyond 2^53.
+/// below zero). Each outcome is recorded as soon as it is known, in the same script: a total,
+/// or `E` and the error of an increment that wrote nothing (the counter is not an integer, or
+/// the total would leave the range). A request that finds its record gets it again, so a late
+/// copy of a script (resent by a client, or sent by a caller that gave up) can neither apply
+/// an increment twice nor apply one already answered with an error. Any other error ends the
+/// script: the increments before it are recorded, the rest did not happen. Answers come one
+/// per increment, in order. Totals are read back with GET, as text: Lua numbers are doubles
+/// and would round counters beyond 2^53.
 const INCREMENT: &str = concat!(
     "local prune_limit = 16 + 2 * ((#ARGV - 1) / 3)\n",
     prune_request_records!(),
     r"
-local answers, records, stamps = {}, {}, {}
+local stamp = string.format('%.0f', ms)
+local answers = {}
+local function record(request, outcome)
+  redis.call('HSET', KEYS[2], request, outcome)
+  redis.call('ZADD', KEYS[3], stamp, request)
+  answers[#answers + 1] = outcome
+end
 for i = 2, #ARGV, 3 do
   local request, delta = ARGV[i], ARGV[i + 1]
   local done = redis.call('HGET', KEYS[2], request)
@@ -202,25 +213,22 @@ for i = 2, #ARGV, 3 do
   else
     local added = redis.pcall('INCRBY', KEYS[1], delta)
     if type(added) == 'table' and added.err then
-      answers[#answers + 1] = 'E' .. added.err
+      local lower = string.lower(added.err)
+      if string.find(lower, 'not an integer', 1, true) or string.find(lower, 'overflow', 1, true) then
+        record(request, 'E' .. added.err)
+      else
+        return redis.error_reply(added.err)
+      end
     else
       local total = redis.call('GET', KEYS[1])
       if ARGV[i + 2] == 'u' and string.sub(total, 1, 1) == '-' then
         redis.call('DECRBY', KEYS[1], delta)
-        answers[#answers + 1] = 'EERR increment or decrement would overflow: the counter would be ' .. total .. ', which the u64 interface cannot return; nothing was written'
+        record(request, 'EERR increment or decrement would overflow: the counter would be ' .. total .. ', which the u64 interface cannot return; nothing was written')
       else
-        answers[#answers + 1] = total
-        records[#records + 1] = request
-        records[#records + 1] = total
-        stamps[#stamps + 1] = string.format('%.0f', ms)
-        stamps[#stamps + 1] = request
+        record(request, total)
       end
     end
   end
-end
-if #records > 0 then
-  redis.call('HSET', KEYS[2], unpack(records))
-  redis.call('ZADD', KEYS[3], unpack(stamps))
 end
 return answers
 "
@@ -275,12 +283,18 @@ impl ApplyBatch for Increments<'_> {
             .await;
         // A lost reply answers every increment with its error; the host's retry, with the same
         // request ids, finds the records of those that applied.
+        // The script ran, so an answer it gave that cannot be read may still stand for a
+        // write: such an increment is told its outcome is unknown, never "failed".
+        let unreadable = |why: &str| {
+            KvError::unavailable(format!("{OUTCOME_UNKNOWN}: redis INCRBY: {why}"))
+                .with_transient(false)
+        };
         let mut answers = match answers {
             Ok(answers) if answers.len() * 3 + 1 == args.len() => answers.into_iter(),
             Ok(_) => {
                 return batch.answer(|_| {
-                    Some(Err(KvError::internal(
-                        "redis INCRBY: the script answered a different number of increments",
+                    Some(Err(unreadable(
+                        "the script answered a different number of increments",
                     )))
                 });
             }
@@ -290,13 +304,11 @@ impl ApplyBatch for Increments<'_> {
             Some(match answers.next() {
                 Some(answer) => match answer.strip_prefix('E') {
                     Some(error) => Err(map_script_error("INCRBY", error)),
-                    None => answer.parse().map_err(|_| {
-                        KvError::internal("redis INCRBY: the counter did not read back as an i64")
-                    }),
+                    None => answer
+                        .parse()
+                        .map_err(|_| unreadable("the counter did not read back as an i64")),
                 },
-                None => Err(KvError::internal(
-                    "redis INCRBY: an increment had no answer",
-                )),
+                None => Err(unreadable("an increment had no answer")),
             })
         });
     }
@@ -884,13 +896,12 @@ impl Bucket for RedisBucket {
             bucket: self,
             key: self.key(key),
         };
-        // One script in flight per key: two (overlapping in the network) measured 77,000
-        // against 123,000 increments/s for one (16 guests, docs/benchmarks.md).
-        let batching = combine::Batching {
-            max_batch: MAX_BATCH,
-            in_flight: 1,
-        };
-        combine::increment(self, key, delta, range, attempt, batching, &applier).await
+        // One script in flight per key and store: two, overlapping in the network, measured
+        // 77,000 against 123,000 increments/s for one (16 guests, docs/benchmarks.md). A
+        // script is atomic by itself, so stores need not wait for each other: the turn is
+        // this store's own (its address in the name), not the item's.
+        let name = format!("{:p}\0{key}", self as *const Self);
+        combine::increment(self, &name, delta, range, attempt, MAX_BATCH, &applier).await
     }
 
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
