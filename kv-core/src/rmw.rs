@@ -332,8 +332,9 @@ fn resolve(attempt: &mut Attempt, journal: &Journal, current: u32, len: usize) -
 }
 
 /// Re-reads `key` right after an ambiguous write to resolve it: what it applied, or `None`
-/// when it certainly did not apply (`attempted_base` cleared) or when the backend could not
-/// be read (`attempted_base` kept, for the host's retry to resolve).
+/// when it did not apply (`attempted_base` cleared once the version has moved on, kept while
+/// it is still the one the write was conditioned on: the write may yet land) or when the
+/// backend could not be read (`attempted_base` kept, for the host's retry to resolve).
 async fn resolve_now<S: ConditionalStore + ?Sized>(
     store: &S,
     key: &str,
@@ -343,9 +344,16 @@ async fn resolve_now<S: ConditionalStore + ?Sized>(
         match store.read(key).await {
             Ok(read) if read != Read::Raced => {
                 let (journal, len) = (journal_of(&read), store.journal_len(key));
-                return match resolve(attempt, &journal, fingerprint_of(store, &read), len)? {
+                let (earlier, current) = (attempt.attempted_base(), fingerprint_of(store, &read));
+                return match resolve(attempt, &journal, current, len)? {
                     Earlier::Applied(applied) => Ok(Some(applied)),
-                    Earlier::NotApplied => Ok(None),
+                    Earlier::NotApplied => {
+                        // Not applied yet: the write may still land, so it keeps its base.
+                        if earlier == Some(current) {
+                            attempt.set_attempted_base(earlier);
+                        }
+                        Ok(None)
+                    }
                 };
             }
             _ => Backoff::CONTENTION.wait(read_attempt).await,
@@ -532,7 +540,10 @@ async fn apply_increments<S: ConditionalStore + ?Sized>(store: &S, key: &str, ba
                         // Left out of a write that applied, on the totals it wrote. That write
                         // was conditioned on the base of any earlier write of this increment,
                         // so the earlier one had not landed and never will.
-                        (None, Some(err)) => Err(err),
+                        (None, Some(err)) => {
+                            pending.attempt.set_attempted_base(None);
+                            Err(err)
+                        }
                         (None, None) => Err(KvError::internal("an increment had no plan")),
                     })
                 });
@@ -722,17 +733,19 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
         }
     };
     let journal = journal_of(&read);
-    match resolve(
-        attempt,
-        &journal,
-        fingerprint_of(store, &read),
-        store.journal_len(key),
-    )? {
+    let (earlier, current) = (attempt.attempted_base(), fingerprint_of(store, &read));
+    match resolve(attempt, &journal, current, store.journal_len(key))? {
         Earlier::Applied(Applied::Swapped) => return Ok(SwapOutcome::Swapped),
         Earlier::Applied(Applied::Incremented(_)) => {
             return Err(KvError::internal("an increment's request id was reused"));
         }
         Earlier::NotApplied => {}
+    }
+    // Not applied *yet*: an earlier write on this very version may still land (as for
+    // increments, `settle`). It keeps its base, and this attempt's answers allow for it.
+    let in_doubt = earlier == Some(current);
+    if in_doubt {
+        attempt.set_attempted_base(earlier);
     }
     let condition = match (expected, &read) {
         // A version from no read (an embedder's "insert if missing"): no live item.
@@ -765,14 +778,17 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
     attempt.set_attempted_base(Some(base));
     let failure = match store.write_if(key, write, condition).await {
         Ok(true) => return Ok(SwapOutcome::Swapped),
-        Ok(false) if !store.resends_conditional_writes() => None,
-        // A conflict that may be a resend meeting our own first send.
+        Ok(false) if !store.resends_conditional_writes() && !in_doubt => None,
+        // A conflict that may be a resend meeting our own first send, or our earlier write
+        // landing first: the journal tells.
         Ok(false) => Some(None),
         // Refused (throttled, rejected): certainly not written (unless the client resends),
         // and not a conflict either (S7: a store failure is a store error, never
-        // `cas-failed`).
+        // `cas-failed`). An earlier write that may still land keeps the outcome open.
         Err(err) if !err.may_have_applied() && !store.resends_conditional_writes() => {
-            attempt.set_attempted_base(None);
+            if !in_doubt {
+                attempt.set_attempted_base(None);
+            }
             return Err(err);
         }
         // The reply was lost: the write may or may not have happened.
@@ -1333,6 +1349,53 @@ mod tests {
             Some(base),
             "the earlier write may land"
         );
+    }
+
+    /// The swap twin of `a_write_that_lands_late_is_never_applied_again`: a retry that finds
+    /// the version unchanged writes again, and its write meets the first one, which landed in
+    /// between. Before, that conflict was answered `Conflict` (cas-failed) for a swap that had
+    /// happened; now the journal shows it swapped.
+    #[tokio::test]
+    async fn a_swap_whose_first_write_lands_late_is_swapped() {
+        struct Late {
+            inner: Versioned,
+            writes: AtomicU32,
+            held: Mutex<Option<(String, Write, Expect)>>,
+        }
+        #[async_trait]
+        impl ConditionalStore for Late {
+            async fn read(&self, key: &str) -> Result<Read> {
+                self.inner.read(key).await
+            }
+            async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool> {
+                match self.writes.fetch_add(1, Ordering::SeqCst) {
+                    0 => {
+                        *self.held.lock().unwrap() = Some((key.to_string(), write, expect));
+                        return Err(KvError::unavailable("reply lost"));
+                    }
+                    1 => {
+                        let (k, w, e) = self.held.lock().unwrap().take().unwrap();
+                        assert!(self.inner.write_if(&k, w, e).await?, "the late write lands");
+                    }
+                    _ => {}
+                }
+                self.inner.write_if(key, write, expect).await
+            }
+        }
+        let store = Late {
+            inner: Versioned::default(),
+            writes: AtomicU32::new(0),
+            held: Mutex::new(None),
+        };
+        store.inner.put("k", b"a", None);
+        let version = version_of_key(&store.inner, "k");
+        let mut call = Attempt::new();
+        // The first attempt's reply is lost and the read right after finds the version
+        // unchanged: an error for the host's retry.
+        assert!(swap(&store, "k", &version, b"b", &mut call).await.is_err());
+        let outcome = swap(&store, "k", &version, b"b", &mut call).await.unwrap();
+        assert_eq!(outcome, SwapOutcome::Swapped);
+        assert_eq!(store.inner.value("k"), b"b");
     }
 
     /// A batch's entries leave the journal together: a retry that finds another entry on

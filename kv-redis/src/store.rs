@@ -234,6 +234,10 @@ return answers
 "
 );
 
+/// What an increment's attempt holds while a script carrying it may run: its outcome is
+/// unknown until an answer comes back (the script records it).
+const SENT: u32 = 0;
+
 /// The most increments of one key one script applies.
 const MAX_BATCH: usize = 32;
 
@@ -271,6 +275,15 @@ impl ApplyBatch for Increments<'_> {
             });
         }
         let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        // Marked as sent before the script goes: an increment sent before (by a caller that
+        // gave up, or an earlier attempt of its call) may be applied by that copy, so a failure
+        // of this script must not read as "not applied" for it.
+        let mut sent_before = Vec::new();
+        batch.answer(|pending| {
+            sent_before.push(pending.attempt.attempted_base().is_some());
+            pending.attempt.set_attempted_base(Some(SENT));
+            None
+        });
         let answers: Result<Vec<String>> = self
             .bucket
             .eval(
@@ -298,9 +311,21 @@ impl ApplyBatch for Increments<'_> {
                     )))
                 });
             }
-            Err(err) => return batch.answer(|_| Some(Err(err.duplicate()))),
+            Err(err) => {
+                // A script that failed before it ran applied nothing; one whose reply was lost
+                // may have applied all of it, and the records tell the host's retry.
+                let mut sent_before = sent_before.into_iter();
+                return batch.answer(|pending| {
+                    if !err.may_have_applied() && sent_before.next() == Some(false) {
+                        pending.attempt.set_attempted_base(None);
+                    }
+                    Some(Err(err.duplicate()))
+                });
+            }
         };
-        batch.answer(|_| {
+        batch.answer(|pending| {
+            // A recorded outcome is final.
+            pending.attempt.set_attempted_base(None);
             Some(match answers.next() {
                 Some(answer) => match answer.strip_prefix('E') {
                     Some(error) => Err(map_script_error("INCRBY", error)),
