@@ -408,13 +408,9 @@ async fn batch_rows() -> anyhow::Result<()> {
         Emulator::Azblob,
     ] {
         let provider = emulator.provider();
-        if !emulator.installed() {
-            println!("| {provider} | not installed | | | | | | |");
+        let Some(started) = start_installed(emulator).await? else {
             continue;
-        }
-        let started = tokio::task::spawn_blocking(move || emulator.start())
-            .await?
-            .map_err(anyhow::Error::msg)?;
+        };
         backends.push((
             provider.to_string(),
             started.store_url.clone(),
@@ -464,6 +460,19 @@ async fn batch_rows() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Starts `emulator` on loopback, or prints a table row saying it is not installed (the rows
+/// of every table here have eight columns).
+async fn start_installed(emulator: Emulator) -> anyhow::Result<Option<emulator::Started>> {
+    if !emulator.installed() {
+        println!("| {} | not installed | | | | | | |", emulator.provider());
+        return Ok(None);
+    }
+    let started = tokio::task::spawn_blocking(move || emulator.start())
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    Ok(Some(started))
 }
 
 /// This process's resident memory, in KiB (`VmRSS`; Linux, else 0).

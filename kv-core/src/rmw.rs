@@ -1259,6 +1259,74 @@ mod tests {
         ));
     }
 
+    /// A store whose first write is sent but lands late: its reply is lost at once, and it
+    /// lands just before the second write, followed by `others` writes of other requests (each
+    /// a +1 with its journal entry), which push old entries out of the journal.
+    struct LandsLate {
+        inner: Versioned,
+        writes: AtomicU32,
+        held: Mutex<Option<(String, Write, Expect)>>,
+        others: u32,
+    }
+
+    impl LandsLate {
+        fn new(others: u32) -> Self {
+            LandsLate {
+                inner: Versioned::default(),
+                writes: AtomicU32::new(0),
+                held: Mutex::new(None),
+                others,
+            }
+        }
+
+        async fn another_write(&self, key: &str) -> Result<()> {
+            let Read::Found(now) = self.inner.read(key).await? else {
+                return Err(KvError::internal("the key is missing"));
+            };
+            let next = parse_counter(&now.value)? + 1;
+            let base = Expect::Version(now.version.clone()).fingerprint();
+            let other = Write {
+                value: encode_counter(next),
+                expires_at_ms: None,
+                journal: now.journal.recording(
+                    base,
+                    RequestId::new(),
+                    Applied::Incremented(next),
+                    JOURNAL_LEN,
+                ),
+            };
+            self.inner
+                .write_if(key, other, Expect::Version(now.version))
+                .await?;
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl ConditionalStore for LandsLate {
+        async fn read(&self, key: &str) -> Result<Read> {
+            self.inner.read(key).await
+        }
+
+        async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool> {
+            match self.writes.fetch_add(1, Ordering::SeqCst) {
+                0 => {
+                    *self.held.lock().unwrap() = Some((key.to_string(), write, expect));
+                    return Err(KvError::unavailable("reply lost"));
+                }
+                1 => {
+                    let (k, w, e) = self.held.lock().unwrap().take().unwrap();
+                    assert!(self.inner.write_if(&k, w, e).await?, "the late write lands");
+                    for _ in 0..self.others {
+                        self.another_write(key).await?;
+                    }
+                }
+                _ => {}
+            }
+            self.inner.write_if(key, write, expect).await
+        }
+    }
+
     /// A write whose reply was lost may still be on its way when the version says "not
     /// applied": it lands after the retry read, the retry's own write then loses the race, and
     /// 130 other writes push the first write's entry out of the journal before the next read.
@@ -1266,57 +1334,7 @@ mod tests {
     /// second time (132); now the attempt keeps its base and the call is `outcome unknown`.
     #[tokio::test]
     async fn a_write_that_lands_late_is_never_applied_again() {
-        struct Late {
-            inner: Versioned,
-            writes: AtomicU32,
-            held: Mutex<Option<(String, Write, Expect)>>,
-        }
-        #[async_trait]
-        impl ConditionalStore for Late {
-            async fn read(&self, key: &str) -> Result<Read> {
-                self.inner.read(key).await
-            }
-            async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool> {
-                match self.writes.fetch_add(1, Ordering::SeqCst) {
-                    0 => {
-                        // Sent, not landed, and the reply is lost.
-                        *self.held.lock().unwrap() = Some((key.to_string(), write, expect));
-                        return Err(KvError::unavailable("reply lost"));
-                    }
-                    1 => {
-                        let (k, w, e) = self.held.lock().unwrap().take().unwrap();
-                        assert!(self.inner.write_if(&k, w, e).await?, "the late write lands");
-                        for _ in 0..130 {
-                            let Read::Found(now) = self.inner.read(key).await? else {
-                                unreachable!()
-                            };
-                            let next = parse_counter(&now.value)? + 1;
-                            let base = Expect::Version(now.version.clone()).fingerprint();
-                            let other = Write {
-                                value: encode_counter(next),
-                                expires_at_ms: None,
-                                journal: now.journal.recording(
-                                    base,
-                                    RequestId::new(),
-                                    Applied::Incremented(next),
-                                    JOURNAL_LEN,
-                                ),
-                            };
-                            self.inner
-                                .write_if(key, other, Expect::Version(now.version))
-                                .await?;
-                        }
-                    }
-                    _ => {}
-                }
-                self.inner.write_if(key, write, expect).await
-            }
-        }
-        let store = Late {
-            inner: Versioned::default(),
-            writes: AtomicU32::new(0),
-            held: Mutex::new(None),
-        };
+        let store = LandsLate::new(130);
         store.inner.put("n", b"0", None);
         let mut call = Attempt::new();
         let err = increment(&store, "n", 1, &mut call).await.unwrap_err();
@@ -1357,36 +1375,7 @@ mod tests {
     /// happened; now the journal shows it swapped.
     #[tokio::test]
     async fn a_swap_whose_first_write_lands_late_is_swapped() {
-        struct Late {
-            inner: Versioned,
-            writes: AtomicU32,
-            held: Mutex<Option<(String, Write, Expect)>>,
-        }
-        #[async_trait]
-        impl ConditionalStore for Late {
-            async fn read(&self, key: &str) -> Result<Read> {
-                self.inner.read(key).await
-            }
-            async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool> {
-                match self.writes.fetch_add(1, Ordering::SeqCst) {
-                    0 => {
-                        *self.held.lock().unwrap() = Some((key.to_string(), write, expect));
-                        return Err(KvError::unavailable("reply lost"));
-                    }
-                    1 => {
-                        let (k, w, e) = self.held.lock().unwrap().take().unwrap();
-                        assert!(self.inner.write_if(&k, w, e).await?, "the late write lands");
-                    }
-                    _ => {}
-                }
-                self.inner.write_if(key, write, expect).await
-            }
-        }
-        let store = Late {
-            inner: Versioned::default(),
-            writes: AtomicU32::new(0),
-            held: Mutex::new(None),
-        };
+        let store = LandsLate::new(0);
         store.inner.put("k", b"a", None);
         let version = version_of_key(&store.inner, "k");
         let mut call = Attempt::new();

@@ -15,7 +15,7 @@ use kv_cli::run::Runner;
 use kv_core::{KvStore, Stores};
 use kv_testkit::emulator::Emulator;
 
-use super::{GUEST, ROUNDS, Settings, guest_window, stores, unix_ms};
+use super::{GUEST, ROUNDS, Settings, guest_window, start_installed, stores, unix_ms};
 
 /// The concurrent writers of the target (docs/benchmarks.md: ≥ 0.8 of native at 16).
 const WRITERS: usize = 16;
@@ -98,13 +98,9 @@ async fn backends(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result<V
         if !wanted(provider) {
             continue;
         }
-        if !emulator.installed() {
-            println!("| {provider} | not installed | | | | | | |");
+        let Some(started) = start_installed(emulator).await? else {
             continue;
-        }
-        let started = tokio::task::spawn_blocking(move || emulator.start())
-            .await?
-            .map_err(anyhow::Error::msg)?;
+        };
         let native = match emulator {
             Emulator::Redis => Native::Redis(
                 redis::Client::open(started.store_url.as_str())?
