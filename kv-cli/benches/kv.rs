@@ -71,24 +71,15 @@ fn settings() -> Settings {
         hot_backends: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
+    // A comma-separated list argument.
+    let list = |args: &mut dyn Iterator<Item = String>| -> Vec<String> {
+        let text = args.next().unwrap_or_default();
+        text.split(',').map(str::to_string).collect()
+    };
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--rows" => {
-                settings.rows = args
-                    .next()
-                    .unwrap_or_default()
-                    .split(',')
-                    .map(str::to_string)
-                    .collect()
-            }
-            "--backends" => {
-                settings.hot_backends = args
-                    .next()
-                    .unwrap_or_default()
-                    .split(',')
-                    .map(str::to_string)
-                    .collect()
-            }
+            "--rows" => settings.rows = list(&mut args),
+            "--backends" => settings.hot_backends = list(&mut args),
             "--quick" => {
                 settings.boundary_ops = 20_000;
                 settings.redis_ops = 1_000;
