@@ -655,7 +655,9 @@ pub fn version_of(read: &Read) -> Version {
         Read::Found(snapshot) if clock::is_live(snapshot.expires_at_ms, clock::now_ms()) => {
             Version::Tag(snapshot.version.clone())
         }
-        Read::Found(snapshot) => Version::Tag(format!("{GONE_AT}{}", snapshot.version)),
+        Read::Found(snapshot) => {
+            Version::Tag(format!("{GONE_AT}{}@{}", clock::now_ms(), snapshot.version))
+        }
         Read::Missing => Version::Tag(format!("{MISSING_SINCE}{}", clock::now_ms())),
         Read::Raced => Version::Absent,
     }
@@ -683,32 +685,42 @@ pub const ABSENCE_HANDLE_LIFETIME: std::time::Duration = std::time::Duration::fr
 /// the absence was seen. No backend version contains `@`.
 const MISSING_SINCE: &str = "missing@";
 
-/// A handle's version for a key whose item is expired or a tombstone: this prefix and that
-/// item's version.
+/// A handle's version for a key whose item is expired or a tombstone: this prefix, the Unix
+/// milliseconds at which it was seen, `@` and that item's version.
 const GONE_AT: &str = "gone@";
 
 /// What `swap` must find for a key that is missing to the guest: the same tombstone or
-/// expired item, or, for a handle taken on no item at all, still no item, seen recently
-/// enough that a delete in between would have left a tombstone. `None` when the key changed
-/// or the handle is too old to tell.
+/// expired item, or still no item (or no item any more: the backend's expiry may remove an
+/// expired item or an old tombstone at any time), seen recently enough that a delete in
+/// between would have left a tombstone. `None` when the key changed or the handle is too
+/// old to tell.
 fn unchanged_absence(tag: &str, read: &Read, now_ms: u64) -> Option<Expect> {
-    if let Some(version) = tag.strip_prefix(GONE_AT) {
+    let (since, gone) = match tag.strip_prefix(GONE_AT) {
+        Some(rest) => {
+            let (since, version) = rest.split_once('@')?;
+            (since, Some(version))
+        }
+        None => (tag.strip_prefix(MISSING_SINCE)?, None),
+    };
+    let since: u64 = since.parse().ok()?;
+    let lifetime = u64::try_from(ABSENCE_HANDLE_LIFETIME.as_millis()).unwrap_or(u64::MAX);
+    match (read, gone) {
         // Still missing too: where versions are digests, a live value can have the version the
         // expired one had.
-        return match read {
-            Read::Found(snapshot)
-                if snapshot.version == version
-                    && !clock::is_live(snapshot.expires_at_ms, now_ms) =>
-            {
-                Some(Expect::Version(snapshot.version.clone()))
-            }
-            _ => None,
-        };
+        (Read::Found(snapshot), Some(version))
+            if snapshot.version == version && !clock::is_live(snapshot.expires_at_ms, now_ms) =>
+        {
+            Some(Expect::Version(snapshot.version.clone()))
+        }
+        (Read::Missing, _) if now_ms.saturating_sub(since) < lifetime => Some(Expect::Absent),
+        _ => None,
     }
-    let since: u64 = tag.strip_prefix(MISSING_SINCE)?.parse().ok()?;
-    let lifetime = u64::try_from(ABSENCE_HANDLE_LIFETIME.as_millis()).unwrap_or(u64::MAX);
-    (matches!(read, Read::Missing) && now_ms.saturating_sub(since) < lifetime)
-        .then_some(Expect::Absent)
+}
+
+/// Whether `version` is a handle on a key that had an expired item or a tombstone, which the
+/// backend may remove between `swap`'s read and its write.
+fn is_gone_handle(version: &Version) -> bool {
+    matches!(version, Version::Tag(tag) if tag.starts_with(GONE_AT))
 }
 
 /// Writes `value` if `key` is still at `expected` (a version from [`version_of`]), exactly
@@ -719,6 +731,24 @@ fn unchanged_absence(tag: &str, read: &Read, now_ms: u64) -> Option<Expect> {
 /// than [`ABSENCE_HANDLE_LIFETIME`]. [`Version::Absent`] (no read) matches any missing key.
 /// The write clears any expiry, like `set`.
 pub async fn swap<S: ConditionalStore + ?Sized>(
+    store: &S,
+    key: &str,
+    expected: &Version,
+    value: &[u8],
+    attempt: &mut Attempt,
+) -> Result<SwapOutcome> {
+    let outcome = swap_once(store, key, expected, value, attempt).await?;
+    // The expired item or tombstone the handle was taken on may have been removed by the
+    // backend's expiry (DynamoDB's TTL) between this read and this write: the key is still
+    // missing, so look again rather than answer a conflict nobody caused. A conflict is
+    // certainly not applied, so the same attempt may write again.
+    if outcome == SwapOutcome::Conflict && is_gone_handle(expected) {
+        return swap_once(store, key, expected, value, attempt).await;
+    }
+    Ok(outcome)
+}
+
+async fn swap_once<S: ConditionalStore + ?Sized>(
     store: &S,
     key: &str,
     expected: &Version,
@@ -878,7 +908,7 @@ mod tests {
     use crate::error::ErrorKind;
     use std::collections::HashMap;
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
     /// Value, version, expiry and journal of one key.
     type Entry = (Vec<u8>, u64, Option<u64>, Journal);
@@ -903,6 +933,9 @@ mod tests {
         resends: bool,
         /// Versions are digests of the bytes (as S3's ETags), not a counter.
         digests: bool,
+        /// The next write first finds the key's item removed, as DynamoDB's TTL sweeper
+        /// removes an expired item between a read and a write.
+        sweep_before_next_write: AtomicBool,
     }
 
     impl Versioned {
@@ -968,6 +1001,9 @@ mod tests {
             }
             let holds = {
                 let mut items = self.items.lock().unwrap();
+                if self.sweep_before_next_write.swap(false, Ordering::Relaxed) {
+                    items.remove(key);
+                }
                 let current = items.get(key).map(|(_, version, _, _)| version.to_string());
                 let holds = match expect {
                     Expect::Absent => current.is_none(),
@@ -1696,6 +1732,42 @@ mod tests {
         let fresh = Version::Tag(format!("{MISSING_SINCE}{}", clock::now_ms() - 1_000));
         let outcome = swap(&store, "old", &fresh, b"v", &mut Attempt::new()).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
+    }
+
+    /// The backend's expiry (DynamoDB's TTL sweeper, 18–30 s after the expiry on DynamoDB
+    /// Local) may remove the expired item a handle was taken on, before the swap reads or
+    /// between its read and its write: the key is still missing, so the handle inserts. Once
+    /// someone writes the key, or the handle is too old to tell, it does not.
+    #[tokio::test]
+    async fn a_handle_on_an_expired_item_survives_its_removal() {
+        let store = Versioned::default();
+        // Removed before the swap's read.
+        store.put("k", b"old", Some(1));
+        let handle = read_versioned(&store, "k").await.unwrap();
+        store.remove("k");
+        let outcome = swap(&store, "k", &handle.version, b"a", &mut Attempt::new()).await;
+        assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
+        assert_eq!(store.value("k"), b"a");
+        // Removed between the swap's read and its write.
+        store.put("k", b"old", Some(1));
+        let handle = read_versioned(&store, "k").await.unwrap();
+        store.sweep_before_next_write.store(true, Ordering::Relaxed);
+        let outcome = swap(&store, "k", &handle.version, b"b", &mut Attempt::new()).await;
+        assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
+        assert_eq!(store.value("k"), b"b");
+        // Removed, then written by someone else: a conflict.
+        store.put("k", b"old", Some(1));
+        let handle = read_versioned(&store, "k").await.unwrap();
+        store.remove("k");
+        store.put("k", b"theirs", None);
+        let outcome = swap(&store, "k", &handle.version, b"c", &mut Attempt::new()).await;
+        assert_eq!(outcome.unwrap(), SwapOutcome::Conflict);
+        assert_eq!(store.value("k"), b"theirs");
+        // Removed, and the handle older than a tombstone surely lasts: a conflict.
+        let lifetime = u64::try_from(ABSENCE_HANDLE_LIFETIME.as_millis()).unwrap();
+        let old = Version::Tag(format!("{GONE_AT}{}@7", clock::now_ms() - lifetime));
+        let outcome = swap(&store, "none", &old, b"d", &mut Attempt::new()).await;
+        assert_eq!(outcome.unwrap(), SwapOutcome::Conflict);
     }
 
     #[tokio::test]
