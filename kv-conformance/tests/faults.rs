@@ -9,6 +9,9 @@
 //! - time to the answer: bounded by the operation timeout;
 //! - 8 x 50 concurrent increments and 8 x 25 CAS-loop increments while 10% of replies are
 //!   dropped: totals exact.
+//! - a batch of increments formed on purpose, its write's reply dropped, with and without
+//!   another client deleting the key before the batch's outcome is looked up: each increment
+//!   applied at most once, every acknowledged one applied.
 //!
 //! One trial per provider and check. Providers in `KV_REQUIRE` must run; others are ignored
 //! when their emulator is missing. With `KV_REPORT_DIR` set, each provider's matrix is also
@@ -102,6 +105,8 @@ impl Injector {
 /// A provider under test with its fault injector (and what keeps its emulator alive).
 struct Subject {
     provider: Arc<dyn Provider>,
+    /// The same backend without the proxy: another client's writes, never faulted.
+    direct: Option<Arc<dyn Provider>>,
     injector: Injector,
     faults: Vec<(&'static str, Fault)>,
     _emulator: Option<Started>,
@@ -110,13 +115,17 @@ struct Subject {
 
 impl Subject {
     fn store(&self, namespace: &str) -> KvStore {
-        let stores = Stores::builder(limits())
-            .store("s", self.provider.clone(), namespace, Access::ReadWrite)
-            .build();
-        runtime()
-            .block_on(stores.open("s"))
-            .expect("a configured store opens")
+        open_store(&self.provider, namespace)
     }
+}
+
+fn open_store(provider: &Arc<dyn Provider>, namespace: &str) -> KvStore {
+    let stores = Stores::builder(limits())
+        .store("s", provider.clone(), namespace, Access::ReadWrite)
+        .build();
+    runtime()
+        .block_on(stores.open("s"))
+        .expect("a configured store opens")
 }
 
 /// The faults every transport gets.
@@ -160,6 +169,7 @@ async fn subject(name: &str) -> Result<Subject, String> {
         return Ok(Subject {
             injector: Injector::InProcess(state),
             provider,
+            direct: None,
             faults: vec![("reply lost after execution", Fault::DropReply)],
             _emulator: None,
             _dir: None,
@@ -173,6 +183,7 @@ async fn subject(name: &str) -> Result<Subject, String> {
         return Ok(Subject {
             injector: Injector::InProcess(state),
             provider,
+            direct: None,
             faults: vec![("reply lost after execution", Fault::DropReply)],
             _emulator: None,
             _dir: Some(dir),
@@ -188,8 +199,10 @@ async fn subject(name: &str) -> Result<Subject, String> {
         .await
         .map_err(|err| format!("fault proxy: {err}"))?;
     let provider = common::connect(name, &started.store_url_via(proxy.addr())).await?;
+    let direct = common::connect(name, &started.store_url).await?;
     Ok(Subject {
         provider,
+        direct: Some(direct),
         injector: Injector::Proxy(proxy),
         faults: if name == "redis" {
             tcp_faults()
@@ -539,6 +552,203 @@ fn lossy_cas(subject: &Subject) -> Result<(), Failed> {
     })
 }
 
+/// What happens to the batch's write in [`queued_increments`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BatchFault {
+    /// Nothing: shows the batch forms.
+    None,
+    /// Its reply is lost.
+    ReplyLost,
+    /// Its reply is lost, and another client deletes the key before the next request.
+    ReplyLostThenDeleted,
+}
+
+/// Increments of one key from one host: the first holds the key's turn while its first
+/// request is delayed 300 ms, so the other seven queue behind it and are applied together by
+/// the next write (as many as one write takes: S3's short journal takes five). Each write is
+/// `requests_per_write` requests (Redis: one script; DynamoDB: a read and a conditional write;
+/// Cloud Storage reads in two), the fault is on the last. Returns each increment's answer, the
+/// requests sent, and the counter just before the delete, if any.
+async fn queued_increments(
+    store: &KvStore,
+    other: &KvStore,
+    proxy: &FaultProxy,
+    requests_per_write: usize,
+    fault: BatchFault,
+) -> Result<(Vec<Result<i64, KvError>>, u64, Option<i64>), KvError> {
+    proxy.clear();
+    store.set("n", b"0".to_vec()).await?;
+    proxy.next(Fault::Latency(Duration::from_millis(300)), 1);
+    if fault != BatchFault::None {
+        // The last request of the second write: the batch's write.
+        proxy.after(2 * requests_per_write - 2, Fault::DropReply);
+    }
+    if fault == BatchFault::ReplyLostThenDeleted {
+        proxy.next(Fault::Latency(Duration::from_secs(1)), 1);
+    }
+    let scripted = proxy.pending();
+    let seen = proxy.seen();
+    let first = {
+        let store = store.clone();
+        tokio::spawn(async move { store.increment("n", 1).await })
+    };
+    // The seven others start once the first holds the turn (its request arrived).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.pending() == scripted && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut calls = vec![first];
+    for _ in 1..WRITERS {
+        let store = store.clone();
+        calls.push(tokio::spawn(async move { store.increment("n", 1).await }));
+    }
+    let mut before_delete = None;
+    if fault == BatchFault::ReplyLostThenDeleted {
+        // The delayed request after the lost reply has arrived: delete meanwhile (the key's
+        // turn is held, so nothing else writes in between).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while proxy.pending() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        before_delete = Some(counter(other.get("n").await?));
+        other.delete("n").await?;
+    }
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(
+            call.await
+                .unwrap_or_else(|err| Err(KvError::internal(err.to_string()))),
+        );
+    }
+    let requests = proxy.seen() - seen;
+    let pending = proxy.pending();
+    proxy.clear();
+    if pending > 0 {
+        return Err(KvError::internal(format!(
+            "{pending} scripted faults were not reached in {requests} requests ({results:?})"
+        )));
+    }
+    Ok((results, requests, before_delete))
+}
+
+/// A stored counter's value (0 when missing, -1 when not a number).
+fn counter(stored: Option<Vec<u8>>) -> i64 {
+    stored.map_or(0, |bytes| {
+        String::from_utf8_lossy(&bytes).parse().unwrap_or(-1)
+    })
+}
+
+/// Increments queued behind another from one host.
+const WRITERS: i64 = 8;
+
+/// A batch of increments (up to seven applied by one write) whose write's reply is lost, once
+/// with nothing else happening and once with another client deleting the key before the
+/// batch's outcome is looked up: each increment must be applied exactly once, or reported
+/// "outcome unknown", and never applied again. A fault-free run first shows the batch forms.
+fn batch_faults(name: &str, subject: &Subject) -> Result<(), Failed> {
+    let (Injector::Proxy(proxy), Some(direct)) = (&subject.injector, &subject.direct) else {
+        return Ok(());
+    };
+    // Requests per increment, counted on a warm store (connections open, scripts loaded).
+    let store = subject.store(&format!("batch-{:08x}", rand::random::<u32>()));
+    let requests_per_write = runtime().block_on(async {
+        proxy.clear();
+        store.increment("warm", 1).await?;
+        let seen = proxy.seen();
+        store.increment("warm", 1).await?;
+        Ok::<_, KvError>(usize::try_from(proxy.seen() - seen).unwrap_or(usize::MAX))
+    })?;
+    if !(1..=4).contains(&requests_per_write) {
+        return Err(format!("{requests_per_write} requests for one increment").into());
+    }
+    let mut problems = Vec::new();
+    for fault in [
+        BatchFault::None,
+        BatchFault::ReplyLost,
+        BatchFault::ReplyLostThenDeleted,
+    ] {
+        let namespace = format!("batch-{:08x}", rand::random::<u32>());
+        let (store, other) = (subject.store(&namespace), open_store(direct, &namespace));
+        let case = match fault {
+            BatchFault::None => "no fault",
+            BatchFault::ReplyLost => "batch reply lost",
+            BatchFault::ReplyLostThenDeleted => "batch reply lost, key deleted before the lookup",
+        };
+        let (results, requests, before_delete, stored) = runtime().block_on(async {
+            let (results, requests, before_delete) =
+                queued_increments(&store, &other, proxy, requests_per_write, fault).await?;
+            let stored = other.get("n").await?;
+            Ok::<_, KvError>((results, requests, before_delete, stored))
+        })?;
+        let stored = counter(stored);
+        let mut totals: Vec<i64> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .copied()
+            .collect();
+        totals.sort_unstable();
+        let failed: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .map(ToString::to_string)
+            .collect();
+        println!(
+            "{name}: {case}: {requests} requests for {WRITERS} increments, totals {totals:?}, \
+             counter {}{stored}, {} reported failed",
+            before_delete.map_or(String::new(), |n| format!("{n} before the delete, then ")),
+            failed.len()
+        );
+        let mut distinct = totals.clone();
+        distinct.dedup();
+        if before_delete.is_none()
+            && (distinct.len() != totals.len() || totals.iter().any(|t| !(1..=WRITERS).contains(t)))
+        {
+            problems.push(format!(
+                "{case}: totals {totals:?} are not distinct in 1..={WRITERS}"
+            ));
+        }
+        if let Some(err) = failed.iter().find(|err| !err.contains(OUTCOME_UNKNOWN)) {
+            problems.push(format!(
+                "{case}: an increment was reported failed without 'outcome unknown': {err}"
+            ));
+        }
+        let acknowledged = i64::try_from(totals.len()).unwrap_or(i64::MAX);
+        match (fault, before_delete) {
+            // Without a batch every increment is its own write.
+            (BatchFault::None, _) if requests >= (WRITERS as u64) * requests_per_write as u64 => {
+                problems.push(format!(
+                    "{case}: {requests} requests for {WRITERS} increments: no batch formed"
+                ));
+            }
+            // One lost reply is within the retry budget: every increment is told its total.
+            (BatchFault::None | BatchFault::ReplyLost, _)
+                if !failed.is_empty() || stored != WRITERS =>
+            {
+                problems.push(format!(
+                    "{case}: counter {stored}, failed {failed:?}; expected {WRITERS}, all \
+                     acknowledged"
+                ));
+            }
+            // What was applied before the delete and after it: each increment at most once,
+            // and every acknowledged one.
+            (_, Some(before)) if before + stored > WRITERS => problems.push(format!(
+                "{case}: {before} applied before the delete and {stored} after: more than \
+                 {WRITERS}, applied again"
+            )),
+            (_, Some(before)) if before + stored < acknowledged => problems.push(format!(
+                "{case}: {before} applied before the delete and {stored} after: fewer than the \
+                 {acknowledged} acknowledged"
+            )),
+            _ => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failed::from(problems.join("\n")))
+    }
+}
+
 fn main() -> ExitCode {
     kv_testkit::stay_on_loopback();
     let args = Arguments::from_args();
@@ -555,19 +765,25 @@ fn main() -> ExitCode {
     );
     for name in names {
         let is_required = required.iter().any(|r| r == name);
-        let wanted = ["matrix", "lossy_increments", "lossy_cas", "throttling"]
-            .iter()
-            .any(|check| {
-                args.filter
-                    .as_deref()
-                    .is_none_or(|f| format!("{name}::{check}").contains(f))
-            });
+        let wanted = [
+            "matrix",
+            "lossy_increments",
+            "lossy_cas",
+            "batch_faults",
+            "throttling",
+        ]
+        .iter()
+        .any(|check| {
+            args.filter
+                .as_deref()
+                .is_none_or(|f| format!("{name}::{check}").contains(f))
+        });
         if !wanted {
             continue;
         }
         let local = matches!(name, "memory" | "sqlite");
         if !local && !is_required && !kv_testkit::emulator::installed(name) {
-            for check in ["matrix", "lossy_increments", "lossy_cas"] {
+            for check in ["matrix", "lossy_increments", "lossy_cas", "batch_faults"] {
                 trials.push(
                     Trial::test(format!("{name}::{check}"), || Ok(()))
                         .with_ignored_flag(true)
@@ -600,6 +816,12 @@ fn main() -> ExitCode {
         trials.push(Trial::test(format!("{name}::lossy_cas"), move || {
             lossy_cas(&s)
         }));
+        if subject.direct.is_some() {
+            let (s, provider) = (subject.clone(), name.to_string());
+            trials.push(Trial::test(format!("{name}::batch_faults"), move || {
+                batch_faults(&provider, &s)
+            }));
+        }
         // Every HTTP backend answers a sustained 429 with `throttled` (Azure Blob Storage's own
         // 503 ServerBusy is mapped in kv-azure's error.rs).
         let http = Emulator::for_provider(name).and_then(Emulator::fault_protocol)

@@ -177,6 +177,11 @@ impl FaultProxy {
         lock(&self.script).next.len()
     }
 
+    /// Requests that reached the proxy since it started.
+    pub fn seen(&self) -> u64 {
+        lock(&self.script).seen
+    }
+
     /// Every `n`-th request (after the scripted ones) gets `fault`, until [`Self::clear`].
     pub fn every(&self, n: u64, fault: Fault) {
         lock(&self.script).every = Some((n.max(1), fault));
