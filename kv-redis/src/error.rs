@@ -43,6 +43,16 @@ pub fn map_error(op: &str, err: RedisError) -> KvError {
             false,
             format!("redis {op}: authentication or permission denied"),
         ),
+        // `maxmemory` reached under `noeviction`: the server refuses every write, and applied
+        // nothing. Not retried: memory comes back only when someone frees it.
+        _ if err.code() == Some("OOM") || detail.starts_with("oom ") => (
+            ErrorKind::Internal,
+            false,
+            format!(
+                "redis {op}: the server is out of memory (maxmemory reached) and refused the \
+                 write; nothing was written"
+            ),
+        ),
         _ if err.is_timeout() => (
             ErrorKind::Timeout,
             true,
@@ -133,6 +143,22 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::NotAnInteger);
         let err = map_error("incrby", server("increment or decrement would overflow"));
         assert_eq!(err.kind(), ErrorKind::Overflow);
+        let oom = "OOM command not allowed when used memory > 'maxmemory'.";
+        for err in [
+            map_script_error("INCRBY", oom),
+            map_error(
+                "incrby",
+                RedisError::from((
+                    redis::ErrorKind::Server(ServerErrorKind::ResponseError),
+                    "script",
+                    oom.to_string(),
+                )),
+            ),
+        ] {
+            assert_eq!(err.kind(), ErrorKind::Internal);
+            assert!(err.to_string().contains("out of memory"), "{err}");
+            assert!(!err.is_transient() && !err.may_have_applied());
+        }
         let err = map_error("get", server("something else"));
         assert_eq!(err.kind(), ErrorKind::Internal);
         assert!(!err.is_transient());

@@ -675,6 +675,81 @@ async fn a_command_given_up_by_the_host_replaces_its_connection(server: RedisSer
     )
 }
 
+/// An increment whose batch was sent by a caller that then gave up is applied by that copy of
+/// the script whenever it arrives: its own next script failing, even in a way that applies
+/// nothing (here the server out of memory: `OOM`, which is not retried), must not tell its
+/// caller "failed", or a guest that retries applies it twice. It is "outcome unknown".
+///
+/// B's script is held 400 ms by the proxy, so L and X queue behind it; L takes the turn and
+/// sends one script for both, which the proxy holds 4 s; L's caller gives up after 1.8 s
+/// (the connection is replaced), and X sends its own script, which meets `OOM`. Then memory
+/// is freed, and L's copy arrives and applies both.
+async fn an_increment_sent_by_a_caller_that_gave_up_is_never_told_failed(
+    server: RedisServer,
+) -> TestResult {
+    use kv_testkit::faults::Fault;
+    let limits = provider_tests::limits(Duration::from_secs(3), 4);
+    let (proxy, store) = behind_a_proxy(&server, "", limits).await?;
+    let client = redis::Client::open(server.url())?;
+    let mut raw = client.get_multiplexed_async_connection().await?;
+    let config = |maxmemory: u64| {
+        let mut raw = raw.clone();
+        async move {
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory")
+                .arg(maxmemory)
+                .query_async::<()>(&mut raw)
+                .await
+        }
+    };
+    store.increment("warm", 1).await?;
+    proxy.next(Fault::Latency(Duration::from_millis(400)), 1);
+    proxy.next(Fault::Latency(Duration::from_secs(4)), 1);
+    let started = Instant::now();
+    let blocker = {
+        let store = store.clone();
+        tokio::spawn(async move { store.increment("n", 1).await })
+    };
+    while proxy.pending() == 2 && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Polled in this order, L waits for the turn before X: L sends the script for both.
+    let leader = tokio::time::timeout(Duration::from_millis(1800), store.increment("n", 1));
+    let other = async {
+        let answer = store.increment("n", 1).await;
+        // Answered: memory back, before L's copy arrives.
+        config(0).await.map(|()| answer)
+    };
+    let out_of_memory = async {
+        let total = blocker.await?;
+        check(total.as_ref().ok() == Some(&1), format!("B: {total:?}"))?;
+        config(1).await?;
+        Ok::<(), Failed>(())
+    };
+    let (leader, other, out_of_memory) = tokio::join!(leader, other, out_of_memory);
+    out_of_memory?;
+    let other = other?;
+    check(leader.is_err(), format!("L was not given up: {leader:?}"))?;
+    check(
+        proxy.pending() == 0,
+        "the script of L and X never reached the proxy",
+    )?;
+    check(
+        matches!(&other, Err(err) if err.to_string().contains(kv_core::store::OUTCOME_UNKNOWN)),
+        format!("X, sent by L, was told {other:?}"),
+    )?;
+    // L's copy arrives 4.4 s after the start and applies L and X.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(started.elapsed())).await;
+    let mut key = kv_redis::key_prefix("stall");
+    key.extend_from_slice(b"n");
+    let total: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut raw).await?;
+    check(
+        total.as_deref() == Some("3"),
+        format!("counter {total:?}: L's copy did not apply B, L and X"),
+    )
+}
+
 /// A listing resumed after the server restarted at the same address (its data kept in an
 /// append-only file) misses no key: the restarted process rebuilt its table with a new hash
 /// seed, so the old `SCAN` cursor means nothing to it, and the listing starts over (S5:
@@ -812,6 +887,10 @@ fn main() -> ExitCode {
             (
                 "a_command_given_up_by_the_host_replaces_its_connection",
                 |s| Box::pin(a_command_given_up_by_the_host_replaces_its_connection(s)),
+            ),
+            (
+                "an_increment_sent_by_a_caller_that_gave_up_is_never_told_failed",
+                |s| Box::pin(an_increment_sent_by_a_caller_that_gave_up_is_never_told_failed(s)),
             ),
         ],
     )
