@@ -228,6 +228,9 @@ async fn expired_item_still_present_is_invisible(local: DynamoDbLocal) -> TestRe
         .map(|d| d.as_secs())
         .unwrap_or(0)
         - 10;
+    // Expired 10 s ago for every reader (`until`), and removable by DynamoDB's TTL only in an
+    // hour (`exp`): DynamoDB Local's sweeper, which removes an item 18-30 s after its `exp`,
+    // cannot take one during the test; only the test's own DeleteItem does.
     for key in ["gone", "counter", "swept"] {
         provider
             .client()
@@ -237,7 +240,8 @@ async fn expired_item_still_present_is_invisible(local: DynamoDbLocal) -> TestRe
             .item(ATTR_KEY, AttributeValue::S(key.into()))
             .item(ATTR_VALUE, AttributeValue::B(Blob::new(b"41".to_vec())))
             .item(ATTR_VERSION, AttributeValue::S("v1".into()))
-            .item(ATTR_EXPIRES, AttributeValue::N(past.to_string()))
+            .item(ATTR_UNTIL, AttributeValue::N((past * 1000).to_string()))
+            .item(ATTR_EXPIRES, AttributeValue::N((past + 3600).to_string()))
             .send()
             .await
             .map_err(|err| Failed::from(format!("{err:?}")))?;
@@ -274,6 +278,13 @@ async fn expired_item_still_present_is_invisible(local: DynamoDbLocal) -> TestRe
     // DynamoDB's TTL sweeper removes an expired item at a time of its choosing (18–30 s after
     // its expiry on DynamoDB Local): a handle taken before still inserts, as nobody wrote.
     let handle = store.read_versioned("swept").await?;
+    check(
+        matches!(&handle.version, kv_core::Version::Tag(tag) if tag.starts_with("gone@")),
+        format!(
+            "a handle on the expired item, not on no item: {:?}",
+            handle.version
+        ),
+    )?;
     provider
         .client()
         .delete_item()

@@ -23,6 +23,16 @@ pub fn expires_at_ms(ttl: Duration) -> u64 {
     now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Milliseconds on this process's monotonic clock, for ages measured inside one process (a CAS
+/// handle's, an unresolved write's): a step of the wall clock neither ages nor rejuvenates
+/// them. The origin is arbitrary, and far enough from 0 that an age can be subtracted.
+pub fn monotonic_ms() -> u64 {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    const OFFSET_MS: u64 = 1 << 40;
+    let elapsed = ORIGIN.get_or_init(std::time::Instant::now).elapsed();
+    OFFSET_MS.saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Whether a value expiring at `expires_at_ms` (if ever) is still live.
 pub fn is_live(expires_at_ms: Option<u64>, now_ms: u64) -> bool {
     expires_at_ms.is_none_or(|at| at > now_ms)

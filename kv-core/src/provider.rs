@@ -123,6 +123,9 @@ pub struct Attempt {
     /// Fingerprint of the version the last attempt's write was conditioned on, while it is
     /// unknown whether that write applied.
     attempted_base: Option<u32>,
+    /// When that write was sent, or last seen not to have applied yet ([`crate::clock::monotonic_ms`]):
+    /// if it applies, it applies after this.
+    attempted_at_ms: Option<u64>,
 }
 
 impl Attempt {
@@ -136,6 +139,7 @@ impl Attempt {
         Attempt {
             request,
             attempted_base: None,
+            attempted_at_ms: None,
         }
     }
 
@@ -150,9 +154,21 @@ impl Attempt {
         self.attempted_base
     }
 
-    /// Records (or clears) the version fingerprint the current attempt writes against.
+    /// Records (or clears) the version fingerprint the current attempt writes against. Call it
+    /// before the write is sent, or on finding that the write has not applied yet.
     pub fn set_attempted_base(&mut self, base: Option<u32>) {
+        self.attempted_at_ms = match (base, self.attempted_base) {
+            (None, _) => None,
+            (Some(_), None) => Some(crate::clock::monotonic_ms()),
+            (Some(_), Some(_)) => self.attempted_at_ms,
+        };
         self.attempted_base = base;
+    }
+
+    /// How long ago the unresolved write was sent (or last seen not applied yet), in ms.
+    pub fn attempted_ms_ago(&self) -> Option<u64> {
+        self.attempted_at_ms
+            .map(|at| crate::clock::monotonic_ms().saturating_sub(at))
     }
 }
 

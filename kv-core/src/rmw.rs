@@ -310,14 +310,30 @@ enum Earlier {
 /// key is missing again, or re-created by someone else with a fresh journal), so an attempt
 /// conditioned on absence is resolved only by finding its own entry; otherwise the outcome is
 /// unknown.
-fn resolve(attempt: &mut Attempt, journal: &Journal, current: u32, len: usize) -> Result<Earlier> {
+///
+/// No item at all (`missing`) soon after a write conditioned on a version also proves it did
+/// not apply: had it applied, its item (no expiry, or its expiry kept) would be kept for
+/// [`TOMBSTONE_RETENTION`] past any later delete or expiry, and the version it was conditioned
+/// on is gone for good (the backend's expiry removed that item), so it never will.
+fn resolve(
+    attempt: &mut Attempt,
+    journal: &Journal,
+    current: u32,
+    len: usize,
+    missing: bool,
+) -> Result<Earlier> {
     if let Some(applied) = journal.find(attempt.request()) {
         return Ok(Earlier::Applied(applied));
     }
     let Some(base) = attempt.attempted_base() else {
         return Ok(Earlier::NotApplied);
     };
-    if base_is_a_version(base) && (base == current || journal.has_other_write_on(base, len)) {
+    let lifetime = u64::try_from(ABSENCE_HANDLE_LIFETIME.as_millis()).unwrap_or(u64::MAX);
+    let gone_since_it_was_sent =
+        missing && attempt.attempted_ms_ago().is_some_and(|ago| ago < lifetime);
+    if base_is_a_version(base)
+        && (base == current || journal.has_other_write_on(base, len) || gone_since_it_was_sent)
+    {
         attempt.set_attempted_base(None);
         return Ok(Earlier::NotApplied);
     }
@@ -345,7 +361,8 @@ async fn resolve_now<S: ConditionalStore + ?Sized>(
             Ok(read) if read != Read::Raced => {
                 let (journal, len) = (journal_of(&read), store.journal_len(key));
                 let (earlier, current) = (attempt.attempted_base(), fingerprint_of(store, &read));
-                return match resolve(attempt, &journal, current, len)? {
+                let missing = read == Read::Missing;
+                return match resolve(attempt, &journal, current, len, missing)? {
                     Earlier::Applied(applied) => Ok(Some(applied)),
                     Earlier::NotApplied => {
                         // Not applied yet: the write may still land, so it keeps its base.
@@ -467,7 +484,7 @@ async fn apply_increments<S: ConditionalStore + ?Sized>(store: &S, key: &str, ba
             Err(err) => return batch.answer(|_| Some(Err(err.duplicate()))),
         };
         let base = fingerprint_of(store, &read);
-        settle(batch, &journal_of(&read), base, store.journal_len(key));
+        settle(batch, &read, base, store.journal_len(key));
         if batch.is_empty() {
             return;
         }
@@ -614,10 +631,11 @@ fn in_doubt_error() -> KvError {
 /// means "not applied yet": that write may still land. Its base stays in the attempt, so the
 /// next write on the same base knows (`Pending::in_doubt`) and no answer
 /// says "not applied" before the version has moved on.
-fn settle(batch: &mut Batch, journal: &Journal, current: u32, len: usize) {
+fn settle(batch: &mut Batch, read: &Read, current: u32, len: usize) {
+    let (journal, missing) = (&journal_of(read), *read == Read::Missing);
     batch.answer(|pending| {
         let earlier = pending.attempt.attempted_base();
-        let settled = resolve(&mut pending.attempt, journal, current, len);
+        let settled = resolve(&mut pending.attempt, journal, current, len, missing);
         if earlier == Some(current) && matches!(settled, Ok(Earlier::NotApplied)) {
             pending.attempt.set_attempted_base(earlier);
         }
@@ -638,7 +656,7 @@ async fn settle_now<S: ConditionalStore + ?Sized>(store: &S, key: &str, batch: &
         match store.read(key).await {
             Ok(read) if read != Read::Raced => {
                 let len = store.journal_len(key);
-                settle(batch, &journal_of(&read), fingerprint_of(store, &read), len);
+                settle(batch, &read, fingerprint_of(store, &read), len);
                 return true;
             }
             _ => Backoff::CONTENTION.wait(read_attempt).await,
@@ -655,10 +673,12 @@ pub fn version_of(read: &Read) -> Version {
         Read::Found(snapshot) if clock::is_live(snapshot.expires_at_ms, clock::now_ms()) => {
             Version::Tag(snapshot.version.clone())
         }
-        Read::Found(snapshot) => {
-            Version::Tag(format!("{GONE_AT}{}@{}", clock::now_ms(), snapshot.version))
-        }
-        Read::Missing => Version::Tag(format!("{MISSING_SINCE}{}", clock::now_ms())),
+        Read::Found(snapshot) => Version::Tag(format!(
+            "{GONE_AT}{}@{}",
+            clock::monotonic_ms(),
+            snapshot.version
+        )),
+        Read::Missing => Version::Tag(format!("{MISSING_SINCE}{}", clock::monotonic_ms())),
         Read::Raced => Version::Absent,
     }
 }
@@ -681,12 +701,13 @@ pub const TOMBSTONE_EXPIRES_AT_MS: u64 = 1;
 /// older handle gets `cas-failed` and a fresh handle rather than a guess.
 pub const ABSENCE_HANDLE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// A handle's version for a key with no item: this prefix and the Unix milliseconds at which
-/// the absence was seen. No backend version contains `@`.
+/// A handle's version for a key with no item: this prefix and the time at which the absence
+/// was seen ([`clock::monotonic_ms`]: handles are host resources, never stored or sent). No
+/// backend version contains `@`.
 const MISSING_SINCE: &str = "missing@";
 
-/// A handle's version for a key whose item is expired or a tombstone: this prefix, the Unix
-/// milliseconds at which it was seen, `@` and that item's version.
+/// A handle's version for a key whose item is expired or a tombstone: this prefix, the time at
+/// which it was seen ([`clock::monotonic_ms`]), `@` and that item's version.
 const GONE_AT: &str = "gone@";
 
 /// What `swap` must find for a key that is missing to the guest: the same tombstone or
@@ -694,7 +715,7 @@ const GONE_AT: &str = "gone@";
 /// expired item or an old tombstone at any time), seen recently enough that a delete in
 /// between would have left a tombstone. `None` when the key changed or the handle is too
 /// old to tell.
-fn unchanged_absence(tag: &str, read: &Read, now_ms: u64) -> Option<Expect> {
+fn unchanged_absence(tag: &str, read: &Read, now_ms: u64, monotonic_ms: u64) -> Option<Expect> {
     let (since, gone) = match tag.strip_prefix(GONE_AT) {
         Some(rest) => {
             let (since, version) = rest.split_once('@')?;
@@ -712,15 +733,18 @@ fn unchanged_absence(tag: &str, read: &Read, now_ms: u64) -> Option<Expect> {
         {
             Some(Expect::Version(snapshot.version.clone()))
         }
-        (Read::Missing, _) if now_ms.saturating_sub(since) < lifetime => Some(Expect::Absent),
+        (Read::Missing, _) if monotonic_ms.saturating_sub(since) < lifetime => Some(Expect::Absent),
         _ => None,
     }
 }
 
-/// Whether `version` is a handle on a key that had an expired item or a tombstone, which the
-/// backend may remove between `swap`'s read and its write.
-fn is_gone_handle(version: &Version) -> bool {
-    matches!(version, Version::Tag(tag) if tag.starts_with(GONE_AT))
+/// Whether `version` may be answered by an expired item or a tombstone, which the backend may
+/// remove between `swap`'s read and its write: a handle taken on one, or no read at all.
+fn may_meet_a_removed_item(version: &Version) -> bool {
+    match version {
+        Version::Tag(tag) => tag.starts_with(GONE_AT),
+        Version::Absent => true,
+    }
 }
 
 /// Writes `value` if `key` is still at `expected` (a version from [`version_of`]), exactly
@@ -742,7 +766,7 @@ pub async fn swap<S: ConditionalStore + ?Sized>(
     // backend's expiry (DynamoDB's TTL) between this read and this write: the key is still
     // missing, so look again rather than answer a conflict nobody caused. A conflict is
     // certainly not applied, so the same attempt may write again.
-    if outcome == SwapOutcome::Conflict && is_gone_handle(expected) {
+    if outcome == SwapOutcome::Conflict && may_meet_a_removed_item(expected) {
         return swap_once(store, key, expected, value, attempt).await;
     }
     Ok(outcome)
@@ -764,7 +788,8 @@ async fn swap_once<S: ConditionalStore + ?Sized>(
     };
     let journal = journal_of(&read);
     let (earlier, current) = (attempt.attempted_base(), fingerprint_of(store, &read));
-    match resolve(attempt, &journal, current, store.journal_len(key))? {
+    let missing = read == Read::Missing;
+    match resolve(attempt, &journal, current, store.journal_len(key), missing)? {
         Earlier::Applied(Applied::Swapped) => return Ok(SwapOutcome::Swapped),
         Earlier::Applied(Applied::Incremented(_)) => {
             return Err(KvError::internal("an increment's request id was reused"));
@@ -788,10 +813,12 @@ async fn swap_once<S: ConditionalStore + ?Sized>(
         (Version::Tag(tag), Read::Found(snapshot)) if snapshot.version == *tag => {
             Expect::Version(tag.clone())
         }
-        (Version::Tag(tag), read) => match unchanged_absence(tag, read, clock::now_ms()) {
-            Some(condition) => condition,
-            None => return Ok(SwapOutcome::Conflict),
-        },
+        (Version::Tag(tag), read) => {
+            match unchanged_absence(tag, read, clock::now_ms(), clock::monotonic_ms()) {
+                Some(condition) => condition,
+                None => return Ok(SwapOutcome::Conflict),
+            }
+        }
         _ => return Ok(SwapOutcome::Conflict),
     };
     let base = fingerprint_of(store, &read);
@@ -1272,7 +1299,7 @@ mod tests {
         let cut = Journal::default()
             .recording(base, RequestId::new(), Applied::Incremented(2), 8)
             .recording(current, RequestId::new(), Applied::Incremented(3), 8);
-        let err = resolve(&mut attempt, &cut, current, 2)
+        let err = resolve(&mut attempt, &cut, current, 2, false)
             .err()
             .expect("unknown");
         assert!(err.message().starts_with(OUTCOME_UNKNOWN), "{err}");
@@ -1282,7 +1309,7 @@ mod tests {
         let mut again = Attempt::of(ours);
         again.set_attempted_base(Some(base));
         assert!(matches!(
-            resolve(&mut again, &cut, current, 8),
+            resolve(&mut again, &cut, current, 8, false),
             Ok(Earlier::NotApplied)
         ));
         // Behind an older write, the group on our base is whole: another write won.
@@ -1290,7 +1317,7 @@ mod tests {
             .recording(1, RequestId::new(), Applied::Incremented(1), 8)
             .recording(base, RequestId::new(), Applied::Incremented(2), 8);
         assert!(matches!(
-            resolve(&mut attempt, &whole, current, 2),
+            resolve(&mut attempt, &whole, current, 2, false),
             Ok(Earlier::NotApplied)
         ));
     }
@@ -1726,10 +1753,13 @@ mod tests {
         assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
         // A handle on no item, older than a tombstone surely lasts: a conflict, not a guess.
         let lifetime = u64::try_from(ABSENCE_HANDLE_LIFETIME.as_millis()).unwrap();
-        let old = Version::Tag(format!("{MISSING_SINCE}{}", clock::now_ms() - lifetime));
+        let old = Version::Tag(format!(
+            "{MISSING_SINCE}{}",
+            clock::monotonic_ms() - lifetime
+        ));
         let outcome = swap(&store, "old", &old, b"v", &mut Attempt::new()).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Conflict);
-        let fresh = Version::Tag(format!("{MISSING_SINCE}{}", clock::now_ms() - 1_000));
+        let fresh = Version::Tag(format!("{MISSING_SINCE}{}", clock::monotonic_ms() - 1_000));
         let outcome = swap(&store, "old", &fresh, b"v", &mut Attempt::new()).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
     }
@@ -1763,11 +1793,60 @@ mod tests {
         let outcome = swap(&store, "k", &handle.version, b"c", &mut Attempt::new()).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Conflict);
         assert_eq!(store.value("k"), b"theirs");
+        // No read at all (an embedder's "insert if missing"), removed before the write.
+        store.put("k", b"old", Some(1));
+        store.sweep_before_next_write.store(true, Ordering::Relaxed);
+        let outcome = swap(&store, "k", &Version::Absent, b"e", &mut Attempt::new()).await;
+        assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
+        assert_eq!(store.value("k"), b"e");
         // Removed, and the handle older than a tombstone surely lasts: a conflict.
         let lifetime = u64::try_from(ABSENCE_HANDLE_LIFETIME.as_millis()).unwrap();
-        let old = Version::Tag(format!("{GONE_AT}{}@7", clock::now_ms() - lifetime));
+        let old = Version::Tag(format!("{GONE_AT}{}@7", clock::monotonic_ms() - lifetime));
         let outcome = swap(&store, "none", &old, b"d", &mut Attempt::new()).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Conflict);
+    }
+
+    /// The same removal meeting a client that resends (its conflict is resolved through the
+    /// journal), or a write whose reply was lost: no item at all, soon after a write
+    /// conditioned on a version, proves that write did not apply and never will. It was
+    /// `outcome unknown`.
+    #[tokio::test]
+    async fn a_removal_after_an_ambiguous_write_resolves_it() {
+        // A resending client meets the removal as a conflict.
+        let store = Versioned {
+            resends: true,
+            ..Versioned::default()
+        };
+        store.put("k", b"old", Some(1));
+        let handle = read_versioned(&store, "k").await.unwrap();
+        store.sweep_before_next_write.store(true, Ordering::Relaxed);
+        let outcome = swap(&store, "k", &handle.version, b"a", &mut Attempt::new()).await;
+        assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
+        assert_eq!(store.value("k"), b"a");
+        // A write whose reply was lost, which the removal kept from applying; the host's
+        // retry (the same attempt) resolves it and swaps.
+        let store = Versioned::default();
+        store.put("k", b"old", Some(1));
+        let handle = read_versioned(&store, "k").await.unwrap();
+        let mut attempt = Attempt::new();
+        store.sweep_before_next_write.store(true, Ordering::Relaxed);
+        lose_the_next_reply_and_reads(&store);
+        assert!(
+            swap(&store, "k", &handle.version, b"b", &mut attempt)
+                .await
+                .is_err()
+        );
+        let outcome = swap(&store, "k", &handle.version, b"b", &mut attempt).await;
+        assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
+        assert_eq!(store.value("k"), b"b");
+        // An increment of an expired counter, the same way.
+        let store = Versioned::default();
+        store.put("n", b"5", Some(1));
+        let mut attempt = Attempt::new();
+        store.sweep_before_next_write.store(true, Ordering::Relaxed);
+        lose_the_next_reply_and_reads(&store);
+        assert!(increment(&store, "n", 1, &mut attempt).await.is_err());
+        assert_eq!(increment(&store, "n", 1, &mut attempt).await.unwrap(), 1);
     }
 
     #[tokio::test]
