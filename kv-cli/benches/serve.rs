@@ -9,8 +9,13 @@
 //! `wasmtime serve -S keyvalue` then serve one 0.2.0-draft handler, as separate processes,
 //! side by side.
 //!
+//! `--curve` measures only the curve against wasmtime: `GET` at 1…1,024 connections, each
+//! server's requests/s and resident memory, then each server's memory per idle keep-alive
+//! connection; `--plots DIR` draws it as PNG files there.
+//!
 //! ```sh
 //! cargo bench -p kv-cli --bench serve -- [--seconds 5] [--connections 16] [--providers memory,redis]
+//!     [--curve [--plots DIR]]
 //! ```
 //! Client and server share the machine's cores, so absolute numbers are pessimistic; compare
 //! the rows of one run.
@@ -30,6 +35,9 @@ use kv_core::{KvStore, Stores};
 use kv_testkit::emulator;
 use tokio::net::TcpListener;
 
+#[path = "kv/plot.rs"]
+mod plot;
+
 const KEYS: usize = 1000;
 const VALUE: &[u8] = &[b'v'; 256];
 
@@ -37,6 +45,9 @@ struct Settings {
     seconds: u64,
     connections: usize,
     providers: Vec<String>,
+    /// Only the curve against wasmtime.
+    curve: bool,
+    plots: Option<std::path::PathBuf>,
 }
 
 fn settings() -> Settings {
@@ -44,6 +55,8 @@ fn settings() -> Settings {
         seconds: 5,
         connections: 16,
         providers: vec!["memory".to_string(), "redis".to_string()],
+        curve: false,
+        plots: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -52,6 +65,8 @@ fn settings() -> Settings {
             "--connections" => {
                 settings.connections = args.next().and_then(|v| v.parse().ok()).unwrap_or(16)
             }
+            "--curve" => settings.curve = true,
+            "--plots" => settings.plots = args.next().map(std::path::PathBuf::from),
             "--providers" => {
                 settings.providers = args
                     .next()
@@ -170,7 +185,13 @@ async fn drive(addr: SocketAddr, route: Route, connections: usize, duration: Dur
                             errors += 1;
                         }
                     }
-                    Err(_) => errors += 1,
+                    Err(_) => {
+                        errors += 1;
+                        // A closed connection (refused by a server at its limit) is done.
+                        if sender.is_closed() {
+                            break;
+                        }
+                    }
                 }
             }
             (latencies, errors)
@@ -202,6 +223,9 @@ async fn warm_then_drive(
     duration: Duration,
 ) -> Measured {
     drive(addr, route, connections, Duration::from_millis(500)).await;
+    // Let the server see the warm-up's connections close: a server at its connection limit
+    // refuses new ones while it still counts them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     drive(addr, route, connections, duration).await
 }
 
@@ -333,53 +357,12 @@ async fn bench_vs_wasmtime(
     keys: usize,
     routes: &[Route],
 ) -> anyhow::Result<()> {
-    let handler = kv_test_artifacts::BENCH_HANDLER;
-    let value = String::from_utf8(VALUE.to_vec())?;
-    let seeds: Vec<String> = (0..keys).map(|n| format!("key-{n}={value}")).collect();
-    let wasi_kv_seeds = seeds.clone();
-    let wasi_kv = emulator::LocalServer::start_http(
-        "wasi-kv serve",
-        move |port| {
-            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wasi-kv"));
-            command.arg("serve");
-            for seed in &wasi_kv_seeds {
-                command.args(["--seed", seed]);
-            }
-            command.args(["--addr", &format!("127.0.0.1:{port}"), handler]);
-            command
-        },
-        Duration::from_secs(60),
-    )
-    .map_err(anyhow::Error::msg)?;
-    let cli = cli.to_path_buf();
-    let wasmtime = emulator::LocalServer::start_http(
-        "wasmtime serve",
-        move |port| {
-            let mut command = std::process::Command::new(&cli);
-            command.args(["serve", "-S", "cli", "-S", "keyvalue"]);
-            for seed in &seeds {
-                command.args(["-S", &format!("keyvalue-in-memory-data={seed}")]);
-            }
-            command.args(["--addr", &format!("127.0.0.1:{port}"), handler]);
-            command
-        },
-        Duration::from_secs(60),
-    )
-    .map_err(anyhow::Error::msg)?;
-    let hosts = [
-        (
-            "wasi-kv serve",
-            SocketAddr::from(([127, 0, 0, 1], wasi_kv.port())),
-        ),
-        (
-            "wasmtime serve",
-            SocketAddr::from(([127, 0, 0, 1], wasmtime.port())),
-        ),
-    ];
+    let servers = Servers::start(cli, keys)?;
+    let hosts = servers.hosts();
     let duration = Duration::from_secs(settings.seconds);
     for &route in routes {
         let mut rates = Vec::new();
-        for (host, addr) in hosts {
+        for (host, addr, _) in hosts {
             let measured = warm_then_drive(addr, route, settings.connections, duration).await;
             println!(
                 "{}",
@@ -396,11 +379,216 @@ async fn bench_vs_wasmtime(
     Ok(())
 }
 
+/// `wasi-kv serve` and `wasmtime serve -S keyvalue` as processes on the bench handler, with
+/// the same preset keys.
+struct Servers {
+    wasi_kv: emulator::LocalServer,
+    wasmtime: emulator::LocalServer,
+}
+
+impl Servers {
+    fn start(cli: &std::path::Path, keys: usize) -> anyhow::Result<Servers> {
+        let handler = kv_test_artifacts::BENCH_HANDLER;
+        let value = String::from_utf8(VALUE.to_vec())?;
+        let seeds: Vec<String> = (0..keys).map(|n| format!("key-{n}={value}")).collect();
+        let wasi_kv_seeds = seeds.clone();
+        let wasi_kv = emulator::LocalServer::start_http(
+            "wasi-kv serve",
+            move |port| {
+                let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wasi-kv"));
+                command.arg("serve");
+                for seed in &wasi_kv_seeds {
+                    command.args(["--seed", seed]);
+                }
+                command.args(["--addr", &format!("127.0.0.1:{port}"), handler]);
+                command
+            },
+            Duration::from_secs(60),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let cli = cli.to_path_buf();
+        let wasmtime = emulator::LocalServer::start_http(
+            "wasmtime serve",
+            move |port| {
+                let mut command = std::process::Command::new(&cli);
+                command.args(["serve", "-S", "cli", "-S", "keyvalue"]);
+                for seed in &seeds {
+                    command.args(["-S", &format!("keyvalue-in-memory-data={seed}")]);
+                }
+                command.args(["--addr", &format!("127.0.0.1:{port}"), handler]);
+                command
+            },
+            Duration::from_secs(60),
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(Servers { wasi_kv, wasmtime })
+    }
+
+    /// Each server's name, address and PID.
+    fn hosts(&self) -> [(&'static str, SocketAddr, Option<u32>); 2] {
+        let at = |server: &emulator::LocalServer| SocketAddr::from(([127, 0, 0, 1], server.port()));
+        [
+            ("wasi-kv serve", at(&self.wasi_kv), self.wasi_kv.pid()),
+            ("wasmtime serve", at(&self.wasmtime), self.wasmtime.pid()),
+        ]
+    }
+}
+
+/// A process's resident memory in KiB (`VmRSS`; Linux).
+fn rss_kib(pid: Option<u32>) -> anyhow::Result<u64> {
+    let pid = pid.ok_or_else(|| anyhow::anyhow!("the server is not running"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
+}
+
+/// The connection counts of the curve.
+const CURVE_CONNECTIONS: [usize; 6] = [1, 4, 16, 64, 256, 1024];
+
+/// `GET` (16 preset keys) on both servers at each of [`CURVE_CONNECTIONS`]: requests/s, p99
+/// and each server's resident memory after the run; then each server's memory growth with
+/// 1,000 idle keep-alive connections open (target ≤ 64 KiB each; `wasi-kv serve` admits 1,024
+/// connections at once by default).
+async fn serve_curve(cli: &std::path::Path, settings: &Settings) -> anyhow::Result<()> {
+    println!(
+        "| connections | host | req/s | p99 ms | errors | resident MiB after the run | wasi-kv / wasmtime (target ≥ 2) |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    let servers = Servers::start(cli, 16)?;
+    let hosts = servers.hosts();
+    let duration = Duration::from_secs(settings.seconds);
+    let mut rates: Vec<plot::Series> = Vec::new();
+    let mut memory: Vec<plot::Series> = Vec::new();
+    for (host, _, _) in hosts {
+        for lines in [&mut rates, &mut memory] {
+            lines.push(plot::Series {
+                label: host.to_string(),
+                points: Vec::new(),
+            });
+        }
+    }
+    for connections in CURVE_CONNECTIONS {
+        let mut measured_rates = Vec::new();
+        for (index, (host, addr, pid)) in hosts.into_iter().enumerate() {
+            let measured = warm_then_drive(addr, Route::Get(16), connections, duration).await;
+            let rss_mib = rss_kib(pid)? as f64 / 1024.0;
+            let ratio = match measured_rates.first() {
+                Some(ours) => format!("{:.2}", ours / measured.rps()),
+                None => String::new(),
+            };
+            println!(
+                "| {connections} | {host} | {:.0} | {:.2} | {} | {rss_mib:.1} | {ratio} |",
+                measured.rps(),
+                measured.percentile(0.99),
+                measured.errors
+            );
+            measured_rates.push(measured.rps());
+            rates[index]
+                .points
+                .push((connections as f64, measured.rps()));
+            memory[index].points.push((connections as f64, rss_mib));
+        }
+    }
+    println!();
+    println!(
+        "| host | idle keep-alive connections | resident memory growth KiB | KiB per connection (target ≤ 64) |"
+    );
+    println!("|---|---:|---:|---:|");
+    const IDLE: usize = 1000;
+    for (host, addr, pid) in hosts {
+        // The curve's connections are closed; let each server see them go.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = rss_kib(pid)?;
+        let mut open = Vec::with_capacity(IDLE);
+        let mut unanswered = None;
+        for index in 0..IDLE {
+            let connect = async {
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                let driver = tokio::spawn(connection);
+                // One request, so the server has served the connection and keeps it alive.
+                let response = sender.send_request(Route::Get(16).request("", 0)).await?;
+                let _ = response.into_body().collect().await?;
+                anyhow::Ok((sender, driver))
+            };
+            match tokio::time::timeout(Duration::from_secs(10), connect).await {
+                Ok(opened) => open.push(opened?),
+                Err(_) => {
+                    unanswered = Some(index);
+                    break;
+                }
+            }
+        }
+        if let Some(index) = unanswered {
+            println!(
+                "| {host} | {IDLE} | – | no answer in 10 s on a new connection with {index} open |"
+            );
+            for (_, driver) in open {
+                driver.abort();
+            }
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = rss_kib(pid)?;
+        let alive = open
+            .iter()
+            .filter(|(sender, _)| !sender.is_closed())
+            .count();
+        anyhow::ensure!(
+            alive == IDLE,
+            "{host}: {} of {IDLE} idle connections were closed",
+            IDLE - alive
+        );
+        let growth = after.saturating_sub(before);
+        println!(
+            "| {host} | {IDLE} | {growth} | {:.1} |",
+            growth as f64 / IDLE as f64
+        );
+        for (_, driver) in open {
+            driver.abort();
+        }
+    }
+    if let Some(dir) = &settings.plots {
+        let chart = |title, y_label, log_y| plot::Chart {
+            title,
+            x_label: "concurrent keep-alive connections",
+            y_label,
+            log_x: true,
+            log_y,
+        };
+        let path = dir.join("serve-throughput.png");
+        plot::line_chart(
+            &path,
+            &chart("serve GET: requests/s vs connections", "req/s", true),
+            &rates,
+        )?;
+        println!("\n![serve throughput vs connections]({})", path.display());
+        let path = dir.join("serve-memory.png");
+        let title = "serve GET: server resident memory vs connections";
+        plot::line_chart(&path, &chart(title, "MiB", false), &memory)?;
+        println!("![serve memory vs connections]({})", path.display());
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let settings = settings();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if settings.curve {
+        let cli = emulator::wasmtime_cli()
+            .ok_or_else(|| anyhow::anyhow!("--curve needs a wasmtime CLI ($WASMTIME or PATH)"))?;
+        println!(
+            "wasi-kv serve against `{} serve -S keyvalue`, GET of 16 preset keys:\n",
+            cli.display()
+        );
+        return runtime.block_on(serve_curve(&cli, &settings));
+    }
     println!(
         "wasi-kv serve benchmark: examples/http-kv, {} s per row, {} connections, {} cores",
         settings.seconds,

@@ -168,6 +168,11 @@ impl LocalServer {
     pub fn port(&self) -> u16 {
         self.server.port
     }
+
+    /// The server process's PID, while it runs (what a benchmark reads its memory by).
+    pub fn pid(&self) -> Option<u32> {
+        self.server.process.as_ref().map(ManagedProcess::pid)
+    }
 }
 
 /// The wasmtime CLI, if there is one: `$WASMTIME`, else `wasmtime` on `PATH`, else the one

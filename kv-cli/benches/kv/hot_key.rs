@@ -58,9 +58,7 @@ pub async fn hot_key_rows(settings: &Settings) -> anyhow::Result<()> {
     );
     println!("|---|---|---:|---|---:|---|---:|---:|");
     let dir = tempfile::tempdir()?;
-    let wanted = |name: &str| {
-        settings.hot_backends.is_empty() || settings.hot_backends.iter().any(|b| b == name)
-    };
+    let wanted = |name: &str| settings.wanted_backend(name);
     for backend in backends(dir.path(), &wanted).await? {
         for &hosts in &backend.shapes {
             row(settings, &backend, hosts).await?;
@@ -108,19 +106,8 @@ async fn backends(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> anyhow::Result<V
                     .await?,
             ),
             Emulator::DynamoDb => {
-                let config =
-                    kv_cli::load_config(None, &[format!("default={}", started.store_url)])?;
-                let spec = config
-                    .stores
-                    .get("default")
-                    .ok_or_else(|| anyhow::anyhow!("no default store"))?;
-                let config = kv_aws::dynamodb::DynamoConfig::from_spec(spec)?;
-                let client = kv_aws::dynamodb::client::build_client(&config).await;
-                kv_aws::dynamodb::client::ensure_table(&client, &config.table).await?;
-                Native::Dynamo {
-                    client,
-                    table: config.table,
-                }
+                let (client, table) = super::dynamo_client(&started.store_url).await?;
+                Native::Dynamo { client, table }
             }
             Emulator::Cosmos => Native::Without(
                 "patch `incr` (not driven here: it needs azure_data_cosmos's unstable_patch)",

@@ -14,7 +14,9 @@
 //! after the warm-up it waits for `START_UNIX_MS` and counts operations until the window ends,
 //! so guests run side by side measure the same interval and their rates add up. A guest that
 //! reaches the start late fails rather than measure a shorter window. It prints
-//! `OP NS_PER_OP MADE`, MADE counting the warm-up too.
+//! `OP NS_PER_OP MADE LATENCIES`, MADE counting the warm-up too, and LATENCIES each timed
+//! operation's latency as `NS:COUNT,…` (an HDR histogram, two significant digits), which the
+//! host merges across guests for percentiles.
 
 #[macro_use]
 #[path = "../../../interop/src/wit.rs"]
@@ -76,15 +78,25 @@ fn main() {
         }
         let end_ms = start_ms + window_ms;
         let mut count: u64 = 0;
+        // 1 ns to 60 s; slower operations count as 60 s.
+        let mut latencies = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2)
+            .unwrap_or_else(|err| fail(&format!("histogram: {err}")));
         while unix_ms() < end_ms {
+            let started = Instant::now();
             once(&op).unwrap_or_else(|err| fail(&err));
+            latencies.saturating_record(started.elapsed().as_nanos() as u64);
             count += 1;
         }
         // The operations made, warm-up included, so a host can check a counter's total.
         let made = u64::from((n / 10).max(1)) + count;
+        let recorded: Vec<String> = latencies
+            .iter_recorded()
+            .map(|value| format!("{}:{}", value.value_iterated_to(), value.count_at_value()))
+            .collect();
         println!(
-            "{op} {} {made}",
-            u128::from(window_ms) * 1_000_000 / u128::from(count.max(1))
+            "{op} {} {made} {}",
+            u128::from(window_ms) * 1_000_000 / u128::from(count.max(1)),
+            recorded.join(",")
         );
         return;
     }
