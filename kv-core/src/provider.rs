@@ -123,9 +123,8 @@ pub struct Attempt {
     /// Fingerprint of the version the last attempt's write was conditioned on, while it is
     /// unknown whether that write applied.
     attempted_base: Option<u32>,
-    /// When that write was sent, or last seen not to have applied yet ([`crate::clock::monotonic_ms`]):
-    /// if it applies, it applies after this.
-    attempted_at_ms: Option<u64>,
+    /// When that write was sent: if it applies, it applies after this.
+    attempted_at: Option<crate::clock::Stamp>,
 }
 
 impl Attempt {
@@ -139,7 +138,7 @@ impl Attempt {
         Attempt {
             request,
             attempted_base: None,
-            attempted_at_ms: None,
+            attempted_at: None,
         }
     }
 
@@ -154,21 +153,22 @@ impl Attempt {
         self.attempted_base
     }
 
-    /// Records (or clears) the version fingerprint the current attempt writes against. Call it
-    /// before the write is sent, or on finding that the write has not applied yet.
+    /// Records (or clears) the version fingerprint the current attempt writes against, before
+    /// the write is sent. An attempt that already has one keeps the time of its first write,
+    /// the oldest that may still be unresolved. (To put back a base that resolving cleared,
+    /// restore a clone of the attempt instead: its time is the first send's.)
     pub fn set_attempted_base(&mut self, base: Option<u32>) {
-        self.attempted_at_ms = match (base, self.attempted_base) {
+        self.attempted_at = match (base, self.attempted_base) {
             (None, _) => None,
-            (Some(_), None) => Some(crate::clock::monotonic_ms()),
-            (Some(_), Some(_)) => self.attempted_at_ms,
+            (Some(_), None) => Some(crate::clock::Stamp::now()),
+            (Some(_), Some(_)) => self.attempted_at,
         };
         self.attempted_base = base;
     }
 
-    /// How long ago the unresolved write was sent (or last seen not applied yet), in ms.
+    /// How long ago the unresolved write was sent, in ms (on both clocks: [`crate::clock::Stamp`]).
     pub fn attempted_ms_ago(&self) -> Option<u64> {
-        self.attempted_at_ms
-            .map(|at| crate::clock::monotonic_ms().saturating_sub(at))
+        self.attempted_at.map(crate::clock::Stamp::age_ms)
     }
 }
 

@@ -360,14 +360,15 @@ async fn resolve_now<S: ConditionalStore + ?Sized>(
         match store.read(key).await {
             Ok(read) if read != Read::Raced => {
                 let (journal, len) = (journal_of(&read), store.journal_len(key));
-                let (earlier, current) = (attempt.attempted_base(), fingerprint_of(store, &read));
+                let (before, current) = (attempt.clone(), fingerprint_of(store, &read));
                 let missing = read == Read::Missing;
                 return match resolve(attempt, &journal, current, len, missing)? {
                     Earlier::Applied(applied) => Ok(Some(applied)),
                     Earlier::NotApplied => {
-                        // Not applied yet: the write may still land, so it keeps its base.
-                        if earlier == Some(current) {
-                            attempt.set_attempted_base(earlier);
+                        // Not applied yet: the write may still land, so it keeps its base
+                        // (and the time it was sent).
+                        if before.attempted_base() == Some(current) {
+                            *attempt = before;
                         }
                         Ok(None)
                     }
@@ -634,10 +635,10 @@ fn in_doubt_error() -> KvError {
 fn settle(batch: &mut Batch, read: &Read, current: u32, len: usize) {
     let (journal, missing) = (&journal_of(read), *read == Read::Missing);
     batch.answer(|pending| {
-        let earlier = pending.attempt.attempted_base();
+        let before = pending.attempt.clone();
         let settled = resolve(&mut pending.attempt, journal, current, len, missing);
-        if earlier == Some(current) && matches!(settled, Ok(Earlier::NotApplied)) {
-            pending.attempt.set_attempted_base(earlier);
+        if before.attempted_base() == Some(current) && matches!(settled, Ok(Earlier::NotApplied)) {
+            pending.attempt = before;
         }
         match settled {
             Ok(Earlier::Applied(Applied::Incremented(total))) => Some(Ok(total)),
@@ -675,10 +676,10 @@ pub fn version_of(read: &Read) -> Version {
         }
         Read::Found(snapshot) => Version::Tag(format!(
             "{GONE_AT}{}@{}",
-            clock::monotonic_ms(),
+            clock::Stamp::now().encode(),
             snapshot.version
         )),
-        Read::Missing => Version::Tag(format!("{MISSING_SINCE}{}", clock::monotonic_ms())),
+        Read::Missing => Version::Tag(format!("{MISSING_SINCE}{}", clock::Stamp::now().encode())),
         Read::Raced => Version::Absent,
     }
 }
@@ -702,12 +703,12 @@ pub const TOMBSTONE_EXPIRES_AT_MS: u64 = 1;
 pub const ABSENCE_HANDLE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A handle's version for a key with no item: this prefix and the time at which the absence
-/// was seen ([`clock::monotonic_ms`]: handles are host resources, never stored or sent). No
-/// backend version contains `@`.
+/// was seen ([`clock::Stamp`]: handles are host resources, never stored or sent). No backend
+/// version contains `@`.
 const MISSING_SINCE: &str = "missing@";
 
 /// A handle's version for a key whose item is expired or a tombstone: this prefix, the time at
-/// which it was seen ([`clock::monotonic_ms`]), `@` and that item's version.
+/// which it was seen ([`clock::Stamp`]), `@` and that item's version.
 const GONE_AT: &str = "gone@";
 
 /// What `swap` must find for a key that is missing to the guest: the same tombstone or
@@ -715,7 +716,7 @@ const GONE_AT: &str = "gone@";
 /// expired item or an old tombstone at any time), seen recently enough that a delete in
 /// between would have left a tombstone. `None` when the key changed or the handle is too
 /// old to tell.
-fn unchanged_absence(tag: &str, read: &Read, now_ms: u64, monotonic_ms: u64) -> Option<Expect> {
+fn unchanged_absence(tag: &str, read: &Read, now_ms: u64) -> Option<Expect> {
     let (since, gone) = match tag.strip_prefix(GONE_AT) {
         Some(rest) => {
             let (since, version) = rest.split_once('@')?;
@@ -723,7 +724,7 @@ fn unchanged_absence(tag: &str, read: &Read, now_ms: u64, monotonic_ms: u64) -> 
         }
         None => (tag.strip_prefix(MISSING_SINCE)?, None),
     };
-    let since: u64 = since.parse().ok()?;
+    let since = clock::Stamp::decode(since)?;
     let lifetime = u64::try_from(ABSENCE_HANDLE_LIFETIME.as_millis()).unwrap_or(u64::MAX);
     match (read, gone) {
         // Still missing too: where versions are digests, a live value can have the version the
@@ -733,7 +734,7 @@ fn unchanged_absence(tag: &str, read: &Read, now_ms: u64, monotonic_ms: u64) -> 
         {
             Some(Expect::Version(snapshot.version.clone()))
         }
-        (Read::Missing, _) if monotonic_ms.saturating_sub(since) < lifetime => Some(Expect::Absent),
+        (Read::Missing, _) if since.age_ms() < lifetime => Some(Expect::Absent),
         _ => None,
     }
 }
@@ -787,7 +788,7 @@ async fn swap_once<S: ConditionalStore + ?Sized>(
         }
     };
     let journal = journal_of(&read);
-    let (earlier, current) = (attempt.attempted_base(), fingerprint_of(store, &read));
+    let (before, current) = (attempt.clone(), fingerprint_of(store, &read));
     let missing = read == Read::Missing;
     match resolve(attempt, &journal, current, store.journal_len(key), missing)? {
         Earlier::Applied(Applied::Swapped) => return Ok(SwapOutcome::Swapped),
@@ -798,9 +799,9 @@ async fn swap_once<S: ConditionalStore + ?Sized>(
     }
     // Not applied *yet*: an earlier write on this very version may still land (as for
     // increments, `settle`). It keeps its base, and this attempt's answers allow for it.
-    let in_doubt = earlier == Some(current);
+    let in_doubt = before.attempted_base() == Some(current);
     if in_doubt {
-        attempt.set_attempted_base(earlier);
+        *attempt = before;
     }
     let condition = match (expected, &read) {
         // A version from no read (an embedder's "insert if missing"): no live item.
@@ -813,12 +814,10 @@ async fn swap_once<S: ConditionalStore + ?Sized>(
         (Version::Tag(tag), Read::Found(snapshot)) if snapshot.version == *tag => {
             Expect::Version(tag.clone())
         }
-        (Version::Tag(tag), read) => {
-            match unchanged_absence(tag, read, clock::now_ms(), clock::monotonic_ms()) {
-                Some(condition) => condition,
-                None => return Ok(SwapOutcome::Conflict),
-            }
-        }
+        (Version::Tag(tag), read) => match unchanged_absence(tag, read, clock::now_ms()) {
+            Some(condition) => condition,
+            None => return Ok(SwapOutcome::Conflict),
+        },
         _ => return Ok(SwapOutcome::Conflict),
     };
     let base = fingerprint_of(store, &read);
@@ -1755,11 +1754,14 @@ mod tests {
         let lifetime = u64::try_from(ABSENCE_HANDLE_LIFETIME.as_millis()).unwrap();
         let old = Version::Tag(format!(
             "{MISSING_SINCE}{}",
-            clock::monotonic_ms() - lifetime
+            clock::Stamp::ago(lifetime).encode()
         ));
         let outcome = swap(&store, "old", &old, b"v", &mut Attempt::new()).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Conflict);
-        let fresh = Version::Tag(format!("{MISSING_SINCE}{}", clock::monotonic_ms() - 1_000));
+        let fresh = Version::Tag(format!(
+            "{MISSING_SINCE}{}",
+            clock::Stamp::ago(1_000).encode()
+        ));
         let outcome = swap(&store, "old", &fresh, b"v", &mut Attempt::new()).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Swapped);
     }
@@ -1801,7 +1803,10 @@ mod tests {
         assert_eq!(store.value("k"), b"e");
         // Removed, and the handle older than a tombstone surely lasts: a conflict.
         let lifetime = u64::try_from(ABSENCE_HANDLE_LIFETIME.as_millis()).unwrap();
-        let old = Version::Tag(format!("{GONE_AT}{}@7", clock::monotonic_ms() - lifetime));
+        let old = Version::Tag(format!(
+            "{GONE_AT}{}@7",
+            clock::Stamp::ago(lifetime).encode()
+        ));
         let outcome = swap(&store, "none", &old, b"d", &mut Attempt::new()).await;
         assert_eq!(outcome.unwrap(), SwapOutcome::Conflict);
     }
