@@ -284,6 +284,15 @@ async fn deletes_leave_tombstones(server: CosmosServer) -> TestResult {
     store.set("a", b"1".to_vec()).await?;
     store.set("b", b"2".to_vec()).await?;
     store.set_with_ttl("t", b"3".to_vec(), 60_000).await?;
+    // A value without expiry says so to the service: a container someone gave a default TTL
+    // must not remove it (nor a tombstone before its retention).
+    let kept = raw_item(&server, "tombstones", "a")
+        .await?
+        .ok_or("no item a")?;
+    check(
+        kept["ttl"].as_i64() == Some(-1),
+        format!("a value without expiry has ttl -1: {kept}"),
+    )?;
     let ttl = raw_item(&server, "tombstones", "t")
         .await?
         .ok_or("no item t")?;

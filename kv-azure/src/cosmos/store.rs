@@ -8,7 +8,8 @@
 //!   listing returns.
 //! - `v` = the value in base64; counters are decimal values like any other.
 //! - `exp` = expiry in Unix ms, filtered on every read; `ttl` = seconds, so the service deletes
-//!   expired items eventually (the local server never does), ten minutes after `exp`.
+//!   expired items eventually (the local server never does), ten minutes after `exp`; -1 on a
+//!   value without expiry, so a container's default TTL cannot remove it.
 //! - delete: a tombstone, an item with an empty `v` expired on every clock, so a CAS handle
 //!   taken on the missing key sees it was written and deleted since (`kv_core::rmw`).
 //! - CAS and increment: ETag `If-Match`; create-if-absent: create (409 = exists); `j` = the
@@ -38,6 +39,9 @@ use kv_core::{
 use serde::{Deserialize, Serialize};
 
 use super::error::{Outcome, map_error, outcome};
+
+/// An item's `ttl` that the service never expires, even in a container with a default TTL.
+const NEVER_EXPIRES: i64 = -1;
 
 /// Largest value: its base64 plus the largest key, id and metadata stays under the 2 MB item
 /// limit (the local server does not enforce that limit, so the host's check is what holds).
@@ -79,8 +83,11 @@ struct Item {
     v: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     exp: Option<u64>,
+    /// Seconds until the service removes the item, or -1: never, whatever default TTL the
+    /// container was given by someone else (a value without expiry must not vanish, and a
+    /// tombstone must stay its retention, `rmw::TOMBSTONE_RETENTION`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    ttl: Option<u64>,
+    ttl: Option<i64>,
     /// The journal of the last increments and swaps (exactly-once retries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     j: Option<String>,
@@ -205,16 +212,21 @@ impl CosmosBucket {
         // The service's `ttl` counts from this write; `exp` is what reads check. The service
         // removes an expired item only a tombstone's retention after `exp` (rmw::TOMBSTONE_RETENTION).
         let now = clock::now_ms();
-        let ttl_secs = expires_at_ms.map(|at| {
-            at.saturating_sub(now).div_ceil(1000).max(1) + rmw::TOMBSTONE_RETENTION.as_secs()
-        });
+        let ttl_secs = match expires_at_ms {
+            Some(at) => {
+                let secs = at.saturating_sub(now).div_ceil(1000).max(1)
+                    + rmw::TOMBSTONE_RETENTION.as_secs();
+                i64::try_from(secs).unwrap_or(i64::MAX)
+            }
+            None => NEVER_EXPIRES,
+        };
         let item = Item {
             id: id.clone(),
             pk: pk.clone(),
             k: key.to_string(),
             v: STANDARD.encode(value),
             exp: expires_at_ms,
-            ttl: ttl_secs,
+            ttl: Some(ttl_secs),
             j: journal
                 .filter(|journal| !journal.is_empty())
                 .map(Journal::encode),
