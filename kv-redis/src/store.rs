@@ -192,8 +192,8 @@ return 1
 /// copy of a script (resent by a client, or sent by a caller that gave up) can neither apply
 /// an increment twice nor apply one already answered with an error. Any other error ends the
 /// script: the increments before it are recorded, the rest did not happen. Answers come one
-/// per increment, in order. Totals are read back with GET, as text: Lua numbers are doubles
-/// and would round counters beyond 2^53.
+/// per increment, in order. Totals are answered as text: `INCRBY`'s reply is a Lua number (a
+/// double), exact below 2^53 in magnitude, so beyond that the total is read back with GET.
 const INCREMENT: &str = concat!(
     "local prune_limit = 16 + 2 * ((#ARGV - 1) / 3)\n",
     prune_request_records!(),
@@ -220,7 +220,12 @@ for i = 2, #ARGV, 3 do
         return redis.error_reply(added.err)
       end
     else
-      local total = redis.call('GET', KEYS[1])
+      local total
+      if added > -9007199254740992 and added < 9007199254740992 then
+        total = string.format('%.0f', added)
+      else
+        total = redis.call('GET', KEYS[1])
+      end
       if ARGV[i + 2] == 'u' and string.sub(total, 1, 1) == '-' then
         redis.call('DECRBY', KEYS[1], delta)
         record(request, 'EERR increment or decrement would overflow: the counter would be ' .. total .. ', which the u64 interface cannot return; nothing was written')

@@ -71,8 +71,31 @@ fn increment_stored_as_ascii_decimal(ctx: &Ctx, _: Phase) -> Outcome {
     expect_value(&bucket, "n", Some(b"-7"))?;
     atomics::increment(&bucket, "n", 7).or_fail("increment")?;
     expect_value(&bucket, "n", Some(b"0"))?;
-    atomics::increment(&bucket, "big", i64::MAX).or_fail("increment")?;
-    expect_value(&bucket, "big", Some(b"9223372036854775807"))
+    ensure_eq(
+        atomics::increment(&bucket, "big", i64::MAX).or_fail("increment")?,
+        i64::MAX,
+        "a total beyond 2^53 is answered exactly",
+    )?;
+    expect_value(&bucket, "big", Some(b"9223372036854775807"))?;
+    // Around 2^53, where a double (a Lua number, a JSON number) stops holding every integer.
+    set(&bucket, "edge", b"9007199254740991")?;
+    ensure_eq(
+        atomics::increment(&bucket, "edge", 1).or_fail("increment")?,
+        9_007_199_254_740_992,
+        "2^53",
+    )?;
+    ensure_eq(
+        atomics::increment(&bucket, "edge", 1).or_fail("increment")?,
+        9_007_199_254_740_993,
+        "2^53 + 1",
+    )?;
+    set(&bucket, "below", b"-9007199254740991")?;
+    ensure_eq(
+        atomics::increment(&bucket, "below", -2).or_fail("increment")?,
+        -9_007_199_254_740_993,
+        "-(2^53 + 1)",
+    )?;
+    expect_value(&bucket, "below", Some(b"-9007199254740993"))
 }
 
 fn increment_after_set_decimal(ctx: &Ctx, _: Phase) -> Outcome {
