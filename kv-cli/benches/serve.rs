@@ -448,17 +448,18 @@ fn rss_kib(pid: Option<u32>) -> anyhow::Result<u64> {
 /// The connection counts of the curve.
 const CURVE_CONNECTIONS: [usize; 6] = [1, 4, 16, 64, 256, 1024];
 
-/// `GET` (16 preset keys) on both servers at each of [`CURVE_CONNECTIONS`]: requests/s, p99
-/// and each server's resident memory after the run; then each server's memory growth with
-/// 1,000 idle keep-alive connections open (target ≤ 64 KiB each; `wasi-kv serve` admits 1,024
-/// connections at once by default).
+/// First each server's memory per idle keep-alive connection ([`idle_connections`], target
+/// ≤ 64 KiB), then `GET` (16 preset keys) on both servers at each of [`CURVE_CONNECTIONS`]:
+/// requests/s, p99 and each server's resident memory after the run.
 async fn serve_curve(cli: &std::path::Path, settings: &Settings) -> anyhow::Result<()> {
+    let servers = Servers::start(cli, 16)?;
+    let hosts = servers.hosts();
+    idle_connections(&hosts).await?;
+    println!();
     println!(
         "| connections | host | req/s | p99 ms | errors | resident MiB after the run | wasi-kv / wasmtime (target ≥ 2) |"
     );
     println!("|---:|---|---:|---:|---:|---:|---:|");
-    let servers = Servers::start(cli, 16)?;
-    let hosts = servers.hosts();
     let duration = Duration::from_secs(settings.seconds);
     let mut rates: Vec<plot::Series> = Vec::new();
     let mut memory: Vec<plot::Series> = Vec::new();
@@ -492,14 +493,40 @@ async fn serve_curve(cli: &std::path::Path, settings: &Settings) -> anyhow::Resu
             memory[index].points.push((connections as f64, rss_mib));
         }
     }
+    if let Some(dir) = &settings.plots {
+        let chart = |title, y_label, log_y| plot::Chart {
+            title,
+            x_label: "concurrent keep-alive connections",
+            y_label,
+            log_x: true,
+            log_y,
+        };
+        let path = dir.join("serve-throughput.png");
+        plot::line_chart(
+            &path,
+            &chart("serve GET: requests/s vs connections", "req/s", true),
+            &rates,
+        )?;
+        println!("\n![serve throughput vs connections]({})", path.display());
+        let path = dir.join("serve-memory.png");
+        let title = "serve GET: server resident memory vs connections";
+        plot::line_chart(&path, &chart(title, "MiB", false), &memory)?;
+        println!("![serve memory vs connections]({})", path.display());
+    }
+    Ok(())
+}
+
+/// Each server's resident memory growth with [`IDLE`] idle keep-alive connections open, each
+/// having served one request: measured on freshly started servers, before any load, so the
+/// growth is not memory a busier moment left behind for reuse.
+async fn idle_connections(hosts: &[(&'static str, SocketAddr, Option<u32>)]) -> anyhow::Result<()> {
     println!();
     println!(
         "| host | idle keep-alive connections | resident memory growth KiB | KiB per connection (target ≤ 64) |"
     );
     println!("|---|---:|---:|---:|");
-    const IDLE: usize = 1000;
-    for (host, addr, pid) in hosts {
-        // The curve's connections are closed; let each server see them go.
+    for &(host, addr, pid) in hosts {
+        // Let the server settle after its start (and the other server's connections close).
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = rss_kib(pid)?;
         let mut open = Vec::with_capacity(IDLE);
@@ -552,28 +579,11 @@ async fn serve_curve(cli: &std::path::Path, settings: &Settings) -> anyhow::Resu
             driver.abort();
         }
     }
-    if let Some(dir) = &settings.plots {
-        let chart = |title, y_label, log_y| plot::Chart {
-            title,
-            x_label: "concurrent keep-alive connections",
-            y_label,
-            log_x: true,
-            log_y,
-        };
-        let path = dir.join("serve-throughput.png");
-        plot::line_chart(
-            &path,
-            &chart("serve GET: requests/s vs connections", "req/s", true),
-            &rates,
-        )?;
-        println!("\n![serve throughput vs connections]({})", path.display());
-        let path = dir.join("serve-memory.png");
-        let title = "serve GET: server resident memory vs connections";
-        plot::line_chart(&path, &chart(title, "MiB", false), &memory)?;
-        println!("![serve memory vs connections]({})", path.display());
-    }
     Ok(())
 }
+
+/// Idle connections opened by [`idle_connections`]: fewer than `wasi-kv serve`'s 1,024 at once.
+const IDLE: usize = 1000;
 
 fn main() -> anyhow::Result<()> {
     let settings = settings();
