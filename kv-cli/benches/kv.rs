@@ -16,7 +16,9 @@
 //!    each process's peak resident memory per key.
 //!
 //! 6. **hot**: 16 writers (2 hosts × 8 guests) incrementing one key on every backend the project
-//!    installs, against the backend's own atomic counter driven natively ([`hot_key`]);
+//!    installs, against the backend's own atomic counter driven natively ([`hot_key`]); on
+//!    DynamoDB also its own exactly-once counter (`TransactWriteItems` with a
+//!    `ClientRequestToken`): whether the server honours the token, and its rate;
 //! 7. **clients**: throughput and p99 latency at 1…64 clients, guests and native clients, on
 //!    memory, Redis and DynamoDB Local ([`curves`]);
 //! 8. **get-many**: time per call at 1…1,000 keys, and what the byte-bounded rounds cost.

@@ -5,11 +5,16 @@
 //! its guests are instances of one compiled component. After each round the counter must equal
 //! the increments the guests made, warm-up included: a throughput bought by losing or doubling
 //! increments is not reported.
+//!
+//! On DynamoDB the row also measures DynamoDB's own exactly-once counter, `TransactWriteItems`
+//! with a `ClientRequestToken`, beside `UpdateItem ADD`, after checking that the server honours
+//! the token.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use kv_cli::run::Runner;
 use kv_core::{KvStore, Stores};
@@ -59,11 +64,140 @@ pub async fn hot_key_rows(settings: &Settings) -> anyhow::Result<()> {
     println!("|---|---|---:|---|---:|---|---:|---:|");
     let dir = tempfile::tempdir()?;
     let wanted = |name: &str| settings.wanted_backend(name);
+    let mut transact = None;
     for backend in backends(dir.path(), &wanted).await? {
         for &hosts in &backend.shapes {
             row(settings, &backend, hosts).await?;
         }
+        if let Native::Dynamo { client, table } = &backend.native {
+            transact = Some(dynamo_transact_rows(client, table, settings.hot_window).await?);
+        }
     }
+    if let Some(lines) = transact {
+        println!("{lines}");
+    }
+    Ok(())
+}
+
+/// DynamoDB's own exactly-once counter: `TransactWriteItems` of one `Update … ADD` with a
+/// `ClientRequestToken`, which DynamoDB documents as idempotent for 10 minutes. Checks
+/// whether the server honours the token (the same token sent twice must add once, and the
+/// same token with other parameters must be refused), then measures it beside
+/// `UpdateItem ADD` at [`WRITERS`] writers in one run.
+async fn dynamo_transact_rows(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    window: Duration,
+) -> anyhow::Result<String> {
+    let run = format!("{:x}", unix_ms());
+    let native = Native::Dynamo {
+        client: client.clone(),
+        table: table.to_string(),
+    };
+    reset(&native).await?;
+    let token = format!("probe-{run}");
+    transact_add(client, table, &token, 1).await?;
+    let resent = transact_add(client, table, &token, 1).await;
+    let after_resend = total(&native).await?;
+    let mismatch = transact_add(client, table, &token, 2).await;
+    let after_mismatch = total(&native).await?;
+    let mut lines = String::from(
+        "\n#### DynamoDB's exactly-once counter: `TransactWriteItems` with a `ClientRequestToken`\n\n",
+    );
+    lines += &format!(
+        "- The same token sent twice: the second call {}; the counter is {after_resend} (1 if the token is honoured).\n",
+        match &resent {
+            Ok(()) => "succeeded".to_string(),
+            Err(err) => format!("failed ({err})"),
+        }
+    );
+    lines += &format!(
+        "- The same token with another delta: {}; the counter is {after_mismatch}.\n",
+        match &mismatch {
+            Ok(()) => "accepted".to_string(),
+            Err(err) => format!("refused ({err})"),
+        }
+    );
+    let (mut best_update, mut best_transact) = (0f64, 0f64);
+    for round in 0..ROUNDS {
+        if let Some(rate) = native_rate(&native, window).await? {
+            best_update = best_update.max(rate);
+        }
+        reset(&native).await?;
+        let started = Instant::now();
+        let deadline = started + window;
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                // Unique in the run: a token seen in the last 10 minutes adds nothing.
+                let run = format!("{run}-{round}");
+                let (client, table) = (client.clone(), table.to_string());
+                tokio::spawn(async move {
+                    let mut count = 0u64;
+                    while Instant::now() < deadline {
+                        let token = format!("{run}-{writer}-{count}");
+                        transact_add(&client, &table, &token, 1).await?;
+                        count += 1;
+                    }
+                    anyhow::Ok(count)
+                })
+            })
+            .collect();
+        let mut counted = 0;
+        for writer in futures::future::try_join_all(writers).await? {
+            counted += writer?;
+        }
+        let rate = counted as f64 / started.elapsed().as_secs_f64();
+        let total = total(&native).await?;
+        anyhow::ensure!(
+            total == counted,
+            "the transactional counter is {total} after {counted} increments"
+        );
+        best_transact = best_transact.max(rate);
+    }
+    lines += &format!(
+        "\n| {WRITERS} native writers | ok/s | of `UpdateItem ADD` |\n|---|---:|---:|\n\
+         | `UpdateItem ADD` (returns the total; a resend adds again) | {best_update:.0} | 1.00 |\n\
+         | `TransactWriteItems` ADD + `ClientRequestToken` (exactly once for 10 min; returns no total) | {best_transact:.0} | {:.2} |\n",
+        best_transact / best_update
+    );
+    Ok(lines)
+}
+
+/// One `TransactWriteItems` adding `delta` to the native counter under `token`.
+async fn transact_add(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    token: &str,
+    delta: i64,
+) -> anyhow::Result<()> {
+    let update = aws_sdk_dynamodb::types::Update::builder()
+        .table_name(table)
+        .set_key(Some(dynamo_key()))
+        .update_expression("ADD n :d")
+        .expression_attribute_values(":d", AttributeValue::N(delta.to_string()))
+        .build()?;
+    client
+        .transact_write_items()
+        .transact_items(
+            aws_sdk_dynamodb::types::TransactWriteItem::builder()
+                .update(update)
+                .build(),
+        )
+        .client_request_token(token)
+        .send()
+        .await
+        .map_err(|err| {
+            let code = err
+                .as_service_error()
+                .and_then(|service| service.code())
+                .map(str::to_string);
+            anyhow::anyhow!(
+                "{}",
+                code.unwrap_or_else(
+                    || aws_sdk_dynamodb::error::DisplayErrorContext(err).to_string()
+                )
+            )
+        })?;
     Ok(())
 }
 
