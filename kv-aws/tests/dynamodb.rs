@@ -304,6 +304,106 @@ async fn expired_item_still_present_is_invisible(local: DynamoDbLocal) -> TestRe
     Ok(())
 }
 
+/// A write whose outcome is unknown (its connection closed before the request reached the
+/// server), then the expired item it was conditioned on removed by the TTL sweeper before the
+/// lookup that resolves it: no item at all, so soon after a write conditioned on that item's
+/// version, proves the write did not apply (it would have left an item that lives for
+/// minutes). The swap goes on and inserts; it used to answer `outcome unknown`.
+/// `kv_core::rmw`'s `a_removal_after_an_ambiguous_write_resolves_it` tests the same rule
+/// in-process; here the write, the removal and the lookup meet DynamoDB Local.
+async fn ambiguous_write_then_sweep(local: DynamoDbLocal) -> TestResult {
+    use kv_testkit::faults::{Fault, FaultProxy, Protocol};
+    let upstream: std::net::SocketAddr = local
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .map_err(|err| Failed::from(format!("{err}")))?;
+    let proxy = FaultProxy::start(upstream, Protocol::Http).await?;
+    let direct = provider(&local).await?;
+    let url = format!(
+        "t=dynamodb://{TABLE}?region=us-east-1&endpoint=http://{}&access_key_id=test&secret_access_key=test&max_attempts=1",
+        proxy.addr()
+    );
+    let (_, spec) =
+        kv_core::config::parse_short_form(&url).map_err(|err| Failed::from(err.to_string()))?;
+    let config = DynamoConfig::from_spec(&spec)?;
+    let proxied = Arc::new(DynamoProvider::new(
+        kv_aws::dynamodb::client::build_client(&config).await,
+        TABLE,
+    ));
+    let store = store(proxied, "ambiguous").await?;
+    let past = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        - 10;
+    let key = |name: &str| {
+        HashMap::from([
+            (
+                ATTR_NAMESPACE.to_string(),
+                AttributeValue::S("ambiguous".into()),
+            ),
+            (ATTR_KEY.to_string(), AttributeValue::S(name.into())),
+        ])
+    };
+    direct
+        .client()
+        .put_item()
+        .table_name(TABLE)
+        .set_item(Some(key("k")))
+        .item(ATTR_VALUE, AttributeValue::B(Blob::new(b"old".to_vec())))
+        .item(ATTR_VERSION, AttributeValue::S("v1".into()))
+        .item(ATTR_UNTIL, AttributeValue::N((past * 1000).to_string()))
+        .item(ATTR_EXPIRES, AttributeValue::N((past + 3600).to_string()))
+        .send()
+        .await
+        .map_err(|err| Failed::from(format!("{err:?}")))?;
+    let handle = store.read_versioned("k").await?;
+    check(handle.value.is_none(), "the expired item reads as missing")?;
+    // The swap reads the item, then its conditional write never reaches the server (the
+    // connection closes: the outcome is unknown to the client), and the lookup that resolves
+    // it waits 1 s in the proxy, while the "sweeper" (the test's own DeleteItem, sent once the
+    // lookup has reached the proxy) removes the item.
+    let before = proxy.seen();
+    proxy.after(1, Fault::ResetBeforeForward);
+    proxy.next(Fault::Latency(Duration::from_secs(1)), 1);
+    let sweeper = async {
+        for _ in 0..500 {
+            if proxy.seen() >= before + 3 {
+                return direct
+                    .client()
+                    .delete_item()
+                    .table_name(TABLE)
+                    .set_key(Some(key("k")))
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|err| format!("{err:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err("the swap's lookup never reached the proxy".to_string())
+    };
+    let (swapped, swept) = tokio::join!(store.swap("k", &handle.version, b"new".to_vec()), sweeper);
+    swept.map_err(Failed::from)?;
+    check(
+        proxy.pending() == 0,
+        format!(
+            "both faults were reached ({} requests)",
+            proxy.seen() - before
+        ),
+    )?;
+    check(
+        matches!(swapped, Ok(SwapOutcome::Swapped)),
+        format!("the swap resolved and inserted: {swapped:?}"),
+    )?;
+    check(
+        store.get("k").await?.as_deref() == Some(&b"new"[..]),
+        "the value written once",
+    )?;
+    Ok(())
+}
+
 fn number(item: &HashMap<String, AttributeValue>, name: &str) -> Result<u64, Failed> {
     match item.get(name) {
         Some(AttributeValue::N(text)) => text.parse().map_err(|_| Failed::from(text.clone())),
@@ -424,6 +524,10 @@ fn main() -> ExitCode {
             (
                 "expired_item_still_present_is_invisible_to_every_operation",
                 |l| Box::pin(expired_item_still_present_is_invisible(l)),
+            ),
+            (
+                "an_ambiguous_write_then_the_sweeper_resolves_as_not_applied",
+                |l| Box::pin(ambiguous_write_then_sweep(l)),
             ),
             ("deletes_leave_tombstones_that_every_read_skips", |l| {
                 Box::pin(deletes_leave_tombstones(l))
