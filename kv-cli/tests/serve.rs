@@ -470,6 +470,96 @@ fn handlers_built_for_spin_and_wasmtime_serve_unchanged() -> TestResult {
     Ok(())
 }
 
+/// A handler built with Spin's Rust SDK (spin-sdk 5.2.0, importing
+/// `fermyon:spin/key-value@2.0.0`) is served with seeded data on memory and on Redis: every
+/// operation of Spin's interface, and Spin's errors for a store that does not exist, one the
+/// component may not open, and one it may only read. It did not link before the interface was
+/// served ("component imports instance `fermyon:spin/key-value@2.0.0`, but a matching
+/// implementation was not found in the linker").
+fn spin_sdk_handler_is_served(provider: &'static str) -> TestResult {
+    use kv_test_artifacts::INTEROP_SPIN_SDK_HANDLER;
+    runtime().block_on(async {
+        let (url, _guard) = if provider == "memory" {
+            ("memory:".to_string(), None)
+        } else {
+            let started = kv_testkit::emulator::Emulator::start_for(provider).await?;
+            (started.store_url, Some(started.guard))
+        };
+        let namespace = format!("spin-sdk-{:08x}", rand::random::<u32>());
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let default = format!("default={url}{separator}namespace={namespace}");
+        let mut served = Served::start(
+            INTEROP_SPIN_SDK_HANDLER,
+            &[
+                "--store",
+                &default,
+                "--store",
+                "locked=memory:?access=none",
+                "--store",
+                "reference=memory:?access=read-only",
+                "--seed",
+                "greeting=hello",
+                "--time-limit",
+                "60s",
+            ],
+        )?;
+        let http = client();
+        let what = |step: &str| format!("{provider}: {step}");
+        let got = send(http.get(served.url("/kv/greeting"))).await?;
+        expect(&what("the seeded key"), &got, 200, Some(b"hello"))?;
+        let got = send(http.get(served.url("/kv/missing"))).await?;
+        expect(&what("a missing key"), &got, 404, Some(b"missing"))?;
+        let got = send(http.put(served.url("/kv/answer")).body("42")).await?;
+        expect(&what("set"), &got, 200, Some(b"set"))?;
+        let got = send(http.get(served.url("/kv/answer"))).await?;
+        expect(&what("get after set"), &got, 200, Some(b"42"))?;
+        let got = send(http.head(served.url("/kv/answer"))).await?;
+        expect(&what("exists"), &got, 200, None)?;
+        let got = send(http.head(served.url("/kv/missing"))).await?;
+        expect(&what("exists on a missing key"), &got, 404, None)?;
+        let got = send(http.get(served.url("/keys"))).await?;
+        expect(&what("get-keys"), &got, 200, Some(b"answer\ngreeting"))?;
+        let got = send(http.delete(served.url("/kv/answer"))).await?;
+        expect(&what("delete"), &got, 200, Some(b"deleted"))?;
+        let got = send(http.delete(served.url("/kv/answer"))).await?;
+        expect(
+            &what("delete of a missing key"),
+            &got,
+            200,
+            Some(b"deleted"),
+        )?;
+        let got = send(http.head(served.url("/kv/answer"))).await?;
+        expect(&what("exists after delete"), &got, 404, None)?;
+        let got = send(http.get(served.url("/keys"))).await?;
+        expect(&what("get-keys after delete"), &got, 200, Some(b"greeting"))?;
+        let got = send(http.get(served.url("/kv/greeting?store=nope"))).await?;
+        expect(&what("an unknown label"), &got, 500, Some(b"no-such-store"))?;
+        let got = send(http.get(served.url("/kv/greeting?store=locked"))).await?;
+        expect(
+            &what("a store with access none"),
+            &got,
+            500,
+            Some(b"access-denied"),
+        )?;
+        let got = send(http.put(served.url("/kv/x?store=reference")).body("1")).await?;
+        expect(
+            &what("a write to a read-only store"),
+            &got,
+            500,
+            Some(b"access-denied"),
+        )?;
+        let got = send(http.get(served.url("/kv/x?store=reference"))).await?;
+        expect(
+            &what("a read of a read-only store"),
+            &got,
+            404,
+            Some(b"missing"),
+        )?;
+        let status = served.terminate()?;
+        check(status.success(), format!("serve exited with {status}"))
+    })
+}
+
 /// The WASI 0.2 imports of a component, e.g. `wasi:http/types@0.2.0`.
 fn wasi_imports(path: &str) -> Result<Vec<String>, Failed> {
     let engine = wasmtime::Engine::default();
@@ -927,6 +1017,9 @@ fn main() -> std::process::ExitCode {
             "handlers_built_for_spin_and_wasmtime_serve_unchanged",
             handlers_built_for_spin_and_wasmtime_serve_unchanged,
         ),
+        Trial::test("spin_sdk_handler_on_memory", || {
+            spin_sdk_handler_is_served("memory")
+        }),
         Trial::test(
             "trap_after_the_head_is_a_broken_response",
             trap_after_the_head_is_a_broken_response,
@@ -963,6 +1056,12 @@ fn main() -> std::process::ExitCode {
     with_emulator.push((
         "redis",
         Trial::test("unavailable_store_is_503", unavailable_store_is_503),
+    ));
+    with_emulator.push((
+        "redis",
+        Trial::test("spin_sdk_handler_on_redis", || {
+            spin_sdk_handler_is_served("redis")
+        }),
     ));
     for (provider, trial) in with_emulator {
         let available = kv_testkit::emulator::installed(provider)

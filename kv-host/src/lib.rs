@@ -1,5 +1,5 @@
-//! wasmtime bindings: `wasi:keyvalue@0.2.0-draft2`, `wasi:keyvalue@0.2.0-draft` and
-//! `wasi-kv:ttl@0.1.0`, shaped like wasmtime's own `wasi-*` crates: a [`KvCtx`] held in the
+//! wasmtime bindings: `wasi:keyvalue@0.2.0-draft2`, `wasi:keyvalue@0.2.0-draft`,
+//! `wasi-kv:ttl@0.1.0` and Spin's `fermyon:spin/key-value@2.0.0`, shaped like wasmtime's own `wasi-*` crates: a [`KvCtx`] held in the
 //! store data, a [`KvView`] borrowing it with the resource table, and [`add_to_linker`].
 //!
 //! ```no_run
@@ -49,6 +49,7 @@
 
 mod draft;
 mod draft2;
+mod spin;
 
 use std::sync::Arc;
 
@@ -100,6 +101,7 @@ mod spin_bindings {
 pub use bindings::wasi::keyvalue0_2_0_draft as wit_draft;
 pub use bindings::wasi::keyvalue0_2_0_draft2 as wit_draft2;
 pub use bindings::wasi_kv::ttl::ttl as wit_ttl;
+pub use spin::{SpinStoreHandle, key_value as wit_spin_key_value};
 pub use spin_bindings::wasi::keyvalue::batch as wit_spin_batch;
 
 /// The key-value state of one wasmtime store: the stores this component may open.
@@ -297,8 +299,8 @@ impl BatchShape {
     }
 }
 
-/// Adds both keyvalue versions and the TTL extension to `linker`, with the tagged draft2
-/// `get-many`. Use [`add_to_linker_for`] when the component may be built against Spin's WIT.
+/// Adds both keyvalue versions, the TTL extension and Spin's key-value interface to `linker`,
+/// with the tagged draft2 `get-many`. Use [`add_to_linker_for`] when the component may be built against Spin's WIT.
 pub fn add_to_linker<T: WasiKvView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     add_to_linker_with(linker, T::kv, BatchShape::Tagged)
 }
@@ -329,6 +331,7 @@ pub fn add_to_linker_with<T: Send + 'static>(
     wit_draft::atomics::add_to_linker::<T, HasKv>(linker, view)?;
     wit_draft::batch::add_to_linker::<T, HasKv>(linker, view)?;
     wit_ttl::add_to_linker::<T, HasKv>(linker, view)?;
+    wit_spin_key_value::add_to_linker::<T, HasKv>(linker, view)?;
     Ok(())
 }
 

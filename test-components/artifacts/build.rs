@@ -71,6 +71,13 @@ const COMPONENTS: &[(&str, &str, &str, &str)] = &[
         "Interop: a command built against Spin's draft2 WIT (opens `default`).",
     ),
     (
+        "INTEROP_SPIN_SDK_HANDLER",
+        "interop-spin-sdk-handler",
+        "interop_spin_sdk_handler",
+        "Interop: an HTTP handler built with Spin's Rust SDK 5.2.0 (`fermyon:spin/key-value@2.0.0`): \
+         `GET`/`PUT`/`DELETE`/`HEAD /kv/{key}`, `GET /keys`, `?store=LABEL`.",
+    ),
+    (
         "INTEROP_SPIN_HANDLER",
         "interop-spin-handler",
         "interop_spin_handler",

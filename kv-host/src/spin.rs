@@ -1,0 +1,132 @@
+//! `fermyon:spin/key-value@2.0.0`, the interface components built with the Spin SDKs of the
+//! Spin 2 and 3 era import (the Rust `spin-sdk` up to 5.x), on top of [`KvStore`]: a label is
+//! a store name, and Spin's four errors carry ours.
+
+use wasmtime::component::{Resource, ResourceTableError};
+
+use super::{HostError, KvView};
+use kv_core::error::{ErrorKind, KvError};
+use kv_core::store::KvStore;
+
+#[allow(missing_docs)]
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: ["../wit/spin-kv"],
+        world: "fermyon:spin/key-value-imports@2.0.0",
+        imports: { default: async | trappable },
+        trappable_error_type: {
+            "fermyon:spin/key-value@2.0.0.error" => crate::HostError,
+        },
+        with: {
+            "fermyon:spin/key-value@2.0.0.store": super::SpinStoreHandle,
+        },
+        require_store_data_send: true,
+    });
+}
+
+pub use bindings::fermyon::spin::key_value;
+
+/// A Spin `store` resource.
+pub struct SpinStoreHandle {
+    store: KvStore,
+}
+
+type HostResult<T> = Result<T, HostError>;
+
+impl KvView<'_> {
+    fn spin_store(&self, store: &Resource<SpinStoreHandle>) -> wasmtime::Result<&KvStore> {
+        Ok(&self.table.get(store)?.store)
+    }
+}
+
+impl key_value::Host for KvView<'_> {
+    fn convert_error(&mut self, err: HostError) -> wasmtime::Result<key_value::Error> {
+        use key_value::Error;
+        Ok(match err {
+            HostError::Trap(trap) => {
+                // A full resource table is Spin's `store-table-full`, not a trap: the guest can
+                // close stores and try again.
+                match trap.downcast_ref::<ResourceTableError>() {
+                    Some(ResourceTableError::Full) => Error::StoreTableFull,
+                    _ => return Err(trap),
+                }
+            }
+            HostError::Store(err) => match err.kind() {
+                ErrorKind::NoSuchStore => Error::NoSuchStore,
+                ErrorKind::AccessDenied => Error::AccessDenied,
+                // Spin's `other` carries a message only: the kind leads it, so a guest (and
+                // its logs) can still tell a missing store apart from a timeout.
+                _ => Error::Other(err.to_string()),
+            },
+        })
+    }
+}
+
+impl key_value::HostStore for KvView<'_> {
+    async fn open(&mut self, label: String) -> HostResult<Resource<SpinStoreHandle>> {
+        let store = self.ctx.stores.open(&label).await?;
+        Ok(self.table.push(SpinStoreHandle { store })?)
+    }
+
+    async fn get(
+        &mut self,
+        store: Resource<SpinStoreHandle>,
+        key: String,
+    ) -> HostResult<Option<Vec<u8>>> {
+        Ok(self.spin_store(&store)?.get(&key).await?)
+    }
+
+    async fn set(
+        &mut self,
+        store: Resource<SpinStoreHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> HostResult<()> {
+        Ok(self.spin_store(&store)?.set_owned(key, value).await?)
+    }
+
+    async fn delete(&mut self, store: Resource<SpinStoreHandle>, key: String) -> HostResult<()> {
+        Ok(self.spin_store(&store)?.delete(&key).await?)
+    }
+
+    async fn exists(&mut self, store: Resource<SpinStoreHandle>, key: String) -> HostResult<bool> {
+        Ok(self.spin_store(&store)?.exists(&key).await?)
+    }
+
+    /// Every key, page by page. The answer is one list, so it is bounded like the bytes an
+    /// instance's handles may hold (`limits.max_held_bytes`): a store larger than that is an
+    /// error naming the way out, not unbounded host memory.
+    async fn get_keys(&mut self, store: Resource<SpinStoreHandle>) -> HostResult<Vec<String>> {
+        let max = self.ctx.stores.limits().max_held_bytes;
+        let store = self.spin_store(&store)?.clone();
+        let mut keys = Vec::new();
+        let mut held = 0usize;
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = store.list_keys(cursor.as_deref()).await?;
+            for key in page.keys {
+                held = held.saturating_add(key.len() + std::mem::size_of::<String>());
+                if held > max {
+                    return Err(HostError::Store(KvError::new(
+                        ErrorKind::BatchTooLarge,
+                        format!(
+                            "get-keys: the store's keys take more than {max} bytes \
+                             (limits.max_held_bytes); list them page by page with \
+                             wasi:keyvalue's list-keys"
+                        ),
+                    )));
+                }
+                keys.push(key);
+            }
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(keys),
+            }
+        }
+    }
+
+    async fn drop(&mut self, store: Resource<SpinStoreHandle>) -> wasmtime::Result<()> {
+        self.table.delete(store)?;
+        Ok(())
+    }
+}
