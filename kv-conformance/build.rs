@@ -1,5 +1,5 @@
 //! Builds the suite's guest components (the conformance cases, the same cases against Spin's
-//! draft2 WIT, and the workload command of history checks across host processes) for
+//! draft2 WIT, the cases that apply to Spin's own key-value interface, and the workload command of history checks across host processes) for
 //! wasm32-wasip2; the runner embeds them. Test fixtures are built by `test-components/artifacts`,
 //! not here: `wasi-kv` users build only the suite.
 
@@ -17,6 +17,10 @@ const GUESTS: &[Guest] = &[
         artifact: "kv_conformance_guest_spin",
     },
     Guest {
+        package: "kv-conformance-guest-spin-kv",
+        artifact: "kv_conformance_guest_spin_kv",
+    },
+    Guest {
         package: "kv-history-guest",
         artifact: "kv_history_guest",
     },
@@ -29,6 +33,7 @@ fn main() {
             "wit",
             "kv-conformance/guest",
             "kv-conformance/guest-spin",
+            "kv-conformance/guest-spin-kv",
             "kv-conformance/guest-history",
             // The history guest runs kv-check's generator and writes its entries.
             "kv-check/src",

@@ -109,7 +109,12 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
     let mut spin_shape = Suite::spin_shape()
         .await
         .context("loading the spin-shaped conformance component")?;
-    if suite.select(&args.cases) + spin_shape.select(&args.cases) == 0 {
+    // The cases that apply to Spin's own key-value interface, run through it.
+    let mut spin_kv = Suite::spin_kv()
+        .await
+        .context("loading the Spin key-value conformance component")?;
+    if suite.select(&args.cases) + spin_shape.select(&args.cases) + spin_kv.select(&args.cases) == 0
+    {
         bail!("no case name contains any of {:?}", args.cases);
     }
     let progress = |result: &kv_conformance::CaseResult, done: usize, total: usize| {
@@ -123,6 +128,7 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
     };
     let mut results = suite.run_all(&target, args.jobs, &progress).await;
     results.extend(spin_shape.run_all(&target, args.jobs, &progress).await);
+    results.extend(spin_kv.run_all(&target, args.jobs, &progress).await);
     let report = Report::new(&args.provider, &target.profile.backend, started, results);
 
     if let Some(dir) = &args.report_dir {

@@ -7,6 +7,10 @@ pub const CONFORMANCE_GUEST: &[u8] = include_bytes!(env!("KV_GUEST_KV_CONFORMANC
 pub const CONFORMANCE_GUEST_SPIN: &[u8] =
     include_bytes!(env!("KV_GUEST_KV_CONFORMANCE_GUEST_SPIN"));
 
+/// The cases that apply to Spin's `fermyon:spin/key-value@2.0.0`, run through it.
+pub const CONFORMANCE_GUEST_SPIN_KV: &[u8] =
+    include_bytes!(env!("KV_GUEST_KV_CONFORMANCE_GUEST_SPIN_KV"));
+
 /// The workload command of a history check across host processes (`kv_history_guest WORKLOAD
 /// KEYS SEED HOST OPS MILLIS`): runs a `kv_check` workload against store `default` and prints
 /// its progress log (`kv_check::History::from_progress_jsonl`) on stdout.

@@ -48,12 +48,13 @@ impl TargetSource {
 /// Builds the trials for `sources` and runs them; the `main` of a `harness = false` test.
 pub fn main(sources: Vec<TargetSource>) -> ExitCode {
     let args = Arguments::from_args();
-    // The suite, and its batch cases built against Spin's draft2 WIT (the other `get-many`
-    // shape under the same version string).
+    // The suite, its batch cases built against Spin's draft2 WIT (the other `get-many` shape
+    // under the same version string), and the cases run through Spin's own interface.
     let suites = match runtime().block_on(async {
         anyhow::Ok(vec![
             Arc::new(Suite::new().await?),
             Arc::new(Suite::spin_shape().await?),
+            Arc::new(Suite::spin_kv().await?),
         ])
     }) {
         Ok(suites) => suites,

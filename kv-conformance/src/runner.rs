@@ -52,6 +52,8 @@ const DEFAULT: &str = kv_core::config::DEFAULT_STORE;
 
 /// Result names of the spin-shaped suite start with this.
 pub const SPIN_SHAPE_LABEL: &str = "spin-shape/";
+/// Result names of the cases run through Spin's own key-value interface start with this.
+pub const SPIN_KV_LABEL: &str = "spin-kv/";
 
 /// A case as the guest declares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,7 +244,18 @@ impl Suite {
         Ok(suite)
     }
 
-    /// What this suite's result names start with (`""`, or `spin-shape/`).
+    /// The cases that apply to Spin's own key-value interface (`fermyon:spin/key-value@2.0.0`:
+    /// keys, values, missing keys, listing, isolation, access, errors), run through it by a
+    /// component that imports nothing else. Its results are named `spin-kv/<case>`.
+    pub async fn spin_kv() -> anyhow::Result<Suite> {
+        let mut suite = Self::from_bytes(crate::guests::CONFORMANCE_GUEST_SPIN_KV)
+            .await
+            .context("loading the Spin key-value conformance component")?;
+        suite.label = SPIN_KV_LABEL;
+        Ok(suite)
+    }
+
+    /// What this suite's result names start with (`""`, `spin-shape/` or `spin-kv/`).
     pub fn label(&self) -> &'static str {
         self.label
     }

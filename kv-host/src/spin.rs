@@ -120,9 +120,14 @@ impl key_value::HostStore for KvView<'_> {
             }
             match page.cursor {
                 Some(next) => cursor = Some(next),
-                None => return Ok(keys),
+                None => break,
             }
         }
+        // Listing may repeat a key across pages where the provider declares it (S5, Redis's
+        // SCAN); Spin's answer is a set.
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
     }
 
     async fn drop(&mut self, store: Resource<SpinStoreHandle>) -> wasmtime::Result<()> {
