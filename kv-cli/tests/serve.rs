@@ -555,6 +555,17 @@ fn spin_sdk_handler_is_served(provider: &'static str) -> TestResult {
             404,
             Some(b"missing"),
         )?;
+        // The instance's host handles run out (docs/security.md): Spin's own error, and the
+        // next request (a fresh instance) is served.
+        let got = send(http.get(served.url("/open-all"))).await?;
+        expect(
+            &what("too many open stores"),
+            &got,
+            500,
+            Some(b"store-table-full"),
+        )?;
+        let got = send(http.get(served.url("/kv/greeting"))).await?;
+        expect(&what("after store-table-full"), &got, 200, Some(b"hello"))?;
         let status = served.terminate()?;
         check(status.success(), format!("serve exited with {status}"))
     })

@@ -3,7 +3,8 @@
 //!
 //! - `GET /kv/{key}`: the value (404 when missing); `PUT /kv/{key}`: sets the body;
 //!   `DELETE /kv/{key}`: deletes; `HEAD /kv/{key}`: 200 if it exists, else 404;
-//! - `GET /keys`: every key, sorted, one per line.
+//! - `GET /keys`: every key, sorted, one per line;
+//! - `GET /open-all`: opens the store again and again, holding each, until the host refuses.
 //!
 //! `?store=LABEL` opens another store than `default`. An error is answered 500 with Spin's
 //! error variant (`no-such-store`, `access-denied`, `store-table-full`, `other: …`).
@@ -28,6 +29,14 @@ fn route(request: &Request) -> Result<Response, Error> {
         .unwrap_or("default");
     let store = Store::open(label)?;
     let path = request.path();
+    if path == "/open-all" {
+        // Opens stores until the host refuses, holding every one: Spin's `store-table-full`.
+        let mut open = vec![store];
+        for _ in 0..1_000_000 {
+            open.push(Store::open(label)?);
+        }
+        return Ok(respond(200, format!("{} stores open", open.len())));
+    }
     if path == "/keys" {
         let mut keys = store.get_keys()?;
         keys.sort();
