@@ -1,4 +1,4 @@
-//! `wasi-kv run`: a wasi:cli command component with WASI p2 and keyvalue.
+//! `wasi-kv run`: a wasi:cli command component (WASIp2 or WASIp3) with keyvalue.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use wasmtime::{Config, Engine, Store};
 use crate::sandbox::{EpochTicker, MemoryLimiter, is_time_limit, resource_table, set_deadline};
 use wasmtime_wasi::p2::bindings::Command;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::p3::bindings::Command as P3Command;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// Host state of one command run.
@@ -80,6 +81,8 @@ pub async fn run(options: &RunOptions, stores: Arc<Stores>, output: Output) -> a
 pub struct Runner {
     engine: Engine,
     component: Component,
+    /// Which `wasi:cli/run` the component exports.
+    world: CommandWorld,
     linker: Linker<RunState>,
     time_limit: Option<Duration>,
     _ticker: Option<EpochTicker>,
@@ -92,18 +95,26 @@ impl Runner {
     pub fn new(component: &Path, time_limit: Option<Duration>) -> anyhow::Result<Runner> {
         let mut config = Config::new();
         config.epoch_interruption(time_limit.is_some());
+        // WASIp3 components lift and lower asynchronously (`stream`, `future`, async
+        // functions); WASIp2 components run as before.
+        config.wasm_component_model_async(true);
         let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
         let ticker = time_limit
             .is_some()
             .then(|| EpochTicker::start(engine.clone()));
         let component = load_component(&engine, component)?;
         let mut linker = Linker::<RunState>::new(&engine);
+        // Both WASI lines: a WASIp3 component built with Rust's standard library imports
+        // WASIp2's streams for its stdio too.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi::p3::add_to_linker(&mut linker)?;
         // Either draft2 `get-many` shape: the one this component was built against.
         kv_host::add_to_linker_for(&mut linker, &component)?;
+        let world = CommandWorld::of(&engine, &component);
         Ok(Runner {
             engine,
             component,
+            world,
             linker,
             time_limit,
             _ticker: ticker,
@@ -183,11 +194,27 @@ impl Runner {
         if time_limit.is_some() {
             set_deadline(&mut store, time_limit);
         }
-        let command = Command::instantiate_async(&mut store, component, linker)
-            .await
-            .map_err(anyhow::Error::from)
-            .context("instantiating the component (is it a wasi:cli command?)")?;
-        match command.wasi_cli_run().call_run(&mut store).await {
+        let ran = match self.world {
+            CommandWorld::P2 => {
+                let command = Command::instantiate_async(&mut store, component, linker)
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .context("instantiating the component (is it a wasi:cli command?)")?;
+                command.wasi_cli_run().call_run(&mut store).await
+            }
+            CommandWorld::P3 => {
+                let command = P3Command::instantiate_async(&mut store, component, linker)
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .context("instantiating the component as a WASIp3 command")?;
+                // The run and every task it spawns are driven by the store's event loop.
+                store
+                    .run_concurrent(async move |store| command.wasi_cli_run().call_run(store).await)
+                    .await
+                    .and_then(|ran| ran)
+            }
+        };
+        match ran {
             Ok(Ok(())) => Ok(0),
             Ok(Err(())) => Ok(1),
             Err(err) => match err.downcast_ref::<I32Exit>() {
@@ -207,6 +234,32 @@ impl Runner {
                     Err(err.context("the component trapped"))
                 }
             },
+        }
+    }
+}
+
+/// The `wasi:cli/run` a command exports: WASIp2's (`@0.2.x`, a synchronous `run`) or
+/// WASIp3's (`@0.3.0`, an async `run` driven by the store's event loop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandWorld {
+    /// `wasi:cli/run@0.2.x`.
+    P2,
+    /// `wasi:cli/run@0.3.0`.
+    P3,
+}
+
+impl CommandWorld {
+    /// The run `component` exports: WASIp3's when it exports `wasi:cli/run@0.3.x`, else
+    /// WASIp2's (whose absence instantiation reports).
+    pub fn of(engine: &Engine, component: &Component) -> CommandWorld {
+        let p3 = component
+            .component_type()
+            .exports(engine)
+            .any(|(name, _)| name.starts_with("wasi:cli/run@0.3."));
+        if p3 {
+            CommandWorld::P3
+        } else {
+            CommandWorld::P2
         }
     }
 }

@@ -545,6 +545,46 @@ fn commands_built_for_spin_and_wasmtime_run_unchanged() {
     }
 }
 
+/// A WASIp3 command (`wasi:cli/run@0.3.0`, an async `run`, built with wit-bindgen's async
+/// support) runs on `wasi-kv run` with wasi:keyvalue, on memory and on Redis, with seeded data:
+/// every operation answers as on WASIp2. It used to be refused at load ("`task.return`
+/// requires the component model async feature").
+#[test]
+fn a_wasip3_command_runs_with_keyvalue() {
+    let required = std::env::var("KV_REQUIRE").unwrap_or_default();
+    let redis = if required.split(',').any(|name| name.trim() == "redis")
+        || kv_testkit::emulator::installed("redis")
+    {
+        Some(kv_testkit::emulator::RedisServer::start().expect("redis-server starts"))
+    } else {
+        None
+    };
+    let mut backends = vec![("memory", "memory:".to_string())];
+    if let Some(server) = &redis {
+        backends.push(("redis", server.url()));
+    }
+    for (provider, url) in backends {
+        let namespace = format!("p3-{:08x}", rand::random::<u32>());
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let store = format!("default={url}{separator}namespace={namespace}");
+        let out = wasi_kv(&[
+            "run",
+            "--store",
+            &store,
+            "--seed",
+            "greeting=hello",
+            kv_test_artifacts::P3_COMMAND,
+        ]);
+        assert!(out.status.success(), "{provider}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "greeting: hello\nanswer: 42\nexists: true\ncounter: 5\n\
+             get-many: answer=42 <none>\nkeys: answer,counter,greeting\nafter delete: false\n",
+            "{provider}"
+        );
+    }
+}
+
 /// The suite as a `wasi:cli` command runs through `wasi-kv run` like through any other host:
 /// every case that needs no host orchestration passes on memory and on Redis, and the summary
 /// line is the last one.

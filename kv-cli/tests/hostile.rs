@@ -546,6 +546,34 @@ fn run_limits() -> TestResult {
     check(
         code == Some(0) && output.contains("opened 100"),
         format!("100 opens: {code:?}: {output}"),
+    )?;
+    // The same limits hold for a WASIp3 command, whose async `run` is driven by the store's
+    // event loop.
+    let p3 = kv_test_artifacts::P3_COMMAND;
+    let (code, output, took) = run(&["--time-limit", "2s", p3, "spin"])?;
+    check(
+        code != Some(0) && output.contains("time limit") && took < Duration::from_secs(10),
+        format!("p3 spin: {code:?} after {took:?}: {output}"),
+    )?;
+    let (code, output, _) = run(&["--memory-limit", "64MiB", p3, "grow", "256"])?;
+    check(
+        code != Some(0) && output.contains("memory limit"),
+        format!("p3 grow: {code:?}: {output}"),
+    )?;
+    let (code, output, _) = run(&[p3, "grow", "16"])?;
+    check(
+        code == Some(0),
+        format!("p3: a 16 MiB allocation: {code:?}: {output}"),
+    )?;
+    let (code, output, _) = run(&[p3, "open", "100000"])?;
+    check(
+        code != Some(0) && !output.contains("opened 100000"),
+        format!("p3 open loop: {code:?}: {output}"),
+    )?;
+    let (code, output, _) = run(&[p3, "open", "100"])?;
+    check(
+        code == Some(0) && output.contains("opened 100"),
+        format!("p3: 100 opens: {code:?}: {output}"),
     )
 }
 

@@ -71,6 +71,13 @@ const COMPONENTS: &[(&str, &str, &str, &str)] = &[
         "Interop: a command built against Spin's draft2 WIT (opens `default`).",
     ),
     (
+        "P3_COMMAND",
+        "kv-p3-command",
+        "kv_p3_command",
+        "A WASIp3 command (`wasi:cli/run@0.3.0`, async) using wasi:keyvalue: every operation, \
+         or `spin`, `grow MIB`, `open N` for `run`'s limits.",
+    ),
+    (
         "INTEROP_SPIN_SDK_HANDLER",
         "interop-spin-sdk-handler",
         "interop_spin_sdk_handler",
