@@ -112,6 +112,8 @@ impl Runner {
         kv_host::add_to_linker_for(&mut linker, &component)?;
         // Spin's own key-value interface, for components built with spin-sdk up to 5.x.
         kv_host::add_spin_key_value_to_linker(&mut linker)?;
+        // Spin 4's, for WASIp3 components built with spin-sdk 6.x.
+        kv_host::add_spin3_key_value_to_linker(&mut linker)?;
         let world = CommandWorld::of(&engine, &component);
         Ok(Runner {
             engine,

@@ -585,6 +585,81 @@ fn a_wasip3_command_runs_with_keyvalue() {
     }
 }
 
+/// A WASIp3 command built with the current Spin SDK (spin-sdk 6.0.0, whose key-value API
+/// imports Spin 4's `spin:key-value@3.0.0`: async calls, `get-keys` as a stream) runs on
+/// `wasi-kv run` on memory and Redis with seeded data, and gets Spin's errors: `no-such-store`,
+/// `access-denied` (a store with access none; a write to a read-only one) and
+/// `store-table-full`. It used to fail to instantiate: "component imports instance
+/// `spin:key-value/key-value@3.0.0`, but a matching implementation was not found".
+#[test]
+fn a_spin_sdk_6_command_runs_with_spin_4_key_value() {
+    use kv_test_artifacts::INTEROP_SPIN_SDK6_COMMAND as COMMAND;
+    let required = std::env::var("KV_REQUIRE").unwrap_or_default();
+    let redis = if required.split(',').any(|name| name.trim() == "redis")
+        || kv_testkit::emulator::installed("redis")
+    {
+        Some(kv_testkit::emulator::RedisServer::start().expect("redis-server starts"))
+    } else {
+        None
+    };
+    let mut backends = vec![("memory", "memory:".to_string())];
+    if let Some(server) = &redis {
+        backends.push(("redis", server.url()));
+    }
+    for (provider, url) in backends {
+        let namespace = format!("spin6-{:08x}", rand::random::<u32>());
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let store = format!("default={url}{separator}namespace={namespace}");
+        let run = |args: &[&str]| {
+            let mut all = vec![
+                "run",
+                "--store",
+                &store,
+                "--store",
+                "locked=memory:?access=none",
+                "--store",
+                "reference=memory:?access=read-only",
+                "--seed",
+                "greeting=hello",
+                COMMAND,
+            ];
+            all.extend_from_slice(args);
+            let out = wasi_kv(&all);
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        };
+        assert_eq!(
+            run(&[]),
+            (
+                true,
+                "greeting: hello\nanswer: 42\nexists: true\nkeys: answer,greeting\n\
+                 after delete: false\nmissing: <none>\n"
+                    .to_string()
+            ),
+            "{provider}"
+        );
+        assert_eq!(
+            run(&["open", "nope"]),
+            (false, "error: no-such-store\n".into())
+        );
+        assert_eq!(
+            run(&["open", "locked"]),
+            (false, "error: access-denied\n".into())
+        );
+        assert_eq!(run(&["open", "reference"]), (true, "opened\n".into()));
+        assert_eq!(
+            run(&["set", "reference"]),
+            (false, "error: access-denied\n".into())
+        );
+        assert_eq!(
+            run(&["open-all"]),
+            (false, "error: store-table-full\n".into())
+        );
+    }
+}
+
 /// The suite as a `wasi:cli` command runs through `wasi-kv run` like through any other host:
 /// every case that needs no host orchestration passes on memory and on Redis, and the summary
 /// line is the last one.

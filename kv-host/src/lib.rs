@@ -50,6 +50,7 @@
 mod draft;
 mod draft2;
 mod spin;
+mod spin3;
 
 use std::sync::Arc;
 
@@ -103,13 +104,15 @@ pub use bindings::wasi::keyvalue0_2_0_draft2 as wit_draft2;
 pub use bindings::wasi_kv::ttl::ttl as wit_ttl;
 pub use spin::{SpinStoreHandle, key_value as wit_spin_key_value};
 pub use spin_bindings::wasi::keyvalue::batch as wit_spin_batch;
+pub use spin3::{Spin3StoreHandle, key_value as wit_spin3_key_value};
 
 /// The key-value state of one wasmtime store: the stores this component may open.
 #[derive(Debug)]
 pub struct KvCtx {
     stores: Arc<Stores>,
-    /// Value bytes this instance's handles hold (bounded by `limits.max_held_bytes`).
-    held_bytes: std::sync::atomic::AtomicUsize,
+    /// Value bytes this instance's handles hold (bounded by `limits.max_held_bytes`); shared
+    /// with the calls of the instance that await outside its state (WASIp3).
+    held_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A clone is the context of another instance: the same stores, nothing held yet.
@@ -124,15 +127,48 @@ impl KvCtx {
     pub fn new(stores: Arc<Stores>) -> Self {
         KvCtx {
             stores,
-            held_bytes: std::sync::atomic::AtomicUsize::new(0),
+            held_bytes: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        }
+    }
+
+    /// This instance's budget of held bytes, owned, for a call that awaits outside the
+    /// instance's state.
+    fn budget(&self) -> Budget {
+        Budget {
+            held_bytes: self.held_bytes.clone(),
+            max: self.stores.limits().max_held_bytes,
         }
     }
 
     /// Charges `bytes` a new handle holds to this instance, or refuses with
     /// `batch-too-large` past `limits.max_held_bytes`.
     fn hold(&self, bytes: usize) -> kv_core::Result<()> {
+        self.budget().hold(bytes)
+    }
+
+    /// Returns what a dropped handle held (never below zero).
+    fn release(&self, bytes: usize) {
+        self.budget().release(bytes)
+    }
+
+    /// The stores offered.
+    pub fn stores(&self) -> &Arc<Stores> {
+        &self.stores
+    }
+}
+
+/// The bytes one instance may hold (`limits.max_held_bytes`) and what it holds now.
+#[derive(Clone)]
+struct Budget {
+    held_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    max: usize,
+}
+
+impl Budget {
+    /// Charges `bytes`, or refuses with `batch-too-large` past the limit.
+    fn hold(&self, bytes: usize) -> kv_core::Result<()> {
         use std::sync::atomic::Ordering;
-        let max = self.stores.limits().max_held_bytes;
+        let max = self.max;
         self.held_bytes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
                 held.checked_add(bytes).filter(|total| *total <= max)
@@ -149,7 +185,7 @@ impl KvCtx {
             })
     }
 
-    /// Returns what a dropped handle held (never below zero).
+    /// Returns what was held (never below zero).
     fn release(&self, bytes: usize) {
         use std::sync::atomic::Ordering;
         let _ = self
@@ -157,11 +193,6 @@ impl KvCtx {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
                 Some(held.saturating_sub(bytes))
             });
-    }
-
-    /// The stores offered.
-    pub fn stores(&self) -> &Arc<Stores> {
-        &self.stores
     }
 }
 
@@ -341,6 +372,15 @@ pub fn add_spin_key_value_to_linker<T: WasiKvView + 'static>(
     linker: &mut Linker<T>,
 ) -> wasmtime::Result<()> {
     wit_spin_key_value::add_to_linker::<T, HasKv>(linker, T::kv)
+}
+
+/// Adds Spin 4's `spin:key-value@3.0.0` (what components built with spin-sdk 6.x import):
+/// async functions and a stream, so only for an engine with
+/// `Config::wasm_component_model_async` (WASIp3 components).
+pub fn add_spin3_key_value_to_linker<T: WasiKvView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    wit_spin3_key_value::add_to_linker::<T, HasKv>(linker, T::kv)
 }
 
 /// `get-many`'s answer in the tagged draft shapes (both versions): an entry per key found,

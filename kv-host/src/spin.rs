@@ -4,7 +4,7 @@
 
 use wasmtime::component::{Resource, ResourceTableError};
 
-use super::{HostError, KvView};
+use super::{Budget, HostError, KvView};
 use kv_core::error::{ErrorKind, KvError};
 use kv_core::store::KvStore;
 
@@ -36,13 +36,13 @@ type HostResult<T> = Result<T, HostError>;
 /// Bytes charged to an instance's budget while a call builds its answer, returned when the
 /// call ends.
 struct Held<'a> {
-    ctx: &'a crate::KvCtx,
+    budget: &'a Budget,
     bytes: usize,
 }
 
 impl Held<'_> {
     fn add(&mut self, bytes: usize) -> kv_core::Result<()> {
-        self.ctx.hold(bytes)?;
+        self.budget.hold(bytes)?;
         self.bytes += bytes;
         Ok(())
     }
@@ -50,7 +50,7 @@ impl Held<'_> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.ctx.release(self.bytes);
+        self.budget.release(self.bytes);
     }
 }
 
@@ -63,24 +63,42 @@ impl KvView<'_> {
 impl key_value::Host for KvView<'_> {
     fn convert_error(&mut self, err: HostError) -> wasmtime::Result<key_value::Error> {
         use key_value::Error;
-        Ok(match err {
-            HostError::Trap(trap) => {
-                // A full resource table is Spin's `store-table-full`, not a trap: the guest can
-                // close stores and try again.
-                match trap.downcast_ref::<ResourceTableError>() {
-                    Some(ResourceTableError::Full) => Error::StoreTableFull,
-                    _ => return Err(trap),
-                }
-            }
-            HostError::Store(err) => match err.kind() {
-                ErrorKind::NoSuchStore => Error::NoSuchStore,
-                ErrorKind::AccessDenied => Error::AccessDenied,
-                // Spin's `other` carries a message only: the kind leads it, so a guest (and
-                // its logs) can still tell a missing store apart from a timeout.
-                _ => Error::Other(err.to_string()),
-            },
+        Ok(match guest_error(err)? {
+            SpinError::StoreTableFull => Error::StoreTableFull,
+            SpinError::NoSuchStore => Error::NoSuchStore,
+            SpinError::AccessDenied => Error::AccessDenied,
+            SpinError::Other(message) => Error::Other(message),
         })
     }
+}
+
+/// Spin's error, the same in both versions of its interface.
+pub(crate) enum SpinError {
+    StoreTableFull,
+    NoSuchStore,
+    AccessDenied,
+    Other(String),
+}
+
+/// The error a guest of Spin's interface sees, or the trap.
+pub(crate) fn guest_error(err: HostError) -> wasmtime::Result<SpinError> {
+    Ok(match err {
+        HostError::Trap(trap) => {
+            // A full resource table is Spin's `store-table-full`, not a trap: the guest can
+            // close stores and try again.
+            match trap.downcast_ref::<ResourceTableError>() {
+                Some(ResourceTableError::Full) => SpinError::StoreTableFull,
+                _ => return Err(trap),
+            }
+        }
+        HostError::Store(err) => match err.kind() {
+            ErrorKind::NoSuchStore => SpinError::NoSuchStore,
+            ErrorKind::AccessDenied => SpinError::AccessDenied,
+            // Spin's `other` carries a message only: the class leads it (S11), so a guest
+            // and its logs can still tell a missing store from a timeout.
+            _ => SpinError::Other(err.to_string()),
+        },
+    })
 }
 
 impl key_value::HostStore for KvView<'_> {
@@ -114,64 +132,64 @@ impl key_value::HostStore for KvView<'_> {
         Ok(self.spin_store(&store)?.exists(&key).await?)
     }
 
-    /// Every key, page by page. The answer is one list, so while it is built it is charged to
-    /// the bytes the instance may hold (`limits.max_held_bytes`, shared with its CAS handles):
-    /// a store larger than that is `batch-too-large` naming the way out, not unbounded host
-    /// memory. Each key is charged what it costs here, not its length: its allocation
-    /// (rounded up, 32 bytes at least) and twice its slot in the list (which grows by
-    /// doubling).
     async fn get_keys(&mut self, store: Resource<SpinStoreHandle>) -> HostResult<Vec<String>> {
         let store = self.spin_store(&store)?.clone();
-        let max = self.ctx.stores.limits().max_held_bytes;
-        let mut held = Held {
-            ctx: self.ctx,
-            bytes: 0,
-        };
-        // Only a provider whose listing may repeat a key pays for the set that drops repeats
-        // (S5: Redis's SCAN); Spin's answer has each key once.
-        let mut seen = store
-            .capabilities()
-            .list_may_repeat
-            .then(std::collections::HashSet::new);
-        let mut keys = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let page = store.list_keys(cursor.as_deref()).await?;
-            for key in page.keys {
-                if let Some(seen) = &mut seen
-                    && !seen.insert(key.clone())
-                {
-                    continue;
-                }
-                let cost = key.len().next_multiple_of(16).max(32)
-                    + 2 * std::mem::size_of::<String>()
-                    + if seen.is_some() {
-                        key.len().max(32) + 32
-                    } else {
-                        0
-                    };
-                held.add(cost).map_err(|_| {
-                    HostError::Store(KvError::new(
-                        ErrorKind::BatchTooLarge,
-                        format!(
-                            "get-keys: the store's keys need more host memory than the {max} \
-                             bytes an instance may hold (limits.max_held_bytes, shared with \
-                             its CAS handles); list them page by page with wasi:keyvalue's \
-                             list-keys"
-                        ),
-                    ))
-                })?;
-                keys.push(key);
-            }
-            match page.cursor {
-                Some(next) => cursor = Some(next),
-                None => return Ok(keys),
-            }
-        }
+        all_keys(&self.ctx.budget(), &store).await
     }
 
     async fn drop(&mut self, store: Resource<SpinStoreHandle>) -> wasmtime::Result<()> {
         self.table.delete(store)?;
         Ok(())
+    }
+}
+
+/// Every key of `store`, page by page, for Spin's `get-keys` (both versions). The answer is
+/// one list, so while it is built it is charged to the bytes the instance may hold
+/// (`limits.max_held_bytes`, shared with its CAS handles): a store larger than that is
+/// `batch-too-large` naming the way out, not unbounded host memory. Each key is charged what
+/// it costs here, not its length: its allocation (rounded up, 32 bytes at least) and twice its
+/// slot in the list (which grows by doubling).
+pub(crate) async fn all_keys(budget: &Budget, store: &KvStore) -> HostResult<Vec<String>> {
+    let mut held = Held { budget, bytes: 0 };
+    // Only a provider whose listing may repeat a key pays for the set that drops repeats
+    // (S5: Redis's SCAN); Spin's answer has each key once.
+    let mut seen = store
+        .capabilities()
+        .list_may_repeat
+        .then(std::collections::HashSet::new);
+    let mut keys = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store.list_keys(cursor.as_deref()).await?;
+        for key in page.keys {
+            if let Some(seen) = &mut seen
+                && !seen.insert(key.clone())
+            {
+                continue;
+            }
+            let cost = key.len().next_multiple_of(16).max(32)
+                + 2 * std::mem::size_of::<String>()
+                + if seen.is_some() {
+                    key.len().max(32) + 32
+                } else {
+                    0
+                };
+            held.add(cost).map_err(|_| {
+                HostError::Store(KvError::new(
+                    ErrorKind::BatchTooLarge,
+                    format!(
+                        "get-keys: the store's keys need more host memory than the {} bytes \
+                         an instance may hold (limits.max_held_bytes, shared with its CAS \
+                         handles); list them page by page with wasi:keyvalue's list-keys",
+                        budget.max
+                    ),
+                ))
+            })?;
+            keys.push(key);
+        }
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(keys),
+        }
     }
 }

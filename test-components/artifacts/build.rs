@@ -78,6 +78,13 @@ const COMPONENTS: &[(&str, &str, &str, &str)] = &[
          or `spin`, `grow MIB`, `open N` for `run`'s limits.",
     ),
     (
+        "INTEROP_SPIN_SDK6_COMMAND",
+        "interop-spin-sdk6-command",
+        "interop_spin_sdk6_command",
+        "Interop: a WASIp3 command using spin-sdk 6.0.0's key-value API (`spin:key-value@3.0.0`): \
+         every operation, or `open LABEL`, `set LABEL`, `open-all`.",
+    ),
+    (
         "INTEROP_SPIN_SDK_HANDLER",
         "interop-spin-sdk-handler",
         "interop_spin_sdk_handler",

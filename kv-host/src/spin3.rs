@@ -1,0 +1,146 @@
+//! `spin:key-value@3.0.0`, Spin 4's key-value interface (the Rust `spin-sdk` 6.x): the calls
+//! of [`crate::spin`]'s `fermyon:spin/key-value@2.0.0`, each `async`, with `get-keys` as a
+//! stream. Only WASIp3 components import it; they run on wasmtime's event loop, so the host
+//! functions take an [`Accessor`] and reach the instance's state only between awaits.
+
+use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
+
+use super::{HasKv, HostError, KvView};
+use kv_core::store::KvStore;
+
+#[allow(missing_docs)]
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: ["../wit/spin-kv-3"],
+        world: "spin:key-value/key-value-imports@3.0.0",
+        imports: { default: trappable },
+        trappable_error_type: {
+            "spin:key-value/key-value@3.0.0.error" => crate::HostError,
+        },
+        with: {
+            "spin:key-value/key-value@3.0.0.store": super::Spin3StoreHandle,
+        },
+        require_store_data_send: true,
+    });
+}
+
+pub use bindings::spin::key_value::key_value;
+
+/// A Spin 4 `store` resource.
+pub struct Spin3StoreHandle {
+    store: KvStore,
+}
+
+type HostResult<T> = Result<T, HostError>;
+
+impl key_value::Host for KvView<'_> {
+    fn convert_error(&mut self, err: HostError) -> wasmtime::Result<key_value::Error> {
+        use key_value::Error;
+        Ok(match crate::spin::guest_error(err)? {
+            crate::spin::SpinError::StoreTableFull => Error::StoreTableFull,
+            crate::spin::SpinError::NoSuchStore => Error::NoSuchStore,
+            crate::spin::SpinError::AccessDenied => Error::AccessDenied,
+            crate::spin::SpinError::Other(message) => Error::Other(message),
+        })
+    }
+}
+
+impl key_value::HostStore for KvView<'_> {
+    fn drop(&mut self, store: Resource<Spin3StoreHandle>) -> wasmtime::Result<()> {
+        self.table.delete(store)?;
+        Ok(())
+    }
+}
+
+/// The store behind `store`, cloned out of the instance's table (a cheap handle), so the call
+/// can await without holding the instance.
+fn store_of<U>(
+    accessor: &Accessor<U, HasKv>,
+    store: &Resource<Spin3StoreHandle>,
+) -> HostResult<KvStore> {
+    accessor.with(|mut access| Ok(access.get().table.get(store)?.store.clone()))
+}
+
+impl<U> key_value::HostStoreWithStore<U> for HasKv {
+    async fn open(
+        accessor: &Accessor<U, Self>,
+        label: String,
+    ) -> HostResult<Resource<Spin3StoreHandle>> {
+        let stores = accessor.with(|mut access| access.get().ctx.stores.clone());
+        let store = stores.open(&label).await?;
+        accessor.with(|mut access| Ok(access.get().table.push(Spin3StoreHandle { store })?))
+    }
+
+    async fn get(
+        accessor: &Accessor<U, Self>,
+        store: Resource<Spin3StoreHandle>,
+        key: String,
+    ) -> HostResult<Option<Vec<u8>>> {
+        Ok(store_of(accessor, &store)?.get(&key).await?)
+    }
+
+    async fn set(
+        accessor: &Accessor<U, Self>,
+        store: Resource<Spin3StoreHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> HostResult<()> {
+        Ok(store_of(accessor, &store)?.set_owned(key, value).await?)
+    }
+
+    async fn delete(
+        accessor: &Accessor<U, Self>,
+        store: Resource<Spin3StoreHandle>,
+        key: String,
+    ) -> HostResult<()> {
+        Ok(store_of(accessor, &store)?.delete(&key).await?)
+    }
+
+    async fn exists(
+        accessor: &Accessor<U, Self>,
+        store: Resource<Spin3StoreHandle>,
+        key: String,
+    ) -> HostResult<bool> {
+        Ok(store_of(accessor, &store)?.exists(&key).await?)
+    }
+
+    /// Every key, collected within the instance's `max_held_bytes` as for Spin 2's
+    /// `get-keys`, then streamed; an error ends the stream early and is the future's value.
+    async fn get_keys(
+        accessor: &Accessor<U, Self>,
+        store: Resource<Spin3StoreHandle>,
+    ) -> wasmtime::Result<(
+        StreamReader<String>,
+        FutureReader<Result<(), key_value::Error>>,
+    )> {
+        let (keys, outcome) = match store_of(accessor, &store) {
+            Ok(kv) => {
+                let budget = accessor.with(|mut access| access.get().ctx.budget());
+                match crate::spin::all_keys(&budget, &kv).await {
+                    Ok(keys) => (keys, Ok(())),
+                    Err(err) => (Vec::new(), Err(err)),
+                }
+            }
+            Err(err) => (Vec::new(), Err(err)),
+        };
+        let outcome = match outcome {
+            Ok(()) => Ok(()),
+            Err(err) => Err(accessor.with(|mut access| access.get().convert_spin3(err))?),
+        };
+        accessor.with(|mut access| {
+            let stream = StreamReader::new(&mut access, keys)?;
+            let future =
+                FutureReader::new(
+                    &mut access,
+                    async move { Ok::<_, wasmtime::Error>(outcome) },
+                )?;
+            Ok((stream, future))
+        })
+    }
+}
+
+impl KvView<'_> {
+    fn convert_spin3(&mut self, err: HostError) -> wasmtime::Result<key_value::Error> {
+        key_value::Host::convert_error(self, err)
+    }
+}

@@ -1,0 +1,78 @@
+//! A WASIp3 command using `spin_sdk::key_value` from spin-sdk 6.0.0, the Spin 4 API (every
+//! call async, `get_keys` a stream), the way a Spin user writes it. Its first argument picks
+//! what it does:
+//!
+//! - none: every operation on store `default`, one line each (the seeded key `greeting`,
+//!   set, get, exists, get-keys, delete);
+//! - `open LABEL`: opens `LABEL` and prints `opened`, or Spin's error;
+//! - `set LABEL`: writes a key in `LABEL` and prints `set`, or Spin's error;
+//! - `open-all`: opens `default` until the host refuses, holding every store.
+
+mod bindings {
+    wit_bindgen::generate!({
+        path: ["../../../wit/keyvalue", "../../../wit/p3"],
+        world: "wasi-kv:p3/cli@0.1.0",
+        generate_all,
+    });
+}
+
+use bindings::exports::wasi::cli::run::Guest;
+use spin_sdk::key_value::{Error, Store};
+
+struct Command;
+
+impl Guest for Command {
+    async fn run() -> Result<(), ()> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let label = args.get(1).map(String::as_str).unwrap_or("default");
+        let outcome = match args.first().map(String::as_str) {
+            Some("open") => Store::open(label).await.map(|_| println!("opened")),
+            Some("set") => match Store::open(label).await {
+                Ok(store) => store.set("k", b"v").await.map(|()| println!("set")),
+                Err(err) => Err(err),
+            },
+            Some("open-all") => open_all().await,
+            _ => every_operation().await,
+        };
+        outcome.map_err(|err| println!("error: {}", describe(&err)))
+    }
+}
+
+async fn every_operation() -> Result<(), Error> {
+    let text = |value: Option<Vec<u8>>| match value {
+        Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        None => "<none>".to_string(),
+    };
+    let store = Store::open_default().await?;
+    println!("greeting: {}", text(store.get("greeting").await?));
+    store.set("answer", b"42").await?;
+    println!("answer: {}", text(store.get("answer").await?));
+    println!("exists: {}", store.exists("answer").await?);
+    let mut keys = store.get_keys().await.collect().await?;
+    keys.sort();
+    println!("keys: {}", keys.join(","));
+    store.delete("answer").await?;
+    println!("after delete: {}", store.exists("answer").await?);
+    println!("missing: {}", text(store.get("answer").await?));
+    Ok(())
+}
+
+async fn open_all() -> Result<(), Error> {
+    let mut open = Vec::new();
+    for _ in 0..1_000_000 {
+        open.push(Store::open_default().await?);
+    }
+    println!("{} stores open", open.len());
+    Ok(())
+}
+
+fn describe(err: &Error) -> String {
+    match err {
+        Error::StoreTableFull => "store-table-full".into(),
+        Error::NoSuchStore => "no-such-store".into(),
+        Error::AccessDenied => "access-denied".into(),
+        Error::Other(message) => format!("other: {message}"),
+    }
+}
+
+bindings::export!(Command with_types_in bindings);
