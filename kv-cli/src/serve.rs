@@ -304,6 +304,9 @@ impl Server {
         let outbound = Arc::new(OutboundPolicy::parse(&options.allowed_outbound)?);
         let mut config = Config::new();
         config.epoch_interruption(true);
+        // WASI 0.2 handlers: no store needs wasmtime's concurrency support (component-model
+        // async is compiled in for `run`'s WASIp3 commands).
+        config.concurrency_support(false);
         // Pre-reserved instance slots: per-request instantiation reuses memory instead of
         // mapping it afresh. A request beyond the slots gets a 503.
         let slots = options.max_requests.max(1);

@@ -658,6 +658,34 @@ fn a_spin_sdk_6_command_runs_with_spin_4_key_value() {
             (false, "error: store-table-full\n".into())
         );
     }
+    // Unread key streams stay charged to the instance's `max_held_bytes`: with 64 KiB and 200
+    // keys, one answer is listed, and asking 100 times without reading fails once the
+    // unread answers fill the budget (instead of holding host memory without limit).
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = String::from(
+        "[limits]\nmax_held_bytes = 65536\n[stores.default]\nurl = \"memory:\"\n\
+         [stores.default.seed]\n",
+    );
+    for index in 0..200 {
+        config.push_str(&format!("\"key-{index:05}\" = \"v\"\n"));
+    }
+    let path = dir.path().join("wasi-kv.toml");
+    std::fs::write(&path, config).unwrap();
+    let path = path.to_string_lossy().into_owned();
+    let out = wasi_kv(&["run", "--config", &path, COMMAND, "hoard", "1"]);
+    assert_eq!(
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        ),
+        (true, "hoarded 1; the last lists 200 keys\n".to_string())
+    );
+    let out = wasi_kv(&["run", "--config", &path, COMMAND, "hoard", "100"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && stdout.starts_with("error: other: batch-too-large: get-keys"),
+        "100 unread answers: {out:?}"
+    );
 }
 
 /// The suite as a `wasi:cli` command runs through `wasi-kv run` like through any other host:

@@ -179,6 +179,8 @@ impl Drop for Suite {
 pub fn engine() -> anyhow::Result<Engine> {
     let mut config = wasmtime::Config::new();
     config.epoch_interruption(true);
+    // The suite's components are WASI 0.2: no store needs wasmtime's concurrency support.
+    config.concurrency_support(false);
     Ok(Engine::new(&config)?)
 }
 

@@ -33,22 +33,26 @@ pub struct SpinStoreHandle {
 
 type HostResult<T> = Result<T, HostError>;
 
-/// Bytes charged to an instance's budget while a call builds its answer, returned when the
-/// call ends.
-struct Held<'a> {
-    budget: &'a Budget,
+/// Bytes charged to an instance's budget, returned when dropped: by the call that built an
+/// answer, or by whatever holds the answer until it is delivered (a stream).
+pub(crate) struct Charge {
+    budget: Budget,
     bytes: usize,
 }
 
-impl Held<'_> {
-    fn add(&mut self, bytes: usize) -> kv_core::Result<()> {
+impl Charge {
+    pub(crate) fn new(budget: Budget) -> Charge {
+        Charge { budget, bytes: 0 }
+    }
+
+    pub(crate) fn add(&mut self, bytes: usize) -> kv_core::Result<()> {
         self.budget.hold(bytes)?;
         self.bytes += bytes;
         Ok(())
     }
 }
 
-impl Drop for Held<'_> {
+impl Drop for Charge {
     fn drop(&mut self) {
         self.budget.release(self.bytes);
     }
@@ -134,7 +138,8 @@ impl key_value::HostStore for KvView<'_> {
 
     async fn get_keys(&mut self, store: Resource<SpinStoreHandle>) -> HostResult<Vec<String>> {
         let store = self.spin_store(&store)?.clone();
-        all_keys(&self.ctx.budget(), &store).await
+        // The charge ends with the call: the list is lowered into the guest as it returns.
+        Ok(all_keys(self.ctx.budget(), &store).await?.0)
     }
 
     async fn drop(&mut self, store: Resource<SpinStoreHandle>) -> wasmtime::Result<()> {
@@ -148,9 +153,11 @@ impl key_value::HostStore for KvView<'_> {
 /// (`limits.max_held_bytes`, shared with its CAS handles): a store larger than that is
 /// `batch-too-large` naming the way out, not unbounded host memory. Each key is charged what
 /// it costs here, not its length: its allocation (rounded up, 32 bytes at least) and twice its
-/// slot in the list (which grows by doubling).
-pub(crate) async fn all_keys(budget: &Budget, store: &KvStore) -> HostResult<Vec<String>> {
-    let mut held = Held { budget, bytes: 0 };
+/// slot in the list (which grows by doubling). The charge comes back with the keys, for the
+/// caller to hold until they are delivered.
+pub(crate) async fn all_keys(budget: Budget, store: &KvStore) -> HostResult<(Vec<String>, Charge)> {
+    let max = budget.max;
+    let mut held = Charge::new(budget);
     // Only a provider whose listing may repeat a key pays for the set that drops repeats
     // (S5: Redis's SCAN); Spin's answer has each key once.
     let mut seen = store
@@ -178,10 +185,10 @@ pub(crate) async fn all_keys(budget: &Budget, store: &KvStore) -> HostResult<Vec
                 HostError::Store(KvError::new(
                     ErrorKind::BatchTooLarge,
                     format!(
-                        "get-keys: the store's keys need more host memory than the {} bytes \
+                        "get-keys: the store's keys need more host memory than the {max} bytes \
                          an instance may hold (limits.max_held_bytes, shared with its CAS \
-                         handles); list them page by page with wasi:keyvalue's list-keys",
-                        budget.max
+                         handles and unread key streams); list them page by page with \
+                         wasi:keyvalue's list-keys"
                     ),
                 ))
             })?;
@@ -189,7 +196,7 @@ pub(crate) async fn all_keys(budget: &Budget, store: &KvStore) -> HostResult<Vec
         }
         match page.cursor {
             Some(next) => cursor = Some(next),
-            None => return Ok(keys),
+            None => return Ok((keys, held)),
         }
     }
 }

@@ -3,7 +3,14 @@
 //! stream. Only WASIp3 components import it; they run on wasmtime's event loop, so the host
 //! functions take an [`Accessor`] and reach the instance's state only between awaits.
 
-use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use wasmtime::StoreContextMut;
+use wasmtime::component::{
+    Accessor, Destination, FutureReader, Resource, StreamProducer, StreamReader, StreamResult,
+    VecBuffer,
+};
 
 use super::{HasKv, HostError, KvView};
 use kv_core::store::KvStore;
@@ -52,6 +59,11 @@ impl key_value::HostStore for KvView<'_> {
     }
 }
 
+/// The instance's budget of held bytes, owned, to charge across awaits.
+fn budget<U>(accessor: &Accessor<U, HasKv>) -> crate::Budget {
+    accessor.with(|mut access| access.get().ctx.budget())
+}
+
 /// The store behind `store`, cloned out of the instance's table (a cheap handle), so the call
 /// can await without holding the instance.
 fn store_of<U>(
@@ -71,20 +83,29 @@ impl<U> key_value::HostStoreWithStore<U> for HasKv {
         accessor.with(|mut access| Ok(access.get().table.push(Spin3StoreHandle { store })?))
     }
 
+    /// Calls of one instance run concurrently here, so a value in the host is charged to the
+    /// instance's budget while the call holds it: many `get`s at once cannot pile up values.
     async fn get(
         accessor: &Accessor<U, Self>,
         store: Resource<Spin3StoreHandle>,
         key: String,
     ) -> HostResult<Option<Vec<u8>>> {
-        Ok(store_of(accessor, &store)?.get(&key).await?)
+        let kv = store_of(accessor, &store)?;
+        let value = kv.get(&key).await?;
+        let mut charge = crate::spin::Charge::new(budget(accessor));
+        charge.add(value.as_ref().map_or(0, Vec::len))?;
+        Ok(value)
     }
 
+    /// The value is charged to the instance's budget until it is written, as for `get`.
     async fn set(
         accessor: &Accessor<U, Self>,
         store: Resource<Spin3StoreHandle>,
         key: String,
         value: Vec<u8>,
     ) -> HostResult<()> {
+        let mut charge = crate::spin::Charge::new(budget(accessor));
+        charge.add(value.len())?;
         Ok(store_of(accessor, &store)?.set_owned(key, value).await?)
     }
 
@@ -116,12 +137,18 @@ impl<U> key_value::HostStoreWithStore<U> for HasKv {
         let (keys, outcome) = match store_of(accessor, &store) {
             Ok(kv) => {
                 let budget = accessor.with(|mut access| access.get().ctx.budget());
-                match crate::spin::all_keys(&budget, &kv).await {
-                    Ok(keys) => (keys, Ok(())),
-                    Err(err) => (Vec::new(), Err(err)),
+                match crate::spin::all_keys(budget, &kv).await {
+                    Ok((keys, charge)) => (
+                        HeldKeys {
+                            keys,
+                            _charge: Some(charge),
+                        },
+                        Ok(()),
+                    ),
+                    Err(err) => (HeldKeys::default(), Err(err)),
                 }
             }
-            Err(err) => (Vec::new(), Err(err)),
+            Err(err) => (HeldKeys::default(), Err(err)),
         };
         let outcome = match outcome {
             Ok(()) => Ok(()),
@@ -136,6 +163,37 @@ impl<U> key_value::HostStoreWithStore<U> for HasKv {
                 )?;
             Ok((stream, future))
         })
+    }
+}
+
+/// The keys of one `get-keys`, still charged to the instance's budget until the guest reads
+/// them (or drops the stream): a guest that asks again and again without reading holds no
+/// more than `max_held_bytes`.
+#[derive(Default)]
+struct HeldKeys {
+    keys: Vec<String>,
+    _charge: Option<crate::spin::Charge>,
+}
+
+impl<D> StreamProducer<D> for HeldKeys {
+    type Item = String;
+    type Buffer = VecBuffer<String>;
+
+    fn poll_produce<'a>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        store: StoreContextMut<'a, D>,
+        dst: Destination<'a, String, VecBuffer<String>>,
+        finish: bool,
+    ) -> Poll<wasmtime::Result<StreamResult>> {
+        let this = self.get_mut();
+        <Vec<String> as StreamProducer<D>>::poll_produce(
+            Pin::new(&mut this.keys),
+            cx,
+            store,
+            dst,
+            finish,
+        )
     }
 }
 

@@ -6,7 +6,8 @@
 //!   set, get, exists, get-keys, delete);
 //! - `open LABEL`: opens `LABEL` and prints `opened`, or Spin's error;
 //! - `set LABEL`: writes a key in `LABEL` and prints `set`, or Spin's error;
-//! - `open-all`: opens `default` until the host refuses, holding every store.
+//! - `open-all`: opens `default` until the host refuses, holding every store;
+//! - `hoard N`: asks for every key N times without reading the answers, then reads the last.
 
 mod bindings {
     wit_bindgen::generate!({
@@ -32,6 +33,7 @@ impl Guest for Command {
                 Err(err) => Err(err),
             },
             Some("open-all") => open_all().await,
+            Some("hoard") => hoard(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1)).await,
             _ => every_operation().await,
         };
         outcome.map_err(|err| println!("error: {}", describe(&err)))
@@ -55,6 +57,24 @@ async fn every_operation() -> Result<(), Error> {
     println!("after delete: {}", store.exists("answer").await?);
     println!("missing: {}", text(store.get("answer").await?));
     Ok(())
+}
+
+/// Asks for every key `times` times without reading any answer, then reads the last one.
+async fn hoard(times: usize) -> Result<(), Error> {
+    let store = Store::open_default().await?;
+    let mut unread = Vec::new();
+    for _ in 0..times {
+        unread.push(store.get_keys().await);
+    }
+    let last = unread.pop().map(|keys| keys.collect());
+    match last {
+        Some(keys) => {
+            let keys = keys.await?;
+            println!("hoarded {times}; the last lists {} keys", keys.len());
+            Ok(())
+        }
+        None => Ok(()),
+    }
 }
 
 async fn open_all() -> Result<(), Error> {
