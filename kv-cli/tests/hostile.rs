@@ -550,6 +550,11 @@ fn run_limits() -> TestResult {
     // The same limits hold for a WASIp3 command, whose async `run` is driven by the store's
     // event loop.
     let p3 = kv_test_artifacts::P3_COMMAND;
+    let (code, output, took) = run(&["--time-limit", "2s", p3, "wait"])?;
+    check(
+        code != Some(0) && output.contains("time limit") && took < Duration::from_secs(10),
+        format!("p3 wait: {code:?} after {took:?}: {output}"),
+    )?;
     let (code, output, took) = run(&["--time-limit", "2s", p3, "spin"])?;
     check(
         code != Some(0) && output.contains("time limit") && took < Duration::from_secs(10),

@@ -5,6 +5,7 @@
 //! - none: every keyvalue operation, one line each (the seeded key `greeting`, set, get,
 //!   exists, increment, get-many, list-keys, delete);
 //! - `spin`: computes forever (the time limit must stop it);
+//! - `wait`: waits an hour on the host's clock (the time limit must stop it too);
 //! - `grow MIB`: allocates and touches MIB MiB (the memory limit must stop a large one);
 //! - `open N`: opens the store N times, keeping every handle (the resource cap must stop a
 //!   large N).
@@ -36,6 +37,11 @@ impl Guest for Command {
                 loop {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
+            }
+            Some("wait") => {
+                // Waits an hour on the host: nothing computes, so only the clock can stop it.
+                bindings::wasi::clocks::monotonic_clock::wait_for(3_600_000_000_000).await;
+                Ok(())
             }
             Some("grow") => {
                 let mut block = vec![0u8; number(1) << 20];
