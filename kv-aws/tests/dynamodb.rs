@@ -107,6 +107,37 @@ async fn value_at_the_exact_maximum(local: DynamoDbLocal) -> TestResult {
     Ok(())
 }
 
+/// Writes `key` of `namespace` as an item expired 10 s ago for every reader (`until`) and
+/// removable by DynamoDB's TTL only in an hour (`exp`): DynamoDB Local's sweeper, which removes
+/// an item 18-30 s after its `exp`, cannot take it during a test; only the test's own
+/// DeleteItem does.
+async fn put_expired(
+    provider: &DynamoProvider,
+    namespace: &str,
+    key: &str,
+    value: &[u8],
+) -> TestResult {
+    let past = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        - 10;
+    provider
+        .client()
+        .put_item()
+        .table_name(TABLE)
+        .item(ATTR_NAMESPACE, AttributeValue::S(namespace.into()))
+        .item(ATTR_KEY, AttributeValue::S(key.into()))
+        .item(ATTR_VALUE, AttributeValue::B(Blob::new(value.to_vec())))
+        .item(ATTR_VERSION, AttributeValue::S("v1".into()))
+        .item(ATTR_UNTIL, AttributeValue::N((past * 1000).to_string()))
+        .item(ATTR_EXPIRES, AttributeValue::N((past + 3600).to_string()))
+        .send()
+        .await
+        .map_err(|err| Failed::from(format!("{err:?}")))?;
+    Ok(())
+}
+
 /// The stored item as it is, attributes by name.
 async fn raw_item(
     provider: &DynamoProvider,
@@ -223,28 +254,8 @@ async fn journal_fits_beside_the_largest_value(local: DynamoDbLocal) -> TestResu
 async fn expired_item_still_present_is_invisible(local: DynamoDbLocal) -> TestResult {
     let provider = provider(&local).await?;
     let store = store(provider.clone(), "expired").await?;
-    let past = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        - 10;
-    // Expired 10 s ago for every reader (`until`), and removable by DynamoDB's TTL only in an
-    // hour (`exp`): DynamoDB Local's sweeper, which removes an item 18-30 s after its `exp`,
-    // cannot take one during the test; only the test's own DeleteItem does.
     for key in ["gone", "counter", "swept"] {
-        provider
-            .client()
-            .put_item()
-            .table_name(TABLE)
-            .item(ATTR_NAMESPACE, AttributeValue::S("expired".into()))
-            .item(ATTR_KEY, AttributeValue::S(key.into()))
-            .item(ATTR_VALUE, AttributeValue::B(Blob::new(b"41".to_vec())))
-            .item(ATTR_VERSION, AttributeValue::S("v1".into()))
-            .item(ATTR_UNTIL, AttributeValue::N((past * 1000).to_string()))
-            .item(ATTR_EXPIRES, AttributeValue::N((past + 3600).to_string()))
-            .send()
-            .await
-            .map_err(|err| Failed::from(format!("{err:?}")))?;
+        put_expired(&provider, "expired", key, b"41").await?;
     }
     let raw = provider
         .client()
@@ -334,11 +345,6 @@ async fn ambiguous_write_then_sweep(local: DynamoDbLocal) -> TestResult {
         TABLE,
     ));
     let store = store(proxied, "ambiguous").await?;
-    let past = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        - 10;
     let key = |name: &str| {
         HashMap::from([
             (
@@ -348,23 +354,12 @@ async fn ambiguous_write_then_sweep(local: DynamoDbLocal) -> TestResult {
             (ATTR_KEY.to_string(), AttributeValue::S(name.into())),
         ])
     };
-    direct
-        .client()
-        .put_item()
-        .table_name(TABLE)
-        .set_item(Some(key("k")))
-        .item(ATTR_VALUE, AttributeValue::B(Blob::new(b"old".to_vec())))
-        .item(ATTR_VERSION, AttributeValue::S("v1".into()))
-        .item(ATTR_UNTIL, AttributeValue::N((past * 1000).to_string()))
-        .item(ATTR_EXPIRES, AttributeValue::N((past + 3600).to_string()))
-        .send()
-        .await
-        .map_err(|err| Failed::from(format!("{err:?}")))?;
+    put_expired(&direct, "ambiguous", "k", b"old").await?;
     let handle = store.read_versioned("k").await?;
     check(handle.value.is_none(), "the expired item reads as missing")?;
     // The swap reads the item, then its conditional write never reaches the server (the
     // connection closes: the outcome is unknown to the client), and the lookup that resolves
-    // it waits 1 s in the proxy, while the "sweeper" (the test's own DeleteItem, sent once the
+    // it waits `HELD` in the proxy, while the "sweeper" (the test's own DeleteItem, sent once the
     // lookup has reached the proxy) removes the item.
     let before = proxy.seen();
     proxy.after(1, Fault::ResetBeforeForward);

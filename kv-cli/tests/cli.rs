@@ -6,6 +6,8 @@ use std::sync::Arc;
 use kv_cli::run::{Output, RunOptions};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
+mod common;
+
 const WASI_KV: &str = env!("CARGO_BIN_EXE_wasi-kv");
 const COUNTER: &str = kv_test_artifacts::COUNTER_EXAMPLE;
 
@@ -551,22 +553,10 @@ fn commands_built_for_spin_and_wasmtime_run_unchanged() {
 /// requires the component model async feature").
 #[test]
 fn a_wasip3_command_runs_with_keyvalue() {
-    let required = std::env::var("KV_REQUIRE").unwrap_or_default();
-    let redis = if required.split(',').any(|name| name.trim() == "redis")
-        || kv_testkit::emulator::installed("redis")
-    {
-        Some(kv_testkit::emulator::RedisServer::start().expect("redis-server starts"))
-    } else {
-        None
-    };
-    let mut backends = vec![("memory", "memory:".to_string())];
-    if let Some(server) = &redis {
-        backends.push(("redis", server.url()));
-    }
+    let (_redis, backends) = common::memory_and_redis();
     for (provider, url) in backends {
         let namespace = format!("p3-{:08x}", rand::random::<u32>());
-        let separator = if url.contains('?') { '&' } else { '?' };
-        let store = format!("default={url}{separator}namespace={namespace}");
+        let store = common::namespaced("default", &url, &namespace);
         let out = wasi_kv(&[
             "run",
             "--store",
@@ -594,22 +584,10 @@ fn a_wasip3_command_runs_with_keyvalue() {
 #[test]
 fn a_spin_sdk_6_command_runs_with_spin_4_key_value() {
     use kv_test_artifacts::INTEROP_SPIN_SDK6_COMMAND as COMMAND;
-    let required = std::env::var("KV_REQUIRE").unwrap_or_default();
-    let redis = if required.split(',').any(|name| name.trim() == "redis")
-        || kv_testkit::emulator::installed("redis")
-    {
-        Some(kv_testkit::emulator::RedisServer::start().expect("redis-server starts"))
-    } else {
-        None
-    };
-    let mut backends = vec![("memory", "memory:".to_string())];
-    if let Some(server) = &redis {
-        backends.push(("redis", server.url()));
-    }
+    let (_redis, backends) = common::memory_and_redis();
     for (provider, url) in backends {
         let namespace = format!("spin6-{:08x}", rand::random::<u32>());
-        let separator = if url.contains('?') { '&' } else { '?' };
-        let store = format!("default={url}{separator}namespace={namespace}");
+        let store = common::namespaced("default", &url, &namespace);
         let run = |args: &[&str]| {
             let mut all = vec![
                 "run",
@@ -693,18 +671,7 @@ fn a_spin_sdk_6_command_runs_with_spin_4_key_value() {
 /// line is the last one.
 #[test]
 fn the_portable_suite_passes_through_run() {
-    let required = std::env::var("KV_REQUIRE").unwrap_or_default();
-    let redis = if required.split(',').any(|name| name.trim() == "redis")
-        || kv_testkit::emulator::installed("redis")
-    {
-        Some(kv_testkit::emulator::RedisServer::start().expect("redis-server starts"))
-    } else {
-        None
-    };
-    let mut backends = vec![("memory", "memory:".to_string())];
-    if let Some(server) = &redis {
-        backends.push(("redis", server.url()));
-    }
+    let (_redis, backends) = common::memory_and_redis();
     let dir = tempfile::tempdir().unwrap();
     for (provider, url) in backends {
         let config = dir.path().join(format!("{provider}.toml"));

@@ -486,8 +486,7 @@ fn spin_sdk_handler_is_served(provider: &'static str) -> TestResult {
             (started.store_url, Some(started.guard))
         };
         let namespace = format!("spin-sdk-{:08x}", rand::random::<u32>());
-        let separator = if url.contains('?') { '&' } else { '?' };
-        let default = format!("default={url}{separator}namespace={namespace}");
+        let default = common::namespaced("default", &url, &namespace);
         let mut served = Served::start(
             INTEROP_SPIN_SDK_HANDLER,
             &[

@@ -166,3 +166,31 @@ pub fn expect(
     }
     Ok(())
 }
+
+/// A store argument `NAME=URL` with `namespace` added to the URL's query, so a test's keys
+/// never meet another run's on a shared backend.
+pub fn namespaced(name: &str, url: &str, namespace: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{name}={url}{separator}namespace={namespace}")
+}
+
+/// The backends a CLI test runs on: memory, and Redis when it is installed or `KV_REQUIRE`
+/// names it (then a missing server fails the test). The server lives as long as the guard.
+pub fn memory_and_redis() -> (
+    Option<kv_testkit::emulator::RedisServer>,
+    Vec<(&'static str, String)>,
+) {
+    let required = std::env::var("KV_REQUIRE").unwrap_or_default();
+    let redis = if required.split(',').any(|name| name.trim() == "redis")
+        || kv_testkit::emulator::installed("redis")
+    {
+        Some(kv_testkit::emulator::RedisServer::start().expect("redis-server starts"))
+    } else {
+        None
+    };
+    let mut backends = vec![("memory", "memory:".to_string())];
+    if let Some(server) = &redis {
+        backends.push(("redis", server.url()));
+    }
+    (redis, backends)
+}
