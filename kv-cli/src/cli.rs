@@ -297,6 +297,13 @@ pub struct ServeArgs {
     /// Requests running at once; one more gets a 503.
     #[arg(long, default_value_t = 256)]
     pub max_requests: u32,
+    /// Requests one instance of a WASI 0.3 handler answers before it is retired; 1 gives
+    /// every request a fresh instance, as a WASI 0.2 handler always gets.
+    #[arg(long, default_value_t = 128)]
+    pub instance_reuse: usize,
+    /// Requests one instance of a WASI 0.3 handler answers at once.
+    #[arg(long, default_value_t = 16)]
+    pub instance_concurrency: usize,
     /// Largest request body, e.g. `16MiB`; a larger Content-Length gets a 413.
     #[arg(long, default_value = "16MiB", value_parser = parse_size)]
     pub max_body: usize,

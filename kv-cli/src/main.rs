@@ -153,6 +153,10 @@ async fn dispatch(cli: Cli, spans: Option<Arc<dyn Observer>>) -> anyhow::Result<
                 max_requests: args.max_requests,
                 max_body_bytes: args.max_body as u64,
                 metrics,
+                reuse: kv_cli::serve::InstanceReuse {
+                    requests: args.instance_reuse,
+                    concurrent: args.instance_concurrency,
+                },
             };
             let server = Arc::new(Server::new(options, stores)?);
             let listener = kv_cli::serve::bind(args.addr).await?;

@@ -274,7 +274,7 @@ fn run_engine(time_limit: Option<Duration>, wasip3: bool) -> anyhow::Result<Engi
 /// Whether loading failed only because the component uses component-model async (a WASIp3
 /// component on an engine without it). wasmparser's message is the only signal; the WASIp3
 /// tests (`a_wasip3_command_runs_with_keyvalue`) fail if it changes.
-fn needs_component_model_async(err: &anyhow::Error) -> bool {
+pub(crate) fn needs_component_model_async(err: &anyhow::Error) -> bool {
     format!("{err:#}").contains("component model async feature")
 }
 

@@ -798,6 +798,259 @@ fn non_handler_is_refused() -> TestResult {
     )
 }
 
+/// A WASI 0.3 handler (async `wasi:http/handler@0.3.0`, built with wit-bindgen's async
+/// support) is served with seeded data: every keyvalue operation on `provider`, a body the
+/// guest writes after `handle` returned, and 64 concurrent increments counted exactly once by
+/// instances that answer several requests each (and say so).
+fn wasip3_handler_is_served(provider: &'static str) -> TestResult {
+    use kv_test_artifacts::P3_HANDLER;
+    runtime().block_on(async {
+        let (url, _guard) = if provider == "memory" {
+            ("memory:".to_string(), None)
+        } else {
+            let started = kv_testkit::emulator::Emulator::start_for(provider).await?;
+            (started.store_url, Some(started.guard))
+        };
+        let namespace = format!("p3-handler-{:08x}", rand::random::<u32>());
+        let default = common::namespaced("default", &url, &namespace);
+        let mut served = Served::start(
+            P3_HANDLER,
+            &[
+                "--store",
+                &default,
+                "--seed",
+                "greeting=hello",
+                "--time-limit",
+                "60s",
+            ],
+        )?;
+        let http = client();
+        let what = |step: &str| format!("{provider}: {step}");
+        let steps: Vec<(&str, reqwest::RequestBuilder, u16, Option<&[u8]>)> = vec![
+            (
+                "the seeded key",
+                http.get(served.url("/kv/greeting")),
+                200,
+                Some(b"hello"),
+            ),
+            (
+                "a missing key",
+                http.get(served.url("/kv/missing")),
+                404,
+                Some(b"missing"),
+            ),
+            (
+                "set",
+                http.put(served.url("/kv/answer")).body("42"),
+                204,
+                Some(b""),
+            ),
+            (
+                "get after set",
+                http.get(served.url("/kv/answer")),
+                200,
+                Some(b"42"),
+            ),
+            ("exists", http.head(served.url("/kv/answer")), 200, None),
+            (
+                "exists on a missing key",
+                http.head(served.url("/kv/missing")),
+                404,
+                None,
+            ),
+            (
+                "increment",
+                http.post(served.url("/incr/counter?by=5")),
+                200,
+                Some(b"5"),
+            ),
+            (
+                "get-many",
+                http.get(served.url("/many?keys=answer,missing")),
+                200,
+                Some(b"answer=42 <none>"),
+            ),
+            (
+                "list-keys",
+                http.get(served.url("/keys")),
+                200,
+                Some(b"answer\ncounter\ngreeting"),
+            ),
+            (
+                "delete",
+                http.delete(served.url("/kv/answer")),
+                204,
+                Some(b""),
+            ),
+            (
+                "get after delete",
+                http.get(served.url("/kv/answer")),
+                404,
+                Some(b"missing"),
+            ),
+            (
+                "a body written after handle returned",
+                http.get(served.url("/stream?chunks=3&ms=50")),
+                200,
+                Some(b"chunk 0\nchunk 1\nchunk 2\n"),
+            ),
+        ];
+        for (step, request, status, body) in steps {
+            expect(&what(step), &send(request).await?, status, body)?;
+        }
+        let unknown = send(http.get(served.url("/kv/x?store=nope"))).await?;
+        expect(&what("an unknown store"), &unknown, 500, None)?;
+        check(
+            String::from_utf8_lossy(&unknown.1).contains("NoSuchStore"),
+            format!(
+                "{provider}: an unknown store answered {:?}",
+                String::from_utf8_lossy(&unknown.1)
+            ),
+        )?;
+        let increments: Vec<_> = (0..64)
+            .map(|_| send(http.post(served.url("/incr/hits"))))
+            .collect();
+        let mut totals = Vec::new();
+        for got in futures::future::join_all(increments).await {
+            let got = got?;
+            expect(&what("a concurrent increment"), &got, 200, None)?;
+            totals.push(String::from_utf8_lossy(&got.1).parse::<u64>().unwrap_or(0));
+        }
+        totals.sort_unstable();
+        check(
+            totals == (1..=64).collect::<Vec<u64>>(),
+            format!("{provider}: 64 concurrent increments returned {totals:?}"),
+        )?;
+        // A request that arrives while every instance is busy, or just before one says it is
+        // free again, gets a new instance: reuse shows over several requests, not in each.
+        let mut most = 0;
+        for _ in 0..20 {
+            let instance = send(http.get(served.url("/instance"))).await?;
+            expect(&what("instance"), &instance, 200, None)?;
+            let handled: u64 = String::from_utf8_lossy(&instance.1)
+                .trim_start_matches("requests ")
+                .parse()
+                .unwrap_or(0);
+            most = most.max(handled);
+        }
+        check(
+            most > 1,
+            format!("{provider}: no instance answered more than {most} request (no reuse)"),
+        )?;
+        let status = served.terminate()?;
+        check(status.success(), format!("serve exited with {status}"))
+    })
+}
+
+/// `--instance-reuse 1` gives every WASI 0.3 request a fresh instance: none sees another's
+/// memory.
+fn wasip3_instance_reuse_1_is_a_fresh_instance_per_request() -> TestResult {
+    use kv_test_artifacts::P3_HANDLER;
+    runtime().block_on(async {
+        let served = Served::start(P3_HANDLER, &["--instance-reuse", "1"])?;
+        let http = client();
+        for round in 0..5 {
+            let got = send(http.get(served.url("/instance"))).await?;
+            expect(&format!("round {round}"), &got, 200, Some(b"requests 1"))?;
+        }
+        Ok(())
+    })
+}
+
+/// serve's limits hold for a WASI 0.3 handler, whose instances answer several requests: a
+/// guest that computes or waits past the time limit is a 504 while requests beside it are
+/// answered; memory past the limit is a 500 naming it; stores opened past the handle cap are
+/// a 500 (the trap of a full table); a body over `--max-body` is a 413; afterwards the server still serves.
+fn wasip3_handler_limits() -> TestResult {
+    use kv_test_artifacts::P3_HANDLER;
+    runtime().block_on(async {
+        let served = Served::start(
+            P3_HANDLER,
+            &[
+                "--time-limit",
+                "1s",
+                "--memory-limit",
+                "32MiB",
+                "--max-body",
+                "64KiB",
+            ],
+        )?;
+        let http = client();
+        let started = Instant::now();
+        let spinning = tokio::spawn(send(http.get(served.url("/spin"))));
+        let waiting = tokio::spawn(send(http.get(served.url("/wait"))));
+        for _ in 0..20 {
+            let asked = Instant::now();
+            expect(
+                "a request beside them",
+                &send(http.get(served.url("/kv/x"))).await?,
+                404,
+                Some(b"missing"),
+            )?;
+            check(
+                asked.elapsed() < Duration::from_millis(900),
+                format!(
+                    "a request beside the spinning one took {:?}",
+                    asked.elapsed()
+                ),
+            )?;
+        }
+        for (what, task) in [("spin", spinning), ("wait", waiting)] {
+            let got = task.await.map_err(|err| Failed::from(err.to_string()))??;
+            expect(what, &got, 504, None)?;
+            let elapsed = started.elapsed();
+            check(
+                elapsed < Duration::from_secs(5),
+                format!("{what} was stopped after {elapsed:?}"),
+            )?;
+        }
+        expect(
+            "8 MiB",
+            &send(http.get(served.url("/grow?mib=8"))).await?,
+            200,
+            None,
+        )?;
+        let over = send(http.get(served.url("/grow?mib=64"))).await?;
+        expect("64 MiB", &over, 500, None)?;
+        check(
+            String::from_utf8_lossy(&over.1).contains("memory limit"),
+            format!(
+                "the 500 names the memory limit: {:?}",
+                String::from_utf8_lossy(&over.1)
+            ),
+        )?;
+        // wasi:keyvalue's `open` traps on a full handle table: the instance is dropped and
+        // the next request gets a fresh one.
+        let opened = send(http.get(served.url("/open?n=20000"))).await?;
+        expect(
+            "20,000 open stores",
+            &opened,
+            500,
+            Some(b"the handler failed\n"),
+        )?;
+        expect(
+            "100 open stores",
+            &send(http.get(served.url("/open?n=100"))).await?,
+            200,
+            Some(b"opened 100"),
+        )?;
+        let big = send(http.put(served.url("/kv/big")).body(vec![7u8; 100 << 10])).await?;
+        expect("a body over --max-body", &big, 413, None)?;
+        expect(
+            "after",
+            &send(http.put(served.url("/kv/small")).body("ok")).await?,
+            204,
+            None,
+        )?;
+        expect(
+            "get after",
+            &send(http.get(served.url("/kv/small"))).await?,
+            200,
+            Some(b"ok"),
+        )
+    })
+}
+
 /// Requests of each kind in the metrics test.
 const SCRAPED_EACH: usize = 100;
 
@@ -1087,6 +1340,14 @@ fn main() -> std::process::ExitCode {
             sigterm_finishes_in_flight_requests,
         ),
         Trial::test("non_handler_is_refused", non_handler_is_refused),
+        Trial::test("wasip3_handler_on_memory", || {
+            wasip3_handler_is_served("memory")
+        }),
+        Trial::test(
+            "wasip3_instance_reuse_1_is_a_fresh_instance_per_request",
+            wasip3_instance_reuse_1_is_a_fresh_instance_per_request,
+        ),
+        Trial::test("wasip3_handler_limits", wasip3_handler_limits),
     ];
     trials.push(Trial::test(
         "otlp_spans_for_requests_and_store_calls",
@@ -1114,6 +1375,12 @@ fn main() -> std::process::ExitCode {
     with_emulator.push((
         "redis",
         Trial::test("unavailable_store_is_503", unavailable_store_is_503),
+    ));
+    with_emulator.push((
+        "redis",
+        Trial::test("wasip3_handler_on_redis", || {
+            wasip3_handler_is_served("redis")
+        }),
     ));
     with_emulator.push((
         "redis",

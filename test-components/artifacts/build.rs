@@ -78,6 +78,14 @@ const COMPONENTS: &[(&str, &str, &str, &str)] = &[
          or `spin`, `grow MIB`, `open N` for `run`'s limits.",
     ),
     (
+        "P3_HANDLER",
+        "kv-p3-handler",
+        "kv_p3_handler",
+        "A WASIp3 HTTP handler (`wasi:http/handler@0.3.0`, async) using wasi:keyvalue: \
+         `/kv/{key}`, `/keys`, `/incr/{key}`, `/many`, `/instance`, `/stream`, and `/spin`, \
+         `/wait`, `/grow`, `/open` for serve's limits.",
+    ),
+    (
         "INTEROP_SPIN_SDK6_COMMAND",
         "interop-spin-sdk6-command",
         "interop_spin_sdk6_command",

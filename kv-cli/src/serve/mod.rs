@@ -1,8 +1,9 @@
-//! `wasi-kv serve`: a `wasi:http/incoming-handler` component with keyvalue, one instance per
-//! request.
+//! `wasi-kv serve`: an HTTP handler component with keyvalue: WASI 0.2's
+//! `wasi:http/incoming-handler` (one instance per request) or WASI 0.3's `wasi:http/handler`
+//! (instances reused, see [`p3`]).
 //!
-//! The component is compiled and pre-instantiated once. Every request gets a fresh store
-//! with its own memory limit and time limit. The time limit is enforced two ways: epoch
+//! The component is compiled and pre-instantiated once. Every WASI 0.2 request gets a fresh
+//! store with its own memory limit and time limit. The time limit is enforced two ways: epoch
 //! interruption stops guest code that computes too long, and a timer stops a guest that waits
 //! too long on the host. A request that breaks either limit, or traps, gets a 5xx and a log
 //! line, and the server carries on.
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -27,17 +28,23 @@ use kv_core::Stores;
 use kv_host::{KvCtx, KvView, WasiKvView};
 use tokio::net::TcpListener;
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
-use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::handler::ProxyHandler;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::outbound::{OutboundHooks, OutboundPolicy};
-use crate::run::load_component;
+use crate::run::{load_component, needs_component_model_async};
 use crate::sandbox::{EpochTicker, MemoryLimiter, is_time_limit, resource_table, set_deadline};
+
+mod p3;
+
+pub use p3::InstanceReuse;
 
 /// Bytes of each pooled linear memory kept mapped between requests (reset in place); a
 /// handler's stack and small heap fit, and 256 slots keep at most 1 GiB resident.
@@ -76,6 +83,9 @@ pub struct ServeOptions {
     pub max_body_bytes: u64,
     /// Where requests are counted (`--metrics`), if anywhere.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// How a WASI 0.3 handler's instances are reused (a WASI 0.2 handler gets a fresh
+    /// instance per request).
+    pub reuse: InstanceReuse,
 }
 
 impl Default for ServeOptions {
@@ -92,6 +102,7 @@ impl Default for ServeOptions {
             max_requests: 256,
             max_body_bytes: 16 << 20,
             metrics: None,
+            reuse: InstanceReuse::default(),
         }
     }
 }
@@ -276,18 +287,98 @@ fn full_body(text: String) -> HyperOutgoingBody {
         .boxed_unsync()
 }
 
-/// A compiled, pre-instantiated component and everything each request needs.
-pub struct Server {
+/// The handler a component exports, and how its requests get instances.
+enum Handler {
+    /// WASI 0.2's `wasi:http/incoming-handler`: a fresh instance per request.
+    P2(ProxyPre<RequestState>),
+    /// WASI 0.3's `wasi:http/handler`: wasmtime's worker pool, instances reused
+    /// ([`InstanceReuse`]).
+    P3(ProxyHandler<p3::Instances>),
+}
+
+/// What every request's (or WASI 0.3 instance's) store is made of.
+pub(crate) struct StoreFactory {
     engine: Engine,
-    pre: ProxyPre<RequestState>,
     stores: Arc<Stores>,
     envs: Vec<(String, String)>,
-    options: ServeOptions,
     outbound: Arc<OutboundPolicy>,
+    memory_limit: usize,
+}
+
+impl StoreFactory {
+    /// A store with its memory limit and no deadline yet (the caller sets the one of its
+    /// handler kind: an engine with epoch checks stops a store without one at once).
+    fn new_store(&self, memory_hit: Arc<AtomicBool>) -> Store<RequestState> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.inherit_stdout().inherit_stderr();
+        wasi.envs(&self.envs);
+        let state = RequestState {
+            table: resource_table(),
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            hooks: OutboundHooks::new(self.outbound.clone()),
+            kv: KvCtx::new(self.stores.clone()),
+            limiter: MemoryLimiter::new(self.memory_limit, memory_hit),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store
+    }
+}
+
+/// A compiled, pre-instantiated component and everything each request needs.
+pub struct Server {
+    handler: Handler,
+    factory: Arc<StoreFactory>,
+    options: ServeOptions,
     connections: Arc<tokio::sync::Semaphore>,
     requests: Arc<tokio::sync::Semaphore>,
     next_request: AtomicU64,
     _ticker: EpochTicker,
+}
+
+/// The engine `serve` compiles with: epoch checks, pooled instances; component-model async
+/// (and the store's concurrency support) only for a WASI 0.3 handler.
+fn serve_engine(options: &ServeOptions, wasip3: bool) -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    if wasip3 {
+        config.wasm_component_model_async(true);
+    } else {
+        // WASI 0.2 handlers: no store needs wasmtime's concurrency support, so none pays
+        // for it.
+        config.concurrency_support(false);
+    }
+    // Pre-reserved instance slots: per-request instantiation reuses memory instead of
+    // mapping it afresh. A request beyond the slots gets a 503.
+    let slots = options.max_requests.max(1);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(slots)
+        .total_core_instances(slots * 4)
+        .total_memories(slots * 2)
+        .total_tables(slots * 4)
+        // A WASI 0.3 instance's concurrent requests may each hold a fiber.
+        .total_stacks(if wasip3 { slots * 2 } else { slots })
+        .max_memory_size(options.memory_limit);
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
+        // A finished instance's memory is reset by rewriting only the pages it dirtied
+        // (Linux's PAGEMAP_SCAN, kernel 6.7+), not unmapped: the next request takes no
+        // page faults and no other core has its TLB flushed. Without the scan, keeping
+        // memory resident would mean clearing all of it per request, so it is not kept.
+        pool.pagemap_scan(wasmtime::Enabled::Yes)
+            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY_BYTES)
+            .table_keep_resident(KEEP_RESIDENT_TABLE_BYTES);
+    }
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).map_err(anyhow::Error::from)
+}
+
+/// Whether `component` exports WASI 0.3's handler.
+fn exports_wasip3_handler(engine: &Engine, component: &Component) -> bool {
+    component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name == p3::WASIP3_HANDLER)
 }
 
 impl Server {
@@ -302,43 +393,35 @@ impl Server {
             envs.push((name.to_string(), value.to_string()));
         }
         let outbound = Arc::new(OutboundPolicy::parse(&options.allowed_outbound)?);
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        // WASI 0.2 handlers: no store needs wasmtime's concurrency support (component-model
-        // async is compiled in for `run`'s WASIp3 commands).
-        config.concurrency_support(false);
-        // Pre-reserved instance slots: per-request instantiation reuses memory instead of
-        // mapping it afresh. A request beyond the slots gets a 503.
-        let slots = options.max_requests.max(1);
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(slots)
-            .total_core_instances(slots * 4)
-            .total_memories(slots * 2)
-            .total_tables(slots * 4)
-            .total_stacks(slots)
-            .max_memory_size(options.memory_limit);
-        let reset_in_place = PoolingAllocationConfig::is_pagemap_scan_available();
+        if options.reuse.requests == 0 || options.reuse.concurrent == 0 {
+            bail!("--instance-reuse and --instance-concurrency must be at least 1");
+        }
+        // A WASI 0.2 handler compiles for an engine without concurrency support, exactly as
+        // before WASI 0.3; one that uses component-model async (WASI 0.3) gets an engine
+        // with it.
+        let engine = serve_engine(&options, false)?;
+        let (engine, component, wasip3) = match load_component(&engine, &options.component) {
+            Ok(component) if !exports_wasip3_handler(&engine, &component) => {
+                (engine, component, false)
+            }
+            Err(err) if !needs_component_model_async(&err) => return Err(err),
+            _ => {
+                let engine = serve_engine(&options, true)?;
+                let component = load_component(&engine, &options.component)?;
+                (engine, component, true)
+            }
+        };
         info!(
-            reset = if reset_in_place {
+            reset = if PoolingAllocationConfig::is_pagemap_scan_available() {
                 "in place (PAGEMAP_SCAN)"
             } else {
                 "by unmapping"
             },
-            "instance memory is reset between requests"
+            "instance memory is reset between instances"
         );
-        if reset_in_place {
-            // A finished instance's memory is reset by rewriting only the pages it dirtied
-            // (Linux's PAGEMAP_SCAN, kernel 6.7+), not unmapped: the next request takes no
-            // page faults and no other core has its TLB flushed. Without the scan, keeping
-            // memory resident would mean clearing all of it per request, so it is not kept.
-            pool.pagemap_scan(wasmtime::Enabled::Yes)
-                .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY_BYTES)
-                .table_keep_resident(KEEP_RESIDENT_TABLE_BYTES);
-        }
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
-        let component = load_component(&engine, &options.component)?;
         let mut linker = Linker::<RequestState>::new(&engine);
+        // A WASI 0.3 component built with Rust's standard library imports WASI 0.2's streams
+        // for its stdio too, so WASI 0.2 is always linked.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)?;
@@ -346,25 +429,61 @@ impl Server {
         kv_host::add_to_linker_for(&mut linker, &component)?;
         // Spin's own key-value interface, for components built with spin-sdk up to 5.x.
         kv_host::add_spin_key_value_to_linker(&mut linker)?;
+        if wasip3 {
+            wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
+            wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
+            // Spin 4's, for WASI 0.3 components built with spin-sdk 6.x.
+            kv_host::add_spin3_key_value_to_linker(&mut linker)?;
+        }
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
             .context(
-                "linking the component (does it import only WASI 0.2, wasi:http and keyvalue?)",
+                "linking the component (does it import only WASI 0.2 or 0.3.0, wasi:http and \
+                 keyvalue?)",
             )?;
-        let pre = ProxyPre::new(instance_pre)
-            .map_err(anyhow::Error::from)
-            .context("the component does not export wasi:http/incoming-handler")?;
-        let ticker = EpochTicker::start(engine.clone());
-        Ok(Server {
-            engine,
-            pre,
+        let slots = options.max_requests.max(1);
+        let factory = Arc::new(StoreFactory {
+            engine: engine.clone(),
             stores,
             envs,
+            outbound,
+            memory_limit: options.memory_limit,
+        });
+        let handler = if wasip3 {
+            let pre = ServicePre::new(instance_pre)
+                .map_err(anyhow::Error::from)
+                .context("the component does not export wasi:http/handler@0.3.0")?;
+            info!(
+                requests_per_instance = options.reuse.requests,
+                at_once = options.reuse.concurrent,
+                "a WASI 0.3 handler: instances are reused (--instance-reuse, \
+                 --instance-concurrency)"
+            );
+            Handler::P3(ProxyHandler::new(p3::Instances::new(
+                factory.clone(),
+                pre,
+                options.time_limit,
+                options.reuse,
+                options.metrics.clone(),
+            )))
+        } else {
+            Handler::P2(
+                ProxyPre::new(instance_pre)
+                    .map_err(anyhow::Error::from)
+                    .context(
+                        "the component exports neither wasi:http/incoming-handler (WASI 0.2) \
+                         nor wasi:http/handler@0.3.0 (WASI 0.3)",
+                    )?,
+            )
+        };
+        let ticker = EpochTicker::start(engine);
+        Ok(Server {
+            handler,
+            factory,
             connections: Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1))),
             requests: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
             options,
-            outbound,
             next_request: AtomicU64::new(1),
             _ticker: ticker,
         })
@@ -432,6 +551,9 @@ impl Server {
                 "shutdown timeout reached; dropping the remaining connections"
             ),
         }
+        if let Handler::P3(handler) = &self.handler {
+            handler.state().stop();
+        }
         Ok(())
     }
 
@@ -486,8 +608,22 @@ impl Server {
             remaining: self.options.max_body_bytes,
             limit: self.options.max_body_bytes,
         });
+        let pre = match &self.handler {
+            Handler::P2(pre) => pre.clone(),
+            Handler::P3(handler) => {
+                return p3::call(
+                    handler,
+                    request,
+                    slot,
+                    self.options.time_limit,
+                    self.options.memory_limit,
+                )
+                .await;
+            }
+        };
         let memory_hit = Arc::new(AtomicBool::new(false));
-        let mut store = self.new_store(memory_hit.clone());
+        let mut store = self.factory.new_store(memory_hit.clone());
+        set_deadline(&mut store, Some(self.options.time_limit));
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let (incoming, outparam) = {
             let mut http = store.data_mut().http();
@@ -509,8 +645,7 @@ impl Server {
         tokio::spawn(
             async move {
                 let run = async {
-                    let proxy = server
-                        .pre
+                    let proxy = pre
                         .instantiate_async(&mut store)
                         .await
                         .map_err(|err| Failure::Instantiate(anyhow::Error::from(err)))?;
@@ -558,24 +693,6 @@ impl Server {
                 ))),
             },
         }
-    }
-
-    fn new_store(&self, memory_hit: Arc<AtomicBool>) -> Store<RequestState> {
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.inherit_stdout().inherit_stderr();
-        wasi.envs(&self.envs);
-        let state = RequestState {
-            table: resource_table(),
-            wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
-            hooks: OutboundHooks::new(self.outbound.clone()),
-            kv: KvCtx::new(self.stores.clone()),
-            limiter: MemoryLimiter::new(self.options.memory_limit, memory_hit),
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limiter);
-        set_deadline(&mut store, Some(self.options.time_limit));
-        store
     }
 }
 
