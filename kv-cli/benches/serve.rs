@@ -47,6 +47,8 @@ struct Settings {
     providers: Vec<String>,
     /// Only the curve against wasmtime.
     curve: bool,
+    /// Only the WASIp3 handler against wasmtime.
+    p3: bool,
     plots: Option<std::path::PathBuf>,
 }
 
@@ -56,6 +58,7 @@ fn settings() -> Settings {
         connections: 16,
         providers: vec!["memory".to_string(), "redis".to_string()],
         curve: false,
+        p3: false,
         plots: None,
     };
     let mut args = std::env::args().skip(1);
@@ -66,6 +69,7 @@ fn settings() -> Settings {
                 settings.connections = args.next().and_then(|v| v.parse().ok()).unwrap_or(16)
             }
             "--curve" => settings.curve = true,
+            "--p3" => settings.p3 = true,
             "--plots" => settings.plots = args.next().map(std::path::PathBuf::from),
             "--providers" => {
                 settings.providers = args
@@ -353,11 +357,12 @@ async fn bench_provider(provider: &str, settings: &Settings) -> anyhow::Result<(
 /// its cost per request grows with the data: the routes run with `keys` preset keys.
 async fn bench_vs_wasmtime(
     cli: &std::path::Path,
+    handler: Handler,
     settings: &Settings,
     keys: usize,
     routes: &[Route],
 ) -> anyhow::Result<()> {
-    let servers = Servers::start(cli, keys)?;
+    let servers = Servers::start(cli, handler, keys)?;
     let hosts = servers.hosts();
     let duration = Duration::from_secs(settings.seconds);
     for &route in routes {
@@ -379,7 +384,36 @@ async fn bench_vs_wasmtime(
     Ok(())
 }
 
-/// `wasi-kv serve` and `wasmtime serve -S keyvalue` as processes on the bench handler, with
+/// The WASIp3 bench handler on `wasi-kv serve` and on `wasmtime serve -S p3 -S keyvalue`,
+/// route by route, 16 preset keys.
+async fn bench_p3_vs_wasmtime(cli: &std::path::Path, settings: &Settings) -> anyhow::Result<()> {
+    println!();
+    println!(
+        "WASIp3: against `{} serve -S p3 -S keyvalue` on test-components/handlers/p3-bench-handler \
+         (wasi:http/handler@0.3.0; both hosts reuse instances, 128 requests each, 16 at once):",
+        cli.display()
+    );
+    println!();
+    println!(
+        "| preset keys | route | host | connections | req/s | p50 ms | p90 ms | p99 ms | max ms | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let routes = [Route::Get(16), Route::Put(16), Route::Counter];
+    bench_vs_wasmtime(cli, Handler::P3, settings, 16, &routes).await
+}
+
+/// Which bench handler both hosts serve.
+#[derive(Clone, Copy)]
+enum Handler {
+    /// WASI 0.2's `wasi:http/incoming-handler`: `test-components/handlers/bench-handler`.
+    P2,
+    /// WASI 0.3's `wasi:http/handler@0.3.0`: `test-components/handlers/p3-bench-handler`
+    /// (`wasmtime serve -S p3`); both hosts reuse its instances, 128 requests each and 16 at
+    /// once by default.
+    P3,
+}
+
+/// `wasi-kv serve` and `wasmtime serve -S keyvalue` as processes on a bench handler, with
 /// the same preset keys.
 struct Servers {
     wasi_kv: emulator::LocalServer,
@@ -387,8 +421,11 @@ struct Servers {
 }
 
 impl Servers {
-    fn start(cli: &std::path::Path, keys: usize) -> anyhow::Result<Servers> {
-        let handler = kv_test_artifacts::BENCH_HANDLER;
+    fn start(cli: &std::path::Path, handler: Handler, keys: usize) -> anyhow::Result<Servers> {
+        let (handler, wasip3) = match handler {
+            Handler::P2 => (kv_test_artifacts::BENCH_HANDLER, false),
+            Handler::P3 => (kv_test_artifacts::P3_BENCH_HANDLER, true),
+        };
         let value = String::from_utf8(VALUE.to_vec())?;
         let seeds: Vec<String> = (0..keys).map(|n| format!("key-{n}={value}")).collect();
         let wasi_kv_seeds = seeds.clone();
@@ -412,6 +449,9 @@ impl Servers {
             move |port| {
                 let mut command = std::process::Command::new(&cli);
                 command.args(["serve", "-S", "cli", "-S", "keyvalue"]);
+                if wasip3 {
+                    command.args(["-S", "p3"]);
+                }
                 for seed in &seeds {
                     command.args(["-S", &format!("keyvalue-in-memory-data={seed}")]);
                 }
@@ -452,7 +492,7 @@ const CURVE_CONNECTIONS: [usize; 6] = [1, 4, 16, 64, 256, 1024];
 /// ≤ 64 KiB), then `GET` (16 preset keys) on both servers at each of [`CURVE_CONNECTIONS`]:
 /// requests/s, p99 and each server's resident memory after the run.
 async fn serve_curve(cli: &std::path::Path, settings: &Settings) -> anyhow::Result<()> {
-    let servers = Servers::start(cli, 16)?;
+    let servers = Servers::start(cli, Handler::P2, 16)?;
     let hosts = servers.hosts();
     idle_connections(&hosts).await?;
     println!();
@@ -599,6 +639,11 @@ fn main() -> anyhow::Result<()> {
         );
         return runtime.block_on(serve_curve(&cli, &settings));
     }
+    if settings.p3 {
+        let cli = emulator::wasmtime_cli()
+            .ok_or_else(|| anyhow::anyhow!("--p3 needs a wasmtime CLI ($WASMTIME or PATH)"))?;
+        return runtime.block_on(bench_p3_vs_wasmtime(&cli, &settings));
+    }
     println!(
         "wasi-kv serve benchmark: examples/http-kv, {} s per row, {} connections, {} cores",
         settings.seconds,
@@ -627,13 +672,15 @@ fn main() -> anyhow::Result<()> {
             );
             println!("|---|---|---|---|---|---|---|---|---|---|");
             let few = [Route::Get(16), Route::Put(16), Route::Counter];
-            runtime.block_on(bench_vs_wasmtime(&cli, &settings, 16, &few))?;
+            runtime.block_on(bench_vs_wasmtime(&cli, Handler::P2, &settings, 16, &few))?;
             runtime.block_on(bench_vs_wasmtime(
                 &cli,
+                Handler::P2,
                 &settings,
                 KEYS,
                 &[Route::Get(KEYS)],
             ))?;
+            runtime.block_on(bench_p3_vs_wasmtime(&cli, &settings))?;
         }
         None => println!("\nwasmtime serve: not measured (set $WASMTIME or put wasmtime on PATH)"),
     }

@@ -377,17 +377,23 @@ fn time_limit_is_504_and_others_are_served() -> TestResult {
 /// clean 200: when the head already went out, the chunked body is never terminated and the
 /// connection closes; when it had not, the connection closes with no response. The server
 /// logs it as an error and keeps serving.
-fn trap_after_the_head_is_a_broken_response() -> TestResult {
+///
+/// `route` traps after `?ms=N` ms; `after` is then a request that must be answered as
+/// `(status, body)`. The WASI 0.3 fixture resolves its trailers at once, so only the host can
+/// tell its body was cut.
+fn trap_after_the_head_is_a_broken_response(
+    component: &str,
+    route: &str,
+    after: (&str, u16, &[u8]),
+) -> TestResult {
     use std::io::{Read as _, Write as _};
     let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
     let log_path = dir.path().join("serve.log");
     let log = std::fs::File::create(&log_path).map_err(|err| err.to_string())?;
-    let served = Served::start_logging(FIXTURE, &[], Stdio::from(log))?;
+    let served = Served::start_logging(component, &[], Stdio::from(log))?;
     let addr = served.base.trim_start_matches("http://").to_string();
-    for (path, head_sent) in [
-        ("/trap-after-headers?ms=300", true),
-        ("/trap-after-headers", false),
-    ] {
+    let waiting = format!("{route}?ms=300");
+    for (path, head_sent) in [(waiting.as_str(), true), (route, false)] {
         let mut stream =
             std::net::TcpStream::connect(&addr).map_err(|err| Failed::from(err.to_string()))?;
         stream
@@ -420,10 +426,7 @@ fn trap_after_the_head_is_a_broken_response() -> TestResult {
     runtime().block_on(async {
         let http = client();
         // A real client sees an error, never a short success.
-        let answer = http
-            .get(served.url("/trap-after-headers?ms=300"))
-            .send()
-            .await;
+        let answer = http.get(served.url(&waiting)).send().await;
         match answer {
             Ok(response) => {
                 check(response.status() == 200, "the head says 200")?;
@@ -435,11 +438,12 @@ fn trap_after_the_head_is_a_broken_response() -> TestResult {
             }
             Err(err) => return Err(Failed::from(format!("the head was not sent: {err}"))),
         }
+        let (path, status, body) = after;
         expect(
-            "GET / after",
-            &send(http.get(served.url("/"))).await?,
-            200,
-            Some(b"ok"),
+            &format!("GET {path} after"),
+            &send(http.get(served.url(path))).await?,
+            status,
+            Some(body),
         )
     })?;
     drop(served);
@@ -1004,6 +1008,20 @@ fn wasip3_handler_limits() -> TestResult {
                 format!("{what} was stopped after {elapsed:?}"),
             )?;
         }
+        // The 504 alone does not show the guest stopped: its instance must not go on
+        // computing after it.
+        #[cfg(target_os = "linux")]
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let pid = served.child.id();
+            let before = cpu_seconds(pid).ok_or("no /proc stat")?;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let used = cpu_seconds(pid).ok_or("no /proc stat")? - before;
+            check(
+                used < 0.5,
+                format!("the server used {used:.2} s of CPU in 1.5 s after the 504s"),
+            )?;
+        }
         expect(
             "8 MiB",
             &send(http.get(served.url("/grow?mib=8"))).await?,
@@ -1036,6 +1054,8 @@ fn wasip3_handler_limits() -> TestResult {
         )?;
         let big = send(http.put(served.url("/kv/big")).body(vec![7u8; 100 << 10])).await?;
         expect("a body over --max-body", &big, 413, None)?;
+        // The 413 closes its connection: a new client, not a pooled connection racing it.
+        let http = client();
         expect(
             "after",
             &send(http.put(served.url("/kv/small")).body("ok")).await?,
@@ -1049,6 +1069,96 @@ fn wasip3_handler_limits() -> TestResult {
             Some(b"ok"),
         )
     })
+}
+
+/// 16 keep-alive clients sending 200 requests each to a WASI 0.3 handler, with
+/// `--max-requests 16` (a pool of 32 instances): every request is answered, because instances
+/// are reused instead of a new one being made whenever none looks free. (A first version
+/// counted an instance that had run into an epoch tick in the last 20 ms as busy: under load
+/// every instance had, and half the requests got 503 for an exhausted pool.)
+fn wasip3_sustained_load_reuses_instances() -> TestResult {
+    runtime().block_on(async {
+        let served = Served::start(
+            kv_test_artifacts::P3_HANDLER,
+            &["--max-requests", "16", "--seed", "k=v"],
+        )?;
+        let clients: Vec<_> = (0..16)
+            .map(|_| {
+                let http = client();
+                let url = served.url("/kv/k");
+                tokio::spawn(async move {
+                    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+                    for _ in 0..200 {
+                        let (status, _) = send(http.get(&url)).await?;
+                        *statuses.entry(status.as_u16()).or_default() += 1;
+                    }
+                    Ok::<_, Failed>(statuses)
+                })
+            })
+            .collect();
+        let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+        for client in clients {
+            let counted = client
+                .await
+                .map_err(|err| Failed::from(err.to_string()))??;
+            for (status, count) in counted {
+                *statuses.entry(status).or_default() += count;
+            }
+        }
+        check(
+            statuses.len() == 1 && statuses.get(&200) == Some(&3200),
+            format!("3,200 requests answered: {statuses:?}"),
+        )
+    })
+}
+
+/// CPU seconds a process has used (user + system; Linux's `/proc/PID/stat`, 100 ticks a
+/// second).
+#[cfg(target_os = "linux")]
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state, then utime and stime are the 12th and
+    // 13th fields.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// A client that asks for a large WASI 0.3 body and stops reading keeps its request slot only
+/// until the time limit: with `--max-requests 1` the next request is a 503 while the body is
+/// being written, and is served once the limit has passed.
+fn wasip3_a_client_that_stops_reading_gives_its_slot_back() -> TestResult {
+    use std::io::Write as _;
+    let served = Served::start(
+        kv_test_artifacts::P3_HANDLER,
+        &["--max-requests", "1", "--time-limit", "2s"],
+    )?;
+    let addr = served.base.trim_start_matches("http://").to_string();
+    let mut stalled =
+        std::net::TcpStream::connect(&addr).map_err(|err| Failed::from(err.to_string()))?;
+    // 64 MiB: far more than the sockets between them buffer.
+    stalled
+        .write_all(b"GET /stream?chunks=64&kib=1024 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .map_err(|err| err.to_string())?;
+    runtime().block_on(async {
+        let http = client();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        expect(
+            "while the body is written",
+            &send(http.get(served.url("/kv/x"))).await?,
+            503,
+            None,
+        )?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        expect(
+            "after the time limit",
+            &send(http.get(served.url("/kv/x"))).await?,
+            404,
+            Some(b"missing"),
+        )
+    })?;
+    drop(stalled);
+    Ok(())
 }
 
 /// Requests of each kind in the metrics test.
@@ -1331,10 +1441,20 @@ fn main() -> std::process::ExitCode {
         Trial::test("spin_sdk_handler_on_memory", || {
             spin_sdk_handler_is_served("memory")
         }),
-        Trial::test(
-            "trap_after_the_head_is_a_broken_response",
-            trap_after_the_head_is_a_broken_response,
-        ),
+        Trial::test("trap_after_the_head_is_a_broken_response", || {
+            trap_after_the_head_is_a_broken_response(
+                FIXTURE,
+                "/trap-after-headers",
+                ("/", 200, b"ok"),
+            )
+        }),
+        Trial::test("wasip3_trap_after_the_head_is_a_broken_response", || {
+            trap_after_the_head_is_a_broken_response(
+                kv_test_artifacts::P3_HANDLER,
+                "/trap-after-head",
+                ("/kv/x", 404, b"missing"),
+            )
+        }),
         Trial::test(
             "sigterm_finishes_in_flight_requests",
             sigterm_finishes_in_flight_requests,
@@ -1348,6 +1468,14 @@ fn main() -> std::process::ExitCode {
             wasip3_instance_reuse_1_is_a_fresh_instance_per_request,
         ),
         Trial::test("wasip3_handler_limits", wasip3_handler_limits),
+        Trial::test(
+            "wasip3_sustained_load_reuses_instances",
+            wasip3_sustained_load_reuses_instances,
+        ),
+        Trial::test(
+            "wasip3_a_client_that_stops_reading_gives_its_slot_back",
+            wasip3_a_client_that_stops_reading_gives_its_slot_back,
+        ),
     ];
     trials.push(Trial::test(
         "otlp_spans_for_requests_and_store_calls",

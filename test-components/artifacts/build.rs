@@ -86,6 +86,14 @@ const COMPONENTS: &[(&str, &str, &str, &str)] = &[
          `/wait`, `/grow`, `/open` for serve's limits.",
     ),
     (
+        "P3_BENCH_HANDLER",
+        "kv-p3-bench-handler",
+        "kv_p3_bench_handler",
+        "The WASIp3 benchmark handler: `GET`/`PUT /kv/{key}`, `POST /counter/{key}` behind \
+         `wasi:http/handler@0.3.0` (0.2.0-draft keyvalue, opens `\"\"`; runs on `wasi-kv serve` \
+         and `wasmtime serve -S p3 -S keyvalue`).",
+    ),
+    (
         "INTEROP_SPIN_SDK6_COMMAND",
         "interop-spin-sdk6-command",
         "interop_spin_sdk6_command",

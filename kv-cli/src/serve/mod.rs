@@ -334,7 +334,7 @@ pub struct Server {
     connections: Arc<tokio::sync::Semaphore>,
     requests: Arc<tokio::sync::Semaphore>,
     next_request: AtomicU64,
-    _ticker: EpochTicker,
+    _ticker: Arc<EpochTicker>,
 }
 
 /// The engine `serve` compiles with: epoch checks, pooled instances; component-model async
@@ -353,12 +353,15 @@ fn serve_engine(options: &ServeOptions, wasip3: bool) -> anyhow::Result<Engine> 
     // mapping it afresh. A request beyond the slots gets a 503.
     let slots = options.max_requests.max(1);
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(slots)
-        .total_core_instances(slots * 4)
-        .total_memories(slots * 2)
-        .total_tables(slots * 4)
-        // A WASI 0.3 instance's concurrent requests may each hold a fiber.
-        .total_stacks(if wasip3 { slots * 2 } else { slots })
+    // A WASI 0.3 instance can outlive its requests' slots (a request expired at the time
+    // limit, its instance draining), so its pool has room for twice as many; its concurrent
+    // requests may each hold a fiber.
+    let instances = if wasip3 { slots * 2 } else { slots };
+    pool.total_component_instances(instances)
+        .total_core_instances(instances * 4)
+        .total_memories(instances * 2)
+        .total_tables(instances * 4)
+        .total_stacks(instances)
         .max_memory_size(options.memory_limit);
     if PoolingAllocationConfig::is_pagemap_scan_available() {
         // A finished instance's memory is reset by rewriting only the pages it dirtied
@@ -450,6 +453,9 @@ impl Server {
             outbound,
             memory_limit: options.memory_limit,
         });
+        // The ticker lives as long as the server and every WASI 0.3 worker (which can outlive
+        // the server's last reference while it drains).
+        let ticker = Arc::new(EpochTicker::start(engine.clone()));
         let handler = if wasip3 {
             let pre = ServicePre::new(instance_pre)
                 .map_err(anyhow::Error::from)
@@ -466,6 +472,7 @@ impl Server {
                 options.time_limit,
                 options.reuse,
                 options.metrics.clone(),
+                ticker.clone(),
             )))
         } else {
             Handler::P2(
@@ -477,7 +484,6 @@ impl Server {
                     )?,
             )
         };
-        let ticker = EpochTicker::start(engine);
         Ok(Server {
             handler,
             factory,

@@ -8,8 +8,12 @@
 //! - **time**: a request that has no response after the time limit gets a 504 and its
 //!   instance takes no more requests. Guest code is stopped (epoch interruption) once the
 //!   oldest request still running on its instance, or the instance's last quiet moment, is
-//!   older than the limit, so a guest that computes is stopped however many requests
-//!   arrived after it. A worker whose event loop is stuck is dropped from outside it.
+//!   older than the limit (plus [`EXPIRY_GRACE`], so that a request which only waited is
+//!   expired by the event loop before a neighbour computing at that moment is stopped). An
+//!   instance whose guest code is computing takes no new request, and a worker whose event
+//!   loop is stuck is dropped from outside it.
+//! - **response bodies**: a body is part of its request and ends at its time limit; one cut
+//!   by its instance's failure is aborted, never completed.
 //! - **memory**: the memory limit bounds the instance, which its concurrent requests share.
 //! - **handles** and held bytes: per instance, as `docs/security.md` says for one store.
 //!
@@ -19,13 +23,13 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt as _;
-use tracing::{debug, warn};
+use tracing::{Instrument as _, debug, error, warn};
 use wasmtime::component::GuestTaskId;
 use wasmtime::{Store, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
@@ -38,7 +42,7 @@ use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 
 use super::{Failure, LimitedBody, RequestState, StoreFactory};
 use crate::metrics::Metrics;
-use crate::sandbox::{TimeLimitExceeded, is_time_limit};
+use crate::sandbox::{EpochTicker, TimeLimitExceeded, is_time_limit};
 
 /// The export that makes a component a WASI 0.3 handler. Release candidates of 0.3 are other
 /// interfaces (wasmtime 48.0.8 implements 0.3.0) and fail to link naming their version.
@@ -46,6 +50,16 @@ pub(super) const WASIP3_HANDLER: &str = "wasi:http/handler@0.3.0";
 
 /// How long an instance with nothing to do is kept for the next request.
 const IDLE_INSTANCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How much later than a request's expiry its instance's guest code is stopped, and the
+/// request's own last-resort timer fires: the event loop expires a request that only waited
+/// first (it runs between epoch ticks), so neither takes down a neighbour that computes.
+const EXPIRY_GRACE: Duration = Duration::from_millis(50);
+
+/// How long a request may have been running before its instance takes no new request: one
+/// that computes (or waits) that long would hold up, or take down at its time limit, those
+/// queued beside it. Far above a normal request, far below a time limit.
+const SLOW_REQUEST: Duration = Duration::from_millis(100);
 
 /// How a WASI 0.3 handler's instances are reused (`--instance-reuse`,
 /// `--instance-concurrency`).
@@ -74,8 +88,11 @@ pub(super) struct Instances {
     time_limit: Duration,
     reuse: InstanceReuse,
     metrics: Option<Arc<Metrics>>,
-    /// Set once the server has finished serving: workers dropped after it are not failures.
+    /// Set once the server has finished serving: workers take no more requests, and those
+    /// dropped after it are not failures.
     stopped: Arc<AtomicBool>,
+    /// Keeps the epoch ticking (and so the time limit working) while any worker runs.
+    ticker: Arc<EpochTicker>,
 }
 
 impl Instances {
@@ -85,6 +102,7 @@ impl Instances {
         time_limit: Duration,
         reuse: InstanceReuse,
         metrics: Option<Arc<Metrics>>,
+        ticker: Arc<EpochTicker>,
     ) -> Instances {
         Instances {
             factory,
@@ -93,6 +111,7 @@ impl Instances {
             reuse,
             metrics,
             stopped: Arc::new(AtomicBool::new(false)),
+            ticker,
         }
     }
 
@@ -103,8 +122,36 @@ impl Instances {
 }
 
 /// Which instance answered a request, filled in when the instance takes it: a failure is
-/// classified by what its instance saw.
-pub(super) type Assignment = Arc<OnceLock<Arc<InstanceFlags>>>;
+/// classified by what its instance saw. From then until it is dropped (its response body
+/// ended, or the request failed) it counts as one of the instance's open requests, which keep
+/// the instance's store alive (see [`Worker::drop`]).
+#[derive(Default)]
+pub(super) struct RequestAssignment {
+    instance: OnceLock<Arc<InstanceFlags>>,
+}
+
+pub(super) type Assignment = Arc<RequestAssignment>;
+
+impl RequestAssignment {
+    fn instance(&self) -> Option<&Arc<InstanceFlags>> {
+        self.instance.get()
+    }
+
+    fn assign(&self, flags: &Arc<InstanceFlags>) {
+        if self.instance.set(flags.clone()).is_ok() {
+            flags.open_requests.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for RequestAssignment {
+    fn drop(&mut self) {
+        if let Some(flags) = self.instance.get() {
+            flags.open_requests.fetch_sub(1, Ordering::SeqCst);
+            flags.requests_closed.notify_waiters();
+        }
+    }
+}
 
 /// What one instance saw, shared by its store's limiter and deadline, its worker and the
 /// requests it answers.
@@ -113,6 +160,12 @@ pub(super) struct InstanceFlags {
     memory_hit: Arc<AtomicBool>,
     /// The instance was stopped by the time limit (a deadline or the expiration).
     timed_out: AtomicBool,
+    /// The instance's store was dropped with response bodies still open: they were cut. Set
+    /// before the drop, which is what ends those bodies (and makes them look complete).
+    cut: AtomicBool,
+    /// Requests assigned to the instance whose response has not ended.
+    open_requests: AtomicUsize,
+    requests_closed: tokio::sync::Notify,
     running: Mutex<Running>,
 }
 
@@ -122,6 +175,8 @@ struct Running {
     next: u64,
     /// When the instance last had no request running (or was created).
     quiet_since: Instant,
+    /// Since when the worker has not been idle (its expiration's view).
+    busy_since: Option<Instant>,
 }
 
 impl InstanceFlags {
@@ -129,31 +184,21 @@ impl InstanceFlags {
         Arc::new(InstanceFlags {
             memory_hit: Arc::new(AtomicBool::new(false)),
             timed_out: AtomicBool::new(false),
+            cut: AtomicBool::new(false),
+            open_requests: AtomicUsize::new(0),
+            requests_closed: tokio::sync::Notify::new(),
             running: Mutex::new(Running {
                 started: BTreeMap::new(),
                 next: 0,
                 quiet_since: Instant::now(),
+                busy_since: None,
             }),
         })
     }
 
-    fn running(&self) -> std::sync::MutexGuard<'_, Running> {
+    fn running(&self) -> MutexGuard<'_, Running> {
         // The lock is never held across a panic point; a poisoned one still has valid data.
-        self.running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Since when guest code on this instance may have been running for one request: the
-    /// oldest request still running, or the last quiet moment.
-    fn computing_since(&self) -> Instant {
-        let running = self.running();
-        running
-            .started
-            .values()
-            .min()
-            .copied()
-            .unwrap_or(running.quiet_since)
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn start_request(self: &Arc<Self>) -> RunningRequest {
@@ -165,6 +210,24 @@ impl InstanceFlags {
             flags: self.clone(),
             id,
         }
+    }
+
+    /// Waits until no request assigned to this instance is open, or `limit` has passed;
+    /// whether they all closed.
+    async fn requests_closed_within(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, async {
+            loop {
+                let closed = self.requests_closed.notified();
+                tokio::pin!(closed);
+                closed.as_mut().enable();
+                if self.open_requests.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                closed.await;
+            }
+        })
+        .await
+        .is_ok()
     }
 }
 
@@ -220,13 +283,15 @@ impl HandlerState for Instances {
                 reuse: self.reuse,
                 metrics: self.metrics.clone(),
                 stopped: self.stopped.clone(),
+                _ticker: self.ticker.clone(),
             },
         })
     }
 }
 
-/// Stops guest code once [`InstanceFlags::computing_since`] is older than `time_limit`, asked
-/// at every epoch tick; other tasks get the thread at every tick until then.
+/// Stops guest code once the oldest request running on the instance (or its last quiet
+/// moment) is older than `time_limit` plus [`EXPIRY_GRACE`], asked at every epoch tick;
+/// other tasks get the thread at every tick until then.
 fn set_instance_deadline(
     store: &mut Store<RequestState>,
     flags: Arc<InstanceFlags>,
@@ -234,7 +299,17 @@ fn set_instance_deadline(
 ) {
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
-        if flags.computing_since().elapsed() >= time_limit {
+        let now = Instant::now();
+        let computing_since = {
+            let running = flags.running();
+            running
+                .started
+                .values()
+                .min()
+                .copied()
+                .unwrap_or(running.quiet_since)
+        };
+        if now.duration_since(computing_since) >= time_limit + EXPIRY_GRACE {
             flags.timed_out.store(true, Ordering::Relaxed);
             Err(wasmtime::Error::from(TimeLimitExceeded))
         } else {
@@ -250,6 +325,7 @@ pub(super) struct Worker {
     reuse: InstanceReuse,
     metrics: Option<Arc<Metrics>>,
     stopped: Arc<AtomicBool>,
+    _ticker: Arc<EpochTicker>,
 }
 
 impl WorkerState for Worker {
@@ -257,9 +333,27 @@ impl WorkerState for Worker {
     type RequestData = Assignment;
 
     fn should_accept_request(&self, concurrent_count: usize, total_count: usize) -> ShouldAccept {
-        if total_count >= self.reuse.requests {
-            ShouldAccept::Never
-        } else if concurrent_count >= self.reuse.concurrent {
+        if total_count >= self.reuse.requests || self.stopped.load(Ordering::Relaxed) {
+            return ShouldAccept::Never;
+        }
+        let running = self.flags.running();
+        // Not idle for the time limit (bodies or tasks kept alive by a stream of new
+        // requests): drain instead, so the expiration bounds what is left.
+        if running
+            .busy_since
+            .is_some_and(|since| since.elapsed() >= self.time_limit)
+        {
+            return ShouldAccept::Never;
+        }
+        // A request running for long (a guest computing: the event loop runs between its
+        // epoch ticks, so wasmtime sees room for more): a new one would wait for it, or die
+        // with it at its time limit.
+        let slow = running
+            .started
+            .values()
+            .min()
+            .is_some_and(|start| start.elapsed() >= SLOW_REQUEST);
+        if slow || concurrent_count >= self.reuse.concurrent {
             ShouldAccept::No
         } else {
             ShouldAccept::Yes
@@ -272,7 +366,7 @@ impl WorkerState for Worker {
         assignment: Assignment,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
-        let _ = assignment.set(self.flags.clone());
+        assignment.assign(&self.flags);
         let running = self.flags.start_request();
         let time_limit = self.time_limit;
         Box::pin(async move {
@@ -282,19 +376,44 @@ impl WorkerState for Worker {
         })
     }
 
+    /// The store goes when the worker ends. A worker that failed (a trap, a limit, an
+    /// expiry) cuts the response bodies still open, and says so first. A worker that ended
+    /// cleanly has no guest task left, so its open bodies were closed by the guest but may not
+    /// have been read to their end: the store is kept until they are, or until the time
+    /// limit.
     fn drop(&self, store: Store<RequestState>, result: wasmtime::Result<()>) {
         if let Some(metrics) = &self.metrics {
             metrics.instance_memory(store.data().limiter.peak());
         }
-        if let Err(err) = result {
-            if self.stopped.load(Ordering::Relaxed) {
-                debug!("instance dropped at shutdown: {err:#}");
-            } else if self.flags.timed_out.load(Ordering::Relaxed) {
-                warn!(limit = ?self.time_limit, "instance stopped: time limit exceeded");
-            } else if self.flags.memory_hit.load(Ordering::Relaxed) {
-                warn!("instance stopped: memory limit exceeded");
-            } else {
-                warn!("instance stopped: {err:#}");
+        match result {
+            Ok(()) => {
+                if self.flags.open_requests.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                let flags = self.flags.clone();
+                let time_limit = self.time_limit;
+                tokio::spawn(
+                    async move {
+                        if !flags.requests_closed_within(time_limit).await {
+                            flags.cut.store(true, Ordering::SeqCst);
+                        }
+                        drop(store);
+                    }
+                    .in_current_span(),
+                );
+            }
+            Err(err) => {
+                self.flags.cut.store(true, Ordering::SeqCst);
+                drop(store);
+                if self.stopped.load(Ordering::Relaxed) {
+                    debug!("instance dropped at shutdown: {err:#}");
+                } else if self.flags.timed_out.load(Ordering::Relaxed) {
+                    warn!(limit = ?self.time_limit, "instance stopped: time limit exceeded");
+                } else if self.flags.memory_hit.load(Ordering::Relaxed) {
+                    warn!("instance stopped: memory limit exceeded");
+                } else {
+                    warn!("instance stopped: {err:#}");
+                }
             }
         }
     }
@@ -318,6 +437,14 @@ impl WorkerExpiration for Expiration {
         start: Instant,
     ) -> Poll<()> {
         let this = &mut *self;
+        {
+            let mut running = this.flags.running();
+            if status == WorkerStatus::Idle {
+                running.busy_since = None;
+            } else {
+                running.busy_since.get_or_insert(start);
+            }
+        }
         let deadline = match status {
             WorkerStatus::Idle => start + IDLE_INSTANCE_TIMEOUT,
             WorkerStatus::Requests | WorkerStatus::PostReturn => start + this.time_limit,
@@ -339,7 +466,7 @@ impl WorkerExpiration for Expiration {
 }
 
 /// Answers one request on a WASI 0.3 instance; `slot` (the request's place among
-/// `--max-requests`) is held until the response body ends.
+/// `--max-requests`) is held until the response body ends, at the latest at the time limit.
 pub(super) async fn call(
     handler: &ProxyHandler<Instances>,
     request: hyper::Request<LimitedBody>,
@@ -347,20 +474,28 @@ pub(super) async fn call(
     time_limit: Duration,
     memory_limit: usize,
 ) -> Result<hyper::Response<super::HyperOutgoingBody>, Failure> {
+    let deadline = tokio::time::Instant::now() + time_limit;
     let assignment = Assignment::default();
     let request = request.map(|body| body.boxed_unsync());
     // The worker expires the request at the time limit; this bounds the wait if its event
     // loop cannot even do that.
-    let answered =
-        match tokio::time::timeout(time_limit, handler.handle(assignment.clone(), request)).await {
-            Ok(answered) => answered,
-            Err(_) => return Err(Failure::TimeLimit(time_limit)),
-        };
+    let answered = match tokio::time::timeout(
+        time_limit + 2 * EXPIRY_GRACE,
+        handler.handle(assignment.clone(), request),
+    )
+    .await
+    {
+        Ok(answered) => answered,
+        Err(_) => return Err(Failure::TimeLimit(time_limit)),
+    };
     match answered {
         Ok(response) => Ok(response.map(|body| {
-            SlotBody {
+            InstanceBody {
                 inner: body,
-                _slot: slot,
+                assignment: Some(assignment),
+                span: tracing::Span::current(),
+                deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                slot: Some(slot),
             }
             .boxed_unsync()
         })),
@@ -383,7 +518,7 @@ fn classify(
     if err.is::<InstantiationError<Assignment>>() {
         return Failure::Instantiate(anyhow::Error::from(err));
     }
-    let flags = assignment.get();
+    let flags = assignment.instance();
     if flags.is_some_and(|flags| flags.timed_out.load(Ordering::Relaxed)) {
         return Failure::TimeLimit(time_limit);
     }
@@ -402,25 +537,71 @@ fn classify(
     }
 }
 
-/// A response body that holds its request's slot until it ends.
-struct SlotBody {
+type Frame = Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, wasmtime_wasi_http::Error>>>;
+
+/// A response body from a WASI 0.3 instance, bounded by its request's time limit like the rest
+/// of the request: past the deadline it ends with an error.
+///
+/// The guest's body stream also closes when its instance's store is dropped, which looks like
+/// a complete body; so at its end the body asks whether the store was dropped with bodies open
+/// ([`InstanceFlags::cut`]), and ends with an error if so: hyper then aborts the response (the
+/// chunked body is never terminated) instead of completing a short 200. A complete body that
+/// hyper reads only after another request made the same instance fail is aborted too; a cut one
+/// is never completed.
+struct InstanceBody {
     inner: super::HyperOutgoingBody,
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    /// Until the body ends: the request stays open on its instance.
+    assignment: Option<Assignment>,
+    span: tracing::Span,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// The request's place among `--max-requests`, given back when the body ends. A client
+    /// that stops reading still gets the body polled (and so ended) at the deadline, or when
+    /// the instance's store is dropped: both wake hyper's connection task.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-impl hyper::body::Body for SlotBody {
+impl InstanceBody {
+    fn end(&mut self) {
+        self.assignment = None;
+        self.slot = None;
+    }
+
+    fn abort(&mut self, why: &str) -> Frame {
+        self.end();
+        let _entered = self.span.enter();
+        error!("response aborted: {why}");
+        Poll::Ready(Some(Err(ErrorCode::InternalError(Some(
+            "the handler failed".to_string(),
+        ))
+        .into())))
+    }
+}
+
+impl hyper::body::Body for InstanceBody {
     type Data = bytes::Bytes;
     type Error = wasmtime_wasi_http::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Frame {
+        if self.assignment.is_none() {
+            return Poll::Ready(None);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return self.abort("the response body did not end within the time limit");
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) => {}
+            frame => return frame,
+        }
+        let cut = self
+            .assignment
+            .as_ref()
+            .and_then(|assignment| assignment.instance())
+            .is_some_and(|flags| flags.cut.load(Ordering::SeqCst));
+        if cut {
+            return self.abort("the handler's instance ended before its response body did");
+        }
+        self.end();
+        Poll::Ready(None)
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {

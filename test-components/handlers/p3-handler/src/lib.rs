@@ -9,8 +9,10 @@
 //! - `GET /many?keys=A,B`: `get-many`, `A=value` or `<none>` per key;
 //! - `GET /instance`: how many requests this instance has handled, itself included (1 on a
 //!   fresh instance per request);
-//! - `GET /stream?chunks=N&ms=M`: N lines written after `handle` returned, M ms apart on the
-//!   host clock;
+//! - `GET /stream?chunks=N&ms=M[&kib=K]`: N lines written after `handle` returned, M ms
+//!   apart on the host clock (with `kib`, each chunk is K KiB of `x`);
+//! - `GET /trap-after-head?ms=N`: answers 200, writes the first part of the body, waits N ms
+//!   and traps (its trailers are resolved at once, so only the host can tell the body is cut);
 //! - `GET /spin`: computes forever; `GET /wait`: waits an hour on the host clock;
 //!   `GET /grow?mib=N`: allocates and touches N MiB; `GET /open?n=N`: opens the store N times
 //!   keeping every handle (each for one of serve's limits).
@@ -115,7 +117,12 @@ impl Guest for Handler {
                 )
             }
             "/instance" => respond(200, format!("requests {handled}").into_bytes()),
-            "/stream" => streamed(number("chunks").unwrap_or(3), number("ms").unwrap_or(0)),
+            "/stream" => streamed(
+                number("chunks").unwrap_or(3),
+                number("ms").unwrap_or(0),
+                number("kib"),
+            ),
+            "/trap-after-head" => trap_after_head(number("ms").unwrap_or(0)),
             "/spin" => {
                 let mut n: u64 = 0;
                 loop {
@@ -200,8 +207,9 @@ fn respond(status: u16, body: Vec<u8>) -> Response {
     response
 }
 
-/// `chunks` lines, `ms` milliseconds apart, all written after `handle` returned.
-fn streamed(chunks: u64, ms: u64) -> Response {
+/// `chunks` lines (or `kib` KiB blocks), `ms` milliseconds apart, all written after `handle`
+/// returned.
+fn streamed(chunks: u64, ms: u64, kib: Option<u64>) -> Response {
     let (mut contents_tx, contents) = wit_stream::new();
     let (trailers_tx, trailers) = wit_future::new(|| Ok(None));
     drop(trailers_tx);
@@ -211,13 +219,33 @@ fn streamed(chunks: u64, ms: u64) -> Response {
             if chunk > 0 {
                 monotonic_clock::wait_for(ms * 1_000_000).await;
             }
-            let unwritten = contents_tx
-                .write_all(format!("chunk {chunk}\n").into_bytes())
-                .await;
+            let block = match kib {
+                Some(kib) => vec![b'x'; (kib as usize) << 10],
+                None => format!("chunk {chunk}\n").into_bytes(),
+            };
+            let unwritten = contents_tx.write_all(block).await;
             if !unwritten.is_empty() {
                 return;
             }
         }
+    });
+    response
+}
+
+/// A 200 whose body task writes part of the answer, waits `ms` milliseconds and traps.
+fn trap_after_head(ms: u64) -> Response {
+    let (mut contents_tx, contents) = wit_stream::new();
+    let (trailers_tx, trailers) = wit_future::new(|| Ok(None));
+    drop(trailers_tx);
+    let (response, _sent) = Response::new(Fields::new(), Some(contents), trailers);
+    wit_bindgen::spawn_local(async move {
+        let _unwritten = contents_tx
+            .write_all(b"the first half of the answer, then ".to_vec())
+            .await;
+        if ms > 0 {
+            monotonic_clock::wait_for(ms * 1_000_000).await;
+        }
+        panic!("the handler traps after its response started");
     });
     response
 }
