@@ -11,10 +11,9 @@
 //! `test-components/commands` (`hostile_command`).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, ExitCode};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use kv_testkit::emulator::RedisServer;
@@ -243,33 +242,10 @@ fn unbounded_listing(provider: &str) -> TestResult {
     })
 }
 
-/// A plain HTTP server on loopback that answers 200 and counts its connections.
-fn counting_http_server() -> Result<(u16, Arc<AtomicUsize>), Failed> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|err| Failed::from(err.to_string()))?;
-    let port = listener
-        .local_addr()
-        .map_err(|err| Failed::from(err.to_string()))?
-        .port();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counted = connections.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(100) {
-            let Ok(mut stream) = stream else { continue };
-            counted.fetch_add(1, Ordering::SeqCst);
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut buffer = [0u8; 4096];
-            let _ = stream.read(&mut buffer);
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-        }
-    });
-    Ok((port, connections))
-}
-
 /// Outbound HTTP: denied by default (the local server sees no connection), allowed when
 /// listed, and the metadata address denied even under `*://*:*`.
 fn outbound_is_denied_by_default(provider: &str) -> TestResult {
-    let (port, connections) = counting_http_server()?;
+    let (port, connections) = common::counting_http_server()?;
     let local = format!("http://127.0.0.1:{port}/");
     let target = start(provider, &[])?;
     runtime().block_on(async {

@@ -1112,6 +1112,57 @@ fn wasip3_sustained_load_reuses_instances() -> TestResult {
     })
 }
 
+/// A WASI 0.3 handler's `wasi:http/client.send` goes through serve's outbound policy: denied
+/// by default (the local server sees no connection), allowed when listed, and the metadata
+/// address denied even under `*://*:*`.
+fn wasip3_outbound_is_denied_by_default() -> TestResult {
+    use kv_test_artifacts::P3_HANDLER;
+    use std::sync::atomic::Ordering;
+    let (port, connections) = common::counting_http_server()?;
+    let local = format!("/fetch?host=127.0.0.1:{port}");
+    let metadata = "/fetch?host=169.254.169.254";
+    runtime().block_on(async {
+        let http = client();
+        let closed = Served::start(P3_HANDLER, &[])?;
+        let got = send(http.get(closed.url(&local))).await?;
+        expect(
+            "local, not allowed",
+            &got,
+            403,
+            Some(b"ErrorCode::HttpRequestDenied"),
+        )?;
+        let got = send(http.get(closed.url(metadata))).await?;
+        expect(
+            "metadata, not allowed",
+            &got,
+            403,
+            Some(b"ErrorCode::HttpRequestDenied"),
+        )?;
+        check(
+            connections.load(Ordering::SeqCst) == 0,
+            "a denied request reached the local server",
+        )?;
+        let allow = format!("http://127.0.0.1:{port}");
+        let open = Served::start(
+            P3_HANDLER,
+            &["--allow-outbound", &allow, "--allow-outbound", "*://*:*"],
+        )?;
+        let got = send(http.get(open.url(&local))).await?;
+        expect("local, allowed", &got, 200, Some(b"status 200"))?;
+        check(
+            connections.load(Ordering::SeqCst) == 1,
+            "the allowed request reached the local server once",
+        )?;
+        let got = send(http.get(open.url(metadata))).await?;
+        expect(
+            "metadata under *://*:*",
+            &got,
+            403,
+            Some(b"ErrorCode::DestinationIpProhibited"),
+        )
+    })
+}
+
 /// CPU seconds a process has used (user + system; Linux's `/proc/PID/stat`, 100 ticks a
 /// second).
 #[cfg(target_os = "linux")]
@@ -1468,6 +1519,10 @@ fn main() -> std::process::ExitCode {
             wasip3_instance_reuse_1_is_a_fresh_instance_per_request,
         ),
         Trial::test("wasip3_handler_limits", wasip3_handler_limits),
+        Trial::test(
+            "wasip3_outbound_is_denied_by_default",
+            wasip3_outbound_is_denied_by_default,
+        ),
         Trial::test(
             "wasip3_sustained_load_reuses_instances",
             wasip3_sustained_load_reuses_instances,

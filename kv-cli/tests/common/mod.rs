@@ -194,3 +194,30 @@ pub fn memory_and_redis() -> (
     }
     (redis, backends)
 }
+
+/// A plain HTTP server on loopback that answers 200 and counts its connections.
+pub fn counting_http_server()
+-> Result<(u16, std::sync::Arc<std::sync::atomic::AtomicUsize>), Failed> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|err| Failed::from(err.to_string()))?;
+    let port = listener
+        .local_addr()
+        .map_err(|err| Failed::from(err.to_string()))?
+        .port();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(100) {
+            let Ok(mut stream) = stream else { continue };
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let mut buffer = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut buffer);
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+            );
+        }
+    });
+    Ok((port, connections))
+}

@@ -13,6 +13,8 @@
 //!   apart on the host clock (with `kib`, each chunk is K KiB of `x`);
 //! - `GET /trap-after-head?ms=N`: answers 200, writes the first part of the body, waits N ms
 //!   and traps (its trailers are resolved at once, so only the host can tell the body is cut);
+//! - `GET /fetch?host=HOST:PORT`: `GET http://HOST:PORT/` with `wasi:http/client.send`:
+//!   `status N`, or 403 and the error code when the host refuses it;
 //! - `GET /spin`: computes forever; `GET /wait`: waits an hour on the host clock;
 //!   `GET /grow?mib=N`: allocates and touches N MiB; `GET /open?n=N`: opens the store N times
 //!   keeping every handle (each for one of serve's limits).
@@ -31,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bindings::exports::wasi::http::handler::Guest;
 use bindings::wasi::clocks::monotonic_clock;
-use bindings::wasi::http::types::{ErrorCode, Fields, Method, Request, Response};
+use bindings::wasi::http::types::{ErrorCode, Fields, Method, Request, Response, Scheme};
 use bindings::wasi::keyvalue::{atomics, batch, store};
 use bindings::{wit_future, wit_stream};
 
@@ -123,6 +125,7 @@ impl Guest for Handler {
                 number("kib"),
             ),
             "/trap-after-head" => trap_after_head(number("ms").unwrap_or(0)),
+            "/fetch" => fetch(&param("host").unwrap_or_default()).await,
             "/spin" => {
                 let mut n: u64 = 0;
                 loop {
@@ -230,6 +233,22 @@ fn streamed(chunks: u64, ms: u64, kib: Option<u64>) -> Response {
         }
     });
     response
+}
+
+/// `GET http://{host}/` through the host's outbound HTTP.
+async fn fetch(host: &str) -> Response {
+    let (_, trailers) = wit_future::new(|| Ok(None));
+    let (request, _sent) = Request::new(Fields::new(), None, trailers, None);
+    let _ = request.set_scheme(Some(&Scheme::Http));
+    let _ = request.set_authority(Some(host));
+    let _ = request.set_path_with_query(Some("/"));
+    match bindings::wasi::http::client::send(request).await {
+        Ok(response) => respond(
+            200,
+            format!("status {}", response.get_status_code()).into_bytes(),
+        ),
+        Err(code) => respond(403, format!("{code:?}").into_bytes()),
+    }
 }
 
 /// A 200 whose body task writes part of the answer, waits `ms` milliseconds and traps.
