@@ -43,6 +43,7 @@ use crate::run::{load_component, needs_component_model_async};
 use crate::sandbox::{EpochTicker, MemoryLimiter, is_time_limit, resource_table, set_deadline};
 
 mod p3;
+mod stall;
 
 pub use p3::InstanceReuse;
 
@@ -72,7 +73,8 @@ pub struct ServeOptions {
     /// Where outbound HTTP may go (`SCHEME://HOST[:PORT]` patterns); empty denies all.
     pub allowed_outbound: Vec<String>,
     /// Time a client has to send a request head; it also closes an idle keep-alive
-    /// connection (waiting for the next head). Stops slow-header clients.
+    /// connection (waiting for the next head), and one whose client has read nothing of a
+    /// response for that long. Stops slow-header and slow-reading clients.
     pub header_timeout: Duration,
     /// Connections open at once; one more gets a 503 and is closed.
     pub max_connections: usize,
@@ -532,7 +534,13 @@ impl Server {
                         .keep_alive(true)
                         .timer(TokioTimer::new())
                         .header_read_timeout(self.options.header_timeout)
-                        .serve_connection(TokioIo::new(stream), service);
+                        .serve_connection(
+                            TokioIo::new(stall::StallLimited::new(
+                                stream,
+                                self.options.header_timeout,
+                            )),
+                            service,
+                        );
                     let connection = graceful.watch(connection);
                     tokio::spawn(async move {
                         if let Err(err) = connection.await {

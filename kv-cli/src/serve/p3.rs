@@ -121,18 +121,28 @@ impl Instances {
     }
 }
 
-/// Which instance answered a request, filled in when the instance takes it: a failure is
-/// classified by what its instance saw. From then until it is dropped (its response body
-/// ended, or the request failed) it counts as one of the instance's open requests, which keep
-/// the instance's store alive (see [`Worker::drop`]).
-#[derive(Default)]
+/// One request as its instance knows it. Which instance answered it is filled in when the
+/// instance takes it: a failure is classified by what its instance saw. From then until the
+/// last holder drops it, it counts as one of the instance's open requests, which keep the
+/// instance's store alive (see [`Worker::drop`]). It holds the request's `--max-requests`
+/// slot, and so do its holders: the caller until the response head, the response body until
+/// it ends, and the instance until the guest answered or the request expired (a client that
+/// hangs up does not free the slot while the guest still works on its request).
 pub(super) struct RequestAssignment {
     instance: OnceLock<Arc<InstanceFlags>>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 pub(super) type Assignment = Arc<RequestAssignment>;
 
 impl RequestAssignment {
+    fn new(slot: tokio::sync::OwnedSemaphorePermit) -> Assignment {
+        Arc::new(RequestAssignment {
+            instance: OnceLock::new(),
+            _slot: slot,
+        })
+    }
+
     fn instance(&self) -> Option<&Arc<InstanceFlags>> {
         self.instance.get()
     }
@@ -201,7 +211,7 @@ impl InstanceFlags {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn start_request(self: &Arc<Self>) -> RunningRequest {
+    fn start_request(self: &Arc<Self>, assignment: Assignment) -> RunningRequest {
         let mut running = self.running();
         let id = running.next;
         running.next += 1;
@@ -209,6 +219,8 @@ impl InstanceFlags {
         RunningRequest {
             flags: self.clone(),
             id,
+            expired: false,
+            _assignment: assignment,
         }
     }
 
@@ -231,14 +243,27 @@ impl InstanceFlags {
     }
 }
 
-/// A request counted as running until it answers or expires (dropped then).
+/// A request counted as running until it answers (dropped then). One that expired stays
+/// counted: its guest code may go on, and the instance's epoch stop must still see its start.
 struct RunningRequest {
     flags: Arc<InstanceFlags>,
     id: u64,
+    expired: bool,
+    _assignment: Assignment,
+}
+
+impl RunningRequest {
+    /// The request reached its time limit: it stays counted from its start.
+    fn expire(&mut self) {
+        self.expired = true;
+    }
 }
 
 impl Drop for RunningRequest {
     fn drop(&mut self) {
+        if self.expired {
+            return;
+        }
         let mut running = self.flags.running();
         running.started.remove(&self.id);
         if running.started.is_empty() {
@@ -367,12 +392,12 @@ impl WorkerState for Worker {
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
         assignment.assign(&self.flags);
-        let running = self.flags.start_request();
+        let mut running = self.flags.start_request(assignment);
         let time_limit = self.time_limit;
         Box::pin(async move {
             // Counted as running until it answers (this future is dropped) or expires.
-            let _running = running;
             tokio::time::sleep(time_limit).await;
+            running.expire();
         })
     }
 
@@ -466,7 +491,7 @@ impl WorkerExpiration for Expiration {
 }
 
 /// Answers one request on a WASI 0.3 instance; `slot` (the request's place among
-/// `--max-requests`) is held until the response body ends, at the latest at the time limit.
+/// `--max-requests`) is held as [`RequestAssignment`] says.
 pub(super) async fn call(
     handler: &ProxyHandler<Instances>,
     request: hyper::Request<LimitedBody>,
@@ -475,7 +500,7 @@ pub(super) async fn call(
     memory_limit: usize,
 ) -> Result<hyper::Response<super::HyperOutgoingBody>, Failure> {
     let deadline = tokio::time::Instant::now() + time_limit;
-    let assignment = Assignment::default();
+    let assignment = RequestAssignment::new(slot);
     let request = request.map(|body| body.boxed_unsync());
     // The worker expires the request at the time limit; this bounds the wait if its event
     // loop cannot even do that.
@@ -489,13 +514,15 @@ pub(super) async fn call(
         Err(_) => return Err(Failure::TimeLimit(time_limit)),
     };
     match answered {
+        // Answered, but after the time limit (a host call holding the store returned late):
+        // as late as no answer.
+        Ok(_) if tokio::time::Instant::now() >= deadline => Err(Failure::TimeLimit(time_limit)),
         Ok(response) => Ok(response.map(|body| {
             InstanceBody {
                 inner: body,
                 assignment: Some(assignment),
                 span: tracing::Span::current(),
                 deadline: Box::pin(tokio::time::sleep_until(deadline)),
-                slot: Some(slot),
             }
             .boxed_unsync()
         })),
@@ -550,20 +577,17 @@ type Frame = Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, wasmtime_wasi_
 /// is never completed.
 struct InstanceBody {
     inner: super::HyperOutgoingBody,
-    /// Until the body ends: the request stays open on its instance.
+    /// Until the body ends: the request stays open on its instance and keeps its slot. A
+    /// client that reads nothing is disconnected by the connection's stall limit, which drops
+    /// the body (hyper does not poll a body while its write buffer is full).
     assignment: Option<Assignment>,
     span: tracing::Span,
     deadline: Pin<Box<tokio::time::Sleep>>,
-    /// The request's place among `--max-requests`, given back when the body ends. A client
-    /// that stops reading still gets the body polled (and so ended) at the deadline, or when
-    /// the instance's store is dropped: both wake hyper's connection task.
-    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl InstanceBody {
     fn end(&mut self) {
         self.assignment = None;
-        self.slot = None;
     }
 
     fn abort(&mut self, why: &str) -> Frame {
