@@ -1,5 +1,5 @@
 //! Builds the suite's guest components (the conformance cases, the same cases against Spin's
-//! draft2 WIT, the cases that apply to Spin's own key-value interface, and the workload command of history checks across host processes) for
+//! draft2 WIT, the cases that apply to Spin's own key-value interface (through Spin 2's and Spin 4's), and the workload command of history checks across host processes) for
 //! wasm32-wasip2; the runner embeds them. Test fixtures are built by `test-components/artifacts`,
 //! not here: `wasi-kv` users build only the suite.
 
@@ -21,6 +21,10 @@ const GUESTS: &[Guest] = &[
         artifact: "kv_conformance_guest_spin_kv",
     },
     Guest {
+        package: "kv-conformance-guest-spin-kv-3",
+        artifact: "kv_conformance_guest_spin_kv_3",
+    },
+    Guest {
         package: "kv-history-guest",
         artifact: "kv_history_guest",
     },
@@ -34,6 +38,7 @@ fn main() {
             "kv-conformance/guest",
             "kv-conformance/guest-spin",
             "kv-conformance/guest-spin-kv",
+            "kv-conformance/guest-spin-kv-3",
             "kv-conformance/guest-history",
             // The history guest runs kv-check's generator and writes its entries.
             "kv-check/src",

@@ -113,7 +113,15 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
     let mut spin_kv = Suite::spin_kv()
         .await
         .context("loading the Spin key-value conformance component")?;
-    if suite.select(&args.cases) + spin_shape.select(&args.cases) + spin_kv.select(&args.cases) == 0
+    // The same cases through Spin 4's async interface, by a WASIp3 component.
+    let mut spin_kv_3 = Suite::spin_kv_3()
+        .await
+        .context("loading the Spin 4 key-value conformance component")?;
+    if suite.select(&args.cases)
+        + spin_shape.select(&args.cases)
+        + spin_kv.select(&args.cases)
+        + spin_kv_3.select(&args.cases)
+        == 0
     {
         bail!("no case name contains any of {:?}", args.cases);
     }
@@ -129,6 +137,7 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
     let mut results = suite.run_all(&target, args.jobs, &progress).await;
     results.extend(spin_shape.run_all(&target, args.jobs, &progress).await);
     results.extend(spin_kv.run_all(&target, args.jobs, &progress).await);
+    results.extend(spin_kv_3.run_all(&target, args.jobs, &progress).await);
     let report = Report::new(&args.provider, &target.profile.backend, started, results);
 
     if let Some(dir) = &args.report_dir {

@@ -11,6 +11,10 @@ pub const CONFORMANCE_GUEST_SPIN: &[u8] =
 pub const CONFORMANCE_GUEST_SPIN_KV: &[u8] =
     include_bytes!(env!("KV_GUEST_KV_CONFORMANCE_GUEST_SPIN_KV"));
 
+/// The same cases through Spin 4's `spin:key-value@3.0.0` (async; a WASIp3 component).
+pub const CONFORMANCE_GUEST_SPIN_KV_3: &[u8] =
+    include_bytes!(env!("KV_GUEST_KV_CONFORMANCE_GUEST_SPIN_KV_3"));
+
 /// The workload command of a history check across host processes (`kv_history_guest WORKLOAD
 /// KEYS SEED HOST OPS MILLIS`): runs a `kv_check` workload against store `default` and prints
 /// its progress log (`kv_check::History::from_progress_jsonl`) on stdout.

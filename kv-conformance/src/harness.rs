@@ -49,12 +49,14 @@ impl TargetSource {
 pub fn main(sources: Vec<TargetSource>) -> ExitCode {
     let args = Arguments::from_args();
     // The suite, its batch cases built against Spin's draft2 WIT (the other `get-many` shape
-    // under the same version string), and the cases run through Spin's own interface.
+    // under the same version string), and the cases run through Spin's own interface (Spin 2's
+    // and Spin 4's).
     let suites = match runtime().block_on(async {
         anyhow::Ok(vec![
             Arc::new(Suite::new().await?),
             Arc::new(Suite::spin_shape().await?),
             Arc::new(Suite::spin_kv().await?),
+            Arc::new(Suite::spin_kv_3().await?),
         ])
     }) {
         Ok(suites) => suites,

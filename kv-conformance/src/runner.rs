@@ -38,6 +38,17 @@ mod bindings {
     });
 }
 
+/// The suite export of a guest whose `run-case` is an `async func` (Spin 4's key-value
+/// interface is async, and a guest may wait on it only inside an async export).
+mod async_bindings {
+    wasmtime::component::bindgen!({
+        path: ["../wit/spin-kv-3", "../wit/conformance-spin-kv-3"],
+        world: "wasi-kv:conformance-spin-kv-3/runner-view@0.1.0",
+        exports: { default: async | store },
+    });
+}
+
+use async_bindings::exports::wasi_kv::conformance_spin_kv_3::suite as async_wit;
 use bindings::exports::wasi_kv::conformance::suite as wit;
 
 /// Wall-clock limit of one case, workers included.
@@ -54,6 +65,8 @@ const DEFAULT: &str = kv_core::config::DEFAULT_STORE;
 pub const SPIN_SHAPE_LABEL: &str = "spin-shape/";
 /// Result names of the cases run through Spin's own key-value interface start with this.
 pub const SPIN_KV_LABEL: &str = "spin-kv/";
+/// Result names of the same cases run through Spin 4's `spin:key-value@3.0.0` start with this.
+pub const SPIN_KV_3_LABEL: &str = "spin-kv-3/";
 
 /// A case as the guest declares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,10 +172,24 @@ impl WasiKvView for GuestState {
     }
 }
 
+/// A suite component, pre-instantiated: one whose `run-case` is synchronous (WASI 0.2), or
+/// one whose `run-case` is an `async func`, called on the store's event loop.
+#[derive(Clone)]
+enum GuestPre {
+    Sync(bindings::GuestPre<GuestState>),
+    Async(async_bindings::RunnerViewPre<GuestState>),
+}
+
+/// An instantiated suite component.
+enum Guest {
+    Sync(bindings::Guest),
+    Async(async_bindings::RunnerView),
+}
+
 /// The compiled suite; cheap to share between threads.
 pub struct Suite {
     engine: Engine,
-    pre: bindings::GuestPre<GuestState>,
+    pre: GuestPre,
     cases: Vec<CaseInfo>,
     ticker_stop: Arc<AtomicBool>,
     run_id: String,
@@ -177,10 +204,19 @@ impl Drop for Suite {
 
 /// An engine for async components with epoch-based preemption.
 pub fn engine() -> anyhow::Result<Engine> {
+    engine_for(false)
+}
+
+/// [`engine`], with component-model async (and the store's concurrency support) only for a
+/// suite whose `run-case` is an `async func`: the WASI 0.2 suites run exactly as before.
+fn engine_for(component_model_async: bool) -> anyhow::Result<Engine> {
     let mut config = wasmtime::Config::new();
     config.epoch_interruption(true);
-    // The suite's components are WASI 0.2: no store needs wasmtime's concurrency support.
-    config.concurrency_support(false);
+    if component_model_async {
+        config.wasm_component_model_async(true);
+    } else {
+        config.concurrency_support(false);
+    }
     Ok(Engine::new(&config)?)
 }
 
@@ -192,7 +228,13 @@ impl Suite {
 
     /// Compiles a conformance component from its bytes.
     pub async fn from_bytes(wasm: &[u8]) -> anyhow::Result<Suite> {
-        let engine = engine()?;
+        Self::from_bytes_as(wasm, false).await
+    }
+
+    /// Compiles a conformance component whose `run-case` is synchronous, or (`async_suite`)
+    /// an `async func` importing Spin 4's key-value interface.
+    async fn from_bytes_as(wasm: &[u8], async_suite: bool) -> anyhow::Result<Suite> {
+        let engine = engine_for(async_suite)?;
         let component = Component::new(&engine, wasm)
             .map_err(anyhow::Error::from)
             .context("compiling the conformance component")?;
@@ -202,7 +244,16 @@ impl Suite {
         kv_host::add_to_linker_for(&mut linker, &component)?;
         // Spin's own key-value interface, for components built with spin-sdk up to 5.x.
         kv_host::add_spin_key_value_to_linker(&mut linker)?;
-        let pre = bindings::GuestPre::new(linker.instantiate_pre(&component)?)?;
+        if async_suite {
+            // Spin 4's, for WASIp3 components built with spin-sdk 6.x.
+            kv_host::add_spin3_key_value_to_linker(&mut linker)?;
+        }
+        let instance_pre = linker.instantiate_pre(&component)?;
+        let pre = if async_suite {
+            GuestPre::Async(async_bindings::RunnerViewPre::new(instance_pre)?)
+        } else {
+            GuestPre::Sync(bindings::GuestPre::new(instance_pre)?)
+        };
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {
             // Lets a guest stuck in a loop yield, so the case timeout can fire.
@@ -259,7 +310,19 @@ impl Suite {
         Ok(suite)
     }
 
-    /// What this suite's result names start with (`""`, `spin-shape/` or `spin-kv/`).
+    /// The same cases through Spin 4's `spin:key-value@3.0.0` (every call `async`, `get-keys`
+    /// a stream), by a WASIp3 component whose `run-case` is an `async func`. Its results are
+    /// named `spin-kv-3/<case>`.
+    pub async fn spin_kv_3() -> anyhow::Result<Suite> {
+        let mut suite = Self::from_bytes_as(crate::guests::CONFORMANCE_GUEST_SPIN_KV_3, true)
+            .await
+            .context("loading the Spin 4 key-value conformance component")?;
+        suite.label = SPIN_KV_3_LABEL;
+        Ok(suite)
+    }
+
+    /// What this suite's result names start with (`""`, `spin-shape/`, `spin-kv/` or
+    /// `spin-kv-3/`).
     pub fn label(&self) -> &'static str {
         self.label
     }
@@ -282,21 +345,46 @@ impl Suite {
             stores,
         };
         let (mut store, guest, _) = instance.start().await?;
-        let cases = guest
-            .wasi_kv_conformance_suite()
-            .call_list_cases(&mut store)
-            .await?;
-        Ok(cases
-            .into_iter()
-            .map(|case| CaseInfo {
-                needs_ttl: case.needs.contains(&wit::Capability::Ttl),
-                needs_cas: case.needs.contains(&wit::Capability::Cas),
-                name: case.name,
-                rules: case.rules,
-                summary: case.summary,
-                workers: case.workers,
-            })
-            .collect())
+        match guest {
+            Guest::Sync(guest) => {
+                let cases = guest
+                    .wasi_kv_conformance_suite()
+                    .call_list_cases(&mut store)
+                    .await?;
+                Ok(cases
+                    .into_iter()
+                    .map(|case| CaseInfo {
+                        needs_ttl: case.needs.contains(&wit::Capability::Ttl),
+                        needs_cas: case.needs.contains(&wit::Capability::Cas),
+                        name: case.name,
+                        rules: case.rules,
+                        summary: case.summary,
+                        workers: case.workers,
+                    })
+                    .collect())
+            }
+            Guest::Async(guest) => {
+                let cases = store
+                    .run_concurrent(async move |accessor| {
+                        guest
+                            .wasi_kv_conformance_spin_kv_3_suite()
+                            .call_list_cases(accessor)
+                            .await
+                    })
+                    .await??;
+                Ok(cases
+                    .into_iter()
+                    .map(|case| CaseInfo {
+                        needs_ttl: case.needs.contains(&async_wit::Capability::Ttl),
+                        needs_cas: case.needs.contains(&async_wit::Capability::Cas),
+                        name: case.name,
+                        rules: case.rules,
+                        summary: case.summary,
+                        workers: case.workers,
+                    })
+                    .collect())
+            }
+        }
     }
 
     /// Runs one case (or reports why it is ignored).
@@ -446,12 +534,12 @@ impl Suite {
 /// What one guest instance needs; owned, so worker instances can run as their own tasks.
 struct Instance {
     engine: Engine,
-    pre: bindings::GuestPre<GuestState>,
+    pre: GuestPre,
     stores: Arc<Stores>,
 }
 
 impl Instance {
-    async fn start(self) -> anyhow::Result<(Store<GuestState>, bindings::Guest, MemoryOutputPipe)> {
+    async fn start(self) -> anyhow::Result<(Store<GuestState>, Guest, MemoryOutputPipe)> {
         let stderr = MemoryOutputPipe::new(64 * 1024);
         let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
         let state = GuestState {
@@ -462,7 +550,10 @@ impl Instance {
         let mut store = Store::new(&self.engine, state);
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
-        let guest = self.pre.instantiate_async(&mut store).await?;
+        let guest = match &self.pre {
+            GuestPre::Sync(pre) => Guest::Sync(pre.instantiate_async(&mut store).await?),
+            GuestPre::Async(pre) => Guest::Async(pre.instantiate_async(&mut store).await?),
+        };
         Ok((store, guest, stderr))
     }
 
@@ -477,10 +568,31 @@ impl Instance {
             .start()
             .await
             .map_err(|err| format!("instantiation failed: {err:#}"))?;
-        let result = guest
-            .wasi_kv_conformance_suite()
-            .call_run_case(&mut store, case, target, profile, phase)
-            .await;
+        let result = match guest {
+            Guest::Sync(guest) => {
+                guest
+                    .wasi_kv_conformance_suite()
+                    .call_run_case(&mut store, case, target, profile, phase)
+                    .await
+            }
+            Guest::Async(guest) => {
+                let (case, target, profile, phase) = (
+                    case.to_string(),
+                    async_target(target),
+                    async_profile(profile),
+                    async_phase(phase),
+                );
+                store
+                    .run_concurrent(async move |accessor| {
+                        guest
+                            .wasi_kv_conformance_spin_kv_3_suite()
+                            .call_run_case(accessor, case, target, profile, phase)
+                            .await
+                    })
+                    .await
+                    .and_then(|result| result)
+            }
+        };
         match result {
             Ok(result) => result,
             Err(trap) => {
@@ -488,6 +600,35 @@ impl Instance {
                 Err(format!("trap: {trap:#}{}", tail(&output)))
             }
         }
+    }
+}
+
+/// The suite's records, as the async suite's WIT repeats them.
+fn async_target(target: &wit::Target) -> async_wit::Target {
+    async_wit::Target {
+        store: target.store.clone(),
+        peer: target.peer.clone(),
+        read_only: target.read_only.clone(),
+        denied: target.denied.clone(),
+        unknown: target.unknown.clone(),
+    }
+}
+
+fn async_profile(profile: wit::Profile) -> async_wit::Profile {
+    async_wit::Profile {
+        max_value_bytes: profile.max_value_bytes,
+        max_batch_entries: profile.max_batch_entries,
+        list_may_repeat: profile.list_may_repeat,
+        ttl: profile.ttl,
+        cas: profile.cas,
+    }
+}
+
+fn async_phase(phase: wit::Phase) -> async_wit::Phase {
+    match phase {
+        wit::Phase::Single => async_wit::Phase::Single,
+        wit::Phase::Worker(worker) => async_wit::Phase::Worker(worker),
+        wit::Phase::Check => async_wit::Phase::Check,
     }
 }
 

@@ -583,7 +583,10 @@ impl KvStore {
         }
     }
 
-    fn check_value(&self, value: &[u8]) -> Result<()> {
+    /// The size check every write makes first (S11 `value-too-large`), for a caller that must
+    /// refuse an oversized value before it holds it (Spin 4's `set` charges the value to the
+    /// instance's held bytes while it is written).
+    pub fn check_value(&self, value: &[u8]) -> Result<()> {
         let max = self.max_value_bytes();
         if value.len() > max {
             return Err(KvError::value_too_large(format!(

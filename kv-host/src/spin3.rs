@@ -104,9 +104,13 @@ impl<U> key_value::HostStoreWithStore<U> for HasKv {
         key: String,
         value: Vec<u8>,
     ) -> HostResult<()> {
+        let kv = store_of(accessor, &store)?;
+        // An oversized value is `value-too-large` (S11) whatever the instance holds: checked
+        // before the value is charged, or a value over the budget would be `batch-too-large`.
+        kv.check_value(&value)?;
         let mut charge = crate::spin::Charge::new(budget(accessor));
         charge.add(value.len())?;
-        Ok(store_of(accessor, &store)?.set_owned(key, value).await?)
+        Ok(kv.set_owned(key, value).await?)
     }
 
     async fn delete(
