@@ -474,14 +474,13 @@ fn handlers_built_for_spin_and_wasmtime_serve_unchanged() -> TestResult {
     Ok(())
 }
 
-/// A handler built with Spin's Rust SDK (spin-sdk 5.2.0, importing
-/// `fermyon:spin/key-value@2.0.0`) is served with seeded data on memory and on Redis: every
-/// operation of Spin's interface, and Spin's errors for a store that does not exist, one the
-/// component may not open, and one it may only read. It did not link before the interface was
-/// served ("component imports instance `fermyon:spin/key-value@2.0.0`, but a matching
-/// implementation was not found in the linker").
-fn spin_sdk_handler_is_served(provider: &'static str) -> TestResult {
-    use kv_test_artifacts::INTEROP_SPIN_SDK_HANDLER;
+/// A handler built with Spin's Rust SDK is served with seeded data on memory and on Redis:
+/// every operation of Spin's interface, and Spin's errors for a store that does not exist, one
+/// the component may not open, and one it may only read. Two SDKs: 5.2.0 (WASI 0.2,
+/// `fermyon:spin/key-value@2.0.0`; it did not link before that interface was served) and the
+/// current 7.0.0 (a WASI 0.3 `#[http_service]`, `spin:key-value@3.0.0`; `serve` could not load
+/// a WASI 0.3 handler before).
+fn spin_sdk_handler_is_served(handler: &'static str, provider: &'static str) -> TestResult {
     runtime().block_on(async {
         let (url, _guard) = if provider == "memory" {
             ("memory:".to_string(), None)
@@ -492,7 +491,7 @@ fn spin_sdk_handler_is_served(provider: &'static str) -> TestResult {
         let namespace = format!("spin-sdk-{:08x}", rand::random::<u32>());
         let default = common::namespaced("default", &url, &namespace);
         let mut served = Served::start(
-            INTEROP_SPIN_SDK_HANDLER,
+            handler,
             &[
                 "--store",
                 &default,
@@ -578,8 +577,7 @@ fn spin_sdk_handler_is_served(provider: &'static str) -> TestResult {
 /// hold (`limits.max_held_bytes`), so a store larger than that is `batch-too-large` instead of
 /// unbounded host memory, and a smaller one is listed whole. The empty key is Spin's
 /// `other("invalid-key: …")`.
-fn spin_sdk_get_keys_is_bounded() -> TestResult {
-    use kv_test_artifacts::INTEROP_SPIN_SDK_HANDLER;
+fn spin_sdk_get_keys_is_bounded(handler: &'static str) -> TestResult {
     use std::fmt::Write as _;
     let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
     let mut config = String::from(
@@ -596,7 +594,7 @@ fn spin_sdk_get_keys_is_bounded() -> TestResult {
     let path = dir.path().join("wasi-kv.toml");
     std::fs::write(&path, config).map_err(|err| err.to_string())?;
     let path = path.to_string_lossy().into_owned();
-    let mut served = Served::start(INTEROP_SPIN_SDK_HANDLER, &["--config", &path])?;
+    let mut served = Served::start(handler, &["--config", &path])?;
     runtime().block_on(async {
         let http = client();
         let (status, body) = send(http.get(served.url("/keys"))).await?;
@@ -1497,9 +1495,17 @@ fn main() -> std::process::ExitCode {
             "handlers_built_for_spin_and_wasmtime_serve_unchanged",
             handlers_built_for_spin_and_wasmtime_serve_unchanged,
         ),
-        Trial::test("spin_sdk_get_keys_is_bounded", spin_sdk_get_keys_is_bounded),
+        Trial::test("spin_sdk_get_keys_is_bounded", || {
+            spin_sdk_get_keys_is_bounded(kv_test_artifacts::INTEROP_SPIN_SDK_HANDLER)
+        }),
         Trial::test("spin_sdk_handler_on_memory", || {
-            spin_sdk_handler_is_served("memory")
+            spin_sdk_handler_is_served(kv_test_artifacts::INTEROP_SPIN_SDK_HANDLER, "memory")
+        }),
+        Trial::test("spin_sdk_7_get_keys_is_bounded", || {
+            spin_sdk_get_keys_is_bounded(kv_test_artifacts::INTEROP_SPIN_SDK7_HANDLER)
+        }),
+        Trial::test("spin_sdk_7_handler_on_memory", || {
+            spin_sdk_handler_is_served(kv_test_artifacts::INTEROP_SPIN_SDK7_HANDLER, "memory")
         }),
         Trial::test("trap_after_the_head_is_a_broken_response", || {
             trap_after_the_head_is_a_broken_response(
@@ -1577,7 +1583,13 @@ fn main() -> std::process::ExitCode {
     with_emulator.push((
         "redis",
         Trial::test("spin_sdk_handler_on_redis", || {
-            spin_sdk_handler_is_served("redis")
+            spin_sdk_handler_is_served(kv_test_artifacts::INTEROP_SPIN_SDK_HANDLER, "redis")
+        }),
+    ));
+    with_emulator.push((
+        "redis",
+        Trial::test("spin_sdk_7_handler_on_redis", || {
+            spin_sdk_handler_is_served(kv_test_artifacts::INTEROP_SPIN_SDK7_HANDLER, "redis")
         }),
     ));
     for (provider, trial) in with_emulator {

@@ -108,6 +108,14 @@ const COMPONENTS: &[(&str, &str, &str, &str)] = &[
          `GET`/`PUT`/`DELETE`/`HEAD /kv/{key}`, `GET /keys`, `?store=LABEL`.",
     ),
     (
+        "INTEROP_SPIN_SDK7_HANDLER",
+        "interop-spin-sdk7-handler",
+        "interop_spin_sdk7_handler",
+        "Interop: a WASIp3 HTTP handler built with the current Spin SDK, spin-sdk 7.0.0 \
+         (`#[http_service]`; `spin:key-value@3.0.0`, `wasi:http@0.3.0`): the routes of the 5.2.0 \
+         handler.",
+    ),
+    (
         "INTEROP_SPIN_HANDLER",
         "interop-spin-handler",
         "interop_spin_handler",
