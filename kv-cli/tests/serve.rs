@@ -329,41 +329,61 @@ fn unavailable_store_is_503() -> TestResult {
     })
 }
 
+/// With `--time-limit 1s`: a request that computes (`spinning`) and one that waits
+/// (`waiting`) are each a 504 within 5 s, while 20 requests beside them (`beside`, answered
+/// `status` and `body`) take under 900 ms each.
+async fn over_the_time_limit_while_others_are_served(
+    served: &Served,
+    spinning: &str,
+    waiting: &str,
+    beside: (&str, u16, &[u8]),
+) -> TestResult {
+    let http = client();
+    let started = Instant::now();
+    let spinning = tokio::spawn(send(http.get(served.url(spinning))));
+    let waiting = tokio::spawn(send(http.get(served.url(waiting))));
+    let (path, status, body) = beside;
+    for _ in 0..20 {
+        let asked = Instant::now();
+        expect(
+            &format!("GET {path} beside them"),
+            &send(http.get(served.url(path))).await?,
+            status,
+            Some(body),
+        )?;
+        check(
+            asked.elapsed() < Duration::from_millis(900),
+            format!(
+                "a request beside the spinning one took {:?}",
+                asked.elapsed()
+            ),
+        )?;
+    }
+    for (what, task) in [("spin", spinning), ("wait", waiting)] {
+        let got = task.await.map_err(|err| Failed::from(err.to_string()))??;
+        expect(what, &got, 504, None)?;
+        let elapsed = started.elapsed();
+        check(
+            elapsed < Duration::from_secs(5),
+            format!("{what} was stopped after {elapsed:?}"),
+        )?;
+    }
+    Ok(())
+}
+
 /// A request over the time limit is a 504 within about the limit, while requests beside it
 /// are answered normally; the server keeps serving afterwards.
 fn time_limit_is_504_and_others_are_served() -> TestResult {
     runtime().block_on(async {
         let served = Served::start(FIXTURE, &["--time-limit", "1s"])?;
         let http = client();
-        let started = Instant::now();
-        let spinning = tokio::spawn(send(http.get(served.url("/spin"))));
-        let sleeping = tokio::spawn(send(http.get(served.url("/sleep?ms=5000"))));
-        // While both run, other requests are answered promptly.
-        for _ in 0..20 {
-            let asked = Instant::now();
-            expect(
-                "GET /",
-                &send(http.get(served.url("/"))).await?,
-                200,
-                Some(b"ok"),
-            )?;
-            check(
-                asked.elapsed() < Duration::from_millis(900),
-                format!(
-                    "a request beside the spinning one took {:?}",
-                    asked.elapsed()
-                ),
-            )?;
-        }
-        for (what, task) in [("spin", spinning), ("sleep", sleeping)] {
-            let got = task.await.map_err(|err| Failed::from(err.to_string()))??;
-            expect(what, &got, 504, None)?;
-            let elapsed = started.elapsed();
-            check(
-                elapsed < Duration::from_secs(5),
-                format!("{what} was stopped after {elapsed:?}"),
-            )?;
-        }
+        over_the_time_limit_while_others_are_served(
+            &served,
+            "/spin",
+            "/sleep?ms=5000",
+            ("/", 200, b"ok"),
+        )
+        .await?;
         expect(
             "GET / after",
             &send(http.get(served.url("/"))).await?,
@@ -978,34 +998,13 @@ fn wasip3_handler_limits() -> TestResult {
             ],
         )?;
         let http = client();
-        let started = Instant::now();
-        let spinning = tokio::spawn(send(http.get(served.url("/spin"))));
-        let waiting = tokio::spawn(send(http.get(served.url("/wait"))));
-        for _ in 0..20 {
-            let asked = Instant::now();
-            expect(
-                "a request beside them",
-                &send(http.get(served.url("/kv/x"))).await?,
-                404,
-                Some(b"missing"),
-            )?;
-            check(
-                asked.elapsed() < Duration::from_millis(900),
-                format!(
-                    "a request beside the spinning one took {:?}",
-                    asked.elapsed()
-                ),
-            )?;
-        }
-        for (what, task) in [("spin", spinning), ("wait", waiting)] {
-            let got = task.await.map_err(|err| Failed::from(err.to_string()))??;
-            expect(what, &got, 504, None)?;
-            let elapsed = started.elapsed();
-            check(
-                elapsed < Duration::from_secs(5),
-                format!("{what} was stopped after {elapsed:?}"),
-            )?;
-        }
+        over_the_time_limit_while_others_are_served(
+            &served,
+            "/spin",
+            "/wait",
+            ("/kv/x", 404, b"missing"),
+        )
+        .await?;
         // The 504 alone does not show the guest stopped: its instance must not go on
         // computing after it.
         #[cfg(target_os = "linux")]

@@ -52,6 +52,12 @@ impl Drop for ManagedProcess {
     }
 }
 
+/// How many times [`LoopbackServer::start`] starts an emulator that exits at start.
+const START_ATTEMPTS: u32 = 3;
+
+/// What [`LoopbackServer::spawn`] says of an emulator that exited before it served.
+const EXITED_AT_START: &str = "exited at start";
+
 /// Builds an emulator's command line for a port and a scratch directory.
 type CommandLine = Box<dyn Fn(u16, &Path) -> Command + Send + Sync>;
 
@@ -84,6 +90,11 @@ impl std::fmt::Debug for LoopbackServer {
 }
 
 impl LoopbackServer {
+    /// Starts the emulator. One that exits at start is started again, on a fresh port and in
+    /// a fresh directory, [`START_ATTEMPTS`] times in all: LocalStack 4.13.1, five starting at
+    /// once on two cores, once exited reading the certificate it had just written ("PEM lib"),
+    /// and a free port can be taken between its check and the emulator's bind. What an
+    /// emulator that never starts printed is the error.
     fn start(recipe: Recipe) -> Result<LoopbackServer, String> {
         let dir = tempfile::tempdir().map_err(|err| format!("temporary directory: {err}"))?;
         let port = free_port().map_err(|err| format!("no free port: {err}"))?;
@@ -93,8 +104,23 @@ impl LoopbackServer {
             dir,
             process: None,
         };
-        server.spawn()?;
-        Ok(server)
+        let mut attempt = 1;
+        loop {
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(err) if err.contains(EXITED_AT_START) && attempt < START_ATTEMPTS => {
+                    eprintln!(
+                        "{} exited at start (attempt {attempt} of {START_ATTEMPTS}); starting it again",
+                        server.recipe.name
+                    );
+                    attempt += 1;
+                    server.dir =
+                        tempfile::tempdir().map_err(|err| format!("temporary directory: {err}"))?;
+                    server.port = free_port().map_err(|err| format!("no free port: {err}"))?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// Spawns the process with its output in a log file, and waits until it serves; an early
@@ -114,7 +140,7 @@ impl LoopbackServer {
         while Instant::now() < deadline {
             if process.has_exited() {
                 let output = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!("{name} exited at start: {}", output.trim()));
+                return Err(format!("{name} {EXITED_AT_START}: {}", output.trim()));
             }
             if (self.recipe.ready)(self.port) {
                 self.process = Some(process);
@@ -1367,4 +1393,57 @@ impl Emulator {
 /// provider without one).
 pub fn installed(provider: &str) -> bool {
     Emulator::for_provider(provider).is_some_and(Emulator::installed)
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// An emulator that exits the first time it starts (as LocalStack once did reading its
+    /// certificate) is started again and serves; one that always exits is an error saying so.
+    #[test]
+    fn an_emulator_that_exits_at_start_is_started_again() {
+        let markers = tempfile::tempdir().expect("a temporary directory");
+        let marker = markers.path().join("first-attempt");
+        let flaky = Recipe {
+            name: "flaky",
+            command: Box::new(move |port, _| {
+                let mut command = Command::new("sh");
+                command.args([
+                    "-c",
+                    &format!(
+                        "if [ -f {marker} ]; then exec python3 -m http.server --bind 127.0.0.1 \
+                         {port}; else touch {marker}; exit 1; fi",
+                        marker = marker.display(),
+                    ),
+                ]);
+                command
+            }),
+            ready: http_answers,
+            timeout: Duration::from_secs(20),
+        };
+        let server = LoopbackServer::start(flaky);
+        assert!(
+            markers.path().join("first-attempt").exists(),
+            "the first attempt ran"
+        );
+        let server = server.expect("started on the second attempt");
+        assert!(http_answers(server.port));
+
+        let broken = Recipe {
+            name: "broken",
+            command: Box::new(|_, _| {
+                let mut command = Command::new("sh");
+                command.args(["-c", "echo cannot start; exit 1"]);
+                command
+            }),
+            ready: http_answers,
+            timeout: Duration::from_secs(20),
+        };
+        let err = LoopbackServer::start(broken).expect_err("never starts");
+        assert!(
+            err.contains("broken exited at start: cannot start"),
+            "{err}"
+        );
+    }
 }

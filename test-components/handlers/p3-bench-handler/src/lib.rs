@@ -25,9 +25,14 @@ mod bindings {
 }
 
 use bindings::exports::wasi::http::handler::Guest;
-use bindings::wasi::http::types::{ErrorCode, Fields, Method, Request, Response};
+use bindings::wasi::http::types::{ErrorCode, Method, Request, Response};
 use bindings::wasi::keyvalue0_2_0_draft::{atomics, store};
-use bindings::{wit_future, wit_stream};
+use bindings::wit_future;
+
+#[path = "../../p3-handler/src/respond.rs"]
+mod respond;
+
+use respond::respond;
 
 struct Handler;
 
@@ -67,19 +72,6 @@ impl Guest for Handler {
 
 fn failed(err: store::Error) -> Response {
     respond(500, format!("{err:?}").into_bytes())
-}
-
-/// A response whose body is written after `handle` returns (the host reads it then).
-fn respond(status: u16, body: Vec<u8>) -> Response {
-    let (mut contents_tx, contents) = wit_stream::new();
-    let (trailers_tx, trailers) = wit_future::new(|| Ok(None));
-    drop(trailers_tx);
-    let (response, _sent) = Response::new(Fields::new(), Some(contents), trailers);
-    let _ = response.set_status_code(status);
-    wit_bindgen::spawn_local(async move {
-        let _unwritten = contents_tx.write_all(body).await;
-    });
-    response
 }
 
 bindings::export!(Handler with_types_in bindings);

@@ -41,6 +41,10 @@ use bindings::{wit_future, wit_stream};
 /// the instance.
 static HANDLED: AtomicU64 = AtomicU64::new(0);
 
+mod respond;
+
+use respond::respond;
+
 struct Handler;
 
 impl Guest for Handler {
@@ -195,19 +199,6 @@ fn reply(result: Result<(u16, Vec<u8>), store::Error>) -> Response {
         Ok((status, body)) => respond(status, body),
         Err(err) => respond(500, format!("error: {err:?}").into_bytes()),
     }
-}
-
-/// A response whose body is written after `handle` returns (the host reads it then).
-fn respond(status: u16, body: Vec<u8>) -> Response {
-    let (mut contents_tx, contents) = wit_stream::new();
-    let (trailers_tx, trailers) = wit_future::new(|| Ok(None));
-    drop(trailers_tx);
-    let (response, _sent) = Response::new(Fields::new(), Some(contents), trailers);
-    let _ = response.set_status_code(status);
-    wit_bindgen::spawn_local(async move {
-        let _unwritten = contents_tx.write_all(body).await;
-    });
-    response
 }
 
 /// `chunks` lines (or `kib` KiB blocks), `ms` milliseconds apart, all written after `handle`
