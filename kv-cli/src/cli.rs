@@ -291,6 +291,11 @@ pub struct ServeArgs {
     /// connection left idle that long.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
+    /// How long a response write may wait on a client that takes nothing of it, e.g. `60s`;
+    /// then the connection closes (a client reading slower than a third of the socket's send
+    /// buffer in that time counts too).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
     /// Connections open at once; one more gets a 503 and is closed.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,

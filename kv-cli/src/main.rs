@@ -149,6 +149,7 @@ async fn dispatch(cli: Cli, spans: Option<Arc<dyn Observer>>) -> anyhow::Result<
                 shutdown_timeout: args.shutdown_timeout,
                 allowed_outbound,
                 header_timeout: args.header_timeout,
+                write_timeout: args.write_timeout,
                 max_connections: args.max_connections,
                 max_requests: args.max_requests,
                 max_body_bytes: args.max_body as u64,

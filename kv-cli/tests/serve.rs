@@ -1173,7 +1173,7 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// A client that asks for a large WASI 0.3 body and stops reading is disconnected after
-/// `--header-timeout` without progress, which gives its request slot back: with
+/// `--write-timeout` without progress, which gives its request slot back: with
 /// `--max-requests 1` (and a time limit far away) the next request is a 503 while the body is
 /// being written, and is served after the stall limit. hyper does not poll a body while its
 /// write buffer is full, so nothing inside the body could notice.
@@ -1186,7 +1186,7 @@ fn wasip3_a_client_that_stops_reading_gives_its_slot_back() -> TestResult {
             "1",
             "--time-limit",
             "60s",
-            "--header-timeout",
+            "--write-timeout",
             "1s",
         ],
     )?;

@@ -175,11 +175,7 @@ impl KvStore {
     /// Writes `key`, clearing any TTL.
     pub async fn set(&self, key: &str, value: impl Into<Bytes>) -> Result<()> {
         let value = value.into();
-        self.checked("set", || {
-            self.check_write()?;
-            check_key(key)?;
-            self.check_value(&value)
-        })?;
+        self.check_set(key, &value)?;
         let len = value.len();
         let value = match self.now("set", value, |bucket, value| bucket.set_now(key, value)) {
             Ok(done) => return done.inspect(|()| self.moved("set", 1, len, true)),
@@ -193,11 +189,7 @@ impl KvStore {
     /// [`KvStore::set`] with a key the caller gives up (a guest's): a store that keeps keys in
     /// memory takes it without a copy.
     pub async fn set_owned(&self, key: String, value: Vec<u8>) -> Result<()> {
-        self.checked("set", || {
-            self.check_write()?;
-            check_key(&key)?;
-            self.check_value(&value)
-        })?;
+        self.check_set(&key, &value)?;
         let len = value.len();
         let (key, value) = match self.now("set", (key, value), |bucket, (key, value)| {
             bucket.set_owned_now(key, value)
@@ -583,10 +575,19 @@ impl KvStore {
         }
     }
 
-    /// The size check every write makes first (S11 `value-too-large`), for a caller that must
-    /// refuse an oversized value before it holds it (Spin 4's `set` charges the value to the
-    /// instance's held bytes while it is written).
-    pub fn check_value(&self, value: &[u8]) -> Result<()> {
+    /// The checks a `set` makes before it writes, in its order (write access, then the key,
+    /// then the value's size; a refusal is logged like the call's), for a caller that must
+    /// refuse before it holds the value: Spin 4's `set` charges the value to the instance's
+    /// held bytes while it is written.
+    pub fn check_set(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.checked("set", || {
+            self.check_write()?;
+            check_key(key)?;
+            self.check_value(value)
+        })
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<()> {
         let max = self.max_value_bytes();
         if value.len() > max {
             return Err(KvError::value_too_large(format!(

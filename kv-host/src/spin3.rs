@@ -105,9 +105,10 @@ impl<U> key_value::HostStoreWithStore<U> for HasKv {
         value: Vec<u8>,
     ) -> HostResult<()> {
         let kv = store_of(accessor, &store)?;
-        // An oversized value is `value-too-large` (S11) whatever the instance holds: checked
-        // before the value is charged, or a value over the budget would be `batch-too-large`.
-        kv.check_value(&value)?;
+        // A refused write (access, key, or an oversized value: S11) is refused as `set` would
+        // refuse it, whatever the instance holds: checked before the value is charged, or a
+        // value over the budget would be `batch-too-large`.
+        kv.check_set(&key, &value)?;
         let mut charge = crate::spin::Charge::new(budget(accessor));
         charge.add(value.len())?;
         Ok(kv.set_owned(key, value).await?)

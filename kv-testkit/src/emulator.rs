@@ -109,10 +109,8 @@ impl LoopbackServer {
             match server.spawn() {
                 Ok(()) => return Ok(server),
                 Err(err) if err.contains(EXITED_AT_START) && attempt < START_ATTEMPTS => {
-                    eprintln!(
-                        "{} exited at start (attempt {attempt} of {START_ATTEMPTS}); starting it again",
-                        server.recipe.name
-                    );
+                    // Printed whole: this attempt's directory, and its log, go with the retry.
+                    eprintln!("{err} (attempt {attempt} of {START_ATTEMPTS}); starting it again");
                     attempt += 1;
                     server.dir =
                         tempfile::tempdir().map_err(|err| format!("temporary directory: {err}"))?;
@@ -1430,11 +1428,19 @@ mod tests {
         let server = server.expect("started on the second attempt");
         assert!(http_answers(server.port));
 
+        let attempts = markers.path().join("attempts");
+        let counted = attempts.clone();
         let broken = Recipe {
             name: "broken",
-            command: Box::new(|_, _| {
+            command: Box::new(move |_, _| {
                 let mut command = Command::new("sh");
-                command.args(["-c", "echo cannot start; exit 1"]);
+                command.args([
+                    "-c",
+                    &format!(
+                        "echo attempt >> {}; echo cannot start; exit 1",
+                        counted.display()
+                    ),
+                ]);
                 command
             }),
             ready: http_answers,
@@ -1444,6 +1450,12 @@ mod tests {
         assert!(
             err.contains("broken exited at start: cannot start"),
             "{err}"
+        );
+        let made = std::fs::read_to_string(&attempts).unwrap_or_default();
+        assert_eq!(
+            made.lines().count(),
+            START_ATTEMPTS as usize,
+            "attempts: {made:?}"
         );
     }
 }

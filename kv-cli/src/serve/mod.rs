@@ -73,9 +73,12 @@ pub struct ServeOptions {
     /// Where outbound HTTP may go (`SCHEME://HOST[:PORT]` patterns); empty denies all.
     pub allowed_outbound: Vec<String>,
     /// Time a client has to send a request head; it also closes an idle keep-alive
-    /// connection (waiting for the next head), and one whose client has read nothing of a
-    /// response for that long. Stops slow-header and slow-reading clients.
+    /// connection (waiting for the next head). Stops slow-header clients.
     pub header_timeout: Duration,
+    /// How long a response write may wait on a client that takes nothing (or so little that
+    /// the socket stays full); then the connection closes, and its request slot and body go
+    /// with it. Stops clients that stop reading.
+    pub write_timeout: Duration,
     /// Connections open at once; one more gets a 503 and is closed.
     pub max_connections: usize,
     /// Requests running at once (instance slots); one more gets a 503.
@@ -100,6 +103,7 @@ impl Default for ServeOptions {
             shutdown_timeout: Duration::from_secs(30),
             allowed_outbound: Vec::new(),
             header_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(60),
             max_connections: 1024,
             max_requests: 256,
             max_body_bytes: 16 << 20,
@@ -537,7 +541,7 @@ impl Server {
                         .serve_connection(
                             TokioIo::new(stall::StallLimited::new(
                                 stream,
-                                self.options.header_timeout,
+                                self.options.write_timeout,
                             )),
                             service,
                         );

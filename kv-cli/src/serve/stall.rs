@@ -12,12 +12,18 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// `inner`, whose writes fail with `TimedOut` once one has been pending for `limit`.
+///
+/// What it measures is how long the socket stays unwritable: Linux marks a socket writable
+/// again only once a third of its send buffer is free, so a client that reads slower than a
+/// third of that buffer per `limit` counts as stalled too. The limit is its own option
+/// (`--write-timeout`, 60 s), far above a request's head timeout.
 pub(crate) struct StallLimited<S> {
     inner: S,
     limit: Duration,
-    /// Armed when a write first waits, disarmed when one makes progress; allocated only for
-    /// a write that waits.
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Allocated at the first write that waits, then reset for each later one.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A write is waiting, since the timer's start.
+    armed: bool,
 }
 
 impl<S> StallLimited<S> {
@@ -25,16 +31,22 @@ impl<S> StallLimited<S> {
         StallLimited {
             inner,
             limit,
-            stalled: None,
+            timer: None,
+            armed: false,
         }
     }
 
     /// After the socket said Pending: an error once the stall has lasted `limit`.
     fn poll_stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         let limit = self.limit;
+        let deadline = tokio::time::Instant::now() + limit;
         let timer = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            timer.as_mut().reset(deadline);
+            self.armed = true;
+        }
         ready!(timer.as_mut().poll(cx));
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
@@ -50,7 +62,7 @@ impl<S> StallLimited<S> {
         match result {
             Poll::Pending => self.poll_stall(cx),
             ready => {
-                self.stalled = None;
+                self.armed = false;
                 ready
             }
         }
