@@ -589,18 +589,9 @@ fn a_spin_sdk_6_command_runs_with_spin_4_key_value() {
         let namespace = format!("spin6-{:08x}", rand::random::<u32>());
         let store = common::namespaced("default", &url, &namespace);
         let run = |args: &[&str]| {
-            let mut all = vec![
-                "run",
-                "--store",
-                &store,
-                "--store",
-                "locked=memory:?access=none",
-                "--store",
-                "reference=memory:?access=read-only",
-                "--seed",
-                "greeting=hello",
-                COMMAND,
-            ];
+            let mut all = vec!["run", "--store", &store];
+            all.extend_from_slice(&common::SPIN_FIXTURE_STORES);
+            all.push(COMMAND);
             all.extend_from_slice(args);
             let out = wasi_kv(&all);
             (

@@ -510,21 +510,9 @@ fn spin_sdk_handler_is_served(handler: &'static str, provider: &'static str) -> 
         };
         let namespace = format!("spin-sdk-{:08x}", rand::random::<u32>());
         let default = common::namespaced("default", &url, &namespace);
-        let mut served = Served::start(
-            handler,
-            &[
-                "--store",
-                &default,
-                "--store",
-                "locked=memory:?access=none",
-                "--store",
-                "reference=memory:?access=read-only",
-                "--seed",
-                "greeting=hello",
-                "--time-limit",
-                "60s",
-            ],
-        )?;
+        let mut args = vec!["--store", default.as_str(), "--time-limit", "60s"];
+        args.extend_from_slice(&common::SPIN_FIXTURE_STORES);
+        let mut served = Served::start(handler, &args)?;
         let http = client();
         let what = |step: &str| format!("{provider}: {step}");
         let got = send(http.get(served.url("/kv/greeting"))).await?;

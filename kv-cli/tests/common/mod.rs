@@ -221,3 +221,14 @@ pub fn counting_http_server()
     });
     Ok((port, connections))
 }
+
+/// The stores beside `default` that the Spin SDK fixtures are run with, and their seed: a
+/// label with access none (`locked`), a read-only one (`reference`), and `greeting=hello`.
+pub const SPIN_FIXTURE_STORES: [&str; 6] = [
+    "--store",
+    "locked=memory:?access=none",
+    "--store",
+    "reference=memory:?access=read-only",
+    "--seed",
+    "greeting=hello",
+];

@@ -13,6 +13,10 @@ use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
 use spin_sdk::key_value::{Error, Store};
 
+#[path = "../../src/spin_error.rs"]
+mod spin_error;
+use spin_error::describe;
+
 #[http_component]
 fn handle(request: Request) -> Response {
     match route(&request) {
@@ -61,15 +65,6 @@ fn route(request: &Request) -> Result<Response, Error> {
         Method::Head => respond(if store.exists(key)? { 200 } else { 404 }, ""),
         _ => respond(405, "method not allowed"),
     })
-}
-
-fn describe(err: &Error) -> Vec<u8> {
-    match err {
-        Error::StoreTableFull => "store-table-full".into(),
-        Error::NoSuchStore => "no-such-store".into(),
-        Error::AccessDenied => "access-denied".into(),
-        Error::Other(message) => format!("other: {message}").into(),
-    }
 }
 
 fn respond(status: u16, body: impl AsRef<[u8]>) -> Response {

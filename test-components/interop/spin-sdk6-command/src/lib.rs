@@ -20,6 +20,10 @@ mod bindings {
 use bindings::exports::wasi::cli::run::Guest;
 use spin_sdk::key_value::{Error, Store};
 
+#[path = "../../src/spin_error.rs"]
+mod spin_error;
+use spin_error::describe;
+
 struct Command;
 
 impl Guest for Command {
@@ -84,15 +88,6 @@ async fn open_all() -> Result<(), Error> {
     }
     println!("{} stores open", open.len());
     Ok(())
-}
-
-fn describe(err: &Error) -> String {
-    match err {
-        Error::StoreTableFull => "store-table-full".into(),
-        Error::NoSuchStore => "no-such-store".into(),
-        Error::AccessDenied => "access-denied".into(),
-        Error::Other(message) => format!("other: {message}"),
-    }
 }
 
 bindings::export!(Command with_types_in bindings);

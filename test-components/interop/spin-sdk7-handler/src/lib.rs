@@ -16,6 +16,10 @@ use spin_sdk::http::{FullBody, IntoResponse, Method, Request, StatusCode};
 use spin_sdk::http_service;
 use spin_sdk::key_value::{Error, Store};
 
+#[path = "../../src/spin_error.rs"]
+mod spin_error;
+use spin_error::describe;
+
 #[http_service]
 async fn handle(request: Request) -> impl IntoResponse {
     match route(request).await {
@@ -71,15 +75,6 @@ async fn route(request: Request) -> Result<(StatusCode, FullBody<Bytes>), Error>
         Method::HEAD => respond(if store.exists(key).await? { 200 } else { 404 }, ""),
         _ => respond(405, "method not allowed"),
     })
-}
-
-fn describe(err: &Error) -> Vec<u8> {
-    match err {
-        Error::StoreTableFull => "store-table-full".into(),
-        Error::NoSuchStore => "no-such-store".into(),
-        Error::AccessDenied => "access-denied".into(),
-        Error::Other(message) => format!("other: {message}").into(),
-    }
 }
 
 fn respond(status: u16, body: impl Into<Vec<u8>>) -> (StatusCode, FullBody<Bytes>) {
