@@ -22,6 +22,9 @@ pub enum Command {
     Run(RunArgs),
     /// Serve a wasi:http incoming-handler component, one instance per request.
     Serve(ServeArgs),
+    /// Call a watch-service component's `on-set`/`on-delete` for every change of the watched
+    /// stores: at least once, in order per key, resumable from a checkpoint.
+    Watch(WatchArgs),
     /// Run the conformance suite against a provider.
     Conformance(ConformanceArgs),
     /// Record concurrent clients' histories under faults and check them (linearizability per
@@ -257,6 +260,48 @@ pub struct RunArgs {
     /// Arguments passed to the component.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
+}
+
+/// `wasi-kv watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Stores offered to the component, the watched ones among them.
+    #[command(flatten)]
+    pub stores: StoreArgs,
+    /// A store whose changes are delivered. Repeatable.
+    #[arg(long = "watch", value_name = "STORE", required = true)]
+    pub watched: Vec<String>,
+    /// The store keeping the checkpoints, so a restart resumes where the watcher stopped
+    /// (default: this process's memory).
+    #[arg(long, value_name = "STORE")]
+    pub state: Option<String>,
+    /// The store receiving changes the component failed `--max-attempts` times
+    /// (default: the state store).
+    #[arg(long = "dead-letter", value_name = "STORE")]
+    pub dead_letters: Option<String>,
+    /// Names the watcher in checkpoint and dead-letter keys (default: the file's stem).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set an environment variable for the component.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub envs: Vec<String>,
+    /// Longest one `on-set` or `on-delete` may run.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub time_limit: Duration,
+    /// Most linear memory the component may use.
+    #[arg(long, default_value = "128MiB", value_parser = parse_size)]
+    pub memory_limit: usize,
+    /// Deliveries of one change before it goes to the dead-letter store.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+    /// The first wait before delivering a failed change again (doubled each time, up to 5s).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub retry_backoff: Duration,
+    /// Changes read (and checkpointed) at once.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch: u32,
+    /// The component (.wasm).
+    pub component: PathBuf,
 }
 
 /// `wasi-kv serve`.

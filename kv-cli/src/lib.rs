@@ -11,6 +11,7 @@ pub mod serve;
 pub mod spin_config;
 pub mod store;
 pub mod traces;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::Path;

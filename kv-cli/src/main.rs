@@ -30,6 +30,7 @@ fn main() -> ExitCode {
     // A server logs every request by default; the other commands only problems.
     let default_filter = match cli.command {
         Command::Serve(_) => "warn,kv_cli=info",
+        Command::Watch(_) => "warn,kv_cli=info,kv_watch=info",
         _ => "warn",
     };
     let otlp_endpoint = match &cli.command {
@@ -171,6 +172,35 @@ async fn dispatch(cli: Cli, spans: Option<Arc<dyn Observer>>) -> anyhow::Result<
             server
                 .serve(listener, kv_cli::serve::shutdown_signal())
                 .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch(args) => {
+            let config = kv_cli::load(&args.stores)?;
+            let stores = kv_cli::open_stores_observed(&config.kv, observers(None, spans)).await?;
+            let options = kv_cli::watch::WatchOptions {
+                component: args.component,
+                name: args.name,
+                watched: args.watched,
+                state: args.state,
+                dead_letters: args.dead_letters,
+                envs: args.envs,
+                time_limit: args.time_limit,
+                memory_limit: args.memory_limit,
+                delivery: kv_watch::WatchOptions {
+                    batch: args.batch as usize,
+                    max_attempts: args.max_attempts,
+                    backoff: kv_core::Backoff {
+                        initial: args.retry_backoff,
+                        max: args.retry_backoff.max(std::time::Duration::from_secs(5)),
+                    },
+                    ..kv_watch::WatchOptions::default()
+                },
+            };
+            let watching = kv_cli::watch::Watching::start(&options, stores).await?;
+            // The one line on stdout: scripts and tests wait for it (every change made after
+            // it is delivered).
+            println!("watching {}", options.watched.join(","));
+            watching.run(kv_cli::serve::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check(args) => {

@@ -20,6 +20,9 @@ pub struct Capabilities {
     pub set_many_part: usize,
     /// The same for `delete-many`.
     pub delete_many_part: usize,
+    /// Whether buckets report their changes ([`crate::provider::Bucket::change_feed`]), and
+    /// what the feed guarantees (docs/watch.md); `None`: `wasi-kv watch` refuses the store.
+    pub watch: Option<crate::watch::WatchSupport>,
 }
 
 /// [`Capabilities::set_many_part`] and [`Capabilities::delete_many_part`] by default: one
@@ -36,6 +39,7 @@ impl Default for Capabilities {
             max_value_bytes: 256 * 1024,
             set_many_part: DEFAULT_BATCH_PART,
             delete_many_part: DEFAULT_BATCH_PART,
+            watch: None,
         }
     }
 }

@@ -190,6 +190,11 @@ pub trait LayeredBucket: Send + Sync + 'static {
         None
     }
 
+    /// [`Bucket::change_feed`]: the inner bucket's (a layer shapes calls, not changes).
+    fn change_feed(&self) -> Option<Arc<dyn crate::watch::ChangeFeed>> {
+        self.inner().change_feed()
+    }
+
     /// [`Bucket::get`].
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.before(Op::Get).await?;
@@ -301,6 +306,10 @@ pub trait LayeredBucket: Send + Sync + 'static {
 impl<L: LayeredBucket> Bucket for L {
     fn immediate(&self) -> Option<&dyn ImmediateBucket> {
         LayeredBucket::immediate(self)
+    }
+
+    fn change_feed(&self) -> Option<Arc<dyn crate::watch::ChangeFeed>> {
+        LayeredBucket::change_feed(self)
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {

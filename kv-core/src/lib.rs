@@ -30,6 +30,7 @@ pub mod rmw;
 pub mod secret;
 pub mod store;
 pub mod stores;
+pub mod watch;
 
 pub use backoff::Backoff;
 pub use capabilities::Capabilities;

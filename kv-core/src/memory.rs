@@ -27,6 +27,9 @@ use crate::provider::{
     SwapOutcome, Version, Versioned,
 };
 use crate::store::OUTCOME_UNKNOWN;
+use crate::watch::{Change, ChangeFeed, WatchSupport};
+
+mod changes;
 
 /// How the version of a missing key starts (`a<S>`, absence seen at version `S`).
 const ABSENT_SINCE: &str = "a";
@@ -119,6 +122,8 @@ struct Namespace {
     /// ([`Namespace::reclaim_expired`]) instead of staying in memory for good. Entries
     /// written again since are skipped by their version.
     expiries: BinaryHeap<Reverse<(Deadline, u64, Box<str>)>>,
+    /// The changes since a watcher started following, while one does.
+    changes: Option<changes::ChangeLog>,
 }
 
 /// The fewest writes without a listing after which the ordered index is dropped.
@@ -202,6 +207,7 @@ impl Namespace {
     /// One hash either way.
     fn store(&mut self, key: &str, entry: Entry) {
         let expiry = (entry.expires != NEVER).then_some((entry.expires, entry.version));
+        self.log_set(key, &entry.value);
         let hash = self.key_hash(key);
         match self
             .entries
@@ -223,6 +229,7 @@ impl Namespace {
     /// Stores `entry` at `key`, taking the key's allocation for a new one.
     fn store_owned(&mut self, key: String, entry: Entry) {
         let expiry = (entry.expires != NEVER).then_some((entry.expires, entry.version));
+        self.log_set(&key, &entry.value);
         let hash = self.key_hash(&key);
         match self
             .entries
@@ -247,6 +254,16 @@ impl Namespace {
         }
     }
 
+    /// Logs a write for the watchers, if any follow this namespace.
+    fn log_set(&mut self, key: &str, value: &[u8]) {
+        if let Some(log) = &mut self.changes {
+            log.push(Change::Set {
+                key: key.to_string(),
+                value: value.to_vec(),
+            });
+        }
+    }
+
     /// A new key stored: the ordered index and the expiry queue.
     fn key_added(&mut self, key: &str, expiry: Option<(Deadline, u64)>) {
         if let Some(order) = &mut self.order {
@@ -267,6 +284,11 @@ impl Namespace {
     /// tombstone like a delete (an expired key is missing, and a CAS handle taken before it was
     /// written must see the change). Reads no clock while nothing expires.
     fn reclaim_expired(&mut self, versions: &AtomicU64) {
+        self.reclaim_expired_up_to(versions, RECLAIMED_PER_WRITE);
+    }
+
+    /// [`Namespace::reclaim_expired`], up to `most` entries.
+    fn reclaim_expired_up_to(&mut self, versions: &AtomicU64, most: usize) {
         if self.expiries.is_empty() {
             return;
         }
@@ -282,7 +304,7 @@ impl Namespace {
                 .collect();
         }
         let now = Now::default();
-        for _ in 0..RECLAIMED_PER_WRITE {
+        for _ in 0..most {
             if self
                 .expiries
                 .peek()
@@ -315,6 +337,11 @@ impl Namespace {
             entry.remove();
             if let Some(order) = &mut self.order {
                 order.remove(key);
+            }
+            if let Some(log) = &mut self.changes {
+                log.push(Change::Delete {
+                    key: key.to_string(),
+                });
             }
             self.key_changed();
             let version = versions.fetch_add(1, Ordering::Relaxed) + 1;
@@ -446,6 +473,12 @@ impl Provider for MemoryProvider {
             cas: true,
             list_may_repeat: false,
             max_value_bytes: MEMORY_MAX_VALUE_BYTES,
+            // In-process: a restarted host starts a new store, so nothing to resume.
+            watch: Some(WatchSupport {
+                durable: false,
+                reports_expiry: true,
+                every_value: true,
+            }),
             ..Capabilities::default()
         }
     }
@@ -516,6 +549,7 @@ impl MemoryBucket {
                     map.expiries
                         .push(Reverse((expires, version, Box::from(key))));
                 }
+                map.log_set(key, &encode_counter(next));
                 next
             }
             None => {
@@ -616,6 +650,11 @@ impl ImmediateBucket for MemoryBucket {
 impl Bucket for MemoryBucket {
     fn immediate(&self) -> Option<&dyn ImmediateBucket> {
         Some(self)
+    }
+
+    fn change_feed(&self) -> Option<Arc<dyn ChangeFeed>> {
+        let feed = changes::MemoryFeed::follow(self.map.clone(), self.shared.clone()).ok()?;
+        Some(Arc::new(feed))
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -781,19 +820,26 @@ mod tests {
     /// A call whose id was issued before more than [`REQUEST_LOG_LEN`] others (preempted
     /// between taking its id and running, as 16 writers on 2 cores did in the hot-key bench)
     /// has applied nothing on its first attempt: it applies. Before, it failed with
-    /// `outcome unknown`. A retry of an applied call that was forgotten still does.
+    /// `outcome unknown`. A retry of an applied call that was forgotten still does. The ids
+    /// are chosen: tests running beside this one take ids of the process's sequence too, and
+    /// one taking the forgotten call's slot number left it remembered.
     #[tokio::test]
     async fn a_first_attempt_applies_however_late_it_runs() {
         let bucket = MemoryProvider::default().open("ns").await.unwrap();
-        let mut late = Attempt::new();
-        let mut forgotten = Attempt::new();
+        let mut late = Attempt::of(RequestId::with_sequence(5));
+        let mut forgotten = Attempt::of(RequestId::with_sequence(1_000));
         bucket
             .increment("k", 1, CounterRange::Signed, &mut forgotten)
             .await
             .unwrap();
-        for _ in 0..=REQUEST_LOG_LEN {
+        for sequence in 1_001..=1_000 + REQUEST_LOG_LEN as u64 {
             bucket
-                .increment("other", 1, CounterRange::Signed, &mut Attempt::new())
+                .increment(
+                    "other",
+                    1,
+                    CounterRange::Signed,
+                    &mut Attempt::of(RequestId::with_sequence(sequence)),
+                )
                 .await
                 .unwrap();
         }

@@ -81,6 +81,13 @@ impl RequestId {
         RequestId((u128::from(nonce) << 64) | u128::from(sequence))
     }
 
+    /// An id with a chosen sequence, for tests that must not share the process's sequence
+    /// with tests running beside them.
+    #[cfg(test)]
+    pub(crate) fn with_sequence(sequence: u64) -> RequestId {
+        RequestId((u128::from(0x5eed_u64) << 64) | u128::from(sequence))
+    }
+
     /// The id.
     pub fn value(self) -> u128 {
         self.0
@@ -212,6 +219,11 @@ pub trait Bucket: Send + Sync + 'static {
     /// This bucket's synchronous face, if every operation completes without waiting
     /// (in-process storage). The host then calls it directly: no future, timer or retry.
     fn immediate(&self) -> Option<&dyn ImmediateBucket> {
+        None
+    }
+
+    /// This bucket's changes, if the provider reports them (`capabilities().watch`).
+    fn change_feed(&self) -> Option<Arc<dyn crate::watch::ChangeFeed>> {
         None
     }
 

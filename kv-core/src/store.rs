@@ -151,6 +151,28 @@ impl KvStore {
         &self.inner.capabilities
     }
 
+    /// The provider's name.
+    pub fn provider(&self) -> &str {
+        &self.inner.provider
+    }
+
+    /// This store's changes (`wasi-kv watch`), or `None` with the reason: the provider
+    /// reports none. Reading changes is reading the store, so any open store may be watched.
+    pub fn change_feed(&self) -> std::result::Result<Arc<dyn crate::watch::ChangeFeed>, String> {
+        if self.inner.capabilities.watch.is_none() {
+            return Err(format!(
+                "store {:?}: the {} provider reports no changes",
+                self.inner.name, self.inner.provider
+            ));
+        }
+        self.inner.bucket.change_feed().ok_or_else(|| {
+            format!(
+                "store {:?}: the {} provider could not start following its changes",
+                self.inner.name, self.inner.provider
+            )
+        })
+    }
+
     /// The largest value this store accepts: the smaller of the host and provider limits.
     pub fn max_value_bytes(&self) -> usize {
         self.inner

@@ -51,6 +51,7 @@ mod draft;
 mod draft2;
 mod spin;
 mod spin3;
+pub mod watch;
 
 use std::sync::Arc;
 

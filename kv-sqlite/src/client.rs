@@ -15,7 +15,8 @@ use kv_core::Result;
 /// The schema: one table of keys, one of applied request ids (exactly-once increments and
 /// swaps), and the tombstones of deleted keys with the deletion clock that gives absence a
 /// version (compare-and-swap without ABA). Keys of a namespace are contiguous in the primary
-/// key, so listing is a range scan.
+/// key, so listing is a range scan. The change log (`kv_changes`) stays empty until a store
+/// of the file is first watched: its triggers are created then (`changes.rs`).
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS kv (
     ns  TEXT    NOT NULL,
@@ -45,6 +46,19 @@ CREATE TABLE IF NOT EXISTS kv_clock (
     forgotten INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO kv_clock (id, seq, forgotten) VALUES (0, 0, 0);
+CREATE TABLE IF NOT EXISTS kv_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ns  TEXT    NOT NULL,
+    k   TEXT    NOT NULL,
+    v   BLOB,
+    at  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS kv_changes_ns ON kv_changes (ns, seq);
+CREATE TABLE IF NOT EXISTS kv_changes_trimmed (
+    id      INTEGER PRIMARY KEY CHECK (id = 0),
+    through INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO kv_changes_trimmed (id, through) VALUES (0, 0);
 ";
 
 /// How often a call waiting for another connection's lock looks again.

@@ -4,6 +4,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+mod changes;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use kv_core::{ConfigError, Provider, ProviderFactory, StoreSpec};
 
+pub use changes::CHANGE_RETENTION_MS;
 pub use config::SqliteConfig;
 pub use store::SqliteProvider;
 

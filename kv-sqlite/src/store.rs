@@ -93,26 +93,8 @@ pub fn sweep(connection: &mut Connection) -> Result<()> {
     let transaction = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(failed)?;
-    let expired: i64 = transaction
-        .query_row(
-            "SELECT COUNT(*) FROM kv WHERE exp IS NOT NULL AND exp <= ?1",
-            [now],
-            |row| row.get(0),
-        )
-        .map_err(failed)?;
-    if expired > 0 {
-        let seq = tick(&transaction)?;
-        transaction
-            .execute(
-                "INSERT OR REPLACE INTO kv_deleted (ns, k, seq, at) \
-                 SELECT ns, k, ?2, ?1 FROM kv WHERE exp IS NOT NULL AND exp <= ?1",
-                params![now, seq],
-            )
-            .map_err(failed)?;
-        transaction
-            .execute("DELETE FROM kv WHERE exp IS NOT NULL AND exp <= ?1", [now])
-            .map_err(failed)?;
-    }
+    expire_at(&transaction, now)?;
+    crate::changes::trim(&transaction, now)?;
     transaction
         .execute("DELETE FROM kv_requests WHERE at < ?1", [horizon])
         .map_err(failed)?;
@@ -127,6 +109,41 @@ pub fn sweep(connection: &mut Connection) -> Result<()> {
         .execute("DELETE FROM kv_deleted WHERE at < ?1", [horizon])
         .map_err(failed)?;
     transaction.commit().map_err(failed)
+}
+
+/// Deletes expired keys now, each leaving a tombstone like a delete (and a delete in the
+/// change log, when the file is watched).
+pub(crate) fn expire(connection: &mut Connection) -> Result<()> {
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|err| map_error("expire", err))?;
+    expire_at(&transaction, now())?;
+    transaction.commit().map_err(|err| map_error("expire", err))
+}
+
+fn expire_at(transaction: &Connection, now: i64) -> Result<()> {
+    let failed = |err| map_error("expire", err);
+    let expired: i64 = transaction
+        .query_row(
+            "SELECT COUNT(*) FROM kv WHERE exp IS NOT NULL AND exp <= ?1",
+            [now],
+            |row| row.get(0),
+        )
+        .map_err(failed)?;
+    if expired > 0 {
+        let seq = tick(transaction)?;
+        transaction
+            .execute(
+                "INSERT OR REPLACE INTO kv_deleted (ns, k, seq, at) \
+                 SELECT ns, k, ?2, ?1 FROM kv WHERE exp IS NOT NULL AND exp <= ?1",
+                params![now, seq],
+            )
+            .map_err(failed)?;
+        transaction
+            .execute("DELETE FROM kv WHERE exp IS NOT NULL AND exp <= ?1", [now])
+            .map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// Advances the deletion clock and returns its new value (inside the caller's transaction).
@@ -189,6 +206,12 @@ impl Provider for SqliteProvider {
             cas: true,
             list_may_repeat: false,
             max_value_bytes: MAX_VALUE_BYTES,
+            // The change log is in the file, written by triggers (changes.rs).
+            watch: Some(kv_core::watch::WatchSupport {
+                durable: true,
+                reports_expiry: true,
+                every_value: true,
+            }),
             ..Capabilities::default()
         }
     }
@@ -202,7 +225,8 @@ impl Provider for SqliteProvider {
     }
 }
 
-struct SqliteBucket {
+#[derive(Clone)]
+pub(crate) struct SqliteBucket {
     connection: Arc<Mutex<Connection>>,
     namespace: Arc<str>,
     busy_timeout: Duration,
@@ -230,7 +254,7 @@ const LIVE: &str = "(exp IS NULL OR exp > ?2)";
 
 impl SqliteBucket {
     /// Runs `work` on the connection in a blocking thread: SQLite calls block.
-    async fn with<T, F>(&self, work: F) -> Result<T>
+    pub(crate) async fn with<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection, &str) -> Result<T> + Send + 'static,
@@ -314,6 +338,10 @@ fn record(connection: &Connection, request: &str, result: &str) -> Result<()> {
 
 #[async_trait]
 impl Bucket for SqliteBucket {
+    fn change_feed(&self) -> Option<Arc<dyn kv_core::watch::ChangeFeed>> {
+        Some(crate::changes::feed(self))
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let key = key.to_string();
         self.with(move |connection, namespace| {

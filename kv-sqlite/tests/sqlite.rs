@@ -345,6 +345,114 @@ fn a_write_given_up_by_its_caller_is_never_committed() -> Result<(), Failed> {
     })
 }
 
+/// The change feed (`wasi-kv watch`): what one namespace's watcher reads back, in order; an
+/// overwrite is one change, other namespaces are skipped, an expiry is a delete, and a
+/// checkpoint older than the trimmed log (or from another file) is a gap.
+fn the_change_feed_reads_one_namespace_in_order() -> Result<(), Failed> {
+    use kv_core::watch::{Change, Changes};
+    runtime().block_on(async {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("kv.db");
+        let store = store(&path).await?;
+        let feed = store.change_feed()?;
+        let start = feed.head().await?;
+        // Another namespace of the same file: logged, but not this watcher's.
+        let url = format!("o=sqlite:{}?namespace=other", path.display());
+        let (_, spec) = kv_core::config::parse_short_form(&url)?;
+        let other = Stores::builder(Limits::default())
+            .store(
+                "o",
+                SqliteFactory.connect(&spec).await?,
+                "other",
+                Access::ReadWrite,
+            )
+            .build()
+            .open("o")
+            .await?;
+        store.set("a", b"1".to_vec()).await?;
+        other.set("x", b"elsewhere".to_vec()).await?;
+        store.set("a", b"2".to_vec()).await?;
+        store.increment("n", 3).await?;
+        store.delete("a").await?;
+        store.delete("a").await?;
+        store.set_with_ttl("t", b"soon".to_vec(), 100).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut got = Vec::new();
+        let mut position = start.clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while got.len() < 6 && std::time::Instant::now() < deadline {
+            match feed
+                .changes_after(&position, 2, 1 << 20, Duration::from_millis(200))
+                .await?
+            {
+                Changes::Next {
+                    changes,
+                    position: next,
+                } => {
+                    assert!(changes.len() <= 2, "at most `max` changes");
+                    got.extend(changes);
+                    position = next;
+                }
+                gap => return Err(format!("unexpected {gap:?}").into()),
+            }
+        }
+        let set = |key: &str, value: &[u8]| Change::Set {
+            key: key.into(),
+            value: value.to_vec(),
+        };
+        let delete = |key: &str| Change::Delete { key: key.into() };
+        let expected = vec![
+            set("a", b"1"),
+            set("a", b"2"),
+            set("n", b"3"),
+            delete("a"),
+            set("t", b"soon"),
+            delete("t"),
+        ];
+        if got != expected {
+            return Err(format!("the feed read {got:?}, expected {expected:?}").into());
+        }
+        // A position past this file's last change: a checkpoint of another file.
+        let future = kv_core::watch::sequence_position(1_000_000);
+        let read = feed
+            .changes_after(&future, 10, 1 << 20, Duration::ZERO)
+            .await?;
+        if !matches!(read, Changes::Gap { .. }) {
+            return Err(format!("a position from elsewhere read {read:?}").into());
+        }
+        // Trimmed past the checkpoint (as the sweeper does after the retention): a gap,
+        // and the position it gives reads on.
+        let connection = rusqlite_connection(&path)?;
+        connection.execute(
+            "UPDATE kv_changes_trimmed SET through = (SELECT MAX(seq) FROM kv_changes)",
+            [],
+        )?;
+        connection.execute("DELETE FROM kv_changes", [])?;
+        match feed
+            .changes_after(&start, 10, 1 << 20, Duration::ZERO)
+            .await?
+        {
+            Changes::Gap { position, why } => {
+                if !why.contains("trimmed") {
+                    return Err(format!("the gap says {why:?}").into());
+                }
+                store.set("after", b"gap".to_vec()).await?;
+                let read = feed
+                    .changes_after(&position, 10, 1 << 20, Duration::from_secs(2))
+                    .await?;
+                let Changes::Next { changes, .. } = read else {
+                    return Err(format!("after the gap: {read:?}").into());
+                };
+                if changes != [set("after", b"gap")] {
+                    return Err(format!("after the gap: {changes:?}").into());
+                }
+            }
+            read => return Err(format!("a trimmed checkpoint read {read:?}").into()),
+        }
+        Ok(())
+    })
+}
+
 fn rusqlite_connection(path: &std::path::Path) -> Result<rusqlite::Connection, Failed> {
     rusqlite::Connection::open(path).map_err(|err| Failed::from(err.to_string()))
 }
@@ -369,6 +477,10 @@ fn main() -> ExitCode {
         Trial::test(
             "a_write_given_up_by_its_caller_is_never_committed",
             a_write_given_up_by_its_caller_is_never_committed,
+        ),
+        Trial::test(
+            "the_change_feed_reads_one_namespace_in_order",
+            the_change_feed_reads_one_namespace_in_order,
         ),
     ];
     libtest_mimic::run(&args, trials).exit_code()

@@ -21,6 +21,12 @@ const COMPONENTS: &[(&str, &str, &str, &str)] = &[
         "`examples/http-kv`: the REST API handler `wasi-kv serve` runs.",
     ),
     (
+        "WATCH_AUDIT_EXAMPLE",
+        "watch-audit",
+        "watch_audit",
+        "`examples/watch-audit`: an audit log of a store's changes, for `wasi-kv watch`.",
+    ),
+    (
         "HTTP_FIXTURE",
         "http-fixture",
         "http_fixture",
@@ -63,6 +69,13 @@ const COMPONENTS: &[(&str, &str, &str, &str)] = &[
         "kv-test-commands",
         "kv_bench_guest_cas",
         "The benchmark command timing `cas.new` plus `swap` (0.2.0-draft2; wasi-kv only).",
+    ),
+    (
+        "WATCH_RECORDER",
+        "kv-watch-recorder",
+        "kv_watch_recorder",
+        "A watch-service component recording each change into the `audit` store (`seq`, \
+         `event/{seq}`), trapping on values `trap-once`/`trap-always`, spinning on `spin`.",
     ),
     (
         "INTEROP_SPIN_COMMAND",

@@ -1,0 +1,519 @@
+//! `wasi-kv watch` end to end: the recorder component (test-components/watchers/recorder)
+//! writes each change it is given into the `audit` store, and these tests compare that log
+//! with what they wrote (docs/watch.md, docs/semantics.md S13).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_cli::watch::{WatchOptions, Watching};
+use kv_core::{KvStore, Stores};
+
+const WASI_KV: &str = env!("CARGO_BIN_EXE_wasi-kv");
+const RECORDER: &str = kv_test_artifacts::WATCH_RECORDER;
+
+async fn stores(specs: &[&str]) -> Arc<Stores> {
+    let specs: Vec<String> = specs.iter().map(|spec| spec.to_string()).collect();
+    let config = kv_cli::load_config(None, &specs).expect("configuration");
+    Arc::new(
+        kv_cli::registry()
+            .build(&config)
+            .await
+            .expect("stores open"),
+    )
+}
+
+fn options(watched: &str) -> WatchOptions {
+    WatchOptions {
+        component: RECORDER.into(),
+        name: None,
+        watched: vec![watched.to_string()],
+        state: None,
+        dead_letters: None,
+        envs: vec![],
+        time_limit: Duration::from_secs(5),
+        memory_limit: 64 << 20,
+        delivery: kv_watch::WatchOptions {
+            wait: Duration::from_millis(200),
+            ..kv_watch::WatchOptions::default()
+        },
+    }
+}
+
+/// The recorder's log, oldest first.
+async fn events(audit: &KvStore) -> Vec<String> {
+    let count = match audit.get("seq").await.expect("read seq") {
+        Some(seq) => String::from_utf8_lossy(&seq)
+            .parse::<u64>()
+            .expect("a count"),
+        None => 0,
+    };
+    let keys: Vec<String> = (1..=count).map(|n| format!("event/{n:08}")).collect();
+    let mut events = Vec::new();
+    for chunk in keys.chunks(500) {
+        for value in audit.get_many(chunk).await.expect("read events") {
+            events.push(String::from_utf8_lossy(&value.unwrap_or_default()).into_owned());
+        }
+    }
+    events
+}
+
+/// Waits (bounded) until `done` holds for the log.
+async fn wait_for(
+    audit: &KvStore,
+    limit: Duration,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let seen = events(audit).await;
+        if done(&seen) || Instant::now() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_is_delivered_in_order_on_memory() {
+    let stores = stores(&[
+        "data=memory:?namespace=data",
+        "audit=memory:?namespace=audit",
+    ])
+    .await;
+    let watching = Watching::start(&options("data"), stores.clone())
+        .await
+        .expect("the watcher starts");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(watching.run(async {
+        let _ = stopped.await;
+    }));
+    let data = stores.open("data").await.unwrap();
+    let audit = stores.open("audit").await.unwrap();
+    data.set("a", b"1".to_vec()).await.unwrap();
+    data.set("b", b"2".to_vec()).await.unwrap();
+    data.set("a", b"3".to_vec()).await.unwrap();
+    data.delete("b").await.unwrap();
+    // Deleting a missing key changes nothing: no event.
+    data.delete("never-there").await.unwrap();
+    data.increment("c", 5).await.unwrap();
+    data.set_many(vec![
+        ("d".into(), b"4".to_vec()),
+        ("e".into(), b"5".to_vec()),
+    ])
+    .await
+    .unwrap();
+    data.delete_many(&["d".to_string(), "e".to_string()])
+        .await
+        .unwrap();
+    data.set_with_ttl("t", b"soon".to_vec(), 300).await.unwrap();
+    let expected = [
+        "set a 1",
+        "set b 2",
+        "set a 3",
+        "delete b",
+        "set c 5",
+        "set d 4",
+        "set e 5",
+        "delete d",
+        "delete e",
+        "set t soon",
+        // The TTL running out is a delete too.
+        "delete t",
+    ];
+    let seen = wait_for(&audit, Duration::from_secs(20), |seen| {
+        seen.len() >= expected.len()
+    })
+    .await;
+    assert_eq!(seen, expected, "what the watcher received, in order");
+    // Nothing more arrives.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(events(&audit).await.len(), expected.len());
+    let _ = stop.send(());
+    let delivered = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the watcher stops within 20 s")
+        .unwrap()
+        .expect("the watcher stops cleanly");
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].1.changes, expected.len() as u64);
+    assert_eq!(delivered[0].1.failures, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_delivery_is_retried_then_dead_lettered_never_dropped() {
+    let stores = stores(&[
+        "data=memory:?namespace=data",
+        "audit=memory:?namespace=audit",
+        "dead=memory:?namespace=dead",
+    ])
+    .await;
+    let mut options = options("data");
+    options.dead_letters = Some("dead".into());
+    options.time_limit = Duration::from_secs(1);
+    options.delivery.max_attempts = 3;
+    options.delivery.backoff = kv_core::Backoff {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+    };
+    let watching = Watching::start(&options, stores.clone()).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(watching.run(async {
+        let _ = stopped.await;
+    }));
+    let data = stores.open("data").await.unwrap();
+    let audit = stores.open("audit").await.unwrap();
+    let dead = stores.open("dead").await.unwrap();
+    data.set("before", b"ok".to_vec()).await.unwrap();
+    // Traps on its first delivery: delivered again, on a new instance, and recorded once.
+    data.set("flaky", b"trap-once".to_vec()).await.unwrap();
+    // Traps every time: after 3 deliveries it goes to the dead letters.
+    data.set("poison", b"trap-always".to_vec()).await.unwrap();
+    // Computes forever: the time limit stops each delivery.
+    data.set("slow", b"spin".to_vec()).await.unwrap();
+    // Later changes are still delivered, after the ones that failed.
+    data.set("after", b"ok".to_vec()).await.unwrap();
+    let expected = ["set before ok", "set flaky trap-once", "set after ok"];
+    let seen = wait_for(&audit, Duration::from_secs(30), |seen| {
+        seen.len() >= expected.len()
+    })
+    .await;
+    assert_eq!(seen, expected);
+    assert_eq!(
+        audit.get("attempts/flaky").await.unwrap().as_deref(),
+        Some(&b"2"[..]),
+        "trap-once was delivered exactly twice"
+    );
+    let mut letters = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = dead.list_keys(cursor.as_deref()).await.unwrap();
+        for key in page.keys {
+            let body = dead.get(&key).await.unwrap().unwrap();
+            letters.push((
+                key,
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            ));
+        }
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(letters.len(), 2, "two dead letters: {letters:?}");
+    let by_key: HashMap<String, &serde_json::Value> = letters
+        .iter()
+        .map(|(_, letter)| (letter["key"].as_str().unwrap().to_string(), letter))
+        .collect();
+    let poison = by_key["poison"];
+    assert_eq!(poison["op"], "set");
+    assert_eq!(poison["attempts"], 3);
+    assert_eq!(poison["store"], "data");
+    assert!(
+        poison["error"].as_str().unwrap().contains("trapped"),
+        "{poison}"
+    );
+    let slow = by_key["slow"];
+    assert!(
+        slow["error"].as_str().unwrap().contains("time limit"),
+        "{slow}"
+    );
+    for (key, _) in &letters {
+        assert!(
+            key.starts_with("watch/kv_watch_recorder/data/dead/"),
+            "{key}"
+        );
+    }
+    let _ = stop.send(());
+    let delivered = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivered[0].1.dead_letters, 2);
+    assert_eq!(delivered[0].1.failures, 1 + 3 + 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_refuses_what_it_cannot_serve() {
+    let stores = stores(&["data=memory:?namespace=data", "audit=memory:"]).await;
+    let mut not_a_watcher = options("data");
+    not_a_watcher.component = kv_test_artifacts::COUNTER_EXAMPLE.into();
+    let err = Watching::start(&not_a_watcher, stores.clone())
+        .await
+        .err()
+        .expect("a command is not a watcher");
+    assert!(
+        format!("{err:#}").contains("exports no wasi:keyvalue/watcher"),
+        "{err:#}"
+    );
+    let mut loop_back = options("data");
+    loop_back.state = Some("data".into());
+    let err = Watching::start(&loop_back, stores.clone())
+        .await
+        .err()
+        .expect("a watched store cannot hold the checkpoints");
+    assert!(format!("{err:#}").contains("cannot keep"), "{err:#}");
+    let mut unknown = options("nope");
+    unknown.watched = vec!["nope".into()];
+    let err = Watching::start(&unknown, stores)
+        .await
+        .err()
+        .expect("no such store");
+    assert!(format!("{err:#}").contains("--watch nope"), "{err:#}");
+}
+
+/// A `wasi-kv watch` process; SIGKILLed when dropped.
+struct WatchProcess(Child);
+
+impl WatchProcess {
+    fn start(args: &[String]) -> WatchProcess {
+        let mut child = Command::new(WASI_KV)
+            .arg("watch")
+            .args(args)
+            .arg(RECORDER)
+            .env("WASI_KV_LOG", "warn,kv_cli=info,kv_watch=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("wasi-kv starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reading the first line");
+        assert!(
+            line.starts_with("watching "),
+            "wasi-kv watch did not start: {line:?}"
+        );
+        WatchProcess(child)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// SIGTERM, and the exit status (bounded wait).
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wasi-kv watch did not stop within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for WatchProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// 10,000 writes (8,000 sets, 2,000 deletes) over 200 keys while the watcher is killed (SIGKILL) mid-stream and started
+/// again: every write is delivered at least once, and each key's writes arrive in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_killed_mid_stream_resumes_without_loss_on_sqlite() {
+    const WRITES: usize = 10_000;
+    const KEYS: usize = 200;
+    // Every fifth round over the keys deletes them (each was set in the round before: a
+    // delete of a missing key would change nothing, and be no event).
+    let is_delete = |n: usize| (n / KEYS) % 5 == 4;
+    let dir = tempfile::tempdir().unwrap();
+    let data_url = format!("sqlite:{}", dir.path().join("data.db").display());
+    let audit_url = format!("sqlite:{}", dir.path().join("audit.db").display());
+    let specs = [
+        format!("data={data_url}"),
+        format!("audit={audit_url}?namespace=audit"),
+        format!("state={audit_url}?namespace=state"),
+    ];
+    let args: Vec<String> = specs
+        .iter()
+        .flat_map(|spec| ["--store".to_string(), spec.clone()])
+        .chain(["--watch", "data", "--state", "state"].map(String::from))
+        .collect();
+    let spec_refs: Vec<&str> = specs.iter().map(String::as_str).collect();
+    let stores = stores(&spec_refs).await;
+    let data = stores.open("data").await.unwrap();
+    let audit = stores.open("audit").await.unwrap();
+    let mut watcher = WatchProcess::start(&args);
+    let writer = {
+        let data = data.clone();
+        tokio::spawn(async move {
+            for n in 0..WRITES {
+                let key = format!("k{:03}", n % KEYS);
+                if is_delete(n) {
+                    data.delete(&key).await.unwrap();
+                } else {
+                    data.set(&key, format!("w{n:05}").into_bytes())
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+    };
+    // Killed once a third has been delivered.
+    let seen = wait_for(&audit, Duration::from_secs(120), |seen| {
+        seen.len() >= WRITES / 3
+    })
+    .await;
+    assert!(
+        seen.len() >= WRITES / 3,
+        "only {} delivered in 120 s",
+        seen.len()
+    );
+    watcher.kill();
+    let killed_at = events(&audit).await.len();
+    let mut watcher = WatchProcess::start(&args);
+    writer.await.unwrap();
+    // The writes as the watcher must see them, per key.
+    let mut written: HashMap<String, Vec<String>> = HashMap::new();
+    for n in 0..WRITES {
+        let key = format!("k{:03}", n % KEYS);
+        let event = if is_delete(n) {
+            format!("delete {key}")
+        } else {
+            format!("set {key} w{n:05}")
+        };
+        written.entry(key).or_default().push(event);
+    }
+    // Every write delivered, and each key's writes in the order written: they are a
+    // subsequence of the key's events (a redelivery after the kill repeats a stretch, which
+    // at-least-once allows; a reordering or a loss does not match).
+    let in_order = |seen: &[String]| -> Result<(), String> {
+        let mut per_key: HashMap<&str, Vec<&str>> = HashMap::new();
+        for event in seen {
+            let key = event.split(' ').nth(1).unwrap_or_default();
+            per_key.entry(key).or_default().push(event.as_str());
+        }
+        for (key, writes) in &written {
+            let got = per_key.get(key.as_str()).cloned().unwrap_or_default();
+            let mut next = 0;
+            for event in &got {
+                if next < writes.len() && *event == writes[next] {
+                    next += 1;
+                }
+            }
+            if next < writes.len() {
+                return Err(format!(
+                    "{key}: {next} of {} writes arrived in order; then {:?} is missing: {got:?}",
+                    writes.len(),
+                    writes[next]
+                ));
+            }
+        }
+        Ok(())
+    };
+    let seen = wait_for(&audit, Duration::from_secs(300), |seen| {
+        in_order(seen).is_ok()
+    })
+    .await;
+    if let Err(missing) = in_order(&seen) {
+        panic!("after {} events: {missing}", seen.len());
+    }
+    let redelivered = seen.len() - WRITES;
+    eprintln!(
+        "{WRITES} writes, {} events ({redelivered} redelivered after the kill at {killed_at})",
+        seen.len()
+    );
+    let status = watcher.terminate();
+    assert!(status.success(), "wasi-kv watch exited with {status}");
+    // The checkpoint is where the last run stopped: a third run delivers nothing old.
+    let before = events(&audit).await.len();
+    let mut third = WatchProcess::start(&args);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        events(&audit).await.len(),
+        before,
+        "a clean stop left nothing to redeliver"
+    );
+    third.terminate();
+}
+
+/// The README's quickstart for `examples/watch-audit`, with the binary: a change made with
+/// `wasi-kv store set` is in the audit log, and a restarted watcher resumes from its
+/// checkpoint (the entry is not logged twice after a clean stop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_audit_example_logs_each_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = format!("data=sqlite:{}", dir.path().join("data.db").display());
+    let audit = format!("audit=sqlite:{}", dir.path().join("audit.db").display());
+    let state = format!(
+        "state=sqlite:{}?namespace=watch",
+        dir.path().join("audit.db").display()
+    );
+    let watch_args = |component: &str| {
+        let mut child = Command::new(WASI_KV)
+            .args([
+                "watch", "--store", &data, "--store", &audit, "--store", &state,
+            ])
+            .args(["--state", "state", "--watch", "data", component])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("wasi-kv starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "watching data");
+        WatchProcess(child)
+    };
+    let store = |args: &[&str]| {
+        let output = Command::new(WASI_KV)
+            .arg("store")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let mut watcher = watch_args(kv_test_artifacts::WATCH_AUDIT_EXAMPLE);
+    assert_eq!(
+        store(&["set", "--store", &data, "greeting", "hello"]).0,
+        Some(0)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let read = store(&["get", "--store", &audit, "log/000000000001"]);
+        if read.0 == Some(0) || Instant::now() > deadline {
+            break read;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(first, (Some(0), "set greeting (5 bytes)".to_string()));
+    assert!(watcher.terminate().success());
+    let mut again = watch_args(kv_test_artifacts::WATCH_AUDIT_EXAMPLE);
+    assert_eq!(store(&["delete", "--store", &data, "greeting"]).0, Some(0));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let second = loop {
+        let read = store(&["get", "--store", &audit, "log/000000000002"]);
+        if read.0 == Some(0) || Instant::now() > deadline {
+            break read;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(second, (Some(0), "delete greeting".to_string()));
+    assert_eq!(
+        store(&["get", "--store", &audit, "entries"]),
+        (Some(0), "2".to_string()),
+        "one entry per change"
+    );
+    assert!(again.terminate().success());
+}

@@ -1,0 +1,173 @@
+//! The delivery loop against the in-memory provider, with a watcher written in Rust: what
+//! the guarantees of docs/semantics.md S13 rest on, without a component in the way.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kv_core::{Access, KvStore, Limits, MemoryProvider, Stores};
+use kv_watch::{Delivery, WatchOptions, Watcher};
+
+/// Records what it is given (shared, so a test sees it while delivery runs); fails the keys
+/// named in `failing`.
+#[derive(Default, Clone)]
+struct Recording {
+    seen: Arc<Mutex<Vec<String>>>,
+    failing: Vec<String>,
+}
+
+impl Recording {
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Watcher for Recording {
+    async fn on_set(&mut self, _: &KvStore, key: &str, value: &[u8]) -> Result<(), String> {
+        if self.failing.iter().any(|failing| failing == key) {
+            return Err(format!("refusing {key}"));
+        }
+        self.seen
+            .lock()
+            .unwrap()
+            .push(format!("set {key} {}", String::from_utf8_lossy(value)));
+        Ok(())
+    }
+
+    async fn on_delete(&mut self, _: &KvStore, key: &str) -> Result<(), String> {
+        self.seen.lock().unwrap().push(format!("delete {key}"));
+        Ok(())
+    }
+}
+
+fn stores() -> Stores {
+    let provider = Arc::new(MemoryProvider::new());
+    Stores::builder(Limits::default())
+        .store("data", provider.clone(), "data", Access::ReadWrite)
+        .store("state", provider.clone(), "state", Access::ReadWrite)
+        .store("dead", provider, "dead", Access::ReadOnly)
+        .build()
+}
+
+fn options() -> WatchOptions {
+    WatchOptions {
+        wait: Duration::from_millis(20),
+        max_attempts: 2,
+        backoff: kv_core::Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+        },
+        ..WatchOptions::default()
+    }
+}
+
+/// Runs `delivery` until `watcher` has seen `count` events, then 200 ms more (to catch any
+/// extra), then stops it; at most 20 s.
+async fn deliver_until(
+    delivery: &Delivery,
+    watcher: &Recording,
+    from: kv_watch::Position,
+    count: usize,
+) -> kv_core::Result<kv_watch::Delivered> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut running = watcher.clone();
+    let run = delivery.run(&mut running, from, stopped);
+    tokio::pin!(run);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut enough_at = None;
+    loop {
+        tokio::select! {
+            result = &mut run => return result,
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+        let now = tokio::time::Instant::now();
+        if watcher.seen().len() >= count {
+            enough_at.get_or_insert(now);
+        }
+        if now > deadline || enough_at.is_some_and(|at| now - at > Duration::from_millis(200)) {
+            let _ = stop.send(true);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_restart_resumes_from_the_checkpoint() {
+    let stores = stores();
+    let data = stores.open("data").await.unwrap();
+    let state = stores.open("state").await.unwrap();
+    let delivery =
+        Delivery::new("w", data.clone(), state.clone(), state.clone(), options()).unwrap();
+    let from = delivery.start().await.unwrap();
+    data.set("a", b"1".to_vec()).await.unwrap();
+    data.delete("a").await.unwrap();
+    let first = Recording::default();
+    deliver_until(&delivery, &first, from, 2).await.unwrap();
+    assert_eq!(first.seen(), ["set a 1", "delete a"]);
+    drop(delivery);
+    // A new delivery (a restarted host) takes the checkpoint, not the head.
+    data.set("b", b"2".to_vec()).await.unwrap();
+    let again = Delivery::new("w", data.clone(), state.clone(), state.clone(), options()).unwrap();
+    let from = again.start().await.unwrap();
+    assert!(
+        state.get(&again.checkpoint_key()).await.unwrap().is_some(),
+        "the checkpoint is in the state store"
+    );
+    let second = Recording::default();
+    deliver_until(&again, &second, from, 1).await.unwrap();
+    // The in-memory log started again with the new follower, so the checkpoint is a gap:
+    // the resync delivers the live key instead.
+    assert_eq!(second.seen(), ["set b 2"]);
+}
+
+#[tokio::test]
+async fn a_watcher_too_far_behind_is_resynchronised_from_a_listing() {
+    let stores = stores();
+    let data = stores.open("data").await.unwrap();
+    let state = stores.open("state").await.unwrap();
+    let delivery =
+        Delivery::new("w", data.clone(), state.clone(), state.clone(), options()).unwrap();
+    let from = delivery.start().await.unwrap();
+    // More changes than the in-memory log keeps, over three keys, before delivery starts.
+    for n in 0..100_002u32 {
+        data.set(&format!("k{}", n % 3), n.to_string().into_bytes())
+            .await
+            .unwrap();
+    }
+    data.delete("k2").await.unwrap();
+    let watcher = Recording::default();
+    let delivered = deliver_until(&delivery, &watcher, from, 2).await.unwrap();
+    assert_eq!(delivered.resyncs, 1);
+    let mut seen = watcher.seen();
+    seen.sort();
+    assert_eq!(seen, ["set k0 99999", "set k1 100000"]);
+}
+
+#[tokio::test]
+async fn a_dead_letter_that_cannot_be_written_stops_delivery_before_the_change() {
+    let stores = stores();
+    let data = stores.open("data").await.unwrap();
+    let state = stores.open("state").await.unwrap();
+    let dead = stores.open("dead").await.unwrap();
+    let delivery = Delivery::new("w", data.clone(), state.clone(), dead, options()).unwrap();
+    let from = delivery.start().await.unwrap();
+    data.set("poison", b"x".to_vec()).await.unwrap();
+    let watcher = Recording {
+        failing: vec!["poison".into()],
+        ..Recording::default()
+    };
+    let err = deliver_until(&delivery, &watcher, from.clone(), usize::MAX)
+        .await
+        .expect_err("the dead-letter store is read-only");
+    assert_eq!(err.kind(), kv_core::ErrorKind::AccessDenied, "{err}");
+    let checkpoint = state
+        .get(&delivery.checkpoint_key())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        checkpoint,
+        from.0.as_bytes(),
+        "the checkpoint did not move past the change"
+    );
+}
