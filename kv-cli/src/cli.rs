@@ -272,9 +272,10 @@ pub struct WatchArgs {
     #[arg(long = "watch", value_name = "STORE", required = true)]
     pub watched: Vec<String>,
     /// The store keeping the checkpoints, so a restart resumes where the watcher stopped
-    /// (default: this process's memory).
+    /// (a durable store for a durable one; `--store state=memory:` when nothing is to
+    /// survive the process).
     #[arg(long, value_name = "STORE")]
-    pub state: Option<String>,
+    pub state: String,
     /// The store receiving changes the component failed `--max-attempts` times
     /// (default: the state store).
     #[arg(long = "dead-letter", value_name = "STORE")]

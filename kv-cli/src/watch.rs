@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use async_trait::async_trait;
-use kv_core::{Access, KvStore, Limits, MemoryProvider, Stores};
+use kv_core::{KvStore, Stores};
 use kv_host::watch::{WatchVersion, WatcherInstance};
 use kv_host::{KvCtx, KvView, WasiKvView};
-use tracing::{info, warn};
+use tracing::info;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -29,8 +29,8 @@ pub struct WatchOptions {
     pub name: Option<String>,
     /// The stores whose changes are delivered.
     pub watched: Vec<String>,
-    /// The store keeping checkpoints; `None`: this process's memory (nothing to resume).
-    pub state: Option<String>,
+    /// The store keeping checkpoints (and, by default, dead letters).
+    pub state: String,
     /// The store receiving dead letters; `None`: the state store.
     pub dead_letters: Option<String>,
     /// `NAME=VALUE` pairs for the component.
@@ -261,49 +261,28 @@ async fn start(options: &WatchOptions, stores: Arc<Stores>) -> anyhow::Result<Wa
     if options.watched.is_empty() {
         bail!("nothing to watch: name a store with --watch STORE");
     }
+    let dead_letter_store = options.dead_letters.as_deref().unwrap_or(&options.state);
     for watched in &options.watched {
         for (what, other) in [
-            ("--state", &options.state),
-            ("--dead-letter", &options.dead_letters),
+            ("--state", options.state.as_str()),
+            ("--dead-letter", dead_letter_store),
         ] {
-            if other.as_deref() == Some(watched.as_str()) {
+            if stores.same_keys(watched, other) {
                 bail!(
-                    "{what} {watched}: a watched store cannot keep the watcher's own records \
-                     (each record would be a change to deliver)"
+                    "{what} {other}: it is the watched store {watched:?}, which cannot keep the \
+                     watcher's own records (each record would be a change to deliver)"
                 );
             }
         }
     }
-    let state = match &options.state {
-        Some(state) => stores
-            .open(state)
-            .await
-            .map_err(|err| anyhow::anyhow!("--state {state}: {err}"))?,
-        None => {
-            warn!(
-                "checkpoints are kept in this process's memory: a restarted watcher follows \
-                 changes from its start (pass --state STORE to resume where it stopped)"
-            );
-            Stores::builder(Limits::default())
-                .store(
-                    "watch-state",
-                    Arc::new(MemoryProvider::new()),
-                    "watch-state",
-                    Access::ReadWrite,
-                )
-                .build()
-                .open("watch-state")
-                .await
-                .map_err(|err| anyhow::anyhow!("the in-memory state store: {err}"))?
-        }
-    };
-    let dead_letters = match &options.dead_letters {
-        Some(dead) => stores
-            .open(dead)
-            .await
-            .map_err(|err| anyhow::anyhow!("--dead-letter {dead}: {err}"))?,
-        None => state.clone(),
-    };
+    let state = stores
+        .open(&options.state)
+        .await
+        .map_err(|err| anyhow::anyhow!("--state {}: {err}", options.state))?;
+    let dead_letters = stores
+        .open(dead_letter_store)
+        .await
+        .map_err(|err| anyhow::anyhow!("dead letters in {dead_letter_store}: {err}"))?;
     let mut deliveries = Vec::new();
     for watched in &options.watched {
         let store = stores

@@ -30,7 +30,7 @@ fn options(watched: &str) -> WatchOptions {
         component: RECORDER.into(),
         name: None,
         watched: vec![watched.to_string()],
-        state: None,
+        state: "state".into(),
         dead_letters: None,
         envs: vec![],
         time_limit: Duration::from_secs(5),
@@ -78,12 +78,25 @@ async fn wait_for(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_is_delivered_in_order_on_memory() {
+    every_change_in_order(RECORDER).await;
+}
+
+/// The same through the `0.2.0-draft` watcher export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_watcher_gets_every_change_in_order() {
+    every_change_in_order(kv_test_artifacts::WATCH_RECORDER_DRAFT).await;
+}
+
+async fn every_change_in_order(component: &str) {
     let stores = stores(&[
         "data=memory:?namespace=data",
         "audit=memory:?namespace=audit",
+        "state=memory:?namespace=state",
     ])
     .await;
-    let watching = Watching::start(&options("data"), stores.clone())
+    let mut options = options("data");
+    options.component = component.into();
+    let watching = Watching::start(&options, stores.clone())
         .await
         .expect("the watcher starts");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -147,6 +160,7 @@ async fn a_failed_delivery_is_retried_then_dead_lettered_never_dropped() {
     let stores = stores(&[
         "data=memory:?namespace=data",
         "audit=memory:?namespace=audit",
+        "state=memory:?namespace=state",
         "dead=memory:?namespace=dead",
     ])
     .await;
@@ -238,7 +252,13 @@ async fn a_failed_delivery_is_retried_then_dead_lettered_never_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_refuses_what_it_cannot_serve() {
-    let stores = stores(&["data=memory:?namespace=data", "audit=memory:"]).await;
+    let stores = stores(&[
+        "data=memory:?namespace=data",
+        "audit=memory:",
+        "state=memory:?namespace=state",
+        "alias=memory:?namespace=data",
+    ])
+    .await;
     let mut not_a_watcher = options("data");
     not_a_watcher.component = kv_test_artifacts::COUNTER_EXAMPLE.into();
     let err = Watching::start(&not_a_watcher, stores.clone())
@@ -250,12 +270,26 @@ async fn watch_refuses_what_it_cannot_serve() {
         "{err:#}"
     );
     let mut loop_back = options("data");
-    loop_back.state = Some("data".into());
+    loop_back.state = "data".into();
     let err = Watching::start(&loop_back, stores.clone())
         .await
         .err()
         .expect("a watched store cannot hold the checkpoints");
-    assert!(format!("{err:#}").contains("cannot keep"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("it is the watched store"),
+        "{err:#}"
+    );
+    // The same keys under another name: every checkpoint would be a change to deliver.
+    let mut aliased = options("data");
+    aliased.state = "alias".into();
+    let err = Watching::start(&aliased, stores.clone())
+        .await
+        .err()
+        .expect("an alias of the watched store cannot hold the checkpoints");
+    assert!(
+        format!("{err:#}").contains("it is the watched store"),
+        "{err:#}"
+    );
     let mut unknown = options("nope");
     unknown.watched = vec!["nope".into()];
     let err = Watching::start(&unknown, stores)

@@ -207,7 +207,7 @@ impl Namespace {
     /// One hash either way.
     fn store(&mut self, key: &str, entry: Entry) {
         let expiry = (entry.expires != NEVER).then_some((entry.expires, entry.version));
-        self.log_set(key, &entry.value);
+        self.log_write(key, &entry.value);
         let hash = self.key_hash(key);
         match self
             .entries
@@ -229,7 +229,7 @@ impl Namespace {
     /// Stores `entry` at `key`, taking the key's allocation for a new one.
     fn store_owned(&mut self, key: String, entry: Entry) {
         let expiry = (entry.expires != NEVER).then_some((entry.expires, entry.version));
-        self.log_set(&key, &entry.value);
+        self.log_write(&key, &entry.value);
         let hash = self.key_hash(&key);
         match self
             .entries
@@ -254,9 +254,20 @@ impl Namespace {
         }
     }
 
-    /// Logs a write for the watchers, if any follow this namespace.
-    fn log_set(&mut self, key: &str, value: &[u8]) {
+    /// Logs a write for the watchers, if any follow this namespace: first the expiry of the
+    /// entry it replaces, if that entry expired before being reclaimed (its expiry is a change
+    /// of its own).
+    fn log_write(&mut self, key: &str, value: &[u8]) {
         if let Some(log) = &mut self.changes {
+            let replaces_expired = self
+                .entries
+                .get(key)
+                .is_some_and(|entry| !entry.is_live(&Now::default()));
+            if replaces_expired {
+                log.push(Change::Delete {
+                    key: key.to_string(),
+                });
+            }
             log.push(Change::Set {
                 key: key.to_string(),
                 value: value.to_vec(),
@@ -549,7 +560,7 @@ impl MemoryBucket {
                     map.expiries
                         .push(Reverse((expires, version, Box::from(key))));
                 }
-                map.log_set(key, &encode_counter(next));
+                map.log_write(key, &encode_counter(next));
                 next
             }
             None => {

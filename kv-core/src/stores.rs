@@ -283,6 +283,27 @@ impl Stores {
         &self.limits
     }
 
+    /// Whether stores `a` and `b` are the same keys: one provider (connection) and namespace,
+    /// whatever their names (`""` is the default store). A store reached over two different
+    /// connections to one backend is not recognised.
+    pub fn same_keys(&self, a: &str, b: &str) -> bool {
+        match (self.binding(a), self.binding(b)) {
+            (Some(a), Some(b)) => {
+                Arc::ptr_eq(&a.provider, &b.provider) && a.namespace == b.namespace
+            }
+            _ => false,
+        }
+    }
+
+    /// The binding of `name`; `""` is the default store unless configured itself.
+    fn binding(&self, name: &str) -> Option<&Binding> {
+        self.bindings.get(name).or_else(|| {
+            name.is_empty()
+                .then(|| self.bindings.get(crate::config::DEFAULT_STORE))
+                .flatten()
+        })
+    }
+
     /// Opens store `name`: `no-such-store` if unknown, `access-denied` if not granted.
     pub async fn open(&self, name: &str) -> Result<KvStore> {
         self.open_as(name, None).await
@@ -315,12 +336,7 @@ impl Stores {
     async fn open_as(&self, name: &str, access: Option<Access>) -> Result<KvStore> {
         // `""` is the only identifier wasmtime's keyvalue host knows: unless it is configured
         // itself, it is the default store, so components written for wasmtime run here.
-        let binding = self.bindings.get(name).or_else(|| {
-            name.is_empty()
-                .then(|| self.bindings.get(crate::config::DEFAULT_STORE))
-                .flatten()
-        });
-        let binding = binding.ok_or_else(|| {
+        let binding = self.binding(name).ok_or_else(|| {
             KvError::new(
                 ErrorKind::NoSuchStore,
                 format!("no store named {name:?} is configured"),

@@ -54,6 +54,34 @@ impl Change {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Position(pub String);
 
+impl Position {
+    /// Change `number` of the log `log` (an id the log drew at random when it started): a
+    /// number alone would be read against another log (a restarted process's, a re-created
+    /// file's) and skip changes without a word.
+    pub fn numbered(log: &str, number: u64) -> Position {
+        Position(format!("{log}:{number}"))
+    }
+
+    /// The number this position has in `log`; `None` for a position of another log, or text
+    /// no log wrote (the feed answers it with a gap, never an error: a watcher must resync, not
+    /// stop).
+    pub fn number_in(&self, log: &str) -> Option<u64> {
+        let (from, number) = self.0.rsplit_once(':')?;
+        (from == log).then_some(())?;
+        number.parse().ok()
+    }
+}
+
+/// A change and the position after it: a watcher that stops within a batch saves the
+/// position after the last change it delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    /// The change.
+    pub change: Change,
+    /// The position after it.
+    pub position: Position,
+}
+
 impl std::fmt::Display for Position {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -67,7 +95,7 @@ pub enum Changes {
     /// the wait), and the position after the last of them.
     Next {
         /// The changes.
-        changes: Vec<Change>,
+        changes: Vec<Logged>,
         /// Where to ask next.
         position: Position,
     },
@@ -114,20 +142,7 @@ pub struct WatchSupport {
     pub every_value: bool,
 }
 
-/// The position text of a feed numbered by a sequence (the memory and SQLite feeds).
-pub fn sequence_position(sequence: u64) -> Position {
-    Position(sequence.to_string())
-}
-
-/// Reads back a [`sequence_position`], or `invalid-cursor` for text no feed of this kind issued.
-pub fn parse_sequence_position(position: &Position) -> Result<u64> {
-    position.0.parse().map_err(|_| {
-        crate::KvError::new(
-            crate::ErrorKind::InvalidCursor,
-            format!(
-                "{:?} is not a position of this change feed (a checkpoint of another store?)",
-                position.0
-            ),
-        )
-    })
+/// A random id for a new log (see [`Position::numbered`]).
+pub fn new_log_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }

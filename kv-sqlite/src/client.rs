@@ -15,8 +15,8 @@ use kv_core::Result;
 /// The schema: one table of keys, one of applied request ids (exactly-once increments and
 /// swaps), and the tombstones of deleted keys with the deletion clock that gives absence a
 /// version (compare-and-swap without ABA). Keys of a namespace are contiguous in the primary
-/// key, so listing is a range scan. The change log (`kv_changes`) stays empty until a store
-/// of the file is first watched: its triggers are created then (`changes.rs`).
+/// key, so listing is a range scan. The change log (`kv_changes`) logs only the namespaces
+/// listed in `kv_watched`, which a watcher adds when it starts (`changes.rs`).
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS kv (
     ns  TEXT    NOT NULL,
@@ -56,9 +56,14 @@ CREATE TABLE IF NOT EXISTS kv_changes (
 CREATE INDEX IF NOT EXISTS kv_changes_ns ON kv_changes (ns, seq);
 CREATE TABLE IF NOT EXISTS kv_changes_trimmed (
     id      INTEGER PRIMARY KEY CHECK (id = 0),
-    through INTEGER NOT NULL
+    through INTEGER NOT NULL,
+    log     TEXT    NOT NULL
 );
-INSERT OR IGNORE INTO kv_changes_trimmed (id, through) VALUES (0, 0);
+INSERT OR IGNORE INTO kv_changes_trimmed (id, through, log)
+    VALUES (0, 0, lower(hex(randomblob(8))));
+CREATE TABLE IF NOT EXISTS kv_watched (
+    ns TEXT PRIMARY KEY
+) WITHOUT ROWID;
 ";
 
 /// How often a call waiting for another connection's lock looks again.

@@ -114,6 +114,17 @@ pub fn sweep(connection: &mut Connection) -> Result<()> {
 /// Deletes expired keys now, each leaving a tombstone like a delete (and a delete in the
 /// change log, when the file is watched).
 pub(crate) fn expire(connection: &mut Connection) -> Result<()> {
+    // A read first: the write lock only when there is something to delete.
+    let due: bool = connection
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM kv WHERE exp IS NOT NULL AND exp <= ?1)",
+            [now()],
+            |row| row.get(0),
+        )
+        .map_err(|err| map_error("expire", err))?;
+    if !due {
+        return Ok(());
+    }
     let transaction = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|err| map_error("expire", err))?;

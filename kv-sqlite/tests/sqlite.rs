@@ -346,8 +346,9 @@ fn a_write_given_up_by_its_caller_is_never_committed() -> Result<(), Failed> {
 }
 
 /// The change feed (`wasi-kv watch`): what one namespace's watcher reads back, in order; an
-/// overwrite is one change, other namespaces are skipped, an expiry is a delete, and a
-/// checkpoint older than the trimmed log (or from another file) is a gap.
+/// overwrite is one change, other namespaces are skipped, an expiry is a delete (also when
+/// the expired key is written again before anything deleted it), and a checkpoint older than
+/// the trimmed log, past its end or of another file's log is a gap.
 fn the_change_feed_reads_one_namespace_in_order() -> Result<(), Failed> {
     use kv_core::watch::{Change, Changes};
     runtime().block_on(async {
@@ -355,7 +356,7 @@ fn the_change_feed_reads_one_namespace_in_order() -> Result<(), Failed> {
         let path = dir.path().join("kv.db");
         let store = store(&path).await?;
         let feed = store.change_feed()?;
-        let start = feed.head().await?;
+        let start = feed.head().await.map_err(|err| err.chain())?;
         // Another namespace of the same file: logged, but not this watcher's.
         let url = format!("o=sqlite:{}?namespace=other", path.display());
         let (_, spec) = kv_core::config::parse_short_form(&url)?;
@@ -376,21 +377,25 @@ fn the_change_feed_reads_one_namespace_in_order() -> Result<(), Failed> {
         store.delete("a").await?;
         store.delete("a").await?;
         store.set_with_ttl("t", b"soon".to_vec(), 100).await?;
+        store.set_with_ttl("r", b"old".to_vec(), 100).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
+        // Overwritten after it expired, before anything deleted it: its expiry is a change.
+        store.set("r", b"new".to_vec()).await?;
         let mut got = Vec::new();
         let mut position = start.clone();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while got.len() < 6 && std::time::Instant::now() < deadline {
+        while got.len() < 9 && std::time::Instant::now() < deadline {
             match feed
                 .changes_after(&position, 2, 1 << 20, Duration::from_millis(200))
-                .await?
+                .await
+                .map_err(|err| err.chain())?
             {
                 Changes::Next {
                     changes,
                     position: next,
                 } => {
                     assert!(changes.len() <= 2, "at most `max` changes");
-                    got.extend(changes);
+                    got.extend(changes.into_iter().map(|logged| logged.change));
                     position = next;
                 }
                 gap => return Err(format!("unexpected {gap:?}").into()),
@@ -407,18 +412,28 @@ fn the_change_feed_reads_one_namespace_in_order() -> Result<(), Failed> {
             set("n", b"3"),
             delete("a"),
             set("t", b"soon"),
+            set("r", b"old"),
+            delete("r"),
+            set("r", b"new"),
             delete("t"),
         ];
         if got != expected {
             return Err(format!("the feed read {got:?}, expected {expected:?}").into());
         }
-        // A position past this file's last change: a checkpoint of another file.
-        let future = kv_core::watch::sequence_position(1_000_000);
-        let read = feed
-            .changes_after(&future, 10, 1 << 20, Duration::ZERO)
-            .await?;
-        if !matches!(read, Changes::Gap { .. }) {
-            return Err(format!("a position from elsewhere read {read:?}").into());
+        // A position past this file's last change, and one of another file's log (a
+        // re-created file, whose numbers would otherwise be read as this one's).
+        let (log, _) = start.0.rsplit_once(':').ok_or("a position names its log")?;
+        for elsewhere in [
+            kv_core::watch::Position::numbered(log, 1_000_000),
+            kv_core::watch::Position::numbered("0123456789abcdef", 1),
+            kv_core::watch::Position("not a position".into()),
+        ] {
+            let read = feed
+                .changes_after(&elsewhere, 10, 1 << 20, Duration::ZERO)
+                .await?;
+            if !matches!(read, Changes::Gap { .. }) {
+                return Err(format!("{elsewhere:?} read {read:?}").into());
+            }
         }
         // Trimmed past the checkpoint (as the sweeper does after the retention): a gap,
         // and the position it gives reads on.
@@ -443,6 +458,8 @@ fn the_change_feed_reads_one_namespace_in_order() -> Result<(), Failed> {
                 let Changes::Next { changes, .. } = read else {
                     return Err(format!("after the gap: {read:?}").into());
                 };
+                let changes: Vec<Change> =
+                    changes.into_iter().map(|logged| logged.change).collect();
                 if changes != [set("after", b"gap")] {
                     return Err(format!("after the gap: {changes:?}").into());
                 }

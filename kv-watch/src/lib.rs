@@ -24,6 +24,7 @@ pub use kv_core::watch::Position;
 use kv_core::watch::{Change, ChangeFeed, Changes};
 use kv_core::{Backoff, KvStore};
 use serde::Serialize;
+use tokio::sync::watch::Receiver;
 use tracing::{info, warn};
 
 /// What receives the changes.
@@ -99,9 +100,15 @@ struct DeadLetter<'a> {
     store: &'a str,
     op: &'static str,
     key: &'a str,
-    /// The value, base64 (sets only).
+    /// The value, base64 (sets only, and only if the letter fits the dead-letter store).
     #[serde(skip_serializing_if = "Option::is_none")]
     value_base64: Option<String>,
+    /// The value's length (sets only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_bytes: Option<usize>,
+    /// The value's SHA-256, hex (sets only): what identifies a value too large to keep here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_sha256: Option<String>,
     attempts: u32,
     error: &'a str,
     at_ms: u64,
@@ -164,17 +171,20 @@ impl Delivery {
     }
 
     /// Delivers the changes after `from` (what [`Delivery::start`] returned) until `stop`
-    /// turns true (then after the batch being delivered, with the checkpoint saved), or until
-    /// a store fails for longer than its retries.
+    /// turns true, or until a store fails for longer than its retries. A stop is seen between
+    /// changes and between the deliveries of a failing one: the checkpoint saved is the
+    /// position after the last change delivered (or dead-lettered), and the change under way
+    /// is delivered again by the next run.
     pub async fn run(
         &self,
         watcher: &mut dyn Watcher,
         from: Position,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        mut stop: Receiver<bool>,
     ) -> kv_core::Result<Delivered> {
         let mut delivered = Delivered::default();
         let mut position = from;
-        while !*stop.borrow() {
+        let mut saved = position.clone();
+        'reading: while !*stop.borrow() {
             let read = tokio::select! {
                 read = self.feed.changes_after(
                     &position,
@@ -189,13 +199,17 @@ impl Delivery {
                     changes,
                     position: next,
                 } => {
-                    for change in &changes {
-                        self.deliver(watcher, change, &mut delivered).await?;
+                    for logged in &changes {
+                        self.refuse_own_records(&logged.change)?;
+                        if !self
+                            .deliver(watcher, &logged.change, &mut delivered, &stop)
+                            .await?
+                        {
+                            break 'reading;
+                        }
+                        position = logged.position.clone();
                     }
-                    if next != position {
-                        self.save(&next).await?;
-                        position = next;
-                    }
+                    position = next;
                 }
                 Changes::Gap {
                     position: next,
@@ -208,22 +222,49 @@ impl Delivery {
                         "the change feed has a gap: resynchronising from a listing (a delete \
                          inside the gap is not delivered)"
                     );
-                    self.resync(watcher, &mut delivered).await?;
-                    self.save(&next).await?;
+                    if !self.resync(watcher, &mut delivered, &stop).await? {
+                        // Cut short: the gap is met again, and resynchronised, next time.
+                        break;
+                    }
                     position = next;
                 }
             }
+            if position != saved {
+                self.save(&position).await?;
+                saved = position.clone();
+            }
         }
-        self.save(&position).await?;
+        if position != saved {
+            self.save(&position).await?;
+        }
         Ok(delivered)
     }
 
-    /// Every live key, as a set.
+    /// A change to this watcher's own checkpoint or dead letters means they are kept in the
+    /// watched keys (two names, one store): every save would be a change to deliver, without
+    /// end. Stops delivery with the reason.
+    fn refuse_own_records(&self, change: &Change) -> kv_core::Result<()> {
+        let key = change.key();
+        if key == self.checkpoint_key() || key.starts_with(&self.dead_letter_prefix()) {
+            return Err(kv_core::KvError::new(
+                kv_core::ErrorKind::Internal,
+                format!(
+                    "store {:?} holds this watcher's own records ({key:?}): the state and \
+                     dead-letter stores must not be the watched keys",
+                    self.store.name()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every live key, as a set; `false` if stopped before the end.
     async fn resync(
         &self,
         watcher: &mut dyn Watcher,
         delivered: &mut Delivered,
-    ) -> kv_core::Result<()> {
+        stop: &Receiver<bool>,
+    ) -> kv_core::Result<bool> {
         delivered.resyncs += 1;
         let mut cursor = None;
         let mut keys = 0u64;
@@ -232,8 +273,10 @@ impl Delivery {
             for key in page.keys {
                 if let Some(value) = self.store.get(&key).await? {
                     keys += 1;
-                    self.deliver(watcher, &Change::Set { key, value }, delivered)
-                        .await?;
+                    let change = Change::Set { key, value };
+                    if !self.deliver(watcher, &change, delivered, stop).await? {
+                        return Ok(false);
+                    }
                 }
             }
             match page.cursor {
@@ -242,25 +285,30 @@ impl Delivery {
             }
         }
         info!(store = self.store.name(), keys, "resynchronised");
-        Ok(())
+        Ok(true)
     }
 
-    /// One change, retried with backoff, then dead-lettered.
+    /// One change, retried with backoff, then dead-lettered: `true` once it is done with,
+    /// `false` if `stop` came first (it was not delivered, nor dead-lettered).
     async fn deliver(
         &self,
         watcher: &mut dyn Watcher,
         change: &Change,
         delivered: &mut Delivered,
-    ) -> kv_core::Result<()> {
+        stop: &Receiver<bool>,
+    ) -> kv_core::Result<bool> {
         let mut attempt = 1;
         loop {
+            if *stop.borrow() {
+                return Ok(false);
+            }
             let result = match change {
                 Change::Set { key, value } => watcher.on_set(&self.store, key, value).await,
                 Change::Delete { key } => watcher.on_delete(&self.store, key).await,
             };
             let Err(error) = result else {
                 delivered.changes += 1;
-                return Ok(());
+                return Ok(true);
             };
             delivered.failures += 1;
             warn!(
@@ -274,9 +322,13 @@ impl Delivery {
             if attempt >= self.options.max_attempts {
                 self.dead_letter(change, attempt, &error).await?;
                 delivered.dead_letters += 1;
-                return Ok(());
+                return Ok(true);
             }
-            self.options.backoff.wait(attempt).await;
+            let mut stopping = stop.clone();
+            tokio::select! {
+                () = self.options.backoff.wait(attempt) => {}
+                _ = stopping.changed() => return Ok(false),
+            }
             attempt += 1;
         }
     }
@@ -288,26 +340,41 @@ impl Delivery {
         error: &str,
     ) -> kv_core::Result<()> {
         use base64::Engine as _;
-        let (op, value_base64) = match change {
-            Change::Set { value, .. } => (
-                "set",
-                Some(base64::engine::general_purpose::STANDARD.encode(value)),
-            ),
-            Change::Delete { .. } => ("delete", None),
+        use sha2::Digest as _;
+        let value = match change {
+            Change::Set { value, .. } => Some(value.as_slice()),
+            Change::Delete { .. } => None,
         };
-        let letter = DeadLetter {
+        let mut letter = DeadLetter {
             watcher: &self.watcher,
             store: self.store.name(),
-            op,
+            op: if value.is_some() { "set" } else { "delete" },
             key: change.key(),
-            value_base64,
+            value_base64: value
+                .map(|value| base64::engine::general_purpose::STANDARD.encode(value)),
+            value_bytes: value.map(<[u8]>::len),
+            value_sha256: value.map(|value| {
+                sha2::Sha256::digest(value)
+                    .iter()
+                    .map(|byte| format!("{byte:02x}"))
+                    .collect()
+            }),
             attempts,
             error,
             at_ms: kv_core::clock::now_ms(),
         };
-        let body = serde_json::to_vec(&letter)
-            .map_err(|err| kv_core::KvError::internal(format!("a dead letter: {err}")))?;
-        // Ordered by time, unique by a random suffix: letters of one key never overwrite.
+        let encode = |letter: &DeadLetter| {
+            serde_json::to_vec(letter)
+                .map_err(|err| kv_core::KvError::internal(format!("a dead letter: {err}")))
+        };
+        let mut body = encode(&letter)?;
+        if body.len() > self.dead_letters.max_value_bytes() {
+            // Too large to keep whole: the letter names the value by length and hash instead,
+            // rather than stop every later delivery behind it.
+            letter.value_base64 = None;
+            body = encode(&letter)?;
+        }
+        // Ordered by time, unique by a random suffix.
         let key = format!(
             "{}{:016}-{:08x}",
             self.dead_letter_prefix(),

@@ -113,11 +113,19 @@ async fn a_restart_resumes_from_the_checkpoint() {
         state.get(&again.checkpoint_key()).await.unwrap().is_some(),
         "the checkpoint is in the state store"
     );
+    // More changes in the new log than the old checkpoint's number: read as a number of this
+    // log, the checkpoint would skip the first two.
+    data.set("c", b"3".to_vec()).await.unwrap();
+    data.set("d", b"4".to_vec()).await.unwrap();
+    data.set("e", b"5".to_vec()).await.unwrap();
     let second = Recording::default();
-    deliver_until(&again, &second, from, 1).await.unwrap();
+    let delivered = deliver_until(&again, &second, from, 4).await.unwrap();
     // The in-memory log started again with the new follower, so the checkpoint is a gap:
-    // the resync delivers the live key instead.
-    assert_eq!(second.seen(), ["set b 2"]);
+    // the resync delivers every live key instead.
+    assert_eq!(delivered.resyncs, 1);
+    let mut seen = second.seen();
+    seen.sort();
+    assert_eq!(seen, ["set b 2", "set c 3", "set d 4", "set e 5"]);
 }
 
 #[tokio::test]
@@ -170,4 +178,101 @@ async fn a_dead_letter_that_cannot_be_written_stops_delivery_before_the_change()
         from.0.as_bytes(),
         "the checkpoint did not move past the change"
     );
+}
+
+#[tokio::test]
+async fn a_stop_during_retries_leaves_the_change_to_the_next_run() {
+    let stores = stores();
+    let data = stores.open("data").await.unwrap();
+    let state = stores.open("state").await.unwrap();
+    let mut slow_retries = options();
+    slow_retries.max_attempts = 5;
+    slow_retries.backoff = kv_core::Backoff {
+        initial: Duration::from_secs(60),
+        max: Duration::from_secs(60),
+    };
+    let delivery = Delivery::new(
+        "w",
+        data.clone(),
+        state.clone(),
+        state.clone(),
+        slow_retries,
+    )
+    .unwrap();
+    let from = delivery.start().await.unwrap();
+    data.set("ok", b"1".to_vec()).await.unwrap();
+    data.set("poison", b"x".to_vec()).await.unwrap();
+    let watcher = Recording {
+        failing: vec!["poison".into()],
+        ..Recording::default()
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut running = watcher.clone();
+    let started = tokio::time::Instant::now();
+    let run = delivery.run(&mut running, from, stopped);
+    tokio::pin!(run);
+    tokio::select! {
+        result = &mut run => panic!("stopped by itself: {result:?}"),
+        _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+    }
+    let _ = stop.send(true);
+    let delivered = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("a stop ends the backoff at once")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(watcher.seen(), ["set ok 1"]);
+    assert_eq!(delivered.dead_letters, 0, "a stop is not a give-up");
+    // The checkpoint is after `ok`, before `poison`: the next run delivers `poison` again.
+    let again = Recording::default();
+    let from = delivery.start().await.unwrap();
+    deliver_until(&delivery, &again, from, 1).await.unwrap();
+    assert_eq!(again.seen(), ["set poison x"]);
+}
+
+#[tokio::test]
+async fn a_dead_letter_too_large_for_its_store_names_the_value_instead() {
+    let provider = Arc::new(MemoryProvider::new());
+    let stores = stores();
+    let small = Stores::builder(Limits {
+        max_value_bytes: 1024,
+        ..Limits::default()
+    })
+    .store("dead", provider, "dead", Access::ReadWrite)
+    .build();
+    let data = stores.open("data").await.unwrap();
+    let state = stores.open("state").await.unwrap();
+    let dead = small.open("dead").await.unwrap();
+    let delivery = Delivery::new("w", data.clone(), state, dead.clone(), options()).unwrap();
+    let from = delivery.start().await.unwrap();
+    data.set("big", vec![7u8; 2_000]).await.unwrap();
+    let watcher = Recording {
+        failing: vec!["big".into()],
+        ..Recording::default()
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut running = watcher.clone();
+    let run = delivery.run(&mut running, from, stopped);
+    tokio::pin!(run);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::select! {
+            result = &mut run => panic!("stopped by itself: {result:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+        let written = !dead.list_keys(None).await.unwrap().keys.is_empty();
+        if written || tokio::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    let _ = stop.send(true);
+    run.await.unwrap();
+    let page = dead.list_keys(None).await.unwrap();
+    assert_eq!(page.keys.len(), 1, "one dead letter");
+    let letter: serde_json::Value =
+        serde_json::from_slice(&dead.get(&page.keys[0]).await.unwrap().unwrap()).unwrap();
+    assert_eq!(letter["key"], "big");
+    assert_eq!(letter["value_bytes"], 2_000);
+    assert!(letter.get("value_base64").is_none(), "{letter}");
+    assert_eq!(letter["value_sha256"].as_str().unwrap().len(), 64);
 }

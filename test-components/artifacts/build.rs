@@ -78,6 +78,12 @@ const COMPONENTS: &[(&str, &str, &str, &str)] = &[
          `event/{seq}`), trapping on values `trap-once`/`trap-always`, spinning on `spin`.",
     ),
     (
+        "WATCH_RECORDER_DRAFT",
+        "kv-watch-recorder-draft",
+        "kv_watch_recorder_draft",
+        "The recorder built against `wasi:keyvalue@0.2.0-draft` (its `watcher` export).",
+    ),
+    (
         "INTEROP_SPIN_COMMAND",
         "interop-spin-command",
         "interop_spin_command",

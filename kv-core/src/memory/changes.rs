@@ -10,9 +10,7 @@ use tokio::sync::Notify;
 
 use super::{Namespace, Shared, lock};
 use crate::error::Result;
-use crate::watch::{
-    Change, ChangeFeed, Changes, Position, parse_sequence_position, sequence_position,
-};
+use crate::watch::{Change, ChangeFeed, Changes, Logged, Position, new_log_id};
 
 /// Changes a namespace's log keeps at most; a watcher further behind resynchronises.
 pub(super) const CHANGE_LOG_MAX: usize = 100_000;
@@ -29,6 +27,9 @@ const RECLAIMED_PER_LOOK: usize = 10_000;
 
 /// The changes of one namespace, numbered from 0 since the log was started.
 pub(super) struct ChangeLog {
+    /// Drawn when the log starts: a position of an earlier log (another process's, or one
+    /// from before every watcher left) is a gap here, never read as a number of this one.
+    id: String,
     changes: VecDeque<Change>,
     /// The number of `changes[0]`.
     first: u64,
@@ -41,6 +42,7 @@ pub(super) struct ChangeLog {
 impl ChangeLog {
     fn new() -> ChangeLog {
         ChangeLog {
+            id: new_log_id(),
             changes: VecDeque::new(),
             first: 0,
             bytes: 0,
@@ -52,6 +54,10 @@ impl ChangeLog {
     /// The number the next change gets.
     fn next(&self) -> u64 {
         self.first + self.changes.len() as u64
+    }
+
+    fn position(&self, number: u64) -> Position {
+        Position::numbered(&self.id, number)
     }
 
     pub(super) fn push(&mut self, change: Change) {
@@ -93,7 +99,12 @@ impl MemoryFeed {
 
     /// Changes after `after`, or `None` when there are none yet; reclaims expired keys first,
     /// so their deletes are in the log. Also says whether some key may still expire.
-    fn look(&self, after: u64, max: usize, max_bytes: usize) -> Result<(Option<Changes>, bool)> {
+    fn look(
+        &self,
+        after: &Position,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<(Option<Changes>, bool)> {
         let mut namespace = lock(&self.map)?;
         namespace.reclaim_expired_up_to(&self.shared.versions, RECLAIMED_PER_LOOK);
         let expiring = !namespace.expiries.is_empty();
@@ -103,38 +114,42 @@ impl MemoryFeed {
             ));
         };
         let next = log.next();
-        if after < log.first || after > next {
-            let why = if after < log.first {
-                format!(
+        let number = after.number_in(&log.id);
+        let Some(after) = number.filter(|number| (log.first..=next).contains(number)) else {
+            let why = match number {
+                Some(_) => format!(
                     "the watcher fell more than {} changes ({} MiB) behind",
                     CHANGE_LOG_MAX,
                     CHANGE_LOG_MAX_BYTES >> 20
-                )
-            } else {
-                "the in-memory store's change log started again (a new process)".to_string()
+                ),
+                None => "the position is of an earlier change log (another process's, or one \
+                         started again after every watcher left)"
+                    .to_string(),
             };
-            return Ok((
-                Some(Changes::Gap {
-                    position: sequence_position(next),
-                    why,
-                }),
-                expiring,
-            ));
-        }
+            let gap = Changes::Gap {
+                position: log.position(next),
+                why,
+            };
+            return Ok((Some(gap), expiring));
+        };
         if after == next {
             return Ok((None, expiring));
         }
         let mut changes = Vec::new();
         let mut bytes = 0;
-        for change in log.changes.range((after - log.first) as usize..) {
+        let unread = log.changes.range((after - log.first) as usize..);
+        for (number, change) in (after + 1..).zip(unread) {
             let size = change.key().len() + change.value_len();
             if changes.len() == max || (!changes.is_empty() && bytes + size > max_bytes) {
                 break;
             }
             bytes += size;
-            changes.push(change.clone());
+            changes.push(Logged {
+                change: change.clone(),
+                position: log.position(number),
+            });
         }
-        let position = sequence_position(after + changes.len() as u64);
+        let position = log.position(after + changes.len() as u64);
         Ok((Some(Changes::Next { changes, position }), expiring))
     }
 }
@@ -157,8 +172,10 @@ impl Drop for MemoryFeed {
 impl ChangeFeed for MemoryFeed {
     async fn head(&self) -> Result<Position> {
         let namespace = lock(&self.map)?;
-        let next = namespace.changes.as_ref().map_or(0, ChangeLog::next);
-        Ok(sequence_position(next))
+        let log = namespace.changes.as_ref().ok_or_else(|| {
+            crate::KvError::internal("the change log of a followed store is gone")
+        })?;
+        Ok(log.position(log.next()))
     }
 
     async fn changes_after(
@@ -168,14 +185,13 @@ impl ChangeFeed for MemoryFeed {
         max_bytes: usize,
         wait: Duration,
     ) -> Result<Changes> {
-        let after_number = parse_sequence_position(after)?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Registered before looking, so a change made after the look wakes this wait.
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (found, expiring) = self.look(after_number, max.max(1), max_bytes)?;
+            let (found, expiring) = self.look(after, max.max(1), max_bytes)?;
             if let Some(found) = found {
                 return Ok(found);
             }

@@ -1,4 +1,5 @@
-//! A `watch-service` component (`wasi:keyvalue/watcher@0.2.0-draft2`) that records each change
+//! A `watch-service` component (`wasi:keyvalue/watcher@0.2.0-draft2`, or `@0.2.0-draft` with
+//! the `draft` feature) that records each change
 //! it is given into the store `audit`, so a test can check what was delivered, in what order:
 //!
 //! - `seq` counts deliveries; `event/{seq:08}` holds `set KEY VALUE` or `delete KEY`;
@@ -10,10 +11,21 @@
 //! Every event also reads the key back through the `bucket` handle it was given: a handle that
 //! is not the watched store's fails the delivery.
 
+#[cfg(not(feature = "draft"))]
 mod bindings {
     wit_bindgen::generate!({
         path: ["../../../wit/keyvalue"],
         world: "wasi:keyvalue/watch-service@0.2.0-draft2",
+        generate_all,
+    });
+}
+
+/// The same recorder against `0.2.0-draft` (the `recorder-draft` crate).
+#[cfg(feature = "draft")]
+mod bindings {
+    wit_bindgen::generate!({
+        path: ["../../../wit/keyvalue-draft"],
+        world: "wasi:keyvalue/watch-service@0.2.0-draft",
         generate_all,
     });
 }
