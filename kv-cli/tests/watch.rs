@@ -551,3 +551,102 @@ async fn the_watch_audit_example_logs_each_change() {
     );
     assert!(again.terminate().success());
 }
+
+/// Redis, when installed or required (`KV_REQUIRE` names it: CI); `None` otherwise.
+fn redis_server() -> Option<kv_testkit::emulator::RedisServer> {
+    let required = std::env::var("KV_REQUIRE").unwrap_or_default();
+    let wanted = required.split(',').any(|name| name.trim() == "redis")
+        || kv_testkit::emulator::installed("redis");
+    wanted.then(|| kv_testkit::emulator::RedisServer::start().expect("redis-server starts"))
+}
+
+/// Waits (bounded) until the log's last event is `expected`.
+async fn wait_for_last(audit: &KvStore, expected: &str) -> Vec<String> {
+    wait_for(audit, Duration::from_secs(10), |seen| {
+        seen.last().map(String::as_str) == Some(expected)
+    })
+    .await
+}
+
+/// Redis through keyspace notifications (single server): every kind of write, TTL expiry,
+/// and a lost subscription (the server kills the subscriber) resynchronised. Each write waits
+/// for its event: Redis delivers the value a key has when its notification is read, so quick
+/// writes of one key may arrive as the latest value (docs/watch.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_changes_are_delivered_and_a_lost_subscription_resyncs() {
+    let Some(server) = redis_server() else {
+        eprintln!("redis-server is not installed and KV_REQUIRE does not name redis: not run");
+        return;
+    };
+    let namespace = format!("watch-{:08x}", rand::random::<u32>());
+    let data = format!("data={}?namespace={namespace}", server.url());
+    let stores = stores(&[
+        data.as_str(),
+        "audit=memory:?namespace=audit",
+        "state=memory:?namespace=state",
+    ])
+    .await;
+    let watching = Watching::start(&options("data"), stores.clone())
+        .await
+        .expect("the watcher subscribes");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(watching.run(async {
+        let _ = stopped.await;
+    }));
+    let data = stores.open("data").await.unwrap();
+    let audit = stores.open("audit").await.unwrap();
+    data.set("a", b"1".to_vec()).await.unwrap();
+    wait_for_last(&audit, "set a 1").await;
+    data.set("a", b"2".to_vec()).await.unwrap();
+    wait_for_last(&audit, "set a 2").await;
+    data.delete("a").await.unwrap();
+    wait_for_last(&audit, "delete a").await;
+    data.delete("never-there").await.unwrap();
+    data.increment("c", 5).await.unwrap();
+    wait_for_last(&audit, "set c 5").await;
+    data.set_with_ttl("t", b"soon".to_vec(), 300).await.unwrap();
+    wait_for_last(&audit, "set t soon").await;
+    let seen = wait_for_last(&audit, "delete t").await;
+    assert_eq!(
+        seen,
+        [
+            "set a 1",
+            "set a 2",
+            "delete a",
+            "set c 5",
+            "set t soon",
+            "delete t"
+        ],
+        "what the watcher received, in order"
+    );
+    // The server drops the subscriber: notifications until it is back are lost, so the
+    // watcher resynchronises (every live key delivered again) and goes on.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1, "one subscriber");
+    data.set("after", b"kill".to_vec()).await.unwrap();
+    let seen = wait_for(&audit, Duration::from_secs(20), |seen| {
+        seen.iter().filter(|event| *event == "set c 5").count() >= 2
+            && seen.iter().any(|event| event == "set after kill")
+    })
+    .await;
+    assert!(
+        seen.iter().filter(|event| *event == "set c 5").count() >= 2
+            && seen.iter().any(|event| event == "set after kill"),
+        "after the subscription was lost: {seen:?}"
+    );
+    let _ = stop.send(());
+    let delivered = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("stops")
+        .unwrap()
+        .unwrap();
+    assert!(delivered[0].1.resyncs >= 1, "{delivered:?}");
+}

@@ -123,7 +123,7 @@ struct Namespace {
     /// written again since are skipped by their version.
     expiries: BinaryHeap<Reverse<(Deadline, u64, Box<str>)>>,
     /// The changes since a watcher started following, while one does.
-    changes: Option<changes::ChangeLog>,
+    changes: Option<changes::Followed>,
 }
 
 /// The fewest writes without a listing after which the ordered index is dropped.
@@ -258,7 +258,7 @@ impl Namespace {
     /// entry it replaces, if that entry expired before being reclaimed (its expiry is a change
     /// of its own).
     fn log_write(&mut self, key: &str, value: &[u8]) {
-        if let Some(log) = &mut self.changes {
+        if let Some(changes::Followed { log, .. }) = &mut self.changes {
             let replaces_expired = self
                 .entries
                 .get(key)
@@ -349,7 +349,7 @@ impl Namespace {
             if let Some(order) = &mut self.order {
                 order.remove(key);
             }
-            if let Some(log) = &mut self.changes {
+            if let Some(changes::Followed { log, .. }) = &mut self.changes {
                 log.push(Change::Delete {
                     key: key.to_string(),
                 });

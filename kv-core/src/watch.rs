@@ -146,3 +146,113 @@ pub struct WatchSupport {
 pub fn new_log_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
+
+/// A bounded log of changes kept in this process, numbered from 0 under a random id: the
+/// in-memory provider's, and that of a source that learns of changes by notification (Redis
+/// keyspace events). A watcher too far behind, or holding a position of an earlier log (a
+/// restart, or [`ChangeLog::restart`] after missed notifications), gets a gap.
+pub struct ChangeLog {
+    id: String,
+    changes: std::collections::VecDeque<Change>,
+    /// The number of `changes[0]`.
+    first: u64,
+    bytes: usize,
+    max_changes: usize,
+    max_bytes: usize,
+    notify: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl ChangeLog {
+    /// An empty log keeping at most `max_changes` changes and `max_bytes` of keys and values.
+    pub fn new(max_changes: usize, max_bytes: usize) -> ChangeLog {
+        ChangeLog {
+            id: new_log_id(),
+            changes: std::collections::VecDeque::new(),
+            first: 0,
+            bytes: 0,
+            max_changes,
+            max_bytes,
+            notify: std::sync::Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Wakes the readers waiting for a change ([`tokio::sync::Notify::notified`] taken before
+    /// reading, so a change after the read wakes them).
+    pub fn notify(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.notify.clone()
+    }
+
+    /// The position after the last change.
+    pub fn head(&self) -> Position {
+        Position::numbered(&self.id, self.next())
+    }
+
+    fn next(&self) -> u64 {
+        self.first + self.changes.len() as u64
+    }
+
+    /// Appends `change`, dropping the oldest past the bounds, and wakes the readers.
+    pub fn push(&mut self, change: Change) {
+        self.bytes += change.key().len() + change.value_len();
+        self.changes.push_back(change);
+        while self.changes.len() > self.max_changes || self.bytes > self.max_bytes {
+            let Some(oldest) = self.changes.pop_front() else {
+                break;
+            };
+            self.bytes -= oldest.key().len() + oldest.value_len();
+            self.first += 1;
+        }
+        self.notify.notify_waiters();
+    }
+
+    /// Starts over, empty, under a new id: changes may have been missed, so every position
+    /// held is a gap.
+    pub fn restart(&mut self) {
+        let notify = self.notify.clone();
+        *self = ChangeLog::new(self.max_changes, self.max_bytes);
+        self.notify = notify;
+        self.notify.notify_waiters();
+    }
+
+    /// The changes after `after` (at most `max`, and `max_bytes` though one is always given),
+    /// a gap, or `None` when there is nothing after it yet.
+    pub fn read(&self, after: &Position, max: usize, max_bytes: usize) -> Option<Changes> {
+        let next = self.next();
+        let number = after.number_in(&self.id);
+        let Some(after) = number.filter(|number| (self.first..=next).contains(number)) else {
+            let why = match number {
+                Some(_) => format!(
+                    "the watcher fell more than {} changes ({} MiB) behind",
+                    self.max_changes,
+                    self.max_bytes >> 20
+                ),
+                None => "the position is of an earlier change log (another process's, or one \
+                         started again since)"
+                    .to_string(),
+            };
+            return Some(Changes::Gap {
+                position: self.head(),
+                why,
+            });
+        };
+        if after == next {
+            return None;
+        }
+        let mut changes = Vec::new();
+        let mut bytes = 0;
+        let unread = self.changes.range((after - self.first) as usize..);
+        for (number, change) in (after + 1..).zip(unread) {
+            let size = change.key().len() + change.value_len();
+            if changes.len() == max.max(1) || (!changes.is_empty() && bytes + size > max_bytes) {
+                break;
+            }
+            bytes += size;
+            changes.push(Logged {
+                change: change.clone(),
+                position: Position::numbered(&self.id, number),
+            });
+        }
+        let position = Position::numbered(&self.id, after + changes.len() as u64);
+        Some(Changes::Next { changes, position })
+    }
+}

@@ -264,6 +264,15 @@ impl RedisConnection {
 }
 
 impl RedisConnection {
+    /// A client for the one server's subscriptions (keyspace notifications); `None` for a
+    /// cluster, whose notifications are each node's own.
+    pub fn subscriber(&self) -> Option<redis::Client> {
+        match self {
+            RedisConnection::Server(server) => Some(server.client.clone()),
+            RedisConnection::Cluster(_) => None,
+        }
+    }
+
     /// The `maxmemory-policy` of the server, or of every primary of a cluster: by
     /// `CONFIG GET`, or, where `CONFIG` is denied or renamed (as on managed services), from
     /// `INFO memory`.

@@ -5,6 +5,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+mod changes;
 pub mod client;
 pub mod config;
 pub mod error;

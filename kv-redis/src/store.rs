@@ -111,6 +111,15 @@ impl Provider for RedisProvider {
             cas: true,
             list_may_repeat: true,
             max_value_bytes: REDIS_MAX_VALUE_BYTES,
+            // Keyspace notifications, node-local: one server only so far (changes.rs).
+            watch: self
+                .connection
+                .subscriber()
+                .map(|_| kv_core::watch::WatchSupport {
+                    durable: false,
+                    reports_expiry: true,
+                    every_value: false,
+                }),
             ..Capabilities::default()
         }
     }
@@ -362,6 +371,7 @@ fn request_keys(data_key: &[u8]) -> [String; 2] {
     ]
 }
 
+#[derive(Clone)]
 struct RedisBucket {
     connection: RedisConnection,
     wait: ReplicaWait,
@@ -750,6 +760,17 @@ impl std::fmt::Display for ListPosition {
 
 #[async_trait]
 impl Bucket for RedisBucket {
+    fn change_feed(&self) -> Option<Arc<dyn kv_core::watch::ChangeFeed>> {
+        let client = self.connection.subscriber()?;
+        let bucket: Arc<dyn Bucket> = Arc::new(self.clone());
+        Some(Arc::new(crate::changes::RedisFeed::follow(
+            client,
+            bucket,
+            self.prefix.clone(),
+            self.pattern.clone(),
+        )))
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.read("GET", redis::cmd("GET").arg(self.key(key))).await
     }

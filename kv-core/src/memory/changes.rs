@@ -1,7 +1,6 @@
-//! The in-memory provider's change feed: a bounded log of a namespace's changes, kept only
-//! while a watcher follows it (a store nobody watches pays one branch per write).
+//! The in-memory provider's change feed: a bounded [`ChangeLog`] of a namespace's changes,
+//! kept only while a watcher follows it (a store nobody watches pays one branch per write).
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use tokio::sync::Notify;
 
 use super::{Namespace, Shared, lock};
 use crate::error::Result;
-use crate::watch::{Change, ChangeFeed, Changes, Logged, Position, new_log_id};
+use crate::watch::{ChangeFeed, ChangeLog, Changes, Position};
 
 /// Changes a namespace's log keeps at most; a watcher further behind resynchronises.
 pub(super) const CHANGE_LOG_MAX: usize = 100_000;
@@ -25,53 +24,10 @@ const EXPIRY_POLL: Duration = Duration::from_millis(100);
 /// Expired keys one look reclaims at most (each becomes a delete in the log).
 const RECLAIMED_PER_LOOK: usize = 10_000;
 
-/// The changes of one namespace, numbered from 0 since the log was started.
-pub(super) struct ChangeLog {
-    /// Drawn when the log starts: a position of an earlier log (another process's, or one
-    /// from before every watcher left) is a gap here, never read as a number of this one.
-    id: String,
-    changes: VecDeque<Change>,
-    /// The number of `changes[0]`.
-    first: u64,
-    bytes: usize,
-    /// Feeds following this log; it is dropped with the last.
+/// A namespace's log and how many feeds follow it (it is dropped with the last).
+pub(super) struct Followed {
+    pub(super) log: ChangeLog,
     followers: usize,
-    notify: Arc<Notify>,
-}
-
-impl ChangeLog {
-    fn new() -> ChangeLog {
-        ChangeLog {
-            id: new_log_id(),
-            changes: VecDeque::new(),
-            first: 0,
-            bytes: 0,
-            followers: 0,
-            notify: Arc::new(Notify::new()),
-        }
-    }
-
-    /// The number the next change gets.
-    fn next(&self) -> u64 {
-        self.first + self.changes.len() as u64
-    }
-
-    fn position(&self, number: u64) -> Position {
-        Position::numbered(&self.id, number)
-    }
-
-    pub(super) fn push(&mut self, change: Change) {
-        self.bytes += change.key().len() + change.value_len();
-        self.changes.push_back(change);
-        while self.changes.len() > CHANGE_LOG_MAX || self.bytes > CHANGE_LOG_MAX_BYTES {
-            let Some(oldest) = self.changes.pop_front() else {
-                break;
-            };
-            self.bytes -= oldest.key().len() + oldest.value_len();
-            self.first += 1;
-        }
-        self.notify.notify_waiters();
-    }
 }
 
 /// A watcher's view of one namespace's log.
@@ -86,9 +42,12 @@ impl MemoryFeed {
     pub(super) fn follow(map: Arc<Mutex<Namespace>>, shared: Arc<Shared>) -> Result<MemoryFeed> {
         let notify = {
             let mut namespace = lock(&map)?;
-            let log = namespace.changes.get_or_insert_with(ChangeLog::new);
-            log.followers += 1;
-            log.notify.clone()
+            let followed = namespace.changes.get_or_insert_with(|| Followed {
+                log: ChangeLog::new(CHANGE_LOG_MAX, CHANGE_LOG_MAX_BYTES),
+                followers: 0,
+            });
+            followed.followers += 1;
+            followed.log.notify()
         };
         Ok(MemoryFeed {
             map,
@@ -108,58 +67,21 @@ impl MemoryFeed {
         let mut namespace = lock(&self.map)?;
         namespace.reclaim_expired_up_to(&self.shared.versions, RECLAIMED_PER_LOOK);
         let expiring = !namespace.expiries.is_empty();
-        let Some(log) = namespace.changes.as_ref() else {
-            return Err(crate::KvError::internal(
-                "the change log of a followed store is gone",
-            ));
-        };
-        let next = log.next();
-        let number = after.number_in(&log.id);
-        let Some(after) = number.filter(|number| (log.first..=next).contains(number)) else {
-            let why = match number {
-                Some(_) => format!(
-                    "the watcher fell more than {} changes ({} MiB) behind",
-                    CHANGE_LOG_MAX,
-                    CHANGE_LOG_MAX_BYTES >> 20
-                ),
-                None => "the position is of an earlier change log (another process's, or one \
-                         started again after every watcher left)"
-                    .to_string(),
-            };
-            let gap = Changes::Gap {
-                position: log.position(next),
-                why,
-            };
-            return Ok((Some(gap), expiring));
-        };
-        if after == next {
-            return Ok((None, expiring));
-        }
-        let mut changes = Vec::new();
-        let mut bytes = 0;
-        let unread = log.changes.range((after - log.first) as usize..);
-        for (number, change) in (after + 1..).zip(unread) {
-            let size = change.key().len() + change.value_len();
-            if changes.len() == max || (!changes.is_empty() && bytes + size > max_bytes) {
-                break;
-            }
-            bytes += size;
-            changes.push(Logged {
-                change: change.clone(),
-                position: log.position(number),
-            });
-        }
-        let position = log.position(after + changes.len() as u64);
-        Ok((Some(Changes::Next { changes, position }), expiring))
+        let followed = namespace.changes.as_ref().ok_or_else(gone)?;
+        Ok((followed.log.read(after, max, max_bytes), expiring))
     }
+}
+
+fn gone() -> crate::KvError {
+    crate::KvError::internal("the change log of a followed store is gone")
 }
 
 impl Drop for MemoryFeed {
     fn drop(&mut self) {
         if let Ok(mut namespace) = lock(&self.map) {
-            let last = namespace.changes.as_mut().is_some_and(|log| {
-                log.followers = log.followers.saturating_sub(1);
-                log.followers == 0
+            let last = namespace.changes.as_mut().is_some_and(|followed| {
+                followed.followers = followed.followers.saturating_sub(1);
+                followed.followers == 0
             });
             if last {
                 namespace.changes = None;
@@ -172,10 +94,7 @@ impl Drop for MemoryFeed {
 impl ChangeFeed for MemoryFeed {
     async fn head(&self) -> Result<Position> {
         let namespace = lock(&self.map)?;
-        let log = namespace.changes.as_ref().ok_or_else(|| {
-            crate::KvError::internal("the change log of a followed store is gone")
-        })?;
-        Ok(log.position(log.next()))
+        Ok(namespace.changes.as_ref().ok_or_else(gone)?.log.head())
     }
 
     async fn changes_after(
@@ -191,7 +110,7 @@ impl ChangeFeed for MemoryFeed {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (found, expiring) = self.look(after, max.max(1), max_bytes)?;
+            let (found, expiring) = self.look(after, max, max_bytes)?;
             if let Some(found) = found {
                 return Ok(found);
             }
