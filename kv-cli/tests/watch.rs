@@ -604,6 +604,12 @@ async fn redis_changes_are_delivered_and_a_lost_subscription_resyncs() {
     data.delete("never-there").await.unwrap();
     data.increment("c", 5).await.unwrap();
     wait_for_last(&audit, "set c 5").await;
+    data.set_many(vec![("m".into(), b"1".to_vec())])
+        .await
+        .unwrap();
+    wait_for_last(&audit, "set m 1").await;
+    data.delete_many(&["m".to_string()]).await.unwrap();
+    wait_for_last(&audit, "delete m").await;
     data.set_with_ttl("t", b"soon".to_vec(), 300).await.unwrap();
     wait_for_last(&audit, "set t soon").await;
     let seen = wait_for_last(&audit, "delete t").await;
@@ -614,6 +620,8 @@ async fn redis_changes_are_delivered_and_a_lost_subscription_resyncs() {
             "set a 2",
             "delete a",
             "set c 5",
+            "set m 1",
+            "delete m",
             "set t soon",
             "delete t"
         ],
@@ -641,6 +649,14 @@ async fn redis_changes_are_delivered_and_a_lost_subscription_resyncs() {
         seen.iter().filter(|event| *event == "set c 5").count() >= 2
             && seen.iter().any(|event| event == "set after kill"),
         "after the subscription was lost: {seen:?}"
+    );
+    // Notifications flow again on the new subscription (not only the resync's listing).
+    data.set("later", b"1".to_vec()).await.unwrap();
+    let seen = wait_for_last(&audit, "set later 1").await;
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("set later 1"),
+        "{seen:?}"
     );
     let _ = stop.send(());
     let delivered = tokio::time::timeout(Duration::from_secs(20), running)

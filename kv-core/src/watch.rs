@@ -153,6 +153,9 @@ pub fn new_log_id() -> String {
 /// restart, or [`ChangeLog::restart`] after missed notifications), gets a gap.
 pub struct ChangeLog {
     id: String,
+    /// The log before the last [`ChangeLog::restart`], kept so that a watcher still reading it
+    /// gets the rest of it before its gap.
+    previous: Option<Box<ChangeLog>>,
     changes: std::collections::VecDeque<Change>,
     /// The number of `changes[0]`.
     first: u64,
@@ -167,6 +170,7 @@ impl ChangeLog {
     pub fn new(max_changes: usize, max_bytes: usize) -> ChangeLog {
         ChangeLog {
             id: new_log_id(),
+            previous: None,
             changes: std::collections::VecDeque::new(),
             first: 0,
             bytes: 0,
@@ -205,18 +209,35 @@ impl ChangeLog {
         self.notify.notify_waiters();
     }
 
-    /// Starts over, empty, under a new id: changes may have been missed, so every position
-    /// held is a gap.
+    /// Starts over, empty, under a new id: changes may have been missed since. A watcher
+    /// reading the log until now still gets what it holds, then a gap; one further behind
+    /// (before the previous restart) gets the gap at once.
     pub fn restart(&mut self) {
-        let notify = self.notify.clone();
-        *self = ChangeLog::new(self.max_changes, self.max_bytes);
-        self.notify = notify;
+        let mut fresh = ChangeLog::new(self.max_changes, self.max_bytes);
+        fresh.notify = self.notify.clone();
+        let mut previous = std::mem::replace(self, fresh);
+        previous.previous = None;
+        self.previous = Some(Box::new(previous));
         self.notify.notify_waiters();
     }
 
     /// The changes after `after` (at most `max`, and `max_bytes` though one is always given),
     /// a gap, or `None` when there is nothing after it yet.
     pub fn read(&self, after: &Position, max: usize, max_bytes: usize) -> Option<Changes> {
+        if let Some(previous) = &self.previous
+            && after.number_in(&previous.id).is_some()
+        {
+            let rest = previous.read(after, max, max_bytes);
+            if let Some(Changes::Next { changes, .. }) = &rest
+                && !changes.is_empty()
+            {
+                return rest;
+            }
+            return Some(Changes::Gap {
+                position: Position::numbered(&self.id, self.first),
+                why: "the change source started again (changes may have been missed)".to_string(),
+            });
+        }
         let next = self.next();
         let number = after.number_in(&self.id);
         let Some(after) = number.filter(|number| (self.first..=next).contains(number)) else {
@@ -254,5 +275,56 @@ impl ChangeLog {
         }
         let position = Position::numbered(&self.id, after + changes.len() as u64);
         Some(Changes::Next { changes, position })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(key: &str, value: &str) -> Change {
+        Change::Set {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    /// A restart (missed notifications) keeps what a watcher had not read yet: it gets the
+    /// rest of the earlier log, then the gap, then the new log from its start.
+    #[test]
+    fn a_restart_gives_the_rest_of_the_earlier_log_then_a_gap() {
+        let mut log = ChangeLog::new(10, 1 << 20);
+        let start = log.head();
+        log.push(set("a", "1"));
+        log.push(Change::Delete { key: "a".into() });
+        log.restart();
+        log.push(set("b", "2"));
+        let Some(Changes::Next { changes, position }) = log.read(&start, 10, 1 << 20) else {
+            panic!("the earlier log's changes");
+        };
+        let changes: Vec<Change> = changes.into_iter().map(|logged| logged.change).collect();
+        assert_eq!(changes, [set("a", "1"), Change::Delete { key: "a".into() }]);
+        let Some(Changes::Gap { position, .. }) = log.read(&position, 10, 1 << 20) else {
+            panic!("a gap at the end of the earlier log");
+        };
+        let Some(Changes::Next { changes, .. }) = log.read(&position, 10, 1 << 20) else {
+            panic!("the new log");
+        };
+        assert_eq!(changes[0].change, set("b", "2"));
+        // Two restarts behind: the gap at once.
+        log.restart();
+        assert!(matches!(
+            log.read(&start, 10, 1 << 20),
+            Some(Changes::Gap { .. })
+        ));
+    }
+
+    #[test]
+    fn positions_name_their_log() {
+        let position = Position::numbered("abc", 7);
+        assert_eq!(position.number_in("abc"), Some(7));
+        assert_eq!(position.number_in("abd"), None);
+        assert_eq!(Position("7".into()).number_in("abc"), None);
+        assert_eq!(Position("abc:x".into()).number_in("abc"), None);
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kv_core::watch::{Change, ChangeFeed, ChangeLog, Changes, Position};
 use kv_core::{Bucket, ErrorKind, KvError, Result};
 use tokio::sync::Notify;
@@ -21,8 +21,18 @@ use tokio::sync::Notify;
 const CHANGE_LOG_MAX: usize = 100_000;
 /// Key and value bytes the log keeps.
 const CHANGE_LOG_MAX_BYTES: usize = 64 * 1024 * 1024;
-/// How long the first subscription may take before `head` gives up.
+/// How long a feed waits for a subscription before it answers `unavailable` (at the start,
+/// or while one is being opened again).
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an idle subscription is checked with a PING: a half-open connection would
+/// otherwise wait for notifications that never come.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// How long a PING may go unanswered before the subscription is opened again.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Notifications read, coalesced and read back at once at most.
+const DRAIN_MAX: usize = 1_000;
+/// Attempts at reading back the changed keys before the log is started again.
+const READ_ATTEMPTS: u32 = 3;
 /// Between attempts to subscribe again after the subscription was lost.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(500);
 /// The keyspace-event classes needed: keyspace channels (K), generic commands such as DEL
@@ -42,8 +52,8 @@ enum Event {
 
 fn event(name: &str) -> Event {
     match name {
-        "set" | "incrby" | "incrbyfloat" | "append" | "setrange" | "restore" | "rename_to"
-        | "copy_to" | "move_to" | "getex" => Event::Written,
+        "set" | "incrby" | "incrbyfloat" | "append" | "setrange" | "setbit" | "restore"
+        | "rename_to" | "copy_to" | "move_to" | "getex" => Event::Written,
         "del" | "expired" | "evicted" | "rename_from" | "move_from" => Event::Gone,
         _ => Event::Other,
     }
@@ -131,41 +141,7 @@ async fn subscribe_and_follow(
                 // Whatever happened before this subscription may have been missed.
                 followed.log().restart();
                 let _previous = followed.subscribed.send_replace(Ok(true));
-                let mut messages = pubsub.into_on_message();
-                while let Some(message) = messages.next().await {
-                    let channel = message.get_channel_name().as_bytes();
-                    let Some(key) = channel.strip_prefix(channel_prefix.as_slice()) else {
-                        continue;
-                    };
-                    let Ok(key) = std::str::from_utf8(key) else {
-                        continue;
-                    };
-                    let name: String = message.get_payload().unwrap_or_default();
-                    let change = match event(&name) {
-                        Event::Other => continue,
-                        Event::Gone => Change::Delete {
-                            key: key.to_string(),
-                        },
-                        Event::Written => match bucket.get(key).await {
-                            Ok(Some(value)) => Change::Set {
-                                key: key.to_string(),
-                                value,
-                            },
-                            // Deleted since: its own notification follows.
-                            Ok(None) => continue,
-                            Err(err) => {
-                                tracing::warn!(
-                                    error = %err.chain(),
-                                    "redis watch: reading a changed key failed; watchers \
-                                     resynchronise"
-                                );
-                                followed.log().restart();
-                                continue;
-                            }
-                        },
-                    };
-                    followed.log().push(change);
-                }
+                follow_subscription(pubsub, &channel_prefix, bucket.as_ref(), &followed).await;
                 tracing::warn!(
                     "redis watch: the keyspace-notification subscription was lost; watchers \
                      resynchronise once it is back"
@@ -181,6 +157,142 @@ async fn subscribe_and_follow(
     }
 }
 
+/// Turns one subscription's notifications into changes until it ends, or stops answering.
+async fn follow_subscription(
+    pubsub: redis::aio::PubSub,
+    channel_prefix: &[u8],
+    bucket: &dyn Bucket,
+    followed: &Followed,
+) {
+    let (mut sink, mut messages) = pubsub.split();
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        let first = tokio::select! {
+            message = messages.next() => match message {
+                Some(message) => message,
+                None => return,
+            },
+            _ = ping.tick() => {
+                match tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => continue,
+                    _ => {
+                        tracing::warn!("redis watch: the subscription does not answer PING");
+                        return;
+                    }
+                }
+            }
+        };
+        // What else is waiting, taken at once: one read-back for all of it, so a burst of
+        // writes costs round trips by the thousand, not one each.
+        let mut batch = vec![first];
+        let mut ended = false;
+        while batch.len() < DRAIN_MAX {
+            match messages.next().now_or_never() {
+                Some(Some(message)) => batch.push(message),
+                Some(None) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        let events = coalesce(
+            batch
+                .iter()
+                .filter_map(|message| notification(message, channel_prefix)),
+        );
+        match read_back(bucket, events).await {
+            Ok(changes) => {
+                let mut log = followed.log();
+                for change in changes {
+                    log.push(change);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(
+                    error = %err.chain(),
+                    "redis watch: reading changed keys back failed; watchers resynchronise"
+                );
+                followed.log().restart();
+            }
+        }
+        if ended {
+            return;
+        }
+    }
+}
+
+/// The key and event of a notification for this namespace.
+fn notification(message: &redis::Msg, channel_prefix: &[u8]) -> Option<(String, Event)> {
+    let key = message
+        .get_channel_name()
+        .as_bytes()
+        .strip_prefix(channel_prefix)?;
+    let key = std::str::from_utf8(key).ok()?.to_string();
+    let name: String = message.get_payload().ok()?;
+    match event(&name) {
+        Event::Other => None,
+        event => Some((key, event)),
+    }
+}
+
+/// Each key's last event, in the order of those last events: the value is read once, after
+/// them all (what a watcher gets is a key's value as read, so earlier writes of the same key
+/// in the batch add nothing, and a delete followed by a write is the write).
+fn coalesce(events: impl Iterator<Item = (String, Event)>) -> Vec<(String, Event)> {
+    let events: Vec<(String, Event)> = events.collect();
+    let mut last = std::collections::HashMap::new();
+    for (index, (key, _)) in events.iter().enumerate() {
+        last.insert(key.clone(), index);
+    }
+    events
+        .into_iter()
+        .enumerate()
+        .filter(|(index, (key, _))| last.get(key) == Some(index))
+        .map(|(_, event)| event)
+        .collect()
+}
+
+/// The changes of `events`, written keys read back in one `MGET` round (retried a few times).
+/// A key gone by then is left out: its own notification follows.
+async fn read_back(bucket: &dyn Bucket, events: Vec<(String, Event)>) -> Result<Vec<Change>> {
+    let written: Vec<String> = events
+        .iter()
+        .filter(|(_, event)| *event == Event::Written)
+        .map(|(key, _)| key.clone())
+        .collect();
+    let mut values = Vec::new();
+    if !written.is_empty() {
+        let mut attempt = 1;
+        values = loop {
+            match bucket.get_many(&written).await {
+                Ok(values) => break values,
+                Err(err) if attempt < READ_ATTEMPTS => {
+                    tracing::debug!(error = %err.chain(), attempt, "redis watch: read-back failed");
+                    kv_core::Backoff::PRESSURE.wait(attempt).await;
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        };
+    }
+    let mut values = values.into_iter();
+    let mut changes = Vec::with_capacity(events.len());
+    for (key, event) in events {
+        match event {
+            Event::Gone => changes.push(Change::Delete { key }),
+            Event::Written => {
+                if let Some(Some(value)) = values.next() {
+                    changes.push(Change::Set { key, value });
+                }
+            }
+            Event::Other => {}
+        }
+    }
+    Ok(changes)
+}
+
 /// Makes sure the server sends the keyspace events needed, and subscribes to them.
 async fn subscribe(
     client: &redis::Client,
@@ -190,18 +302,23 @@ async fn subscribe(
         .get_multiplexed_async_connection()
         .await
         .map_err(|err| format!("connecting: {err}"))?;
-    let current: Vec<String> = redis::cmd("CONFIG")
+    let current: std::result::Result<Vec<String>, _> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("notify-keyspace-events")
         .query_async(&mut connection)
-        .await
-        .map_err(|err| {
-            format!(
-                "reading notify-keyspace-events (CONFIG GET): {err}; enable the events \
-                 \"{NEEDED_EVENTS}\" on the server"
-            )
-        })?;
-    let current = current.get(1).cloned().unwrap_or_default();
+        .await;
+    let current = match current {
+        Ok(current) => current.get(1).cloned().unwrap_or_default(),
+        Err(err) => {
+            // Managed services deny CONFIG: the operator enables the events there.
+            tracing::warn!(
+                error = %err,
+                "redis watch: cannot read notify-keyspace-events; subscribing anyway (the \
+                 server must send the events \"{NEEDED_EVENTS}\")"
+            );
+            NEEDED_EVENTS.to_string()
+        }
+    };
     let missing = missing_events(&current);
     if !missing.is_empty() {
         let wanted = format!("{current}{missing}");
@@ -230,38 +347,41 @@ async fn subscribe(
     Ok(pubsub)
 }
 
-#[async_trait]
-impl ChangeFeed for RedisFeed {
-    async fn head(&self) -> Result<Position> {
+impl RedisFeed {
+    /// Waits for an open subscription, at most [`SUBSCRIBE_TIMEOUT`]: a feed with none cannot
+    /// tell what changes, and says so rather than answer that nothing did.
+    async fn subscribed(&self) -> Result<()> {
         let mut subscribed = self.followed.subscribed.subscribe();
         let waited = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
-            loop {
-                if matches!(*subscribed.borrow_and_update(), Ok(true)) {
-                    return Ok(());
-                }
+            while !matches!(*subscribed.borrow_and_update(), Ok(true)) {
                 if subscribed.changed().await.is_err() {
-                    return Err("the subscription task ended".to_string());
+                    break;
                 }
             }
         })
         .await;
-        match waited {
-            Ok(Ok(())) => Ok(self.followed.log().head()),
-            Ok(Err(why)) => Err(KvError::new(ErrorKind::Unavailable, why)),
-            Err(_) => {
-                let why = match &*self.followed.subscribed.borrow() {
-                    Err(why) => why.clone(),
-                    Ok(_) => "no answer".to_string(),
-                };
-                Err(KvError::new(
-                    ErrorKind::Unavailable,
-                    format!(
-                        "redis watch: no keyspace-notification subscription within {}s: {why}",
-                        SUBSCRIBE_TIMEOUT.as_secs()
-                    ),
-                ))
-            }
+        if waited.is_ok() && matches!(*self.followed.subscribed.borrow(), Ok(true)) {
+            return Ok(());
         }
+        let why = match &*self.followed.subscribed.borrow() {
+            Err(why) => why.clone(),
+            Ok(_) => "the server does not answer".to_string(),
+        };
+        Err(KvError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "redis watch: no keyspace-notification subscription for {}s: {why}",
+                SUBSCRIBE_TIMEOUT.as_secs()
+            ),
+        ))
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for RedisFeed {
+    async fn head(&self) -> Result<Position> {
+        self.subscribed().await?;
+        Ok(self.followed.log().head())
     }
 
     async fn changes_after(
@@ -280,6 +400,7 @@ impl ChangeFeed for RedisFeed {
             if let Some(found) = self.followed.log().read(after, max, max_bytes) {
                 return Ok(found);
             }
+            self.subscribed().await?;
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Ok(Changes::Next {
                     changes: Vec::new(),
@@ -301,6 +422,28 @@ mod tests {
         assert_eq!(missing_events("Ex"), "Kg$e");
         assert_eq!(missing_events("AK"), "");
         assert_eq!(missing_events("K$"), "gxe");
+    }
+
+    #[test]
+    fn a_batch_keeps_each_keys_last_event_in_order() {
+        let events = [
+            ("a", Event::Written),
+            ("b", Event::Written),
+            ("a", Event::Gone),
+            ("c", Event::Gone),
+            ("b", Event::Written),
+        ]
+        .into_iter()
+        .map(|(key, event)| (key.to_string(), event));
+        let kept: Vec<(String, Event)> = coalesce(events);
+        assert_eq!(
+            kept,
+            [
+                ("a".to_string(), Event::Gone),
+                ("c".to_string(), Event::Gone),
+                ("b".to_string(), Event::Written),
+            ]
+        );
     }
 
     #[test]

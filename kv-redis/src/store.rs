@@ -220,6 +220,7 @@ for i = 2, #ARGV, 3 do
   if done then
     answers[#answers + 1] = done
   else
+    local existed = ARGV[i + 2] ~= 'u' or redis.call('EXISTS', KEYS[1]) == 1
     local added = redis.pcall('INCRBY', KEYS[1], delta)
     if type(added) == 'table' and added.err then
       local lower = string.lower(added.err)
@@ -236,7 +237,12 @@ for i = 2, #ARGV, 3 do
         total = redis.call('GET', KEYS[1])
       end
       if ARGV[i + 2] == 'u' and string.sub(total, 1, 1) == '-' then
-        redis.call('DECRBY', KEYS[1], delta)
+        -- Undone: a counter that did not exist does not exist again (not a `0`).
+        if existed then
+          redis.call('DECRBY', KEYS[1], delta)
+        else
+          redis.call('DEL', KEYS[1])
+        end
         record(request, 'EERR increment or decrement would overflow: the counter would be ' .. total .. ', which the u64 interface cannot return; nothing was written')
       else
         record(request, total)
@@ -762,6 +768,8 @@ impl std::fmt::Display for ListPosition {
 impl Bucket for RedisBucket {
     fn change_feed(&self) -> Option<Arc<dyn kv_core::watch::ChangeFeed>> {
         let client = self.connection.subscriber()?;
+        // The feed follows the subscription on a task of the runtime it is created in.
+        tokio::runtime::Handle::try_current().ok()?;
         let bucket: Arc<dyn Bucket> = Arc::new(self.clone());
         Some(Arc::new(crate::changes::RedisFeed::follow(
             client,

@@ -848,6 +848,45 @@ async fn listing_works_for_a_user_denied_info(server: RedisServer) -> TestResult
     )
 }
 
+/// An unsigned increment that would go below zero writes nothing: a counter that did not exist
+/// still does not (it was left at `0`, and a watcher saw a write for a call that wrote nothing).
+async fn an_unsigned_increment_below_zero_leaves_a_missing_counter_missing(
+    server: RedisServer,
+) -> TestResult {
+    let bucket = provider(&server).await.open("ns").await?;
+    let refused = bucket
+        .increment(
+            "missing",
+            -1,
+            kv_core::CounterRange::Unsigned,
+            &mut kv_core::Attempt::new(),
+        )
+        .await
+        .expect_err("below zero in the unsigned range");
+    check(refused.kind() == ErrorKind::Overflow, refused.to_string())?;
+    check(
+        !bucket.exists("missing").await?,
+        "the refused increment left the counter existing",
+    )?;
+    bucket
+        .set("present", kv_core::Bytes::from_static(b"3"))
+        .await?;
+    let refused = bucket
+        .increment(
+            "present",
+            -4,
+            kv_core::CounterRange::Unsigned,
+            &mut kv_core::Attempt::new(),
+        )
+        .await
+        .expect_err("below zero in the unsigned range");
+    check(refused.kind() == ErrorKind::Overflow, refused.to_string())?;
+    check(
+        bucket.get("present").await?.as_deref() == Some(&b"3"[..]),
+        "the refused increment changed an existing counter",
+    )
+}
+
 fn main() -> ExitCode {
     let installed = kv_testkit::emulator::find_program("redis-server").is_some();
     provider_tests::main::<RedisServer>(
@@ -858,6 +897,10 @@ fn main() -> ExitCode {
             (
                 "glob_characters_in_namespaces_and_keys_stay_isolated",
                 |s| Box::pin(glob_characters_stay_isolated(s)),
+            ),
+            (
+                "an_unsigned_increment_below_zero_leaves_a_missing_counter_missing",
+                |s| Box::pin(an_unsigned_increment_below_zero_leaves_a_missing_counter_missing(s)),
             ),
             (
                 "non_decimal_value_from_another_client_is_not_an_integer",
