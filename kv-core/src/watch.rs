@@ -147,6 +147,52 @@ pub fn new_log_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
+/// What one look at an in-process log found, for [`wait_for_changes`].
+pub struct Look {
+    /// The changes (or gap) found; `None` when there is nothing after the position yet.
+    pub found: Option<Changes>,
+    /// Look again within this even without a notification (a source that must poll for
+    /// something, such as expiries); `None`: only when notified.
+    pub again_within: Option<Duration>,
+}
+
+/// [`ChangeFeed::changes_after`] for a feed woken by `notify`: looks with `look` until it finds
+/// something, waking when notified or as the look asks, and answers no changes (at `after`)
+/// once `wait` has passed. The notification is registered before each look, so a change made
+/// after a look wakes the wait.
+pub async fn wait_for_changes<F, Fut>(
+    notify: &tokio::sync::Notify,
+    after: &Position,
+    wait: Duration,
+    mut look: F,
+) -> Result<Changes>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Look>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let looked = look().await?;
+        if let Some(found) = looked.found {
+            return Ok(found);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(Changes::Next {
+                changes: Vec::new(),
+                position: after.clone(),
+            });
+        }
+        let until = looked
+            .again_within
+            .map_or(deadline, |again| deadline.min(now + again));
+        let _ = tokio::time::timeout_at(until, notified).await;
+    }
+}
+
 /// A bounded log of changes kept in this process, numbered from 0 under a random id: the
 /// in-memory provider's, and that of a source that learns of changes by notification (Redis
 /// keyspace events). A watcher too far behind, or holding a position of an earlier log (a

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
-use kv_core::watch::{Change, ChangeFeed, ChangeLog, Changes, Position};
+use kv_core::watch::{Change, ChangeFeed, ChangeLog, Changes, Look, Position, wait_for_changes};
 use kv_core::{Bucket, ErrorKind, KvError, Result};
 use tokio::sync::Notify;
 
@@ -391,23 +391,17 @@ impl ChangeFeed for RedisFeed {
         max_bytes: usize,
         wait: Duration,
     ) -> Result<Changes> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            // Registered before reading, so a change pushed after the read wakes this wait.
-            let notified = self.followed.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(found) = self.followed.log().read(after, max, max_bytes) {
-                return Ok(found);
+        wait_for_changes(&self.followed.notify, after, wait, || async {
+            let found = self.followed.log().read(after, max, max_bytes);
+            if found.is_none() {
+                self.subscribed().await?;
             }
-            self.subscribed().await?;
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Ok(Changes::Next {
-                    changes: Vec::new(),
-                    position: after.clone(),
-                });
-            }
-        }
+            Ok(Look {
+                found,
+                again_within: None,
+            })
+        })
+        .await
     }
 }
 

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use super::{Namespace, Shared, lock};
 use crate::error::Result;
-use crate::watch::{ChangeFeed, ChangeLog, Changes, Position};
+use crate::watch::{ChangeFeed, ChangeLog, Changes, Look, Position, wait_for_changes};
 
 /// Changes a namespace's log keeps at most; a watcher further behind resynchronises.
 pub(super) const CHANGE_LOG_MAX: usize = 100_000;
@@ -104,29 +104,13 @@ impl ChangeFeed for MemoryFeed {
         max_bytes: usize,
         wait: Duration,
     ) -> Result<Changes> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            // Registered before looking, so a change made after the look wakes this wait.
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+        wait_for_changes(&self.notify, after, wait, || async {
             let (found, expiring) = self.look(after, max, max_bytes)?;
-            if let Some(found) = found {
-                return Ok(found);
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(Changes::Next {
-                    changes: Vec::new(),
-                    position: after.clone(),
-                });
-            }
-            let until = if expiring {
-                deadline.min(now + EXPIRY_POLL)
-            } else {
-                deadline
-            };
-            let _ = tokio::time::timeout_at(until, notified).await;
-        }
+            Ok(Look {
+                found,
+                again_within: expiring.then_some(EXPIRY_POLL),
+            })
+        })
+        .await
     }
 }
