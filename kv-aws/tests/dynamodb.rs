@@ -15,6 +15,7 @@ use kv_aws::dynamodb::store::{
 };
 use kv_aws::{DynamoConfig, DynamoProvider};
 use kv_core::rmw::JOURNAL_LEN;
+use kv_core::watch::{Change, ChangeFeed, Changes, Logged, Position, WatchSupport};
 use kv_core::{Access, ErrorKind, KvStore, Limits, Provider, Stores, SwapOutcome};
 use kv_testkit::emulator::DynamoDbLocal;
 use kv_testkit::provider_tests::{self, TestResult, check};
@@ -468,6 +469,192 @@ async fn deletes_leave_tombstones(local: DynamoDbLocal) -> TestResult {
     Ok(())
 }
 
+/// The stores' changes from the table's stream, as `wasi-kv watch` reads them.
+async fn all_changes(
+    feed: &dyn ChangeFeed,
+    from: &Position,
+    count: usize,
+    within: Duration,
+) -> Result<Vec<Logged>, Failed> {
+    let deadline = std::time::Instant::now() + within;
+    let mut position = from.clone();
+    let mut seen = Vec::new();
+    while seen.len() < count && std::time::Instant::now() < deadline {
+        // Three at a time: batches end mid-shard and go on from there.
+        match feed
+            .changes_after(&position, 3, 1 << 20, Duration::from_millis(500))
+            .await?
+        {
+            Changes::Next {
+                changes,
+                position: next,
+            } => {
+                // The batch's position may be past its last change (records of other
+                // namespaces read after it).
+                check(changes.len() <= 3, "at most the batch asked")?;
+                seen.extend(changes);
+                position = next;
+            }
+            Changes::Gap { why, .. } => return Err(format!("unexpected gap: {why}").into()),
+        }
+    }
+    Ok(seen)
+}
+
+fn described(changes: &[Logged]) -> Vec<String> {
+    changes
+        .iter()
+        .map(|logged| match &logged.change {
+            Change::Set { key, value } => format!("set {key} {}", String::from_utf8_lossy(value)),
+            Change::Delete { key } => format!("delete {key}"),
+        })
+        .collect()
+}
+
+async fn the_change_feed_follows_the_tables_stream(local: DynamoDbLocal) -> TestResult {
+    const WATCHED: &str = "wasikv-watch-tests";
+    let (client, streams) = kv_aws::dynamodb::client::build_clients(&config(&local)).await;
+    kv_aws::dynamodb::client::ensure_table(&client, WATCHED).await?;
+    // A table without a stream, and a provider that may not provision: a clear refusal.
+    let refusing = Arc::new(
+        DynamoProvider::new(client.clone(), WATCHED).with_change_feed(streams.clone(), false),
+    );
+    let refused = store(refusing, "data").await?.change_feed()?.head().await;
+    check(
+        refused
+            .as_ref()
+            .is_err_and(|err| err.to_string().contains("has no stream")),
+        format!("no stream, not allowed to enable one: {refused:?}"),
+    )?;
+    // One that may enables it (NEW_AND_OLD_IMAGES).
+    let provider = Arc::new(
+        DynamoProvider::new(client.clone(), WATCHED).with_change_feed(streams.clone(), true),
+    );
+    check(
+        provider.capabilities().watch
+            == Some(WatchSupport {
+                durable: true,
+                reports_expiry: false,
+                every_value: true,
+            }),
+        "declared: durable, every value, expiry not reported when it happens",
+    )?;
+    let data = store(provider.clone(), "data").await?;
+    let other = store(provider.clone(), "other").await?;
+    let feed = data.change_feed()?;
+    let head = feed.head().await?;
+    data.set("a", b"1".to_vec()).await?;
+    other.set("a", b"not data".to_vec()).await?;
+    data.set("b", b"2".to_vec()).await?;
+    data.set("a", b"3".to_vec()).await?;
+    data.delete("b").await?;
+    // A tombstone over a tombstone, and a delete where there never was an item: no change.
+    data.delete("b").await?;
+    data.delete("never-there").await?;
+    data.increment("c", 5).await?;
+    data.set_many(vec![
+        ("d".into(), b"4".to_vec()),
+        ("e".into(), b"5".to_vec()),
+    ])
+    .await?;
+    // delete-many writes tombstones unconditionally: the one on a missing key is no change.
+    data.delete_many(&["d".to_string(), "e".to_string(), "never-either".to_string()])
+        .await?;
+    data.set_with_ttl("t", b"later".to_vec(), 3_600_000).await?;
+    let version = data.read_versioned("a").await?;
+    let swapped = data.swap("a", &version.version, b"4".to_vec()).await?;
+    check(matches!(swapped, SwapOutcome::Swapped), "swap")?;
+    let expected = [
+        "set a 1",
+        "set b 2",
+        "set a 3",
+        "delete b",
+        "set c 5",
+        "set d 4",
+        "set e 5",
+        "delete d",
+        "delete e",
+        "set t later",
+        "set a 4",
+    ];
+    let seen = all_changes(
+        feed.as_ref(),
+        &head,
+        expected.len(),
+        Duration::from_secs(30),
+    )
+    .await?;
+    check(
+        described(&seen) == expected,
+        format!("in order, this namespace only: {:?}", described(&seen)),
+    )?;
+    // Nothing more (the other namespace, the deletes that deleted nothing).
+    let rest = all_changes(
+        feed.as_ref(),
+        &seen[expected.len() - 1].position,
+        1,
+        Duration::from_secs(2),
+    )
+    .await?;
+    check(
+        rest.is_empty(),
+        format!("nothing more: {:?}", described(&rest)),
+    )?;
+    // Durable: another provider (a restarted host) resumes from a position in the middle.
+    let restarted = Arc::new(DynamoProvider::new(client, WATCHED).with_change_feed(streams, false));
+    let again = store(restarted, "data").await?.change_feed()?;
+    let resumed = all_changes(
+        again.as_ref(),
+        &seen[4].position,
+        expected.len() - 5,
+        Duration::from_secs(30),
+    )
+    .await?;
+    check(
+        described(&resumed) == expected[5..],
+        format!("resumed after the fifth: {:?}", described(&resumed)),
+    )?;
+    // Positions it cannot follow are gaps (a resync), never errors and never silence.
+    let fields: Vec<&str> = head.0.split('|').collect();
+    check(fields.len() == 5, format!("position layout: {head}"))?;
+    let with = |index: usize, text: &str| {
+        let mut changed = fields.clone();
+        changed[index] = text;
+        Position(changed.join("|"))
+    };
+    let lost_shard = format!(
+        "{}{}shardId-00000000000000000000-0000dead=00000000000000000001",
+        fields[4],
+        if fields[4].is_empty() { "" } else { "," }
+    );
+    for (case, position) in [
+        ("text it never wrote", Position("sqlite:1".into())),
+        ("another stream", with(1, "2001-01-01T00:00:00.000")),
+        ("older than the stream keeps", with(3, "1")),
+        ("a shard the stream no longer holds", with(4, &lost_shard)),
+    ] {
+        match again
+            .changes_after(&position, 10, 1 << 20, Duration::from_millis(100))
+            .await?
+        {
+            Changes::Gap { position, .. } => {
+                // The gap's position is a good one: it reads on without another gap.
+                let after = again
+                    .changes_after(&position, 10, 1 << 20, Duration::from_millis(100))
+                    .await?;
+                check(
+                    matches!(after, Changes::Next { .. }),
+                    format!("{case}: the gap's position reads on"),
+                )?;
+            }
+            Changes::Next { changes, .. } => {
+                return Err(format!("{case}: no gap, {} changes", changes.len()).into());
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn stores_in_one_table_are_isolated(local: DynamoDbLocal) -> TestResult {
     let provider = provider(&local).await?;
     let a = store(provider.clone(), "tenant-a").await?;
@@ -537,6 +724,9 @@ fn main() -> ExitCode {
             ),
             ("deletes_leave_tombstones_that_every_read_skips", |l| {
                 Box::pin(deletes_leave_tombstones(l))
+            }),
+            ("the_change_feed_follows_the_tables_stream", |l| {
+                Box::pin(the_change_feed_follows_the_tables_stream(l))
             }),
             ("two_stores_in_one_table_are_isolated", |l| {
                 Box::pin(stores_in_one_table_are_isolated(l))

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use kv_cli::watch::{WatchOptions, Watching};
 use kv_core::{KvStore, Stores};
+use kv_testkit::emulator::DynamoDbLocal;
+use kv_testkit::faults::{Fault, FaultProxy, Injected, Protocol};
 
 const WASI_KV: &str = env!("CARGO_BIN_EXE_wasi-kv");
 const RECORDER: &str = kv_test_artifacts::WATCH_RECORDER;
@@ -362,13 +364,35 @@ impl Drop for WatchProcess {
 /// again: every write is delivered at least once, and each key's writes arrive in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_killed_mid_stream_resumes_without_loss_on_sqlite() {
-    const WRITES: usize = 10_000;
-    const KEYS: usize = 200;
-    // Every fifth round over the keys deletes them (each was set in the round before: a
-    // delete of a missing key would change nothing, and be no event).
-    let is_delete = |n: usize| (n / KEYS) % 5 == 4;
     let dir = tempfile::tempdir().unwrap();
     let data_url = format!("sqlite:{}", dir.path().join("data.db").display());
+    killed_mid_stream_resumes_without_loss(&dir, &data_url, 10_000, 200).await;
+}
+
+/// The same on DynamoDB (its stream is the durable source; 4,000 writes over 100 keys keep the
+/// run short on DynamoDB Local).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_killed_mid_stream_resumes_without_loss_on_dynamodb() {
+    let Some(local) = dynamodb_local() else {
+        eprintln!("DynamoDB Local is not installed and KV_REQUIRE does not name dynamodb: not run");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data_url = format!("{}&namespace=killed", local.store_url("wasikv-watch-kill"));
+    killed_mid_stream_resumes_without_loss(&dir, &data_url, 4_000, 100).await;
+}
+
+/// `writes` writes over `keys` keys of the store at `data_url` (every fifth round deletes), a
+/// `wasi-kv watch` process recording them into SQLite, killed after a third and restarted.
+async fn killed_mid_stream_resumes_without_loss(
+    dir: &tempfile::TempDir,
+    data_url: &str,
+    writes: usize,
+    keys: usize,
+) {
+    // Every fifth round over the keys deletes them (each was set in the round before: a
+    // delete of a missing key would change nothing, and be no event).
+    let is_delete = move |n: usize| (n / keys) % 5 == 4;
     let audit_url = format!("sqlite:{}", dir.path().join("audit.db").display());
     let specs = [
         format!("data={data_url}"),
@@ -388,8 +412,8 @@ async fn a_watcher_killed_mid_stream_resumes_without_loss_on_sqlite() {
     let writer = {
         let data = data.clone();
         tokio::spawn(async move {
-            for n in 0..WRITES {
-                let key = format!("k{:03}", n % KEYS);
+            for n in 0..writes {
+                let key = format!("k{:03}", n % keys);
                 if is_delete(n) {
                     data.delete(&key).await.unwrap();
                 } else {
@@ -402,11 +426,11 @@ async fn a_watcher_killed_mid_stream_resumes_without_loss_on_sqlite() {
     };
     // Killed once a third has been delivered.
     let seen = wait_for(&audit, Duration::from_secs(120), |seen| {
-        seen.len() >= WRITES / 3
+        seen.len() >= writes / 3
     })
     .await;
     assert!(
-        seen.len() >= WRITES / 3,
+        seen.len() >= writes / 3,
         "only {} delivered in 120 s",
         seen.len()
     );
@@ -416,8 +440,8 @@ async fn a_watcher_killed_mid_stream_resumes_without_loss_on_sqlite() {
     writer.await.unwrap();
     // The writes as the watcher must see them, per key.
     let mut written: HashMap<String, Vec<String>> = HashMap::new();
-    for n in 0..WRITES {
-        let key = format!("k{:03}", n % KEYS);
+    for n in 0..writes {
+        let key = format!("k{:03}", n % keys);
         let event = if is_delete(n) {
             format!("delete {key}")
         } else {
@@ -459,9 +483,9 @@ async fn a_watcher_killed_mid_stream_resumes_without_loss_on_sqlite() {
     if let Err(missing) = in_order(&seen) {
         panic!("after {} events: {missing}", seen.len());
     }
-    let redelivered = seen.len() - WRITES;
+    let redelivered = seen.len() - writes;
     eprintln!(
-        "{WRITES} writes, {} events ({redelivered} redelivered after the kill at {killed_at})",
+        "{writes} writes, {} events ({redelivered} redelivered after the kill at {killed_at})",
         seen.len()
     );
     let status = watcher.terminate();
@@ -554,10 +578,20 @@ async fn the_watch_audit_example_logs_each_change() {
 
 /// Redis, when installed or required (`KV_REQUIRE` names it: CI); `None` otherwise.
 fn redis_server() -> Option<kv_testkit::emulator::RedisServer> {
+    wanted("redis")
+        .then(|| kv_testkit::emulator::RedisServer::start().expect("redis-server starts"))
+}
+
+/// DynamoDB Local, when installed or required; `None` otherwise.
+fn dynamodb_local() -> Option<DynamoDbLocal> {
+    wanted("dynamodb").then(|| DynamoDbLocal::start().expect("DynamoDB Local starts"))
+}
+
+/// The provider's backend is installed, or `KV_REQUIRE` names it (CI: then it must start).
+fn wanted(provider: &str) -> bool {
     let required = std::env::var("KV_REQUIRE").unwrap_or_default();
-    let wanted = required.split(',').any(|name| name.trim() == "redis")
-        || kv_testkit::emulator::installed("redis");
-    wanted.then(|| kv_testkit::emulator::RedisServer::start().expect("redis-server starts"))
+    required.split(',').any(|name| name.trim() == provider)
+        || kv_testkit::emulator::installed(provider)
 }
 
 /// Waits (bounded) until the log's last event is `expected`.
@@ -665,4 +699,94 @@ async fn redis_changes_are_delivered_and_a_lost_subscription_resyncs() {
         .unwrap()
         .unwrap();
     assert!(delivered[0].1.resyncs >= 1, "{delivered:?}");
+}
+
+/// DynamoDB through its table's stream: every kind of write in order with the value it wrote,
+/// nothing of another store in the table, nothing for deletes that delete nothing; then the
+/// stream answers 503 to eight requests in a row (a fault proxy in front of DynamoDB Local)
+/// and the watcher goes on without losing a change. The test writes straight to DynamoDB
+/// Local; only the watcher's store goes through the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_changes_are_delivered_in_order_through_feed_faults() {
+    let Some(local) = dynamodb_local() else {
+        eprintln!("DynamoDB Local is not installed and KV_REQUIRE does not name dynamodb: not run");
+        return;
+    };
+    let direct = local.store_url("wasikv-watch");
+    let upstream: std::net::SocketAddr = local
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(upstream, Protocol::Http).await.unwrap();
+    let proxied = direct.replace(&upstream.to_string(), &proxy.addr().to_string());
+    let watched = format!("data={proxied}&namespace=data");
+    let writer = format!("writer={direct}&namespace=data");
+    let other = format!("other={direct}&namespace=other");
+    let stores = stores(&[
+        watched.as_str(),
+        writer.as_str(),
+        other.as_str(),
+        "audit=memory:?namespace=audit",
+        "state=memory:?namespace=state",
+    ])
+    .await;
+    let watching = Watching::start(&options("data"), stores.clone())
+        .await
+        .expect("the watcher starts (the stream is enabled)");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(watching.run(async {
+        let _ = stopped.await;
+    }));
+    let data = stores.open("writer").await.unwrap();
+    let other = stores.open("other").await.unwrap();
+    let audit = stores.open("audit").await.unwrap();
+    data.set("a", b"1".to_vec()).await.unwrap();
+    other.set("a", b"elsewhere".to_vec()).await.unwrap();
+    data.set("b", b"2".to_vec()).await.unwrap();
+    data.set("a", b"3".to_vec()).await.unwrap();
+    data.delete("b").await.unwrap();
+    data.delete("b").await.unwrap();
+    data.delete("never-there").await.unwrap();
+    data.increment("c", 5).await.unwrap();
+    data.set_many(vec![
+        ("d".into(), b"4".to_vec()),
+        ("e".into(), b"5".to_vec()),
+    ])
+    .await
+    .unwrap();
+    data.delete_many(&["d".to_string(), "e".to_string()])
+        .await
+        .unwrap();
+    let expected = [
+        "set a 1", "set b 2", "set a 3", "delete b", "set c 5", "set d 4", "set e 5", "delete d",
+        "delete e",
+    ];
+    let seen = wait_for(&audit, Duration::from_secs(30), |seen| {
+        seen.len() >= expected.len()
+    })
+    .await;
+    assert_eq!(seen, expected, "what the watcher received, in order");
+    // The stream fails eight requests in a row: the watcher retries and misses nothing.
+    proxy.next(Fault::Respond(Injected::status(503)), 8);
+    data.set("f", b"6".to_vec()).await.unwrap();
+    data.delete("a").await.unwrap();
+    let seen = wait_for(&audit, Duration::from_secs(30), |seen| {
+        seen.len() >= expected.len() + 2
+    })
+    .await;
+    assert_eq!(
+        proxy.pending(),
+        0,
+        "the faults reached the watcher's requests"
+    );
+    assert_eq!(&seen[expected.len()..], ["set f 6", "delete a"], "{seen:?}");
+    assert!(!running.is_finished(), "the watcher is still running");
+    let _ = stop.send(());
+    let delivered = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("stops")
+        .unwrap()
+        .expect("stops cleanly after the faults");
+    assert_eq!(delivered[0].1.changes, expected.len() as u64 + 2);
 }

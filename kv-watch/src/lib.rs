@@ -50,6 +50,9 @@ pub struct WatchOptions {
     pub max_attempts: u32,
     /// Between deliveries of a change that failed.
     pub backoff: Backoff,
+    /// How long the feed may fail with transient errors (the backend unreachable, throttled)
+    /// before the delivery stops with the error; reads are retried with backoff until then.
+    pub feed_outage: Duration,
 }
 
 impl Default for WatchOptions {
@@ -63,6 +66,7 @@ impl Default for WatchOptions {
                 initial: Duration::from_millis(100),
                 max: Duration::from_secs(5),
             },
+            feed_outage: Duration::from_secs(60),
         }
     }
 }
@@ -184,6 +188,8 @@ impl Delivery {
         let mut delivered = Delivered::default();
         let mut position = from;
         let mut saved = position.clone();
+        // Since when, and how many times, the feed has failed in a row.
+        let mut failing: Option<(std::time::Instant, u32)> = None;
         'reading: while !*stop.borrow() {
             let read = tokio::select! {
                 read = self.feed.changes_after(
@@ -191,8 +197,31 @@ impl Delivery {
                     self.options.batch,
                     self.options.batch_bytes,
                     self.options.wait,
-                ) => read?,
+                ) => read,
                 _ = stop.changed() => break,
+            };
+            let read = match read {
+                Ok(read) => {
+                    if let Some((since, _)) = failing.take() {
+                        info!(store = self.store.name(), after = ?since.elapsed(), "the change feed answers again");
+                    }
+                    read
+                }
+                Err(err) if err.is_transient() => {
+                    let (since, failures) = failing.get_or_insert((std::time::Instant::now(), 0));
+                    *failures += 1;
+                    if since.elapsed() >= self.options.feed_outage {
+                        return Err(err);
+                    }
+                    warn!(store = self.store.name(), error = %err, failures = *failures, "reading the change feed failed: retrying");
+                    let retry = *failures;
+                    tokio::select! {
+                        () = Backoff::PRESSURE.wait(retry) => {}
+                        _ = stop.changed() => break,
+                    }
+                    continue;
+                }
+                Err(err) => return Err(err),
             };
             match read {
                 Changes::Next {

@@ -20,6 +20,16 @@ pub async fn build_client(config: &DynamoConfig) -> Client {
     Client::new(&config.access.sdk_config().await)
 }
 
+/// The table client and the DynamoDB Streams client (`wasi-kv watch`), from one SDK
+/// configuration.
+pub async fn build_clients(config: &DynamoConfig) -> (Client, aws_sdk_dynamodbstreams::Client) {
+    let sdk = config.access.sdk_config().await;
+    (
+        Client::new(&sdk),
+        aws_sdk_dynamodbstreams::Client::new(&sdk),
+    )
+}
+
 /// Creates the table (partition key `ns`, sort key `k`, on-demand billing) if it is missing,
 /// waits until it is active and enables TTL on `exp`.
 pub async fn ensure_table(client: &Client, table: &str) -> Result<()> {

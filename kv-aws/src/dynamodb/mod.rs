@@ -1,6 +1,7 @@
 //! The `dynamodb` provider (docs/providers/dynamodb.md): one table per deployment, partition
 //! key = namespace, sort key = key; consistent reads everywhere.
 
+pub(crate) mod changes;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -30,7 +31,7 @@ impl ProviderFactory for DynamoFactory {
 
     async fn connect(&self, spec: &StoreSpec) -> Result<Arc<dyn Provider>, ConfigError> {
         let config = DynamoConfig::from_spec(spec)?;
-        let client = client::build_client(&config).await;
+        let (client, streams) = client::build_clients(&config).await;
         if config.create_table {
             client::ensure_table(&client, &config.table)
                 .await
@@ -38,7 +39,8 @@ impl ProviderFactory for DynamoFactory {
         }
         Ok(Arc::new(
             DynamoProvider::new(client, &config.table)
-                .with_sdk_resends(config.access.max_attempts > 1),
+                .with_sdk_resends(config.access.max_attempts > 1)
+                .with_change_feed(streams, config.create_table),
         ))
     }
 }

@@ -101,6 +101,15 @@ pub struct DynamoProvider {
     client: Client,
     table: Arc<str>,
     sdk_resends: bool,
+    streams: Option<StreamsAccess>,
+}
+
+/// What a bucket needs to follow the table's stream (`wasi-kv watch`).
+#[derive(Clone)]
+struct StreamsAccess {
+    client: aws_sdk_dynamodbstreams::Client,
+    /// Enable the stream where the table has none.
+    enable: bool,
 }
 
 impl DynamoProvider {
@@ -110,7 +119,19 @@ impl DynamoProvider {
             client,
             table: table.into(),
             sdk_resends: false,
+            streams: None,
         }
+    }
+
+    /// Lets buckets report their changes from the table's DynamoDB Stream (`wasi-kv watch`),
+    /// enabling it first where the table has none if `enable` (the provider provisions).
+    pub fn with_change_feed(
+        mut self,
+        client: aws_sdk_dynamodbstreams::Client,
+        enable: bool,
+    ) -> Self {
+        self.streams = Some(StreamsAccess { client, enable });
+        self
     }
 
     /// Declares that the client's retry mode may resend a request (`max_attempts > 1`), so a
@@ -138,6 +159,13 @@ impl Provider for DynamoProvider {
             cas: true,
             list_may_repeat: false,
             max_value_bytes: MAX_VALUE_BYTES,
+            // The stream holds every write's item for 24 hours; a TTL that runs out is seen
+            // only when DynamoDB removes the item, ten minutes to days later.
+            watch: self.streams.as_ref().map(|_| kv_core::watch::WatchSupport {
+                durable: true,
+                reports_expiry: false,
+                every_value: true,
+            }),
             ..Capabilities::default()
         }
     }
@@ -148,6 +176,7 @@ impl Provider for DynamoProvider {
             table: self.table.clone(),
             namespace: namespace.to_string(),
             sdk_resends: self.sdk_resends,
+            streams: self.streams.clone(),
         }))
     }
 }
@@ -159,6 +188,7 @@ struct DynamoBucket {
     table: Arc<str>,
     namespace: String,
     sdk_resends: bool,
+    streams: Option<StreamsAccess>,
 }
 
 fn s(text: impl Into<String>) -> AttributeValue {
@@ -466,6 +496,17 @@ impl ConditionalStore for DynamoBucket {
 
 #[async_trait]
 impl Bucket for DynamoBucket {
+    fn change_feed(&self) -> Option<Arc<dyn kv_core::watch::ChangeFeed>> {
+        let streams = self.streams.as_ref()?;
+        Some(Arc::new(super::changes::DynamoFeed::new(
+            self.client.clone(),
+            streams.client.clone(),
+            self.table.clone(),
+            self.namespace.clone(),
+            streams.enable,
+        )))
+    }
+
     /// The consistent read every read-modify-write starts from, which carries the expiry.
     async fn get_with_ttl(&self, key: &str) -> Result<Option<kv_core::StoredValue>> {
         rmw::get_with_ttl(self, key).await
@@ -703,6 +744,7 @@ mod tests {
             table: "t".into(),
             namespace: "n".repeat(MAX_NAMESPACE_BYTES),
             sdk_resends: false,
+            streams: None,
         };
         let write = Write {
             value: vec![0xff; MAX_VALUE_BYTES],
