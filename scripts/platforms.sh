@@ -165,6 +165,55 @@ windows() {
         failed=1
     fi
 
+    section "windows: wasi-kv watch under wine"
+    # The watch-audit example on SQLite files (Windows paths): a change made with
+    # `wasi-kv store set` reaches the audit log; the watcher is killed, the key deleted while
+    # none runs, and a new watcher resumes from the checkpoint: the delete is entry 2, and the
+    # set is not logged twice.
+    cargo build --locked -q -p watch-audit --release --target wasm32-wasip2
+    local audit_wasm="$CARGO_TARGET_DIR/wasm32-wasip2/release/watch_audit.wasm"
+    local watch_dir
+    watch_dir=$(mktemp -d)
+    local wdir="Z:${watch_dir//\//\\}"
+    local data_spec="data=sqlite:$wdir\\data.db" audit_spec="audit=sqlite:$wdir\\audit.db"
+    local stores=(--store "$data_spec" --store "$audit_spec"
+        --store "state=sqlite:$wdir\\audit.db?namespace=watch")
+    audit_entry() { # waits up to 30 s for audit key $1; prints it
+        local value=""
+        for _ in $(seq 150); do
+            value=$(run_wine "$exe" store get --store "$audit_spec" "$1" 2>/dev/null | tr -d '\r') && break
+            sleep 0.2
+        done
+        printf '%s' "$value"
+    }
+    local watch_pid first_entry second_entry entries
+    # Started as wine itself (not through a function's subshell), so that $! is the process.
+    "$wine" "$exe" watch "${stores[@]}" --state state --watch data "$audit_wasm" >"$watch_dir/out1" 2>&1 &
+    watch_pid=$!
+    for _ in $(seq 150); do grep -q '^watching' "$watch_dir/out1" && break; sleep 0.2; done
+    run_wine "$exe" store set --store "$data_spec" greeting hello >/dev/null
+    first_entry=$(audit_entry log/000000000001)
+    sleep 2 # the checkpoint is saved after the batch
+    kill -KILL "$watch_pid" 2>/dev/null || true
+    wait "$watch_pid" 2>/dev/null || true
+    # Deleted while no watcher runs: only a watcher resuming from its checkpoint sees it.
+    run_wine "$exe" store delete --store "$data_spec" greeting >/dev/null
+    "$wine" "$exe" watch "${stores[@]}" --state state --watch data "$audit_wasm" >"$watch_dir/out2" 2>&1 &
+    watch_pid=$!
+    second_entry=$(audit_entry log/000000000002)
+    sleep 1
+    entries=$(run_wine "$exe" store get --store "$audit_spec" entries 2>/dev/null | tr -d '\r')
+    kill -KILL "$watch_pid" 2>/dev/null || true
+    wait "$watch_pid" 2>/dev/null || true
+    if [ "$first_entry" = "set greeting (5 bytes)" ] && [ "$second_entry" = "delete greeting" ] && [ "$entries" = "2" ]; then
+        row "$WINDOWS" "yes" "watch: the audit example logged a set, then a delete made while killed (resumed; 2 entries)"
+    else
+        tail -20 "$watch_dir/out1" "$watch_dir/out2"
+        row "$WINDOWS" "yes" "watch FAILED: entries '$first_entry', '$second_entry', count '$entries'"
+        failed=1
+    fi
+    rm -rf "$watch_dir"
+
     section "windows: kv-core unit tests under wine"
     local unit_log
     unit_log=$(mktemp)
@@ -174,6 +223,14 @@ windows() {
     else
         tail -30 "$unit_log"
         row "$WINDOWS" "yes" "kv-core unit tests FAILED: $(grep -o '[0-9]* passed; [0-9]* failed' "$unit_log" | tail -1)"
+        failed=1
+    fi
+    if CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$wine" \
+        cargo test --locked --target "$WINDOWS" -p kv-watch -- --test-threads 2 >"$unit_log" 2>&1; then
+        row "$WINDOWS" "yes" "kv-watch delivery tests: $(grep -o '[0-9]* passed; [0-9]* failed' "$unit_log" | awk '{p+=$1; f+=$3} END {print p " passed; " f " failed"}')"
+    else
+        tail -30 "$unit_log"
+        row "$WINDOWS" "yes" "kv-watch delivery tests FAILED"
         failed=1
     fi
     rm -f "$unit_log"

@@ -701,7 +701,12 @@ impl ChangeFeed for DynamoFeed {
                     )
                     .await?;
                 if let ShardRead::Trimmed(why) = read {
-                    return self.gap(&mut reader, why).await;
+                    if batch.is_empty() {
+                        return self.gap(&mut reader, why).await;
+                    }
+                    // Deliver what was read first (its deletes would be lost to a resync);
+                    // the next read meets the gap again.
+                    break;
                 }
                 if batch.len() >= max || (!batch.is_empty() && bytes >= max_bytes) {
                     break;
