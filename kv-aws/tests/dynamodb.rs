@@ -652,6 +652,46 @@ async fn the_change_feed_follows_the_tables_stream(local: DynamoDbLocal) -> Test
             }
         }
     }
+    // The stream disabled and enabled again (a new stream, as changing its view type needs):
+    // a feed reading the old one notices within a listing's lifetime, and resynchronises.
+    let stream = |enabled: bool| {
+        let spec = aws_sdk_dynamodb::types::StreamSpecification::builder().stream_enabled(enabled);
+        let spec = if enabled {
+            spec.stream_view_type(aws_sdk_dynamodb::types::StreamViewType::NewAndOldImages)
+        } else {
+            spec
+        };
+        spec.build().expect("a stream specification")
+    };
+    let (tables, _) = kv_aws::dynamodb::client::build_clients(&config(&local)).await;
+    tables
+        .update_table()
+        .table_name(WATCHED)
+        .stream_specification(stream(false))
+        .send()
+        .await?;
+    tables
+        .update_table()
+        .table_name(WATCHED)
+        .stream_specification(stream(true))
+        .send()
+        .await?;
+    data.set("after", b"re-enabled".to_vec()).await?;
+    let mut position = seen[expected.len() - 1].position.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let noticed = loop {
+        match again
+            .changes_after(&position, 10, 1 << 20, Duration::from_millis(200))
+            .await?
+        {
+            Changes::Gap { .. } => break true,
+            Changes::Next { position: next, .. } => position = next,
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+    };
+    check(noticed, "a re-enabled stream is a gap within 20 s")?;
     Ok(())
 }
 

@@ -27,6 +27,9 @@ use serde::Serialize;
 use tokio::sync::watch::Receiver;
 use tracing::{info, warn};
 
+/// How long a feed read may take beyond the wait it was given.
+const FEED_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What receives the changes.
 #[async_trait]
 pub trait Watcher: Send {
@@ -191,13 +194,20 @@ impl Delivery {
         // Since when, and how many times, the feed has failed in a row.
         let mut failing: Option<(std::time::Instant, u32)> = None;
         'reading: while !*stop.borrow() {
+            let asked = std::time::Instant::now();
+            // A read that hangs (a backend that stopped answering) is a transient failure,
+            // not a silent stall: the feed's calls pass no operation timeout of the store.
+            let read_limit = self.options.wait + FEED_READ_TIMEOUT;
             let read = tokio::select! {
-                read = self.feed.changes_after(
+                read = tokio::time::timeout(read_limit, self.feed.changes_after(
                     &position,
                     self.options.batch,
                     self.options.batch_bytes,
                     self.options.wait,
-                ) => read,
+                )) => read.unwrap_or_else(|_| Err(kv_core::KvError::new(
+                    kv_core::ErrorKind::Timeout,
+                    format!("the change feed did not answer within {read_limit:?}"),
+                ).with_transient(true))),
                 _ = stop.changed() => break,
             };
             let read = match read {
@@ -208,7 +218,8 @@ impl Delivery {
                     read
                 }
                 Err(err) if err.is_transient() => {
-                    let (since, failures) = failing.get_or_insert((std::time::Instant::now(), 0));
+                    // The outage began when the first failing read was asked.
+                    let (since, failures) = failing.get_or_insert((asked, 0));
                     *failures += 1;
                     if since.elapsed() >= self.options.feed_outage {
                         return Err(err);

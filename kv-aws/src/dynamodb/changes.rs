@@ -19,7 +19,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{StreamSpecification, StreamViewType};
 use aws_sdk_dynamodbstreams::Client as StreamsClient;
 use aws_sdk_dynamodbstreams::types::{
-    AttributeValue as StreamValue, OperationType, Record, ShardIteratorType,
+    AttributeValue as StreamValue, OperationType, Record, ShardIteratorType, StreamStatus,
 };
 use kv_core::watch::{Change, ChangeFeed, Changes, Logged, Position};
 use kv_core::{KvError, Result, clock, rmw};
@@ -42,6 +42,9 @@ const START_MARGIN: Duration = Duration::from_secs(2 * 60);
 /// How often a waiting feed reads its shards again. DynamoDB Streams allows about five
 /// `GetRecords` a second per shard, shared by every reader of the table.
 const POLL: Duration = Duration::from_millis(500);
+/// Records asked of one `GetRecords` (its maximum): stepping over other namespaces' records
+/// goes at this many a call.
+const GET_RECORDS_MAX: i32 = 1000;
 /// How long a shard listing is used before it is read again (sooner when a shard closes).
 const LISTING_TTL: Duration = Duration::from_secs(5);
 /// A shard iterator expires after 15 minutes; one older than this is not reused.
@@ -57,6 +60,9 @@ enum Mark {
     Unread,
     /// Read up to and including this sequence number.
     After(String),
+    /// A child of a shard read to its end: read from its first sequence number, so that
+    /// records trimmed before they were read are a gap, not a silent later start.
+    From(String),
     /// Closed and read to its end.
     Done,
 }
@@ -78,8 +84,8 @@ struct StreamPosition {
 const POSITION_PREFIX: &str = "dynamodb-stream";
 
 impl StreamPosition {
-    /// `dynamodb-stream|LABEL|SINCE|AT|SHARD=SEQ,SHARD=*,SHARD=` (labels, shard ids and sequence
-    /// numbers hold none of `|`, `,`, `=`).
+    /// `dynamodb-stream|LABEL|SINCE|AT|SHARD=SEQ,SHARD=@SEQ,SHARD=*,SHARD=` (labels, shard ids
+    /// and sequence numbers hold none of `|`, `,`, `=`, `@`).
     fn encode(&self) -> Position {
         let shards: Vec<String> = self
             .shards
@@ -87,6 +93,7 @@ impl StreamPosition {
             .map(|(shard, mark)| match mark {
                 Mark::Unread => format!("{shard}="),
                 Mark::After(sequence) => format!("{shard}={sequence}"),
+                Mark::From(sequence) => format!("{shard}=@{sequence}"),
                 Mark::Done => format!("{shard}=*"),
             })
             .collect();
@@ -117,6 +124,12 @@ impl StreamPosition {
             let mark = match mark {
                 "" => Mark::Unread,
                 "*" => Mark::Done,
+                from if from.starts_with('@')
+                    && from.len() > 1
+                    && from[1..].bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    Mark::From(from[1..].to_string())
+                }
                 sequence if sequence.bytes().all(|b| b.is_ascii_digit()) => {
                     Mark::After(sequence.to_string())
                 }
@@ -149,6 +162,8 @@ struct Stream {
 struct Shard {
     id: String,
     parent: Option<String>,
+    /// Its first sequence number.
+    start: Option<String>,
     /// No records are added to it any more.
     closed: bool,
 }
@@ -162,6 +177,8 @@ struct Reader {
     listed_at: Option<Instant>,
     /// Shard → (the mark the iterator continues from, the iterator, when it was issued).
     iterators: HashMap<String, (Mark, String, Instant)>,
+    /// Reads so far: which ready shard is read first turns with it.
+    turn: usize,
 }
 
 /// One namespace's changes, from the table's stream.
@@ -177,8 +194,8 @@ pub(crate) struct DynamoFeed {
 
 /// How reading a shard ended.
 enum ShardRead {
-    /// Its records up to here are in the batch.
-    Read,
+    /// Its records up to here are in the batch; `records` were read (of any namespace).
+    Read { records: usize },
     /// The records after the mark are no longer in the stream.
     Trimmed(String),
 }
@@ -274,8 +291,13 @@ impl DynamoFeed {
             .send()
             .await;
         if let Err(err) = updated {
-            // Another host may have enabled it meanwhile: the description below tells.
+            // Another host may have enabled it meanwhile; any other refusal (not authorized,
+            // a table being updated) is the answer.
             debug!(error = %aws_sdk_dynamodb::error::DisplayErrorContext(&err), "UpdateTable");
+            if let Some(stream) = self.enabled_stream().await? {
+                return Ok(stream);
+            }
+            return Err(map_sdk_error("UpdateTable (enabling the stream)", err));
         }
         let deadline = Instant::now() + ENABLE_TIMEOUT;
         loop {
@@ -306,33 +328,59 @@ impl DynamoFeed {
         }
     }
 
-    /// The stream's shards, read again when the listing is older than [`LISTING_TTL`].
-    async fn shards(&self, reader: &mut Reader, stream: &Stream) -> Result<Vec<Shard>> {
+    /// The stream's shards, read again when the listing is older than [`LISTING_TTL`];
+    /// `None` when the stream is being disabled or is gone (the table may have another).
+    async fn shards(&self, reader: &mut Reader, stream: &Stream) -> Result<Option<Vec<Shard>>> {
         if reader
             .listed_at
             .is_some_and(|listed| listed.elapsed() < LISTING_TTL)
         {
-            return Ok(reader.shards.clone());
+            return Ok(Some(reader.shards.clone()));
         }
         let mut shards = Vec::new();
         let mut start: Option<String> = None;
         loop {
-            let described = self
+            let described = match self
                 .streams
                 .describe_stream()
                 .stream_arn(&stream.arn)
                 .set_exclusive_start_shard_id(start.take())
                 .send()
                 .await
-                .map_err(|err| map_sdk_error("DescribeStream", err))?;
+            {
+                Ok(described) => described,
+                Err(err)
+                    if err
+                        .as_service_error()
+                        .is_some_and(|e| e.is_resource_not_found_exception()) =>
+                {
+                    reader.stream = None;
+                    reader.listed_at = None;
+                    return Ok(None);
+                }
+                Err(err) => return Err(map_sdk_error("DescribeStream", err)),
+            };
             let Some(description) = described.stream_description() else {
                 break;
             };
+            if matches!(
+                description.stream_status(),
+                Some(StreamStatus::Disabling | StreamStatus::Disabled)
+            ) {
+                // Its shards are closing: the table's stream, if any, is another one now.
+                reader.stream = None;
+                reader.listed_at = None;
+                return Ok(None);
+            }
             for shard in description.shards() {
                 let Some(id) = shard.shard_id() else { continue };
                 shards.push(Shard {
                     id: id.to_string(),
                     parent: shard.parent_shard_id().map(str::to_string),
+                    start: shard
+                        .sequence_number_range()
+                        .and_then(|range| range.starting_sequence_number())
+                        .map(str::to_string),
                     closed: shard
                         .sequence_number_range()
                         .and_then(|range| range.ending_sequence_number())
@@ -346,11 +394,12 @@ impl DynamoFeed {
         }
         reader.shards = shards.clone();
         reader.listed_at = Some(Instant::now());
-        Ok(shards)
+        Ok(Some(shards))
     }
 
-    /// The records of `shard` after its mark, as changes of this namespace (at most `room`,
-    /// and `bytes_room` of values though one is always taken), each with the position after it.
+    /// The records of `shard` after its mark, as changes of this namespace until the batch
+    /// holds `max` changes or `max_bytes` of values (one is always taken), each with the
+    /// position after it.
     #[allow(clippy::too_many_arguments)]
     async fn read_shard(
         &self,
@@ -358,8 +407,8 @@ impl DynamoFeed {
         stream: &Stream,
         shard: &Shard,
         position: &mut StreamPosition,
-        room: usize,
-        bytes_room: usize,
+        max: usize,
+        max_bytes: usize,
         batch: &mut Vec<Logged>,
         bytes: &mut usize,
     ) -> Result<ShardRead> {
@@ -383,7 +432,7 @@ impl DynamoFeed {
                 .streams
                 .get_records()
                 .shard_iterator(current)
-                .limit(room.clamp(1, 1000) as i32)
+                .limit(GET_RECORDS_MAX)
                 .send()
                 .await
             {
@@ -406,18 +455,20 @@ impl DynamoFeed {
                 }
             }
         };
+        let mut records = 0;
         for record in output.records() {
             let Some(sequence) = record.dynamodb().and_then(|r| r.sequence_number()) else {
                 continue;
             };
             let change = self.change_of(record, position.since_ms)?;
             if let Some(change) = &change
-                && !batch.is_empty()
-                && *bytes + change.value_len() > bytes_room
+                && (batch.len() >= max
+                    || (!batch.is_empty() && *bytes + change.value_len() > max_bytes))
             {
                 // Cut here: the rest is read again from the mark next time.
-                return Ok(ShardRead::Read);
+                return Ok(ShardRead::Read { records });
             }
+            records += 1;
             position
                 .shards
                 .insert(shard.id.clone(), Mark::After(sequence.to_string()));
@@ -444,7 +495,7 @@ impl DynamoFeed {
             // An open shard without a next iterator: the stream is being disabled; read again.
             None => reader.listed_at = None,
         }
-        Ok(ShardRead::Read)
+        Ok(ShardRead::Read { records })
     }
 
     /// An iterator after `mark`, or `Err(why)` when the stream no longer holds those records.
@@ -462,6 +513,9 @@ impl DynamoFeed {
         let request = match mark {
             Mark::After(sequence) => request
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .sequence_number(sequence),
+            Mark::From(sequence) => request
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
                 .sequence_number(sequence),
             Mark::Unread | Mark::Done => {
                 request.shard_iterator_type(ShardIteratorType::TrimHorizon)
@@ -550,9 +604,21 @@ impl DynamoFeed {
     /// The position now: every shard open now is read from the records created from now on
     /// (less [`START_MARGIN`]), every closed one is done.
     async fn head_in(&self, reader: &mut Reader) -> Result<StreamPosition> {
-        let stream = self.stream(reader).await?;
+        let mut stream = self.stream(reader).await?;
         reader.listed_at = None;
-        let shards = self.shards(reader, &stream).await?;
+        let shards = match self.shards(reader, &stream).await? {
+            Some(shards) => shards,
+            // Disabled since it was described: the table's stream now (or the reason why none).
+            None => {
+                stream = self.stream(reader).await?;
+                self.shards(reader, &stream).await?.ok_or_else(|| {
+                    KvError::unavailable(format!(
+                        "dynamodb table {}: its stream is being disabled",
+                        self.table
+                    ))
+                })?
+            }
+        };
         let now = clock::now_ms();
         Ok(StreamPosition {
             label: stream.label,
@@ -593,9 +659,12 @@ fn number(image: &HashMap<String, StreamValue>, name: &str) -> Option<u64> {
     }
 }
 
-/// What a delete writes (`store::DynamoBucket::tombstone`): expired at the first millisecond.
+/// What a delete writes (`store::DynamoBucket::tombstone`): expired at the first
+/// millisecond; older releases wrote no value and the deletion time. An item with neither a
+/// value nor a counter is taken as one either way: it holds nothing to deliver.
 fn is_tombstone(image: &HashMap<String, StreamValue>) -> bool {
     number(image, ATTR_UNTIL) == Some(rmw::TOMBSTONE_EXPIRES_AT_MS)
+        || (!image.contains_key(ATTR_VALUE) && !image.contains_key(ATTR_COUNTER))
 }
 
 /// The value an item holds, as `store` reads it: the binary value, or a counter written as a
@@ -658,7 +727,11 @@ impl ChangeFeed for DynamoFeed {
         let mut batch = Vec::new();
         let mut bytes = 0;
         loop {
-            let shards = self.shards(&mut reader, &stream).await?;
+            // (The batch is empty here: a read that found changes has returned.)
+            let Some(shards) = self.shards(&mut reader, &stream).await? else {
+                let why = format!("the stream {} was disabled", stream.label);
+                return self.gap(&mut reader, why).await;
+            };
             // A shard the position was reading that the stream no longer lists lost records;
             // a finished one that it no longer lists is forgotten.
             let listed: HashMap<&str, &Shard> = shards
@@ -676,6 +749,19 @@ impl ChangeFeed for DynamoFeed {
             position
                 .shards
                 .retain(|id, mark| *mark != Mark::Done || listed.contains_key(id.as_str()));
+            // The children of a shard read to its end are named in the position from their
+            // first record on: one trimmed before it was read, or gone from the listing, is
+            // then a gap rather than a silent later start.
+            for shard in &shards {
+                let parent_done = shard
+                    .parent
+                    .as_deref()
+                    .is_some_and(|parent| position.shards.get(parent) == Some(&Mark::Done));
+                if parent_done && !position.shards.contains_key(&shard.id) {
+                    let mark = shard.start.clone().map_or(Mark::Unread, Mark::From);
+                    position.shards.insert(shard.id.clone(), mark);
+                }
+            }
             // Parents first: a shard is read once its parent is done (or gone, read long ago).
             let ready: Vec<Shard> = shards
                 .iter()
@@ -687,19 +773,31 @@ impl ChangeFeed for DynamoFeed {
                 })
                 .cloned()
                 .collect();
-            for shard in &ready {
+            // A different shard first on each read, so that one busy shard cannot keep the
+            // others waiting.
+            reader.turn = reader.turn.wrapping_add(1);
+            let first = if ready.is_empty() {
+                0
+            } else {
+                reader.turn % ready.len()
+            };
+            let mut read_records = false;
+            for shard in ready[first..].iter().chain(&ready[..first]) {
                 let read = self
                     .read_shard(
                         &mut reader,
                         &stream,
                         shard,
                         &mut position,
-                        max - batch.len(),
+                        max,
                         max_bytes,
                         &mut batch,
                         &mut bytes,
                     )
                     .await?;
+                if let ShardRead::Read { records } = read {
+                    read_records |= records > 0;
+                }
                 if let ShardRead::Trimmed(why) = read {
                     if batch.is_empty() {
                         return self.gap(&mut reader, why).await;
@@ -718,7 +816,11 @@ impl ChangeFeed for DynamoFeed {
                     position: position.encode(),
                 });
             }
-            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + POLL)).await;
+            // Records of other namespaces (or from before the start) were stepped over: read on
+            // at once, a poll's pause is for a stream that has nothing more.
+            if !read_records {
+                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + POLL)).await;
+            }
         }
     }
 }
@@ -740,6 +842,10 @@ mod tests {
                     Mark::After("000000000000000000042".into()),
                 ),
                 ("shardId-3".to_string(), Mark::Unread),
+                (
+                    "shardId-4".to_string(),
+                    Mark::From("000000000000000000043".into()),
+                ),
             ]),
         };
         let encoded = position.encode();
@@ -752,6 +858,8 @@ mod tests {
             "dynamodb-stream|l|1|2|s=abc",
             "dynamodb-stream|l|1|2|s",
             "dynamodb-stream|l|1|2|s=1|more",
+            "dynamodb-stream|l|1|2|s=@",
+            "dynamodb-stream|l|1|2|s=@x1",
         ] {
             assert_eq!(
                 StreamPosition::decode(&Position(other.into())),
@@ -782,5 +890,11 @@ mod tests {
         let counter = HashMap::from([(ATTR_COUNTER.to_string(), StreamValue::N("-7".into()))]);
         assert_eq!(value_of(&counter), Ok(b"-7".to_vec()));
         assert!(value_of(&tombstone).is_err());
+        // An older release's tombstone: no value, expired at the deletion.
+        let older = HashMap::from([(
+            ATTR_UNTIL.to_string(),
+            StreamValue::N("1765000000000".into()),
+        )]);
+        assert!(is_tombstone(&older));
     }
 }
