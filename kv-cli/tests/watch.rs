@@ -790,3 +790,168 @@ async fn dynamodb_changes_are_delivered_in_order_through_feed_faults() {
         .expect("stops cleanly after the faults");
     assert_eq!(delivered[0].1.changes, expected.len() as u64 + 2);
 }
+
+/// Redis Cluster: each primary's keyspace notifications are its own, so every primary is
+/// subscribed. Keys spread over all three primaries arrive (sets, deletes, a TTL's expiry);
+/// then a manual failover (`CLUSTER FAILOVER`: no subscription is lost) and a primary killed
+/// (SIGKILL): each time the watcher subscribes on the new primaries, resynchronises, and
+/// delivers the writes made after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_changes_arrive_from_every_primary_and_a_failover_resyncs() {
+    if !wanted("redis-cluster") {
+        eprintln!(
+            "redis-server is not installed and KV_REQUIRE does not name redis-cluster: not run"
+        );
+        return;
+    }
+    let mut cluster = kv_testkit::emulator::RedisCluster::start().expect("the cluster starts");
+    let namespace = format!("watch-{:08x}", rand::random::<u32>());
+    let data = format!("data={}?namespace={namespace}", cluster.url());
+    let stores = stores(&[
+        data.as_str(),
+        "audit=memory:?namespace=audit",
+        "state=memory:?namespace=state",
+    ])
+    .await;
+    let watching = Watching::start(&options("data"), stores.clone())
+        .await
+        .expect("the watcher subscribes on every primary");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(watching.run(async {
+        let _ = stopped.await;
+    }));
+    let data = stores.open("data").await.unwrap();
+    let audit = stores.open("audit").await.unwrap();
+    // 30 keys: their slots fall on all three primaries.
+    let keys: Vec<String> = (0..30).map(|n| format!("k{n:02}")).collect();
+    for key in &keys {
+        data.set(key, b"1".to_vec()).await.unwrap();
+    }
+    for key in &keys[..10] {
+        data.delete(key).await.unwrap();
+    }
+    data.set_with_ttl("t", b"soon".to_vec(), 300).await.unwrap();
+    let mut expected: Vec<String> = keys.iter().map(|key| format!("set {key} 1")).collect();
+    expected.extend(keys[..10].iter().map(|key| format!("delete {key}")));
+    expected.extend(["set t soon".to_string(), "delete t".to_string()]);
+    let has_all = |seen: &[String], wanted: &[String]| wanted.iter().all(|w| seen.contains(w));
+    let seen = wait_for(&audit, Duration::from_secs(20), |seen| {
+        has_all(seen, &expected)
+    })
+    .await;
+    assert!(has_all(&seen, &expected), "from every primary: {seen:?}");
+    // Each key's events in order: its set before its delete.
+    for key in &keys[..10] {
+        let set = seen.iter().position(|e| *e == format!("set {key} 1"));
+        let delete = seen.iter().position(|e| *e == format!("delete {key}"));
+        assert!(set < delete, "{key}: {seen:?}");
+    }
+    // A manual failover: a replica takes over and its primary lives on as a replica, so no
+    // subscription is lost; only listing the primaries again finds the new one.
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 3, "three primaries");
+    let replica = replica_of(primaries[1]).await;
+    let mut connection = redis::Client::open(format!("redis://127.0.0.1:{replica}/"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("CLUSTER")
+        .arg("FAILOVER")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster.primaries().contains(&replica) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        cluster.primaries().contains(&replica),
+        "the replica took over"
+    );
+    write_all(&data, "moved", b"3").await;
+    let wanted_moved: Vec<String> = (0..30).map(|n| format!("set moved{n:02} 3")).collect();
+    let seen = wait_for(&audit, Duration::from_secs(30), |seen| {
+        has_all(seen, &wanted_moved)
+    })
+    .await;
+    assert!(
+        has_all(&seen, &wanted_moved),
+        "after a manual failover: {:?}",
+        &seen[expected.len().min(seen.len())..]
+    );
+    // A primary dies; its replica is promoted.
+    cluster.kill(primaries[0]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.primaries().len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        cluster.primaries().len(),
+        3,
+        "a replica took over within 60 s"
+    );
+    // Writes after the failover, on every primary (retried while the cluster settles).
+    write_all(&data, "after", b"2").await;
+    let wanted_later: Vec<String> = (0..30).map(|n| format!("set after{n:02} 2")).collect();
+    let seen = wait_for(&audit, Duration::from_secs(60), |seen| {
+        has_all(seen, &wanted_later)
+    })
+    .await;
+    assert!(
+        has_all(&seen, &wanted_later),
+        "after the failover: {:?}",
+        &seen[expected.len().min(seen.len())..]
+    );
+    let _ = stop.send(());
+    let delivered = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("stops")
+        .unwrap()
+        .expect("stops cleanly");
+    assert!(delivered[0].1.resyncs >= 1, "resynchronised: {delivered:?}");
+}
+
+/// Sets `PREFIX00`..`PREFIX29` to `value`, each retried (bounded) while a cluster settles.
+async fn write_all(data: &KvStore, prefix: &str, value: &[u8]) {
+    for n in 0..30 {
+        let key = format!("{prefix}{n:02}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while data.set(&key, value.to_vec()).await.is_err() {
+            assert!(Instant::now() < deadline, "{key} could not be written");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The port of the replica of the primary on `port` (`INFO replication`).
+async fn replica_of(port: u16) -> u16 {
+    let mut connection = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let replica = info
+            .lines()
+            .find(|line| line.starts_with("slave0:"))
+            .and_then(|line| {
+                line.split(',')
+                    .find_map(|field| field.strip_prefix("port="))
+            })
+            .and_then(|port| port.parse().ok());
+        match replica {
+            Some(replica) => return replica,
+            None if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            None => panic!("no replica of 127.0.0.1:{port}: {info}"),
+        }
+    }
+}

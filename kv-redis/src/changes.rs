@@ -1,7 +1,9 @@
-//! The change feed (`wasi-kv watch`) of one Redis server: keyspace notifications
+//! The change feed (`wasi-kv watch`) of a Redis server or cluster: keyspace notifications
 //! (`notify-keyspace-events`, enabled here if the server allows `CONFIG SET`) for the
 //! namespace's keys, each turned into a change in an in-process [`ChangeLog`] by reading the
-//! key's value then. Notifications are fire-and-forget: a lost subscription, a failed read,
+//! key's value then. A cluster's notifications are each node's own: every primary is
+//! subscribed, and all of them again when one subscription is lost or the primaries change (a
+//! failover), with the log started again. Notifications are fire-and-forget: a lost subscription, a failed read,
 //! or a host restart may have missed changes, so each starts the log again, and a watcher
 //! holding a position of the earlier log resynchronises from a listing. What a watcher gets
 //! is therefore the value a key had when its notification was read (several quick writes of
@@ -15,6 +17,8 @@ use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use kv_core::watch::{Change, ChangeFeed, ChangeLog, Changes, Look, Position, wait_for_changes};
 use kv_core::{Bucket, ErrorKind, KvError, Result};
+
+use crate::client::RedisConnection;
 use tokio::sync::Notify;
 
 /// Changes the in-process log keeps; a watcher further behind resynchronises.
@@ -35,6 +39,9 @@ const DRAIN_MAX: usize = 1_000;
 const READ_ATTEMPTS: u32 = 3;
 /// Between attempts to subscribe again after the subscription was lost.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(500);
+/// How often a cluster's primaries are listed again while subscribed: a failover promotes a
+/// replica that no subscription listens to yet.
+const TOPOLOGY_EVERY: Duration = Duration::from_secs(2);
 /// The keyspace-event classes needed: keyspace channels (K), generic commands such as DEL
 /// (g), string commands (`$`), expiry (x) and eviction (e).
 const NEEDED_EVENTS: &str = "Kg$xe";
@@ -97,10 +104,10 @@ impl Drop for RedisFeed {
 }
 
 impl RedisFeed {
-    /// Follows the keys of `bucket` (whose keys start with `prefix`) on the server `client`
-    /// connects to.
+    /// Follows the keys of `bucket` (whose keys start with `prefix`) on the server or the
+    /// cluster's primaries `connection` reaches.
     pub(crate) fn follow(
-        client: redis::Client,
+        connection: RedisConnection,
         bucket: Arc<dyn Bucket>,
         prefix: Vec<u8>,
         pattern: Vec<u8>,
@@ -112,7 +119,7 @@ impl RedisFeed {
             subscribed: tokio::sync::watch::Sender::new(Ok(false)),
         });
         let task = tokio::spawn(subscribe_and_follow(
-            client,
+            connection,
             bucket,
             prefix,
             pattern,
@@ -122,29 +129,25 @@ impl RedisFeed {
     }
 }
 
-/// Subscribes, and again whenever the subscription is lost, until the feed is dropped.
+/// Subscribes on every node holding the namespace's keys, and again whenever a subscription is
+/// lost or a cluster's primaries change, until the feed is dropped.
 async fn subscribe_and_follow(
-    client: redis::Client,
+    connection: RedisConnection,
     bucket: Arc<dyn Bucket>,
     prefix: Vec<u8>,
     pattern: Vec<u8>,
     followed: Arc<Followed>,
 ) {
-    let db = client.get_connection_info().redis_settings().db();
-    let mut channel_prefix = format!("__keyspace@{db}__:").into_bytes();
-    let mut channel_pattern = channel_prefix.clone();
-    channel_prefix.extend_from_slice(&prefix);
-    channel_pattern.extend_from_slice(&pattern);
     loop {
-        match subscribe(&client, &channel_pattern).await {
-            Ok(pubsub) => {
-                // Whatever happened before this subscription may have been missed.
+        match subscribe_all(&connection, &prefix, &pattern).await {
+            Ok(subscriptions) => {
+                // Whatever happened before these subscriptions may have been missed.
                 followed.log().restart();
                 let _previous = followed.subscribed.send_replace(Ok(true));
-                follow_subscription(pubsub, &channel_prefix, bucket.as_ref(), &followed).await;
+                let why = follow_all(subscriptions, &connection, bucket.as_ref(), &followed).await;
                 tracing::warn!(
-                    "redis watch: the keyspace-notification subscription was lost; watchers \
-                     resynchronise once it is back"
+                    %why,
+                    "redis watch: subscribing again; watchers resynchronise once subscribed"
                 );
                 let _previous = followed.subscribed.send_replace(Ok(false));
             }
@@ -154,6 +157,79 @@ async fn subscribe_and_follow(
             }
         }
         tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+    }
+}
+
+/// One node's subscription: its name, the subscription, and the channel prefix of the
+/// namespace's keys on it.
+type Subscription = (String, redis::aio::PubSub, Vec<u8>);
+
+/// A subscription on each node (all of them, or an error naming the one that failed).
+async fn subscribe_all(
+    connection: &RedisConnection,
+    prefix: &[u8],
+    pattern: &[u8],
+) -> std::result::Result<Vec<Subscription>, String> {
+    let nodes = connection
+        .subscribers()
+        .await
+        .map_err(|err| format!("finding the nodes to subscribe on: {err}"))?;
+    let mut subscriptions = Vec::with_capacity(nodes.len());
+    for (node, client) in nodes {
+        let db = client.get_connection_info().redis_settings().db();
+        let mut channel_prefix = format!("__keyspace@{db}__:").into_bytes();
+        let mut channel_pattern = channel_prefix.clone();
+        channel_prefix.extend_from_slice(prefix);
+        channel_pattern.extend_from_slice(pattern);
+        let pubsub = subscribe(&client, &channel_pattern)
+            .await
+            .map_err(|err| format!("{node}: {err}"))?;
+        subscriptions.push((node, pubsub, channel_prefix));
+    }
+    Ok(subscriptions)
+}
+
+/// Follows every subscription until one ends or the cluster's primaries change; why, for
+/// the log.
+async fn follow_all(
+    subscriptions: Vec<Subscription>,
+    connection: &RedisConnection,
+    bucket: &dyn Bucket,
+    followed: &Followed,
+) -> String {
+    let nodes: Vec<String> = subscriptions
+        .iter()
+        .map(|(node, ..)| node.clone())
+        .collect();
+    let followers = subscriptions
+        .into_iter()
+        .map(|(node, pubsub, channel_prefix)| {
+            Box::pin(async move {
+                follow_subscription(pubsub, &channel_prefix, bucket, followed).await;
+                node
+            })
+        });
+    let changed = async {
+        if !connection.is_cluster() {
+            return std::future::pending::<String>().await;
+        }
+        loop {
+            tokio::time::sleep(TOPOLOGY_EVERY).await;
+            // A listing that fails (a node down) changes nothing yet: its subscription's
+            // PING tells.
+            if let Ok(now) = connection.subscribers().await {
+                let now: Vec<String> = now.into_iter().map(|(node, _)| node).collect();
+                if now != nodes {
+                    return format!("the primaries changed: {nodes:?} -> {now:?}");
+                }
+            }
+        }
+    };
+    tokio::select! {
+        (node, ..) = futures::future::select_all(followers) => {
+            format!("the keyspace-notification subscription on {node} was lost")
+        }
+        why = changed => why,
     }
 }
 

@@ -25,8 +25,9 @@ const CLUSTER_RETRIES: u32 = 4;
 pub enum RedisConnection {
     /// One server.
     Server(Arc<ServerConnection>),
-    /// A Redis Cluster.
-    Cluster(ClusterConnection),
+    /// A Redis Cluster, and how to reach one of its nodes on its own (keyspace notifications
+    /// are each node's).
+    Cluster(ClusterConnection, Arc<RedisConfig>),
 }
 
 /// One server's multiplexed connection, replaced by a new one when a command gets no reply in
@@ -139,6 +140,7 @@ pub fn connect(config: &RedisConfig) -> Result<RedisConnection, ConfigError> {
             .set_response_timeout(config.response_timeout);
         return Ok(RedisConnection::Cluster(
             client.get_pending_async_connection_with_config(cluster_config),
+            Arc::new(config.clone()),
         ));
     }
     let info = node_info(config, config.host.clone(), config.port)?;
@@ -184,7 +186,7 @@ fn node_info(config: &RedisConfig, host: String, port: u16) -> Result<Connection
 impl RedisConnection {
     /// Whether this is a cluster connection.
     pub fn is_cluster(&self) -> bool {
-        matches!(self, RedisConnection::Cluster(_))
+        matches!(self, RedisConnection::Cluster(..))
     }
 
     /// Sends `command` to the primary serving `slot` (on one server: to the server).
@@ -195,7 +197,7 @@ impl RedisConnection {
                     .run(async |manager| command.query_async(manager).await)
                     .await
             }
-            RedisConnection::Cluster(cluster) => {
+            RedisConnection::Cluster(cluster, _) => {
                 let route = Route::new(slot, SlotAddr::Master);
                 cluster
                     .clone()
@@ -225,7 +227,7 @@ impl RedisConnection {
                     .run(async |manager| pipeline.query_async(manager).await)
                     .await
             }
-            (RedisConnection::Cluster(cluster), Some((host, port))) => {
+            (RedisConnection::Cluster(cluster, _), Some((host, port))) => {
                 cluster
                     .clone()
                     .route_pipeline(
@@ -239,7 +241,7 @@ impl RedisConnection {
                     )
                     .await
             }
-            (RedisConnection::Cluster(_), None) => Err(redis::RedisError::from((
+            (RedisConnection::Cluster(..), None) => Err(redis::RedisError::from((
                 redis::ErrorKind::Client,
                 "a cluster pipeline needs a node",
             ))),
@@ -249,7 +251,7 @@ impl RedisConnection {
     /// The cluster's shards, each named by the lowest slot its primary serves, in slot order
     /// (`CLUSTER SLOTS`); empty on one server.
     pub async fn shards(&self) -> RedisResult<Vec<Shard>> {
-        let RedisConnection::Cluster(cluster) = self else {
+        let RedisConnection::Cluster(cluster, _) = self else {
             return Ok(Vec::new());
         };
         let reply = cluster
@@ -264,12 +266,35 @@ impl RedisConnection {
 }
 
 impl RedisConnection {
-    /// A client for the one server's subscriptions (keyspace notifications); `None` for a
-    /// cluster, whose notifications are each node's own.
-    pub fn subscriber(&self) -> Option<redis::Client> {
+    /// The clients to subscribe with for keyspace notifications, each node's own: the one
+    /// server, or every primary of a cluster now (`CLUSTER SLOTS`), named by address.
+    pub async fn subscribers(&self) -> RedisResult<Vec<(String, redis::Client)>> {
         match self {
-            RedisConnection::Server(server) => Some(server.client.clone()),
-            RedisConnection::Cluster(_) => None,
+            RedisConnection::Server(server) => {
+                Ok(vec![("server".to_string(), server.client.clone())])
+            }
+            RedisConnection::Cluster(_, config) => {
+                let mut clients = Vec::new();
+                for shard in self.shards().await? {
+                    let info =
+                        node_info(config, shard.host.clone(), shard.port).map_err(|err| {
+                            redis::RedisError::from((
+                                redis::ErrorKind::Client,
+                                "node address",
+                                err.0,
+                            ))
+                        })?;
+                    let client = redis::Client::open(info)?;
+                    clients.push((format!("{}:{}", shard.host, shard.port), client));
+                }
+                if clients.is_empty() {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "the cluster lists no primaries",
+                    )));
+                }
+                Ok(clients)
+            }
         }
     }
 
@@ -279,7 +304,7 @@ impl RedisConnection {
     pub async fn eviction_policies(&self) -> RedisResult<Vec<String>> {
         let targets = match self {
             RedisConnection::Server(_) => vec![0],
-            RedisConnection::Cluster(_) => self
+            RedisConnection::Cluster(..) => self
                 .shards()
                 .await?
                 .into_iter()
@@ -403,7 +428,7 @@ impl ConnectionLike for RedisConnection {
                     .run(async |manager| manager.req_packed_command(cmd).await)
                     .await
             }),
-            RedisConnection::Cluster(cluster) => cluster.req_packed_command(cmd),
+            RedisConnection::Cluster(cluster, _) => cluster.req_packed_command(cmd),
         }
     }
 
@@ -419,7 +444,7 @@ impl ConnectionLike for RedisConnection {
                     .run(async |manager| manager.req_packed_commands(pipeline, offset, count).await)
                     .await
             }),
-            RedisConnection::Cluster(cluster) => {
+            RedisConnection::Cluster(cluster, _) => {
                 cluster.req_packed_commands(pipeline, offset, count)
             }
         }
@@ -428,7 +453,7 @@ impl ConnectionLike for RedisConnection {
     fn get_db(&self) -> i64 {
         match self {
             RedisConnection::Server(server) => server.current().1.get_db(),
-            RedisConnection::Cluster(cluster) => cluster.get_db(),
+            RedisConnection::Cluster(cluster, _) => cluster.get_db(),
         }
     }
 }

@@ -111,15 +111,13 @@ impl Provider for RedisProvider {
             cas: true,
             list_may_repeat: true,
             max_value_bytes: REDIS_MAX_VALUE_BYTES,
-            // Keyspace notifications, node-local: one server only so far (changes.rs).
-            watch: self
-                .connection
-                .subscriber()
-                .map(|_| kv_core::watch::WatchSupport {
-                    durable: false,
-                    reports_expiry: true,
-                    every_value: false,
-                }),
+            // Keyspace notifications, each node's own: the server's, or every primary's
+            // (changes.rs).
+            watch: Some(kv_core::watch::WatchSupport {
+                durable: false,
+                reports_expiry: true,
+                every_value: false,
+            }),
             ..Capabilities::default()
         }
     }
@@ -767,12 +765,11 @@ impl std::fmt::Display for ListPosition {
 #[async_trait]
 impl Bucket for RedisBucket {
     fn change_feed(&self) -> Option<Arc<dyn kv_core::watch::ChangeFeed>> {
-        let client = self.connection.subscriber()?;
-        // The feed follows the subscription on a task of the runtime it is created in.
+        // The feed follows the subscriptions on a task of the runtime it is created in.
         tokio::runtime::Handle::try_current().ok()?;
         let bucket: Arc<dyn Bucket> = Arc::new(self.clone());
         Some(Arc::new(crate::changes::RedisFeed::follow(
-            client,
+            self.connection.clone(),
             bucket,
             self.prefix.clone(),
             self.pattern.clone(),
