@@ -955,3 +955,98 @@ async fn replica_of(port: u16) -> u16 {
         }
     }
 }
+
+/// Cloud Storage by listing (fake-gcs-server has no notifications): each kind of write, each
+/// waited for (writes of one key between two listings arrive as its value then), a TTL's
+/// expiry as a delete, nothing for a delete of a missing key; a restarted watcher holds a
+/// position of the earlier process's log, so it resynchronises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_changes_are_found_by_listing_and_a_restart_resyncs() {
+    if !wanted("gcs") {
+        eprintln!("fake-gcs-server is not installed and KV_REQUIRE does not name gcs: not run");
+        return;
+    }
+    let server = kv_testkit::emulator::FakeGcsServer::start().expect("fake-gcs-server starts");
+    let data = format!("data={}", server.store_url("wasikv-watch", "app/"));
+    let stores = stores(&[
+        data.as_str(),
+        "audit=memory:?namespace=audit",
+        "state=memory:?namespace=state",
+    ])
+    .await;
+    let start = || async {
+        let watching = Watching::start(&options("data"), stores.clone())
+            .await
+            .expect("the watcher starts");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(watching.run(async {
+            let _ = stopped.await;
+        }));
+        (stop, running)
+    };
+    let (stop, running) = start().await;
+    let data = stores.open("data").await.unwrap();
+    let audit = stores.open("audit").await.unwrap();
+    data.set("a", b"1".to_vec()).await.unwrap();
+    wait_for_last(&audit, "set a 1").await;
+    data.set("a", b"2".to_vec()).await.unwrap();
+    wait_for_last(&audit, "set a 2").await;
+    data.delete("a").await.unwrap();
+    wait_for_last(&audit, "delete a").await;
+    data.delete("never-there").await.unwrap();
+    data.increment("c", 5).await.unwrap();
+    wait_for_last(&audit, "set c 5").await;
+    data.set_many(vec![("m".into(), b"1".to_vec())])
+        .await
+        .unwrap();
+    wait_for_last(&audit, "set m 1").await;
+    data.delete_many(&["m".to_string()]).await.unwrap();
+    wait_for_last(&audit, "delete m").await;
+    data.set_with_ttl("t", b"soon".to_vec(), 1500)
+        .await
+        .unwrap();
+    wait_for_last(&audit, "set t soon").await;
+    let seen = wait_for_last(&audit, "delete t").await;
+    assert_eq!(
+        seen,
+        [
+            "set a 1",
+            "set a 2",
+            "delete a",
+            "set c 5",
+            "set m 1",
+            "delete m",
+            "set t soon",
+            "delete t"
+        ],
+        "what the watcher received, in order"
+    );
+    let _ = stop.send(());
+    let first = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("stops")
+        .unwrap()
+        .expect("stops cleanly");
+    assert_eq!(first[0].1.resyncs, 0);
+    // Written while no watcher runs, then a new watcher from the same checkpoint: the log it
+    // names is gone with the process, so it resynchronises (every live key as a set).
+    data.set("while-down", b"x".to_vec()).await.unwrap();
+    let (stop, running) = start().await;
+    let seen = wait_for(&audit, Duration::from_secs(20), |seen| {
+        seen.iter().any(|event| event == "set while-down x")
+            && seen.iter().filter(|event| *event == "set c 5").count() >= 2
+    })
+    .await;
+    assert!(
+        seen.iter().any(|event| event == "set while-down x")
+            && seen.iter().filter(|event| *event == "set c 5").count() >= 2,
+        "after the restart: {seen:?}"
+    );
+    let _ = stop.send(());
+    let second = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("stops")
+        .unwrap()
+        .expect("stops cleanly");
+    assert_eq!(second[0].1.resyncs, 1, "{second:?}");
+}

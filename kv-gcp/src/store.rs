@@ -96,6 +96,13 @@ impl Provider for GcsProvider {
             // call with its own deadline, so a slow emulator or bucket slows a large set-many
             // down instead of timing it out. Deletes are batched (kv_gcp::batch).
             set_many_part: 32,
+            // Cloud Storage reports no changes here (fake-gcs-server has no Pub/Sub): the
+            // store is listed every WATCH_POLL and compared (kv_core::watch::polled).
+            watch: Some(kv_core::watch::WatchSupport {
+                durable: false,
+                reports_expiry: true,
+                every_value: false,
+            }),
             ..Capabilities::default()
         }
     }
@@ -112,6 +119,7 @@ impl Provider for GcsProvider {
     }
 }
 
+#[derive(Clone)]
 struct GcsBucket {
     client: Client,
     batch: BatchClient,
@@ -120,6 +128,44 @@ struct GcsBucket {
     /// The tombstone template's object name.
     template: String,
     template_ready: Arc<AtomicBool>,
+}
+
+/// How often a watched store is listed: each listing costs a list request per 1,000 objects.
+const WATCH_POLL: Duration = Duration::from_secs(1);
+
+/// The watch feed's listing: every live key with its generation (a new one for each write).
+#[async_trait]
+impl kv_core::watch::polled::VersionListing for GcsBucket {
+    async fn live_versions(&self) -> Result<HashMap<String, String>> {
+        let mut versions = HashMap::new();
+        let mut page_token = None;
+        loop {
+            let request = ListObjectsRequest {
+                bucket: self.bucket.clone(),
+                prefix: Some(self.prefix.clone()),
+                max_results: Some(1000),
+                page_token: page_token.take(),
+                ..Default::default()
+            };
+            let response = self
+                .client
+                .list_objects(&request)
+                .await
+                .map_err(|err| map_error("list (watch)", err))?;
+            let now = clock::now_ms();
+            for object in response.items.unwrap_or_default() {
+                if clock::is_live(expires_at(&object), now)
+                    && let Some(key) = self.key_of(&object)
+                {
+                    versions.insert(key, object.generation.to_string());
+                }
+            }
+            match response.next_page_token.filter(|token| !token.is_empty()) {
+                Some(next) => page_token = Some(next),
+                None => return Ok(versions),
+            }
+        }
+    }
 }
 
 /// The current state of one key's object.
@@ -373,6 +419,17 @@ impl ConditionalStore for GcsBucket {
 
 #[async_trait]
 impl Bucket for GcsBucket {
+    fn change_feed(&self) -> Option<Arc<dyn kv_core::watch::ChangeFeed>> {
+        // The listing runs on a task of the runtime the feed is created in.
+        tokio::runtime::Handle::try_current().ok()?;
+        let bucket = Arc::new(self.clone());
+        Some(Arc::new(kv_core::watch::polled::PolledFeed::follow(
+            bucket.clone(),
+            bucket,
+            WATCH_POLL,
+        )))
+    }
+
     /// The consistent read every read-modify-write starts from, which carries the expiry.
     async fn get_with_ttl(&self, key: &str) -> Result<Option<kv_core::StoredValue>> {
         rmw::get_with_ttl(self, key).await

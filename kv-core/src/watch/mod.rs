@@ -8,6 +8,8 @@
 //! followed a position (its log was trimmed, a watcher fell too far behind, a notification
 //! was lost) says so with [`Changes::Gap`], and the watcher resynchronises from a listing.
 
+pub mod polled;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
