@@ -847,18 +847,21 @@ async fn redis_cluster_changes_arrive_from_every_primary_and_a_failover_resyncs(
         assert!(set < delete, "{key}: {seen:?}");
     }
     // A manual failover: a replica takes over and its primary lives on as a replica, so no
-    // subscription is lost; only listing the primaries again finds the new one.
+    // subscription is lost. The demoted node is told to send no more notifications: only
+    // listing the primaries again finds the new one (and its events must be switched on).
     let primaries = cluster.primaries();
     assert_eq!(primaries.len(), 3, "three primaries");
     let replica = replica_of(primaries[1]).await;
-    let mut connection = redis::Client::open(format!("redis://127.0.0.1:{replica}/"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let node = |port: u16| async move {
+        redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    };
     let () = redis::cmd("CLUSTER")
         .arg("FAILOVER")
-        .query_async(&mut connection)
+        .query_async(&mut node(replica).await)
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -869,17 +872,14 @@ async fn redis_cluster_changes_arrive_from_every_primary_and_a_failover_resyncs(
         cluster.primaries().contains(&replica),
         "the replica took over"
     );
-    write_all(&data, "moved", b"3").await;
-    let wanted_moved: Vec<String> = (0..30).map(|n| format!("set moved{n:02} 3")).collect();
-    let seen = wait_for(&audit, Duration::from_secs(30), |seen| {
-        has_all(seen, &wanted_moved)
-    })
-    .await;
-    assert!(
-        has_all(&seen, &wanted_moved),
-        "after a manual failover: {:?}",
-        &seen[expected.len().min(seen.len())..]
-    );
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg("")
+        .query_async(&mut node(primaries[1]).await)
+        .await
+        .unwrap();
+    resubscribed_and_deletes_arrive(&data, &audit, "moved", 2).await;
     // A primary dies; its replica is promoted.
     cluster.kill(primaries[0]);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -891,25 +891,61 @@ async fn redis_cluster_changes_arrive_from_every_primary_and_a_failover_resyncs(
         3,
         "a replica took over within 60 s"
     );
-    // Writes after the failover, on every primary (retried while the cluster settles).
-    write_all(&data, "after", b"2").await;
-    let wanted_later: Vec<String> = (0..30).map(|n| format!("set after{n:02} 2")).collect();
-    let seen = wait_for(&audit, Duration::from_secs(60), |seen| {
-        has_all(seen, &wanted_later)
-    })
-    .await;
-    assert!(
-        has_all(&seen, &wanted_later),
-        "after the failover: {:?}",
-        &seen[expected.len().min(seen.len())..]
-    );
+    resubscribed_and_deletes_arrive(&data, &audit, "after", 3).await;
     let _ = stop.send(());
     let delivered = tokio::time::timeout(Duration::from_secs(20), running)
         .await
         .expect("stops")
         .unwrap()
         .expect("stops cleanly");
-    assert!(delivered[0].1.resyncs >= 1, "resynchronised: {delivered:?}");
+    assert!(
+        delivered[0].1.resyncs >= 2,
+        "resynchronised twice: {delivered:?}"
+    );
+}
+
+/// Waits for the resync that follows a failover (the live key `k29` seen `times_seen` times,
+/// its first set counted), then writes 30 keys and deletes 10 of them:
+/// a resync delivers no deletes, so only subscriptions on the new primaries can deliver them.
+async fn resubscribed_and_deletes_arrive(
+    data: &KvStore,
+    audit: &KvStore,
+    prefix: &str,
+    times_seen: usize,
+) {
+    let seen = wait_for(audit, Duration::from_secs(60), |seen| {
+        seen.iter().filter(|event| *event == "set k29 1").count() >= times_seen
+    })
+    .await;
+    assert!(
+        seen.iter().filter(|event| *event == "set k29 1").count() >= times_seen,
+        "no resync after the failover ({prefix}): {seen:?}"
+    );
+    write_all(data, prefix, b"2").await;
+    for n in 0..10 {
+        let key = format!("{prefix}{n:02}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while data.delete(&key).await.is_err() {
+            assert!(Instant::now() < deadline, "{key} could not be deleted");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let wanted: Vec<String> = (0..30)
+        .map(|n| format!("set {prefix}{n:02} 2"))
+        .chain((0..10).map(|n| format!("delete {prefix}{n:02}")))
+        .collect();
+    let seen = wait_for(audit, Duration::from_secs(30), |seen| {
+        wanted.iter().all(|event| seen.contains(event))
+    })
+    .await;
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|event| !seen.contains(event))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "after the failover ({prefix}), missing: {missing:?}"
+    );
 }
 
 /// Sets `PREFIX00`..`PREFIX29` to `value`, each retried (bounded) while a cluster settles.

@@ -181,8 +181,11 @@ async fn subscribe_all(
         let mut channel_pattern = channel_prefix.clone();
         channel_prefix.extend_from_slice(prefix);
         channel_pattern.extend_from_slice(pattern);
-        let pubsub = subscribe(&client, &channel_pattern)
+        // redis-rs sets no timeout on opening a subscription: a node that accepts the
+        // connection and then stalls would hold every subscription back.
+        let pubsub = tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe(&client, &channel_pattern))
             .await
+            .map_err(|_| format!("{node}: no answer within {} s", SUBSCRIBE_TIMEOUT.as_secs()))?
             .map_err(|err| format!("{node}: {err}"))?;
         subscriptions.push((node, pubsub, channel_prefix));
     }
@@ -197,10 +200,11 @@ async fn follow_all(
     bucket: &dyn Bucket,
     followed: &Followed,
 ) -> String {
-    let nodes: Vec<String> = subscriptions
+    let mut nodes: Vec<String> = subscriptions
         .iter()
         .map(|(node, ..)| node.clone())
         .collect();
+    nodes.sort();
     let followers = subscriptions
         .into_iter()
         .map(|(node, pubsub, channel_prefix)| {
@@ -213,15 +217,24 @@ async fn follow_all(
         if !connection.is_cluster() {
             return std::future::pending::<String>().await;
         }
+        // A different set of primaries, seen twice in a row (a node asked may not know of a
+        // failover yet, and another may: one look would flap).
+        let mut differing: Option<Vec<String>> = None;
         loop {
             tokio::time::sleep(TOPOLOGY_EVERY).await;
             // A listing that fails (a node down) changes nothing yet: its subscription's
             // PING tells.
-            if let Ok(now) = connection.subscribers().await {
-                let now: Vec<String> = now.into_iter().map(|(node, _)| node).collect();
-                if now != nodes {
-                    return format!("the primaries changed: {nodes:?} -> {now:?}");
-                }
+            let Ok(now) = connection.subscribers().await else {
+                continue;
+            };
+            let mut now: Vec<String> = now.into_iter().map(|(node, _)| node).collect();
+            now.sort();
+            if now == nodes {
+                differing = None;
+            } else if differing.as_ref() == Some(&now) {
+                return format!("the primaries changed: {nodes:?} -> {now:?}");
+            } else {
+                differing = Some(now);
             }
         }
     };
@@ -330,12 +343,16 @@ fn coalesce(events: impl Iterator<Item = (String, Event)>) -> Vec<(String, Event
         .collect()
 }
 
-/// The changes of `events`, written keys read back in one `MGET` round (retried a few times).
-/// A key gone by then is left out: its own notification follows.
+/// The changes of `events`, their keys read back in one `MGET` round (retried a few times).
+/// A written key gone by then is left out (its own notification follows); a deleted key that
+/// holds a value again is that value.
 async fn read_back(bucket: &dyn Bucket, events: Vec<(String, Event)>) -> Result<Vec<Change>> {
+    // Deletes are read back too: a slot migration deletes a key on one node and writes it on
+    // another, whose notifications may arrive in either order; a key that still holds a value
+    // was not deleted (its value is delivered instead).
     let written: Vec<String> = events
         .iter()
-        .filter(|(_, event)| *event == Event::Written)
+        .filter(|(_, event)| *event != Event::Other)
         .map(|(key, _)| key.clone())
         .collect();
     let mut values = Vec::new();
@@ -356,17 +373,31 @@ async fn read_back(bucket: &dyn Bucket, events: Vec<(String, Event)>) -> Result<
     let mut values = values.into_iter();
     let mut changes = Vec::with_capacity(events.len());
     for (key, event) in events {
-        match event {
-            Event::Gone => changes.push(Change::Delete { key }),
-            Event::Written => {
-                if let Some(Some(value)) = values.next() {
-                    changes.push(Change::Set { key, value });
-                }
-            }
-            Event::Other => {}
+        if event == Event::Other {
+            continue;
+        }
+        match (event, values.next().flatten()) {
+            (_, Some(value)) => changes.push(Change::Set { key, value }),
+            (Event::Gone, None) => changes.push(Change::Delete { key }),
+            // Written, and gone by the read: its own delete notification follows.
+            _ => {}
         }
     }
     Ok(changes)
+}
+
+/// `CONFIG` refused (an ACL, a renamed or disabled command), as managed services do; not an
+/// I/O error or a timeout.
+fn is_denied(err: &redis::RedisError) -> bool {
+    if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() {
+        return false;
+    }
+    let code = err.code().unwrap_or_default();
+    code == "NOPERM"
+        || (code == "ERR"
+            && err
+                .detail()
+                .is_some_and(|detail| detail.contains("unknown command")))
 }
 
 /// Makes sure the server sends the keyspace events needed, and subscribes to them.
@@ -385,6 +416,9 @@ async fn subscribe(
         .await;
     let current = match current {
         Ok(current) => current.get(1).cloned().unwrap_or_default(),
+        // A timeout or a dropped connection says nothing about the setting: subscribing then
+        // could listen to a node that sends nothing. Try again.
+        Err(err) if !is_denied(&err) => return Err(format!("CONFIG GET: {err}")),
         Err(err) => {
             // Managed services deny CONFIG: the operator enables the events there.
             tracing::warn!(
