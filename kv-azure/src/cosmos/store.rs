@@ -113,6 +113,53 @@ struct KeyRow {
     exp: Option<u64>,
 }
 
+/// One row of the watch listing: the key, its expiry and the item's ETag (new for every
+/// write).
+#[derive(Debug, Deserialize)]
+struct VersionRow {
+    k: String,
+    #[serde(default)]
+    exp: Option<u64>,
+    #[serde(rename = "_etag")]
+    etag: String,
+}
+
+/// How often a watched store is listed: a query per shard ([`SHARDS`]) each time.
+const WATCH_POLL: Duration = Duration::from_secs(1);
+
+/// The watch feed's listing: every live key with its item's ETag.
+#[async_trait]
+impl kv_core::watch::polled::VersionListing for CosmosBucket {
+    async fn live_versions(&self) -> Result<std::collections::HashMap<String, String>> {
+        let mut versions = std::collections::HashMap::new();
+        for shard in 0..SHARDS {
+            let pk = partition(&self.namespace, shard);
+            let query = Query::from("SELECT c.k, c.exp, c._etag FROM c WHERE c.pk = @pk")
+                .with_parameter("@pk", &pk)
+                .map_err(|err| map_error("watch query", err))?;
+            let options = QueryOptions::default().with_max_item_count(MaxItemCountHint::Limit(
+                NonZeroU32::new(1000).unwrap_or(NonZeroU32::MIN),
+            ));
+            let mut pages = self
+                .container
+                .query_items::<VersionRow>(query, FeedScope::partition(pk), Some(options))
+                .await
+                .map_err(|err| map_error("watch listing", err))?
+                .into_pages();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|err| map_error("watch listing", err))?;
+                let now = clock::now_ms();
+                for row in page.into_items() {
+                    if clock::is_live(row.exp, now) {
+                        versions.insert(row.k, row.etag);
+                    }
+                }
+            }
+        }
+        Ok(versions)
+    }
+}
+
 /// A Cosmos DB container.
 pub struct CosmosProvider {
     container: ContainerClient,
@@ -137,6 +184,13 @@ impl Provider for CosmosProvider {
             cas: true,
             list_may_repeat: false,
             max_value_bytes: MAX_VALUE_BYTES,
+            // The local server's change feed answers with the whole listing and a fixed ETag,
+            // so the store is listed every WATCH_POLL and compared (kv_core::watch::polled).
+            watch: Some(kv_core::watch::WatchSupport {
+                durable: false,
+                reports_expiry: true,
+                every_value: false,
+            }),
             ..Capabilities::default()
         }
     }
@@ -161,6 +215,7 @@ enum Condition {
     Exists,
 }
 
+#[derive(Clone)]
 struct CosmosBucket {
     container: ContainerClient,
     namespace: String,
@@ -368,6 +423,17 @@ impl ConditionalStore for CosmosBucket {
 
 #[async_trait]
 impl Bucket for CosmosBucket {
+    fn change_feed(&self) -> Option<Arc<dyn kv_core::watch::ChangeFeed>> {
+        // The listing runs on a task of the runtime the feed is created in.
+        tokio::runtime::Handle::try_current().ok()?;
+        let bucket = Arc::new(self.clone());
+        Some(Arc::new(kv_core::watch::polled::PolledFeed::follow(
+            bucket.clone(),
+            bucket,
+            WATCH_POLL,
+        )))
+    }
+
     /// The consistent read every read-modify-write starts from, which carries the expiry.
     async fn get_with_ttl(&self, key: &str) -> Result<Option<kv_core::StoredValue>> {
         rmw::get_with_ttl(self, key).await
