@@ -1105,6 +1105,15 @@ async fn listed_changes_arrive_and_a_restart_resyncs(data: &str) {
             && seen.iter().filter(|event| *event == "set c 5").count() >= 2,
         "after the restart: {seen:?}"
     );
+    // The restarted feed goes on finding changes (not only the resync's listing).
+    data.set("after-restart", b"y".to_vec()).await.unwrap();
+    data.delete("while-down").await.unwrap();
+    let both = |seen: &[String]| {
+        seen.iter().any(|event| event == "set after-restart y")
+            && seen.iter().any(|event| event == "delete while-down")
+    };
+    let seen = wait_for(&audit, Duration::from_secs(20), both).await;
+    assert!(both(&seen), "after the restart: {seen:?}");
     let _ = stop.send(());
     let second = tokio::time::timeout(Duration::from_secs(20), running)
         .await

@@ -20,10 +20,15 @@ const CHANGE_LOG_MAX: usize = 100_000;
 /// Key and value bytes the log keeps.
 const CHANGE_LOG_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// How long listings may fail before the feed answers `unavailable` (a watcher must not look
-/// healthy while nothing is seen).
+/// healthy while nothing is seen; `wasi-kv watch` retries that for a minute, then stops).
 const FAILING_LIMIT: Duration = Duration::from_secs(10);
-/// Keys read back at once.
+/// Keys read back at once (their changes are logged chunk by chunk, so a burst is never held
+/// whole in memory).
 const READ_BACK_CHUNK: usize = 100;
+/// How long one listing, or one chunk's read-back, may take before it counts as failed: the
+/// feed's calls pass no operation timeout of the store, and a listing that hangs must not
+/// look healthy. A store whose listing takes longer cannot be watched this way.
+const LISTING_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// What a polled backend lists.
 #[async_trait]
@@ -89,12 +94,15 @@ impl PolledFeed {
         PolledFeed { polled, task }
     }
 
-    /// Fails with `unavailable` once listings have failed for [`FAILING_LIMIT`], or if the
-    /// first listing has not succeeded within it.
+    /// Waits for the first listing (the baseline every change is found against; a listing is
+    /// bounded by [`LISTING_TIMEOUT`]), and fails with `unavailable` once listings have failed
+    /// for [`FAILING_LIMIT`] or the listing task has ended.
     async fn healthy(&self) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + FAILING_LIMIT;
         loop {
             let listed = self.polled.listed.notified();
+            if self.task.is_finished() {
+                return Err(unavailable("the listing task ended"));
+            }
             {
                 let state = self.polled.state();
                 match &state.failing {
@@ -105,13 +113,8 @@ impl PolledFeed {
                     _ => {}
                 }
             }
-            if tokio::time::timeout_at(deadline, listed).await.is_err() {
-                let why = match &self.polled.state().failing {
-                    Some((_, why)) => why.clone(),
-                    None => "the first listing did not finish".to_string(),
-                };
-                return Err(unavailable(&why));
-            }
+            // Woken after each listing (or failure); looked at again every second.
+            let _ = tokio::time::timeout(Duration::from_secs(1), listed).await;
         }
     }
 }
@@ -119,10 +122,7 @@ impl PolledFeed {
 fn unavailable(why: &str) -> KvError {
     KvError::new(
         ErrorKind::Unavailable,
-        format!(
-            "watch: listing the store for changes has failed for {} s: {why}",
-            FAILING_LIMIT.as_secs()
-        ),
+        format!("watch: listing the store for changes failed: {why}"),
     )
 }
 
@@ -139,14 +139,8 @@ async fn poll(
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        match changes_since(listing.as_ref(), bucket.as_ref(), known.as_ref()).await {
-            Ok((now, changes)) => {
-                {
-                    let mut log = polled.log();
-                    for change in changes {
-                        log.push(change);
-                    }
-                }
+        match log_changes(listing.as_ref(), bucket.as_ref(), known.as_ref(), &polled).await {
+            Ok(now) => {
                 known = Some(now);
                 let mut state = polled.state();
                 state.baseline = true;
@@ -165,41 +159,58 @@ async fn poll(
     }
 }
 
-/// The versions now, and the changes since `known` (none for the first listing).
-async fn changes_since(
+/// Lists the versions now and logs the changes since `known` (none for the first listing),
+/// chunk by chunk as they are read back; the versions listed. A failure after some chunks
+/// were logged leaves `known` as it was, so those changes are logged again next time (at
+/// least once), and nothing is skipped.
+async fn log_changes(
     listing: &dyn VersionListing,
     bucket: &dyn Bucket,
     known: Option<&HashMap<String, String>>,
-) -> Result<(HashMap<String, String>, Vec<Change>)> {
-    let now = listing.live_versions().await?;
+    polled: &Polled,
+) -> Result<HashMap<String, String>> {
+    let timed_out = |what: &str| {
+        KvError::new(
+            ErrorKind::Timeout,
+            format!("{what} took over {} s", LISTING_TIMEOUT.as_secs()),
+        )
+    };
+    let now = tokio::time::timeout(LISTING_TIMEOUT, listing.live_versions())
+        .await
+        .map_err(|_| timed_out("listing the store"))??;
     let Some(known) = known else {
-        return Ok((now, Vec::new()));
+        return Ok(now);
     };
     let mut gone: Vec<&String> = known.keys().filter(|key| !now.contains_key(*key)).collect();
     gone.sort();
+    {
+        let mut log = polled.log();
+        for key in gone {
+            log.push(Change::Delete { key: key.clone() });
+        }
+    }
     let mut written: Vec<String> = now
         .iter()
         .filter(|(key, version)| known.get(*key) != Some(*version))
         .map(|(key, _)| key.clone())
         .collect();
     written.sort();
-    let mut changes: Vec<Change> = gone
-        .into_iter()
-        .map(|key| Change::Delete { key: key.clone() })
-        .collect();
     for chunk in written.chunks(READ_BACK_CHUNK) {
-        let values = bucket.get_many(chunk).await?;
+        let values = tokio::time::timeout(LISTING_TIMEOUT, bucket.get_many(chunk))
+            .await
+            .map_err(|_| timed_out("reading changed keys back"))??;
+        let mut log = polled.log();
         for (key, value) in chunk.iter().zip(values) {
             // Gone since it was listed: the next listing reports the delete.
             if let Some(value) = value {
-                changes.push(Change::Set {
+                log.push(Change::Set {
                     key: key.clone(),
                     value,
                 });
             }
         }
     }
-    Ok((now, changes))
+    Ok(now)
 }
 
 #[async_trait]
@@ -216,6 +227,10 @@ impl ChangeFeed for PolledFeed {
         max_bytes: usize,
         wait: Duration,
     ) -> Result<Changes> {
+        // The baseline first: a gap answered before it (a restarted watcher's checkpoint)
+        // would resync while the baseline listing is under way, and a write between the
+        // resync's read and the baseline's would be in neither.
+        self.healthy().await?;
         wait_for_changes(&self.polled.notify, after, wait, || async {
             let found = self.polled.log().read(after, max, max_bytes);
             if found.is_none() {
