@@ -44,6 +44,36 @@ fn options(watched: &str) -> WatchOptions {
     }
 }
 
+/// A `wasi-kv watch` run in this process, and how to stop it.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<Vec<(String, kv_watch::Delivered)>>>,
+}
+
+impl Running {
+    /// Starts watching (`expect`: what starting means, for the failure message).
+    async fn start(options: &WatchOptions, stores: &Arc<Stores>, expect: &str) -> Running {
+        let watching = Watching::start(options, stores.clone())
+            .await
+            .expect(expect);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(watching.run(async {
+            let _ = stopped.await;
+        }));
+        Running { stop, task }
+    }
+
+    /// Stops it (within 20 s) and returns what each store delivered.
+    async fn stop(self, expect: &str) -> Vec<(String, kv_watch::Delivered)> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("stops")
+            .unwrap()
+            .expect(expect)
+    }
+}
+
 /// The recorder's log, oldest first.
 async fn events(audit: &KvStore) -> Vec<String> {
     let count = match audit.get("seq").await.expect("read seq") {
@@ -620,13 +650,7 @@ async fn redis_changes_are_delivered_and_a_lost_subscription_resyncs() {
         "state=memory:?namespace=state",
     ])
     .await;
-    let watching = Watching::start(&options("data"), stores.clone())
-        .await
-        .expect("the watcher subscribes");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(watching.run(async {
-        let _ = stopped.await;
-    }));
+    let running = Running::start(&options("data"), &stores, "the watcher subscribes").await;
     let data = stores.open("data").await.unwrap();
     let audit = stores.open("audit").await.unwrap();
     data.set("a", b"1".to_vec()).await.unwrap();
@@ -692,12 +716,7 @@ async fn redis_changes_are_delivered_and_a_lost_subscription_resyncs() {
         Some("set later 1"),
         "{seen:?}"
     );
-    let _ = stop.send(());
-    let delivered = tokio::time::timeout(Duration::from_secs(20), running)
-        .await
-        .expect("stops")
-        .unwrap()
-        .unwrap();
+    let delivered = running.stop("stops cleanly").await;
     assert!(delivered[0].1.resyncs >= 1, "{delivered:?}");
 }
 
@@ -731,13 +750,12 @@ async fn dynamodb_changes_are_delivered_in_order_through_feed_faults() {
         "state=memory:?namespace=state",
     ])
     .await;
-    let watching = Watching::start(&options("data"), stores.clone())
-        .await
-        .expect("the watcher starts (the stream is enabled)");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(watching.run(async {
-        let _ = stopped.await;
-    }));
+    let running = Running::start(
+        &options("data"),
+        &stores,
+        "the watcher starts (the stream is enabled)",
+    )
+    .await;
     let data = stores.open("writer").await.unwrap();
     let other = stores.open("other").await.unwrap();
     let audit = stores.open("audit").await.unwrap();
@@ -781,13 +799,8 @@ async fn dynamodb_changes_are_delivered_in_order_through_feed_faults() {
         "the faults reached the watcher's requests"
     );
     assert_eq!(&seen[expected.len()..], ["set f 6", "delete a"], "{seen:?}");
-    assert!(!running.is_finished(), "the watcher is still running");
-    let _ = stop.send(());
-    let delivered = tokio::time::timeout(Duration::from_secs(20), running)
-        .await
-        .expect("stops")
-        .unwrap()
-        .expect("stops cleanly after the faults");
+    assert!(!running.task.is_finished(), "the watcher is still running");
+    let delivered = running.stop("stops cleanly after the faults").await;
     assert_eq!(delivered[0].1.changes, expected.len() as u64 + 2);
 }
 
@@ -813,13 +826,12 @@ async fn redis_cluster_changes_arrive_from_every_primary_and_a_failover_resyncs(
         "state=memory:?namespace=state",
     ])
     .await;
-    let watching = Watching::start(&options("data"), stores.clone())
-        .await
-        .expect("the watcher subscribes on every primary");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(watching.run(async {
-        let _ = stopped.await;
-    }));
+    let running = Running::start(
+        &options("data"),
+        &stores,
+        "the watcher subscribes on every primary",
+    )
+    .await;
     let data = stores.open("data").await.unwrap();
     let audit = stores.open("audit").await.unwrap();
     // 30 keys: their slots fall on all three primaries.
@@ -892,12 +904,7 @@ async fn redis_cluster_changes_arrive_from_every_primary_and_a_failover_resyncs(
         "a replica took over within 60 s"
     );
     resubscribed_and_deletes_arrive(&data, &audit, "after", 3).await;
-    let _ = stop.send(());
-    let delivered = tokio::time::timeout(Duration::from_secs(20), running)
-        .await
-        .expect("stops")
-        .unwrap()
-        .expect("stops cleanly");
+    let delivered = running.stop("stops cleanly").await;
     assert!(
         delivered[0].1.resyncs >= 2,
         "resynchronised twice: {delivered:?}"
@@ -1037,17 +1044,7 @@ async fn listed_changes_arrive_and_a_restart_resyncs(data: &str) {
         "state=memory:?namespace=state",
     ])
     .await;
-    let start = || async {
-        let watching = Watching::start(&options("data"), stores.clone())
-            .await
-            .expect("the watcher starts");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn(watching.run(async {
-            let _ = stopped.await;
-        }));
-        (stop, running)
-    };
-    let (stop, running) = start().await;
+    let running = Running::start(&options("data"), &stores, "the watcher starts").await;
     let data = stores.open("data").await.unwrap();
     let audit = stores.open("audit").await.unwrap();
     data.set("a", b"1".to_vec()).await.unwrap();
@@ -1084,17 +1081,12 @@ async fn listed_changes_arrive_and_a_restart_resyncs(data: &str) {
         ],
         "what the watcher received, in order"
     );
-    let _ = stop.send(());
-    let first = tokio::time::timeout(Duration::from_secs(20), running)
-        .await
-        .expect("stops")
-        .unwrap()
-        .expect("stops cleanly");
+    let first = running.stop("stops cleanly").await;
     assert_eq!(first[0].1.resyncs, 0);
     // Written while no watcher runs, then a new watcher from the same checkpoint: the log it
     // names is gone with the process, so it resynchronises (every live key as a set).
     data.set("while-down", b"x".to_vec()).await.unwrap();
-    let (stop, running) = start().await;
+    let running = Running::start(&options("data"), &stores, "the watcher starts again").await;
     let seen = wait_for(&audit, Duration::from_secs(20), |seen| {
         seen.iter().any(|event| event == "set while-down x")
             && seen.iter().filter(|event| *event == "set c 5").count() >= 2
@@ -1114,12 +1106,7 @@ async fn listed_changes_arrive_and_a_restart_resyncs(data: &str) {
     };
     let seen = wait_for(&audit, Duration::from_secs(20), both).await;
     assert!(both(&seen), "after the restart: {seen:?}");
-    let _ = stop.send(());
-    let second = tokio::time::timeout(Duration::from_secs(20), running)
-        .await
-        .expect("stops")
-        .unwrap()
-        .expect("stops cleanly");
+    let second = running.stop("stops cleanly").await;
     assert_eq!(second[0].1.resyncs, 1, "{second:?}");
 }
 
@@ -1153,13 +1140,7 @@ async fn gcs_listings_that_fail_lose_nothing() {
         "state=memory:?namespace=state",
     ])
     .await;
-    let watching = Watching::start(&options("data"), stores.clone())
-        .await
-        .expect("the watcher starts");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(watching.run(async {
-        let _ = stopped.await;
-    }));
+    let running = Running::start(&options("data"), &stores, "the watcher starts").await;
     let data = stores.open("writer").await.unwrap();
     let audit = stores.open("audit").await.unwrap();
     data.set("before", b"1".to_vec()).await.unwrap();
@@ -1176,11 +1157,6 @@ async fn gcs_listings_that_fail_lose_nothing() {
         "the faults reached the watcher's listings"
     );
     assert_eq!(seen, ["set before 1", "set during 2"]);
-    let _ = stop.send(());
-    let delivered = tokio::time::timeout(Duration::from_secs(20), running)
-        .await
-        .expect("stops")
-        .unwrap()
-        .expect("stops cleanly");
+    let delivered = running.stop("stops cleanly").await;
     assert_eq!(delivered[0].1.resyncs, 0, "{delivered:?}");
 }
