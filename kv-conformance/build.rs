@@ -1,5 +1,5 @@
 //! Builds the suite's guest components (the conformance cases, the same cases against Spin's
-//! draft2 WIT, the cases that apply to Spin's own key-value interface (through Spin 2's and Spin 4's), and the workload command of history checks across host processes) for
+//! draft2 WIT, the cases that apply to Spin's own key-value interface (through Spin 2's and Spin 4's), the workload command of history checks across host processes, and the recorder the watch cases deliver to, in both WIT versions) for
 //! wasm32-wasip2; the runner embeds them. Test fixtures are built by `test-components/artifacts`,
 //! not here: `wasi-kv` users build only the suite.
 
@@ -28,6 +28,14 @@ const GUESTS: &[Guest] = &[
         package: "kv-history-guest",
         artifact: "kv_history_guest",
     },
+    Guest {
+        package: "kv-watch-recorder",
+        artifact: "kv_watch_recorder",
+    },
+    Guest {
+        package: "kv-watch-recorder-draft",
+        artifact: "kv_watch_recorder_draft",
+    },
 ];
 
 fn main() {
@@ -40,6 +48,8 @@ fn main() {
             "kv-conformance/guest-spin-kv",
             "kv-conformance/guest-spin-kv-3",
             "kv-conformance/guest-history",
+            "kv-conformance/guest-watch",
+            "kv-conformance/guest-watch-draft",
             // The history guest runs kv-check's generator and writes its entries.
             "kv-check/src",
             "kv-check/Cargo.toml",

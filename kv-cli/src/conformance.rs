@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{Context as _, bail};
-use kv_conformance::{Outcome, Profile, Report, Suite, Target};
+use kv_conformance::{Outcome, Profile, Report, Suite, Target, WatchSuite};
 use kv_core::Provider;
 
 use crate::cli::{ConformanceArgs, FaultProfile, Format};
@@ -117,10 +117,13 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
     let mut spin_kv_3 = Suite::spin_kv_3()
         .await
         .context("loading the Spin 4 key-value conformance component")?;
+    // The watch cases (S13): the runner writes, a watch-service component records.
+    let mut watch = WatchSuite::new().context("loading the watch cases' recorder component")?;
     if suite.select(&args.cases)
         + spin_shape.select(&args.cases)
         + spin_kv.select(&args.cases)
         + spin_kv_3.select(&args.cases)
+        + watch.select(&args.cases)
         == 0
     {
         bail!("no case name contains any of {:?}", args.cases);
@@ -138,6 +141,7 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
     results.extend(spin_shape.run_all(&target, args.jobs, &progress).await);
     results.extend(spin_kv.run_all(&target, args.jobs, &progress).await);
     results.extend(spin_kv_3.run_all(&target, args.jobs, &progress).await);
+    results.extend(watch.run_all(&target, args.jobs, &progress).await);
     let report = Report::new(&args.provider, &target.profile.backend, started, results);
 
     if let Some(dir) = &args.report_dir {

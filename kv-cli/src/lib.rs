@@ -6,7 +6,6 @@ pub mod conformance;
 pub mod metrics;
 pub mod outbound;
 pub mod run;
-pub mod sandbox;
 pub mod serve;
 pub mod spin_config;
 pub mod store;

@@ -196,7 +196,7 @@ async fn dispatch(cli: Cli, spans: Option<Arc<dyn Observer>>) -> anyhow::Result<
                     ..kv_watch::WatchOptions::default()
                 },
             };
-            let watching = kv_cli::watch::Watching::start(&options, stores).await?;
+            let watching = kv_cli::watch::start(&options, stores).await?;
             // The one line on stdout: scripts and tests wait for it (every change made after
             // it is delivered).
             println!("watching {}", options.watched.join(","));

@@ -12,7 +12,7 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 
-use crate::sandbox::{EpochTicker, MemoryLimiter, is_time_limit, resource_table, set_deadline};
+use kv_host::sandbox::{EpochTicker, MemoryLimiter, is_time_limit, resource_table, set_deadline};
 use wasmtime_wasi::p2::bindings::Command;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::p3::bindings::Command as P3Command;

@@ -1,24 +1,17 @@
 //! `wasi-kv watch`: a `watch-service` component called for every change of the watched
 //! stores (docs/watch.md). Delivery (order, checkpoints, retries, dead letters, resync) is
-//! `kv-watch`'s; this module runs the component under the limits `serve` applies to a
-//! request, each call of `on-set`/`on-delete` being one.
+//! `kv-watch`'s, and so is running the component under its limits
+//! (`kv_watch::component`); this module turns the command's options into them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use async_trait::async_trait;
-use kv_core::{KvStore, Stores};
-use kv_host::watch::{WatchVersion, WatcherInstance};
-use kv_host::{KvCtx, KvView, WasiKvView};
-use tracing::info;
-use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use kv_core::Stores;
+use kv_watch::component::{CallLimits, WatchPlan, WatcherComponent};
 
-use crate::sandbox::{EpochTicker, MemoryLimiter, is_time_limit, resource_table, set_deadline};
+pub use kv_watch::component::Watching;
 
 /// One `wasi-kv watch`.
 #[derive(Debug, Clone)]
@@ -43,153 +36,10 @@ pub struct WatchOptions {
     pub delivery: kv_watch::WatchOptions,
 }
 
-/// The state of one watcher instance.
-struct WatchState {
-    table: ResourceTable,
-    wasi: WasiCtx,
-    kv: KvCtx,
-    limiter: MemoryLimiter,
-}
-
-impl WasiView for WatchState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiKvView for WatchState {
-    fn kv(&mut self) -> KvView<'_> {
-        KvView::new(&self.kv, &mut self.table)
-    }
-}
-
-/// The compiled component, shared by the watchers of every store.
-struct Compiled {
-    engine: Engine,
-    component: Component,
-    linker: Linker<WatchState>,
-    version: WatchVersion,
-    envs: Vec<(String, String)>,
-    time_limit: Duration,
-    memory_limit: usize,
-    _ticker: EpochTicker,
-}
-
-/// Calls the component for one store's changes. An instance that trapped or ran out of time is
-/// dropped, and the next call gets a new one.
-struct ComponentWatcher {
-    compiled: Arc<Compiled>,
-    stores: Arc<Stores>,
-    instance: Option<(Store<WatchState>, WatcherInstance)>,
-    memory_hit: Arc<AtomicBool>,
-}
-
-impl ComponentWatcher {
-    async fn instance(&mut self) -> anyhow::Result<&mut (Store<WatchState>, WatcherInstance)> {
-        if self.instance.is_none() {
-            let compiled = &self.compiled;
-            let mut wasi = WasiCtxBuilder::new();
-            wasi.inherit_stderr();
-            for (name, value) in &compiled.envs {
-                wasi.env(name, value);
-            }
-            self.memory_hit.store(false, Ordering::Relaxed);
-            let state = WatchState {
-                table: resource_table(),
-                wasi: wasi.build(),
-                kv: KvCtx::new(self.stores.clone()),
-                limiter: MemoryLimiter::new(compiled.memory_limit, self.memory_hit.clone()),
-            };
-            let mut store = Store::new(&compiled.engine, state);
-            store.limiter(|state| &mut state.limiter);
-            set_deadline(&mut store, Some(compiled.time_limit));
-            let instance = WatcherInstance::instantiate(
-                &mut store,
-                &compiled.linker,
-                &compiled.component,
-                compiled.version,
-            )
-            .await
-            .map_err(anyhow::Error::from)
-            .context("instantiating the watcher")?;
-            self.instance = Some((store, instance));
-        }
-        self.instance
-            .as_mut()
-            .context("the watcher instance is gone")
-    }
-
-    /// One call, under the time limit; the instance is dropped if it failed.
-    async fn call(
-        &mut self,
-        store: &KvStore,
-        key: &str,
-        value: Option<&[u8]>,
-    ) -> Result<(), String> {
-        let time_limit = self.compiled.time_limit;
-        let memory_limit = self.compiled.memory_limit;
-        let result = async {
-            let (wasm_store, instance) = self.instance().await?;
-            set_deadline(wasm_store, Some(time_limit));
-            // The epoch deadline stops a guest that computes; this stops one that waits.
-            let call = async {
-                match value {
-                    Some(value) => instance.on_set(wasm_store, store, key, value).await,
-                    None => instance.on_delete(wasm_store, store, key).await,
-                }
-            };
-            match tokio::time::timeout(time_limit, call).await {
-                Ok(result) => result.map_err(anyhow::Error::from),
-                Err(_) => Err(anyhow::Error::from(crate::sandbox::TimeLimitExceeded)),
-            }
-        }
-        .await;
-        result.map_err(|err| {
-            self.instance = None;
-            if is_time_limit(&err) {
-                format!("the watcher exceeded its time limit of {time_limit:?}")
-            } else if self.memory_hit.load(Ordering::Relaxed) {
-                format!("the watcher exceeded its memory limit of {memory_limit} bytes")
-            } else {
-                format!("the watcher trapped: {err:#}")
-            }
-        })
-    }
-}
-
-#[async_trait]
-impl kv_watch::Watcher for ComponentWatcher {
-    async fn on_set(&mut self, store: &KvStore, key: &str, value: &[u8]) -> Result<(), String> {
-        self.call(store, key, Some(value)).await
-    }
-
-    async fn on_delete(&mut self, store: &KvStore, key: &str) -> Result<(), String> {
-        self.call(store, key, None).await
-    }
-}
-
-/// Compiles the component and checks it exports a `watcher`.
-fn compile(options: &WatchOptions) -> anyhow::Result<Compiled> {
-    let mut config = Config::new();
-    config.epoch_interruption(true);
-    config.concurrency_support(false);
-    let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
-    let component = Component::from_file(&engine, &options.component)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("loading {}", options.component.display()))?;
-    let Some(version) = WatchVersion::of(&engine, &component) else {
-        bail!(
-            "{} exports no wasi:keyvalue/watcher (0.2.0-draft2 or 0.2.0-draft): it is not a \
-             watch-service component",
-            options.component.display()
-        );
-    };
-    let mut linker = Linker::<WatchState>::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    kv_host::add_to_linker_for(&mut linker, &component)?;
+/// Compiles the component, opens the stores and takes each watched store's starting position
+/// (its checkpoint, or its head now): every change made after this returns is delivered by
+/// [`Watching::run`].
+pub async fn start(options: &WatchOptions, stores: Arc<Stores>) -> anyhow::Result<Watching> {
     let mut envs = Vec::new();
     for pair in &options.envs {
         let (name, value) = pair
@@ -197,17 +47,22 @@ fn compile(options: &WatchOptions) -> anyhow::Result<Compiled> {
             .with_context(|| format!("--env {pair}: expected NAME=VALUE"))?;
         envs.push((name.to_string(), value.to_string()));
     }
-    let ticker = EpochTicker::start(engine.clone());
-    Ok(Compiled {
-        engine,
-        component,
-        linker,
-        version,
-        envs,
-        time_limit: options.time_limit,
-        memory_limit: options.memory_limit,
-        _ticker: ticker,
-    })
+    let component = WatcherComponent::from_file(
+        &options.component,
+        CallLimits {
+            time_limit: options.time_limit,
+            memory_limit: options.memory_limit,
+            envs,
+        },
+    )?;
+    let plan = WatchPlan {
+        name: watcher_name(options)?,
+        watched: options.watched.clone(),
+        state: options.state.clone(),
+        dead_letters: options.dead_letters.clone(),
+        delivery: options.delivery.clone(),
+    };
+    Watching::start(Arc::new(component), &plan, stores).await
 }
 
 /// The watcher's name: `--name`, or the component file's stem.
@@ -224,143 +79,4 @@ fn watcher_name(options: &WatchOptions) -> anyhow::Result<String> {
         bail!("--name {name:?}: a watcher's name is not empty and has no '/'");
     }
     Ok(name)
-}
-
-/// A watcher whose starting positions are taken: every change made from now on will be
-/// delivered by [`Watching::run`].
-pub struct Watching {
-    deliveries: Vec<(
-        String,
-        kv_watch::Delivery,
-        kv_watch::Position,
-        ComponentWatcher,
-    )>,
-    name: String,
-}
-
-impl Watching {
-    /// Compiles the component, opens the stores and takes each watched store's starting
-    /// position (its checkpoint, or its head now).
-    pub async fn start(options: &WatchOptions, stores: Arc<Stores>) -> anyhow::Result<Watching> {
-        start(options, stores).await
-    }
-
-    /// Delivers the watched stores' changes to the component until `shutdown` completes,
-    /// then saves every checkpoint and returns what was delivered per store.
-    pub async fn run(
-        self,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> anyhow::Result<Vec<(String, kv_watch::Delivered)>> {
-        run(self, shutdown).await
-    }
-}
-
-async fn start(options: &WatchOptions, stores: Arc<Stores>) -> anyhow::Result<Watching> {
-    let compiled = Arc::new(compile(options)?);
-    let name = watcher_name(options)?;
-    if options.watched.is_empty() {
-        bail!("nothing to watch: name a store with --watch STORE");
-    }
-    let dead_letter_store = options.dead_letters.as_deref().unwrap_or(&options.state);
-    for watched in &options.watched {
-        for (what, other) in [
-            ("--state", options.state.as_str()),
-            ("--dead-letter", dead_letter_store),
-        ] {
-            if stores.same_keys(watched, other) {
-                bail!(
-                    "{what} {other}: it is the watched store {watched:?}, which cannot keep the \
-                     watcher's own records (each record would be a change to deliver)"
-                );
-            }
-        }
-    }
-    let state = stores
-        .open(&options.state)
-        .await
-        .map_err(|err| anyhow::anyhow!("--state {}: {err}", options.state))?;
-    let dead_letters = stores
-        .open(dead_letter_store)
-        .await
-        .map_err(|err| anyhow::anyhow!("dead letters in {dead_letter_store}: {err}"))?;
-    let mut deliveries = Vec::new();
-    for watched in &options.watched {
-        let store = stores
-            .open(watched)
-            .await
-            .map_err(|err| anyhow::anyhow!("--watch {watched}: {err}"))?;
-        let delivery = kv_watch::Delivery::new(
-            &name,
-            store,
-            state.clone(),
-            dead_letters.clone(),
-            options.delivery.clone(),
-        )
-        .map_err(|err| anyhow::anyhow!("--watch {watched}: {err}"))?;
-        let from = delivery
-            .start()
-            .await
-            .map_err(|err| anyhow::anyhow!("--watch {watched}: {err}"))?;
-        let watcher = ComponentWatcher {
-            compiled: compiled.clone(),
-            stores: stores.clone(),
-            instance: None,
-            memory_hit: Arc::new(AtomicBool::new(false)),
-        };
-        deliveries.push((watched.clone(), delivery, from, watcher));
-    }
-    Ok(Watching { deliveries, name })
-}
-
-async fn run(
-    watching: Watching,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<Vec<(String, kv_watch::Delivered)>> {
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    let names: Vec<String> = watching
-        .deliveries
-        .iter()
-        .map(|(name, ..)| name.clone())
-        .collect();
-    for (watched, delivery, from, mut watcher) in watching.deliveries {
-        let stopped = stopped.clone();
-        tasks.spawn(async move {
-            let result = delivery.run(&mut watcher, from, stopped).await;
-            (watched, result)
-        });
-    }
-    info!(watcher = %watching.name, stores = ?names, "watching");
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut delivered = Vec::new();
-    let mut failed = None;
-    loop {
-        tokio::select! {
-            () = &mut shutdown, if !*stop.borrow() => {
-                info!("stopping: finishing the deliveries under way and saving checkpoints");
-                let _ = stop.send(true);
-            }
-            joined = tasks.join_next() => {
-                let Some(joined) = joined else { break };
-                let (watched, result) = joined.context("a delivery task failed")?;
-                match result {
-                    Ok(summary) => {
-                        info!(store = %watched, ?summary, "stopped");
-                        delivered.push((watched, summary));
-                    }
-                    Err(err) => {
-                        // One store failing stops the others: a half-running watcher would
-                        // look healthy while missing changes.
-                        tracing::error!(store = %watched, error = %err, "delivery stopped");
-                        failed.get_or_insert(format!("--watch {watched}: {err}"));
-                        let _ = stop.send(true);
-                    }
-                }
-            }
-        }
-    }
-    match failed {
-        Some(err) => bail!("{err}"),
-        None => Ok(delivered),
-    }
 }

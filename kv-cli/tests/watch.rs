@@ -1,4 +1,4 @@
-//! `wasi-kv watch` end to end: the recorder component (test-components/watchers/recorder)
+//! `wasi-kv watch` end to end: the recorder component (kv-conformance/guest-watch)
 //! writes each change it is given into the `audit` store, and these tests compare that log
 //! with what they wrote (docs/watch.md, docs/semantics.md S13).
 
@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kv_cli::watch::{WatchOptions, Watching};
+use kv_cli::watch::WatchOptions;
 use kv_core::{KvStore, Stores};
 use kv_testkit::emulator::DynamoDbLocal;
 use kv_testkit::faults::{Fault, FaultProxy, Injected, Protocol};
@@ -53,7 +53,7 @@ struct Running {
 impl Running {
     /// Starts watching (`expect`: what starting means, for the failure message).
     async fn start(options: &WatchOptions, stores: &Arc<Stores>, expect: &str) -> Running {
-        let watching = Watching::start(options, stores.clone())
+        let watching = kv_cli::watch::start(options, stores.clone())
             .await
             .expect(expect);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -128,7 +128,7 @@ async fn every_change_in_order(component: &str) {
     .await;
     let mut options = options("data");
     options.component = component.into();
-    let watching = Watching::start(&options, stores.clone())
+    let watching = kv_cli::watch::start(&options, stores.clone())
         .await
         .expect("the watcher starts");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -204,7 +204,9 @@ async fn a_failed_delivery_is_retried_then_dead_lettered_never_dropped() {
         initial: Duration::from_millis(10),
         max: Duration::from_millis(50),
     };
-    let watching = Watching::start(&options, stores.clone()).await.unwrap();
+    let watching = kv_cli::watch::start(&options, stores.clone())
+        .await
+        .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(watching.run(async {
         let _ = stopped.await;
@@ -293,7 +295,7 @@ async fn watch_refuses_what_it_cannot_serve() {
     .await;
     let mut not_a_watcher = options("data");
     not_a_watcher.component = kv_test_artifacts::COUNTER_EXAMPLE.into();
-    let err = Watching::start(&not_a_watcher, stores.clone())
+    let err = kv_cli::watch::start(&not_a_watcher, stores.clone())
         .await
         .err()
         .expect("a command is not a watcher");
@@ -303,7 +305,7 @@ async fn watch_refuses_what_it_cannot_serve() {
     );
     let mut loop_back = options("data");
     loop_back.state = "data".into();
-    let err = Watching::start(&loop_back, stores.clone())
+    let err = kv_cli::watch::start(&loop_back, stores.clone())
         .await
         .err()
         .expect("a watched store cannot hold the checkpoints");
@@ -314,7 +316,7 @@ async fn watch_refuses_what_it_cannot_serve() {
     // The same keys under another name: every checkpoint would be a change to deliver.
     let mut aliased = options("data");
     aliased.state = "alias".into();
-    let err = Watching::start(&aliased, stores.clone())
+    let err = kv_cli::watch::start(&aliased, stores.clone())
         .await
         .err()
         .expect("an alias of the watched store cannot hold the checkpoints");
@@ -324,7 +326,7 @@ async fn watch_refuses_what_it_cannot_serve() {
     );
     let mut unknown = options("nope");
     unknown.watched = vec!["nope".into()];
-    let err = Watching::start(&unknown, stores)
+    let err = kv_cli::watch::start(&unknown, stores)
         .await
         .err()
         .expect("no such store");

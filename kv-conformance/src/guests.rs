@@ -20,5 +20,13 @@ pub const CONFORMANCE_GUEST_SPIN_KV_3: &[u8] =
 /// its progress log (`kv_check::History::from_progress_jsonl`) on stdout.
 pub const HISTORY_GUEST: &[u8] = include_bytes!(env!("KV_GUEST_KV_HISTORY_GUEST"));
 
+/// The watch cases' `watch-service` component (`wasi:keyvalue/watcher@0.2.0-draft2`): records
+/// each change it is given into the store `audit` (`seq`, `event/{seq:08}`), and traps on the
+/// values `trap-once…` (first delivery only) and `trap-always…`.
+pub const WATCH_RECORDER: &[u8] = include_bytes!(env!("KV_GUEST_KV_WATCH_RECORDER"));
+
+/// The same recorder built against `wasi:keyvalue@0.2.0-draft`.
+pub const WATCH_RECORDER_DRAFT: &[u8] = include_bytes!(env!("KV_GUEST_KV_WATCH_RECORDER_DRAFT"));
+
 /// The wasmtime version the host is built with.
 pub const WASMTIME_VERSION: &str = env!("KV_WASMTIME_VERSION");

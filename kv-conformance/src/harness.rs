@@ -17,7 +17,8 @@ use kv_testkit::{required_targets, runtime};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::report::{CaseResult, Outcome, Report};
-use crate::runner::{Suite, Target};
+use crate::runner::{CaseInfo, Suite, Target};
+use crate::watch::{WATCH_LABEL, WatchSuite};
 
 /// Connects to a target's backend; `Err` says why it is unreachable.
 pub type Connect =
@@ -65,10 +66,30 @@ pub fn main(sources: Vec<TargetSource>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The watch cases (S13): the runner writes, a watch-service component records.
+    let watch = match WatchSuite::new() {
+        Ok(watch) => Arc::new(watch),
+        Err(err) => {
+            eprintln!("error: cannot load the watch cases' recorder component: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Every case, labelled as its results are named, with the family that runs it.
     let all_cases = || {
         suites
             .iter()
-            .flat_map(|suite| suite.cases().iter().map(move |case| (suite, case)))
+            .flat_map(|suite| {
+                suite
+                    .cases()
+                    .iter()
+                    .map(move |case| (Family::Guest(suite.clone()), suite.label(), case))
+            })
+            .chain(
+                watch
+                    .cases()
+                    .iter()
+                    .map(|case| (Family::Watch(watch.clone()), WATCH_LABEL, case)),
+            )
     };
     let required = required_targets();
     let started = SystemTime::now();
@@ -100,9 +121,9 @@ pub fn main(sources: Vec<TargetSource>) -> ExitCode {
                     backend: target.profile.backend.clone(),
                     results: results.clone(),
                 });
-                for (suite, case) in all_cases() {
-                    let skip = target.skip_reason(case);
-                    let label = format!("{}{}", suite.label(), case.name);
+                for (family, prefix, case) in all_cases() {
+                    let skip = family.skip_reason(&target, case);
+                    let label = format!("{prefix}{}", case.name);
                     if let Some(reason) = &skip {
                         // Skipped trials never run: record them as the report's skips.
                         lock(&results).push(CaseResult {
@@ -114,10 +135,10 @@ pub fn main(sources: Vec<TargetSource>) -> ExitCode {
                             duration_ms: 0,
                         });
                     }
-                    let (suite, target, case) = (suite.clone(), target.clone(), case.clone());
+                    let (target, case) = (target.clone(), case.clone());
                     let results = results.clone();
                     let trial = Trial::test(format!("{name}::{label}"), move || {
-                        let result = runtime().block_on(suite.run_case(&target, &case));
+                        let result = runtime().block_on(family.run_case(&target, &case));
                         lock(&results).push(result.clone());
                         match result.outcome {
                             Outcome::Failed => Err(Failed::from(result.reason.unwrap_or_default())),
@@ -133,8 +154,8 @@ pub fn main(sources: Vec<TargetSource>) -> ExitCode {
                 }
             }
             Err(reason) => {
-                for (suite, case) in all_cases() {
-                    let trial_name = format!("{name}::{}{}", suite.label(), case.name);
+                for (_, prefix, case) in all_cases() {
+                    let trial_name = format!("{name}::{prefix}{}", case.name);
                     if is_required {
                         let message = format!("{name} is in KV_REQUIRE but unreachable: {reason}");
                         trials.push(Trial::test(trial_name, move || Err(Failed::from(message))));
@@ -156,7 +177,7 @@ pub fn main(sources: Vec<TargetSource>) -> ExitCode {
     let conclusion = libtest_mimic::run(&args, trials);
     if let (false, Some(dir)) = (listing, std::env::var_os("KV_REPORT_DIR")) {
         let order: Vec<String> = all_cases()
-            .map(|(suite, case)| format!("{}{}", suite.label(), case.name))
+            .map(|(_, prefix, case)| format!("{prefix}{}", case.name))
             .collect();
         for Recorded {
             target: name,
@@ -200,6 +221,28 @@ pub fn main(sources: Vec<TargetSource>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// What runs a case: a guest suite, or the watch cases.
+enum Family {
+    Guest(Arc<Suite>),
+    Watch(Arc<WatchSuite>),
+}
+
+impl Family {
+    fn skip_reason(&self, target: &Target, case: &CaseInfo) -> Option<String> {
+        match self {
+            Family::Guest(_) => target.skip_reason(case),
+            Family::Watch(watch) => watch.skip_reason(target, case),
+        }
+    }
+
+    async fn run_case(&self, target: &Target, case: &CaseInfo) -> CaseResult {
+        match self {
+            Family::Guest(suite) => suite.run_case(target, case).await,
+            Family::Watch(watch) => watch.run_case(target, case).await,
+        }
+    }
+}
+
 /// The results one target's trials record, for its report.
 struct Recorded {
     target: String,
@@ -215,7 +258,11 @@ fn lock(results: &Mutex<Vec<CaseResult>>) -> std::sync::MutexGuard<'_, Vec<CaseR
 }
 
 fn short_kind(reason: &str) -> String {
-    if reason.contains("TTL") {
+    if reason.contains("reports no changes") {
+        "no changes".to_string()
+    } else if reason.contains("expiry") {
+        "no expiry".to_string()
+    } else if reason.contains("TTL") {
         "no ttl".to_string()
     } else if reason.contains("compare-and-swap") {
         "no cas".to_string()

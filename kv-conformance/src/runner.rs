@@ -73,7 +73,7 @@ pub const SPIN_KV_3_LABEL: &str = "spin-kv-3/";
 pub struct CaseInfo {
     /// Case name.
     pub name: String,
-    /// Contract rules it covers (`S1`..`S12`).
+    /// Contract rules it covers (`S1`..`S13`).
     pub rules: Vec<String>,
     /// What a pass means.
     pub summary: String,

@@ -49,6 +49,7 @@
 
 mod draft;
 mod draft2;
+pub mod sandbox;
 mod spin;
 mod spin3;
 pub mod watch;

@@ -502,9 +502,13 @@ impl ChangeFeed for RedisFeed {
         wait: Duration,
     ) -> Result<Changes> {
         wait_for_changes(&self.followed.notify, after, wait, || async {
-            let found = self.followed.log().read(after, max, max_bytes);
-            if found.is_none() {
+            let mut found = self.followed.log().read(after, max, max_bytes);
+            if !matches!(found, Some(Changes::Next { .. })) {
+                // Nothing yet, or a gap: its position must be of the log a subscription
+                // follows, not of one that starts again when the subscription opens (a
+                // watcher would resynchronise twice).
                 self.subscribed().await?;
+                found = self.followed.log().read(after, max, max_bytes);
             }
             Ok(Look {
                 found,

@@ -887,6 +887,53 @@ async fn an_unsigned_increment_below_zero_leaves_a_missing_counter_missing(
     )
 }
 
+/// A watcher holding another log's position (a restart) gets a gap at once, from a feed
+/// whose subscription may still be opening: the position that gap hands out must be of the
+/// log that follows the subscription, not of one about to start again (a second resync).
+async fn a_gap_answered_while_subscribing_names_the_subscribed_log(
+    server: RedisServer,
+) -> TestResult {
+    let provider = provider(&server).await;
+    let stores = Stores::builder(limits())
+        .store(
+            "watched",
+            provider,
+            "gap-while-subscribing",
+            Access::ReadWrite,
+        )
+        .build();
+    let store = stores.open("watched").await?;
+    let feed = store.change_feed().map_err(Failed::from)?;
+    let elsewhere = kv_core::watch::Position::numbered(&kv_core::watch::new_log_id(), 7);
+    let wait = Duration::from_millis(200);
+    let kv_core::watch::Changes::Gap { position, .. } =
+        feed.changes_after(&elsewhere, 10, 1 << 20, wait).await?
+    else {
+        return Err("a position of another log is not a gap".into());
+    };
+    store.set("after", b"1".to_vec()).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match feed.changes_after(&position, 10, 1 << 20, wait).await? {
+            kv_core::watch::Changes::Next { changes, .. } if !changes.is_empty() => {
+                let keys: Vec<&str> = changes.iter().map(|c| c.change.key()).collect();
+                return check(
+                    keys == ["after"],
+                    format!("changes after the gap: {keys:?}"),
+                );
+            }
+            kv_core::watch::Changes::Next { .. } => {}
+            kv_core::watch::Changes::Gap { why, .. } => {
+                return Err(format!("a second gap right after the first: {why}").into());
+            }
+        }
+        check(
+            Instant::now() < deadline,
+            "the write after the gap did not arrive within 10 s",
+        )?;
+    }
+}
+
 fn main() -> ExitCode {
     let installed = kv_testkit::emulator::find_program("redis-server").is_some();
     provider_tests::main::<RedisServer>(
@@ -939,6 +986,10 @@ fn main() -> ExitCode {
             (
                 "a_command_given_up_by_the_host_replaces_its_connection",
                 |s| Box::pin(a_command_given_up_by_the_host_replaces_its_connection(s)),
+            ),
+            (
+                "a_gap_answered_while_subscribing_names_the_subscribed_log",
+                |s| Box::pin(a_gap_answered_while_subscribing_names_the_subscribed_log(s)),
             ),
             (
                 "an_increment_sent_by_a_caller_that_gave_up_is_never_told_failed",

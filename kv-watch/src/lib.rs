@@ -17,6 +17,8 @@
 
 #![deny(missing_docs)]
 
+pub mod component;
+
 use std::time::Duration;
 
 use async_trait::async_trait;

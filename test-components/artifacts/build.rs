@@ -187,6 +187,8 @@ fn main() {
             "kv-conformance/portable",
             "kv-conformance/portable-draft",
             "kv-conformance/portable-spin",
+            "kv-conformance/guest-watch",
+            "kv-conformance/guest-watch-draft",
         ],
     );
     let mut code = String::new();

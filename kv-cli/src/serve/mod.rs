@@ -40,7 +40,7 @@ use wasmtime_wasi_http::{Error as HttpError, WasiHttpCtx, WasiHttpCtxView, WasiH
 
 use crate::outbound::{OutboundHooks, OutboundPolicy};
 use crate::run::{load_component, needs_component_model_async};
-use crate::sandbox::{EpochTicker, MemoryLimiter, is_time_limit, resource_table, set_deadline};
+use kv_host::sandbox::{EpochTicker, MemoryLimiter, is_time_limit, resource_table, set_deadline};
 
 mod p3;
 mod stall;

@@ -42,7 +42,7 @@ use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 
 use super::{Failure, LimitedBody, RequestState, StoreFactory};
 use crate::metrics::Metrics;
-use crate::sandbox::{EpochTicker, TimeLimitExceeded, is_time_limit};
+use kv_host::sandbox::{EpochTicker, TimeLimitExceeded, is_time_limit};
 
 /// The export that makes a component a WASI 0.3 handler. Release candidates of 0.3 are other
 /// interfaces (wasmtime 48.0.8 implements 0.3.0) and fail to link naming their version.

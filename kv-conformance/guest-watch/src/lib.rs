@@ -14,7 +14,7 @@
 #[cfg(not(feature = "draft"))]
 mod bindings {
     wit_bindgen::generate!({
-        path: ["../../../wit/keyvalue"],
+        path: ["../../wit/keyvalue"],
         world: "wasi:keyvalue/watch-service@0.2.0-draft2",
         generate_all,
     });
@@ -24,7 +24,7 @@ mod bindings {
 #[cfg(feature = "draft")]
 mod bindings {
     wit_bindgen::generate!({
-        path: ["../../../wit/keyvalue-draft"],
+        path: ["../../wit/keyvalue-draft"],
         world: "wasi:keyvalue/watch-service@0.2.0-draft",
         generate_all,
     });

@@ -1,4 +1,4 @@
-//! The limits every component instance runs under, in `run` and in `serve`: a memory limit
+//! The limits every component instance runs under, in `run`, `serve` and `watch`: a memory limit
 //! (linear memory growth refused past it), a time limit (epoch interruption, so a guest that
 //! computes forever is stopped), and a cap on host resources (the resource table: open
 //! buckets, streams, HTTP fields). docs/security.md.

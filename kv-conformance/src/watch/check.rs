@@ -1,0 +1,390 @@
+//! Judges a watch history (docs/semantics.md S13): what the runner wrote, key by key in the
+//! order the store applied it, against what the watcher recorded, in delivery order.
+//!
+//! The runner gives every set of a key a value no other set of that key wrote, so each
+//! delivered `on-set` names the one write it reports. Per key, the checker then requires:
+//!
+//! - **nothing invented:** every event reports a write of that key (a set of that value, a
+//!   delete, an expiry); an event of a key never written is a failure;
+//! - **order:** within one run of a watcher, the writes reported never go back (a repeat of
+//!   the last one is a redelivery). A new run (a restart from the checkpoint) or a resync may
+//!   go back: at-least-once repeats a stretch;
+//! - **the final state:** the key's last event reports its last write; a key whose last write
+//!   is a delete may have no event at all where the provider coalesces (`every_value: false`:
+//!   it appeared and vanished between two looks);
+//! - **every write** reported at least once, where the provider declares `every_value`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// One write of a key, as applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// `set` (or any write leaving a value): the value, as the recorder prints it (lossy
+    /// UTF-8).
+    Set(String),
+    /// `delete` of a key that held a value.
+    Delete,
+    /// A TTL that ran out.
+    Expire,
+}
+
+/// One event the watcher recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// `on-set(key, value)`.
+    Set {
+        /// The key.
+        key: String,
+        /// The value, lossy UTF-8.
+        value: String,
+    },
+    /// `on-delete(key)`.
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+impl Event {
+    /// Parses the recorder's `set KEY VALUE` / `delete KEY` (keys hold no space).
+    pub fn parse(line: &str) -> Option<Event> {
+        if let Some(rest) = line.strip_prefix("set ") {
+            let (key, value) = rest.split_once(' ').unwrap_or((rest, ""));
+            return Some(Event::Set {
+                key: key.to_string(),
+                value: value.to_string(),
+            });
+        }
+        line.strip_prefix("delete ").map(|key| Event::Delete {
+            key: key.to_string(),
+        })
+    }
+
+    /// The key the event is about.
+    pub fn key(&self) -> &str {
+        match self {
+            Event::Set { key, .. } | Event::Delete { key } => key,
+        }
+    }
+}
+
+impl fmt::Display for Write {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Write::Set(value) => write!(f, "set {value:?}"),
+            Write::Delete => f.write_str("delete"),
+            Write::Expire => f.write_str("expiry"),
+        }
+    }
+}
+
+/// What the runner wrote, and what the watcher recorded.
+#[derive(Debug, Default, Clone)]
+pub struct WatchHistory {
+    /// Each key's writes, in the order the store applied them.
+    pub writes: BTreeMap<String, Vec<Write>>,
+    /// The events, in delivery order.
+    pub events: Vec<Event>,
+    /// Indices into `events` where a new run of the watcher began (after a restart), or where
+    /// order may restart for another declared reason (a resync).
+    pub new_runs: Vec<usize>,
+    /// The index into `events` where a run began with a resync from a listing (a feed that
+    /// did not outlive the watcher): a delete made before it is not delivered (S13 declares
+    /// it), so a key deleted then may keep a set from before as its last event.
+    pub resync_at: Option<usize>,
+}
+
+/// The checker's judgement.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Broken rules: any one fails the case.
+    pub violations: Vec<String>,
+    /// Writes reported after later ones of the same key within one run: a failure, unless
+    /// the delivery resynchronised during the run (a resync may repeat an older value after
+    /// a newer one, S13).
+    pub out_of_order: Vec<String>,
+    /// What has not arrived (yet): the case waits for these, then fails on them.
+    pub missing: Vec<String>,
+}
+
+impl Verdict {
+    /// Nothing broken and nothing missing.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty() && self.out_of_order.is_empty() && self.missing.is_empty()
+    }
+
+    /// The first few problems, for a case's failure reason.
+    pub fn summary(&self) -> String {
+        let total = self.violations.len() + self.out_of_order.len() + self.missing.len();
+        let mut shown: Vec<&str> = self
+            .violations
+            .iter()
+            .chain(&self.out_of_order)
+            .chain(&self.missing)
+            .map(String::as_str)
+            .take(5)
+            .collect();
+        if total > shown.len() {
+            shown.push("…");
+        }
+        format!("{total} problem(s): {}", shown.join("; "))
+    }
+}
+
+impl WatchHistory {
+    /// Judges the history; `every_value` is the provider's declaration.
+    pub fn check(&self, every_value: bool) -> Verdict {
+        let mut verdict = Verdict::default();
+        // Per key: the write the last event reported in the current run, and every write
+        // reported so far.
+        let mut last: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut reported: BTreeMap<&str, Vec<bool>> = BTreeMap::new();
+        let mut final_event: BTreeMap<&str, (usize, &Event)> = BTreeMap::new();
+        for (index, event) in self.events.iter().enumerate() {
+            if self.new_runs.contains(&index) {
+                last.clear();
+            }
+            let key = event.key();
+            let Some(writes) = self.writes.get(key) else {
+                verdict.violations.push(format!(
+                    "event {index} ({event:?}) is about a key never written"
+                ));
+                continue;
+            };
+            final_event.insert(key, (index, event));
+            let matches = |write: &Write| match (event, write) {
+                (Event::Set { value, .. }, Write::Set(written)) => value == written,
+                (Event::Delete { .. }, Write::Delete | Write::Expire) => true,
+                _ => false,
+            };
+            let from = last.get(key).copied().unwrap_or(0);
+            // The earliest matching write not before the last one reported (a repeat of the
+            // last one is a redelivery).
+            let found = (from..writes.len()).find(|&i| matches(&writes[i]));
+            match found {
+                Some(i) => {
+                    last.insert(key, i);
+                    reported
+                        .entry(key)
+                        .or_insert_with(|| vec![false; writes.len()])[i] = true;
+                }
+                None => match (0..from).find(|&i| matches(&writes[i])) {
+                    Some(i) => verdict.out_of_order.push(format!(
+                        "key {key:?}: event {index} reports write #{i} ({}) after write #{from} \
+                         ({}) in the same run: out of order",
+                        writes[i], writes[from]
+                    )),
+                    None => verdict.violations.push(format!(
+                        "key {key:?}: event {index} ({event:?}) reports no write of that key"
+                    )),
+                },
+            }
+        }
+        for (key, writes) in &self.writes {
+            let Some(last_write) = writes.last() else {
+                continue;
+            };
+            let ends_deleted = matches!(last_write, Write::Delete | Write::Expire);
+            match final_event.get(key.as_str()) {
+                None if ends_deleted && !every_value => {}
+                None => verdict.missing.push(format!(
+                    "key {key:?}: nothing delivered (last write: {last_write})"
+                )),
+                Some(&(index, event)) => {
+                    let ok = match (event, last_write) {
+                        (Event::Set { value, .. }, Write::Set(written)) => value == written,
+                        (Event::Delete { .. }, Write::Delete | Write::Expire) => true,
+                        // Deleted inside the gap a resync covered.
+                        (Event::Set { .. }, Write::Delete) => {
+                            self.resync_at.is_some_and(|resync| index < resync)
+                        }
+                        _ => false,
+                    };
+                    if !ok {
+                        verdict.missing.push(format!(
+                            "key {key:?}: the last event is {event:?}, not the last write \
+                             ({last_write})"
+                        ));
+                    }
+                }
+            }
+            if every_value {
+                let seen = reported.get(key.as_str());
+                let unreported: Vec<String> = writes
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, _)| !seen.is_some_and(|seen| seen[i]))
+                    .map(|(i, write)| format!("#{i} {write}"))
+                    .collect();
+                if !unreported.is_empty() {
+                    verdict.missing.push(format!(
+                        "key {key:?}: {} of {} writes never delivered ({})",
+                        unreported.len(),
+                        writes.len(),
+                        unreported
+                            .iter()
+                            .take(3)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+        }
+        verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(key: &str, value: &str) -> Event {
+        Event::Set {
+            key: key.to_string(),
+            value: value.to_string(),
+        }
+    }
+
+    fn delete(key: &str) -> Event {
+        Event::Delete {
+            key: key.to_string(),
+        }
+    }
+
+    fn history(events: Vec<Event>) -> WatchHistory {
+        let mut writes = BTreeMap::new();
+        writes.insert(
+            "a".to_string(),
+            vec![
+                Write::Set("1".into()),
+                Write::Set("2".into()),
+                Write::Delete,
+                Write::Set("3".into()),
+            ],
+        );
+        writes.insert("b".to_string(), vec![Write::Set("x".into()), Write::Expire]);
+        WatchHistory {
+            writes,
+            events,
+            new_runs: Vec::new(),
+            resync_at: None,
+        }
+    }
+
+    fn every_event() -> Vec<Event> {
+        vec![
+            set("a", "1"),
+            set("b", "x"),
+            set("a", "2"),
+            delete("a"),
+            delete("b"),
+            set("a", "3"),
+        ]
+    }
+
+    #[test]
+    fn every_write_in_order_passes() {
+        assert!(history(every_event()).check(true).passed());
+    }
+
+    #[test]
+    fn a_repeat_is_a_redelivery_but_going_back_is_out_of_order() {
+        let mut events = every_event();
+        events.insert(3, set("a", "2"));
+        assert!(history(events.clone()).check(true).passed());
+        events.insert(4, set("a", "1"));
+        let verdict = history(events).check(true);
+        assert!(
+            verdict
+                .out_of_order
+                .iter()
+                .any(|v| v.contains("out of order")),
+            "{verdict:?}"
+        );
+    }
+
+    #[test]
+    fn a_new_run_may_repeat_a_stretch() {
+        let mut events = every_event();
+        events.extend([set("a", "2"), delete("a"), set("a", "3")]);
+        let mut going_back = history(events);
+        assert!(!going_back.check(true).passed());
+        going_back.new_runs.push(6);
+        assert!(going_back.check(true).passed());
+    }
+
+    #[test]
+    fn a_lost_write_fails_only_where_every_value_is_declared() {
+        let events: Vec<Event> = every_event()
+            .into_iter()
+            .filter(|event| *event != set("a", "2"))
+            .collect();
+        let verdict = history(events.clone()).check(true);
+        assert!(verdict.violations.is_empty(), "{verdict:?}");
+        assert!(
+            verdict
+                .missing
+                .iter()
+                .any(|m| m.contains("never delivered")),
+            "{verdict:?}"
+        );
+        assert!(history(events).check(false).passed());
+    }
+
+    #[test]
+    fn the_final_state_must_arrive_even_when_coalescing() {
+        let events = every_event()[..5].to_vec();
+        assert!(!history(events.clone()).check(false).passed());
+        assert!(!history(events).check(true).passed());
+        // A key that ends deleted may vanish unseen where changes coalesce.
+        let only_a: Vec<Event> = every_event()
+            .into_iter()
+            .filter(|event| event.key() == "a")
+            .collect();
+        assert!(history(only_a.clone()).check(false).passed());
+        assert!(!history(only_a).check(true).passed());
+    }
+
+    #[test]
+    fn a_delete_inside_a_resynced_gap_is_declared_lost_and_nothing_else_is() {
+        // `a` is deleted while no watcher runs; the restarted one resyncs from a listing.
+        let events = vec![set("a", "1"), set("b", "x"), delete("b")];
+        let mut resynced = history(events);
+        if let Some(a) = resynced.writes.get_mut("a") {
+            a.truncate(3);
+        }
+        assert!(!resynced.check(false).passed());
+        resynced.new_runs.push(3);
+        resynced.resync_at = Some(3);
+        assert!(
+            resynced.check(false).passed(),
+            "{:?}",
+            resynced.check(false)
+        );
+        // A set delivered after the resync is the listing's: the key was live then.
+        resynced.events.push(set("a", "2"));
+        assert!(!resynced.check(false).passed());
+    }
+
+    #[test]
+    fn invented_events_are_violations() {
+        let mut events = every_event();
+        events.push(set("c", "1"));
+        events.push(set("a", "never written"));
+        let verdict = history(events).check(false);
+        assert_eq!(verdict.violations.len(), 2, "{verdict:?}");
+        assert!(verdict.violations[0].contains("never written"));
+        assert!(verdict.violations[1].contains("reports no write"));
+    }
+
+    #[test]
+    fn recorder_lines_parse() {
+        assert_eq!(Event::parse("set k v w"), Some(set("k", "v w")));
+        assert_eq!(Event::parse("set k "), Some(set("k", "")));
+        assert_eq!(Event::parse("set k"), Some(set("k", "")));
+        assert_eq!(Event::parse("delete k"), Some(delete("k")));
+        assert_eq!(Event::parse("other"), None);
+    }
+}

@@ -1,0 +1,918 @@
+//! The watch cases (docs/semantics.md S13): the runner writes to a store through the host, a
+//! `watch-service` component (the recorder, `guest-watch/`) receives the changes through the
+//! same delivery `wasi-kv watch` runs (`kv_watch::component`) and records each one into a
+//! store of its own, and [`check`] judges what it recorded against what was written.
+//!
+//! Each case gets a fresh namespace of the target's provider to watch; the recorder's `audit`
+//! store and the watcher's checkpoint and dead letters live in an in-memory store beside it,
+//! so the watched keys hold only what the runner wrote. A provider without a change source,
+//! or without a guarantee a case needs, is reported as ignored with the reason its
+//! capabilities give.
+
+pub mod check;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use kv_core::watch::WatchSupport;
+use kv_core::{Access, Backoff, KvStore, MemoryProvider, Stores, SwapOutcome};
+use kv_watch::component::{CallLimits, WatchPlan, WatcherComponent, Watching};
+use kv_watch::{Delivered, WatchOptions};
+use tokio::task::JoinHandle;
+
+use crate::report::{CaseResult, Outcome};
+use crate::runner::{CASE_TIMEOUT, CaseInfo, Target};
+use check::{Event, Verdict, WatchHistory, Write};
+
+/// Result names of the watch cases start with this.
+pub const WATCH_LABEL: &str = "watch/";
+
+/// The watched store, the recorder's log, and the watcher's own records.
+const DATA: &str = "data";
+const AUDIT: &str = "audit";
+const STATE: &str = "watch-state";
+
+/// Deliveries of a change before it is dead-lettered (the trap case counts them).
+const MAX_ATTEMPTS: u32 = 3;
+
+/// Writes of the burst case, over [`BURST_KEYS`] keys by [`BURST_WRITERS`] writers.
+pub const BURST_WRITES: usize = 10_000;
+const BURST_KEYS: usize = 100;
+const BURST_WRITERS: usize = 8;
+
+/// How long a case waits for what it wrote to arrive (a burst: longer).
+const ARRIVAL: Duration = Duration::from_secs(60);
+const BURST_ARRIVAL: Duration = Duration::from_secs(160);
+
+/// The cases: (name, what a pass means, needs TTL).
+const CASES: &[(&str, &str, bool)] = &[
+    (
+        "every_change_is_delivered_in_order",
+        "sets, overwrites, deletes, batches, an increment and a swap each arrive, in order per \
+         key, with the value written (or, where declared, the latest); deleting a missing key \
+         delivers nothing",
+        false,
+    ),
+    (
+        "the_draft_watch_world_gets_every_change",
+        "the same writes reach a watcher built against wasi:keyvalue@0.2.0-draft",
+        false,
+    ),
+    (
+        "a_failed_delivery_is_retried_then_dead_lettered",
+        "a change whose delivery traps once arrives on the next attempt; one that always traps \
+         is written to the dead-letter store with its value after 3 attempts, and delivery goes \
+         on",
+        false,
+    ),
+    (
+        "a_watcher_stopped_abruptly_resumes_from_its_checkpoint",
+        "a watcher aborted mid-stream and started again resumes from its checkpoint: nothing \
+         written before, during or after the stop is lost (every value where the feed is \
+         durable; the final state after a resync where it is not)",
+        false,
+    ),
+    (
+        "two_watchers_each_get_every_change",
+        "two watchers of one store, each with its own checkpoint, both receive every change",
+        false,
+    ),
+    (
+        "a_burst_of_10000_writes_arrives_whole",
+        "10,000 writes by 8 concurrent writers over 100 keys all arrive, in order per key",
+        false,
+    ),
+    (
+        "an_expired_key_is_delivered_as_a_delete",
+        "a key whose TTL runs out is delivered as on-delete; a key without one is not",
+        true,
+    ),
+];
+
+/// The watch cases, with the recorder compiled in both WIT versions; cheap to share.
+pub struct WatchSuite {
+    recorder: Arc<WatcherComponent>,
+    recorder_draft: Arc<WatcherComponent>,
+    cases: Vec<CaseInfo>,
+    run_id: String,
+}
+
+impl std::fmt::Debug for WatchSuite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchSuite")
+            .field("cases", &self.cases.len())
+            .finish()
+    }
+}
+
+impl WatchSuite {
+    /// Compiles the recorder components.
+    pub fn new() -> anyhow::Result<WatchSuite> {
+        let limits = CallLimits {
+            time_limit: Duration::from_secs(10),
+            memory_limit: 64 * 1024 * 1024,
+            envs: Vec::new(),
+        };
+        let recorder = WatcherComponent::from_bytes(
+            crate::guests::WATCH_RECORDER,
+            "the recorder component",
+            limits.clone(),
+        )?;
+        let recorder_draft = WatcherComponent::from_bytes(
+            crate::guests::WATCH_RECORDER_DRAFT,
+            "the draft recorder component",
+            limits,
+        )?;
+        let cases = CASES
+            .iter()
+            .map(|&(name, summary, needs_ttl)| CaseInfo {
+                name: name.to_string(),
+                rules: vec!["S13".to_string()],
+                summary: summary.to_string(),
+                needs_ttl,
+                needs_cas: false,
+                workers: 0,
+            })
+            .collect();
+        Ok(WatchSuite {
+            recorder: Arc::new(recorder),
+            recorder_draft: Arc::new(recorder_draft),
+            cases,
+            run_id: format!("{:08x}", rand::random::<u32>()),
+        })
+    }
+
+    /// The cases, in report order.
+    pub fn cases(&self) -> &[CaseInfo] {
+        &self.cases
+    }
+
+    /// Keeps only the cases whose name (with its `watch/` label) contains one of `patterns`
+    /// (all of them when `patterns` is empty); how many are left.
+    pub fn select(&mut self, patterns: &[String]) -> usize {
+        if !patterns.is_empty() {
+            self.cases.retain(|case| {
+                let label = format!("{WATCH_LABEL}{}", case.name);
+                patterns.iter().any(|pattern| label.contains(pattern))
+            });
+        }
+        self.cases.len()
+    }
+
+    /// Why `case` is not run against `target`, if it is not.
+    pub fn skip_reason(&self, target: &Target, case: &CaseInfo) -> Option<String> {
+        let Some(support) = target.provider.capabilities().watch else {
+            return Some(format!(
+                "the {} provider reports no changes (no change source: docs/watch.md)",
+                target.name
+            ));
+        };
+        if let Some(reason) = target.skip_reason(case) {
+            return Some(reason);
+        }
+        if case.needs_ttl && !support.reports_expiry {
+            return Some(format!(
+                "the {} provider does not report expiry promptly (reports_expiry: false)",
+                target.name
+            ));
+        }
+        None
+    }
+
+    /// Runs one case (or reports why it is ignored).
+    pub async fn run_case(&self, target: &Target, case: &CaseInfo) -> CaseResult {
+        let started = Instant::now();
+        let (outcome, reason) = match self.skip_reason(target, case) {
+            Some(reason) => (Outcome::Ignored, Some(reason)),
+            None => match tokio::time::timeout(CASE_TIMEOUT, self.execute(target, case)).await {
+                Ok(Ok(())) => (Outcome::Passed, None),
+                Ok(Err(reason)) => (Outcome::Failed, Some(reason)),
+                Err(_) => (
+                    Outcome::Failed,
+                    Some(format!(
+                        "did not finish within {} s",
+                        CASE_TIMEOUT.as_secs()
+                    )),
+                ),
+            },
+        };
+        CaseResult {
+            provider: target.name.clone(),
+            case: format!("{WATCH_LABEL}{}", case.name),
+            rules: case.rules.clone(),
+            outcome,
+            reason,
+            duration_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Runs every case, `jobs` at a time, calling `progress` after each.
+    pub async fn run_all(
+        &self,
+        target: &Target,
+        jobs: usize,
+        progress: &(dyn Fn(&CaseResult, usize, usize) + Sync),
+    ) -> Vec<CaseResult> {
+        use futures::stream::{self, StreamExt};
+        let total = self.cases.len();
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let mut results: Vec<CaseResult> = stream::iter(&self.cases)
+            .map(|case| async {
+                let result = self.run_case(target, case).await;
+                let finished = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                progress(&result, finished, total);
+                result
+            })
+            .buffer_unordered(jobs.max(1))
+            .collect()
+            .await;
+        let order = |name: &str| {
+            let name = name.strip_prefix(WATCH_LABEL).unwrap_or(name);
+            self.cases.iter().position(|case| case.name == name)
+        };
+        results.sort_by_key(|result| order(&result.case));
+        results
+    }
+
+    async fn execute(&self, target: &Target, case: &CaseInfo) -> Result<(), String> {
+        let support = target
+            .provider
+            .capabilities()
+            .watch
+            .ok_or("the provider reports no changes")?;
+        let namespace = format!(
+            "{}-{}-watch-{}-{:08x}",
+            target.namespace_prefix,
+            self.run_id,
+            self.cases
+                .iter()
+                .position(|c| c.name == case.name)
+                .unwrap_or(usize::MAX),
+            rand::random::<u32>()
+        );
+        let bench = Bench {
+            target,
+            namespace,
+            support,
+        };
+        match case.name.as_str() {
+            "every_change_is_delivered_in_order" => bench.every_change(&self.recorder).await,
+            "the_draft_watch_world_gets_every_change" => {
+                bench.every_change(&self.recorder_draft).await
+            }
+            "a_failed_delivery_is_retried_then_dead_lettered" => {
+                bench.retried_then_dead_lettered(&self.recorder).await
+            }
+            "a_watcher_stopped_abruptly_resumes_from_its_checkpoint" => {
+                bench.resumes_after_abort(&self.recorder).await
+            }
+            "two_watchers_each_get_every_change" => bench.two_watchers(&self.recorder).await,
+            "a_burst_of_10000_writes_arrives_whole" => bench.burst(&self.recorder).await,
+            "an_expired_key_is_delivered_as_a_delete" => bench.expiry(&self.recorder).await,
+            other => Err(format!("no watch case is named {other:?}")),
+        }
+    }
+}
+
+/// One case's target and namespace.
+struct Bench<'a> {
+    target: &'a Target,
+    namespace: String,
+    support: WatchSupport,
+}
+
+/// One watcher's stores: the watched namespace, and its own log and records in memory.
+struct Side {
+    stores: Arc<Stores>,
+    data: KvStore,
+    audit: KvStore,
+    state: KvStore,
+}
+
+/// A watcher running on its own task.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<Vec<(String, Delivered)>>>,
+}
+
+impl Running {
+    /// Fails if the delivery has stopped by itself (an error: it never stops otherwise).
+    fn check_alive(&mut self) -> Result<(), String> {
+        if self.task.is_finished() {
+            return Err("the watcher stopped by itself before every change arrived".into());
+        }
+        Ok(())
+    }
+
+    /// A clean stop: checkpoints saved. What was delivered.
+    async fn stop(self) -> Result<Delivered, String> {
+        let _ = self.stop.send(());
+        let stopped = tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .map_err(|_| "the watcher did not stop within 30 s".to_string())?
+            .map_err(|err| format!("the watcher task failed: {err}"))?
+            .map_err(|err| format!("the watcher stopped with an error: {err:#}"))?;
+        Ok(stopped
+            .into_iter()
+            .map(|(_, delivered)| delivered)
+            .next()
+            .unwrap_or_default())
+    }
+
+    /// An abrupt stop, as a kill: the delivery is dropped wherever it is, no checkpoint saved
+    /// beyond the last batch's.
+    async fn abort(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// The writes of one writer, per key, as [`check`] wants them.
+#[derive(Default)]
+struct Written {
+    writes: BTreeMap<String, Vec<Write>>,
+}
+
+impl Written {
+    fn live(&self, key: &str) -> bool {
+        matches!(
+            self.writes.get(key).and_then(|writes| writes.last()),
+            Some(Write::Set(_))
+        )
+    }
+
+    async fn set(&mut self, data: &KvStore, key: &str, value: &[u8]) -> Result<(), String> {
+        data.set(key, value.to_vec())
+            .await
+            .map_err(|err| format!("set {key}: {err}"))?;
+        self.record(key, Write::Set(lossy(value)));
+        Ok(())
+    }
+
+    /// Deletes `key`; a delete of a missing key is no change, and not recorded.
+    async fn delete(&mut self, data: &KvStore, key: &str) -> Result<(), String> {
+        data.delete(key)
+            .await
+            .map_err(|err| format!("delete {key}: {err}"))?;
+        if self.live(key) {
+            self.record(key, Write::Delete);
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, key: &str, write: Write) {
+        self.writes.entry(key.to_string()).or_default().push(write);
+    }
+
+    fn merge(&mut self, other: Written) {
+        for (key, writes) in other.writes {
+            self.writes.entry(key).or_default().extend(writes);
+        }
+    }
+}
+
+fn lossy(value: &[u8]) -> String {
+    String::from_utf8_lossy(value).into_owned()
+}
+
+impl Bench<'_> {
+    /// Stores for one watcher: the case's namespace of the target's provider, and a fresh
+    /// in-memory store for its log and records.
+    async fn side(&self) -> Result<Side, String> {
+        let own = Arc::new(MemoryProvider::new());
+        let stores = Arc::new(
+            Stores::builder(self.target.limits.clone())
+                .store(
+                    DATA,
+                    self.target.provider.clone(),
+                    &self.namespace,
+                    Access::ReadWrite,
+                )
+                .store(AUDIT, own.clone(), "audit", Access::ReadWrite)
+                .store(STATE, own, "state", Access::ReadWrite)
+                .build(),
+        );
+        let open = |name: &'static str| {
+            let stores = stores.clone();
+            async move {
+                stores
+                    .open(name)
+                    .await
+                    .map_err(|err| format!("opening {name}: {err}"))
+            }
+        };
+        Ok(Side {
+            data: open(DATA).await?,
+            audit: open(AUDIT).await?,
+            state: open(STATE).await?,
+            stores,
+        })
+    }
+
+    /// Starts `component` watching `side`'s data store as `name`; every change made after
+    /// this returns is delivered.
+    async fn start(
+        &self,
+        component: &Arc<WatcherComponent>,
+        side: &Side,
+        name: &str,
+    ) -> Result<Running, String> {
+        let plan = WatchPlan {
+            name: name.to_string(),
+            watched: vec![DATA.to_string()],
+            state: STATE.to_string(),
+            dead_letters: None,
+            delivery: WatchOptions {
+                max_attempts: MAX_ATTEMPTS,
+                backoff: Backoff {
+                    initial: Duration::from_millis(50),
+                    max: Duration::from_millis(500),
+                },
+                ..WatchOptions::default()
+            },
+        };
+        let watching = Watching::start(component.clone(), &plan, side.stores.clone())
+            .await
+            .map_err(|err| format!("starting the watcher: {err:#}"))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(watching.run(async move {
+            let _ = stopped.await;
+        }));
+        Ok(Running { stop, task })
+    }
+
+    /// Waits until `history` (its events read from `audit` as they arrive) passes, breaks a
+    /// rule, or `patience` runs out; the last verdict.
+    async fn arrival(
+        &self,
+        log: &mut AuditLog,
+        history: &mut WatchHistory,
+        every_value: bool,
+        watcher: &mut Running,
+        patience: Duration,
+    ) -> Result<Verdict, String> {
+        let deadline = Instant::now() + patience;
+        loop {
+            log.read(&mut history.events).await?;
+            let verdict = history.check(every_value);
+            let settled = verdict.missing.is_empty() || !verdict.violations.is_empty();
+            if settled || Instant::now() >= deadline {
+                return Ok(verdict);
+            }
+            watcher.check_alive()?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for `written` to arrive at `side`'s watcher, then stops it; fails with the
+    /// checker's reasons.
+    async fn judge(
+        &self,
+        side: &Side,
+        mut watcher: Running,
+        written: Written,
+        patience: Duration,
+    ) -> Result<(), String> {
+        let mut history = WatchHistory {
+            writes: written.writes,
+            ..WatchHistory::default()
+        };
+        let verdict = self
+            .arrival(
+                &mut AuditLog::new(&side.audit),
+                &mut history,
+                self.support.every_value,
+                &mut watcher,
+                patience,
+            )
+            .await?;
+        let delivered = watcher.stop().await?;
+        if verdict.passed() || explained_by_resync(&verdict, &delivered) {
+            return Ok(());
+        }
+        Err(format!(
+            "{} ({} events, {} resyncs)",
+            verdict.summary(),
+            history.events.len(),
+            delivered.resyncs
+        ))
+    }
+
+    /// Sets, overwrites, deletes (of present and missing keys), batches, an increment and a
+    /// swap, each recorded as the write it is.
+    async fn every_change(&self, component: &Arc<WatcherComponent>) -> Result<(), String> {
+        let side = self.side().await?;
+        let watcher = self.start(component, &side, "recorder").await?;
+        let data = &side.data;
+        let mut written = Written::default();
+        written.set(data, "plain", b"p1").await?;
+        for value in ["o1", "o2", "o3"] {
+            written.set(data, "overwritten", value.as_bytes()).await?;
+        }
+        written.set(data, "deleted", b"d1").await?;
+        written.delete(data, "deleted").await?;
+        // Deleting what is gone, or was never there, changes nothing.
+        written.delete(data, "deleted").await?;
+        written.delete(data, "never-written").await?;
+        written.set(data, "reborn", b"r1").await?;
+        written.delete(data, "reborn").await?;
+        written.set(data, "reborn", b"r2").await?;
+        written.set(data, "empty", b"").await?;
+        written
+            .set(data, "binary", &[0, 0x9f, 0x92, 0x96, 0xff, b'\n'])
+            .await?;
+        let batch: Vec<(String, Vec<u8>)> = (0..3)
+            .map(|i| (format!("batch-{i}"), format!("m{i}").into_bytes()))
+            .collect();
+        data.set_many(batch.clone())
+            .await
+            .map_err(|err| format!("set-many: {err}"))?;
+        for (key, value) in &batch {
+            written.record(key, Write::Set(lossy(value)));
+        }
+        data.delete_many(&["batch-1".to_string(), "never-written-2".to_string()])
+            .await
+            .map_err(|err| format!("delete-many: {err}"))?;
+        written.record("batch-1", Write::Delete);
+        for delta in [5, 2] {
+            data.increment("counter", delta)
+                .await
+                .map_err(|err| format!("increment: {err}"))?;
+            // What an increment leaves is the provider's encoding of the number: read it.
+            let value = data
+                .get("counter")
+                .await
+                .map_err(|err| format!("get counter: {err}"))?
+                .ok_or("the counter is missing after an increment")?;
+            written.record("counter", Write::Set(lossy(&value)));
+        }
+        if data.capabilities().cas {
+            for value in ["s1", "s2"] {
+                let read = data
+                    .read_versioned("swapped")
+                    .await
+                    .map_err(|err| format!("cas read: {err}"))?;
+                match data
+                    .swap("swapped", &read.version, value.as_bytes().to_vec())
+                    .await
+                {
+                    Ok(SwapOutcome::Swapped) => {
+                        written.record("swapped", Write::Set(value.to_string()))
+                    }
+                    Ok(SwapOutcome::Conflict) => {
+                        return Err("a swap nothing raced with conflicted".into());
+                    }
+                    Err(err) => return Err(format!("swap: {err}")),
+                }
+            }
+        }
+        self.judge(&side, watcher, written, ARRIVAL).await
+    }
+
+    /// A value the recorder traps on once, one it always traps on, then a plain one.
+    async fn retried_then_dead_lettered(
+        &self,
+        component: &Arc<WatcherComponent>,
+    ) -> Result<(), String> {
+        let side = self.side().await?;
+        let watcher = self.start(component, &side, "recorder").await?;
+        let data = &side.data;
+        let mut written = Written::default();
+        written.set(data, "flaky", b"trap-once 1").await?;
+        let poison = b"trap-always 1";
+        data.set("poison", poison.to_vec())
+            .await
+            .map_err(|err| format!("set poison: {err}"))?;
+        written.set(data, "after", b"a1").await?;
+        // Delivery goes on after the poison, and only one key's changes are ordered: a
+        // listing may deliver `after` first. Wait for the letter before judging the rest.
+        let dead = "watch/recorder/data/dead/";
+        let deadline = Instant::now() + ARRIVAL;
+        while list_all(&side.state, dead).await?.is_empty() {
+            if Instant::now() >= deadline {
+                watcher.abort().await;
+                return Err(format!("no dead letter within {ARRIVAL:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The poison never reaches the log (the recorder traps before writing).
+        self.judge(&side, watcher, written, ARRIVAL).await?;
+        let attempts = side
+            .audit
+            .get("attempts/flaky")
+            .await
+            .map_err(|err| format!("get attempts/flaky: {err}"))?;
+        if attempts
+            .as_deref()
+            .map(lossy)
+            .and_then(|n| n.parse::<u64>().ok())
+            < Some(2)
+        {
+            return Err(format!(
+                "the change that trapped once was not delivered again (attempts/flaky = {:?})",
+                attempts.as_deref().map(lossy)
+            ));
+        }
+        let letters = list_all(&side.state, dead).await?;
+        let [letter] = letters.as_slice() else {
+            return Err(format!(
+                "expected one dead letter (the change that always trapped), found {}",
+                letters.len()
+            ));
+        };
+        let body = side
+            .state
+            .get(letter)
+            .await
+            .map_err(|err| format!("get {letter}: {err}"))?
+            .ok_or("the dead letter vanished")?;
+        let letter: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|err| format!("the dead letter is not JSON: {err}"))?;
+        let expected_value = base64::engine::general_purpose::STANDARD.encode(poison);
+        let fields = (
+            letter["op"].as_str(),
+            letter["key"].as_str(),
+            letter["value_base64"].as_str(),
+            letter["attempts"].as_u64(),
+        );
+        if fields
+            != (
+                Some("set"),
+                Some("poison"),
+                Some(expected_value.as_str()),
+                Some(u64::from(MAX_ATTEMPTS)),
+            )
+        {
+            return Err(format!(
+                "the dead letter does not name the change that always trapped: {letter}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A watcher aborted mid-stream (after 20 events) while writes go on, more writes while
+    /// none runs, and a new watcher of the same name resuming from the checkpoint, then
+    /// following what comes next. The write numbers of the three phases end where [`PHASES`]
+    /// says (see [`write_keys`] for what each number writes).
+    async fn resumes_after_abort(&self, component: &Arc<WatcherComponent>) -> Result<(), String> {
+        let side = self.side().await?;
+        let mut first = self.start(component, &side, "recorder").await?;
+        let data = side.data.clone();
+        let writer = tokio::spawn(async move {
+            let mut written = Written::default();
+            // Ends with every slot's key live: a feed that lists sees them.
+            write_keys(&data, &mut written, "k", 0..PHASES[0]).await?;
+            Ok::<_, String>(written)
+        });
+        let mut log = AuditLog::new(&side.audit);
+        let mut events = Vec::new();
+        let deadline = Instant::now() + ARRIVAL;
+        while events.len() < 20 {
+            log.read(&mut events).await?;
+            first.check_alive()?;
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "only {} events arrived within {ARRIVAL:?}",
+                    events.len()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        first.abort().await;
+        log.read(&mut events).await?;
+        let restart_at = events.len();
+        let mut written = writer
+            .await
+            .map_err(|err| format!("the writer failed: {err}"))??;
+        // And while no watcher runs.
+        write_keys(&side.data, &mut written, "k", PHASES[0]..PHASES[1]).await?;
+        // A feed that does not outlive its watcher (in-process) resynchronises: the writes
+        // made while none ran arrive as their keys' final values.
+        let every_value = self.support.every_value && self.support.durable;
+        let mut second = self.start(component, &side, "recorder").await?;
+        let mut history = WatchHistory {
+            writes: std::mem::take(&mut written.writes),
+            events,
+            new_runs: vec![restart_at],
+            // A feed that did not outlive the watcher resynchronises from a listing.
+            resync_at: (!self.support.durable).then_some(restart_at),
+        };
+        let verdict = self
+            .arrival(&mut log, &mut history, every_value, &mut second, ARRIVAL)
+            .await?;
+        // Out-of-order reports are judged at the end, with the run's resyncs known.
+        if !verdict.violations.is_empty() || !verdict.missing.is_empty() {
+            second.abort().await;
+            return Err(format!(
+                "after the restart: {} ({} events, restart at event {restart_at})",
+                verdict.summary(),
+                history.events.len()
+            ));
+        }
+        // The restarted watcher follows what comes next as it came.
+        let mut after = Written {
+            writes: std::mem::take(&mut history.writes),
+        };
+        write_keys(&side.data, &mut after, "after", 0..PHASES[2]).await?;
+        history.writes = after.writes;
+        let verdict = self
+            .arrival(&mut log, &mut history, every_value, &mut second, ARRIVAL)
+            .await?;
+        let delivered = second.stop().await?;
+        if verdict.passed() || explained_by_resync(&verdict, &delivered) {
+            return Ok(());
+        }
+        Err(format!(
+            "writes after the restart: {} ({} events, restart at event {restart_at}, {} resyncs)",
+            verdict.summary(),
+            history.events.len(),
+            delivered.resyncs
+        ))
+    }
+
+    /// Two watchers, each with its own stores for its log and checkpoint.
+    async fn two_watchers(&self, component: &Arc<WatcherComponent>) -> Result<(), String> {
+        let (one, two) = (self.side().await?, self.side().await?);
+        let first = self.start(component, &one, "first").await?;
+        let second = self.start(component, &two, "second").await?;
+        let mut written = Written::default();
+        for n in 0..200 {
+            let key = format!("k{}", n % 10);
+            if n % 9 == 8 {
+                written.delete(&one.data, &key).await?;
+            } else {
+                written
+                    .set(&one.data, &key, format!("v{n}").as_bytes())
+                    .await?;
+            }
+        }
+        let copy = Written {
+            writes: written.writes.clone(),
+        };
+        let (a, b) = tokio::join!(
+            self.judge(&one, first, written, ARRIVAL),
+            self.judge(&two, second, copy, ARRIVAL)
+        );
+        a.map_err(|err| format!("the first watcher: {err}"))?;
+        b.map_err(|err| format!("the second watcher: {err}"))
+    }
+
+    /// [`BURST_WRITES`] writes, as fast as [`BURST_WRITERS`] writers can, each owning its keys
+    /// so each key's order is known.
+    async fn burst(&self, component: &Arc<WatcherComponent>) -> Result<(), String> {
+        let side = self.side().await?;
+        let watcher = self.start(component, &side, "recorder").await?;
+        let per_key = BURST_WRITES / BURST_KEYS;
+        let writers: Vec<_> = (0..BURST_WRITERS)
+            .map(|writer| {
+                let data = side.data.clone();
+                tokio::spawn(async move {
+                    let keys: Vec<String> = (writer..BURST_KEYS)
+                        .step_by(BURST_WRITERS)
+                        .map(|key| format!("b{key:03}"))
+                        .collect();
+                    let mut written = Written::default();
+                    for n in 0..per_key {
+                        for key in &keys {
+                            if n % 10 == 9 {
+                                written.delete(&data, key).await?;
+                            } else {
+                                written.set(&data, key, format!("v{n}").as_bytes()).await?;
+                            }
+                        }
+                    }
+                    Ok::<_, String>(written)
+                })
+            })
+            .collect();
+        let mut written = Written::default();
+        for writer in writers {
+            written.merge(
+                writer
+                    .await
+                    .map_err(|err| format!("a writer failed: {err}"))??,
+            );
+        }
+        let total: usize = written.writes.values().map(Vec::len).sum();
+        if total != BURST_WRITES {
+            return Err(format!("wrote {total} changes, not {BURST_WRITES}"));
+        }
+        self.judge(&side, watcher, written, BURST_ARRIVAL).await
+    }
+
+    /// A key with a 1 s TTL, and one without.
+    async fn expiry(&self, component: &Arc<WatcherComponent>) -> Result<(), String> {
+        let side = self.side().await?;
+        let watcher = self.start(component, &side, "recorder").await?;
+        let mut written = Written::default();
+        side.data
+            .set_with_ttl("ephemeral", b"e1".to_vec(), 1_000)
+            .await
+            .map_err(|err| format!("set-with-ttl: {err}"))?;
+        written.record("ephemeral", Write::Set("e1".into()));
+        written.record("ephemeral", Write::Expire);
+        written.set(&side.data, "stays", b"s1").await?;
+        self.judge(&side, watcher, written, ARRIVAL).await
+    }
+}
+
+/// How far the restart case writes: while the first watcher runs (to a number leaving each
+/// slot's key live: a feed that lists sees them), then while none runs (to one leaving half
+/// the slots' keys live and the others deleted: a restarted watcher that skipped what it
+/// missed would never see those values), then, on keys of their own, after the restart.
+const PHASES: [usize; 3] = [380, 590, 80];
+
+/// Whether the only problems are older values after newer ones in a run that resynchronised
+/// (the feed had a gap): a resync delivers each live key's value from a listing, then the
+/// changes from a position taken before it, so an older value may follow a newer (S13).
+fn explained_by_resync(verdict: &Verdict, delivered: &Delivered) -> bool {
+    delivered.resyncs > 0 && verdict.violations.is_empty() && verdict.missing.is_empty()
+}
+
+/// Writes `numbers` over 20 slots of keys starting with `prefix`. A slot's key lives for 5 writes, 4 sets of `v{n}` and a
+/// delete, then the slot moves to a new key: every delete is its key's last write, so a
+/// redelivered delete after a restart names one write, not one of several.
+async fn write_keys(
+    data: &KvStore,
+    written: &mut Written,
+    prefix: &str,
+    numbers: std::ops::Range<usize>,
+) -> Result<(), String> {
+    const SLOTS: usize = 20;
+    for n in numbers {
+        let (slot, round) = (n % SLOTS, n / SLOTS);
+        let key = format!("{prefix}{slot:02}.{}", round / 5);
+        if round % 5 == 4 {
+            written.delete(data, &key).await?;
+        } else {
+            written.set(data, &key, format!("v{n}").as_bytes()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The recorder's log as read so far: `event/{seq:08}`, numbered from 1.
+struct AuditLog {
+    audit: KvStore,
+    next: usize,
+}
+
+impl AuditLog {
+    fn new(audit: &KvStore) -> AuditLog {
+        AuditLog {
+            audit: audit.clone(),
+            next: 1,
+        }
+    }
+
+    /// Appends the events recorded since the last read to `events`. A number counted but
+    /// never written (a delivery cut off between the two, by an abort) is passed over once
+    /// a later number is counted: deliveries to one recorder happen one at a time.
+    async fn read(&mut self, events: &mut Vec<Event>) -> Result<(), String> {
+        let seq = self
+            .audit
+            .get("seq")
+            .await
+            .map_err(|err| format!("get seq: {err}"))?
+            .map(|value| lossy(&value).parse::<usize>().unwrap_or(0))
+            .unwrap_or(0);
+        while self.next <= seq {
+            let key = format!("event/{:08}", self.next);
+            match self
+                .audit
+                .get(&key)
+                .await
+                .map_err(|err| format!("get {key}: {err}"))?
+            {
+                Some(line) => {
+                    let line = lossy(&line);
+                    events
+                        .push(Event::parse(&line).ok_or_else(|| format!("{key} holds {line:?}"))?);
+                }
+                None if self.next < seq => {}
+                None => break,
+            }
+            self.next += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Every key of `store` starting with `prefix`.
+async fn list_all(store: &KvStore, prefix: &str) -> Result<Vec<String>, String> {
+    let mut keys = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_keys(cursor.as_deref())
+            .await
+            .map_err(|err| format!("list-keys: {err}"))?;
+        keys.extend(page.keys.into_iter().filter(|key| key.starts_with(prefix)));
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(keys),
+        }
+    }
+}
