@@ -100,6 +100,10 @@ pub struct Delivered {
     pub dead_letters: u64,
     /// Resyncs after a gap in the feed.
     pub resyncs: u64,
+    /// Where each resync's listing began and ended, counted in changes delivered: a key's
+    /// changes may go back to an older value after either point (the listing is newer than
+    /// the changes read after it), so a checker of order starts again there.
+    pub resync_bounds: Vec<(u64, u64)>,
 }
 
 /// A dead letter: what could not be delivered, and why.
@@ -308,6 +312,7 @@ impl Delivery {
         stop: &Receiver<bool>,
     ) -> kv_core::Result<bool> {
         delivered.resyncs += 1;
+        let began = delivered.changes;
         let mut cursor = None;
         let mut keys = 0u64;
         loop {
@@ -326,6 +331,7 @@ impl Delivery {
                 None => break,
             }
         }
+        delivered.resync_bounds.push((began, delivered.changes));
         info!(store = self.store.name(), keys, "resynchronised");
         Ok(true)
     }

@@ -276,3 +276,51 @@ async fn a_dead_letter_too_large_for_its_store_names_the_value_instead() {
     assert!(letter.get("value_base64").is_none(), "{letter}");
     assert_eq!(letter["value_sha256"].as_str().unwrap().len(), 64);
 }
+
+/// A checkpoint that cannot be saved (the state store refuses every write) stops delivery
+/// with the error rather than go on without one, and the change delivered before it is
+/// delivered again by the next run: at least once, never skipped.
+#[tokio::test]
+async fn a_checkpoint_that_cannot_be_saved_stops_delivery_and_the_change_comes_again() {
+    let (state_provider, faults) =
+        kv_testkit::faults::Lossy::provider(Arc::new(MemoryProvider::new()));
+    let mut limits = Limits::default();
+    limits.retry.max_attempts = 2;
+    let stores = Stores::builder(limits)
+        .store(
+            "data",
+            Arc::new(MemoryProvider::new()),
+            "data",
+            Access::ReadWrite,
+        )
+        .store("state", state_provider, "state", Access::ReadWrite)
+        .build();
+    let data = stores.open("data").await.unwrap();
+    let state = stores.open("state").await.unwrap();
+    let delivery =
+        Delivery::new("w", data.clone(), state.clone(), state.clone(), options()).unwrap();
+    let from = delivery.start().await.unwrap();
+    data.set("a", b"1".to_vec()).await.unwrap();
+    faults.refuse_every(1);
+    let first = Recording::default();
+    let err = deliver_until(&delivery, &first, from.clone(), usize::MAX)
+        .await
+        .expect_err("the state store refuses every write");
+    assert_eq!(err.kind(), kv_core::ErrorKind::Unavailable, "{err}");
+    assert_eq!(
+        first.seen(),
+        ["set a 1"],
+        "delivered before the save failed"
+    );
+    faults.refuse_every(0);
+    let checkpoint = state
+        .get(&delivery.checkpoint_key())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(checkpoint, from.0.as_bytes(), "the checkpoint did not move");
+    let resumed = delivery.start().await.unwrap();
+    let second = Recording::default();
+    deliver_until(&delivery, &second, resumed, 1).await.unwrap();
+    assert_eq!(second.seen(), ["set a 1"], "the next run delivers it again");
+}

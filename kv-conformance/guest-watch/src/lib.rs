@@ -2,7 +2,8 @@
 //! the `draft` feature) that records each change
 //! it is given into the store `audit`, so a test can check what was delivered, in what order:
 //!
-//! - `seq` counts deliveries; `event/{seq:08}` holds `set KEY VALUE` or `delete KEY`;
+//! - `seq` counts deliveries; `event/{seq:08}` holds `set KEY VALUE` (the value as lossy
+//!   UTF-8; `value/{seq:08}` holds its bytes) or `delete KEY`;
 //! - a value starting with `trap-once` traps on its first delivery (counted in
 //!   `attempts/KEY`) and is recorded on the next;
 //! - a value starting with `trap-always` always traps (it must reach the dead letters);
@@ -40,11 +41,17 @@ fn audit() -> Bucket {
     store::open("audit").unwrap_or_else(|err| panic!("cannot open the audit store: {err:?}"))
 }
 
-/// Appends `event` to the audit log.
-fn record(event: String) {
+/// Appends `event` to the audit log, with a set's value as given (`value/{seq:08}`: the
+/// event's text shows it as lossy UTF-8).
+fn record(event: String, value: Option<&[u8]>) {
     let audit = audit();
     let seq = atomics::increment(&audit, "seq", 1)
         .unwrap_or_else(|err| panic!("cannot count the event: {err:?}"));
+    if let Some(value) = value {
+        audit
+            .set(&format!("value/{seq:08}"), value)
+            .unwrap_or_else(|err| panic!("cannot record the value: {err:?}"));
+    }
     audit
         .set(&format!("event/{seq:08}"), event.as_bytes())
         .unwrap_or_else(|err| panic!("cannot record the event: {err:?}"));
@@ -71,14 +78,17 @@ impl Guest for Recorder {
                 n = std::hint::black_box(n.wrapping_add(1));
             }
         }
-        record(format!("set {key} {}", String::from_utf8_lossy(&value)));
+        record(
+            format!("set {key} {}", String::from_utf8_lossy(&value)),
+            Some(&value),
+        );
     }
 
     fn on_delete(bucket: Bucket, key: String) {
         if let Err(err) = bucket.exists(&key) {
             panic!("the bucket handle does not work: {err:?}");
         }
-        record(format!("delete {key}"));
+        record(format!("delete {key}"), None);
     }
 }
 
