@@ -389,29 +389,15 @@ impl Suite {
 
     /// Runs one case (or reports why it is ignored).
     pub async fn run_case(&self, target: &Target, case: &CaseInfo) -> CaseResult {
-        let started = Instant::now();
-        let (outcome, reason) = match target.skip_reason(case) {
-            Some(reason) => (Outcome::Ignored, Some(reason)),
-            None => match tokio::time::timeout(CASE_TIMEOUT, self.execute(target, case)).await {
-                Ok(Ok(())) => (Outcome::Passed, None),
-                Ok(Err(reason)) => (Outcome::Failed, Some(reason)),
-                Err(_) => (
-                    Outcome::Failed,
-                    Some(format!(
-                        "did not finish within {} s",
-                        CASE_TIMEOUT.as_secs()
-                    )),
-                ),
-            },
-        };
-        CaseResult {
-            provider: target.name.clone(),
-            case: format!("{}{}", self.label, case.name),
-            rules: case.rules.clone(),
-            outcome,
-            reason,
-            duration_ms: started.elapsed().as_millis() as u64,
-        }
+        timed_case(
+            target,
+            self.label,
+            case,
+            target.skip_reason(case),
+            CASE_TIMEOUT,
+            self.execute(target, case),
+        )
+        .await
     }
 
     /// Runs every case, `jobs` at a time, calling `progress` after each.
@@ -421,25 +407,10 @@ impl Suite {
         jobs: usize,
         progress: &(dyn Fn(&CaseResult, usize, usize) + Sync),
     ) -> Vec<CaseResult> {
-        use futures::stream::{self, StreamExt};
-        let total = self.cases.len();
-        let done = std::sync::atomic::AtomicUsize::new(0);
-        let mut results: Vec<CaseResult> = stream::iter(&self.cases)
-            .map(|case| async {
-                let result = self.run_case(target, case).await;
-                let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-                progress(&result, finished, total);
-                result
-            })
-            .buffer_unordered(jobs.max(1))
-            .collect()
-            .await;
-        let order = |name: &str| {
-            let name = name.strip_prefix(self.label).unwrap_or(name);
-            self.cases.iter().position(|case| case.name == name)
-        };
-        results.sort_by_key(|result| order(&result.case));
-        results
+        run_cases(&self.cases, self.label, jobs, progress, |case| {
+            self.run_case(target, case)
+        })
+        .await
     }
 
     fn stores_for(&self, target: &Target, case: &CaseInfo) -> Arc<Stores> {
@@ -529,6 +500,76 @@ impl Suite {
         };
         instance.call(&case.name, target, profile, phase).await
     }
+}
+
+/// One case's result: `run` within `limit`, or ignored for `skip`'s reason; named `label` +
+/// the case's name.
+pub(crate) async fn timed_case(
+    target: &Target,
+    label: &str,
+    case: &CaseInfo,
+    skip: Option<String>,
+    limit: Duration,
+    run: impl std::future::Future<Output = Result<(), String>>,
+) -> CaseResult {
+    let started = Instant::now();
+    let (outcome, reason) = match skip {
+        Some(reason) => (Outcome::Ignored, Some(reason)),
+        None => match tokio::time::timeout(limit, run).await {
+            Ok(Ok(())) => (Outcome::Passed, None),
+            Ok(Err(reason)) => (Outcome::Failed, Some(reason)),
+            Err(_) => (
+                Outcome::Failed,
+                Some(format!("did not finish within {} s", limit.as_secs())),
+            ),
+        },
+    };
+    CaseResult {
+        provider: target.name.clone(),
+        case: format!("{label}{}", case.name),
+        rules: case.rules.clone(),
+        outcome,
+        reason,
+        duration_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+/// Runs `cases` with `run`, `jobs` at a time, calling `progress` after each; the results in
+/// the cases' order.
+pub(crate) async fn run_cases<'a, Run, Fut>(
+    cases: &'a [CaseInfo],
+    label: &str,
+    jobs: usize,
+    progress: &(dyn Fn(&CaseResult, usize, usize) + Sync),
+    run: Run,
+) -> Vec<CaseResult>
+where
+    Run: Fn(&'a CaseInfo) -> Fut,
+    Fut: std::future::Future<Output = CaseResult>,
+{
+    use futures::stream::{self, StreamExt};
+    let total = cases.len();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<CaseResult> = stream::iter(cases)
+        .map(|case| {
+            let result = run(case);
+            let done = &done;
+            async move {
+                let result = result.await;
+                let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+                progress(&result, finished, total);
+                result
+            }
+        })
+        .buffer_unordered(jobs.max(1))
+        .collect()
+        .await;
+    let order = |name: &str| {
+        let name = name.strip_prefix(label).unwrap_or(name);
+        cases.iter().position(|case| case.name == name)
+    };
+    results.sort_by_key(|result| order(&result.case));
+    results
 }
 
 /// What one guest instance needs; owned, so worker instances can run as their own tasks.

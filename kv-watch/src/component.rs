@@ -321,6 +321,17 @@ impl Watching {
         self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<Vec<(String, Delivered)>> {
+        self.run_or_kill(shutdown, std::future::pending()).await
+    }
+
+    /// [`Watching::run`], or, once `kill` completes, a stop as abrupt as a killed process's:
+    /// each delivery is dropped wherever it is (no checkpoint saved beyond its last batch's)
+    /// and has ended when this returns, with an error. What tests of resuming need.
+    pub async fn run_or_kill(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+        kill: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<Vec<(String, Delivered)>> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         let names: Vec<String> = self
@@ -337,10 +348,17 @@ impl Watching {
         }
         info!(watcher = %self.name, stores = ?names, "watching");
         let mut shutdown = std::pin::pin!(shutdown);
+        let mut kill = std::pin::pin!(kill);
         let mut delivered = Vec::new();
         let mut failed = None;
         loop {
             tokio::select! {
+                () = &mut kill => {
+                    tasks.abort_all();
+                    // Each aborted task is joined: none runs on once this returns.
+                    while tasks.join_next().await.is_some() {}
+                    bail!("killed");
+                }
                 () = &mut shutdown, if !*stop.borrow() => {
                     info!("stopping: finishing the deliveries under way and saving checkpoints");
                     let _ = stop.send(true);

@@ -117,9 +117,11 @@ pub struct WatchHistory {
 pub struct Verdict {
     /// Broken rules: any one fails the case.
     pub violations: Vec<String>,
-    /// Writes reported after later ones of the same key within one run, or a delete reported
-    /// twice in a row where every value is reported.
+    /// Writes reported after later ones of the same key within one run.
     pub out_of_order: Vec<String>,
+    /// A delete reported twice in a row within one run, where every value is reported: a
+    /// delete that deleted nothing, unless a delivery failed after recording it.
+    pub repeated_deletes: Vec<String>,
     /// What has not arrived (yet): the case waits for these, then fails on them.
     pub missing: Vec<String>,
 }
@@ -127,16 +129,23 @@ pub struct Verdict {
 impl Verdict {
     /// Nothing broken and nothing missing.
     pub fn passed(&self) -> bool {
-        self.violations.is_empty() && self.out_of_order.is_empty() && self.missing.is_empty()
+        self.violations.is_empty()
+            && self.out_of_order.is_empty()
+            && self.repeated_deletes.is_empty()
+            && self.missing.is_empty()
     }
 
     /// The first few problems, for a case's failure reason.
     pub fn summary(&self) -> String {
-        let total = self.violations.len() + self.out_of_order.len() + self.missing.len();
+        let total = self.violations.len()
+            + self.out_of_order.len()
+            + self.repeated_deletes.len()
+            + self.missing.len();
         let mut shown: Vec<&str> = self
             .violations
             .iter()
             .chain(&self.out_of_order)
+            .chain(&self.repeated_deletes)
             .chain(&self.missing)
             .map(String::as_str)
             .take(5)
@@ -185,7 +194,7 @@ impl WatchHistory {
                         && last_reported == Some(i)
                         && matches!(event, Event::Delete { .. })
                     {
-                        verdict.out_of_order.push(format!(
+                        verdict.repeated_deletes.push(format!(
                             "key {key:?}: event {index} repeats the delete (write #{i}) just \
                              reported in the same run: a delete that deleted nothing"
                         ));
@@ -216,6 +225,8 @@ impl WatchHistory {
             let coalesced = !every_value || self.coalesced.contains(key);
             match final_event.get(key.as_str()) {
                 None if ends_deleted && coalesced && !expired => {}
+                // An expiry inside the gap a resync covered is not delivered either.
+                None if expired && !self.resyncs.is_empty() => {}
                 None => verdict.missing.push(format!(
                     "key {key:?}: nothing delivered (last write: {last_write})"
                 )),
@@ -223,8 +234,8 @@ impl WatchHistory {
                     let ok = match (event, last_write) {
                         (Event::Set { value, .. }, Write::Set(written)) => value == written,
                         (Event::Delete { .. }, Write::Delete | Write::Expire) => true,
-                        // Deleted inside the gap a resync covered.
-                        (Event::Set { .. }, Write::Delete) => {
+                        // Deleted, or expired, inside the gap a resync covered.
+                        (Event::Set { .. }, Write::Delete | Write::Expire) => {
                             self.resyncs.iter().any(|&resync| index < resync)
                         }
                         _ => false,
@@ -416,6 +427,24 @@ mod tests {
     }
 
     #[test]
+    fn an_expiry_inside_a_resynced_gap_is_declared_lost_too() {
+        let mut expired = history(vec![
+            set("a", "1"),
+            set("a", "2"),
+            delete("a"),
+            set("a", "3"),
+        ]);
+        expired.events.insert(0, set("b", "x"));
+        assert!(!expired.check(false).passed());
+        expired.new_runs.push(2);
+        expired.resyncs.push(2);
+        assert!(expired.check(false).passed(), "{:?}", expired.check(false));
+        // Never delivered at all, with a resync in the run: also declared.
+        expired.events.remove(0);
+        assert!(expired.check(false).passed(), "{:?}", expired.check(false));
+    }
+
+    #[test]
     fn invented_events_are_violations() {
         let mut events = every_event();
         events.push(set("c", "1"));
@@ -433,7 +462,7 @@ mod tests {
         let verdict = history(events.clone()).check(true);
         assert!(
             verdict
-                .out_of_order
+                .repeated_deletes
                 .iter()
                 .any(|v| v.contains("deleted nothing")),
             "{verdict:?}"
