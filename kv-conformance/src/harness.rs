@@ -143,6 +143,13 @@ pub fn main(sources: Vec<TargetSource>) -> ExitCode {
                     let results = results.clone();
                     let is_watch = matches!(family, Family::Watch(_));
                     let trial = Trial::test(format!("{name}::{label}"), move || {
+                        let _running = match family {
+                            Family::Guest(_) => Some(GuestRunning::start()),
+                            Family::Watch(_) => {
+                                GuestRunning::wait_for_none();
+                                None
+                            }
+                        };
                         let result = runtime().block_on(family.run_case(&target, &case));
                         lock(&results).push(result.clone());
                         match result.outcome {
@@ -230,6 +237,36 @@ pub fn main(sources: Vec<TargetSource>) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Guest trials running now. Trials are handed to the test threads in list order and the
+/// watch trials come last, so once one starts every guest trial has started: it waits for
+/// those still running, and the watch cases run on backends nothing else loads (beside the
+/// guest cases, in CI, the listing feeds of Cloud Storage and Cosmos DB starved).
+static GUEST_TRIALS_RUNNING: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// One guest trial counted in [`GUEST_TRIALS_RUNNING`] while it lives.
+struct GuestRunning;
+
+impl GuestRunning {
+    fn start() -> GuestRunning {
+        GUEST_TRIALS_RUNNING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        GuestRunning
+    }
+
+    /// Until no guest trial runs (each is bounded by its case timeout).
+    fn wait_for_none() {
+        while GUEST_TRIALS_RUNNING.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for GuestRunning {
+    fn drop(&mut self) {
+        GUEST_TRIALS_RUNNING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// What runs a case: a guest suite, or the watch cases.
