@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Starts @vercel/cosmosdb-server 1.0.1 on plain HTTP with the four fixes the Rust Cosmos DB
+// Starts @vercel/cosmosdb-server 1.0.1 on plain HTTP with the fixes the Rust Cosmos DB
 // driver needs, applied at runtime (node_modules is never edited):
 //
 //   1. partition key range ids are sent as strings ("0"), not numbers;
@@ -8,6 +8,11 @@
 //      partitions, as the real service does for them;
 //   4. the account advertises http:// locations (at the Host the client used) when serving
 //      plain HTTP;
+//   5. a query sent to one partition (a partition key header) reads that partition's items
+//      only, as the real service does; the stock server runs every query over the whole
+//      container, so a listing slowed as a test run filled it (measured: one query of a
+//      100-item partition took 4 ms in a 100-item container, 100 ms at 10,100 items and
+//      13 s at 40,100);
 //
 // plus keep-alive (the stock server closes every connection).
 //
@@ -76,6 +81,80 @@ wrapHandler("query-documents", (original) => async (account, req, res, params) =
     headers["x-ms-documentdb-query-enablecrosspartition"] = "true";
   }
   return original(account, req, res, params);
+});
+
+// Fix 5: each container's items indexed by partition key value, kept by the two methods that
+// add and remove items (replace is a delete and a set), and a query sent with a partition key
+// header run over that partition's items only.
+const Items = require(path.join(lib, "account", "items")).default;
+const partitionOf = (items, data) => JSON.stringify(items._getPartition(data) ?? null);
+function byPartition(items) {
+  if (!items._ridsByPartition) items._ridsByPartition = new Map();
+  return items._ridsByPartition;
+}
+const setItem = Items.prototype._set;
+Items.prototype._set = function (data) {
+  const stored = setItem.call(this, data);
+  const partition = partitionOf(this, data);
+  const index = byPartition(this);
+  if (!index.has(partition)) index.set(partition, new Set());
+  index.get(partition).add(data._rid);
+  return stored;
+};
+const deleteItem = Items.prototype.delete;
+Items.prototype.delete = function (idOrRid, partition) {
+  const data = this._item("/id", idOrRid, partition).read();
+  deleteItem.call(this, idOrRid, partition);
+  const rids = byPartition(this).get(partitionOf(this, data));
+  if (rids) {
+    rids.delete(data._rid);
+    if (rids.size === 0) byPartition(this).delete(partitionOf(this, data));
+  }
+};
+const queryItems = Items.prototype.query;
+/// `query` over the items whose partition key value is `partition` (a JSON array header's
+/// only element); `query` is synchronous, so the swapped item map is never seen by another
+/// request.
+Items.prototype.queryPartition = function (params, options, partition) {
+  const rids = byPartition(this).get(JSON.stringify(partition ?? null)) || new Set();
+  const all = this._data;
+  const only = new Map();
+  for (const rid of rids) if (all.has(rid)) only.set(rid, all.get(rid));
+  this._data = only;
+  try {
+    return queryItems.call(this, params, options);
+  } finally {
+    this._data = all;
+  }
+};
+const readBody = require(path.join(lib, "json")).default;
+const readItems = require(path.join(lib, "handler", "_read-items")).default;
+wrapHandler("query-documents", (original) => async (account, req, res, params) => {
+  let partition;
+  try {
+    const header = JSON.parse(req.headers["x-ms-documentdb-partitionkey"]);
+    if (Array.isArray(header) && header.length === 1) partition = header[0];
+  } catch (err) {
+    partition = undefined;
+  }
+  if (partition === undefined) return original(account, req, res, params);
+  return readItems(req, res, "Documents", async ({ continuation, maxItemCount }) => {
+    const body = await readBody(req);
+    if (!body.query) {
+      res.statusCode = 400;
+      return { message: "missing query" };
+    }
+    const collection = account.database(params.dbId).collection(params.collId);
+    try {
+      return collection.documents.queryPartition(body, { continuation, maxItemCount }, partition);
+    } catch (err) {
+      if (err.badRequest) {
+        res.statusCode = 400;
+        return { message: err.message };
+      }
+      throw err;
+    }
+  });
 });
 
 // Fix 4: advertise the scheme actually served, at the address the client used (its Host
