@@ -23,6 +23,8 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
     let mut profile =
         Profile::bundled(&args.provider).unwrap_or_else(|| Profile::plain(&args.provider));
     let mut keep_alive: Vec<Guard> = Vec::new();
+    // The emulator's own place for the watch cases, where it has one (`Started`).
+    let mut watch_provider: Option<Arc<dyn Provider>> = None;
     let mut spec = config
         .stores
         .values()
@@ -49,6 +51,7 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
             .ok_or_else(|| anyhow::anyhow!("no bundled profile {:?}", started.flavour))?;
         profile.backend = started.backend.clone();
         let mut url = started.store_url.clone();
+        let mut watch_url = started.watch_store_url.clone();
         if let (Some(FaultProfile::Lossy), Some(protocol)) = (args.faults, fault_protocol) {
             let proxy = FaultProxy::start(started.addr(), protocol).await?;
             proxy.every(LOSSY_EVERY, Fault::DropReply);
@@ -58,10 +61,15 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
                 proxy.addr()
             );
             url = started.store_url_via(proxy.addr());
+            watch_url = watch_url.map(|watch_url| started.url_via(&watch_url, proxy.addr()));
             keep_alive.push(Arc::new(proxy));
         }
         keep_alive.push(started.guard);
         spec = Some(kv_core::config::parse_short_form(&format!("conformance={url}"))?.1);
+        if let Some(watch_url) = watch_url {
+            let watch_spec = kv_core::config::parse_short_form(&format!("watch={watch_url}"))?.1;
+            watch_provider = Some(registry.connect(&watch_spec).await?);
+        }
     } else if args.faults.is_some() && args.provider != "memory" {
         bail!(
             "--faults needs --emulator (the fault proxy sits between the host and a local backend)"
@@ -97,6 +105,7 @@ pub async fn conformance(args: &ConformanceArgs) -> anyhow::Result<bool> {
         limits.retry.max_attempts = limits.retry.max_attempts.max(20);
     }
     let mut target = Target::new(&args.provider, provider, profile);
+    target.watch_provider = watch_provider;
     target.keep_alive = keep_alive;
     target.namespace_prefix = prefix;
     target.limits = limits;

@@ -481,38 +481,11 @@ async fn killed_mid_stream_resumes_without_loss(
         };
         written.entry(key).or_default().push(event);
     }
-    // Every write delivered, and each key's writes in the order written: they are a
-    // subsequence of the key's events (a redelivery after the kill repeats a stretch, which
-    // at-least-once allows; a reordering or a loss does not match).
-    let in_order = |seen: &[String]| -> Result<(), String> {
-        let mut per_key: HashMap<&str, Vec<&str>> = HashMap::new();
-        for event in seen {
-            let key = event.split(' ').nth(1).unwrap_or_default();
-            per_key.entry(key).or_default().push(event.as_str());
-        }
-        for (key, writes) in &written {
-            let got = per_key.get(key.as_str()).cloned().unwrap_or_default();
-            let mut next = 0;
-            for event in &got {
-                if next < writes.len() && *event == writes[next] {
-                    next += 1;
-                }
-            }
-            if next < writes.len() {
-                return Err(format!(
-                    "{key}: {next} of {} writes arrived in order; then {:?} is missing: {got:?}",
-                    writes.len(),
-                    writes[next]
-                ));
-            }
-        }
-        Ok(())
-    };
     let seen = wait_for(&audit, Duration::from_secs(300), |seen| {
-        in_order(seen).is_ok()
+        in_order(&written, seen).is_ok()
     })
     .await;
-    if let Err(missing) = in_order(&seen) {
+    if let Err(missing) = in_order(&written, &seen) {
         panic!("after {} events: {missing}", seen.len());
     }
     let redelivered = seen.len() - writes;
@@ -532,6 +505,212 @@ async fn killed_mid_stream_resumes_without_loss(
         "a clean stop left nothing to redeliver"
     );
     third.terminate();
+}
+
+/// Whether every write arrived, each key's in the order written: they must be a subsequence
+/// of the key's events (a redelivery repeats a stretch, which at-least-once allows; a
+/// reordering or a loss does not match).
+fn in_order(written: &HashMap<String, Vec<String>>, seen: &[String]) -> Result<(), String> {
+    let mut per_key: HashMap<&str, Vec<&str>> = HashMap::new();
+    for event in seen {
+        let key = event.split(' ').nth(1).unwrap_or_default();
+        per_key.entry(key).or_default().push(event.as_str());
+    }
+    for (key, writes) in written {
+        let got = per_key.get(key.as_str()).cloned().unwrap_or_default();
+        let mut next = 0;
+        for event in &got {
+            if next < writes.len() && *event == writes[next] {
+                next += 1;
+            }
+        }
+        if next < writes.len() {
+            return Err(format!(
+                "{key}: {next} of {} writes arrived in order; then {:?} is missing: {got:?}",
+                writes.len(),
+                writes[next]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `wasi-kv watch` arguments: `data_url` watched under `name`, the recorder's log in
+/// `audit_file` and the checkpoint in `state_file` (both SQLite, in `dir`).
+fn watch_args(
+    dir: &tempfile::TempDir,
+    data_url: &str,
+    name: &str,
+    audit_file: &str,
+    state_file: &str,
+) -> (Vec<String>, String) {
+    let audit_url = format!(
+        "sqlite:{}?namespace=audit",
+        dir.path().join(audit_file).display()
+    );
+    let state_url = format!(
+        "sqlite:{}?namespace=state",
+        dir.path().join(state_file).display()
+    );
+    let args = [
+        "--store".to_string(),
+        format!("data={data_url}"),
+        "--store".to_string(),
+        format!("audit={audit_url}"),
+        "--store".to_string(),
+        format!("state={state_url}"),
+        "--watch".to_string(),
+        "data".to_string(),
+        "--state".to_string(),
+        "state".to_string(),
+        "--name".to_string(),
+        name.to_string(),
+    ];
+    (args.to_vec(), audit_url)
+}
+
+/// `writes` sets of `keys` keys (`w` and the write's number), as the recorder logs them.
+async fn write_sets(
+    data: &KvStore,
+    from: usize,
+    writes: usize,
+    keys: usize,
+) -> HashMap<String, Vec<String>> {
+    let mut written: HashMap<String, Vec<String>> = HashMap::new();
+    for n in from..from + writes {
+        let key = format!("k{:03}", n % keys);
+        let value = format!("w{n:05}");
+        data.set(&key, value.clone().into_bytes()).await.unwrap();
+        written
+            .entry(key.clone())
+            .or_default()
+            .push(format!("set {key} {value}"));
+    }
+    written
+}
+
+/// Two `wasi-kv watch` processes of one SQLite file under different names, their checkpoints
+/// in one state store (each under its name) and each with its own log: both get every write
+/// in order, and one killed (SIGKILL) and restarted while the writes go on does not disturb
+/// the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_watcher_processes_of_one_store_each_get_every_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_url = format!("sqlite:{}", dir.path().join("data.db").display());
+    let (first_args, first_audit) = watch_args(&dir, &data_url, "first", "first.db", "state.db");
+    let (second_args, second_audit) =
+        watch_args(&dir, &data_url, "second", "second.db", "state.db");
+    let stores = stores(&[
+        &format!("data={data_url}"),
+        &format!("first={first_audit}"),
+        &format!("second={second_audit}"),
+    ])
+    .await;
+    let data = stores.open("data").await.unwrap();
+    let (first_log, second_log) = (
+        stores.open("first").await.unwrap(),
+        stores.open("second").await.unwrap(),
+    );
+    let mut first = WatchProcess::start(&first_args);
+    let mut second = WatchProcess::start(&second_args);
+    let writer = {
+        let data = data.clone();
+        tokio::spawn(async move { write_sets(&data, 0, 3_000, 50).await })
+    };
+    let seen = wait_for(&first_log, Duration::from_secs(60), |seen| {
+        seen.len() >= 300
+    })
+    .await;
+    first.kill();
+    let killed_at = events(&first_log).await.len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut first = WatchProcess::start(&first_args);
+    let written = writer.await.unwrap();
+    assert!(
+        seen.len() >= 300 && killed_at < 3_000,
+        "the first watcher was killed mid-stream (at {killed_at} of 3,000 events)"
+    );
+    for (log, name) in [(&first_log, "first"), (&second_log, "second")] {
+        let seen = wait_for(log, Duration::from_secs(120), |seen| {
+            in_order(&written, seen).is_ok()
+        })
+        .await;
+        if let Err(missing) = in_order(&written, &seen) {
+            panic!("{name}, after {} events: {missing}", seen.len());
+        }
+    }
+    assert_eq!(
+        events(&second_log).await.len(),
+        3_000,
+        "the watcher that was not killed delivered each write once"
+    );
+    assert!(first.terminate().success());
+    assert!(second.terminate().success());
+}
+
+/// Two processes under one name (a restart that overlaps the old process) share a checkpoint:
+/// each delivers every change from where it started, whichever saved last is where the next
+/// run resumes, and nothing is lost (a saved position was delivered by the process that
+/// saved it). docs/watch.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_under_one_name_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_url = format!("sqlite:{}", dir.path().join("data.db").display());
+    let (old_args, old_audit) = watch_args(&dir, &data_url, "shared", "old.db", "state.db");
+    let (new_args, new_audit) = watch_args(&dir, &data_url, "shared", "new.db", "state.db");
+    let (next_args, next_audit) = watch_args(&dir, &data_url, "shared", "next.db", "state.db");
+    let stores = stores(&[
+        &format!("data={data_url}"),
+        &format!("old={old_audit}"),
+        &format!("new={new_audit}"),
+        &format!("next={next_audit}"),
+    ])
+    .await;
+    let data = stores.open("data").await.unwrap();
+    let logs = [
+        stores.open("old").await.unwrap(),
+        stores.open("new").await.unwrap(),
+        stores.open("next").await.unwrap(),
+    ];
+    let mut old = WatchProcess::start(&old_args);
+    let before = write_sets(&data, 0, 500, 50).await;
+    let mut new = WatchProcess::start(&new_args);
+    let during = write_sets(&data, 500, 500, 50).await;
+    // The old process saw both; the new one, started on the old one's checkpoint, at least
+    // what was written after it started.
+    for (log, written, name) in [
+        (&logs[0], &before, "old"),
+        (&logs[0], &during, "old"),
+        (&logs[1], &during, "new"),
+    ] {
+        let seen = wait_for(log, Duration::from_secs(120), |seen| {
+            in_order(written, seen).is_ok()
+        })
+        .await;
+        if let Err(missing) = in_order(written, &seen) {
+            panic!("{name}, after {} events: {missing}", seen.len());
+        }
+    }
+    assert!(old.terminate().success());
+    assert!(new.terminate().success());
+    // Written while neither runs: the next run under the name delivers each, and nothing
+    // from before the stop (both stopped at the head).
+    let after = write_sets(&data, 1_000, 200, 50).await;
+    let mut next = WatchProcess::start(&next_args);
+    let seen = wait_for(&logs[2], Duration::from_secs(60), |seen| {
+        in_order(&after, seen).is_ok()
+    })
+    .await;
+    if let Err(missing) = in_order(&after, &seen) {
+        panic!("next, after {} events: {missing}", seen.len());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        events(&logs[2]).await.len(),
+        200,
+        "nothing from before the stop again"
+    );
+    assert!(next.terminate().success());
 }
 
 /// The README's quickstart for `examples/watch-audit`, with the binary: a change made with

@@ -20,10 +20,6 @@ pub struct Profile {
     /// Overrides the provider's declared maximum value size for the suite.
     #[serde(default)]
     pub max_value_bytes: Option<usize>,
-    /// Writes of the watch burst case where this backend cannot take the 10,000 it is
-    /// given elsewhere within the case's time; the profile says why.
-    #[serde(default)]
-    pub watch_burst_writes: Option<usize>,
     /// Case name -> why this backend cannot pass it.
     #[serde(default)]
     pub divergences: BTreeMap<String, String>,
@@ -77,7 +73,6 @@ impl Profile {
             flavour: provider.to_string(),
             backend: provider.to_string(),
             max_value_bytes: None,
-            watch_burst_writes: None,
             divergences: BTreeMap::new(),
         }
     }

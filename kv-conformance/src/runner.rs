@@ -92,6 +92,10 @@ pub struct Target {
     pub name: String,
     /// The provider under test.
     pub provider: Arc<dyn Provider>,
+    /// The same backend on a bucket or container of its own, where the watch cases run: where
+    /// the backend slows with everything the run stored beside them (fake-gcs-server), the
+    /// deliveries they time would measure that. `None`: they run on `provider`.
+    pub watch_provider: Option<Arc<dyn Provider>>,
     /// What this backend is expected to do.
     pub profile: Profile,
     /// Namespaces of this run start with this prefix (so runs can share a real table).
@@ -108,11 +112,17 @@ impl Target {
         Target {
             name: name.to_string(),
             provider,
+            watch_provider: None,
             profile,
             namespace_prefix: "conformance".to_string(),
             limits: Limits::default(),
             keep_alive: Vec::new(),
         }
+    }
+
+    /// The provider the watch cases run on.
+    pub fn watched_provider(&self) -> &Arc<dyn Provider> {
+        self.watch_provider.as_ref().unwrap_or(&self.provider)
     }
 
     fn wit_profile(&self) -> wit::Profile {

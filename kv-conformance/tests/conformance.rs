@@ -49,6 +49,9 @@ async fn emulated(emulator: Emulator) -> Result<Target, String> {
         .ok_or_else(|| format!("no bundled profile {:?}", started.flavour))?;
     profile.backend = started.backend;
     let mut target = Target::new(provider, connected, profile);
+    if let Some(url) = &started.watch_store_url {
+        target.watch_provider = Some(common::connect(provider, url).await?);
+    }
     if emulator == Emulator::Azblob {
         // Azurite is one Node.js thread keeping blobs in memory: while it takes the largest
         // values of cases running beside each other, other requests wait, and four sets of

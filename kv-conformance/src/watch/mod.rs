@@ -182,7 +182,7 @@ impl WatchSuite {
 
     /// Why `case` is not run against `target`, if it is not.
     pub fn skip_reason(&self, target: &Target, case: &CaseInfo) -> Option<String> {
-        let Some(support) = target.provider.capabilities().watch else {
+        let Some(support) = target.watched_provider().capabilities().watch else {
             return Some(format!(
                 "the {} provider reports no changes (no change source: docs/watch.md)",
                 target.name
@@ -235,7 +235,7 @@ impl WatchSuite {
 
     async fn execute(&self, target: &Target, case: &CaseInfo) -> Result<(), String> {
         let support = target
-            .provider
+            .watched_provider()
             .capabilities()
             .watch
             .ok_or("the provider reports no changes")?;
@@ -402,7 +402,7 @@ impl Bench<'_> {
             Stores::builder(self.target.limits.clone())
                 .store(
                     DATA,
-                    self.target.provider.clone(),
+                    self.target.watched_provider().clone(),
                     &self.namespace,
                     Access::ReadWrite,
                 )
@@ -883,12 +883,7 @@ impl Bench<'_> {
     async fn burst(&self, component: &Arc<WatcherComponent>) -> Result<(), String> {
         let side = self.side().await?;
         let watcher = self.start(component, &side, "recorder").await?;
-        let burst = self
-            .target
-            .profile
-            .watch_burst_writes
-            .unwrap_or(BURST_WRITES);
-        let per_key = burst / BURST_KEYS;
+        let per_key = BURST_WRITES / BURST_KEYS;
         let writers: Vec<_> = (0..BURST_WRITERS)
             .map(|writer| {
                 let data = side.data.clone();
