@@ -475,6 +475,44 @@ fn conformance_runs_through_the_lossy_fault_profile() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// The watch cases under `--faults lossy`: every 10th reply lost, of the runner's writes and of
+/// the watcher's feed reads alike (on memory in process, on Cloud Storage and DynamoDB through
+/// the fault proxy). A lost reply of a listing's read-back failed every listing on Cloud
+/// Storage and the watcher stopped; one of DescribeStream failed a watcher's start; a write
+/// applied twice after a lost reply is two changes, not a redelivery.
+#[test]
+fn watch_cases_run_through_the_lossy_fault_profile() {
+    let required = std::env::var("KV_REQUIRE").unwrap_or_default();
+    for provider in ["memory", "gcs", "dynamodb"] {
+        let is_required = required.split(',').any(|name| name.trim() == provider);
+        if provider != "memory" && !is_required && !kv_testkit::emulator::installed(provider) {
+            continue;
+        }
+        let mut args = vec!["conformance", "--provider", provider, "--faults", "lossy"];
+        if provider != "memory" {
+            args.push("--emulator");
+        }
+        args.extend([
+            "--case",
+            "watch/every_change_is_delivered_in_order",
+            "--case",
+            "watch/a_watcher_stopped_abruptly_resumes_from_its_checkpoint",
+            "--format",
+            "json",
+        ]);
+        let out = wasi_kv(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{provider}: {stderr}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let results = json["results"].as_array().unwrap();
+        assert_eq!(results.len(), 2, "{provider}: {json}");
+        assert!(
+            results.iter().all(|r| r["outcome"] == "passed"),
+            "{provider}: {json}"
+        );
+    }
+}
+
 /// draft2's `get-many` exists in two shapes under one version string. A component built
 /// against either links: the host inspects its imports. The tagged linker alone refuses the
 /// Spin-shaped component, which is what users of other hosts hit.

@@ -469,11 +469,19 @@ struct LossyBucket {
 }
 
 /// Every call is forwarded unless refused or held by a partition; a lost reply replaces a
-/// success after the backend applied it.
+/// success after the backend applied it. The bucket's change feed is faulted the same way.
 #[async_trait]
 impl LayeredBucket for LossyBucket {
     fn inner(&self) -> &dyn Bucket {
         &*self.inner
+    }
+
+    fn change_feed(&self) -> Option<Arc<dyn kv_core::watch::ChangeFeed>> {
+        let feed = self.inner.change_feed()?;
+        Some(Arc::new(LossyFeed {
+            feed,
+            state: self.state.clone(),
+        }))
     }
 
     async fn before(&self, _op: Op) -> Result<()> {
@@ -482,5 +490,32 @@ impl LayeredBucket for LossyBucket {
 
     fn after<T: Send>(&self, _op: Op, result: Result<T>) -> Result<T> {
         self.state.apply(result)
+    }
+}
+
+/// A bucket's change feed under a [`LossyState`]: its reads are refused, held or have their
+/// replies lost like the bucket's calls.
+struct LossyFeed {
+    feed: Arc<dyn kv_core::watch::ChangeFeed>,
+    state: Arc<LossyState>,
+}
+
+#[async_trait]
+impl kv_core::watch::ChangeFeed for LossyFeed {
+    async fn head(&self) -> Result<kv_core::watch::Position> {
+        self.state.admit().await?;
+        self.state.apply(self.feed.head().await)
+    }
+
+    async fn changes_after(
+        &self,
+        after: &kv_core::watch::Position,
+        max: usize,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<kv_core::watch::Changes> {
+        self.state.admit().await?;
+        self.state
+            .apply(self.feed.changes_after(after, max, max_bytes, wait).await)
     }
 }

@@ -169,10 +169,37 @@ impl Delivery {
                 Ok(position)
             }
             None => {
-                let position = self.feed.head().await?;
+                let position = self.head().await?;
                 self.save(&position).await?;
                 info!(store = self.store.name(), %position, "no checkpoint: following changes from now");
                 Ok(position)
+            }
+        }
+    }
+
+    /// The feed's head now. A transient failure (one lost reply) is retried with backoff, as a
+    /// read of the feed is, for up to [`WatchOptions::feed_outage`]: a watcher must not fail
+    /// to start on what it would ride out once running.
+    async fn head(&self) -> kv_core::Result<Position> {
+        let since = std::time::Instant::now();
+        let mut failures = 0;
+        loop {
+            let head = tokio::time::timeout(FEED_READ_TIMEOUT, self.feed.head())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(kv_core::KvError::new(
+                        kv_core::ErrorKind::Timeout,
+                        format!("the change feed did not answer within {FEED_READ_TIMEOUT:?}"),
+                    )
+                    .with_transient(true))
+                });
+            match head {
+                Err(err) if err.is_transient() && since.elapsed() < self.options.feed_outage => {
+                    failures += 1;
+                    warn!(store = self.store.name(), error = %err, failures, "asking the change feed for its head failed: retrying");
+                    Backoff::PRESSURE.wait(failures).await;
+                }
+                head => return head,
             }
         }
     }

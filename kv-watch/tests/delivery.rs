@@ -324,3 +324,38 @@ async fn a_checkpoint_that_cannot_be_saved_stops_delivery_and_the_change_comes_a
     deliver_until(&delivery, &second, resumed, 1).await.unwrap();
     assert_eq!(second.seen(), ["set a 1"], "the next run delivers it again");
 }
+
+/// A watcher without a checkpoint asks the feed for its head: a lost reply there is retried
+/// (as a read of the feed is), not a failed start; and lost replies of the feed's reads
+/// while delivering lose and repeat nothing.
+#[tokio::test]
+async fn lost_replies_of_the_feed_are_retried_at_start_and_while_delivering() {
+    let (data_provider, faults) =
+        kv_testkit::faults::Lossy::provider(Arc::new(MemoryProvider::new()));
+    let state_provider = Arc::new(MemoryProvider::new());
+    let stores = Stores::builder(Limits::default())
+        .store("data", data_provider, "data", Access::ReadWrite)
+        .store("state", state_provider, "state", Access::ReadWrite)
+        .build();
+    let data = stores.open("data").await.unwrap();
+    let state = stores.open("state").await.unwrap();
+    let delivery =
+        Delivery::new("w", data.clone(), state.clone(), state.clone(), options()).unwrap();
+    faults.lose_next(2);
+    let from = delivery
+        .start()
+        .await
+        .expect("the head asked again after two lost replies");
+    for n in 0..20 {
+        data.set(&format!("k{n:02}"), format!("v{n}").into_bytes())
+            .await
+            .unwrap();
+    }
+    // Every third call loses its reply: here only the feed's reads are made.
+    faults.lose_every(3);
+    let watcher = Recording::default();
+    deliver_until(&delivery, &watcher, from, 20).await.unwrap();
+    faults.lose_every(0);
+    let expected: Vec<String> = (0..20).map(|n| format!("set k{n:02} v{n}")).collect();
+    assert_eq!(watcher.seen(), expected, "each change once, in order");
+}

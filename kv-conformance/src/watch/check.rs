@@ -31,7 +31,7 @@ pub enum Write {
 }
 
 /// One event the watcher recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Event {
     /// `on-set(key, value)`.
     Set {
