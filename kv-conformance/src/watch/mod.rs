@@ -292,6 +292,30 @@ struct Side {
     /// Dead letters are what the case checks (the trap case); anywhere else the first one
     /// fails the case at once, with its error.
     letters_expected: bool,
+    /// Attempts the host retried of writes to the data store: each may have applied twice
+    /// (a lost reply), which is a second change of the backend, delivered as one.
+    retried_writes: Arc<RetriedWrites>,
+}
+
+/// Counts retried attempts of the data store's writes (`--faults lossy` loses replies).
+#[derive(Default)]
+struct RetriedWrites(std::sync::atomic::AtomicUsize);
+
+impl RetriedWrites {
+    fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl kv_core::observe::Observer for RetriedWrites {
+    fn call(&self, call: &kv_core::observe::StoreCall<'_>) {
+        let write = !matches!(call.op, "get" | "get-many" | "exists" | "list-keys");
+        if call.store == DATA && write {
+            let retries = call.attempts.saturating_sub(call.calls) as usize;
+            self.0
+                .fetch_add(retries, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// A watcher running on its own task; dropped (a case that failed early), it is aborted, so
@@ -398,8 +422,10 @@ impl Bench<'_> {
     /// in-memory store for its log and records.
     async fn side(&self) -> Result<Side, String> {
         let own = Arc::new(MemoryProvider::new());
+        let retried_writes = Arc::new(RetriedWrites::default());
         let stores = Arc::new(
             Stores::builder(self.target.limits.clone())
+                .observer(retried_writes.clone())
                 .store(
                     DATA,
                     self.target.watched_provider().clone(),
@@ -425,6 +451,7 @@ impl Bench<'_> {
             state: open(STATE).await?,
             stores,
             letters_expected: false,
+            retried_writes,
         })
     }
 
@@ -817,6 +844,21 @@ impl Bench<'_> {
                 .iter()
                 .filter(|event| first_run.contains(event))
                 .count();
+            // Beyond those, an event more than the writes is a change delivered twice within
+            // a run, which only a write the host retried (applied twice) explains.
+            let writes: usize = written.writes.values().map(Vec::len).sum();
+            let within_runs = history
+                .events
+                .len()
+                .saturating_sub(writes)
+                .saturating_sub(repeated);
+            let retried = side.retried_writes.count();
+            if within_runs > retried {
+                return Err(format!(
+                    "{within_runs} changes delivered twice within a run, beyond the {retried} \
+                     write attempts the host retried"
+                ));
+            }
             if repeated > RESTART_BATCH {
                 return Err(format!(
                     "{repeated} changes delivered twice around the restart: the checkpoint \

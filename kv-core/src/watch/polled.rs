@@ -59,7 +59,10 @@ struct Polled {
 #[derive(Default)]
 struct PollState {
     baseline: bool,
-    failing: Option<(Instant, String)>,
+    /// Since when listings fail, the last failure, and whether it was transient (a failure
+    /// that is not, such as a refused permission, stops a watcher at once rather than after
+    /// its minute of retries).
+    failing: Option<(Instant, String, bool)>,
 }
 
 impl Polled {
@@ -116,8 +119,8 @@ impl PolledFeed {
             {
                 let state = self.polled.state();
                 match &state.failing {
-                    Some((since, why)) if since.elapsed() >= FAILING_LIMIT => {
-                        return Err(unavailable(why));
+                    Some((since, why, transient)) if since.elapsed() >= FAILING_LIMIT => {
+                        return Err(unavailable(why).with_transient(*transient));
                     }
                     _ if state.baseline => return Ok(()),
                     _ => {}
@@ -158,11 +161,15 @@ async fn poll(
             }
             Err(err) => {
                 tracing::warn!(error = %err.chain(), "watch: listing the store for changes failed");
-                polled
-                    .state()
+                let mut state = polled.state();
+                let failing = state
                     .failing
-                    .get_or_insert_with(|| (Instant::now(), String::new()))
-                    .1 = err.to_string();
+                    .get_or_insert_with(|| (Instant::now(), String::new(), true));
+                failing.1 = err.to_string();
+                // By its class: the retry marks every final error permanent, and a listing
+                // that was unreachable, throttled or slow may well succeed next time.
+                failing.2 =
+                    err.kind().is_transient_by_default() || err.kind() == ErrorKind::Timeout;
             }
         }
         polled.listed.notify_waiters();
