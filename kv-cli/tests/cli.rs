@@ -420,46 +420,57 @@ fn conformance_emulator_runs_selected_cases() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// `wasi-kv conformance --faults lossy` on `provider` (its emulator unless memory) for
+/// `cases`: the JSON results, each asserted passed; `None` when the emulator is not installed
+/// and `KV_REQUIRE` does not name it.
+fn lossy_conformance(provider: &str, cases: &[&str]) -> Option<Vec<serde_json::Value>> {
+    let required = std::env::var("KV_REQUIRE").unwrap_or_default();
+    let is_required = required.split(',').any(|name| name.trim() == provider);
+    if provider != "memory" && !is_required && !kv_testkit::emulator::installed(provider) {
+        return None;
+    }
+    let mut args = vec!["conformance", "--provider", provider, "--faults", "lossy"];
+    if provider != "memory" {
+        args.push("--emulator");
+    }
+    for case in cases {
+        args.extend(["--case", case]);
+    }
+    args.extend(["--format", "json"]);
+    let out = wasi_kv(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{provider}: {stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = json["results"].as_array().unwrap().clone();
+    assert!(
+        results.iter().all(|r| r["outcome"] == "passed"),
+        "{provider}: {json}"
+    );
+    Some(results)
+}
+
 /// `--faults lossy` runs the suite while every 10th reply is lost after the backend executed
 /// the request; the concurrent increment and CAS cases still end exact.
 #[test]
 fn conformance_runs_through_the_lossy_fault_profile() {
-    let required = std::env::var("KV_REQUIRE").unwrap_or_default();
     for provider in ["memory", "redis"] {
-        let is_required = required.split(',').any(|name| name.trim() == provider);
-        if provider == "redis" && !is_required && !kv_testkit::emulator::installed(provider) {
+        let Some(results) = lossy_conformance(
+            provider,
+            &[
+                "increment_concurrent_exact",
+                "cas_concurrent_loops_exact",
+                "set_many_above_native_limits",
+            ],
+        ) else {
             continue;
-        }
-        let mut args = vec!["conformance", "--provider", provider, "--faults", "lossy"];
-        if provider != "memory" {
-            args.push("--emulator");
-        }
-        args.extend([
-            "--case",
-            "increment_concurrent_exact",
-            "--case",
-            "cas_concurrent_loops_exact",
-            "--case",
-            "set_many_above_native_limits",
-            "--format",
-            "json",
-        ]);
-        let out = wasi_kv(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{provider}: {stderr}");
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let results = json["results"].as_array().unwrap();
+        };
         // The batch case runs a second time, built against Spin's `get-many` shape.
-        assert_eq!(results.len(), 4, "{provider}: {json}");
+        assert_eq!(results.len(), 4, "{provider}: {results:?}");
         assert!(
             results
                 .iter()
                 .any(|r| r["case"] == "spin-shape/set_many_above_native_limits"),
-            "{json}"
-        );
-        assert!(
-            results.iter().all(|r| r["outcome"] == "passed"),
-            "{provider}: {json}"
+            "{results:?}"
         );
     }
     // A configured (remote) store cannot be put behind the proxy.
@@ -482,34 +493,14 @@ fn conformance_runs_through_the_lossy_fault_profile() {
 /// applied twice after a lost reply is two changes, not a redelivery.
 #[test]
 fn watch_cases_run_through_the_lossy_fault_profile() {
-    let required = std::env::var("KV_REQUIRE").unwrap_or_default();
     for provider in ["memory", "gcs", "dynamodb"] {
-        let is_required = required.split(',').any(|name| name.trim() == provider);
-        if provider != "memory" && !is_required && !kv_testkit::emulator::installed(provider) {
-            continue;
-        }
-        let mut args = vec!["conformance", "--provider", provider, "--faults", "lossy"];
-        if provider != "memory" {
-            args.push("--emulator");
-        }
-        args.extend([
-            "--case",
+        let cases = [
             "watch/every_change_is_delivered_in_order",
-            "--case",
             "watch/a_watcher_stopped_abruptly_resumes_from_its_checkpoint",
-            "--format",
-            "json",
-        ]);
-        let out = wasi_kv(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{provider}: {stderr}");
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let results = json["results"].as_array().unwrap();
-        assert_eq!(results.len(), 2, "{provider}: {json}");
-        assert!(
-            results.iter().all(|r| r["outcome"] == "passed"),
-            "{provider}: {json}"
-        );
+        ];
+        if let Some(results) = lossy_conformance(provider, &cases) {
+            assert_eq!(results.len(), 2, "{provider}: {results:?}");
+        }
     }
 }
 
