@@ -33,6 +33,8 @@
 
 #[path = "kv/curves.rs"]
 mod curves;
+#[path = "kv/floor.rs"]
+mod floor;
 #[path = "kv/hot_key.rs"]
 mod hot_key;
 #[path = "kv/plot.rs"]

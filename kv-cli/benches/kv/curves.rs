@@ -318,7 +318,7 @@ pub async fn clients_rows(settings: &Settings) -> anyhow::Result<()> {
 }
 
 /// The mean time of one call of `call`, over about `budget`, in µs.
-async fn mean_us<F, Fut>(budget: Duration, mut call: F) -> anyhow::Result<f64>
+pub(super) async fn mean_us<F, Fut>(budget: Duration, mut call: F) -> anyhow::Result<f64>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -342,8 +342,12 @@ pub async fn get_many_rows(settings: &Settings) -> anyhow::Result<()> {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let mut lines = Vec::new();
+    let mut floors = Vec::new();
     let budget = settings.curve_window / 4;
     for backend in backends(settings).await? {
+        if backend.name == "redis" {
+            floors.push(super::floor::redis_get_many_floor(&backend.url, budget).await?);
+        }
         let (_, spec) = kv_core::config::parse_short_form(&format!("s={}", backend.url))?;
         let provider = kv_cli::registry().connect(&spec).await?;
         let namespace = format!("get-many-{:08x}", rand::random::<u32>());
@@ -404,6 +408,9 @@ pub async fn get_many_rows(settings: &Settings) -> anyhow::Result<()> {
             label: backend.name.to_string(),
             points: line,
         });
+    }
+    for floor in floors {
+        println!("{floor}");
     }
     if let Some(dir) = &settings.plots {
         let path = dir.join("get-many.png");

@@ -23,7 +23,7 @@ use kv_testkit::emulator::Emulator;
 use super::{GUEST, ROUNDS, Settings, guest_window, start_installed, stores, unix_ms};
 
 /// The concurrent writers of the target (docs/benchmarks.md: ≥ 0.8 of native at 16).
-const WRITERS: usize = 16;
+pub(super) const WRITERS: usize = 16;
 /// The key the bench guest increments.
 const GUEST_KEY: &str = "bench-counter";
 
@@ -64,16 +64,24 @@ pub async fn hot_key_rows(settings: &Settings) -> anyhow::Result<()> {
     println!("|---|---|---:|---|---:|---|---:|---:|");
     let dir = tempfile::tempdir()?;
     let wanted = |name: &str| settings.wanted_backend(name);
-    let mut transact = None;
+    let mut floors = Vec::new();
     for backend in backends(dir.path(), &wanted).await? {
         for &hosts in &backend.shapes {
             row(settings, &backend, hosts).await?;
         }
-        if let Native::Dynamo { client, table } = &backend.native {
-            transact = Some(dynamo_transact_rows(client, table, settings.hot_window).await?);
+        match &backend.native {
+            Native::Dynamo { client, table } => {
+                let mut lines = dynamo_transact_rows(client, table, settings.hot_window).await?;
+                lines += &super::floor::dynamo_floor(client, table, settings.hot_window).await?;
+                floors.push(lines);
+            }
+            Native::Redis(connection) => {
+                floors.push(super::floor::redis_floor(connection, settings.hot_window).await?);
+            }
+            _ => {}
         }
     }
-    if let Some(lines) = transact {
+    for lines in floors {
         println!("{lines}");
     }
     Ok(())
