@@ -34,6 +34,11 @@ use tokio::net::{TcpListener, TcpStream};
 pub enum Fault {
     /// Forwarded after this delay.
     Latency(Duration),
+    /// Forwarded after this delay even if the client has given up and closed the connection
+    /// meanwhile (HTTP; over TCP, as [`Fault::Latency`]): a copy still on its way, which the
+    /// backend executes after the client has moved on. The reply reaches a client still
+    /// waiting.
+    LateCopy(Duration),
     /// The connection is closed before the request reaches the backend: nothing applied.
     ResetBeforeForward,
     /// Forwarded; the backend executes it; its reply is dropped and the connection closed.
@@ -236,7 +241,9 @@ async fn serve_tcp(mut client: TcpStream, upstream: SocketAddr, script: Arc<Mute
                 let n = match read { Ok(0) | Err(_) => return, Ok(n) => n };
                 match take_fault(&script) {
                     None => {}
-                    Some(Fault::Latency(delay)) => tokio::time::sleep(delay).await,
+                    Some(Fault::Latency(delay) | Fault::LateCopy(delay)) => {
+                        tokio::time::sleep(delay).await
+                    }
                     Some(Fault::ResetBeforeForward) => return,
                     Some(Fault::Stall) => {
                         tokio::time::sleep(STALL).await;
@@ -319,6 +326,29 @@ async fn serve_http(client: TcpStream, upstream: SocketAddr, script: Arc<Mutex<S
                             .body(Full::new(Bytes::from(answer)))
                             .map_err(|err| std::io::Error::other(err.to_string()));
                     }
+                }
+                Some(Fault::LateCopy(delay)) => {
+                    // Apart from this connection: hyper drops this future when the client
+                    // closes, and the copy must still arrive.
+                    let forwarded = hyper::Request::from_parts(parts, Full::new(body));
+                    let late = tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let response = sender.lock().await.send_request(forwarded).await;
+                        match response {
+                            Ok(response) => {
+                                let (parts, body) = response.into_parts();
+                                let body = body.collect().await.map(|body| body.to_bytes());
+                                body.map(|body| (parts, body))
+                                    .map_err(|err| err.to_string())
+                            }
+                            Err(err) => Err(err.to_string()),
+                        }
+                    });
+                    let (parts, body) = late
+                        .await
+                        .map_err(|err| std::io::Error::other(err.to_string()))?
+                        .map_err(std::io::Error::other)?;
+                    return Ok(hyper::Response::from_parts(parts, Full::new(body)));
                 }
                 Some(Fault::DropReply) | None => {}
             }

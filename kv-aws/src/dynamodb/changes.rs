@@ -26,7 +26,7 @@ use kv_core::{KvError, Result, clock, rmw};
 use tracing::{debug, info};
 
 use super::error::map_sdk_error;
-use super::store::{ATTR_COUNTER, ATTR_KEY, ATTR_NAMESPACE, ATTR_UNTIL, ATTR_VALUE};
+use super::store::{ATTR_COUNTER, ATTR_KEY, ATTR_NAMESPACE, ATTR_UNTIL, ATTR_VALUE, ATTR_VERSION};
 
 /// How long the stream keeps a record; a position not read for nearly this long may have lost
 /// records of a shard it had not started, so it is a gap.
@@ -576,6 +576,14 @@ impl DynamoFeed {
                         self.table
                     )));
                 };
+                // Every write of a value or a delete gives the item a new version; one that
+                // keeps it (a counter's stale slots removed) changed nothing a reader sees.
+                if let Some(old) = old
+                    && text(new, ATTR_VERSION).is_some()
+                    && text(old, ATTR_VERSION) == text(new, ATTR_VERSION)
+                {
+                    return Ok(None);
+                }
                 if is_tombstone(new) {
                     // A delete of a key with a live (or expired) value; a tombstone written
                     // where there was none, or over another, deletes nothing. Without old

@@ -4,6 +4,7 @@
 pub(crate) mod changes;
 pub mod client;
 pub mod config;
+pub mod counter;
 pub mod error;
 pub mod store;
 

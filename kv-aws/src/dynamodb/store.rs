@@ -102,6 +102,9 @@ pub struct DynamoProvider {
     table: Arc<str>,
     sdk_resends: bool,
     streams: Option<StreamsAccess>,
+    /// One writer for every bucket of the provider, so a `set` through any of them is seen
+    /// by the increments of all.
+    writer: Arc<super::counter::Writer>,
 }
 
 /// What a bucket needs to follow the table's stream (`wasi-kv watch`).
@@ -120,6 +123,7 @@ impl DynamoProvider {
             table: table.into(),
             sdk_resends: false,
             streams: None,
+            writer: Arc::new(super::counter::Writer::new()),
         }
     }
 
@@ -177,31 +181,33 @@ impl Provider for DynamoProvider {
             namespace: namespace.to_string(),
             sdk_resends: self.sdk_resends,
             streams: self.streams.clone(),
+            writer: self.writer.clone(),
         }))
     }
 }
 
-type Item = HashMap<String, AttributeValue>;
+pub(super) type Item = HashMap<String, AttributeValue>;
 
-struct DynamoBucket {
-    client: Client,
-    table: Arc<str>,
+pub(super) struct DynamoBucket {
+    pub(super) client: Client,
+    pub(super) table: Arc<str>,
     namespace: String,
-    sdk_resends: bool,
+    pub(super) sdk_resends: bool,
     streams: Option<StreamsAccess>,
+    pub(super) writer: Arc<super::counter::Writer>,
 }
 
-fn s(text: impl Into<String>) -> AttributeValue {
+pub(super) fn s(text: impl Into<String>) -> AttributeValue {
     AttributeValue::S(text.into())
 }
 
 /// A fresh random version for every write: 128 random bits, so a rewrite of the same value
 /// still changes it (ABA is detected).
-fn new_version() -> AttributeValue {
+pub(super) fn new_version() -> AttributeValue {
     s(format!("{:032x}", rand::random::<u128>()))
 }
 
-fn number(item: &Item, name: &str) -> Option<u64> {
+pub(super) fn number(item: &Item, name: &str) -> Option<u64> {
     match item.get(name) {
         Some(AttributeValue::N(text)) => text.parse().ok(),
         _ => None,
@@ -210,18 +216,18 @@ fn number(item: &Item, name: &str) -> Option<u64> {
 
 /// The item's expiry in epoch milliseconds: `until`, or for an item written before it existed,
 /// `exp`.
-fn expires_ms(item: &Item) -> Option<u64> {
+pub(super) fn expires_ms(item: &Item) -> Option<u64> {
     number(item, ATTR_UNTIL).or_else(|| number(item, ATTR_EXPIRES).map(|secs| secs * 1000))
 }
 
-fn is_live(item: &Item, now_ms: u64) -> bool {
+pub(super) fn is_live(item: &Item, now_ms: u64) -> bool {
     clock::is_live(expires_ms(item), now_ms)
 }
 
 /// The expiry attributes of an item expiring at `until_ms`: `until`, and DynamoDB's TTL
 /// attribute a tombstone's retention later, so the item outlives every CAS handle that could
 /// miss its removal.
-fn expiry_attributes(until_ms: u64) -> [(String, AttributeValue); 2] {
+pub(super) fn expiry_attributes(until_ms: u64) -> [(String, AttributeValue); 2] {
     let remove_at = (until_ms / 1000).saturating_add(rmw::TOMBSTONE_RETENTION.as_secs());
     [
         (ATTR_UNTIL.to_string(), n(until_ms)),
@@ -248,7 +254,7 @@ fn counter_of(item: &Item) -> Result<Option<i64>> {
 }
 
 /// The value of a live item: the binary value, or the counter as ASCII decimal.
-fn value_of(item: &Item) -> Result<Vec<u8>> {
+pub(super) fn value_of(item: &Item) -> Result<Vec<u8>> {
     match item.get(ATTR_VALUE) {
         Some(AttributeValue::B(blob)) => Ok(blob.as_ref().to_vec()),
         Some(_) => Err(KvError::internal("dynamodb: value attribute is not binary")),
@@ -261,14 +267,19 @@ fn value_of(item: &Item) -> Result<Vec<u8>> {
     }
 }
 
-fn is_conditional_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
+pub(super) fn is_conditional_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
     err: &SdkError<E, R>,
 ) -> bool {
     err.as_service_error().and_then(|e| e.code()) == Some("ConditionalCheckFailedException")
 }
 
 impl DynamoBucket {
-    fn key(&self, key: &str) -> Item {
+    /// The key as the provider's writer knows it: with its namespace.
+    pub(super) fn writer_key(&self, key: &str) -> String {
+        format!("{}\0{key}", self.namespace)
+    }
+
+    pub(super) fn key(&self, key: &str) -> Item {
         HashMap::from([
             (ATTR_NAMESPACE.to_string(), s(&self.namespace)),
             (ATTR_KEY.to_string(), s(key)),
@@ -305,7 +316,7 @@ impl DynamoBucket {
         item
     }
 
-    async fn read(&self, key: &str) -> Result<Option<Item>> {
+    pub(super) async fn read(&self, key: &str) -> Result<Option<Item>> {
         let output = self
             .client
             .get_item()
@@ -459,6 +470,8 @@ impl ConditionalStore for DynamoBucket {
     }
 
     async fn write_if(&self, key: &str, write: Write, expect: Expect) -> Result<bool> {
+        // The item is replaced: this store's increments read its incarnation again.
+        self.writer.forget(&self.writer_key(key));
         let item = self.journaled_item(key, write);
         let request = self
             .client
@@ -520,10 +533,14 @@ impl Bucket for DynamoBucket {
     }
 
     async fn set(&self, key: &str, value: Bytes) -> Result<()> {
+        // The item is replaced: this store's increments read its incarnation again.
+        self.writer.forget(&self.writer_key(key));
         self.put(self.value_item(key, value, None)).await
     }
 
     async fn set_with_ttl(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
+        // The item is replaced: this store's increments read its incarnation again.
+        self.writer.forget(&self.writer_key(key));
         let expires_at = clock::expires_at_ms(ttl);
         self.put(self.value_item(key, value, Some(expires_at)))
             .await
@@ -531,6 +548,8 @@ impl Bucket for DynamoBucket {
 
     /// A tombstone replaces the item, if there is one (a key with no item needs none).
     async fn delete(&self, key: &str) -> Result<()> {
+        // The item is replaced: this store's increments read its incarnation again.
+        self.writer.forget(&self.writer_key(key));
         let result = self
             .client
             .put_item()
@@ -618,7 +637,10 @@ impl Bucket for DynamoBucket {
         range: kv_core::CounterRange,
         attempt: &mut Attempt,
     ) -> Result<i64> {
-        rmw::increment_within(self, key, delta, range, attempt).await
+        let applier = super::counter::SlotIncrements { bucket: self, key };
+        // The writes do not race (each writer has its own slot), so the turn is this store's.
+        let name = format!("{:p}\0{}", Arc::as_ptr(&self.writer), self.writer_key(key));
+        kv_core::combine::increment(self, &name, delta, range, attempt, 32, &applier).await
     }
 
     async fn read_versioned(&self, key: &str) -> Result<Versioned> {
@@ -651,6 +673,10 @@ impl Bucket for DynamoBucket {
     }
 
     async fn set_many(&self, entries: &[(String, Bytes)]) -> Result<()> {
+        // The item is replaced: this store's increments read its incarnation again.
+        for (key, _) in entries {
+            self.writer.forget(&self.writer_key(key));
+        }
         // BatchWriteItem rejects duplicate keys in one call: the last entry wins.
         let mut requests = Vec::new();
         for (key, value) in last_entry_per_key(entries) {
@@ -664,6 +690,10 @@ impl Bucket for DynamoBucket {
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        // The item is replaced: this store's increments read its incarnation again.
+        for key in keys {
+            self.writer.forget(&self.writer_key(key));
+        }
         let mut unique: Vec<&String> = keys.iter().collect();
         unique.sort();
         unique.dedup();
@@ -686,24 +716,33 @@ impl Bucket for DynamoBucket {
 /// digits plus one. For tests that check the provider's size budget against real items.
 pub fn item_bytes(item: &HashMap<String, AttributeValue>) -> usize {
     item.iter()
-        .map(|(name, value)| {
-            name.len()
-                + match value {
-                    AttributeValue::S(text) => text.len(),
-                    AttributeValue::B(blob) => blob.as_ref().len(),
-                    AttributeValue::N(number) => {
-                        let digits = number
-                            .trim_start_matches('-')
-                            .replace('.', "")
-                            .trim_matches('0')
-                            .len();
-                        digits.div_ceil(2) + 1
-                    }
-                    // Not written by this provider.
-                    _ => 0,
-                }
-        })
+        .map(|(name, value)| name.len() + value_bytes(value))
         .sum()
+}
+
+/// A value's size as DynamoDB counts it; a map (a counter's slots) is 3 bytes, and 1 byte
+/// beside each entry's name and value.
+fn value_bytes(value: &AttributeValue) -> usize {
+    match value {
+        AttributeValue::S(text) => text.len(),
+        AttributeValue::B(blob) => blob.as_ref().len(),
+        AttributeValue::N(number) => {
+            let digits = number
+                .trim_start_matches('-')
+                .replace('.', "")
+                .trim_matches('0')
+                .len();
+            digits.div_ceil(2) + 1
+        }
+        AttributeValue::M(map) => {
+            3 + map
+                .iter()
+                .map(|(name, value)| 1 + name.len() + value_bytes(value))
+                .sum::<usize>()
+        }
+        // Not written by this provider.
+        _ => 0,
+    }
 }
 
 #[cfg(test)]
@@ -745,6 +784,7 @@ mod tests {
             namespace: "n".repeat(MAX_NAMESPACE_BYTES),
             sdk_resends: false,
             streams: None,
+            writer: Arc::new(super::super::counter::Writer::new()),
         };
         let write = Write {
             value: vec![0xff; MAX_VALUE_BYTES],
