@@ -72,7 +72,12 @@ pub async fn hot_key_rows(settings: &Settings) -> anyhow::Result<()> {
         match &backend.native {
             Native::Dynamo { client, table } => {
                 let mut lines = dynamo_transact_rows(client, table, settings.hot_window).await?;
-                lines += &super::floor::dynamo_floor(client, table, settings.hot_window).await?;
+                let mut hosts = Vec::new();
+                for _ in 0..WRITERS {
+                    hosts.push(stores(&backend.url).await?);
+                }
+                lines +=
+                    &super::floor::dynamo_floor(client, table, &hosts, settings.hot_window).await?;
                 floors.push(lines);
             }
             Native::Redis(connection) => {
@@ -364,7 +369,7 @@ fn dynamo_key() -> std::collections::HashMap<String, AttributeValue> {
 
 /// [`WRITERS`] tasks calling [`KvStore::increment`] on the hosts' stores, as many on each,
 /// for `window`: ok/s, after checking the total. What the host costs without a guest.
-async fn host_rate(hosts: &[Arc<Stores>], window: Duration) -> anyhow::Result<f64> {
+pub(super) async fn host_rate(hosts: &[Arc<Stores>], window: Duration) -> anyhow::Result<f64> {
     const KEY: &str = "host-counter";
     let check = hosts[0].open("default").await?;
     check.set(KEY, b"0".to_vec()).await?;
