@@ -254,9 +254,9 @@ enum Decision {
     Unknown,
 }
 
-/// The writer's slot in `item`: the sequence of its last applied batch.
-fn slot_of(writer: &str, item: &Item) -> Option<u64> {
-    match item.get(ATTR_SLOT_SEQUENCE) {
+/// The number `writer` holds in the slot map `map` of `item`.
+fn slot_entry<T: std::str::FromStr>(writer: &str, item: &Item, map: &str) -> Option<T> {
+    match item.get(map) {
         Some(AttributeValue::M(slots)) => match slots.get(writer) {
             Some(AttributeValue::N(number)) => number.parse().ok(),
             _ => None,
@@ -265,14 +265,14 @@ fn slot_of(writer: &str, item: &Item) -> Option<u64> {
     }
 }
 
+/// The writer's slot in `item`: the sequence of its last applied batch.
+fn slot_of(writer: &str, item: &Item) -> Option<u64> {
+    slot_entry(writer, item, ATTR_SLOT_SEQUENCE)
+}
+
+/// The counter after the writer's last applied batch.
 fn slot_total(writer: &str, item: &Item) -> Option<i64> {
-    match item.get(ATTR_SLOT_TOTAL) {
-        Some(AttributeValue::M(slots)) => match slots.get(writer) {
-            Some(AttributeValue::N(number)) => number.parse().ok(),
-            _ => None,
-        },
-        _ => None,
-    }
+    slot_entry(writer, item, ATTR_SLOT_TOTAL)
 }
 
 /// How many times stale slots were removed from the item.
